@@ -1,0 +1,5 @@
+import sys
+
+from connect.cli import main
+
+sys.exit(main())

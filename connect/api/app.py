@@ -1,0 +1,169 @@
+"""The HTTP API (port 8288): events in, connect start/flush, run REST.
+
+Every error is JSON with a specific status and message; nothing a client
+sends can disturb other requests.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+import msgspec
+from google.protobuf.message import DecodeError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from connect.gateway.auth import TokenIssuer
+from protocol import connect_pb2 as pb
+from protocol import ids, limits
+from protocol.payloads import IncomingEvent
+
+log = logging.getLogger("connect.api")
+
+_events_decoder = msgspec.json.Decoder(list[IncomingEvent] | IncomingEvent)
+
+
+class EventSink(Protocol):
+    async def send_events(self, events: list[IncomingEvent]) -> list[str]: ...
+    async def get_run(self, run_id: str) -> dict[str, Any] | None: ...
+    async def runs_for_event(self, event_id: str) -> list[dict[str, Any]]: ...
+
+
+class ReplySink(Protocol):
+    async def accept_reply(self, raw: bytes, request_id: str) -> None: ...
+
+
+class ApiConfig(msgspec.Struct):
+    gateway_port: int
+    gateway_host: str = "127.0.0.1"
+    gateway_group: str = "gw-dev"
+    max_event_bytes: int = 512 * 1024
+    max_request_bytes: int = 3 * 1024 * 1024
+
+
+def _error(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"status": status, "error": message, **extra}, status_code=status)
+
+
+def create_api(
+    executor: EventSink,
+    replies: ReplySink,
+    tokens: TokenIssuer,
+    config: ApiConfig,
+    *,
+    is_ready: Callable[[], bool] = lambda: True,
+) -> Starlette:
+    async def send_events(request: Request) -> Response:
+        body = await request.body()
+        if len(body) > config.max_request_bytes:
+            return _error(413, f"request body is {len(body)} bytes; the limit is {config.max_request_bytes}")
+        if not body.strip():
+            return _error(400, "empty body: send a JSON event object or an array of events")
+        try:
+            decoded = _events_decoder.decode(body)
+        except msgspec.ValidationError as exc:
+            return _error(400, f"invalid event: {exc}")
+        except msgspec.DecodeError as exc:
+            return _error(400, f"malformed JSON: {exc}")
+        events = decoded if isinstance(decoded, list) else [decoded]
+        for i, event in enumerate(events):
+            if not event.name:
+                return _error(400, f"event {i} has an empty name")
+            size = len(msgspec.json.encode(event))
+            if size > config.max_event_bytes:
+                return _error(413, f"event {i} is {size} bytes; the limit is {config.max_event_bytes}")
+        event_ids = await executor.send_events(events)
+        return JSONResponse({"ids": event_ids, "status": 200})
+
+    async def connect_start(request: Request) -> Response:
+        body = await request.body()
+        if len(body) > 1024 * 1024:
+            return _error(413, "start request too large")
+        start = pb.StartRequest()
+        try:
+            start.ParseFromString(body)
+        except DecodeError:
+            return _error(400, "body is not a StartRequest")
+        host = config.gateway_host
+        if request.headers.get("host"):
+            # Workers reach the gateway by the same name they used for the API.
+            host = urlsplit(f"//{request.headers['host']}").hostname or host
+        resp = pb.StartResponse(
+            connection_id=ids.new_ulid(),
+            gateway_endpoint=f"ws://{_host(host)}:{config.gateway_port}{limits.CONNECT_PATH}",
+            gateway_group=config.gateway_group,
+            session_token=tokens.issue(),
+            sync_token=_bearer(request),
+        )
+        return Response(resp.SerializeToString(), media_type="application/octet-stream")
+
+    async def connect_flush(request: Request) -> Response:
+        body = await request.body()
+        if not body:
+            return _error(400, "empty body: send a serialized SDKResponse")
+        if len(body) > limits.MAX_WORKER_MESSAGE_BYTES:
+            return _error(413, "reply larger than the message limit")
+        msg = pb.SDKResponse()
+        try:
+            msg.ParseFromString(body)
+        except DecodeError:
+            return _error(400, "body is not a serialized SDKResponse")
+        if not msg.request_id:
+            return _error(400, "SDKResponse has no request_id")
+        await replies.accept_reply(body, msg.request_id)
+        return Response(
+            pb.FlushResponse(request_id=msg.request_id).SerializeToString(), media_type="application/octet-stream"
+        )
+
+    async def event_runs(request: Request) -> Response:
+        runs = await executor.runs_for_event(request.path_params["event_id"])
+        return JSONResponse({"data": runs})
+
+    async def get_run(request: Request) -> Response:
+        run = await executor.get_run(request.path_params["run_id"])
+        if run is None:
+            return _error(404, f"run {request.path_params['run_id']} not found")
+        return JSONResponse({"data": run})
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def ready(request: Request) -> Response:
+        if is_ready():
+            return JSONResponse({"status": "ready"})
+        return _error(503, "not ready")
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 404:
+            return _error(404, f"no route for {request.method} {request.url.path}")
+        if exc.status_code == 405:
+            return _error(405, f"method {request.method} not allowed on {request.url.path}")
+        return _error(exc.status_code, str(exc.detail))
+
+    routes = [
+        Route("/e/{event_key}", send_events, methods=["POST"]),
+        Route("/v0/connect/start", connect_start, methods=["POST"]),
+        Route("/v0/connect/flush", connect_flush, methods=["POST"]),
+        Route("/v1/events/{event_id}/runs", event_runs, methods=["GET"]),
+        Route("/v1/runs/{run_id}", get_run, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/ready", ready, methods=["GET"]),
+    ]
+    handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {HTTPException: http_error}
+    return Starlette(routes=routes, exception_handlers=handlers)
+
+
+def _bearer(request: Request) -> str:
+    auth = request.headers.get("authorization", "")
+    return auth[7:] if auth.lower().startswith("bearer ") else ""
+
+
+def _host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

@@ -1,0 +1,122 @@
+"""Command line: `connect dev` and `connect worker MODULE:ATTR`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+log = logging.getLogger("connect")
+
+
+def _run(coro: Any) -> None:
+    try:
+        import uvloop
+
+        uvloop.run(coro)
+    except ImportError:  # pragma: no cover - platforms without uvloop
+        asyncio.run(coro)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from connect.devserver import DevServer, DevSettings
+
+    settings = DevSettings(host=args.host, port=args.port, gateway_port=args.gateway_port, db=args.db)
+    if args.lease_duration:
+        settings.lease_duration = args.lease_duration
+    if args.extend_lease_interval:
+        settings.extend_lease_interval = args.extend_lease_interval
+    _run(DevServer(settings).run())
+    return 0
+
+
+def load_apps(target: str) -> list[tuple[Any, list[Any]]]:
+    """Resolve `module:attr` to a list of (client, functions) pairs.
+
+    `attr` may be such a list, one (client, functions) pair, or a Client
+    (then every function created with it is served).
+    """
+    from connect.sdk.client import Client
+
+    if ":" not in target:
+        raise SystemExit(f"expected MODULE:ATTR, got {target!r}")
+    module_name, attr = target.split(":", 1)
+    sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SystemExit(f"cannot import {module_name!r}: {exc}") from exc
+    try:
+        value = getattr(module, attr)
+    except AttributeError as exc:
+        raise SystemExit(f"module {module_name!r} has no attribute {attr!r}") from exc
+    if isinstance(value, Client):
+        return [(value, list(value.functions))]
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], Client):
+        return [(value[0], list(value[1]))]
+    if isinstance(value, list) and all(isinstance(v, tuple) and len(v) == 2 for v in value):
+        return [(c, list(f)) for c, f in value]
+    raise SystemExit(f"{target} is not a Client, a (client, functions) pair or a list of them")
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from connect.worker import connect
+
+    apps = load_apps(args.target)
+
+    async def main() -> None:
+        conn = await connect(
+            apps,
+            instance_id=args.instance_id,
+            max_worker_concurrency=args.max_worker_concurrency,
+        )
+        await conn.closed
+
+    _run(main())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="connect", description="Durable Python functions over outbound workers")
+    parser.add_argument("--log-level", default=os.environ.get("CONNECT_LOG_LEVEL", "info"))
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    dev = sub.add_parser("dev", help="run API, gateway, executor and SQLite store in one process")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=8288, help="HTTP API port (default 8288)")
+    dev.add_argument("--gateway-port", type=int, default=8289, help="worker gateway port (default 8289)")
+    dev.add_argument("--db", default=os.environ.get("CONNECT_DB", "connect-dev.db"), help="SQLite database file")
+    dev.add_argument("--lease-duration", type=float, default=None, help="request lease, seconds (default 120)")
+    dev.add_argument("--extend-lease-interval", type=float, default=None, help="seconds (default 30)")
+    dev.set_defaults(func=cmd_dev)
+
+    worker = sub.add_parser("worker", help="run a worker for the app(s) at MODULE:ATTR")
+    worker.add_argument("target", help="MODULE:ATTR naming a Client or a list of (client, functions)")
+    worker.add_argument("--instance-id", default=None, help="stable worker identity (default: hostname)")
+    worker.add_argument("--max-worker-concurrency", type=int, default=None)
+    worker.set_defaults(func=cmd_worker)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.log_level)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""The executor's only way to reach workers.
+
+`Dispatcher.dispatch` runs one step request on some connected worker and
+returns the worker's reply once it is durably stored. Failures are typed so
+the executor can tell "wait for a worker" (no attempt burnt) from "the step
+failed" (an attempt burnt).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import msgspec
+
+
+class StepRequest(msgspec.Struct, frozen=True):
+    """One call request for one run.
+
+    `request_id` is chosen (and persisted) by the executor before it calls
+    `dispatch`, so a restarted executor presenting the same id picks up a
+    reply or a live lease left over from before the restart.
+    """
+
+    request_id: str
+    run_id: str
+    app_name: str
+    function_slug: str  # fully qualified: "<app_id>-<fn_id>"
+    step_id: str  # "step" for discovery, else a hashed step id
+    payload: bytes  # the JSON ExecutorRequest body
+    job_id: str = ""
+
+
+class StepReply(msgspec.Struct, frozen=True):
+    """What the worker answered (the essentials of a protobuf SDKResponse)."""
+
+    request_id: str
+    status: int  # protocol.payloads.STATUS_* (NOT_COMPLETED=0, DONE=1, ERROR=2)
+    body: bytes
+    no_retry: bool = False
+    retry_after: str | None = None
+    sdk_version: str = ""
+    request_version: int = 0
+
+
+class DispatchError(Exception):
+    """Base of the typed dispatch failures; `code` is a stable syscode."""
+
+    code = "connect_dispatch_failed"
+
+
+class NoWorker(DispatchError):
+    """No ready connection serves this app and function. Wait; no attempt burnt."""
+
+    code = "connect_no_healthy_connection"
+
+
+class AtCapacity(DispatchError):
+    """Every suitable worker is at its max_worker_concurrency. Wait; no attempt burnt."""
+
+    code = "connect_all_workers_at_capacity"
+
+
+class WorkerStoppedResponding(DispatchError):
+    """The request's lease lapsed before a reply was stored. Counts as a failed attempt."""
+
+    code = "connect_worker_stopped_responding"
+
+
+class Dispatcher(Protocol):
+    async def dispatch(self, request: StepRequest) -> StepReply:
+        """Run `request` on a worker and return its stored reply.
+
+        Order: a reply already stored for `request.request_id` is returned at
+        once; a live lease on it means a worker still runs it, so wait for
+        that; otherwise route, forward and wait. Raises NoWorker, AtCapacity
+        or WorkerStoppedResponding.
+        """
+        ...
+
+    async def wait_for_worker(self, app_name: str, function_slug: str, timeout: float) -> None:
+        """Return when a connection for this function may have free capacity
+        (a connect, a ready, a released slot), or after `timeout` seconds."""
+        ...

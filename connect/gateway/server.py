@@ -1,0 +1,266 @@
+"""The gateway's WebSocket server: a thin asyncio shell over `GatewaySession`.
+
+Each connection gets a reader loop (frames in, session events out) and a
+timer that wakes at the session's next deadline (handshake, heartbeat
+watchdog, ACK timeouts); nothing polls. `/ready` answers 200, or 503 while
+draining.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
+
+from connect.gateway.auth import TokenIssuer
+from connect.gateway.connection import Connection
+from connect.gateway.dispatcher import GatewayDispatcher
+from protocol import codes, limits
+from protocol import connect_pb2 as pb
+from protocol import gateway_session as gs
+from protocol.payloads import FunctionConfig
+
+log = logging.getLogger("connect.gateway")
+
+SyncHook = Callable[[str, str | None, list[FunctionConfig]], Awaitable[None]]
+
+DRAIN_TIMEOUT = 25.0
+
+
+class GatewayServer:
+    def __init__(
+        self,
+        dispatcher: GatewayDispatcher,
+        tokens: TokenIssuer,
+        on_sync: SyncHook,
+        *,
+        session_config: gs.GatewaySessionConfig | None = None,
+        max_message_bytes: int = limits.MAX_WORKER_MESSAGE_BYTES,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.dispatcher = dispatcher
+        self._on_sync = on_sync
+        self._clock = clock
+        self._max_message_bytes = max_message_bytes
+        cfg = session_config or gs.GatewaySessionConfig()
+        cfg.authenticate = tokens.verify
+        self._session_config = cfg
+        self.connections: set[Connection] = set()
+        self.draining = False
+        self._server: Server | None = None
+        self._all_closed = asyncio.Event()
+        self._all_closed.set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # --- lifecycle ----------------------------------------------------------------
+
+    async def start(self, host: str, port: int) -> int:
+        self._server = await serve(
+            self._handle,
+            host,
+            port,
+            subprotocols=[Subprotocol(limits.SUBPROTOCOL)],
+            select_subprotocol=_select_subprotocol,
+            process_request=self._process_request,
+            max_size=self._max_message_bytes,
+            ping_interval=None,  # liveness is application heartbeats
+            compression=None,
+            max_queue=64,
+        )
+        sock = next(iter(self._server.sockets))
+        return int(sock.getsockname()[1])
+
+    async def drain(self, timeout: float = DRAIN_TIMEOUT) -> None:
+        """Stop taking connections, send GATEWAY_CLOSING to every worker, wait
+        for them to leave (they reconnect elsewhere), then close the rest 1001."""
+        if not self.draining:
+            self.draining = True
+            log.info("gateway draining: %d connections", len(self.connections))
+            for conn in list(self.connections):
+                self.dispatcher.connection_unroutable(conn)
+                await self._apply(conn, conn.session.drain())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._all_closed.wait(), timeout)
+        for conn in list(self.connections):
+            with contextlib.suppress(Exception):
+                await conn.ws.close(codes.CloseCode.GOING_AWAY, codes.GATEWAY_CLOSING)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close(close_connections=True)
+            await self._server.wait_closed()
+
+    # --- HTTP on the gateway port ------------------------------------------------------
+
+    def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        if path == "/ready":
+            if self.draining:
+                return _text(http.HTTPStatus.SERVICE_UNAVAILABLE, "draining\n")
+            return _text(http.HTTPStatus.OK, "ready\n")
+        if path in ("/v0", "/v0/"):
+            return _text(http.HTTPStatus.OK, ".")
+        if path != limits.CONNECT_PATH:
+            return _text(http.HTTPStatus.NOT_FOUND, f"no route for {path}\n")
+        return None
+
+    # --- one connection -----------------------------------------------------------------------
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        if self.draining:
+            await ws.close(codes.CloseCode.GOING_AWAY, codes.GATEWAY_CLOSING)
+            return
+        session = gs.GatewaySession(self._session_config, self._clock())
+        conn = Connection(ws, session, _remote(ws))
+        self.connections.add(conn)
+        self._all_closed.clear()
+        timer = asyncio.create_task(self._timer(conn))
+        try:
+            await conn.flush()  # GATEWAY_HELLO
+            async for message in ws:
+                data = message if isinstance(message, bytes) else message.encode()
+                await self._apply(conn, session.receive(data, self._clock()))
+                if session.phase is gs.Phase.CLOSED:
+                    break
+        except ConnectionClosed:
+            pass
+        finally:
+            timer.cancel()
+            rcvd, sent = ws.protocol.close_rcvd, ws.protocol.close_sent
+            close_code = rcvd.code if rcvd else None
+            close_reason = rcvd.reason if rcvd else ""
+            if sent is not None and sent.code == codes.CloseCode.MESSAGE_TOO_BIG:
+                close_code = codes.CloseCode.MESSAGE_TOO_BIG  # we refused an oversized frame
+            await self._apply(conn, session.connection_lost(close_code, close_reason))
+            self.dispatcher.connection_unroutable(conn)
+            self.connections.discard(conn)
+            if not self.connections:
+                self._all_closed.set()
+            if conn.hello is not None:
+                log.info(
+                    "worker disconnected: connection=%s instance=%s reason=%s",
+                    conn.connection_id,
+                    conn.instance_id,
+                    _reason_name(session.disconnect_reason),
+                )
+
+    async def _timer(self, conn: Connection) -> None:
+        session = conn.session
+        while session.phase is not gs.Phase.CLOSED:
+            deadline = session.next_deadline()
+            if deadline is None:
+                return
+            await asyncio.sleep(max(0.0, deadline - self._clock()))
+            await self._apply(conn, session.tick(self._clock()))
+
+    async def _apply(self, conn: Connection, events: list[gs.Event]) -> None:
+        """Act on session events, then write what the session queued."""
+        for event in events:
+            match event:
+                case gs.HelloAccepted(hello=hello):
+                    await self._accept(conn, hello)
+                case gs.Ready():
+                    self.dispatcher.connection_ready(conn)
+                    log.info("worker ready: connection=%s instance=%s", conn.connection_id, conn.instance_id)
+                case gs.RequestAcked(request_id=rid):
+                    self.dispatcher.request_acked(rid, True)
+                case gs.AckFailed(request_id=rid):
+                    self.dispatcher.request_acked(rid, False)
+                case gs.ReplyReceived(response=response, raw=raw):
+                    # Stored off the reader loop: one slow commit must not hold
+                    # up heartbeats or other replies on this connection.
+                    self._spawn(self._reply(conn, response.request_id, raw))
+                case gs.LeaseExtension(data=data):
+                    self._spawn(self._extend(conn, data))
+                case gs.Paused():
+                    self.dispatcher.connection_unroutable(conn)
+                    log.info("worker paused: connection=%s instance=%s", conn.connection_id, conn.instance_id)
+                case gs.Close(code=code, reason=reason):
+                    self.dispatcher.connection_unroutable(conn)
+                    await self._close(conn, code, reason)
+                    return
+        try:
+            await conn.flush()
+        except ConnectionClosed:
+            pass
+
+    async def _accept(self, conn: Connection, hello: gs.WorkerHello) -> None:
+        conn.hello = hello
+        conn.functions = {(app.app_name, fn.id) for app in hello.apps for fn in app.functions}
+        for app in hello.apps:
+            await self._on_sync(app.app_name, app.app_version, app.functions)
+        self.dispatcher.capacity.set_limit(hello.instance_id, hello.max_worker_concurrency)
+        log.info(
+            "worker connected: connection=%s instance=%s apps=%s sdk=%s:%s max_concurrency=%s",
+            hello.connection_id,
+            hello.instance_id,
+            ",".join(a.app_name for a in hello.apps),
+            hello.sdk_language,
+            hello.sdk_version,
+            hello.max_worker_concurrency or "unlimited",
+        )
+        await self._apply(conn, conn.session.connection_ready(self._clock()))
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reply(self, conn: Connection, request_id: str, raw: bytes) -> None:
+        try:
+            await self.dispatcher.accept_reply(raw, request_id)
+        except Exception:
+            log.exception("storing reply %s failed", request_id)
+            await self._close(conn, codes.CloseCode.INTERNAL_ERROR, codes.INTERNAL_ERROR)
+            return
+        conn.session.ack_reply(request_id)  # only after the reply is durable
+        with contextlib.suppress(ConnectionClosed):
+            await conn.flush()
+
+    async def _extend(self, conn: Connection, data: pb.WorkerRequestExtendLeaseData) -> None:
+        new_id = await self.dispatcher.extend_lease(data, conn.instance_id)
+        conn.session.lease_ack(data, new_id)
+        with contextlib.suppress(ConnectionClosed):
+            await conn.flush()
+
+    async def _close(self, conn: Connection, code: int | None, reason: str) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            await conn.flush()
+        if code is None:
+            conn.ws.transport.abort()
+            return
+        log.info("closing connection %s: %d %s", conn.connection_id or conn.remote, code, reason)
+        with contextlib.suppress(Exception):
+            await conn.ws.close(code, reason)
+
+
+def _select_subprotocol(ws: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
+    # Official SDKs offer the subprotocol; clients that do not are still served.
+    wanted = Subprotocol(limits.SUBPROTOCOL)
+    return wanted if wanted in offered else None
+
+
+def _text(status: http.HTTPStatus, body: str) -> Response:
+    headers = Headers([("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))])
+    return Response(status.value, status.phrase, headers, body.encode())
+
+
+def _remote(ws: ServerConnection) -> str:
+    addr = ws.remote_address
+    return f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
+
+
+def _reason_name(reason: codes.DisconnectReason | str | None) -> str:
+    if isinstance(reason, codes.DisconnectReason):
+        return reason.name
+    return reason or "UNEXPECTED"

@@ -1,0 +1,645 @@
+"""`connect()`: keep an outbound WebSocket to the gateway and run steps.
+
+The connection machinery (start call, WebSocket, heartbeats, lease
+extensions, replies, reconnects) runs on its own event loop in its own
+thread, so user code that blocks the caller's event loop or holds a CPU
+cannot starve heartbeats. User functions run on the loop that called
+`connect()` (plain `def` handlers run in a thread pool from there).
+
+States: CONNECTING -> ACTIVE <-> RECONNECTING -> CLOSING -> CLOSED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from concurrent.futures import Future as ThreadFuture
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import websockets
+from google.protobuf.timestamp_pb2 import Timestamp
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    wait_exponential_jitter,
+)
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+from websockets.typing import Subprotocol
+
+from connect.sdk.client import Client
+from connect.sdk.execution import SDK_VERSION, Invocation, execute
+from connect.sdk.function import Function, functions_json
+from connect.worker.start import FatalStartError, StartClient
+from protocol import codes, limits
+from protocol import connect_pb2 as pb
+from protocol import worker_session as ws_
+from protocol.ledger import WorkerLedger
+
+log = logging.getLogger("connect.worker")
+
+SDK_LANGUAGE = "py"
+
+
+class ConnectionState(enum.Enum):
+    CONNECTING = "CONNECTING"
+    ACTIVE = "ACTIVE"
+    RECONNECTING = "RECONNECTING"
+    CLOSING = "CLOSING"
+    CLOSED = "CLOSED"
+
+
+AppSpec = tuple[Client, Sequence[Function]]
+
+
+@dataclass
+class WorkerOptions:
+    instance_id: str
+    max_worker_concurrency: int | None
+    drain_timeout: float | None = 600.0
+    reply_buffer_bytes: int = 500 * 1024 * 1024
+    reconnect_initial: float = 0.5
+    reconnect_max: float = 30.0
+    heartbeat_interval: float | None = None
+
+
+@dataclass(eq=False)
+class _Socket:
+    ws: ClientConnection
+    session: ws_.WorkerSession
+    gateway_group: str
+    connected: asyncio.Event = field(default_factory=asyncio.Event)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    draining: bool = False
+    session_end_reason: str = ""
+
+
+class WorkerConnection:
+    """A running worker. Create it with `await connect(...)`."""
+
+    def __init__(self, apps: Sequence[AppSpec], options: WorkerOptions) -> None:
+        if not apps:
+            raise ValueError("connect() needs at least one (client, functions) pair")
+        ids = [c.app_id for c, _ in apps]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"duplicate app ids: {ids}")
+        first = apps[0][0]
+        for client, _ in apps:
+            if client.api_base_url != first.api_base_url or client.signing_key != first.signing_key:
+                raise ValueError("all apps of one connection must share api_base_url and signing_key")
+        self._apps = {c.app_id: (c, {f.fully_qualified_id(c.app_id): f for f in fns}) for c, fns in apps}
+        self._options = options
+        self._api_base_url = first.api_base_url
+        self._signing_key = first.signing_key
+        self._state = ConnectionState.CONNECTING
+        self._main_loop: asyncio.AbstractEventLoop | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._closed_main: asyncio.Future[None] | None = None
+        self._active_main: asyncio.Future[None] | None = None
+        self._close_requested: asyncio.Event | None = None
+        self._wake: asyncio.Event | None = None
+        self._ledger = WorkerLedger(max_buffer_bytes=options.reply_buffer_bytes)
+        self._active: _Socket | None = None
+        self._sockets: set[_Socket] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._started_at = time.time()
+        self._fatal: BaseException | None = None
+        self.connection_id = ""
+        self.in_flight_peak = 0
+
+    # --- public API -------------------------------------------------------------------
+
+    @property
+    def state(self) -> ConnectionState:
+        return self._state
+
+    @property
+    def closed(self) -> asyncio.Future[None]:
+        """Resolves when the connection is CLOSED."""
+        assert self._closed_main is not None, "use `await connect(...)`"
+        return self._closed_main
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._ledger.in_flight)
+
+    async def close(self) -> None:
+        """Graceful shutdown: pause, finish and deliver in-flight work, close."""
+        if self._loop is not None and self._close_requested is not None and self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._close_requested.set)
+        await asyncio.shield(self.closed)
+
+    # --- startup (caller's loop) ---------------------------------------------------------
+
+    async def _start(self, wait_active: bool) -> None:
+        self._main_loop = asyncio.get_running_loop()
+        self._closed_main = self._main_loop.create_future()
+        self._active_main = self._main_loop.create_future()
+        self._thread = threading.Thread(target=self._thread_main, name="connect-worker", daemon=True)
+        self._thread.start()
+        if wait_active:
+            done, _ = await asyncio.wait({self._active_main, self._closed_main}, return_when=asyncio.FIRST_COMPLETED)
+            if self._closed_main in done and self._fatal is not None:
+                raise self._fatal
+
+    def _thread_main(self) -> None:
+        try:
+            _run_loop(self._machinery())
+        except BaseException as exc:  # pragma: no cover - reported, then the thread ends
+            log.exception("worker machinery crashed")
+            self._fatal = exc
+        finally:
+            self._set_state(ConnectionState.CLOSED)
+            self._to_main(self._resolve_closed)
+
+    def _resolve_closed(self) -> None:
+        assert self._closed_main is not None
+        if not self._closed_main.done():
+            self._closed_main.set_result(None)
+
+    def _to_main(self, fn: Callable[[], None]) -> None:
+        loop = self._main_loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(fn)
+
+    def _set_state(self, state: ConnectionState) -> None:
+        if self._state in (ConnectionState.CLOSING, ConnectionState.CLOSED) and state not in (
+            ConnectionState.CLOSING,
+            ConnectionState.CLOSED,
+        ):
+            return  # never regress from CLOSING/CLOSED
+        if state is not self._state:
+            self._state = state
+            log.info("worker state %s", state.value)
+        if state is ConnectionState.ACTIVE:
+
+            def resolve() -> None:
+                if self._active_main is not None and not self._active_main.done():
+                    self._active_main.set_result(None)
+
+            self._to_main(resolve)
+
+    # --- machinery (own loop) ---------------------------------------------------------------
+
+    async def _machinery(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._close_requested = asyncio.Event()
+        self._wake = asyncio.Event()
+        async with httpx.AsyncClient(timeout=10.0) as http:
+            start = StartClient(http, self._api_base_url, self._signing_key)
+            housekeeping = asyncio.create_task(self._housekeeping(start))
+            closer = asyncio.create_task(self._close_when_requested(start))
+            try:
+                await self._connect_loop(start)
+            except FatalStartError as exc:
+                log.error("worker cannot connect: %s", exc)
+                self._fatal = exc
+            finally:
+                closer.cancel()
+                housekeeping.cancel()
+                for sock in list(self._sockets):
+                    await self._close_socket(sock, codes.CloseCode.NORMAL, codes.WORKER_SHUTDOWN)
+                for task in list(self._tasks):
+                    task.cancel()
+
+    async def _connect_loop(self, start: StartClient) -> None:
+        assert self._close_requested is not None
+        exclude: list[str] = []
+        while not self._finished():
+            sock = await self._open_with_retries(start, exclude)
+            if sock is None:
+                continue
+            exclude = []
+            old = self._active
+            self._active = sock
+            self._set_state(ConnectionState.CLOSING if self._close_requested.is_set() else ConnectionState.ACTIVE)
+            self._resend_unsent(sock)
+            if old is not None and old is not sock:
+                await self._close_socket(old, codes.CloseCode.NORMAL, codes.WORKER_SHUTDOWN)
+            await self._wait_socket_turn(sock)
+            if sock.draining and not sock.ended.is_set():
+                exclude = [sock.gateway_group]  # open a replacement while this one drains
+            elif self._active is sock:
+                self._active = None
+                if not self._finished():
+                    self._set_state(ConnectionState.RECONNECTING)
+
+    async def _wait_socket_turn(self, sock: _Socket) -> None:
+        """Until the socket ends, the gateway asks us to move, or we are done."""
+        assert self._wake is not None
+        while not sock.ended.is_set() and not sock.draining and not self._finished():
+            self._wake.clear()
+            ended = asyncio.ensure_future(sock.ended.wait())
+            woke = asyncio.ensure_future(self._wake.wait())
+            await asyncio.wait({ended, woke}, return_when=asyncio.FIRST_COMPLETED)
+            ended.cancel()
+            woke.cancel()
+
+    def _finished(self) -> bool:
+        assert self._close_requested is not None
+        return self._close_requested.is_set() and self._ledger.idle
+
+    async def _sleep_unless_closing(self, delay: float) -> None:
+        assert self._close_requested is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._close_requested.wait(), delay)
+
+    async def _open_with_retries(self, start: StartClient, exclude: list[str]) -> _Socket | None:
+        """Open a connection, retrying with jittered exponential backoff and
+        never giving up; None when shutdown finished meanwhile."""
+        retrying = AsyncRetrying(
+            wait=wait_exponential_jitter(initial=self._options.reconnect_initial, max=self._options.reconnect_max),
+            retry=retry_if_exception(lambda e: not isinstance(e, FatalStartError)),
+            sleep=self._sleep_unless_closing,
+            before_sleep=_log_retry,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            if self._finished():
+                return None
+            with attempt:
+                return await self._open(start, exclude)
+        return None
+
+    async def _open(self, start: StartClient, exclude: list[str]) -> _Socket:
+        assert self._close_requested is not None
+        resp = await start.start(exclude)
+        self.connection_id = resp.connection_id
+        hello = self._hello(resp)
+        ws = await websockets.connect(
+            resp.gateway_endpoint,
+            subprotocols=[Subprotocol(limits.SUBPROTOCOL)],
+            max_size=limits.MAX_WORKER_MESSAGE_BYTES,
+            open_timeout=10,
+            ping_interval=None,
+            compression=None,
+            max_queue=64,
+        )
+        session = ws_.WorkerSession(
+            hello,
+            frozenset(self._apps),
+            time.time(),
+            paused=self._close_requested.is_set(),
+            heartbeat_interval=self._options.heartbeat_interval,
+        )
+        sock = _Socket(ws, session, resp.gateway_group)
+        self._sockets.add(sock)
+        reader = asyncio.create_task(self._read(sock))
+        self._tasks.add(reader)
+        reader.add_done_callback(self._tasks.discard)
+        ready = asyncio.ensure_future(sock.connected.wait())
+        ended = asyncio.ensure_future(sock.ended.wait())
+        await asyncio.wait({ready, ended}, return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        ended.cancel()
+        if not sock.connected.is_set():
+            await self._close_socket(sock, 4001, "UNEXPECTED")
+            raise ConnectionError(f"handshake with {resp.gateway_endpoint} failed: {sock.session_end_reason}")
+        log.info("worker connected: connection=%s gateway=%s", resp.connection_id, resp.gateway_endpoint)
+        return sock
+
+    def _hello(self, resp: pb.StartResponse) -> pb.WorkerConnectRequestData:
+        started = Timestamp()
+        started.FromNanoseconds(int(self._started_at * 1e9))
+        hello = pb.WorkerConnectRequestData(
+            connection_id=resp.connection_id,
+            instance_id=self._options.instance_id,
+            auth_data=pb.AuthData(session_token=resp.session_token, sync_token=resp.sync_token),
+            capabilities=b'{"connect":"v1","trust_probe":"v1"}',
+            worker_manual_readiness_ack=True,
+            system_attributes=pb.SystemAttributes(
+                cpu_cores=os.cpu_count() or 1, mem_bytes=_memory_bytes(), os=os.uname().sysname.lower()
+            ),
+            framework="connect",
+            sdk_version=SDK_VERSION.split(":v", 1)[-1],
+            sdk_language=SDK_LANGUAGE,
+            started_at=started,
+        )
+        for app_id, (client, fns) in self._apps.items():
+            app = hello.apps.add(app_name=app_id, functions=functions_json(app_id, list(fns.values())))
+            if client.app_version:
+                app.app_version = client.app_version
+        if self._options.max_worker_concurrency:
+            hello.max_worker_concurrency = self._options.max_worker_concurrency
+        return hello
+
+    async def _read(self, sock: _Socket) -> None:
+        try:
+            async for message in sock.ws:
+                data = message if isinstance(message, bytes) else message.encode()
+                self._handle(sock, sock.session.receive(data, time.time()))
+                await self._flush(sock)
+                if sock.session.phase is ws_.WorkerPhase.CLOSED:
+                    break
+        except ConnectionClosed:
+            pass
+        finally:
+            if not sock.connected.is_set():
+                rcvd = sock.ws.protocol.close_rcvd
+                sock.session_end_reason = f"{rcvd.code} {rcvd.reason}" if rcvd else "connection closed"
+            sock.session.connection_lost()
+            self._sockets.discard(sock)
+            sock.ended.set()
+            if self._wake is not None:
+                self._wake.set()
+
+    def _handle(self, sock: _Socket, events: list[ws_.WorkerEvent]) -> None:
+        for event in events:
+            match event:
+                case ws_.Connected():
+                    sock.connected.set()
+                case ws_.Execute(request=req):
+                    self._ledger.accept(req, time.time(), sock.session.extend_lease_interval)
+                    self.in_flight_peak = max(self.in_flight_peak, len(self._ledger.in_flight))
+                    self._dispatch(req)
+                case ws_.Ignored(request_id=rid, why=why):
+                    log.warning("request %s not taken: %s", rid, why)
+                case ws_.ReplyAcked(request_id=rid):
+                    self._ledger.acknowledged(rid)
+                    self._poke()
+                case ws_.LeaseAnswer(request_id=rid, new_lease_id=new):
+                    if not self._ledger.lease_answer(rid, new):
+                        log.warning("lease lost for request %s; its result may be discarded", rid)
+                        self._ledger.forget(rid)
+                case ws_.GatewayClosing():
+                    log.info("gateway is draining; reconnecting elsewhere")
+                    sock.draining = True
+                    self._poke()
+                case ws_.SyncFailed(code=code, message=message):
+                    log.error("app sync failed: %s: %s", code, message)
+                case ws_.Dead(why=why):
+                    log.warning("connection lost: %s", why)
+                    self._spawn(self._close_socket(sock, 4001, "UNEXPECTED"))
+
+    async def _flush(self, sock: _Socket) -> None:
+        for frame in sock.session.data_to_send():
+            await sock.ws.send(frame)
+
+    def _poke(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _close_socket(self, sock: _Socket, code: int, reason: str) -> None:
+        with contextlib.suppress(Exception):
+            await sock.ws.close(code, reason)
+        sock.session.connection_lost()
+        sock.ended.set()
+        self._sockets.discard(sock)
+
+    # --- executing requests ----------------------------------------------------------------
+
+    def _dispatch(self, req: pb.GatewayExecutorRequestData) -> None:
+        """Hand a request to the caller's loop; the reply comes back here."""
+        assert self._main_loop is not None
+        fut: ThreadFuture[bytes] = asyncio.run_coroutine_threadsafe(self._execute(req), self._main_loop)
+        loop = asyncio.get_running_loop()
+
+        def done(f: ThreadFuture[bytes]) -> None:
+            loop.call_soon_threadsafe(self._completed, req, f)
+
+        fut.add_done_callback(done)
+
+    async def _execute(self, req: pb.GatewayExecutorRequestData) -> bytes:
+        """Runs on the caller's loop."""
+        client, fns = self._apps[req.app_name]
+        outcome = await execute(
+            client,
+            fns,
+            Invocation(
+                request_payload=req.request_payload,
+                function_slug=req.function_slug,
+                step_id=req.step_id if req.HasField("step_id") else "step",
+                request_id=req.request_id,
+                job_id=req.job_id,
+            ),
+        )
+        resp = pb.SDKResponse(
+            request_id=req.request_id,
+            account_id=req.account_id,
+            env_id=req.env_id,
+            app_id=req.app_id,
+            status=outcome.status,  # type: ignore[arg-type]
+            body=outcome.body,
+            no_retry=outcome.no_retry,
+            sdk_version=SDK_VERSION,
+            request_version=outcome.request_version,
+            system_trace_ctx=req.system_trace_ctx or b"{}",
+            user_trace_ctx=req.user_trace_ctx or b"{}",
+            run_id=req.run_id,
+        )
+        if outcome.retry_after is not None:
+            resp.retry_after = outcome.retry_after
+        return resp.SerializeToString()
+
+    def _completed(self, req: pb.GatewayExecutorRequestData, fut: ThreadFuture[bytes]) -> None:
+        try:
+            raw = fut.result()
+        except BaseException as exc:  # the engine never raises; be safe anyway
+            log.exception("request %s crashed", req.request_id)
+            raw = pb.SDKResponse(
+                request_id=req.request_id,
+                status=pb.ERROR,
+                body=b'{"code":"unknown","message":"internal error: %s"}' % type(exc).__name__.encode(),
+                sdk_version=SDK_VERSION,
+                request_version=2,
+                system_trace_ctx=b"{}",
+                user_trace_ctx=b"{}",
+            ).SerializeToString()
+        for rid in self._ledger.complete(req.request_id, raw):
+            log.warning("reply buffer full: evicted the unacknowledged reply of request %s", rid)
+        self._send_reply(req.request_id, raw)
+        self._poke()
+
+    def _send_reply(self, rid: str, raw: bytes) -> None:
+        sock = self._active
+        if sock is not None and sock.session.send_reply_bytes(raw):
+            self._ledger.mark_sent(rid, time.time())
+            self._spawn(self._flush_quietly(sock))
+
+    async def _flush_quietly(self, sock: _Socket) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            await self._flush(sock)
+
+    def _resend_unsent(self, sock: _Socket) -> None:
+        for rid, raw in self._ledger.unsent():
+            if sock.session.send_reply_bytes(raw):
+                self._ledger.mark_sent(rid, time.time())
+        self._spawn(self._flush_quietly(sock))
+
+    # --- timers: heartbeats, leases, overdue replies --------------------------------------
+
+    async def _housekeeping(self, start: StartClient) -> None:
+        assert self._wake is not None
+        while True:
+            now = time.time()
+            deadlines: list[float] = []
+            for sock in list(self._sockets):
+                self._handle(sock, sock.session.tick(now))
+                d = sock.session.next_deadline()
+                if d is not None:
+                    deadlines.append(d)
+            target = self._extension_socket()
+            if target is not None:
+                interval = target.session.extend_lease_interval
+                for ext in self._ledger.due_extensions(now, interval):
+                    target.session.extend_lease(ext)
+                nxt = self._ledger.next_extension()
+                if nxt is not None:
+                    deadlines.append(nxt)
+            for sock in list(self._sockets):
+                with contextlib.suppress(ConnectionClosed):
+                    await self._flush(sock)
+            await self._flush_overdue(start, now)
+            if self._ledger.replies:
+                deadlines.append(now + 1.0)
+            timeout = max(0.0, min(deadlines) - time.time()) if deadlines else 1.0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), min(timeout, 1.0))
+            self._wake.clear()
+
+    def _extension_socket(self) -> _Socket | None:
+        """Extend leases over the active connection, else any open one."""
+        if self._active is not None and self._active.session.phase is ws_.WorkerPhase.ACTIVE:
+            return self._active
+        for sock in self._sockets:
+            if sock.session.phase is ws_.WorkerPhase.ACTIVE:
+                return sock
+        return None
+
+    async def _flush_overdue(self, start: StartClient, now: float) -> None:
+        """Deliver replies the gateway has not acknowledged (or that never had
+        a socket) over HTTP; a reply stays buffered until one path succeeds."""
+        pending = self._ledger.overdue(now)
+        if self._active is None:
+            pending += self._ledger.unsent()
+        for rid, raw in pending:
+            if await start.flush(raw):
+                self._ledger.acknowledged(rid)
+                log.info("reply %s delivered via /v0/connect/flush", rid)
+            else:
+                self._ledger.mark_unsent(rid)
+
+    # --- shutdown --------------------------------------------------------------------------
+
+    async def _close_when_requested(self, start: StartClient) -> None:
+        assert self._close_requested is not None and self._wake is not None
+        await self._close_requested.wait()
+        self._set_state(ConnectionState.CLOSING)
+        log.info("worker shutting down: %d requests in flight", len(self._ledger.in_flight))
+        for sock in list(self._sockets):
+            sock.session.pause()
+            with contextlib.suppress(ConnectionClosed):
+                await self._flush(sock)
+        deadline = self._options.drain_timeout
+        started = time.monotonic()
+        while not self._ledger.idle:
+            if deadline is not None and time.monotonic() - started > deadline:
+                log.warning("drain deadline passed: abandoning %d requests", len(self._ledger.in_flight))
+                self._ledger.in_flight.clear()
+                self._ledger.replies.clear()
+                break
+            await self._sleep_unless_done(0.2)
+        self._poke()
+
+    async def _sleep_unless_done(self, delay: float) -> None:
+        await asyncio.sleep(delay)
+
+
+def _log_retry(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome is not None else None
+    delay = state.next_action.sleep if state.next_action is not None else 0.0
+    log.warning(
+        "connect attempt %d failed (%s); retrying in %.1fs",
+        state.attempt_number,
+        _describe(exc) if exc else "?",
+        delay,
+    )
+
+
+def _run_loop(coro: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - platforms without uvloop
+        asyncio.run(coro)
+        return
+    uvloop.run(coro)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, InvalidHandshake | InvalidURI | OSError | httpx.HTTPError):
+        return f"{type(exc).__name__}: {exc}"
+    return str(exc) or type(exc).__name__
+
+
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):  # pragma: no cover
+        return 0
+
+
+async def connect(
+    apps: Sequence[AppSpec],
+    *,
+    instance_id: str | None = None,
+    max_worker_concurrency: int | None = None,
+    handle_shutdown_signals: Sequence[str] = ("SIGTERM", "SIGINT"),
+    drain_timeout: float | None = 600.0,
+    wait_active: bool = True,
+) -> WorkerConnection:
+    """Connect a worker for `apps` and return once it is ACTIVE.
+
+    Reconnects with jittered backoff for as long as it runs. Only a rejected
+    signing key (401/403 from the start call) is fatal.
+    """
+    if max_worker_concurrency is None and os.environ.get("CONNECT_MAX_WORKER_CONCURRENCY"):
+        max_worker_concurrency = int(os.environ["CONNECT_MAX_WORKER_CONCURRENCY"])
+    if max_worker_concurrency is not None and max_worker_concurrency <= 0:
+        raise ValueError("max_worker_concurrency must be a positive integer")
+    options = WorkerOptions(
+        instance_id=instance_id or socket.gethostname(),
+        max_worker_concurrency=max_worker_concurrency,
+        drain_timeout=drain_timeout,
+    )
+    conn = WorkerConnection(apps, options)
+    _install_signals(conn, handle_shutdown_signals)
+    await conn._start(wait_active)
+    return conn
+
+
+def _install_signals(conn: WorkerConnection, names: Sequence[str]) -> None:
+    if not names or threading.current_thread() is not threading.main_thread():
+        return
+    loop = asyncio.get_running_loop()
+    received = 0
+
+    def on_signal(name: str) -> None:
+        nonlocal received
+        received += 1
+        if received > 1:
+            log.warning("second %s: exiting immediately", name)
+            os._exit(1)
+        log.info("%s received: draining", name)
+        task = loop.create_task(conn.close())
+        conn._signal_task = task  # type: ignore[attr-defined]
+
+    for name in names:
+        loop.add_signal_handler(getattr(signal, name), on_signal, name)

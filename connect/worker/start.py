@@ -1,0 +1,50 @@
+"""The worker's HTTP calls: `/v0/connect/start` and `/v0/connect/flush`."""
+
+from __future__ import annotations
+
+import logging
+
+import httpx
+
+from connect.gateway.auth import hash_signing_key
+from protocol import connect_pb2 as pb
+
+log = logging.getLogger("connect.worker")
+
+
+class FatalStartError(Exception):
+    """The server rejected our credentials; retrying cannot help."""
+
+
+class StartClient:
+    def __init__(self, http: httpx.AsyncClient, api_base_url: str, signing_key: str | None) -> None:
+        self._http = http
+        self._base = api_base_url.rstrip("/")
+        self._headers = {"Content-Type": "application/protobuf"}
+        if signing_key:
+            self._headers["Authorization"] = f"Bearer {hash_signing_key(signing_key)}"
+
+    async def start(self, exclude_gateways: list[str]) -> pb.StartResponse:
+        body = pb.StartRequest(exclude_gateways=exclude_gateways).SerializeToString()
+        resp = await self._http.post(f"{self._base}/v0/connect/start", content=body, headers=self._headers)
+        if resp.status_code in (401, 403):
+            raise FatalStartError(f"start refused ({resp.status_code}): {resp.text.strip()}")
+        if resp.status_code != 200:
+            raise ConnectionError(f"start answered {resp.status_code}: {resp.text.strip()[:200]}")
+        out = pb.StartResponse()
+        out.ParseFromString(resp.content)
+        if not out.gateway_endpoint.startswith(("ws://", "wss://")):
+            raise ConnectionError(f"start returned a bad gateway endpoint {out.gateway_endpoint!r}")
+        return out
+
+    async def flush(self, response: bytes) -> bool:
+        """POST one serialized SDKResponse; True once the server stored it."""
+        try:
+            resp = await self._http.post(f"{self._base}/v0/connect/flush", content=response, headers=self._headers)
+        except httpx.HTTPError as exc:
+            log.warning("flush failed: %s", exc)
+            return False
+        if resp.status_code // 100 != 2:
+            log.warning("flush answered %d: %s", resp.status_code, resp.text.strip()[:200])
+            return False
+        return True

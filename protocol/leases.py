@@ -1,0 +1,70 @@
+"""Request leases, as the gateway keeps them (sans-I/O, injected time).
+
+A lease says which worker instance currently runs a request and until when.
+Workers extend it every `extend_lease_interval`; when it lapses the executor
+treats the worker as gone and dispatches the step again. Leases are keyed by
+request id, not by connection, so a worker may extend over a replacement
+connection after a gateway drain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from protocol import ids, limits
+
+
+@dataclass
+class Lease:
+    request_id: str
+    lease_id: str
+    instance_id: str
+    expires_at: float
+    prev_lease_id: str = ""
+
+    def active(self, now: float) -> bool:
+        return self.expires_at > now
+
+
+class LeaseTable:
+    def __init__(self, duration: float = limits.LEASE_DURATION) -> None:
+        self.duration = duration
+        self._leases: dict[str, Lease] = {}
+
+    def __len__(self) -> int:
+        return len(self._leases)
+
+    def get(self, request_id: str) -> Lease | None:
+        return self._leases.get(request_id)
+
+    def grant(self, request_id: str, instance_id: str, now: float) -> Lease:
+        expires = now + self.duration
+        lease = Lease(request_id, ids.lease_id(expires), instance_id, expires)
+        self._leases[request_id] = lease
+        return lease
+
+    def restore(self, lease: Lease) -> None:
+        self._leases[lease.request_id] = lease
+
+    def extend(self, request_id: str, presented: str, instance_id: str, now: float) -> Lease | None:
+        """Extend a live lease; None is a NACK.
+
+        Presenting the current lease id rotates it. Presenting the previous
+        id from the same instance returns the current lease unchanged: the
+        worker lost our last ACK and is retrying (idempotent replay).
+        """
+        lease = self._leases.get(request_id)
+        if lease is None or lease.instance_id != instance_id or not lease.active(now):
+            return None
+        if presented == lease.lease_id:
+            expires = now + self.duration
+            lease.prev_lease_id = lease.lease_id
+            lease.lease_id = ids.lease_id(expires)
+            lease.expires_at = expires
+            return lease
+        if presented == lease.prev_lease_id:
+            return lease
+        return None
+
+    def release(self, request_id: str) -> Lease | None:
+        return self._leases.pop(request_id, None)

@@ -1,0 +1,131 @@
+"""What a worker keeps across sockets: requests in flight and unacknowledged replies.
+
+Sans-I/O with injected time, like the sessions. A reply stays here until the
+gateway acknowledges it (WORKER_REPLY_ACK) or `/v0/connect/flush` accepts it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from protocol import connect_pb2 as pb
+from protocol import limits
+
+
+@dataclass
+class InFlight:
+    request: pb.GatewayExecutorRequestData
+    lease_id: str
+    next_extension: float
+
+
+@dataclass
+class PendingReply:
+    response: bytes
+    sent_at: float | None  # None: not sent on any socket yet
+
+
+class WorkerLedger:
+    """Requests in flight and replies not yet acknowledged, across reconnects.
+
+    The reply buffer is bounded by `max_buffer_bytes`; when a new reply does
+    not fit, the oldest unacknowledged replies are evicted (and returned to
+    the caller to log), never the new one: a lost old reply is re-run by its
+    lease lapsing, which is safe, while the buffer can never grow without bound.
+    """
+
+    def __init__(self, *, max_buffer_bytes: int = 500 * 1024 * 1024, ack_timeout: float = limits.REPLY_ACK_TIMEOUT) -> None:
+        self.in_flight: dict[str, InFlight] = {}
+        self.replies: OrderedDict[str, PendingReply] = OrderedDict()
+        self.max_buffer_bytes = max_buffer_bytes
+        self.ack_timeout = ack_timeout
+        self._buffer_bytes = 0
+
+    def accept(self, request: pb.GatewayExecutorRequestData, now: float, interval: float) -> None:
+        self.in_flight[request.request_id] = InFlight(request, request.lease_id, now + interval)
+
+    def due_extensions(self, now: float, interval: float) -> list[pb.WorkerRequestExtendLeaseData]:
+        due: list[pb.WorkerRequestExtendLeaseData] = []
+        for item in self.in_flight.values():
+            if item.next_extension <= now:
+                item.next_extension = now + interval
+                req = item.request
+                ext = pb.WorkerRequestExtendLeaseData(
+                    request_id=req.request_id,
+                    account_id=req.account_id,
+                    env_id=req.env_id,
+                    app_id=req.app_id,
+                    function_slug=req.function_slug,
+                    system_trace_ctx=req.system_trace_ctx,
+                    user_trace_ctx=req.user_trace_ctx,
+                    run_id=req.run_id,
+                    lease_id=item.lease_id,
+                )
+                if req.HasField("step_id"):
+                    ext.step_id = req.step_id
+                due.append(ext)
+        return due
+
+    def next_extension(self) -> float | None:
+        return min((i.next_extension for i in self.in_flight.values()), default=None)
+
+    def lease_answer(self, request_id: str, new_lease_id: str | None) -> bool:
+        """Record an extension answer; False means the lease is lost."""
+        item = self.in_flight.get(request_id)
+        if item is None:
+            return True
+        if new_lease_id is None:
+            return False
+        item.lease_id = new_lease_id
+        return True
+
+    def complete(self, request_id: str, response: bytes) -> list[str]:
+        """The request finished: hold its reply until acknowledged.
+        Returns the ids of replies evicted to stay within the bound."""
+        self.in_flight.pop(request_id, None)
+        evicted: list[str] = []
+        while self.replies and self._buffer_bytes + len(response) > self.max_buffer_bytes:
+            rid, old = self.replies.popitem(last=False)
+            self._buffer_bytes -= len(old.response)
+            evicted.append(rid)
+        self.replies[request_id] = PendingReply(response, None)
+        self._buffer_bytes += len(response)
+        return evicted
+
+    def mark_sent(self, request_id: str, now: float) -> None:
+        pending = self.replies.get(request_id)
+        if pending is not None:
+            pending.sent_at = now
+
+    def acknowledged(self, request_id: str) -> None:
+        pending = self.replies.pop(request_id, None)
+        if pending is not None:
+            self._buffer_bytes -= len(pending.response)
+
+    def mark_unsent(self, request_id: str) -> None:
+        """Delivery failed: send it again on the next socket."""
+        pending = self.replies.get(request_id)
+        if pending is not None:
+            pending.sent_at = None
+
+    def forget(self, request_id: str) -> None:
+        """Stop extending a request whose lease was lost (its code keeps running)."""
+        item = self.in_flight.get(request_id)
+        if item is not None:
+            item.next_extension = float("inf")
+
+    def unsent(self) -> list[tuple[str, bytes]]:
+        return [(rid, p.response) for rid, p in self.replies.items() if p.sent_at is None]
+
+    def overdue(self, now: float) -> list[tuple[str, bytes]]:
+        """Replies sent but not acknowledged within `ack_timeout`: flush them over HTTP."""
+        return [
+            (rid, p.response)
+            for rid, p in self.replies.items()
+            if p.sent_at is not None and now - p.sent_at >= self.ack_timeout
+        ]
+
+    @property
+    def idle(self) -> bool:
+        return not self.in_flight and not self.replies

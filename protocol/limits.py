@@ -1,0 +1,35 @@
+"""Protocol constants and limits. Every limit here is documented in the README."""
+
+from __future__ import annotations
+
+from typing import Final
+
+SUBPROTOCOL: Final = "v0.connect.inngest.com"
+CONNECT_PATH: Final = "/v0/connect"
+
+#: Largest frame a worker may send (4 MiB step output + 4 MiB step input).
+MAX_WORKER_MESSAGE_BYTES: Final = 8 * 1024 * 1024
+#: Largest request payload the executor sends to a worker.
+MAX_REQUEST_PAYLOAD_BYTES: Final = 4 * 1024 * 1024
+#: Seconds a new connection has to send WORKER_CONNECT after GATEWAY_HELLO.
+HANDSHAKE_TIMEOUT: Final = 5.0
+#: Apps one connection may register.
+APPS_PER_CONNECTION: Final = 10
+
+HEARTBEAT_INTERVAL: Final = 10.0
+#: The gateway closes a connection silent for this many heartbeat intervals.
+HEARTBEAT_MISSES_BEFORE_CLOSE: Final = 5
+#: The worker declares a connection dead when this many heartbeats are unanswered.
+WORKER_HEARTBEATS_OUTSTANDING_LIMIT: Final = 2
+
+LEASE_DURATION: Final = 120.0
+LEASE_EXTEND_INTERVAL: Final = 30.0
+#: How long the gateway waits for WORKER_REQUEST_ACK after writing a request.
+REQUEST_ACK_TIMEOUT: Final = LEASE_DURATION + 5.0
+#: How long a worker waits for WORKER_REPLY_ACK before falling back to /flush.
+REPLY_ACK_TIMEOUT: Final = 5.0
+
+SESSION_TOKEN_TTL: Final = 300.0
+DEV_JWT_SECRET: Final = "this-does-not-need-to-be-secret"  # noqa: S105 - public dev secret by design
+JWT_ISSUER: Final = "connect.inngest.com"
+JWT_AUDIENCE: Final = "gateway.connect.inngest.com"
