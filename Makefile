@@ -1,0 +1,53 @@
+# Two entry points: `make dev` and `make test`. Both work on a fresh clone
+# with only Python >= 3.11 and make.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+DB     ?= .connect-dev.db
+
+.PHONY: dev test lint typecheck unit install install-test proto bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(VENV)/.installed $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+## make dev: start `connect dev` (API :8288, gateway :8289) and the example worker.
+dev: install
+	@echo "connect dev on http://127.0.0.1:8288 (gateway ws://127.0.0.1:8289); Ctrl-C stops both"
+	@trap 'kill 0' INT TERM; \
+	$(BIN)/connect dev --db $(DB) & \
+	$(BIN)/connect worker examples.hello:client & \
+	wait
+
+## make test: lint, type-check and run the whole suite.
+test: install-test lint typecheck unit
+
+lint: install-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: install-test
+	$(BIN)/mypy
+
+unit: install-test
+	$(BIN)/pytest -q
+
+proto: install-test
+	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. protocol/connect.proto
+
+bench: install-test
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(DB) $(DB)-wal $(DB)-shm

@@ -1,0 +1,36 @@
+"""The authoring SDK: write durable functions, and execute them one call request at a time.
+
+Mirrors the Inngest Python SDK's user-facing API, so existing functions port by
+changing imports. ``connect.sdk.execution.execute`` is the engine a worker calls.
+"""
+
+from connect.sdk.client import Client
+from connect.sdk.context import Context
+from connect.sdk.errors import (
+    FunctionConfigError,
+    NonRetriableError,
+    RetryAfterError,
+    SendEventsError,
+    StepError,
+)
+from connect.sdk.events import Event
+from connect.sdk.function import Function, functions_json
+from connect.sdk.step import Step, StepSync
+from connect.sdk.triggers import TriggerCron, TriggerEvent
+
+__all__ = [
+    "Client",
+    "Context",
+    "Event",
+    "Function",
+    "FunctionConfigError",
+    "NonRetriableError",
+    "RetryAfterError",
+    "SendEventsError",
+    "Step",
+    "StepError",
+    "StepSync",
+    "TriggerCron",
+    "TriggerEvent",
+    "functions_json",
+]

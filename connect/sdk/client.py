@@ -1,0 +1,136 @@
+"""The app's handle: identity, where the platform lives, event sending, function creation."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Final
+
+import httpx
+
+from connect.sdk.errors import FunctionConfigError, SendEventsError
+from connect.sdk.events import Event, encode_events, event_id_seed, normalize, parse_send_reply
+from connect.sdk.function import Function, Handler
+from connect.sdk.triggers import AnyTrigger
+from connect.sdk.version import SDK_VERSION
+
+DEFAULT_API_BASE_URL: Final = "http://127.0.0.1:8288"
+ENV_API_URL: Final = "CONNECT_API_URL"
+ENV_SIGNING_KEY: Final = "CONNECT_SIGNING_KEY"
+ENV_EVENT_KEY: Final = "CONNECT_EVENT_KEY"
+DEFAULT_EVENT_KEY: Final = "dev"
+SEND_TIMEOUT_SECONDS: Final = 30.0
+
+
+class Client:
+    """One app: its id, the platform's base URL, keys, and a logger.
+
+    Settings are resolved once, at construction: an argument wins, then the
+    ``CONNECT_*`` environment variable, then the default. The client holds no
+    connections; each ``send`` opens and closes its own HTTP client, so one
+    ``Client`` may be used from any thread or event loop.
+
+    ``http_transport`` replaces httpx's network layer (tests pass an
+    ``httpx.MockTransport``); an async transport serves ``send`` and a sync one
+    ``send_sync``.
+    """
+
+    def __init__(
+        self,
+        app_id: str,
+        *,
+        api_base_url: str | None = None,
+        signing_key: str | None = None,
+        event_key: str | None = None,
+        app_version: str | None = None,
+        logger: logging.Logger | None = None,
+        http_transport: httpx.AsyncBaseTransport | httpx.BaseTransport | None = None,
+    ) -> None:
+        if not isinstance(app_id, str) or not app_id.strip():
+            raise FunctionConfigError("app_id must be a non-empty string")
+        self.app_id: Final = app_id
+        self.api_base_url: Final = (api_base_url or os.environ.get(ENV_API_URL) or DEFAULT_API_BASE_URL).rstrip("/")
+        self.signing_key: Final = signing_key or os.environ.get(ENV_SIGNING_KEY) or None
+        self.event_key: Final = event_key or os.environ.get(ENV_EVENT_KEY) or DEFAULT_EVENT_KEY
+        self.app_version: Final = app_version
+        self.logger: Final = logger or logging.getLogger("connect.sdk")
+        self._transport = http_transport
+        #: Every function created with this client, in creation order; what
+        #: `connect worker module:client` serves.
+        self.functions: list[Function] = []
+
+    @property
+    def event_url(self) -> str:
+        return f"{self.api_base_url}/e/{self.event_key}"
+
+    def create_function(
+        self,
+        *,
+        fn_id: str,
+        trigger: AnyTrigger | Sequence[AnyTrigger],
+        retries: int | None = None,
+        name: str | None = None,
+    ) -> Callable[[Handler], Function]:
+        """Decorator turning ``async def f(ctx, step)`` or ``def f(ctx, step)`` into a ``Function``.
+
+        ``retries`` (0 to 20) applies to each step and to the function body; ``None``
+        leaves the server default. Options are validated here, so a mistake
+        raises ``FunctionConfigError`` at import time rather than at run time.
+        """
+
+        def decorate(handler: Handler) -> Function:
+            fn = Function(fn_id=fn_id, handler=handler, trigger=trigger, retries=retries, name=name)
+            if any(existing.id == fn.id for existing in self.functions):
+                raise FunctionConfigError(f"app {self.app_id!r} already has a function with id {fn.id!r}")
+            self.functions.append(fn)
+            return fn
+
+        return decorate
+
+    async def send(self, events: Event | Sequence[Event]) -> list[str]:
+        """POST events to the event API; returns their ids in order.
+
+        Raises ``SendEventsError`` on a network failure or a non-2xx reply
+        (with the server's message). Not retried here: inside a function, use
+        ``step.send_event`` so a retry does not send twice.
+        """
+        batch = normalize(events)
+        if not batch:
+            return []
+        body, headers = self._request(batch)
+        transport = self._transport if isinstance(self._transport, httpx.AsyncBaseTransport) else None
+        try:
+            async with httpx.AsyncClient(timeout=SEND_TIMEOUT_SECONDS, transport=transport) as http:
+                response = await http.post(self.event_url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise SendEventsError(f"could not reach the event API at {self.event_url}: {exc}") from exc
+        return parse_send_reply(response.status_code, response.content)
+
+    def send_sync(self, events: Event | Sequence[Event]) -> list[str]:
+        """Blocking ``send``, for sync code and sync handlers."""
+        batch = normalize(events)
+        if not batch:
+            return []
+        body, headers = self._request(batch)
+        transport = self._transport if isinstance(self._transport, httpx.BaseTransport) else None
+        try:
+            with httpx.Client(timeout=SEND_TIMEOUT_SECONDS, transport=transport) as http:
+                response = http.post(self.event_url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise SendEventsError(f"could not reach the event API at {self.event_url}: {exc}") from exc
+        return parse_send_reply(response.status_code, response.content)
+
+    def _request(self, batch: list[Event]) -> tuple[bytes, dict[str, str]]:
+        now_ms = time.time_ns() // 1_000_000
+        headers = {
+            "content-type": "application/json",
+            "user-agent": SDK_VERSION,
+            "x-inngest-sdk": SDK_VERSION,
+            "x-inngest-event-id-seed": event_id_seed(now_ms),
+        }
+        return encode_events(batch, now_ms), headers
+
+    def __repr__(self) -> str:
+        return f"Client(app_id={self.app_id!r}, api_base_url={self.api_base_url!r})"

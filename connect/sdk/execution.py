@@ -1,0 +1,252 @@
+"""Execute one call request: the entry point a worker calls for each executor request.
+
+``execute`` never raises for anything a request or user code can do: every
+problem becomes an ``Outcome`` with status ERROR. Only cancellation (and other
+``BaseException``s such as ``KeyboardInterrupt``) propagates.
+
+Status mapping (the HTTP serve equivalents in brackets):
+DONE [200] body = the handler's return value as JSON;
+NOT_COMPLETED [206] body = JSON array with the one reported step op;
+ERROR [500] body = ``{"code", "message", "name", "stack"?}``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import anyio.to_thread
+import msgspec
+
+from connect.sdk import errors
+from connect.sdk.client import Client
+from connect.sdk.context import Context
+from connect.sdk.durations import to_iso_utc
+from connect.sdk.function import ROOT_STEP_ID, Function
+from connect.sdk.replay import Ending, Failure, Replay, RequestEnded
+from connect.sdk.step import Step, StepSync
+from connect.sdk.version import REQUEST_VERSION, SDK_VERSION
+from protocol.payloads import (
+    STATUS_DONE,
+    STATUS_ERROR,
+    STATUS_NOT_COMPLETED,
+    ErrorInfo,
+    ExecutorRequest,
+)
+
+__all__ = ["SDK_VERSION", "Invocation", "Outcome", "execute"]
+
+_request_decoder: Final = msgspec.json.Decoder(ExecutorRequest)
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """One call request as the transport delivered it."""
+
+    request_payload: bytes  # JSON ExecutorRequest
+    function_slug: str  # FQ id "<app_id>-<fn_id>"
+    step_id: str  # "step" or a hashed step id
+    request_id: str = ""
+    job_id: str = ""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The SDK's reply to one call request."""
+
+    status: int  # STATUS_DONE / STATUS_NOT_COMPLETED / STATUS_ERROR
+    body: bytes
+    no_retry: bool = False
+    retry_after: str | None = None  # ISO-8601 UTC with ms
+    request_version: int = REQUEST_VERSION
+
+
+@dataclass(frozen=True)
+class _Returned:
+    value: Any
+
+
+@dataclass(frozen=True)
+class _Raised:
+    exc: Exception
+
+
+@dataclass(frozen=True)
+class _Unwound:
+    """The handler was unwound by ``RequestEnded``; the replay holds the ending."""
+
+
+_Result = _Returned | _Raised | _Unwound
+
+
+async def execute(client: Client, functions: Mapping[str, Function], invocation: Invocation) -> Outcome:
+    """Run the function named by ``invocation`` against its request; never raises (see module doc).
+
+    ``functions`` is keyed by fully-qualified id. An ``async def`` handler runs
+    on the calling event loop; a plain ``def`` handler runs in a worker thread
+    (anyio's default limiter) so it cannot block the loop. If the caller is
+    cancelled while a sync handler runs, the thread is abandoned: it finishes
+    on its own and its result is dropped.
+    """
+    fn = functions.get(invocation.function_slug)
+    if fn is None:
+        return _early_error(
+            errors.CODE_FUNCTION_NOT_FOUND,
+            "FunctionNotFoundError",
+            f"function {invocation.function_slug!r} is not served by this worker "
+            f"(it serves: {', '.join(sorted(functions)) or 'nothing'})",
+        )
+    try:
+        request = _request_decoder.decode(invocation.request_payload)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        return _early_error(errors.CODE_BODY_INVALID, "ValidationError", f"invalid request payload: {exc}")
+    if request.use_api:
+        return _early_error(
+            errors.CODE_BODY_INVALID,
+            "ValidationError",
+            "request has use_api=true (state must be fetched from the API), which this SDK does not support",
+        )
+    try:
+        return await _run(client, fn, request, invocation)
+    except Exception as exc:  # a bug in the SDK itself; still answer the executor
+        client.logger.exception("internal error while executing %s", invocation.function_slug)
+        return _early_error(errors.CODE_UNKNOWN, type(exc).__name__, f"internal error: {exc}")
+
+
+async def _run(client: Client, fn: Function, request: ExecutorRequest, invocation: Invocation) -> Outcome:
+    # An empty step id is treated as discovery: targeting a step nobody has
+    # would only make every new step fail with step_unexpected.
+    target = None if invocation.step_id in (ROOT_STEP_ID, "") else invocation.step_id
+    replay = Replay(
+        request.steps,
+        target=target,
+        disable_immediate_execution=request.ctx.disable_immediate_execution,
+        attempt=request.ctx.attempt,
+        max_attempts=request.ctx.max_attempts,
+    )
+    ctx = Context(
+        event=request.event,
+        events=request.events,
+        run_id=request.ctx.run_id,
+        attempt=request.ctx.attempt,
+        request_id=invocation.request_id,
+        job_id=invocation.job_id,
+        logger=client.logger,
+    )
+    if fn.is_async:
+        result = await _call_async(fn, ctx, Step(replay, client))
+    else:
+        result = await anyio.to_thread.run_sync(_call_sync, fn, ctx, StepSync(replay, client), abandon_on_cancel=True)
+    # A recorded ending wins even if user code swallowed RequestEnded and
+    # returned or raised something else afterwards.
+    if replay.ending is not None:
+        return _from_ending(replay.ending)
+    if isinstance(result, _Raised):
+        return _from_exception(client, fn, result.exc)
+    if isinstance(result, _Unwound):
+        raise RuntimeError("handler unwound without a recorded ending")
+    return _from_return(result.value)
+
+
+async def _call_async(fn: Function, ctx: Context, step: Step) -> _Result:
+    try:
+        return _Returned(await fn.handler(ctx, step))  # type: ignore[arg-type]
+    except RequestEnded:
+        return _Unwound()
+    except Exception as exc:
+        return _Raised(exc)
+
+
+def _call_sync(fn: Function, ctx: Context, step: StepSync) -> _Result:
+    try:
+        return _Returned(fn.handler(ctx, step))  # type: ignore[arg-type]
+    except RequestEnded:
+        return _Unwound()
+    except Exception as exc:
+        return _Raised(exc)
+
+
+def _from_return(value: Any) -> Outcome:
+    if inspect.isawaitable(value):
+        if inspect.iscoroutine(value):
+            value.close()
+        return _failure_outcome(
+            Failure(
+                _info(
+                    errors.CODE_OUTPUT_UNSERIALIZABLE,
+                    "OutputUnserializableError",
+                    "the handler returned an awaitable; declare it with `async def` so it is awaited",
+                ),
+                include_stack=False,
+            )
+        )
+    try:
+        body = msgspec.json.encode(value)
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+        return _failure_outcome(
+            Failure(
+                _info(
+                    errors.CODE_OUTPUT_UNSERIALIZABLE,
+                    "OutputUnserializableError",
+                    f"the function returned data that cannot be encoded as JSON: {exc}",
+                ),
+                include_stack=False,
+            )
+        )
+    return Outcome(status=STATUS_DONE, body=body)
+
+
+def _from_exception(client: Client, fn: Function, exc: Exception) -> Outcome:
+    info = errors.describe(exc)
+    if not errors.is_quiet(exc):
+        client.logger.error("function %s failed: %s: %s", fn.id, info.code, info.message)
+    retry_after = None
+    if isinstance(exc, errors.RetryAfterError):
+        retry_after = to_iso_utc(exc.retry_after)
+    return _failure_outcome(Failure(info, no_retry=not errors.is_retriable(exc), retry_after=retry_after))
+
+
+def _from_ending(ending: Ending) -> Outcome:
+    if isinstance(ending, Failure):
+        return _failure_outcome(ending)
+    op = msgspec.to_builtins(ending.opcode)
+    if op.get("error") is None:
+        op.pop("error", None)  # `error` is present only on error ops
+    try:
+        body = msgspec.json.encode([op])
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+        return _failure_outcome(
+            Failure(
+                _info(
+                    errors.CODE_OUTPUT_UNSERIALIZABLE,
+                    "OutputUnserializableError",
+                    f'step "{ending.opcode.displayName}" reported data that cannot be encoded as JSON: {exc}',
+                ),
+                include_stack=False,
+            )
+        )
+    return Outcome(status=STATUS_NOT_COMPLETED, body=body, no_retry=ending.no_retry)
+
+
+def _failure_outcome(failure: Failure) -> Outcome:
+    info = failure.error
+    body: dict[str, Any] = {"code": info.code or errors.CODE_UNKNOWN, "message": info.message, "name": info.name}
+    if failure.include_stack:
+        body["stack"] = info.stack
+    return Outcome(
+        status=STATUS_ERROR,
+        body=msgspec.json.encode(body),
+        no_retry=failure.no_retry,
+        retry_after=failure.retry_after,
+    )
+
+
+def _early_error(code: str, name: str, message: str) -> Outcome:
+    """An error found before user code ran: no stack, and retriable like any 500."""
+    return _failure_outcome(Failure(_info(code, name, message), include_stack=False))
+
+
+def _info(code: str, name: str, message: str) -> ErrorInfo:
+    return ErrorInfo(name=name, message=message, stack=None, code=code)

@@ -1,0 +1,153 @@
+"""A durable function: its handler plus the configuration it registers with."""
+
+from __future__ import annotations
+
+import inspect
+import urllib.parse
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, Final, TypeAlias
+
+import msgspec
+
+from connect.sdk.context import Context
+from connect.sdk.errors import FunctionConfigError
+from connect.sdk.step import Step, StepSync
+from connect.sdk.triggers import AnyTrigger, TriggerCron, TriggerEvent
+from protocol.payloads import FunctionConfig, Retries, Runtime, StepConfig
+
+AsyncHandler: TypeAlias = Callable[[Context, Step], Awaitable[Any]]
+SyncHandler: TypeAlias = Callable[[Context, StepSync], Any]
+Handler: TypeAlias = AsyncHandler | SyncHandler
+
+# The one pseudo-step every function registers; requests naming it are discovery requests.
+ROOT_STEP_ID: Final = "step"
+MAX_RETRIES: Final = 20
+
+
+class Function:
+    """A handler plus its validated, immutable options.
+
+    Construction checks every option and raises ``FunctionConfigError`` with
+    what was wrong, so a bad function never reaches registration. ``id`` is the
+    local id; on the wire a function is known by ``"<app_id>-<id>"``.
+    """
+
+    def __init__(
+        self,
+        *,
+        fn_id: str,
+        handler: Handler,
+        trigger: AnyTrigger | Sequence[AnyTrigger],
+        retries: int | None = None,
+        name: str | None = None,
+    ) -> None:
+        if not isinstance(fn_id, str) or not fn_id.strip():
+            raise FunctionConfigError("fn_id must be a non-empty string")
+        if name is not None and (not isinstance(name, str) or not name.strip()):
+            raise FunctionConfigError(f"{fn_id}: name must be a non-empty string or None")
+        if retries is not None and (
+            isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= MAX_RETRIES
+        ):
+            raise FunctionConfigError(f"{fn_id}: retries must be an int from 0 to {MAX_RETRIES} (got {retries!r})")
+        triggers = (trigger,) if isinstance(trigger, TriggerEvent | TriggerCron) else tuple(trigger)
+        if not triggers:
+            raise FunctionConfigError(f"{fn_id}: at least one trigger is required")
+        for item in triggers:
+            if not isinstance(item, TriggerEvent | TriggerCron):
+                raise FunctionConfigError(
+                    f"{fn_id}: triggers must be TriggerEvent or TriggerCron, got {type(item).__name__}"
+                )
+        _check_handler(fn_id, handler)
+
+        self._id = fn_id
+        self._name = name or fn_id
+        self._triggers = triggers
+        self._retries = retries
+        self._handler = handler
+        self._is_async = _is_async_callable(handler)
+
+    @property
+    def id(self) -> str:
+        return self._id
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def triggers(self) -> tuple[AnyTrigger, ...]:
+        return self._triggers
+
+    @property
+    def retries(self) -> int | None:
+        """Retries per step and per request after the first attempt; ``None`` = server default."""
+        return self._retries
+
+    @property
+    def handler(self) -> Handler:
+        return self._handler
+
+    @property
+    def is_async(self) -> bool:
+        """``async def`` handlers run on the event loop; others run in a worker thread."""
+        return self._is_async
+
+    def fully_qualified_id(self, app_id: str) -> str:
+        return f"{app_id}-{self._id}"
+
+    def config(self, app_id: str) -> FunctionConfig:
+        """The registration config; its runtime points at the connect transport."""
+        fq_id = self.fully_qualified_id(app_id)
+        query = urllib.parse.urlencode({"fnId": fq_id, "stepId": ROOT_STEP_ID})
+        return FunctionConfig(
+            id=fq_id,
+            name=self._name,
+            triggers=[t.to_wire() for t in self._triggers],
+            steps={
+                ROOT_STEP_ID: StepConfig(
+                    id=ROOT_STEP_ID,
+                    name=ROOT_STEP_ID,
+                    runtime=Runtime(type="ws", url=f"wss://connect?{query}"),
+                    retries=None if self._retries is None else Retries(attempts=self._retries),
+                )
+            },
+        )
+
+    def __repr__(self) -> str:
+        return f"Function(id={self._id!r}, name={self._name!r})"
+
+
+def functions_json(app_id: str, fns: Iterable[Function]) -> bytes:
+    """The JSON array of configs sent in WORKER_CONNECT, with every ``null`` removed."""
+    return msgspec.json.encode([_drop_nulls(msgspec.to_builtins(fn.config(app_id))) for fn in fns])
+
+
+def _drop_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_nulls(v) for v in value]
+    return value
+
+
+def _is_async_callable(handler: object) -> bool:
+    if inspect.iscoroutinefunction(handler):
+        return True
+    call = getattr(handler, "__call__", None)  # noqa: B004 - looking for an async __call__
+    return inspect.iscoroutinefunction(call)
+
+
+def _check_handler(fn_id: str, handler: object) -> None:
+    if not callable(handler):
+        raise FunctionConfigError(f"{fn_id}: the handler must be callable")
+    try:
+        signature = inspect.signature(handler)
+    except (TypeError, ValueError):
+        return  # some callables have no introspectable signature; trust them
+    try:
+        signature.bind(None, None)
+    except TypeError:
+        raise FunctionConfigError(
+            f"{fn_id}: the handler must accept two positional arguments (ctx, step), "
+            f"got {getattr(handler, '__name__', handler)!r}{signature}"
+        ) from None

@@ -1,0 +1,358 @@
+"""The replay engine's per-request state: step ids, memos, targeting, and how the request ends.
+
+One ``Replay`` lives for exactly one call request. The handler is replayed from
+the top; each step asks the replay what to do:
+
+1. a memo exists → the step returns its data (or raises ``StepError``);
+2. another step is targeted → the request fails with ``step_unexpected``;
+3. the step cannot run here (not ``step.run``, or immediate execution is
+   disabled) → the step is reported and the request ends;
+4. otherwise the step body runs now and its result (or error) is reported,
+   which also ends the request.
+
+So at most one step body runs per request. The ending is recorded on the
+replay *before* ``RequestEnded`` unwinds the handler, so the outcome does not
+depend on user code letting that exception through.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import msgspec
+
+from connect.sdk import errors
+from protocol.payloads import (
+    OP_STEP_ERROR,
+    OP_STEP_FAILED,
+    OP_STEP_PLANNED,
+    OP_STEP_RUN,
+    ErrorInfo,
+    Opcode,
+    Userland,
+    hash_step_id,
+)
+
+# --- control flow ---------------------------------------------------------------
+
+
+class RequestEnded(BaseException):
+    """Unwinds the user's handler once this request's ending is decided.
+
+    A ``BaseException`` so that ``except Exception`` in user code lets it through.
+    """
+
+
+class NestedStepCalled(BaseException):
+    """A step was called while a ``step.run`` body was executing."""
+
+
+# Which replay (if any) is executing a step body in the current context.
+# Context-local rather than a flag on the replay, so tasks the handler spawns
+# before a body starts are not mistaken for nested calls.
+_executing_body: contextvars.ContextVar[Replay | None] = contextvars.ContextVar(
+    "connect_sdk_executing_body", default=None
+)
+
+
+# --- endings --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Report:
+    """The request ends by reporting one step op (NOT_COMPLETED)."""
+
+    opcode: Opcode
+    no_retry: bool = False
+
+
+@dataclass(frozen=True)
+class Failure:
+    """The request ends with a function-level error (ERROR).
+
+    ``include_stack`` is false for errors raised before user code ran, whose
+    bodies carry no ``stack`` key.
+    """
+
+    error: ErrorInfo
+    no_retry: bool = False
+    retry_after: str | None = None
+    include_stack: bool = True
+
+
+Ending = Report | Failure
+
+
+# --- step ids and memos ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StepIdentity:
+    """A step occurrence: the user's id, which repeat it is, and its hashed wire id."""
+
+    user_id: str
+    index: int | None  # None on first use; n - 1 on the n-th use
+    hashed: str
+
+    def opcode(
+        self,
+        op: str,
+        *,
+        name: str | None = None,
+        opts: dict[str, Any] | None = None,
+        data: Any = None,
+        error: ErrorInfo | None = None,
+    ) -> Opcode:
+        return Opcode(
+            op=op,
+            id=self.hashed,
+            name=self.user_id if name is None else name,
+            displayName=self.user_id,
+            opts=opts,
+            userland=Userland(id=self.user_id, index=self.index),
+            data=data,
+            error=error,
+        )
+
+
+class _MemoError(msgspec.Struct):
+    # Extra keys (Go may add noRetry, data, cause) are ignored.
+    name: str
+    message: str
+    stack: str | None = None
+
+
+class _MemoShape(msgspec.Struct, forbid_unknown_fields=True):
+    data: Any = None
+    error: _MemoError | None = None
+
+
+@dataclass(frozen=True)
+class Memo:
+    """A stored step result: data, or the error the step finally failed with."""
+
+    data: Any = None
+    error: _MemoError | None = None
+
+    @classmethod
+    def parse(cls, raw: Any) -> Memo:
+        """Read ``{"data": x}`` / ``{"error": {...}}``; any other value is the data itself.
+
+        Waits store the matched event unwrapped and sleeps store ``null``, so a
+        value with other keys than ``data``/``error`` is taken whole.
+        """
+        if isinstance(raw, dict):
+            try:
+                shape = msgspec.convert(raw, _MemoShape)
+            except msgspec.ValidationError:
+                return cls(data=raw)
+            return cls(data=shape.data, error=shape.error)
+        return cls(data=raw)
+
+    def resolve(self) -> Any:
+        """The data, or ``StepError`` raised into user code."""
+        if self.error is not None:
+            raise errors.StepError(self.error.message, self.error.name, self.error.stack)
+        return self.data
+
+
+# --- the replay -------------------------------------------------------------------
+
+
+class Replay:
+    """Decides, step by step, what one call request does; records how it ends.
+
+    Step calls must be sequential: a sync handler runs in one worker thread
+    while the event loop only waits for it, and an async handler that starts
+    a step while another step's body is running (``asyncio.gather``) gets a
+    non-retriable ``ConcurrentStepsError`` instead of a second body run.
+    """
+
+    def __init__(
+        self,
+        memos: Mapping[str, Any],
+        *,
+        target: str | None,
+        disable_immediate_execution: bool,
+        attempt: int,
+        max_attempts: int | None,
+    ) -> None:
+        self._memos = dict(memos)
+        self._target = target
+        self._disable_immediate_execution = disable_immediate_execution
+        self._attempt = attempt
+        self._max_attempts = max_attempts
+        self._seen: dict[str, int] = {}
+        self._nested = False
+        self._body_active = False
+        self.ending: Ending | None = None
+
+    def end(self, ending: Ending) -> NoReturn:
+        """Record the request's ending (the first one wins) and unwind the handler."""
+        if self.ending is None:
+            self.ending = ending
+        raise RequestEnded
+
+    def identify(self, user_id: str) -> StepIdentity:
+        """Count one more use of ``user_id`` and hash it as the official SDKs do."""
+        if not isinstance(user_id, str) or not user_id:
+            raise errors.FunctionConfigError("a step id must be a non-empty string")
+        occurrence = self._seen.get(user_id, 0)
+        self._seen[user_id] = occurrence + 1
+        return StepIdentity(
+            user_id=user_id,
+            index=occurrence if occurrence else None,
+            hashed=hash_step_id(user_id, occurrence),
+        )
+
+    def begin(self, user_id: str) -> tuple[StepIdentity, Memo | None]:
+        """Enter a step: refuse nesting, identify it, and pop its memo if any."""
+        if self.ending is not None:
+            # User code swallowed RequestEnded and carried on; keep unwinding.
+            raise RequestEnded
+        if _executing_body.get() is self:
+            self._nested = True
+            raise NestedStepCalled
+        if self._body_active:
+            # Another task is inside a step body: steps were started concurrently
+            # (e.g. asyncio.gather), which would run more than one body per request.
+            self.end(
+                Failure(
+                    ErrorInfo(
+                        name="ConcurrentStepsError",
+                        message=f'step "{user_id}" was started while another step was running; '
+                        "await steps one at a time (parallel steps are not supported)",
+                        stack=None,
+                        code=errors.CODE_UNKNOWN,
+                    ),
+                    no_retry=True,
+                )
+            )
+        identity = self.identify(user_id)
+        if identity.hashed in self._memos:
+            return identity, Memo.parse(self._memos.pop(identity.hashed))
+        return identity, None
+
+    def report_new_step(self, identity: StepIdentity, opcode: Opcode) -> NoReturn:
+        """End the request for a new step the executor carries out (sleep, wait, invoke)."""
+        self._refuse_untargeted(identity)
+        self.end(Report(opcode))
+
+    def allow_run(self, identity: StepIdentity) -> None:
+        """Return only if a new ``step.run`` body may run in this request; otherwise end it."""
+        self._refuse_untargeted(identity)
+        if self._disable_immediate_execution and self._target is None:
+            # After a parallel group the executor wants each new step planned
+            # and then run by a request targeting it.
+            self.end(Report(identity.opcode(OP_STEP_PLANNED)))
+
+    def _refuse_untargeted(self, identity: StepIdentity) -> None:
+        if self._target is not None and identity.hashed != self._target:
+            self.end(
+                Failure(
+                    ErrorInfo(
+                        name="StepUnexpectedError",
+                        message=f'found step "{identity.user_id}" when targeting a different step',
+                        stack=None,
+                        code=errors.CODE_STEP_UNEXPECTED,
+                    )
+                )
+            )
+
+    def executing(self, identity: StepIdentity) -> _BodyScope:
+        """Scope for running a ``step.run`` body; turns how it exits into the request's ending."""
+        return _BodyScope(self, identity)
+
+    def body_returned(self, identity: StepIdentity, value: Any) -> NoReturn:
+        if self._nested:
+            self.end_nested(identity)
+        try:
+            msgspec.json.encode(value)
+        except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+            self.end(
+                Failure(
+                    ErrorInfo(
+                        name="OutputUnserializableError",
+                        message=f'"{identity.user_id}" returned unserializable data: {exc}',
+                        stack=None,
+                        code=errors.CODE_OUTPUT_UNSERIALIZABLE,
+                    ),
+                    include_stack=False,
+                )
+            )
+        self.end(Report(identity.opcode(OP_STEP_RUN, data=value)))
+
+    def body_raised(self, identity: StepIdentity, exc: Exception) -> NoReturn:
+        if self._nested:
+            self.end_nested(identity)
+        last_attempt = self._max_attempts is not None and self._attempt + 1 >= self._max_attempts
+        op = OP_STEP_FAILED if last_attempt else OP_STEP_ERROR
+        self.end(
+            Report(
+                identity.opcode(op, error=errors.describe(exc)),
+                no_retry=not errors.is_retriable(exc),
+            )
+        )
+
+    def end_nested(self, identity: StepIdentity) -> NoReturn:
+        error = ErrorInfo(
+            name="NestedStepError",
+            message="Nested steps are not supported.",
+            stack=None,
+            code=errors.CODE_STEP_NESTED,
+        )
+        self.end(Report(identity.opcode(OP_STEP_ERROR, error=error), no_retry=True))
+
+    @property
+    def nested(self) -> bool:
+        return self._nested
+
+    @property
+    def body_active(self) -> bool:
+        """Whether a ``step.run`` body is executing (in any task or thread)."""
+        return self._body_active
+
+    @body_active.setter
+    def body_active(self, value: bool) -> None:
+        self._body_active = value
+
+
+class _BodyScope:
+    """Marks a body as executing and maps its exit to an ending.
+
+    On exit: a return is reported by the caller via ``body_returned``;
+    ``NonRetriableError``/``RetryAfterError`` escape to function level; any
+    other exception (or a nested step call) ends the request as a step error.
+    """
+
+    def __init__(self, replay: Replay, identity: StepIdentity) -> None:
+        self._replay = replay
+        self._identity = identity
+        self._token: contextvars.Token[Replay | None] | None = None
+
+    def __enter__(self) -> None:
+        self._token = _executing_body.set(self._replay)
+        self._replay.body_active = True
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> None:
+        self._replay.body_active = False
+        if self._token is not None:
+            _executing_body.reset(self._token)
+        if exc is None or isinstance(exc, RequestEnded):
+            return
+        if self._replay.nested or isinstance(exc, NestedStepCalled):
+            self._replay.end_nested(self._identity)
+        if isinstance(exc, errors.NonRetriableError | errors.RetryAfterError):
+            return
+        if isinstance(exc, Exception):
+            self._replay.body_raised(self._identity, exc)
+        # Cancellation and other BaseExceptions propagate untouched.

@@ -1,0 +1,230 @@
+"""The step tools handed to handlers: ``Step`` for ``async def`` handlers, ``StepSync`` for plain ``def``.
+
+Both follow the same replay rules (see ``connect.sdk.replay``): a step with a
+stored result returns it; a new step either runs now (``run``, ``send_event``)
+or is reported to the executor (``sleep``, ``wait_for_event``, ``invoke``),
+and in both cases the request then ends, so code after the first new step
+runs only in a later request. Step ids should be unique within a function;
+reusing one is allowed as long as the function is deterministic (the n-th
+use is told apart by its position).
+"""
+
+from __future__ import annotations
+
+import datetime
+import inspect
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple, overload
+
+import msgspec
+
+from connect.sdk.durations import to_duration_string, to_iso_utc
+from connect.sdk.replay import Replay
+from protocol.payloads import OP_INVOKE_FUNCTION, OP_SLEEP, OP_WAIT_FOR_EVENT, Event
+
+if TYPE_CHECKING:
+    from connect.sdk.client import Client
+    from connect.sdk.function import Function
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
+
+class _StepTools:
+    """The parts shared by both flavours: every step that never runs user code."""
+
+    def __init__(self, replay: Replay, client: Client) -> None:
+        self._replay = replay
+        self._client = client
+
+    def _sleep_until(self, step_id: str, until: datetime.datetime) -> None:
+        identity, memo = self._replay.begin(step_id)
+        if memo is not None:
+            memo.resolve()
+            return
+        # The executor wakes the run at this instant; the name carries it.
+        self._replay.report_new_step(identity, identity.opcode(OP_SLEEP, name=to_iso_utc(until)))
+
+    def _sleep(self, step_id: str, duration: int | datetime.timedelta) -> None:
+        if isinstance(duration, bool) or not isinstance(duration, int | datetime.timedelta):
+            raise TypeError("sleep duration must be int milliseconds or a timedelta")
+        delta = datetime.timedelta(milliseconds=duration) if isinstance(duration, int) else duration
+        self._sleep_until(step_id, datetime.datetime.now(datetime.UTC) + delta)
+
+    def _wait_for_event(
+        self,
+        step_id: str,
+        event: str,
+        if_exp: str | None,
+        timeout: int | datetime.timedelta,
+    ) -> Event | None:
+        opts = {"if": if_exp, "timeout": to_duration_string(timeout)}
+        identity, memo = self._replay.begin(step_id)
+        if memo is not None:
+            # The executor stores the matched event unwrapped, or null on timeout.
+            value = memo.resolve()
+            return None if value is None else msgspec.convert(value, Event, strict=False)
+        self._replay.report_new_step(identity, identity.opcode(OP_WAIT_FOR_EVENT, name=event, opts=opts))
+
+    def _invoke(
+        self,
+        step_id: str,
+        app_id: str,
+        function_id: str,
+        data: Mapping[str, object] | None,
+        timeout: int | datetime.timedelta | None,
+        v: str | None,
+    ) -> Any:
+        opts = {
+            "function_id": f"{app_id}-{function_id}",
+            "payload": {"data": None if data is None else dict(data), "v": v},
+            "timeout": None if timeout is None else to_duration_string(timeout),
+        }
+        identity, memo = self._replay.begin(step_id)
+        if memo is not None:
+            return memo.resolve()
+        self._replay.report_new_step(identity, identity.opcode(OP_INVOKE_FUNCTION, opts=opts))
+
+
+class Step(_StepTools):
+    """Step tools for ``async def`` handlers."""
+
+    @overload
+    async def run(self, step_id: str, fn: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T: ...
+
+    @overload
+    async def run(self, step_id: str, fn: Callable[[*Ts], T], *args: *Ts) -> T: ...
+
+    async def run(self, step_id: str, fn: Callable[[*Ts], Any], *args: *Ts) -> Any:
+        """Run ``fn(*args)`` once, durably; later replays return the stored result.
+
+        ``fn`` may be ``async`` (awaited) or a plain function, which is called
+        directly on the event loop: keep it quick, or make it ``async`` / use a
+        sync handler for blocking work. Its result must be JSON-serializable.
+        If it raises, the step is retried per the function's ``retries``; once
+        they are exhausted, this call raises ``StepError`` on the next replay.
+        ``NonRetriableError`` and ``RetryAfterError`` are not step errors: they
+        fail the whole request.
+        """
+        identity, memo = self._replay.begin(step_id)
+        if memo is not None:
+            return memo.resolve()
+        self._replay.allow_run(identity)
+        with self._replay.executing(identity):
+            value = fn(*args)
+            if inspect.isawaitable(value):
+                value = await value
+        self._replay.body_returned(identity, value)
+
+    async def send_event(self, step_id: str, events: Event | Sequence[Event]) -> list[str]:
+        """Send events as a step, so a replay does not send them again; returns their ids."""
+        return await self.run(step_id, self._client.send, events)
+
+    async def sleep(self, step_id: str, duration: int | datetime.timedelta) -> None:
+        """Pause the run for ``duration`` (milliseconds or a ``timedelta``)."""
+        self._sleep(step_id, duration)
+
+    async def sleep_until(self, step_id: str, until: datetime.datetime) -> None:
+        """Pause the run until ``until`` (a naive datetime counts as local time)."""
+        self._sleep_until(step_id, until)
+
+    async def wait_for_event(
+        self,
+        step_id: str,
+        *,
+        event: str,
+        if_exp: str | None = None,
+        timeout: int | datetime.timedelta,
+    ) -> Event | None:
+        """Wait for an event named ``event`` (filtered by the CEL ``if_exp``); ``None`` on timeout."""
+        return self._wait_for_event(step_id, event, if_exp, timeout)
+
+    async def invoke(
+        self,
+        step_id: str,
+        *,
+        function: Function,
+        data: Mapping[str, object] | None = None,
+        timeout: int | datetime.timedelta | None = None,
+        v: str | None = None,
+    ) -> Any:
+        """Run another function of this app and return its output (``StepError`` if it failed)."""
+        return self._invoke(step_id, self._client.app_id, function.id, data, timeout, v)
+
+    async def invoke_by_id(
+        self,
+        step_id: str,
+        *,
+        app_id: str | None = None,
+        function_id: str,
+        data: Mapping[str, object] | None = None,
+        timeout: int | datetime.timedelta | None = None,
+        v: str | None = None,
+    ) -> Any:
+        """Like ``invoke``, naming the function by its local id (and app, default this one)."""
+        return self._invoke(step_id, app_id or self._client.app_id, function_id, data, timeout, v)
+
+
+class StepSync(_StepTools):
+    """Step tools for plain ``def`` handlers, which run in a worker thread."""
+
+    def run(self, step_id: str, fn: Callable[[*Ts], T], *args: *Ts) -> T:
+        """Run ``fn(*args)`` once, durably; later replays return the stored result.
+
+        Same rules as ``Step.run``; ``fn`` is called directly in the handler's thread.
+        """
+        identity, memo = self._replay.begin(step_id)
+        if memo is not None:
+            return memo.resolve()  # type: ignore[no-any-return]
+        self._replay.allow_run(identity)
+        with self._replay.executing(identity):
+            value = fn(*args)
+        self._replay.body_returned(identity, value)
+
+    def send_event(self, step_id: str, events: Event | Sequence[Event]) -> list[str]:
+        """Send events as a step, so a replay does not send them again; returns their ids."""
+        return self.run(step_id, self._client.send_sync, events)
+
+    def sleep(self, step_id: str, duration: int | datetime.timedelta) -> None:
+        """Pause the run for ``duration`` (milliseconds or a ``timedelta``)."""
+        self._sleep(step_id, duration)
+
+    def sleep_until(self, step_id: str, until: datetime.datetime) -> None:
+        """Pause the run until ``until`` (a naive datetime counts as local time)."""
+        self._sleep_until(step_id, until)
+
+    def wait_for_event(
+        self,
+        step_id: str,
+        *,
+        event: str,
+        if_exp: str | None = None,
+        timeout: int | datetime.timedelta,
+    ) -> Event | None:
+        """Wait for an event named ``event`` (filtered by the CEL ``if_exp``); ``None`` on timeout."""
+        return self._wait_for_event(step_id, event, if_exp, timeout)
+
+    def invoke(
+        self,
+        step_id: str,
+        *,
+        function: Function,
+        data: Mapping[str, object] | None = None,
+        timeout: int | datetime.timedelta | None = None,
+        v: str | None = None,
+    ) -> Any:
+        """Run another function of this app and return its output (``StepError`` if it failed)."""
+        return self._invoke(step_id, self._client.app_id, function.id, data, timeout, v)
+
+    def invoke_by_id(
+        self,
+        step_id: str,
+        *,
+        app_id: str | None = None,
+        function_id: str,
+        data: Mapping[str, object] | None = None,
+        timeout: int | datetime.timedelta | None = None,
+        v: str | None = None,
+    ) -> Any:
+        """Like ``invoke``, naming the function by its local id (and app, default this one)."""
+        return self._invoke(step_id, app_id or self._client.app_id, function_id, data, timeout, v)

@@ -1,0 +1,53 @@
+"""What starts a function: an event name (optionally filtered) or a cron schedule."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from connect.sdk.errors import FunctionConfigError
+from protocol.payloads import Trigger
+
+
+@dataclass(frozen=True)
+class TriggerEvent:
+    """Run the function for each event named ``event``.
+
+    ``expression`` is an optional CEL filter over ``event`` (e.g.
+    ``"event.data.total > 0"``); events that do not match do not start a run.
+    """
+
+    event: str
+    expression: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.event, str) or not self.event.strip():
+            raise FunctionConfigError("TriggerEvent.event must be a non-empty event name")
+        if self.expression is not None and (not isinstance(self.expression, str) or not self.expression.strip()):
+            raise FunctionConfigError("TriggerEvent.expression must be a non-empty string or None")
+
+    def to_wire(self) -> Trigger:
+        return Trigger(event=self.event, expression=self.expression)
+
+
+@dataclass(frozen=True)
+class TriggerCron:
+    """Run the function on a cron schedule (e.g. ``"TZ=UTC 0 * * * *"``).
+
+    Only the registration config is produced here; scheduling is the server's job.
+    ``jitter`` is an optional duration string spreading the start time.
+    """
+
+    cron: str
+    jitter: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.cron, str) or not self.cron.strip():
+            raise FunctionConfigError("TriggerCron.cron must be a non-empty cron expression")
+        if self.jitter is not None and (not isinstance(self.jitter, str) or not self.jitter.strip()):
+            raise FunctionConfigError("TriggerCron.jitter must be a non-empty duration string or None")
+
+    def to_wire(self) -> Trigger:
+        return Trigger(cron=self.cron, jitter=self.jitter)
+
+
+AnyTrigger = TriggerEvent | TriggerCron

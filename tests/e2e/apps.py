@@ -1,0 +1,83 @@
+"""Functions the end-to-end tests serve from real worker processes.
+
+Every step body appends one line `<run_id> <step> <pid>` to the file named by
+STEP_LOG, so tests can count how often each step really ran, and measures
+how many requests this process runs at once (IN_FLIGHT_LOG).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from typing import Any
+
+from connect import Client, Context, NonRetriableError, Step, TriggerEvent
+
+client = Client(app_id="e2e-app")
+
+_lock = threading.Lock()
+_in_flight = 0
+
+
+def _log_step(ctx: Context, step: str) -> None:
+    path = os.environ.get("STEP_LOG")
+    if path:
+        with _lock, open(path, "a") as f:
+            f.write(f"{ctx.run_id} {step} {os.getpid()}\n")
+
+
+async def _tracked(ctx: Context, name: str, seconds: float, value: Any) -> Any:
+    global _in_flight
+    with _lock:
+        _in_flight += 1
+        peak_path = os.environ.get("IN_FLIGHT_LOG")
+        if peak_path:
+            with open(peak_path, "a") as f:
+                f.write(f"{os.environ.get('WORKER_NAME', os.getpid())} {_in_flight}\n")
+    try:
+        await asyncio.sleep(seconds)
+        _log_step(ctx, name)
+        return value
+    finally:
+        with _lock:
+            _in_flight -= 1
+
+
+@client.create_function(fn_id="three-steps", trigger=TriggerEvent(event="e2e/three"))
+async def three_steps(ctx: Context, step: Step) -> dict[str, Any]:
+    delay = float(ctx.event.data.get("delay", 0))
+    n = int(ctx.event.data.get("n", 0))
+    a = await step.run("one", _tracked, ctx, "one", delay, n + 1)
+    b = await step.run("two", _tracked, ctx, "two", delay, a * 2)
+    c = await step.run("three", _tracked, ctx, "three", delay, b + 3)
+    return {"n": n, "result": c}
+
+
+@client.create_function(fn_id="flaky", trigger=TriggerEvent(event="e2e/flaky"), retries=4)
+async def flaky(ctx: Context, step: Step) -> dict[str, Any]:
+    def attempt() -> str:
+        _log_step(ctx, f"flaky-attempt-{ctx.attempt}")
+        if ctx.attempt < 2:
+            raise RuntimeError(f"transient failure on attempt {ctx.attempt}")
+        return "finally"
+
+    value = await step.run("unstable", attempt)
+    return {"value": value, "attempt": ctx.attempt}
+
+
+@client.create_function(fn_id="fatal", trigger=TriggerEvent(event="e2e/fatal"), retries=4)
+async def fatal(ctx: Context, step: Step) -> None:
+    await step.run("before", lambda: "ok")
+    raise NonRetriableError("the card was declined")
+
+
+@client.create_function(fn_id="sync-handler", trigger=TriggerEvent(event="e2e/sync"))
+def sync_handler(ctx: Context, step: Any) -> str:
+    first = step.run("a", lambda: "sync")
+    return f"{first}-done"
+
+
+@client.create_function(fn_id="wildcard", trigger=TriggerEvent(event="e2e-wild/*"))
+async def wildcard(ctx: Context, step: Step) -> str:
+    return await step.run("echo", lambda: ctx.event.name)

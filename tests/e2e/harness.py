@@ -1,0 +1,184 @@
+"""Real processes for end-to-end tests: `connect dev` and `connect worker`."""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Proc:
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.log_path = log
+        self._log = open(log, "ab")  # noqa: SIM115 - closed in stop()
+        self.popen = subprocess.Popen(args, env=env, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def signal(self, sig: int) -> None:
+        if self.popen.poll() is None:
+            os.kill(self.popen.pid, sig)
+
+    def wait(self, timeout: float) -> int:
+        return self.popen.wait(timeout)
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(10)
+        self._log.close()
+        return self.popen.returncode
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+
+class DevServer:
+    """`connect dev` on free ports with its own SQLite file."""
+
+    def __init__(self, tmp: Path, db: Path | None = None, extra: Iterable[str] = ()) -> None:
+        self.tmp = tmp
+        self.port = free_port()
+        self.gateway_port = free_port()
+        self.db = db or tmp / "connect.db"
+        self.extra = list(extra)
+        self.proc: Proc | None = None
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.starts = 0
+
+    def start(self) -> DevServer:
+        self.starts += 1
+        args = [
+            sys.executable,
+            "-m",
+            "connect",
+            "dev",
+            "--port",
+            str(self.port),
+            "--gateway-port",
+            str(self.gateway_port),
+            "--db",
+            str(self.db),
+            *self.extra,
+        ]
+        self.proc = Proc(args, dict(os.environ), self.tmp / f"dev-{self.starts}.log")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.popen.poll() is not None:
+                raise RuntimeError(f"connect dev exited:\n{self.proc.output()}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"connect dev did not come up:\n{self.proc.output()}")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self.proc.stop()
+
+    # --- API helpers ---------------------------------------------------------
+
+    def send(self, events: list[dict[str, Any]]) -> list[str]:
+        resp = httpx.post(f"{self.url}/e/test", json=events, timeout=30)
+        resp.raise_for_status()
+        ids: list[str] = resp.json()["ids"]
+        return ids
+
+    def runs(self, event_id: str) -> list[dict[str, Any]]:
+        resp = httpx.get(f"{self.url}/v1/events/{event_id}/runs", timeout=30)
+        resp.raise_for_status()
+        data: list[dict[str, Any]] = resp.json()["data"]
+        return data
+
+    def wait_runs(self, event_ids: list[str], *, timeout: float = 120.0, count: int = 1) -> list[dict[str, Any]]:
+        """Wait until every event has `count` finished runs; return the runs."""
+        deadline = time.monotonic() + timeout
+        pending = list(event_ids)
+        done: dict[str, list[dict[str, Any]]] = {}
+        with httpx.Client(base_url=self.url, timeout=30) as http:
+            while pending and time.monotonic() < deadline:
+                still = []
+                for eid in pending:
+                    runs = http.get(f"/v1/events/{eid}/runs").json()["data"]
+                    if len(runs) >= count and all(r["status"] != "Running" for r in runs):
+                        done[eid] = runs
+                    else:
+                        still.append(eid)
+                pending = still
+                if pending:
+                    time.sleep(0.2)
+        if pending:
+            raise AssertionError(f"{len(pending)} of {len(event_ids)} events still have unfinished runs")
+        return [run for eid in event_ids for run in done[eid]]
+
+
+def start_worker(
+    dev: DevServer,
+    tmp: Path,
+    *,
+    name: str = "worker",
+    target: str = "tests.e2e.apps:client",
+    instance_id: str | None = None,
+    max_concurrency: int | None = None,
+    env: dict[str, str] | None = None,
+) -> Proc:
+    args = [sys.executable, "-m", "connect", "worker", target]
+    if instance_id:
+        args += ["--instance-id", instance_id]
+    if max_concurrency:
+        args += ["--max-worker-concurrency", str(max_concurrency)]
+    full_env = dict(os.environ)
+    full_env.update({"CONNECT_API_URL": dev.url, "WORKER_NAME": name, "STEP_LOG": str(tmp / "steps.log")})
+    full_env.update(env or {})
+    return Proc(args, full_env, tmp / f"{name}.log")
+
+
+def wait_for_log(proc: Proc, needle: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if needle in proc.output():
+            return
+        if proc.popen.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise AssertionError(f"{needle!r} not seen in {proc.log_path}:\n{proc.output()[-3000:]}")
+
+
+def step_counts(tmp: Path) -> collections.Counter[tuple[str, str]]:
+    path = tmp / "steps.log"
+    if not path.exists():
+        return collections.Counter()
+    lines = [line.split() for line in path.read_text().splitlines() if line.strip()]
+    return collections.Counter((parts[0], parts[1]) for parts in lines)

@@ -1,0 +1,140 @@
+"""WorkerSession, WorkerLedger, LeaseTable and intervals, driven directly."""
+
+from __future__ import annotations
+
+from protocol import frames, ids, limits
+from protocol import connect_pb2 as pb
+from protocol import worker_session as ws
+from protocol.durations import format_interval, parse_interval
+from protocol.leases import LeaseTable
+from protocol.ledger import WorkerLedger
+
+T0 = 5_000.0
+
+
+def session(paused: bool = False) -> ws.WorkerSession:
+    hello = pb.WorkerConnectRequestData(connection_id=ids.new_ulid(), instance_id="i", worker_manual_readiness_ack=True)
+    return ws.WorkerSession(hello, frozenset({"app"}), T0, paused=paused)
+
+
+def kinds(s: ws.WorkerSession) -> list[int]:
+    return [frames.decode(f)[0] for f in s.data_to_send()]
+
+
+def active(paused: bool = False) -> ws.WorkerSession:
+    s = session(paused)
+    s.receive(frames.encode(pb.GATEWAY_HELLO), T0)
+    ready = pb.GatewayConnectionReadyData(heartbeat_interval="10s", extend_lease_interval="30s")
+    events = s.receive(frames.encode(pb.GATEWAY_CONNECTION_READY, ready), T0)
+    assert events == [ws.Connected(10.0, 30.0, 0.0)]
+    return s
+
+
+def test_handshake_order() -> None:
+    s = session()
+    assert s.data_to_send() == []  # nothing before HELLO
+    s.receive(frames.encode(pb.GATEWAY_HELLO), T0)
+    assert kinds(s) == [pb.WORKER_CONNECT]
+    s.receive(frames.encode(pb.GATEWAY_CONNECTION_READY, pb.GatewayConnectionReadyData()), T0)
+    assert kinds(s) == [pb.WORKER_READY, pb.WORKER_HEARTBEAT]
+    assert s.accepting
+
+
+def test_reconnect_while_shutting_down_pauses_instead_of_ready() -> None:
+    s = active(paused=True)
+    assert kinds(s) == [pb.WORKER_CONNECT, pb.WORKER_PAUSE, pb.WORKER_HEARTBEAT]
+    req = pb.GatewayExecutorRequestData(request_id="r", app_name="app")
+    assert s.receive(frames.encode(pb.GATEWAY_EXECUTOR_REQUEST, req), T0) == [ws.Ignored("r", "paused")]
+
+
+def test_handshake_timeout() -> None:
+    s = session()
+    assert s.tick(T0 + 9) == []
+    assert s.tick(T0 + 10) == [ws.Dead("handshake timed out")]
+
+
+def test_request_is_acked_then_executed_and_unknown_app_ignored() -> None:
+    s = active()
+    s.data_to_send()
+    req = pb.GatewayExecutorRequestData(request_id="r1", app_name="app", function_slug="app-f", step_id="step")
+    (event,) = s.receive(frames.encode(pb.GATEWAY_EXECUTOR_REQUEST, req), T0)
+    assert isinstance(event, ws.Execute)
+    (frame,) = s.data_to_send()
+    kind, payload = frames.decode(frame)
+    ack = frames.parse_payload(pb.WorkerRequestAckData, payload)
+    assert kind == pb.WORKER_REQUEST_ACK and ack.request_id == "r1" and ack.step_id == "step"
+    other = pb.GatewayExecutorRequestData(request_id="r2", app_name="nope")
+    assert s.receive(frames.encode(pb.GATEWAY_EXECUTOR_REQUEST, other), T0) == [ws.Ignored("r2", "unknown app 'nope'")]
+    assert s.data_to_send() == []
+
+
+def test_heartbeat_schedule_and_dead_gateway() -> None:
+    s = active()
+    s.data_to_send()
+    assert s.tick(T0 + 9.9) == []
+    s.tick(T0 + 10)
+    assert kinds(s) == [pb.WORKER_HEARTBEAT]  # 2 outstanding now
+    assert s.tick(T0 + 20) == [ws.Dead("gateway heartbeats missed")]
+
+
+def test_gateway_heartbeat_resets_outstanding() -> None:
+    s = active()
+    for i in range(1, 6):
+        s.receive(frames.encode(pb.GATEWAY_HEARTBEAT), T0 + 10 * i - 1)
+        assert s.tick(T0 + 10 * i) == []
+
+
+def test_pause_sends_worker_pause_once() -> None:
+    s = active()
+    s.data_to_send()
+    s.pause()
+    s.pause()
+    assert kinds(s) == [pb.WORKER_PAUSE]
+    assert not s.accepting
+
+
+def test_ledger_extensions_replies_and_bound() -> None:
+    ledger = WorkerLedger(max_buffer_bytes=10, ack_timeout=5.0)
+    req = pb.GatewayExecutorRequestData(request_id="r1", lease_id="L1", step_id="s")
+    ledger.accept(req, T0, 30.0)
+    assert ledger.due_extensions(T0 + 29, 30.0) == []
+    (ext,) = ledger.due_extensions(T0 + 30, 30.0)
+    assert ext.lease_id == "L1" and ext.step_id == "s"
+    assert ledger.lease_answer("r1", "L2")
+    (ext,) = ledger.due_extensions(T0 + 60, 30.0)
+    assert ext.lease_id == "L2"
+    assert not ledger.lease_answer("r1", None)
+    assert ledger.complete("r1", b"123456") == []
+    assert ledger.unsent() == [("r1", b"123456")]
+    ledger.mark_sent("r1", T0)
+    assert ledger.overdue(T0 + 4) == []
+    assert ledger.overdue(T0 + 5) == [("r1", b"123456")]
+    assert ledger.complete("r2", b"abcdef") == ["r1"]  # bounded: the oldest is evicted
+    ledger.acknowledged("r2")
+    assert ledger.idle
+
+
+def test_lease_table_rotation_replay_and_expiry() -> None:
+    table = LeaseTable(duration=120)
+    lease = table.grant("r", "inst", T0)
+    assert ids.lease_expiry(lease.lease_id) == T0 + 120
+    first = lease.lease_id
+    extended = table.extend("r", first, "inst", T0 + 30)
+    assert extended is not None and extended.lease_id != first
+    second = extended.lease_id
+    replay = table.extend("r", first, "inst", T0 + 31)  # lost ACK: replay of the previous id
+    assert replay is not None and replay.lease_id == second
+    assert table.extend("r", second, "other-instance", T0 + 32) is None
+    assert table.extend("r", "bogus", "inst", T0 + 33) is None
+    assert table.extend("r", second, "inst", T0 + 30 + 121) is None  # lapsed
+    assert table.extend("missing", second, "inst", T0) is None
+
+
+def test_intervals() -> None:
+    assert format_interval(limits.HEARTBEAT_INTERVAL) == "10s"
+    assert format_interval(0.2) == "1s"
+    assert parse_interval("30s", 1) == 30
+    assert parse_interval("500ms", 1) == 0.5
+    assert parse_interval("1m30s", 1) == 90
+    assert parse_interval("", 7) == 7
+    assert parse_interval("garbage", 7) == 7
