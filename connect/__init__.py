@@ -1,6 +1,6 @@
 """Durable Python functions served by outbound WebSocket workers.
 
-    from connect import Client, TriggerEvent, Context, Step, connect
+from connect import Client, TriggerEvent, Context, Step, connect
 """
 
 from connect.sdk import (

@@ -35,7 +35,9 @@ class WorkerLedger:
     lease lapsing, which is safe, while the buffer can never grow without bound.
     """
 
-    def __init__(self, *, max_buffer_bytes: int = 500 * 1024 * 1024, ack_timeout: float = limits.REPLY_ACK_TIMEOUT) -> None:
+    def __init__(
+        self, *, max_buffer_bytes: int = 500 * 1024 * 1024, ack_timeout: float = limits.REPLY_ACK_TIMEOUT
+    ) -> None:
         self.in_flight: dict[str, InFlight] = {}
         self.replies: OrderedDict[str, PendingReply] = OrderedDict()
         self.max_buffer_bytes = max_buffer_bytes

@@ -19,7 +19,7 @@ import msgspec
 # --- events ---------------------------------------------------------------
 
 
-class Event(msgspec.Struct, omit_defaults=True):
+class Event(msgspec.Struct):
     """One event as stored and as sent to SDKs (`ts` in Unix milliseconds)."""
 
     name: str

@@ -35,9 +35,7 @@ class Router:
                     del self._by_function[key]
 
     def has_candidate(self, app_name: str, function_slug: str) -> bool:
-        return any(
-            self._capacity.has_room(c.instance_id) for c in self._by_function.get((app_name, function_slug), ())
-        )
+        return any(self._capacity.has_room(c.instance_id) for c in self._by_function.get((app_name, function_slug), ()))
 
     def pick(self, app_name: str, function_slug: str) -> Connection:
         candidates = self._by_function.get((app_name, function_slug))

@@ -26,9 +26,7 @@ def fn_config(app: str = "app", fn: str = "f") -> dict[str, object]:
         "id": fq,
         "name": fn,
         "triggers": [{"event": "demo/x"}],
-        "steps": {
-            "step": {"id": "step", "name": "step", "runtime": {"type": "ws", "url": f"wss://connect?fnId={fq}"}}
-        },
+        "steps": {"step": {"id": "step", "name": "step", "runtime": {"type": "ws", "url": f"wss://connect?fnId={fq}"}}},
     }
 
 
@@ -155,9 +153,7 @@ def test_bad_function_config() -> None:
 
 def test_garbage_frame_closes_1007() -> None:
     s = make_session()
-    closes_with(
-        s.receive(b"\xff\xff\xff", T0), codes.CloseCode.INVALID_PAYLOAD, codes.PROTOBUF_UNMARSHAL_FAILED
-    )
+    closes_with(s.receive(b"\xff\xff\xff", T0), codes.CloseCode.INVALID_PAYLOAD, codes.PROTOBUF_UNMARSHAL_FAILED)
 
 
 def test_heartbeats_answered_and_watchdog() -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from protocol import frames, ids, limits
 from protocol import connect_pb2 as pb
+from protocol import frames, ids, limits
 from protocol import worker_session as ws
 from protocol.durations import format_interval, parse_interval
 from protocol.leases import LeaseTable

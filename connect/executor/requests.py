@@ -1,0 +1,45 @@
+"""The JSON body of one call request, built from a run's stored state.
+
+The shape is the one official SDKs parse strictly: `event` and `events`
+always present (`events` is the triggering event alone; batching is not
+supported), `steps` an object of memos keyed by hashed step id, `ctx.stack`
+an object, `ctx.max_attempts` set so the SDK can tell StepError from
+StepFailed, and `use_api` false (large run state is not offloaded; see
+`MAX_REQUEST_PAYLOAD_BYTES`).
+
+Memos are kept as raw JSON (`msgspec.Raw`) and spliced in unchanged, so a
+request costs one encode of the envelope rather than a decode and an encode
+of every stored result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import msgspec
+
+from connect.store.base import RunRecord
+from protocol.payloads import Event, ExecutorRequest, RequestContext, RequestStack, json_encoder
+
+
+def build_request(run: RunRecord, event: Event, memos: Mapping[str, msgspec.Raw]) -> bytes:
+    """The request body for the run's pending request."""
+    stack = list(memos)
+    request = ExecutorRequest(
+        event=event,
+        events=[event],
+        steps=dict(memos),
+        ctx=RequestContext(
+            run_id=run.run_id,
+            attempt=run.attempt,
+            disable_immediate_execution=run.disable_immediate_execution,
+            use_api=False,
+            stack=RequestStack(stack=stack, current=len(stack)),
+            fn_id=run.function_id,
+            step_id=run.step_id,
+            max_attempts=run.max_attempts,
+        ),
+        use_api=False,
+        version=run.request_version,
+    )
+    return json_encoder.encode(request)

@@ -1,0 +1,128 @@
+"""Which functions an event starts.
+
+The index is rebuilt from the registered apps whenever one of them syncs
+(rare), so matching an event (frequent) is a dictionary lookup for the exact
+name plus one lookup per `/` in the name for wildcard triggers: a trigger
+`app/*` matches `app/x` and `app/x/y` but not `app`. A lone `*` matches
+every event. Functions are never scanned one by one (except the rare
+wildcards whose prefix does not end at a `/`, such as `app/x*`).
+
+Cron triggers start nothing here (they are not events). A trigger whose
+`expression` is not valid CEL is logged and left out, so a typo never starts
+runs it was meant to filter.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any, Final, NamedTuple
+
+import msgspec
+
+from connect.executor.expressions import Expression
+from protocol.payloads import Event, FunctionConfig
+
+log = logging.getLogger(__name__)
+
+#: The most retries a function may ask for (more are capped).
+MAX_RETRIES: Final = 20
+
+
+class Target(msgspec.Struct, frozen=True):
+    """A function an event may start, with what a new run of it needs."""
+
+    app_name: str
+    function_id: str  # fully qualified
+    max_attempts: int
+
+
+class _Entry(NamedTuple):
+    target: Target
+    expression: Expression | None
+
+
+class TriggerIndex:
+    """Event name -> functions, by exact name and by wildcard prefix."""
+
+    def __init__(self, default_retries: int = 4) -> None:
+        self._default_retries = default_retries
+        self._apps: dict[str, list[FunctionConfig]] = {}
+        self._exact: dict[str, list[_Entry]] = {}
+        self._prefix: dict[str, list[_Entry]] = {}
+        self._loose: list[tuple[str, _Entry]] = []
+
+    def set_app(self, app_name: str, functions: Iterable[FunctionConfig]) -> None:
+        """Replace everything `app_name` registered before with `functions`."""
+        self._apps[app_name] = list(functions)
+        self._rebuild()
+
+    def functions(self, app_name: str) -> list[FunctionConfig] | None:
+        return self._apps.get(app_name)
+
+    def match(self, event: Event) -> list[Target]:
+        """The functions `event` starts, each once."""
+        name = event.name
+        candidates: list[_Entry] = list(self._exact.get(name, ()))
+        candidates.extend(self._prefix.get("", ()))
+        start = 0
+        while (slash := name.find("/", start)) != -1:
+            candidates.extend(self._prefix.get(name[: slash + 1], ()))
+            start = slash + 1
+        candidates.extend(entry for p, entry in self._loose if name.startswith(p))
+        if not candidates:
+            return []
+        seen: set[str] = set()
+        targets: list[Target] = []
+        as_dict: dict[str, Any] | None = None
+        for entry in candidates:
+            if entry.target.function_id in seen:
+                continue
+            if entry.expression is not None:
+                if as_dict is None:
+                    as_dict = {
+                        "name": event.name,
+                        "data": event.data,
+                        "id": event.id,
+                        "ts": event.ts,
+                        "user": event.user,
+                    }
+                if not entry.expression.matches(as_dict):
+                    continue
+            seen.add(entry.target.function_id)
+            targets.append(entry.target)
+        return targets
+
+    def _rebuild(self) -> None:
+        exact: dict[str, list[_Entry]] = {}
+        prefix: dict[str, list[_Entry]] = {}
+        loose: list[tuple[str, _Entry]] = []
+        for app_name, functions in self._apps.items():
+            for fn in functions:
+                retries = fn.retries if fn.retries is not None else self._default_retries
+                target = Target(app_name, fn.id, min(max(retries, 0), MAX_RETRIES) + 1)
+                for trigger in fn.triggers:
+                    if not trigger.event:
+                        continue  # cron
+                    expression = None
+                    if trigger.expression:
+                        try:
+                            expression = Expression(trigger.expression)
+                        except ValueError as exc:
+                            log.warning("function %s: trigger on %r ignored: %s", fn.id, trigger.event, exc)
+                            continue
+                    entry = _Entry(target, expression)
+                    if trigger.event.endswith("*"):
+                        # "app/*" -> prefix "app/"; "*" -> "" (every event). A
+                        # prefix not ending at a "/" ("app/x*") is rare and
+                        # checked one by one.
+                        head = trigger.event[:-1]
+                        if head == "" or head.endswith("/"):
+                            prefix.setdefault(head, []).append(entry)
+                        else:
+                            loose.append((head, entry))
+                    else:
+                        exact.setdefault(trigger.event, []).append(entry)
+        self._exact = exact
+        self._prefix = prefix
+        self._loose = loose

@@ -1,0 +1,230 @@
+"""A `Dispatcher` that plays a worker for executor tests.
+
+Functions are plain Python callables `fn(step, ctx) -> result` that replay
+from the top on every request, like SDK handlers: `step.run(id, body)`
+returns a memo or runs the body (at most one per request) and reports it,
+`step.sleep(id, seconds)` reports a Sleep, `step.parallel([...])` reports
+planned steps. Replies are kept in the real store (`put_reply`/`get_reply`),
+as the gateway does, so a reply stored before an executor restart is
+returned to the restarted executor without running the step again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+
+from connect.gateway.dispatch import AtCapacity, NoWorker, StepReply, StepRequest, WorkerStoppedResponding
+from connect.store import SqliteStore
+from protocol.payloads import STATUS_DONE, STATUS_ERROR, STATUS_NOT_COMPLETED
+
+
+def h(step_id: str) -> str:
+    return hashlib.sha1(step_id.encode()).hexdigest()
+
+
+class NonRetriable(Exception):
+    pass
+
+
+class RetryAfter(Exception):
+    def __init__(self, message: str, retry_after: str) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class StepErrorRaised(Exception):
+    def __init__(self, error: dict[str, Any]) -> None:
+        super().__init__(error.get("message"))
+        self.error = error
+
+
+class _Report(BaseException):
+    def __init__(self, ops: list[dict[str, Any]]) -> None:
+        self.ops = ops
+
+
+def _op(op: str, step_id: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "op": op,
+        "id": h(step_id),
+        "name": step_id,
+        "displayName": step_id,
+        "opts": None,
+        "userland": {"id": step_id, "index": None},
+        "data": None,
+        **extra,
+    }
+
+
+@dataclass
+class Ctx:
+    attempt: int
+    event: dict[str, Any]
+    run_id: str
+
+
+class Step:
+    def __init__(self, request: dict[str, Any], target: str, executions: Counter[str]) -> None:
+        self._memos: dict[str, Any] = request["steps"]
+        self._target = target
+        self._ctx = request["ctx"]
+        self._executions = executions
+
+    def _memo(self, step_id: str) -> tuple[bool, Any]:
+        key = h(step_id)
+        if key not in self._memos:
+            return False, None
+        memo = self._memos[key]
+        if isinstance(memo, dict) and "error" in memo:
+            raise StepErrorRaised(memo["error"])
+        if isinstance(memo, dict) and "data" in memo:
+            return True, memo["data"]
+        return True, memo
+
+    def _execute(self, step_id: str, body: Callable[[int], Any]) -> dict[str, Any]:
+        self._executions[step_id] += 1
+        attempt = self._ctx["attempt"]
+        try:
+            return _op("StepRun", step_id, data=body(attempt))
+        except Exception as exc:
+            last = attempt + 1 >= self._ctx["max_attempts"]
+            err = {"name": type(exc).__name__, "message": str(exc), "stack": "tb", "code": "step_errored"}
+            return _op("StepFailed" if last else "StepError", step_id, error=err)
+
+    def run(self, step_id: str, body: Callable[[int], Any]) -> Any:
+        found, value = self._memo(step_id)
+        if found:
+            return value
+        if self._target != "step" and self._target != h(step_id):
+            raise RuntimeError(f"step {step_id} reached while targeting {self._target}")
+        if self._target == "step" and self._ctx["disable_immediate_execution"]:
+            raise _Report([_op("StepPlanned", step_id)])
+        raise _Report([self._execute(step_id, body)])
+
+    def sleep(self, step_id: str, seconds: float) -> None:
+        found, _ = self._memo(step_id)
+        if found:
+            return
+        wake = datetime.now(UTC) + timedelta(seconds=seconds)
+        raise _Report([_op("Sleep", step_id, name=wake.isoformat(timespec="milliseconds").replace("+00:00", "Z"))])
+
+    def wait_for_event(self, step_id: str, event: str) -> Any:
+        found, value = self._memo(step_id)
+        if found:
+            return value
+        op = _op("WaitForEvent", step_id, name=event, opts={"if": None, "timeout": "1h"})
+        raise _Report([op])
+
+    def parallel(self, steps: list[tuple[str, Callable[[int], Any]]]) -> list[Any]:
+        results: list[Any] = []
+        planned: list[dict[str, Any]] = []
+        for step_id, body in steps:
+            found, value = self._memo(step_id)
+            if found:
+                results.append(value)
+            elif self._target == h(step_id):
+                raise _Report([self._execute(step_id, body)])
+            elif self._target == "step":
+                planned.append(_op("StepPlanned", step_id))
+        if planned:
+            raise _Report(planned)
+        if len(results) < len(steps):
+            raise RuntimeError("a targeted step is not in this group")
+        return results
+
+
+Function = Callable[[Step, Ctx], Any]
+
+
+@dataclass
+class ScriptedWorker:
+    """Plays a connected worker. Knobs let tests inject dispatch failures."""
+
+    store: SqliteStore
+    functions: dict[str, Function] = field(default_factory=dict)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    request_ids: list[str] = field(default_factory=list)
+    executions: Counter[str] = field(default_factory=Counter)
+    #: Raise these (in order) instead of delivering, one per dispatch call.
+    failures: list[Exception] = field(default_factory=list)
+    #: Dispatches of a step id (hashed or "step") in this set hang forever, after
+    #: storing the reply if `store_before_hang` (a worker that answered, then the
+    #: executor died before reading the reply).
+    hang_on: set[str] = field(default_factory=set)
+    store_before_hang: bool = False
+    worker_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    wait_calls: int = 0
+    dispatch_calls: int = 0
+
+    async def dispatch(self, request: StepRequest) -> StepReply:
+        self.dispatch_calls += 1
+        self.request_ids.append(request.request_id)
+        stored = await self.store.get_reply(request.request_id)
+        if stored is not None:
+            return msgspec.json.decode(stored, type=StepReply)
+        if self.failures:
+            raise self.failures.pop(0)
+        hang = request.step_id in self.hang_on
+        if hang and not self.store_before_hang:
+            await asyncio.Event().wait()
+        reply = self._run(request)
+        await self.store.put_reply(request.request_id, msgspec.json.encode(reply))
+        if hang:
+            await asyncio.Event().wait()
+        return reply
+
+    async def wait_for_worker(self, app_name: str, function_slug: str, timeout: float) -> None:
+        self.wait_calls += 1
+        try:
+            await asyncio.wait_for(self.worker_ready.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    def _run(self, request: StepRequest) -> StepReply:
+        body = json.loads(request.payload)
+        self.requests.append({"step_id": request.step_id, "request_id": request.request_id, **body})
+        fn = self.functions[request.function_slug]
+        step = Step(body, request.step_id, self.executions)
+        ctx = Ctx(attempt=body["ctx"]["attempt"], event=body["event"], run_id=body["ctx"]["run_id"])
+        rid = request.request_id
+        try:
+            result = fn(step, ctx)
+        except _Report as report:
+            return StepReply(rid, STATUS_NOT_COMPLETED, json.dumps(report.ops).encode(), request_version=2)
+        except NonRetriable as exc:
+            err = {"name": "NonRetriableError", "message": str(exc), "stack": "tb", "code": "non_retriable_error"}
+            return StepReply(rid, STATUS_ERROR, json.dumps(err).encode(), no_retry=True, request_version=2)
+        except StepErrorRaised as exc:
+            err = {**exc.error, "code": "step_errored"}
+            return StepReply(rid, STATUS_ERROR, json.dumps(err).encode(), no_retry=True, request_version=2)
+        except RetryAfter as exc:
+            err = {"name": "RetryAfterError", "message": str(exc), "stack": "tb", "code": "retry_after_error"}
+            return StepReply(
+                rid, STATUS_ERROR, json.dumps(err).encode(), retry_after=exc.retry_after, request_version=2
+            )
+        except Exception as exc:
+            err = {"name": type(exc).__name__, "message": str(exc), "stack": "tb", "code": "unknown"}
+            return StepReply(rid, STATUS_ERROR, json.dumps(err).encode(), request_version=2)
+        return StepReply(rid, STATUS_DONE, json.dumps(result).encode(), request_version=2)
+
+
+__all__ = [
+    "AtCapacity",
+    "Ctx",
+    "NoWorker",
+    "NonRetriable",
+    "RetryAfter",
+    "ScriptedWorker",
+    "Step",
+    "WorkerStoppedResponding",
+    "h",
+]
