@@ -29,6 +29,10 @@ def _setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # One line per lifecycle event comes from our own loggers; keep the
+    # per-request chatter of the HTTP and WebSocket libraries out of it.
+    for noisy in ("httpx", "httpcore", "websockets", "uvicorn.error"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def cmd_dev(args: argparse.Namespace) -> int:

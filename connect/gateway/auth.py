@@ -21,7 +21,8 @@ _PREFIX = re.compile(r"^signkey-\w+-")
 
 class TokenIssuer:
     def __init__(self, secret: str = limits.DEV_JWT_SECRET, env: str = "dev", ttl: float = limits.SESSION_TOKEN_TTL):
-        self._secret = secret
+        # HS256 wants a key of at least 32 bytes: sign with the SHA-256 of the secret.
+        self._secret = hashlib.sha256(secret.encode()).digest()
         self.env = env
         self.ttl = ttl
 
