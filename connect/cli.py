@@ -43,6 +43,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
         settings.lease_duration = args.lease_duration
     if args.extend_lease_interval:
         settings.extend_lease_interval = args.extend_lease_interval
+    if args.drain_timeout is not None:
+        settings.drain_timeout = args.drain_timeout
     _run(DevServer(settings).run())
     return 0
 
@@ -80,17 +82,30 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from connect.worker import connect
 
     apps = load_apps(args.target)
+    abandoned = 0
 
     async def main() -> None:
+        nonlocal abandoned
         conn = await connect(
             apps,
             instance_id=args.instance_id,
             max_worker_concurrency=args.max_worker_concurrency,
+            health_port=args.health_port,
+            drain_timeout=None if args.drain_timeout is not None and args.drain_timeout < 0 else args.drain_timeout,
+            handle_shutdown_signals=() if args.no_signals else ("SIGTERM", "SIGINT"),
         )
         await conn.closed
+        abandoned = conn.abandoned
 
     _run(main())
-    return 0
+    code = 0 if abandoned == 0 else 1
+    log.info("worker exited (code %d)", code)
+    # Abandoned user code may still hold threads past the drain deadline:
+    # leave without waiting for them.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,12 +120,23 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--db", default=os.environ.get("CONNECT_DB", "connect-dev.db"), help="SQLite database file")
     dev.add_argument("--lease-duration", type=float, default=None, help="request lease, seconds (default 120)")
     dev.add_argument("--extend-lease-interval", type=float, default=None, help="seconds (default 30)")
+    dev.add_argument(
+        "--drain-timeout", type=float, default=None, help="seconds SIGTERM waits for workers to leave (default 25)"
+    )
     dev.set_defaults(func=cmd_dev)
 
     worker = sub.add_parser("worker", help="run a worker for the app(s) at MODULE:ATTR")
     worker.add_argument("target", help="MODULE:ATTR naming a Client or a list of (client, functions)")
     worker.add_argument("--instance-id", default=None, help="stable worker identity (default: hostname)")
     worker.add_argument("--max-worker-concurrency", type=int, default=None)
+    worker.add_argument("--health-port", type=int, default=None, help="serve GET /ready and /live on this port")
+    worker.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=600.0,
+        help="seconds to finish in-flight steps on SIGTERM (default 600; negative: wait forever)",
+    )
+    worker.add_argument("--no-signals", action="store_true", help="do not handle SIGTERM/SIGINT")
     worker.set_defaults(func=cmd_worker)
     return parser
 

@@ -71,7 +71,9 @@ class DevServer:
         s = self.settings
         store = await SqliteStore.open(s.db)
         tokens = TokenIssuer()
-        dispatcher = GatewayDispatcher(store, lease_duration=s.lease_duration)
+        dispatcher = GatewayDispatcher(
+            store, lease_duration=s.lease_duration, extend_lease_interval=s.extend_lease_interval
+        )
         executor = Executor(store, dispatcher)
         gateway = GatewayServer(
             dispatcher,
@@ -80,6 +82,7 @@ class DevServer:
             session_config=GatewaySessionConfig(
                 heartbeat_interval=s.heartbeat_interval, extend_lease_interval=s.extend_lease_interval
             ),
+            on_drain_requested=self.request_stop,
         )
         await executor.start()
         gateway_port = await gateway.start(s.host, s.gateway_port)
@@ -115,8 +118,9 @@ class DevServer:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         await self._stop.wait()
-        log.info("connect dev stopping: draining gateway")
+        log.info("connect dev stopping: draining gateway (up to %.0fs)", s.drain_timeout)
         await gateway.drain(s.drain_timeout)
+        log.info("gateway drained")
         server.should_exit = True
         with contextlib.suppress(Exception):
             await api_task

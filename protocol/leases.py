@@ -66,5 +66,8 @@ class LeaseTable:
             return lease
         return None
 
+    def owned_by(self, instance_id: str) -> list[Lease]:
+        return [lease for lease in self._leases.values() if lease.instance_id == instance_id]
+
     def release(self, request_id: str) -> Lease | None:
         return self._leases.pop(request_id, None)

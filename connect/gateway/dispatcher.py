@@ -17,7 +17,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from connect.gateway.capacity import InstanceCapacity
 from connect.gateway.connection import Connection
@@ -73,6 +73,7 @@ class GatewayDispatcher:
         store: ReplyStore,
         *,
         lease_duration: float = limits.LEASE_DURATION,
+        extend_lease_interval: float = limits.LEASE_EXTEND_INTERVAL,
         clock: Callable[[], float] = time.time,
         env_id: str = "dev",
     ) -> None:
@@ -82,6 +83,8 @@ class GatewayDispatcher:
         self.capacity = InstanceCapacity()
         self.router = Router(self.capacity)
         self.leases = LeaseTable(lease_duration)
+        self.extend_lease_interval = extend_lease_interval
+        self._nudges: dict[str, asyncio.Event] = {}
         self._replies: dict[str, asyncio.Future[StepReply]] = {}
         self._acks: dict[str, asyncio.Future[bool]] = {}
         self._changed = asyncio.Event()
@@ -128,6 +131,22 @@ class GatewayDispatcher:
 
     def connection_unroutable(self, conn: Connection) -> None:
         self.router.remove(conn)
+
+    def connection_lost(self, conn: Connection, clean: bool) -> None:
+        """A socket ended. After an unclean end, the requests its instance runs
+        get one extension interval (plus grace) to be extended over some other
+        connection; silence past that re-dispatches them instead of waiting
+        out the whole lease."""
+        self.router.remove(conn)
+        if clean or not conn.instance_id:
+            return
+        cutoff = self._clock() + self.extend_lease_interval
+        for lease in self.leases.owned_by(conn.instance_id):
+            if lease.expires_at > cutoff:
+                lease.expires_at = cutoff
+                nudge = self._nudges.get(lease.request_id)
+                if nudge is not None:
+                    nudge.set()
 
     def request_acked(self, request_id: str, ok: bool) -> None:
         fut = self._acks.get(request_id)
@@ -210,6 +229,7 @@ class GatewayDispatcher:
         return ok
 
     async def _await_reply(self, rid: str, waiter: asyncio.Future[StepReply]) -> StepReply:
+        nudge = self._nudges[rid] = asyncio.Event()
         try:
             while True:
                 lease = self.leases.get(rid)
@@ -217,8 +237,17 @@ class GatewayDispatcher:
                     raise WorkerStoppedResponding(f"request {rid} has no lease")
                 timeout = lease.expires_at + LEASE_GRACE - self._clock()
                 if timeout > 0:
-                    with contextlib.suppress(TimeoutError):
-                        return await asyncio.wait_for(asyncio.shield(waiter), timeout)
+                    nudge.clear()
+                    nudged: asyncio.Future[Any] = asyncio.ensure_future(nudge.wait())
+                    pending: set[asyncio.Future[Any]] = {waiter, nudged}
+                    try:
+                        await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        nudged.cancel()
+                    if waiter.done():
+                        return waiter.result()
+                    if nudge.is_set():
+                        continue  # the lease was shortened: recompute the deadline
                 lease = self.leases.get(rid)
                 if lease is not None and lease.expires_at + LEASE_GRACE > self._clock():
                     continue  # extended meanwhile
@@ -227,6 +256,7 @@ class GatewayDispatcher:
                     return reply_from_bytes(stored)
                 raise WorkerStoppedResponding(f"the worker stopped responding to request {rid}")
         finally:
+            self._nudges.pop(rid, None)
             self._finish(rid)
 
     def _finish(self, rid: str) -> None:

@@ -47,8 +47,10 @@ class GatewayServer:
         session_config: gs.GatewaySessionConfig | None = None,
         max_message_bytes: int = limits.MAX_WORKER_MESSAGE_BYTES,
         clock: Callable[[], float] = time.time,
+        on_drain_requested: Callable[[], None] | None = None,
     ) -> None:
         self.dispatcher = dispatcher
+        self._on_drain_requested = on_drain_requested
         self._on_sync = on_sync
         self._clock = clock
         self._max_message_bytes = max_message_bytes
@@ -61,6 +63,7 @@ class GatewayServer:
         self._all_closed = asyncio.Event()
         self._all_closed.set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._drain_task: asyncio.Task[None] | None = None
 
     # --- lifecycle ----------------------------------------------------------------
 
@@ -95,6 +98,14 @@ class GatewayServer:
             with contextlib.suppress(Exception):
                 await conn.ws.close(codes.CloseCode.GOING_AWAY, codes.GATEWAY_CLOSING)
 
+    def request_drain(self) -> None:
+        """What SIGTERM and `POST /v0/connect/drain` do: hand over to the
+        owner of the process (which drains, then exits), or drain in place."""
+        if self._on_drain_requested is not None:
+            self._on_drain_requested()
+        elif not self.draining:
+            self._drain_task = asyncio.get_running_loop().create_task(self.drain())
+
     async def close(self) -> None:
         if self._server is not None:
             self._server.close(close_connections=True)
@@ -104,6 +115,11 @@ class GatewayServer:
 
     def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
+        if request.method == "POST" and path == "/v0/connect/drain":
+            self.request_drain()
+            return _text(http.HTTPStatus.OK, '{"status":"ok"}', "application/json")
+        if request.method != "GET":
+            return _text(http.HTTPStatus.METHOD_NOT_ALLOWED, f"{request.method} not allowed on {path}\n")
         if path == "/ready":
             if self.draining:
                 return _text(http.HTTPStatus.SERVICE_UNAVAILABLE, "draining\n")
@@ -142,7 +158,8 @@ class GatewayServer:
             if sent is not None and sent.code == codes.CloseCode.MESSAGE_TOO_BIG:
                 close_code = codes.CloseCode.MESSAGE_TOO_BIG  # we refused an oversized frame
             await self._apply(conn, session.connection_lost(close_code, close_reason))
-            self.dispatcher.connection_unroutable(conn)
+            clean = session.disconnect_reason == codes.DisconnectReason.WORKER_SHUTDOWN
+            self.dispatcher.connection_lost(conn, clean)
             self.connections.discard(conn)
             if not self.connections:
                 self._all_closed.set()
@@ -250,8 +267,8 @@ def _select_subprotocol(ws: ServerConnection, offered: Sequence[Subprotocol]) ->
     return wanted if wanted in offered else None
 
 
-def _text(status: http.HTTPStatus, body: str) -> Response:
-    headers = Headers([("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))])
+def _text(status: http.HTTPStatus, body: str, content_type: str = "text/plain; charset=utf-8") -> Response:
+    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body)))])
     return Response(status.value, status.phrase, headers, body.encode())
 
 

@@ -16,7 +16,6 @@ import contextlib
 import enum
 import logging
 import os
-import signal
 import socket
 import threading
 import time
@@ -41,6 +40,8 @@ from websockets.typing import Subprotocol
 from connect.sdk.client import Client
 from connect.sdk.execution import SDK_VERSION, Invocation, execute
 from connect.sdk.function import Function, functions_json
+from connect.worker import shutdown
+from connect.worker.readiness import HealthServer
 from connect.worker.start import FatalStartError, StartClient
 from protocol import codes, limits
 from protocol import connect_pb2 as pb
@@ -70,8 +71,11 @@ class WorkerOptions:
     drain_timeout: float | None = 600.0
     reply_buffer_bytes: int = 500 * 1024 * 1024
     reconnect_initial: float = 0.5
-    reconnect_max: float = 30.0
+    reconnect_max: float = 10.0
     heartbeat_interval: float | None = None
+    health_port: int | None = None
+    health_host: str = "0.0.0.0"
+    gateway_url: str | None = None
 
 
 @dataclass(eq=False)
@@ -110,12 +114,15 @@ class WorkerConnection:
         self._active_main: asyncio.Future[None] | None = None
         self._close_requested: asyncio.Event | None = None
         self._wake: asyncio.Event | None = None
+        self._progress: asyncio.Event | None = None
         self._ledger = WorkerLedger(max_buffer_bytes=options.reply_buffer_bytes)
         self._active: _Socket | None = None
         self._sockets: set[_Socket] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._started_at = time.time()
         self._fatal: BaseException | None = None
+        self._closing_requested = False
+        self.abandoned = 0
         self.connection_id = ""
         self.in_flight_peak = 0
 
@@ -135,10 +142,29 @@ class WorkerConnection:
     def in_flight(self) -> int:
         return len(self._ledger.in_flight)
 
+    @property
+    def ready(self) -> bool:
+        """ACTIVE, with a connection the gateway has confirmed and not asked us to leave."""
+        sock = self._active
+        return (
+            self._state is ConnectionState.ACTIVE
+            and sock is not None
+            and not sock.draining
+            and sock.session.phase is ws_.WorkerPhase.ACTIVE
+        )
+
+    def request_close(self) -> None:
+        """Start a graceful shutdown from any thread (signal handlers use this)."""
+        self._closing_requested = True
+        self._set_state(ConnectionState.CLOSING)
+        loop, event = self._loop, self._close_requested
+        if loop is not None and event is not None:
+            with contextlib.suppress(RuntimeError):  # the machinery already ended
+                loop.call_soon_threadsafe(event.set)
+
     async def close(self) -> None:
         """Graceful shutdown: pause, finish and deliver in-flight work, close."""
-        if self._loop is not None and self._close_requested is not None and self._loop.is_running():
-            self._loop.call_soon_threadsafe(self._close_requested.set)
+        self.request_close()
         await asyncio.shield(self.closed)
 
     # --- startup (caller's loop) ---------------------------------------------------------
@@ -197,7 +223,24 @@ class WorkerConnection:
     async def _machinery(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._close_requested = asyncio.Event()
+        if self._closing_requested:
+            self._close_requested.set()
         self._wake = asyncio.Event()
+        self._progress = asyncio.Event()
+        health: HealthServer | None = None
+        if self._options.health_port is not None:
+            health = HealthServer(
+                self._options.health_port, self._options.health_host, lambda: self.ready, lambda: self._state.value
+            )
+            await health.start()
+        try:
+            await self._machinery_body()
+        finally:
+            if health is not None:
+                await health.stop()
+
+    async def _machinery_body(self) -> None:
+        assert self._close_requested is not None
         async with httpx.AsyncClient(timeout=10.0) as http:
             start = StartClient(http, self._api_base_url, self._signing_key)
             housekeeping = asyncio.create_task(self._housekeeping(start))
@@ -279,8 +322,9 @@ class WorkerConnection:
         resp = await start.start(exclude)
         self.connection_id = resp.connection_id
         hello = self._hello(resp)
+        endpoint = self._options.gateway_url or resp.gateway_endpoint
         ws = await websockets.connect(
-            resp.gateway_endpoint,
+            endpoint,
             subprotocols=[Subprotocol(limits.SUBPROTOCOL)],
             max_size=limits.MAX_WORKER_MESSAGE_BYTES,
             open_timeout=10,
@@ -307,8 +351,8 @@ class WorkerConnection:
         ended.cancel()
         if not sock.connected.is_set():
             await self._close_socket(sock, 4001, "UNEXPECTED")
-            raise ConnectionError(f"handshake with {resp.gateway_endpoint} failed: {sock.session_end_reason}")
-        log.info("worker connected: connection=%s gateway=%s", resp.connection_id, resp.gateway_endpoint)
+            raise ConnectionError(f"handshake with {endpoint} failed: {sock.session_end_reason}")
+        log.info("worker connected: connection=%s gateway=%s", resp.connection_id, endpoint)
         return sock
 
     def _hello(self, resp: pb.StartResponse) -> pb.WorkerConnectRequestData:
@@ -389,8 +433,11 @@ class WorkerConnection:
             await sock.ws.send(frame)
 
     def _poke(self) -> None:
+        """Something changed (a request finished, a reply was acknowledged)."""
         if self._wake is not None:
             self._wake.set()
+        if self._progress is not None:
+            self._progress.set()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -413,7 +460,8 @@ class WorkerConnection:
         loop = asyncio.get_running_loop()
 
         def done(f: ThreadFuture[bytes]) -> None:
-            loop.call_soon_threadsafe(self._completed, req, f)
+            with contextlib.suppress(RuntimeError):  # machinery ended (drain deadline passed)
+                loop.call_soon_threadsafe(self._completed, req, f)
 
         fut.add_done_callback(done)
 
@@ -505,6 +553,11 @@ class WorkerConnection:
                 if nxt is not None:
                     deadlines.append(nxt)
             for sock in list(self._sockets):
+                if sock.draining and self._ledger.idle:
+                    # Nothing left to deliver on it: leave the draining gateway
+                    # now rather than when a replacement is up or it gives up.
+                    await self._close_socket(sock, codes.CloseCode.NORMAL, codes.WORKER_SHUTDOWN)
+                    continue
                 with contextlib.suppress(ConnectionClosed):
                     await self._flush(sock)
             await self._flush_overdue(start, now)
@@ -528,11 +581,12 @@ class WorkerConnection:
         """Deliver replies the gateway has not acknowledged (or that never had
         a socket) over HTTP; a reply stays buffered until one path succeeds."""
         pending = self._ledger.overdue(now)
-        if self._active is None:
+        if self._active is None or self._active.session.phase is not ws_.WorkerPhase.ACTIVE:
             pending += self._ledger.unsent()
         for rid, raw in pending:
             if await start.flush(raw):
                 self._ledger.acknowledged(rid)
+                self._poke()
                 log.info("reply %s delivered via /v0/connect/flush", rid)
             else:
                 self._ledger.mark_unsent(rid)
@@ -540,7 +594,7 @@ class WorkerConnection:
     # --- shutdown --------------------------------------------------------------------------
 
     async def _close_when_requested(self, start: StartClient) -> None:
-        assert self._close_requested is not None and self._wake is not None
+        assert self._close_requested is not None and self._progress is not None
         await self._close_requested.wait()
         self._set_state(ConnectionState.CLOSING)
         log.info("worker shutting down: %d requests in flight", len(self._ledger.in_flight))
@@ -551,16 +605,20 @@ class WorkerConnection:
         deadline = self._options.drain_timeout
         started = time.monotonic()
         while not self._ledger.idle:
-            if deadline is not None and time.monotonic() - started > deadline:
-                log.warning("drain deadline passed: abandoning %d requests", len(self._ledger.in_flight))
+            remaining = None if deadline is None else deadline - (time.monotonic() - started)
+            if remaining is not None and remaining <= 0:
+                self.abandoned = len(self._ledger.in_flight) + len(self._ledger.replies)
+                log.warning(
+                    "drain deadline passed: abandoning %d requests; their leases let them run elsewhere",
+                    self.abandoned,
+                )
                 self._ledger.in_flight.clear()
                 self._ledger.replies.clear()
                 break
-            await self._sleep_unless_done(0.2)
+            self._progress.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._progress.wait(), remaining)
         self._poke()
-
-    async def _sleep_unless_done(self, delay: float) -> None:
-        await asyncio.sleep(delay)
 
 
 def _log_retry(state: RetryCallState) -> None:
@@ -601,14 +659,28 @@ async def connect(
     *,
     instance_id: str | None = None,
     max_worker_concurrency: int | None = None,
-    handle_shutdown_signals: Sequence[str] = ("SIGTERM", "SIGINT"),
+    handle_shutdown_signals: Sequence[str] = shutdown.DEFAULT_SIGNALS,
     drain_timeout: float | None = 600.0,
+    health_port: int | None = None,
+    gateway_url: str | None = None,
+    reply_buffer_bytes: int = 500 * 1024 * 1024,
     wait_active: bool = True,
 ) -> WorkerConnection:
     """Connect a worker for `apps` and return once it is ACTIVE.
 
-    Reconnects with jittered backoff for as long as it runs. Only a rejected
+    Reconnects with jittered backoff for as long as it runs; only a rejected
     signing key (401/403 from the start call) is fatal.
+
+    - `instance_id`: stable identity for capacity accounting (default: hostname).
+    - `max_worker_concurrency`: requests this instance runs at once (default unlimited,
+      or `CONNECT_MAX_WORKER_CONCURRENCY`).
+    - `handle_shutdown_signals`: signals that start a graceful drain (empty: none).
+    - `drain_timeout`: seconds a drain may take before in-flight steps are abandoned
+      (their leases lapse and they run elsewhere); None waits forever.
+    - `health_port`: serve `GET /ready` and `GET /live` there.
+    - `gateway_url`: dial this WebSocket URL instead of the one `/start` returns
+      (`CONNECT_GATEWAY_URL`), e.g. behind a proxy.
+    - `reply_buffer_bytes`: bound of the buffer of unacknowledged replies.
     """
     if max_worker_concurrency is None and os.environ.get("CONNECT_MAX_WORKER_CONCURRENCY"):
         max_worker_concurrency = int(os.environ["CONNECT_MAX_WORKER_CONCURRENCY"])
@@ -618,28 +690,11 @@ async def connect(
         instance_id=instance_id or socket.gethostname(),
         max_worker_concurrency=max_worker_concurrency,
         drain_timeout=drain_timeout,
+        health_port=health_port,
+        gateway_url=gateway_url or os.environ.get("CONNECT_GATEWAY_URL") or None,
+        reply_buffer_bytes=reply_buffer_bytes,
     )
     conn = WorkerConnection(apps, options)
-    _install_signals(conn, handle_shutdown_signals)
+    shutdown.install(handle_shutdown_signals, conn.request_close)
     await conn._start(wait_active)
     return conn
-
-
-def _install_signals(conn: WorkerConnection, names: Sequence[str]) -> None:
-    if not names or threading.current_thread() is not threading.main_thread():
-        return
-    loop = asyncio.get_running_loop()
-    received = 0
-
-    def on_signal(name: str) -> None:
-        nonlocal received
-        received += 1
-        if received > 1:
-            log.warning("second %s: exiting immediately", name)
-            os._exit(1)
-        log.info("%s received: draining", name)
-        task = loop.create_task(conn.close())
-        conn._signal_task = task  # type: ignore[attr-defined]
-
-    for name in names:
-        loop.add_signal_handler(getattr(signal, name), on_signal, name)

@@ -1,0 +1,60 @@
+"""Probes for orchestrators: `GET /ready` and `GET /live` on `health_port`.
+
+Served from the worker's connection thread, so probes answer even while
+user code blocks the main event loop. `/ready` is 200 only while the worker
+is ACTIVE and the gateway has confirmed the connection (it is 503 from the
+moment a drain starts); `/live` is 200 while the connection machinery runs,
+draining included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Generator
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+log = logging.getLogger("connect.worker")
+
+
+class _ProbeServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield  # signals belong to the worker process, not the probe server
+
+
+class HealthServer:
+    def __init__(self, port: int, host: str, ready: Callable[[], bool], state: Callable[[], str]) -> None:
+        async def ready_probe(request: Request) -> JSONResponse:
+            ok = ready()
+            return JSONResponse({"ready": ok, "state": state()}, status_code=200 if ok else 503)
+
+        async def live_probe(request: Request) -> JSONResponse:
+            return JSONResponse({"live": True, "state": state()})
+
+        app = Starlette(routes=[Route("/ready", ready_probe), Route("/live", live_probe)])
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off", access_log=False)
+        self._server = _ProbeServer(config)
+        self._task: asyncio.Task[None] | None = None
+        self.port = port
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._server.serve())
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()
+                raise RuntimeError(f"health server could not start on port {self.port}")
+            await asyncio.sleep(0.01)
+        log.info("health probes on http://%s:%d/ready and /live", self._server.config.host, self.port)
+
+    async def stop(self) -> None:
+        self._server.should_exit = True
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await self._task
