@@ -275,10 +275,6 @@ class WorkerConnection:
             await self._wait_socket_turn(sock)
             if sock.draining and not sock.ended.is_set():
                 exclude = [sock.gateway_group]  # open a replacement while this one drains
-            elif self._active is sock:
-                self._active = None
-                if not self._finished():
-                    self._set_state(ConnectionState.RECONNECTING)
 
     async def _wait_socket_turn(self, sock: _Socket) -> None:
         """Until the socket ends, the gateway asks us to move, or we are done."""
@@ -394,11 +390,7 @@ class WorkerConnection:
             if not sock.connected.is_set():
                 rcvd = sock.ws.protocol.close_rcvd
                 sock.session_end_reason = f"{rcvd.code} {rcvd.reason}" if rcvd else "connection closed"
-            sock.session.connection_lost()
-            self._sockets.discard(sock)
-            sock.ended.set()
-            if self._wake is not None:
-                self._wake.set()
+            self._socket_ended(sock)
 
     def _handle(self, sock: _Socket, events: list[ws_.WorkerEvent]) -> None:
         for event in events:
@@ -447,9 +439,17 @@ class WorkerConnection:
     async def _close_socket(self, sock: _Socket, code: int, reason: str) -> None:
         with contextlib.suppress(Exception):
             await sock.ws.close(code, reason)
+        self._socket_ended(sock)
+
+    def _socket_ended(self, sock: _Socket) -> None:
         sock.session.connection_lost()
         sock.ended.set()
         self._sockets.discard(sock)
+        if self._active is sock:
+            self._active = None
+            if not self._closing_requested:
+                self._set_state(ConnectionState.RECONNECTING)
+        self._poke()
 
     # --- executing requests ----------------------------------------------------------------
 

@@ -32,9 +32,24 @@ async def two_steps(ctx: inngest.Context) -> dict[str, Any]:
     return {"first": first, "second": second, "via": "official-sdk"}
 
 
+@client.create_function(fn_id="slow", trigger=inngest.TriggerEvent(event="compat/slow"))
+async def slow(ctx: inngest.Context) -> str:
+    async def body() -> str:
+        logging.getLogger("compat").info("slow step started")
+        await asyncio.sleep(float(ctx.event.data.get("seconds", 5)))
+        if os.environ.get("STEP_LOG"):
+            with open(os.environ["STEP_LOG"], "a") as f:
+                f.write(f"{ctx.run_id} slow-step {os.getpid()}\n")
+        return "slow done"
+
+    return await ctx.step.run("slow-step", body)
+
+
 async def main() -> None:
     logging.basicConfig(level=logging.INFO)
-    await connect([(client, [two_steps])], instance_id="official-worker", shutdown_signals=[]).start()
+    signals = None if os.environ.get("OFFICIAL_SIGNALS") else []
+    conn = connect([(client, [two_steps, slow])], instance_id="official-worker", shutdown_signals=signals)
+    await conn.start()
 
 
 if __name__ == "__main__":

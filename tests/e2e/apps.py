@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from typing import Any
 
 from connect import Client, Context, NonRetriableError, Step, TriggerEvent
@@ -27,8 +28,16 @@ def _log_step(ctx: Context, step: str) -> None:
             f.write(f"{ctx.run_id} {step} {os.getpid()}\n")
 
 
+def _log_start(ctx: Context, step: str) -> None:
+    path = os.environ.get("STARTED_LOG")
+    if path:
+        with _lock, open(path, "a") as f:
+            f.write(f"{ctx.run_id} {step} {os.environ.get('WORKER_NAME', os.getpid())}\n")
+
+
 async def _tracked(ctx: Context, name: str, seconds: float, value: Any) -> Any:
     global _in_flight
+    _log_start(ctx, name)
     with _lock:
         _in_flight += 1
         peak_path = os.environ.get("IN_FLIGHT_LOG")
@@ -81,3 +90,33 @@ def sync_handler(ctx: Context, step: Any) -> str:
 @client.create_function(fn_id="wildcard", trigger=TriggerEvent(event="e2e-wild/*"))
 async def wildcard(ctx: Context, step: Step) -> str:
     return await step.run("echo", lambda: ctx.event.name)
+
+
+@client.create_function(fn_id="five-steps", trigger=TriggerEvent(event="e2e/five"))
+async def five_steps(ctx: Context, step: Step) -> int:
+    delay = float(ctx.event.data.get("delay", 0))
+    total = 0
+    for i in range(5):
+        total += await step.run(f"s{i}", _tracked, ctx, f"s{i}", delay, i)
+    return total
+
+
+@client.create_function(fn_id="slow", trigger=TriggerEvent(event="e2e/slow"))
+async def slow(ctx: Context, step: Step) -> str:
+    seconds = float(ctx.event.data.get("seconds", 5))
+    return str(await step.run("slow-step", _tracked, ctx, "slow-step", seconds, "slow done"))
+
+
+@client.create_function(fn_id="blocker", trigger=TriggerEvent(event="e2e/block"))
+async def blocker(ctx: Context, step: Step) -> str:
+    seconds = float(ctx.event.data.get("seconds", 120))
+
+    def block_the_loop() -> str:
+        # A plain callable run by step.run on the event loop: nothing else on
+        # this loop runs until it returns.
+        _log_start(ctx, "block")
+        time.sleep(seconds)
+        _log_step(ctx, "block")
+        return f"blocked {seconds:.0f}s"
+
+    return await step.run("block", block_the_loop)

@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -153,14 +153,22 @@ def start_worker(
     instance_id: str | None = None,
     max_concurrency: int | None = None,
     env: dict[str, str] | None = None,
+    extra_args: Iterable[str] = (),
 ) -> Proc:
-    args = [sys.executable, "-m", "connect", "worker", target]
+    args = [sys.executable, "-m", "connect", "worker", target, *extra_args]
     if instance_id:
         args += ["--instance-id", instance_id]
     if max_concurrency:
         args += ["--max-worker-concurrency", str(max_concurrency)]
     full_env = dict(os.environ)
-    full_env.update({"CONNECT_API_URL": dev.url, "WORKER_NAME": name, "STEP_LOG": str(tmp / "steps.log")})
+    full_env.update(
+        {
+            "CONNECT_API_URL": dev.url,
+            "WORKER_NAME": name,
+            "STEP_LOG": str(tmp / "steps.log"),
+            "STARTED_LOG": str(tmp / "started.log"),
+        }
+    )
     full_env.update(env or {})
     return Proc(args, full_env, tmp / f"{name}.log")
 
@@ -174,6 +182,31 @@ def wait_for_log(proc: Proc, needle: str, timeout: float = 30.0) -> None:
             break
         time.sleep(0.05)
     raise AssertionError(f"{needle!r} not seen in {proc.log_path}:\n{proc.output()[-3000:]}")
+
+
+def started_steps(tmp: Path) -> list[tuple[str, str, str]]:
+    """`(run_id, step, worker name)` for every step body that began."""
+    path = tmp / "started.log"
+    if not path.exists():
+        return []
+    rows = [line.split() for line in path.read_text().splitlines() if line.strip()]
+    return [(r[0], r[1], r[2]) for r in rows]
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def http_status(url: str) -> int | None:
+    try:
+        return httpx.get(url, timeout=1).status_code
+    except httpx.HTTPError:
+        return None
 
 
 def step_counts(tmp: Path) -> collections.Counter[tuple[str, str]]:
