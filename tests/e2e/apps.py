@@ -110,12 +110,19 @@ async def slow(ctx: Context, step: Step) -> str:
 @client.create_function(fn_id="blocker", trigger=TriggerEvent(event="e2e/block"))
 async def blocker(ctx: Context, step: Step) -> str:
     seconds = float(ctx.event.data.get("seconds", 120))
+    spin = ctx.event.data.get("mode") == "spin"
 
     def block_the_loop() -> str:
         # A plain callable run by step.run on the event loop: nothing else on
-        # this loop runs until it returns.
+        # this loop runs until it returns. "spin" also keeps the GIL busy.
         _log_start(ctx, "block")
-        time.sleep(seconds)
+        end = time.monotonic() + seconds
+        if spin:
+            x = 0
+            while time.monotonic() < end:
+                x += 1
+        else:
+            time.sleep(seconds)
         _log_step(ctx, "block")
         return f"blocked {seconds:.0f}s"
 

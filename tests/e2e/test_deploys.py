@@ -158,20 +158,24 @@ def test_sigterm_to_connect_dev_under_load_then_restart(tmp_path: Path) -> None:
 
 
 def test_blocked_event_loop_keeps_lease_and_connection(dev: DevServer, tmp_path: Path) -> None:
+    """One worker's loop sleeps, another's spins on the GIL, both for 120 s."""
     seconds = float(os.environ.get("BLOCK_SECONDS", "120"))
-    w = active_worker(dev, tmp_path, "blocked")
+    one = ["--max-worker-concurrency", "1"]
+    workers = [active_worker(dev, tmp_path, name, extra_args=one) for name in ("sleeper", "spinner")]
     try:
-        (eid,) = dev.send([{"name": "e2e/block", "data": {"seconds": seconds}}])
-        (run,) = dev.wait_runs([eid], timeout=seconds + 60)
-        assert run["status"] == "Completed", run
-        assert run["output"] == f"blocked {seconds:.0f}s"
-        out = w.output()
-        assert "lease lost" not in out
-        assert out.count("worker connected:") == 1, out[-3000:]  # no reconnection
-        assert step_counts(tmp_path)[(run["run_id"], "block")] == 1
-        assert len(started_steps(tmp_path)) == 1
+        ids = dev.send([{"name": "e2e/block", "data": {"seconds": seconds, "mode": m}} for m in ("sleep", "spin")])
+        runs = dev.wait_runs(ids, timeout=seconds + 90)
+        assert [r["status"] for r in runs] == ["Completed", "Completed"], runs
+        assert [r["output"] for r in runs] == [f"blocked {seconds:.0f}s"] * 2
+        assert sorted(w for (_, _, w) in started_steps(tmp_path)) == ["sleeper", "spinner"]  # each ran once
+        for w in workers:
+            out = w.output()
+            assert "lease lost" not in out
+            assert out.count("worker connected:") == 1, out[-3000:]  # no reconnection
+        assert set(step_counts(tmp_path).values()) == {1}
     finally:
-        w.stop()
+        for w in workers:
+            w.stop()
 
 
 def test_reply_delivered_by_flush_when_socket_is_cut_before_ack(dev: DevServer, tmp_path: Path) -> None:
