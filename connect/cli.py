@@ -35,18 +35,82 @@ def _setup_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def cmd_dev(args: argparse.Namespace) -> int:
-    from connect.devserver import DevServer, DevSettings
+def _platform_settings(args: argparse.Namespace) -> Any:
+    from connect.devserver import DevSettings
 
     settings = DevSettings(host=args.host, port=args.port, gateway_port=args.gateway_port, db=args.db)
-    if args.lease_duration:
-        settings.lease_duration = args.lease_duration
-    if args.extend_lease_interval:
-        settings.extend_lease_interval = args.extend_lease_interval
-    if args.drain_timeout is not None:
-        settings.drain_timeout = args.drain_timeout
+    for name in (
+        "lease_duration",
+        "extend_lease_interval",
+        "drain_timeout",
+        "max_message_bytes",
+        "max_event_bytes",
+        "max_request_bytes",
+        "apps_per_connection",
+        "max_connections",
+        "max_connections_per_instance",
+        "handshake_timeout",
+    ):
+        value = getattr(args, name)
+        if value is not None:
+            if isinstance(value, int | float) and value <= 0:
+                raise SystemExit(f"--{name.replace('_', '-')} must be positive")
+            setattr(settings, name, value)
+    return settings
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from connect.devserver import DevServer
+
+    _run(DevServer(_platform_settings(args)).run())
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from connect.devserver import DevServer
+    from connect.gateway.auth import Keys
+
+    signing_key = args.signing_key or os.environ.get("CONNECT_SIGNING_KEY", "")
+    fallback = args.signing_key_fallback or os.environ.get("CONNECT_SIGNING_KEY_FALLBACK") or None
+    event_keys = list(args.event_key or [])
+    event_keys += [k for k in os.environ.get("CONNECT_EVENT_KEYS", "").split(",") if k.strip()]
+    if not signing_key:
+        print("connect serve: a signing key is required (--signing-key or CONNECT_SIGNING_KEY)", file=sys.stderr)
+        return 2
+    if not event_keys:
+        print("connect serve: at least one event key is required (--event-key or CONNECT_EVENT_KEYS)", file=sys.stderr)
+        return 2
+    try:
+        keys = Keys.production(signing_key, fallback, event_keys, env=args.env)
+    except ValueError as exc:
+        print(f"connect serve: {exc}", file=sys.stderr)
+        return 2
+    settings = _platform_settings(args)
+    settings.keys = keys
+    settings.name = "connect serve"
     _run(DevServer(settings).run())
     return 0
+
+
+def _add_platform_args(parser: argparse.ArgumentParser, default_db: str) -> None:
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8288, help="HTTP API port (default 8288)")
+    parser.add_argument("--gateway-port", type=int, default=8289, help="worker gateway port (default 8289)")
+    parser.add_argument("--db", default=os.environ.get("CONNECT_DB", default_db), help="SQLite database file")
+    parser.add_argument("--lease-duration", type=float, default=None, help="request lease, seconds (default 120)")
+    parser.add_argument("--extend-lease-interval", type=float, default=None, help="seconds (default 30)")
+    parser.add_argument(
+        "--drain-timeout", type=float, default=None, help="seconds SIGTERM waits for workers to leave (default 25)"
+    )
+    parser.add_argument("--max-message-bytes", type=int, default=None, help="WebSocket message limit (8 MiB)")
+    parser.add_argument("--max-event-bytes", type=int, default=None, help="one event on /e/ (512 KiB)")
+    parser.add_argument("--max-request-bytes", type=int, default=None, help="one /e/ request body (3 MiB)")
+    parser.add_argument("--apps-per-connection", type=int, default=None, help="apps one worker connection serves (10)")
+    parser.add_argument("--max-connections", type=int, default=None, help="live worker connections (16384)")
+    parser.add_argument(
+        "--max-connections-per-instance", type=int, default=None, help="live connections per instance id (16)"
+    )
+    parser.add_argument("--handshake-timeout", type=float, default=None, help="seconds to send WORKER_CONNECT (5)")
 
 
 def load_apps(target: str) -> list[tuple[Any, list[Any]]]:
@@ -113,17 +177,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default=os.environ.get("CONNECT_LOG_LEVEL", "info"))
     sub = parser.add_subparsers(dest="command", required=True)
 
-    dev = sub.add_parser("dev", help="run API, gateway, executor and SQLite store in one process")
-    dev.add_argument("--host", default="127.0.0.1")
-    dev.add_argument("--port", type=int, default=8288, help="HTTP API port (default 8288)")
-    dev.add_argument("--gateway-port", type=int, default=8289, help="worker gateway port (default 8289)")
-    dev.add_argument("--db", default=os.environ.get("CONNECT_DB", "connect-dev.db"), help="SQLite database file")
-    dev.add_argument("--lease-duration", type=float, default=None, help="request lease, seconds (default 120)")
-    dev.add_argument("--extend-lease-interval", type=float, default=None, help="seconds (default 30)")
-    dev.add_argument(
-        "--drain-timeout", type=float, default=None, help="seconds SIGTERM waits for workers to leave (default 25)"
-    )
+    dev = sub.add_parser("dev", help="open mode: API, gateway, executor and SQLite store in one process")
+    _add_platform_args(dev, "connect-dev.db")
     dev.set_defaults(func=cmd_dev)
+
+    serve = sub.add_parser("serve", help="production: the same roles, with signing and event keys required")
+    _add_platform_args(serve, "connect.db")
+    serve.add_argument("--signing-key", default=None, help="signkey-<env>-<hex> (or CONNECT_SIGNING_KEY)")
+    serve.add_argument(
+        "--signing-key-fallback", default=None, help="second accepted key while rotating (CONNECT_SIGNING_KEY_FALLBACK)"
+    )
+    serve.add_argument(
+        "--event-key", action="append", help="accepted event key; repeat for several (CONNECT_EVENT_KEYS=a,b)"
+    )
+    serve.add_argument("--env", default="production", help="environment name (default production)")
+    serve.set_defaults(func=cmd_serve)
 
     worker = sub.add_parser("worker", help="run a worker for the app(s) at MODULE:ATTR")
     worker.add_argument("target", help="MODULE:ATTR naming a Client or a list of (client, functions)")

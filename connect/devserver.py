@@ -14,13 +14,13 @@ import logging
 import signal
 import socket
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import uvicorn
 
 from connect.api.app import ApiConfig, create_api
 from connect.executor import Executor
-from connect.gateway.auth import TokenIssuer
+from connect.gateway.auth import Keys
 from connect.gateway.dispatcher import GatewayDispatcher
 from connect.gateway.server import GatewayServer
 from connect.store import SqliteStore
@@ -40,6 +40,17 @@ class DevSettings:
     extend_lease_interval: float = limits.LEASE_EXTEND_INTERVAL
     heartbeat_interval: float = limits.HEARTBEAT_INTERVAL
     drain_timeout: float = 25.0
+    #: Open mode (no keys) unless signing keys are set; see `connect serve`.
+    keys: Keys = field(default_factory=Keys)
+    max_message_bytes: int = limits.MAX_WORKER_MESSAGE_BYTES
+    max_event_bytes: int = 512 * 1024
+    max_request_bytes: int = 3 * 1024 * 1024
+    apps_per_connection: int = limits.APPS_PER_CONNECTION
+    max_connections: int = limits.MAX_CONNECTIONS
+    max_connections_per_instance: int = limits.MAX_CONNECTIONS_PER_INSTANCE
+    handshake_timeout: float = limits.HANDSHAKE_TIMEOUT
+    #: The name of the process in its log lines.
+    name: str = "connect dev"
 
 
 class _ApiServer(uvicorn.Server):
@@ -70,7 +81,7 @@ class DevServer:
     async def run(self) -> None:
         s = self.settings
         store = await SqliteStore.open(s.db)
-        tokens = TokenIssuer()
+        tokens = s.keys.token_issuer()
         dispatcher = GatewayDispatcher(
             store, lease_duration=s.lease_duration, extend_lease_interval=s.extend_lease_interval
         )
@@ -80,8 +91,14 @@ class DevServer:
             tokens,
             executor.sync_app,
             session_config=GatewaySessionConfig(
-                heartbeat_interval=s.heartbeat_interval, extend_lease_interval=s.extend_lease_interval
+                heartbeat_interval=s.heartbeat_interval,
+                extend_lease_interval=s.extend_lease_interval,
+                handshake_timeout=s.handshake_timeout,
+                apps_per_connection=s.apps_per_connection,
             ),
+            max_message_bytes=s.max_message_bytes,
+            max_connections=s.max_connections,
+            max_connections_per_instance=s.max_connections_per_instance,
             on_drain_requested=self.request_stop,
         )
         await executor.start()
@@ -90,8 +107,15 @@ class DevServer:
             executor,
             dispatcher,
             tokens,
-            ApiConfig(gateway_port=gateway_port, gateway_host=s.host),
+            ApiConfig(
+                gateway_port=gateway_port,
+                gateway_host=s.host,
+                max_event_bytes=s.max_event_bytes,
+                max_request_bytes=s.max_request_bytes,
+            ),
             is_ready=lambda: not gateway.draining,
+            keys=s.keys,
+            admit_connection=gateway.admit,
         )
         server = _ApiServer(
             uvicorn.Config(api, host=s.host, port=s.port, log_level="warning", lifespan="off", access_log=False)
@@ -105,20 +129,27 @@ class DevServer:
             await executor.stop()
             await store.close()
             raise SystemExit(f"API could not start on {s.host}:{s.port}")
+        mode = (
+            "open mode: no keys required"
+            if s.keys.open
+            else f"production mode: environment {s.keys.env!r}, signing and event keys required"
+        )
         log.info(
-            "connect dev ready: api=http://%s:%d gateway=ws://%s:%d%s db=%s (open mode: no keys required)",
+            "%s ready: api=http://%s:%d gateway=ws://%s:%d%s db=%s (%s)",
+            s.name,
             s.host,
             s.port,
             s.host,
             gateway_port,
             limits.CONNECT_PATH,
             s.db,
+            mode,
         )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         await self._stop.wait()
-        log.info("connect dev stopping: draining gateway (up to %.0fs)", s.drain_timeout)
+        log.info("%s stopping: draining gateway (up to %.0fs)", s.name, s.drain_timeout)
         await gateway.drain(s.drain_timeout)
         log.info("gateway drained")
         server.should_exit = True
@@ -127,4 +158,4 @@ class DevServer:
         await gateway.close()
         await executor.stop()
         await store.close()
-        log.info("connect dev stopped")
+        log.info("%s stopped", s.name)

@@ -17,6 +17,7 @@ class CloseCode(IntEnum):
     POLICY_VIOLATION = 1008
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
+    TRY_AGAIN_LATER = 1013
 
 
 GATEWAY_CLOSING: Final = "connect_gateway_closing"
@@ -29,6 +30,9 @@ INVALID_FUNCTION_CONFIG: Final = "connect_invalid_function_config"
 REQUEST_ACK_INVALID_PAYLOAD: Final = "connect_worker_request_ack_invalid_payload"
 EXTEND_LEASE_INVALID_PAYLOAD: Final = "connect_worker_request_extend_lease_invalid_payload"
 INTERNAL_ERROR: Final = "connect_internal_error"
+TOO_MANY_CONNECTIONS: Final = "connect_too_many_connections"
+TOO_MANY_CONNECTIONS_PER_INSTANCE: Final = "connect_too_many_connections_per_instance"
+SLOW_READER: Final = "connect_slow_reader"
 PROTOBUF_UNMARSHAL_FAILED: Final = "failed to unmarshal Protobuf"
 WORKER_SHUTDOWN: Final = "WORKER_SHUTDOWN"
 

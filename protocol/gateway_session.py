@@ -322,6 +322,10 @@ class GatewaySession:
         self.phase = Phase.READY
         return [Ready()]
 
+    def refuse(self, code: int, reason: str) -> list[Event]:
+        """The shell rejects an otherwise valid handshake (e.g. a limit)."""
+        return self._close(code, reason)
+
     def sync_failed(self, code: str, message: str) -> list[Event]:
         """App sync was rejected: tell the worker why, then close 1008 with the code."""
         err = pb.SystemError(code=code, message=message)

@@ -15,6 +15,12 @@ MAX_REQUEST_PAYLOAD_BYTES: Final = 4 * 1024 * 1024
 HANDSHAKE_TIMEOUT: Final = 5.0
 #: Apps one connection may register.
 APPS_PER_CONNECTION: Final = 10
+#: Live connections one gateway process accepts (each costs a file descriptor).
+MAX_CONNECTIONS: Final = 16_384
+#: Live connections sharing one instance id (a drain briefly needs two).
+MAX_CONNECTIONS_PER_INSTANCE: Final = 16
+#: Largest step output a worker sends back (the rest of a frame is headroom).
+MAX_STEP_OUTPUT_BYTES: Final = 4 * 1024 * 1024
 
 HEARTBEAT_INTERVAL: Final = 10.0
 #: The gateway closes a connection silent for this many heartbeat intervals.

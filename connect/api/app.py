@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from connect.gateway.auth import TokenIssuer
+from connect.gateway.auth import Keys, TokenIssuer
 from protocol import connect_pb2 as pb
 from protocol import ids, limits
 from protocol.payloads import IncomingEvent
@@ -58,8 +58,24 @@ def create_api(
     config: ApiConfig,
     *,
     is_ready: Callable[[], bool] = lambda: True,
+    keys: Keys | None = None,
+    admit_connection: Callable[[str | None], str | None] = lambda _instance: None,
 ) -> Starlette:
+    """`admit_connection(instance_id or None)` returns why a new worker
+    connection is refused (answered 429), or None to admit it."""
+    keys = keys or Keys()
+
+    def unauthorized(request: Request) -> Response | None:
+        if keys.authorized(request.headers.get("authorization")):
+            return None
+        return _error(401, "authentication failed: send Authorization: Bearer <signing key>")
+
     async def send_events(request: Request) -> Response:
+        if not keys.event_key_ok(request.path_params["event_key"]):
+            return _error(401, "Event key not found")
+        env = request.headers.get("x-inngest-env")
+        if not keys.open and env and env != keys.env:
+            return _error(401, f"this event key is not valid for environment {env!r}")
         body = await request.body()
         if len(body) > config.max_request_bytes:
             return _error(413, f"request body is {len(body)} bytes; the limit is {config.max_request_bytes}")
@@ -82,6 +98,11 @@ def create_api(
         return JSONResponse({"ids": event_ids, "status": 200})
 
     async def connect_start(request: Request) -> Response:
+        if (denied := unauthorized(request)) is not None:
+            return denied
+        refusal = admit_connection(request.headers.get("x-connect-instance-id"))
+        if refusal is not None:
+            return _error(429, refusal)
         body = await request.body()
         if len(body) > 1024 * 1024:
             return _error(413, "start request too large")
@@ -104,6 +125,8 @@ def create_api(
         return Response(resp.SerializeToString(), media_type="application/octet-stream")
 
     async def connect_flush(request: Request) -> Response:
+        if (denied := unauthorized(request)) is not None:
+            return denied
         body = await request.body()
         if not body:
             return _error(400, "empty body: send a serialized SDKResponse")
@@ -122,10 +145,14 @@ def create_api(
         )
 
     async def event_runs(request: Request) -> Response:
+        if (denied := unauthorized(request)) is not None:
+            return denied
         runs = await executor.runs_for_event(request.path_params["event_id"])
         return JSONResponse({"data": runs})
 
     async def get_run(request: Request) -> Response:
+        if (denied := unauthorized(request)) is not None:
+            return denied
         run = await executor.get_run(request.path_params["run_id"])
         if run is None:
             return _error(404, f"run {request.path_params['run_id']} not found")

@@ -23,7 +23,7 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from connect.gateway.auth import TokenIssuer
-from connect.gateway.connection import Connection
+from connect.gateway.connection import WRITE_TIMEOUT, Connection
 from connect.gateway.dispatcher import GatewayDispatcher
 from protocol import codes, limits
 from protocol import connect_pb2 as pb
@@ -46,10 +46,16 @@ class GatewayServer:
         *,
         session_config: gs.GatewaySessionConfig | None = None,
         max_message_bytes: int = limits.MAX_WORKER_MESSAGE_BYTES,
+        max_connections: int = limits.MAX_CONNECTIONS,
+        max_connections_per_instance: int = limits.MAX_CONNECTIONS_PER_INSTANCE,
+        write_timeout: float = WRITE_TIMEOUT,
         clock: Callable[[], float] = time.time,
         on_drain_requested: Callable[[], None] | None = None,
     ) -> None:
         self.dispatcher = dispatcher
+        self.max_connections = max_connections
+        self.max_connections_per_instance = max_connections_per_instance
+        self._write_timeout = write_timeout
         self._on_drain_requested = on_drain_requested
         self._on_sync = on_sync
         self._clock = clock
@@ -106,6 +112,17 @@ class GatewayServer:
         elif not self.draining:
             self._drain_task = asyncio.get_running_loop().create_task(self.drain())
 
+    def admit(self, instance_id: str | None) -> str | None:
+        """Why a new connection would be refused (the answer of /start), or None."""
+        if len(self.connections) >= self.max_connections:
+            return f"reached max allowed connections ({self.max_connections})"
+        if instance_id and self._instance_connections(instance_id) >= self.max_connections_per_instance:
+            return f"instance {instance_id!r} reached max allowed connections ({self.max_connections_per_instance})"
+        return None
+
+    def _instance_connections(self, instance_id: str) -> int:
+        return sum(1 for c in self.connections if c.hello is not None and c.hello.instance_id == instance_id)
+
     async def close(self) -> None:
         if self._server is not None:
             self._server.close(close_connections=True)
@@ -136,8 +153,11 @@ class GatewayServer:
         if self.draining:
             await ws.close(codes.CloseCode.GOING_AWAY, codes.GATEWAY_CLOSING)
             return
+        if len(self.connections) >= self.max_connections:
+            await ws.close(codes.CloseCode.TRY_AGAIN_LATER, codes.TOO_MANY_CONNECTIONS)
+            return
         session = gs.GatewaySession(self._session_config, self._clock())
-        conn = Connection(ws, session, _remote(ws))
+        conn = Connection(ws, session, _remote(ws), write_timeout=self._write_timeout)
         self.connections.add(conn)
         self._all_closed.clear()
         timer = asyncio.create_task(self._timer(conn))
@@ -158,6 +178,8 @@ class GatewayServer:
             if sent is not None and sent.code == codes.CloseCode.MESSAGE_TOO_BIG:
                 close_code = codes.CloseCode.MESSAGE_TOO_BIG  # we refused an oversized frame
             await self._apply(conn, session.connection_lost(close_code, close_reason))
+            if conn.slow:
+                session.disconnect_reason = codes.SLOW_READER
             clean = session.disconnect_reason == codes.DisconnectReason.WORKER_SHUTDOWN
             self.dispatcher.connection_lost(conn, clean)
             self.connections.discard(conn)
@@ -212,6 +234,12 @@ class GatewayServer:
             pass
 
     async def _accept(self, conn: Connection, hello: gs.WorkerHello) -> None:
+        if self._instance_connections(hello.instance_id) >= self.max_connections_per_instance:
+            # Workers that do not announce their instance to /start are held here.
+            await self._apply(
+                conn, conn.session.refuse(codes.CloseCode.POLICY_VIOLATION, codes.TOO_MANY_CONNECTIONS_PER_INSTANCE)
+            )
+            return
         conn.hello = hello
         conn.functions = {(app.app_name, fn.id) for app in hello.apps for fn in app.functions}
         for app in hello.apps:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import msgspec
 import websockets
 from google.protobuf.timestamp_pb2 import Timestamp
 from tenacity import (
@@ -242,7 +243,13 @@ class WorkerConnection:
     async def _machinery_body(self) -> None:
         assert self._close_requested is not None
         async with httpx.AsyncClient(timeout=10.0) as http:
-            start = StartClient(http, self._api_base_url, self._signing_key)
+            start = StartClient(
+                http,
+                self._api_base_url,
+                self._signing_key,
+                instance_id=self._options.instance_id,
+                fallback_key=os.environ.get("CONNECT_SIGNING_KEY_FALLBACK") or None,
+            )
             housekeeping = asyncio.create_task(self._housekeeping(start))
             closer = asyncio.create_task(self._close_when_requested(start))
             try:
@@ -479,14 +486,26 @@ class WorkerConnection:
                 job_id=req.job_id,
             ),
         )
+        status, body, no_retry = outcome.status, outcome.body, outcome.no_retry
+        if len(body) > limits.MAX_STEP_OUTPUT_BYTES:
+            # Fail the step, not the connection: a frame this large would be refused.
+            log.error("request %s: output of %d bytes is over the limit", req.request_id, len(body))
+            status, no_retry = pb.ERROR, True
+            body = msgspec.json.encode(
+                {
+                    "code": "output_too_large",
+                    "name": "OutputTooLargeError",
+                    "message": f"step output is {len(body)} bytes; the limit is {limits.MAX_STEP_OUTPUT_BYTES} bytes",
+                }
+            )
         resp = pb.SDKResponse(
             request_id=req.request_id,
             account_id=req.account_id,
             env_id=req.env_id,
             app_id=req.app_id,
-            status=outcome.status,  # type: ignore[arg-type]
-            body=outcome.body,
-            no_retry=outcome.no_retry,
+            status=status,  # type: ignore[arg-type]
+            body=body,
+            no_retry=no_retry,
             sdk_version=SDK_VERSION,
             request_version=outcome.request_version,
             system_trace_ctx=req.system_trace_ctx or b"{}",

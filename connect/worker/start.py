@@ -17,18 +17,42 @@ class FatalStartError(Exception):
 
 
 class StartClient:
-    def __init__(self, http: httpx.AsyncClient, api_base_url: str, signing_key: str | None) -> None:
+    """Signs requests with the hashed signing key; after a 401 it switches to
+    the fallback key (`CONNECT_SIGNING_KEY_FALLBACK`) once, for key rotation."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        api_base_url: str,
+        signing_key: str | None,
+        *,
+        instance_id: str = "",
+        fallback_key: str | None = None,
+    ) -> None:
         self._http = http
         self._base = api_base_url.rstrip("/")
         self._headers = {"Content-Type": "application/protobuf"}
-        if signing_key:
-            self._headers["Authorization"] = f"Bearer {hash_signing_key(signing_key)}"
+        if instance_id:
+            self._headers["X-Connect-Instance-Id"] = instance_id
+        self._keys = [k for k in (signing_key, fallback_key) if k]
+        self._use_key(0)
+
+    def _use_key(self, index: int) -> None:
+        self._key_index = index
+        if index < len(self._keys):
+            self._headers["Authorization"] = f"Bearer {hash_signing_key(self._keys[index])}"
 
     async def start(self, exclude_gateways: list[str]) -> pb.StartResponse:
         body = pb.StartRequest(exclude_gateways=exclude_gateways).SerializeToString()
         resp = await self._http.post(f"{self._base}/v0/connect/start", content=body, headers=self._headers)
+        if resp.status_code in (401, 403) and self._key_index + 1 < len(self._keys):
+            log.warning("start refused with the signing key; trying the fallback key")
+            self._use_key(self._key_index + 1)
+            resp = await self._http.post(f"{self._base}/v0/connect/start", content=body, headers=self._headers)
         if resp.status_code in (401, 403):
             raise FatalStartError(f"start refused ({resp.status_code}): {resp.text.strip()}")
+        if resp.status_code == 429:
+            raise ConnectionError(f"start answered 429: {resp.text.strip()[:200]}")
         if resp.status_code != 200:
             raise ConnectionError(f"start answered {resp.status_code}: {resp.text.strip()[:200]}")
         out = pb.StartResponse()
