@@ -14,6 +14,8 @@ log = logging.getLogger("connect.gateway")
 
 #: Seconds a write may wait for a slow reader before the connection is dropped.
 WRITE_TIMEOUT = 5.0
+#: Bytes queued for one peer beyond which it is dropped without waiting.
+MAX_SEND_BUFFER = 16 * 1024 * 1024
 
 
 @dataclass(eq=False)
@@ -41,18 +43,25 @@ class Connection:
     async def flush(self) -> None:
         """Write every frame the session queued, in order.
 
-        Back-pressure: the socket's send buffer is bounded by the WebSocket
-        library's write limit, beyond which a send waits for the peer to
-        read. A peer that does not drain it within `write_timeout` cannot keep
-        up and is dropped, so it never holds up anyone else."""
+        Back-pressure: past the WebSocket library's write limit a send waits
+        for the peer to read. A peer that does not drain within
+        `write_timeout`, or has more than MAX_SEND_BUFFER bytes queued, cannot
+        keep up and is dropped, so it never holds up anyone else and its
+        queue never grows without bound."""
         frames = self.session.data_to_send()
         if not frames:
+            return
+        if self.ws.transport.get_write_buffer_size() > MAX_SEND_BUFFER:
+            self._drop_slow()
             return
         try:
             async with asyncio.timeout(self.write_timeout):
                 for frame in frames:
                     await self.ws.send(frame)
         except TimeoutError:
-            self.slow = True
-            log.warning("dropping connection %s: it does not read what we send", self.connection_id or self.remote)
-            self.ws.transport.abort()
+            self._drop_slow()
+
+    def _drop_slow(self) -> None:
+        self.slow = True
+        log.warning("dropping connection %s: it does not read what we send", self.connection_id or self.remote)
+        self.ws.transport.abort()

@@ -127,3 +127,10 @@ async def blocker(ctx: Context, step: Step) -> str:
         return f"blocked {seconds:.0f}s"
 
     return await step.run("block", block_the_loop)
+
+
+@client.create_function(fn_id="huge", trigger=TriggerEvent(event="e2e/huge"), retries=0)
+async def huge(ctx: Context, step: Step) -> int:
+    size = int(ctx.event.data.get("bytes", 0))
+    blob = await step.run("make-blob", lambda: "x" * size)
+    return len(blob)

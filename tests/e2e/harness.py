@@ -60,8 +60,19 @@ class Proc:
 class DevServer:
     """`connect dev` on free ports with its own SQLite file."""
 
-    def __init__(self, tmp: Path, db: Path | None = None, extra: Iterable[str] = ()) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        db: Path | None = None,
+        extra: Iterable[str] = (),
+        command: str = "dev",
+        headers: dict[str, str] | None = None,
+        event_key: str = "test",
+    ) -> None:
         self.tmp = tmp
+        self.command = command
+        self.headers = headers or {}
+        self.event_key = event_key
         self.port = free_port()
         self.gateway_port = free_port()
         self.db = db or tmp / "connect.db"
@@ -76,7 +87,7 @@ class DevServer:
             sys.executable,
             "-m",
             "connect",
-            "dev",
+            self.command,
             "--port",
             str(self.port),
             "--gateway-port",
@@ -111,13 +122,13 @@ class DevServer:
     # --- API helpers ---------------------------------------------------------
 
     def send(self, events: list[dict[str, Any]]) -> list[str]:
-        resp = httpx.post(f"{self.url}/e/test", json=events, timeout=30)
+        resp = httpx.post(f"{self.url}/e/{self.event_key}", json=events, timeout=30)
         resp.raise_for_status()
         ids: list[str] = resp.json()["ids"]
         return ids
 
     def runs(self, event_id: str) -> list[dict[str, Any]]:
-        resp = httpx.get(f"{self.url}/v1/events/{event_id}/runs", timeout=30)
+        resp = httpx.get(f"{self.url}/v1/events/{event_id}/runs", timeout=30, headers=self.headers)
         resp.raise_for_status()
         data: list[dict[str, Any]] = resp.json()["data"]
         return data
@@ -127,7 +138,7 @@ class DevServer:
         deadline = time.monotonic() + timeout
         pending = list(event_ids)
         done: dict[str, list[dict[str, Any]]] = {}
-        with httpx.Client(base_url=self.url, timeout=30) as http:
+        with httpx.Client(base_url=self.url, timeout=30, headers=self.headers) as http:
             while pending and time.monotonic() < deadline:
                 still = []
                 for eid in pending:
