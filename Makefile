@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DB     ?= .connect-dev.db
 
-.PHONY: dev test lint typecheck unit install install-test proto bench clean
+.PHONY: dev test lint typecheck unit install install-test proto bench fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ typecheck: install-test
 
 unit: install-test
 	$(BIN)/pytest -q
+
+## make fuzz: long property runs of random and mutated frames and HTTP bodies.
+fuzz: install-test
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-20000} $(BIN)/pytest -q -p no:cacheprovider tests/protocol tests/api
 
 proto: install-test
 	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. protocol/connect.proto

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from protocol import codes, frames, ids
 from protocol import connect_pb2 as pb
 from protocol import gateway_session as gs
+from tests.fuzz_settings import fuzz
 
 T0 = 1_000.0
 
@@ -259,7 +260,7 @@ def test_close_classification() -> None:
     assert codes.classify_worker_close(4001, "custom") == "custom"
 
 
-@settings(max_examples=300, deadline=None)
+@fuzz
 @given(st.lists(st.binary(max_size=64), max_size=8))
 def test_random_frames_never_crash(chunks: list[bytes]) -> None:
     s = make_session()
@@ -273,9 +274,26 @@ def test_random_frames_never_crash(chunks: list[bytes]) -> None:
     s.tick(T0 + 1_000)
 
 
-@settings(max_examples=200, deadline=None)
+@fuzz
 @given(st.integers(min_value=0, max_value=20), st.binary(max_size=128))
 def test_random_kinds_after_ready_never_crash(kind: int, payload: bytes) -> None:
     s = ready_session()
     s.receive(frames.encode(kind, payload), T0 + 1)
     s.tick(T0 + 2)
+
+
+@fuzz
+@given(st.lists(st.tuples(st.integers(min_value=0, max_value=20), st.binary(max_size=96)), max_size=12))
+def test_mutated_frames_after_handshake_keep_state_bounded(frames_in: list[tuple[int, bytes]]) -> None:
+    s = ready_session()
+    for i, (kind, payload) in enumerate(frames_in):
+        for event in s.receive(frames.encode(kind, payload), T0 + i):
+            if isinstance(event, gs.Close):
+                assert event.reason in {
+                    codes.REQUEST_ACK_INVALID_PAYLOAD,
+                    codes.EXTEND_LEASE_INVALID_PAYLOAD,
+                    codes.INTERNAL_ERROR,
+                    codes.GATEWAY_CLOSING,
+                }
+        assert s.pending_acks == 0  # nothing a worker sends creates gateway state
+        assert len(s.data_to_send()) <= 1

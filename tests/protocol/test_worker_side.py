@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from protocol import connect_pb2 as pb
 from protocol import frames, ids, limits
 from protocol import worker_session as ws
 from protocol.durations import format_interval, parse_interval
 from protocol.leases import LeaseTable
 from protocol.ledger import WorkerLedger
+from tests.fuzz_settings import fuzz
 
 T0 = 5_000.0
 
@@ -138,3 +142,14 @@ def test_intervals() -> None:
     assert parse_interval("1m30s", 1) == 90
     assert parse_interval("", 7) == 7
     assert parse_interval("garbage", 7) == 7
+
+
+@fuzz
+@given(st.lists(st.tuples(st.integers(min_value=0, max_value=20), st.binary(max_size=96)), max_size=12))
+def test_worker_session_survives_random_gateway_frames(frames_in: list[tuple[int, bytes]]) -> None:
+    s = session()
+    for i, (kind, payload) in enumerate(frames_in):
+        s.receive(frames.encode(kind, payload), T0 + i)
+        s.receive(payload, T0 + i)  # raw bytes too
+        s.tick(T0 + i)
+        assert len(s.data_to_send()) <= 4
