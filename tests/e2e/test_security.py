@@ -200,6 +200,7 @@ def dev_start(server: DevServer, instance: str | None = None) -> httpx.Response:
 
 
 def test_event_size_limits(small: DevServer) -> None:
+    assert small.proc is not None and "open mode: no keys required" in small.proc.output()
     big_event = {"name": "x/y", "data": {"blob": "a" * 2000}}
     resp = httpx.post(f"{small.url}/e/k", json=big_event)
     assert resp.status_code == 413 and "limit is 1024" in resp.json()["error"]
