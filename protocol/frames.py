@@ -49,3 +49,23 @@ def parse_payload(cls: type[M], payload: bytes) -> M:
     except (DecodeError, RecursionError, ValueError) as exc:
         raise FrameError(str(exc)) from exc
     return msg
+
+
+E = TypeVar("E", pb.WorkerRequestAckData, pb.WorkerRequestExtendLeaseData)
+
+
+def echo_request(cls: type[E], req: pb.GatewayExecutorRequestData) -> E:
+    """A worker message that echoes a request's identity (ACK, lease extension)."""
+    msg = cls(
+        request_id=req.request_id,
+        account_id=req.account_id,
+        env_id=req.env_id,
+        app_id=req.app_id,
+        function_slug=req.function_slug,
+        system_trace_ctx=req.system_trace_ctx,
+        user_trace_ctx=req.user_trace_ctx,
+        run_id=req.run_id,
+    )
+    if req.HasField("step_id"):
+        msg.step_id = req.step_id
+    return msg

@@ -457,10 +457,9 @@ class GatewaySession:
     # --- helpers ----------------------------------------------------------------------------
 
     def _record(self, reason: codes.DisconnectReason | str) -> None:
-        # A specific reason is never overwritten by a later UNEXPECTED.
-        if self.disconnect_reason is None or reason != codes.DisconnectReason.UNEXPECTED:
-            if self.disconnect_reason is None or self.disconnect_reason == codes.DisconnectReason.UNEXPECTED:
-                self.disconnect_reason = reason
+        # The first specific reason sticks; UNEXPECTED only fills a blank.
+        if self.disconnect_reason in (None, codes.DisconnectReason.UNEXPECTED):
+            self.disconnect_reason = reason
 
     def _fail_pending(self) -> list[Event]:
         failed: list[Event] = [AckFailed(rid) for rid in self._pending_acks]

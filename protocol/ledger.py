@@ -10,7 +10,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from protocol import connect_pb2 as pb
-from protocol import limits
+from protocol import frames, limits
 
 
 @dataclass
@@ -52,20 +52,8 @@ class WorkerLedger:
         for item in self.in_flight.values():
             if item.next_extension <= now:
                 item.next_extension = now + interval
-                req = item.request
-                ext = pb.WorkerRequestExtendLeaseData(
-                    request_id=req.request_id,
-                    account_id=req.account_id,
-                    env_id=req.env_id,
-                    app_id=req.app_id,
-                    function_slug=req.function_slug,
-                    system_trace_ctx=req.system_trace_ctx,
-                    user_trace_ctx=req.user_trace_ctx,
-                    run_id=req.run_id,
-                    lease_id=item.lease_id,
-                )
-                if req.HasField("step_id"):
-                    ext.step_id = req.step_id
+                ext = frames.echo_request(pb.WorkerRequestExtendLeaseData, item.request)
+                ext.lease_id = item.lease_id
                 due.append(ext)
         return due
 

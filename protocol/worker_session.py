@@ -249,17 +249,6 @@ class WorkerSession:
             return [Ignored(req.request_id, "paused" if self.paused else "not active")]
         if req.app_name not in self._apps:
             return [Ignored(req.request_id, f"unknown app {req.app_name!r}")]
-        ack = pb.WorkerRequestAckData(
-            request_id=req.request_id,
-            account_id=req.account_id,
-            env_id=req.env_id,
-            app_id=req.app_id,
-            function_slug=req.function_slug,
-            system_trace_ctx=req.system_trace_ctx,
-            user_trace_ctx=req.user_trace_ctx,
-            run_id=req.run_id,
-        )
-        if req.HasField("step_id"):
-            ack.step_id = req.step_id
+        ack = frames.echo_request(pb.WorkerRequestAckData, req)
         self._out.append(frames.encode(pb.WORKER_REQUEST_ACK, ack))
         return [Execute(req)]
