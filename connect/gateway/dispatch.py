@@ -28,6 +28,9 @@ class StepRequest(msgspec.Struct, frozen=True):
     step_id: str  # "step" for discovery, else a hashed step id
     payload: bytes  # the JSON ExecutorRequest body
     job_id: str = ""
+    #: True when `request_id` was just created and never dispatched before:
+    #: no stored reply or lease can exist, so the dispatcher skips looking.
+    fresh: bool = False
 
 
 class StepReply(msgspec.Struct, frozen=True):

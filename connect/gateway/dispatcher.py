@@ -96,13 +96,14 @@ class GatewayDispatcher:
         rid = request.request_id
         waiter = self._reply_waiter(rid)
         try:
-            stored = await self._store.get_reply(rid)
-            if stored is not None:
-                return reply_from_bytes(stored)
-            lease = await self._known_lease(rid)
-            if lease is not None and lease.active(self._clock()):
-                # A worker still runs this request (e.g. we restarted): wait for it.
-                return await self._await_reply(rid, waiter)
+            if not request.fresh:
+                stored = await self._store.get_reply(rid)
+                if stored is not None:
+                    return reply_from_bytes(stored)
+                lease = await self._known_lease(rid)
+                if lease is not None and lease.active(self._clock()):
+                    # A worker still runs this request (e.g. we restarted): wait for it.
+                    return await self._await_reply(rid, waiter)
             for _ in range(FORWARD_ATTEMPTS):
                 if await self._forward(request):
                     return await self._await_reply(rid, waiter)
