@@ -115,6 +115,7 @@ class WorkerConnection:
         self._active_main: asyncio.Future[None] | None = None
         self._close_requested: asyncio.Event | None = None
         self._wake: asyncio.Event | None = None
+        self._tick: asyncio.Event | None = None
         self._progress: asyncio.Event | None = None
         self._ledger = WorkerLedger(max_buffer_bytes=options.reply_buffer_bytes)
         self._active: _Socket | None = None
@@ -227,6 +228,7 @@ class WorkerConnection:
         if self._closing_requested:
             self._close_requested.set()
         self._wake = asyncio.Event()
+        self._tick = asyncio.Event()
         self._progress = asyncio.Event()
         health: HealthServer | None = None
         if self._options.health_port is not None:
@@ -420,7 +422,7 @@ class WorkerConnection:
                 case ws_.GatewayClosing():
                     log.info("gateway is draining; reconnecting elsewhere")
                     sock.draining = True
-                    self._poke()
+                    self._restructure()
                 case ws_.SyncFailed(code=code, message=message):
                     log.error("app sync failed: %s: %s", code, message)
                 case ws_.Dead(why=why):
@@ -432,11 +434,20 @@ class WorkerConnection:
             await sock.ws.send(frame)
 
     def _poke(self) -> None:
-        """Something changed (a request finished, a reply was acknowledged)."""
-        if self._wake is not None:
-            self._wake.set()
+        """A request finished or a reply was delivered: progress for a drain.
+        Deliberately cheap: it runs once per step."""
         if self._progress is not None:
             self._progress.set()
+        if self._closing_requested:
+            self._restructure()
+
+    def _restructure(self) -> None:
+        """A socket ended, a gateway drains or shutdown progressed: the
+        connect loop and the timers re-evaluate."""
+        if self._wake is not None:
+            self._wake.set()
+        if self._tick is not None:
+            self._tick.set()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -456,7 +467,7 @@ class WorkerConnection:
             self._active = None
             if not self._closing_requested:
                 self._set_state(ConnectionState.RECONNECTING)
-        self._poke()
+        self._restructure()
 
     # --- executing requests ----------------------------------------------------------------
 
@@ -554,7 +565,7 @@ class WorkerConnection:
     # --- timers: heartbeats, leases, overdue replies --------------------------------------
 
     async def _housekeeping(self, start: StartClient) -> None:
-        assert self._wake is not None
+        assert self._tick is not None
         while True:
             now = time.time()
             deadlines: list[float] = []
@@ -584,8 +595,8 @@ class WorkerConnection:
                 deadlines.append(now + 1.0)
             timeout = max(0.0, min(deadlines) - time.time()) if deadlines else 1.0
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), min(timeout, 1.0))
-            self._wake.clear()
+                await asyncio.wait_for(self._tick.wait(), min(timeout, 1.0))
+            self._tick.clear()
 
     def _extension_socket(self) -> _Socket | None:
         """Extend leases over the active connection, else any open one."""
