@@ -4,23 +4,27 @@ from connect import Client, TriggerEvent, Context, Step, connect
 """
 
 from connect.sdk import (
+    Cancel,
     Client,
     Context,
     Event,
     Function,
     FunctionConfigError,
     NonRetriableError,
+    ParallelMode,
     RetryAfterError,
     SendEventsError,
     Step,
     StepError,
     StepSync,
+    Timeouts,
     TriggerCron,
     TriggerEvent,
 )
 from connect.worker import ConnectionState, WorkerConnection, connect
 
 __all__ = [
+    "Cancel",
     "Client",
     "ConnectionState",
     "Context",
@@ -28,11 +32,13 @@ __all__ = [
     "Function",
     "FunctionConfigError",
     "NonRetriableError",
+    "ParallelMode",
     "RetryAfterError",
     "SendEventsError",
     "Step",
     "StepError",
     "StepSync",
+    "Timeouts",
     "TriggerCron",
     "TriggerEvent",
     "WorkerConnection",

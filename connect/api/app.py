@@ -33,6 +33,7 @@ class EventSink(Protocol):
     async def send_events(self, events: list[IncomingEvent]) -> list[str]: ...
     async def get_run(self, run_id: str) -> dict[str, Any] | None: ...
     async def runs_for_event(self, event_id: str) -> list[dict[str, Any]]: ...
+    async def cancel_run(self, run_id: str) -> dict[str, Any] | None: ...
 
 
 class ReplySink(Protocol):
@@ -158,6 +159,19 @@ def create_api(
             return _error(404, f"run {request.path_params['run_id']} not found")
         return JSONResponse({"data": run})
 
+    async def cancel_run(request: Request) -> Response:
+        """200 with the run once Cancelled; 202 while a step that was running
+        finishes (the run stops right after it); 409 if it had already ended."""
+        if (denied := unauthorized(request)) is not None:
+            return denied
+        run_id = request.path_params["run_id"]
+        run = await executor.cancel_run(run_id)
+        if run is None:
+            return _error(404, f"run {run_id} not found")
+        if run["status"] in ("Completed", "Failed"):
+            return _error(409, f"run {run_id} already ended: {run['status']}", data=run)
+        return JSONResponse({"data": run}, status_code=200 if run["status"] == "Cancelled" else 202)
+
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -180,6 +194,7 @@ def create_api(
         Route("/v0/connect/flush", connect_flush, methods=["POST"]),
         Route("/v1/events/{event_id}/runs", event_runs, methods=["GET"]),
         Route("/v1/runs/{run_id}", get_run, methods=["GET"]),
+        Route("/v1/runs/{run_id}/cancel", cancel_run, methods=["POST"]),
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
     ]

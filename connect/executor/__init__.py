@@ -1,4 +1,5 @@
-"""Durable runs: triggers, step memoization, retries and sleeps."""
+"""Durable runs: triggers, step memoization, retries, parallel steps, timers, waits,
+invokes, cancellation and cron."""
 
 from connect.executor.service import Executor
 

@@ -18,12 +18,12 @@ from collections.abc import Mapping
 
 import msgspec
 
-from connect.store.base import RunRecord
+from connect.store.base import PendingRequest, RunRecord
 from protocol.payloads import Event, ExecutorRequest, RequestContext, RequestStack, json_encoder
 
 
-def build_request(run: RunRecord, event: Event, memos: Mapping[str, msgspec.Raw]) -> bytes:
-    """The request body for the run's pending request."""
+def build_request(run: RunRecord, pending: PendingRequest, event: Event, memos: Mapping[str, msgspec.Raw]) -> bytes:
+    """The request body for one of the run's pending requests."""
     stack = list(memos)
     request = ExecutorRequest(
         event=event,
@@ -31,12 +31,12 @@ def build_request(run: RunRecord, event: Event, memos: Mapping[str, msgspec.Raw]
         steps=dict(memos),
         ctx=RequestContext(
             run_id=run.run_id,
-            attempt=run.attempt,
+            attempt=pending.attempt,
             disable_immediate_execution=run.disable_immediate_execution,
             use_api=False,
             stack=RequestStack(stack=stack, current=len(stack)),
             fn_id=run.function_id,
-            step_id=run.step_id,
+            step_id=pending.step_id,
             max_attempts=run.max_attempts,
         ),
         use_api=False,

@@ -1,9 +1,19 @@
 """The executor: turns events into runs and keeps every active run moving.
 
-Each Running run is driven by one asyncio task owned by the `Executor`
-(`stop()` cancels and awaits them all). All state lives in the store, so
-`stop()` loses nothing: the next `start()` finds every Running run there and
-resumes it from its stored pending request.
+Each run with work for a worker is driven by one `Runner` task owned by the
+`Executor` (`stop()` cancels and awaits them all). A run that only waits (a
+sleep, a wait for an event, an invoke) holds no task: the executor keeps
+what would wake it in memory, in two places:
+
+* `Timers`: one heap and one asyncio timer for every deadline (sleeps
+  ending, waits and invokes timing out, `timeouts.finish`, cron ticks);
+* `WaitIndex`: paused runs by the event name (and value) they wait for, plus
+  every run's `cancel` conditions.
+
+Whatever completes a waiting step stores its memo first, then wakes the run
+(starting a runner that reads it back from the store). All state lives in
+the store, so `stop()` loses nothing: the next `start()` reads every Running
+run back, re-arms its timers and waits, and resumes it.
 
 A run task that fails unexpectedly (a store error, a bug) is logged and
 started again from the stored state after a backoff, so one bad run neither
@@ -13,40 +23,67 @@ stops the others nor is silently abandoned.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, Final
 
 import msgspec
 
+from connect.executor import replies
+from connect.executor.cron import CRON_EVENT, CronSchedule
+from connect.executor.intake import Intake, IntakeItem
 from connect.executor.retries import Backoff
-from connect.executor.runner import Runner, RunServices
-from connect.executor.triggers import TriggerIndex
+from connect.executor.runner import CancelRequested, Message, Resolved, Runner, RunServices
+from connect.executor.system_events import (
+    FUNCTION_CANCELLED,
+    FUNCTION_FAILED,
+    FUNCTION_FINISHED,
+    derived_id_at,
+)
+from connect.executor.timers import Timers
+from connect.executor.triggers import FunctionInfo, Target, TriggerIndex
 from connect.executor.views import run_view
+from connect.executor.waits import CANCEL, INVOKE, RESUME, WaitIndex, Watch, WatchKey
 from connect.gateway.dispatch import Dispatcher
 from connect.store.base import (
-    FAILED,
     RUNNING,
+    WAIT_EVENT,
+    WAIT_INVOKE,
     AppRecord,
     EventRecord,
     NewEvent,
+    PendingRequest,
+    RunMemo,
     RunRecord,
     StepMemo,
     Store,
+    Waiting,
 )
 from protocol.ids import new_ulid
 from protocol.payloads import Event, FunctionConfig, IncomingEvent, json_encoder
 
 log = logging.getLogger(__name__)
 
-_decode_event = msgspec.json.Decoder(Event).decode
 _encode_functions = msgspec.json.Encoder().encode
 
 #: Bounds on the pause before a run task that crashed is started again.
 _RESTART_DELAY_MIN = 1.0
 _RESTART_DELAY_MAX = 60.0
+#: How long `cancel_run` waits for the run to reach its next step boundary.
+CANCEL_WAIT: Final = 5.0
+#: Pause before retrying a timer action whose store write failed.
+_TIMER_RETRY_MS: Final = 1000
+
+_NULL: Final = b"null"
+_INVOKE_TIMEOUT: Final = replies.error_memo(
+    replies.error("InngestInvokeTimeoutError", "Timed out waiting for invoked function to complete")
+)
+
+_END_EVENTS: Final = frozenset({FUNCTION_FINISHED, FUNCTION_FAILED, FUNCTION_CANCELLED})
+
+# Timer keys: ("step", run id, step hash), ("finish", run id), ("cron", schedule key).
+TimerKey = tuple[str, ...]
 
 
 class Executor:
@@ -70,9 +107,21 @@ class Executor:
             backoff=Backoff(backoff_base, backoff_max),
             clock=clock,
         )
-        self._triggers = TriggerIndex(default_retries)
+        self._registry = TriggerIndex(default_retries)
         self._app_versions: dict[str, tuple[str | None, bytes]] = {}
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._waits = WaitIndex()
+        self._timers: Timers[TimerKey] = Timers(self._on_due, clock)
+        #: Waiting steps with a timer (and maybe a watch), by run.
+        self._armed: dict[str, dict[str, Waiting]] = {}
+        #: Watches resolved in memory whose memo is not stored yet.
+        self._claims: set[WatchKey] = set()
+        self._runners: dict[str, Runner] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[Any]] = set()
+        self._crons: dict[str, tuple[FunctionInfo, CronSchedule]] = {}
+        self._cron_due: dict[str, int] = {}
+        self._cron_last: dict[str, int] = {}
+        self._go = asyncio.Event()
         self._started = False
 
     def _now_ms(self) -> int:
@@ -81,26 +130,42 @@ class Executor:
     # --- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load the app registry and resume every run that is Running in the store."""
+        """Load the app registry, re-arm every Running run's timers and waits,
+        resume the runs, and schedule cron ticks."""
         for app in await self._store.list_apps():
             self._remember_app(app.app_name, app.app_version, app.functions)
         self._started = True
-        for run in await self._store.runs_with_status(RUNNING):
-            self._spawn(run, None)
+        self._go.clear()
+        self._timers.start()
+        runners = [self._spawn(run.run_id) for run in await self._store.runs_with_status(RUNNING)]
+        # Every run re-files its waits before any runs on: a child run finishing
+        # now must find the parent that invoked it listening.
+        await asyncio.gather(*(r.armed.wait() for r in runners if r is not None))
+        self._go.set()
+        self._cron_last = await self._store.cron_ticks()
+        self._schedule_crons()
 
     async def stop(self) -> None:
         """Cancel every run task and wait for them; their state stays in the store."""
         self._started = False
-        tasks = list(self._tasks.values())
+        self._timers.stop()
+        tasks = [*self._tasks, *self._background]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
+        self._background.clear()
+        self._runners.clear()
 
     @property
     def active_runs(self) -> int:
-        """Runs currently being driven by this executor."""
-        return len(self._tasks)
+        """Runs currently driven by a task (not counting those only waiting)."""
+        return len(self._runners)
+
+    @property
+    def paused_watches(self) -> int:
+        """Waits, invokes and cancel conditions currently filed by event."""
+        return len(self._waits)
 
     # --- apps ------------------------------------------------------------------------
 
@@ -112,52 +177,141 @@ class Executor:
         app = AppRecord(app_name, list(functions), app_version, self._now_ms())
         await self._store.put_app(app)
         self._remember_app(app_name, app_version, functions)
+        if self._started:
+            self._schedule_crons()
 
     def _remember_app(self, app_name: str, app_version: str | None, functions: list[FunctionConfig]) -> None:
         self._app_versions[app_name] = (app_version, _encode_functions(functions))
-        self._triggers.set_app(app_name, functions)
+        self._registry.set_app(app_name, functions)
 
     # --- events ------------------------------------------------------------------------
 
     async def send_events(self, events: list[IncomingEvent]) -> list[str]:
-        """Store events, start one run per function each triggers; return the event ids in order.
+        """Store events, start the runs they trigger, resume the waits they
+        match and cancel the runs they cancel; return the event ids in order.
 
         An event id already stored is a duplicate send: the id is returned but
-        no runs start again.
+        it has no effect again.
         """
         now_ms = self._now_ms()
-        batch: list[NewEvent] = []
-        started: list[tuple[int, RunRecord, Event]] = []
+        built: list[Event] = []
         for incoming in events:
             if not incoming.name:
                 raise ValueError("an event needs a non-empty name")
-            event = Event(
-                name=incoming.name,
-                data=incoming.data or {},
-                id=incoming.id or new_ulid(),
-                ts=incoming.ts or now_ms,
-                user=incoming.user or {},
-            )
-            runs = [
-                RunRecord(
-                    run_id=new_ulid(),
-                    function_id=target.function_id,
-                    app_name=target.app_name,
-                    event_id=event.id,
-                    started_at_ms=now_ms,
-                    max_attempts=target.max_attempts,
-                    pending_request_id=new_ulid(),
+            built.append(
+                Event(
+                    name=incoming.name,
+                    data=incoming.data or {},
+                    id=incoming.id or new_ulid(),
+                    ts=incoming.ts or now_ms,
+                    user=incoming.user or {},
                 )
-                for target in self._triggers.match(event)
-            ]
+            )
+        intake = self.prepare_events(built, now_ms)
+        try:
+            stored = await self._store.record_events(intake.batch)
+        except BaseException:
+            self.discard_intake(intake)
+            raise
+        self.apply_events(intake, stored)
+        return [event.id for event in built]
+
+    def prepare_events(self, events: list[Event], now_ms: int) -> Intake:
+        """Match events against triggers, waits and cancel conditions (see `Intake`)."""
+        intake = Intake()
+        for event in events:
+            body = json_encoder.encode(event)
+            targets = self._registry.match(event)
+            if event.name in _END_EVENTS:
+                # A function never triggers itself with the end of its own run,
+                # which would start runs forever.
+                source = event.data.get("function_id")
+                targets = [t for t in targets if t.function_id != source]
+            runs = [self._new_run(target, event.id, now_ms) for target in targets]
+            item = IntakeItem(NewEvent(EventRecord(event.id, event.name, event.ts, now_ms, body), runs), event)
+            watches = self._waits.match(_as_dict(event), now_ms) if len(self._waits) else []
+            for watch in watches:
+                if watch.action == CANCEL:
+                    if watch.run_id not in item.new.cancels:
+                        item.new.cancels.append(watch.run_id)
+                    continue
+                if watch.id in self._claims:
+                    continue
+                self._waits.remove(*watch.id)
+                self._claims.add(watch.id)
+                memo = body if watch.action == RESUME else _invoke_memo(event)
+                item.claimed.append((watch, memo))
+                item.new.memos.append(RunMemo(watch.run_id, StepMemo(watch.key, memo)))
+            intake.items.append(item)
+        return intake
+
+    def direct_events(self, starts: list[tuple[Event, Target]], now_ms: int) -> Intake:
+        """Events that start one given function each (invokes, cron ticks), not matched against anything."""
+        intake = Intake()
+        for event, target in starts:
             record = EventRecord(event.id, event.name, event.ts, now_ms, json_encoder.encode(event))
-            batch.append(NewEvent(record, runs))
-            started.extend((len(batch) - 1, run, event) for run in runs)
-        stored = await self._store.record_events(batch)
-        for index, run, event in started:
-            if stored[index]:
-                self._spawn(run, event)
-        return [new.event.id for new in batch]
+            intake.items.append(IntakeItem(NewEvent(record, [self._new_run(target, event.id, now_ms)]), event))
+        return intake
+
+    def apply_events(self, intake: Intake, stored: Sequence[bool]) -> None:
+        """After the write: start the new runs, wake resumed and cancelled ones."""
+        for item, is_new in zip(intake.items, stored, strict=True):
+            for watch, memo in item.claimed:
+                self._claims.discard(watch.id)
+                if is_new:
+                    self._forget_step(watch.run_id, watch.key)
+                    self._deliver(watch.run_id, Resolved(watch.key, memo))
+                else:
+                    self._waits.add(watch)  # a duplicate event resumes nothing
+            if not is_new:
+                continue
+            for run in item.new.runs:
+                self._spawn(run.run_id, (run, item.event))
+            for run_id in item.new.cancels:
+                reason = f"event {item.event.name} ({item.event.id}) matched a cancel condition"
+                self._deliver(run_id, CancelRequested(reason))
+
+    def discard_intake(self, intake: Intake) -> None:
+        """The write failed: hand every claim back."""
+        for item in intake.items:
+            for watch, _ in item.claimed:
+                self._claims.discard(watch.id)
+                self._waits.add(watch)
+
+    def _new_run(self, target: Target, event_id: str, now_ms: int) -> RunRecord:
+        return RunRecord(
+            run_id=new_ulid(),
+            function_id=target.function_id,
+            app_name=target.app_name,
+            event_id=event_id,
+            started_at_ms=now_ms,
+            max_attempts=target.max_attempts,
+            requests=[PendingRequest(new_ulid())],
+        )
+
+    # --- cancellation ------------------------------------------------------------------
+
+    async def cancel_run(self, run_id: str) -> dict[str, Any] | None:
+        """Cancel a run at its next step boundary; None if there is no such run.
+
+        Waits up to `CANCEL_WAIT` seconds for the run to stop, then returns it
+        as `get_run` does (still `Running` if a long step is finishing).
+        """
+        run = await self._store.get_run(run_id)
+        if run is None:
+            return None
+        if run.status == RUNNING and await self._store.request_cancel(run_id):
+            self._deliver(run_id, CancelRequested("cancelled through the API"))
+            runner = self._runners.get(run_id)
+            if runner is not None and runner.task is not None:
+                await asyncio.wait({runner.task}, timeout=CANCEL_WAIT)
+            run = await self._store.get_run(run_id)
+            assert run is not None
+        return run_view(run)
+
+    async def _cancel_for(self, run_id: str, reason: str) -> None:
+        if await self._store.request_cancel(run_id):
+            self._deliver(run_id, CancelRequested(reason))
 
     # --- queries -------------------------------------------------------------------------
 
@@ -170,53 +324,256 @@ class Executor:
 
     # --- run tasks ------------------------------------------------------------------------
 
-    def _spawn(self, run: RunRecord, event: Event | None) -> None:
-        if not self._started or run.run_id in self._tasks:
-            return
-        task = asyncio.create_task(self._keep_driving(run, event), name=f"run:{run.run_id}")
-        self._tasks[run.run_id] = task
-        task.add_done_callback(functools.partial(self._forget, run.run_id))
+    def _spawn(self, run_id: str, fresh: tuple[RunRecord, Event] | None = None) -> Runner | None:
+        if not self._started:
+            return None
+        runner = self._runners.get(run_id)
+        if runner is not None:
+            return runner
+        runner = Runner(self._services, self, run_id)
+        if fresh is not None:
+            runner.adopt(*fresh)
+        self._runners[run_id] = runner
+        task = asyncio.create_task(self._keep_driving(runner, fresh is not None), name=f"run:{run_id}")
+        runner.task = task
+        self._tasks.add(task)
+        task.add_done_callback(lambda done: self._task_done(runner, done))
+        return runner
 
-    def _forget(self, run_id: str, task: asyncio.Task[None]) -> None:
-        if self._tasks.get(run_id) is task:
-            del self._tasks[run_id]
+    def _task_done(self, runner: Runner, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if self._runners.get(runner.run_id) is runner:
+            del self._runners[runner.run_id]
 
-    async def _keep_driving(self, run: RunRecord, event: Event | None) -> None:
-        """Drive a run to its end, starting over from the store after an unexpected error."""
-        fresh = event is not None  # a new run has no memos yet and its event is at hand
+    def _deliver(self, run_id: str, message: Message) -> None:
+        runner = self._runners.get(run_id)
+        if runner is not None:
+            runner.deliver(message)
+        else:
+            # Parked: what the message reports is in the store already.
+            self._spawn(run_id)
+
+    async def _keep_driving(self, runner: Runner, fresh: bool) -> None:
+        """Drive a run until it ends or parks, starting over from the store after an unexpected error."""
         delay = _RESTART_DELAY_MIN
-        while True:
-            try:
-                if not fresh:
-                    loaded = await self._load(run.run_id)
-                    if loaded is None:
+        try:
+            while True:
+                try:
+                    if not fresh and not await runner.load():
                         return
-                    run, event, memos = loaded
-                else:
-                    memos = []
-                assert event is not None
-                await Runner(self._services, run, event, memos).drive()
-                return
-            except Exception:
-                log.exception("run %s: driving failed; resuming from the store in %.0f s", run.run_id, delay)
-            fresh = False
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _RESTART_DELAY_MAX)
+                    await runner.drive()
+                    return
+                except Exception:
+                    log.exception("run %s: driving failed; resuming from the store in %.0f s", runner.run_id, delay)
+                finally:
+                    runner.armed.set()
+                fresh = False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RESTART_DELAY_MAX)
+        finally:
+            runner.armed.set()
 
-    async def _load(self, run_id: str) -> tuple[RunRecord, Event, list[StepMemo]] | None:
-        run = await self._store.get_run(run_id)
-        if run is None or run.status != RUNNING:
-            return None
-        record = await self._store.get_event(run.event_id)
-        if record is None:
-            # Cannot happen through this API (event and runs are stored together).
-            log.error("run %s: its event %s is missing; failing the run", run_id, run.event_id)
-            run.status = FAILED
-            run.output = json_encoder.encode(
-                {"name": "EventMissing", "message": f"event {run.event_id} is not in the store", "stack": None}
-            )
-            run.ended_at_ms = self._now_ms()
-            run.pending_request_id = ""
-            await self._store.save_run(run)
-            return None
-        return run, _decode_event(record.body), await self._store.get_memos(run_id)
+    # --- RunHost: what runners ask of the executor ------------------------------------------
+
+    def lookup(self, function_id: str) -> FunctionInfo | None:
+        return self._registry.lookup(function_id)
+
+    async def wait_until_started(self) -> None:
+        await self._go.wait()
+
+    def parked(self, runner: Runner) -> None:
+        if self._runners.get(runner.run_id) is runner:
+            del self._runners[runner.run_id]
+
+    def arm_run(self, runner: Runner) -> None:
+        """File the run's cancel conditions, its `timeouts.finish` and its waiting steps."""
+        run, event = runner.run, runner.event
+        assert run is not None and event is not None
+        info = self._registry.lookup(run.function_id)
+        now_ms = self._now_ms()
+        if info is not None:
+            trigger = _as_dict(event)
+            for i, condition in enumerate(info.cancel):
+                expires = None if condition.timeout_ms is None else run.started_at_ms + condition.timeout_ms
+                if expires is not None and expires < now_ms:
+                    continue
+                key = f"cancel:{i}"
+                if self._waits.get(run.run_id, key) is None:
+                    self._waits.add(
+                        Watch(run.run_id, key, CANCEL, condition.event, trigger, condition.expression, expires)
+                    )
+            if info.finish_timeout_ms is not None:
+                self._timers.set(("finish", run.run_id), run.started_at_ms + info.finish_timeout_ms)
+        self.arm_waiting(runner, [w for w in run.waiting if w.step not in runner.memos])
+
+    def arm_waiting(self, runner: Runner, items: Sequence[Waiting]) -> None:
+        run, event = runner.run, runner.event
+        assert run is not None and event is not None
+        armed = self._armed.setdefault(run.run_id, {})
+        trigger: dict[str, Any] | None = None
+        for item in items:
+            if (run.run_id, item.step) in self._claims:
+                continue  # resolved a moment ago; its memo is being stored
+            armed[item.step] = item
+            if item.kind == WAIT_EVENT and self._waits.get(run.run_id, item.step) is None:
+                if trigger is None:
+                    trigger = _as_dict(event)
+                watch = Watch(run.run_id, item.step, RESUME, item.event, trigger, item.expression)
+                if not self._waits.add(watch):
+                    log.info("run %s: wait %s can never match; it will time out", run.run_id, item.step)
+            elif item.kind == WAIT_INVOKE and self._waits.get(run.run_id, item.step) is None:
+                condition = f"async.data.correlation_id == {msgspec.json.encode(item.correlation_id).decode()}"
+                self._waits.add(Watch(run.run_id, item.step, INVOKE, item.event, {}, condition))
+            key = ("step", run.run_id, item.step)
+            if self._timers.due(key) != item.due_ms:
+                self._timers.set(key, item.due_ms)
+        if not armed:
+            del self._armed[run.run_id]
+
+    def disarm_step(self, run_id: str, step: str) -> None:
+        self._waits.remove(run_id, step)
+        self._forget_step(run_id, step)
+
+    def disarm_run(self, run_id: str) -> None:
+        self._waits.remove_run(run_id)
+        self._timers.cancel(("finish", run_id))
+        for step in self._armed.pop(run_id, {}):
+            self._timers.cancel(("step", run_id, step))
+
+    def _forget_step(self, run_id: str, step: str) -> None:
+        self._timers.cancel(("step", run_id, step))
+        armed = self._armed.get(run_id)
+        if armed is not None:
+            armed.pop(step, None)
+            if not armed:
+                del self._armed[run_id]
+
+    # --- timers ----------------------------------------------------------------------------
+
+    def _on_due(self, key: TimerKey) -> None:
+        kind = key[0]
+        if kind == "step":
+            self._step_due(key[1], key[2])
+        elif kind == "finish":
+            self._background_task(self._cancel_for(key[1], "timeouts.finish passed"))
+        elif kind == "cron":
+            tick = self._cron_due.pop(key[1], None)
+            if tick is not None:
+                self._background_task(self._fire_cron(key[1], tick))
+
+    def _step_due(self, run_id: str, step: str) -> None:
+        armed = self._armed.get(run_id, {})
+        item = armed.pop(step, None)
+        if not armed:
+            self._armed.pop(run_id, None)
+        if item is None:
+            return
+        watch: Watch | None = None
+        if item.kind in (WAIT_EVENT, WAIT_INVOKE):
+            watch = self._waits.remove(run_id, step)
+            if watch is None and (run_id, step) in self._claims:
+                # An event got there first. Should storing it fail, the wait is
+                # back in the index and still needs its timeout: check again soon.
+                self._armed.setdefault(run_id, {})[step] = item
+                self._timers.set(("step", run_id, step), self._now_ms() + _TIMER_RETRY_MS)
+                return
+        memo = _INVOKE_TIMEOUT if item.kind == WAIT_INVOKE else _NULL
+        self._claims.add((run_id, step))
+        self._background_task(self._resolve_due(run_id, item, watch, memo))
+
+    async def _resolve_due(self, run_id: str, item: Waiting, watch: Watch | None, memo: bytes) -> None:
+        try:
+            inserted = await self._store.put_memo(run_id, StepMemo(item.step, memo))
+        except Exception:
+            log.exception("run %s: storing the end of step %s failed; retrying", run_id, item.step)
+            self._claims.discard((run_id, item.step))
+            if watch is not None:
+                self._waits.add(watch)
+            self._armed.setdefault(run_id, {})[item.step] = item
+            self._timers.set(("step", run_id, item.step), self._now_ms() + _TIMER_RETRY_MS)
+            return
+        self._claims.discard((run_id, item.step))
+        if inserted:
+            self._deliver(run_id, Resolved(item.step, memo))
+
+    def _background_task(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # --- cron --------------------------------------------------------------------------------
+
+    def _schedule_crons(self) -> None:
+        """Arm the next tick of every cron trigger (and forget removed ones).
+
+        A tick missed while the executor was down is run once on start (only
+        the latest one; older missed ticks are skipped). Ticks already run are
+        never run again: the last one of each schedule is stored with its run.
+        """
+        now_ms = self._now_ms()
+        wanted = {
+            f"{info.target.function_id} {schedule.spec}": (info, schedule) for info, schedule in self._registry.crons()
+        }
+        for key in set(self._crons) - set(wanted):
+            del self._crons[key]
+            self._cron_due.pop(key, None)
+            self._timers.cancel(("cron", key))
+        for key, entry in wanted.items():
+            scheduled = key in self._crons
+            self._crons[key] = entry
+            if scheduled:
+                continue
+            _, schedule = entry
+            due = schedule.next_after(now_ms)
+            last = self._cron_last.get(key)
+            if last is not None:
+                latest = schedule.latest_at_or_before(now_ms)
+                if latest > last:
+                    due = latest
+            self._arm_cron(key, due)
+
+    def _arm_cron(self, key: str, tick_ms: int) -> None:
+        self._cron_due[key] = tick_ms
+        self._timers.set(("cron", key), tick_ms)
+
+    async def _fire_cron(self, key: str, tick_ms: int) -> None:
+        entry = self._crons.get(key)
+        if entry is None:
+            return
+        info, schedule = entry
+        event = Event(
+            name=CRON_EVENT,
+            data={"cron": schedule.spec},
+            id=derived_id_at(tick_ms, "cron", key),
+            ts=tick_ms,
+        )
+        intake = self.direct_events([(event, info.target)], self._now_ms())
+        try:
+            stored = await self._store.record_tick(key, tick_ms, intake.batch[0])
+        except Exception:
+            log.exception("cron %s: recording the tick at %d failed; retrying", key, tick_ms)
+            self._cron_due[key] = tick_ms
+            self._timers.set(("cron", key), self._now_ms() + _TIMER_RETRY_MS)
+            return
+        self._cron_last[key] = max(tick_ms, self._cron_last.get(key, tick_ms))
+        self.apply_events(intake, [stored])
+        if key not in self._crons:
+            return
+        now_ms = self._now_ms()
+        following = schedule.next_after(tick_ms)
+        latest = schedule.latest_at_or_before(now_ms)
+        if latest > tick_ms:
+            following = latest  # the loop was stalled past several ticks: run only the latest
+        self._arm_cron(key, following)
+
+
+def _as_dict(event: Event) -> dict[str, Any]:
+    return {"name": event.name, "data": event.data, "id": event.id, "ts": event.ts, "user": event.user}
+
+
+def _invoke_memo(finished: Event) -> bytes:
+    """What an invoking step receives from its child's `function.finished`."""
+    data = finished.data
+    if "error" in data and data["error"] is not None:
+        return replies.error_memo(data["error"])
+    return replies.encode({"data": data.get("result")})

@@ -1,4 +1,4 @@
-"""Which functions an event starts.
+"""Which functions an event starts, and what the executor knows of each function.
 
 The index is rebuilt from the registered apps whenever one of them syncs
 (rare), so matching an event (frequent) is a dictionary lookup for the exact
@@ -7,9 +7,13 @@ name plus one lookup per `/` in the name for wildcard triggers: a trigger
 every event. Functions are never scanned one by one (except the rare
 wildcards whose prefix does not end at a `/`, such as `app/x*`).
 
-Cron triggers start nothing here (they are not events). A trigger whose
-`expression` is not valid CEL is logged and left out, so a typo never starts
+Cron triggers start nothing here (they are not events); `crons()` lists
+them for the scheduler. A trigger whose `expression` is not valid CEL (or a
+cron that does not parse) is logged and left out, so a typo never starts
 runs it was meant to filter.
+
+`lookup(function_id)` gives what running a function needs beyond its
+triggers: its `cancel` conditions and `timeouts`, read once per sync.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from typing import Any, Final, NamedTuple
 
 import msgspec
 
+from connect.executor.cron import CronSchedule
 from connect.executor.expressions import Expression
+from connect.executor.sleeps import parse_duration
 from protocol.payloads import Event, FunctionConfig
 
 log = logging.getLogger(__name__)
@@ -37,6 +43,25 @@ class Target(msgspec.Struct, frozen=True):
     max_attempts: int
 
 
+class CancelOn(msgspec.Struct, frozen=True):
+    """A `cancel` condition: an event named `event` for which `expression` holds
+    (`event` = the run's trigger, `async` = the candidate), within `timeout_ms`
+    of the run's start (None: for as long as the run lives)."""
+
+    event: str
+    expression: str | None
+    timeout_ms: int | None
+
+
+class FunctionInfo(msgspec.Struct, frozen=True):
+    """A registered function as the executor runs it."""
+
+    target: Target
+    cancel: tuple[CancelOn, ...] = ()
+    start_timeout_ms: int | None = None
+    finish_timeout_ms: int | None = None
+
+
 class _Entry(NamedTuple):
     target: Target
     expression: Expression | None
@@ -51,6 +76,8 @@ class TriggerIndex:
         self._exact: dict[str, list[_Entry]] = {}
         self._prefix: dict[str, list[_Entry]] = {}
         self._loose: list[tuple[str, _Entry]] = []
+        self._functions: dict[str, FunctionInfo] = {}
+        self._crons: list[tuple[FunctionInfo, CronSchedule]] = []
 
     def set_app(self, app_name: str, functions: Iterable[FunctionConfig]) -> None:
         """Replace everything `app_name` registered before with `functions`."""
@@ -59,6 +86,14 @@ class TriggerIndex:
 
     def functions(self, app_name: str) -> list[FunctionConfig] | None:
         return self._apps.get(app_name)
+
+    def lookup(self, function_id: str) -> FunctionInfo | None:
+        """A registered function by fully-qualified id (any app)."""
+        return self._functions.get(function_id)
+
+    def crons(self) -> list[tuple[FunctionInfo, CronSchedule]]:
+        """Every cron trigger of every registered function."""
+        return list(self._crons)
 
     def match(self, event: Event) -> list[Target]:
         """The functions `event` starts, each once."""
@@ -97,13 +132,23 @@ class TriggerIndex:
         exact: dict[str, list[_Entry]] = {}
         prefix: dict[str, list[_Entry]] = {}
         loose: list[tuple[str, _Entry]] = []
+        infos: dict[str, FunctionInfo] = {}
+        crons: list[tuple[FunctionInfo, CronSchedule]] = []
         for app_name, functions in self._apps.items():
             for fn in functions:
                 retries = fn.retries if fn.retries is not None else self._default_retries
                 target = Target(app_name, fn.id, min(max(retries, 0), MAX_RETRIES) + 1)
+                info = _info(target, fn)
+                infos[fn.id] = info
                 for trigger in fn.triggers:
+                    if trigger.cron:
+                        try:
+                            crons.append((info, CronSchedule(trigger.cron)))
+                        except ValueError as exc:
+                            log.warning("function %s: cron trigger ignored: %s", fn.id, exc)
+                        continue
                     if not trigger.event:
-                        continue  # cron
+                        continue
                     expression = None
                     if trigger.expression:
                         try:
@@ -126,3 +171,39 @@ class TriggerIndex:
         self._exact = exact
         self._prefix = prefix
         self._loose = loose
+        self._functions = infos
+        self._crons = crons
+
+
+def _info(target: Target, fn: FunctionConfig) -> FunctionInfo:
+    cancel: list[CancelOn] = []
+    for item in fn.cancel or ():
+        event = item.get("event") if isinstance(item, dict) else None
+        expression = item.get("if") if isinstance(item, dict) else None
+        if not isinstance(event, str) or not event or (expression is not None and not isinstance(expression, str)):
+            log.warning("function %s: cancel condition %r ignored (needs an event name)", fn.id, item)
+            continue
+        if expression is not None:
+            try:
+                Expression(expression)
+            except ValueError as exc:
+                log.warning("function %s: cancel condition on %r ignored: %s", fn.id, event, exc)
+                continue
+        cancel.append(CancelOn(event, expression or None, _duration_ms(fn.id, "cancel timeout", item.get("timeout"))))
+    timeouts = fn.timeouts or {}
+    return FunctionInfo(
+        target=target,
+        cancel=tuple(cancel),
+        start_timeout_ms=_duration_ms(fn.id, "timeouts.start", timeouts.get("start")),
+        finish_timeout_ms=_duration_ms(fn.id, "timeouts.finish", timeouts.get("finish")),
+    )
+
+
+def _duration_ms(fn_id: str, what: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    seconds = parse_duration(value) if isinstance(value, str) else None
+    if seconds is None:
+        log.warning('function %s: %s %r is not a duration such as "30s"; ignored', fn_id, what, value)
+        return None
+    return int(seconds * 1000)

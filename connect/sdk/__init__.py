@@ -15,21 +15,25 @@ from connect.sdk.errors import (
 )
 from connect.sdk.events import Event
 from connect.sdk.function import Function, functions_json
-from connect.sdk.step import Step, StepSync
+from connect.sdk.options import Cancel, Timeouts
+from connect.sdk.step import ParallelMode, Step, StepSync
 from connect.sdk.triggers import TriggerCron, TriggerEvent
 
 __all__ = [
+    "Cancel",
     "Client",
     "Context",
     "Event",
     "Function",
     "FunctionConfigError",
     "NonRetriableError",
+    "ParallelMode",
     "RetryAfterError",
     "SendEventsError",
     "Step",
     "StepError",
     "StepSync",
+    "Timeouts",
     "TriggerCron",
     "TriggerEvent",
     "functions_json",

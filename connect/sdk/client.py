@@ -13,6 +13,7 @@ import httpx
 from connect.sdk.errors import FunctionConfigError, SendEventsError
 from connect.sdk.events import Event, encode_events, event_id_seed, normalize, parse_send_reply
 from connect.sdk.function import Function, Handler
+from connect.sdk.options import Cancel, Timeouts
 from connect.sdk.triggers import AnyTrigger
 from connect.sdk.version import SDK_VERSION
 
@@ -72,16 +73,34 @@ class Client:
         trigger: AnyTrigger | Sequence[AnyTrigger],
         retries: int | None = None,
         name: str | None = None,
+        cancel: Sequence[Cancel] | None = None,
+        timeouts: Timeouts | None = None,
+        on_failure: Handler | None = None,
     ) -> Callable[[Handler], Function]:
         """Decorator turning ``async def f(ctx, step)`` or ``def f(ctx, step)`` into a ``Function``.
 
+        ``trigger`` is one trigger or a list (any of them starts a run).
         ``retries`` (0 to 20) applies to each step and to the function body; ``None``
-        leaves the server default. Options are validated here, so a mistake
-        raises ``FunctionConfigError`` at import time rather than at run time.
+        leaves the server default. ``cancel`` lists events that cancel a run,
+        ``timeouts`` bounds how long a run may wait to start and take to
+        finish, and ``on_failure`` (a handler like the main one) runs once
+        for each run that fails for good, with the ``inngest/function.failed``
+        event (``ctx.event.data`` holds ``error``, ``event``, ``function_id``
+        and ``run_id``). Options are validated here, so a mistake raises
+        ``FunctionConfigError`` at import time rather than at run time.
         """
 
         def decorate(handler: Handler) -> Function:
-            fn = Function(fn_id=fn_id, handler=handler, trigger=trigger, retries=retries, name=name)
+            fn = Function(
+                fn_id=fn_id,
+                handler=handler,
+                trigger=trigger,
+                retries=retries,
+                name=name,
+                cancel=cancel,
+                timeouts=timeouts,
+                on_failure=on_failure,
+            )
             if any(existing.id == fn.id for existing in self.functions):
                 raise FunctionConfigError(f"app {self.app_id!r} already has a function with id {fn.id!r}")
             self.functions.append(fn)

@@ -7,16 +7,18 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 from collections.abc import Sequence
 from typing import Any
 
 import msgspec
+from ulid import ULID
 
 from connect.sdk.errors import SendEventsError
 from protocol.payloads import Event
 
-__all__ = ["Event", "encode_events", "event_id_seed", "parse_send_reply"]
+__all__ = ["Event", "derived_event_id", "encode_events", "event_id_seed", "parse_send_reply"]
 
 
 class _OutgoingEvent(msgspec.Struct, omit_defaults=True):
@@ -53,6 +55,18 @@ def encode_events(events: Sequence[Event], now_ms: int) -> bytes:
     return msgspec.json.encode(
         [_OutgoingEvent(name=e.name, data=e.data, ts=e.ts or now_ms, id=e.id, user=e.user) for e in events]
     )
+
+
+def derived_event_id(run_id: str, step_hash: str, index: int) -> str:
+    """The id of the ``index``-th event a ``send_event`` step sends: a ULID that
+    depends only on the run, the step and the position, with the run's time.
+    """
+    try:
+        millis = ULID.from_str(run_id).milliseconds
+    except (ValueError, TypeError):
+        millis = 0
+    digest = hashlib.sha256(f"{run_id}\x1f{step_hash}\x1f{index}".encode()).digest()
+    return str(ULID.from_bytes(millis.to_bytes(6, "big") + digest[:10]))
 
 
 def event_id_seed(now_ms: int) -> str:

@@ -24,7 +24,7 @@ from connect.sdk import errors
 from connect.sdk.client import Client
 from connect.sdk.context import Context
 from connect.sdk.durations import to_iso_utc
-from connect.sdk.function import ROOT_STEP_ID, Function
+from connect.sdk.function import ROOT_STEP_ID, Function, resolve
 from connect.sdk.replay import Ending, Failure, Replay, RequestEnded
 from connect.sdk.step import Step, StepSync
 from connect.sdk.version import REQUEST_VERSION, SDK_VERSION
@@ -84,13 +84,14 @@ _Result = _Returned | _Raised | _Unwound
 async def execute(client: Client, functions: Mapping[str, Function], invocation: Invocation) -> Outcome:
     """Run the function named by ``invocation`` against its request; never raises (see module doc).
 
-    ``functions`` is keyed by fully-qualified id. An ``async def`` handler runs
+    ``functions`` is keyed by fully-qualified id (a ``<id>-failure`` slug runs
+    that function's ``on_failure`` handler). An ``async def`` handler runs
     on the calling event loop; a plain ``def`` handler runs in a worker thread
     (anyio's default limiter) so it cannot block the loop. If the caller is
     cancelled while a sync handler runs, the thread is abandoned: it finishes
     on its own and its result is dropped.
     """
-    fn = functions.get(invocation.function_slug)
+    fn = resolve(functions, invocation.function_slug)
     if fn is None:
         return _early_error(
             errors.CODE_FUNCTION_NOT_FOUND,
@@ -125,6 +126,7 @@ async def _run(client: Client, fn: Function, request: ExecutorRequest, invocatio
         disable_immediate_execution=request.ctx.disable_immediate_execution,
         attempt=request.ctx.attempt,
         max_attempts=request.ctx.max_attempts,
+        run_id=request.ctx.run_id,
     )
     ctx = Context(
         event=request.event,
@@ -211,18 +213,22 @@ def _from_exception(client: Client, fn: Function, exc: Exception) -> Outcome:
 def _from_ending(ending: Ending) -> Outcome:
     if isinstance(ending, Failure):
         return _failure_outcome(ending)
-    op = msgspec.to_builtins(ending.opcode)
-    if op.get("error") is None:
-        op.pop("error", None)  # `error` is present only on error ops
+    ops = []
+    for opcode in ending.opcodes:
+        op = msgspec.to_builtins(opcode)
+        if op.get("error") is None:
+            op.pop("error", None)  # `error` is present only on error ops
+        ops.append(op)
     try:
-        body = msgspec.json.encode([op])
+        body = msgspec.json.encode(ops)
     except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
+        names = ", ".join(f'"{opcode.displayName}"' for opcode in ending.opcodes)
         return _failure_outcome(
             Failure(
                 _info(
                     errors.CODE_OUTPUT_UNSERIALIZABLE,
                     "OutputUnserializableError",
-                    f'step "{ending.opcode.displayName}" reported data that cannot be encoded as JSON: {exc}',
+                    f"step {names} reported data that cannot be encoded as JSON: {exc}",
                 ),
                 include_stack=False,
             )

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import inspect
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, TypeAlias
 
 import msgspec
 
 from connect.sdk.context import Context
 from connect.sdk.errors import FunctionConfigError
+from connect.sdk.options import Cancel, Timeouts
 from connect.sdk.step import Step, StepSync
 from connect.sdk.triggers import AnyTrigger, TriggerCron, TriggerEvent
 from protocol.payloads import FunctionConfig, Retries, Runtime, StepConfig
@@ -22,6 +23,10 @@ Handler: TypeAlias = AsyncHandler | SyncHandler
 # The one pseudo-step every function registers; requests naming it are discovery requests.
 ROOT_STEP_ID: Final = "step"
 MAX_RETRIES: Final = 20
+#: An ``on_failure`` handler is registered as ``<fully-qualified id>-failure``.
+FAILURE_SUFFIX: Final = "-failure"
+#: The event that triggers ``on_failure`` handlers.
+FUNCTION_FAILED_EVENT: Final = "inngest/function.failed"
 
 
 class Function:
@@ -40,6 +45,9 @@ class Function:
         trigger: AnyTrigger | Sequence[AnyTrigger],
         retries: int | None = None,
         name: str | None = None,
+        cancel: Sequence[Cancel] | None = None,
+        timeouts: Timeouts | None = None,
+        on_failure: Handler | None = None,
     ) -> None:
         if not isinstance(fn_id, str) or not fn_id.strip():
             raise FunctionConfigError("fn_id must be a non-empty string")
@@ -58,6 +66,12 @@ class Function:
                     f"{fn_id}: triggers must be TriggerEvent or TriggerCron, got {type(item).__name__}"
                 )
         _check_handler(fn_id, handler)
+        cancels = tuple(cancel or ())
+        for condition in cancels:
+            if not isinstance(condition, Cancel):
+                raise FunctionConfigError(f"{fn_id}: cancel must be a list of Cancel, got {type(condition).__name__}")
+        if timeouts is not None and not isinstance(timeouts, Timeouts):
+            raise FunctionConfigError(f"{fn_id}: timeouts must be a Timeouts, got {type(timeouts).__name__}")
 
         self._id = fn_id
         self._name = name or fn_id
@@ -65,6 +79,20 @@ class Function:
         self._retries = retries
         self._handler = handler
         self._is_async = _is_async_callable(handler)
+        self._cancel = cancels
+        self._timeouts = timeouts
+        self._on_failure: Function | None = None
+        if on_failure is not None:
+            _check_handler(f"{fn_id} on_failure", on_failure)
+            # Registered as its own function, triggered by the failure event of
+            # this one (the expression is added in `failure_config`); one attempt only.
+            self._on_failure = Function(
+                fn_id=f"{fn_id}{FAILURE_SUFFIX}",
+                handler=on_failure,
+                trigger=TriggerEvent(event=FUNCTION_FAILED_EVENT),
+                retries=0,
+                name=f"{self._name} (failure)",
+            )
 
     @property
     def id(self) -> str:
@@ -92,6 +120,19 @@ class Function:
         """``async def`` handlers run on the event loop; others run in a worker thread."""
         return self._is_async
 
+    @property
+    def cancel(self) -> tuple[Cancel, ...]:
+        return self._cancel
+
+    @property
+    def timeouts(self) -> Timeouts | None:
+        return self._timeouts
+
+    @property
+    def on_failure(self) -> Function | None:
+        """The ``on_failure`` handler as a function of its own (id ``<id>-failure``), if any."""
+        return self._on_failure
+
     def fully_qualified_id(self, app_id: str) -> str:
         return f"{app_id}-{self._id}"
 
@@ -111,15 +152,45 @@ class Function:
                     retries=None if self._retries is None else Retries(attempts=self._retries),
                 )
             },
+            cancel=[c.to_wire() for c in self._cancel] or None,
+            timeouts=(self._timeouts.to_wire() or None) if self._timeouts is not None else None,
         )
+
+    def configs(self, app_id: str) -> list[FunctionConfig]:
+        """This function's config, followed by its ``on_failure`` companion's if it has one.
+
+        The companion is triggered by ``inngest/function.failed`` events of
+        this function only (``event.data.function_id == '<fq id>'``).
+        """
+        configs = [self.config(app_id)]
+        if self._on_failure is not None:
+            companion = self._on_failure.config(app_id)
+            companion.triggers[0].expression = f"event.data.function_id == '{self.fully_qualified_id(app_id)}'"
+            companion.cancel = []
+            configs.append(companion)
+        return configs
 
     def __repr__(self) -> str:
         return f"Function(id={self._id!r}, name={self._name!r})"
 
 
 def functions_json(app_id: str, fns: Iterable[Function]) -> bytes:
-    """The JSON array of configs sent in WORKER_CONNECT, with every ``null`` removed."""
-    return msgspec.json.encode([_drop_nulls(msgspec.to_builtins(fn.config(app_id))) for fn in fns])
+    """The JSON array of configs sent in WORKER_CONNECT (``on_failure`` companions
+    included), with every ``null`` removed."""
+    return msgspec.json.encode(
+        [_drop_nulls(msgspec.to_builtins(config)) for fn in fns for config in fn.configs(app_id)]
+    )
+
+
+def resolve(functions: Mapping[str, Function], slug: str) -> Function | None:
+    """The function a request names: one of ``functions`` (keyed by
+    fully-qualified id), or the ``on_failure`` companion of one."""
+    fn = functions.get(slug)
+    if fn is None and slug.endswith(FAILURE_SUFFIX):
+        parent = functions.get(slug[: -len(FAILURE_SUFFIX)])
+        if parent is not None:
+            fn = parent.on_failure
+    return fn
 
 
 def _drop_nulls(value: Any) -> Any:

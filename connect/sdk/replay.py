@@ -13,6 +13,12 @@ the top; each step asks the replay what to do:
 So at most one step body runs per request. The ending is recorded on the
 replay *before* ``RequestEnded`` unwinds the handler, so the outcome does not
 depend on user code letting that exception through.
+
+Inside a parallel group (``step.parallel``) rule 3 changes, as in the official
+SDKs: with no step targeted, every new step of the group is reported
+(``step.run`` as ``StepPlanned``) and the group carries on with its next
+callable, so one request reports the whole group; with a step targeted, the
+group's other new steps are skipped rather than refused.
 """
 
 from __future__ import annotations
@@ -51,6 +57,30 @@ class NestedStepCalled(BaseException):
     """A step was called while a ``step.run`` body was executing."""
 
 
+class GroupStepReported(BaseException):
+    """A step of a parallel group was reported (or skipped); the group goes on with its next callable."""
+
+
+#: How a parallel group's results are awaited by the executor (``opts.parallelMode``).
+PARALLEL_WAIT = "wait"
+PARALLEL_RACE = "race"
+
+
+class Group:
+    """The steps a parallel group reported in this request."""
+
+    def __init__(self, mode: str, outer: Group | None) -> None:
+        self.mode = mode
+        self.outer = outer
+        self.opcodes: list[Opcode] = []
+
+    def decorate(self, opcode: Opcode) -> Opcode:
+        if self.mode != PARALLEL_RACE and (self.outer is None or self.outer.mode != PARALLEL_RACE):
+            return opcode
+        opcode.opts = {**(opcode.opts or {}), "parallelMode": PARALLEL_RACE}
+        return opcode
+
+
 # Which replay (if any) is executing a step body in the current context.
 # Context-local rather than a flag on the replay, so tasks the handler spawns
 # before a body starts are not mistaken for nested calls.
@@ -64,9 +94,9 @@ _executing_body: contextvars.ContextVar[Replay | None] = contextvars.ContextVar(
 
 @dataclass(frozen=True)
 class Report:
-    """The request ends by reporting one step op (NOT_COMPLETED)."""
+    """The request ends by reporting step ops (NOT_COMPLETED): one, or a parallel group's."""
 
-    opcode: Opcode
+    opcodes: list[Opcode]
     no_retry: bool = False
 
 
@@ -180,7 +210,10 @@ class Replay:
         disable_immediate_execution: bool,
         attempt: int,
         max_attempts: int | None,
+        run_id: str = "",
     ) -> None:
+        self.run_id = run_id
+        self._group: Group | None = None
         self._memos = dict(memos)
         self._target = target
         self._disable_immediate_execution = disable_immediate_execution
@@ -194,8 +227,45 @@ class Replay:
     def end(self, ending: Ending) -> NoReturn:
         """Record the request's ending (the first one wins) and unwind the handler."""
         if self.ending is None:
+            if isinstance(ending, Report) and self._group is not None:
+                ending = Report([self._group.decorate(op) for op in ending.opcodes], ending.no_retry)
             self.ending = ending
         raise RequestEnded
+
+    # --- parallel groups --------------------------------------------------------
+
+    def enter_group(self, mode: str) -> Group:
+        if mode not in (PARALLEL_WAIT, PARALLEL_RACE):
+            raise errors.FunctionConfigError(f'parallel_mode must be "wait" or "race", got {mode!r}')
+        self._group = Group(mode, self._group)
+        return self._group
+
+    def leave_group(self, group: Group) -> None:
+        self._group = group.outer
+
+    def end_group(self, group: Group) -> None:
+        """After the group's last callable: return if nothing was reported, else
+        report everything together (into the enclosing group, if any)."""
+        if not group.opcodes:
+            return
+        if group.outer is not None:
+            group.outer.opcodes.extend(group.opcodes)
+            raise GroupStepReported
+        self.end(Report(group.opcodes))
+
+    def _in_group(self, identity: StepIdentity, opcode: Opcode | None) -> None:
+        """Inside a group: skip a step another request targets, or collect a new
+        step's op and move on to the next callable. Returns if neither applies."""
+        group = self._group
+        if group is None:
+            return
+        if self._target is not None:
+            if identity.hashed != self._target:
+                raise GroupStepReported  # skipped: another step of the group is targeted
+            return
+        if opcode is not None:
+            group.opcodes.append(group.decorate(opcode))
+            raise GroupStepReported
 
     def identify(self, user_id: str) -> StepIdentity:
         """Count one more use of ``user_id`` and hash it as the official SDKs do."""
@@ -225,7 +295,7 @@ class Replay:
                     ErrorInfo(
                         name="ConcurrentStepsError",
                         message=f'step "{user_id}" was started while another step was running; '
-                        "await steps one at a time (parallel steps are not supported)",
+                        "await steps one at a time, or use step.parallel",
                         stack=None,
                         code=errors.CODE_UNKNOWN,
                     ),
@@ -239,16 +309,18 @@ class Replay:
 
     def report_new_step(self, identity: StepIdentity, opcode: Opcode) -> NoReturn:
         """End the request for a new step the executor carries out (sleep, wait, invoke)."""
+        self._in_group(identity, opcode)
         self._refuse_untargeted(identity)
-        self.end(Report(opcode))
+        self.end(Report([opcode]))
 
     def allow_run(self, identity: StepIdentity) -> None:
         """Return only if a new ``step.run`` body may run in this request; otherwise end it."""
+        self._in_group(identity, identity.opcode(OP_STEP_PLANNED))
         self._refuse_untargeted(identity)
         if self._disable_immediate_execution and self._target is None:
             # After a parallel group the executor wants each new step planned
             # and then run by a request targeting it.
-            self.end(Report(identity.opcode(OP_STEP_PLANNED)))
+            self.end(Report([identity.opcode(OP_STEP_PLANNED)]))
 
     def _refuse_untargeted(self, identity: StepIdentity) -> None:
         if self._target is not None and identity.hashed != self._target:
@@ -284,7 +356,7 @@ class Replay:
                     include_stack=False,
                 )
             )
-        self.end(Report(identity.opcode(OP_STEP_RUN, data=value)))
+        self.end(Report([identity.opcode(OP_STEP_RUN, data=value)]))
 
     def body_raised(self, identity: StepIdentity, exc: Exception) -> NoReturn:
         if self._nested:
@@ -293,7 +365,7 @@ class Replay:
         op = OP_STEP_FAILED if last_attempt else OP_STEP_ERROR
         self.end(
             Report(
-                identity.opcode(op, error=errors.describe(exc)),
+                [identity.opcode(op, error=errors.describe(exc))],
                 no_retry=not errors.is_retriable(exc),
             )
         )
@@ -305,7 +377,7 @@ class Replay:
             stack=None,
             code=errors.CODE_STEP_NESTED,
         )
-        self.end(Report(identity.opcode(OP_STEP_ERROR, error=error), no_retry=True))
+        self.end(Report([identity.opcode(OP_STEP_ERROR, error=error)], no_retry=True))
 
     @property
     def nested(self) -> bool:

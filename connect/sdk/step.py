@@ -7,11 +7,16 @@ and in both cases the request then ends, so code after the first new step
 runs only in a later request. Step ids should be unique within a function;
 reusing one is allowed as long as the function is deterministic (the n-th
 use is told apart by its position).
+
+``parallel`` is the exception: the steps of its callables are reported
+together, and the executor runs them concurrently, each in its own request
+(on any worker), storing each result as it arrives.
 """
 
 from __future__ import annotations
 
 import datetime
+import enum
 import inspect
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple, overload
@@ -19,7 +24,8 @@ from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple, overload
 import msgspec
 
 from connect.sdk.durations import to_duration_string, to_iso_utc
-from connect.sdk.replay import Replay
+from connect.sdk.events import derived_event_id, normalize
+from connect.sdk.replay import PARALLEL_RACE, PARALLEL_WAIT, GroupStepReported, Replay
 from protocol.payloads import OP_INVOKE_FUNCTION, OP_SLEEP, OP_WAIT_FOR_EVENT, Event
 
 if TYPE_CHECKING:
@@ -30,12 +36,37 @@ T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
 
+class ParallelMode(enum.StrEnum):
+    """How the executor continues after a parallel group.
+
+    ``WAIT`` (the default) continues once every step of the group has a
+    result; ``RACE`` asks it to look for the next step after each one. This
+    SDK, like the official Python SDK, only returns from ``parallel`` once
+    every result is in, so both give the same results.
+    """
+
+    WAIT = PARALLEL_WAIT
+    RACE = PARALLEL_RACE
+
+
+def _mode(value: ParallelMode | str) -> str:
+    return value.value if isinstance(value, ParallelMode) else str(value)
+
+
 class _StepTools:
     """The parts shared by both flavours: every step that never runs user code."""
 
     def __init__(self, replay: Replay, client: Client) -> None:
         self._replay = replay
         self._client = client
+
+    def _stamped(self, events: Event | Sequence[Event], step_hash: str) -> list[Event]:
+        """Give every event without an id one derived from (run, step, position),
+        so a retried ``send_event`` sends the same ids and the server stores each once."""
+        return [
+            e if e.id else msgspec.structs.replace(e, id=derived_event_id(self._replay.run_id, step_hash, i))
+            for i, e in enumerate(normalize(events))
+        ]
 
     def _sleep_until(self, step_id: str, until: datetime.datetime) -> None:
         identity, memo = self._replay.begin(step_id)
@@ -117,8 +148,48 @@ class Step(_StepTools):
         self._replay.body_returned(identity, value)
 
     async def send_event(self, step_id: str, events: Event | Sequence[Event]) -> list[str]:
-        """Send events as a step, so a replay does not send them again; returns their ids."""
-        return await self.run(step_id, self._client.send, events)
+        """Send events as a step; returns their ids.
+
+        Exactly once per step id: a replay returns the stored ids, and a retry
+        of the step re-sends the same event ids, which the server stores once.
+        """
+        identity, memo = self._replay.begin(step_id)
+        if memo is not None:
+            return memo.resolve()  # type: ignore[no-any-return]
+        self._replay.allow_run(identity)
+        with self._replay.executing(identity):
+            value = await self._client.send(self._stamped(events, identity.hashed))
+        self._replay.body_returned(identity, value)
+
+    async def parallel(
+        self,
+        callables: Sequence[Callable[[], Awaitable[T]]],
+        parallel_mode: ParallelMode | str = ParallelMode.WAIT,
+    ) -> tuple[T, ...]:
+        """Run the steps of several callables concurrently; returns their results in order.
+
+        Each callable runs one step (or a short chain of them), e.g.
+        ``await step.parallel((lambda: step.run("a", fa), lambda: step.run("b", fb)))``.
+        New steps are reported together and run by the executor at the same
+        time, on any workers; each result is stored as it arrives, and the
+        function continues once all of them are in. A step that finally
+        failed raises its ``StepError`` here.
+        """
+        group = self._replay.enter_group(_mode(parallel_mode))
+        results: list[Any] = []
+        try:
+            for callable_ in callables:
+                try:
+                    value: Any = callable_()
+                    if inspect.isawaitable(value):
+                        value = await value
+                except GroupStepReported:
+                    continue
+                results.append(value)
+        finally:
+            self._replay.leave_group(group)
+        self._replay.end_group(group)
+        return tuple(results)
 
     async def sleep(self, step_id: str, duration: int | datetime.timedelta) -> None:
         """Pause the run for ``duration`` (milliseconds or a ``timedelta``)."""
@@ -182,8 +253,34 @@ class StepSync(_StepTools):
         self._replay.body_returned(identity, value)
 
     def send_event(self, step_id: str, events: Event | Sequence[Event]) -> list[str]:
-        """Send events as a step, so a replay does not send them again; returns their ids."""
-        return self.run(step_id, self._client.send_sync, events)
+        """Send events as a step; returns their ids (exactly once per step id, as ``Step.send_event``)."""
+        identity, memo = self._replay.begin(step_id)
+        if memo is not None:
+            return memo.resolve()  # type: ignore[no-any-return]
+        self._replay.allow_run(identity)
+        with self._replay.executing(identity):
+            value = self._client.send_sync(self._stamped(events, identity.hashed))
+        self._replay.body_returned(identity, value)
+
+    def parallel(
+        self,
+        callables: Sequence[Callable[[], T]],
+        parallel_mode: ParallelMode | str = ParallelMode.WAIT,
+    ) -> tuple[T, ...]:
+        """Run the steps of several callables concurrently (see ``Step.parallel``)."""
+        group = self._replay.enter_group(_mode(parallel_mode))
+        results: list[Any] = []
+        try:
+            for callable_ in callables:
+                try:
+                    value = callable_()
+                except GroupStepReported:
+                    continue
+                results.append(value)
+        finally:
+            self._replay.leave_group(group)
+        self._replay.end_group(group)
+        return tuple(results)
 
     def sleep(self, step_id: str, duration: int | datetime.timedelta) -> None:
         """Pause the run for ``duration`` (milliseconds or a ``timedelta``)."""

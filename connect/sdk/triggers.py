@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter  # type: ignore[import-untyped]
 
 from connect.sdk.errors import FunctionConfigError
 from protocol.payloads import Trigger
@@ -31,10 +34,12 @@ class TriggerEvent:
 
 @dataclass(frozen=True)
 class TriggerCron:
-    """Run the function on a cron schedule (e.g. ``"TZ=UTC 0 * * * *"``).
+    """Run the function on a cron schedule: ``"*/5 * * * *"``, ``"@hourly"``, or
+    with a time zone, ``"TZ=Europe/Paris 0 9 * * 1-5"`` (default UTC).
 
-    Only the registration config is produced here; scheduling is the server's job.
-    ``jitter`` is an optional duration string spreading the start time.
+    The executor schedules it: one run per tick, also across restarts. Only
+    the registration config is produced here. ``jitter`` is accepted for
+    compatibility and not used by this platform's executor.
     """
 
     cron: str
@@ -43,6 +48,7 @@ class TriggerCron:
     def __post_init__(self) -> None:
         if not isinstance(self.cron, str) or not self.cron.strip():
             raise FunctionConfigError("TriggerCron.cron must be a non-empty cron expression")
+        _check_cron(self.cron)
         if self.jitter is not None and (not isinstance(self.jitter, str) or not self.jitter.strip()):
             raise FunctionConfigError("TriggerCron.jitter must be a non-empty duration string or None")
 
@@ -51,3 +57,18 @@ class TriggerCron:
 
 
 AnyTrigger = TriggerEvent | TriggerCron
+
+
+def _check_cron(spec: str) -> None:
+    text = spec.strip()
+    for prefix in ("TZ=", "CRON_TZ="):
+        if text.startswith(prefix):
+            zone, _, text = text[len(prefix) :].partition(" ")
+            try:
+                ZoneInfo(zone)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise FunctionConfigError(f"TriggerCron {spec!r}: unknown time zone {zone!r}") from None
+            text = text.strip()
+            break
+    if not text or not croniter.is_valid(text):
+        raise FunctionConfigError(f"TriggerCron {spec!r}: {text!r} is not a valid cron expression")

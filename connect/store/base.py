@@ -33,6 +33,11 @@ CANCELLED: Final = "Cancelled"
 #: The `step_id` of a discovery request (no particular step targeted).
 DISCOVERY: Final = "step"
 
+# `Waiting.kind` values.
+WAIT_SLEEP: Final = "sleep"
+WAIT_EVENT: Final = "wait"
+WAIT_INVOKE: Final = "invoke"
+
 
 class StoreClosed(RuntimeError):
     """The store was closed; no further operations are accepted."""
@@ -73,19 +78,50 @@ class StepMemo(msgspec.Struct, frozen=True):
     result: bytes
 
 
+class PendingRequest(msgspec.Struct, frozen=True):
+    """A call request the run has yet to get a reply for.
+
+    Its id is stored before it is dispatched, so after a restart the same id
+    is dispatched again and the dispatcher answers with the reply stored
+    before the crash (or waits on the worker still holding a lease on it).
+    `step_id` is `DISCOVERY` or the hashed id of the one step it targets;
+    `wake_at_ms` > 0 delays the dispatch (a retry backoff).
+    """
+
+    request_id: str
+    step_id: str = DISCOVERY
+    attempt: int = 0
+    wake_at_ms: int = 0
+
+
+class Waiting(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A step the executor completes without a worker: a sleep, a wait or an invoke.
+
+    It is done once a memo is stored under `step` (the memo table is the
+    truth; this entry only says what to watch for). `due_ms` is when a
+    sleep ends, or when a wait or an invoke gives up (`null` / a timeout
+    error). A wait matches events named `event` for which the CEL
+    `expression` holds; an invoke waits for the `inngest/function.finished`
+    event carrying `correlation_id`.
+    """
+
+    kind: str  # WAIT_SLEEP / WAIT_EVENT / WAIT_INVOKE
+    step: str
+    due_ms: int
+    event: str = ""
+    expression: str | None = None
+    correlation_id: str = ""
+
+
 class RunRecord(msgspec.Struct):
     """Everything needed to resume a run after a restart, apart from its memos.
 
-    While the run is `Running`, `pending_request_id` names the next request to
-    dispatch (targeting `step_id` at `attempt`), and it is stored before that
-    request is sent. After a restart the same id is dispatched again, so a
-    reply stored before the crash (or a worker still holding a lease on it) is
-    picked up instead of running the step a second time.
-
-    `wake_at_ms` > 0 delays that dispatch (a retry backoff or a sleep); when
-    `sleep_step` is set, a `null` memo is stored for it at the wake time.
-    `planned` holds the step ids reported together in one reply that are
-    still to be run, one after another, before the next discovery.
+    While the run is `Running`, `requests` are the call requests it waits on
+    (one in the common sequential case; one per planned step while a
+    parallel group runs) and `waiting` the steps that complete without a
+    worker. When both are empty the next request is a discovery.
+    `cancel_requested` is written only by `request_cancel`, never by
+    `save_run`, so a cancellation is not lost to a concurrent save.
     `output` is raw JSON: the function's return value when Completed, the
     error object when Failed.
     """
@@ -97,23 +133,43 @@ class RunRecord(msgspec.Struct):
     started_at_ms: int
     status: str = RUNNING
     max_attempts: int = 5
-    attempt: int = 0
-    step_id: str = DISCOVERY
-    pending_request_id: str = ""
+    requests: list[PendingRequest] = msgspec.field(default_factory=list)
+    waiting: list[Waiting] = msgspec.field(default_factory=list)
     disable_immediate_execution: bool = False
     request_version: int = -1
-    planned: list[str] = msgspec.field(default_factory=list)
-    wake_at_ms: int = 0
-    sleep_step: str = ""
+    cancel_requested: bool = False
     output: bytes | None = None
     ended_at_ms: int | None = None
 
 
+class RunMemo(msgspec.Struct, frozen=True):
+    """A memo for some run, stored together with the event that produced it
+    (the event a wait matched, or the `function.finished` an invoke waited for)."""
+
+    run_id: str
+    memo: StepMemo
+
+
+class LoadedRun(msgspec.Struct, frozen=True):
+    """A run with what resuming it needs: its triggering event and its memos."""
+
+    run: RunRecord
+    event: EventRecord | None
+    memos: list[StepMemo]
+
+
 class NewEvent(msgspec.Struct, frozen=True):
-    """An event to record together with the runs it starts."""
+    """An event to record with what it causes, all or nothing.
+
+    `runs` are the runs it starts, `memos` the waits it resolves and
+    `cancels` the Running runs it cancels. If the event id is already
+    stored (a duplicate send), none of them is written.
+    """
 
     event: EventRecord
     runs: list[RunRecord]
+    memos: list[RunMemo] = msgspec.field(default_factory=list)
+    cancels: list[str] = msgspec.field(default_factory=list)
 
 
 class ReplyStore(Protocol):
@@ -166,16 +222,20 @@ class Store(ReplyStore, Protocol):
     # --- executor: events and runs ------------------------------------------
 
     async def record_events(self, events: list[NewEvent]) -> list[bool]:
-        """Store events and the runs they start, all in one transaction.
+        """Store events and what each causes (see `NewEvent`), all in one transaction.
 
-        An event whose id is already stored is a duplicate send: neither it
-        nor its runs are written, and its entry in the result is False.
+        An event whose id is already stored is a duplicate send: nothing of
+        it is written, and its entry in the result is False.
         """
         ...
 
     async def get_event(self, event_id: str) -> EventRecord | None: ...
 
     async def get_run(self, run_id: str) -> RunRecord | None: ...
+
+    async def load_run(self, run_id: str) -> LoadedRun | None:
+        """A run, its event and its memos, read in one operation."""
+        ...
 
     async def runs_for_event(self, event_id: str) -> list[RunRecord]:
         """The runs an event started, oldest first."""
@@ -187,14 +247,36 @@ class Store(ReplyStore, Protocol):
         """A run's step memos in the order they were stored."""
         ...
 
+    async def put_memo(self, run_id: str, memo: StepMemo) -> bool:
+        """Store one memo unless the step has one already; True if this call stored it."""
+        ...
+
+    async def request_cancel(self, run_id: str) -> bool:
+        """Flag a Running run for cancellation; False if no Running run has that id."""
+        ...
+
     async def save_run(
         self,
         run: RunRecord,
         *,
         memos: list[StepMemo] | None = None,
         consumed_request_id: str | None = None,
-    ) -> None:
-        """Atomically: replace the run's state, add `memos` (a memo already
-        stored under the same step hash is kept, first result wins) and
-        delete the reply stored for `consumed_request_id`."""
+        events: list[NewEvent] | None = None,
+    ) -> list[bool]:
+        """Atomically: replace the run's state (all but `cancel_requested`),
+        add `memos` (a memo already stored under the same step hash is kept,
+        first result wins), delete the reply stored for `consumed_request_id`
+        and record `events` as `record_events` does. Returns, per event,
+        whether it was new."""
+        ...
+
+    # --- executor: cron -------------------------------------------------------
+
+    async def cron_ticks(self) -> dict[str, int]:
+        """The last tick (Unix ms) scheduled for each cron schedule key."""
+        ...
+
+    async def record_tick(self, key: str, tick_ms: int, event: NewEvent) -> bool:
+        """Record a cron tick's event and run, and remember the tick, in one
+        transaction; False if the event was stored already (the tick ran)."""
         ...

@@ -8,7 +8,9 @@ per commit. All statements run on the single writer thread of
 `SqliteWriter`, which group-commits concurrent callers.
 
 The schema is created on open and is idempotent; `schema_version` records the
-layout so a later release can migrate it.
+layout. Opening a file written by an older release migrates it in place
+(in one transaction, so a failed migration leaves the file as it was);
+one written by a newer release is refused.
 """
 
 from __future__ import annotations
@@ -21,19 +23,25 @@ from typing import Final
 import msgspec
 
 from connect.store.base import (
+    RUNNING,
+    WAIT_SLEEP,
     AppRecord,
     EventRecord,
     LeaseRecord,
+    LoadedRun,
     NewEvent,
+    PendingRequest,
     RunRecord,
     StepMemo,
+    Waiting,
 )
 from connect.store.writer import SqliteWriter
+from protocol.ids import new_ulid
 from protocol.payloads import FunctionConfig
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
-_SCHEMA: Final = (
+_TABLES: Final = (
     "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
     """CREATE TABLE IF NOT EXISTS replies (
         request_id TEXT PRIMARY KEY,
@@ -60,27 +68,6 @@ _SCHEMA: Final = (
         received_at_ms INTEGER NOT NULL,
         body BLOB NOT NULL
     ) WITHOUT ROWID""",
-    """CREATE TABLE IF NOT EXISTS runs (
-        run_id TEXT PRIMARY KEY,
-        function_id TEXT NOT NULL,
-        app_name TEXT NOT NULL,
-        event_id TEXT NOT NULL,
-        status TEXT NOT NULL,
-        started_at_ms INTEGER NOT NULL,
-        ended_at_ms INTEGER,
-        max_attempts INTEGER NOT NULL,
-        attempt INTEGER NOT NULL,
-        step_id TEXT NOT NULL,
-        pending_request_id TEXT NOT NULL,
-        disable_immediate_execution INTEGER NOT NULL,
-        request_version INTEGER NOT NULL,
-        planned BLOB NOT NULL,
-        wake_at_ms INTEGER NOT NULL,
-        sleep_step TEXT NOT NULL,
-        output BLOB
-    ) WITHOUT ROWID""",
-    "CREATE INDEX IF NOT EXISTS runs_by_event ON runs (event_id)",
-    "CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status)",
     # A rowid table on purpose: rowid order is the order memos were stored in.
     """CREATE TABLE IF NOT EXISTS steps (
         run_id TEXT NOT NULL,
@@ -88,28 +75,60 @@ _SCHEMA: Final = (
         result BLOB NOT NULL,
         UNIQUE (run_id, step_hash)
     )""",
+    """CREATE TABLE IF NOT EXISTS cron_ticks (
+        schedule TEXT PRIMARY KEY,
+        tick_ms INTEGER NOT NULL
+    ) WITHOUT ROWID""",
+)
+
+_RUNS_TABLE: Final = """CREATE TABLE {name} (
+    run_id TEXT PRIMARY KEY,
+    function_id TEXT NOT NULL,
+    app_name TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    started_at_ms INTEGER NOT NULL,
+    ended_at_ms INTEGER,
+    max_attempts INTEGER NOT NULL,
+    requests BLOB NOT NULL,
+    waiting BLOB NOT NULL,
+    disable_immediate_execution INTEGER NOT NULL,
+    request_version INTEGER NOT NULL,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    output BLOB
+) WITHOUT ROWID"""
+
+_RUNS_INDEXES: Final = (
+    "CREATE INDEX IF NOT EXISTS runs_by_event ON runs (event_id)",
+    "CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status)",
 )
 
 _RUN_COLUMNS: Final = (
-    "run_id, function_id, app_name, event_id, status, started_at_ms, ended_at_ms, max_attempts, attempt,"
-    " step_id, pending_request_id, disable_immediate_execution, request_version, planned, wake_at_ms,"
-    " sleep_step, output"
+    "run_id, function_id, app_name, event_id, status, started_at_ms, ended_at_ms, max_attempts, requests,"
+    " waiting, disable_immediate_execution, request_version, cancel_requested, output"
 )
-_INSERT_RUN: Final = f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ({', '.join('?' * 17)})"  # noqa: S608 - constant
+_INSERT_RUN: Final = f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ({', '.join('?' * 14)})"  # noqa: S608 - constant
 _SELECT_RUNS: Final = f"SELECT {_RUN_COLUMNS} FROM runs"  # noqa: S608 - constant
 # The immutable columns (ids, function, event, start) are left out so their
-# indexes are not touched on every step.
+# indexes are not touched on every step, and so is `cancel_requested`, which
+# only `request_cancel` writes.
 _UPDATE_RUN: Final = (
-    "UPDATE runs SET status = ?, ended_at_ms = ?, max_attempts = ?, attempt = ?, step_id = ?,"
-    " pending_request_id = ?, disable_immediate_execution = ?, request_version = ?, planned = ?,"
-    " wake_at_ms = ?, sleep_step = ?, output = ? WHERE run_id = ?"
+    "UPDATE runs SET status = ?, ended_at_ms = ?, max_attempts = ?, requests = ?, waiting = ?,"
+    " disable_immediate_execution = ?, request_version = ?, output = ? WHERE run_id = ?"
 )
+_INSERT_MEMO: Final = "INSERT OR IGNORE INTO steps (run_id, step_hash, result) VALUES (?, ?, ?)"
+_INSERT_EVENT: Final = "INSERT OR IGNORE INTO events (id, name, ts, received_at_ms, body) VALUES (?, ?, ?, ?, ?)"
+_FLAG_CANCEL: Final = "UPDATE runs SET cancel_requested = 1 WHERE run_id = ? AND status = 'Running'"
 
-_RunRow = tuple[str, str, str, str, str, int, int | None, int, int, str, str, int, int, bytes, int, str, bytes | None]
+_RunRow = tuple[str, str, str, str, str, int, int | None, int, bytes, bytes, int, int, int, bytes | None]
+_EventRow = tuple[str, str, int, int, bytes]
+_EventRows = tuple[_EventRow, list[_RunRow], list[tuple[str, str, bytes]], list[tuple[str]]]
 
 _encode = msgspec.json.Encoder().encode
-_decode_planned = msgspec.json.Decoder(list[str]).decode
+_decode_requests = msgspec.json.Decoder(list[PendingRequest]).decode
+_decode_waiting = msgspec.json.Decoder(list[Waiting]).decode
 _decode_functions = msgspec.json.Decoder(list[FunctionConfig]).decode
+_EMPTY_LIST: Final = b"[]"
 
 
 def _now_ms() -> int:
@@ -126,14 +145,11 @@ def _run_row(run: RunRecord) -> _RunRow:
         run.started_at_ms,
         run.ended_at_ms,
         run.max_attempts,
-        run.attempt,
-        run.step_id,
-        run.pending_request_id,
+        _encode(run.requests) if run.requests else _EMPTY_LIST,
+        _encode(run.waiting) if run.waiting else _EMPTY_LIST,
         int(run.disable_immediate_execution),
         run.request_version,
-        _encode(run.planned),
-        run.wake_at_ms,
-        run.sleep_step,
+        int(run.cancel_requested),
         run.output,
     )
 
@@ -148,16 +164,41 @@ def _run_from_row(row: _RunRow) -> RunRecord:
         started_at_ms=row[5],
         ended_at_ms=row[6],
         max_attempts=row[7],
-        attempt=row[8],
-        step_id=row[9],
-        pending_request_id=row[10],
-        disable_immediate_execution=bool(row[11]),
-        request_version=row[12],
-        planned=_decode_planned(row[13]),
-        wake_at_ms=row[14],
-        sleep_step=row[15],
-        output=row[16],
+        requests=_decode_requests(row[8]) if row[8] != _EMPTY_LIST else [],
+        waiting=_decode_waiting(row[9]) if row[9] != _EMPTY_LIST else [],
+        disable_immediate_execution=bool(row[10]),
+        request_version=row[11],
+        cancel_requested=bool(row[12]),
+        output=row[13],
     )
+
+
+def _event_rows(event: NewEvent) -> _EventRows:
+    e = event.event
+    return (
+        (e.id, e.name, e.ts, e.received_at_ms, e.body),
+        [_run_row(r) for r in event.runs],
+        [(m.run_id, m.memo.step_hash, m.memo.result) for m in event.memos],
+        [(run_id,) for run_id in event.cancels],
+    )
+
+
+def _insert_events(conn: sqlite3.Connection, rows: list[_EventRows]) -> list[bool]:
+    stored: list[bool] = []
+    for event_row, run_rows, memo_rows, cancel_rows in rows:
+        is_new = conn.execute(_INSERT_EVENT, event_row).rowcount == 1
+        if is_new:
+            if run_rows:
+                conn.executemany(_INSERT_RUN, run_rows)
+            if memo_rows:
+                conn.executemany(_INSERT_MEMO, memo_rows)
+            if cancel_rows:
+                conn.executemany(_FLAG_CANCEL, cancel_rows)
+        stored.append(is_new)
+    return stored
+
+
+# --- schema setup and migrations --------------------------------------------------
 
 
 def _setup(conn: sqlite3.Connection) -> None:
@@ -166,18 +207,82 @@ def _setup(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA busy_timeout = 5000")
     conn.execute("PRAGMA temp_store = MEMORY")
     conn.execute("BEGIN IMMEDIATE")
-    for statement in _SCHEMA:
-        conn.execute(statement)
-    rows = conn.execute("SELECT version FROM schema_version").fetchall()
-    if not rows:
-        conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
-    elif rows[0][0] > SCHEMA_VERSION:
+    try:
+        for statement in _TABLES:
+            conn.execute(statement)
+        rows = conn.execute("SELECT version FROM schema_version").fetchall()
+        has_runs = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'runs'").fetchone()
+        version = rows[0][0] if rows else (1 if has_runs else SCHEMA_VERSION)
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"the database was written by a newer release (schema {version}, this one knows "
+                f"{SCHEMA_VERSION}); upgrade, or point the store at another file"
+            )
+        if not has_runs:
+            conn.execute(_RUNS_TABLE.format(name="runs"))
+        elif version < 2:
+            _migrate_1_to_2(conn)
+        for statement in _RUNS_INDEXES:
+            conn.execute(statement)
+        if not rows:
+            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+        elif version != SCHEMA_VERSION:
+            conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+        conn.execute("COMMIT")
+    except BaseException:
         conn.execute("ROLLBACK")
-        raise RuntimeError(
-            f"the database was written by a newer release (schema {rows[0][0]}, this one knows "
-            f"{SCHEMA_VERSION}); upgrade, or point the store at another file"
+        raise
+
+
+def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
+    """Schema 1 kept one pending request per run (plus a list of planned step
+    ids run one after another, and one sleeping step); schema 2 keeps a list
+    of pending requests and a list of waiting steps. The runs table is
+    rebuilt, the way SQLite recommends for column changes, and every run's
+    state is carried over: a Running run resumes where it stood."""
+    conn.execute(_RUNS_TABLE.format(name="runs_v2"))
+    old = conn.execute(
+        "SELECT run_id, function_id, app_name, event_id, status, started_at_ms, ended_at_ms, max_attempts,"
+        " attempt, step_id, pending_request_id, disable_immediate_execution, request_version, planned,"
+        " wake_at_ms, sleep_step, output FROM runs"
+    )
+    new_rows: list[_RunRow] = []
+    for row in old:
+        (run_id, fn, app, event_id, status, started, ended, max_attempts) = row[:8]
+        attempt, step_id, pending, die, version, planned, wake_at, sleep_step, output = row[8:]
+        requests: list[PendingRequest] = []
+        waiting: list[Waiting] = []
+        if status == RUNNING:
+            if sleep_step:
+                # The pending request was the discovery to send after the sleep.
+                waiting.append(Waiting(kind=WAIT_SLEEP, step=sleep_step, due_ms=wake_at))
+            elif pending:
+                requests.append(PendingRequest(pending, step_id, attempt, wake_at))
+            for step in msgspec.json.decode(planned, type=list[str]):
+                if step != step_id:
+                    requests.append(PendingRequest(new_ulid(), step))
+        run = RunRecord(
+            run_id=run_id,
+            function_id=fn,
+            app_name=app,
+            event_id=event_id,
+            started_at_ms=started,
+            status=status,
+            max_attempts=max_attempts,
+            requests=requests,
+            waiting=waiting,
+            disable_immediate_execution=bool(die),
+            request_version=version,
+            output=output,
+            ended_at_ms=ended,
         )
-    conn.execute("COMMIT")
+        new_rows.append(_run_row(run))
+    conn.executemany(
+        f"INSERT INTO runs_v2 ({_RUN_COLUMNS}) VALUES ({', '.join('?' * 14)})",  # noqa: S608 - constant
+        new_rows,
+    )
+    conn.execute("DROP TABLE runs")
+    conn.execute("ALTER TABLE runs_v2 RENAME TO runs")
 
 
 class SqliteStore:
@@ -287,40 +392,22 @@ class SqliteStore:
     # --- executor: events and runs ------------------------------------------------
 
     async def record_events(self, events: list[NewEvent]) -> list[bool]:
-        rows = [
-            (
-                (e.event.id, e.event.name, e.event.ts, e.event.received_at_ms, e.event.body),
-                [_run_row(r) for r in e.runs],
-            )
-            for e in events
-        ]
+        rows = [_event_rows(e) for e in events]
 
         def op(conn: sqlite3.Connection) -> list[bool]:
-            stored: list[bool] = []
-            for event_row, run_rows in rows:
-                cur = conn.execute(
-                    "INSERT OR IGNORE INTO events (id, name, ts, received_at_ms, body) VALUES (?, ?, ?, ?, ?)",
-                    event_row,
-                )
-                is_new = cur.rowcount == 1
-                if is_new and run_rows:
-                    conn.executemany(_INSERT_RUN, run_rows)
-                stored.append(is_new)
-            return stored
+            return _insert_events(conn, rows)
 
         return await self._writer.submit(op)
 
     async def get_event(self, event_id: str) -> EventRecord | None:
-        def op(conn: sqlite3.Connection) -> tuple[str, str, int, int, bytes] | None:
-            row: tuple[str, str, int, int, bytes] | None = conn.execute(
+        def op(conn: sqlite3.Connection) -> _EventRow | None:
+            row: _EventRow | None = conn.execute(
                 "SELECT id, name, ts, received_at_ms, body FROM events WHERE id = ?", (event_id,)
             ).fetchone()
             return row
 
         row = await self._writer.submit(op)
-        if row is None:
-            return None
-        return EventRecord(id=row[0], name=row[1], ts=row[2], received_at_ms=row[3], body=bytes(row[4]))
+        return None if row is None else _event_from_row(row)
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         def op(conn: sqlite3.Connection) -> _RunRow | None:
@@ -329,6 +416,29 @@ class SqliteStore:
 
         row = await self._writer.submit(op)
         return None if row is None else _run_from_row(row)
+
+    async def load_run(self, run_id: str) -> LoadedRun | None:
+        def op(conn: sqlite3.Connection) -> tuple[_RunRow, _EventRow | None, list[tuple[str, bytes]]] | None:
+            row: _RunRow | None = conn.execute(f"{_SELECT_RUNS} WHERE run_id = ?", (run_id,)).fetchone()
+            if row is None:
+                return None
+            event: _EventRow | None = conn.execute(
+                "SELECT id, name, ts, received_at_ms, body FROM events WHERE id = ?", (row[3],)
+            ).fetchone()
+            memos = conn.execute(
+                "SELECT step_hash, result FROM steps WHERE run_id = ? ORDER BY rowid", (run_id,)
+            ).fetchall()
+            return row, event, memos
+
+        found = await self._writer.submit(op)
+        if found is None:
+            return None
+        row, event, memos = found
+        return LoadedRun(
+            run=_run_from_row(row),
+            event=None if event is None else _event_from_row(event),
+            memos=[StepMemo(h, bytes(r)) for h, r in memos],
+        )
 
     async def runs_for_event(self, event_id: str) -> list[RunRecord]:
         def op(conn: sqlite3.Connection) -> list[_RunRow]:
@@ -352,22 +462,65 @@ class SqliteStore:
 
         return [StepMemo(h, bytes(r)) for h, r in await self._writer.submit(op)]
 
+    async def put_memo(self, run_id: str, memo: StepMemo) -> bool:
+        row = (run_id, memo.step_hash, memo.result)
+
+        def op(conn: sqlite3.Connection) -> bool:
+            return conn.execute(_INSERT_MEMO, row).rowcount == 1
+
+        return await self._writer.submit(op)
+
+    async def request_cancel(self, run_id: str) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            return conn.execute(_FLAG_CANCEL, (run_id,)).rowcount == 1
+
+        return await self._writer.submit(op)
+
     async def save_run(
         self,
         run: RunRecord,
         *,
         memos: list[StepMemo] | None = None,
         consumed_request_id: str | None = None,
-    ) -> None:
+        events: list[NewEvent] | None = None,
+    ) -> list[bool]:
         row = _run_row(run)
-        update = (row[4], *row[6:], run.run_id)  # every column but the immutable ones
+        update = (row[4], row[6], row[7], row[8], row[9], row[10], row[11], row[13], run.run_id)
         memo_rows = [(run.run_id, m.step_hash, m.result) for m in memos or ()]
+        event_rows = [_event_rows(e) for e in events or ()]
 
-        def op(conn: sqlite3.Connection) -> None:
+        def op(conn: sqlite3.Connection) -> list[bool]:
             if memo_rows:
-                conn.executemany("INSERT OR IGNORE INTO steps (run_id, step_hash, result) VALUES (?, ?, ?)", memo_rows)
+                conn.executemany(_INSERT_MEMO, memo_rows)
             conn.execute(_UPDATE_RUN, update)
             if consumed_request_id:
                 conn.execute("DELETE FROM replies WHERE request_id = ?", (consumed_request_id,))
+            return _insert_events(conn, event_rows) if event_rows else []
 
-        await self._writer.submit(op)
+        return await self._writer.submit(op)
+
+    # --- executor: cron -------------------------------------------------------------
+
+    async def cron_ticks(self) -> dict[str, int]:
+        def op(conn: sqlite3.Connection) -> list[tuple[str, int]]:
+            return conn.execute("SELECT schedule, tick_ms FROM cron_ticks").fetchall()
+
+        return dict(await self._writer.submit(op))
+
+    async def record_tick(self, key: str, tick_ms: int, event: NewEvent) -> bool:
+        rows = [_event_rows(event)]
+
+        def op(conn: sqlite3.Connection) -> bool:
+            [stored] = _insert_events(conn, rows)
+            conn.execute(
+                "INSERT INTO cron_ticks (schedule, tick_ms) VALUES (?, ?)"
+                " ON CONFLICT (schedule) DO UPDATE SET tick_ms = max(tick_ms, excluded.tick_ms)",
+                (key, tick_ms),
+            )
+            return stored
+
+        return await self._writer.submit(op)
+
+
+def _event_from_row(row: _EventRow) -> EventRecord:
+    return EventRecord(id=row[0], name=row[1], ts=row[2], received_at_ms=row[3], body=bytes(row[4]))

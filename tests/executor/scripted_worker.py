@@ -3,8 +3,10 @@
 Functions are plain Python callables `fn(step, ctx) -> result` that replay
 from the top on every request, like SDK handlers: `step.run(id, body)`
 returns a memo or runs the body (at most one per request) and reports it,
-`step.sleep(id, seconds)` reports a Sleep, `step.parallel([...])` reports
-planned steps. Replies are kept in the real store (`put_reply`/`get_reply`),
+`step.sleep(id, seconds)` reports a Sleep, `step.wait_for_event(...)` and
+`step.invoke(...)` report theirs, `step.parallel([...])` reports planned
+steps and `step.group([callables])` collects whatever its callables report,
+as the official SDK's `group.parallel` does. Replies are kept in the real store (`put_reply`/`get_reply`),
 as the gateway does, so a reply stored before an executor restart is
 returned to the restarted executor without running the step again.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +28,9 @@ import msgspec
 from connect.gateway.dispatch import AtCapacity, NoWorker, StepReply, StepRequest, WorkerStoppedResponding
 from connect.store import SqliteStore
 from protocol.payloads import STATUS_DONE, STATUS_ERROR, STATUS_NOT_COMPLETED
+
+#: When each (user) step id last executed, for ordering assertions.
+EXECUTED_AT: dict[str, float] = {}
 
 
 def h(step_id: str) -> str:
@@ -50,6 +56,10 @@ class StepErrorRaised(Exception):
 class _Report(BaseException):
     def __init__(self, ops: list[dict[str, Any]]) -> None:
         self.ops = ops
+
+
+class _Skip(BaseException):
+    pass
 
 
 def _op(op: str, step_id: str, **extra: Any) -> dict[str, Any]:
@@ -78,20 +88,29 @@ class Step:
         self._target = target
         self._ctx = request["ctx"]
         self._executions = executions
+        self._in_group = False
+
+    def _report(self, op: dict[str, Any]) -> Any:
+        if self._in_group and self._target != "step" and self._target != op["id"]:
+            raise _Skip
+        raise _Report([op])
 
     def _memo(self, step_id: str) -> tuple[bool, Any]:
         key = h(step_id)
         if key not in self._memos:
             return False, None
         memo = self._memos[key]
-        if isinstance(memo, dict) and "error" in memo:
+        # As the SDKs read memos: only an object with no keys but data/error is a wrapper.
+        wrapped = isinstance(memo, dict) and memo and set(memo) <= {"data", "error"}
+        if wrapped and "error" in memo:
             raise StepErrorRaised(memo["error"])
-        if isinstance(memo, dict) and "data" in memo:
-            return True, memo["data"]
+        if wrapped:
+            return True, memo.get("data")
         return True, memo
 
     def _execute(self, step_id: str, body: Callable[[int], Any]) -> dict[str, Any]:
         self._executions[step_id] += 1
+        EXECUTED_AT[step_id] = time.monotonic()
         attempt = self._ctx["attempt"]
         try:
             return _op("StepRun", step_id, data=body(attempt))
@@ -105,8 +124,10 @@ class Step:
         if found:
             return value
         if self._target != "step" and self._target != h(step_id):
+            if self._in_group:
+                raise _Skip
             raise RuntimeError(f"step {step_id} reached while targeting {self._target}")
-        if self._target == "step" and self._ctx["disable_immediate_execution"]:
+        if self._target == "step" and (self._ctx["disable_immediate_execution"] or self._in_group):
             raise _Report([_op("StepPlanned", step_id)])
         raise _Report([self._execute(step_id, body)])
 
@@ -115,14 +136,42 @@ class Step:
         if found:
             return
         wake = datetime.now(UTC) + timedelta(seconds=seconds)
-        raise _Report([_op("Sleep", step_id, name=wake.isoformat(timespec="milliseconds").replace("+00:00", "Z"))])
+        self._report(_op("Sleep", step_id, name=wake.isoformat(timespec="milliseconds").replace("+00:00", "Z")))
 
-    def wait_for_event(self, step_id: str, event: str) -> Any:
+    def wait_for_event(self, step_id: str, event: str, if_exp: str | None = None, timeout: str = "1h") -> Any:
         found, value = self._memo(step_id)
         if found:
             return value
-        op = _op("WaitForEvent", step_id, name=event, opts={"if": None, "timeout": "1h"})
-        raise _Report([op])
+        return self._report(_op("WaitForEvent", step_id, name=event, opts={"if": if_exp, "timeout": timeout}))
+
+    def invoke(self, step_id: str, function_id: str, data: Any = None, timeout: str | None = None) -> Any:
+        found, value = self._memo(step_id)
+        if found:
+            return value
+        opts = {"function_id": function_id, "payload": {"data": data, "v": None}, "timeout": timeout}
+        return self._report(_op("InvokeFunction", step_id, opts=opts))
+
+    def group(self, callables: list[Callable[[], Any]], mode: str = "wait") -> list[Any]:
+        """The official SDK's `group.parallel`: collect every callable's report."""
+        self._in_group = True
+        results: list[Any] = []
+        ops: list[dict[str, Any]] = []
+        try:
+            for cb in callables:
+                try:
+                    results.append(cb())
+                except _Report as report:
+                    ops.extend(report.ops)
+                except _Skip:
+                    pass
+        finally:
+            self._in_group = False
+        if ops:
+            if mode == "race":
+                for op in ops:
+                    op["opts"] = {**(op["opts"] or {}), "parallelMode": "race"}
+            raise _Report(ops)
+        return results
 
     def parallel(self, steps: list[tuple[str, Callable[[int], Any]]]) -> list[Any]:
         results: list[Any] = []
@@ -164,6 +213,10 @@ class ScriptedWorker:
     worker_ready: asyncio.Event = field(default_factory=asyncio.Event)
     wait_calls: int = 0
     dispatch_calls: int = 0
+    #: Seconds a request targeting this (user) step id takes, to observe concurrency.
+    step_delays: dict[str, float] = field(default_factory=dict)
+    in_flight: int = 0
+    max_in_flight: int = 0
 
     async def dispatch(self, request: StepRequest) -> StepReply:
         self.dispatch_calls += 1
@@ -176,7 +229,15 @@ class ScriptedWorker:
         hang = request.step_id in self.hang_on
         if hang and not self.store_before_hang:
             await asyncio.Event().wait()
-        reply = self._run(request)
+        delay = next((d for step, d in self.step_delays.items() if h(step) == request.step_id), 0.0)
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if delay:
+                await asyncio.sleep(delay)
+            reply = self._run(request)
+        finally:
+            self.in_flight -= 1
         await self.store.put_reply(request.request_id, msgspec.json.encode(reply))
         if hang:
             await asyncio.Event().wait()

@@ -2,23 +2,20 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
-from connect.executor import Executor
-from connect.store import SqliteStore
-from protocol.payloads import FunctionConfig, IncomingEvent, Retries, Runtime, StepConfig, Trigger
+from protocol.payloads import IncomingEvent
+from tests.executor.harness import APP, Harness
 from tests.executor.scripted_worker import (
     AtCapacity,
     Ctx,
     NonRetriable,
     NoWorker,
     RetryAfter,
-    ScriptedWorker,
     Step,
     WorkerStoppedResponding,
     h,
@@ -26,78 +23,7 @@ from tests.executor.scripted_worker import (
 
 pytestmark = pytest.mark.anyio
 
-APP = "shop"
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-
-
-def config(fn_id: str, event: str, *, retries: int | None = None, expression: str | None = None) -> FunctionConfig:
-    step = StepConfig(
-        id="step",
-        name="step",
-        runtime=Runtime(type="ws", url=f"wss://connect?fnId={APP}-{fn_id}&stepId=step"),
-        retries=None if retries is None else Retries(attempts=retries),
-    )
-    return FunctionConfig(
-        id=f"{APP}-{fn_id}",
-        name=fn_id,
-        triggers=[Trigger(event=event, expression=expression)],
-        steps={"step": step},
-    )
-
-
-class Harness:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.store: SqliteStore
-        self.worker: ScriptedWorker
-        self.executor: Executor
-        self.configs: dict[str, FunctionConfig] = {}
-
-    async def open(self, **executor_options: Any) -> None:
-        self.store = await SqliteStore.open(self.path)
-        self.worker = ScriptedWorker(self.store)
-        self.worker.worker_ready.set()
-        options: dict[str, Any] = {"backoff_base": 0.001, "backoff_max": 0.01}
-        options.update(executor_options)
-        self.executor = Executor(self.store, self.worker, **options)
-        await self.executor.start()
-
-    async def close(self) -> None:
-        await self.executor.stop()
-        await self.store.close()
-
-    async def deploy(self, fn_id: str, event: str, fn: Callable[[Step, Ctx], Any], **kw: Any) -> None:
-        self.worker.functions[f"{APP}-{fn_id}"] = fn
-        self.configs[fn_id] = config(fn_id, event, **kw)
-        await self.executor.sync_app(APP, "v1", list(self.configs.values()))
-
-    async def send(self, name: str, data: dict[str, Any] | None = None, **kw: Any) -> str:
-        [event_id] = await self.executor.send_events([IncomingEvent(name=name, data=data, **kw)])
-        return event_id
-
-    async def only_run(self, event_id: str) -> dict[str, Any]:
-        runs = await self.executor.runs_for_event(event_id)
-        assert len(runs) == 1, runs
-        return runs[0]
-
-    async def finished(self, run_id: str, timeout: float = 10.0) -> dict[str, Any]:
-        with anyio.fail_after(timeout):
-            while True:
-                run = await self.executor.get_run(run_id)
-                assert run is not None
-                if run["status"] != "Running":
-                    return run
-                await anyio.sleep(0.005)
-
-
-@pytest.fixture
-async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
-    hs = Harness(tmp_path / "connect.db")
-    await hs.open()
-    try:
-        yield hs
-    finally:
-        await hs.close()
 
 
 def three_steps(step: Step, ctx: Ctx) -> Any:
@@ -247,7 +173,7 @@ async def test_no_worker_and_at_capacity_do_not_burn_attempts(harness: Harness) 
     await anyio.sleep(0.05)
     assert worker.wait_calls == 1  # waiting for a wake-up, not polling
     stored = await harness.store.get_run(run_id)
-    assert stored is not None and stored.attempt == 0
+    assert stored is not None and [r.attempt for r in stored.requests] == [0]
     worker.worker_ready.set()
 
     run = await harness.finished(run_id)
@@ -300,7 +226,8 @@ async def test_restart_mid_run_resumes_same_request(tmp_path: Path, reply_stored
     await anyio.sleep(0.05)
     stored = await hs.store.get_run(run_id)
     assert stored is not None
-    pending = stored.pending_request_id
+    [pending_request] = stored.requests
+    pending = pending_request.request_id
     assert pending == hs.worker.request_ids[-1]
     executions_before = dict(hs.worker.executions)
     assert executions_before == ({"a": 1, "b": 1} if reply_stored_before_crash else {"a": 1})
@@ -396,13 +323,6 @@ async def test_sleep_is_durable(harness: Harness) -> None:
     assert run["status"] == "Completed" and run["output"] == "awake"
     assert 0.05 < anyio.current_time() - start < 2
     assert harness.worker.requests[-1]["steps"] == {h("nap"): None}
-
-
-async def test_unsupported_opcode_fails_clearly(harness: Harness) -> None:
-    await harness.deploy("wait", "shop/wait", lambda step, ctx: step.wait_for_event("w", "shop/approved"))
-    run = await harness.finished((await harness.only_run(await harness.send("shop/wait")))["run_id"])
-    assert run["status"] == "Failed"
-    assert run["output"]["message"] == "opcode WaitForEvent is not supported yet"
 
 
 async def test_stop_and_start_with_many_runs(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import msgspec
 
 from connect.executor.replies import error_from_body, parse_ops, result_json
 from connect.executor.requests import build_request
-from connect.store import RunRecord
+from connect.store import PendingRequest, RunRecord
 from protocol.payloads import Event
 
 
@@ -17,14 +17,13 @@ def test_request_body_matches_what_sdks_parse() -> None:
         app_name="app",
         event_id="E",
         started_at_ms=1,
-        attempt=2,
         max_attempts=5,
-        step_id="abc",
         disable_immediate_execution=True,
     )
+    pending = PendingRequest("req", step_id="abc", attempt=2)
     event = Event(name="app/x", data={"k": 1}, id="E", ts=123)
     memos = {"h1": msgspec.Raw(b'{"data":{"x":[1,2]}}'), "h2": msgspec.Raw(b"null")}
-    body = json.loads(build_request(run, event, memos))
+    body = json.loads(build_request(run, pending, event, memos))
     # Every key is always present, as the official servers send it (`user` included).
     assert body["event"] == {"name": "app/x", "data": {"k": 1}, "id": "E", "ts": 123, "user": {}}
     assert body["events"] == [body["event"]]

@@ -132,6 +132,40 @@ async def raw_memos(step: Any, kit: Kit) -> Any:
     return [await step.run(f"m{i}", lambda: "fresh") for i in range(4)]
 
 
+async def parallel_then_step(step: Any, kit: Kit) -> Any:
+    results = await step.parallel((lambda: step.run("p1", lambda: 1), lambda: step.run("p2", lambda: 2)))
+    after = await step.run("after", lambda: sum(results))
+    return [list(results), after]
+
+
+async def parallel_mixed(step: Any, kit: Kit) -> Any:
+    results = await step.parallel(
+        (
+            lambda: step.run("p1", lambda: "one"),
+            lambda: step.sleep_until("nap", WAKE),
+            lambda: step.wait_for_event("w", event="a/approve", if_exp="async.data.x == event.data.x", timeout=60000),
+            lambda: step.invoke_by_id("inv", app_id="other", function_id="child", data={"q": 1}),
+        )
+    )
+    return [None if r is not None and hasattr(r, "name") else r for r in results]
+
+
+async def parallel_race(step: Any, kit: Kit) -> Any:
+    results = await step.parallel(
+        (lambda: step.run("p1", lambda: 1), lambda: step.run("p2", _boom), lambda: step.sleep_until("nap", WAKE)),
+        "race",
+    )
+    return list(results)
+
+
+async def parallel_caught(step: Any, kit: Kit) -> Any:
+    try:
+        await step.parallel((lambda: step.run("p1", lambda: 1), lambda: step.run("bad", _boom)))
+    except kit.StepError as err:
+        return f"caught {err.message}"
+    return "no"
+
+
 FAIL_MEMO = {"error": {"name": "ValueError", "message": "boom", "stack": "Traceback..."}}
 EVENT = {"name": "a/approve", "data": {"x": 1}, "id": "e2", "ts": 7, "user": {}}
 
@@ -177,6 +211,49 @@ SCENARIOS: dict[str, tuple[Body, list[dict[str, Any]]]] = {
         ],
     ),
     "nested": (nested, [{}]),
+    "parallel_then_step": (
+        parallel_then_step,
+        [
+            {},
+            {"step_id": H("p1"), "disable_immediate_execution": True},
+            {"step_id": H("p2"), "disable_immediate_execution": True, "steps": {H("p1"): {"data": 1}}},
+            {"steps": {H("p1"): {"data": 1}}},
+            {"disable_immediate_execution": True, "steps": {H("p1"): {"data": 1}, H("p2"): {"data": 2}}},
+            {"steps": {H("p1"): {"data": 1}, H("p2"): {"data": 2}}},
+            {
+                "step_id": H("after"),
+                "disable_immediate_execution": True,
+                "steps": {H("p1"): {"data": 1}, H("p2"): {"data": 2}},
+            },
+            {"steps": {H("p1"): {"data": 1}, H("p2"): {"data": 2}, H("after"): {"data": 3}}},
+            {"step_id": H("zzz"), "steps": {H("p1"): {"data": 1}, H("p2"): {"data": 2}}},
+        ],
+    ),
+    "parallel_mixed": (
+        parallel_mixed,
+        [
+            {},
+            {"step_id": H("p1"), "disable_immediate_execution": True},
+            {"steps": {H("p1"): {"data": "one"}, H("nap"): None}},
+            {"steps": {H("p1"): {"data": "one"}, H("nap"): None, H("w"): EVENT, H("inv"): {"data": 5}}},
+            {"steps": {H("p1"): {"data": "one"}, H("nap"): None, H("w"): None, H("inv"): FAIL_MEMO}},
+        ],
+    ),
+    "parallel_race": (
+        parallel_race,
+        [
+            {},
+            {"step_id": H("p1"), "disable_immediate_execution": True},
+            {"step_id": H("p2"), "disable_immediate_execution": True, "attempt": 1, "max_attempts": 3},
+            {"step_id": H("p2"), "disable_immediate_execution": True, "attempt": 2, "max_attempts": 3},
+            {"steps": {H("p1"): {"data": 1}}},
+            {"steps": {H("p1"): {"data": 1}, H("p2"): FAIL_MEMO, H("nap"): None}},
+        ],
+    ),
+    "parallel_caught": (
+        parallel_caught,
+        [{"steps": {H("p1"): {"data": 1}, H("bad"): FAIL_MEMO}}, {"steps": {H("bad"): FAIL_MEMO}}],
+    ),
     "unserializable": (unserializable, [{}]),
     "unserializable_step": (unserializable_step, [{}]),
     "raw_memos": (
@@ -212,14 +289,14 @@ def official(body: Body, sync: bool) -> Any:
 
         @client.create_function(fn_id="f", trigger=inngest.TriggerEvent(event="test/go"))
         def sync_fn(ctx: Any) -> Any:
-            return _run_sync_body(body, ctx.step, THEIRS)
+            return _run_sync_body(body, _WithGroup(ctx.step, ctx.group), THEIRS)
 
         fn = sync_fn
     else:
 
         @client.create_function(fn_id="f", trigger=inngest.TriggerEvent(event="test/go"))
         async def async_fn(ctx: Any) -> Any:
-            return await body(ctx.step, THEIRS)
+            return await body(_WithGroup(ctx.step, ctx.group), THEIRS)
 
         fn = async_fn
     return comm_lib.CommHandler(
@@ -231,12 +308,27 @@ def official(body: Body, sync: bool) -> Any:
     )
 
 
+class _WithGroup:
+    """The official SDK's step object plus `parallel` from its `ctx.group`, so
+    scenario bodies write `step.parallel(...)` for both SDKs."""
+
+    def __init__(self, step: Any, group: Any) -> None:
+        self._step = step
+        self._group = group
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._step, name)
+
+    def parallel(self, callables: Any, mode: str = "wait") -> Any:
+        return self._group.parallel(tuple(callables), parallel_mode=server_lib.ParallelMode(mode))
+
+
 class _SyncAdapter:
     """Lets one async scenario body drive a synchronous step object."""
 
     def __init__(self, step: Any) -> None:
         self._step = step
-        self.raw = step
+        self.raw = getattr(step, "_step", step)
 
     def __getattr__(self, name: str) -> Any:
         method = getattr(self._step, name)
@@ -245,6 +337,20 @@ class _SyncAdapter:
             return method(*args, **kwargs)
 
         return call
+
+    async def parallel(self, callables: Any, mode: str = "wait") -> Any:
+        # The sync SDKs call each callable and expect its result, not a coroutine.
+        return self._step.parallel(tuple(lambda cb=cb: _drive(cb()) for cb in callables), mode)
+
+
+def _drive(value: Any) -> Any:
+    if not hasattr(value, "send"):
+        return value
+    try:
+        value.send(None)
+    except StopIteration as stop:
+        return stop.value
+    raise AssertionError("scenario awaited something real")
 
 
 def _run_sync_body(body: Body, step: Any, kit: Kit) -> Any:

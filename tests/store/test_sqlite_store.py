@@ -16,10 +16,13 @@ from connect.store import (
     EventRecord,
     LeaseRecord,
     NewEvent,
+    PendingRequest,
+    RunMemo,
     RunRecord,
     SqliteStore,
     StepMemo,
     StoreClosed,
+    Waiting,
 )
 from protocol.payloads import FunctionConfig, Runtime, StepConfig, Trigger
 
@@ -29,13 +32,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_record(run_id: str, event_id: str = "e1", **kw: object) -> RunRecord:
+    kw.setdefault("requests", [PendingRequest(f"req-{run_id}")])
     return RunRecord(
         run_id=run_id,
         function_id="app-fn",
         app_name="app",
         event_id=event_id,
         started_at_ms=1000,
-        pending_request_id=f"req-{run_id}",
         **kw,  # type: ignore[arg-type]
     )
 
@@ -88,7 +91,12 @@ async def test_everything_survives_reopen(tmp_path: Path) -> None:
     await store.put_lease("r1", "lease-1", 123, "gw-1")
     await store.put_app(AppRecord("app", [fn], "v1", 77))
     assert await store.record_events([NewEvent(event_record("e1"), [run_record("run1")])]) == [True]
-    run = run_record("run1", attempt=2, planned=["p1", "p2"], disable_immediate_execution=True)
+    run = run_record(
+        "run1",
+        requests=[PendingRequest("a", "p1", 2, 99), PendingRequest("b", "p2")],
+        waiting=[Waiting(kind="wait", step="w", due_ms=5, event="x/y", expression="async.data.a == 1")],
+        disable_immediate_execution=True,
+    )
     await store.save_run(run, memos=[StepMemo("h1", b'{"data":1}'), StepMemo("h0", b"null")])
     await store.close()
 
@@ -111,7 +119,7 @@ async def test_schema_is_versioned_and_a_newer_one_is_refused(tmp_path: Path) ->
     store = await SqliteStore.open(path)
     await store.close()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
         conn.execute("UPDATE schema_version SET version = 99")
     with pytest.raises(RuntimeError, match="newer release"):
@@ -137,8 +145,8 @@ async def test_save_run_is_one_atomic_step(tmp_path: Path) -> None:
     try:
         await store.record_events([NewEvent(event_record("e1"), [run_record("run1")])])
         await store.put_reply("req-run1", b"reply")
-        run = run_record("run1", step_id="h2")
-        run.pending_request_id = "req-2"
+        run = run_record("run1")
+        run.requests = [PendingRequest("req-2", "h2")]
         await store.save_run(run, memos=[StepMemo("h1", b'{"data":"a"}')], consumed_request_id="req-run1")
         assert await store.get_reply("req-run1") is None
         assert (await store.get_run("run1")) == run
@@ -236,3 +244,156 @@ async def test_acknowledged_writes_survive_sigkill(tmp_path: Path) -> None:
         assert await store.get_lease("busy") is not None
     finally:
         await store.close()
+
+
+async def test_load_run_reads_run_event_and_memos_at_once(tmp_path: Path) -> None:
+    store = await SqliteStore.open(tmp_path / "s.db")
+    try:
+        assert await store.load_run("nope") is None
+        await store.record_events([NewEvent(event_record("e1"), [run_record("run1")])])
+        await store.save_run(run_record("run1"), memos=[StepMemo("h1", b"1")])
+        loaded = await store.load_run("run1")
+        assert loaded is not None
+        assert loaded.run == run_record("run1")
+        assert loaded.event == event_record("e1")
+        assert loaded.memos == [StepMemo("h1", b"1")]
+    finally:
+        await store.close()
+
+
+async def test_events_carry_their_memos_and_cancels_all_or_nothing(tmp_path: Path) -> None:
+    store = await SqliteStore.open(tmp_path / "s.db")
+    try:
+        await store.record_events([NewEvent(event_record("e1"), [run_record("run1"), run_record("run2")])])
+        resume = NewEvent(
+            event_record("e2", "app/paid"),
+            [],
+            memos=[RunMemo("run1", StepMemo("w", b'{"name":"app/paid"}'))],
+            cancels=["run2"],
+        )
+        assert await store.record_events([resume]) == [True]
+        assert await store.get_memos("run1") == [StepMemo("w", b'{"name":"app/paid"}')]
+        run2 = await store.get_run("run2")
+        assert run2 is not None and run2.cancel_requested
+        # A duplicate of the event writes nothing of what it carries.
+        again = NewEvent(event_record("e2", "app/paid"), [], memos=[RunMemo("run2", StepMemo("w", b"2"))])
+        assert await store.record_events([again]) == [False]
+        assert await store.get_memos("run2") == []
+    finally:
+        await store.close()
+
+
+async def test_cancel_flag_is_not_overwritten_by_saves(tmp_path: Path) -> None:
+    store = await SqliteStore.open(tmp_path / "s.db")
+    try:
+        await store.record_events([NewEvent(event_record("e1"), [run_record("run1")])])
+        assert await store.request_cancel("run1") is True
+        await store.save_run(run_record("run1"))  # a runner saving its (older) view
+        run = await store.get_run("run1")
+        assert run is not None and run.cancel_requested
+        assert await store.request_cancel("nope") is False
+        run.status = "Completed"
+        await store.save_run(run)
+        assert await store.request_cancel("run1") is False  # only Running runs
+    finally:
+        await store.close()
+
+
+async def test_put_memo_first_wins_and_save_run_can_record_events(tmp_path: Path) -> None:
+    store = await SqliteStore.open(tmp_path / "s.db")
+    try:
+        await store.record_events([NewEvent(event_record("e1"), [run_record("run1")])])
+        assert await store.put_memo("run1", StepMemo("s", b"null")) is True
+        assert await store.put_memo("run1", StepMemo("s", b"1")) is False
+        child = NewEvent(event_record("e2", "inngest/function.invoked"), [run_record("child", "e2")])
+        assert await store.save_run(run_record("run1"), events=[child]) == [True]
+        assert await store.save_run(run_record("run1"), events=[child]) == [False]
+        assert [r.run_id for r in await store.runs_for_event("e2")] == ["child"]
+        assert await store.get_memos("run1") == [StepMemo("s", b"null")]
+    finally:
+        await store.close()
+
+
+async def test_cron_ticks_are_recorded_with_their_run_once(tmp_path: Path) -> None:
+    store = await SqliteStore.open(tmp_path / "s.db")
+    try:
+        assert await store.cron_ticks() == {}
+        tick = NewEvent(event_record("tick-1", "inngest/scheduled.timer"), [run_record("r1", "tick-1")])
+        assert await store.record_tick("app-fn * * * * *", 60_000, tick) is True
+        dup = NewEvent(event_record("tick-1", "inngest/scheduled.timer"), [run_record("r2", "tick-1")])
+        assert await store.record_tick("app-fn * * * * *", 60_000, dup) is False
+        assert await store.cron_ticks() == {"app-fn * * * * *": 60_000}
+        # An older tick never moves the mark back.
+        old = NewEvent(event_record("tick-0", "inngest/scheduled.timer"), [])
+        await store.record_tick("app-fn * * * * *", 0, old)
+        assert await store.cron_ticks() == {"app-fn * * * * *": 60_000}
+        assert [r.run_id for r in await store.runs_for_event("tick-1")] == ["r1"]
+    finally:
+        await store.close()
+
+
+_SCHEMA_1 = (
+    "CREATE TABLE schema_version (version INTEGER NOT NULL)",
+    "INSERT INTO schema_version VALUES (1)",
+    "CREATE TABLE replies (request_id TEXT PRIMARY KEY, data BLOB NOT NULL, stored_at_ms INTEGER NOT NULL)"
+    " WITHOUT ROWID",
+    "CREATE TABLE events (id TEXT PRIMARY KEY, name TEXT NOT NULL, ts INTEGER NOT NULL,"
+    " received_at_ms INTEGER NOT NULL, body BLOB NOT NULL) WITHOUT ROWID",
+    """CREATE TABLE runs (run_id TEXT PRIMARY KEY, function_id TEXT NOT NULL, app_name TEXT NOT NULL,
+        event_id TEXT NOT NULL, status TEXT NOT NULL, started_at_ms INTEGER NOT NULL, ended_at_ms INTEGER,
+        max_attempts INTEGER NOT NULL, attempt INTEGER NOT NULL, step_id TEXT NOT NULL,
+        pending_request_id TEXT NOT NULL, disable_immediate_execution INTEGER NOT NULL,
+        request_version INTEGER NOT NULL, planned BLOB NOT NULL, wake_at_ms INTEGER NOT NULL,
+        sleep_step TEXT NOT NULL, output BLOB) WITHOUT ROWID""",
+    "CREATE INDEX runs_by_event ON runs (event_id)",
+    "CREATE INDEX runs_by_status ON runs (status)",
+    "CREATE TABLE steps (run_id TEXT NOT NULL, step_hash TEXT NOT NULL, result BLOB NOT NULL,"
+    " UNIQUE (run_id, step_hash))",
+)
+
+
+async def test_a_schema_1_database_is_migrated_and_its_runs_resume(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        for statement in _SCHEMA_1:
+            conn.execute(statement)
+        conn.execute("INSERT INTO events VALUES ('e1', 'app/x', 1, 2, ?)", (b'{"name":"app/x"}',))
+        rows = [
+            # sequential: one pending request retrying step h1 at attempt 2
+            ("seq", "Running", 2, "h1", "req-seq", 0, 2, b"[]", 777, "", None),
+            # sleeping on step nap until 5000; the pending discovery is sent after it
+            ("nap", "Running", 0, "step", "req-nap", 0, 2, b"[]", 5000, "nap", None),
+            # a group: p1 targeted now, p2 still planned
+            ("grp", "Running", 0, "p1", "req-grp", 1, 2, b'["p2"]', 0, "", None),
+            ("done", "Completed", 0, "step", "", 0, 2, b"[]", 0, "", b'{"ok":1}'),
+        ]
+        for run_id, status, attempt, step_id, pending, die, version, planned, wake, sleep, output in rows:
+            conn.execute(
+                "INSERT INTO runs VALUES (?, 'app-fn', 'app', 'e1', ?, 1000, NULL, 5, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, status, attempt, step_id, pending, die, version, planned, wake, sleep, output),
+            )
+        conn.execute("INSERT INTO steps VALUES ('seq', 'h0', ?)", (b'{"data":1}',))
+    store = await SqliteStore.open(path)
+    try:
+        seq = await store.get_run("seq")
+        assert seq is not None and seq.requests == [PendingRequest("req-seq", "h1", 2, 777)] and seq.waiting == []
+        nap = await store.get_run("nap")
+        assert nap is not None and nap.requests == [] and nap.waiting == [Waiting("sleep", "nap", 5000)]
+        grp = await store.get_run("grp")
+        assert grp is not None and grp.disable_immediate_execution
+        assert (grp.requests[0].request_id, grp.requests[0].step_id) == ("req-grp", "p1")
+        assert [r.step_id for r in grp.requests] == ["p1", "p2"]
+        done = await store.get_run("done")
+        assert done is not None and done.status == "Completed" and done.output == b'{"ok":1}' and done.requests == []
+        assert [r.run_id for r in await store.runs_with_status("Running")] == ["grp", "nap", "seq"]
+        assert await store.get_memos("seq") == [StepMemo("h0", b'{"data":1}')]
+        assert await store.cron_ticks() == {}
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert {"runs_by_event", "runs_by_status"} <= indexes
+    # Opening again is a no-op.
+    store = await SqliteStore.open(path)
+    await store.close()
