@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from connect.gateway.capacity import InstanceCapacity
@@ -87,7 +87,11 @@ class GatewayDispatcher:
         self._nudges: dict[str, asyncio.Event] = {}
         self._replies: dict[str, asyncio.Future[StepReply]] = {}
         self._acks: dict[str, asyncio.Future[bool]] = {}
-        self._changed = asyncio.Event()
+        # Runs waiting for a worker, per (app, function), oldest first. A freed
+        # slot wakes one of them; a newly ready connection wakes as many as it
+        # has room for. Waking everyone on every change would make every
+        # freed slot a stampede of retries.
+        self._waiting: dict[tuple[str, str], dict[asyncio.Future[None], None]] = {}
         self._background: set[asyncio.Task[None]] = set()
 
     # --- Dispatcher ---------------------------------------------------------------
@@ -116,19 +120,43 @@ class GatewayDispatcher:
     async def wait_for_worker(self, app_name: str, function_slug: str, timeout: float) -> None:
         if self.router.has_candidate(app_name, function_slug):
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout)
+        key = (app_name, function_slug)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue = self._waiting.setdefault(key, {})
+        queue[fut] = None
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(fut, timeout)
+        finally:
+            queue.pop(fut, None)
+            if not queue and self._waiting.get(key) is queue:
+                del self._waiting[key]
+
+    def waiting(self) -> int:
+        """How many runs wait for a worker (for tests and metrics)."""
+        return sum(len(q) for q in self._waiting.values())
 
     # --- events from connections -------------------------------------------------------
 
-    def notify_changed(self) -> None:
-        """A connection became ready or a slot was freed: wake waiting runs."""
-        self._changed.set()
-        self._changed = asyncio.Event()
+    def _wake(self, keys: Iterable[tuple[str, str]], count: int | None) -> None:
+        """Wake up to `count` waiters (None: all) among `keys`, oldest first per key."""
+        for key in keys:
+            queue = self._waiting.get(key)
+            while queue and (count is None or count > 0):
+                fut = next(iter(queue))
+                del queue[fut]
+                if not fut.done():
+                    fut.set_result(None)
+                    if count is not None:
+                        count -= 1
+            if count == 0:
+                return
 
     def connection_ready(self, conn: Connection) -> None:
         self.router.add(conn)
-        self.notify_changed()
+        limit = self.capacity.limit(conn.instance_id)
+        room = None if limit is None else max(0, limit - self.capacity.in_flight(conn.instance_id))
+        self._wake(conn.functions, room)
 
     def connection_unroutable(self, conn: Connection) -> None:
         self.router.remove(conn)
@@ -261,8 +289,9 @@ class GatewayDispatcher:
             self._finish(rid)
 
     def _finish(self, rid: str) -> None:
-        if self.capacity.release(rid) is not None:
-            self.notify_changed()
+        instance = self.capacity.release(rid)
+        if instance is not None and self._waiting:
+            self._wake(self.router.functions_of(instance), 1)
         if self.leases.release(rid) is not None:
             task = asyncio.ensure_future(self._store.delete_lease(rid))
             self._background.add(task)

@@ -19,20 +19,31 @@ class Router:
     def __init__(self, capacity: InstanceCapacity) -> None:
         self._capacity = capacity
         self._by_function: dict[tuple[str, str], list[Connection]] = {}
+        self._by_instance: dict[str, set[Connection]] = {}
 
     def add(self, conn: Connection) -> None:
+        self._by_instance.setdefault(conn.instance_id, set()).add(conn)
         for key in conn.functions:
             bucket = self._by_function.setdefault(key, [])
             if conn not in bucket:
                 bucket.append(conn)
 
     def remove(self, conn: Connection) -> None:
+        conns = self._by_instance.get(conn.instance_id)
+        if conns is not None:
+            conns.discard(conn)
+            if not conns:
+                del self._by_instance[conn.instance_id]
         for key in conn.functions:
             bucket = self._by_function.get(key)
             if bucket and conn in bucket:
                 bucket.remove(conn)
                 if not bucket:
                     del self._by_function[key]
+
+    def functions_of(self, instance_id: str) -> set[tuple[str, str]]:
+        """The functions the instance's ready connections serve."""
+        return {key for conn in self._by_instance.get(instance_id, ()) for key in conn.functions}
 
     def has_candidate(self, app_name: str, function_slug: str) -> bool:
         return any(self._capacity.has_room(c.instance_id) for c in self._by_function.get((app_name, function_slug), ()))
