@@ -16,6 +16,8 @@ log = logging.getLogger("connect.gateway")
 WRITE_TIMEOUT = 5.0
 #: Bytes queued for one peer beyond which it is dropped without waiting.
 MAX_SEND_BUFFER = 16 * 1024 * 1024
+#: The WebSocket library's default write high-water mark: below it a send never waits.
+_NO_WAIT_BYTES = 32 * 1024
 
 
 @dataclass(eq=False)
@@ -54,10 +56,16 @@ class Connection:
         if self.ws.transport.get_write_buffer_size() > MAX_SEND_BUFFER:
             self._drop_slow()
             return
+        transport = self.ws.transport
         try:
-            async with asyncio.timeout(self.write_timeout):
-                for frame in frames:
+            for frame in frames:
+                if transport.get_write_buffer_size() + len(frame) <= _NO_WAIT_BYTES:
+                    # Stays under the library's high-water mark: the send cannot
+                    # wait, so it needs no (per-step, not free) timeout.
                     await self.ws.send(frame)
+                else:
+                    async with asyncio.timeout(self.write_timeout):
+                        await self.ws.send(frame)
         except TimeoutError:
             self._drop_slow()
 
