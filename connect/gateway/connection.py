@@ -16,8 +16,8 @@ log = logging.getLogger("connect.gateway")
 WRITE_TIMEOUT = 5.0
 #: Bytes queued for one peer beyond which it is dropped without waiting.
 MAX_SEND_BUFFER = 16 * 1024 * 1024
-#: The WebSocket library's default write high-water mark: below it a send never waits.
-_NO_WAIT_BYTES = 32 * 1024
+#: Write high-water mark of each connection (passed to the server): below it a send never waits.
+WRITE_HIGH_WATER = 32 * 1024
 
 
 @dataclass(eq=False)
@@ -59,7 +59,7 @@ class Connection:
         transport = self.ws.transport
         try:
             for frame in frames:
-                if transport.get_write_buffer_size() + len(frame) <= _NO_WAIT_BYTES:
+                if transport.get_write_buffer_size() + len(frame) <= WRITE_HIGH_WATER:
                     # Stays under the library's high-water mark: the send cannot
                     # wait, so it needs no (per-step, not free) timeout.
                     await self.ws.send(frame)

@@ -23,7 +23,7 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from connect.gateway.auth import TokenIssuer
-from connect.gateway.connection import WRITE_TIMEOUT, Connection
+from connect.gateway.connection import WRITE_HIGH_WATER, WRITE_TIMEOUT, Connection
 from connect.gateway.dispatcher import GatewayDispatcher
 from protocol import codes, limits
 from protocol import connect_pb2 as pb
@@ -85,6 +85,7 @@ class GatewayServer:
             ping_interval=None,  # liveness is application heartbeats
             compression=None,
             max_queue=64,
+            write_limit=WRITE_HIGH_WATER,
         )
         sock = next(iter(self._server.sockets))
         return int(sock.getsockname()[1])
