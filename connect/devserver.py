@@ -118,7 +118,15 @@ class DevServer:
             admit_connection=gateway.admit,
         )
         server = _ApiServer(
-            uvicorn.Config(api, host=s.host, port=s.port, log_level="warning", lifespan="off", access_log=False)
+            uvicorn.Config(
+                api,
+                host=s.host,
+                port=s.port,
+                log_level="warning",
+                lifespan="off",
+                access_log=False,
+                backlog=4096,
+            )
         )
         api_task = asyncio.create_task(server.serve())
         started = asyncio.ensure_future(server.started_event.wait())

@@ -35,6 +35,7 @@ log = logging.getLogger("connect.gateway")
 SyncHook = Callable[[str, str | None, list[FunctionConfig]], Awaitable[None]]
 
 DRAIN_TIMEOUT = 25.0
+ACCEPT_BACKLOG = 4096
 
 
 class GatewayServer:
@@ -86,6 +87,9 @@ class GatewayServer:
             compression=None,
             max_queue=64,
             write_limit=WRITE_HIGH_WATER,
+            # A restarted gateway meets its whole fleet at once: a short accept
+            # queue turns that into dropped SYNs and seconds of client backoff.
+            backlog=ACCEPT_BACKLOG,
         )
         sock = next(iter(self._server.sockets))
         return int(sock.getsockname()[1])
