@@ -71,6 +71,9 @@ class GatewayServer:
         self._all_closed.set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._drain_task: asyncio.Task[None] | None = None
+        #: Live handshaken connections per instance id (kept, not counted: a
+        #: reconnect herd would make counting quadratic).
+        self._per_instance: dict[str, int] = {}
 
     # --- lifecycle ----------------------------------------------------------------
 
@@ -126,7 +129,7 @@ class GatewayServer:
         return None
 
     def _instance_connections(self, instance_id: str) -> int:
-        return sum(1 for c in self.connections if c.hello is not None and c.hello.instance_id == instance_id)
+        return self._per_instance.get(instance_id, 0)
 
     async def close(self) -> None:
         if self._server is not None:
@@ -188,6 +191,12 @@ class GatewayServer:
             clean = session.disconnect_reason == codes.DisconnectReason.WORKER_SHUTDOWN
             self.dispatcher.connection_lost(conn, clean)
             self.connections.discard(conn)
+            if conn.hello is not None:
+                left = self._per_instance.get(conn.instance_id, 1) - 1
+                if left > 0:
+                    self._per_instance[conn.instance_id] = left
+                else:
+                    self._per_instance.pop(conn.instance_id, None)
             if not self.connections:
                 self._all_closed.set()
             if conn.hello is not None:
@@ -246,6 +255,7 @@ class GatewayServer:
             )
             return
         conn.hello = hello
+        self._per_instance[hello.instance_id] = self._per_instance.get(hello.instance_id, 0) + 1
         conn.functions = {(app.app_name, fn.id) for app in hello.apps for fn in app.functions}
         for app in hello.apps:
             await self._on_sync(app.app_name, app.app_version, app.functions)
