@@ -50,8 +50,12 @@ fuzz: install-test
 proto: install-test
 	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. protocol/connect.proto
 
+## make bench: baselines and our scenarios side by side (BENCH_ARGS=--quick for a short run).
 bench: install-test
-	$(BIN)/python -m bench
+	$(BIN)/python -m pip install -q -e '.[bench,test]'
+	@command -v redis-server >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; } \
+		|| echo "note: redis-server could not be installed; the Celery baseline will report an error"
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache $(DB) $(DB)-wal $(DB)-shm

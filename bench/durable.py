@@ -1,0 +1,217 @@
+"""Ours, 2: `connect dev` durable end to end.
+
+A real `connect dev` process (API, gateway, executor, SQLite) and a worker
+process serving `five-steps` (five no-op steps). Events go in through
+`POST /e/{key}`; each starts one run, which the executor drives step by step
+through the gateway, storing every step's result, until the run ends.
+
+- latency: one run at a time; the run's stored `ended_at` minus the wall
+  time just before its event was posted (the same rule as Celery's
+  `date_done`);
+- throughput: 300 runs kept in flight (closed loop, `bench.load`), steps/s =
+  5 x runs completed per second, plus the latency of runs started inside
+  the window (a sample of up to 1000, read back through `/v1/events/...`);
+- profile: an extra loaded window with py-spy on both processes.
+
+The worker is ours (`connect worker bench.apps:client`) or the official
+SDK's (`bench.official_app`), see `bench.workers`. `python -m bench.durable`
+runs it alone with ours.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from datetime import datetime
+from typing import Any
+
+import httpx
+
+from bench import procs, profiles, scenario
+from bench.dispatch import start_worker
+from bench.load import closed_loop
+from bench.notify import ENV as NOTIFY_ENV
+from bench.notify import Listener
+from bench.stats import summary_ms
+
+STEPS = 5
+IN_FLIGHT = 300
+EVENT = "bench/five"
+
+
+def _ended_at(http: httpx.Client, event_id: str, timeout: float = 30.0) -> float | None:
+    """The stored end of the event's run (epoch seconds); None if it did not end in time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = http.get(f"/v1/events/{event_id}/runs").json()["data"]
+        if runs and runs[0]["status"] != "Running":
+            if runs[0]["status"] != "Completed":
+                raise RuntimeError(f"run ended {runs[0]['status']}: {runs[0]}")
+            return datetime.fromisoformat(runs[0]["ended_at"]).timestamp()
+        time.sleep(0.002)
+    return None
+
+
+def start_dev(children: procs.Children, opts: scenario.Options, tag: str) -> tuple[procs.Child, str]:
+    port, gw_port = procs.free_port(), procs.free_port()
+    dev = children.start(
+        f"{tag}-dev",
+        procs.python(
+            "-m",
+            "connect",
+            "dev",
+            "--port",
+            str(port),
+            "--gateway-port",
+            str(gw_port),
+            "--db",
+            str(opts.workdir / f"{tag}.db"),
+        ),
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if not dev.alive():
+            raise RuntimeError(f"connect dev exited:\n{dev.tail()}")
+        try:
+            return httpx.get(f"{url}/health", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    procs.wait_until(up, 60, "connect dev")
+    return dev, url
+
+
+def measure(
+    opts: scenario.Options,
+    children: procs.Children,
+    *,
+    worker_kind: str,
+    sequential: int,
+    seconds: float,
+    profile_seconds: float,
+    tag: str,
+) -> dict[str, Any]:
+    dev, url = start_dev(children, opts, tag)
+    listener = Listener()
+    worker = start_worker(children, worker_kind, url, f"{tag}-worker", env={NOTIFY_ENV: listener.address})
+    out: dict[str, Any] = {"worker": worker_kind}
+    http = httpx.Client(base_url=url, timeout=30)
+    try:
+        sent_ids: dict[str, str] = {}
+
+        def submit(keys: list[str]) -> None:
+            resp = http.post("/e/bench", json=[{"name": EVENT, "data": {"k": k}} for k in keys])
+            resp.raise_for_status()
+            for k, eid in zip(keys, resp.json()["ids"], strict=True):
+                sent_ids[k] = eid
+
+        # The first events may come before the worker registered the function
+        # (they start no run): probe until one completes.
+        deadline = time.monotonic() + 90
+        probe = 0
+        while True:
+            if not worker.alive():
+                raise RuntimeError(f"worker exited:\n{worker.tail()}")
+            submit([f"probe{probe}"])
+            got = listener.poll(1.0)
+            if any(k.startswith("probe") for k, _ in got):
+                break
+            probe += 1
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no run completed within 90s\ndev:\n{dev.tail()}\nworker:\n{worker.tail()}")
+        time.sleep(0.5)
+        listener.poll(0.05)
+
+        # --- one run at a time
+        if sequential:
+            lat: list[float] = []
+            for i in range(sequential + 10):
+                key = f"s{i}"
+                t_send = time.time()
+                submit([key])
+                got: list[tuple[str, float]] = []
+                limit = time.monotonic() + 30
+                while not any(k == key for k, _ in got) and time.monotonic() < limit:
+                    got += listener.poll(1.0)
+                ended = _ended_at(http, sent_ids[key])
+                if ended is None:
+                    raise RuntimeError(f"run of {key} did not end")
+                if i >= 10:  # the first ones warm up
+                    lat.append(ended - t_send)
+            s = summary_ms(lat)
+            out["run_p50_ms"], out["run_p99_ms"], out["run_n"] = s["p50_ms"], s["p99_ms"], s["n"]
+
+        # --- IN_FLIGHT runs in flight
+        if seconds:
+            c0 = (time.monotonic(), dev.cpu_seconds(), worker.cpu_seconds())
+            loop = closed_loop(
+                submit, listener, in_flight=IN_FLIGHT, warmup=opts.pick(3.0, 2.0), seconds=seconds, prefix="r"
+            )
+            c1 = (time.monotonic(), dev.cpu_seconds(), worker.cpu_seconds())
+            wall = c1[0] - c0[0]
+            keys = loop.window_keys()
+            random.shuffle(keys)
+            loaded: list[float] = []
+            for k in keys[: opts.count(1000, 300)]:
+                ended = _ended_at(http, sent_ids[k], timeout=10)
+                if ended is not None:
+                    loaded.append(ended - loop.sent[k])
+            s = summary_ms(loaded)
+            total_runs = len(loop.done)
+            out.update(
+                {
+                    "steps_per_s": loop.jobs_per_s * STEPS,
+                    "runs_per_s": loop.jobs_per_s,
+                    "in_flight": IN_FLIGHT,
+                    "loaded_run_p50_ms": s["p50_ms"],
+                    "loaded_run_p99_ms": s["p99_ms"],
+                    "runs_unfinished": loop.unfinished,
+                    "dev_cpu_share": (c1[1] - c0[1]) / wall,
+                    "worker_cpu_share": (c1[2] - c0[2]) / wall,
+                    "dev_cpu_us_per_step": (c1[1] - c0[1]) / max(1, total_runs * STEPS) * 1e6,
+                    "worker_cpu_us_per_step": (c1[2] - c0[2]) / max(1, total_runs * STEPS) * 1e6,
+                }
+            )
+
+        # --- profile window
+        if profile_seconds:
+            spies = [
+                profiles.start(dev.pid, profile_seconds, opts.workdir / f"{tag}-dev.prof"),
+                profiles.start(worker.pid, profile_seconds, opts.workdir / f"{tag}-worker.prof"),
+            ]
+            time.sleep(0.8)
+            closed_loop(submit, listener, in_flight=IN_FLIGHT, warmup=0.0, seconds=profile_seconds + 1.0, prefix="p")
+            for spy in spies:
+                profiles.finish(spy)
+            for role in ("dev", "worker"):
+                summary = profiles.summarize(opts.workdir / f"{tag}-{role}.prof", profile_seconds)
+                out[f"profile_{role}"] = profiles.render(f"{tag}: {role} process", summary)
+                out[f"profile_{role}_data"] = summary
+    finally:
+        http.close()
+        listener.close()
+        worker.stop()
+        dev.stop()
+    return out
+
+
+def run(opts: scenario.Options, children: procs.Children) -> dict[str, Any]:
+    return measure(
+        opts,
+        children,
+        worker_kind="ours",
+        sequential=opts.count(300, 100),
+        seconds=opts.pick(12.0, 5.0),
+        profile_seconds=opts.pick(8.0, 4.0) if opts.profile else 0.0,
+        tag="durable",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    return scenario.main("durable", run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

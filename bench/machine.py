@@ -1,0 +1,79 @@
+"""What the numbers were measured on: CPU, memory, kernel, Python and library versions."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import shutil
+import subprocess
+from typing import Any
+
+import psutil
+
+PACKAGES = (
+    "websockets",
+    "uvloop",
+    "msgspec",
+    "protobuf",
+    "uvicorn",
+    "starlette",
+    "celery",
+    "kombu",
+    "redis",
+    "inngest",
+    "py-spy",
+)
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _redis_server() -> str:
+    exe = shutil.which("redis-server")
+    if exe is None:
+        return "not found"
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True, check=False).stdout
+    for part in out.split():
+        if part.startswith("v="):
+            return part[2:]
+    return out.strip()[:40]
+
+
+def describe() -> dict[str, Any]:
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "-"
+    versions["redis-server"] = _redis_server()
+    soft, hard = __import__("resource").getrlimit(__import__("resource").RLIMIT_NOFILE)
+    return {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "nofile_limit": f"{soft}/{hard}",
+        "load_before": [round(x, 2) for x in os.getloadavg()],
+        "versions": versions,
+    }
+
+
+def render(info: dict[str, Any]) -> str:
+    v = info["versions"]
+    libs = ", ".join(f"{k} {v[k]}" for k in v)
+    return (
+        f"machine: {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB, Linux {info['kernel']}, "
+        f"Python {info['python']}, open files {info['nofile_limit']}, load average before {info['load_before']}\n"
+        f"versions: {libs}"
+    )

@@ -1,0 +1,178 @@
+"""The side-by-side table: our figures, the baseline each is compared with, the ratio, the target.
+
+Targets (from the benchmark issue):
+
+1. gateway-only round trip p50 <= 2x the raw echo p50; >= 10,000 steps/s;
+2. durable 5-step run p50 <= 1/4 of Celery's 5-chain p50; steps/s >= 5x
+   Celery's chained steps/s (both with 300 in flight);
+3. our worker >= 3x the official worker's steps/s;
+4. <= 25 KB RSS per idle connection; all 10,000 reconnected <= 30 s after a
+   gateway restart.
+
+Rows without a target are context.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+Results = dict[str, dict[str, Any]]
+
+
+@dataclass
+class Row:
+    group: str
+    metric: str
+    ours: float | None
+    unit: str
+    baseline: float | None = None
+    baseline_name: str = ""
+    ratio: float | None = None
+    target: str = ""
+    met: bool | None = None
+
+
+def _get(results: Results, scenario: str, key: str) -> float | None:
+    value = results.get(scenario, {}).get(key)
+    if isinstance(value, int | float) and not (isinstance(value, float) and math.isnan(value)):
+        return float(value)
+    return None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def _check(value: float | None, ok: Callable[[float], bool]) -> bool | None:
+    return None if value is None else ok(value)
+
+
+def rows(results: Results) -> list[Row]:
+    out: list[Row] = []
+
+    def g(scenario: str, key: str) -> float | None:
+        return _get(results, scenario, key)
+
+    def add(
+        group: str,
+        metric: str,
+        ours: float | None,
+        unit: str,
+        base: float | None = None,
+        base_name: str = "",
+        target: str = "",
+        ok: Callable[[float], bool] | None = None,
+        on_ratio: bool = True,
+    ) -> None:
+        ratio = _ratio(ours, base)
+        checked = ratio if on_ratio else ours
+        met = None if ok is None else _check(checked, ok)
+        if ours is None and base is None:
+            return  # that scenario did not run (or failed: its status line says why)
+        out.append(Row(group, metric, ours, unit, base, base_name, ratio, target, met))
+
+    # --- baselines
+    echo, celery = "baseline: raw echo", "baseline: Celery"
+    add(echo, "round trip p50", g("echo", "rtt_p50_ms"), "ms")
+    add(echo, "round trip p99", g("echo", "rtt_p99_ms"), "ms")
+    add(echo, "pipelined messages/s", g("echo", "pipelined_msgs_per_s"), "/s")
+    add(celery, "task round trip p50", g("celery_baseline", "task_rtt_p50_ms"), "ms")
+    add(celery, "task round trip p99", g("celery_baseline", "task_rtt_p99_ms"), "ms")
+    add(celery, "5-chain p50", g("celery_baseline", "chain5_p50_ms"), "ms")
+    add(celery, "5-chain p99", g("celery_baseline", "chain5_p99_ms"), "ms")
+    add(celery, "chained steps/s, 300 in flight", g("celery_baseline", "chain_steps_per_s"), "/s")
+    add(celery, "5-chain p50, 300 in flight", g("celery_baseline", "chain5_loaded_p50_ms"), "ms")
+
+    # --- 1. gateway-only
+    one = "1 gateway-only"
+    add(one, "round trip p50", g("dispatch", "rtt_p50_ms"), "ms", g("echo", "rtt_p50_ms"), "echo p50", "<= 2.0x",
+        lambda x: x <= 2.0)  # fmt: skip
+    add(one, "round trip p99", g("dispatch", "rtt_p99_ms"), "ms", g("echo", "rtt_p99_ms"), "echo p99")
+    for lanes in (256, 1024):
+        v = g("dispatch", f"lanes{lanes}_steps_per_s")
+        if v is not None or lanes == 256:
+            add(one, f"steps/s, {lanes} in flight", v, "/s", g("echo", "pipelined_msgs_per_s"), "echo msgs/s",
+                ">= 10,000/s", lambda x: x >= 10_000, on_ratio=False)  # fmt: skip
+
+    # --- 2. durable
+    two = "2 durable"
+    add(two, "5-step run p50", g("durable", "run_p50_ms"), "ms", g("celery_baseline", "chain5_p50_ms"),
+        "Celery 5-chain p50", "<= 0.25x", lambda x: x <= 0.25)  # fmt: skip
+    add(two, "5-step run p99", g("durable", "run_p99_ms"), "ms", g("celery_baseline", "chain5_p99_ms"),
+        "Celery 5-chain p99")  # fmt: skip
+    add(two, "steps/s, 300 in flight", g("durable", "steps_per_s"), "/s", g("celery_baseline", "chain_steps_per_s"),
+        "Celery steps/s", ">= 5x", lambda x: x >= 5.0)  # fmt: skip
+    add(two, "run p50, 300 in flight", g("durable", "loaded_run_p50_ms"), "ms",
+        g("celery_baseline", "chain5_loaded_p50_ms"), "Celery, 300 in flight")  # fmt: skip
+
+    # --- 3. workers
+    three = "3 workers"
+    for case, label in (("durable", "durable"), ("gateway", "gateway-only")):
+        add(three, f"steps/s, {label}", g("workers", f"ours_{case}_steps_per_s"), "/s",
+            g("workers", f"official_{case}_steps_per_s"), "official worker", ">= 3x", lambda x: x >= 3.0)  # fmt: skip
+    for case, label in (("durable", "durable"), ("gateway", "gateway-only")):
+        add(three, f"worker CPU per step, {label}", g("workers", f"ours_{case}_worker_cpu_us_per_step"), "us",
+            g("workers", f"official_{case}_worker_cpu_us_per_step"), "official worker")  # fmt: skip
+
+    # --- 4. idle
+    four = "4 idle"
+    n = g("idle", "connections")
+    count = f"{int(n):,}" if n else "?"
+    add(four, f"RSS per connection ({count})", g("idle", "rss_per_conn_kb"), "KB", target="<= 25 KB",
+        ok=lambda x: x <= 25, on_ratio=False)  # fmt: skip
+    add(four, "CPU per heartbeat", g("idle", "hb_cpu_us_per_heartbeat"), "us")
+    share = g("idle", "hb_cpu_share_at_10s")
+    add(four, "heartbeat CPU at 10 s interval", None if share is None else share * 100, "% core")
+    add(four, f"all {count} reconnected after restart", g("idle", "reconnect_all_s"), "s", target="<= 30 s",
+        ok=lambda x: x <= 30, on_ratio=False)  # fmt: skip
+    add(four, "reconnect p99 (from gateway up)", g("idle", "reconnect_p99_from_up_s"), "s")
+    add(four, f"initial connect of {count}", g("idle", "connect_all_s"), "s")
+    return out
+
+
+def _fmt(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if unit in ("/s",):
+        return f"{value:,.0f}{unit}"
+    if abs(value) >= 100:
+        text = f"{value:,.0f}"
+    elif abs(value) >= 10:
+        text = f"{value:.1f}"
+    else:
+        text = f"{value:.3g}" if abs(value) < 1 else f"{value:.2f}"
+    return f"{text} {unit}".strip()
+
+
+def _met(met: bool | None) -> str:
+    return "" if met is None else ("PASS" if met else "FAIL")
+
+
+def render_text(results: Results) -> str:
+    table = [("scenario", "metric", "ours", "baseline", "ratio", "target", "met")]
+    for r in rows(results):
+        base = f"{_fmt(r.baseline, r.unit)} ({r.baseline_name})" if r.baseline is not None else ""
+        ratio = f"{r.ratio:.2f}x" if r.ratio is not None else ""
+        table.append((r.group, r.metric, _fmt(r.ours, r.unit), base, ratio, r.target, _met(r.met)))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    lines = []
+    for i, row in enumerate(table):
+        lines.append("  ".join(cell.ljust(widths[j]) for j, cell in enumerate(row)).rstrip())
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def render_markdown(results: Results) -> str:
+    lines = ["| scenario | metric | ours | baseline | ratio | target | met |", "|---|---|---|---|---|---|---|"]
+    for r in rows(results):
+        base = f"{_fmt(r.baseline, r.unit)} ({r.baseline_name})" if r.baseline is not None else ""
+        ratio = f"{r.ratio:.2f}x" if r.ratio is not None else ""
+        cells = (r.group, r.metric, _fmt(r.ours, r.unit), base, ratio, r.target, _met(r.met))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
