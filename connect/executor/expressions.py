@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Final
@@ -179,12 +179,9 @@ def _operand(text: str) -> tuple[str, Path, Any] | None:
     return "literal", (), {"true": True, "false": False, "null": None}[match["kw"]]
 
 
-def _split_and(text: str) -> list[str] | None:
-    """Top-level `&&` conjuncts; None if the text has `||`, `!` or brackets at top level."""
-    parts: list[str] = []
-    depth = 0
+def _unquoted(text: str) -> Iterator[int]:
+    """Indices of the characters of `text` outside string literals (escapes honoured)."""
     quote = ""
-    start = 0
     i = 0
     while i < len(text):
         ch = text[i]
@@ -196,45 +193,48 @@ def _split_and(text: str) -> list[str] | None:
                 quote = ""
         elif ch in "\"'":
             quote = ch
-        elif ch in "([{":
+        else:
+            yield i
+        i += 1
+
+
+def _split_and(text: str) -> list[str] | None:
+    """Top-level `&&` conjuncts; None if the text has `||`, `!` or brackets at top level."""
+    parts: list[str] = []
+    depth = 0
+    start = 0
+    skip = -1  # the second character of an operator already taken
+    for i in _unquoted(text):
+        if i <= skip:
+            continue
+        ch = text[i]
+        if ch in "([{":
             depth += 1
         elif ch in ")]}":
             depth -= 1
         elif depth == 0 and text.startswith("&&", i):
             parts.append(text[start:i])
             start = i + 2
-            i += 2
-            continue
-        elif depth == 0 and (text.startswith("||", i) or text.startswith("?", i)):
+            skip = i + 1
+        elif depth == 0 and (text.startswith("||", i) or ch == "?"):
             return None
-        i += 1
     parts.append(text[start:])
     return parts
 
 
 def _split_eq(text: str) -> tuple[str, str] | None:
-    quote = ""
-    i = 0
     found: int | None = None
-    while i < len(text):
-        ch = text[i]
-        if quote:
-            if ch == "\\":
-                i += 2
-                continue
-            if ch == quote:
-                quote = ""
-        elif ch in "\"'":
-            quote = ch
-        elif text.startswith("==", i):
+    skip = -1
+    for i in _unquoted(text):
+        if i <= skip:
+            continue
+        if text.startswith("==", i):
             if found is not None:
                 return None
             found = i
-            i += 2
-            continue
-        elif ch in "<>!=()":
+            skip = i + 1
+        elif text[i] in "<>!=()":
             return None
-        i += 1
     if found is None:
         return None
     return text[:found], text[found + 2 :]
