@@ -195,12 +195,21 @@ def wait_for_log(proc: Proc, needle: str, timeout: float = 30.0) -> None:
     raise AssertionError(f"{needle!r} not seen in {proc.log_path}:\n{proc.output()[-3000:]}")
 
 
-def started_steps(tmp: Path) -> list[tuple[str, str, str]]:
-    """`(run_id, step, worker name)` for every step body that began."""
-    path = tmp / "started.log"
+def complete_lines(path: Path) -> list[str]:
+    """The non-blank lines a log file holds, leaving out a line still being written.
+
+    Test workers append to these logs from other processes while tests read them, so the
+    last line may be cut short; only lines that end in a newline are whole.
+    """
     if not path.exists():
         return []
-    rows = [line.split() for line in path.read_text().splitlines() if line.strip()]
+    text = path.read_text()
+    return [line for line in text[: text.rfind("\n") + 1].splitlines() if line.strip()]
+
+
+def started_steps(tmp: Path) -> list[tuple[str, str, str]]:
+    """`(run_id, step, worker name)` for every step body that began."""
+    rows = [line.split() for line in complete_lines(tmp / "started.log")]
     return [(r[0], r[1], r[2]) for r in rows]
 
 
@@ -221,8 +230,5 @@ def http_status(url: str) -> int | None:
 
 
 def step_counts(tmp: Path) -> collections.Counter[tuple[str, str]]:
-    path = tmp / "steps.log"
-    if not path.exists():
-        return collections.Counter()
-    lines = [line.split() for line in path.read_text().splitlines() if line.strip()]
+    lines = [line.split() for line in complete_lines(tmp / "steps.log")]
     return collections.Counter((parts[0], parts[1]) for parts in lines)

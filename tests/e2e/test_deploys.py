@@ -15,6 +15,7 @@ import pytest
 from tests.e2e.harness import (
     DevServer,
     Proc,
+    complete_lines,
     free_port,
     http_status,
     start_worker,
@@ -123,7 +124,7 @@ def test_sigkill_of_one_worker_reruns_only_its_in_flight_steps(dev: DevServer, t
 
 
 def _finished_rows(tmp: Path) -> list[tuple[str, str, str]]:
-    rows = [line.split() for line in (tmp / "steps.log").read_text().splitlines() if line.strip()]
+    rows = [line.split() for line in complete_lines(tmp / "steps.log")]
     return [(r[0], r[1], r[2]) for r in rows]
 
 

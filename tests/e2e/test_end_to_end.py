@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.harness import DevServer, Proc, start_worker, step_counts, wait_for_log
+from tests.e2e.harness import DevServer, Proc, complete_lines, start_worker, step_counts, wait_for_log
 
 
 @pytest.fixture
@@ -144,7 +144,7 @@ def test_four_workers_respect_max_worker_concurrency(tmp_path: Path) -> None:
         runs = dev.wait_runs(ids, timeout=180)
         assert all(r["status"] == "Completed" for r in runs)
         peaks: dict[str, int] = collections.defaultdict(int)
-        for line in (tmp_path / "inflight.log").read_text().splitlines():
+        for line in complete_lines(tmp_path / "inflight.log"):
             name, count = line.split()
             peaks[name] = max(peaks[name], int(count))
         assert set(peaks) == {"w0", "w1", "w2", "w3"}, peaks  # every worker took work

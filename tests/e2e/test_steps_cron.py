@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.e2e.harness import DevServer, Proc, start_worker, wait_for_log, wait_until
+from tests.e2e.harness import DevServer, Proc, complete_lines, start_worker, wait_for_log, wait_until
 
 FUNCTIONS = {("ours", "every-minute"), ("ours", "every-minute-paris"), ("official", "every-minute"),
              ("official", "every-minute-paris")}  # fmt: skip
@@ -23,10 +23,8 @@ FUNCTIONS = {("ours", "every-minute"), ("ours", "every-minute-paris"), ("officia
 
 def ticks(log: Path) -> collections.Counter[tuple[str, str, int]]:
     """(sdk, function, tick ms) -> how many runs began for it."""
-    if not log.exists():
-        return collections.Counter()
     counter: collections.Counter[tuple[str, str, int]] = collections.Counter()
-    for line in log.read_text().splitlines():
+    for line in complete_lines(log):
         row = json.loads(line)
         if row["kind"] == "tick":
             assert row["name"] == "inngest/scheduled.timer"

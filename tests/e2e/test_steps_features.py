@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.harness import DevServer, Proc, start_worker, wait_for_log, wait_until
+from tests.e2e.harness import DevServer, Proc, complete_lines, start_worker, wait_for_log, wait_until
 
 #: The worker's max_worker_concurrency: small, so a sleeping run that held a
 #: slot would visibly block others.
@@ -43,9 +43,7 @@ class Stack:
         return self.tmp / "steps.jsonl"
 
     def lines(self, kind: str) -> list[dict[str, Any]]:
-        if not self.log_path.exists():
-            return []
-        rows = [json.loads(line) for line in self.log_path.read_text().splitlines() if line.strip()]
+        rows = [json.loads(line) for line in complete_lines(self.log_path)]
         return [row for row in rows if row["kind"] == kind]
 
     def fn(self, local_id: str) -> str:
