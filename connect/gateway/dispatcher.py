@@ -6,7 +6,7 @@ Durability rules held here:
   about it, and before the worker gets WORKER_REPLY_ACK;
 * a lease is written to the store before the reply can be, so a restarted
   process that finds a live lease waits for that worker instead of running
-  the step a second time;
+  the step a second time (storing the reply ends the stored lease);
 * every capacity slot taken is released on every path out of `dispatch`.
 """
 
@@ -16,8 +16,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Protocol
 
 from connect.gateway.capacity import InstanceCapacity
 from connect.gateway.connection import Connection
@@ -48,9 +48,49 @@ class ReplyStore(Protocol):
 
     async def put_reply(self, request_id: str, data: bytes) -> bool: ...
     async def get_reply(self, request_id: str) -> bytes | None: ...
-    async def put_lease(self, request_id: str, lease_id: str, expires_at_ms: int, instance_id: str) -> None: ...
+    def put_lease(self, request_id: str, lease_id: str, expires_at_ms: int, instance_id: str) -> Awaitable[None]: ...
     async def get_lease(self, request_id: str) -> LeaseRow | None: ...
-    async def delete_lease(self, request_id: str) -> None: ...
+    def delete_lease(self, request_id: str) -> Awaitable[None]: ...
+
+
+class _Refused(Exception):
+    """The worker did not ACK the request; it may go to another worker."""
+
+
+class _Pending:
+    """One request this process dispatched and awaits.
+
+    `wake` is the one future its `dispatch` sleeps on; anything that may
+    change the outcome resolves it (a reply, a failed ACK, a shortened lease,
+    the lease timer) and `dispatch` looks at the fields to see what happened.
+    A successful ACK only records itself: it needs no wake-up."""
+
+    __slots__ = ("acked", "reply", "wake")
+
+    def __init__(self, wake: asyncio.Future[None]) -> None:
+        self.wake = wake
+        self.acked: bool | None = None
+        self.reply: StepReply | None = None
+
+    def poke(self) -> None:
+        if not self.wake.done():
+            self.wake.set_result(None)
+
+
+def _in_background(write: Callable[[], Awaitable[None]]) -> None:
+    """Start a lease write nobody waits for; a failure is logged, never raised
+    (a closing store must not turn a delivered reply into an error)."""
+    try:
+        started = asyncio.ensure_future(write())
+    except Exception:
+        log.warning("a lease write was refused", exc_info=True)
+        return
+    started.add_done_callback(_log_failed_write)
+
+
+def _log_failed_write(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.error("storing a lease failed", exc_info=fut.exception())
 
 
 def reply_from_bytes(raw: bytes) -> StepReply:
@@ -84,21 +124,18 @@ class GatewayDispatcher:
         self.router = Router(self.capacity)
         self.leases = LeaseTable(lease_duration)
         self.extend_lease_interval = extend_lease_interval
-        self._nudges: dict[str, asyncio.Event] = {}
-        self._replies: dict[str, asyncio.Future[StepReply]] = {}
-        self._acks: dict[str, asyncio.Future[bool]] = {}
+        self._pending: dict[str, _Pending] = {}
         # Runs waiting for a worker, per (app, function), oldest first. A freed
         # slot wakes one of them; a newly ready connection wakes as many as it
         # has room for. Waking everyone on every change would make every
         # freed slot a stampede of retries.
         self._waiting: dict[tuple[str, str], dict[asyncio.Future[None], None]] = {}
-        self._background: set[asyncio.Task[None]] = set()
 
     # --- Dispatcher ---------------------------------------------------------------
 
     async def dispatch(self, request: StepRequest) -> StepReply:
         rid = request.request_id
-        waiter = self._reply_waiter(rid)
+        pending = self._pending[rid] = _Pending(asyncio.get_running_loop().create_future())
         try:
             if not request.fresh:
                 stored = await self._store.get_reply(rid)
@@ -107,15 +144,15 @@ class GatewayDispatcher:
                 lease = await self._known_lease(rid)
                 if lease is not None and lease.active(self._clock()):
                     # A worker still runs this request (e.g. we restarted): wait for it.
-                    return await self._await_reply(rid, waiter)
+                    return await self._await_reply(rid, pending)
             for _ in range(FORWARD_ATTEMPTS):
-                if await self._forward(request):
-                    return await self._await_reply(rid, waiter)
+                if await self._forward(request, pending):
+                    with contextlib.suppress(_Refused):
+                        return await self._await_reply(rid, pending)
             raise NoWorker(f"forwarding {rid} failed {FORWARD_ATTEMPTS} times")
         finally:
-            self._replies.pop(rid, None)
-            if not waiter.done():
-                waiter.cancel()
+            if self._pending.get(rid) is pending:
+                del self._pending[rid]
 
     async def wait_for_worker(self, app_name: str, function_slug: str, timeout: float) -> None:
         if self.router.has_candidate(app_name, function_slug):
@@ -173,27 +210,30 @@ class GatewayDispatcher:
         for lease in self.leases.owned_by(conn.instance_id):
             if lease.expires_at > cutoff:
                 lease.expires_at = cutoff
-                nudge = self._nudges.get(lease.request_id)
-                if nudge is not None:
-                    nudge.set()
+                pending = self._pending.get(lease.request_id)
+                if pending is not None:
+                    pending.poke()  # recompute the deadline
 
     def request_acked(self, request_id: str, ok: bool) -> None:
-        fut = self._acks.get(request_id)
-        if fut is not None and not fut.done():
-            fut.set_result(ok)
+        pending = self._pending.get(request_id)
+        if pending is not None and pending.acked is None:
+            pending.acked = ok
+            if not ok:
+                pending.poke()
 
     async def accept_reply(self, raw: bytes, request_id: str) -> None:
         """Store a worker's reply (first stored wins), then wake its waiter.
         Returns only after the reply is durable: the caller ACKs after this."""
         first = await self._store.put_reply(request_id, raw)
-        waiter = self._replies.get(request_id)
-        if waiter is None or waiter.done():
+        pending = self._pending.get(request_id)
+        if pending is None or pending.reply is not None:
             return
         if not first:
             stored = await self._store.get_reply(request_id)
             raw = stored if stored is not None else raw
-        if not waiter.done():
-            waiter.set_result(reply_from_bytes(raw))
+        if pending.reply is None:
+            pending.reply = reply_from_bytes(raw)
+            pending.poke()
 
     async def extend_lease(self, data: pb.WorkerRequestExtendLeaseData, instance_id: str) -> str | None:
         """Extend a request's lease for `instance_id`; None is a NACK."""
@@ -203,15 +243,12 @@ class GatewayDispatcher:
         extended = self.leases.extend(data.request_id, data.lease_id, instance_id, self._clock())
         if extended is None:
             return None
-        self._persist_lease(extended)
+        pending = self._pending.get(data.request_id)
+        if pending is None or pending.reply is None:  # a stored reply already ended the stored lease
+            self._persist_lease(extended)
         return extended.lease_id
 
     # --- internals -------------------------------------------------------------------------
-
-    def _reply_waiter(self, rid: str) -> asyncio.Future[StepReply]:
-        fut: asyncio.Future[StepReply] = asyncio.get_running_loop().create_future()
-        self._replies[rid] = fut
-        return fut
 
     async def _known_lease(self, rid: str) -> Lease | None:
         lease = self.leases.get(rid)
@@ -225,16 +262,17 @@ class GatewayDispatcher:
         return lease
 
     def _persist_lease(self, lease: Lease) -> None:
-        # The store's writer is FIFO: this lease is committed no later than any
-        # reply for the same request, without making the forward wait for it.
-        task = asyncio.ensure_future(
-            self._store.put_lease(lease.request_id, lease.lease_id, int(lease.expires_at * 1000), lease.instance_id)
-        )
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        # Queued now, in order with every other write: this lease is committed
+        # no later than any reply for the same request, without making the
+        # forward wait for it.
+        expires_ms = int(lease.expires_at * 1000)
+        _in_background(lambda: self._store.put_lease(lease.request_id, lease.lease_id, expires_ms, lease.instance_id))
 
-    async def _forward(self, request: StepRequest) -> bool:
-        """Send the request to one worker; True once that worker ACKed it."""
+    async def _forward(self, request: StepRequest, pending: _Pending) -> bool:
+        """Send the request to one worker; False if that failed at once.
+
+        Whether the worker ACKs is learned while awaiting the reply: a
+        successful ACK costs no wake-up of its own."""
         rid = request.request_id
         conn = self.router.pick(request.app_name, request.function_slug)
         if not self.capacity.assign(conn.instance_id, rid):  # pick() checked; kept for safety
@@ -242,60 +280,55 @@ class GatewayDispatcher:
         now = self._clock()
         lease = self.leases.grant(rid, conn.instance_id, now)
         self._persist_lease(lease)
-        ack: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._acks[rid] = ack
+        pending.acked = None
         try:
             conn.session.send_request(self._frame(request, lease.lease_id), now)
             await conn.flush()
-            ok = await ack
         except Exception:  # the socket died under us: treat as a failed forward
             log.debug("forward of %s to %s failed", rid, conn.connection_id, exc_info=True)
-            ok = False
-        finally:
-            self._acks.pop(rid, None)
-        if not ok:
-            self._finish(rid)
-        return ok
+            self._finish(rid, stored=False)
+            return False
+        return True
 
-    async def _await_reply(self, rid: str, waiter: asyncio.Future[StepReply]) -> StepReply:
-        nudge = self._nudges[rid] = asyncio.Event()
+    async def _await_reply(self, rid: str, pending: _Pending) -> StepReply:
+        """Wait for the reply while the lease lives. Raises `_Refused` when
+        the worker NACKed the request (the caller forwards it again)."""
+        loop = asyncio.get_running_loop()
+        stored = False
         try:
             while True:
+                if pending.reply is not None:
+                    stored = True
+                    return pending.reply
+                if pending.acked is False:
+                    raise _Refused
                 lease = self.leases.get(rid)
                 if lease is None:
                     raise WorkerStoppedResponding(f"request {rid} has no lease")
                 timeout = lease.expires_at + LEASE_GRACE - self._clock()
                 if timeout > 0:
-                    nudge.clear()
-                    nudged: asyncio.Future[Any] = asyncio.ensure_future(nudge.wait())
-                    pending: set[asyncio.Future[Any]] = {waiter, nudged}
+                    if pending.wake.done():
+                        pending.wake = loop.create_future()
+                    timer = loop.call_later(timeout, pending.poke)
                     try:
-                        await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                        await pending.wake
                     finally:
-                        nudged.cancel()
-                    if waiter.done():
-                        return waiter.result()
-                    if nudge.is_set():
-                        continue  # the lease was shortened: recompute the deadline
-                lease = self.leases.get(rid)
-                if lease is not None and lease.expires_at + LEASE_GRACE > self._clock():
-                    continue  # extended meanwhile
-                stored = await self._store.get_reply(rid)
-                if stored is not None:
-                    return reply_from_bytes(stored)
+                        timer.cancel()
+                    continue  # a reply, a NACK, a shortened or extended lease, or the deadline
+                raw = await self._store.get_reply(rid)
+                if raw is not None:
+                    stored = True
+                    return reply_from_bytes(raw)
                 raise WorkerStoppedResponding(f"the worker stopped responding to request {rid}")
         finally:
-            self._nudges.pop(rid, None)
-            self._finish(rid)
+            self._finish(rid, stored=stored)
 
-    def _finish(self, rid: str) -> None:
+    def _finish(self, rid: str, *, stored: bool) -> None:
         instance = self.capacity.release(rid)
         if instance is not None and self._waiting:
             self._wake(self.router.functions_of(instance), 1)
-        if self.leases.release(rid) is not None:
-            task = asyncio.ensure_future(self._store.delete_lease(rid))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+        if self.leases.release(rid) is not None and not stored:
+            _in_background(lambda: self._store.delete_lease(rid))
 
     def _frame(self, request: StepRequest, lease_id: str) -> pb.GatewayExecutorRequestData:
         return pb.GatewayExecutorRequestData(

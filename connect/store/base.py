@@ -18,6 +18,7 @@ as the raw JSON bytes, so they are not decoded and encoded again on every step.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Final, Protocol
 
 import msgspec
@@ -181,18 +182,22 @@ class ReplyStore(Protocol):
     """
 
     async def put_reply(self, request_id: str, data: bytes) -> bool:
-        """Store a reply unless one is stored already; True if this call stored it."""
+        """Store a reply unless one is stored already; True if this call stored it.
+        Storing a reply also ends the request's stored lease."""
         ...
 
     async def get_reply(self, request_id: str) -> bytes | None: ...
 
-    async def put_lease(self, request_id: str, lease_id: str, expires_at_ms: int, instance_id: str) -> None:
-        """Create or replace the lease on `request_id`."""
+    def put_lease(self, request_id: str, lease_id: str, expires_at_ms: int, instance_id: str) -> Awaitable[None]:
+        """Create or replace the lease on `request_id`. Queued at the call, in
+        order with every other write; await the result to know it committed."""
         ...
 
     async def get_lease(self, request_id: str) -> LeaseRecord | None: ...
 
-    async def delete_lease(self, request_id: str) -> None: ...
+    def delete_lease(self, request_id: str) -> Awaitable[None]:
+        """Remove the lease on `request_id`; queued at the call like `put_lease`."""
+        ...
 
     async def prune_replies(self, stored_before_ms: int) -> int:
         """Delete replies stored before the given time; returns how many.

@@ -4,8 +4,9 @@ The database runs in WAL mode with `synchronous=NORMAL`: a commit is durable
 once it is in the WAL, which survives the process being killed (SIGKILL,
 OOM), though not a power cut in the instant before the OS flushes it. That
 trade is what lets thousands of steps per second through without an fsync
-per commit. All statements run on the single writer thread of
-`SqliteWriter`, which group-commits concurrent callers.
+per commit. All statements run through `SqliteWriter`, on the event loop
+that opened the store, which group-commits concurrent callers; its own
+thread moves the WAL into the database file.
 
 The schema is created on open and is idempotent; `schema_version` records the
 layout. Opening a file written by an older release migrates it in place
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Final
 
@@ -320,6 +322,7 @@ class SqliteStore:
                 "INSERT OR IGNORE INTO replies (request_id, data, stored_at_ms) VALUES (?, ?, ?)",
                 (request_id, data, stored_at),
             )
+            conn.execute("DELETE FROM leases WHERE request_id = ?", (request_id,))
             return cur.rowcount == 1
 
         return await self._writer.submit(op)
@@ -337,14 +340,14 @@ class SqliteStore:
 
         return await self._writer.submit(op)
 
-    async def put_lease(self, request_id: str, lease_id: str, expires_at_ms: int, instance_id: str) -> None:
+    def put_lease(self, request_id: str, lease_id: str, expires_at_ms: int, instance_id: str) -> Awaitable[None]:
         def op(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "INSERT OR REPLACE INTO leases (request_id, lease_id, expires_at_ms, instance_id) VALUES (?, ?, ?, ?)",
                 (request_id, lease_id, expires_at_ms, instance_id),
             )
 
-        await self._writer.submit(op)
+        return self._writer.submit_nowait(op)
 
     async def get_lease(self, request_id: str) -> LeaseRecord | None:
         def op(conn: sqlite3.Connection) -> LeaseRecord | None:
@@ -358,11 +361,11 @@ class SqliteStore:
 
         return await self._writer.submit(op)
 
-    async def delete_lease(self, request_id: str) -> None:
+    def delete_lease(self, request_id: str) -> Awaitable[None]:
         def op(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM leases WHERE request_id = ?", (request_id,))
 
-        await self._writer.submit(op)
+        return self._writer.submit_nowait(op)
 
     # --- executor: apps ----------------------------------------------------------
 

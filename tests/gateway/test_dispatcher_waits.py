@@ -51,7 +51,7 @@ async def scenario(db: Path) -> dict[str, Any]:
         tasks = [asyncio.create_task(wait(n)) for n in range(5)]
         await asyncio.sleep(0.05)
         assert d.waiting() == 5 and woken == []
-        d._finish("busy")  # one slot frees: exactly one run wakes, the oldest
+        d._finish("busy", stored=False)  # one slot frees: exactly one run wakes, the oldest
         await asyncio.sleep(0.05)
         first = list(woken)
         d.connection_ready(ready_connection("unlimited"))  # room for everyone
