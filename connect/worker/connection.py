@@ -6,6 +6,12 @@ thread, so user code that blocks the caller's event loop or holds a CPU
 cannot starve heartbeats. User functions run on the loop that called
 `connect()` (plain `def` handlers run in a thread pool from there).
 
+Requests cross to the caller's loop, and replies cross back, through a
+deque each, drained by at most one pending `call_soon_threadsafe`: a burst
+of requests or replies costs one wake-up of the other loop, not one each.
+The deques need no bound of their own: they only carry requests already
+in the ledger's in-flight set (and those requests' replies) across.
+
 States: CONNECTING -> ACTIVE <-> RECONNECTING -> CLOSING -> CLOSED.
 """
 
@@ -19,8 +25,8 @@ import os
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
-from concurrent.futures import Future as ThreadFuture
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +48,7 @@ from connect.sdk.client import Client
 from connect.sdk.execution import SDK_VERSION, Invocation, execute
 from connect.sdk.function import Function, functions_json
 from connect.worker import shutdown
+from connect.worker.masking import MaskedClientConnection
 from connect.worker.readiness import HealthServer
 from connect.worker.start import FatalStartError, StartClient
 from protocol import codes, limits
@@ -121,6 +128,14 @@ class WorkerConnection:
         self._active: _Socket | None = None
         self._sockets: set[_Socket] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        # Machinery -> caller's loop: requests to run. `_requests_pending` is
+        # True while a `_start_requests` callback is scheduled and not yet started.
+        self._requests: deque[pb.GatewayExecutorRequestData] = deque()
+        self._requests_pending = False
+        self._running: set[asyncio.Task[None]] = set()  # on the caller's loop
+        # Caller's loop -> machinery: (request id, serialized SDKResponse).
+        self._replies: deque[tuple[str, bytes]] = deque()
+        self._replies_pending = False
         self._started_at = time.time()
         self._fatal: BaseException | None = None
         self._closing_requested = False
@@ -336,6 +351,7 @@ class WorkerConnection:
             ping_interval=None,
             compression=None,
             max_queue=64,
+            create_connection=MaskedClientConnection,
         )
         session = ws_.WorkerSession(
             hello,
@@ -389,8 +405,12 @@ class WorkerConnection:
         try:
             async for message in sock.ws:
                 data = message if isinstance(message, bytes) else message.encode()
-                self._handle(sock, sock.session.receive(data, time.time()))
-                await self._flush(sock)
+                now = time.time()
+                self._handle(sock, sock.session.receive(data, now), now)
+                try:
+                    await self._flush(sock)  # ACKs go out before user code is woken
+                finally:
+                    self._hand_over_requests()
                 if sock.session.phase is ws_.WorkerPhase.CLOSED:
                     break
         except ConnectionClosed:
@@ -401,15 +421,15 @@ class WorkerConnection:
                 sock.session_end_reason = f"{rcvd.code} {rcvd.reason}" if rcvd else "connection closed"
             self._socket_ended(sock)
 
-    def _handle(self, sock: _Socket, events: list[ws_.WorkerEvent]) -> None:
+    def _handle(self, sock: _Socket, events: list[ws_.WorkerEvent], now: float) -> None:
         for event in events:
             match event:
                 case ws_.Connected():
                     sock.connected.set()
                 case ws_.Execute(request=req):
-                    self._ledger.accept(req, time.time(), sock.session.extend_lease_interval)
+                    self._ledger.accept(req, now, sock.session.extend_lease_interval)
                     self.in_flight_peak = max(self.in_flight_peak, len(self._ledger.in_flight))
-                    self._dispatch(req)
+                    self._requests.append(req)  # `_read` hands it over once the ACK is sent
                 case ws_.Ignored(request_id=rid, why=why):
                     log.warning("request %s not taken: %s", rid, why)
                 case ws_.ReplyAcked(request_id=rid):
@@ -471,17 +491,46 @@ class WorkerConnection:
 
     # --- executing requests ----------------------------------------------------------------
 
-    def _dispatch(self, req: pb.GatewayExecutorRequestData) -> None:
-        """Hand a request to the caller's loop; the reply comes back here."""
+    def _hand_over_requests(self) -> None:
+        """Machinery: wake the caller's loop for the queued requests, unless a
+        wake-up is already pending (its `_start_requests` will see them)."""
+        if not self._requests or self._requests_pending:
+            return
         assert self._main_loop is not None
-        fut: ThreadFuture[bytes] = asyncio.run_coroutine_threadsafe(self._execute(req), self._main_loop)
-        loop = asyncio.get_running_loop()
+        self._requests_pending = True
+        try:
+            self._main_loop.call_soon_threadsafe(self._start_requests)
+        except RuntimeError:  # the caller's loop is closed: nothing will ever run them
+            self._requests_pending = False
+            while self._requests:
+                rid = self._requests.popleft().request_id
+                # Out of the ledger, so its lease lapses (it runs elsewhere) and a drain is not held up.
+                self._ledger.in_flight.pop(rid, None)
+                log.error("request %s not run: the event loop that called connect() is closed", rid)
+            self._poke()
 
-        def done(f: ThreadFuture[bytes]) -> None:
-            with contextlib.suppress(RuntimeError):  # machinery ended (drain deadline passed)
-                loop.call_soon_threadsafe(self._completed, req, f)
+    def _start_requests(self) -> None:
+        """Caller's loop: start a task for every handed-over request, in arrival order."""
+        # Cleared before draining: a request queued after this line schedules a new call.
+        self._requests_pending = False
+        assert self._main_loop is not None
+        loop, requests, running = self._main_loop, self._requests, self._running
+        while requests:
+            task = loop.create_task(self._run(requests.popleft()))
+            running.add(task)
+            task.add_done_callback(running.discard)
 
-        fut.add_done_callback(done)
+    async def _run(self, req: pb.GatewayExecutorRequestData) -> None:
+        """Caller's loop: run one request and hand its reply back to the machinery."""
+        try:
+            raw = await self._execute(req)
+        except BaseException as exc:  # the engine never raises; be safe anyway
+            log.exception("request %s crashed", req.request_id)
+            self._hand_back(req.request_id, _crash_reply(req, exc))
+            if not isinstance(exc, Exception):
+                raise  # cancellation, KeyboardInterrupt, SystemExit: reported, then honoured
+            return
+        self._hand_back(req.request_id, raw)
 
     async def _execute(self, req: pb.GatewayExecutorRequestData) -> bytes:
         """Runs on the caller's loop."""
@@ -527,30 +576,40 @@ class WorkerConnection:
             resp.retry_after = outcome.retry_after
         return resp.SerializeToString()
 
-    def _completed(self, req: pb.GatewayExecutorRequestData, fut: ThreadFuture[bytes]) -> None:
+    def _hand_back(self, rid: str, raw: bytes) -> None:
+        """Caller's loop: queue a reply and wake the machinery, unless a wake-up
+        is already pending (its `_deliver_replies` will see this one)."""
+        self._replies.append((rid, raw))
+        loop = self._loop
+        assert loop is not None
+        if self._replies_pending and not loop.is_closed():
+            return
+        self._replies_pending = True
         try:
-            raw = fut.result()
-        except BaseException as exc:  # the engine never raises; be safe anyway
-            log.exception("request %s crashed", req.request_id)
-            raw = pb.SDKResponse(
-                request_id=req.request_id,
-                status=pb.ERROR,
-                body=b'{"code":"unknown","message":"internal error: %s"}' % type(exc).__name__.encode(),
-                sdk_version=SDK_VERSION,
-                request_version=2,
-                system_trace_ctx=b"{}",
-                user_trace_ctx=b"{}",
-            ).SerializeToString()
-        for rid in self._ledger.complete(req.request_id, raw):
-            log.warning("reply buffer full: evicted the unacknowledged reply of request %s", rid)
-        self._send_reply(req.request_id, raw)
-        self._poke()
+            loop.call_soon_threadsafe(self._deliver_replies)
+        except RuntimeError:  # the machinery ended (drain deadline passed): the reply is abandoned
+            self._replies_pending = False
+            self._replies.clear()
 
-    def _send_reply(self, rid: str, raw: bytes) -> None:
+    def _deliver_replies(self) -> None:
+        """Machinery: buffer, send and flush (once) every reply handed back so far."""
+        # Cleared before draining: a reply queued after this line schedules a new call.
+        self._replies_pending = False
         sock = self._active
-        if sock is not None and sock.session.send_reply_bytes(raw):
-            self._ledger.mark_sent(rid, time.time())
+        now = time.time()
+        sent = False
+        replies = self._replies
+        while replies:
+            rid, raw = replies.popleft()
+            for evicted in self._ledger.complete(rid, raw):
+                log.warning("reply buffer full: evicted the unacknowledged reply of request %s", evicted)
+            if sock is not None and sock.session.send_reply_bytes(raw):
+                self._ledger.mark_sent(rid, now)
+                sent = True
+        if sent:
+            assert sock is not None
             self._spawn(self._flush_quietly(sock))
+        self._poke()
 
     async def _flush_quietly(self, sock: _Socket) -> None:
         with contextlib.suppress(ConnectionClosed):
@@ -570,7 +629,7 @@ class WorkerConnection:
             now = time.time()
             deadlines: list[float] = []
             for sock in list(self._sockets):
-                self._handle(sock, sock.session.tick(now))
+                self._handle(sock, sock.session.tick(now), now)
                 d = sock.session.next_deadline()
                 if d is not None:
                     deadlines.append(d)
@@ -649,6 +708,18 @@ class WorkerConnection:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._progress.wait(), remaining)
         self._poke()
+
+
+def _crash_reply(req: pb.GatewayExecutorRequestData, exc: BaseException) -> bytes:
+    return pb.SDKResponse(
+        request_id=req.request_id,
+        status=pb.ERROR,
+        body=b'{"code":"unknown","message":"internal error: %s"}' % type(exc).__name__.encode(),
+        sdk_version=SDK_VERSION,
+        request_version=2,
+        system_trace_ctx=b"{}",
+        user_trace_ctx=b"{}",
+    ).SerializeToString()
 
 
 def _log_retry(state: RetryCallState) -> None:
