@@ -6,6 +6,7 @@ gateway acknowledges it (WORKER_REPLY_ACK) or `/v0/connect/flush` accepts it.
 
 from __future__ import annotations
 
+import enum
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -18,6 +19,18 @@ class InFlight:
     request: pb.GatewayExecutorRequestData
     lease_id: str
     next_extension: float
+
+
+class Admission(enum.Enum):
+    """What to do with a request the gateway sent (see `WorkerLedger.accept`)."""
+
+    RUN = "run"
+    """New here: run it."""
+    RUNNING = "running"
+    """Already running here (a restarted gateway, or one whose lease lapsed, sent
+    it again): its new lease is adopted and its reply will answer both."""
+    REPLIED = "replied"
+    """Already finished here, the reply not yet acknowledged: send that reply again."""
 
 
 @dataclass
@@ -44,8 +57,21 @@ class WorkerLedger:
         self.ack_timeout = ack_timeout
         self._buffer_bytes = 0
 
-    def accept(self, request: pb.GatewayExecutorRequestData, now: float, interval: float) -> None:
-        self.in_flight[request.request_id] = InFlight(request, request.lease_id, now + interval)
+    def accept(self, request: pb.GatewayExecutorRequestData, now: float, interval: float) -> Admission:
+        """Take a request; a request id already known here is never run twice."""
+        rid = request.request_id
+        running = self.in_flight.get(rid)
+        if running is not None:
+            running.request = request
+            running.lease_id = request.lease_id
+            running.next_extension = now + interval  # extending again, should a lost lease have stopped it
+            return Admission.RUNNING
+        held = self.replies.get(rid)
+        if held is not None:
+            held.sent_at = None
+            return Admission.REPLIED
+        self.in_flight[rid] = InFlight(request, request.lease_id, now + interval)
+        return Admission.RUN
 
     def due_extensions(self, now: float, interval: float) -> list[pb.WorkerRequestExtendLeaseData]:
         due: list[pb.WorkerRequestExtendLeaseData] = []

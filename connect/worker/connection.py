@@ -54,7 +54,7 @@ from connect.worker.start import FatalStartError, StartClient
 from protocol import codes, limits
 from protocol import connect_pb2 as pb
 from protocol import worker_session as ws_
-from protocol.ledger import WorkerLedger
+from protocol.ledger import Admission, WorkerLedger
 
 log = logging.getLogger("connect.worker")
 
@@ -427,9 +427,17 @@ class WorkerConnection:
                 case ws_.Connected():
                     sock.connected.set()
                 case ws_.Execute(request=req):
-                    self._ledger.accept(req, now, sock.session.extend_lease_interval)
-                    self.in_flight_peak = max(self.in_flight_peak, len(self._ledger.in_flight))
-                    self._requests.append(req)  # `_read` hands it over once the ACK is sent
+                    admission = self._ledger.accept(req, now, sock.session.extend_lease_interval)
+                    if admission is Admission.RUN:
+                        self.in_flight_peak = max(self.in_flight_peak, len(self._ledger.in_flight))
+                        self._requests.append(req)  # `_read` hands it over once the ACK is sent
+                    elif admission is Admission.REPLIED:
+                        log.info(
+                            "request %s came again after it finished here; sending its reply again", req.request_id
+                        )
+                        self._resend_unsent(sock)
+                    else:
+                        log.info("request %s came again while it runs here; not starting it twice", req.request_id)
                 case ws_.Ignored(request_id=rid, why=why):
                     log.warning("request %s not taken: %s", rid, why)
                 case ws_.ReplyAcked(request_id=rid):

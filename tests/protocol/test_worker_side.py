@@ -10,7 +10,7 @@ from protocol import frames, ids, limits
 from protocol import worker_session as ws
 from protocol.durations import format_interval, parse_interval
 from protocol.leases import LeaseTable
-from protocol.ledger import WorkerLedger
+from protocol.ledger import Admission, WorkerLedger
 from tests.fuzz_settings import fuzz
 
 T0 = 5_000.0
@@ -116,6 +116,33 @@ def test_ledger_extensions_replies_and_bound() -> None:
     assert ledger.complete("r2", b"abcdef") == ["r1"]  # bounded: the oldest is evicted
     ledger.acknowledged("r2")
     assert ledger.idle
+
+
+def test_a_request_sent_again_is_never_run_twice() -> None:
+    """A restarted gateway, or one whose lease on a request lapsed, may send a
+    request this worker already runs or has finished."""
+    ledger = WorkerLedger(ack_timeout=5.0)
+    first = pb.GatewayExecutorRequestData(request_id="r1", lease_id="L1", step_id="s")
+    assert ledger.accept(first, T0, 30.0) is Admission.RUN
+    ledger.forget("r1")  # the first gateway NACKed an extension: extensions stopped
+    assert ledger.due_extensions(T0 + 1000, 30.0) == []
+
+    again = pb.GatewayExecutorRequestData(request_id="r1", lease_id="L9", step_id="s")
+    assert ledger.accept(again, T0 + 40, 30.0) is Admission.RUNNING
+    assert list(ledger.in_flight) == ["r1"]
+    (ext,) = ledger.due_extensions(T0 + 70, 30.0)  # extended again, under the new lease
+    assert ext.lease_id == "L9"
+
+    ledger.complete("r1", b"reply")
+    ledger.mark_sent("r1", T0 + 80)
+    assert ledger.unsent() == []
+    assert ledger.accept(again, T0 + 90, 30.0) is Admission.REPLIED
+    assert ledger.unsent() == [("r1", b"reply")]  # goes out again instead of running again
+    assert "r1" not in ledger.in_flight
+
+    ledger.acknowledged("r1")
+    assert ledger.idle
+    assert ledger.accept(again, T0 + 100, 30.0) is Admission.RUN  # nothing held: a new execution
 
 
 def test_lease_table_rotation_replay_and_expiry() -> None:
