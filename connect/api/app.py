@@ -95,6 +95,16 @@ def create_api(
             size = len(msgspec.json.encode(event))
             if size > config.max_event_bytes:
                 return _error(413, f"event {i} is {size} bytes; the limit is {config.max_event_bytes}")
+        seed = request.headers.get("x-inngest-event-id-seed")
+        if seed is not None:
+            # A retried send repeats its seed: the same events get the same ids and are stored once.
+            try:
+                seeded = ids.seeded_event_ids(seed, len(events))
+            except ValueError as exc:
+                return _error(400, str(exc))
+            for event, event_id in zip(events, seeded, strict=True):
+                if not event.id:
+                    event.id = event_id
         event_ids = await executor.send_events(events)
         return JSONResponse({"ids": event_ids, "status": 200})
 
