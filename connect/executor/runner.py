@@ -211,10 +211,16 @@ class Runner:
         #: Requests created by this runner and never dispatched: no reply or
         #: lease can be stored for them, so the dispatcher need not look.
         self._fresh: set[str] = set()
+        #: Requests whose reply a commit of this run consumed (see `_handle`).
+        self._consumed: set[str] = set()
+        #: Replies delivered to the inbox and not yet handled (see `_settle_unhandled`).
+        self._unhandled: dict[str, StepReply] = {}
 
     # --- loading --------------------------------------------------------------------
 
     def deliver(self, message: Message) -> None:
+        if isinstance(message, _Replied):
+            self._unhandled[message.request_id] = message.reply
         self._inbox.put_nowait(message)
 
     def adopt(self, run: RunRecord, event: Event) -> None:
@@ -303,6 +309,14 @@ class Runner:
                 task.cancel()
             self._tasks.clear()
             self._forwarded.clear()
+            self._settle_unhandled()
+
+    def _settle_unhandled(self) -> None:
+        """Replies left in the inbox when driving stops were not committed here:
+        the gateway stores them (they stay in the inbox for a later drive)."""
+        for reply in self._unhandled.values():
+            reply.settle(False)
+        self._unhandled.clear()
 
     async def _settle(self) -> None:
         """Drop waiting steps completed while no runner was looking; make sure
@@ -320,6 +334,20 @@ class Runner:
             await self._s.store.save_run(run)
 
     async def _handle(self, message: Message) -> None:
+        if not isinstance(message, _Replied):
+            await self._handle_message(message)
+            return
+        try:
+            await self._handle_message(message)
+        finally:
+            # The worker is acknowledged now if a commit of this run consumed
+            # the reply; otherwise the gateway stores the reply first.
+            committed = message.request_id in self._consumed
+            self._consumed.discard(message.request_id)
+            self._unhandled.pop(message.request_id, None)
+            message.reply.settle(committed)
+
+    async def _handle_message(self, message: Message) -> None:
         run = self.run
         assert run is not None
         if isinstance(message, _Replied | _DispatchFailed | _Oversized):
@@ -431,6 +459,8 @@ class Runner:
             payload=payload,
             # Only the first attempt: a failed forward may still have reached a worker.
             fresh=rid in self._fresh,
+            # The reply becomes durable as this run's next commit (the step's memo).
+            takes_over=True,
         )
         self._fresh.discard(rid)
         self._forwarded.add(rid)
@@ -621,6 +651,8 @@ class Runner:
             if intake:
                 self._host.discard_intake(intake)
             raise
+        if consumed:
+            self._consumed.add(consumed)
         if new_waiting:
             # Before the children start: an invoked run must find its parent listening.
             self._host.arm_waiting(self, new_waiting)
@@ -714,6 +746,8 @@ class Runner:
         except BaseException:
             self._host.discard_intake(intake)
             raise
+        if consumed:
+            self._consumed.add(consumed)
         self._host.disarm_run(run.run_id)
         self._host.apply_events(intake, stored)
         for task in self._tasks.values():

@@ -8,6 +8,7 @@ failed" (an attempt burnt).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import msgspec
@@ -31,6 +32,12 @@ class StepRequest(msgspec.Struct, frozen=True):
     #: True when `request_id` was just created and never dispatched before:
     #: no stored reply or lease can exist, so the dispatcher skips looking.
     fresh: bool = False
+    #: True when the caller makes the reply durable in its own next commit
+    #: (the executor, storing the step's memo): the reply is returned before
+    #: it is stored, and the worker is acknowledged only once the caller
+    #: calls `StepReply.settle(True)` after that commit. `settle(False)` (the
+    #: caller did not commit it) makes the dispatcher store it itself first.
+    takes_over: bool = False
 
 
 class StepReply(msgspec.Struct, frozen=True):
@@ -43,6 +50,15 @@ class StepReply(msgspec.Struct, frozen=True):
     retry_after: str | None = None
     sdk_version: str = ""
     request_version: int = 0
+    #: Set on replies handed over to a `takes_over` caller (see `StepRequest`).
+    on_settle: Callable[[bool], None] | None = None
+
+    def settle(self, committed: bool) -> None:
+        """Tell the dispatcher whether the caller's commit made this reply
+        durable. Only replies of `takes_over` requests need it; repeated calls
+        are ignored."""
+        if self.on_settle is not None:
+            self.on_settle(committed)
 
 
 class DispatchError(Exception):

@@ -3,7 +3,10 @@
 Durability rules held here:
 
 * a reply is stored (`put_reply`, first stored wins) before anyone is told
-  about it, and before the worker gets WORKER_REPLY_ACK;
+  about it, and before the worker gets WORKER_REPLY_ACK; or, for a request
+  whose caller `takes_over`, the caller's own commit makes it durable (its
+  memo) before the worker gets WORKER_REPLY_ACK, and a reply the caller did
+  not commit is stored here first;
 * a lease is written to the store before the reply can be, so a restarted
   process that finds a live lease waits for that worker instead of running
   the step a second time (storing the reply ends the stored lease);
@@ -18,6 +21,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
+
+import msgspec
 
 from connect.gateway.capacity import InstanceCapacity
 from connect.gateway.connection import Connection
@@ -65,10 +70,11 @@ class _Pending:
     the lease timer) and `dispatch` looks at the fields to see what happened.
     A successful ACK only records itself: it needs no wake-up."""
 
-    __slots__ = ("acked", "reply", "wake")
+    __slots__ = ("acked", "reply", "takes_over", "wake")
 
-    def __init__(self, wake: asyncio.Future[None]) -> None:
+    def __init__(self, wake: asyncio.Future[None], takes_over: bool) -> None:
         self.wake = wake
+        self.takes_over = takes_over
         self.acked: bool | None = None
         self.reply: StepReply | None = None
 
@@ -135,7 +141,7 @@ class GatewayDispatcher:
 
     async def dispatch(self, request: StepRequest) -> StepReply:
         rid = request.request_id
-        pending = self._pending[rid] = _Pending(asyncio.get_running_loop().create_future())
+        pending = self._pending[rid] = _Pending(asyncio.get_running_loop().create_future(), request.takes_over)
         try:
             if not request.fresh:
                 stored = await self._store.get_reply(rid)
@@ -150,6 +156,10 @@ class GatewayDispatcher:
                     with contextlib.suppress(_Refused):
                         return await self._await_reply(rid, pending)
             raise NoWorker(f"forwarding {rid} failed {FORWARD_ATTEMPTS} times")
+        except BaseException:
+            if pending.reply is not None:
+                pending.reply.settle(False)  # handed over, but nobody will commit it: store it here
+            raise
         finally:
             if self._pending.get(rid) is pending:
                 del self._pending[rid]
@@ -222,8 +232,23 @@ class GatewayDispatcher:
                 pending.poke()
 
     async def accept_reply(self, raw: bytes, request_id: str) -> None:
-        """Store a worker's reply (first stored wins), then wake its waiter.
+        """Store a worker's reply (first stored wins), then wake its waiter;
+        or hand it to a waiter that `takes_over` and wait for its commit.
         Returns only after the reply is durable: the caller ACKs after this."""
+        pending = self._pending.get(request_id)
+        if pending is not None and pending.takes_over and pending.reply is None:
+            settled: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+            def on_settle(committed: bool) -> None:
+                if not settled.done():
+                    settled.set_result(committed)
+
+            pending.reply = msgspec.structs.replace(reply_from_bytes(raw), on_settle=on_settle)
+            pending.poke()
+            if await settled:
+                return  # the caller's commit holds it
+            await self._store.put_reply(request_id, raw)
+            return
         first = await self._store.put_reply(request_id, raw)
         pending = self._pending.get(request_id)
         if pending is None or pending.reply is not None:

@@ -270,7 +270,7 @@ class Store(ReplyStore, Protocol):
     ) -> list[bool]:
         """Atomically: replace the run's state (all but `cancel_requested`),
         add `memos` (a memo already stored under the same step hash is kept,
-        first result wins), delete the reply stored for `consumed_request_id`
+        first result wins), delete the reply and lease stored for `consumed_request_id`
         and record `events` as `record_events` does. Returns, per event,
         whether it was new."""
         ...

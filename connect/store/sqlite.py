@@ -497,7 +497,9 @@ class SqliteStore:
                 conn.executemany(_INSERT_MEMO, memo_rows)
             conn.execute(_UPDATE_RUN, update)
             if consumed_request_id:
+                # The request is answered for good: its reply row and lease, if any, are done with.
                 conn.execute("DELETE FROM replies WHERE request_id = ?", (consumed_request_id,))
+                conn.execute("DELETE FROM leases WHERE request_id = ?", (consumed_request_id,))
             return _insert_events(conn, event_rows) if event_rows else []
 
         return await self._writer.submit(op)

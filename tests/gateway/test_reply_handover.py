@@ -1,0 +1,130 @@
+"""Replies handed to a caller that makes them durable itself (`StepRequest.takes_over`).
+
+Real pieces throughout: the gateway, its dispatcher and HTTP start endpoint
+over a real SQLite file (the composition the gateway-only benchmark runs),
+and our worker connected to it over a real socket. The test plays the
+executor: it dispatches, then says whether its own commit holds the reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import gateway
+from connect import Client, Context, Step, TriggerEvent
+from connect.gateway.dispatch import StepRequest
+from connect.worker.connection import WorkerConnection, connect
+from protocol.ids import new_ulid
+from protocol.payloads import STATUS_DONE, Event, ExecutorRequest, RequestContext, RequestStack, json_encoder
+
+pytestmark = pytest.mark.anyio
+
+client = Client(app_id="handover")
+
+
+@client.create_function(fn_id="answer", trigger=TriggerEvent(event="handover/x"))
+async def answer(ctx: Context, step: Step) -> Any:
+    return {"n": ctx.event.data["n"]}
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@dataclass
+class Stack:
+    gw: gateway.Gateway
+    worker: WorkerConnection
+
+    def request(self, n: int, *, takes_over: bool) -> StepRequest:
+        run_id = new_ulid()
+        event = Event(name="handover/x", data={"n": n}, id=new_ulid(), ts=1767225600000)
+        ctx = RequestContext(
+            run_id=run_id,
+            attempt=0,
+            stack=RequestStack(stack=[], current=0),
+            fn_id="handover-answer",
+            step_id="step",
+            max_attempts=1,
+        )
+        payload = ExecutorRequest(event=event, events=[event], steps={}, ctx=ctx, use_api=False, version=-1)
+        return StepRequest(
+            request_id=new_ulid(),
+            run_id=run_id,
+            app_name="handover",
+            function_slug="handover-answer",
+            step_id="step",
+            payload=json_encoder.encode(payload),
+            fresh=True,
+            takes_over=takes_over,
+        )
+
+    def worker_holds(self, request_id: str) -> bool:
+        """Whether the worker still keeps the reply (no WORKER_REPLY_ACK yet)."""
+        return request_id in self.worker._ledger.replies
+
+    async def until(self, what: str, check: Any) -> None:
+        for _ in range(500):
+            if await check():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    gw = await gateway.start(tmp_path / "gw.db")
+    client.api_base_url = gw.api_url
+    worker = await connect([(client, [answer])], instance_id="handover", handle_shutdown_signals=())
+    try:
+        yield Stack(gw, worker)
+    finally:
+        await worker.close()
+        await gw.close()
+
+
+async def test_the_worker_is_acknowledged_only_after_the_callers_commit(stack: Stack) -> None:
+    request = stack.request(1, takes_over=True)
+    reply = await stack.gw.dispatcher.dispatch(request)
+    assert reply.status == STATUS_DONE and reply.body == b'{"n":1}'
+    await asyncio.sleep(0.3)
+    assert await stack.gw.store.get_reply(request.request_id) is None  # the caller's commit will hold it
+    assert stack.worker_holds(request.request_id)  # so the worker must not be acknowledged yet
+
+    reply.settle(True)
+
+    async def acked() -> bool:
+        return not stack.worker_holds(request.request_id)
+
+    await stack.until("the worker's reply to be acknowledged", acked)
+    assert await stack.gw.store.get_reply(request.request_id) is None
+
+
+async def test_a_reply_the_caller_did_not_commit_is_stored_before_the_ack(stack: Stack) -> None:
+    request = stack.request(2, takes_over=True)
+    reply = await stack.gw.dispatcher.dispatch(request)
+    await asyncio.sleep(0.3)
+    assert stack.worker_holds(request.request_id)
+
+    reply.settle(False)
+    reply.settle(True)  # later calls change nothing
+
+    async def stored_and_acked() -> bool:
+        stored = await stack.gw.store.get_reply(request.request_id)
+        return stored is not None and not stack.worker_holds(request.request_id)
+
+    await stack.until("the reply to be stored and acknowledged", stored_and_acked)
+
+
+async def test_without_takes_over_the_reply_is_stored_before_dispatch_returns(stack: Stack) -> None:
+    request = stack.request(3, takes_over=False)
+    reply = await stack.gw.dispatcher.dispatch(request)
+    assert reply.body == b'{"n":3}'
+    assert await stack.gw.store.get_reply(request.request_id) is not None
