@@ -324,7 +324,7 @@ class WorkerConnection:
         """Open a connection, retrying with jittered exponential backoff and
         never giving up; None when shutdown finished meanwhile."""
         retrying = AsyncRetrying(
-            wait=wait_exponential_jitter(initial=self._options.reconnect_initial, max=self._options.reconnect_max),
+            wait=wait_exponential_jitter(multiplier=self._options.reconnect_initial, max=self._options.reconnect_max),
             retry=retry_if_exception(lambda e: not isinstance(e, FatalStartError)),
             sleep=self._sleep_unless_closing,
             before_sleep=_log_retry,
