@@ -22,8 +22,6 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
 
-import msgspec
-
 from connect.gateway.capacity import InstanceCapacity
 from connect.gateway.connection import Connection
 from connect.gateway.dispatch import NoWorker, StepReply, StepRequest, WorkerStoppedResponding
@@ -99,10 +97,11 @@ def _log_failed_write(fut: asyncio.Future[None]) -> None:
         log.error("storing a lease failed", exc_info=fut.exception())
 
 
-def reply_from_bytes(raw: bytes) -> StepReply:
+def reply_from_bytes(raw: bytes, on_settle: Callable[[bool], None] | None = None) -> StepReply:
     msg = pb.SDKResponse()
     msg.ParseFromString(raw)
     return StepReply(
+        on_settle=on_settle,
         request_id=msg.request_id,
         status=int(msg.status),
         body=msg.body,
@@ -243,7 +242,7 @@ class GatewayDispatcher:
                 if not settled.done():
                     settled.set_result(committed)
 
-            pending.reply = msgspec.structs.replace(reply_from_bytes(raw), on_settle=on_settle)
+            pending.reply = reply_from_bytes(raw, on_settle)
             pending.poke()
             if await settled:
                 return  # the caller's commit holds it
