@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 import httpx
+import tenacity
 
 from connect.sdk.errors import FunctionConfigError, SendEventsError
 from connect.sdk.events import Event, encode_events, event_id_seed, normalize, parse_send_reply
@@ -23,6 +24,28 @@ ENV_SIGNING_KEY: Final = "CONNECT_SIGNING_KEY"
 ENV_EVENT_KEY: Final = "CONNECT_EVENT_KEY"
 DEFAULT_EVENT_KEY: Final = "dev"
 SEND_TIMEOUT_SECONDS: Final = 30.0
+SEND_ATTEMPTS: Final = 5
+"""Tries of one send: the first and up to four retries on a network error or a 5xx answer."""
+
+
+class _ServerError(Exception):
+    """A 5xx answer: worth another try."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(f"event API answered {response.status_code}")
+        self.response = response
+
+
+# Retries as the official SDKs do: 0.1 s x 2^n plus up to 0.1 s of jitter.
+_SEND_STOP = tenacity.stop_after_attempt(SEND_ATTEMPTS)
+_SEND_WAIT = tenacity.wait_exponential(multiplier=0.1, exp_base=2) + tenacity.wait_random(0, 0.1)
+_SEND_RETRY = tenacity.retry_if_exception_type((httpx.TransportError, _ServerError))
+
+
+def _checked(response: httpx.Response) -> httpx.Response:
+    if response.status_code >= 500:
+        raise _ServerError(response)
+    return response
 
 
 class Client:
@@ -111,9 +134,13 @@ class Client:
     async def send(self, events: Event | Sequence[Event]) -> list[str]:
         """POST events to the event API; returns their ids in order.
 
-        Raises ``SendEventsError`` on a network failure or a non-2xx reply
-        (with the server's message). Not retried here: inside a function, use
-        ``step.send_event`` so a retry does not send twice.
+        A network failure or a 5xx answer is retried (``SEND_ATTEMPTS`` tries
+        in all) with the same body and the same ``X-Inngest-Event-Id-Seed``,
+        so the server names the events the same way each time and stores them
+        once, even when an earlier try arrived and only its answer was lost.
+        Raises ``SendEventsError`` once the tries are spent, or at once on a
+        4xx answer (with the server's message). Inside a function, use
+        ``step.send_event``, so that a retry of the *step* does not send twice.
         """
         batch = normalize(events)
         if not batch:
@@ -122,13 +149,19 @@ class Client:
         transport = self._transport if isinstance(self._transport, httpx.AsyncBaseTransport) else None
         try:
             async with httpx.AsyncClient(timeout=SEND_TIMEOUT_SECONDS, transport=transport) as http:
-                response = await http.post(self.event_url, content=body, headers=headers)
+                async for attempt in tenacity.AsyncRetrying(
+                    stop=_SEND_STOP, wait=_SEND_WAIT, retry=_SEND_RETRY, reraise=True
+                ):
+                    with attempt:
+                        response = _checked(await http.post(self.event_url, content=body, headers=headers))
+        except _ServerError as exc:
+            response = exc.response
         except httpx.HTTPError as exc:
             raise SendEventsError(f"could not reach the event API at {self.event_url}: {exc}") from exc
         return parse_send_reply(response.status_code, response.content)
 
     def send_sync(self, events: Event | Sequence[Event]) -> list[str]:
-        """Blocking ``send``, for sync code and sync handlers."""
+        """Blocking ``send`` (with the same retries), for sync code and sync handlers."""
         batch = normalize(events)
         if not batch:
             return []
@@ -136,7 +169,11 @@ class Client:
         transport = self._transport if isinstance(self._transport, httpx.BaseTransport) else None
         try:
             with httpx.Client(timeout=SEND_TIMEOUT_SECONDS, transport=transport) as http:
-                response = http.post(self.event_url, content=body, headers=headers)
+                for attempt in tenacity.Retrying(stop=_SEND_STOP, wait=_SEND_WAIT, retry=_SEND_RETRY, reraise=True):
+                    with attempt:
+                        response = _checked(http.post(self.event_url, content=body, headers=headers))
+        except _ServerError as exc:
+            response = exc.response
         except httpx.HTTPError as exc:
             raise SendEventsError(f"could not reach the event API at {self.event_url}: {exc}") from exc
         return parse_send_reply(response.status_code, response.content)

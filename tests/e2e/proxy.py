@@ -1,4 +1,4 @@
-"""A TCP proxy between a worker and the gateway that can cut the socket once."""
+"""A TCP proxy between a client (a worker, an event sender) and the server that can cut the socket once."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ from collections.abc import Callable
 
 class CuttingProxy:
     """Forwards bytes both ways. The first time `should_cut()` is true when a
-    chunk arrives from the worker, that chunk is dropped and both sides of the
-    connection are closed at once (as if the network failed). Later
-    connections pass through untouched."""
+    chunk arrives from the client (or, with `cut_answers`, from the server),
+    that chunk is dropped and both sides of the connection are closed at once
+    (as if the network failed). Later connections pass through untouched."""
 
-    def __init__(self, target_port: int, should_cut: Callable[[], bool]) -> None:
+    def __init__(self, target_port: int, should_cut: Callable[[], bool], *, cut_answers: bool = False) -> None:
         self.target_port = target_port
         self.should_cut = should_cut
+        self.cut_answers = cut_answers
         self.cuts = 0
         self.connections = 0
         self.port = 0
@@ -48,7 +49,7 @@ class CuttingProxy:
         async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, from_worker: bool) -> None:
             try:
                 while chunk := await src.read(65536):
-                    if from_worker and self.cuts == 0 and self.should_cut():
+                    if from_worker != self.cut_answers and self.cuts == 0 and self.should_cut():
                         self.cuts += 1
                         break
                     dst.write(chunk)
