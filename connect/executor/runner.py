@@ -211,7 +211,7 @@ class Runner:
         #: Requests created by this runner and never dispatched: no reply or
         #: lease can be stored for them, so the dispatcher need not look.
         self._fresh: set[str] = set()
-        #: Requests whose reply a commit of this run consumed (see `_handle`).
+        #: Requests consumed by a commit while the current message was handled (see `_handle`).
         self._consumed: set[str] = set()
         #: Replies delivered to the inbox and not yet handled (see `_settle_unhandled`).
         self._unhandled: dict[str, StepReply] = {}
@@ -334,18 +334,16 @@ class Runner:
             await self._s.store.save_run(run)
 
     async def _handle(self, message: Message) -> None:
-        if not isinstance(message, _Replied):
-            await self._handle_message(message)
-            return
+        """Handle one message (one at a time: `drive` awaits each)."""
         try:
             await self._handle_message(message)
         finally:
-            # The worker is acknowledged now if a commit of this run consumed
-            # the reply; otherwise the gateway stores the reply first.
-            committed = message.request_id in self._consumed
-            self._consumed.discard(message.request_id)
-            self._unhandled.pop(message.request_id, None)
-            message.reply.settle(committed)
+            if isinstance(message, _Replied):
+                # The worker is acknowledged now if a commit of this run consumed
+                # the reply; otherwise the gateway stores the reply first.
+                self._unhandled.pop(message.request_id, None)
+                message.reply.settle(message.request_id in self._consumed)
+            self._consumed.clear()
 
     async def _handle_message(self, message: Message) -> None:
         run = self.run
