@@ -35,6 +35,7 @@ from bench import machine, procs, report
 #: (module, time limit in seconds for a full run)
 SCENARIOS: list[tuple[str, float]] = [
     ("echo", 120),
+    ("floor", 120),
     ("celery_baseline", 300),
     ("dispatch", 420),
     ("durable", 420),

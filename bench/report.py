@@ -88,11 +88,19 @@ def rows(results: Results) -> list[Row]:
     add(celery, "chained steps/s, 300 in flight", g("celery_baseline", "chain_steps_per_s"), "/s")
     add(celery, "5-chain p50, 300 in flight", g("celery_baseline", "chain5_loaded_p50_ms"), "ms")
 
+    # --- the floor of one step: the path the protocol asks for, with no platform code
+    floor = "floor: one step's path"
+    for stage, label in (("ack", "echo + worker ACK"), ("hop", "+ hand-off to a user thread"),
+                         ("store", "+ SQLite commit of the reply")):  # fmt: skip
+        add(floor, f"{label} p50", g("floor", f"{stage}_p50_ms"), "ms", g("floor", "echo_p50_ms"), "echo p50, same run")
+    step_floor = g("floor", "store_p50_ms")
+
     # --- 1. gateway-only
     one = "1 gateway-only"
     add(one, "round trip p50", g("dispatch", "rtt_p50_ms"), "ms", g("echo", "rtt_p50_ms"), "echo p50", "<= 2.0x",
         lambda x: x <= 2.0)  # fmt: skip
     add(one, "round trip p99", g("dispatch", "rtt_p99_ms"), "ms", g("echo", "rtt_p99_ms"), "echo p99")
+    add(one, "round trip p50 against the floor", g("dispatch", "rtt_p50_ms"), "ms", step_floor, "floor of a step")
     for lanes in (256, 1024):
         v = g("dispatch", f"lanes{lanes}_steps_per_s")
         if v is not None or lanes == 256:
@@ -103,6 +111,8 @@ def rows(results: Results) -> list[Row]:
     two = "2 durable"
     add(two, "5-step run p50", g("durable", "run_p50_ms"), "ms", g("celery_baseline", "chain5_p50_ms"),
         "Celery 5-chain p50", "<= 0.25x", lambda x: x <= 0.25)  # fmt: skip
+    add(two, "5-step run p50 against the floor", g("durable", "run_p50_ms"), "ms",
+        None if step_floor is None else 6 * step_floor, "6 floors of a step")  # fmt: skip
     add(two, "5-step run p99", g("durable", "run_p99_ms"), "ms", g("celery_baseline", "chain5_p99_ms"),
         "Celery 5-chain p99")  # fmt: skip
     add(two, "steps/s, 300 in flight", g("durable", "steps_per_s"), "/s", g("celery_baseline", "chain_steps_per_s"),

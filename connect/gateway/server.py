@@ -23,7 +23,7 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from connect.gateway.auth import TokenIssuer
-from connect.gateway.connection import WRITE_HIGH_WATER, WRITE_TIMEOUT, Connection
+from connect.gateway.connection import WRITE_HIGH_WATER, WRITE_TIMEOUT, Connection, GatewayWebSocket
 from connect.gateway.dispatcher import GatewayDispatcher
 from protocol import codes, limits
 from protocol import connect_pb2 as pb
@@ -90,6 +90,7 @@ class GatewayServer:
             compression=None,
             max_queue=64,
             write_limit=WRITE_HIGH_WATER,
+            create_connection=GatewayWebSocket,
             # A restarted gateway meets its whole fleet at once: a short accept
             # queue turns that into dropped SYNs and seconds of client backoff.
             backlog=ACCEPT_BACKLOG,
@@ -158,6 +159,7 @@ class GatewayServer:
     # --- one connection -----------------------------------------------------------------------
 
     async def _handle(self, ws: ServerConnection) -> None:
+        assert isinstance(ws, GatewayWebSocket)  # `start` passes it as create_connection
         if self.draining:
             await ws.close(codes.CloseCode.GOING_AWAY, codes.GATEWAY_CLOSING)
             return
@@ -284,6 +286,10 @@ class GatewayServer:
             await self._close(conn, codes.CloseCode.INTERNAL_ERROR, codes.INTERNAL_ERROR)
             return
         conn.session.ack_reply(request_id)  # only after the reply is durable
+        # The ACK only lets the worker drop its copy: the caller waiting for
+        # this reply goes first (it was woken a moment ago), and whatever it
+        # sends this worker next carries the queued ACK out in the same write.
+        await asyncio.sleep(0)
         with contextlib.suppress(ConnectionClosed):
             await conn.flush()
 

@@ -1,0 +1,91 @@
+"""The gateway's WebSocket connection sends frames queued together in one write, in order."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import uvloop
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import serve
+from websockets.exceptions import ConnectionClosed
+
+from connect.gateway.connection import GatewayWebSocket
+
+
+class _CountingTransport:
+    """The real transport, with its write calls counted."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.writes: list[tuple[str, int]] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(("write", 1))
+        self._inner.write(data)
+
+    def writelines(self, chunks: Any) -> None:
+        chunks = list(chunks)
+        self.writes.append(("writelines", len(chunks)))
+        self._inner.writelines(chunks)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+class _Counted(GatewayWebSocket):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(_CountingTransport(transport))  # type: ignore[arg-type]
+
+
+async def _exchange(frames: list[bytes], *, client_closes_first: bool = False) -> tuple[list[bytes], Any]:
+    outcome: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    client_gone = asyncio.Event()
+
+    async def handler(ws: GatewayWebSocket) -> None:
+        assert isinstance(ws.transport, _CountingTransport)
+        if client_closes_first:
+            await client_gone.wait()
+            await ws.wait_closed()
+        ws.transport.writes.clear()
+        try:
+            await ws.send_frames(frames)
+        except ConnectionClosed as exc:
+            outcome.set_result(exc)
+            return
+        outcome.set_result(list(ws.transport.writes))
+        await ws.wait_closed()
+
+    async with serve(handler, "127.0.0.1", 0, create_connection=_Counted, compression=None) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        received: list[bytes] = []
+        async with connect(f"ws://127.0.0.1:{port}/", compression=None) as client:
+            if client_closes_first:
+                await client.close()
+                client_gone.set()
+            else:
+                for _ in frames:
+                    message = await asyncio.wait_for(client.recv(), 10)
+                    assert isinstance(message, bytes)
+                    received.append(message)
+        return received, await asyncio.wait_for(outcome, 10)
+
+
+@pytest.mark.parametrize("run", [asyncio.run, uvloop.run], ids=["asyncio", "uvloop"])
+def test_queued_frames_leave_in_one_write_in_order(run: Any) -> None:
+    frames = [b"a" * 40, b"b" * 300, b"c" * 5000]
+    received, writes = run(_exchange(frames))
+    assert received == frames
+    assert writes == [("writelines", 3)]
+
+
+def test_a_single_frame_is_one_write() -> None:
+    received, writes = uvloop.run(_exchange([b"x" * 300]))
+    assert received == [b"x" * 300]
+    assert writes == [("writelines", 1)]
+
+
+def test_sending_on_a_closed_connection_raises_connection_closed() -> None:
+    _, outcome = uvloop.run(_exchange([b"late"], client_closes_first=True))
+    assert isinstance(outcome, ConnectionClosed)
