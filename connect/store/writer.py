@@ -5,10 +5,7 @@ results. Everything submitted while the loop runs its current callbacks is
 collected; one callback scheduled behind them runs the whole collection inside
 one transaction, commits once and only then resolves every caller's future.
 When replies from hundreds of runs arrive in one read of the sockets, one
-commit carries all of them. An awaited write that finds the writer idle (no
-batch pending, nothing committed yet in this turn of the loop) has nobody to
-share a commit with: it commits at once, and its caller goes on without
-waiting two turns of the loop for a batch of one.
+commit carries all of them.
 
 Why on the loop and not on a thread of its own: a statement against a small
 table costs microseconds, while each hand-off between threads costs a wake-up
@@ -104,8 +101,6 @@ class SqliteWriter:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: collections.deque[_Job] = collections.deque()
         self._scheduled = False
-        #: A write committed at once in this turn of the loop: later ones batch.
-        self._committed_this_turn = False
         self._closed = False
         self._commits = 0
         self._dirty = False  # commits since the last checkpoint began
@@ -139,47 +134,24 @@ class SqliteWriter:
         self._checkpointer.start()
 
     async def submit(self, operation: Operation[T]) -> T:
-        """Run `operation` in the next batch; return once that batch committed.
-
-        With nothing queued or scheduled there is no batch to join: the
-        operation commits at once, in the caller's turn of the loop, sparing
-        it the two turns (the batch callback, then its own wake-up) that a
-        lone write would otherwise wait for. Writes submitted later in the
-        same turn still form a batch behind it."""
-        if self._queue or self._scheduled or self._committed_this_turn:
-            return await self.submit_nowait(operation)
-        future: asyncio.Future[T] = self._new_future()
-        self._committed_this_turn = True
-        future.get_loop().call_soon(self._next_turn)
-        self._run_batch(self._connection(), [(operation, future)])
-        self._catch_up_if_due()
-        return future.result()
-
-    def _next_turn(self) -> None:
-        self._committed_this_turn = False
+        """Run `operation` in the next batch; return once that batch committed."""
+        return await self.submit_nowait(operation)
 
     def submit_nowait(self, operation: Operation[T]) -> asyncio.Future[T]:
         """Queue `operation` for the next batch now; the future resolves once
         that batch committed. For writes whose caller need not wait: no task
         or coroutine per write, and submission order is kept all the same."""
-        future: asyncio.Future[T] = self._new_future()
-        self._queue.append((operation, future))
-        if not self._scheduled:
-            self._scheduled = True
-            future.get_loop().call_soon(self._drain)
-        return future
-
-    def _new_future(self) -> asyncio.Future[Any]:
         if self._closed or self._loop is None:
             raise StoreClosed("the store is closed" if self._closed else "the store is not open")
         loop = asyncio.get_running_loop()
         if loop is not self._loop:
             raise RuntimeError("the store belongs to another event loop")
-        return loop.create_future()
-
-    def _connection(self) -> sqlite3.Connection:
-        assert self._conn is not None
-        return self._conn
+        future: asyncio.Future[T] = loop.create_future()
+        self._queue.append((operation, future))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._drain)
+        return future
 
     async def close(self) -> None:
         """Run everything already submitted, then checkpoint and close the file."""
@@ -211,13 +183,10 @@ class SqliteWriter:
             self._loop.call_soon(self._drain)
         if batch:
             self._run_batch(self._conn, batch)
-        self._catch_up_if_due()
-
-    def _catch_up_if_due(self) -> None:
         if self._catch_up:
             self._catch_up = False
             try:
-                self._connection().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
             except sqlite3.Error:
                 log.warning("checkpoint of %s failed; retrying later", self._path, exc_info=True)
 
