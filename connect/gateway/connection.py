@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from websockets.asyncio.server import ServerConnection
 
+from connect.websocket import BatchingConnection
 from protocol.gateway_session import GatewaySession, WorkerHello
 
 log = logging.getLogger("connect.gateway")
@@ -21,33 +21,8 @@ MAX_SEND_BUFFER = 16 * 1024 * 1024
 WRITE_HIGH_WATER = 32 * 1024
 
 
-class GatewayWebSocket(ServerConnection):
-    """The gateway's server connection: frames queued together leave in one write.
-
-    websockets writes each frame with its own `transport.write`: a system
-    call (and, over loopback, a wake-up of the peer) per frame. `send_frames`
-    hands them all to one `transport.writelines`."""
-
-    async def send_frames(self, frames: Sequence[bytes]) -> None:
-        """Send binary messages in order, in one write. Raises ConnectionClosed
-        as `send` does. No back-pressure wait of its own: callers keep the
-        batch under the write limit (`Connection.flush`)."""
-        async with self.send_context():
-            for frame in frames:
-                self.protocol.send_binary(frame)
-
-    def send_data(self) -> None:
-        chunks = self.protocol.data_to_send()
-        if not chunks:
-            return
-        if all(chunks):
-            self.transport.writelines(chunks)
-            return
-        for data in chunks:  # an empty chunk asks for a half-close, as in websockets
-            if data:
-                self.transport.write(data)
-            elif self.transport.can_write_eof():
-                self.transport.write_eof()
+class GatewayWebSocket(BatchingConnection, ServerConnection):
+    """The gateway's server connection: queued frames leave in one write (see `connect.websocket`)."""
 
 
 @dataclass(eq=False)
@@ -96,7 +71,10 @@ class Connection:
             if quick:
                 # Under the library's high-water mark the send cannot wait, so it
                 # needs no (per-step, not free) timeout; the frames leave in one write.
-                await self.ws.send_frames(frames[:quick])
+                if self.ws.writable_now():
+                    self.ws.send_frames_now(frames[:quick])
+                else:
+                    await self.ws.send_frames(frames[:quick])
             for frame in frames[quick:]:
                 async with asyncio.timeout(self.write_timeout):
                     await self.ws.send(frame)

@@ -40,13 +40,13 @@ from tenacity import (
     retry_if_exception,
     wait_exponential_jitter,
 )
-from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 from websockets.typing import Subprotocol
 
 from connect.sdk.client import Client
 from connect.sdk.execution import SDK_VERSION, Invocation, execute
 from connect.sdk.function import Function, functions_json
+from connect.websocket import BatchingConnection
 from connect.worker import shutdown
 from connect.worker.masking import MaskedClientConnection
 from connect.worker.readiness import HealthServer
@@ -86,9 +86,13 @@ class WorkerOptions:
     gateway_url: str | None = None
 
 
+class _WorkerWebSocket(BatchingConnection, MaskedClientConnection):
+    """The worker's client connection: masking keys from a buffer, queued frames in one write."""
+
+
 @dataclass(eq=False)
 class _Socket:
-    ws: ClientConnection
+    ws: _WorkerWebSocket
     session: ws_.WorkerSession
     gateway_group: str
     connected: asyncio.Event = field(default_factory=asyncio.Event)
@@ -351,8 +355,9 @@ class WorkerConnection:
             ping_interval=None,
             compression=None,
             max_queue=64,
-            create_connection=MaskedClientConnection,
+            create_connection=_WorkerWebSocket,
         )
+        assert isinstance(ws, _WorkerWebSocket)
         session = ws_.WorkerSession(
             hello,
             frozenset(self._apps),
@@ -458,8 +463,19 @@ class WorkerConnection:
                     self._spawn(self._close_socket(sock, 4001, "UNEXPECTED"))
 
     async def _flush(self, sock: _Socket) -> None:
-        for frame in sock.session.data_to_send():
-            await sock.ws.send(frame)
+        if not self._flush_now(sock):
+            frames = sock.session.data_to_send()
+            if frames:
+                await sock.ws.send_frames(frames)  # waits while the gateway does not read
+
+    def _flush_now(self, sock: _Socket) -> bool:
+        """Send what the session queued, in one write, if that needs no wait."""
+        if not sock.ws.writable_now():
+            return False
+        frames = sock.session.data_to_send()
+        if frames:
+            sock.ws.send_frames_now(frames)
+        return True
 
     def _poke(self) -> None:
         """A request finished or a reply was delivered: progress for a drain.
@@ -616,7 +632,8 @@ class WorkerConnection:
                 sent = True
         if sent:
             assert sock is not None
-            self._spawn(self._flush_quietly(sock))
+            if not self._flush_now(sock):
+                self._spawn(self._flush_quietly(sock))
         self._poke()
 
     async def _flush_quietly(self, sock: _Socket) -> None:

@@ -1,4 +1,4 @@
-"""The gateway's WebSocket connection sends frames queued together in one write, in order."""
+"""`BatchingConnection` (gateway and worker): frames queued together leave in one write, in order."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from websockets.asyncio.server import serve
 from websockets.exceptions import ConnectionClosed
 
 from connect.gateway.connection import GatewayWebSocket
+from connect.websocket import BatchingConnection
 
 
 class _CountingTransport:
@@ -39,7 +40,9 @@ class _Counted(GatewayWebSocket):
         super().connection_made(_CountingTransport(transport))  # type: ignore[arg-type]
 
 
-async def _exchange(frames: list[bytes], *, client_closes_first: bool = False) -> tuple[list[bytes], Any]:
+async def _exchange(
+    frames: list[bytes], *, client_closes_first: bool = False, now: bool = False
+) -> tuple[list[bytes], Any]:
     outcome: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
     client_gone = asyncio.Event()
 
@@ -49,11 +52,17 @@ async def _exchange(frames: list[bytes], *, client_closes_first: bool = False) -
             await client_gone.wait()
             await ws.wait_closed()
         ws.transport.writes.clear()
-        try:
-            await ws.send_frames(frames)
-        except ConnectionClosed as exc:
-            outcome.set_result(exc)
-            return
+        if now:
+            if not ws.writable_now():
+                outcome.set_result("not writable")
+                return
+            ws.send_frames_now(frames)
+        else:
+            try:
+                await ws.send_frames(frames)
+            except ConnectionClosed as exc:
+                outcome.set_result(exc)
+                return
         outcome.set_result(list(ws.transport.writes))
         await ws.wait_closed()
 
@@ -78,6 +87,26 @@ def test_queued_frames_leave_in_one_write_in_order(run: Any) -> None:
     received, writes = run(_exchange(frames))
     assert received == frames
     assert writes == [("writelines", 3)]
+
+
+@pytest.mark.parametrize("run", [asyncio.run, uvloop.run], ids=["asyncio", "uvloop"])
+def test_frames_sent_now_leave_in_one_write_in_order(run: Any) -> None:
+    frames = [b"a" * 40, b"b" * 300]
+    received, writes = run(_exchange(frames, now=True))
+    assert received == frames
+    assert writes == [("writelines", 2)]
+
+
+def test_a_closed_connection_is_not_writable_now() -> None:
+    _, outcome = uvloop.run(_exchange([b"late"], client_closes_first=True, now=True))
+    assert outcome == "not writable"
+
+
+def test_both_sides_use_it() -> None:
+    from connect.worker.connection import _WorkerWebSocket
+
+    assert issubclass(GatewayWebSocket, BatchingConnection)
+    assert issubclass(_WorkerWebSocket, BatchingConnection)
 
 
 def test_a_single_frame_is_one_write() -> None:
