@@ -16,18 +16,53 @@ a REPLY_ACK; an ACK and a reply), so both use `BatchingConnection`:
 
 Frames handed over by either path are in the protocol's output in call order,
 so they never overtake one another.
+
+Receiving, websockets queues each message for `recv()`, whose task wakes on a
+later turn of the loop. An owner that handles messages synchronously sets
+`on_binary`: every complete binary message then goes to it as soon as it is
+parsed, inside `data_received`. Whatever the callback does not take (text,
+fragmented messages, and every message while earlier ones still wait for
+`recv()`) is queued as usual, so messages are seen in the order they came and
+`recv()` still ends with `ConnectionClosed` when the connection does.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 
 from websockets.asyncio.connection import Connection
-from websockets.protocol import OPEN
+from websockets.frames import CloseCode, Frame, Opcode
+from websockets.protocol import OPEN, Event
+
+log = logging.getLogger("connect.websocket")
 
 
 class BatchingConnection(Connection):
     """Mixed into the gateway's server and the worker's client connection classes."""
+
+    #: Set by the owner: called with each complete binary message as it is parsed.
+    on_binary: Callable[[bytes], None] | None = None
+
+    def process_event(self, event: Event) -> None:
+        handler = self.on_binary
+        if (
+            handler is None
+            or not isinstance(event, Frame)
+            or event.opcode is not Opcode.BINARY
+            or not event.fin
+            or len(self.recv_messages.frames)  # earlier messages wait for recv(): keep the order
+        ):
+            super().process_event(event)
+            return
+        try:
+            handler(bytes(event.data))
+        except Exception:
+            # As if the handler were the reader task that crashed: drop the connection.
+            log.exception("handling a message failed; closing the connection")
+            self.on_binary = None
+            self.protocol.fail(CloseCode.INTERNAL_ERROR, "internal error")
+            self.send_data()
 
     def writable_now(self) -> bool:
         """True if frames can be sent without waiting: the connection is open,

@@ -118,3 +118,90 @@ def test_a_single_frame_is_one_write() -> None:
 def test_sending_on_a_closed_connection_raises_connection_closed() -> None:
     _, outcome = uvloop.run(_exchange([b"late"], client_closes_first=True))
     assert isinstance(outcome, ConnectionClosed)
+
+
+# --- receiving: `on_binary` ---------------------------------------------------------------
+
+
+async def _receive_scenario(script: Any) -> Any:
+    """Run `script(server_ws, client, signal)` with a real server and client;
+    `signal` is an asyncio.Event the server side sets to let the client go on."""
+    result: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    server_side: asyncio.Future[GatewayWebSocket] = asyncio.get_running_loop().create_future()
+
+    async def handler(ws: GatewayWebSocket) -> None:
+        server_side.set_result(ws)
+        await ws.wait_closed()
+
+    async with serve(handler, "127.0.0.1", 0, create_connection=GatewayWebSocket, compression=None) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        async with connect(f"ws://127.0.0.1:{port}/", compression=None) as client:
+            ws = await asyncio.wait_for(server_side, 10)
+            result.set_result(await asyncio.wait_for(script(ws, client), 10))
+    return result.result()
+
+
+async def _until(predicate: Any) -> None:
+    while not predicate():
+        await asyncio.sleep(0.001)
+
+
+@pytest.mark.parametrize("run", [asyncio.run, uvloop.run], ids=["asyncio", "uvloop"])
+def test_binary_messages_go_to_on_binary_and_the_rest_to_recv(run: Any) -> None:
+    async def script(ws: GatewayWebSocket, client: Any) -> Any:
+        got: list[bytes] = []
+        ws.on_binary = got.append
+        await client.send(b"one")
+        await client.send(b"two")
+        await _until(lambda: len(got) == 2)
+        await client.send("text")
+        text = await ws.recv()
+        await client.send([b"frag", b"mented"])  # a fragmented message
+        fragmented = await ws.recv()
+        await client.send(b"three")
+        await _until(lambda: len(got) == 3)
+        return got, text, fragmented
+
+    got, text, fragmented = run(_receive_scenario(script))
+    assert got == [b"one", b"two", b"three"]
+    assert text == "text"
+    assert fragmented == b"fragmented"
+
+
+@pytest.mark.parametrize("run", [asyncio.run, uvloop.run], ids=["asyncio", "uvloop"])
+def test_messages_waiting_for_recv_are_not_overtaken(run: Any) -> None:
+    async def script(ws: GatewayWebSocket, client: Any) -> Any:
+        got: list[bytes] = []
+        await client.send(b"1")
+        await client.send(b"2")
+        await _until(lambda: len(ws.recv_messages.frames) == 2)
+        ws.on_binary = got.append  # set while two messages wait for recv()
+        await client.send(b"3")
+        await _until(lambda: len(ws.recv_messages.frames) == 3)
+        early = got[:]
+        received = [await ws.recv() for _ in range(3)]
+        await client.send(b"4")  # nothing waits any more: straight to the callback
+        await _until(lambda: len(got) == 1)
+        return early, received, got
+
+    early, received, got = run(_receive_scenario(script))
+    assert early == []
+    assert received == [b"1", b"2", b"3"]
+    assert got == [b"4"]
+
+
+def test_a_failing_on_binary_closes_the_connection_with_1011() -> None:
+    async def script(ws: GatewayWebSocket, client: Any) -> Any:
+        def boom(data: bytes) -> None:
+            raise RuntimeError("handler bug")
+
+        ws.on_binary = boom
+        await client.send(b"x")
+        with pytest.raises(ConnectionClosed) as client_side:
+            await client.recv()
+        with pytest.raises(ConnectionClosed):
+            await ws.recv()
+        return client_side.value.rcvd
+
+    rcvd = uvloop.run(_receive_scenario(script))
+    assert rcvd is not None and rcvd.code == 1011

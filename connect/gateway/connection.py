@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 
 from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
 
 from connect.websocket import BatchingConnection
 from protocol.gateway_session import GatewaySession, WorkerHello
@@ -46,6 +48,8 @@ class Connection:
     write_timeout: float = WRITE_TIMEOUT
     #: Set when the peer stopped reading: the connection is being dropped.
     slow: bool = False
+    #: Sends started by `flush_soon` that had to wait.
+    _sending: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def flush(self) -> None:
         """Write every frame the session queued, in order.
@@ -56,18 +60,33 @@ class Connection:
         keep up and is dropped, so it never holds up anyone else and its
         queue never grows without bound."""
         frames = self.session.data_to_send()
-        if not frames:
-            return
+        if frames and not self._send_now(frames):
+            await self._send(frames)
+
+    def flush_soon(self) -> None:
+        """`flush` for callers that cannot wait: a send that would wait goes on in a task."""
+        frames = self.session.data_to_send()
+        if frames and not self._send_now(frames):
+            task = asyncio.ensure_future(self._send_quietly(frames))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    def _send_now(self, frames: list[bytes]) -> bool:
+        """Send (or drop the peer) if that needs no waiting; False if it does."""
         transport = self.ws.transport
         buffered = transport.get_write_buffer_size()
         if buffered > MAX_SEND_BUFFER:
             self._drop_slow()
-            return
+            return True
         if buffered + sum(len(frame) for frame in frames) <= WRITE_HIGH_WATER and self.ws.writable_now():
             # The common case: nothing can make these sends wait. They leave
             # now, in one write, with no coroutine and no timeout.
             self.ws.send_frames_now(frames)
-            return
+            return True
+        return False
+
+    async def _send(self, frames: list[bytes]) -> None:
+        transport = self.ws.transport
         try:
             for frame in frames:
                 if transport.get_write_buffer_size() + len(frame) <= WRITE_HIGH_WATER:
@@ -79,6 +98,10 @@ class Connection:
                         await self.ws.send(frame)
         except TimeoutError:
             self._drop_slow()
+
+    async def _send_quietly(self, frames: list[bytes]) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            await self._send(frames)
 
     def _drop_slow(self) -> None:
         self.slow = True

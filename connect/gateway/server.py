@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import http
 import logging
 import time
@@ -173,6 +174,9 @@ class GatewayServer:
         timer = asyncio.create_task(self._timer(conn))
         try:
             await conn.flush()  # GATEWAY_HELLO
+            # The handshake goes through this loop. Once the worker is ready,
+            # binary messages are handled as they are parsed (`_receive`) and
+            # the loop gets the rest (see `connect.websocket`) and the end.
             async for message in ws:
                 data = message if isinstance(message, bytes) else message.encode()
                 await self._apply(conn, session.receive(data, self._clock()))
@@ -181,6 +185,7 @@ class GatewayServer:
         except ConnectionClosed:
             pass
         finally:
+            ws.on_binary = None
             timer.cancel()
             rcvd, sent = ws.protocol.close_rcvd, ws.protocol.close_sent
             close_code = rcvd.code if rcvd else None
@@ -221,25 +226,11 @@ class GatewayServer:
     async def _apply(self, conn: Connection, events: list[gs.Event]) -> None:
         """Act on session events, then write what the session queued."""
         for event in events:
+            if self._act(conn, event):
+                continue
             match event:
                 case gs.HelloAccepted(hello=hello):
                     await self._accept(conn, hello)
-                case gs.Ready():
-                    self.dispatcher.connection_ready(conn)
-                    log.info("worker ready: connection=%s instance=%s", conn.connection_id, conn.instance_id)
-                case gs.RequestAcked(request_id=rid):
-                    self.dispatcher.request_acked(rid, True)
-                case gs.AckFailed(request_id=rid):
-                    self.dispatcher.request_acked(rid, False)
-                case gs.ReplyReceived(response=response, raw=raw):
-                    # Stored off the reader loop: one slow commit must not hold
-                    # up heartbeats or other replies on this connection.
-                    self._spawn(self._reply(conn, response.request_id, raw))
-                case gs.LeaseExtension(data=data):
-                    self._spawn(self._extend(conn, data))
-                case gs.Paused():
-                    self.dispatcher.connection_unroutable(conn)
-                    log.info("worker paused: connection=%s instance=%s", conn.connection_id, conn.instance_id)
                 case gs.Close(code=code, reason=reason):
                     self.dispatcher.connection_unroutable(conn)
                     await self._close(conn, code, reason)
@@ -248,6 +239,40 @@ class GatewayServer:
             await conn.flush()
         except ConnectionClosed:
             pass
+
+    def _receive(self, conn: Connection, data: bytes) -> None:
+        """A binary message from a ready worker, handled as soon as it is parsed."""
+        events = conn.session.receive(data, self._clock())
+        for i, event in enumerate(events):
+            if not self._act(conn, event):  # a Close: the rest in order, in a task
+                conn.ws.on_binary = None
+                self._spawn(self._apply(conn, events[i:]))
+                return
+        conn.flush_soon()
+
+    def _act(self, conn: Connection, event: gs.Event) -> bool:
+        """Act on one event that needs no waiting; False for one that does."""
+        match event:
+            case gs.Ready():
+                self.dispatcher.connection_ready(conn)
+                conn.ws.on_binary = functools.partial(self._receive, conn)
+                log.info("worker ready: connection=%s instance=%s", conn.connection_id, conn.instance_id)
+            case gs.RequestAcked(request_id=rid):
+                self.dispatcher.request_acked(rid, True)
+            case gs.AckFailed(request_id=rid):
+                self.dispatcher.request_acked(rid, False)
+            case gs.ReplyReceived(response=response, raw=raw):
+                # Stored off the reader loop: one slow commit must not hold
+                # up heartbeats or other replies on this connection.
+                self._spawn(self._reply(conn, response.request_id, raw))
+            case gs.LeaseExtension(data=data):
+                self._spawn(self._extend(conn, data))
+            case gs.Paused():
+                self.dispatcher.connection_unroutable(conn)
+                log.info("worker paused: connection=%s instance=%s", conn.connection_id, conn.instance_id)
+            case gs.HelloAccepted() | gs.Close():
+                return False
+        return True
 
     async def _accept(self, conn: Connection, hello: gs.WorkerHello) -> None:
         if self._instance_connections(hello.instance_id) >= self.max_connections_per_instance:

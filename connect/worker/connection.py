@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import logging
 import os
 import socket
@@ -407,6 +408,9 @@ class WorkerConnection:
         return hello
 
     async def _read(self, sock: _Socket) -> None:
+        # Binary messages are handled as they are parsed (`_receive`); this
+        # loop gets the rest (see `connect.websocket`) and the end of the connection.
+        sock.ws.on_binary = functools.partial(self._receive, sock)
         try:
             async for message in sock.ws:
                 data = message if isinstance(message, bytes) else message.encode()
@@ -421,10 +425,21 @@ class WorkerConnection:
         except ConnectionClosed:
             pass
         finally:
+            sock.ws.on_binary = None
             if not sock.connected.is_set():
                 rcvd = sock.ws.protocol.close_rcvd
                 sock.session_end_reason = f"{rcvd.code} {rcvd.reason}" if rcvd else "connection closed"
             self._socket_ended(sock)
+
+    def _receive(self, sock: _Socket, data: bytes) -> None:
+        """Machinery: one binary message from the gateway, as soon as it is parsed."""
+        now = time.time()
+        self._handle(sock, sock.session.receive(data, now), now)
+        try:
+            if not self._flush_now(sock):  # ACKs go out before user code is woken
+                self._spawn(self._flush_quietly(sock))
+        finally:
+            self._hand_over_requests()
 
     def _handle(self, sock: _Socket, events: list[ws_.WorkerEvent], now: float) -> None:
         for event in events:
