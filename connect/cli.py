@@ -21,7 +21,7 @@ log = logging.getLogger("connect")
 #: live run, request and connection. Objects freed by reference counting, which is
 #: nearly all of them, never count toward the first threshold, so this delays only
 #: the reclaiming of reference cycles. Measured with `bench.durable`: `connect dev`
-#: spends 120 instead of 140 µs of CPU per step (see bench/README.md).
+#: spends 115 instead of 135 µs of CPU per step (see bench/README.md).
 GC_THRESHOLDS = (50_000, 50, 100)
 
 
