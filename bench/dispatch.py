@@ -271,19 +271,14 @@ async def _breakdown(gw: Any, one: Any, count: int) -> dict[str, Any]:
 
 
 def _gateway_role(argv: list[str]) -> int:
-    import gc
-
-    import uvloop
-
-    from connect.cli import GC_THRESHOLDS
+    from connect import cli
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--spec", required=True)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
     procs.raise_nofile()
-    gc.set_threshold(*GC_THRESHOLDS)  # as the platform's commands run
-    result = uvloop.run(_drive(args))
+    result = cli.run(_drive(args))  # as the platform's commands run
     Path(args.out).write_text(json.dumps(result))
     _say("DONE")
     return 0

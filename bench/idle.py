@@ -58,11 +58,7 @@ APP = "bench-idle"
 
 
 def _gateway_role(argv: list[str]) -> int:
-    import gc
-
-    import uvloop
-
-    from connect.cli import GC_THRESHOLDS
+    from connect import cli
     from connect.devserver import DevServer, DevSettings
 
     parser = argparse.ArgumentParser()
@@ -78,8 +74,7 @@ def _gateway_role(argv: list[str]) -> int:
     settings = DevSettings(
         port=args.port, gateway_port=args.gateway_port, db=args.db, heartbeat_interval=args.heartbeat
     )
-    gc.set_threshold(*GC_THRESHOLDS)  # as `connect dev` runs
-    uvloop.run(DevServer(settings).run())
+    cli.run(DevServer(settings).run())  # as `connect dev` runs it
     return 0
 
 

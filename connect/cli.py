@@ -9,10 +9,12 @@ import importlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
 
 log = logging.getLogger("connect")
+
+T = TypeVar("T")
 
 #: The cyclic garbage collector's thresholds in the processes these commands run
 #: (Python's defaults are 700, 10, 10). A platform or worker process allocates and
@@ -25,14 +27,16 @@ log = logging.getLogger("connect")
 GC_THRESHOLDS = (50_000, 50, 100)
 
 
-def _run(coro: Any) -> None:
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run `coro` as the main coroutine of a process the platform owns (every
+    command here, and the benchmark's platform processes): with
+    `GC_THRESHOLDS`, on uvloop where it is installed."""
     gc.set_threshold(*GC_THRESHOLDS)
     try:
         import uvloop
-
-        uvloop.run(coro)
     except ImportError:  # pragma: no cover - platforms without uvloop
-        asyncio.run(coro)
+        return asyncio.run(coro)
+    return uvloop.run(coro)
 
 
 def _setup_logging(level: str) -> None:
@@ -74,7 +78,7 @@ def _platform_settings(args: argparse.Namespace) -> Any:
 def cmd_dev(args: argparse.Namespace) -> int:
     from connect.devserver import DevServer
 
-    _run(DevServer(_platform_settings(args)).run())
+    run(DevServer(_platform_settings(args)).run())
     return 0
 
 
@@ -100,7 +104,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _platform_settings(args)
     settings.keys = keys
     settings.name = "connect serve"
-    _run(DevServer(settings).run())
+    run(DevServer(settings).run())
     return 0
 
 
@@ -173,7 +177,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         await conn.closed
         abandoned = conn.abandoned
 
-    _run(main())
+    run(main())
     code = 0 if abandoned == 0 else 1
     log.info("worker exited (code %d)", code)
     # Abandoned user code may still hold threads past the drain deadline:
