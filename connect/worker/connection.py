@@ -436,8 +436,7 @@ class WorkerConnection:
         now = time.time()
         self._handle(sock, sock.session.receive(data, now), now)
         try:
-            if not self._flush_now(sock):  # ACKs go out before user code is woken
-                self._spawn(self._flush_quietly(sock))
+            self._flush_soon(sock)  # ACKs go out before user code is woken
         finally:
             self._hand_over_requests()
 
@@ -482,6 +481,11 @@ class WorkerConnection:
             frames = sock.session.data_to_send()
             if frames:
                 await sock.ws.send_frames(frames)  # waits while the gateway does not read
+
+    def _flush_soon(self, sock: _Socket) -> None:
+        """`_flush` for callers that cannot wait: a send that would wait goes on in a task."""
+        if not self._flush_now(sock):
+            self._spawn(self._flush_quietly(sock))
 
     def _flush_now(self, sock: _Socket) -> bool:
         """Send what the session queued, in one write, if that needs no wait."""
@@ -647,8 +651,7 @@ class WorkerConnection:
                 sent = True
         if sent:
             assert sock is not None
-            if not self._flush_now(sock):
-                self._spawn(self._flush_quietly(sock))
+            self._flush_soon(sock)
         self._poke()
 
     async def _flush_quietly(self, sock: _Socket) -> None:
