@@ -138,11 +138,19 @@ async def test_a_burst_crosses_with_one_wake_up_and_every_reply_comes_back(machi
     starts = count_calls(conn, "_start_requests")
     deliveries = count_calls(conn, "_deliver_replies")
     reqs = [request(f"r{i}", v=i) for i in range(50)]
-    machinery.call(queue(conn, reqs))
+    machinery.call(queue(conn, reqs))  # the caller's loop is blocked here: one wake-up for all 50
+    # Keep the machinery busy until every reply is handed back, so the first
+    # reply's wake-up is still pending when the other 49 arrive.
+    busy = threading.Event()
+    machinery.loop.call_soon_threadsafe(busy.wait, 10)
+    with anyio.fail_after(10):
+        while len(conn._replies) < len(reqs):
+            await anyio.sleep(0.005)
+    busy.set()
 
     replies = await replies_of(conn, len(reqs))
     assert starts[0] == 1
-    assert 1 <= deliveries[0] < len(reqs)
+    assert deliveries[0] == 1
     assert set(replies) == {r.request_id for r in reqs}
     for i, req in enumerate(reqs):
         resp = replies[req.request_id]
