@@ -53,7 +53,9 @@ def _ended_at(http: httpx.Client, event_id: str, timeout: float = 30.0) -> float
     return None
 
 
-def start_dev(children: procs.Children, opts: scenario.Options, tag: str) -> tuple[procs.Child, str]:
+def start_dev(
+    children: procs.Children, opts: scenario.Options, tag: str, *, checkpoints: bool = True
+) -> tuple[procs.Child, str]:
     port, gw_port = procs.free_port(), procs.free_port()
     dev = children.start(
         f"{tag}-dev",
@@ -67,6 +69,7 @@ def start_dev(children: procs.Children, opts: scenario.Options, tag: str) -> tup
             str(gw_port),
             "--db",
             str(opts.workdir / f"{tag}.db"),
+            *([] if checkpoints else ["--no-checkpoint-steps"]),
         ),
     )
     url = f"http://127.0.0.1:{port}"
@@ -92,8 +95,10 @@ def measure(
     seconds: float,
     profile_seconds: float,
     tag: str,
+    checkpoints: bool = True,
 ) -> dict[str, Any]:
-    dev, url = start_dev(children, opts, tag)
+    """`checkpoints=False` runs `connect dev --no-checkpoint-steps`: one step per request."""
+    dev, url = start_dev(children, opts, tag, checkpoints=checkpoints)
     listener = Listener()
     worker = start_worker(children, worker_kind, url, f"{tag}-worker", env={NOTIFY_ENV: listener.address})
     out: dict[str, Any] = {"worker": worker_kind}
@@ -198,7 +203,7 @@ def measure(
 
 
 def run(opts: scenario.Options, children: procs.Children) -> dict[str, Any]:
-    return measure(
+    out = measure(
         opts,
         children,
         worker_kind="ours",
@@ -207,6 +212,20 @@ def run(opts: scenario.Options, children: procs.Children) -> dict[str, Any]:
         profile_seconds=opts.pick(8.0, 4.0) if opts.profile else 0.0,
         tag="durable",
     )
+    # Context: the same runs with one step per request, as the official protocol has it.
+    one = measure(
+        opts,
+        children,
+        worker_kind="ours",
+        sequential=opts.count(300, 100),
+        seconds=opts.pick(8.0, 4.0),
+        profile_seconds=0.0,
+        tag="durable-one-step",
+        checkpoints=False,
+    )
+    for key in ("run_p50_ms", "run_p99_ms", "steps_per_s", "dev_cpu_us_per_step", "worker_cpu_us_per_step"):
+        out[f"one_step_{key}"] = one[key]
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

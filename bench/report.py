@@ -119,12 +119,18 @@ def rows(results: Results) -> list[Row]:
         "Celery steps/s", ">= 5x", lambda x: x >= 5.0)  # fmt: skip
     add(two, "run p50, 300 in flight", g("durable", "loaded_run_p50_ms"), "ms",
         g("celery_baseline", "chain5_loaded_p50_ms"), "Celery, 300 in flight")  # fmt: skip
+    add(two, "5-step run p50, one step per request", g("durable", "one_step_run_p50_ms"), "ms",
+        g("celery_baseline", "chain5_p50_ms"), "Celery 5-chain p50")  # fmt: skip
+    add(two, "steps/s, one step per request", g("durable", "one_step_steps_per_s"), "/s",
+        g("celery_baseline", "chain_steps_per_s"), "Celery steps/s")  # fmt: skip
 
     # --- 3. workers
     three = "3 workers"
     for case, label in (("durable", "durable"), ("gateway", "gateway-only")):
         add(three, f"steps/s, {label}", g("workers", f"ours_{case}_steps_per_s"), "/s",
             g("workers", f"official_{case}_steps_per_s"), "official worker", ">= 3x", lambda x: x >= 3.0)  # fmt: skip
+    add(three, "steps/s, durable, ours one step per request", g("workers", "ours_one_step_durable_steps_per_s"), "/s",
+        g("workers", "official_durable_steps_per_s"), "official worker")  # fmt: skip
     for case, label in (("durable", "durable"), ("gateway", "gateway-only")):
         add(three, f"worker CPU per step, {label}", g("workers", f"ours_{case}_worker_cpu_us_per_step"), "us",
             g("workers", f"official_{case}_worker_cpu_us_per_step"), "official worker")  # fmt: skip

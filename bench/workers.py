@@ -62,6 +62,19 @@ def run(opts: scenario.Options, children: procs.Children) -> dict[str, Any]:
         if "profile_worker" in g:
             out["profile_official_worker"] = g["profile_worker"]
             out["profile_official_worker_data"] = g["profile_worker_data"]
+    # Like for like: ours with one step per request, as the official worker runs.
+    d = durable.measure(
+        opts,
+        children,
+        worker_kind="ours",
+        sequential=0,
+        seconds=seconds,
+        profile_seconds=0.0,
+        tag="w-ours-one-step",
+        checkpoints=False,
+    )
+    out["ours_one_step_durable_steps_per_s"] = d["steps_per_s"]
+    out["ours_one_step_durable_worker_cpu_us_per_step"] = d["worker_cpu_us_per_step"]
     out["durable_ratio"] = out["ours_durable_steps_per_s"] / max(1e-9, out["official_durable_steps_per_s"])
     out["gateway_ratio"] = out["ours_gateway_steps_per_s"] / max(1e-9, out["official_gateway_steps_per_s"])
     return out

@@ -54,7 +54,13 @@ def _setup_logging(level: str) -> None:
 def _platform_settings(args: argparse.Namespace) -> Any:
     from connect.devserver import DevSettings
 
-    settings = DevSettings(host=args.host, port=args.port, gateway_port=args.gateway_port, db=args.db)
+    settings = DevSettings(
+        host=args.host,
+        port=args.port,
+        gateway_port=args.gateway_port,
+        db=args.db,
+        checkpoint_steps=args.checkpoint_steps,
+    )
     for name in (
         "lease_duration",
         "extend_lease_interval",
@@ -127,6 +133,12 @@ def _add_platform_args(parser: argparse.ArgumentParser, default_db: str) -> None
         "--max-connections-per-instance", type=int, default=None, help="live connections per instance id (16)"
     )
     parser.add_argument("--handshake-timeout", type=float, default=None, help="seconds to send WORKER_CONNECT (5)")
+    parser.add_argument(
+        "--no-checkpoint-steps",
+        dest="checkpoint_steps",
+        action="store_false",
+        help="one step per request for every worker (checkpoints are on by default)",
+    )
 
 
 def load_apps(target: str) -> list[tuple[Any, list[Any]]]:

@@ -49,6 +49,8 @@ class DevSettings:
     max_connections: int = limits.MAX_CONNECTIONS
     max_connections_per_instance: int = limits.MAX_CONNECTIONS_PER_INSTANCE
     handshake_timeout: float = limits.HANDSHAKE_TIMEOUT
+    #: Let workers that support it store each step and go on in the same request.
+    checkpoint_steps: bool = True
     #: The name of the process in its log lines.
     name: str = "connect dev"
 
@@ -85,7 +87,7 @@ class DevServer:
         dispatcher = GatewayDispatcher(
             store, lease_duration=s.lease_duration, extend_lease_interval=s.extend_lease_interval
         )
-        executor = Executor(store, dispatcher)
+        executor = Executor(store, dispatcher, checkpoint_steps=s.checkpoint_steps)
         gateway = GatewayServer(
             dispatcher,
             tokens,

@@ -28,6 +28,8 @@ class GatewayMessageType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     WORKER_REQUEST_EXTEND_LEASE_ACK: _ClassVar[GatewayMessageType]
     SYNC_FAILED: _ClassVar[GatewayMessageType]
     WORKER_STATUS: _ClassVar[GatewayMessageType]
+    WORKER_CHECKPOINT: _ClassVar[GatewayMessageType]
+    WORKER_CHECKPOINT_ACK: _ClassVar[GatewayMessageType]
 
 class SDKResponseStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -58,6 +60,8 @@ WORKER_REQUEST_EXTEND_LEASE: GatewayMessageType
 WORKER_REQUEST_EXTEND_LEASE_ACK: GatewayMessageType
 SYNC_FAILED: GatewayMessageType
 WORKER_STATUS: GatewayMessageType
+WORKER_CHECKPOINT: GatewayMessageType
+WORKER_CHECKPOINT_ACK: GatewayMessageType
 NOT_COMPLETED: SDKResponseStatus
 DONE: SDKResponseStatus
 ERROR: SDKResponseStatus
@@ -274,6 +278,14 @@ class WorkerReplyAckData(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     def __init__(self, request_id: _Optional[str] = ...) -> None: ...
+
+class WorkerCheckpointAckData(_message.Message):
+    __slots__ = ("request_id", "stored")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    STORED_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    stored: bool
+    def __init__(self, request_id: _Optional[str] = ..., stored: _Optional[bool] = ...) -> None: ...
 
 class WorkerStatusData(_message.Message):
     __slots__ = ("in_flight_request_ids", "shutdown_requested")

@@ -105,6 +105,15 @@ class ReplyReceived:
 
 
 @dataclass(frozen=True)
+class CheckpointReceived:
+    """WORKER_CHECKPOINT: a step of a request still running, to store before
+    the worker goes on (answer with `ack_checkpoint`)."""
+
+    response: pb.SDKResponse
+    raw: bytes
+
+
+@dataclass(frozen=True)
 class LeaseExtension:
     data: pb.WorkerRequestExtendLeaseData
 
@@ -140,6 +149,7 @@ Event = (
     | RequestAcked
     | AckFailed
     | ReplyReceived
+    | CheckpointReceived
     | LeaseExtension
     | Paused
     | Heartbeat
@@ -223,6 +233,8 @@ class GatewaySession:
             return self._reply(payload)
         if kind == pb.WORKER_REQUEST_ACK:
             return self._request_ack(payload)
+        if kind == pb.WORKER_CHECKPOINT:
+            return self._checkpoint(payload)
         if kind == pb.WORKER_REQUEST_EXTEND_LEASE:
             return self._extend_lease(payload)
         if kind == pb.WORKER_READY:
@@ -381,6 +393,15 @@ class GatewaySession:
             return self._close(codes.CloseCode.INTERNAL_ERROR, codes.INTERNAL_ERROR)
         return [ReplyReceived(msg, payload)]
 
+    def _checkpoint(self, payload: bytes) -> list[Event]:
+        try:
+            msg = frames.parse_payload(pb.SDKResponse, payload)
+        except frames.FrameError:
+            return self._close(codes.CloseCode.INTERNAL_ERROR, codes.INTERNAL_ERROR)
+        if not msg.request_id:
+            return self._close(codes.CloseCode.INTERNAL_ERROR, codes.INTERNAL_ERROR)
+        return [CheckpointReceived(msg, payload)]
+
     def _status(self, payload: bytes, now: float) -> list[Event]:
         if now - self._last_status < _STATUS_MIN_GAP:
             return []
@@ -405,6 +426,12 @@ class GatewaySession:
         if self.phase is Phase.CLOSED:
             return
         self._out.append(frames.encode(pb.WORKER_REPLY_ACK, pb.WorkerReplyAckData(request_id=request_id)))
+
+    def ack_checkpoint(self, request_id: str, stored: bool) -> None:
+        if self.phase is Phase.CLOSED:
+            return
+        ack = pb.WorkerCheckpointAckData(request_id=request_id, stored=stored)
+        self._out.append(frames.encode(pb.WORKER_CHECKPOINT_ACK, ack))
 
     def lease_ack(self, data: pb.WorkerRequestExtendLeaseData, new_lease_id: str | None) -> None:
         """Answer an extension; `new_lease_id` None is a NACK."""

@@ -39,3 +39,10 @@ SESSION_TOKEN_TTL: Final = 300.0
 DEV_JWT_SECRET: Final = "this-does-not-need-to-be-secret"  # noqa: S105 - public dev secret by design
 JWT_ISSUER: Final = "connect.inngest.com"
 JWT_AUDIENCE: Final = "gateway.connect.inngest.com"
+
+#: Steps one request may checkpoint (WORKER_CHECKPOINT) before the executor
+#: answers "not stored", which ends the request; the next request goes on.
+MAX_CHECKPOINTS_PER_REQUEST: Final = 100
+#: How long a worker waits for WORKER_CHECKPOINT_ACK before ending the request
+#: with the step (as if the checkpoint was refused).
+CHECKPOINT_ACK_TIMEOUT: Final = 10.0

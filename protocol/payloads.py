@@ -58,6 +58,10 @@ class RequestContext(msgspec.Struct):
     step_id: str = "step"
     max_attempts: int | None = None
     env: str = ""
+    #: This platform's extension (official SDKs ignore it): the worker may
+    #: store each `step.run` result with WORKER_CHECKPOINT and go on to the
+    #: next step in the same request.
+    checkpoint_steps: bool = False
 
 
 class ExecutorRequest(msgspec.Struct):

@@ -59,6 +59,14 @@ class ReplyAcked:
 
 
 @dataclass(frozen=True)
+class CheckpointAnswer:
+    """WORKER_CHECKPOINT_ACK: whether the checkpointed step was stored."""
+
+    request_id: str
+    stored: bool
+
+
+@dataclass(frozen=True)
 class LeaseAnswer:
     request_id: str
     new_lease_id: str | None  # None: the lease is lost (NACK)
@@ -82,7 +90,9 @@ class Dead:
     why: str
 
 
-WorkerEvent = Connected | Execute | Ignored | ReplyAcked | LeaseAnswer | GatewayClosing | SyncFailed | Dead
+WorkerEvent = (
+    Connected | Execute | Ignored | ReplyAcked | CheckpointAnswer | LeaseAnswer | GatewayClosing | SyncFailed | Dead
+)
 
 
 class WorkerSession:
@@ -149,6 +159,12 @@ class WorkerSession:
             except frames.FrameError:
                 return []
             return [ReplyAcked(ack.request_id)]
+        if kind == pb.WORKER_CHECKPOINT_ACK:
+            try:
+                cack = frames.parse_payload(pb.WorkerCheckpointAckData, payload)
+            except frames.FrameError:
+                return []  # the worker's wait times out and the request ends with the step
+            return [CheckpointAnswer(cack.request_id, cack.stored)]
         if kind == pb.WORKER_REQUEST_EXTEND_LEASE_ACK:
             try:
                 lack = frames.parse_payload(pb.WorkerRequestExtendLeaseAckData, payload)
@@ -201,6 +217,13 @@ class WorkerSession:
         if self.phase is not WorkerPhase.ACTIVE:
             return False
         self._out.append(frames.encode(pb.WORKER_REPLY, response))
+        return True
+
+    def send_checkpoint(self, response: bytes) -> bool:
+        """Queue WORKER_CHECKPOINT (an `SDKResponse` with one StepRun op)."""
+        if self.phase is not WorkerPhase.ACTIVE:
+            return False
+        self._out.append(frames.encode(pb.WORKER_CHECKPOINT, response))
         return True
 
     def extend_lease(self, data: pb.WorkerRequestExtendLeaseData) -> bool:

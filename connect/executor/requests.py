@@ -22,7 +22,14 @@ from connect.store.base import PendingRequest, RunRecord
 from protocol.payloads import Event, ExecutorRequest, RequestContext, RequestStack, json_encoder
 
 
-def build_request(run: RunRecord, pending: PendingRequest, event: Event, memos: Mapping[str, msgspec.Raw]) -> bytes:
+def build_request(
+    run: RunRecord,
+    pending: PendingRequest,
+    event: Event,
+    memos: Mapping[str, msgspec.Raw],
+    *,
+    checkpoint_steps: bool = False,
+) -> bytes:
     """The request body for one of the run's pending requests."""
     stack = list(memos)
     request = ExecutorRequest(
@@ -38,6 +45,7 @@ def build_request(run: RunRecord, pending: PendingRequest, event: Event, memos: 
             fn_id=run.function_id,
             step_id=pending.step_id,
             max_attempts=run.max_attempts,
+            checkpoint_steps=checkpoint_steps,
         ),
         use_api=False,
         version=run.request_version,

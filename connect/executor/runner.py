@@ -23,11 +23,21 @@ of its waiting steps completes or it is cancelled.
 Cancellation takes effect at the next step boundary: requests not yet with
 a worker are dropped, requests a worker is running are awaited (their step
 bodies are not interrupted), and the run ends `Cancelled`.
+
+Checkpoints: a discovery request of a run doing nothing else offers them
+(`ctx.checkpoint_steps`). A worker that supports them stores each `step.run`
+result through `_on_checkpoint` (one `save_run`, like a reply's) and goes on
+to the next step in the same request; the request's attempt count starts
+again, as the next discovery's would. A checkpoint is refused (and the
+worker ends the request with the step, as without checkpoints) once a
+cancellation is asked for, after `MAX_CHECKPOINTS_PER_REQUEST`, or when the
+run has anything else outstanding.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -73,7 +83,7 @@ from connect.store.base import (
     Waiting,
 )
 from protocol.ids import new_ulid
-from protocol.limits import MAX_REQUEST_PAYLOAD_BYTES
+from protocol.limits import MAX_CHECKPOINTS_PER_REQUEST, MAX_REQUEST_PAYLOAD_BYTES
 from protocol.payloads import (
     OP_INVOKE_FUNCTION,
     OP_NONE,
@@ -107,6 +117,8 @@ class RunServices:
     clock: Callable[[], float]
     #: Upper bound on one wait for a worker; the dispatcher normally wakes us sooner.
     worker_wait: float = 30.0
+    #: Whether discovery requests offer checkpoints (see the module docstring).
+    checkpoint_steps: bool = True
 
 
 # --- messages -----------------------------------------------------------------------
@@ -215,12 +227,18 @@ class Runner:
         self._consumed: set[str] = set()
         #: Replies delivered to the inbox and not yet handled (see `_settle_unhandled`).
         self._unhandled: dict[str, StepReply] = {}
+        #: A cancellation was delivered (maybe not handled yet): refuse checkpoints.
+        self._cancel_asked = False
+        #: Checkpoints stored per request id (see `_on_checkpoint`).
+        self._checkpoints: dict[str, int] = {}
 
     # --- loading --------------------------------------------------------------------
 
     def deliver(self, message: Message) -> None:
         if isinstance(message, _Replied):
             self._unhandled[message.request_id] = message.reply
+        elif isinstance(message, CancelRequested):
+            self._cancel_asked = True
         self._inbox.put_nowait(message)
 
     def adopt(self, run: RunRecord, event: Event) -> None:
@@ -445,7 +463,8 @@ class Runner:
         run = self.run
         assert run is not None and self.event is not None
         rid = pending.request_id
-        payload = build_request(run, pending, self.event, self.memos)
+        checkpoints = self._may_checkpoint(pending)
+        payload = build_request(run, pending, self.event, self.memos, checkpoint_steps=checkpoints)
         if len(payload) > MAX_REQUEST_PAYLOAD_BYTES:
             return _Oversized(rid, len(payload))
         request = StepRequest(
@@ -459,6 +478,7 @@ class Runner:
             fresh=rid in self._fresh,
             # The reply becomes durable as this run's next commit (the step's memo).
             takes_over=True,
+            checkpoint=functools.partial(self._on_checkpoint, rid) if checkpoints else None,
         )
         self._fresh.discard(rid)
         self._forwarded.add(rid)
@@ -470,7 +490,62 @@ class Runner:
             return _DispatchFailed(rid, exc)
         finally:
             self._forwarded.discard(rid)
+            self._checkpoints.pop(rid, None)
         return _Replied(rid, reply)
+
+    def _may_checkpoint(self, pending: PendingRequest) -> bool:
+        """Whether `pending` offers checkpoints: a discovery, with nothing else outstanding."""
+        run = self.run
+        assert run is not None
+        return (
+            self._s.checkpoint_steps
+            and pending.step_id == DISCOVERY
+            and not run.disable_immediate_execution
+            and not self._cancel_asked
+            and self._cancel_reason is None
+            and len(run.requests) == 1
+            and not run.waiting
+        )
+
+    async def _on_checkpoint(self, request_id: str, reply: StepReply) -> bool:
+        """Store one step a worker ran in request `request_id`, which goes on
+        running; True once stored. Runs while `drive` awaits that request."""
+        run = self.run
+        assert run is not None
+        if (
+            run.status != RUNNING
+            or self._cancel_asked
+            or self._cancel_reason is not None
+            or len(run.requests) != 1
+            or run.requests[0].request_id != request_id
+            or run.waiting
+            or self._checkpoints.get(request_id, 0) >= MAX_CHECKPOINTS_PER_REQUEST
+            or reply.status != STATUS_NOT_COMPLETED
+        ):
+            return False
+        try:
+            ops = replies.parse_ops(reply.body)
+        except replies.UnreadableReply:
+            return False
+        if len(ops) != 1 or ops[0].op != OP_STEP_RUN or ops[0].id in self.memos:
+            return False  # anything else is judged when the request ends with it
+        op = ops[0]
+        memo = StepMemo(op.id, replies.data_memo(op))
+        pending = run.requests[0]
+        # The request now looks for the step after this one: its attempts start over.
+        run.requests[0] = msgspec.structs.replace(pending, attempt=0, wake_at_ms=0)
+        try:
+            await self._s.store.save_run(run, memos=[memo])
+        except BaseException:
+            if run.requests and run.requests[0].request_id == request_id:
+                run.requests[0] = pending
+            raise
+        self.memos.setdefault(op.id, msgspec.Raw(memo.result))
+        self._checkpoints[request_id] = self._checkpoints.get(request_id, 0) + 1
+        self._has_replied = True
+        if reply.request_version > 0:
+            run.request_version = reply.request_version
+        return True
 
     def _start_timeout_ms(self) -> int | None:
         if self._has_replied:

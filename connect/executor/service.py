@@ -98,6 +98,7 @@ class Executor:
         clock: Callable[[], float] = time.time,
         backoff_base: float = 1.0,
         backoff_max: float = 60.0,
+        checkpoint_steps: bool = True,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -106,6 +107,7 @@ class Executor:
             dispatcher=dispatcher,
             backoff=Backoff(backoff_base, backoff_max),
             clock=clock,
+            checkpoint_steps=checkpoint_steps,
         )
         self._registry = TriggerIndex(default_retries)
         self._app_versions: dict[str, tuple[str | None, bytes]] = {}

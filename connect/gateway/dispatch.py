@@ -8,7 +8,7 @@ failed" (an attempt burnt).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import msgspec
@@ -38,6 +38,12 @@ class StepRequest(msgspec.Struct, frozen=True):
     #: calls `StepReply.settle(True)` after that commit. `settle(False)` (the
     #: caller did not commit it) makes the dispatcher store it itself first.
     takes_over: bool = False
+    #: Set when the payload offers checkpoints (`ctx.checkpoint_steps`): each
+    #: WORKER_CHECKPOINT for this request is handed to it (as a `StepReply`
+    #: with one StepRun op) while `dispatch` still waits. It returns True
+    #: once the step is durably stored, which lets the worker go on to the
+    #: next step in the same request; False ends the request with the step.
+    checkpoint: Callable[[StepReply], Awaitable[bool]] | None = None
 
 
 class StepReply(msgspec.Struct, frozen=True):

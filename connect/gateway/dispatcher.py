@@ -68,11 +68,18 @@ class _Pending:
     the lease timer) and `dispatch` looks at the fields to see what happened.
     A successful ACK only records itself: it needs no wake-up."""
 
-    __slots__ = ("acked", "reply", "takes_over", "wake")
+    __slots__ = ("acked", "checkpoint", "checkpointing", "reply", "takes_over", "wake")
 
-    def __init__(self, wake: asyncio.Future[None], takes_over: bool) -> None:
+    def __init__(
+        self,
+        wake: asyncio.Future[None],
+        takes_over: bool,
+        checkpoint: Callable[[StepReply], Awaitable[bool]] | None,
+    ) -> None:
         self.wake = wake
         self.takes_over = takes_over
+        self.checkpoint = checkpoint
+        self.checkpointing = False
         self.acked: bool | None = None
         self.reply: StepReply | None = None
 
@@ -140,7 +147,9 @@ class GatewayDispatcher:
 
     async def dispatch(self, request: StepRequest) -> StepReply:
         rid = request.request_id
-        pending = self._pending[rid] = _Pending(asyncio.get_running_loop().create_future(), request.takes_over)
+        pending = self._pending[rid] = _Pending(
+            asyncio.get_running_loop().create_future(), request.takes_over, request.checkpoint
+        )
         try:
             if not request.fresh:
                 stored = await self._store.get_reply(rid)
@@ -258,6 +267,24 @@ class GatewayDispatcher:
         if pending.reply is None:
             pending.reply = reply_from_bytes(raw)
             pending.poke()
+
+    async def accept_checkpoint(self, raw: bytes, request_id: str, instance_id: str) -> bool:
+        """Hand a worker's checkpoint to the request's caller; True once the
+        step is durably stored. False (the worker ends the request with the
+        step) when the request offers no checkpoints, is not in flight here
+        on `instance_id`, already has its reply, or has one checkpoint being
+        stored already."""
+        pending = self._pending.get(request_id)
+        if pending is None or pending.checkpoint is None or pending.reply is not None or pending.checkpointing:
+            return False
+        lease = self.leases.get(request_id)
+        if lease is None or lease.instance_id != instance_id:
+            return False
+        pending.checkpointing = True
+        try:
+            return await pending.checkpoint(reply_from_bytes(raw))
+        finally:
+            pending.checkpointing = False
 
     async def extend_lease(self, data: pb.WorkerRequestExtendLeaseData, instance_id: str) -> str | None:
         """Extend a request's lease for `instance_id`; None is a NACK."""

@@ -265,6 +265,8 @@ class GatewayServer:
                 # Stored off the reader loop: one slow commit must not hold
                 # up heartbeats or other replies on this connection.
                 self._spawn(self._reply(conn, response.request_id, raw))
+            case gs.CheckpointReceived(response=response, raw=raw):
+                self._spawn(self._checkpoint(conn, response.request_id, raw))
             case gs.LeaseExtension(data=data):
                 self._spawn(self._extend(conn, data))
             case gs.Paused():
@@ -317,6 +319,15 @@ class GatewayServer:
         await asyncio.sleep(0)
         with contextlib.suppress(ConnectionClosed):
             await conn.flush()
+
+    async def _checkpoint(self, conn: Connection, request_id: str, raw: bytes) -> None:
+        try:
+            stored = await self.dispatcher.accept_checkpoint(raw, request_id, conn.instance_id)
+        except Exception:
+            log.exception("storing a checkpoint of request %s failed", request_id)
+            stored = False  # the worker ends the request with the step: its reply is stored instead
+        conn.session.ack_checkpoint(request_id, stored)
+        conn.flush_soon()  # the worker waits for this before its next step
 
     async def _extend(self, conn: Connection, data: pb.WorkerRequestExtendLeaseData) -> None:
         new_id = await self.dispatcher.extend_lease(data, conn.instance_id)

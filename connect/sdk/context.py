@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from protocol.payloads import Event
 
 
-@dataclass(frozen=True)
+@dataclass
 class Context:
     """The run as seen by one request; rebuilt from the executor's request every time.
 

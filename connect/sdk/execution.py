@@ -13,7 +13,7 @@ ERROR [500] body = ``{"code", "message", "name", "stack"?}``.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -34,6 +34,7 @@ from protocol.payloads import (
     STATUS_NOT_COMPLETED,
     ErrorInfo,
     ExecutorRequest,
+    Opcode,
 )
 
 __all__ = ["SDK_VERSION", "Invocation", "Outcome", "execute"]
@@ -50,6 +51,9 @@ class Invocation:
     step_id: str  # "step" or a hashed step id
     request_id: str = ""
     job_id: str = ""
+    #: Sends one StepRun op as a checkpoint; True once the platform stored it
+    #: (None: the transport cannot; used only when the request offers them).
+    checkpoint: Callable[[Opcode], Awaitable[bool]] | None = None
 
 
 @dataclass(frozen=True)
@@ -120,14 +124,6 @@ async def _run(client: Client, fn: Function, request: ExecutorRequest, invocatio
     # An empty step id is treated as discovery: targeting a step nobody has
     # would only make every new step fail with step_unexpected.
     target = None if invocation.step_id in (ROOT_STEP_ID, "") else invocation.step_id
-    replay = Replay(
-        request.steps,
-        target=target,
-        disable_immediate_execution=request.ctx.disable_immediate_execution,
-        attempt=request.ctx.attempt,
-        max_attempts=request.ctx.max_attempts,
-        run_id=request.ctx.run_id,
-    )
     ctx = Context(
         event=request.event,
         events=request.events,
@@ -136,6 +132,20 @@ async def _run(client: Client, fn: Function, request: ExecutorRequest, invocatio
         request_id=invocation.request_id,
         job_id=invocation.job_id,
         logger=client.logger,
+    )
+    checkpoint = invocation.checkpoint
+    if checkpoint is not None and request.ctx.checkpoint_steps:
+        checkpoint = _resetting_attempt(checkpoint, ctx)
+    else:
+        checkpoint = None
+    replay = Replay(
+        request.steps,
+        target=target,
+        disable_immediate_execution=request.ctx.disable_immediate_execution,
+        attempt=request.ctx.attempt,
+        max_attempts=request.ctx.max_attempts,
+        run_id=request.ctx.run_id,
+        checkpoint=checkpoint,
     )
     if fn.is_async:
         result = await _call_async(fn, ctx, Step(replay, client))
@@ -150,6 +160,20 @@ async def _run(client: Client, fn: Function, request: ExecutorRequest, invocatio
     if isinstance(result, _Unwound):
         raise RuntimeError("handler unwound without a recorded ending")
     return _from_return(result.value)
+
+
+def _resetting_attempt(
+    checkpoint: Callable[[Opcode], Awaitable[bool]], ctx: Context
+) -> Callable[[Opcode], Awaitable[bool]]:
+    """The checkpoint, resetting ``ctx.attempt``: after a stored step the next one starts at attempt 0."""
+
+    async def send(op: Opcode) -> bool:
+        stored = await checkpoint(op)
+        if stored:
+            ctx.attempt = 0
+        return stored
+
+    return send
 
 
 async def _call_async(fn: Function, ctx: Context, step: Step) -> _Result:

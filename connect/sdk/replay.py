@@ -10,9 +10,16 @@ the top; each step asks the replay what to do:
 4. otherwise the step body runs now and its result (or error) is reported,
    which also ends the request.
 
-So at most one step body runs per request. The ending is recorded on the
-replay *before* ``RequestEnded`` unwinds the handler, so the outcome does not
-depend on user code letting that exception through.
+So at most one step body runs per request, unless the executor offers
+checkpoints (``ctx.checkpoint_steps``, this platform's extension) and the
+transport can send them: then a ``step.run`` of an ``async def`` handler that
+returns, with no step targeted and no parallel group open, is stored through
+the checkpoint (WORKER_CHECKPOINT) and returns its result as a later replay
+would, and the handler goes on to its next step in the same request. A
+refused checkpoint ends the request with the step, as without checkpoints.
+The ending is recorded on the replay *before* ``RequestEnded`` unwinds the
+handler, so the outcome does not depend on user code letting that exception
+through.
 
 Inside a parallel group (``step.parallel``) rule 3 changes, as in the official
 SDKs: with no step targeted, every new step of the group is reported
@@ -25,7 +32,7 @@ from __future__ import annotations
 
 import contextvars
 import types
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -211,8 +218,10 @@ class Replay:
         attempt: int,
         max_attempts: int | None,
         run_id: str = "",
+        checkpoint: Callable[[Opcode], Awaitable[bool]] | None = None,
     ) -> None:
         self.run_id = run_id
+        self._checkpoint = checkpoint
         self._group: Group | None = None
         self._memos = dict(memos)
         self._target = target
@@ -340,10 +349,38 @@ class Replay:
         return _BodyScope(self, identity)
 
     def body_returned(self, identity: StepIdentity, value: Any) -> NoReturn:
+        self._result_op(identity, value)
+        self.end(Report([identity.opcode(OP_STEP_RUN, data=value)]))
+
+    async def body_done(self, identity: StepIdentity, value: Any) -> Any:
+        """Async handlers: store the result with a checkpoint and return it as
+        a later replay would (JSON round trip), or end the request with it."""
+        encoded = self._result_op(identity, value)
+        if (
+            self._checkpoint is None
+            or self._group is not None
+            or self._target is not None
+            or self._disable_immediate_execution
+        ):
+            self.end(Report([identity.opcode(OP_STEP_RUN, data=value)]))
+        # Other tasks' steps see a step in progress (ConcurrentStepsError), as during its body.
+        self._body_active = True
+        try:
+            stored = await self._checkpoint(identity.opcode(OP_STEP_RUN, data=msgspec.Raw(encoded)))
+        finally:
+            self._body_active = False
+        if not stored or self.ending is not None:
+            self.end(Report([identity.opcode(OP_STEP_RUN, data=value)]))
+        # The next step is a new one: its attempts start from zero, as in a new request.
+        self._attempt = 0
+        return msgspec.json.decode(encoded)
+
+    def _result_op(self, identity: StepIdentity, value: Any) -> bytes:
+        """Check a returned body (nesting, serializability); its JSON encoding."""
         if self._nested:
             self.end_nested(identity)
         try:
-            msgspec.json.encode(value)
+            return msgspec.json.encode(value)
         except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
             self.end(
                 Failure(
@@ -356,7 +393,6 @@ class Replay:
                     include_stack=False,
                 )
             )
-        self.end(Report([identity.opcode(OP_STEP_RUN, data=value)]))
 
     def body_raised(self, identity: StepIdentity, exc: Exception) -> NoReturn:
         if self._nested:

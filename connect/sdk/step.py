@@ -145,7 +145,7 @@ class Step(_StepTools):
             value = fn(*args)
             if inspect.isawaitable(value):
                 value = await value
-        self._replay.body_returned(identity, value)
+        return await self._replay.body_done(identity, value)
 
     async def send_event(self, step_id: str, events: Event | Sequence[Event]) -> list[str]:
         """Send events as a step; returns their ids.
@@ -159,7 +159,7 @@ class Step(_StepTools):
         self._replay.allow_run(identity)
         with self._replay.executing(identity):
             value = await self._client.send(self._stamped(events, identity.hashed))
-        self._replay.body_returned(identity, value)
+        return await self._replay.body_done(identity, value)  # type: ignore[no-any-return]
 
     async def parallel(
         self,

@@ -47,6 +47,7 @@ from websockets.typing import Subprotocol
 from connect.sdk.client import Client
 from connect.sdk.execution import SDK_VERSION, Invocation, execute
 from connect.sdk.function import Function, functions_json
+from connect.sdk.version import REQUEST_VERSION
 from connect.websocket import BatchingConnection
 from connect.worker import shutdown
 from connect.worker.masking import MaskedClientConnection
@@ -56,6 +57,7 @@ from protocol import codes, limits
 from protocol import connect_pb2 as pb
 from protocol import worker_session as ws_
 from protocol.ledger import Admission, WorkerLedger
+from protocol.payloads import Opcode
 
 log = logging.getLogger("connect.worker")
 
@@ -141,6 +143,9 @@ class WorkerConnection:
         # Caller's loop -> machinery: (request id, serialized SDKResponse).
         self._replies: deque[tuple[str, bytes]] = deque()
         self._replies_pending = False
+        # Machinery: checkpoints awaiting WORKER_CHECKPOINT_ACK, by request id,
+        # with the socket they went out on and the caller-loop future to answer.
+        self._checkpoints: dict[str, tuple[_Socket, asyncio.Future[bool]]] = {}
         self._started_at = time.time()
         self._fatal: BaseException | None = None
         self._closing_requested = False
@@ -462,6 +467,10 @@ class WorkerConnection:
                 case ws_.ReplyAcked(request_id=rid):
                     self._ledger.acknowledged(rid)
                     self._poke()
+                case ws_.CheckpointAnswer(request_id=rid, stored=stored):
+                    waiting = self._checkpoints.pop(rid, None)
+                    if waiting is not None:
+                        self._answer_checkpoint(waiting[1], stored)
                 case ws_.LeaseAnswer(request_id=rid, new_lease_id=new):
                     if not self._ledger.lease_answer(rid, new):
                         log.warning("lease lost for request %s; its result may be discarded", rid)
@@ -526,6 +535,10 @@ class WorkerConnection:
         sock.session.connection_lost()
         sock.ended.set()
         self._sockets.discard(sock)
+        for rid, (sent_on, answer) in list(self._checkpoints.items()):
+            if sent_on is sock:  # no answer can come: the request ends with the step
+                del self._checkpoints[rid]
+                self._answer_checkpoint(answer, False)
         if self._active is sock:
             self._active = None
             if not self._closing_requested:
@@ -587,6 +600,7 @@ class WorkerConnection:
                 step_id=req.step_id if req.HasField("step_id") else "step",
                 request_id=req.request_id,
                 job_id=req.job_id,
+                checkpoint=functools.partial(self._checkpoint, req),
             ),
         )
         status, body, no_retry = outcome.status, outcome.body, outcome.no_retry
@@ -601,23 +615,60 @@ class WorkerConnection:
                     "message": f"step output is {len(body)} bytes; the limit is {limits.MAX_STEP_OUTPUT_BYTES} bytes",
                 }
             )
-        resp = pb.SDKResponse(
-            request_id=req.request_id,
-            account_id=req.account_id,
-            env_id=req.env_id,
-            app_id=req.app_id,
-            status=status,  # type: ignore[arg-type]
-            body=body,
-            no_retry=no_retry,
-            sdk_version=SDK_VERSION,
-            request_version=outcome.request_version,
-            system_trace_ctx=req.system_trace_ctx or b"{}",
-            user_trace_ctx=req.user_trace_ctx or b"{}",
-            run_id=req.run_id,
-        )
+        resp = _response(req, status, body, no_retry=no_retry, request_version=outcome.request_version)
         if outcome.retry_after is not None:
             resp.retry_after = outcome.retry_after
         return resp.SerializeToString()
+
+    async def _checkpoint(self, req: pb.GatewayExecutorRequestData, op: Opcode) -> bool:
+        """Caller's loop: send one finished step as WORKER_CHECKPOINT; True once
+        the platform stored it (the handler then goes on to its next step)."""
+        body = msgspec.json.encode([op])
+        if len(body) > limits.MAX_STEP_OUTPUT_BYTES:
+            return False  # the request ends with it, and `_execute` fails the step
+        raw = _response(req, pb.NOT_COMPLETED, body).SerializeToString()
+        answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        assert loop is not None
+        try:
+            loop.call_soon_threadsafe(self._send_checkpoint, req.request_id, raw, answer)
+        except RuntimeError:  # the machinery ended
+            return False
+        try:
+            async with asyncio.timeout(limits.CHECKPOINT_ACK_TIMEOUT):
+                return await answer
+        except TimeoutError:
+            log.warning("request %s: no answer to a checkpoint; ending the request with the step", req.request_id)
+            with contextlib.suppress(RuntimeError):  # RuntimeError: the machinery ended
+                loop.call_soon_threadsafe(self._drop_checkpoint, req.request_id, answer)
+            return False
+
+    def _send_checkpoint(self, rid: str, raw: bytes, answer: asyncio.Future[bool]) -> None:
+        """Machinery: queue a checkpoint on the active socket and flush it."""
+        sock = self._active
+        if sock is None or rid not in self._ledger.in_flight or rid in self._checkpoints:
+            self._answer_checkpoint(answer, False)
+            return
+        if not sock.session.send_checkpoint(raw):
+            self._answer_checkpoint(answer, False)
+            return
+        self._checkpoints[rid] = (sock, answer)
+        self._flush_soon(sock)
+
+    def _drop_checkpoint(self, rid: str, answer: asyncio.Future[bool]) -> None:
+        """Machinery: forget a checkpoint nobody waits for any more."""
+        waiting = self._checkpoints.get(rid)
+        if waiting is not None and waiting[1] is answer:
+            del self._checkpoints[rid]
+
+    def _answer_checkpoint(self, answer: asyncio.Future[bool], stored: bool) -> None:
+        """Machinery: resolve a checkpoint's wait on the caller's loop."""
+
+        def resolve() -> None:
+            if not answer.done():
+                answer.set_result(stored)
+
+        self._to_main(resolve)
 
     def _hand_back(self, rid: str, raw: bytes) -> None:
         """Caller's loop: queue a reply and wake the machinery, unless a wake-up
@@ -751,6 +802,31 @@ class WorkerConnection:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._progress.wait(), remaining)
         self._poke()
+
+
+def _response(
+    req: pb.GatewayExecutorRequestData,
+    status: int,
+    body: bytes,
+    *,
+    no_retry: bool = False,
+    request_version: int = REQUEST_VERSION,
+) -> pb.SDKResponse:
+    """An answer to `req` (a reply or a checkpoint), echoing its identity."""
+    return pb.SDKResponse(
+        request_id=req.request_id,
+        account_id=req.account_id,
+        env_id=req.env_id,
+        app_id=req.app_id,
+        status=status,  # type: ignore[arg-type]
+        body=body,
+        no_retry=no_retry,
+        sdk_version=SDK_VERSION,
+        request_version=request_version,
+        system_trace_ctx=req.system_trace_ctx or b"{}",
+        user_trace_ctx=req.user_trace_ctx or b"{}",
+        run_id=req.run_id,
+    )
 
 
 def _crash_reply(req: pb.GatewayExecutorRequestData, exc: BaseException) -> bytes:

@@ -179,7 +179,13 @@ def test_blocked_event_loop_keeps_lease_and_connection(dev: DevServer, tmp_path:
             w.stop()
 
 
-def test_reply_delivered_by_flush_when_socket_is_cut_before_ack(dev: DevServer, tmp_path: Path) -> None:
+@pytest.mark.parametrize("checkpoints", [False, True], ids=["reply", "checkpoint"])
+def test_step_result_survives_a_socket_cut_before_its_ack(tmp_path: Path, checkpoints: bool) -> None:
+    """The first message after the step body is cut with the socket: without
+    checkpoints that is the reply, which then goes by /v0/connect/flush; with
+    them it is the checkpoint, which counts as refused, so the request ends
+    with the step and its reply goes over the new connection."""
+    dev = DevServer(tmp_path, extra=[*FAST_LEASES, *([] if checkpoints else ["--no-checkpoint-steps"])]).start()
     steps_log = tmp_path / "steps.log"
     proxy = CuttingProxy(dev.gateway_port, should_cut=steps_log.exists)
     port = proxy.start()
@@ -189,12 +195,14 @@ def test_reply_delivered_by_flush_when_socket_is_cut_before_ack(dev: DevServer, 
         (run,) = dev.wait_runs([eid], timeout=60)
         assert run["status"] == "Completed" and run["output"] == "slow done"
         assert proxy.cuts == 1
-        wait_for_log(w, "delivered via /v0/connect/flush")
+        if not checkpoints:
+            wait_for_log(w, "delivered via /v0/connect/flush")
         assert step_counts(tmp_path)[(run["run_id"], "slow-step")] == 1
         assert len(started_steps(tmp_path)) == 1
     finally:
         w.stop()
         proxy.stop()
+        dev.stop()
 
 
 def test_official_worker_survives_sigterm_during_a_step(dev: DevServer, tmp_path: Path) -> None:
