@@ -534,6 +534,8 @@ class Runner:
         pending = run.requests[0]
         # The request now looks for the step after this one: its attempts start over.
         run.requests[0] = msgspec.structs.replace(pending, attempt=0, wake_at_ms=0)
+        if reply.request_version > 0:
+            run.request_version = reply.request_version
         try:
             await self._s.store.save_run(run, memos=[memo])
         except BaseException:
@@ -543,8 +545,6 @@ class Runner:
         self.memos.setdefault(op.id, msgspec.Raw(memo.result))
         self._checkpoints[request_id] = self._checkpoints.get(request_id, 0) + 1
         self._has_replied = True
-        if reply.request_version > 0:
-            run.request_version = reply.request_version
         return True
 
     def _start_timeout_ms(self) -> int | None:

@@ -1,0 +1,232 @@
+"""`GatewayDispatcher.accept_checkpoint`: which checkpoints reach the caller.
+
+Real pieces, as in test_reply_handover: the gateway and its dispatcher over
+a real SQLite file, our worker connected over a real socket. The test plays
+the executor: it dispatches requests and answers their checkpoints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import gateway
+from connect import Client, Context, Step, TriggerEvent
+from connect.gateway.dispatch import StepReply, StepRequest
+from connect.worker.connection import WorkerConnection, connect
+from protocol import connect_pb2 as pb
+from protocol.ids import new_ulid
+from protocol.payloads import (
+    STATUS_DONE,
+    STATUS_NOT_COMPLETED,
+    Event,
+    ExecutorRequest,
+    RequestContext,
+    RequestStack,
+    json_encoder,
+)
+
+pytestmark = pytest.mark.anyio
+
+INSTANCE = "intake"
+client = Client(app_id="intake")
+
+
+@dataclass
+class Hold:
+    """Keeps `held` running (its request in flight) until released."""
+
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+HOLDS: list[Hold] = []
+
+
+@client.create_function(fn_id="held", trigger=TriggerEvent(event="intake/held"))
+async def held(ctx: Context, step: Step) -> Any:
+    hold = HOLDS[-1]
+    hold.started.set()
+    await hold.released.wait()
+    return "released"
+
+
+@client.create_function(fn_id="two", trigger=TriggerEvent(event="intake/two"))
+async def two(ctx: Context, step: Step) -> Any:
+    a = await step.run("a", lambda: 1)
+    b = await step.run("b", lambda: a + 1)
+    return [a, b]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@dataclass
+class Checkpoints:
+    """A request's checkpoint callable: records what it is handed."""
+
+    answer: bool = True
+    gate: asyncio.Event | None = None
+    got: list[StepReply] = field(default_factory=list)
+
+    async def __call__(self, reply: StepReply) -> bool:
+        self.got.append(reply)
+        if self.gate is not None:
+            await self.gate.wait()
+        return self.answer
+
+
+@dataclass
+class Stack:
+    gw: gateway.Gateway
+    worker: WorkerConnection
+
+    def request(self, fn: str, checkpoint: Checkpoints | None, *, offer: bool) -> StepRequest:
+        """A discovery request for `fn`; `offer` sets `ctx.checkpoint_steps`."""
+        run_id = new_ulid()
+        event = Event(name=f"intake/{fn}", data={}, id=new_ulid(), ts=1767225600000)
+        ctx = RequestContext(
+            run_id=run_id,
+            attempt=0,
+            stack=RequestStack(stack=[], current=0),
+            fn_id=f"intake-{fn}",
+            step_id="step",
+            max_attempts=1,
+            checkpoint_steps=offer,
+        )
+        payload = ExecutorRequest(event=event, events=[event], steps={}, ctx=ctx, use_api=False, version=-1)
+        return StepRequest(
+            request_id=new_ulid(),
+            run_id=run_id,
+            app_name="intake",
+            function_slug=f"intake-{fn}",
+            step_id="step",
+            payload=json_encoder.encode(payload),
+            fresh=True,
+            checkpoint=checkpoint,
+        )
+
+    async def hold(self, checkpoint: Checkpoints | None) -> tuple[StepRequest, asyncio.Task[StepReply]]:
+        """Dispatch `held` (its payload offers no checkpoints, so the worker
+        sends none) and return once the worker runs it."""
+        hold = Hold()
+        HOLDS.append(hold)
+        request = self.request("held", checkpoint, offer=False)
+        task = asyncio.create_task(self.gw.dispatcher.dispatch(request))
+        async with asyncio.timeout(10):
+            await hold.started.wait()
+        return request, task
+
+    async def release(self, task: asyncio.Task[StepReply]) -> StepReply:
+        HOLDS[-1].released.set()
+        async with asyncio.timeout(10):
+            return await task
+
+
+def checkpoint_bytes(request_id: str, step_id: str = "a", data: Any = 1) -> bytes:
+    """A WORKER_CHECKPOINT payload: an SDKResponse with one StepRun op."""
+    op = {"op": "StepRun", "id": step_id, "name": step_id, "displayName": step_id, "data": data}
+    response = pb.SDKResponse(
+        request_id=request_id, status=pb.NOT_COMPLETED, body=json.dumps([op]).encode(), request_version=2
+    )
+    return response.SerializeToString()
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    gw = await gateway.start(tmp_path / "gw.db")
+    client.api_base_url = gw.api_url
+    worker = await connect([(client, [held, two])], instance_id=INSTANCE, handle_shutdown_signals=())
+    try:
+        yield Stack(gw, worker)
+    finally:
+        for hold in HOLDS:
+            hold.released.set()
+        HOLDS.clear()
+        await worker.close()
+        await gw.close()
+
+
+async def test_a_checkpoint_is_handed_to_the_request_parsed(stack: Stack) -> None:
+    checkpoints = Checkpoints()
+    request, task = await stack.hold(checkpoints)
+    rid = request.request_id
+    assert await stack.gw.dispatcher.accept_checkpoint(checkpoint_bytes(rid, "a", {"k": 1}), rid, INSTANCE) is True
+    [reply] = checkpoints.got
+    assert (reply.request_id, reply.status, reply.request_version) == (rid, STATUS_NOT_COMPLETED, 2)
+    assert json.loads(reply.body) == [{"op": "StepRun", "id": "a", "name": "a", "displayName": "a", "data": {"k": 1}}]
+    assert (await stack.release(task)).status == STATUS_DONE
+
+
+async def test_the_callables_answer_is_returned(stack: Stack) -> None:
+    checkpoints = Checkpoints(answer=False)
+    request, task = await stack.hold(checkpoints)
+    rid = request.request_id
+    assert await stack.gw.dispatcher.accept_checkpoint(checkpoint_bytes(rid), rid, INSTANCE) is False
+    assert len(checkpoints.got) == 1
+    await stack.release(task)
+
+
+async def test_a_checkpoint_from_another_instance_is_refused(stack: Stack) -> None:
+    checkpoints = Checkpoints()
+    request, task = await stack.hold(checkpoints)
+    rid = request.request_id
+    assert await stack.gw.dispatcher.accept_checkpoint(checkpoint_bytes(rid), rid, "someone-else") is False
+    assert checkpoints.got == []
+    await stack.release(task)
+
+
+async def test_a_request_that_offers_no_checkpoints_refuses_them(stack: Stack) -> None:
+    request, task = await stack.hold(None)
+    rid = request.request_id
+    assert await stack.gw.dispatcher.accept_checkpoint(checkpoint_bytes(rid), rid, INSTANCE) is False
+    await stack.release(task)
+
+
+async def test_a_request_not_in_flight_refuses_checkpoints(stack: Stack) -> None:
+    checkpoints = Checkpoints()
+    request, task = await stack.hold(checkpoints)
+    rid = request.request_id
+    await stack.release(task)
+    assert await stack.gw.dispatcher.accept_checkpoint(checkpoint_bytes(rid), rid, INSTANCE) is False
+    unknown = new_ulid()
+    assert await stack.gw.dispatcher.accept_checkpoint(checkpoint_bytes(unknown), unknown, INSTANCE) is False
+    assert checkpoints.got == []
+
+
+async def test_one_checkpoint_of_a_request_at_a_time(stack: Stack) -> None:
+    checkpoints = Checkpoints(gate=asyncio.Event())
+    request, task = await stack.hold(checkpoints)
+    rid = request.request_id
+    first = asyncio.create_task(stack.gw.dispatcher.accept_checkpoint(checkpoint_bytes(rid, "a"), rid, INSTANCE))
+    async with asyncio.timeout(10):
+        while not checkpoints.got:
+            await asyncio.sleep(0.005)
+    async with asyncio.timeout(10):  # a second one let through would wait on the gate too
+        assert await stack.gw.dispatcher.accept_checkpoint(checkpoint_bytes(rid, "b"), rid, INSTANCE) is False
+    assert checkpoints.gate is not None
+    checkpoints.gate.set()
+    async with asyncio.timeout(10):
+        assert await first is True
+    assert [json.loads(r.body)[0]["id"] for r in checkpoints.got] == ["a"]
+    await stack.release(task)
+
+
+async def test_our_worker_checkpoints_each_step_and_goes_on(stack: Stack) -> None:
+    checkpoints = Checkpoints()
+    request = stack.request("two", checkpoints, offer=True)
+    async with asyncio.timeout(10):
+        reply = await stack.gw.dispatcher.dispatch(request)
+    # Both checkpoints were stored, so the one request ran the function to its end.
+    assert reply.status == STATUS_DONE and json.loads(reply.body) == [1, 2]
+    ops = [json.loads(r.body) for r in checkpoints.got]
+    assert [(op["op"], op["displayName"], op["data"]) for [op] in ops] == [("StepRun", "a", 1), ("StepRun", "b", 2)]
+    assert {r.request_id for r in checkpoints.got} == {request.request_id}
