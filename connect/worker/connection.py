@@ -623,6 +623,10 @@ class WorkerConnection:
     async def _checkpoint(self, req: pb.GatewayExecutorRequestData, op: Opcode) -> bool:
         """Caller's loop: send one finished step as WORKER_CHECKPOINT; True once
         the platform stored it (the handler then goes on to its next step)."""
+        if self._closing_requested:
+            # Shutting down: end the request with this step, so the run's next
+            # steps go to another worker instead of holding up the drain.
+            return False
         body = msgspec.json.encode([op])
         if len(body) > limits.MAX_STEP_OUTPUT_BYTES:
             return False  # the request ends with it, and `_execute` fails the step

@@ -157,3 +157,22 @@ def test_ctx_attempt_starts_over_for_the_step_after_a_retried_one(
     assert finished(dev, event_id)["status"] == "Completed"
     attempts = {row["step"]: row["attempt"] for row in rows(tmp_path, run_id, "end")}
     assert attempts == {1: 0, 2: 1, 3: 0, 4: 0, 5: 0}
+
+
+def test_sigterm_mid_run_hands_the_next_steps_to_another_worker(
+    dev: DevServer, workers: StartWorker, tmp_path: Path
+) -> None:
+    """A draining worker finishes its step but does not go on to the next one."""
+    gate = tmp_path / "gate"
+    leaving = workers("leaving")
+    event_id, run_id = send(dev, step=2, gate=str(gate))
+    wait_until(lambda: 2 in starts_per_step(tmp_path, run_id), 60, "step 2 to start")
+    workers("staying")
+    leaving.signal(signal.SIGTERM)
+    wait_for_log(leaving, "worker state CLOSING")
+    gate.touch()
+    assert leaving.wait(30) == 0
+    run = finished(dev, event_id)
+    assert run["status"] == "Completed" and run["output"] == OUTPUT, run
+    assert starts_per_step(tmp_path, run_id) == {1: 1, 2: 1, 3: 1, 4: 1, 5: 1}
+    assert [row["worker"] for row in rows(tmp_path, run_id, "start")] == ["leaving"] * 2 + ["staying"] * 3
