@@ -230,11 +230,11 @@ class GatewaySession:
         if kind == pb.WORKER_HEARTBEAT:
             return self._heartbeat(now)
         if kind == pb.WORKER_REPLY:
-            return self._reply(payload)
+            return self._response(payload, ReplyReceived)
         if kind == pb.WORKER_REQUEST_ACK:
             return self._request_ack(payload)
         if kind == pb.WORKER_CHECKPOINT:
-            return self._checkpoint(payload)
+            return self._response(payload, CheckpointReceived)
         if kind == pb.WORKER_REQUEST_EXTEND_LEASE:
             return self._extend_lease(payload)
         if kind == pb.WORKER_READY:
@@ -384,23 +384,15 @@ class GatewaySession:
             return self._close(codes.CloseCode.POLICY_VIOLATION, codes.EXTEND_LEASE_INVALID_PAYLOAD)
         return [LeaseExtension(msg)]
 
-    def _reply(self, payload: bytes) -> list[Event]:
+    def _response(self, payload: bytes, event: type[ReplyReceived | CheckpointReceived]) -> list[Event]:
+        """WORKER_REPLY or WORKER_CHECKPOINT: an `SDKResponse` naming its request."""
         try:
             msg = frames.parse_payload(pb.SDKResponse, payload)
         except frames.FrameError:
             return self._close(codes.CloseCode.INTERNAL_ERROR, codes.INTERNAL_ERROR)
         if not msg.request_id:
             return self._close(codes.CloseCode.INTERNAL_ERROR, codes.INTERNAL_ERROR)
-        return [ReplyReceived(msg, payload)]
-
-    def _checkpoint(self, payload: bytes) -> list[Event]:
-        try:
-            msg = frames.parse_payload(pb.SDKResponse, payload)
-        except frames.FrameError:
-            return self._close(codes.CloseCode.INTERNAL_ERROR, codes.INTERNAL_ERROR)
-        if not msg.request_id:
-            return self._close(codes.CloseCode.INTERNAL_ERROR, codes.INTERNAL_ERROR)
-        return [CheckpointReceived(msg, payload)]
+        return [event(msg, payload)]
 
     def _status(self, payload: bytes, now: float) -> list[Event]:
         if now - self._last_status < _STATUS_MIN_GAP:
