@@ -501,10 +501,19 @@ class Runner:
             self._s.checkpoint_steps
             and pending.step_id == DISCOVERY
             and not run.disable_immediate_execution
-            and not self._cancel_asked
+            and self._alone(pending.request_id)
+        )
+
+    def _alone(self, request_id: str) -> bool:
+        """Whether request `request_id` is all the run has outstanding, with no cancellation asked."""
+        run = self.run
+        assert run is not None
+        return (
+            not self._cancel_asked
             and self._cancel_reason is None
-            and len(run.requests) == 1
             and not run.waiting
+            and len(run.requests) == 1
+            and run.requests[0].request_id == request_id
         )
 
     async def _on_checkpoint(self, request_id: str, reply: StepReply) -> bool:
@@ -514,11 +523,7 @@ class Runner:
         assert run is not None
         if (
             run.status != RUNNING
-            or self._cancel_asked
-            or self._cancel_reason is not None
-            or len(run.requests) != 1
-            or run.requests[0].request_id != request_id
-            or run.waiting
+            or not self._alone(request_id)
             or self._checkpoints.get(request_id, 0) >= MAX_CHECKPOINTS_PER_REQUEST
             or reply.status != STATUS_NOT_COMPLETED
         ):
