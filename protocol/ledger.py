@@ -109,6 +109,16 @@ class WorkerLedger:
         self._buffer_bytes += len(response)
         return evicted
 
+    def replace(self, request_id: str, response: bytes) -> bool:
+        """Deliver `response` instead of the unacknowledged reply held for the
+        request (kept in its place, as sent or not); False if none is held."""
+        pending = self.replies.get(request_id)
+        if pending is None:
+            return False
+        self._buffer_bytes += len(response) - len(pending.response)
+        pending.response = response
+        return True
+
     def mark_sent(self, request_id: str, now: float) -> None:
         pending = self.replies.get(request_id)
         if pending is not None:

@@ -32,6 +32,9 @@ LEASE_DURATION: Final = 120.0
 LEASE_EXTEND_INTERVAL: Final = 30.0
 #: How long the gateway waits for WORKER_REQUEST_ACK after writing a request.
 REQUEST_ACK_TIMEOUT: Final = LEASE_DURATION + 5.0
+#: How long a worker holds the WORKER_REQUEST_ACKs of new requests back, so
+#: that a step finishing sooner sends its ACK and its reply in one write.
+ACK_COALESCE_WINDOW: Final = 0.002
 #: How long a worker waits for WORKER_REPLY_ACK before falling back to /flush.
 REPLY_ACK_TIMEOUT: Final = 5.0
 

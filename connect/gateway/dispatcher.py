@@ -68,7 +68,7 @@ class _Pending:
     the lease timer) and `dispatch` looks at the fields to see what happened.
     A successful ACK only records itself: it needs no wake-up."""
 
-    __slots__ = ("acked", "checkpoint", "checkpointing", "reply", "takes_over", "wake")
+    __slots__ = ("acked", "checkpoint", "checkpointing", "refused", "reply", "takes_over", "wake")
 
     def __init__(
         self,
@@ -79,7 +79,10 @@ class _Pending:
         self.wake = wake
         self.takes_over = takes_over
         self.checkpoint = checkpoint
-        self.checkpointing = False
+        # Set while a checkpoint is being stored; resolved once it is decided.
+        self.checkpointing: asyncio.Future[None] | None = None
+        # The last refused checkpoint: it stands in for the request's reply.
+        self.refused: bytes | None = None
         self.acked: bool | None = None
         self.reply: StepReply | None = None
 
@@ -242,8 +245,19 @@ class GatewayDispatcher:
     async def accept_reply(self, raw: bytes, request_id: str) -> None:
         """Store a worker's reply (first stored wins), then wake its waiter;
         or hand it to a waiter that `takes_over` and wait for its commit.
-        Returns only after the reply is durable: the caller ACKs after this."""
+        Returns only after the reply is durable: the caller ACKs after this.
+
+        A reply that follows a checkpoint still being stored waits for that
+        checkpoint; after a refused checkpoint the reply *is* that checkpoint
+        (the request ends with the step, as if the worker had waited for the
+        answer before replying), see `accept_checkpoint`."""
         pending = self._pending.get(request_id)
+        if pending is not None:
+            if pending.checkpointing is not None:
+                await asyncio.shield(pending.checkpointing)
+                pending = self._pending.get(request_id)
+            if pending is not None and pending.refused is not None:
+                raw = pending.refused
         if pending is not None and pending.takes_over and pending.reply is None:
             settled: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
 
@@ -273,18 +287,29 @@ class GatewayDispatcher:
         step is durably stored. False (the worker ends the request with the
         step) when the request offers no checkpoints, is not in flight here
         on `instance_id`, already has its reply, or has one checkpoint being
-        stored already."""
+        stored already.
+
+        A worker may send its reply right behind a checkpoint, before the
+        answer (our worker does when the handler returns after its last
+        step). So a refused checkpoint is kept, and the request's reply is
+        that checkpoint whatever the worker sends next: exactly the reply a
+        worker that waited for the refusal would send."""
         pending = self._pending.get(request_id)
-        if pending is None or pending.checkpoint is None or pending.reply is not None or pending.checkpointing:
+        if pending is None or pending.reply is not None or pending.checkpointing is not None:
             return False
         lease = self.leases.get(request_id)
-        if lease is None or lease.instance_id != instance_id:
+        if pending.checkpoint is None or lease is None or lease.instance_id != instance_id:
+            pending.refused = raw
             return False
-        pending.checkpointing = True
+        decided = pending.checkpointing = asyncio.get_running_loop().create_future()
+        stored = False
         try:
-            return await pending.checkpoint(reply_from_bytes(raw))
+            stored = await pending.checkpoint(reply_from_bytes(raw))
+            return stored
         finally:
-            pending.checkpointing = False
+            pending.refused = None if stored else raw
+            pending.checkpointing = None
+            decided.set_result(None)
 
     async def extend_lease(self, data: pb.WorkerRequestExtendLeaseData, instance_id: str) -> str | None:
         """Extend a request's lease for `instance_id`; None is a NACK."""
@@ -332,6 +357,7 @@ class GatewayDispatcher:
         lease = self.leases.grant(rid, conn.instance_id, now)
         self._persist_lease(lease)
         pending.acked = None
+        pending.refused = None
         try:
             conn.session.send_request(self._frame(request, lease.lease_id), now)
             await conn.flush()

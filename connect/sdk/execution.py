@@ -12,8 +12,9 @@ ERROR [500] body = ``{"code", "message", "name", "stack"?}``.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -51,9 +52,12 @@ class Invocation:
     step_id: str  # "step" or a hashed step id
     request_id: str = ""
     job_id: str = ""
-    #: Sends one StepRun op as a checkpoint; True once the platform stored it
-    #: (None: the transport cannot; used only when the request offers them).
-    checkpoint: Callable[[Opcode], Awaitable[bool]] | None = None
+    #: Sends one StepRun op as a checkpoint before it returns; the future it
+    #: returns answers True once the platform stored it. The handler may
+    #: return before that answer, and the transport then sends the reply right
+    #: behind the checkpoint (see ``connect.sdk.replay``). None: the transport
+    #: cannot; used only when the request offers checkpoints.
+    checkpoint: Callable[[Opcode], asyncio.Future[bool]] | None = None
 
 
 @dataclass(frozen=True)
@@ -163,15 +167,16 @@ async def _run(client: Client, fn: Function, request: ExecutorRequest, invocatio
 
 
 def _resetting_attempt(
-    checkpoint: Callable[[Opcode], Awaitable[bool]], ctx: Context
-) -> Callable[[Opcode], Awaitable[bool]]:
-    """The checkpoint, resetting ``ctx.attempt``: after a stored step the next one starts at attempt 0."""
+    checkpoint: Callable[[Opcode], asyncio.Future[bool]], ctx: Context
+) -> Callable[[Opcode], asyncio.Future[bool]]:
+    """The checkpoint, resetting ``ctx.attempt``: the code after a checkpointed
+    step belongs to the next step, whose attempts start at 0 as in a new
+    request (if the checkpoint is refused, that next step never starts here)."""
 
-    async def send(op: Opcode) -> bool:
-        stored = await checkpoint(op)
-        if stored:
-            ctx.attempt = 0
-        return stored
+    def send(op: Opcode) -> asyncio.Future[bool]:
+        answer = checkpoint(op)
+        ctx.attempt = 0
+        return answer
 
     return send
 

@@ -15,8 +15,13 @@ checkpoints (``ctx.checkpoint_steps``, this platform's extension) and the
 transport can send them: then a ``step.run`` of an ``async def`` handler that
 returns, with no step targeted and no parallel group open, is stored through
 the checkpoint (WORKER_CHECKPOINT) and returns its result as a later replay
-would, and the handler goes on to its next step in the same request. A
-refused checkpoint ends the request with the step, as without checkpoints.
+would, and the handler goes on to its next step in the same request. The
+handler does not wait for the answer right away: the next step waits for it
+before it starts (``settle``), so no step begins before the one before it is
+stored, while a handler that returns after its last step replies at once,
+right behind that step's checkpoint. A refused checkpoint ends the request
+with the step, as without checkpoints (a reply already sent behind it is
+replaced by that step, see the gateway's ``accept_checkpoint``).
 The ending is recorded on the replay *before* ``RequestEnded`` unwinds the
 handler, so the outcome does not depend on user code letting that exception
 through.
@@ -30,15 +35,18 @@ group's other new steps are skipped rather than refused.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
+import logging
 import types
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import msgspec
 
 from connect.sdk import errors
+from protocol.limits import CHECKPOINT_ACK_TIMEOUT
 from protocol.payloads import (
     OP_STEP_ERROR,
     OP_STEP_FAILED,
@@ -49,6 +57,8 @@ from protocol.payloads import (
     Userland,
     hash_step_id,
 )
+
+log = logging.getLogger("connect.sdk")
 
 # --- control flow ---------------------------------------------------------------
 
@@ -218,10 +228,12 @@ class Replay:
         attempt: int,
         max_attempts: int | None,
         run_id: str = "",
-        checkpoint: Callable[[Opcode], Awaitable[bool]] | None = None,
+        checkpoint: Callable[[Opcode], asyncio.Future[bool]] | None = None,
     ) -> None:
         self.run_id = run_id
         self._checkpoint = checkpoint
+        # The last checkpoint, until its answer is awaited: (answer, step, value).
+        self._unanswered: tuple[asyncio.Future[bool], StepIdentity, Any] | None = None
         self._group: Group | None = None
         self._memos = dict(memos)
         self._target = target
@@ -352,9 +364,9 @@ class Replay:
         self._result_op(identity, value)
         self.end(Report([identity.opcode(OP_STEP_RUN, data=value)]))
 
-    async def body_done(self, identity: StepIdentity, value: Any) -> Any:
-        """Async handlers: store the result with a checkpoint and return it as
-        a later replay would (JSON round trip), or end the request with it."""
+    def body_done(self, identity: StepIdentity, value: Any) -> Any:
+        """Async handlers: send the result as a checkpoint and return it as a
+        later replay would (JSON round trip), or end the request with it."""
         encoded = self._result_op(identity, value)
         if (
             self._checkpoint is None
@@ -363,17 +375,42 @@ class Replay:
             or self._disable_immediate_execution
         ):
             self.end(Report([identity.opcode(OP_STEP_RUN, data=value)]))
+        answer = self._checkpoint(identity.opcode(OP_STEP_RUN, data=msgspec.Raw(encoded)))
+        if answer.done() and not answer.result():  # refused at once (e.g. the worker is shutting down)
+            self.end(Report([identity.opcode(OP_STEP_RUN, data=value)]))
+        self._unanswered = (answer, identity, value)
+        # The next step is a new one: its attempts start from zero, as in a new request.
+        self._attempt = 0
+        return msgspec.json.decode(encoded)
+
+    async def settle(self) -> None:
+        """Before a step starts: wait for the answer to the last checkpoint.
+        A refused one (or none within ``CHECKPOINT_ACK_TIMEOUT``) ends the
+        request with that step, so a step never begins before the one before
+        it is stored."""
+        unanswered = self._unanswered
+        if unanswered is None:
+            return
+        self._unanswered = None
+        answer, identity, value = unanswered
         # Other tasks' steps see a step in progress (ConcurrentStepsError), as during its body.
         self._body_active = True
         try:
-            stored = await self._checkpoint(identity.opcode(OP_STEP_RUN, data=msgspec.Raw(encoded)))
+            async with asyncio.timeout(CHECKPOINT_ACK_TIMEOUT):
+                stored = await asyncio.shield(answer)
+        except TimeoutError:
+            log.warning("no answer to the checkpoint of step %r; ending the request with it", identity.user_id)
+            stored = False
         finally:
             self._body_active = False
         if not stored or self.ending is not None:
             self.end(Report([identity.opcode(OP_STEP_RUN, data=value)]))
-        # The next step is a new one: its attempts start from zero, as in a new request.
-        self._attempt = 0
-        return msgspec.json.decode(encoded)
+
+    @property
+    def unanswered(self) -> bool:
+        """Whether the last checkpoint's answer was not awaited (the handler
+        returned right after that step)."""
+        return self._unanswered is not None
 
     def _result_op(self, identity: StepIdentity, value: Any) -> bytes:
         """Check a returned body (nesting, serializability); its JSON encoding."""

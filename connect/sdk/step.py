@@ -137,6 +137,7 @@ class Step(_StepTools):
         ``NonRetriableError`` and ``RetryAfterError`` are not step errors: they
         fail the whole request.
         """
+        await self._replay.settle()
         identity, memo = self._replay.begin(step_id)
         if memo is not None:
             return memo.resolve()
@@ -145,7 +146,7 @@ class Step(_StepTools):
             value = fn(*args)
             if inspect.isawaitable(value):
                 value = await value
-        return await self._replay.body_done(identity, value)
+        return self._replay.body_done(identity, value)
 
     async def send_event(self, step_id: str, events: Event | Sequence[Event]) -> list[str]:
         """Send events as a step; returns their ids.
@@ -153,13 +154,14 @@ class Step(_StepTools):
         Exactly once per step id: a replay returns the stored ids, and a retry
         of the step re-sends the same event ids, which the server stores once.
         """
+        await self._replay.settle()
         identity, memo = self._replay.begin(step_id)
         if memo is not None:
             return memo.resolve()  # type: ignore[no-any-return]
         self._replay.allow_run(identity)
         with self._replay.executing(identity):
             value = await self._client.send(self._stamped(events, identity.hashed))
-        return await self._replay.body_done(identity, value)  # type: ignore[no-any-return]
+        return self._replay.body_done(identity, value)  # type: ignore[no-any-return]
 
     async def parallel(
         self,
@@ -175,6 +177,7 @@ class Step(_StepTools):
         function continues once all of them are in. A step that finally
         failed raises its ``StepError`` here.
         """
+        await self._replay.settle()
         group = self._replay.enter_group(_mode(parallel_mode))
         results: list[Any] = []
         try:
@@ -193,10 +196,12 @@ class Step(_StepTools):
 
     async def sleep(self, step_id: str, duration: int | datetime.timedelta) -> None:
         """Pause the run for ``duration`` (milliseconds or a ``timedelta``)."""
+        await self._replay.settle()
         self._sleep(step_id, duration)
 
     async def sleep_until(self, step_id: str, until: datetime.datetime) -> None:
         """Pause the run until ``until`` (a naive datetime counts as local time)."""
+        await self._replay.settle()
         self._sleep_until(step_id, until)
 
     async def wait_for_event(
@@ -208,6 +213,7 @@ class Step(_StepTools):
         timeout: int | datetime.timedelta,
     ) -> Event | None:
         """Wait for an event named ``event`` (filtered by the CEL ``if_exp``); ``None`` on timeout."""
+        await self._replay.settle()
         return self._wait_for_event(step_id, event, if_exp, timeout)
 
     async def invoke(
@@ -220,6 +226,7 @@ class Step(_StepTools):
         v: str | None = None,
     ) -> Any:
         """Run another function of this app and return its output (``StepError`` if it failed)."""
+        await self._replay.settle()
         return self._invoke(step_id, self._client.app_id, function.id, data, timeout, v)
 
     async def invoke_by_id(
@@ -233,6 +240,7 @@ class Step(_StepTools):
         v: str | None = None,
     ) -> Any:
         """Like ``invoke``, naming the function by its local id (and app, default this one)."""
+        await self._replay.settle()
         return self._invoke(step_id, app_id or self._client.app_id, function_id, data, timeout, v)
 
 

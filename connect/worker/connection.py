@@ -10,7 +10,10 @@ Requests cross to the caller's loop, and replies cross back, through a
 deque each, drained by at most one pending `call_soon_threadsafe`: a burst
 of requests or replies costs one wake-up of the other loop, not one each.
 The deques need no bound of their own: they only carry requests already
-in the ledger's in-flight set (and those requests' replies) across.
+in the ledger's in-flight set (and those requests' replies and checkpoints)
+across. A new request's WORKER_REQUEST_ACK is held back for up to
+`limits.ACK_COALESCE_WINDOW`: a step that finishes sooner sends its ACK and
+its reply (or first checkpoint) in one write, and the gateway wakes once.
 
 States: CONNECTING -> ACTIVE <-> RECONNECTING -> CLOSING -> CLOSED.
 """
@@ -102,6 +105,18 @@ class _Socket:
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     draining: bool = False
     session_end_reason: str = ""
+    # Machinery: the flush of ACKs held back for a reply to share their write.
+    ack_flush: asyncio.TimerHandle | None = None
+
+
+@dataclass(eq=False)
+class _Checkpoint:
+    """A checkpoint sent and not yet answered."""
+
+    sock: _Socket
+    answer: asyncio.Future[bool]  # on the caller's loop
+    raw: bytes  # the SDKResponse sent: one StepRun op
+    reply_behind: bool = False  # the request's reply went out right behind it
 
 
 class WorkerConnection:
@@ -140,12 +155,15 @@ class WorkerConnection:
         self._requests: deque[pb.GatewayExecutorRequestData] = deque()
         self._requests_pending = False
         self._running: set[asyncio.Task[None]] = set()  # on the caller's loop
-        # Caller's loop -> machinery: (request id, serialized SDKResponse).
-        self._replies: deque[tuple[str, bytes]] = deque()
+        # Caller's loop -> machinery, in order: (request id, serialized
+        # SDKResponse, None) for a reply, (..., the answer's future) for a checkpoint.
+        self._replies: deque[tuple[str, bytes, asyncio.Future[bool] | None]] = deque()
         self._replies_pending = False
-        # Machinery: checkpoints awaiting WORKER_CHECKPOINT_ACK, by request id,
-        # with the socket they went out on and the caller-loop future to answer.
-        self._checkpoints: dict[str, tuple[_Socket, asyncio.Future[bool]]] = {}
+        # Machinery: checkpoints awaiting WORKER_CHECKPOINT_ACK, by request id.
+        self._checkpoints: dict[str, _Checkpoint] = {}
+        # Machinery: checkpoints not stored whose request has not replied yet:
+        # its reply, when it comes, is replaced by the checkpoint.
+        self._refused: dict[str, bytes] = {}
         self._started_at = time.time()
         self._fatal: BaseException | None = None
         self._closing_requested = False
@@ -421,10 +439,8 @@ class WorkerConnection:
                 data = message if isinstance(message, bytes) else message.encode()
                 now = time.time()
                 self._handle(sock, sock.session.receive(data, now), now)
-                try:
-                    await self._flush(sock)  # ACKs go out before user code is woken
-                finally:
-                    self._hand_over_requests()
+                self._hand_over_requests()
+                await self._flush(sock)
                 if sock.session.phase is ws_.WorkerPhase.CLOSED:
                     break
         except ConnectionClosed:
@@ -440,10 +456,23 @@ class WorkerConnection:
         """Machinery: one binary message from the gateway, as soon as it is parsed."""
         now = time.time()
         self._handle(sock, sock.session.receive(data, now), now)
-        try:
-            self._flush_soon(sock)  # ACKs go out before user code is woken
-        finally:
+        if self._requests:
+            # New requests: user code is woken first, and their ACKs wait up to
+            # ACK_COALESCE_WINDOW for the replies, so a short step's ACK and
+            # reply leave in one write and wake the gateway once.
             self._hand_over_requests()
+            if sock.ack_flush is None:
+                sock.ack_flush = asyncio.get_running_loop().call_later(
+                    limits.ACK_COALESCE_WINDOW, self._flush_held_acks, sock
+                )
+        else:
+            self._flush_soon(sock)
+
+    def _flush_held_acks(self, sock: _Socket) -> None:
+        """Machinery: the window passed with no reply to carry the held ACKs."""
+        sock.ack_flush = None
+        if not sock.ended.is_set():
+            self._flush_soon(sock)
 
     def _handle(self, sock: _Socket, events: list[ws_.WorkerEvent], now: float) -> None:
         for event in events:
@@ -454,7 +483,7 @@ class WorkerConnection:
                     admission = self._ledger.accept(req, now, sock.session.extend_lease_interval)
                     if admission is Admission.RUN:
                         self.in_flight_peak = max(self.in_flight_peak, len(self._ledger.in_flight))
-                        self._requests.append(req)  # `_read` hands it over once the ACK is sent
+                        self._requests.append(req)  # handed over by the caller of `_handle`
                     elif admission is Admission.REPLIED:
                         log.info(
                             "request %s came again after it finished here; sending its reply again", req.request_id
@@ -470,7 +499,7 @@ class WorkerConnection:
                 case ws_.CheckpointAnswer(request_id=rid, stored=stored):
                     waiting = self._checkpoints.pop(rid, None)
                     if waiting is not None:
-                        self._answer_checkpoint(waiting[1], stored)
+                        self._answer_checkpoint(rid, waiting, stored)
                 case ws_.LeaseAnswer(request_id=rid, new_lease_id=new):
                     if not self._ledger.lease_answer(rid, new):
                         log.warning("lease lost for request %s; its result may be discarded", rid)
@@ -500,6 +529,9 @@ class WorkerConnection:
         """Send what the session queued, in one write, if that needs no wait."""
         if not sock.ws.writable_now():
             return False
+        if sock.ack_flush is not None:  # held ACKs leave with this write
+            sock.ack_flush.cancel()
+            sock.ack_flush = None
         frames = sock.session.data_to_send()
         if frames:
             sock.ws.send_frames_now(frames)
@@ -532,13 +564,16 @@ class WorkerConnection:
         self._socket_ended(sock)
 
     def _socket_ended(self, sock: _Socket) -> None:
+        if sock.ack_flush is not None:
+            sock.ack_flush.cancel()
+            sock.ack_flush = None
         sock.session.connection_lost()
         sock.ended.set()
         self._sockets.discard(sock)
-        for rid, (sent_on, answer) in list(self._checkpoints.items()):
-            if sent_on is sock:  # no answer can come: the request ends with the step
+        for rid, waiting in list(self._checkpoints.items()):
+            if waiting.sock is sock:  # no answer can come: the request ends with the step
                 del self._checkpoints[rid]
-                self._answer_checkpoint(answer, False)
+                self._answer_checkpoint(rid, waiting, False)
         if self._active is sock:
             self._active = None
             if not self._closing_requested:
@@ -620,54 +655,46 @@ class WorkerConnection:
             resp.retry_after = outcome.retry_after
         return resp.SerializeToString()
 
-    async def _checkpoint(self, req: pb.GatewayExecutorRequestData, op: Opcode) -> bool:
-        """Caller's loop: send one finished step as WORKER_CHECKPOINT; True once
-        the platform stored it (the handler then goes on to its next step)."""
-        if self._closing_requested:
-            # Shutting down: end the request with this step, so the run's next
-            # steps go to another worker instead of holding up the drain.
-            return False
-        body = msgspec.json.encode([op])
-        if len(body) > limits.MAX_STEP_OUTPUT_BYTES:
-            return False  # the request ends with it, and `_execute` fails the step
-        raw = _response(req, pb.NOT_COMPLETED, body).SerializeToString()
+    def _checkpoint(self, req: pb.GatewayExecutorRequestData, op: Opcode) -> asyncio.Future[bool]:
+        """Caller's loop: send one finished step as WORKER_CHECKPOINT; the
+        future answers True once the platform stored it (the handler then goes
+        on to its next step). Queued with the replies, so a reply handed back
+        next leaves behind it, in the same write."""
         answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        loop = self._loop
-        assert loop is not None
-        try:
-            loop.call_soon_threadsafe(self._send_checkpoint, req.request_id, raw, answer)
-        except RuntimeError:  # the machinery ended
-            return False
-        try:
-            async with asyncio.timeout(limits.CHECKPOINT_ACK_TIMEOUT):
-                return await answer
-        except TimeoutError:
-            log.warning("request %s: no answer to a checkpoint; ending the request with the step", req.request_id)
-            with contextlib.suppress(RuntimeError):  # RuntimeError: the machinery ended
-                loop.call_soon_threadsafe(self._drop_checkpoint, req.request_id, answer)
-            return False
+        body = msgspec.json.encode([op])
+        if self._closing_requested or len(body) > limits.MAX_STEP_OUTPUT_BYTES:
+            # Shutting down: end the request with this step, so the run's next
+            # steps go to another worker instead of holding up the drain. Too
+            # large: the request ends with it, and `_execute` fails the step.
+            answer.set_result(False)
+            return answer
+        raw = _response(req, pb.NOT_COMPLETED, body).SerializeToString()
+        if not self._to_machinery(req.request_id, raw, answer):
+            answer.set_result(False)  # the machinery ended
+        return answer
 
-    def _send_checkpoint(self, rid: str, raw: bytes, answer: asyncio.Future[bool]) -> None:
-        """Machinery: queue a checkpoint on the active socket and flush it."""
-        sock = self._active
+    def _send_checkpoint(self, sock: _Socket | None, rid: str, raw: bytes, answer: asyncio.Future[bool]) -> bool:
+        """Machinery: queue a checkpoint on the active socket; False if it cannot go."""
         if sock is None or rid not in self._ledger.in_flight or rid in self._checkpoints:
-            self._answer_checkpoint(answer, False)
-            return
+            return False
         if not sock.session.send_checkpoint(raw):
-            self._answer_checkpoint(answer, False)
-            return
-        self._checkpoints[rid] = (sock, answer)
-        self._flush_soon(sock)
+            return False
+        self._checkpoints[rid] = _Checkpoint(sock, answer, raw)
+        return True
 
-    def _drop_checkpoint(self, rid: str, answer: asyncio.Future[bool]) -> None:
-        """Machinery: forget a checkpoint nobody waits for any more."""
-        waiting = self._checkpoints.get(rid)
-        if waiting is not None and waiting[1] is answer:
-            del self._checkpoints[rid]
+    def _answer_checkpoint(self, rid: str, waiting: _Checkpoint, stored: bool) -> None:
+        """Machinery: resolve a checkpoint's wait on the caller's loop. A reply
+        already sent behind a checkpoint that was not stored is replaced, for
+        any later delivery, by the checkpoint itself: the request ends with
+        that step (the gateway does the same with the copy it received)."""
+        if not stored:
+            if waiting.reply_behind:
+                self._ledger.replace(rid, waiting.raw)
+            else:
+                self._refused[rid] = waiting.raw
+        self._answer_future(waiting.answer, stored)
 
-    def _answer_checkpoint(self, answer: asyncio.Future[bool], stored: bool) -> None:
-        """Machinery: resolve a checkpoint's wait on the caller's loop."""
-
+    def _answer_future(self, answer: asyncio.Future[bool], stored: bool) -> None:
         def resolve() -> None:
             if not answer.done():
                 answer.set_result(stored)
@@ -675,22 +702,31 @@ class WorkerConnection:
         self._to_main(resolve)
 
     def _hand_back(self, rid: str, raw: bytes) -> None:
-        """Caller's loop: queue a reply and wake the machinery, unless a wake-up
-        is already pending (its `_deliver_replies` will see this one)."""
-        self._replies.append((rid, raw))
+        """Caller's loop: queue a reply for the machinery (abandoned if it has
+        ended: the drain deadline passed)."""
+        self._to_machinery(rid, raw, None)
+
+    def _to_machinery(self, rid: str, raw: bytes, answer: asyncio.Future[bool] | None) -> bool:
+        """Caller's loop: queue a reply (or a checkpoint) and wake the machinery,
+        unless a wake-up is already pending (its `_deliver_replies` will see
+        this one). False if the machinery has ended (drain deadline passed)."""
+        self._replies.append((rid, raw, answer))
         loop = self._loop
         assert loop is not None
         if self._replies_pending and not loop.is_closed():
-            return
+            return True
         self._replies_pending = True
         try:
             loop.call_soon_threadsafe(self._deliver_replies)
-        except RuntimeError:  # the machinery ended (drain deadline passed): the reply is abandoned
+        except RuntimeError:
             self._replies_pending = False
             self._replies.clear()
+            return False
+        return True
 
     def _deliver_replies(self) -> None:
-        """Machinery: buffer, send and flush (once) every reply handed back so far."""
+        """Machinery: buffer and send every reply and checkpoint handed back so
+        far, in order, and flush them in one write."""
         # Cleared before draining: a reply queued after this line schedules a new call.
         self._replies_pending = False
         sock = self._active
@@ -698,9 +734,20 @@ class WorkerConnection:
         sent = False
         replies = self._replies
         while replies:
-            rid, raw = replies.popleft()
+            rid, raw, answer = replies.popleft()
+            if answer is not None:
+                if self._send_checkpoint(sock, rid, raw, answer):
+                    sent = True
+                else:
+                    self._refused[rid] = raw
+                    self._answer_future(answer, False)
+                continue
+            raw = self._refused.pop(rid, raw)  # the request ends with the step that was not stored
             for evicted in self._ledger.complete(rid, raw):
                 log.warning("reply buffer full: evicted the unacknowledged reply of request %s", evicted)
+            waiting = self._checkpoints.get(rid)
+            if waiting is not None:
+                waiting.reply_behind = True
             if sock is not None and sock.session.send_reply_bytes(raw):
                 self._ledger.mark_sent(rid, now)
                 sent = True

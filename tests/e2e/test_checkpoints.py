@@ -135,6 +135,23 @@ def test_cancel_during_a_step_stops_the_run_after_it(dev: DevServer, workers: St
     assert starts_per_step(tmp_path, run_id) == {1: 1, 2: 1}
 
 
+def test_cancel_during_the_last_step_cancels_the_run(dev: DevServer, workers: StartWorker, tmp_path: Path) -> None:
+    """The handler returns right after step 5, so its reply leaves right
+    behind step 5's checkpoint, before the answer. The checkpoint is refused
+    (a cancellation was asked for), and the reply behind it counts as that
+    step: the run ends Cancelled, not Completed."""
+    gate = tmp_path / "gate"
+    workers("w")
+    event_id, run_id = send(dev, step=5, gate=str(gate))
+    wait_until(lambda: 5 in starts_per_step(tmp_path, run_id), 60, "step 5 to start")
+    resp = httpx.post(f"{dev.url}/v1/runs/{run_id}/cancel", timeout=60)
+    assert resp.status_code == 202, resp.text
+    gate.touch()
+    run = finished(dev, event_id)
+    assert run["status"] == "Cancelled", run
+    assert starts_per_step(tmp_path, run_id) == {1: 1, 2: 1, 3: 1, 4: 1, 5: 1}
+
+
 def test_a_step_retried_after_a_checkpoint(dev: DevServer, workers: StartWorker, tmp_path: Path) -> None:
     worker = workers("w")
     event_id, run_id = send(dev, step=2, fail_once=str(tmp_path / "failed-once"))

@@ -230,3 +230,43 @@ async def test_our_worker_checkpoints_each_step_and_goes_on(stack: Stack) -> Non
     ops = [json.loads(r.body) for r in checkpoints.got]
     assert [(op["op"], op["displayName"], op["data"]) for [op] in ops] == [("StepRun", "a", 1), ("StepRun", "b", 2)]
     assert {r.request_id for r in checkpoints.got} == {request.request_id}
+
+
+def ops_of(reply: StepReply) -> list[tuple[str, str, Any]]:
+    return [(op["op"], op["id"], op["data"]) for op in json.loads(reply.body)]
+
+
+@pytest.mark.parametrize("refusal", ["executor", "other-instance"])
+async def test_the_reply_after_a_refused_checkpoint_is_that_checkpoint(stack: Stack, refusal: str) -> None:
+    checkpoints = Checkpoints(answer=False)
+    request, task = await stack.hold(checkpoints)
+    rid = request.request_id
+    instance = INSTANCE if refusal == "executor" else "someone-else"
+    assert await stack.gw.dispatcher.accept_checkpoint(checkpoint_bytes(rid, "a", 7), rid, instance) is False
+    # The worker's own reply ("released", DONE) comes after the refusal: the
+    # request ends with the refused step instead, as if the worker had waited.
+    reply = await stack.release(task)
+    assert (reply.status, ops_of(reply)) == (STATUS_NOT_COMPLETED, [("StepRun", "a", 7)])
+
+
+@pytest.mark.parametrize("stored", [True, False])
+async def test_a_reply_right_behind_a_checkpoint_waits_for_its_answer(stack: Stack, stored: bool) -> None:
+    checkpoints = Checkpoints(answer=stored, gate=asyncio.Event())
+    request, task = await stack.hold(checkpoints)
+    rid = request.request_id
+    first = asyncio.create_task(stack.gw.dispatcher.accept_checkpoint(checkpoint_bytes(rid, "a"), rid, INSTANCE))
+    async with asyncio.timeout(10):
+        while not checkpoints.got:
+            await asyncio.sleep(0.005)
+    HOLDS[-1].released.set()  # the worker's reply arrives while the checkpoint is being stored
+    await asyncio.sleep(0.3)
+    assert not task.done()
+    assert checkpoints.gate is not None
+    checkpoints.gate.set()
+    async with asyncio.timeout(10):
+        assert await first is stored
+        reply = await task
+    if stored:
+        assert (reply.status, json.loads(reply.body)) == (STATUS_DONE, "released")
+    else:
+        assert (reply.status, ops_of(reply)) == (STATUS_NOT_COMPLETED, [("StepRun", "a", 1)])

@@ -118,6 +118,17 @@ def test_ledger_extensions_replies_and_bound() -> None:
     assert ledger.idle
 
 
+def test_ledger_replaces_an_unacknowledged_reply_in_place() -> None:
+    ledger = WorkerLedger(max_buffer_bytes=100, ack_timeout=5.0)
+    ledger.complete("r1", b"done")
+    ledger.mark_sent("r1", T0)
+    assert ledger.replace("r1", b"the-step")  # the checkpoint ahead of it was refused
+    assert ledger.overdue(T0 + 5) == [("r1", b"the-step")]  # still sent at T0: flushed as the step
+    ledger.acknowledged("r1")
+    assert ledger.idle and not ledger.replace("r1", b"late")
+    assert ledger.complete("r2", b"x" * 100) == []  # the buffer's count followed the replacement
+
+
 def test_a_request_sent_again_is_never_run_twice() -> None:
     """A restarted gateway, or one whose lease on a request lapsed, may send a
     request this worker already runs or has finished."""

@@ -1,5 +1,7 @@
 """Step checkpoints: with `ctx.checkpoint_steps`, an async handler's finished
-steps are stored through `Invocation.checkpoint` and the request goes on."""
+steps are stored through `Invocation.checkpoint` and the request goes on; a
+step waits for the previous checkpoint's answer before it starts, while a
+handler that returns after its last step does not wait."""
 
 from __future__ import annotations
 
@@ -22,16 +24,26 @@ Execute = Callable[..., Awaitable[Outcome]]
 
 
 class Checkpoints:
-    """Stands in for the transport: records each op (as sent on the wire) and answers `stored`."""
+    """Stands in for the transport: records each op (as sent on the wire) and
+    answers `stored` a moment later, as over a socket (`answer=False`: never)."""
 
-    def __init__(self, stored: bool = True) -> None:
+    def __init__(self, stored: bool = True, *, answer: bool = True, at_once: bool = False) -> None:
         self.stored = stored
+        self.answer = answer
+        self.at_once = at_once  # answered before the call returns (e.g. a worker shutting down)
         self.ops: list[dict[str, Any]] = []
+        self.answers: list[asyncio.Future[bool]] = []
 
-    async def __call__(self, op: Opcode) -> bool:
+    def __call__(self, op: Opcode) -> asyncio.Future[bool]:
         self.ops.append(json.loads(msgspec.json.encode(op)))
-        await asyncio.sleep(0)  # a real transport yields while it waits for the ACK
-        return self.stored
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[bool] = loop.create_future()
+        if self.at_once:
+            answer.set_result(self.stored)
+        elif self.answer:
+            loop.call_soon(answer.set_result, self.stored)
+        self.answers.append(answer)
+        return answer
 
     @property
     def sent(self) -> list[tuple[str, str, Any]]:
@@ -189,12 +201,77 @@ async def test_attempts_start_over_after_a_checkpoint(client: Client, run: Execu
     assert (op["op"], op["id"], op["error"]["name"]) == ("StepError", hash_step_id("boom"), "KeyError")
 
 
-async def test_a_step_started_while_a_checkpoint_is_awaited_is_refused(client: Client, run: Execute) -> None:
+async def test_the_handler_replies_without_waiting_for_the_last_answer(client: Client, run: Execute) -> None:
+    @client.create_function(fn_id="one", trigger=TriggerEvent(event="test/go"))
+    async def one(ctx: Context, step: Step) -> str:
+        return str(await step.run("only", lambda: "x"))
+
+    checkpoints = Checkpoints(answer=False)
+    outcome = await asyncio.wait_for(run(one, checkpoints), 5)
+    assert (outcome.status, json.loads(outcome.body)) == (STATUS_DONE, "x")
+    assert checkpoints.sent == [("StepRun", hash_step_id("only"), "x")]
+    assert not checkpoints.answers[0].done()  # the reply goes right behind the checkpoint
+
+
+async def test_a_checkpoint_refused_at_once_ends_the_request_even_after_the_last_step(
+    client: Client, run: Execute
+) -> None:
+    @client.create_function(fn_id="last", trigger=TriggerEvent(event="test/go"))
+    async def last(ctx: Context, step: Step) -> int:
+        return len(await step.run("only", lambda: "xyz"))
+
+    op = only_op(await run(last, Checkpoints(stored=False, at_once=True)))
+    assert (op["op"], op["id"], op["data"]) == ("StepRun", hash_step_id("only"), "xyz")
+
+
+async def test_a_step_waits_for_the_previous_answer_before_it_starts(client: Client, run: Execute) -> None:
+    ran: list[str] = []
+    checkpoints = Checkpoints(answer=False)
+    task = asyncio.ensure_future(run(two_steps(client, ran), checkpoints))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert (ran, checkpoints.sent, task.done()) == (["a"], [("StepRun", hash_step_id("a"), "A")], False)
+    checkpoints.answers[0].set_result(True)
+    outcome = await asyncio.wait_for(task, 5)
+    assert (outcome.status, json.loads(outcome.body), ran) == (STATUS_DONE, "B", ["a", "b"])
+
+
+async def test_a_refusal_seen_by_the_next_step_ends_the_request_with_the_previous_one(
+    client: Client, run: Execute
+) -> None:
+    ran: list[str] = []
+    checkpoints = Checkpoints(answer=False)
+    task = asyncio.ensure_future(run(two_steps(client, ran), checkpoints))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    checkpoints.answers[0].set_result(False)
+    op = only_op(await asyncio.wait_for(task, 5))
+    assert (op["op"], op["id"], op["data"], ran) == ("StepRun", hash_step_id("a"), "A", ["a"])
+
+
+async def test_steps_gathered_run_one_after_the_other(client: Client, run: Execute) -> None:
     ran: list[str] = []
 
     @client.create_function(fn_id="gather", trigger=TriggerEvent(event="test/go"))
     async def fn(ctx: Context, step: Step) -> None:
         await asyncio.gather(step.run("a", ran.append, "a"), step.run("b", ran.append, "b"))
+
+    checkpoints = Checkpoints()
+    outcome = await run(fn, checkpoints)
+    assert (outcome.status, ran) == (STATUS_DONE, ["a", "b"])
+    assert [op[1] for op in checkpoints.sent] == [hash_step_id("a"), hash_step_id("b")]
+
+
+async def test_a_step_started_during_another_steps_body_is_refused(client: Client, run: Execute) -> None:
+    ran: list[str] = []
+
+    async def slow(name: str) -> None:
+        ran.append(name)
+        await asyncio.sleep(0.01)
+
+    @client.create_function(fn_id="overlap", trigger=TriggerEvent(event="test/go"))
+    async def fn(ctx: Context, step: Step) -> None:
+        await asyncio.gather(step.run("a", slow, "a"), step.run("b", slow, "b"))
 
     outcome = await run(fn, Checkpoints())
     assert outcome.status == STATUS_ERROR

@@ -1,0 +1,140 @@
+"""Our worker holds a new request's WORKER_REQUEST_ACK back for up to
+`ACK_COALESCE_WINDOW`, so a short step's ACK and reply leave in one write;
+a longer step's ACK still leaves on time, ahead of its reply.
+
+Real pieces: the gateway and its dispatcher over a real SQLite file, our
+worker connected over a real socket; the worker's writes are recorded as
+the kinds of the frames each one carried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import gateway
+from connect import Client, Context, Step, TriggerEvent
+from connect.gateway.dispatch import StepRequest
+from connect.worker import connection
+from connect.worker.connection import WorkerConnection, connect
+from protocol import connect_pb2 as pb
+from protocol import limits
+from protocol.ids import new_ulid
+from protocol.payloads import (
+    STATUS_DONE,
+    Event,
+    ExecutorRequest,
+    RequestContext,
+    RequestStack,
+    json_encoder,
+)
+
+pytestmark = pytest.mark.anyio
+
+client = Client(app_id="acks")
+RELEASE = asyncio.Event()
+
+
+@client.create_function(fn_id="quick", trigger=TriggerEvent(event="acks/quick"))
+async def quick(ctx: Context, step: Step) -> Any:
+    return "quick"
+
+
+@client.create_function(fn_id="slow", trigger=TriggerEvent(event="acks/slow"))
+async def slow(ctx: Context, step: Step) -> Any:
+    await RELEASE.wait()
+    return "slow"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def writes(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
+    """The kinds of the frames of every write our worker makes."""
+    seen: list[list[int]] = []
+    original = connection._WorkerWebSocket.send_frames_now
+
+    def recording(self: connection._WorkerWebSocket, frames: Sequence[bytes]) -> None:
+        seen.append([pb.ConnectMessage.FromString(f).kind for f in frames])
+        original(self, frames)
+
+    monkeypatch.setattr(connection._WorkerWebSocket, "send_frames_now", recording)
+    return seen
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[tuple[gateway.Gateway, WorkerConnection]]:
+    RELEASE.clear()
+    gw = await gateway.start(tmp_path / "gw.db")
+    client.api_base_url = gw.api_url
+    worker = await connect([(client, [quick, slow])], instance_id="acks", handle_shutdown_signals=())
+    try:
+        yield gw, worker
+    finally:
+        RELEASE.set()
+        await worker.close()
+        await gw.close()
+
+
+def kinds(writes: list[list[int]]) -> list[int]:
+    return [kind for write in writes for kind in write]
+
+
+def request(fn: str) -> StepRequest:
+    run_id = new_ulid()
+    event = Event(name=f"acks/{fn}", data={}, id=new_ulid(), ts=1767225600000)
+    ctx = RequestContext(
+        run_id=run_id,
+        attempt=0,
+        stack=RequestStack(stack=[], current=0),
+        fn_id=f"acks-{fn}",
+        step_id="step",
+        max_attempts=1,
+    )
+    payload = ExecutorRequest(event=event, events=[event], steps={}, ctx=ctx, use_api=False, version=-1)
+    return StepRequest(
+        request_id=new_ulid(),
+        run_id=run_id,
+        app_name="acks",
+        function_slug=f"acks-{fn}",
+        step_id="step",
+        payload=json_encoder.encode(payload),
+        fresh=True,
+    )
+
+
+async def test_a_quick_steps_ack_and_reply_leave_in_one_write(
+    stack: tuple[gateway.Gateway, WorkerConnection], writes: list[list[int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gw, _ = stack
+    monkeypatch.setattr(limits, "ACK_COALESCE_WINDOW", 30.0)  # however slow this machine is
+    writes.clear()
+    async with asyncio.timeout(10):
+        reply = await gw.dispatcher.dispatch(request("quick"))
+    assert reply.status == STATUS_DONE
+    assert [pb.WORKER_REQUEST_ACK, pb.WORKER_REPLY] in writes, writes
+
+
+async def test_a_long_steps_ack_leaves_within_the_window(
+    stack: tuple[gateway.Gateway, WorkerConnection], writes: list[list[int]]
+) -> None:
+    gw, _ = stack
+    writes.clear()
+    req = request("slow")
+    task = asyncio.create_task(gw.dispatcher.dispatch(req))
+    async with asyncio.timeout(10):
+        while pb.WORKER_REQUEST_ACK not in kinds(writes):
+            await asyncio.sleep(0.01)
+    assert not task.done() and pb.WORKER_REPLY not in kinds(writes)
+    RELEASE.set()
+    async with asyncio.timeout(10):
+        assert (await task).status == STATUS_DONE
+    sent = kinds(writes)
+    assert sent.index(pb.WORKER_REQUEST_ACK) < sent.index(pb.WORKER_REPLY)
