@@ -406,12 +406,6 @@ class Replay:
         if not stored or self.ending is not None:
             self.end(Report([identity.opcode(OP_STEP_RUN, data=value)]))
 
-    @property
-    def unanswered(self) -> bool:
-        """Whether the last checkpoint's answer was not awaited (the handler
-        returned right after that step)."""
-        return self._unanswered is not None
-
     def _result_op(self, identity: StepIdentity, value: Any) -> bytes:
         """Check a returned body (nesting, serializability); its JSON encoding."""
         if self._nested:
