@@ -14,7 +14,6 @@ this; other users of websockets in the process are untouched.
 from __future__ import annotations
 
 import os
-import struct
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -24,6 +23,8 @@ from websockets.client import ClientProtocol
 from websockets.extensions import Extension
 from websockets.frames import Frame
 
+from connect.websocket import frame_header
+
 try:
     from websockets.speedups import apply_mask
 except ImportError:  # pragma: no cover - websockets built without its C extension
@@ -32,10 +33,6 @@ except ImportError:  # pragma: no cover - websockets built without its C extensi
 __all__ = ["BUFFER_BYTES", "MaskSource", "MaskedClientConnection", "MaskedClientProtocol", "serialize_masked"]
 
 BUFFER_BYTES = 4096
-
-_HEAD = struct.Struct("!BB")
-_HEAD_16 = struct.Struct("!BBH")
-_HEAD_64 = struct.Struct("!BBQ")
 
 
 class MaskSource:
@@ -94,14 +91,7 @@ def serialize_masked(frame: Frame, extensions: Sequence[Extension], key: bytes) 
         | (0x10 if frame.rsv3 else 0)
         | frame.opcode
     )
-    length = len(frame.data)
-    if length < 126:
-        head = _HEAD.pack(head1, 0x80 | length)
-    elif length < 65536:
-        head = _HEAD_16.pack(head1, 0x80 | 126, length)
-    else:
-        head = _HEAD_64.pack(head1, 0x80 | 127, length)
-    return b"".join((head, key, apply_mask(frame.data, key)))
+    return b"".join((frame_header(head1, len(frame.data), 0x80), key, apply_mask(frame.data, key)))
 
 
 class MaskedClientProtocol(ClientProtocol):
