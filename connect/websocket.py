@@ -144,7 +144,9 @@ class BatchingConnection(Connection):
         if (
             protocol.state is not OPEN
             or protocol.extensions
-            or protocol.current_size is not None
+            # websockets before 17 names the size attributes differently: never split there.
+            or getattr(protocol, "current_size", 0) is not None
+            or not hasattr(protocol, "max_fragment_size")
             or protocol.reader.buffer
         ):
             return False
