@@ -23,15 +23,10 @@ from connect.worker import connection
 from connect.worker.connection import WorkerConnection, connect
 from protocol import connect_pb2 as pb
 from protocol import limits
-from protocol.ids import new_ulid
 from protocol.payloads import (
     STATUS_DONE,
-    Event,
-    ExecutorRequest,
-    RequestContext,
-    RequestStack,
-    json_encoder,
 )
+from tests.gateway.requests import discovery_request
 
 pytestmark = pytest.mark.anyio
 
@@ -88,26 +83,7 @@ def kinds(writes: list[list[int]]) -> list[int]:
 
 
 def request(fn: str) -> StepRequest:
-    run_id = new_ulid()
-    event = Event(name=f"acks/{fn}", data={}, id=new_ulid(), ts=1767225600000)
-    ctx = RequestContext(
-        run_id=run_id,
-        attempt=0,
-        stack=RequestStack(stack=[], current=0),
-        fn_id=f"acks-{fn}",
-        step_id="step",
-        max_attempts=1,
-    )
-    payload = ExecutorRequest(event=event, events=[event], steps={}, ctx=ctx, use_api=False, version=-1)
-    return StepRequest(
-        request_id=new_ulid(),
-        run_id=run_id,
-        app_name="acks",
-        function_slug=f"acks-{fn}",
-        step_id="step",
-        payload=json_encoder.encode(payload),
-        fresh=True,
-    )
+    return discovery_request("acks", f"acks-{fn}", f"acks/{fn}")
 
 
 async def test_a_quick_steps_ack_and_reply_leave_in_one_write(

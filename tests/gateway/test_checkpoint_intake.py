@@ -25,12 +25,8 @@ from protocol.ids import new_ulid
 from protocol.payloads import (
     STATUS_DONE,
     STATUS_NOT_COMPLETED,
-    Event,
-    ExecutorRequest,
-    RequestContext,
-    RequestStack,
-    json_encoder,
 )
+from tests.gateway.requests import discovery_request
 
 pytestmark = pytest.mark.anyio
 
@@ -91,27 +87,8 @@ class Stack:
 
     def request(self, fn: str, checkpoint: Checkpoints | None, *, offer: bool) -> StepRequest:
         """A discovery request for `fn`; `offer` sets `ctx.checkpoint_steps`."""
-        run_id = new_ulid()
-        event = Event(name=f"intake/{fn}", data={}, id=new_ulid(), ts=1767225600000)
-        ctx = RequestContext(
-            run_id=run_id,
-            attempt=0,
-            stack=RequestStack(stack=[], current=0),
-            fn_id=f"intake-{fn}",
-            step_id="step",
-            max_attempts=1,
-            checkpoint_steps=offer,
-        )
-        payload = ExecutorRequest(event=event, events=[event], steps={}, ctx=ctx, use_api=False, version=-1)
-        return StepRequest(
-            request_id=new_ulid(),
-            run_id=run_id,
-            app_name="intake",
-            function_slug=f"intake-{fn}",
-            step_id="step",
-            payload=json_encoder.encode(payload),
-            fresh=True,
-            checkpoint=checkpoint,
+        return discovery_request(
+            "intake", f"intake-{fn}", f"intake/{fn}", offer_checkpoints=offer, checkpoint=checkpoint
         )
 
     async def hold(self, checkpoint: Checkpoints | None) -> tuple[StepRequest, asyncio.Task[StepReply]]:

@@ -20,8 +20,8 @@ from bench import gateway
 from connect import Client, Context, Step, TriggerEvent
 from connect.gateway.dispatch import StepRequest
 from connect.worker.connection import WorkerConnection, connect
-from protocol.ids import new_ulid
-from protocol.payloads import STATUS_DONE, Event, ExecutorRequest, RequestContext, RequestStack, json_encoder
+from protocol.payloads import STATUS_DONE
+from tests.gateway.requests import discovery_request
 
 pytestmark = pytest.mark.anyio
 
@@ -44,27 +44,7 @@ class Stack:
     worker: WorkerConnection
 
     def request(self, n: int, *, takes_over: bool) -> StepRequest:
-        run_id = new_ulid()
-        event = Event(name="handover/x", data={"n": n}, id=new_ulid(), ts=1767225600000)
-        ctx = RequestContext(
-            run_id=run_id,
-            attempt=0,
-            stack=RequestStack(stack=[], current=0),
-            fn_id="handover-answer",
-            step_id="step",
-            max_attempts=1,
-        )
-        payload = ExecutorRequest(event=event, events=[event], steps={}, ctx=ctx, use_api=False, version=-1)
-        return StepRequest(
-            request_id=new_ulid(),
-            run_id=run_id,
-            app_name="handover",
-            function_slug="handover-answer",
-            step_id="step",
-            payload=json_encoder.encode(payload),
-            fresh=True,
-            takes_over=takes_over,
-        )
+        return discovery_request("handover", "handover-answer", "handover/x", data={"n": n}, takes_over=takes_over)
 
     def worker_holds(self, request_id: str) -> bool:
         """Whether the worker still keeps the reply (no WORKER_REPLY_ACK yet)."""
