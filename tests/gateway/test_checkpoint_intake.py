@@ -179,14 +179,24 @@ async def test_a_request_not_in_flight_refuses_checkpoints(stack: Stack) -> None
     assert checkpoints.got == []
 
 
-async def test_one_checkpoint_of_a_request_at_a_time(stack: Stack) -> None:
-    checkpoints = Checkpoints(gate=asyncio.Event())
+async def checkpoint_being_stored(
+    stack: Stack, checkpoints: Checkpoints
+) -> tuple[StepRequest, asyncio.Task[StepReply], asyncio.Task[bool]]:
+    """Hold a request and start storing its checkpoint "a"; return once the
+    executor's callable has it (and waits on `checkpoints.gate`)."""
     request, task = await stack.hold(checkpoints)
     rid = request.request_id
     first = asyncio.create_task(stack.gw.dispatcher.accept_checkpoint(checkpoint_bytes(rid, "a"), rid, INSTANCE))
     async with asyncio.timeout(10):
         while not checkpoints.got:
             await asyncio.sleep(0.005)
+    return request, task, first
+
+
+async def test_one_checkpoint_of_a_request_at_a_time(stack: Stack) -> None:
+    checkpoints = Checkpoints(gate=asyncio.Event())
+    request, task, first = await checkpoint_being_stored(stack, checkpoints)
+    rid = request.request_id
     async with asyncio.timeout(10):  # a second one let through would wait on the gate too
         assert await stack.gw.dispatcher.accept_checkpoint(checkpoint_bytes(rid, "b"), rid, INSTANCE) is False
     assert checkpoints.gate is not None
@@ -229,12 +239,7 @@ async def test_the_reply_after_a_refused_checkpoint_is_that_checkpoint(stack: St
 @pytest.mark.parametrize("stored", [True, False])
 async def test_a_reply_right_behind_a_checkpoint_waits_for_its_answer(stack: Stack, stored: bool) -> None:
     checkpoints = Checkpoints(answer=stored, gate=asyncio.Event())
-    request, task = await stack.hold(checkpoints)
-    rid = request.request_id
-    first = asyncio.create_task(stack.gw.dispatcher.accept_checkpoint(checkpoint_bytes(rid, "a"), rid, INSTANCE))
-    async with asyncio.timeout(10):
-        while not checkpoints.got:
-            await asyncio.sleep(0.005)
+    _, task, first = await checkpoint_being_stored(stack, checkpoints)
     HOLDS[-1].released.set()  # the worker's reply arrives while the checkpoint is being stored
     await asyncio.sleep(0.3)
     assert not task.done()
