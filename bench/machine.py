@@ -37,6 +37,20 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _cpuidle_driver() -> str:
+    """The kernel's idle driver: how a vCPU waits when it has nothing to run.
+
+    It sets what every wake-up costs, so it moves the latency figures between
+    machines that are otherwise alike: `haltpoll` polls a little before it
+    halts, while `none` (or `acpi_idle`) halts at once and each wake-up is a
+    round trip through the hypervisor."""
+    try:
+        with open("/sys/devices/system/cpu/cpuidle/current_driver") as f:
+            return f.read().strip() or "none"
+    except OSError:
+        return "unknown"
+
+
 def _redis_server() -> str:
     exe = shutil.which("redis-server")
     if exe is None:
@@ -62,6 +76,7 @@ def describe() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "kernel": platform.release(),
+        "cpuidle": _cpuidle_driver(),
         "python": platform.python_version(),
         "nofile_limit": f"{soft}/{hard}",
         "load_before": [round(x, 2) for x in os.getloadavg()],
@@ -74,6 +89,7 @@ def render(info: dict[str, Any]) -> str:
     libs = ", ".join(f"{k} {v[k]}" for k in v)
     return (
         f"machine: {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB, Linux {info['kernel']}, "
+        f"idle driver {info.get('cpuidle', 'unknown')}, "
         f"Python {info['python']}, open files {info['nofile_limit']}, load average before {info['load_before']}\n"
         f"versions: {libs}"
     )
