@@ -89,7 +89,7 @@ def render(info: dict[str, Any]) -> str:
     libs = ", ".join(f"{k} {v[k]}" for k in v)
     return (
         f"machine: {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB, Linux {info['kernel']}, "
-        f"idle driver {info.get('cpuidle', 'unknown')}, "
+        f"idle driver {info['cpuidle']}, "
         f"Python {info['python']}, open files {info['nofile_limit']}, load average before {info['load_before']}\n"
         f"versions: {libs}"
     )
