@@ -314,7 +314,9 @@ def measure(
     seconds: float,
     profile_seconds: float,
     tag: str,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
+    """One gateway process and one worker process; `env` goes to both."""
     out_path = opts.workdir / f"{tag}-result.json"
     spec = {
         "db": str(opts.workdir / f"{tag}.db"),
@@ -329,9 +331,10 @@ def measure(
         f"{tag}-gateway",
         procs.python("-m", "bench.dispatch", "--role-gateway", "--spec", json.dumps(spec), "--out", str(out_path)),
         stdout_pipe=True,
+        env=env,
     )
     api_url = gw.expect("API ", 60)
-    worker = start_worker(children, worker_kind, api_url, f"{tag}-worker")
+    worker = start_worker(children, worker_kind, api_url, f"{tag}-worker", env)
     cpu: dict[str, dict[str, float]] = {}
     marks: dict[str, tuple[float, float, float]] = {}
     result: dict[str, Any] = {}
@@ -388,21 +391,52 @@ def measure(
     return figures
 
 
+#: The poll window (`connect.polling`) of the second, sequential-only measurement.
+POLL_WINDOW_MS = "5"
+
+
 def run(opts: scenario.Options, children: procs.Children) -> dict[str, Any]:
+    """Default settings (no poll window) for every figure; then the sequential
+    round trip again with both processes at a POLL_WINDOW_MS poll window,
+    with the CPU that costs (figures prefixed `poll_`)."""
     from bench.apps import APP_ID, ONE_STEP
 
-    return measure(
+    common: dict[str, Any] = {"worker_kind": "ours", "app_id": APP_ID, "slug": f"{APP_ID}-{ONE_STEP}"}
+    off = {"CONNECT_POLL_WINDOW_MS": "0"}
+    figures = measure(
         opts,
         children,
-        worker_kind="ours",
-        app_id=APP_ID,
-        slug=f"{APP_ID}-{ONE_STEP}",
+        **common,
         sequential=opts.count(3000, 1000),
         lanes=[256] if opts.quick else [256, 1024],
         seconds=opts.pick(8.0, 4.0),
         profile_seconds=opts.pick(8.0, 4.0) if opts.profile else 0.0,
         tag="dispatch",
+        env=off,
     )
+    polled = measure(
+        opts,
+        children,
+        **common,
+        sequential=opts.count(3000, 1000),
+        lanes=[],
+        seconds=0.0,
+        profile_seconds=0.0,
+        tag="dispatch-poll",
+        env={"CONNECT_POLL_WINDOW_MS": POLL_WINDOW_MS},
+    )
+    figures["poll_window_ms"] = float(POLL_WINDOW_MS)
+    for key in (
+        "rtt_p50_ms",
+        "rtt_p99_ms",
+        "sequential_gateway_cpu_share",
+        "sequential_worker_cpu_share",
+        "sequential_gateway_cpu_us_per_step",
+        "sequential_worker_cpu_us_per_step",
+    ):
+        if key in polled:
+            figures[f"poll_{key}"] = polled[key]
+    return figures
 
 
 def main(argv: list[str] | None = None) -> int:

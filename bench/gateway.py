@@ -20,6 +20,7 @@ from typing import Any
 
 import uvicorn
 
+from connect import polling
 from connect.api.app import ApiConfig, create_api
 from connect.gateway.auth import Keys
 from connect.gateway.dispatcher import GatewayDispatcher
@@ -87,6 +88,8 @@ async def start(db: Path, *, heartbeat_interval: float | None = None, max_connec
     kwargs: dict[str, Any] = {}
     if max_connections is not None:
         kwargs["max_connections"] = max_connections
+    # As `connect dev` takes it: --poll-window-ms or CONNECT_POLL_WINDOW_MS.
+    kwargs["poll_window"] = polling.window_from_env()
     server = GatewayServer(dispatcher, tokens, _ignore_sync, session_config=cfg, **kwargs)
     gateway_port = await server.start("127.0.0.1", 0)
     sock = socket.socket()

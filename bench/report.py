@@ -101,6 +101,16 @@ def rows(results: Results) -> list[Row]:
         lambda x: x <= 2.0)  # fmt: skip
     add(one, "round trip p99", g("dispatch", "rtt_p99_ms"), "ms", g("echo", "rtt_p99_ms"), "echo p99")
     add(one, "round trip p50 against the floor", g("dispatch", "rtt_p50_ms"), "ms", step_floor, "floor of a step")
+    window = g("dispatch", "poll_window_ms")
+    if window is not None:
+        polled = f"{window:g} ms poll window"
+        add(one, f"round trip p50, {polled}", g("dispatch", "poll_rtt_p50_ms"), "ms", g("echo", "rtt_p50_ms"),
+            "echo p50", "<= 2.0x", lambda x: x <= 2.0)  # fmt: skip
+        add(one, f"round trip p99, {polled}", g("dispatch", "poll_rtt_p99_ms"), "ms", g("echo", "rtt_p99_ms"),
+            "echo p99")  # fmt: skip
+        for role in ("gateway", "worker"):
+            add(one, f"{role} CPU one at a time, {polled}", g("dispatch", f"poll_sequential_{role}_cpu_share"),
+                " cores", g("dispatch", f"sequential_{role}_cpu_share"), "without")  # fmt: skip
     for lanes in (256, 1024):
         v = g("dispatch", f"lanes{lanes}_steps_per_s")
         if v is not None or lanes == 256:

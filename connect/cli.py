@@ -60,6 +60,7 @@ def _platform_settings(args: argparse.Namespace) -> Any:
         gateway_port=args.gateway_port,
         db=args.db,
         checkpoint_steps=args.checkpoint_steps,
+        poll_window=_poll_window(args),
     )
     for name in (
         "lease_duration",
@@ -79,6 +80,28 @@ def _platform_settings(args: argparse.Namespace) -> Any:
                 raise SystemExit(f"--{name.replace('_', '-')} must be positive")
             setattr(settings, name, value)
     return settings
+
+
+def _poll_window(args: argparse.Namespace) -> float:
+    """`--poll-window-ms`, else `CONNECT_POLL_WINDOW_MS`, as seconds (0: off)."""
+    from connect import polling
+
+    try:
+        if args.poll_window_ms is not None:
+            return polling.parse_window_ms(args.poll_window_ms, "--poll-window-ms")
+        return polling.window_from_env()
+    except ValueError as exc:
+        raise SystemExit(f"connect {args.command}: {exc}") from None
+
+
+def _add_poll_window_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--poll-window-ms",
+        type=str,
+        default=None,
+        help="keep the event loop polling this long after WebSocket traffic instead of sleeping: "
+        "lower latency for more CPU (default 0, off; or CONNECT_POLL_WINDOW_MS)",
+    )
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -139,6 +162,7 @@ def _add_platform_args(parser: argparse.ArgumentParser, default_db: str) -> None
         action="store_false",
         help="one step per request for every worker (checkpoints are on by default)",
     )
+    _add_poll_window_arg(parser)
 
 
 def load_apps(target: str) -> list[tuple[Any, list[Any]]]:
@@ -174,6 +198,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from connect.worker import connect
 
     apps = load_apps(args.target)
+    poll_window = _poll_window(args)
     abandoned = 0
 
     async def main() -> None:
@@ -185,6 +210,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             health_port=args.health_port,
             drain_timeout=None if args.drain_timeout is not None and args.drain_timeout < 0 else args.drain_timeout,
             handle_shutdown_signals=() if args.no_signals else ("SIGTERM", "SIGINT"),
+            poll_window=poll_window,
         )
         await conn.closed
         abandoned = conn.abandoned
@@ -233,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to finish in-flight steps on SIGTERM (default 600; negative: wait forever)",
     )
     worker.add_argument("--no-signals", action="store_true", help="do not handle SIGTERM/SIGINT")
+    _add_poll_window_arg(worker)
     worker.set_defaults(func=cmd_worker)
     return parser
 

@@ -51,6 +51,8 @@ class DevSettings:
     handshake_timeout: float = limits.HANDSHAKE_TIMEOUT
     #: Let workers that support it store each step and go on in the same request.
     checkpoint_steps: bool = True
+    #: Keep the loop polling this many seconds after worker traffic (0: off; see `connect.polling`).
+    poll_window: float = 0.0
     #: The name of the process in its log lines.
     name: str = "connect dev"
 
@@ -102,6 +104,7 @@ class DevServer:
             max_connections=s.max_connections,
             max_connections_per_instance=s.max_connections_per_instance,
             on_drain_requested=self.request_stop,
+            poll_window=s.poll_window,
         )
         await executor.start()
         gateway_port = await gateway.start(s.host, s.gateway_port)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import gc
+import os
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from connect import cli
 
@@ -15,3 +19,31 @@ def test_commands_run_with_the_documented_gc_thresholds() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == str(cli.GC_THRESHOLDS)
     assert cli.GC_THRESHOLDS != gc.get_threshold()  # not Python's defaults, which this process keeps
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["worker", "examples.hello:client", "--poll-window-ms", "abc"], {}, "--poll-window-ms must be a number"),
+        (["dev", "--poll-window-ms", "5000"], {}, "--poll-window-ms must be between 0 (off) and 1000 ms"),
+        (["dev"], {"CONNECT_POLL_WINDOW_MS": "-2"}, "CONNECT_POLL_WINDOW_MS must be between 0 (off) and 1000 ms"),
+    ],
+)
+def test_a_bad_poll_window_stops_the_command_with_its_reason(
+    args: list[str], env: dict[str, str], message: str, tmp_path: Path
+) -> None:
+    db = tmp_path / "x.db"
+    full_env = {k: v for k, v in os.environ.items() if k != "CONNECT_POLL_WINDOW_MS"} | env
+    full_env["CONNECT_API_URL"] = "http://127.0.0.1:9"  # a worker that got as far as connecting would fail
+    extra = ["--db", str(db), "--port", "0", "--gateway-port", "0"] if args[0] == "dev" else ["--no-signals"]
+    out = subprocess.run(
+        [sys.executable, "-m", "connect", *args, *extra],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=full_env,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert out.returncode != 0
+    assert message in out.stderr
+    assert not db.exists()  # refused before anything started

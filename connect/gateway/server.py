@@ -2,8 +2,9 @@
 
 Each connection gets a reader loop (frames in, session events out) and a
 timer that wakes at the session's next deadline (handshake, heartbeat
-watchdog, ACK timeouts); nothing polls. `/ready` answers 200, or 503 while
-draining.
+watchdog, ACK timeouts); nothing polls, unless `poll_window` is set: then
+every connection's traffic keeps the loop polling for that long (see
+`connect.polling`). `/ready` answers 200, or 503 while draining.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from websockets.typing import Subprotocol
 from connect.gateway.auth import TokenIssuer
 from connect.gateway.connection import WRITE_HIGH_WATER, WRITE_TIMEOUT, Connection, GatewayWebSocket
 from connect.gateway.dispatcher import GatewayDispatcher
+from connect.polling import MAX_WINDOW as MAX_POLL_WINDOW
+from connect.polling import PollWindow
 from protocol import codes, limits
 from protocol import connect_pb2 as pb
 from protocol import gateway_session as gs
@@ -53,8 +56,13 @@ class GatewayServer:
         write_timeout: float = WRITE_TIMEOUT,
         clock: Callable[[], float] = time.time,
         on_drain_requested: Callable[[], None] | None = None,
+        poll_window: float = 0.0,
     ) -> None:
         self.dispatcher = dispatcher
+        if poll_window and not 0 < poll_window <= MAX_POLL_WINDOW:
+            raise ValueError(f"poll_window is 0 (off) or more than 0 and at most {MAX_POLL_WINDOW} s")
+        self._poll_seconds = poll_window
+        self.poll_window: PollWindow | None = None  # made on the loop, in `start`
         self.max_connections = max_connections
         self.max_connections_per_instance = max_connections_per_instance
         self._write_timeout = write_timeout
@@ -79,6 +87,8 @@ class GatewayServer:
     # --- lifecycle ----------------------------------------------------------------
 
     async def start(self, host: str, port: int) -> int:
+        if self._poll_seconds > 0:
+            self.poll_window = PollWindow(asyncio.get_running_loop(), self._poll_seconds)
         self._server = await serve(
             self._handle,
             host,
@@ -169,6 +179,7 @@ class GatewayServer:
             return
         session = gs.GatewaySession(self._session_config, self._clock())
         conn = Connection(ws, session, _remote(ws), write_timeout=self._write_timeout)
+        ws.poll_window = self.poll_window
         self.connections.add(conn)
         self._all_closed.clear()
         timer = asyncio.create_task(self._timer(conn))

@@ -1,0 +1,127 @@
+"""Poll windows on a real gateway and a real worker (`connect.polling`).
+
+The gateway's loop polls after every message on any worker connection; the
+worker's connection loop polls only while nothing runs there (after its last
+reply, waiting for the next request), and stops the moment a request comes,
+so user code has the CPU and the GIL to itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import gateway
+from connect import Client, Context, Step, TriggerEvent, polling
+from connect.worker.connection import WorkerConnection, connect
+from protocol.payloads import STATUS_DONE
+from tests.gateway.requests import discovery_request
+
+pytestmark = pytest.mark.anyio
+
+client = Client(app_id="polls")
+release = threading.Event()
+running = threading.Event()
+
+
+@client.create_function(fn_id="answer", trigger=TriggerEvent(event="polls/x"))
+async def answer(ctx: Context, step: Step) -> Any:
+    return {"n": ctx.event.data["n"]}
+
+
+@client.create_function(fn_id="held", trigger=TriggerEvent(event="polls/held"))
+def held(ctx: Context, step: Step) -> Any:  # a plain def: runs in a thread, may block
+    running.set()
+    assert release.wait(30)
+    return "released"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@dataclass
+class Stack:
+    gw: gateway.Gateway
+    worker: WorkerConnection
+
+    @property
+    def worker_window(self) -> polling.PollWindow:
+        window = self.worker._poll
+        assert window is not None
+        return window
+
+    async def until(self, what: str, check: Any) -> None:
+        for _ in range(1000):
+            if check():
+                return
+            await asyncio.sleep(0.005)
+        raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+async def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Stack]:
+    monkeypatch.setenv(polling.ENV_VAR, "200")  # the gateway takes it as `connect dev` does
+    gw = await gateway.start(tmp_path / "gw.db")
+    client.api_base_url = gw.api_url
+    monkeypatch.delenv(polling.ENV_VAR)
+    worker = await connect([(client, [answer, held])], instance_id="polls", handle_shutdown_signals=(), poll_window=0.5)
+    release.clear()
+    running.clear()
+    try:
+        yield Stack(gw, worker)
+    finally:
+        release.set()
+        await worker.close()
+        await gw.close()
+
+
+async def test_replies_arrive_with_both_windows_on(stack: Stack) -> None:
+    window = stack.gw.server.poll_window
+    assert window is not None and window.window == pytest.approx(0.2)
+    for n in range(20):
+        reply = await stack.gw.dispatcher.dispatch(discovery_request("polls", "polls-answer", "polls/x", data={"n": n}))
+        assert reply.status == STATUS_DONE and reply.body == b'{"n":%d}' % n
+    assert all(conn.ws.poll_window is window for conn in stack.gw.server.connections)
+    assert window.opened >= 1 and window.turns > 0
+
+
+async def test_the_worker_polls_after_its_last_reply_and_then_sleeps(stack: Stack) -> None:
+    await stack.gw.dispatcher.dispatch(discovery_request("polls", "polls-answer", "polls/x", data={"n": 1}))
+    window = stack.worker_window
+    assert window.polling  # touched as the reply left, before the gateway had it
+    opened = window.opened
+    await stack.until("the worker's window to close", lambda: not window.polling)
+    turns = window.turns
+    await asyncio.sleep(0.3)
+    assert window.turns == turns and window.opened == opened  # asleep until the next reply
+
+
+async def test_the_worker_stops_polling_while_user_code_runs(stack: Stack) -> None:
+    await stack.gw.dispatcher.dispatch(discovery_request("polls", "polls-answer", "polls/x", data={"n": 1}))
+    window = stack.worker_window
+    assert window.polling
+    task = asyncio.ensure_future(stack.gw.dispatcher.dispatch(discovery_request("polls", "polls-held", "polls/held")))
+    await stack.until("the held step to start", running.is_set)
+    assert window.closes_at == 0.0  # closed as the request came, not left to run out
+    await stack.until("the worker's window to close", lambda: not window.polling)
+    turns = window.turns
+    await asyncio.sleep(0.05)
+    assert window.turns == turns and not window.polling  # well inside the 0.5 s it would have polled
+
+    release.set()
+    reply = await asyncio.wait_for(task, 30)
+    assert reply.status == STATUS_DONE and reply.body == b'"released"'
+    assert window.polling  # the reply left and nothing runs: waiting for the next request, awake
+
+
+async def test_bad_windows_are_refused_before_connecting() -> None:
+    with pytest.raises(ValueError, match=r"at most 1\.0 s"):
+        await connect([(client, [answer])], instance_id="bad", handle_shutdown_signals=(), poll_window=2.0)
