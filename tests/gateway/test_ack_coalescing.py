@@ -46,11 +46,6 @@ async def slow(ctx: Context, step: Step) -> Any:
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def writes(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
     """The kinds of the frames of every write our worker makes."""
     seen: list[list[int]] = []

@@ -60,11 +60,6 @@ async def two(ctx: Context, step: Step) -> Any:
     return [a, b]
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @dataclass
 class Checkpoints:
     """A request's checkpoint callable: records what it is handed."""

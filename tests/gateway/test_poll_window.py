@@ -42,11 +42,6 @@ def held(ctx: Context, step: Step) -> Any:  # a plain def: runs in a thread, may
     return "released"
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @dataclass
 class Stack:
     gw: gateway.Gateway

@@ -33,11 +33,6 @@ async def answer(ctx: Context, step: Step) -> Any:
     return {"n": ctx.event.data["n"]}
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 @dataclass
 class Stack:
     gw: gateway.Gateway
