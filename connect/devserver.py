@@ -147,6 +147,8 @@ class DevServer:
             if s.keys.open
             else f"production mode: environment {s.keys.env!r}, signing and event keys required"
         )
+        if s.poll_window > 0:
+            mode += f"; poll window {s.poll_window * 1000:g} ms"
         log.info(
             "%s ready: api=http://%s:%d gateway=ws://%s:%d%s db=%s (%s)",
             s.name,

@@ -16,10 +16,11 @@ across. A new request's WORKER_REQUEST_ACK is held back for up to
 its reply (or first checkpoint) in one write, and the gateway wakes once.
 
 With a poll window (`connect(poll_window=...)`, `CONNECT_POLL_WINDOW_MS`),
-the connection's loop keeps polling for that long after each message in or
-out instead of sleeping, so the next request is read without a wake-up (see
-`connect.polling`); the caller's loop is left alone, so user code keeps the
-GIL and the CPU it had.
+the connection's loop keeps polling for that long after it sends, while no
+user code runs (after the last reply, or while every request waits for a
+checkpoint's answer), so the next request or answer is read without a
+wake-up (see `connect.polling`). It stops as user code is handed work; the
+caller's loop never polls, so user code keeps the GIL and the CPU it had.
 
 States: CONNECTING -> ACTIVE <-> RECONNECTING -> CLOSING -> CLOSED.
 """
@@ -284,6 +285,7 @@ class WorkerConnection:
         self._progress = asyncio.Event()
         if self._options.poll_window > 0:
             self._poll = polling.PollWindow(self._loop, self._options.poll_window)
+            log.info("poll window %g ms: the connection polls after its last reply", self._options.poll_window * 1000)
         health: HealthServer | None = None
         if self._options.health_port is not None:
             health = HealthServer(
@@ -493,8 +495,7 @@ class WorkerConnection:
                 case ws_.Execute(request=req):
                     admission = self._ledger.accept(req, now, sock.session.extend_lease_interval)
                     if admission is Admission.RUN:
-                        if self._poll is not None:
-                            self._poll.close()  # user code needs the CPU now
+                        self._end_poll()  # user code needs the CPU now
                         self.in_flight_peak = max(self.in_flight_peak, len(self._ledger.in_flight))
                         self._requests.append(req)  # handed over by the caller of `_handle`
                     elif admission is Admission.REPLIED:
@@ -512,6 +513,7 @@ class WorkerConnection:
                 case ws_.CheckpointAnswer(request_id=rid, stored=stored):
                     waiting = self._checkpoints.pop(rid, None)
                     if waiting is not None:
+                        self._end_poll()
                         self._answer_checkpoint(rid, waiting, stored)
                 case ws_.LeaseAnswer(request_id=rid, new_lease_id=new):
                     if not self._ledger.lease_answer(rid, new):
@@ -707,6 +709,19 @@ class WorkerConnection:
                 self._refused[rid] = waiting.raw
         self._answer_future(waiting.answer, stored)
 
+    def _poll_if_idle(self) -> None:
+        """Machinery, after sending: poll while no user code runs here, i.e.
+        every request in flight waits for a checkpoint's answer (a count: a
+        reply sent behind its checkpoint keeps that checkpoint counted until
+        the answer comes, which can only make it poll a window too long)."""
+        if self._poll is not None and len(self._ledger.in_flight) <= len(self._checkpoints):
+            self._poll.touch()
+
+    def _end_poll(self) -> None:
+        """Machinery: user code is about to run (a new request, a checkpoint's answer)."""
+        if self._poll is not None:
+            self._poll.close()
+
     def _answer_future(self, answer: asyncio.Future[bool], stored: bool) -> None:
         def resolve() -> None:
             if not answer.done():
@@ -767,8 +782,7 @@ class WorkerConnection:
         if sent:
             assert sock is not None
             self._flush_soon(sock)
-            if self._poll is not None and not self._ledger.in_flight:
-                self._poll.touch()  # nothing runs here: wait for the next request awake
+            self._poll_if_idle()
         self._poke()
 
     async def _flush_quietly(self, sock: _Socket) -> None:

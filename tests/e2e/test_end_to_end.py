@@ -154,3 +154,21 @@ def test_four_workers_respect_max_worker_concurrency(tmp_path: Path) -> None:
         for w in workers:
             w.stop()
         dev.stop()
+
+
+def test_runs_complete_with_poll_windows_on_both_sides(tmp_path: Path) -> None:
+    dev = DevServer(tmp_path, extra=["--poll-window-ms", "2"]).start()
+    try:
+        assert dev.proc is not None
+        wait_for_log(dev.proc, "poll window 2 ms")
+        proc = start_worker(dev, tmp_path, env={"CONNECT_POLL_WINDOW_MS": "1.5"})
+        try:
+            wait_for_log(proc, "worker state ACTIVE")
+            assert "poll window 1.5 ms" in proc.output()
+            ids = dev.send([{"name": "e2e/three", "data": {"n": i}} for i in range(20)])
+            runs = dev.wait_runs(ids, timeout=60)
+            assert [run["output"] for run in runs] == [{"n": i, "result": expected(i)} for i in range(20)]
+        finally:
+            assert proc.stop() == 0
+    finally:
+        dev.stop()

@@ -35,6 +35,13 @@ async def answer(ctx: Context, step: Step) -> Any:
     return {"n": ctx.event.data["n"]}
 
 
+@client.create_function(fn_id="two", trigger=TriggerEvent(event="polls/two"))
+async def two(ctx: Context, step: Step) -> Any:
+    a = await step.run("a", lambda: 1)
+    b = await step.run("b", lambda: a + 1)
+    return [a, b]
+
+
 @client.create_function(fn_id="held", trigger=TriggerEvent(event="polls/held"))
 def held(ctx: Context, step: Step) -> Any:  # a plain def: runs in a thread, may block
     running.set()
@@ -67,7 +74,9 @@ async def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterato
     gw = await gateway.start(tmp_path / "gw.db")
     client.api_base_url = gw.api_url
     monkeypatch.delenv(polling.ENV_VAR)
-    worker = await connect([(client, [answer, held])], instance_id="polls", handle_shutdown_signals=(), poll_window=0.5)
+    worker = await connect(
+        [(client, [answer, held, two])], instance_id="polls", handle_shutdown_signals=(), poll_window=0.5
+    )
     release.clear()
     running.clear()
     try:
@@ -115,6 +124,45 @@ async def test_the_worker_stops_polling_while_user_code_runs(stack: Stack) -> No
     reply = await asyncio.wait_for(task, 30)
     assert reply.status == STATUS_DONE and reply.body == b'"released"'
     assert window.polling  # the reply left and nothing runs: waiting for the next request, awake
+
+
+class GatedCheckpoints:
+    """The executor's side of a request's checkpoints: each answer waits for its gate."""
+
+    def __init__(self, count: int) -> None:
+        self.gates = [asyncio.Event() for _ in range(count)]
+        self.arrived = [asyncio.Event() for _ in range(count)]
+        self.calls = 0
+
+    async def __call__(self, reply: Any) -> bool:
+        n = self.calls
+        self.calls += 1
+        self.arrived[n].set()
+        await self.gates[n].wait()
+        return True
+
+
+async def test_the_worker_polls_while_its_request_waits_for_a_checkpoints_answer(stack: Stack) -> None:
+    checkpoints = GatedCheckpoints(2)
+    request = discovery_request("polls", "polls-two", "polls/two", offer_checkpoints=True, checkpoint=checkpoints)
+    task = asyncio.ensure_future(stack.gw.dispatcher.dispatch(request))
+    window = stack.worker_window
+    try:
+        async with asyncio.timeout(10):
+            await checkpoints.arrived[0].wait()
+        assert window.polling  # step "a" is out and its handler waits: nothing runs here
+        opened = window.opened
+
+        checkpoints.gates[0].set()
+        async with asyncio.timeout(10):
+            await checkpoints.arrived[1].wait()
+        assert window.polling
+        assert window.opened == opened + 1  # closed when the answer came and step "b" ran, opened again after it
+    finally:
+        for gate in checkpoints.gates:  # never leave the request in flight: closing would wait for it
+            gate.set()
+    reply = await asyncio.wait_for(task, 10)
+    assert reply.status == STATUS_DONE and reply.body == b"[1,2]"
 
 
 async def test_bad_windows_are_refused_before_connecting() -> None:
