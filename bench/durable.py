@@ -95,7 +95,12 @@ def _ended_at(http: httpx.Client, event_id: str, timeout: float = 30.0) -> float
 
 
 def start_dev(
-    children: procs.Children, opts: scenario.Options, tag: str, *, checkpoints: bool = True
+    children: procs.Children,
+    opts: scenario.Options,
+    tag: str,
+    *,
+    checkpoints: bool = True,
+    env: dict[str, str] | None = None,
 ) -> tuple[procs.Child, str]:
     port, gw_port = procs.free_port(), procs.free_port()
     dev = children.start(
@@ -112,6 +117,7 @@ def start_dev(
             str(opts.workdir / f"{tag}.db"),
             *([] if checkpoints else ["--no-checkpoint-steps"]),
         ),
+        env=env,
     )
     url = f"http://127.0.0.1:{port}"
 
@@ -137,11 +143,15 @@ def measure(
     profile_seconds: float,
     tag: str,
     checkpoints: bool = True,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """`checkpoints=False` runs `connect dev --no-checkpoint-steps`: one step per request."""
-    dev, url = start_dev(children, opts, tag, checkpoints=checkpoints)
+    """`checkpoints=False` runs `connect dev --no-checkpoint-steps`: one step per
+    request. `env` goes to `connect dev` and the worker."""
+    dev, url = start_dev(children, opts, tag, checkpoints=checkpoints, env=env)
     listener = Listener()
-    worker = start_worker(children, worker_kind, url, f"{tag}-worker", env={NOTIFY_ENV: listener.address})
+    worker = start_worker(
+        children, worker_kind, url, f"{tag}-worker", env={**(env or {}), NOTIFY_ENV: listener.address}
+    )
     out: dict[str, Any] = {"worker": worker_kind}
     http = httpx.Client(base_url=url, timeout=30)
     poster = _EventPoster(url)
@@ -245,6 +255,11 @@ def measure(
 
 
 def run(opts: scenario.Options, children: procs.Children) -> dict[str, Any]:
+    """Default settings (no poll window) for every figure; then the runs one
+    at a time again with `connect dev` and the worker at a poll window of
+    `bench.dispatch.POLL_WINDOW_MS` (figures prefixed `poll_`)."""
+    from bench.dispatch import POLL_WINDOW_MS
+
     out = measure(
         opts,
         children,
@@ -253,6 +268,7 @@ def run(opts: scenario.Options, children: procs.Children) -> dict[str, Any]:
         seconds=opts.pick(12.0, 5.0),
         profile_seconds=opts.pick(8.0, 4.0) if opts.profile else 0.0,
         tag="durable",
+        env={"CONNECT_POLL_WINDOW_MS": "0"},
     )
     # Context: the same runs with one step per request, as the official protocol has it.
     one = measure(
@@ -267,6 +283,18 @@ def run(opts: scenario.Options, children: procs.Children) -> dict[str, Any]:
     )
     for key in ("run_p50_ms", "run_p99_ms", "steps_per_s", "dev_cpu_us_per_step", "worker_cpu_us_per_step"):
         out[f"one_step_{key}"] = one[key]
+    polled = measure(
+        opts,
+        children,
+        worker_kind="ours",
+        sequential=opts.count(300, 100),
+        seconds=0.0,
+        profile_seconds=0.0,
+        tag="durable-poll",
+        env={"CONNECT_POLL_WINDOW_MS": POLL_WINDOW_MS},
+    )
+    out["poll_window_ms"] = float(POLL_WINDOW_MS)
+    out["poll_run_p50_ms"], out["poll_run_p99_ms"] = polled["run_p50_ms"], polled["run_p99_ms"]
     return out
 
 

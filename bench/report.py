@@ -125,6 +125,10 @@ def rows(results: Results) -> list[Row]:
         None if step_floor is None else 6 * step_floor, "6 floors of a step")  # fmt: skip
     add(two, "5-step run p99", g("durable", "run_p99_ms"), "ms", g("celery_baseline", "chain5_p99_ms"),
         "Celery 5-chain p99")  # fmt: skip
+    window = g("durable", "poll_window_ms")
+    if window is not None:
+        add(two, f"5-step run p50, {window:g} ms poll window", g("durable", "poll_run_p50_ms"), "ms",
+            g("celery_baseline", "chain5_p50_ms"), "Celery 5-chain p50", "<= 0.25x", lambda x: x <= 0.25)  # fmt: skip
     add(two, "steps/s, 300 in flight", g("durable", "steps_per_s"), "/s", g("celery_baseline", "chain_steps_per_s"),
         "Celery steps/s", ">= 5x", lambda x: x >= 5.0)  # fmt: skip
     add(two, "run p50, 300 in flight", g("durable", "loaded_run_p50_ms"), "ms",
