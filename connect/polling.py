@@ -55,8 +55,8 @@ class PollWindow:
         window: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not 0 < window <= MAX_WINDOW:
-            raise ValueError(f"a poll window is more than 0 and at most {MAX_WINDOW} s, not {window!r}")
+        if not check_window(window):
+            raise ValueError("a poll window of 0 is off: make no PollWindow")
         self._loop = loop
         self._window = window
         self._clock = clock
@@ -98,6 +98,13 @@ class PollWindow:
             self._loop.call_soon(self._turn)
         else:
             self._polling = False
+
+
+def check_window(window: float) -> float:
+    """`window` (seconds) if it is 0 (off) or a window `PollWindow` takes; else ValueError."""
+    if window != 0 and not 0 < window <= MAX_WINDOW:
+        raise ValueError(f"a poll window is 0 (off) or more than 0 and at most {MAX_WINDOW} s, not {window!r}")
+    return window
 
 
 def parse_window_ms(value: str | float | None, source: str = ENV_VAR) -> float:

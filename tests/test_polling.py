@@ -86,14 +86,19 @@ def test_a_real_window_keeps_the_loop_turning_and_then_lets_it_sleep() -> None:
     assert since == 0 and not polling_now
 
 
-@pytest.mark.parametrize("bad", [0.0, -0.001, 1.5, float("nan")])
+@pytest.mark.parametrize("bad", [-0.001, 1.5, float("nan"), float("inf")])
 def test_a_window_is_more_than_zero_and_at_most_a_second(bad: float) -> None:
     loop = asyncio.new_event_loop()
     try:
-        with pytest.raises(ValueError, match=r"at most 1\.0 s"):
+        with pytest.raises(ValueError, match=r"0 \(off\) or more than 0 and at most 1\.0 s"):
             PollWindow(loop, bad)
+        with pytest.raises(ValueError, match=r"at most 1\.0 s"):
+            polling.check_window(bad)
+        with pytest.raises(ValueError, match="of 0 is off"):
+            PollWindow(loop, 0.0)
     finally:
         loop.close()
+    assert polling.check_window(0.0) == 0.0 and polling.check_window(1.0) == 1.0
 
 
 @pytest.mark.parametrize(("value", "seconds"), [(None, 0.0), ("", 0.0), ("0", 0.0), ("2.5", 0.0025), ("1000", 1.0)])

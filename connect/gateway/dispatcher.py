@@ -136,7 +136,7 @@ class GatewayDispatcher:
         self._clock = clock
         self.env_id = env_id
         self.capacity = InstanceCapacity()
-        self.router = Router(self.capacity)
+        self.router: Router[Connection] = Router(self.capacity)
         self.leases = LeaseTable(lease_duration)
         self.extend_lease_interval = extend_lease_interval
         self._pending: dict[str, _Pending] = {}

@@ -27,8 +27,7 @@ from websockets.typing import Subprotocol
 from connect.gateway.auth import TokenIssuer
 from connect.gateway.connection import WRITE_HIGH_WATER, WRITE_TIMEOUT, Connection, GatewayWebSocket
 from connect.gateway.dispatcher import GatewayDispatcher
-from connect.polling import MAX_WINDOW as MAX_POLL_WINDOW
-from connect.polling import PollWindow
+from connect.polling import PollWindow, check_window
 from protocol import codes, limits
 from protocol import connect_pb2 as pb
 from protocol import gateway_session as gs
@@ -59,9 +58,7 @@ class GatewayServer:
         poll_window: float = 0.0,
     ) -> None:
         self.dispatcher = dispatcher
-        if poll_window and not 0 < poll_window <= MAX_POLL_WINDOW:
-            raise ValueError(f"poll_window is 0 (off) or more than 0 and at most {MAX_POLL_WINDOW} s")
-        self._poll_seconds = poll_window
+        self._poll_seconds = check_window(poll_window)
         self.poll_window: PollWindow | None = None  # made on the loop, in `start`
         self.max_connections = max_connections
         self.max_connections_per_instance = max_connections_per_instance

@@ -991,10 +991,7 @@ async def connect(
         max_worker_concurrency = int(os.environ["CONNECT_MAX_WORKER_CONCURRENCY"])
     if max_worker_concurrency is not None and max_worker_concurrency <= 0:
         raise ValueError("max_worker_concurrency must be a positive integer")
-    if poll_window is None:
-        poll_window = polling.window_from_env()
-    elif poll_window and not 0 < poll_window <= polling.MAX_WINDOW:
-        raise ValueError(f"poll_window is 0 (off) or more than 0 and at most {polling.MAX_WINDOW} s")
+    poll_window = polling.window_from_env() if poll_window is None else polling.check_window(poll_window)
     options = WorkerOptions(
         instance_id=instance_id or socket.gethostname(),
         max_worker_concurrency=max_worker_concurrency,
