@@ -25,7 +25,9 @@ install-test: $(VENV)/.installed-test
 ## make dev: start `connect dev` (API :8288, gateway :8289) and the example worker.
 dev: install
 	@echo "connect dev on http://127.0.0.1:8288 (gateway ws://127.0.0.1:8289); Ctrl-C stops both"
-	@trap 'kill 0' INT TERM; \
+	@# Ctrl-C reaches both from the terminal; a TERM to make is passed on once. Then wait
+	@# for both to drain and stop (a second signal would make the worker quit at once).
+	@trap 'wait' INT; trap 'kill $$(jobs -p) 2>/dev/null; wait' TERM; \
 	$(BIN)/connect dev --db $(DB) & \
 	$(BIN)/connect worker examples.hello:client & \
 	wait
