@@ -8,10 +8,13 @@ benchmarks run on, that costs 30 to 90 µs per message, several times per
 step, and it is most of what a step's round trip spends above the physical
 floor (see bench/README.md).
 
-`PollWindow` trades CPU for that latency. After every touch (a message in or
-out on a connection that carries it) the loop keeps running turns with a
-zero timeout, polling its sockets instead of sleeping, until `window`
-seconds pass with no further touch; then it sleeps as usual. So:
+`PollWindow` trades CPU for that latency. After every touch the loop keeps
+running turns with a zero timeout, polling its sockets instead of sleeping,
+until `window` seconds pass with no further touch (or `close()`); then it
+sleeps as usual. Its owner decides what touches it: the gateway's
+connections touch it with every message in or out (`BatchingConnection.
+poll_window`); the worker touches its connection loop's window after it
+sends while no user code runs, and closes it when user code gets work. So:
 
 * an idle process costs nothing: the window closes and the loop blocks;
 * a busy one costs nothing more: its loop had no idle time to spend;

@@ -285,7 +285,7 @@ class WorkerConnection:
         self._progress = asyncio.Event()
         if self._options.poll_window > 0:
             self._poll = polling.PollWindow(self._loop, self._options.poll_window)
-            log.info("poll window %g ms: the connection polls after its last reply", self._options.poll_window * 1000)
+            log.info("poll window %g ms: polling while no user code runs", self._options.poll_window * 1000)
         health: HealthServer | None = None
         if self._options.health_port is not None:
             health = HealthServer(
@@ -982,10 +982,10 @@ async def connect(
     - `gateway_url`: dial this WebSocket URL instead of the one `/start` returns
       (`CONNECT_GATEWAY_URL`), e.g. behind a proxy.
     - `reply_buffer_bytes`: bound of the buffer of unacknowledged replies.
-    - `poll_window`: seconds the connection's loop keeps polling after each
-      message instead of sleeping (default 0, off, or `CONNECT_POLL_WINDOW_MS`
-      in milliseconds; at most 1 s): lower step latency for up to that much
-      CPU per message. See `connect.polling`.
+    - `poll_window`: seconds the connection's loop keeps polling instead of
+      sleeping after it sends while no user code runs (default 0, off, or
+      `CONNECT_POLL_WINDOW_MS` in milliseconds; at most 1 s): lower step
+      latency for up to that much CPU per message. See `connect.polling`.
     """
     if max_worker_concurrency is None and os.environ.get("CONNECT_MAX_WORKER_CONCURRENCY"):
         max_worker_concurrency = int(os.environ["CONNECT_MAX_WORKER_CONCURRENCY"])
