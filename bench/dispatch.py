@@ -395,6 +395,13 @@ def measure(
 POLL_WINDOW_MS = "5"
 
 
+def poll_env(ms: str) -> dict[str, str]:
+    """The environment that sets our processes' poll window ("0": off, whatever the caller's is)."""
+    from connect.polling import ENV_VAR
+
+    return {ENV_VAR: ms}
+
+
 def run(opts: scenario.Options, children: procs.Children) -> dict[str, Any]:
     """Default settings (no poll window) for every figure; then the sequential
     round trip again with both processes at a POLL_WINDOW_MS poll window,
@@ -402,7 +409,6 @@ def run(opts: scenario.Options, children: procs.Children) -> dict[str, Any]:
     from bench.apps import APP_ID, ONE_STEP
 
     common: dict[str, Any] = {"worker_kind": "ours", "app_id": APP_ID, "slug": f"{APP_ID}-{ONE_STEP}"}
-    off = {"CONNECT_POLL_WINDOW_MS": "0"}
     figures = measure(
         opts,
         children,
@@ -412,7 +418,7 @@ def run(opts: scenario.Options, children: procs.Children) -> dict[str, Any]:
         seconds=opts.pick(8.0, 4.0),
         profile_seconds=opts.pick(8.0, 4.0) if opts.profile else 0.0,
         tag="dispatch",
-        env=off,
+        env=poll_env("0"),
     )
     polled = measure(
         opts,
@@ -423,7 +429,7 @@ def run(opts: scenario.Options, children: procs.Children) -> dict[str, Any]:
         seconds=0.0,
         profile_seconds=0.0,
         tag="dispatch-poll",
-        env={"CONNECT_POLL_WINDOW_MS": POLL_WINDOW_MS},
+        env=poll_env(POLL_WINDOW_MS),
     )
     figures["poll_window_ms"] = float(POLL_WINDOW_MS)
     for key in (

@@ -258,7 +258,7 @@ def run(opts: scenario.Options, children: procs.Children) -> dict[str, Any]:
     """Default settings (no poll window) for every figure; then the runs one
     at a time again with `connect dev` and the worker at a poll window of
     `bench.dispatch.POLL_WINDOW_MS` (figures prefixed `poll_`)."""
-    from bench.dispatch import POLL_WINDOW_MS
+    from bench.dispatch import POLL_WINDOW_MS, poll_env
 
     out = measure(
         opts,
@@ -268,7 +268,7 @@ def run(opts: scenario.Options, children: procs.Children) -> dict[str, Any]:
         seconds=opts.pick(12.0, 5.0),
         profile_seconds=opts.pick(8.0, 4.0) if opts.profile else 0.0,
         tag="durable",
-        env={"CONNECT_POLL_WINDOW_MS": "0"},
+        env=poll_env("0"),
     )
     # Context: the same runs with one step per request, as the official protocol has it.
     one = measure(
@@ -291,7 +291,7 @@ def run(opts: scenario.Options, children: procs.Children) -> dict[str, Any]:
         seconds=0.0,
         profile_seconds=0.0,
         tag="durable-poll",
-        env={"CONNECT_POLL_WINDOW_MS": POLL_WINDOW_MS},
+        env=poll_env(POLL_WINDOW_MS),
     )
     out["poll_window_ms"] = float(POLL_WINDOW_MS)
     out["poll_run_p50_ms"], out["poll_run_p99_ms"] = polled["run_p50_ms"], polled["run_p99_ms"]
