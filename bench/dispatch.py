@@ -23,6 +23,7 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,21 @@ async def _drive(args: argparse.Namespace) -> dict[str, Any]:
 
         if spec["sequential"]:
             out.update(await _breakdown(gw, one, min(1000, spec["sequential"])))
+
+        for interval_ms in spec.get("paced", []):
+            # One step at a time, started every `interval_ms`: traffic with
+            # idle gaps, where a poll window costs the most CPU for its gain.
+            phase = f"paced{interval_ms:g}"
+            count = max(1, int(spec["paced_seconds"] * 1000 / interval_ms))
+            _say(f"PHASE {phase} start")
+            lat: list[float] = []
+            start = time.perf_counter()
+            for i in range(count):
+                lat.append(await one())
+                await asyncio.sleep(max(0.0, start + (i + 1) * interval_ms / 1000 - time.perf_counter()))
+            _say(f"PHASE {phase} end")
+            out[f"{phase}_p50_ms"] = summary_ms(lat)["p50_ms"]
+            out[f"{phase}_count"] = count
 
         async def lanes(n: int, seconds: float) -> tuple[int, float, list[float]]:
             stop = time.perf_counter() + seconds
@@ -315,8 +331,11 @@ def measure(
     profile_seconds: float,
     tag: str,
     env: dict[str, str] | None = None,
+    paced: Sequence[float] = (),
+    paced_seconds: float = 0.0,
 ) -> dict[str, Any]:
-    """One gateway process and one worker process; `env` goes to both."""
+    """One gateway process and one worker process; `env` goes to both.
+    `paced`: intervals (ms) of phases that start one step every interval."""
     out_path = opts.workdir / f"{tag}-result.json"
     spec = {
         "db": str(opts.workdir / f"{tag}.db"),
@@ -326,6 +345,8 @@ def measure(
         "lanes": lanes,
         "seconds": seconds,
         "profile_seconds": profile_seconds,
+        "paced": list(paced),
+        "paced_seconds": paced_seconds,
     }
     gw = children.start(
         f"{tag}-gateway",
@@ -338,7 +359,8 @@ def measure(
     cpu: dict[str, dict[str, float]] = {}
     marks: dict[str, tuple[float, float, float]] = {}
     result: dict[str, Any] = {}
-    budget = 120 + sequential * 0.01 + len(lanes) * (seconds + 30) + profile_seconds + 30
+    budget = 120 + sequential * 0.01 + len(lanes) * (seconds + 30) + len(paced) * (paced_seconds + 30)
+    budget += profile_seconds + 30
     deadline = time.monotonic() + budget
     while True:
         line = gw.readline(max(0.0, deadline - time.monotonic()))
@@ -391,57 +413,79 @@ def measure(
     return figures
 
 
-#: The poll window (`connect.polling`) of the second, sequential-only measurement.
-POLL_WINDOW_MS = "5"
+#: Intervals (ms) of the paced phases: one step every 2 ms (gaps just past the
+#: default window, where it costs the most) and every 10 ms.
+PACED_MS = (2.0, 10.0)
 
 
 def poll_env(ms: str) -> dict[str, str]:
-    """The environment that sets our processes' poll window ("0": off, whatever the caller's is)."""
+    """The environment that sets our processes' poll window ("0": off,
+    whatever the caller's environment says)."""
     from connect.polling import ENV_VAR
 
     return {ENV_VAR: ms}
 
 
-def run(opts: scenario.Options, children: procs.Children) -> dict[str, Any]:
-    """Default settings (no poll window) for every figure; then the sequential
-    round trip again with both processes at a POLL_WINDOW_MS poll window,
-    with the CPU that costs (figures prefixed `poll_`)."""
-    from bench.apps import APP_ID, ONE_STEP
+def default_poll_env() -> dict[str, str]:
+    """The default poll window, set explicitly (a caller's CONNECT_POLL_WINDOW_MS does not leak in)."""
+    from connect.polling import DEFAULT_WINDOW
 
-    common: dict[str, Any] = {"worker_kind": "ours", "app_id": APP_ID, "slug": f"{APP_ID}-{ONE_STEP}"}
+    return poll_env(f"{DEFAULT_WINDOW * 1000:g}")
+
+
+#: Figures measured again with the poll window off, reported with the prefix `off_`.
+OFF_FIGURES = (
+    "rtt_p50_ms",
+    "rtt_p99_ms",
+    "lanes256_steps_per_s",
+    *(
+        f"{phase}_{what}"
+        for phase in ("sequential", "lanes256", *(f"paced{ms:g}" for ms in PACED_MS))
+        for what in ("gateway_cpu_share", "worker_cpu_share", "gateway_cpu_us_per_step", "worker_cpu_us_per_step")
+    ),
+    *(f"paced{ms:g}_p50_ms" for ms in PACED_MS),
+)
+
+
+def run(opts: scenario.Options, children: procs.Children) -> dict[str, Any]:
+    """Default settings (the adaptive poll window, `connect.polling`) for every
+    figure; then the sequential, paced and 256-lane phases again with the
+    window off (figures prefixed `off_`), for what the window gains and costs."""
+    from bench.apps import APP_ID, ONE_STEP
+    from connect.polling import DEFAULT_WINDOW
+
+    common: dict[str, Any] = {
+        "worker_kind": "ours",
+        "app_id": APP_ID,
+        "slug": f"{APP_ID}-{ONE_STEP}",
+        "sequential": opts.count(3000, 1000),
+        "paced": PACED_MS,
+        "paced_seconds": opts.pick(3.0, 1.5),
+    }
     figures = measure(
         opts,
         children,
         **common,
-        sequential=opts.count(3000, 1000),
         lanes=[256] if opts.quick else [256, 1024],
         seconds=opts.pick(8.0, 4.0),
         profile_seconds=opts.pick(8.0, 4.0) if opts.profile else 0.0,
         tag="dispatch",
-        env=poll_env("0"),
+        env=default_poll_env(),
     )
-    polled = measure(
+    off = measure(
         opts,
         children,
         **common,
-        sequential=opts.count(3000, 1000),
-        lanes=[],
-        seconds=0.0,
+        lanes=[256],
+        seconds=opts.pick(8.0, 4.0),
         profile_seconds=0.0,
-        tag="dispatch-poll",
-        env=poll_env(POLL_WINDOW_MS),
+        tag="dispatch-off",
+        env=poll_env("0"),
     )
-    figures["poll_window_ms"] = float(POLL_WINDOW_MS)
-    for key in (
-        "rtt_p50_ms",
-        "rtt_p99_ms",
-        "sequential_gateway_cpu_share",
-        "sequential_worker_cpu_share",
-        "sequential_gateway_cpu_us_per_step",
-        "sequential_worker_cpu_us_per_step",
-    ):
-        if key in polled:
-            figures[f"poll_{key}"] = polled[key]
+    figures["poll_window_ms"] = DEFAULT_WINDOW * 1000
+    for key in OFF_FIGURES:
+        if key in off:
+            figures[f"off_{key}"] = off[key]
     return figures
 
 

@@ -183,6 +183,7 @@ def measure(
         # --- one run at a time
         if sequential:
             lat: list[float] = []
+            c0 = (time.monotonic(), dev.cpu_seconds(), worker.cpu_seconds())
             for i in range(sequential + 10):
                 key = f"s{i}"
                 t_send = time.time()
@@ -196,8 +197,11 @@ def measure(
                     raise RuntimeError(f"run of {key} did not end")
                 if i >= 10:  # the first ones warm up
                     lat.append(_restored(ended) - t_send)
+            c1 = (time.monotonic(), dev.cpu_seconds(), worker.cpu_seconds())
             s = summary_ms(lat)
             out["run_p50_ms"], out["run_p99_ms"], out["run_n"] = s["p50_ms"], s["p99_ms"], s["n"]
+            out["sequential_dev_cpu_share"] = (c1[1] - c0[1]) / (c1[0] - c0[0])
+            out["sequential_worker_cpu_share"] = (c1[2] - c0[2]) / (c1[0] - c0[0])
 
         # --- IN_FLIGHT runs in flight
         if seconds:
@@ -255,10 +259,11 @@ def measure(
 
 
 def run(opts: scenario.Options, children: procs.Children) -> dict[str, Any]:
-    """Default settings (no poll window) for every figure; then the runs one
-    at a time again with `connect dev` and the worker at a poll window of
-    `bench.dispatch.POLL_WINDOW_MS` (figures prefixed `poll_`)."""
-    from bench.dispatch import POLL_WINDOW_MS, poll_env
+    """Default settings (the adaptive poll window, `connect.polling`) for every
+    figure; then the runs one at a time and 300 in flight again with the
+    window off in `connect dev` and the worker (figures prefixed `off_`)."""
+    from bench.dispatch import default_poll_env, poll_env
+    from connect.polling import DEFAULT_WINDOW
 
     out = measure(
         opts,
@@ -268,7 +273,7 @@ def run(opts: scenario.Options, children: procs.Children) -> dict[str, Any]:
         seconds=opts.pick(12.0, 5.0),
         profile_seconds=opts.pick(8.0, 4.0) if opts.profile else 0.0,
         tag="durable",
-        env=poll_env("0"),
+        env=default_poll_env(),
     )
     # Context: the same runs with one step per request, as the official protocol has it.
     one = measure(
@@ -280,21 +285,31 @@ def run(opts: scenario.Options, children: procs.Children) -> dict[str, Any]:
         profile_seconds=0.0,
         tag="durable-one-step",
         checkpoints=False,
+        env=default_poll_env(),
     )
     for key in ("run_p50_ms", "run_p99_ms", "steps_per_s", "dev_cpu_us_per_step", "worker_cpu_us_per_step"):
         out[f"one_step_{key}"] = one[key]
-    polled = measure(
+    off = measure(
         opts,
         children,
         worker_kind="ours",
         sequential=opts.count(300, 100),
-        seconds=0.0,
+        seconds=opts.pick(8.0, 4.0),
         profile_seconds=0.0,
-        tag="durable-poll",
-        env=poll_env(POLL_WINDOW_MS),
+        tag="durable-off",
+        env=poll_env("0"),
     )
-    out["poll_window_ms"] = float(POLL_WINDOW_MS)
-    out["poll_run_p50_ms"], out["poll_run_p99_ms"] = polled["run_p50_ms"], polled["run_p99_ms"]
+    out["poll_window_ms"] = DEFAULT_WINDOW * 1000
+    for key in (
+        "run_p50_ms",
+        "run_p99_ms",
+        "steps_per_s",
+        "sequential_dev_cpu_share",
+        "sequential_worker_cpu_share",
+        "dev_cpu_us_per_step",
+        "worker_cpu_us_per_step",
+    ):
+        out[f"off_{key}"] = off[key]
     return out
 
 

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from bench.dispatch import PACED_MS
+
 Results = dict[str, dict[str, Any]]
 
 
@@ -101,21 +103,27 @@ def rows(results: Results) -> list[Row]:
         lambda x: x <= 2.0)  # fmt: skip
     add(one, "round trip p99", g("dispatch", "rtt_p99_ms"), "ms", g("echo", "rtt_p99_ms"), "echo p99")
     add(one, "round trip p50 against the floor", g("dispatch", "rtt_p50_ms"), "ms", step_floor, "floor of a step")
-    window = g("dispatch", "poll_window_ms")
-    if window is not None:
-        polled = f"{window:g} ms poll window"
-        add(one, f"round trip p50, {polled}", g("dispatch", "poll_rtt_p50_ms"), "ms", g("echo", "rtt_p50_ms"),
-            "echo p50", "<= 2.0x", lambda x: x <= 2.0)  # fmt: skip
-        add(one, f"round trip p99, {polled}", g("dispatch", "poll_rtt_p99_ms"), "ms", g("echo", "rtt_p99_ms"),
-            "echo p99")  # fmt: skip
+    # Every figure above is with default settings, which include the adaptive
+    # poll window (`connect.polling`); these say what it gains and costs.
+    off = "poll window off"
+    add(one, f"round trip p50, {off}", g("dispatch", "off_rtt_p50_ms"), "ms", g("echo", "rtt_p50_ms"), "echo p50")
+    for role in ("gateway", "worker"):
+        add(one, f"{role} CPU one at a time", g("dispatch", f"sequential_{role}_cpu_share"), " cores",
+            g("dispatch", f"off_sequential_{role}_cpu_share"), off)  # fmt: skip
+    for ms in PACED_MS:
+        paced = f"one step every {ms:g} ms"
+        add(one, f"round trip p50, {paced}", g("dispatch", f"paced{ms:g}_p50_ms"), "ms",
+            g("dispatch", f"off_paced{ms:g}_p50_ms"), off)  # fmt: skip
         for role in ("gateway", "worker"):
-            add(one, f"{role} CPU one at a time, {polled}", g("dispatch", f"poll_sequential_{role}_cpu_share"),
-                " cores", g("dispatch", f"sequential_{role}_cpu_share"), "without")  # fmt: skip
+            add(one, f"{role} CPU, {paced}", g("dispatch", f"paced{ms:g}_{role}_cpu_share"), " cores",
+                g("dispatch", f"off_paced{ms:g}_{role}_cpu_share"), off)  # fmt: skip
     for lanes in (256, 1024):
         v = g("dispatch", f"lanes{lanes}_steps_per_s")
         if v is not None or lanes == 256:
             add(one, f"steps/s, {lanes} in flight", v, "/s", g("echo", "pipelined_msgs_per_s"), "echo msgs/s",
                 ">= 10,000/s", lambda x: x >= 10_000, on_ratio=False)  # fmt: skip
+    add(one, f"steps/s, 256 in flight, {off}", g("dispatch", "off_lanes256_steps_per_s"), "/s",
+        g("dispatch", "lanes256_steps_per_s"), "default")  # fmt: skip
 
     # --- 2. durable
     two = "2 durable"
@@ -125,12 +133,15 @@ def rows(results: Results) -> list[Row]:
         None if step_floor is None else 6 * step_floor, "6 floors of a step")  # fmt: skip
     add(two, "5-step run p99", g("durable", "run_p99_ms"), "ms", g("celery_baseline", "chain5_p99_ms"),
         "Celery 5-chain p99")  # fmt: skip
-    window = g("durable", "poll_window_ms")
-    if window is not None:
-        add(two, f"5-step run p50, {window:g} ms poll window", g("durable", "poll_run_p50_ms"), "ms",
-            g("celery_baseline", "chain5_p50_ms"), "Celery 5-chain p50", "<= 0.25x", lambda x: x <= 0.25)  # fmt: skip
+    add(two, f"5-step run p50, {off}", g("durable", "off_run_p50_ms"), "ms", g("celery_baseline", "chain5_p50_ms"),
+        "Celery 5-chain p50")  # fmt: skip
+    for role, label in (("dev", "connect dev"), ("worker", "worker")):
+        add(two, f"{label} CPU one at a time", g("durable", f"sequential_{role}_cpu_share"), " cores",
+            g("durable", f"off_sequential_{role}_cpu_share"), off)  # fmt: skip
     add(two, "steps/s, 300 in flight", g("durable", "steps_per_s"), "/s", g("celery_baseline", "chain_steps_per_s"),
         "Celery steps/s", ">= 5x", lambda x: x >= 5.0)  # fmt: skip
+    add(two, f"steps/s, 300 in flight, {off}", g("durable", "off_steps_per_s"), "/s", g("durable", "steps_per_s"),
+        "default")  # fmt: skip
     add(two, "run p50, 300 in flight", g("durable", "loaded_run_p50_ms"), "ms",
         g("celery_baseline", "chain5_loaded_p50_ms"), "Celery, 300 in flight")  # fmt: skip
     add(two, "5-step run p50, one step per request", g("durable", "one_step_run_p50_ms"), "ms",

@@ -83,7 +83,7 @@ def _platform_settings(args: argparse.Namespace) -> Any:
 
 
 def _poll_window(args: argparse.Namespace) -> float:
-    """`--poll-window-ms`, else `CONNECT_POLL_WINDOW_MS`, as seconds (0: off)."""
+    """`--poll-window-ms`, else `CONNECT_POLL_WINDOW_MS`, else the default, as seconds (0: off)."""
     from connect import polling
 
     try:
@@ -99,8 +99,9 @@ def _add_poll_window_arg(parser: argparse.ArgumentParser) -> None:
         "--poll-window-ms",
         type=str,
         default=None,
-        help="keep the event loop polling this long after WebSocket traffic instead of sleeping: "
-        "lower latency for more CPU (default 0, off; or CONNECT_POLL_WINDOW_MS)",
+        help="the longest the event loop keeps polling after step traffic instead of sleeping; "
+        "the window adapts to the gaps between messages, up to this (default 1; 0: off; "
+        "or CONNECT_POLL_WINDOW_MS)",
     )
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import uvicorn
 
+from connect import polling
 from connect.api.app import ApiConfig, create_api
 from connect.executor import Executor
 from connect.gateway.auth import Keys
@@ -51,8 +52,8 @@ class DevSettings:
     handshake_timeout: float = limits.HANDSHAKE_TIMEOUT
     #: Let workers that support it store each step and go on in the same request.
     checkpoint_steps: bool = True
-    #: Keep the loop polling this many seconds after worker traffic (0: off; see `connect.polling`).
-    poll_window: float = 0.0
+    #: The longest the loop keeps polling after step traffic, in seconds (0: off; see `connect.polling`).
+    poll_window: float = polling.DEFAULT_WINDOW
     #: The name of the process in its log lines.
     name: str = "connect dev"
 
@@ -147,8 +148,7 @@ class DevServer:
             if s.keys.open
             else f"production mode: environment {s.keys.env!r}, signing and event keys required"
         )
-        if s.poll_window > 0:
-            mode += f"; poll window {s.poll_window * 1000:g} ms"
+        mode += f"; poll window up to {s.poll_window * 1000:g} ms" if s.poll_window > 0 else "; poll window off"
         log.info(
             "%s ready: api=http://%s:%d gateway=ws://%s:%d%s db=%s (%s)",
             s.name,

@@ -1,38 +1,46 @@
-"""A poll window: keep an event loop awake for a moment after WebSocket traffic.
+"""A poll window: keep an event loop awake for a moment after step traffic.
 
 A loop with nothing to do blocks in `epoll_wait`, its thread sleeps, and an
 idle CPU halts. The next message then pays for the wake-up: the sender's
 kernel signals the sleeping thread, a halted virtual CPU has to be woken by
 its host, and the thread resumes with cold caches. On the 2-vCPU machines the
-benchmarks run on, that costs 30 to 90 µs per message, several times per
-step, and it is most of what a step's round trip spends above the physical
-floor (see bench/README.md).
+benchmarks run on (virtual machines whose kernel halts at once, with no
+halt polling of its own), that costs 30 to 90 µs per message, several times
+per step, and it is most of what a step's round trip spends above the
+physical floor (see bench/README.md).
 
-`PollWindow` trades CPU for that latency. After every touch the loop keeps
+`PollWindow` trades CPU for that latency. After a touch the loop keeps
 running turns with a zero timeout, polling its sockets instead of sleeping,
-until `window` seconds pass with no further touch (or `close()`); then it
-sleeps as usual. Its owner decides what touches it: the gateway's
-connections touch it with every message in or out (`BatchingConnection.
-poll_window`); the worker touches its connection loop's window after it
-sends while no user code runs, and closes it when user code gets work. So:
+until the window passes with no further touch (or `close()`); then it
+sleeps as usual. The window is learned, as a kernel's halt-polling idle
+driver learns its own: it grows while the next message comes soon after
+the window ended (polling longer would have caught it) and shrinks when
+the next one comes later than `most` (the polling was for nothing), down to
+0. Its owner decides what touches it: the gateway touches it with step
+traffic on any connection (a request or a checkpoint's answer out, an ACK,
+a reply or a checkpoint in; never heartbeats); the worker touches its
+connection loop's window after it sends while no user code runs, and
+closes it when user code gets work. So:
 
-* an idle process costs nothing: the window closes and the loop blocks;
+* an idle process costs nothing: no step traffic, no window;
 * a busy one costs nothing more: its loop had no idle time to spend;
-* in between, each message can cost up to `window` of one core, spent on
-  a thread that would otherwise sleep (at most one core per loop).
+* traffic further apart than `most` teaches a window of 0: nothing either;
+* in between, each gap can cost up to `most` of one core, spent on a thread
+  that would otherwise sleep (at most one core per loop).
 
-The window must outlast the gap between messages it is meant to catch: one
-shorter than a step's round trip ends just before the answer arrives, and
-pays for the spinning and the wake-up both (measured: 0.2 ms made the
-gateway-only round trip slower, 5 ms halved it). Off by default; the
-platform and the worker each take it as a setting (`--poll-window-ms`,
-`CONNECT_POLL_WINDOW_MS`).
+On by default with `most` = DEFAULT_WINDOW (1 ms; measured on the
+benchmarks' machines, a step's gaps are 0.1 to 0.5 ms, and a fixed window
+of 0.2 ms made the round trip slower while 1 to 5 ms made it about 1.7
+times faster). The platform and the worker each take it as a setting
+(`--poll-window-ms`, `CONNECT_POLL_WINDOW_MS`; 0 is off).
 
 Only a loop's own thread calls `touch` (the connections call it from their
 protocol callbacks), so the object needs no lock. Each poll is one
 `call_soon` callback: the loop still runs every ready callback and I/O
-event in order, and releases the GIL in every turn's poll, so other threads
-of the process run as before.
+event in order, and releases the GIL in every turn's poll. Another thread
+of the process that wants the GIL meanwhile may still wait for the
+interpreter's switch interval, which is why the worker never polls while
+its user code runs.
 """
 
 from __future__ import annotations
@@ -45,37 +53,64 @@ from collections.abc import Callable
 
 #: The longest window accepted: beyond this it is a busy loop, not a window.
 MAX_WINDOW = 1.0
+#: The window a process grows to at most unless told otherwise (seconds).
+DEFAULT_WINDOW = 0.001
+#: The window's smallest size is `most / GROW_STEPS`: it reaches `most` in log2 of this many misses.
+GROW_STEPS = 16
 
 ENV_VAR = "CONNECT_POLL_WINDOW_MS"
 
 
 class PollWindow:
-    """Keeps `loop` polling for `window` seconds after the last `touch()`."""
+    """Keeps `loop` polling after each `touch()` for a window it learns, at most `most` seconds.
+
+    The window adapts to the gaps it is meant to bridge, the way a kernel's
+    halt-polling idle driver does. Each `touch()` (traffic) or `arrived()`
+    (the awaited message came) ends a wait that began at the touch before,
+    and how long that wait took decides. Inside the window, the loop was
+    awake for it: nothing changes. Later, but within `most`, polling longer
+    would have caught it: the window doubles (from `most / GROW_STEPS`).
+    Later than `most`, polling was spent for nothing: the window halves, and
+    below `most / GROW_STEPS` it is 0, so the loop sleeps at once again. A
+    process whose traffic comes further apart than `most` learns a window
+    of 0 and pays nothing."""
 
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        window: float,
+        most: float,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not check_window(window):
+        if not check_window(most):
             raise ValueError("a poll window of 0 is off: make no PollWindow")
         self._loop = loop
-        self._window = window
+        self._most = most
+        self._least = most / GROW_STEPS
         self._clock = clock
+        self._window = 0.0
         self._deadline = 0.0
+        self._waiting_since: float | None = None
         self._polling = False
-        #: Turns run while polling, and how many times a window opened (for tests and benchmarks).
+        #: Turns run while polling, windows opened, and waits that ended inside
+        #: the window, after it but within `most` (it grew), or later (it shrank).
         self.turns = 0
         self.opened = 0
+        self.caught = 0
+        self.grown = 0
+        self.shrunk = 0
+
+    @property
+    def most(self) -> float:
+        return self._most
 
     @property
     def window(self) -> float:
+        """The window learned so far (0.0: the loop sleeps right after traffic)."""
         return self._window
 
     @property
     def closes_at(self) -> float:
-        """When the window closes, on the window's clock (0.0 after `close()`)."""
+        """When the current window closes, on the window's clock (0.0 after `close()`)."""
         return self._deadline
 
     @property
@@ -84,16 +119,41 @@ class PollWindow:
         return self._polling
 
     def touch(self) -> None:
-        """Traffic now: keep polling until `window` seconds from now."""
-        self._deadline = self._clock() + self._window
+        """Traffic now, and more to come: poll for the learned window from now."""
+        now = self._clock()
+        self._learn(now)
+        self._waiting_since = now
+        if self._window <= 0.0:
+            return
+        self._deadline = now + self._window
         if not self._polling:
             self._polling = True
             self.opened += 1
             self._loop.call_soon(self._turn)
 
+    def arrived(self) -> None:
+        """The awaited message came (the owner then touches or closes)."""
+        self._learn(self._clock())
+        self._waiting_since = None
+
     def close(self) -> None:
-        """End the window now: the loop sleeps from its next turn."""
+        """End the window now, and wait for nothing: the loop sleeps from its next turn."""
         self._deadline = 0.0
+        self._waiting_since = None
+
+    def _learn(self, now: float) -> None:
+        if self._waiting_since is None:
+            return
+        waited = now - self._waiting_since
+        if waited <= self._window:
+            self.caught += 1
+        elif waited <= self._most:
+            self.grown += 1
+            self._window = min(self._most, max(self._least, self._window * 2))
+        else:
+            self.shrunk += 1
+            half = self._window / 2
+            self._window = half if half >= self._least else 0.0
 
     def _turn(self) -> None:
         if self._clock() < self._deadline:
@@ -112,9 +172,10 @@ def check_window(window: float) -> float:
 
 def parse_window_ms(value: str | float | None, source: str = ENV_VAR) -> float:
     """A window in milliseconds (a string from the environment or a flag) as
-    seconds; 0.0 (off) for unset or empty. ValueError says what is wrong."""
+    seconds; DEFAULT_WINDOW for unset or empty, 0.0 for "0" (off).
+    ValueError says what is wrong."""
     if value is None or value == "":
-        return 0.0
+        return DEFAULT_WINDOW
     try:
         ms = float(value)
     except ValueError:
@@ -125,5 +186,5 @@ def parse_window_ms(value: str | float | None, source: str = ENV_VAR) -> float:
 
 
 def window_from_env() -> float:
-    """The window `CONNECT_POLL_WINDOW_MS` asks for, in seconds; 0.0 if off."""
+    """The window `CONNECT_POLL_WINDOW_MS` asks for, in seconds (DEFAULT_WINDOW if unset, 0.0 if off)."""
     return parse_window_ms(os.environ.get(ENV_VAR))

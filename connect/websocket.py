@@ -23,10 +23,6 @@ protocol without a key source, websockets does it as before.
 Frames handed over by either path are in the protocol's output in call order,
 so they never overtake one another.
 
-An owner that sets `poll_window` has every read and write touch it, so the
-loop keeps polling for a moment after traffic instead of sleeping (see
-`connect.polling`).
-
 Receiving, websockets queues each message for `recv()`, whose task wakes on a
 later turn of the loop. An owner that handles messages synchronously sets
 `on_binary`: every complete binary message then goes to it as soon as it is
@@ -60,8 +56,6 @@ from websockets.frames import CloseCode, Frame, Opcode
 from websockets.protocol import CLIENT, OPEN, SERVER, Event
 from websockets.streams import StreamReader
 
-from connect.polling import PollWindow
-
 try:
     from websockets.speedups import apply_mask
 except ImportError:  # pragma: no cover - websockets built without its C extension
@@ -93,8 +87,6 @@ class BatchingConnection(Connection):
 
     #: Set by the owner: called with each complete binary message as it is parsed.
     on_binary: Callable[[bytes], None] | None = None
-    #: Set by the owner: touched by every read and write.
-    poll_window: PollWindow | None = None
 
     def process_event(self, event: Event) -> None:
         handler = self.on_binary
@@ -126,8 +118,6 @@ class BatchingConnection(Connection):
     _held_need = 0  # the bytes that frame needs in all; 0 while its header is incomplete
 
     def data_received(self, data: bytes) -> None:
-        if self.poll_window is not None:
-            self.poll_window.touch()
         if not self._splitting:
             if self.on_binary is None or not self._between_frames():
                 super().data_received(data)
@@ -271,8 +261,6 @@ class BatchingConnection(Connection):
         chunks = self.protocol.data_to_send()
         if not chunks:
             return
-        if self.poll_window is not None:
-            self.poll_window.touch()
         if all(chunks):
             self.transport.writelines(chunks)
             return

@@ -1,17 +1,19 @@
-"""`PollWindow`: a loop kept polling after traffic, then asleep again; and its settings."""
+"""`PollWindow`: a window learned from the gaps between messages, a loop kept
+polling for it after traffic and then asleep again; and its settings."""
 
 from __future__ import annotations
 
 import asyncio
+import random
 from typing import Any
 
 import pytest
 import uvloop
-from websockets.asyncio.client import connect
 
 from connect import polling
-from connect.gateway.connection import GatewayWebSocket
 from connect.polling import PollWindow
+
+MOST = 0.016  # least = MOST / GROW_STEPS = 1 ms
 
 
 class _Clock:
@@ -27,12 +29,146 @@ async def _turns(n: int) -> None:
         await asyncio.sleep(0)
 
 
+def _window(clock: _Clock, most: float = MOST) -> tuple[PollWindow, asyncio.AbstractEventLoop]:
+    loop = asyncio.new_event_loop()
+    return PollWindow(loop, most, clock), loop
+
+
+def _wait(window: PollWindow, clock: _Clock, seconds: float) -> None:
+    """Traffic, then its answer `seconds` later."""
+    window.touch()
+    clock.now += seconds
+    window.arrived()
+
+
+# --- learning ----------------------------------------------------------------------------------
+
+
+def test_a_new_window_is_zero_and_a_touch_does_not_poll() -> None:
+    clock = _Clock()
+    window, loop = _window(clock)
+    try:
+        window.touch()
+        assert window.window == 0.0 and not window.polling and window.opened == 0
+    finally:
+        loop.close()
+
+
+def test_answers_missed_by_less_than_most_grow_the_window_to_most() -> None:
+    clock = _Clock()
+    window, loop = _window(clock)
+    try:
+        sizes = []
+        for _ in range(7):
+            _wait(window, clock, 0.010)  # after the window each time, within MOST
+            sizes.append(window.window)
+        assert sizes == pytest.approx([0.001, 0.002, 0.004, 0.008, 0.016, 0.016, 0.016])
+        assert window.grown == 5 and window.caught == 2  # 10 ms is inside a 16 ms window
+    finally:
+        loop.close()
+
+
+def test_an_answer_inside_the_window_changes_nothing() -> None:
+    clock = _Clock()
+    window, loop = _window(clock)
+    try:
+        for _ in range(3):
+            _wait(window, clock, 0.003)
+        assert window.window == pytest.approx(0.004)
+        for _ in range(10):
+            _wait(window, clock, 0.003)
+        assert window.window == pytest.approx(0.004) and window.caught == 10
+    finally:
+        loop.close()
+
+
+def test_answers_later_than_most_halve_the_window_down_to_zero() -> None:
+    clock = _Clock()
+    window, loop = _window(clock)
+    try:
+        for _ in range(5):
+            _wait(window, clock, 0.012)
+        assert window.window == pytest.approx(MOST)
+        sizes = []
+        for _ in range(6):
+            _wait(window, clock, 0.5)  # polling for these was spent for nothing
+            sizes.append(window.window)
+        assert sizes == pytest.approx([0.008, 0.004, 0.002, 0.001, 0.0, 0.0])
+        assert window.shrunk == 6
+        window.close()
+        window.touch()
+        assert window.closes_at == 0.0  # back to sleeping right after traffic
+    finally:
+        loop.close()
+
+
+def test_traffic_further_apart_than_most_never_opens_a_window() -> None:
+    """What an idle or quiet process pays: nothing."""
+    clock = _Clock()
+    window, loop = _window(clock)
+    rng = random.Random(5)
+    try:
+        for _ in range(1000):
+            window.touch()
+            clock.now += MOST * rng.uniform(1.01, 100)
+            if rng.random() < 0.5:
+                window.arrived()
+        assert window.window == 0.0 and window.opened == 0 and window.grown == 0
+    finally:
+        loop.close()
+
+
+def test_a_touch_ends_the_wait_of_the_touch_before() -> None:
+    clock = _Clock()
+    window, loop = _window(clock)
+    try:
+        window.touch()
+        clock.now += 0.005
+        window.touch()  # e.g. the gateway's next request, 5 ms after the last one
+        assert window.window == pytest.approx(0.001) and window.grown == 1
+    finally:
+        loop.close()
+
+
+def test_without_a_touch_before_it_an_arrival_teaches_nothing() -> None:
+    clock = _Clock()
+    window, loop = _window(clock)
+    try:
+        window.arrived()  # nothing was awaited
+        _wait(window, clock, 0.005)
+        window.arrived()  # its wait already ended
+        clock.now += 0.005
+        window.touch()  # nor a touch after it
+        assert window.grown == 1 and window.caught == 0 and window.shrunk == 0
+
+        window.touch()
+        window.close()  # the owner stopped waiting (e.g. user code got work)
+        clock.now += 5.0
+        window.arrived()
+        assert window.shrunk == 0 and window.window == pytest.approx(0.001)
+    finally:
+        loop.close()
+
+
+# --- the loop ----------------------------------------------------------------------------------
+
+
+async def _grown(window: PollWindow, clock: _Clock) -> int:
+    """Teach `window` its most, let the loop settle; the windows opened meanwhile."""
+    while window.window < window.most:
+        _wait(window, clock, window.most * 0.99)
+    window.close()
+    await _turns(2)
+    assert not window.polling
+    return window.opened
+
+
 @pytest.mark.parametrize("run", [asyncio.run, uvloop.run], ids=["asyncio", "uvloop"])
 def test_the_loop_polls_until_the_window_passes_then_sleeps(run: Any) -> None:
     async def main() -> None:
         clock = _Clock()
         window = PollWindow(asyncio.get_running_loop(), 0.005, clock)
-        assert not window.polling
+        opened = await _grown(window, clock)
         window.touch()
         await _turns(10)
         assert window.polling and window.turns >= 9  # a turn of its own on every turn of the loop
@@ -49,21 +185,25 @@ def test_the_loop_polls_until_the_window_passes_then_sleeps(run: Any) -> None:
         turns = window.turns
         await _turns(10)
         assert window.turns == turns  # nothing scheduled: the loop may sleep
-        assert window.opened == 1
+        assert window.opened == opened + 1
 
         window.touch()  # a new window
         await _turns(2)
-        assert window.polling and window.opened == 2
+        assert window.polling and window.opened == opened + 2
 
     run(main())
 
 
 def test_close_ends_the_window_at_the_next_turn() -> None:
     async def main() -> None:
-        window = PollWindow(asyncio.get_running_loop(), 1.0, _Clock())
+        clock = _Clock()
+        window = PollWindow(asyncio.get_running_loop(), 1.0, clock)
+        await _grown(window, clock)
         window.touch()
         await _turns(3)
+        assert window.polling
         window.close()
+        assert window.closes_at == 0.0
         await _turns(2)
         assert not window.polling
 
@@ -71,17 +211,22 @@ def test_close_ends_the_window_at_the_next_turn() -> None:
 
 
 def test_a_real_window_keeps_the_loop_turning_and_then_lets_it_sleep() -> None:
-    async def main() -> tuple[int, int, bool]:
-        window = PollWindow(asyncio.get_running_loop(), 0.05)
+    async def main() -> tuple[float, int, int, bool]:
+        window = PollWindow(asyncio.get_running_loop(), 0.1)
+        while window.window < 0.05:  # answers 60 ms after traffic: the window grows to them
+            window.touch()
+            await asyncio.sleep(0.06)
+            window.arrived()
         window.touch()
         await asyncio.sleep(0.02)  # a timer inside the window: the loop turns meanwhile
         during = window.turns
         await asyncio.sleep(0.5)
         after = window.turns
         await asyncio.sleep(0.1)
-        return during, after - window.turns, window.polling
+        return window.window, during, after - window.turns, window.polling
 
-    during, since, polling_now = uvloop.run(main())
+    learned, during, since, polling_now = uvloop.run(main())
+    assert 0.05 <= learned <= 0.1
     assert during > 10
     assert since == 0 and not polling_now
 
@@ -101,7 +246,10 @@ def test_a_window_is_more_than_zero_and_at_most_a_second(bad: float) -> None:
     assert polling.check_window(0.0) == 0.0 and polling.check_window(1.0) == 1.0
 
 
-@pytest.mark.parametrize(("value", "seconds"), [(None, 0.0), ("", 0.0), ("0", 0.0), ("2.5", 0.0025), ("1000", 1.0)])
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [(None, polling.DEFAULT_WINDOW), ("", polling.DEFAULT_WINDOW), ("0", 0.0), ("2.5", 0.0025), ("1000", 1.0)],
+)
 def test_window_settings_are_milliseconds(value: str | None, seconds: float) -> None:
     assert polling.parse_window_ms(value) == pytest.approx(seconds)
 
@@ -124,48 +272,7 @@ def test_bad_window_settings_say_what_is_wrong(value: str, message: str) -> None
 def test_the_environment_sets_the_window(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(polling.ENV_VAR, "3")
     assert polling.window_from_env() == pytest.approx(0.003)
-    monkeypatch.delenv(polling.ENV_VAR)
+    monkeypatch.setenv(polling.ENV_VAR, "0")
     assert polling.window_from_env() == 0.0
-
-
-# --- connections touch the window ------------------------------------------------------------
-
-
-async def _server_side(*, receive: bool) -> tuple[int, bool]:
-    """A real server connection with a window (of a second, with a clock that
-    stands still, so it stays open once touched): the client sends one message
-    (`receive`) or the server sends one. Returns how many times the server's
-    window opened, and whether it polls, before the closing handshake."""
-    from websockets.asyncio.server import serve
-
-    window = PollWindow(asyncio.get_running_loop(), 1.0, _Clock())
-    done = asyncio.Event()
-
-    async def handler(ws: GatewayWebSocket) -> None:
-        ws.poll_window = window
-        if receive:
-            assert await ws.recv() == b"in"
-        else:
-            await ws.send_frames([b"out"])
-        done.set()
-        await ws.wait_closed()
-
-    async with serve(handler, "127.0.0.1", 0, create_connection=GatewayWebSocket, compression=None) as server:
-        port = next(iter(server.sockets)).getsockname()[1]
-        async with connect(f"ws://127.0.0.1:{port}/", compression=None) as client:
-            if receive:
-                await asyncio.sleep(0.05)
-                assert window.opened == 0  # the handshake went before the owner set it
-                await client.send(b"in")
-            else:
-                assert await asyncio.wait_for(client.recv(), 10) == b"out"
-            await asyncio.wait_for(done.wait(), 10)
-            return window.opened, window.polling
-
-
-def test_a_message_in_opens_the_window() -> None:
-    assert uvloop.run(_server_side(receive=True)) == (1, True)
-
-
-def test_a_message_out_opens_the_window() -> None:
-    assert uvloop.run(_server_side(receive=False)) == (1, True)
+    monkeypatch.delenv(polling.ENV_VAR)
+    assert polling.window_from_env() == polling.DEFAULT_WINDOW == 0.001

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from connect.polling import PollWindow
 from connect.websocket import BatchingConnection
 from protocol.gateway_session import GatewaySession, WorkerHello
 
@@ -50,6 +51,21 @@ class Connection:
     slow: bool = False
     #: Sends started by `flush_soon` that had to wait.
     _sending: set[asyncio.Task[None]] = field(default_factory=set)
+    #: The gateway's poll window (`connect.polling`), fed by this connection's step traffic.
+    poll_window: PollWindow | None = None
+
+    def awaits_worker(self) -> None:
+        """A request or a checkpoint's answer left: the worker answers soon, so poll."""
+        if self.poll_window is not None:
+            self.poll_window.touch()
+
+    def worker_answered(self, *, last: bool = False) -> None:
+        """An ACK, a reply or a checkpoint came; `last`: the gateway awaits
+        nothing more from any worker, so its loop may sleep at once."""
+        if self.poll_window is not None:
+            self.poll_window.arrived()
+            if last:
+                self.poll_window.close()
 
     async def flush(self) -> None:
         """Write every frame the session queued, in order.

@@ -146,6 +146,11 @@ class GatewayDispatcher:
         # freed slot a stampede of retries.
         self._waiting: dict[tuple[str, str], dict[asyncio.Future[None], None]] = {}
 
+    @property
+    def pending(self) -> int:
+        """Requests whose `dispatch` has not returned (with a worker, waiting for one, or being stored)."""
+        return len(self._pending)
+
     # --- Dispatcher ---------------------------------------------------------------
 
     async def dispatch(self, request: StepRequest) -> StepReply:
@@ -361,6 +366,7 @@ class GatewayDispatcher:
         try:
             conn.session.send_request(self._frame(request, lease.lease_id), now)
             await conn.flush()
+            conn.awaits_worker()
         except Exception:  # the socket died under us: treat as a failed forward
             log.debug("forward of %s to %s failed", rid, conn.connection_id, exc_info=True)
             self._finish(rid, stored=False)

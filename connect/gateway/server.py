@@ -2,9 +2,11 @@
 
 Each connection gets a reader loop (frames in, session events out) and a
 timer that wakes at the session's next deadline (handshake, heartbeat
-watchdog, ACK timeouts); nothing polls, unless `poll_window` is set: then
-every connection's traffic keeps the loop polling for that long (see
-`connect.polling`). `/ready` answers 200, or 503 while draining.
+watchdog, ACK timeouts). Step traffic on any connection (a request or a
+checkpoint's answer out; an ACK, a reply or a checkpoint in) keeps the loop
+polling for a window it learns, at most `poll_window` (see
+`connect.polling`; 0 is off); heartbeats never do. `/ready` answers 200,
+or 503 while draining.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from websockets.typing import Subprotocol
 from connect.gateway.auth import TokenIssuer
 from connect.gateway.connection import WRITE_HIGH_WATER, WRITE_TIMEOUT, Connection, GatewayWebSocket
 from connect.gateway.dispatcher import GatewayDispatcher
-from connect.polling import PollWindow, check_window
+from connect.polling import DEFAULT_WINDOW, PollWindow, check_window
 from protocol import codes, limits
 from protocol import connect_pb2 as pb
 from protocol import gateway_session as gs
@@ -55,7 +57,7 @@ class GatewayServer:
         write_timeout: float = WRITE_TIMEOUT,
         clock: Callable[[], float] = time.time,
         on_drain_requested: Callable[[], None] | None = None,
-        poll_window: float = 0.0,
+        poll_window: float = DEFAULT_WINDOW,
     ) -> None:
         self.dispatcher = dispatcher
         self._poll_seconds = check_window(poll_window)
@@ -176,7 +178,7 @@ class GatewayServer:
             return
         session = gs.GatewaySession(self._session_config, self._clock())
         conn = Connection(ws, session, _remote(ws), write_timeout=self._write_timeout)
-        ws.poll_window = self.poll_window
+        conn.poll_window = self.poll_window
         self.connections.add(conn)
         self._all_closed.clear()
         timer = asyncio.create_task(self._timer(conn))
@@ -266,14 +268,18 @@ class GatewayServer:
                 conn.ws.on_binary = functools.partial(self._receive, conn)
                 log.info("worker ready: connection=%s instance=%s", conn.connection_id, conn.instance_id)
             case gs.RequestAcked(request_id=rid):
+                conn.worker_answered()
                 self.dispatcher.request_acked(rid, True)
             case gs.AckFailed(request_id=rid):
+                conn.worker_answered()
                 self.dispatcher.request_acked(rid, False)
             case gs.ReplyReceived(response=response, raw=raw):
+                conn.worker_answered(last=self.dispatcher.pending <= 1)
                 # Stored off the reader loop: one slow commit must not hold
                 # up heartbeats or other replies on this connection.
                 self._spawn(self._reply(conn, response.request_id, raw))
             case gs.CheckpointReceived(response=response, raw=raw):
+                conn.worker_answered()
                 self._spawn(self._checkpoint(conn, response.request_id, raw))
             case gs.LeaseExtension(data=data):
                 self._spawn(self._extend(conn, data))
@@ -336,6 +342,7 @@ class GatewayServer:
             stored = False  # the worker ends the request with the step: its reply is stored instead
         conn.session.ack_checkpoint(request_id, stored)
         conn.flush_soon()  # the worker waits for this before its next step
+        conn.awaits_worker()
 
     async def _extend(self, conn: Connection, data: pb.WorkerRequestExtendLeaseData) -> None:
         new_id = await self.dispatcher.extend_lease(data, conn.instance_id)

@@ -15,12 +15,13 @@ across. A new request's WORKER_REQUEST_ACK is held back for up to
 `limits.ACK_COALESCE_WINDOW`: a step that finishes sooner sends its ACK and
 its reply (or first checkpoint) in one write, and the gateway wakes once.
 
-With a poll window (`connect(poll_window=...)`, `CONNECT_POLL_WINDOW_MS`),
-the connection's loop keeps polling for that long after it sends, while no
-user code runs (after the last reply, or while every request waits for a
-checkpoint's answer), so the next request or answer is read without a
-wake-up (see `connect.polling`). It stops as user code is handed work; the
-caller's loop never polls, so user code keeps the GIL and the CPU it had.
+The connection's loop has a poll window (`connect.polling`; at most
+`connect(poll_window=...)` or `CONNECT_POLL_WINDOW_MS`, 1 ms by default, 0
+is off): after it sends while no user code runs (after the last reply, or
+while every request waits for a checkpoint's answer) it keeps polling for
+the window it learned from how soon the next request or answer came, so
+that one is read without a wake-up. It stops as user code is handed work;
+the caller's loop never polls, so user code keeps the GIL and the CPU it had.
 
 States: CONNECTING -> ACTIVE <-> RECONNECTING -> CLOSING -> CLOSED.
 """
@@ -98,7 +99,7 @@ class WorkerOptions:
     health_port: int | None = None
     health_host: str = "0.0.0.0"
     gateway_url: str | None = None
-    poll_window: float = 0.0
+    poll_window: float = polling.DEFAULT_WINDOW
 
 
 class _WorkerWebSocket(BatchingConnection, MaskedClientConnection):
@@ -285,7 +286,9 @@ class WorkerConnection:
         self._progress = asyncio.Event()
         if self._options.poll_window > 0:
             self._poll = polling.PollWindow(self._loop, self._options.poll_window)
-            log.info("poll window %g ms: polling while no user code runs", self._options.poll_window * 1000)
+            log.info("poll window up to %g ms: polling while no user code runs", self._options.poll_window * 1000)
+        else:
+            log.info("poll window off")
         health: HealthServer | None = None
         if self._options.health_port is not None:
             health = HealthServer(
@@ -495,7 +498,7 @@ class WorkerConnection:
                 case ws_.Execute(request=req):
                     admission = self._ledger.accept(req, now, sock.session.extend_lease_interval)
                     if admission is Admission.RUN:
-                        self._end_poll()  # user code needs the CPU now
+                        self._end_poll(arrived=True)  # user code needs the CPU now
                         self.in_flight_peak = max(self.in_flight_peak, len(self._ledger.in_flight))
                         self._requests.append(req)  # handed over by the caller of `_handle`
                     elif admission is Admission.REPLIED:
@@ -513,7 +516,7 @@ class WorkerConnection:
                 case ws_.CheckpointAnswer(request_id=rid, stored=stored):
                     waiting = self._checkpoints.pop(rid, None)
                     if waiting is not None:
-                        self._end_poll()
+                        self._end_poll(arrived=True)
                         self._answer_checkpoint(rid, waiting, stored)
                 case ws_.LeaseAnswer(request_id=rid, new_lease_id=new):
                     if not self._ledger.lease_answer(rid, new):
@@ -717,9 +720,12 @@ class WorkerConnection:
         if self._poll is not None and len(self._ledger.in_flight) <= len(self._checkpoints):
             self._poll.touch()
 
-    def _end_poll(self) -> None:
-        """Machinery: user code is about to run (a new request, a checkpoint's answer)."""
+    def _end_poll(self, *, arrived: bool) -> None:
+        """Machinery: user code is about to run (a new request, a checkpoint's
+        answer); `arrived`: the message the window waited for is that one."""
         if self._poll is not None:
+            if arrived:
+                self._poll.arrived()
             self._poll.close()
 
     def _answer_future(self, answer: asyncio.Future[bool], stored: bool) -> None:
@@ -982,10 +988,11 @@ async def connect(
     - `gateway_url`: dial this WebSocket URL instead of the one `/start` returns
       (`CONNECT_GATEWAY_URL`), e.g. behind a proxy.
     - `reply_buffer_bytes`: bound of the buffer of unacknowledged replies.
-    - `poll_window`: seconds the connection's loop keeps polling instead of
-      sleeping after it sends while no user code runs (default 0, off, or
-      `CONNECT_POLL_WINDOW_MS` in milliseconds; at most 1 s): lower step
-      latency for up to that much CPU per message. See `connect.polling`.
+    - `poll_window`: the longest the connection's loop keeps polling instead
+      of sleeping after it sends while no user code runs, in seconds (default
+      `CONNECT_POLL_WINDOW_MS` in milliseconds, else 0.001; 0 is off; at most
+      1 s). The window adapts to how soon answers come: lower step latency
+      for CPU only while traffic is that dense. See `connect.polling`.
     """
     if max_worker_concurrency is None and os.environ.get("CONNECT_MAX_WORKER_CONCURRENCY"):
         max_worker_concurrency = int(os.environ["CONNECT_MAX_WORKER_CONCURRENCY"])

@@ -156,15 +156,31 @@ def test_four_workers_respect_max_worker_concurrency(tmp_path: Path) -> None:
         dev.stop()
 
 
-def test_runs_complete_with_poll_windows_on_both_sides(tmp_path: Path) -> None:
-    dev = DevServer(tmp_path, extra=["--poll-window-ms", "2"]).start()
+@pytest.mark.parametrize(
+    ("dev_args", "worker_env", "dev_log", "worker_log"),
+    [
+        (
+            ["--poll-window-ms", "2"],
+            {"CONNECT_POLL_WINDOW_MS": "1.5"},
+            "poll window up to 2 ms",
+            "poll window up to 1.5 ms",
+        ),
+        (["--poll-window-ms", "0"], {"CONNECT_POLL_WINDOW_MS": "0"}, "poll window off", "poll window off"),
+        ([], {"CONNECT_POLL_WINDOW_MS": ""}, "poll window up to 1 ms", "poll window up to 1 ms"),
+    ],
+    ids=["set", "off", "default"],
+)
+def test_runs_complete_with_poll_windows_set_or_off(
+    tmp_path: Path, dev_args: list[str], worker_env: dict[str, str], dev_log: str, worker_log: str
+) -> None:
+    dev = DevServer(tmp_path, extra=dev_args).start()
     try:
         assert dev.proc is not None
-        wait_for_log(dev.proc, "poll window 2 ms")
-        proc = start_worker(dev, tmp_path, env={"CONNECT_POLL_WINDOW_MS": "1.5"})
+        wait_for_log(dev.proc, dev_log)
+        proc = start_worker(dev, tmp_path, env=worker_env)
         try:
             wait_for_log(proc, "worker state ACTIVE")
-            assert "poll window 1.5 ms" in proc.output()
+            assert worker_log in proc.output()
             ids = dev.send([{"name": "e2e/three", "data": {"n": i}} for i in range(20)])
             runs = dev.wait_runs(ids, timeout=60)
             assert [run["output"] for run in runs] == [{"n": i, "result": expected(i)} for i in range(20)]

@@ -1,9 +1,12 @@
 """Poll windows on a real gateway and a real worker (`connect.polling`).
 
-The gateway's loop polls after every message on any worker connection; the
-worker's connection loop polls only while nothing runs there (after its last
-reply, waiting for the next request), and stops the moment a request comes,
-so user code has the CPU and the GIL to itself.
+The gateway's loop polls while it awaits a worker's answer (after a request
+or a checkpoint's answer leaves, until the last reply it awaits comes), never
+for heartbeats; the worker's connection loop polls only while nothing runs
+there (after its last reply, waiting for the next request, or while its
+request waits for a checkpoint's answer), and stops the moment a request or
+an answer comes, so user code has the CPU and the GIL to itself. Both learn
+their window from how soon answers come.
 """
 
 from __future__ import annotations
@@ -60,6 +63,12 @@ class Stack:
         assert window is not None
         return window
 
+    async def warm(self) -> None:
+        """A few steps back to back: both windows learn the gaps (ms, far below their most)."""
+        for n in range(3):
+            await self.gw.dispatcher.dispatch(discovery_request("polls", "polls-answer", "polls/x", data={"n": n}))
+        assert self.worker_window.window > 0
+
     async def until(self, what: str, check: Any) -> None:
         for _ in range(1000):
             if check():
@@ -89,15 +98,47 @@ async def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterato
 
 async def test_replies_arrive_with_both_windows_on(stack: Stack) -> None:
     window = stack.gw.server.poll_window
-    assert window is not None and window.window == pytest.approx(0.2)
+    assert window is not None and window.most == pytest.approx(0.2) and window.window == 0.0
     for n in range(20):
         reply = await stack.gw.dispatcher.dispatch(discovery_request("polls", "polls-answer", "polls/x", data={"n": n}))
         assert reply.status == STATUS_DONE and reply.body == b'{"n":%d}' % n
-    assert all(conn.ws.poll_window is window for conn in stack.gw.server.connections)
-    assert window.opened >= 1 and window.turns > 0
+    assert all(conn.poll_window is window for conn in stack.gw.server.connections)
+    assert window.window > 0 and window.opened >= 1 and window.turns > 0 and window.caught > 0
+    assert stack.worker_window.window > 0 and stack.worker_window.caught > 0
+
+
+async def test_the_gateway_stops_polling_as_the_last_awaited_reply_comes(stack: Stack) -> None:
+    await stack.warm()
+    window = stack.gw.server.poll_window
+    assert window is not None
+    opened = window.opened
+    await stack.gw.dispatcher.dispatch(discovery_request("polls", "polls-answer", "polls/x", data={"n": 9}))
+    assert window.opened > opened  # it polled for the reply
+    assert window.closes_at == 0.0  # and stopped as it came, not left to run out
+    await stack.until("the gateway's window to close", lambda: not window.polling)
+
+
+async def test_heartbeats_never_open_a_window(tmp_path: Path) -> None:
+    gw = await gateway.start(tmp_path / "hb.db", heartbeat_interval=1.0)  # the shortest the protocol says
+    client.api_base_url = gw.api_url
+    worker = await connect([(client, [answer])], instance_id="beats", handle_shutdown_signals=(), poll_window=0.5)
+    try:
+        window = gw.server.poll_window
+        assert window is not None and window.most == polling.DEFAULT_WINDOW  # the default: on
+        conn = next(iter(gw.server.connections))
+        last_beat = conn.session._last_heartbeat
+        await asyncio.sleep(2.3)  # two heartbeats each way
+        assert conn.session._last_heartbeat > last_beat  # they flowed
+        for w in (window, worker._poll):
+            assert w is not None
+            assert (w.opened, w.caught, w.grown, w.shrunk, w.window) == (0, 0, 0, 0, 0.0)
+    finally:
+        await worker.close()
+        await gw.close()
 
 
 async def test_the_worker_polls_after_its_last_reply_and_then_sleeps(stack: Stack) -> None:
+    await stack.warm()
     await stack.gw.dispatcher.dispatch(discovery_request("polls", "polls-answer", "polls/x", data={"n": 1}))
     window = stack.worker_window
     assert window.polling  # touched as the reply left, before the gateway had it
@@ -109,6 +150,7 @@ async def test_the_worker_polls_after_its_last_reply_and_then_sleeps(stack: Stac
 
 
 async def test_the_worker_stops_polling_while_user_code_runs(stack: Stack) -> None:
+    await stack.warm()
     await stack.gw.dispatcher.dispatch(discovery_request("polls", "polls-answer", "polls/x", data={"n": 1}))
     window = stack.worker_window
     assert window.polling
@@ -143,6 +185,7 @@ class GatedCheckpoints:
 
 
 async def test_the_worker_polls_while_its_request_waits_for_a_checkpoints_answer(stack: Stack) -> None:
+    await stack.warm()
     checkpoints = GatedCheckpoints(2)
     request = discovery_request("polls", "polls-two", "polls/two", offer_checkpoints=True, checkpoint=checkpoints)
     task = asyncio.ensure_future(stack.gw.dispatcher.dispatch(request))
