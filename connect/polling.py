@@ -148,6 +148,14 @@ class PollWindow:
         self._deadline = 0.0
         self._waiting_since = None
 
+    def summary(self) -> str:
+        """One line for the log: what the window learned and what it did."""
+        return (
+            f"poll window {self._window * 1000:.3g} ms (up to {self._most * 1000:g} ms): "
+            f"{self.opened} opened, {self.turns} turns; waits caught {self.caught}, "
+            f"missed and grown {self.grown}, too long and shrunk {self.shrunk}"
+        )
+
     def _learn(self, now: float) -> None:
         if self._waiting_since is None:
             return

@@ -276,3 +276,17 @@ def test_the_environment_sets_the_window(monkeypatch: pytest.MonkeyPatch) -> Non
     assert polling.window_from_env() == 0.0
     monkeypatch.delenv(polling.ENV_VAR)
     assert polling.window_from_env() == polling.DEFAULT_WINDOW == 0.001
+
+
+def test_the_summary_says_what_the_window_learned_and_did() -> None:
+    clock = _Clock()
+    window, loop = _window(clock)
+    try:
+        for wait in (0.005, 0.005, 0.0015, 0.5):
+            _wait(window, clock, wait)
+        assert window.summary() == (
+            "poll window 1 ms (up to 16 ms): 1 opened, 0 turns; "
+            "waits caught 1, missed and grown 2, too long and shrunk 1"
+        )
+    finally:
+        loop.close()

@@ -146,6 +146,8 @@ class GatewayServer:
         if self._server is not None:
             self._server.close(close_connections=True)
             await self._server.wait_closed()
+        if self.poll_window is not None:
+            log.info("gateway %s", self.poll_window.summary())
 
     # --- HTTP on the gateway port ------------------------------------------------------
 

@@ -300,6 +300,8 @@ class WorkerConnection:
         finally:
             if health is not None:
                 await health.stop()
+            if self._poll is not None:
+                log.info("worker %s", self._poll.summary())
 
     async def _machinery_body(self) -> None:
         assert self._close_requested is not None
