@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -29,9 +30,19 @@ async def _turns(n: int) -> None:
         await asyncio.sleep(0)
 
 
-def _window(clock: _Clock, most: float = MOST) -> tuple[PollWindow, asyncio.AbstractEventLoop]:
+@pytest.fixture
+def clock() -> _Clock:
+    return _Clock()
+
+
+@pytest.fixture
+def window(clock: _Clock) -> Iterator[PollWindow]:
+    """A window of MOST on `clock`, on a loop that never runs (learning needs no turns)."""
     loop = asyncio.new_event_loop()
-    return PollWindow(loop, most, clock), loop
+    try:
+        yield PollWindow(loop, MOST, clock)
+    finally:
+        loop.close()
 
 
 def _wait(window: PollWindow, clock: _Clock, seconds: float) -> None:
@@ -44,110 +55,75 @@ def _wait(window: PollWindow, clock: _Clock, seconds: float) -> None:
 # --- learning ----------------------------------------------------------------------------------
 
 
-def test_a_new_window_is_zero_and_a_touch_does_not_poll() -> None:
-    clock = _Clock()
-    window, loop = _window(clock)
-    try:
-        window.touch()
-        assert window.window == 0.0 and not window.polling and window.opened == 0
-    finally:
-        loop.close()
+def test_a_new_window_is_zero_and_a_touch_does_not_poll(window: PollWindow, clock: _Clock) -> None:
+    window.touch()
+    assert window.window == 0.0 and not window.polling and window.opened == 0
 
 
-def test_answers_missed_by_less_than_most_grow_the_window_to_most() -> None:
-    clock = _Clock()
-    window, loop = _window(clock)
-    try:
-        sizes = []
-        for _ in range(7):
-            _wait(window, clock, 0.010)  # after the window each time, within MOST
-            sizes.append(window.window)
-        assert sizes == pytest.approx([0.001, 0.002, 0.004, 0.008, 0.016, 0.016, 0.016])
-        assert window.grown == 5 and window.caught == 2  # 10 ms is inside a 16 ms window
-    finally:
-        loop.close()
+def test_answers_missed_by_less_than_most_grow_the_window_to_most(window: PollWindow, clock: _Clock) -> None:
+    sizes = []
+    for _ in range(7):
+        _wait(window, clock, 0.010)  # after the window each time, within MOST
+        sizes.append(window.window)
+    assert sizes == pytest.approx([0.001, 0.002, 0.004, 0.008, 0.016, 0.016, 0.016])
+    assert window.grown == 5 and window.caught == 2  # 10 ms is inside a 16 ms window
 
 
-def test_an_answer_inside_the_window_changes_nothing() -> None:
-    clock = _Clock()
-    window, loop = _window(clock)
-    try:
-        for _ in range(3):
-            _wait(window, clock, 0.003)
-        assert window.window == pytest.approx(0.004)
-        for _ in range(10):
-            _wait(window, clock, 0.003)
-        assert window.window == pytest.approx(0.004) and window.caught == 10
-    finally:
-        loop.close()
+def test_an_answer_inside_the_window_changes_nothing(window: PollWindow, clock: _Clock) -> None:
+    for _ in range(3):
+        _wait(window, clock, 0.003)
+    assert window.window == pytest.approx(0.004)
+    for _ in range(10):
+        _wait(window, clock, 0.003)
+    assert window.window == pytest.approx(0.004) and window.caught == 10
 
 
-def test_answers_later_than_most_halve_the_window_down_to_zero() -> None:
-    clock = _Clock()
-    window, loop = _window(clock)
-    try:
-        for _ in range(5):
-            _wait(window, clock, 0.012)
-        assert window.window == pytest.approx(MOST)
-        sizes = []
-        for _ in range(6):
-            _wait(window, clock, 0.5)  # polling for these was spent for nothing
-            sizes.append(window.window)
-        assert sizes == pytest.approx([0.008, 0.004, 0.002, 0.001, 0.0, 0.0])
-        assert window.shrunk == 6
-        window.close()
-        window.touch()
-        assert window.closes_at == 0.0  # back to sleeping right after traffic
-    finally:
-        loop.close()
+def test_answers_later_than_most_halve_the_window_down_to_zero(window: PollWindow, clock: _Clock) -> None:
+    for _ in range(5):
+        _wait(window, clock, 0.012)
+    assert window.window == pytest.approx(MOST)
+    sizes = []
+    for _ in range(6):
+        _wait(window, clock, 0.5)  # polling for these was spent for nothing
+        sizes.append(window.window)
+    assert sizes == pytest.approx([0.008, 0.004, 0.002, 0.001, 0.0, 0.0])
+    assert window.shrunk == 6
+    window.close()
+    window.touch()
+    assert window.closes_at == 0.0  # back to sleeping right after traffic
 
 
-def test_traffic_further_apart_than_most_never_opens_a_window() -> None:
+def test_traffic_further_apart_than_most_never_opens_a_window(window: PollWindow, clock: _Clock) -> None:
     """What an idle or quiet process pays: nothing."""
-    clock = _Clock()
-    window, loop = _window(clock)
     rng = random.Random(5)
-    try:
-        for _ in range(1000):
-            window.touch()
-            clock.now += MOST * rng.uniform(1.01, 100)
-            if rng.random() < 0.5:
-                window.arrived()
-        assert window.window == 0.0 and window.opened == 0 and window.grown == 0
-    finally:
-        loop.close()
-
-
-def test_a_touch_ends_the_wait_of_the_touch_before() -> None:
-    clock = _Clock()
-    window, loop = _window(clock)
-    try:
+    for _ in range(1000):
         window.touch()
-        clock.now += 0.005
-        window.touch()  # e.g. the gateway's next request, 5 ms after the last one
-        assert window.window == pytest.approx(0.001) and window.grown == 1
-    finally:
-        loop.close()
+        clock.now += MOST * rng.uniform(1.01, 100)
+        if rng.random() < 0.5:
+            window.arrived()
+    assert window.window == 0.0 and window.opened == 0 and window.grown == 0
 
 
-def test_without_a_touch_before_it_an_arrival_teaches_nothing() -> None:
-    clock = _Clock()
-    window, loop = _window(clock)
-    try:
-        window.arrived()  # nothing was awaited
-        _wait(window, clock, 0.005)
-        window.arrived()  # its wait already ended
-        clock.now += 0.005
-        window.touch()  # nor a touch after it
-        assert window.grown == 1 and window.caught == 0 and window.shrunk == 0
+def test_a_touch_ends_the_wait_of_the_touch_before(window: PollWindow, clock: _Clock) -> None:
+    window.touch()
+    clock.now += 0.005
+    window.touch()  # e.g. the gateway's next request, 5 ms after the last one
+    assert window.window == pytest.approx(0.001) and window.grown == 1
 
-        window.touch()
-        window.close()  # the owner stopped waiting (e.g. user code got work)
-        clock.now += 5.0
-        window.arrived()
-        assert window.shrunk == 0 and window.window == pytest.approx(0.001)
-    finally:
-        loop.close()
+
+def test_without_a_touch_before_it_an_arrival_teaches_nothing(window: PollWindow, clock: _Clock) -> None:
+    window.arrived()  # nothing was awaited
+    _wait(window, clock, 0.005)
+    window.arrived()  # its wait already ended
+    clock.now += 0.005
+    window.touch()  # nor a touch after it
+    assert window.grown == 1 and window.caught == 0 and window.shrunk == 0
+
+    window.touch()
+    window.close()  # the owner stopped waiting (e.g. user code got work)
+    clock.now += 5.0
+    window.arrived()
+    assert window.shrunk == 0 and window.window == pytest.approx(0.001)
 
 
 # --- the loop ----------------------------------------------------------------------------------
@@ -278,15 +254,9 @@ def test_the_environment_sets_the_window(monkeypatch: pytest.MonkeyPatch) -> Non
     assert polling.window_from_env() == polling.DEFAULT_WINDOW == 0.001
 
 
-def test_the_summary_says_what_the_window_learned_and_did() -> None:
-    clock = _Clock()
-    window, loop = _window(clock)
-    try:
-        for wait in (0.005, 0.005, 0.0015, 0.5):
-            _wait(window, clock, wait)
-        assert window.summary() == (
-            "poll window 1 ms (up to 16 ms): 1 opened, 0 turns; "
-            "waits caught 1, missed and grown 2, too long and shrunk 1"
-        )
-    finally:
-        loop.close()
+def test_the_summary_says_what_the_window_learned_and_did(window: PollWindow, clock: _Clock) -> None:
+    for wait in (0.005, 0.005, 0.0015, 0.5):
+        _wait(window, clock, wait)
+    assert window.summary() == (
+        "poll window 1 ms (up to 16 ms): 1 opened, 0 turns; waits caught 1, missed and grown 2, too long and shrunk 1"
+    )
