@@ -265,11 +265,11 @@ def run(opts: scenario.Options, children: procs.Children) -> dict[str, Any]:
     from bench.dispatch import default_poll_env, poll_env
     from connect.polling import DEFAULT_WINDOW
 
+    common: dict[str, Any] = {"worker_kind": "ours", "sequential": opts.count(300, 100)}
     out = measure(
         opts,
         children,
-        worker_kind="ours",
-        sequential=opts.count(300, 100),
+        **common,
         seconds=opts.pick(12.0, 5.0),
         profile_seconds=opts.pick(8.0, 4.0) if opts.profile else 0.0,
         tag="durable",
@@ -279,8 +279,7 @@ def run(opts: scenario.Options, children: procs.Children) -> dict[str, Any]:
     one = measure(
         opts,
         children,
-        worker_kind="ours",
-        sequential=opts.count(300, 100),
+        **common,
         seconds=opts.pick(8.0, 4.0),
         profile_seconds=0.0,
         tag="durable-one-step",
@@ -292,8 +291,7 @@ def run(opts: scenario.Options, children: procs.Children) -> dict[str, Any]:
     off = measure(
         opts,
         children,
-        worker_kind="ours",
-        sequential=opts.count(300, 100),
+        **common,
         seconds=opts.pick(8.0, 4.0),
         profile_seconds=0.0,
         tag="durable-off",

@@ -16,9 +16,10 @@ sleeps as usual. The window is learned, as a kernel's halt-polling idle
 driver learns its own: it grows while the next message comes soon after
 the window ended (polling longer would have caught it) and shrinks when
 the next one comes later than `most` (the polling was for nothing), down to
-0. Its owner decides what touches it: the gateway touches it with step
-traffic on any connection (a request or a checkpoint's answer out, an ACK,
-a reply or a checkpoint in; never heartbeats); the worker touches its
+0. Its owner decides what touches it: the gateway touches it when a
+request or a checkpoint's answer goes out to any worker, learns from each
+ACK, reply or checkpoint that comes in, and closes it when the last reply
+it awaits arrives (heartbeats never touch it); the worker touches its
 connection loop's window after it sends while no user code runs, and
 closes it when user code gets work. So:
 

@@ -2,11 +2,11 @@
 
 Each connection gets a reader loop (frames in, session events out) and a
 timer that wakes at the session's next deadline (handshake, heartbeat
-watchdog, ACK timeouts). Step traffic on any connection (a request or a
-checkpoint's answer out; an ACK, a reply or a checkpoint in) keeps the loop
-polling for a window it learns, at most `poll_window` (see
-`connect.polling`; 0 is off); heartbeats never do. `/ready` answers 200,
-or 503 while draining.
+watchdog, ACK timeouts). While the gateway awaits a worker (from a request
+or a checkpoint's answer going out until the last reply it awaits comes
+in), its loop polls for a window it learns from how soon the answers came,
+at most `poll_window` (see `connect.polling`; 0 is off); heartbeats never
+make it poll. `/ready` answers 200, or 503 while draining.
 """
 
 from __future__ import annotations

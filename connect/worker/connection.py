@@ -500,7 +500,7 @@ class WorkerConnection:
                 case ws_.Execute(request=req):
                     admission = self._ledger.accept(req, now, sock.session.extend_lease_interval)
                     if admission is Admission.RUN:
-                        self._end_poll(arrived=True)  # user code needs the CPU now
+                        self._end_poll()  # user code needs the CPU now
                         self.in_flight_peak = max(self.in_flight_peak, len(self._ledger.in_flight))
                         self._requests.append(req)  # handed over by the caller of `_handle`
                     elif admission is Admission.REPLIED:
@@ -518,7 +518,7 @@ class WorkerConnection:
                 case ws_.CheckpointAnswer(request_id=rid, stored=stored):
                     waiting = self._checkpoints.pop(rid, None)
                     if waiting is not None:
-                        self._end_poll(arrived=True)
+                        self._end_poll()
                         self._answer_checkpoint(rid, waiting, stored)
                 case ws_.LeaseAnswer(request_id=rid, new_lease_id=new):
                     if not self._ledger.lease_answer(rid, new):
@@ -722,12 +722,11 @@ class WorkerConnection:
         if self._poll is not None and len(self._ledger.in_flight) <= len(self._checkpoints):
             self._poll.touch()
 
-    def _end_poll(self, *, arrived: bool) -> None:
-        """Machinery: user code is about to run (a new request, a checkpoint's
-        answer); `arrived`: the message the window waited for is that one."""
+    def _end_poll(self) -> None:
+        """Machinery: the awaited message came (a new request, a checkpoint's
+        answer) and user code is about to run: learn from the wait, stop polling."""
         if self._poll is not None:
-            if arrived:
-                self._poll.arrived()
+            self._poll.arrived()
             self._poll.close()
 
     def _answer_future(self, answer: asyncio.Future[bool], stored: bool) -> None:
