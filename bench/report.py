@@ -133,6 +133,8 @@ def rows(results: Results) -> list[Row]:
         None if step_floor is None else 6 * step_floor, "6 floors of a step")  # fmt: skip
     add(two, "5-step run p99", g("durable", "run_p99_ms"), "ms", g("celery_baseline", "chain5_p99_ms"),
         "Celery 5-chain p99")  # fmt: skip
+    add(two, "runs read back before they ended (one at a time)", g("durable", "run_early_reads"), "",
+        g("durable", "run_n"), "runs")  # fmt: skip
     add(two, f"5-step run p50, {off}", g("durable", "off_run_p50_ms"), "ms", g("celery_baseline", "chain5_p50_ms"),
         "Celery 5-chain p50")  # fmt: skip
     for role, label in (("dev", "connect dev"), ("worker", "worker")):
