@@ -68,7 +68,7 @@ class _Pending:
     the lease timer) and `dispatch` looks at the fields to see what happened.
     A successful ACK only records itself: it needs no wake-up."""
 
-    __slots__ = ("acked", "checkpoint", "checkpointing", "refused", "reply", "takes_over", "wake")
+    __slots__ = ("acked", "checkpoint", "checkpointing", "refused", "reply", "reply_behind", "takes_over", "wake")
 
     def __init__(
         self,
@@ -81,6 +81,8 @@ class _Pending:
         self.checkpoint = checkpoint
         # Set while a checkpoint is being stored; resolved once it is decided.
         self.checkpointing: asyncio.Future[None] | None = None
+        # The worker's reply came while a checkpoint was being stored, and waits for it.
+        self.reply_behind = False
         # The last refused checkpoint: it stands in for the request's reply.
         self.refused: bytes | None = None
         self.acked: bool | None = None
@@ -259,6 +261,7 @@ class GatewayDispatcher:
         pending = self._pending.get(request_id)
         if pending is not None:
             if pending.checkpointing is not None:
+                pending.reply_behind = True
                 await asyncio.shield(pending.checkpointing)
                 pending = self._pending.get(request_id)
             if pending is not None and pending.refused is not None:
@@ -315,6 +318,12 @@ class GatewayDispatcher:
             pending.refused = None if stored else raw
             pending.checkpointing = None
             decided.set_result(None)
+
+    def reply_behind(self, request_id: str) -> bool:
+        """Whether the request's reply came while its checkpoint was being
+        stored: the worker has returned and waits for neither answer."""
+        pending = self._pending.get(request_id)
+        return pending is not None and pending.reply_behind
 
     async def extend_lease(self, data: pb.WorkerRequestExtendLeaseData, instance_id: str) -> str | None:
         """Extend a request's lease for `instance_id`; None is a NACK."""

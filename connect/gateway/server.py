@@ -343,6 +343,11 @@ class GatewayServer:
             log.exception("storing a checkpoint of request %s failed", request_id)
             stored = False  # the worker ends the request with the step: its reply is stored instead
         conn.session.ack_checkpoint(request_id, stored)
+        if self.dispatcher.reply_behind(request_id):
+            # The worker returned after this step and waits for no answer;
+            # its reply is taken next, and the write of the reply's ACK
+            # carries this answer out (`_reply` flushes, or `_close` does).
+            return
         conn.flush_soon()  # the worker waits for this before its next step
         conn.awaits_worker()
 

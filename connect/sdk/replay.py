@@ -396,11 +396,7 @@ class Replay:
         # Other tasks' steps see a step in progress (ConcurrentStepsError), as during its body.
         self._body_active = True
         try:
-            async with asyncio.timeout(CHECKPOINT_ACK_TIMEOUT):
-                stored = await asyncio.shield(answer)
-        except TimeoutError:
-            log.warning("no answer to the checkpoint of step %r; ending the request with it", identity.user_id)
-            stored = False
+            stored = answer.result() if answer.done() else await _answer_within(answer, identity)
         finally:
             self._body_active = False
         if not stored or self.ending is not None:
@@ -495,3 +491,23 @@ class _BodyScope:
         if isinstance(exc, Exception):
             self._replay.body_raised(self._identity, exc)
         # Cancellation and other BaseExceptions propagate untouched.
+
+
+async def _answer_within(answer: asyncio.Future[bool], identity: StepIdentity) -> bool:
+    """`answer`, or False once ``CHECKPOINT_ACK_TIMEOUT`` passed without one.
+
+    The timer answers the future itself, so the wait costs one timer and one
+    wake-up of the task (no timeout scope, no shielding future: cancelling the
+    future with its task is harmless, the connection resolves only futures
+    still pending)."""
+    timer = asyncio.get_running_loop().call_later(CHECKPOINT_ACK_TIMEOUT, _no_answer, answer, identity)
+    try:
+        return await answer
+    finally:
+        timer.cancel()
+
+
+def _no_answer(answer: asyncio.Future[bool], identity: StepIdentity) -> None:
+    if not answer.done():
+        log.warning("no answer to the checkpoint of step %r; ending the request with it", identity.user_id)
+        answer.set_result(False)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +18,7 @@ import pytest
 
 from bench import gateway
 from connect import Client, Context, Step, TriggerEvent
+from connect.gateway import connection
 from connect.gateway.dispatch import StepReply, StepRequest
 from connect.worker.connection import WorkerConnection, connect
 from protocol import connect_pb2 as pb
@@ -58,6 +59,12 @@ async def two(ctx: Context, step: Step) -> Any:
     a = await step.run("a", lambda: 1)
     b = await step.run("b", lambda: a + 1)
     return [a, b]
+
+
+@client.create_function(fn_id="last", trigger=TriggerEvent(event="intake/last"))
+async def last(ctx: Context, step: Step) -> Any:
+    a = await step.run("a", lambda: 1)
+    return a + 1  # returns without waiting for the checkpoint's answer
 
 
 @dataclass
@@ -116,7 +123,7 @@ def checkpoint_bytes(request_id: str, step_id: str = "a", data: Any = 1) -> byte
 async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
     gw = await gateway.start(tmp_path / "gw.db")
     client.api_base_url = gw.api_url
-    worker = await connect([(client, [held, two])], instance_id=INSTANCE, handle_shutdown_signals=())
+    worker = await connect([(client, [held, two, last])], instance_id=INSTANCE, handle_shutdown_signals=())
     try:
         yield Stack(gw, worker)
     finally:
@@ -247,3 +254,40 @@ async def test_a_reply_right_behind_a_checkpoint_waits_for_its_answer(stack: Sta
         assert (reply.status, json.loads(reply.body)) == (STATUS_DONE, "released")
     else:
         assert (reply.status, ops_of(reply)) == (STATUS_NOT_COMPLETED, [("StepRun", "a", 1)])
+
+
+@pytest.fixture
+def gateway_writes(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
+    """The kinds of the frames of every write the gateway makes at once."""
+    seen: list[list[int]] = []
+    original = connection.Connection._send_now
+
+    def recording(self: connection.Connection, frames: Sequence[bytes]) -> bool:
+        sent = original(self, list(frames))
+        if sent:
+            seen.append([pb.ConnectMessage.FromString(f).kind for f in frames])
+        return sent
+
+    monkeypatch.setattr(connection.Connection, "_send_now", recording)
+    return seen
+
+
+async def test_the_answer_to_a_checkpoint_with_the_reply_behind_leaves_with_the_replys_ack(
+    stack: Stack, gateway_writes: list[list[int]]
+) -> None:
+    checkpoints = Checkpoints(gate=asyncio.Event())
+    request = stack.request("last", checkpoints, offer=True)
+    task = asyncio.create_task(stack.gw.dispatcher.dispatch(request))
+    async with asyncio.timeout(10):
+        while not stack.gw.dispatcher.reply_behind(request.request_id):
+            await asyncio.sleep(0.005)  # the worker returned; its reply waits for the checkpoint
+    assert checkpoints.gate is not None
+    checkpoints.gate.set()
+    async with asyncio.timeout(10):
+        reply = await task
+        while not any(pb.WORKER_REPLY_ACK in write for write in gateway_writes):
+            await asyncio.sleep(0.005)
+    assert (reply.status, json.loads(reply.body)) == (STATUS_DONE, 2)
+    # No write of its own: the worker waits for neither, so one write carries both.
+    assert [pb.WORKER_CHECKPOINT_ACK, pb.WORKER_REPLY_ACK] in gateway_writes, gateway_writes
+    assert not any(write == [pb.WORKER_CHECKPOINT_ACK] for write in gateway_writes), gateway_writes

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -14,7 +15,7 @@ import httpx
 import msgspec
 import pytest
 
-from connect.sdk import Client, Context, Event, Function, Step, StepSync, TriggerEvent
+from connect.sdk import Client, Context, Event, Function, Step, StepSync, TriggerEvent, replay
 from connect.sdk.execution import Invocation, Outcome, execute
 from protocol.payloads import STATUS_DONE, STATUS_ERROR, STATUS_NOT_COMPLETED, Opcode, hash_step_id
 
@@ -288,3 +289,29 @@ async def test_send_event_is_checkpointed(client: Client, run: Execute) -> None:
     outcome = await run(fn, checkpoints)
     assert (outcome.status, json.loads(outcome.body)) == (STATUS_DONE, ["evt-demo/sent"])
     assert checkpoints.sent == [("StepRun", hash_step_id("emit"), ["evt-demo/sent"])]
+
+
+async def test_no_answer_in_time_ends_the_request_with_the_step(
+    client: Client, run: Execute, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(replay, "CHECKPOINT_ACK_TIMEOUT", 0.05)
+    ran: list[str] = []
+    checkpoints = Checkpoints(answer=False)
+    with caplog.at_level(logging.WARNING, logger="connect.sdk"):
+        op = only_op(await asyncio.wait_for(run(two_steps(client, ran), checkpoints), 5))
+    assert (op["op"], op["id"], op["data"], ran) == ("StepRun", hash_step_id("a"), "A", ["a"])
+    assert "no answer to the checkpoint of step 'a'" in caplog.text
+    # An answer that comes after all changes nothing: the future was answered (False) by the timeout.
+    assert checkpoints.answers[0].result() is False
+
+
+async def test_an_answer_in_time_cancels_the_timeout(
+    client: Client, run: Execute, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(replay, "CHECKPOINT_ACK_TIMEOUT", 0.2)
+    ran: list[str] = []
+    checkpoints = Checkpoints()
+    outcome = await asyncio.wait_for(run(two_steps(client, ran), checkpoints), 5)
+    assert (outcome.status, json.loads(outcome.body), ran) == (STATUS_DONE, "B", ["a", "b"])
+    await asyncio.sleep(0.3)  # past the timeout: nothing fires late
+    assert [a.result() for a in checkpoints.answers] == [True, True]
