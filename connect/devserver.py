@@ -20,6 +20,7 @@ import uvicorn
 
 from connect import polling
 from connect.api.app import ApiConfig, create_api
+from connect.api.http import OneWriteHttpProtocol
 from connect.executor import Executor
 from connect.gateway.auth import Keys
 from connect.gateway.dispatcher import GatewayDispatcher
@@ -132,6 +133,7 @@ class DevServer:
                 lifespan="off",
                 access_log=False,
                 backlog=4096,
+                http=OneWriteHttpProtocol,
             )
         )
         api_task = asyncio.create_task(server.serve())

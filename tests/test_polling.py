@@ -4,7 +4,10 @@ polling for it after traffic and then asleep again; and its settings."""
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -40,7 +43,7 @@ def window(clock: _Clock) -> Iterator[PollWindow]:
     """A window of MOST on `clock`, on a loop that never runs (learning needs no turns)."""
     loop = asyncio.new_event_loop()
     try:
-        yield PollWindow(loop, MOST, clock)
+        yield PollWindow(loop, MOST, clock, cpu_clock=clock)
     finally:
         loop.close()
 
@@ -143,7 +146,7 @@ async def _grown(window: PollWindow, clock: _Clock) -> int:
 def test_the_loop_polls_until_the_window_passes_then_sleeps(run: Any) -> None:
     async def main() -> None:
         clock = _Clock()
-        window = PollWindow(asyncio.get_running_loop(), 0.005, clock)
+        window = PollWindow(asyncio.get_running_loop(), 0.005, clock, cpu_clock=clock)
         opened = await _grown(window, clock)
         window.touch()
         await _turns(10)
@@ -173,7 +176,7 @@ def test_the_loop_polls_until_the_window_passes_then_sleeps(run: Any) -> None:
 def test_close_ends_the_window_at_the_next_turn() -> None:
     async def main() -> None:
         clock = _Clock()
-        window = PollWindow(asyncio.get_running_loop(), 1.0, clock)
+        window = PollWindow(asyncio.get_running_loop(), 1.0, clock, cpu_clock=clock)
         await _grown(window, clock)
         window.touch()
         await _turns(3)
@@ -184,6 +187,76 @@ def test_close_ends_the_window_at_the_next_turn() -> None:
         assert not window.polling
 
     uvloop.run(main())
+
+
+class _CpuClock:
+    """The loop thread's CPU time: `share` of every second `clock` advances, from `clock.now`."""
+
+    def __init__(self, clock: _Clock) -> None:
+        self.clock = clock
+        self.share = 1.0
+        self.cpu = 0.0
+        self._seen = clock.now
+
+    def __call__(self) -> float:
+        self.cpu += (self.clock.now - self._seen) * self.share
+        self._seen = self.clock.now
+        return self.cpu
+
+
+@pytest.mark.parametrize(
+    ("share", "after", "steps_aside"),
+    [
+        (0.3, 2 * polling.JUDGE_AFTER, True),  # another thread had the CPU most of the time
+        (polling.FAIR_SHARE + 0.05, 2 * polling.JUDGE_AFTER, False),  # the CPU was ours
+        (0.0, polling.JUDGE_AFTER / 2, False),  # too soon to judge
+    ],
+)
+def test_polling_steps_aside_when_other_threads_want_the_cpu(share: float, after: float, steps_aside: bool) -> None:
+    async def main() -> None:
+        clock = _Clock()
+        cpu = _CpuClock(clock)
+        window = PollWindow(asyncio.get_running_loop(), 0.005, clock, cpu_clock=cpu)
+        await _grown(window, clock)
+        learned = window.window
+        window.touch()
+        await _turns(2)
+        assert window.polling
+        cpu.share = share
+        clock.now += after
+        await _turns(2)
+        assert window.polling is not steps_aside
+        assert window.stepped_aside == int(steps_aside)
+        # Stepping aside polls less next time, as a wait that was too long does.
+        assert window.window == (learned / 2 if steps_aside else learned)
+
+    uvloop.run(main())
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity (Linux)")
+def test_a_real_window_sharing_its_cpu_with_a_busy_process_steps_aside() -> None:
+    """A busy process on the same CPU as the loop's thread: the window
+    notices it lost the CPU to it, and stops polling early."""
+    cpu = min(os.sched_getaffinity(0))
+    hog = subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{cpu}}})\nwhile True: pass"])
+    mask = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {cpu})  # this thread only: the hog and the loop share one CPU
+
+        async def main() -> PollWindow:
+            window = PollWindow(asyncio.get_running_loop(), 0.2)
+            window._window = 0.2  # learned already (the learning is tested above)
+            await asyncio.sleep(0.1)  # the hog is running
+            window.touch()
+            await asyncio.sleep(0.3)
+            return window
+
+        window = uvloop.run(main())
+    finally:
+        os.sched_setaffinity(0, mask)
+        hog.kill()
+        hog.wait()
+    assert window.stepped_aside == 1 and not window.polling
 
 
 def test_a_real_window_keeps_the_loop_turning_and_then_lets_it_sleep() -> None:
@@ -258,5 +331,6 @@ def test_the_summary_says_what_the_window_learned_and_did(window: PollWindow, cl
     for wait in (0.005, 0.005, 0.0015, 0.5):
         _wait(window, clock, wait)
     assert window.summary() == (
-        "poll window 1 ms (up to 16 ms): 1 opened, 0 turns; waits caught 1, missed and grown 2, too long and shrunk 1"
+        "poll window 1 ms (up to 16 ms): 1 opened, 0 turns, 0 stepped aside for other threads; "
+        "waits caught 1, missed and grown 2, too long and shrunk 1"
     )

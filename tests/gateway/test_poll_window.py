@@ -79,6 +79,10 @@ class Stack:
 
 @pytest.fixture
 async def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Stack]:
+    # Here the gateway and the worker share one process, so each loop's thread
+    # waits for the GIL while the other runs and would step aside as on a
+    # crowded machine (tests/test_polling.py covers that): judge no share here.
+    monkeypatch.setattr(polling, "FAIR_SHARE", 0.0)
     monkeypatch.setenv(polling.ENV_VAR, "200")  # the gateway takes it as `connect dev` does
     gw = await gateway.start(tmp_path / "gw.db")
     client.api_base_url = gw.api_url
