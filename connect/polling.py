@@ -26,8 +26,9 @@ closes it when user code gets work. So:
 * an idle process costs nothing: no step traffic, no window;
 * traffic further apart than `most` teaches a window of 0: nothing either;
 * on a saturated machine polling steps aside: a window whose thread got less
-  than FAIR_SHARE of a CPU since it began polling (others were waiting for
-  that CPU, or for this process's GIL) ends at once and halves. Without this
+  than FAIR_SHARE of a CPU over a stretch of JUDGE_AFTER (others were waiting
+  for that CPU, or for this process's GIL) ends at once and halves, and no
+  window opens for QUIET_AFTER_CROWDED. Without this
   a poller that is always runnable keeps its fair share of a CPU that a busy
   process next to it needs: 256 gateway-only steps in flight on 2 vCPUs went
   from about 14,000 to about 11,000 steps/s with the window on;
@@ -68,10 +69,13 @@ DEFAULT_WINDOW = 0.001
 #: The window's smallest size is `most / GROW_STEPS`: it reaches `most` in log2 of this many misses.
 GROW_STEPS = 16
 #: Polling steps aside once the loop's thread got less than this share of a
-#: CPU over the window so far: other threads want the CPU (or this process's GIL).
+#: CPU over a stretch of JUDGE_AFTER: other threads want the CPU (or this process's GIL).
 FAIR_SHARE = 0.75
-#: How long a window polls before its share is judged (seconds).
-JUDGE_AFTER = 50e-6
+#: The stretches of polling over which the thread's share of a CPU is judged (seconds).
+JUDGE_AFTER = 1e-3
+#: After stepping aside, no window opens for this long (seconds): a crowded machine stays
+#: crowded for a while, and polling again at once would cost a stretch each time to find out.
+QUIET_AFTER_CROWDED = 0.1
 
 ENV_VAR = "CONNECT_POLL_WINDOW_MS"
 
@@ -108,9 +112,11 @@ class PollWindow:
         self._clock = clock
         self._cpu_clock = cpu_clock
         self._window = 0.0
-        # When the current stretch of polling began, on both clocks.
-        self._opened_at = 0.0
-        self._opened_cpu = 0.0
+        # When the stretch being judged began, on both clocks.
+        self._judged_at = 0.0
+        self._judged_cpu = 0.0
+        # No window opens before this (after stepping aside).
+        self._quiet_until = 0.0
         self._deadline = 0.0
         self._waiting_since: float | None = None
         self._polling = False
@@ -148,14 +154,14 @@ class PollWindow:
         now = self._clock()
         self._learn(now)
         self._waiting_since = now
-        if self._window <= 0.0:
+        if self._window <= 0.0 or now < self._quiet_until:
             return
         self._deadline = now + self._window
         if not self._polling:
             self._polling = True
             self.opened += 1
-            self._opened_at = now
-            self._opened_cpu = self._cpu_clock()
+            self._judged_at = now
+            self._judged_cpu = self._cpu_clock()
             self._loop.call_soon(self._turn)
 
     def arrived(self) -> None:
@@ -195,10 +201,12 @@ class PollWindow:
         if now >= self._deadline:
             self._polling = False
         elif self._crowded(now):
-            # Others wanted this CPU for much of the window (a saturated
-            # machine): polling would take it from them. Sleep, and poll less.
+            # Others wanted this CPU for much of the last stretch (a saturated
+            # machine): polling would take it from them. Sleep, poll less, and
+            # not at all for a while.
             self._polling = False
             self._deadline = 0.0
+            self._quiet_until = now + QUIET_AFTER_CROWDED
             self.stepped_aside += 1
             half = self._window / 2
             self._window = half if half >= self._least else 0.0
@@ -208,9 +216,17 @@ class PollWindow:
             self._loop.call_soon(self._turn)
 
     def _crowded(self, now: float) -> bool:
-        """Whether the loop's thread ran for less than FAIR_SHARE of the time since polling began."""
-        elapsed = now - self._opened_at
-        return elapsed >= JUDGE_AFTER and self._cpu_clock() - self._opened_cpu < FAIR_SHARE * elapsed
+        """Whether the loop's thread ran for less than FAIR_SHARE of the stretch
+        just ended (one of at least JUDGE_AFTER; the next one starts now).
+        Judged stretch by stretch, not since the window opened: under steady
+        traffic a window stays open for as long as the traffic lasts."""
+        elapsed = now - self._judged_at
+        if elapsed < JUDGE_AFTER:
+            return False
+        cpu = self._cpu_clock()
+        ran = cpu - self._judged_cpu
+        self._judged_at, self._judged_cpu = now, cpu
+        return ran < FAIR_SHARE * elapsed
 
 
 def check_window(window: float) -> float:

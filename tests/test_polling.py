@@ -8,6 +8,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -233,6 +234,55 @@ def test_polling_steps_aside_when_other_threads_want_the_cpu(share: float, after
     uvloop.run(main())
 
 
+def test_after_stepping_aside_no_window_opens_for_a_while() -> None:
+    async def main() -> None:
+        clock = _Clock()
+        cpu = _CpuClock(clock)
+        window = PollWindow(asyncio.get_running_loop(), 0.005, clock, cpu_clock=cpu)
+        await _grown(window, clock)
+        window.touch()
+        await _turns(2)
+        cpu.share = 0.1
+        clock.now += 2 * polling.JUDGE_AFTER
+        await _turns(2)
+        assert window.stepped_aside == 1 and not window.polling and window.window > 0
+        cpu.share = 1.0
+        opened = window.opened
+        clock.now += polling.QUIET_AFTER_CROWDED / 2
+        window.touch()  # traffic, but the machine was crowded a moment ago
+        await _turns(2)
+        assert not window.polling and window.opened == opened
+        clock.now += polling.QUIET_AFTER_CROWDED
+        window.touch()
+        await _turns(2)
+        assert window.polling and window.opened == opened + 1
+
+    uvloop.run(main())
+
+
+def test_a_window_open_for_long_is_judged_stretch_by_stretch() -> None:
+    """Steady traffic keeps one window open; a crowded stretch late in it still counts."""
+
+    async def main() -> None:
+        clock = _Clock()
+        cpu = _CpuClock(clock)
+        window = PollWindow(asyncio.get_running_loop(), 0.005, clock, cpu_clock=cpu)
+        await _grown(window, clock)
+        window.touch()
+        for _ in range(20):  # 20 stretches with the CPU to itself, touched all along
+            clock.now += polling.JUDGE_AFTER
+            window.touch()
+            await _turns(1)
+        assert window.polling and window.stepped_aside == 0
+        cpu.share = 0.5  # now it shares its CPU
+        clock.now += polling.JUDGE_AFTER
+        window.touch()
+        await _turns(2)
+        assert window.stepped_aside == 1 and not window.polling
+
+    uvloop.run(main())
+
+
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity (Linux)")
 def test_a_real_window_sharing_its_cpu_with_a_busy_process_steps_aside() -> None:
     """A busy process on the same CPU as the loop's thread: the window
@@ -261,7 +311,9 @@ def test_a_real_window_sharing_its_cpu_with_a_busy_process_steps_aside() -> None
 
 def test_a_real_window_keeps_the_loop_turning_and_then_lets_it_sleep() -> None:
     async def main() -> tuple[float, int, int, bool]:
-        window = PollWindow(asyncio.get_running_loop(), 0.1)
+        # Real time; the thread's CPU time is taken as all of it, so a busy
+        # host cannot make the window step aside here (that is tested above).
+        window = PollWindow(asyncio.get_running_loop(), 0.1, cpu_clock=time.monotonic)
         while window.window < 0.05:  # answers 60 ms after traffic: the window grows to them
             window.touch()
             await asyncio.sleep(0.06)
