@@ -27,11 +27,12 @@ closes it when user code gets work. So:
 * traffic further apart than `most` teaches a window of 0: nothing either;
 * on a saturated machine polling steps aside: a window whose thread got less
   than FAIR_SHARE of a CPU over a stretch of JUDGE_AFTER (others were waiting
-  for that CPU, or for this process's GIL) ends at once and halves, and no
-  window opens for QUIET_AFTER_CROWDED. Without this
-  a poller that is always runnable keeps its fair share of a CPU that a busy
-  process next to it needs: 256 gateway-only steps in flight on 2 vCPUs went
-  from about 14,000 to about 11,000 steps/s with the window on;
+  for that CPU, or for this process's GIL; a virtual CPU its host took away
+  counts too) ends at once and halves, and no window opens for
+  QUIET_AFTER_CROWDED. Without this a poller that is always runnable keeps its
+  fair share of a CPU that a busy process next to it needs: 256 gateway-only
+  steps in flight on 2 vCPUs went from about 14,000 to about 11,000 steps/s
+  with the window on;
 * in between, each gap can cost up to `most` of one core, spent on a thread
   that would otherwise sleep (at most one core per loop).
 
