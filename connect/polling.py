@@ -194,8 +194,12 @@ class PollWindow:
             self._window = min(self._most, max(self._least, self._window * 2))
         else:
             self.shrunk += 1
-            half = self._window / 2
-            self._window = half if half >= self._least else 0.0
+            self._halve()
+
+    def _halve(self) -> None:
+        """Poll half as long from now on; below `most / GROW_STEPS`, not at all."""
+        half = self._window / 2
+        self._window = half if half >= self._least else 0.0
 
     def _turn(self) -> None:
         now = self._clock()
@@ -209,8 +213,7 @@ class PollWindow:
             self._deadline = 0.0
             self._quiet_until = now + QUIET_AFTER_CROWDED
             self.stepped_aside += 1
-            half = self._window / 2
-            self._window = half if half >= self._least else 0.0
+            self._halve()
         else:
             self.turns += 1
             _yield_cpu()

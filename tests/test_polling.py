@@ -205,6 +205,19 @@ class _CpuClock:
         return self.cpu
 
 
+async def _polling() -> tuple[PollWindow, _Clock, _CpuClock]:
+    """A window on the running loop, grown to its most on a fake clock and a
+    fake CPU clock, touched and polling (the thread has its CPU to itself)."""
+    clock = _Clock()
+    cpu = _CpuClock(clock)
+    window = PollWindow(asyncio.get_running_loop(), 0.005, clock, cpu_clock=cpu)
+    await _grown(window, clock)
+    window.touch()
+    await _turns(2)
+    assert window.polling
+    return window, clock, cpu
+
+
 @pytest.mark.parametrize(
     ("share", "after", "steps_aside"),
     [
@@ -215,14 +228,8 @@ class _CpuClock:
 )
 def test_polling_steps_aside_when_other_threads_want_the_cpu(share: float, after: float, steps_aside: bool) -> None:
     async def main() -> None:
-        clock = _Clock()
-        cpu = _CpuClock(clock)
-        window = PollWindow(asyncio.get_running_loop(), 0.005, clock, cpu_clock=cpu)
-        await _grown(window, clock)
+        window, clock, cpu = await _polling()
         learned = window.window
-        window.touch()
-        await _turns(2)
-        assert window.polling
         cpu.share = share
         clock.now += after
         await _turns(2)
@@ -236,12 +243,7 @@ def test_polling_steps_aside_when_other_threads_want_the_cpu(share: float, after
 
 def test_after_stepping_aside_no_window_opens_for_a_while() -> None:
     async def main() -> None:
-        clock = _Clock()
-        cpu = _CpuClock(clock)
-        window = PollWindow(asyncio.get_running_loop(), 0.005, clock, cpu_clock=cpu)
-        await _grown(window, clock)
-        window.touch()
-        await _turns(2)
+        window, clock, cpu = await _polling()
         cpu.share = 0.1
         clock.now += 2 * polling.JUDGE_AFTER
         await _turns(2)
@@ -264,11 +266,7 @@ def test_a_window_open_for_long_is_judged_stretch_by_stretch() -> None:
     """Steady traffic keeps one window open; a crowded stretch late in it still counts."""
 
     async def main() -> None:
-        clock = _Clock()
-        cpu = _CpuClock(clock)
-        window = PollWindow(asyncio.get_running_loop(), 0.005, clock, cpu_clock=cpu)
-        await _grown(window, clock)
-        window.touch()
+        window, clock, cpu = await _polling()
         for _ in range(20):  # 20 stretches with the CPU to itself, touched all along
             clock.now += polling.JUDGE_AFTER
             window.touch()
