@@ -218,11 +218,11 @@ class _TimedStore:
         self._marks.mark("get_lease1")
         return r
 
-    async def put_reply(self, rid: str, data: bytes) -> Any:
+    def put_reply(self, rid: str, data: bytes) -> Any:
         self._marks.mark("put_reply0")
-        r = await self._inner.put_reply(rid, data)
-        self._marks.mark("put_reply1")
-        return r
+        stored = self._inner.put_reply(rid, data)
+        stored.add_done_callback(lambda _: self._marks.mark("put_reply1"))
+        return stored
 
 
 async def _breakdown(gw: Any, one: Any, count: int) -> dict[str, Any]:
@@ -236,7 +236,7 @@ async def _breakdown(gw: Any, one: Any, count: int) -> dict[str, Any]:
         return {}
     marks = _Marks()
     store, router = dispatcher._store, dispatcher.router
-    dispatch, acked, accept, pick = dispatcher.dispatch, dispatcher.request_acked, dispatcher.accept_reply, router.pick
+    dispatch, acked, take, pick = dispatcher.dispatch, dispatcher.request_acked, dispatcher.take_reply, router.pick
 
     async def timed_dispatch(request: Any) -> Any:
         marks.mark("dispatch")
@@ -250,12 +250,12 @@ async def _breakdown(gw: Any, one: Any, count: int) -> dict[str, Any]:
         marks.mark("acked")
         acked(rid, ok)
 
-    async def timed_accept(raw: bytes, rid: str) -> None:
+    def timed_take(rid: str, *args: Any) -> None:
         marks.mark("reply_in")
-        await accept(raw, rid)
+        take(rid, *args)
 
     dispatcher._store = _TimedStore(store, marks)
-    dispatcher.dispatch, dispatcher.request_acked, dispatcher.accept_reply = timed_dispatch, timed_acked, timed_accept
+    dispatcher.dispatch, dispatcher.request_acked, dispatcher.take_reply = timed_dispatch, timed_acked, timed_take
     router.pick = timed_pick
     try:
         for _ in range(count):
@@ -265,7 +265,7 @@ async def _breakdown(gw: Any, one: Any, count: int) -> dict[str, Any]:
             marks.done.append(marks.current)
     finally:
         dispatcher._store = store
-        del dispatcher.dispatch, dispatcher.request_acked, dispatcher.accept_reply, router.pick
+        del dispatcher.dispatch, dispatcher.request_acked, dispatcher.take_reply, router.pick
     stages = {
         "build_request": ("start", "dispatch"),
         "get_reply": ("get_reply0", "get_reply1"),

@@ -53,6 +53,8 @@ class Connection:
     _sending: set[asyncio.Task[None]] = field(default_factory=set)
     #: The gateway's poll window (`connect.polling`), fed by this connection's step traffic.
     poll_window: PollWindow | None = None
+    #: A `flush_later` is scheduled.
+    _flush_due: bool = False
 
     def awaits_worker(self) -> None:
         """A request or a checkpoint's answer left: the worker answers soon, so poll."""
@@ -78,6 +80,17 @@ class Connection:
         frames = self.session.data_to_send()
         if frames and not self._send_now(frames):
             await self._send(frames)
+
+    def flush_later(self) -> None:
+        """`flush_soon` after the callbacks already due on the loop; any
+        number of calls in one turn make one flush."""
+        if not self._flush_due:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self._flush_now)
+
+    def _flush_now(self) -> None:
+        self._flush_due = False
+        self.flush_soon()
 
     def flush_soon(self) -> None:
         """`flush` for callers that cannot wait: a send that would wait goes on in a task."""

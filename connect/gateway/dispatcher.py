@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import math
 import time
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Protocol
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
+from typing import Any, Protocol
 
 from connect.gateway.capacity import InstanceCapacity
 from connect.gateway.connection import Connection
@@ -36,6 +38,9 @@ FORWARD_ATTEMPTS = 3
 LEASE_GRACE = 5.0
 _EMPTY_TRACE = b"{}"
 
+#: Told how storing a reply ended: None once it is durable, else the error.
+ReplyDone = Callable[[BaseException | None], None]
+
 
 class LeaseRow(Protocol):
     @property
@@ -49,7 +54,7 @@ class LeaseRow(Protocol):
 class ReplyStore(Protocol):
     """What the gateway needs from the store (see connect.store)."""
 
-    async def put_reply(self, request_id: str, data: bytes) -> bool: ...
+    def put_reply(self, request_id: str, data: bytes) -> Awaitable[bool]: ...
     async def get_reply(self, request_id: str) -> bytes | None: ...
     def put_lease(self, request_id: str, lease_id: str, expires_at_ms: int, instance_id: str) -> Awaitable[None]: ...
     async def get_lease(self, request_id: str) -> LeaseRow | None: ...
@@ -68,7 +73,17 @@ class _Pending:
     the lease timer) and `dispatch` looks at the fields to see what happened.
     A successful ACK only records itself: it needs no wake-up."""
 
-    __slots__ = ("acked", "checkpoint", "checkpointing", "refused", "reply", "reply_behind", "takes_over", "wake")
+    __slots__ = (
+        "acked",
+        "awaiting",
+        "checkpoint",
+        "checkpointing",
+        "refused",
+        "reply",
+        "reply_behind",
+        "takes_over",
+        "wake",
+    )
 
     def __init__(
         self,
@@ -87,6 +102,8 @@ class _Pending:
         self.refused: bytes | None = None
         self.acked: bool | None = None
         self.reply: StepReply | None = None
+        # Set while `dispatch` waits for a worker's reply: the lease watchdog looks at it.
+        self.awaiting = False
 
     def poke(self) -> None:
         if not self.wake.done():
@@ -104,6 +121,23 @@ def _in_background(write: Callable[[], Awaitable[None]]) -> None:
     started.add_done_callback(_log_failed_write)
 
 
+def _resolve(fut: asyncio.Future[None], error: BaseException | None) -> None:
+    if fut.done():
+        return
+    if error is None:
+        fut.set_result(None)
+    elif isinstance(error, asyncio.CancelledError):
+        fut.cancel()
+    else:
+        fut.set_exception(error)
+
+
+def _reply_of(
+    raw: bytes, response: pb.SDKResponse | None, on_settle: Callable[[bool], None] | None = None
+) -> StepReply:
+    return reply_from_bytes(raw, on_settle) if response is None else reply_from_message(response, on_settle)
+
+
 def _log_failed_write(fut: asyncio.Future[None]) -> None:
     if not fut.cancelled() and fut.exception() is not None:
         log.error("storing a lease failed", exc_info=fut.exception())
@@ -112,6 +146,10 @@ def _log_failed_write(fut: asyncio.Future[None]) -> None:
 def reply_from_bytes(raw: bytes, on_settle: Callable[[bool], None] | None = None) -> StepReply:
     msg = pb.SDKResponse()
     msg.ParseFromString(raw)
+    return reply_from_message(msg, on_settle)
+
+
+def reply_from_message(msg: pb.SDKResponse, on_settle: Callable[[bool], None] | None = None) -> StepReply:
     return StepReply(
         on_settle=on_settle,
         request_id=msg.request_id,
@@ -147,6 +185,11 @@ class GatewayDispatcher:
         # has room for. Waking everyone on every change would make every
         # freed slot a stampede of retries.
         self._waiting: dict[tuple[str, str], dict[asyncio.Future[None], None]] = {}
+        # The lease watchdog: one timer for every awaited request (see `_watch_until`).
+        self._watch: asyncio.TimerHandle | None = None
+        self._watch_at = math.inf
+        # Replies that had to wait for something (a checkpoint, a stored reply's read).
+        self._tasks: set[asyncio.Task[None]] = set()
 
     @property
     def pending(self) -> int:
@@ -253,6 +296,17 @@ class GatewayDispatcher:
         """Store a worker's reply (first stored wins), then wake its waiter;
         or hand it to a waiter that `takes_over` and wait for its commit.
         Returns only after the reply is durable: the caller ACKs after this.
+        (`take_reply` is the same, told by a callback.)"""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.take_reply(request_id, raw, None, functools.partial(_resolve, done))
+        await done
+
+    def take_reply(self, request_id: str, raw: bytes, response: pb.SDKResponse | None, done: ReplyDone) -> None:
+        """`accept_reply` for the gateway's sockets: `done(None)` once the
+        reply is durable (the worker may be ACKed then), `done(error)` when
+        storing it failed. `response` is `raw` parsed, if the caller has it.
+        A reply needs no task of its own unless it waits for a checkpoint,
+        or loses to a reply stored before it; `done` must not raise.
 
         A reply that follows a checkpoint still being stored waits for that
         checkpoint; after a refused checkpoint the reply *is* that checkpoint
@@ -262,57 +316,139 @@ class GatewayDispatcher:
         if pending is not None:
             if pending.checkpointing is not None:
                 pending.reply_behind = True
-                await asyncio.shield(pending.checkpointing)
-                pending = self._pending.get(request_id)
-            if pending is not None and pending.refused is not None:
-                raw = pending.refused
-        if pending is not None and pending.takes_over and pending.reply is None:
-            settled: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+                self._in_task(self._after_checkpoint(pending.checkpointing, request_id, raw, response, done), done)
+                return
+            if pending.refused is not None:
+                raw, response = pending.refused, None
+            if pending.takes_over and pending.reply is None:
+                self._hand_over(pending, request_id, raw, response, done)
+                return
+        self._store_reply(request_id, raw, response, done)
 
-            def on_settle(committed: bool) -> None:
-                if not settled.done():
-                    settled.set_result(committed)
+    async def _after_checkpoint(
+        self,
+        decided: asyncio.Future[None],
+        request_id: str,
+        raw: bytes,
+        response: pb.SDKResponse | None,
+        done: ReplyDone,
+    ) -> None:
+        await asyncio.shield(decided)
+        self.take_reply(request_id, raw, response, done)
 
-            pending.reply = reply_from_bytes(raw, on_settle)
-            pending.poke()
-            if await settled:
-                return  # the caller's commit holds it
-            await self._store.put_reply(request_id, raw)
+    def _hand_over(
+        self, pending: _Pending, request_id: str, raw: bytes, response: pb.SDKResponse | None, done: ReplyDone
+    ) -> None:
+        """Give the reply to its `takes_over` caller; durable once the caller
+        settles it committed, or once stored here if the caller did not commit it."""
+        settled = False
+
+        def on_settle(committed: bool) -> None:
+            nonlocal settled
+            if settled:
+                return
+            settled = True
+            if committed:
+                done(None)  # the caller's commit holds it
+            else:
+                self._store_reply(request_id, raw, None, done)
+
+        pending.reply = _reply_of(raw, response, on_settle)
+        pending.poke()
+
+    def _store_reply(self, request_id: str, raw: bytes, response: pb.SDKResponse | None, done: ReplyDone) -> None:
+        try:
+            stored = asyncio.ensure_future(self._store.put_reply(request_id, raw))
+        except Exception as exc:  # a closed store refuses at once
+            done(exc)
             return
-        first = await self._store.put_reply(request_id, raw)
+        stored.add_done_callback(functools.partial(self._reply_stored, request_id, raw, response, done))
+
+    def _reply_stored(
+        self,
+        request_id: str,
+        raw: bytes,
+        response: pb.SDKResponse | None,
+        done: ReplyDone,
+        stored: asyncio.Future[bool],
+    ) -> None:
+        if stored.cancelled():
+            done(asyncio.CancelledError(f"storing reply {request_id} was cancelled"))
+            return
+        error = stored.exception()
+        if error is not None:
+            done(error)
+            return
         pending = self._pending.get(request_id)
-        if pending is None or pending.reply is not None:
-            return
-        if not first:
-            stored = await self._store.get_reply(request_id)
-            raw = stored if stored is not None else raw
-        if pending.reply is None:
-            pending.reply = reply_from_bytes(raw)
+        if pending is not None and pending.reply is None:
+            if not stored.result():
+                # A reply was stored before this one (e.g. by an earlier
+                # process): that one is the answer.
+                self._in_task(self._wake_with_stored(request_id, raw, done), done)
+                return
+            pending.reply = _reply_of(raw, response)
             pending.poke()
+        done(None)
 
-    async def accept_checkpoint(self, raw: bytes, request_id: str, instance_id: str) -> bool:
-        """Hand a worker's checkpoint to the request's caller; True once the
-        step is durably stored. False (the worker ends the request with the
-        step) when the request offers no checkpoints, is not in flight here
-        on `instance_id`, already has its reply, or has one checkpoint being
-        stored already.
+    async def _wake_with_stored(self, request_id: str, raw: bytes, done: ReplyDone) -> None:
+        stored = await self._store.get_reply(request_id)
+        pending = self._pending.get(request_id)
+        if pending is not None and pending.reply is None:
+            pending.reply = reply_from_bytes(stored if stored is not None else raw)
+            pending.poke()
+        done(None)
+
+    def _in_task(self, coro: Coroutine[Any, Any, None], done: ReplyDone) -> None:
+        """Run `coro` (which calls `done` when it ends well); a failure is told to `done`."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(functools.partial(self._task_ended, done))
+
+    def _task_ended(self, done: ReplyDone, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            done(asyncio.CancelledError("storing a reply was cancelled"))
+        elif (error := task.exception()) is not None:
+            done(error)
+
+    def accept_checkpoint(self, raw: bytes, request_id: str, instance_id: str) -> Awaitable[bool]:
+        """Hand a worker's checkpoint to the request's caller; the result is
+        True once the step is durably stored. False (the worker ends the
+        request with the step) when the request offers no checkpoints, is
+        not in flight here on `instance_id`, already has its reply, or has
+        one checkpoint being stored already.
+
+        Whether the checkpoint is taken is decided at the call, so a reply
+        taken after it (the next frame of the same read) waits for it.
 
         A worker may send its reply right behind a checkpoint, before the
         answer (our worker does when the handler returns after its last
         step). So a refused checkpoint is kept, and the request's reply is
         that checkpoint whatever the worker sends next: exactly the reply a
         worker that waited for the refusal would send."""
+        loop = asyncio.get_running_loop()
         pending = self._pending.get(request_id)
+        refused: asyncio.Future[bool] = loop.create_future()
+        refused.set_result(False)
         if pending is None or pending.reply is not None or pending.checkpointing is not None:
-            return False
+            return refused
         lease = self.leases.get(request_id)
         if pending.checkpoint is None or lease is None or lease.instance_id != instance_id:
             pending.refused = raw
-            return False
-        decided = pending.checkpointing = asyncio.get_running_loop().create_future()
+            return refused
+        pending.checkpointing = loop.create_future()
+        return self._store_checkpoint(pending, pending.checkpoint, pending.checkpointing, raw)
+
+    @staticmethod
+    async def _store_checkpoint(
+        pending: _Pending,
+        checkpoint: Callable[[StepReply], Awaitable[bool]],
+        decided: asyncio.Future[None],
+        raw: bytes,
+    ) -> bool:
         stored = False
         try:
-            stored = await pending.checkpoint(reply_from_bytes(raw))
+            stored = await checkpoint(reply_from_bytes(raw))
             return stored
         finally:
             pending.refused = None if stored else raw
@@ -387,6 +523,7 @@ class GatewayDispatcher:
         the worker NACKed the request (the caller forwards it again)."""
         loop = asyncio.get_running_loop()
         stored = False
+        pending.awaiting = True
         try:
             while True:
                 if pending.reply is not None:
@@ -397,15 +534,12 @@ class GatewayDispatcher:
                 lease = self.leases.get(rid)
                 if lease is None:
                     raise WorkerStoppedResponding(f"request {rid} has no lease")
-                timeout = lease.expires_at + LEASE_GRACE - self._clock()
-                if timeout > 0:
+                deadline = lease.expires_at + LEASE_GRACE
+                if deadline > self._clock():
                     if pending.wake.done():
                         pending.wake = loop.create_future()
-                    timer = loop.call_later(timeout, pending.poke)
-                    try:
-                        await pending.wake
-                    finally:
-                        timer.cancel()
+                    self._watch_until(deadline)
+                    await pending.wake
                     continue  # a reply, a NACK, a shortened or extended lease, or the deadline
                 raw = await self._store.get_reply(rid)
                 if raw is not None:
@@ -413,7 +547,36 @@ class GatewayDispatcher:
                     return reply_from_bytes(raw)
                 raise WorkerStoppedResponding(f"the worker stopped responding to request {rid}")
         finally:
+            pending.awaiting = False
             self._finish(rid, stored=stored)
+
+    def _watch_until(self, deadline: float) -> None:
+        """Make sure the lease watchdog runs no later than `deadline` (on `clock`).
+
+        One timer serves every awaited request. Leases are granted for one
+        duration, so a new wait's deadline is almost never earlier than the
+        one the timer is set for: a step costs no timer of its own (setting
+        and cancelling one per step cost more than the rest of the wait)."""
+        if deadline >= self._watch_at:
+            return
+        if self._watch is not None:
+            self._watch.cancel()
+        self._watch_at = deadline
+        self._watch = asyncio.get_running_loop().call_later(max(0.0, deadline - self._clock()), self._on_watch)
+
+    def _on_watch(self) -> None:
+        """Wake each awaited request whose lease (plus grace) ran out; set the timer for the next deadline."""
+        self._watch, self._watch_at = None, math.inf
+        now = self._clock()
+        for rid, pending in self._pending.items():
+            if not pending.awaiting:
+                continue
+            lease = self.leases.get(rid)
+            deadline = now if lease is None else lease.expires_at + LEASE_GRACE
+            if deadline <= now:
+                pending.poke()  # its `_await_reply` looks again, and sets the timer if it still waits
+            else:
+                self._watch_until(deadline)
 
     def _finish(self, rid: str, *, stored: bool) -> None:
         instance = self.capacity.release(rid)

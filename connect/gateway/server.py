@@ -277,12 +277,16 @@ class GatewayServer:
                 self.dispatcher.request_acked(rid, False)
             case gs.ReplyReceived(response=response, raw=raw):
                 conn.worker_answered(last=self.dispatcher.pending <= 1)
-                # Stored off the reader loop: one slow commit must not hold
-                # up heartbeats or other replies on this connection.
-                self._spawn(self._reply(conn, response.request_id, raw))
+                # Stored off the reader loop (the store calls back): one slow
+                # commit must not hold up heartbeats or other replies here.
+                rid = response.request_id
+                self.dispatcher.take_reply(rid, raw, response, functools.partial(self._replied, conn, rid))
             case gs.CheckpointReceived(response=response, raw=raw):
                 conn.worker_answered()
-                self._spawn(self._checkpoint(conn, response.request_id, raw))
+                rid = response.request_id
+                # Taken or refused now: a reply behind it in this read waits for it.
+                storing = self.dispatcher.accept_checkpoint(raw, rid, conn.instance_id)
+                self._spawn(self._checkpoint(conn, rid, storing))
             case gs.LeaseExtension(data=data):
                 self._spawn(self._extend(conn, data))
             case gs.Paused():
@@ -321,24 +325,20 @@ class GatewayServer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _reply(self, conn: Connection, request_id: str, raw: bytes) -> None:
-        try:
-            await self.dispatcher.accept_reply(raw, request_id)
-        except Exception:
-            log.exception("storing reply %s failed", request_id)
-            await self._close(conn, codes.CloseCode.INTERNAL_ERROR, codes.INTERNAL_ERROR)
+    def _replied(self, conn: Connection, request_id: str, error: BaseException | None) -> None:
+        if error is not None:
+            log.error("storing reply %s failed", request_id, exc_info=error)
+            self._spawn(self._close(conn, codes.CloseCode.INTERNAL_ERROR, codes.INTERNAL_ERROR))
             return
         conn.session.ack_reply(request_id)  # only after the reply is durable
         # The ACK only lets the worker drop its copy: the caller waiting for
         # this reply goes first (it was woken a moment ago), and whatever it
         # sends this worker next carries the queued ACK out in the same write.
-        await asyncio.sleep(0)
-        with contextlib.suppress(ConnectionClosed):
-            await conn.flush()
+        conn.flush_later()
 
-    async def _checkpoint(self, conn: Connection, request_id: str, raw: bytes) -> None:
+    async def _checkpoint(self, conn: Connection, request_id: str, storing: Awaitable[bool]) -> None:
         try:
-            stored = await self.dispatcher.accept_checkpoint(raw, request_id, conn.instance_id)
+            stored = await storing
         except Exception:
             log.exception("storing a checkpoint of request %s failed", request_id)
             stored = False  # the worker ends the request with the step: its reply is stored instead
@@ -346,7 +346,7 @@ class GatewayServer:
         if self.dispatcher.reply_behind(request_id):
             # The worker returned after this step and waits for no answer;
             # its reply is taken next, and the write of the reply's ACK
-            # carries this answer out (`_reply` flushes, or `_close` does).
+            # carries this answer out (`_replied` flushes, or `_close` does).
             return
         conn.flush_soon()  # the worker waits for this before its next step
         conn.awaits_worker()

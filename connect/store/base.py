@@ -181,9 +181,10 @@ class ReplyStore(Protocol):
     process). Writes from concurrent callers may share one commit.
     """
 
-    async def put_reply(self, request_id: str, data: bytes) -> bool:
+    def put_reply(self, request_id: str, data: bytes) -> Awaitable[bool]:
         """Store a reply unless one is stored already; True if this call stored it.
-        Storing a reply also ends the request's stored lease."""
+        Storing a reply also ends the request's stored lease. Queued at the
+        call, like `put_lease`; await the result to know it committed."""
         ...
 
     async def get_reply(self, request_id: str) -> bytes | None: ...

@@ -321,7 +321,7 @@ class SqliteStore:
 
     # --- gateway: replies and leases --------------------------------------------
 
-    async def put_reply(self, request_id: str, data: bytes) -> bool:
+    def put_reply(self, request_id: str, data: bytes) -> Awaitable[bool]:
         stored_at = _now_ms()
 
         def op(conn: sqlite3.Connection) -> bool:
@@ -332,7 +332,7 @@ class SqliteStore:
             conn.execute("DELETE FROM leases WHERE request_id = ?", (request_id,))
             return cur.rowcount == 1
 
-        return await self._writer.submit(op)
+        return self._writer.submit_nowait(op)
 
     async def get_reply(self, request_id: str) -> bytes | None:
         def op(conn: sqlite3.Connection) -> bytes | None:
