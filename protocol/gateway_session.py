@@ -406,13 +406,16 @@ class GatewaySession:
 
     # --- gateway-initiated ------------------------------------------------------------------
 
-    def send_request(self, request: pb.GatewayExecutorRequestData, now: float) -> None:
-        """Queue GATEWAY_EXECUTOR_REQUEST. The ACK waiter is registered before
-        the frame leaves, so an instant ACK is never missed."""
+    def send_request(self, request: pb.GatewayExecutorRequestData, now: float) -> int:
+        """Queue GATEWAY_EXECUTOR_REQUEST; returns the frame's size. The ACK
+        waiter is registered before the frame leaves, so an instant ACK is
+        never missed."""
         if self.phase is not Phase.READY:
             raise ProtocolViolation(f"executor request in phase {self.phase.name}")
         self._pending_acks[request.request_id] = now + self.config.ack_timeout
-        self._out.append(frames.encode(pb.GATEWAY_EXECUTOR_REQUEST, request))
+        frame = frames.encode(pb.GATEWAY_EXECUTOR_REQUEST, request)
+        self._out.append(frame)
+        return len(frame)
 
     def ack_reply(self, request_id: str) -> None:
         if self.phase is Phase.CLOSED:

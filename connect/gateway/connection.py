@@ -12,6 +12,7 @@ from websockets.exceptions import ConnectionClosed
 
 from connect.polling import PollWindow
 from connect.websocket import BatchingConnection
+from protocol import connect_pb2 as pb
 from protocol.gateway_session import GatewaySession, WorkerHello
 
 log = logging.getLogger("connect.gateway")
@@ -22,6 +23,10 @@ WRITE_TIMEOUT = 5.0
 MAX_SEND_BUFFER = 16 * 1024 * 1024
 #: Write high-water mark of each connection (passed to the server): below it a send never waits.
 WRITE_HIGH_WATER = 32 * 1024
+#: Requests sent in one loop turn leave together, in writes of at most this many...
+FORWARD_BATCH = 16
+#: ...or about this many bytes (so a batch with its ACKs stays under the high-water mark).
+FORWARD_BATCH_BYTES = WRITE_HIGH_WATER // 2
 
 
 class GatewayWebSocket(BatchingConnection, ServerConnection):
@@ -55,6 +60,9 @@ class Connection:
     poll_window: PollWindow | None = None
     #: A `flush_later` is scheduled.
     _flush_due: bool = False
+    #: Requests (and their bytes) queued by `send_request` since the last flush.
+    _batched: int = 0
+    _batched_bytes: int = 0
 
     def awaits_worker(self) -> None:
         """A request or a checkpoint's answer left: the worker answers soon, so poll."""
@@ -69,6 +77,22 @@ class Connection:
             if last:
                 self.poll_window.close()
 
+    async def send_request(self, request: pb.GatewayExecutorRequestData, now: float) -> None:
+        """Send a request to the worker with the others of this loop turn.
+
+        One write per request costs both sides a syscall (and on loopback the
+        sender carries the receiver's TCP work too); so requests queue until
+        the end of the turn, or until FORWARD_BATCH of them (or
+        FORWARD_BATCH_BYTES) wait, and then leave in one write. The batches
+        stay small so the worker starts on the first ones while the gateway
+        still forwards the rest. Raises ConnectionClosed if the socket is gone."""
+        self._batched_bytes += self.session.send_request(request, now)
+        self._batched += 1
+        if self._batched < FORWARD_BATCH and self._batched_bytes < FORWARD_BATCH_BYTES and self.ws.writable_now():
+            self.flush_later()
+        else:
+            await self.flush()
+
     async def flush(self) -> None:
         """Write every frame the session queued, in order.
 
@@ -77,7 +101,7 @@ class Connection:
         `write_timeout`, or has more than MAX_SEND_BUFFER bytes queued, cannot
         keep up and is dropped, so it never holds up anyone else and its
         queue never grows without bound."""
-        frames = self.session.data_to_send()
+        frames = self._take_frames()
         if frames and not self._send_now(frames):
             await self._send(frames)
 
@@ -94,11 +118,15 @@ class Connection:
 
     def flush_soon(self) -> None:
         """`flush` for callers that cannot wait: a send that would wait goes on in a task."""
-        frames = self.session.data_to_send()
+        frames = self._take_frames()
         if frames and not self._send_now(frames):
             task = asyncio.ensure_future(self._send_quietly(frames))
             self._sending.add(task)
             task.add_done_callback(self._sending.discard)
+
+    def _take_frames(self) -> list[bytes]:
+        self._batched = self._batched_bytes = 0
+        return self.session.data_to_send()
 
     def _send_now(self, frames: list[bytes]) -> bool:
         """Send (or drop the peer) if that needs no waiting; False if it does."""

@@ -509,8 +509,7 @@ class GatewayDispatcher:
         pending.acked = None
         pending.refused = None
         try:
-            conn.session.send_request(self._frame(request, lease.lease_id), now)
-            await conn.flush()
+            await conn.send_request(self._frame(request, lease.lease_id), now)
             conn.awaits_worker()
         except Exception:  # the socket died under us: treat as a failed forward
             log.debug("forward of %s to %s failed", rid, conn.connection_id, exc_info=True)
