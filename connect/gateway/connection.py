@@ -110,7 +110,7 @@ class Connection:
         number of calls in one turn make one flush."""
         if not self._flush_due:
             self._flush_due = True
-            asyncio.get_running_loop().call_soon(self._flush_now)
+            self.ws.loop.call_soon(self._flush_now)
 
     def _flush_now(self) -> None:
         self._flush_due = False

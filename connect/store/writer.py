@@ -99,6 +99,7 @@ class SqliteWriter:
         self._restart_frames = restart_frames
         self._conn: sqlite3.Connection | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = 0
         self._queue: collections.deque[_Job] = collections.deque()
         self._scheduled = False
         self._closed = False
@@ -128,6 +129,7 @@ class SqliteWriter:
             raise
         self._conn = conn
         self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
         self._checkpointer = threading.Thread(
             target=self._checkpoint_main, name=f"sqlite-checkpoint:{self._path}", daemon=True
         )
@@ -143,8 +145,11 @@ class SqliteWriter:
         or coroutine per write, and submission order is kept all the same."""
         if self._closed or self._loop is None:
             raise StoreClosed("the store is closed" if self._closed else "the store is not open")
-        loop = asyncio.get_running_loop()
-        if loop is not self._loop:
+        loop = self._loop
+        # Its own thread with its loop running means its loop: one loop runs
+        # per thread at a time (and `asyncio.get_running_loop()` costs a
+        # system call per write).
+        if threading.get_ident() != self._thread or not loop.is_running():
             raise RuntimeError("the store belongs to another event loop")
         future: asyncio.Future[T] = loop.create_future()
         self._queue.append((operation, future))
