@@ -567,6 +567,7 @@ class GatewayDispatcher:
         """Wake each awaited request whose lease (plus grace) ran out; set the timer for the next deadline."""
         self._watch, self._watch_at = None, math.inf
         now = self._clock()
+        earliest = math.inf
         for rid, pending in self._pending.items():
             if not pending.awaiting:
                 continue
@@ -575,7 +576,9 @@ class GatewayDispatcher:
             if deadline <= now:
                 pending.poke()  # its `_await_reply` looks again, and sets the timer if it still waits
             else:
-                self._watch_until(deadline)
+                earliest = min(earliest, deadline)
+        if earliest < math.inf:
+            self._watch_until(earliest)
 
     def _finish(self, rid: str, *, stored: bool) -> None:
         instance = self.capacity.release(rid)
