@@ -63,6 +63,8 @@ class Connection:
     #: Requests (and their bytes) queued by `send_request` since the last flush.
     _batched: int = 0
     _batched_bytes: int = 0
+    #: A request left at once in this loop turn: the next ones of the turn are batched.
+    _turn_open: bool = False
 
     def awaits_worker(self) -> None:
         """A request or a checkpoint's answer left: the worker answers soon, so poll."""
@@ -78,20 +80,29 @@ class Connection:
                 self.poll_window.close()
 
     async def send_request(self, request: pb.GatewayExecutorRequestData, now: float) -> None:
-        """Send a request to the worker with the others of this loop turn.
+        """Send a request to the worker.
 
-        One write per request costs both sides a syscall (and on loopback the
-        sender carries the receiver's TCP work too); so requests queue until
-        the end of the turn, or until FORWARD_BATCH of them (or
-        FORWARD_BATCH_BYTES) wait, and then leave in one write. The batches
-        stay small so the worker starts on the first ones while the gateway
-        still forwards the rest. Raises ConnectionClosed if the socket is gone."""
+        The first request of a loop turn leaves at once: one at a time,
+        nothing waits. The others of that turn queue until its end, or until
+        FORWARD_BATCH of them (or FORWARD_BATCH_BYTES) wait, and then leave
+        in one write: one write per request costs both sides a syscall (and
+        on loopback the sender carries the receiver's TCP work too). The
+        batches stay small so the worker starts on the first requests while
+        the gateway still forwards the rest. Raises ConnectionClosed if the
+        socket is gone."""
         self._batched_bytes += self.session.send_request(request, now)
         self._batched += 1
-        if self._batched < FORWARD_BATCH and self._batched_bytes < FORWARD_BATCH_BYTES and self.ws.writable_now():
+        if not self._turn_open:
+            self._turn_open = True
+            self.ws.loop.call_soon(self._end_turn)
+            await self.flush()
+        elif self._batched < FORWARD_BATCH and self._batched_bytes < FORWARD_BATCH_BYTES and self.ws.writable_now():
             self.flush_later()
         else:
             await self.flush()
+
+    def _end_turn(self) -> None:
+        self._turn_open = False
 
     async def flush(self) -> None:
         """Write every frame the session queued, in order.

@@ -1,6 +1,6 @@
-"""Requests the gateway forwards in one loop turn leave together, in writes
-of at most `FORWARD_BATCH` frames (or `FORWARD_BATCH_BYTES`); a request
-alone leaves by the end of its turn.
+"""The first request the gateway forwards in a loop turn leaves at once;
+the others of that turn leave together, in writes of at most
+`FORWARD_BATCH` frames (or `FORWARD_BATCH_BYTES`).
 
 Real pieces: the gateway and its dispatcher over a real SQLite file, our
 worker connected over a real socket; the gateway's writes are recorded as
@@ -73,15 +73,26 @@ async def _dispatch_together(gw: gateway.Gateway, count: int, pad: str = "") -> 
 
 async def test_requests_of_one_turn_leave_in_batches(stack: gateway.Gateway, request_writes: list[int]) -> None:
     await _dispatch_together(stack, 40)  # all forwarded in one turn
-    assert sum(request_writes) == 40
-    assert max(request_writes) == connection.FORWARD_BATCH
-    assert len(request_writes) == 3  # 16 + 16 + the 8 left at the end of the turn
+    # The first at once, then 16 + 16 + the 7 left at the end of the turn.
+    assert request_writes == [1, connection.FORWARD_BATCH, connection.FORWARD_BATCH, 7]
 
 
-async def test_a_request_alone_leaves_at_the_end_of_its_turn(stack: gateway.Gateway, request_writes: list[int]) -> None:
+async def test_a_request_alone_leaves_at_once(
+    stack: gateway.Gateway, request_writes: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    written_inside: list[bool] = []
+    original = connection.Connection.send_request
+
+    async def watching(self: connection.Connection, request: pb.GatewayExecutorRequestData, now: float) -> None:
+        before = len(request_writes)
+        await original(self, request, now)
+        written_inside.append(len(request_writes) > before)  # written before `send_request` returned
+
+    monkeypatch.setattr(connection.Connection, "send_request", watching)
     for _ in range(3):
         await _dispatch_together(stack, 1)
     assert request_writes == [1, 1, 1]
+    assert written_inside == [True, True, True]
 
 
 async def test_big_requests_leave_in_batches_of_bounded_bytes(
