@@ -20,13 +20,14 @@ from bench import gateway
 from connect import Client, Context, Step, TriggerEvent
 from connect.gateway.dispatch import StepRequest
 from connect.worker import connection
-from connect.worker.connection import WorkerConnection, connect
+from connect.worker.connection import WorkerConnection
 from protocol import connect_pb2 as pb
 from protocol import limits
 from protocol.payloads import (
     STATUS_DONE,
 )
 from tests.gateway.requests import discovery_request
+from tests.gateway.stack import gateway_with_worker
 
 pytestmark = pytest.mark.anyio
 
@@ -62,15 +63,11 @@ def writes(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[tuple[gateway.Gateway, WorkerConnection]]:
     RELEASE.clear()
-    gw = await gateway.start(tmp_path / "gw.db")
-    client.api_base_url = gw.api_url
-    worker = await connect([(client, [quick, slow])], instance_id="acks", handle_shutdown_signals=())
-    try:
-        yield gw, worker
-    finally:
-        RELEASE.set()
-        await worker.close()
-        await gw.close()
+    async with gateway_with_worker(tmp_path / "gw.db", client, [quick, slow], "acks") as (gw, worker):
+        try:
+            yield gw, worker
+        finally:
+            RELEASE.set()
 
 
 def kinds(writes: list[list[int]]) -> list[int]:

@@ -20,7 +20,7 @@ from bench import gateway
 from connect import Client, Context, Step, TriggerEvent
 from connect.gateway import connection
 from connect.gateway.dispatch import StepReply, StepRequest
-from connect.worker.connection import WorkerConnection, connect
+from connect.worker.connection import WorkerConnection
 from protocol import connect_pb2 as pb
 from protocol.ids import new_ulid
 from protocol.payloads import (
@@ -28,6 +28,7 @@ from protocol.payloads import (
     STATUS_NOT_COMPLETED,
 )
 from tests.gateway.requests import discovery_request
+from tests.gateway.stack import gateway_with_worker
 
 pytestmark = pytest.mark.anyio
 
@@ -121,17 +122,13 @@ def checkpoint_bytes(request_id: str, step_id: str = "a", data: Any = 1) -> byte
 
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
-    gw = await gateway.start(tmp_path / "gw.db")
-    client.api_base_url = gw.api_url
-    worker = await connect([(client, [held, two, last])], instance_id=INSTANCE, handle_shutdown_signals=())
-    try:
-        yield Stack(gw, worker)
-    finally:
-        for hold in HOLDS:
-            hold.released.set()
-        HOLDS.clear()
-        await worker.close()
-        await gw.close()
+    async with gateway_with_worker(tmp_path / "gw.db", client, [held, two, last], INSTANCE) as (gw, worker):
+        try:
+            yield Stack(gw, worker)
+        finally:
+            for hold in HOLDS:
+                hold.released.set()
+            HOLDS.clear()
 
 
 async def test_a_checkpoint_is_handed_to_the_request_parsed(stack: Stack) -> None:

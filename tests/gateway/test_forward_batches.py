@@ -20,10 +20,10 @@ import pytest
 from bench import gateway
 from connect import Client, Context, Step, TriggerEvent
 from connect.gateway import connection
-from connect.worker.connection import WorkerConnection, connect
 from protocol import connect_pb2 as pb
 from protocol.payloads import STATUS_DONE
 from tests.gateway.requests import discovery_request
+from tests.gateway.stack import gateway_with_worker
 
 pytestmark = pytest.mark.anyio
 
@@ -54,14 +54,8 @@ def request_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 @pytest.fixture
 async def stack(tmp_path: Path, request_writes: list[int]) -> AsyncIterator[gateway.Gateway]:
-    gw = await gateway.start(tmp_path / "gw.db")
-    client.api_base_url = gw.api_url
-    worker: WorkerConnection = await connect([(client, [echo])], instance_id="batches", handle_shutdown_signals=())
-    try:
+    async with gateway_with_worker(tmp_path / "gw.db", client, [echo], "batches") as (gw, _):
         yield gw
-    finally:
-        await worker.close()
-        await gw.close()
 
 
 async def _dispatch_together(gw: gateway.Gateway, count: int, pad: str = "") -> None:

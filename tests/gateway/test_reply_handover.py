@@ -19,9 +19,10 @@ import pytest
 from bench import gateway
 from connect import Client, Context, Step, TriggerEvent
 from connect.gateway.dispatch import StepRequest
-from connect.worker.connection import WorkerConnection, connect
+from connect.worker.connection import WorkerConnection
 from protocol.payloads import STATUS_DONE
 from tests.gateway.requests import discovery_request
+from tests.gateway.stack import gateway_with_worker
 
 pytestmark = pytest.mark.anyio
 
@@ -55,14 +56,8 @@ class Stack:
 
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
-    gw = await gateway.start(tmp_path / "gw.db")
-    client.api_base_url = gw.api_url
-    worker = await connect([(client, [answer])], instance_id="handover", handle_shutdown_signals=())
-    try:
+    async with gateway_with_worker(tmp_path / "gw.db", client, [answer], "handover") as (gw, worker):
         yield Stack(gw, worker)
-    finally:
-        await worker.close()
-        await gw.close()
 
 
 async def test_the_worker_is_acknowledged_only_after_the_callers_commit(stack: Stack) -> None:

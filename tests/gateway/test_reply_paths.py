@@ -22,10 +22,11 @@ from bench import gateway
 from connect import Client, Context, Step, TriggerEvent
 from connect.gateway import dispatcher as dispatcher_module
 from connect.gateway.dispatch import StepReply, WorkerStoppedResponding
-from connect.worker.connection import WorkerConnection, connect
+from connect.worker.connection import WorkerConnection
 from protocol import connect_pb2 as pb
 from protocol.payloads import STATUS_DONE
 from tests.gateway.requests import discovery_request
+from tests.gateway.stack import gateway_with_worker
 
 pytestmark = pytest.mark.anyio
 
@@ -46,15 +47,11 @@ async def stack(tmp_path: Path) -> AsyncIterator[tuple[gateway.Gateway, WorkerCo
     global RELEASE
     RELEASE = asyncio.Event()
     STARTED.clear()
-    gw = await gateway.start(tmp_path / "gw.db")
-    client.api_base_url = gw.api_url
-    worker = await connect([(client, [held])], instance_id="paths", handle_shutdown_signals=())
-    try:
-        yield gw, worker
-    finally:
-        RELEASE.set()
-        await worker.close()
-        await gw.close()
+    async with gateway_with_worker(tmp_path / "gw.db", client, [held], "paths") as (gw, worker):
+        try:
+            yield gw, worker
+        finally:
+            RELEASE.set()
 
 
 async def _started(count: int) -> None:
