@@ -132,6 +132,13 @@ def _resolve(fut: asyncio.Future[None], error: BaseException | None) -> None:
         fut.set_exception(error)
 
 
+def _answered(loop: asyncio.AbstractEventLoop, answer: bool) -> asyncio.Future[bool]:
+    """A future already holding `answer`."""
+    fut: asyncio.Future[bool] = loop.create_future()
+    fut.set_result(answer)
+    return fut
+
+
 def _reply_of(
     raw: bytes, response: pb.SDKResponse | None, on_settle: Callable[[bool], None] | None = None
 ) -> StepReply:
@@ -428,14 +435,12 @@ class GatewayDispatcher:
         worker that waited for the refusal would send."""
         loop = asyncio.get_running_loop()
         pending = self._pending.get(request_id)
-        refused: asyncio.Future[bool] = loop.create_future()
-        refused.set_result(False)
         if pending is None or pending.reply is not None or pending.checkpointing is not None:
-            return refused
+            return _answered(loop, False)
         lease = self.leases.get(request_id)
         if pending.checkpoint is None or lease is None or lease.instance_id != instance_id:
             pending.refused = raw
-            return refused
+            return _answered(loop, False)
         pending.checkpointing = loop.create_future()
         return self._store_checkpoint(pending, pending.checkpoint, pending.checkpointing, raw)
 
