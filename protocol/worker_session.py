@@ -111,6 +111,7 @@ class WorkerSession:
         self._hello = hello
         self._apps = app_names
         self._out: list[bytes] = []
+        self._acks: list[bytes] = []  # sent ahead of `_out`; the worker may hold them back
         self._handshake_deadline = now + handshake_timeout
         self._heartbeat_override = heartbeat_interval
         self.heartbeat_interval = heartbeat_interval or limits.HEARTBEAT_INTERVAL
@@ -119,8 +120,19 @@ class WorkerSession:
         self._outstanding_heartbeats = 0
 
     def data_to_send(self) -> list[bytes]:
+        """Every queued frame, request ACKs first (a reply never comes before
+        its request's ACK)."""
         out, self._out = self._out, []
+        if self._acks:
+            out[:0] = self._acks
+            self._acks = []
         return out
+
+    @property
+    def more_than_acks(self) -> bool:
+        """Something besides request ACKs is queued: a write now would not
+        just carry ACKs the worker holds back for their replies."""
+        return bool(self._out)
 
     @property
     def accepting(self) -> bool:
@@ -273,5 +285,5 @@ class WorkerSession:
         if req.app_name not in self._apps:
             return [Ignored(req.request_id, f"unknown app {req.app_name!r}")]
         ack = frames.echo_request(pb.WorkerRequestAckData, req)
-        self._out.append(frames.encode(pb.WORKER_REQUEST_ACK, ack))
+        self._acks.append(frames.encode(pb.WORKER_REQUEST_ACK, ack))
         return [Execute(req)]

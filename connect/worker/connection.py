@@ -546,10 +546,14 @@ class WorkerConnection:
             self._spawn(self._flush_quietly(sock))
 
     def _flush_now(self, sock: _Socket) -> bool:
-        """Send what the session queued, in one write, if that needs no wait."""
+        """Send what the session queued, in one write, if that needs no wait.
+        ACKs held back for their replies (`_receive`) do not make a write on
+        their own: they leave with the next frame or when the window ends."""
         if not sock.ws.writable_now():
             return False
-        if sock.ack_flush is not None:  # held ACKs leave with this write
+        if sock.ack_flush is not None:
+            if not sock.session.more_than_acks:
+                return True
             sock.ack_flush.cancel()
             sock.ack_flush = None
         frames = sock.session.data_to_send()

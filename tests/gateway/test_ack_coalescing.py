@@ -32,7 +32,7 @@ from tests.gateway.stack import gateway_with_worker
 pytestmark = pytest.mark.anyio
 
 client = Client(app_id="acks")
-RELEASE = asyncio.Event()
+RELEASE = asyncio.Event()  # a new one per test (`stack`): an Event keeps the loop it was first awaited on
 
 
 @client.create_function(fn_id="quick", trigger=TriggerEvent(event="acks/quick"))
@@ -62,7 +62,8 @@ def writes(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
 
 @pytest.fixture
 async def stack(tmp_path: Path) -> AsyncIterator[tuple[gateway.Gateway, WorkerConnection]]:
-    RELEASE.clear()
+    global RELEASE
+    RELEASE = asyncio.Event()
     async with gateway_with_worker(tmp_path / "gw.db", client, [quick, slow], "acks") as (gw, worker):
         try:
             yield gw, worker
@@ -106,3 +107,20 @@ async def test_a_long_steps_ack_leaves_within_the_window(
         assert (await task).status == STATUS_DONE
     sent = kinds(writes)
     assert sent.index(pb.WORKER_REQUEST_ACK) < sent.index(pb.WORKER_REPLY)
+
+
+async def test_a_held_ack_waits_through_the_workers_timer_ticks(
+    stack: tuple[gateway.Gateway, WorkerConnection], writes: list[list[int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's housekeeping wakes at least once a second and flushes
+    what its connections queued; ACKs held for their replies are not that."""
+    gw, _ = stack
+    monkeypatch.setattr(limits, "ACK_COALESCE_WINDOW", 30.0)
+    writes.clear()
+    task = asyncio.create_task(gw.dispatcher.dispatch(request("slow")))
+    await asyncio.sleep(2.5)  # two ticks at least
+    assert writes == []
+    RELEASE.set()
+    async with asyncio.timeout(10):
+        assert (await task).status == STATUS_DONE
+    assert writes[0] == [pb.WORKER_REQUEST_ACK, pb.WORKER_REPLY], writes

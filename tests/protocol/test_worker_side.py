@@ -72,6 +72,21 @@ def test_request_is_acked_then_executed_and_unknown_app_ignored() -> None:
     assert s.data_to_send() == []
 
 
+def test_acks_leave_ahead_of_other_frames_and_are_told_apart() -> None:
+    def request(rid: str) -> bytes:
+        return frames.encode(pb.GATEWAY_EXECUTOR_REQUEST, pb.GatewayExecutorRequestData(request_id=rid, app_name="app"))
+
+    s = active()
+    s.data_to_send()
+    s.receive(request("r1"), T0)
+    assert not s.more_than_acks  # only an ACK queued: the worker may hold it back
+    assert s.send_reply_bytes(b"reply-1")
+    s.receive(request("r2"), T0)
+    assert s.more_than_acks
+    assert kinds(s) == [pb.WORKER_REQUEST_ACK, pb.WORKER_REQUEST_ACK, pb.WORKER_REPLY]
+    assert not s.more_than_acks and s.data_to_send() == []
+
+
 def test_heartbeat_schedule_and_dead_gateway() -> None:
     s = active()
     s.data_to_send()
