@@ -46,6 +46,7 @@ import httpx
 
 from bench import procs, profiles, scenario
 from bench.stats import summary_ms
+from protocol import limits
 
 PER_CLIENT = 2500
 HEARTBEAT = 2.0
@@ -311,21 +312,22 @@ def run(opts: scenario.Options, children: procs.Children) -> dict[str, Any]:
     port, gw_port = procs.free_port(), procs.free_port()
     db = opts.workdir / "idle.db"
     url = f"http://127.0.0.1:{port}"
-    gw_args = procs.python(
-        "-m",
-        "bench.idle",
-        "--role-gateway",
-        "--port",
-        str(port),
-        "--gateway-port",
-        str(gw_port),
-        "--db",
-        str(db),
-        "--heartbeat",
-        str(HEARTBEAT),
-    )
+    reconnect_heartbeat = float(opts.extra.reconnect_heartbeat or limits.HEARTBEAT_INTERVAL)
 
-    def start_gateway(name: str) -> tuple[procs.Child, float]:
+    def start_gateway(name: str, heartbeat: float) -> tuple[procs.Child, float]:
+        gw_args = procs.python(
+            "-m",
+            "bench.idle",
+            "--role-gateway",
+            "--port",
+            str(port),
+            "--gateway-port",
+            str(gw_port),
+            "--db",
+            str(db),
+            "--heartbeat",
+            str(heartbeat),
+        )
         t0 = time.monotonic()
         gw = children.start(name, gw_args)
 
@@ -340,7 +342,7 @@ def run(opts: scenario.Options, children: procs.Children) -> dict[str, Any]:
         procs.wait_until(up, 60, "the platform", interval=0.01)
         return gw, time.monotonic() - t0
 
-    gw, _ = start_gateway("idle-platform-1")
+    gw, _ = start_gateway("idle-platform-1", HEARTBEAT)
     time.sleep(2.0)
     rss0 = gw.rss()
     c0 = gw.cpu_seconds()
@@ -413,7 +415,7 @@ def run(opts: scenario.Options, children: procs.Children) -> dict[str, Any]:
     t_start_wall = time.time()
     t_start = time.monotonic()
     clients_cpu0 = sum(c.cpu_seconds() for c in clients)
-    gw, startup_s = start_gateway("idle-platform-2")
+    gw, startup_s = start_gateway("idle-platform-2", reconnect_heartbeat)
     t_up_wall = time.time()
     spy = None
     profile_s = opts.pick(20.0, 8.0)
@@ -465,6 +467,7 @@ def run(opts: scenario.Options, children: procs.Children) -> dict[str, Any]:
         "min_ready_during_heartbeats": min_ready,
         "down_detect_s": down_s,
         "restart_startup_s": startup_s,
+        "reconnect_heartbeat_interval_s": reconnect_heartbeat,
         "reconnect_all_s": reconnect_s,
         "reconnected": reconnected,
         "reconnect_all_from_up_s": None if reconnect_s is None else reconnect_s - startup_s,
@@ -494,6 +497,12 @@ def run(opts: scenario.Options, children: procs.Children) -> dict[str, Any]:
 
 def _args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--connections", type=int, default=None, help="idle connections (default 10000; quick 2000)")
+    parser.add_argument(
+        "--reconnect-heartbeat",
+        type=float,
+        default=None,
+        help=f"heartbeat interval of the restarted platform (default {limits.HEARTBEAT_INTERVAL:g} s, the product's)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
