@@ -14,6 +14,9 @@ in the ledger's in-flight set (and those requests' replies and checkpoints)
 across. A new request's WORKER_REQUEST_ACK is held back for up to
 `limits.ACK_COALESCE_WINDOW`: a step that finishes sooner sends its ACK and
 its reply (or first checkpoint) in one write, and the gateway wakes once.
+Held ACKs never make a write of their own before the window ends (no flush
+with nothing else to send takes them); any other frame sent meanwhile
+carries them.
 
 The connection's loop has a poll window (`connect.polling`; at most
 `connect(poll_window=...)` or `CONNECT_POLL_WINDOW_MS`, 1 ms by default, 0
