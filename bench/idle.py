@@ -21,6 +21,10 @@ Figures:
   process's start, and from the moment it answers /health), with the
   per-connection distribution, the number of failed attempts and the
   kernel's count of connections a full accept queue dropped (ListenDrops).
+  The restarted platform announces the product's heartbeat interval (10 s;
+  `--reconnect-heartbeat` to change it): the 2 s of the heartbeat window
+  would add 5,000 heartbeats a second to the herd, which no default fleet
+  sends.
 
 `python -m bench.idle` runs it alone (`--connections N` to change the count).
 """
