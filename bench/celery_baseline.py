@@ -59,15 +59,14 @@ def start_redis(children: procs.Children) -> tuple[str, procs.Child]:
     return f"redis://127.0.0.1:{port}/0", child
 
 
-def run(opts: scenario.Options, children: procs.Children) -> dict[str, Any]:
+def start_celery(children: procs.Children) -> tuple[procs.Child, procs.Child]:
+    """`redis-server` and a Celery worker (2 prefork processes), ready for
+    tasks; returns (worker, redis). The worker inherits this process's
+    environment; `BENCH_REDIS_URL` is set here before `bench.celery_tasks`
+    is imported."""
     url, redis_proc = start_redis(children)
-    listener = Listener()
     os.environ["BENCH_REDIS_URL"] = url
-    os.environ[NOTIFY_ENV] = listener.address
-    import celery
-    from celery import chain
-
-    from bench.celery_tasks import app, noop
+    from bench.celery_tasks import noop
 
     worker = children.start(
         "celery-worker",
@@ -98,9 +97,50 @@ def run(opts: scenario.Options, children: procs.Children) -> dict[str, Any]:
         except Exception:
             if time.monotonic() > deadline or not worker.alive():
                 raise RuntimeError(f"celery worker did not start:\n{worker.tail()}") from None
+    return worker, redis_proc
 
-    def five(key: str | None = None) -> Any:
-        return chain(*[noop.si() for _ in range(CHAIN - 1)], noop.si(key)).apply_async()
+
+def stop_celery(worker: procs.Child, redis_proc: procs.Child) -> None:
+    """Stop what `start_celery` started, dropping this process's result handles first."""
+    from bench.celery_tasks import app
+
+    _forget_results(app)
+    worker.stop()
+    redis_proc.stop()
+
+
+def five(key: str | None = None) -> Any:
+    """A chain of `CHAIN` no-op tasks, submitted; the last one names `key`."""
+    from celery import chain
+
+    from bench.celery_tasks import noop
+
+    return chain(*[noop.si() for _ in range(CHAIN - 1)], noop.si(key)).apply_async()
+
+
+def chains_one_at_a_time(count: int) -> tuple[list[float], list[float]]:
+    """`count` chains one after another: each one's latency by the stored
+    rule (the last task's `date_done` minus the wall time just before it was
+    submitted) and as `.get()` saw it (seconds)."""
+    stored: list[float] = []
+    client: list[float] = []
+    for _ in range(count):
+        t_wall = time.time()
+        t0 = time.perf_counter()
+        res = five()
+        res.get(timeout=10)
+        client.append(time.perf_counter() - t0)
+        stored.append(res.date_done.timestamp() - t_wall)
+    return stored, client
+
+
+def run(opts: scenario.Options, children: procs.Children) -> dict[str, Any]:
+    listener = Listener()
+    os.environ[NOTIFY_ENV] = listener.address  # the worker reports each chain's last task
+    worker, redis_proc = start_celery(children)
+    import celery
+
+    from bench.celery_tasks import app, noop
 
     # --- single task round trip
     for _ in range(50):
@@ -112,17 +152,8 @@ def run(opts: scenario.Options, children: procs.Children) -> dict[str, Any]:
         rtt.append(time.perf_counter() - t0)
 
     # --- one chain at a time
-    for _ in range(20):
-        five().get(timeout=10)
-    chain_stored: list[float] = []
-    chain_client: list[float] = []
-    for _ in range(opts.count(300, 100)):
-        t_wall = time.time()
-        t0 = time.perf_counter()
-        res = five()
-        res.get(timeout=10)
-        chain_client.append(time.perf_counter() - t0)
-        chain_stored.append(res.date_done.timestamp() - t_wall)
+    chains_one_at_a_time(20)
+    chain_stored, chain_client = chains_one_at_a_time(opts.count(300, 100))
 
     # --- throughput with IN_FLIGHT chains in flight
     results: dict[str, str] = {}

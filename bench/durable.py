@@ -23,6 +23,16 @@ through the gateway, storing every step's result, until the run ends.
   which touches no Celery worker, so both drivers now stay out of the timed
   path. A readback that still finds the run running is counted
   (`run_early_reads`): that run's latency includes the disturbance;
+- Celery's baseline for this latency is measured here too, interleaved:
+  `redis-server` and the Celery worker of `bench.celery_baseline` run
+  beside `connect dev`, and the runs one at a time go in `BLOCKS` blocks,
+  each followed by as many 5-task chains one at a time (the same rule:
+  the last task's stored `date_done` minus the wall time just before
+  submission). Measured minutes apart, in separate scenarios, the two p50s
+  each moved with the host by up to 1.7x between runs, and not together,
+  so their ratio moved more than either system; alternated, both see the
+  same moments. The CPU shares of the runs one at a time count our blocks
+  only;
 - events are posted with the standard library's `http.client` over one
   keep-alive connection: the driver's own cost should not count as ours,
   and `httpx` spends about 0.3 ms more per POST on this machine;
@@ -43,13 +53,14 @@ import json
 import random
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
-from bench import procs, profiles, scenario
+from bench import celery_baseline, procs, profiles, scenario
 from bench.dispatch import start_worker
 from bench.load import closed_loop
 from bench.notify import ENV as NOTIFY_ENV
@@ -62,6 +73,8 @@ EVENT = "bench/five"
 #: From the last step's datagram to the first readback of a run one at a time
 #: (see the module doc): the rest of a run takes about 0.4 ms after it here.
 READBACK_DELAY = 0.002
+#: Blocks of runs one at a time, each followed by as many of Celery's chains.
+BLOCKS = 10
 
 
 _dither = random.Random(5)
@@ -160,9 +173,13 @@ def measure(
     tag: str,
     checkpoints: bool = True,
     env: dict[str, str] | None = None,
+    baseline: Callable[[int], list[float]] | None = None,
 ) -> dict[str, Any]:
     """`checkpoints=False` runs `connect dev --no-checkpoint-steps`: one step per
-    request. `env` goes to `connect dev` and the worker."""
+    request. `env` goes to `connect dev` and the worker. `baseline(n)`, when
+    given, measures n of the baseline's chains one at a time (latencies in
+    seconds); the runs one at a time then alternate with it in `BLOCKS`
+    blocks (see the module doc)."""
     dev, url = start_dev(children, opts, tag, checkpoints=checkpoints, env=env)
     listener = Listener()
     worker = start_worker(
@@ -200,28 +217,44 @@ def measure(
         if sequential:
             lat: list[float] = []
             early_reads = 0
-            c0 = (time.monotonic(), dev.cpu_seconds(), worker.cpu_seconds())
-            for i in range(sequential + 10):
-                key = f"s{i}"
-                t_send = time.time()
-                submit([key])
-                got: list[tuple[str, float]] = []
-                limit = time.monotonic() + 30
-                while not any(k == key for k, _ in got) and time.monotonic() < limit:
-                    got += listener.poll(1.0)
-                time.sleep(READBACK_DELAY)
-                ended, early = _ended_at(http, sent_ids[key])
-                if ended is None:
-                    raise RuntimeError(f"run of {key} did not end")
-                if i >= 10:  # the first ones warm up
-                    lat.append(_restored(ended) - t_send)
-                    early_reads += early > 0
-            c1 = (time.monotonic(), dev.cpu_seconds(), worker.cpu_seconds())
+            blocks = BLOCKS if baseline is not None else 1
+            base: list[float] = []
+            if baseline is not None:
+                baseline(20)  # the first ones warm up
+            wall = dev_cpu = worker_cpu = 0.0
+            done = 0
+            for block in range(blocks):
+                n = sequential * (block + 1) // blocks - done
+                c0 = (time.monotonic(), dev.cpu_seconds(), worker.cpu_seconds())
+                for i in range(n + (10 if block == 0 else 0)):
+                    key = f"s{block}-{i}"
+                    t_send = time.time()
+                    submit([key])
+                    got: list[tuple[str, float]] = []
+                    limit = time.monotonic() + 30
+                    while not any(k == key for k, _ in got) and time.monotonic() < limit:
+                        got += listener.poll(1.0)
+                    time.sleep(READBACK_DELAY)
+                    ended, early = _ended_at(http, sent_ids[key])
+                    if ended is None:
+                        raise RuntimeError(f"run of {key} did not end")
+                    if block > 0 or i >= 10:  # the first ones warm up
+                        lat.append(_restored(ended) - t_send)
+                        early_reads += early > 0
+                c1 = (time.monotonic(), dev.cpu_seconds(), worker.cpu_seconds())
+                wall, dev_cpu, worker_cpu = wall + c1[0] - c0[0], dev_cpu + c1[1] - c0[1], worker_cpu + c1[2] - c0[2]
+                done += n
+                if baseline is not None:
+                    base += baseline(n)
             s = summary_ms(lat)
             out["run_p50_ms"], out["run_p99_ms"], out["run_n"] = s["p50_ms"], s["p99_ms"], s["n"]
             out["run_early_reads"] = early_reads
-            out["sequential_dev_cpu_share"] = (c1[1] - c0[1]) / (c1[0] - c0[0])
-            out["sequential_worker_cpu_share"] = (c1[2] - c0[2]) / (c1[0] - c0[0])
+            out["sequential_dev_cpu_share"] = dev_cpu / wall
+            out["sequential_worker_cpu_share"] = worker_cpu / wall
+            if baseline is not None:
+                b = summary_ms(base)
+                out["interleaved_chain5_p50_ms"], out["interleaved_chain5_p99_ms"] = b["p50_ms"], b["p99_ms"]
+                out["interleaved_chain5_n"], out["interleaved_blocks"] = b["n"], blocks
 
         # --- IN_FLIGHT runs in flight
         if seconds:
@@ -286,15 +319,20 @@ def run(opts: scenario.Options, children: procs.Children) -> dict[str, Any]:
     from connect.polling import DEFAULT_WINDOW
 
     common: dict[str, Any] = {"worker_kind": "ours", "sequential": opts.count(300, 100)}
-    out = measure(
-        opts,
-        children,
-        **common,
-        seconds=opts.pick(12.0, 5.0),
-        profile_seconds=opts.pick(8.0, 4.0) if opts.profile else 0.0,
-        tag="durable",
-        env=default_poll_env(),
-    )
+    celery_worker, redis_proc = celery_baseline.start_celery(children)
+    try:
+        out = measure(
+            opts,
+            children,
+            **common,
+            seconds=opts.pick(12.0, 5.0),
+            profile_seconds=opts.pick(8.0, 4.0) if opts.profile else 0.0,
+            tag="durable",
+            env=default_poll_env(),
+            baseline=lambda n: celery_baseline.chains_one_at_a_time(n)[0],
+        )
+    finally:
+        celery_baseline.stop_celery(celery_worker, redis_proc)
     # Context: the same runs with one step per request, as the official protocol has it.
     one = measure(
         opts,
