@@ -75,8 +75,9 @@ EVENT = "bench/five"
 READBACK_DELAY = 0.002
 #: Blocks of runs one at a time, each followed by as many of Celery's chains.
 BLOCKS = 10
-#: Runs (and chains) at the start of each block that are not counted: the
-#: first after the other side's block find caches and poll windows cold.
+#: Runs (and chains) at the start of each block that are not counted: they
+#: follow the other side's block (see bench/README.md: our window-on p50
+#: still gains less beside Celery's blocks, for reasons not known).
 BLOCK_WARMUP = 5
 
 
