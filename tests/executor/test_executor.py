@@ -284,6 +284,19 @@ async def test_events_ids_and_duplicates(harness: Harness) -> None:
     assert len(await harness.executor.runs_for_event("evt-1")) == 1
 
 
+async def test_the_runs_an_event_starts_send_their_first_requests_before_it_is_answered(harness: Harness) -> None:
+    await harness.deploy("first", "shop/first", lambda step, ctx: 1)
+    await harness.deploy("second", "shop/first", lambda step, ctx: 2)
+    # send_events returns what the event API answers with: by then both runs
+    # have handed their first request over (no await between the two lines).
+    [event_id] = await harness.executor.send_events([IncomingEvent(name="shop/first")])
+    assert len(harness.worker.request_ids) == 2
+    runs = await harness.executor.runs_for_event(event_id)
+    assert len(runs) == 2
+    for run in runs:
+        await harness.finished(run["run_id"])
+
+
 async def test_parallel_steps_run_one_after_another(harness: Harness) -> None:
     def fn(step: Step, ctx: Ctx) -> Any:
         p = step.parallel([("p1", lambda _: 1), ("p2", lambda _: 2)])
