@@ -31,7 +31,10 @@ to the next step in the same request; the request's attempt count starts
 again, as the next discovery's would. A checkpoint is refused (and the
 worker ends the request with the step, as without checkpoints) once a
 cancellation is asked for, after `MAX_CHECKPOINTS_PER_REQUEST`, or when the
-run has anything else outstanding.
+run has anything else outstanding. A checkpoint whose request's reply came
+right behind it (the handler returned after that step) is joined to that
+reply: the step is stored by the commit that handles the reply, so a run's
+last step and its end are one commit.
 """
 
 from __future__ import annotations
@@ -63,9 +66,11 @@ from connect.gateway.dispatch import (
     AtCapacity,
     Dispatcher,
     DispatchError,
+    Join,
     NoWorker,
     StepReply,
     StepRequest,
+    Stored,
 )
 from connect.store.base import (
     CANCELLED,
@@ -76,6 +81,7 @@ from connect.store.base import (
     WAIT_EVENT,
     WAIT_INVOKE,
     WAIT_SLEEP,
+    NewEvent,
     PendingRequest,
     RunRecord,
     StepMemo,
@@ -231,6 +237,9 @@ class Runner:
         self._cancel_asked = False
         #: Checkpoints stored per request id (see `_on_checkpoint`).
         self._checkpoints: dict[str, int] = {}
+        #: Checkpointed steps taken to be stored by the next commit, the one
+        #: that handles the reply right behind them (see `_on_checkpoint`).
+        self._joined: list[tuple[StepMemo, Stored]] = []
 
     # --- loading --------------------------------------------------------------------
 
@@ -269,6 +278,7 @@ class Runner:
 
     def _reset(self) -> None:
         assert self.run is not None
+        self._drop_joined()
         self._tasks = {}
         self._forwarded = set()
         self._fresh = set()
@@ -327,6 +337,7 @@ class Runner:
                 task.cancel()
             self._tasks.clear()
             self._forwarded.clear()
+            self._drop_joined()
             self._settle_unhandled()
 
     def _settle_unhandled(self) -> None:
@@ -349,12 +360,19 @@ class Runner:
             self._add_discovery()
             changed = True
         if changed:
-            await self._s.store.save_run(run)
+            await self._save()
 
     async def _handle(self, message: Message) -> None:
         """Handle one message (one at a time: `drive` awaits each)."""
         try:
             await self._handle_message(message)
+            if self._joined:
+                # Handling the reply committed nothing: its checkpointed step
+                # is stored on its own, before the reply is settled.
+                await self._save()
+        except BaseException:
+            self._drop_joined()  # before the reply is settled (see `Join`)
+            raise
         finally:
             if isinstance(message, _Replied):
                 # The worker is acknowledged now if a commit of this run consumed
@@ -516,9 +534,13 @@ class Runner:
             and run.requests[0].request_id == request_id
         )
 
-    async def _on_checkpoint(self, request_id: str, reply: StepReply) -> bool:
+    async def _on_checkpoint(self, request_id: str, reply: StepReply, join: Join | None = None) -> bool:
         """Store one step a worker ran in request `request_id`, which goes on
-        running; True once stored. Runs while `drive` awaits that request."""
+        running; True once stored. Runs while `drive` awaits that request.
+
+        With `join`, the request's reply is already in (the handler returned
+        after this step): the step is taken now and stored by the commit
+        that handles that reply, which comes next (see `StepRequest.checkpoint`)."""
         run = self.run
         assert run is not None
         if (
@@ -541,12 +563,15 @@ class Runner:
         run.requests[0] = msgspec.structs.replace(pending, attempt=0, wake_at_ms=0)
         if reply.request_version > 0:
             run.request_version = reply.request_version
-        try:
-            await self._s.store.save_run(run, memos=[memo])
-        except BaseException:
-            if run.requests and run.requests[0].request_id == request_id:
-                run.requests[0] = pending
-            raise
+        if join is not None:
+            self._joined.append((memo, join()))
+        else:
+            try:
+                await self._save(memos=[memo])
+            except BaseException:
+                if run.requests and run.requests[0].request_id == request_id:
+                    run.requests[0] = pending
+                raise
         self.memos.setdefault(op.id, msgspec.Raw(memo.result))
         self._checkpoints[request_id] = self._checkpoints.get(request_id, 0) + 1
         self._has_replied = True
@@ -722,9 +747,7 @@ class Runner:
         if not run.requests and not run.waiting:
             self._add_discovery()
         try:
-            stored = await self._s.store.save_run(
-                run, memos=list(memos), consumed_request_id=consumed, events=intake.batch if intake else None
-            )
+            stored = await self._save(memos=memos, consumed=consumed, events=intake.batch if intake else None)
         except BaseException:
             if intake:
                 self._host.discard_intake(intake)
@@ -736,6 +759,36 @@ class Runner:
             self._host.arm_waiting(self, new_waiting)
         if intake:
             self._host.apply_events(intake, stored)
+
+    async def _save(
+        self,
+        *,
+        memos: Sequence[StepMemo] = (),
+        consumed: str | None = None,
+        events: list[NewEvent] | None = None,
+    ) -> list[bool]:
+        """The run's state, `memos` and any joined checkpointed steps in one
+        commit; each joined step learns the outcome before this returns."""
+        run = self.run
+        assert run is not None
+        joined, self._joined = self._joined, []
+        try:
+            stored = await self._s.store.save_run(
+                run, memos=[*(memo for memo, _ in joined), *memos], consumed_request_id=consumed, events=events
+            )
+        except BaseException:
+            for _, told in joined:
+                told(False)
+            raise
+        for _, told in joined:
+            told(True)
+        return stored
+
+    def _drop_joined(self) -> None:
+        """Joined steps no commit will carry now: refused after all."""
+        joined, self._joined = self._joined, []
+        for _, told in joined:
+            told(False)
 
     def _add_discovery(self) -> None:
         run = self.run
@@ -820,7 +873,7 @@ class Runner:
         )
         intake = self._host.prepare_events(events, now_ms)
         try:
-            stored = await self._s.store.save_run(run, consumed_request_id=consumed, events=intake.batch)
+            stored = await self._save(consumed=consumed, events=intake.batch)
         except BaseException:
             self._host.discard_intake(intake)
             raise

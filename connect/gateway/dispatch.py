@@ -13,6 +13,11 @@ from typing import Protocol
 
 import msgspec
 
+#: Told whether the commit that carried a joined checkpoint's step succeeded.
+Stored = Callable[[bool], None]
+#: Joins a checkpoint's step to the reply right behind it (see `StepRequest.checkpoint`).
+Join = Callable[[], Stored]
+
 
 class StepRequest(msgspec.Struct, frozen=True):
     """One call request for one run.
@@ -43,7 +48,17 @@ class StepRequest(msgspec.Struct, frozen=True):
     #: with one StepRun op) while `dispatch` still waits. It returns True
     #: once the step is durably stored, which lets the worker go on to the
     #: next step in the same request; False ends the request with the step.
-    checkpoint: Callable[[StepReply], Awaitable[bool]] | None = None
+    #:
+    #: The second argument is None unless the request's reply came right
+    #: behind the checkpoint (the handler returned after that step). Then the
+    #: caller may store the step with the reply instead, in the one commit
+    #: that handles the reply: it calls `join()` once it has taken the step
+    #: (the reply is handed over at once) and later calls the `Stored` that
+    #: `join()` returns, exactly once, with that commit's outcome, before it
+    #: settles the reply. What it returns is then ignored: the answer is the
+    #: commit's. Not calling `join()` stores the step first, as without a
+    #: reply behind it.
+    checkpoint: Callable[[StepReply, Join | None], Awaitable[bool]] | None = None
 
 
 class StepReply(msgspec.Struct, frozen=True):

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from connect.gateway.capacity import InstanceCapacity
 from connect.gateway.connection import Connection
-from connect.gateway.dispatch import NoWorker, StepReply, StepRequest, WorkerStoppedResponding
+from connect.gateway.dispatch import Join, NoWorker, StepReply, StepRequest, Stored, WorkerStoppedResponding
 from connect.gateway.routing import Router
 from protocol import connect_pb2 as pb
 from protocol import limits
@@ -89,7 +89,7 @@ class _Pending:
         self,
         wake: asyncio.Future[None],
         takes_over: bool,
-        checkpoint: Callable[[StepReply], Awaitable[bool]] | None,
+        checkpoint: Callable[[StepReply, Join | None], Awaitable[bool]] | None,
     ) -> None:
         self.wake = wake
         self.takes_over = takes_over
@@ -98,7 +98,8 @@ class _Pending:
         self.checkpointing: asyncio.Future[None] | None = None
         # The worker's reply came while a checkpoint was being stored, and waits for it.
         self.reply_behind = False
-        # The last refused checkpoint: it stands in for the request's reply.
+        # The last refused checkpoint: it stands in for the request's reply
+        # (also one joined to the reply whose commit failed).
         self.refused: bytes | None = None
         self.acked: bool | None = None
         self.reply: StepReply | None = None
@@ -358,7 +359,9 @@ class GatewayDispatcher:
             if committed:
                 done(None)  # the caller's commit holds it
             else:
-                self._store_reply(request_id, raw, None, done)
+                # A checkpoint joined to this reply and not stored (see
+                # `_store_checkpoint`) is what the request answered.
+                self._store_reply(request_id, pending.refused or raw, None, done)
 
         pending.reply = _reply_of(raw, response, on_settle)
         pending.poke()
@@ -418,7 +421,9 @@ class GatewayDispatcher:
         elif (error := task.exception()) is not None:
             done(error)
 
-    def accept_checkpoint(self, raw: bytes, request_id: str, instance_id: str) -> Awaitable[bool]:
+    def accept_checkpoint(
+        self, raw: bytes, request_id: str, instance_id: str, response: pb.SDKResponse | None = None
+    ) -> Awaitable[bool]:
         """Hand a worker's checkpoint to the request's caller; the result is
         True once the step is durably stored. False (the worker ends the
         request with the step) when the request offers no checkpoints, is
@@ -426,7 +431,9 @@ class GatewayDispatcher:
         one checkpoint being stored already.
 
         Whether the checkpoint is taken is decided at the call, so a reply
-        taken after it (the next frame of the same read) waits for it.
+        taken after it (the next frame of the same read) waits for it, or is
+        stored with it (see `_store_checkpoint`). `response` is `raw` parsed,
+        if the caller has it.
 
         A worker may send its reply right behind a checkpoint, before the
         answer (our worker does when the handler returns after its last
@@ -442,23 +449,55 @@ class GatewayDispatcher:
             pending.refused = raw
             return _answered(loop, False)
         pending.checkpointing = loop.create_future()
-        return self._store_checkpoint(pending, pending.checkpoint, pending.checkpointing, raw)
+        return self._store_checkpoint(pending, pending.checkpoint, pending.checkpointing, raw, response)
 
     @staticmethod
     async def _store_checkpoint(
         pending: _Pending,
-        checkpoint: Callable[[StepReply], Awaitable[bool]],
+        checkpoint: Callable[[StepReply, Join | None], Awaitable[bool]],
         decided: asyncio.Future[None],
         raw: bytes,
+        response: pb.SDKResponse | None,
     ) -> bool:
+        """Hand the checkpoint (`raw`, parsed as `response` if the caller has
+        it) to the request's caller; True once it is stored.
+
+        Starting a loop turn after the checkpoint was taken, this knows
+        whether the request's reply came in the same read. If so, the caller
+        may join the step to that reply (see `StepRequest.checkpoint`): the
+        reply is handed over at once and one commit stores both, so a run's
+        last step and its end cost one commit instead of two. The answer
+        then waits for that commit; if it fails, the checkpoint is refused
+        after all and the request's reply, should the dispatcher have to
+        store it, is the checkpoint."""
+        joined: asyncio.Future[bool] | None = None
+
+        def join() -> Stored:
+            nonlocal joined
+            joined = asyncio.get_running_loop().create_future()
+            pending.checkpointing = None
+            decided.set_result(None)  # the reply behind it goes on
+
+            def stored_with_reply(ok: bool) -> None:
+                # Called before the reply is settled: a failed commit must make
+                # the checkpoint the reply the dispatcher stores (`_hand_over`).
+                pending.refused = None if ok else raw
+                if joined is not None and not joined.done():
+                    joined.set_result(ok)
+
+            return stored_with_reply
+
         stored = False
         try:
-            stored = await checkpoint(reply_from_bytes(raw))
+            stored = await checkpoint(_reply_of(raw, response), join if pending.reply_behind else None)
+            if joined is not None:
+                stored = await joined
             return stored
         finally:
-            pending.refused = None if stored else raw
-            pending.checkpointing = None
-            decided.set_result(None)
+            if joined is None:
+                pending.refused = None if stored else raw
+                pending.checkpointing = None
+                decided.set_result(None)
 
     def reply_behind(self, request_id: str) -> bool:
         """Whether the request's reply came while its checkpoint was being

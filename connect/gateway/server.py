@@ -285,7 +285,7 @@ class GatewayServer:
                 conn.worker_answered()
                 rid = response.request_id
                 # Taken or refused now: a reply behind it in this read waits for it.
-                storing = self.dispatcher.accept_checkpoint(raw, rid, conn.instance_id)
+                storing = self.dispatcher.accept_checkpoint(raw, rid, conn.instance_id, response)
                 self._spawn(self._checkpoint(conn, rid, storing))
             case gs.LeaseExtension(data=data):
                 self._spawn(self._extend(conn, data))
@@ -337,16 +337,20 @@ class GatewayServer:
         conn.flush_later()
 
     async def _checkpoint(self, conn: Connection, request_id: str, storing: Awaitable[bool]) -> None:
+        # Known now if the reply came in the same read: the executor may then
+        # store the step with it, and the request is over before the answer.
+        behind = self.dispatcher.reply_behind(request_id)
         try:
             stored = await storing
         except Exception:
             log.exception("storing a checkpoint of request %s failed", request_id)
             stored = False  # the worker ends the request with the step: its reply is stored instead
         conn.session.ack_checkpoint(request_id, stored)
-        if self.dispatcher.reply_behind(request_id):
+        if behind or self.dispatcher.reply_behind(request_id):
             # The worker returned after this step and waits for no answer;
-            # its reply is taken next, and the write of the reply's ACK
-            # carries this answer out (`_replied` flushes, or `_close` does).
+            # its reply is taken next (or was, stored with this step), and
+            # the write of the reply's ACK carries this answer out
+            # (`_replied` flushes, or `_close` does).
             return
         conn.flush_soon()  # the worker waits for this before its next step
         conn.awaits_worker()

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import anyio
 import msgspec
 import pytest
 
@@ -48,6 +49,11 @@ class CheckpointingWorker(ScriptedWorker):
     answers: list[bool] = field(default_factory=list)
     #: Awaited before each step's checkpoint; may send checkpoints of its own, or raise.
     before_checkpoint: Hook | None = None
+    #: Return right after the last step, as our worker does: its reply is
+    #: offered with the checkpoint (`join`) and follows it at once.
+    reply_behind_last: bool = False
+    #: The commit outcomes each joined step was told, in order.
+    joined: list[bool] = field(default_factory=list)
 
     async def dispatch(self, request: StepRequest) -> StepReply:
         self.received.append(request)
@@ -60,13 +66,27 @@ class CheckpointingWorker(ScriptedWorker):
                 return reply
             if self.before_checkpoint is not None:
                 await self.before_checkpoint(request, reply)
-            stored = await request.checkpoint(reply)
+            [op] = json.loads(reply.body)
+            after = json.loads(json.dumps(body))
+            after["steps"][op["id"]] = {"data": op["data"]}
+            after["ctx"]["attempt"] = 0
+            final = None
+            if self.reply_behind_last:
+                final = self._run(msgspec.structs.replace(request, payload=json.dumps(after).encode()))
+                if final.status != STATUS_DONE:
+                    final = None
+            if final is not None:
+                # The gateway hands the reply over once the step is joined to it.
+                await request.checkpoint(reply, self._join)
+                return final
+            stored = await request.checkpoint(reply, None)
             self.answers.append(stored)
             if not stored:
                 return reply
-            [op] = json.loads(reply.body)
-            body["steps"][op["id"]] = {"data": op["data"]}
-            body["ctx"]["attempt"] = 0
+            body = after
+
+    def _join(self) -> Callable[[bool], None]:
+        return self.joined.append
 
 
 def _one_step_run(reply: StepReply) -> bool:
@@ -131,6 +151,34 @@ async def test_every_step_is_stored_and_the_run_ends_in_one_request(hs: Checkpoi
     assert hs.worker.executions == {"a": 1, "b": 1, "c": 1}
 
 
+async def test_the_last_step_joined_to_the_reply_behind_it_is_stored_by_the_runs_last_commit(
+    tmp_path: Path,
+) -> None:
+    commits: dict[bool, int] = {}
+    for behind in (False, True):
+        harness = CheckpointHarness(tmp_path / f"behind-{behind}.db")
+        await harness.open()
+        try:
+            harness.worker.reply_behind_last = behind
+            await harness.deploy("fn", "shop/go", three_steps)
+            event_id = await harness.send("shop/go")
+            before = harness.store.commits
+            with anyio.fail_after(10):  # no reads meanwhile: every commit counted is the run's
+                while harness.executor.active_runs:
+                    await anyio.sleep(0.005)
+            commits[behind] = harness.store.commits - before
+            run = await harness.finished((await harness.only_run(event_id))["run_id"])
+            assert run["status"] == "Completed" and run["output"] == [1, 2, 3]
+            assert await harness.memos(run["run_id"]) == {h("a"): {"data": 1}, h("b"): {"data": 2}, h("c"): {"data": 3}}
+            assert len(harness.worker.received) == 1
+            assert harness.worker.answers == ([True, True] if behind else [True, True, True])
+            # Told once, after the commit that stored it with the run's end.
+            assert harness.worker.joined == ([True] if behind else [])
+        finally:
+            await harness.close()
+    assert commits[True] == commits[False] - 1, commits
+
+
 async def test_checkpoints_past_the_limit_are_refused_and_the_next_request_goes_on(hs: CheckpointHarness) -> None:
     count = MAX_CHECKPOINTS_PER_REQUEST + 1
 
@@ -165,7 +213,7 @@ async def test_malformed_checkpoints_are_refused_and_harm_nothing(hs: Checkpoint
             "already stored": step_run_reply(request, "a", "changed"),
         }
         for name, bad in cases.items():
-            refused[name] = await request.checkpoint(bad)
+            refused[name] = await request.checkpoint(bad, None)
 
     hs.worker.before_checkpoint = malformed
 

@@ -19,7 +19,7 @@ import pytest
 from bench import gateway
 from connect import Client, Context, Step, TriggerEvent
 from connect.gateway import connection
-from connect.gateway.dispatch import StepReply, StepRequest
+from connect.gateway.dispatch import Join, StepReply, StepRequest, Stored
 from connect.worker.connection import WorkerConnection
 from protocol import connect_pb2 as pb
 from protocol.ids import new_ulid
@@ -70,14 +70,23 @@ async def last(ctx: Context, step: Step) -> Any:
 
 @dataclass
 class Checkpoints:
-    """A request's checkpoint callable: records what it is handed."""
+    """A request's checkpoint callable: records what it is handed. With
+    `joins`, a checkpoint offered with the reply behind it is joined to that
+    reply; the test then tells the outcome through `stored`."""
 
     answer: bool = True
     gate: asyncio.Event | None = None
+    joins: bool = False
     got: list[StepReply] = field(default_factory=list)
+    offered_join: list[bool] = field(default_factory=list)
+    stored: list[Stored] = field(default_factory=list)
 
-    async def __call__(self, reply: StepReply) -> bool:
+    async def __call__(self, reply: StepReply, join: Join | None) -> bool:
         self.got.append(reply)
+        self.offered_join.append(join is not None)
+        if self.joins and join is not None:
+            self.stored.append(join())
+            return True
         if self.gate is not None:
             await self.gate.wait()
         return self.answer
@@ -88,10 +97,15 @@ class Stack:
     gw: gateway.Gateway
     worker: WorkerConnection
 
-    def request(self, fn: str, checkpoint: Checkpoints | None, *, offer: bool) -> StepRequest:
+    def request(self, fn: str, checkpoint: Checkpoints | None, *, offer: bool, takes_over: bool = False) -> StepRequest:
         """A discovery request for `fn`; `offer` sets `ctx.checkpoint_steps`."""
         return discovery_request(
-            "intake", f"intake-{fn}", f"intake/{fn}", offer_checkpoints=offer, checkpoint=checkpoint
+            "intake",
+            f"intake-{fn}",
+            f"intake/{fn}",
+            offer_checkpoints=offer,
+            checkpoint=checkpoint,
+            takes_over=takes_over,
         )
 
     async def hold(self, checkpoint: Checkpoints | None) -> tuple[StepRequest, asyncio.Task[StepReply]]:
@@ -288,3 +302,54 @@ async def test_the_answer_to_a_checkpoint_with_the_reply_behind_leaves_with_the_
     # No write of its own: the worker waits for neither, so one write carries both.
     assert [pb.WORKER_CHECKPOINT_ACK, pb.WORKER_REPLY_ACK] in gateway_writes, gateway_writes
     assert not any(write == [pb.WORKER_CHECKPOINT_ACK] for write in gateway_writes), gateway_writes
+
+
+@pytest.mark.parametrize("outcome", [True, False])
+async def test_a_step_joined_to_the_reply_behind_it_is_answered_by_the_replys_commit(
+    stack: Stack, gateway_writes: list[list[int]], outcome: bool
+) -> None:
+    checkpoints = Checkpoints(joins=True)
+    request = stack.request("last", checkpoints, offer=True, takes_over=True)
+    rid = request.request_id
+    async with asyncio.timeout(10):
+        # Handed over before the step is stored: the caller stores both at once.
+        reply = await stack.gw.dispatcher.dispatch(request)
+    assert checkpoints.offered_join == [True]
+    assert (reply.status, json.loads(reply.body)) == (STATUS_DONE, 2)
+    await asyncio.sleep(0.2)
+    assert not any(pb.WORKER_CHECKPOINT_ACK in write for write in gateway_writes), gateway_writes
+    [told] = checkpoints.stored
+    told(outcome)  # the caller's commit, then it settles the reply
+    reply.settle(outcome)
+    async with asyncio.timeout(10):
+        while not any(pb.WORKER_REPLY_ACK in write for write in gateway_writes):
+            await asyncio.sleep(0.005)
+    # The worker waits for neither: one write carries both answers.
+    [write] = [w for w in gateway_writes if pb.WORKER_REPLY_ACK in w]
+    assert sorted(write) == sorted([pb.WORKER_CHECKPOINT_ACK, pb.WORKER_REPLY_ACK]), gateway_writes
+    stored = await stack.gw.store.get_reply(rid)
+    if outcome:
+        assert stored is None  # the caller's commit holds both
+    else:
+        # Not stored with the reply: the request answered with the step, as
+        # after any refused checkpoint, and the dispatcher stored that.
+        assert stored is not None
+        response = pb.SDKResponse.FromString(stored)
+        assert (response.status, [op["displayName"] for op in json.loads(response.body)]) == (pb.NOT_COMPLETED, ["a"])
+
+
+async def test_a_checkpoint_not_joined_is_stored_before_the_reply_behind_it(stack: Stack) -> None:
+    checkpoints = Checkpoints(gate=asyncio.Event())
+    request = stack.request("last", checkpoints, offer=True)
+    task = asyncio.create_task(stack.gw.dispatcher.dispatch(request))
+    async with asyncio.timeout(10):
+        while not checkpoints.got:
+            await asyncio.sleep(0.005)
+    assert checkpoints.offered_join == [True]  # offered, not taken: the reply waits
+    await asyncio.sleep(0.2)
+    assert not task.done()
+    assert checkpoints.gate is not None
+    checkpoints.gate.set()
+    async with asyncio.timeout(10):
+        reply = await task
+    assert (reply.status, json.loads(reply.body)) == (STATUS_DONE, 2)

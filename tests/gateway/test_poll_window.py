@@ -180,7 +180,7 @@ class GatedCheckpoints:
         self.arrived = [asyncio.Event() for _ in range(count)]
         self.calls = 0
 
-    async def __call__(self, reply: Any) -> bool:
+    async def __call__(self, reply: Any, join: Any) -> bool:
         n = self.calls
         self.calls += 1
         self.arrived[n].set()
