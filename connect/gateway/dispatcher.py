@@ -463,8 +463,9 @@ class GatewayDispatcher:
         it) to the request's caller; True once it is stored.
 
         Starting a loop turn after the checkpoint was taken, this knows
-        whether the request's reply came in the same read. If so, the caller
-        may join the step to that reply (see `StepRequest.checkpoint`): the
+        whether the request's reply came in the same read. If so, and the
+        caller commits replies itself (`takes_over`), it may join the step to
+        that reply (see `StepRequest.checkpoint`): the
         reply is handed over at once and one commit stores both, so a run's
         last step and its end cost one commit instead of two. The answer
         then waits for that commit; if it fails, the checkpoint is refused
@@ -489,7 +490,9 @@ class GatewayDispatcher:
 
         stored = False
         try:
-            stored = await checkpoint(_reply_of(raw, response), join if pending.reply_behind else None)
+            # Only a caller that commits the reply itself (`takes_over`) can store both at once.
+            offer = join if pending.reply_behind and pending.takes_over else None
+            stored = await checkpoint(_reply_of(raw, response), offer)
             if joined is not None:
                 stored = await joined
             return stored

@@ -299,6 +299,7 @@ async def test_the_answer_to_a_checkpoint_with_the_reply_behind_leaves_with_the_
         while not any(pb.WORKER_REPLY_ACK in write for write in gateway_writes):
             await asyncio.sleep(0.005)
     assert (reply.status, json.loads(reply.body)) == (STATUS_DONE, 2)
+    assert checkpoints.offered_join == [False]  # the dispatcher stores this request's reply itself
     # No write of its own: the worker waits for neither, so one write carries both.
     assert [pb.WORKER_CHECKPOINT_ACK, pb.WORKER_REPLY_ACK] in gateway_writes, gateway_writes
     assert not any(write == [pb.WORKER_CHECKPOINT_ACK] for write in gateway_writes), gateway_writes
@@ -340,7 +341,7 @@ async def test_a_step_joined_to_the_reply_behind_it_is_answered_by_the_replys_co
 
 async def test_a_checkpoint_not_joined_is_stored_before_the_reply_behind_it(stack: Stack) -> None:
     checkpoints = Checkpoints(gate=asyncio.Event())
-    request = stack.request("last", checkpoints, offer=True)
+    request = stack.request("last", checkpoints, offer=True, takes_over=True)
     task = asyncio.create_task(stack.gw.dispatcher.dispatch(request))
     async with asyncio.timeout(10):
         while not checkpoints.got:
@@ -353,3 +354,4 @@ async def test_a_checkpoint_not_joined_is_stored_before_the_reply_behind_it(stac
     async with asyncio.timeout(10):
         reply = await task
     assert (reply.status, json.loads(reply.body)) == (STATUS_DONE, 2)
+    reply.settle(False)  # not committed by the test: the dispatcher stores it
