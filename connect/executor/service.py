@@ -199,8 +199,8 @@ class Executor:
         before this returns, so their first requests leave before the
         caller's answer: written first, the answer wakes the sender, which on
         a shared machine can take the CPU from this process before the run's
-        request is out (in the benchmarks on 2 vCPUs the sender ran for about
-        0.25 ms there, see bench/README.md).
+        request is out (in the benchmarks on 2 vCPUs the write of the answer
+        took about 0.25 ms to return, see bench/README.md).
         """
         now_ms = self._now_ms()
         built: list[Event] = []
