@@ -103,7 +103,17 @@ def test_sigkill_of_one_worker_reruns_only_its_in_flight_steps(dev: DevServer, t
     survivor = active_worker(dev, tmp_path, "survivor")
     try:
         ids = dev.send([{"name": "e2e/five", "data": {"delay": 0.3}} for _ in range(60)])
-        wait_until(lambda: len(started_steps(tmp_path)) > 80, 60, "load to build up")
+
+        def victim_busy() -> bool:
+            # Load built up, and steps running on the victim right now: a
+            # slow check must not find its runs already done.
+            started = started_steps(tmp_path)
+            running = {(run, step) for (run, step, w) in started if w == "victim"} - {
+                (run, step) for (run, step, pid) in _finished_rows(tmp_path) if pid == str(victim.pid)
+            }
+            return len(started) > 80 and len(running) >= 5
+
+        wait_until(victim_busy, 60, "load to build up with steps running on the victim")
         victim.signal(signal.SIGKILL)
         victim.wait(10)
         runs = dev.wait_runs(ids, timeout=120)
