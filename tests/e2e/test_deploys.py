@@ -104,25 +104,24 @@ def test_sigkill_of_one_worker_reruns_only_its_in_flight_steps(dev: DevServer, t
     try:
         ids = dev.send([{"name": "e2e/five", "data": {"delay": 0.3}} for _ in range(60)])
 
-        def victim_busy() -> bool:
-            # Load built up, and steps running on the victim right now: a
-            # slow check must not find its runs already done.
-            started = started_steps(tmp_path)
-            running = {(run, step) for (run, step, w) in started if w == "victim"} - {
-                (run, step) for (run, step, pid) in _finished_rows(tmp_path) if pid == str(victim.pid)
-            }
-            return len(started) > 80 and len(running) >= 5
+        def on_victim_unfinished() -> set[tuple[str, str]]:
+            """Steps the victim started and did not finish (running, or cut short by the kill)."""
+            started = {(run, step) for (run, step, w) in started_steps(tmp_path) if w == "victim"}
+            return started - {(run, step) for (run, step, pid) in _finished_rows(tmp_path) if pid == str(victim.pid)}
 
-        wait_until(victim_busy, 60, "load to build up with steps running on the victim")
+        # Load built up, and steps running on the victim right now: a slow
+        # check must not find its runs already done.
+        wait_until(
+            lambda: len(started_steps(tmp_path)) > 80 and len(on_victim_unfinished()) >= 5,
+            60,
+            "load to build up with steps running on the victim",
+        )
         victim.signal(signal.SIGKILL)
         victim.wait(10)
         runs = dev.wait_runs(ids, timeout=120)
         assert [r["status"] for r in runs] == ["Completed"] * 60
         starts = collections.Counter((run, step) for (run, step, _) in started_steps(tmp_path))
-        finished_by_victim = {(run, step) for (run, step, pid) in _finished_rows(tmp_path) if pid == str(victim.pid)}
-        in_flight_on_victim = {
-            (run, step) for (run, step, w) in started_steps(tmp_path) if w == "victim"
-        } - finished_by_victim
+        in_flight_on_victim = on_victim_unfinished()
         twice = {k for k, n in starts.items() if n > 1}
         assert in_flight_on_victim, "the kill should have interrupted some steps"
         assert twice == in_flight_on_victim
