@@ -465,9 +465,9 @@ class GatewayDispatcher:
         Starting a loop turn after the checkpoint was taken, this knows
         whether the request's reply came in the same read. If so, and the
         caller commits replies itself (`takes_over`), it may join the step to
-        that reply (see `StepRequest.checkpoint`): the
-        reply is handed over at once and one commit stores both, so a run's
-        last step and its end cost one commit instead of two. The answer
+        that reply (see `StepRequest.checkpoint`): the reply is handed over at
+        once and one commit stores both, so a run's last step and its end
+        cost one commit instead of two. The answer
         then waits for that commit; if it fails, the checkpoint is refused
         after all and the request's reply, should the dispatcher have to
         store it, is the checkpoint."""
