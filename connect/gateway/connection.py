@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from connect.gateway.admission import HandshakeAdmission
 from connect.polling import PollWindow
 from connect.websocket import BatchingConnection
 from protocol import connect_pb2 as pb
@@ -30,7 +33,56 @@ FORWARD_BATCH_BYTES = WRITE_HIGH_WATER // 2
 
 
 class GatewayWebSocket(BatchingConnection, ServerConnection):
-    """The gateway's server connection: queued frames leave in one write (see `connect.websocket`)."""
+    """The gateway's server connection: queued frames leave in one write (see `connect.websocket`).
+
+    From its TCP accept until `authenticated` (or its end) it holds a place
+    in the server's handshake budget (`admission`); without a place it is
+    dropped at accept. The server binds `admission` in a subclass of its own."""
+
+    admission: ClassVar[HandshakeAdmission | None] = None
+    #: The peer address holding a place in the handshake budget, until it is freed.
+    _handshake_peer: str | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self.admission is None:
+            return
+        peer = _peer_host(transport)
+        refusal = self.admission.enter(peer)
+        if refusal is None:
+            self._handshake_peer = peer
+            return
+        if self.admission.report_due(time.monotonic()):
+            log.warning(
+                "refused %d connections in the handshake budget; latest: %s",
+                self.admission.take_refused(),
+                refusal,
+            )
+        transport.abort()  # nothing read yet: the cheapest refusal there is
+
+    def authenticated(self) -> None:
+        """WORKER_CONNECT was valid: from now on `--max-connections` counts it."""
+        if self._handshake_peer is not None and self.admission is not None:
+            self.admission.leave(self._handshake_peer)
+        self._handshake_peer = None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.authenticated()  # frees the place of a connection that never authenticated
+        # A peer that vanished mid-frame leaves the parser's EOFError chained
+        # to the close; its traceback holds the parser's frame, which holds the
+        # protocol, which holds the error: a cycle per connection that only the
+        # cyclic collector (whose thresholds the platform raises) would free.
+        cause = self.protocol.close_exc.__cause__
+        if cause is not None:
+            cause.__traceback__ = None
+
+
+def _peer_host(transport: asyncio.BaseTransport) -> str:
+    peer = transport.get_extra_info("peername")
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return str(peer)
 
 
 @dataclass(eq=False)

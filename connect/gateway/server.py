@@ -92,9 +92,8 @@ class GatewayServer:
             self._handle,
             host,
             port,
-            subprotocols=[Subprotocol(limits.SUBPROTOCOL)],
-            select_subprotocol=_select_subprotocol,
             process_request=self._process_request,
+            process_response=_select_subprotocol,
             max_size=self._max_message_bytes,
             ping_interval=None,  # liveness is application heartbeats
             compression=None,
@@ -372,10 +371,18 @@ class GatewayServer:
             await conn.ws.close(code, reason)
 
 
-def _select_subprotocol(ws: ServerConnection, offered: Sequence[Subprotocol]) -> Subprotocol | None:
-    # Official SDKs offer the subprotocol; clients that do not are still served.
-    wanted = Subprotocol(limits.SUBPROTOCOL)
-    return wanted if wanted in offered else None
+def _select_subprotocol(ws: ServerConnection, request: Request, response: Response) -> None:
+    """Answer with our subprotocol when the client offers it (the official
+    SDKs do); clients that do not are still served.
+
+    Done on the response rather than through `serve(select_subprotocol=...)`:
+    websockets wraps that callback in a closure over the connection, a
+    reference cycle per connection that only the cyclic collector frees."""
+    if response.status_code != http.HTTPStatus.SWITCHING_PROTOCOLS:
+        return
+    offered = [p.strip() for v in request.headers.get_all("Sec-WebSocket-Protocol") for p in v.split(",")]
+    if limits.SUBPROTOCOL in offered:
+        response.headers["Sec-WebSocket-Protocol"] = limits.SUBPROTOCOL
 
 
 def _text(status: http.HTTPStatus, body: str, content_type: str = "text/plain; charset=utf-8") -> Response:
