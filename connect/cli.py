@@ -72,6 +72,8 @@ def _platform_settings(args: argparse.Namespace) -> Any:
         "apps_per_connection",
         "max_connections",
         "max_connections_per_instance",
+        "max_handshakes",
+        "max_handshakes_per_peer",
         "handshake_timeout",
     ):
         value = getattr(args, name)
@@ -108,8 +110,7 @@ def _add_poll_window_arg(parser: argparse.ArgumentParser) -> None:
 def cmd_dev(args: argparse.Namespace) -> int:
     from connect.devserver import DevServer
 
-    run(DevServer(_platform_settings(args)).run())
-    return 0
+    return run(DevServer(_platform_settings(args)).run())
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -134,8 +135,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _platform_settings(args)
     settings.keys = keys
     settings.name = "connect serve"
-    run(DevServer(settings).run())
-    return 0
+    return run(DevServer(settings).run())
 
 
 def _add_platform_args(parser: argparse.ArgumentParser, default_db: str) -> None:
@@ -152,9 +152,23 @@ def _add_platform_args(parser: argparse.ArgumentParser, default_db: str) -> None
     parser.add_argument("--max-event-bytes", type=int, default=None, help="one event on /e/ (512 KiB)")
     parser.add_argument("--max-request-bytes", type=int, default=None, help="one /e/ request body (3 MiB)")
     parser.add_argument("--apps-per-connection", type=int, default=None, help="apps one worker connection serves (10)")
-    parser.add_argument("--max-connections", type=int, default=None, help="live worker connections (16384)")
+    parser.add_argument(
+        "--max-connections", type=int, default=None, help="live authenticated worker connections (16384)"
+    )
     parser.add_argument(
         "--max-connections-per-instance", type=int, default=None, help="live connections per instance id (16)"
+    )
+    parser.add_argument(
+        "--max-handshakes",
+        type=int,
+        default=None,
+        help="connections not yet authenticated, at once; past it new ones are dropped at accept (1024)",
+    )
+    parser.add_argument(
+        "--max-handshakes-per-peer",
+        type=int,
+        default=None,
+        help="connections not yet authenticated from one peer address, at once (256)",
     )
     parser.add_argument("--handshake-timeout", type=float, default=None, help="seconds to send WORKER_CONNECT (5)")
     parser.add_argument(

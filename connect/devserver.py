@@ -4,6 +4,8 @@ Start order: store -> executor (resumes runs in flight) -> gateway -> API.
 SIGTERM/SIGINT: the gateway drains (workers are told to reconnect), then the
 API stops, run tasks are cancelled (their state stays in the store) and the
 store closes. Starting again on the same database continues every run.
+`POST /v0/connect/drain` on the gateway port does the same; the process then
+exits with EXIT_DRAINED_ON_REQUEST instead of 0.
 """
 
 from __future__ import annotations
@@ -22,14 +24,21 @@ from connect import polling
 from connect.api.app import ApiConfig, create_api
 from connect.api.http import OneWriteHttpProtocol
 from connect.executor import Executor
+from connect.gateway.admission import MAX_HANDSHAKES, MAX_HANDSHAKES_PER_PEER
 from connect.gateway.auth import Keys
 from connect.gateway.dispatcher import GatewayDispatcher
-from connect.gateway.server import GatewayServer
+from connect.gateway.server import DrainCause, GatewayServer
 from connect.store import SqliteStore
 from protocol import limits
 from protocol.gateway_session import GatewaySessionConfig
 
 log = logging.getLogger("connect.dev")
+
+#: Exit status after a drain asked for over HTTP (EX_TEMPFAIL in sysexits.h):
+#: not 0, which a supervisor that restarts on failure takes for "leave it
+#: down" (nobody told the supervisor), and not 1, a crash. After SIGTERM or
+#: SIGINT, which come from the supervisor or the operator, the status is 0.
+EXIT_DRAINED_ON_REQUEST = 75
 
 
 @dataclass
@@ -50,6 +59,9 @@ class DevSettings:
     apps_per_connection: int = limits.APPS_PER_CONNECTION
     max_connections: int = limits.MAX_CONNECTIONS
     max_connections_per_instance: int = limits.MAX_CONNECTIONS_PER_INSTANCE
+    #: Connections not yet authenticated, at once, in all and from one peer address.
+    max_handshakes: int = MAX_HANDSHAKES
+    max_handshakes_per_peer: int = MAX_HANDSHAKES_PER_PEER
     handshake_timeout: float = limits.HANDSHAKE_TIMEOUT
     #: Let workers that support it store each step and go on in the same request.
     checkpoint_steps: bool = True
@@ -80,11 +92,16 @@ class DevServer:
     def __init__(self, settings: DevSettings) -> None:
         self.settings = settings
         self._stop = asyncio.Event()
+        self._cause: DrainCause | None = None
 
-    def request_stop(self) -> None:
+    def request_stop(self, cause: DrainCause = "signal") -> None:
+        if self._cause is None:  # the first request decides the exit status
+            self._cause = cause
         self._stop.set()
 
-    async def run(self) -> None:
+    async def run(self) -> int:
+        """Serve until stopped; the process's exit status (0, or
+        EXIT_DRAINED_ON_REQUEST after a drain asked for over HTTP)."""
         s = self.settings
         store = await SqliteStore.open(s.db)
         tokens = s.keys.token_issuer()
@@ -107,6 +124,9 @@ class DevServer:
             max_connections_per_instance=s.max_connections_per_instance,
             on_drain_requested=self.request_stop,
             poll_window=s.poll_window,
+            max_handshakes=s.max_handshakes,
+            max_handshakes_per_peer=s.max_handshakes_per_peer,
+            authorize=None if s.keys.open else s.keys.authorized,
         )
         await executor.start()
         gateway_port = await gateway.start(s.host, s.gateway_port)
@@ -175,4 +195,6 @@ class DevServer:
         await gateway.close()
         await executor.stop()
         await store.close()
-        log.info("%s stopped", s.name)
+        code = EXIT_DRAINED_ON_REQUEST if self._cause == "request" else 0
+        log.info("%s stopped (exit status %d)", s.name, code)
+        return code

@@ -58,7 +58,7 @@ class GatewayWebSocket(BatchingConnection, ServerConnection):
                 self.admission.take_refused(),
                 refusal,
             )
-        transport.abort()  # nothing read yet: the cheapest refusal there is
+        self.transport.abort()  # nothing read yet: the cheapest refusal there is
 
     def authenticated(self) -> None:
         """WORKER_CONNECT was valid: from now on `--max-connections` counts it."""

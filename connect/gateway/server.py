@@ -7,6 +7,14 @@ or a checkpoint's answer going out until the last reply it awaits comes
 in), its loop polls for a window it learns from how soon the answers came,
 at most `poll_window` (see `connect.polling`; 0 is off); heartbeats never
 make it poll. `/ready` answers 200, or 503 while draining.
+
+Connections count against two separate budgets: from TCP accept until their
+WORKER_CONNECT is authenticated, the handshake budget (`admission`, with a
+cap per peer address); from then on, `max_connections`. Sockets that never
+authenticate can exhaust only the first.
+
+`POST /v0/connect/drain` changes the process's state, so it needs what the
+`/v1` API needs: the signing key, when the server has one (`authorize`).
 """
 
 from __future__ import annotations
@@ -15,17 +23,18 @@ import asyncio
 import contextlib
 import functools
 import http
+import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Literal
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
-from websockets.typing import Subprotocol
 
+from connect.gateway.admission import MAX_HANDSHAKES, MAX_HANDSHAKES_PER_PEER, HandshakeAdmission
 from connect.gateway.auth import TokenIssuer
 from connect.gateway.connection import WRITE_HIGH_WATER, WRITE_TIMEOUT, Connection, GatewayWebSocket
 from connect.gateway.dispatcher import GatewayDispatcher
@@ -38,6 +47,9 @@ from protocol.payloads import FunctionConfig
 log = logging.getLogger("connect.gateway")
 
 SyncHook = Callable[[str, str | None, list[FunctionConfig]], Awaitable[None]]
+
+#: Why a drain began: a signal to the process, or `POST /v0/connect/drain`.
+DrainCause = Literal["signal", "request"]
 
 DRAIN_TIMEOUT = 25.0
 ACCEPT_BACKLOG = 4096
@@ -56,14 +68,21 @@ class GatewayServer:
         max_connections_per_instance: int = limits.MAX_CONNECTIONS_PER_INSTANCE,
         write_timeout: float = WRITE_TIMEOUT,
         clock: Callable[[], float] = time.time,
-        on_drain_requested: Callable[[], None] | None = None,
+        on_drain_requested: Callable[[DrainCause], None] | None = None,
         poll_window: float = DEFAULT_WINDOW,
+        max_handshakes: int = MAX_HANDSHAKES,
+        max_handshakes_per_peer: int = MAX_HANDSHAKES_PER_PEER,
+        authorize: Callable[[str | None], bool] | None = None,
     ) -> None:
+        """`authorize(Authorization header or None)` decides who may drain the
+        gateway over HTTP; None lets anyone (open mode, `connect dev`)."""
         self.dispatcher = dispatcher
         self._poll_seconds = check_window(poll_window)
         self.poll_window: PollWindow | None = None  # made on the loop, in `start`
         self.max_connections = max_connections
         self.max_connections_per_instance = max_connections_per_instance
+        self.admission = HandshakeAdmission(max_handshakes, max_handshakes_per_peer)
+        self._authorize = authorize
         self._write_timeout = write_timeout
         self._on_drain_requested = on_drain_requested
         self._on_sync = on_sync
@@ -82,6 +101,8 @@ class GatewayServer:
         #: Live handshaken connections per instance id (kept, not counted: a
         #: reconnect herd would make counting quadratic).
         self._per_instance: dict[str, int] = {}
+        #: Live authenticated connections: what `max_connections` bounds.
+        self.authenticated = 0
 
     # --- lifecycle ----------------------------------------------------------------
 
@@ -99,7 +120,8 @@ class GatewayServer:
             compression=None,
             max_queue=64,
             write_limit=WRITE_HIGH_WATER,
-            create_connection=GatewayWebSocket,
+            # Each server its own subclass, so its connections use its budget.
+            create_connection=type("GatewayWebSocket", (GatewayWebSocket,), {"admission": self.admission}),
             # A restarted gateway meets its whole fleet at once: a short accept
             # queue turns that into dropped SYNs and seconds of client backoff.
             backlog=ACCEPT_BACKLOG,
@@ -122,17 +144,19 @@ class GatewayServer:
             with contextlib.suppress(Exception):
                 await conn.ws.close(codes.CloseCode.GOING_AWAY, codes.GATEWAY_CLOSING)
 
-    def request_drain(self) -> None:
+    def request_drain(self, cause: DrainCause = "signal") -> None:
         """What SIGTERM and `POST /v0/connect/drain` do: hand over to the
         owner of the process (which drains, then exits), or drain in place."""
         if self._on_drain_requested is not None:
-            self._on_drain_requested()
+            self._on_drain_requested(cause)
         elif not self.draining:
             self._drain_task = asyncio.get_running_loop().create_task(self.drain())
 
     def admit(self, instance_id: str | None) -> str | None:
-        """Why a new connection would be refused (the answer of /start), or None."""
-        if len(self.connections) >= self.max_connections:
+        """Why a new connection would be refused (the answer of /start), or None.
+        Only authenticated connections count: sockets still in the handshake
+        have a budget of their own."""
+        if self.authenticated >= self.max_connections:
             return f"reached max allowed connections ({self.max_connections})"
         if instance_id and self._instance_connections(instance_id) >= self.max_connections_per_instance:
             return f"instance {instance_id!r} reached max allowed connections ({self.max_connections_per_instance})"
@@ -153,7 +177,14 @@ class GatewayServer:
     def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?", 1)[0]
         if request.method == "POST" and path == "/v0/connect/drain":
-            self.request_drain()
+            if self._authorize is not None and not self._authorize(request.headers.get("Authorization")):
+                log.warning("refused an unauthenticated drain request from %s", _remote(ws))
+                return _json(
+                    http.HTTPStatus.UNAUTHORIZED,
+                    "draining the gateway needs Authorization: Bearer <signing key>, as /v1 does",
+                )
+            log.info("drain requested over HTTP by %s", _remote(ws))
+            self.request_drain("request")
             return _text(http.HTTPStatus.OK, '{"status":"ok"}', "application/json")
         if request.method != "GET":
             return _text(http.HTTPStatus.METHOD_NOT_ALLOWED, f"{request.method} not allowed on {path}\n")
@@ -173,9 +204,6 @@ class GatewayServer:
         assert isinstance(ws, GatewayWebSocket)  # `start` passes it as create_connection
         if self.draining:
             await ws.close(codes.CloseCode.GOING_AWAY, codes.GATEWAY_CLOSING)
-            return
-        if len(self.connections) >= self.max_connections:
-            await ws.close(codes.CloseCode.TRY_AGAIN_LATER, codes.TOO_MANY_CONNECTIONS)
             return
         session = gs.GatewaySession(self._session_config, self._clock())
         conn = Connection(ws, session, _remote(ws), write_timeout=self._write_timeout)
@@ -210,6 +238,7 @@ class GatewayServer:
             self.dispatcher.connection_lost(conn, clean)
             self.connections.discard(conn)
             if conn.hello is not None:
+                self.authenticated -= 1
                 left = self._per_instance.get(conn.instance_id, 1) - 1
                 if left > 0:
                     self._per_instance[conn.instance_id] = left
@@ -296,6 +325,9 @@ class GatewayServer:
         return True
 
     async def _accept(self, conn: Connection, hello: gs.WorkerHello) -> None:
+        if self.authenticated >= self.max_connections:
+            await self._apply(conn, conn.session.refuse(codes.CloseCode.TRY_AGAIN_LATER, codes.TOO_MANY_CONNECTIONS))
+            return
         if self._instance_connections(hello.instance_id) >= self.max_connections_per_instance:
             # Workers that do not announce their instance to /start are held here.
             await self._apply(
@@ -303,6 +335,8 @@ class GatewayServer:
             )
             return
         conn.hello = hello
+        conn.ws.authenticated()  # leaves the handshake budget for `max_connections`
+        self.authenticated += 1
         self._per_instance[hello.instance_id] = self._per_instance.get(hello.instance_id, 0) + 1
         conn.functions = {(app.app_name, fn.id) for app in hello.apps for fn in app.functions}
         for app in hello.apps:
@@ -369,6 +403,11 @@ class GatewayServer:
         log.info("closing connection %s: %d %s", conn.connection_id or conn.remote, code, reason)
         with contextlib.suppress(Exception):
             await conn.ws.close(code, reason)
+
+
+def _json(status: http.HTTPStatus, error: str) -> Response:
+    body = json.dumps({"status": status.value, "error": error})
+    return _text(status, body, "application/json")
 
 
 def _select_subprotocol(ws: ServerConnection, request: Request, response: Response) -> None:

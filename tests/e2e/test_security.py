@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import websockets.exceptions
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -250,27 +251,211 @@ def test_connections_per_instance(small: DevServer) -> None:
     assert dev_start(small, "solo").status_code == 200  # the slot is free again
 
 
-def test_total_connection_limit(tmp_path: Path) -> None:
+def test_total_connection_limit_counts_authenticated_connections(tmp_path: Path) -> None:
     server = DevServer(tmp_path, extra=["--max-connections", "2"]).start()
 
-    async def scenario() -> tuple[int, tuple[int | None, str]]:
-        endpoint = pb.StartResponse.FromString(dev_start(server).content).gateway_endpoint
+    async def scenario() -> tuple[int, int, tuple[int | None, str]]:
+        start = pb.StartResponse.FromString(dev_start(server).content)
+        endpoint, token = start.gateway_endpoint, start.session_token
         async with (
             connect(endpoint, subprotocols=SUBPROTOCOLS) as a,  # type: ignore[list-item]
             connect(endpoint, subprotocols=SUBPROTOCOLS) as b,  # type: ignore[list-item]
         ):
             await a.recv()
             await b.recv()
+            silent = dev_start(server).status_code  # two sockets in the handshake take no place
+            for ws, instance in ((a, "a"), (b, "b")):
+                await ws.send(hello_frame(token, instance=instance))
+                await ws.recv()  # GATEWAY_CONNECTION_READY
             refused = dev_start(server).status_code
             async with connect(endpoint, subprotocols=SUBPROTOCOLS) as c:  # type: ignore[list-item]
+                await c.recv()
+                await c.send(hello_frame(token, instance="c"))
                 with pytest.raises(ConnectionClosed):
                     await asyncio.wait_for(c.recv(), 10)
-                return refused, (c.close_code, c.close_reason or "")
+                return silent, refused, (c.close_code, c.close_reason or "")
 
     try:
-        refused, third = asyncio.run(scenario())
+        silent, refused, third = asyncio.run(scenario())
+        assert silent == 200
         assert refused == 429
         assert third == (1013, codes.TOO_MANY_CONNECTIONS)
+    finally:
+        server.stop()
+
+
+# --- sockets that never authenticate ---------------------------------------------------------
+
+
+class SilentCrowd:
+    """`size` WebSocket upgrades from `host` that never send WORKER_CONNECT, each
+    replaced by a new one as soon as the gateway closes it, until stopped."""
+
+    def __init__(self, endpoint: str, size: int, host: str = "127.0.0.2") -> None:
+        self.endpoint, self.size, self.host = endpoint, size, host
+        self.opened = 0
+        self.refused = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    def __enter__(self) -> SilentCrowd:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    async def _run(self) -> None:
+        await asyncio.gather(*(self._one() for _ in range(self.size)))
+
+    async def _one(self) -> None:
+        while not self._stop.is_set():
+            try:
+                async with connect(
+                    self.endpoint,
+                    subprotocols=SUBPROTOCOLS,  # type: ignore[arg-type]
+                    local_addr=(self.host, 0),
+                    open_timeout=10,
+                ) as ws:
+                    await ws.recv()  # GATEWAY_HELLO
+                    self.opened += 1
+                    while not self._stop.is_set():
+                        try:
+                            await asyncio.wait_for(ws.recv(), 0.2)
+                        except TimeoutError:
+                            continue
+            except (ConnectionClosed, OSError, websockets.exceptions.InvalidHandshake, TimeoutError, EOFError):
+                self.refused += 1
+                await asyncio.sleep(0.05)
+
+
+def test_silent_upgrades_cannot_keep_a_real_worker_out(tmp_path: Path) -> None:
+    """20 upgrades that never authenticate, renewed as the handshake timeout
+    closes them, with --max-connections 20: a real worker connects and works."""
+    server = DevServer(tmp_path, extra=["--max-connections", "20", "--handshake-timeout", "4"]).start()
+    endpoint = pb.StartResponse.FromString(dev_start(server).content).gateway_endpoint
+    worker = None
+    try:
+        with SilentCrowd(endpoint, 20) as crowd:
+            wait_until(lambda: crowd.opened >= 20, 30, "the silent crowd to be in")
+            assert dev_start(server).status_code == 200
+            worker = start_worker(server, tmp_path)
+            wait_for_log(worker, "worker state ACTIVE", timeout=60)
+            (run,) = server.wait_runs(server.send([{"name": "e2e/three", "data": {"n": 3}}]), timeout=60)
+            assert run["status"] == "Completed"
+            assert crowd.opened >= 20
+    finally:
+        if worker is not None:
+            worker.stop()
+        server.stop()
+
+
+async def _hello_from(endpoint: str, host: str) -> str:
+    """'hello' when the gateway greets a new connection from `host`, else 'dropped'."""
+    try:
+        async with connect(endpoint, subprotocols=SUBPROTOCOLS, local_addr=(host, 0), open_timeout=10) as ws:  # type: ignore[arg-type]
+            await asyncio.wait_for(ws.recv(), 10)
+            return "hello"
+    except (ConnectionClosed, OSError, websockets.exceptions.InvalidHandshake, EOFError):
+        return "dropped"
+
+
+def test_handshake_budget_per_peer_and_in_all(tmp_path: Path) -> None:
+    server = DevServer(
+        tmp_path,
+        extra=["--max-handshakes", "12", "--max-handshakes-per-peer", "5", "--handshake-timeout", "60"],
+    ).start()
+    assert server.proc is not None
+    start = pb.StartResponse.FromString(dev_start(server).content)
+    endpoint = start.gateway_endpoint
+
+    async def scenario() -> dict[str, object]:
+        out: dict[str, object] = {}
+        held = []
+        for _ in range(5):
+            ws = await connect(endpoint, subprotocols=SUBPROTOCOLS, local_addr=("127.0.0.2", 0))  # type: ignore[arg-type]
+            await ws.recv()
+            held.append(ws)
+        out["sixth from the same peer"] = await _hello_from(endpoint, "127.0.0.2")
+        out["another peer"] = await _hello_from(endpoint, "127.0.0.3")
+        # An authenticated connection leaves the budget: it is not a handshake any more.
+        worker = await connect(endpoint, subprotocols=SUBPROTOCOLS, local_addr=("127.0.0.4", 0))  # type: ignore[arg-type]
+        await worker.recv()
+        await worker.send(hello_frame(start.session_token, instance="real"))
+        await worker.recv()  # GATEWAY_CONNECTION_READY
+        for host in ("127.0.0.3", "127.0.0.3", "127.0.0.4", "127.0.0.4", "127.0.0.5", "127.0.0.5", "127.0.0.5"):
+            ws = await connect(endpoint, subprotocols=SUBPROTOCOLS, local_addr=(host, 0))  # type: ignore[arg-type]
+            await ws.recv()
+            held.append(ws)
+        out["past the budget in all"] = await _hello_from(endpoint, "127.0.0.6")
+        await held[0].close()
+        await asyncio.sleep(0.5)
+        out["after one left"] = await _hello_from(endpoint, "127.0.0.2")
+        await worker.send(frames.encode(pb.WORKER_HEARTBEAT))
+        out["worker still served"] = frames.decode(await asyncio.wait_for(worker.recv(), 10))[0]  # type: ignore[arg-type]
+        for ws in [*held, worker]:
+            await ws.close()
+        return out
+
+    try:
+        out = asyncio.run(scenario())
+        assert out == {
+            "sixth from the same peer": "dropped",
+            "another peer": "hello",
+            "past the budget in all": "dropped",
+            "after one left": "hello",
+            "worker still served": pb.GATEWAY_HEARTBEAT,
+        }
+        wait_until(
+            lambda: "connections in the handshake from 127.0.0.2 (limit 5)" in server.proc.output(),  # type: ignore[union-attr]
+            10,
+            "the refusal to be logged",
+        )
+    finally:
+        server.stop()
+
+
+# --- the drain route ---------------------------------------------------------------------------
+
+
+def test_drain_under_serve_needs_the_signing_key(tmp_path: Path) -> None:
+    server = DevServer(
+        tmp_path,
+        command="serve",
+        extra=["--signing-key", SIGNING_KEY, "--event-key", EVENT_KEY],
+        headers={"Authorization": f"Bearer {SIGNING_KEY}"},
+        event_key=EVENT_KEY,
+    ).start()
+    gateway = f"http://127.0.0.1:{server.gateway_port}"
+    try:
+        assert server.proc is not None
+        for headers in ({}, {"Authorization": "Bearer " + "0" * 64}, {"Authorization": f"Bearer {EVENT_KEY}"}):
+            resp = httpx.post(f"{gateway}/v0/connect/drain", headers=headers)
+            assert resp.status_code == 401, resp.text
+            assert resp.json() == {
+                "status": 401,
+                "error": "draining the gateway needs Authorization: Bearer <signing key>, as /v1 does",
+            }
+        assert httpx.get(f"{gateway}/ready").status_code == 200  # not draining
+        assert started(server).gateway_endpoint  # still admitting workers
+        assert server.proc.popen.poll() is None
+        assert httpx.post(f"{gateway}/v0/connect/drain", headers=BEARER).status_code == 200
+        # Stopped on request: neither 0 (a supervisor restarting on failure would
+        # leave it down) nor 1 (a crash).
+        assert server.proc.wait(60) == 75
+        assert "drain requested over HTTP" in server.proc.output()
+    finally:
+        server.stop()
+
+
+def test_drain_by_request_in_open_mode_exits_75(tmp_path: Path) -> None:
+    server = DevServer(tmp_path).start()
+    try:
+        assert server.proc is not None
+        resp = httpx.post(f"http://127.0.0.1:{server.gateway_port}/v0/connect/drain")
+        assert resp.status_code == 200
+        assert server.proc.wait(60) == 75
     finally:
         server.stop()
 
@@ -323,7 +508,9 @@ def _config(fn: object) -> object:
 
 def test_hostile_crowd_does_not_disturb_real_work(tmp_path: Path) -> None:
     """500 connections that never say WORKER_CONNECT and 200 that send garbage,
-    while two real workers run 100 runs."""
+    while two real workers run 100 runs. The crowd comes from four addresses,
+    each within the handshake budget per peer (256), all of them within the
+    gateway's (1024): every one of its sockets gets in."""
     server = DevServer(tmp_path).start()
     workers = [start_worker(server, tmp_path, name=f"w{i}", instance_id=f"w{i}") for i in range(2)]
     try:
@@ -331,9 +518,12 @@ def test_hostile_crowd_does_not_disturb_real_work(tmp_path: Path) -> None:
             wait_for_log(w, "worker state ACTIVE")
         endpoint = pb.StartResponse.FromString(dev_start(server).content).gateway_endpoint
 
-        async def idle() -> tuple[int | None, float]:
+        def source(i: int) -> tuple[str, int]:
+            return (f"127.0.0.{2 + i % 4}", 0)
+
+        async def idle(i: int) -> tuple[int | None, float]:
             t0 = time.monotonic()
-            async with connect(endpoint, subprotocols=SUBPROTOCOLS, open_timeout=30) as ws:  # type: ignore[list-item]
+            async with connect(endpoint, subprotocols=SUBPROTOCOLS, open_timeout=30, local_addr=source(i)) as ws:  # type: ignore[arg-type]
                 try:
                     while True:
                         await asyncio.wait_for(ws.recv(), 30)
@@ -342,7 +532,7 @@ def test_hostile_crowd_does_not_disturb_real_work(tmp_path: Path) -> None:
                 return ws.close_code, time.monotonic() - t0
 
         async def garbage(i: int) -> int | None:
-            async with connect(endpoint, subprotocols=SUBPROTOCOLS, open_timeout=30) as ws:  # type: ignore[list-item]
+            async with connect(endpoint, subprotocols=SUBPROTOCOLS, open_timeout=30, local_addr=source(i)) as ws:  # type: ignore[arg-type]
                 await ws.recv()
                 await ws.send(os.urandom(16 + i % 64) if i % 2 else b"\x08\x05" + os.urandom(i % 32))
                 try:
@@ -353,7 +543,7 @@ def test_hostile_crowd_does_not_disturb_real_work(tmp_path: Path) -> None:
                 return ws.close_code
 
         async def crowd() -> tuple[list[tuple[int | None, float]], list[int | None]]:
-            idles = [asyncio.create_task(idle()) for _ in range(500)]
+            idles = [asyncio.create_task(idle(i)) for i in range(500)]
             bad = [asyncio.create_task(garbage(i)) for i in range(200)]
             return await asyncio.gather(*idles), await asyncio.gather(*bad)
 
