@@ -69,13 +69,25 @@ class GatewayWebSocket(BatchingConnection, ServerConnection):
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self.authenticated()  # frees the place of a connection that never authenticated
-        # A peer that vanished mid-frame leaves the parser's EOFError chained
-        # to the close; its traceback holds the parser's frame, which holds the
+        # A peer that vanished mid-request or mid-frame leaves the parser's
+        # error on the protocol (as the handshake's failure, or chained to the
+        # close); its traceback holds the parser's frame, which holds the
         # protocol, which holds the error: a cycle per connection that only the
         # cyclic collector (whose thresholds the platform raises) would free.
-        cause = self.protocol.close_exc.__cause__
-        if cause is not None:
-            cause.__traceback__ = None
+        _drop_tracebacks(self.protocol.handshake_exc)
+        _drop_tracebacks(self.protocol.close_exc.__cause__)
+
+
+def _drop_tracebacks(exc: BaseException | None) -> None:
+    """Clear the tracebacks of `exc` and of every exception chained to it."""
+    pending, seen = [exc], set()
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        current.__traceback__ = None
+        pending += (current.__cause__, current.__context__)
 
 
 def _peer_host(transport: asyncio.BaseTransport) -> str:

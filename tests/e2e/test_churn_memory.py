@@ -1,5 +1,6 @@
 """Memory of a real `connect dev` under connection churn: connections that
-upgrade, never send WORKER_CONNECT and are closed by the handshake timeout.
+upgrade, never send WORKER_CONNECT and are closed by the handshake timeout,
+and peers that vanish in the middle of their upgrade request.
 
 The platform raises the cyclic collector's thresholds (`connect.cli.GC_THRESHOLDS`),
 so whatever such a connection leaves in a reference cycle piles up for a long
@@ -59,12 +60,23 @@ async def silent_worker(port: int, answer_close: bool) -> None:
         writer.close()
 
 
+async def vanishing_peer(port: int) -> None:
+    """Half an upgrade request, then gone."""
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(UPGRADE.format(key="x")[:40].encode())
+    await writer.drain()
+    writer.close()
+
+
 async def churn(port: int, count: int, concurrency: int) -> None:
     gate = asyncio.Semaphore(concurrency)
 
     async def one(i: int) -> None:
         async with gate:
-            await silent_worker(port, answer_close=i % 2 == 0)
+            if i % 3 == 2:
+                await vanishing_peer(port)
+            else:
+                await silent_worker(port, answer_close=i % 3 == 0)
 
     await asyncio.gather(*(one(i) for i in range(count)))
 
@@ -77,10 +89,10 @@ def test_rss_plateaus_under_handshake_timeout_churn(tmp_path: Path) -> None:
         assert server.proc is not None
         pid = server.proc.pid
         for _ in range(2):  # warm-up: buffers, caches, allocator pools
-            asyncio.run(churn(server.gateway_port, 1500, 300))
+            asyncio.run(churn(server.gateway_port, 1500, 200))
         before = rss_mib(pid)
         for _ in range(3):
-            asyncio.run(churn(server.gateway_port, 1500, 300))
+            asyncio.run(churn(server.gateway_port, 1500, 200))
         after = rss_mib(pid)
         assert server.proc.popen.poll() is None
         # Cyclic garbage weighed about 3.5 KiB a connection (16 MiB over these
