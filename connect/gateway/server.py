@@ -53,6 +53,9 @@ DrainCause = Literal["signal", "request"]
 
 DRAIN_TIMEOUT = 25.0
 ACCEPT_BACKLOG = 4096
+#: Seconds a new TCP connection has to complete its WebSocket upgrade; one
+#: that is silent holds its place in the handshake budget until then.
+UPGRADE_TIMEOUT = 10.0
 
 
 class GatewayServer:
@@ -116,6 +119,7 @@ class GatewayServer:
             process_request=self._process_request,
             process_response=_select_subprotocol,
             max_size=self._max_message_bytes,
+            open_timeout=UPGRADE_TIMEOUT,
             ping_interval=None,  # liveness is application heartbeats
             compression=None,
             max_queue=64,
