@@ -416,6 +416,37 @@ def test_handshake_budget_per_peer_and_in_all(tmp_path: Path) -> None:
         server.stop()
 
 
+@pytest.mark.parametrize("flag", ["--max-handshakes", "--max-handshakes-per-peer"])
+def test_a_handshake_budget_below_one_stops_the_command(flag: str, tmp_path: Path) -> None:
+    db = tmp_path / "x.db"
+    args = [sys.executable, "-m", "connect", "dev", "--db", str(db), "--port", "0", "--gateway-port", "0", flag, "0"]
+    out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and f"{flag} must be positive" in out.stderr
+    assert not db.exists()  # refused before anything started
+
+
+def test_a_silent_tcp_connection_holds_its_place_until_the_upgrade_timeout(tmp_path: Path) -> None:
+    """Before any byte of the upgrade, a socket already counts; the gateway
+    closes it after UPGRADE_TIMEOUT (10 s) and its place is free again."""
+    server = DevServer(tmp_path, extra=["--max-handshakes-per-peer", "1"]).start()
+    endpoint = pb.StartResponse.FromString(dev_start(server).content).gateway_endpoint
+    silent = socket.socket()
+    try:
+        silent.bind(("127.0.0.7", 0))
+        silent.connect(("127.0.0.1", server.gateway_port))
+        silent.settimeout(60)
+        wait_until(
+            lambda: asyncio.run(_hello_from(endpoint, "127.0.0.7")) == "dropped", 10, "the peer's one place to be held"
+        )
+        t0 = time.monotonic()
+        assert silent.recv(1) == b""  # closed by the gateway, without a word
+        assert 5.0 <= time.monotonic() - t0 < 30.0
+        assert asyncio.run(_hello_from(endpoint, "127.0.0.7")) == "hello"
+    finally:
+        silent.close()
+        server.stop()
+
+
 # --- the drain route ---------------------------------------------------------------------------
 
 
