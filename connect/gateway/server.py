@@ -105,7 +105,7 @@ class GatewayServer:
         #: reconnect herd would make counting quadratic).
         self._per_instance: dict[str, int] = {}
         #: Live authenticated connections: what `max_connections` bounds.
-        self.authenticated = 0
+        self.authenticated_connections = 0
 
     # --- lifecycle ----------------------------------------------------------------
 
@@ -160,7 +160,7 @@ class GatewayServer:
         """Why a new connection would be refused (the answer of /start), or None.
         Only authenticated connections count: sockets still in the handshake
         have a budget of their own."""
-        if self.authenticated >= self.max_connections:
+        if self.authenticated_connections >= self.max_connections:
             return f"reached max allowed connections ({self.max_connections})"
         if instance_id and self._instance_connections(instance_id) >= self.max_connections_per_instance:
             return f"instance {instance_id!r} reached max allowed connections ({self.max_connections_per_instance})"
@@ -242,7 +242,7 @@ class GatewayServer:
             self.dispatcher.connection_lost(conn, clean)
             self.connections.discard(conn)
             if conn.hello is not None:
-                self.authenticated -= 1
+                self.authenticated_connections -= 1
                 left = self._per_instance.get(conn.instance_id, 1) - 1
                 if left > 0:
                     self._per_instance[conn.instance_id] = left
@@ -329,7 +329,7 @@ class GatewayServer:
         return True
 
     async def _accept(self, conn: Connection, hello: gs.WorkerHello) -> None:
-        if self.authenticated >= self.max_connections:
+        if self.authenticated_connections >= self.max_connections:
             await self._apply(conn, conn.session.refuse(codes.CloseCode.TRY_AGAIN_LATER, codes.TOO_MANY_CONNECTIONS))
             return
         if self._instance_connections(hello.instance_id) >= self.max_connections_per_instance:
@@ -340,7 +340,7 @@ class GatewayServer:
             return
         conn.hello = hello
         conn.ws.authenticated()  # leaves the handshake budget for `max_connections`
-        self.authenticated += 1
+        self.authenticated_connections += 1
         self._per_instance[hello.instance_id] = self._per_instance.get(hello.instance_id, 0) + 1
         conn.functions = {(app.app_name, fn.id) for app in hello.apps for fn in app.functions}
         for app in hello.apps:
