@@ -30,10 +30,19 @@ def _started_on(tmp: Path) -> list[str]:
     return [worker for (_, _, worker) in started_steps(tmp)]
 
 
-def _leases(db: Path) -> int:
+def _lease_ids(db: Path, instance: str | None = None) -> set[str]:
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-        (count,) = conn.execute("SELECT count(*) FROM leases").fetchone()
-    return int(count)
+        rows = conn.execute("SELECT lease_id, instance_id FROM leases").fetchall()
+    return {lease for (lease, holder) in rows if instance is None or holder == instance}
+
+
+def _wait_for_an_extension(db: Path, instance: str) -> None:
+    """Until `instance` has extended the lease of the step it runs: it has
+    acknowledged the request then (a worker lost before its ACK does not cost
+    a lease lapse: the request is simply forwarded again)."""
+    wait_until(lambda: len(_lease_ids(db, instance)) == 1, 30, f"{instance}'s lease to be stored")
+    first = _lease_ids(db, instance)
+    wait_until(lambda: len(_lease_ids(db, instance) - first) == 1, 30, f"{instance} to extend its lease")
 
 
 def test_a_step_lost_with_its_worker_runs_again_without_spending_a_retry(tmp_path: Path) -> None:
@@ -45,6 +54,7 @@ def test_a_step_lost_with_its_worker_runs_again_without_spending_a_retry(tmp_pat
     try:
         (eid,) = dev.send([{"name": "lease/held-once"}])
         wait_until(lambda: _started_on(tmp_path) == ["a"], 30, "the step to start on a")
+        _wait_for_an_extension(dev.db, "a")
         b = _worker(dev, tmp_path, "b")
         a.signal(signal.SIGKILL)
         a.wait(10)
@@ -71,6 +81,7 @@ def test_an_unclean_disconnect_hands_its_steps_on_after_one_extension_interval(t
     try:
         (eid,) = dev.send([{"name": "lease/held-once"}])
         wait_until(lambda: _started_on(tmp_path) == ["a"], 30, "the step to start on a")
+        _wait_for_an_extension(dev.db, "a")
         b = _worker(dev, tmp_path, "b")
         (tmp_path / "release").touch()  # a is held by the kill; b's copy may finish
         killed = time.monotonic()
@@ -101,9 +112,9 @@ def test_a_reply_flushed_after_the_lease_lapsed_is_the_steps_result(tmp_path: Pa
     try:
         (eid,) = dev.send([{"name": "lease/held-retried"}])
         wait_until(lambda: _started_on(tmp_path) == ["a"], 30, "the step to start on a")
-        wait_until(lambda: _leases(dev.db) == 1, 30, "the step's lease to be stored")
+        _wait_for_an_extension(dev.db, "a")
         proxy.cut()
-        wait_until(lambda: _leases(dev.db) == 0, 60, "the step's lease to lapse")
+        wait_until(lambda: not _lease_ids(dev.db), 60, "the step's lease to lapse")
         (tmp_path / "release").touch()
         wait_for_log(a, "delivered via /v0/connect/flush", timeout=60)
         proxy.restore()
@@ -114,4 +125,31 @@ def test_a_reply_flushed_after_the_lease_lapsed_is_the_steps_result(tmp_path: Pa
     finally:
         a.stop()
         proxy.stop()
+        dev.stop()
+
+
+def test_max_lease_lapses_fails_a_step_that_loses_every_worker(tmp_path: Path) -> None:
+    """`--max-lease-lapses 1`: the step is dispatched again once after its
+    worker is lost; losing the second worker too fails the run, naming the bound."""
+    dev = DevServer(
+        tmp_path, extra=["--lease-duration", "6", "--extend-lease-interval", "1", "--max-lease-lapses", "1"]
+    ).start()
+    workers = [_worker(dev, tmp_path, "a")]  # registers the function: the event then starts a run
+    try:
+        (eid,) = dev.send([{"name": "lease/held-once"}])
+        for name in ("a", "b"):
+            if name != "a":
+                workers.append(_worker(dev, tmp_path, name))
+            wait_until(lambda n=name: _started_on(tmp_path)[-1:] == [n], 30, f"the step to start on {name}")
+            _wait_for_an_extension(dev.db, name)
+            workers[-1].signal(signal.SIGKILL)
+            workers[-1].wait(10)
+        (run,) = dev.wait_runs([eid], timeout=60)
+        assert run["status"] == "Failed", run
+        assert run["output"]["name"] == "TooManyLeaseLapses"
+        assert "--max-lease-lapses 1" in run["output"]["message"]
+        assert _started_on(tmp_path) == ["a", "b"]
+    finally:
+        for proc in workers:
+            proc.stop()
         dev.stop()
