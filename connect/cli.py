@@ -65,6 +65,7 @@ def _platform_settings(args: argparse.Namespace) -> Any:
     for name in (
         "lease_duration",
         "extend_lease_interval",
+        "max_lease_lapses",
         "drain_timeout",
         "max_message_bytes",
         "max_event_bytes",
@@ -145,6 +146,12 @@ def _add_platform_args(parser: argparse.ArgumentParser, default_db: str) -> None
     parser.add_argument("--db", default=os.environ.get("CONNECT_DB", default_db), help="SQLite database file")
     parser.add_argument("--lease-duration", type=float, default=None, help="request lease, seconds (default 120)")
     parser.add_argument("--extend-lease-interval", type=float, default=None, help="seconds (default 30)")
+    parser.add_argument(
+        "--max-lease-lapses",
+        type=int,
+        default=None,
+        help="times a step lost with its worker is dispatched again, spending no retry, before its run fails (10)",
+    )
     parser.add_argument(
         "--drain-timeout", type=float, default=None, help="seconds SIGTERM waits for workers to leave (default 25)"
     )

@@ -24,6 +24,7 @@ from connect import polling
 from connect.api.app import ApiConfig, create_api
 from connect.api.http import OneWriteHttpProtocol
 from connect.executor import Executor
+from connect.executor.runner import MAX_LEASE_LAPSES
 from connect.gateway.admission import MAX_HANDSHAKES, MAX_HANDSHAKES_PER_PEER
 from connect.gateway.auth import Keys
 from connect.gateway.dispatcher import GatewayDispatcher
@@ -49,6 +50,8 @@ class DevSettings:
     db: str = "connect-dev.db"
     lease_duration: float = limits.LEASE_DURATION
     extend_lease_interval: float = limits.LEASE_EXTEND_INTERVAL
+    #: Re-dispatches of one request after lost workers before its run fails.
+    max_lease_lapses: int = MAX_LEASE_LAPSES
     heartbeat_interval: float = limits.HEARTBEAT_INTERVAL
     drain_timeout: float = 25.0
     #: Open mode (no keys) unless signing keys are set; see `connect serve`.
@@ -108,7 +111,7 @@ class DevServer:
         dispatcher = GatewayDispatcher(
             store, lease_duration=s.lease_duration, extend_lease_interval=s.extend_lease_interval
         )
-        executor = Executor(store, dispatcher, checkpoint_steps=s.checkpoint_steps)
+        executor = Executor(store, dispatcher, checkpoint_steps=s.checkpoint_steps, max_lease_lapses=s.max_lease_lapses)
         gateway = GatewayServer(
             dispatcher,
             tokens,

@@ -2,9 +2,13 @@
 
 A lease says which worker instance currently runs a request and until when.
 Workers extend it every `extend_lease_interval`; when it lapses the executor
-treats the worker as gone and dispatches the step again. Leases are keyed by
-request id, not by connection, so a worker may extend over a replacement
-connection after a gateway drain.
+treats the worker as gone and dispatches the same request again. Leases are
+keyed by request id, not by connection, so a worker may extend over a
+replacement connection after a gateway drain.
+
+A lease lapses exactly at `expires_at`: there is no grace after it. An
+extension presented later is refused, and a late reply needs none (a reply
+for a request being dispatched again still answers it: first stored wins).
 """
 
 from __future__ import annotations
@@ -68,6 +72,21 @@ class LeaseTable:
 
     def owned_by(self, instance_id: str) -> list[Lease]:
         return [lease for lease in self._leases.values() if lease.instance_id == instance_id]
+
+    def shorten(self, instance_id: str, until: float) -> list[Lease]:
+        """Make every lease of `instance_id` lapse at `until` at the latest;
+        returns the leases this shortened.
+
+        Used when a connection of that instance ends: a live worker extends
+        its leases over another connection before `until`, a vanished one
+        does not, and its requests are dispatched again then instead of when
+        the whole lease runs out."""
+        shortened = []
+        for lease in self._leases.values():
+            if lease.instance_id == instance_id and lease.expires_at > until:
+                lease.expires_at = until
+                shortened.append(lease)
+        return shortened
 
     def release(self, request_id: str) -> Lease | None:
         return self._leases.pop(request_id, None)

@@ -20,6 +20,13 @@ A run with no request outstanding holds no task and no worker: the runner
 parks (returns), and the executor starts a new one, from the store, when one
 of its waiting steps completes or it is cancelled.
 
+A request whose worker is lost (its lease lapses: the worker was killed, cut
+off, or went silent) is dispatched again under the same request id, spending
+no attempt: a reply the lost worker still delivers answers it (first stored
+wins), and a worker that gets it again recognises it. The lapses of one
+request are counted in the store, and one past `max_lease_lapses` fails the
+run (a step that kills every worker it runs on must not circle forever).
+
 Cancellation takes effect at the next step boundary: requests not yet with
 a worker are dropped, requests a worker is running are awaited (their step
 bodies are not interrupted), and the run ends `Cancelled`.
@@ -71,6 +78,7 @@ from connect.gateway.dispatch import (
     StepReply,
     StepRequest,
     Stored,
+    WorkerStoppedResponding,
 )
 from connect.store.base import (
     CANCELLED,
@@ -111,6 +119,9 @@ log = logging.getLogger(__name__)
 _decode_event = msgspec.json.Decoder(Event).decode
 #: How long a wait or an invoke without a timeout lasts (as the reference executor).
 DEFAULT_WAIT: float = MAX_SLEEP
+#: How many times one request is dispatched again after its worker was lost
+#: (`connect dev --max-lease-lapses`); one more loss fails the run.
+MAX_LEASE_LAPSES: int = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +136,8 @@ class RunServices:
     worker_wait: float = 30.0
     #: Whether discovery requests offer checkpoints (see the module docstring).
     checkpoint_steps: bool = True
+    #: Re-dispatches of one request after lost workers (see the module docstring).
+    max_lease_lapses: int = MAX_LEASE_LAPSES
 
 
 # --- messages -----------------------------------------------------------------------
@@ -397,6 +410,9 @@ class Runner:
                 if not self._tasks:
                     await self._finish_cancelled(consumed=pending.request_id)
                 return
+            if isinstance(message, _DispatchFailed) and isinstance(message.error, WorkerStoppedResponding):
+                await self._on_lapse(pending, message.error)
+                return
             run.requests.remove(pending)
             if isinstance(message, _Replied):
                 await self._on_reply(pending, message.reply)
@@ -559,8 +575,8 @@ class Runner:
         op = ops[0]
         memo = StepMemo(op.id, replies.data_memo(op))
         pending = run.requests[0]
-        # The request now looks for the step after this one: its attempts start over.
-        run.requests[0] = msgspec.structs.replace(pending, attempt=0, wake_at_ms=0)
+        # The request now looks for the step after this one: its attempts (and lapses) start over.
+        run.requests[0] = msgspec.structs.replace(pending, attempt=0, wake_at_ms=0, lapses=0)
         if reply.request_version > 0:
             run.request_version = reply.request_version
         if join is not None:
@@ -813,6 +829,35 @@ class Runner:
         wake = int((self._s.clock() + delay) * 1000)
         self._request(pending.step_id, pending.attempt + 1, wake)
         log.debug("run %s: attempt %d in %.2f s", run.run_id, pending.attempt + 1, delay)
+
+    async def _on_lapse(self, pending: PendingRequest, error: WorkerStoppedResponding) -> None:
+        """The worker running `pending` was lost: the same request again, with
+        no attempt spent and no backoff (nothing suggests the step is at
+        fault); the count is stored first, so a restart does not reset it."""
+        run = self.run
+        assert run is not None
+        lapses = pending.lapses + 1
+        bound = self._s.max_lease_lapses
+        if lapses > bound:
+            run.requests.remove(pending)
+            err = replies.error(
+                "TooManyLeaseLapses",
+                f"the worker running this step was lost {lapses} times ({error}); a step lost with its "
+                f"worker is dispatched again at most {bound} times (--max-lease-lapses {bound})",
+            )
+            log.warning("run %s (%s): %s; failing the run", run.run_id, run.function_id, err["message"])
+            await self._finish(FAILED, replies.encode(err), error=err, consumed=pending.request_id)
+            return
+        log.warning(
+            "run %s (%s): %s; dispatching it again (lost worker %d of at most %d; no attempt spent)",
+            run.run_id,
+            run.function_id,
+            error,
+            lapses,
+            bound,
+        )
+        run.requests[run.requests.index(pending)] = msgspec.structs.replace(pending, lapses=lapses)
+        await self._save()
 
     async def _retry_or_fail(
         self, pending: PendingRequest, err: dict[str, Any], no_retry: bool, retry_after: float | None

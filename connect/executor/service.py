@@ -34,7 +34,7 @@ from connect.executor import replies
 from connect.executor.cron import CRON_EVENT, CronSchedule
 from connect.executor.intake import Intake, IntakeItem
 from connect.executor.retries import Backoff
-from connect.executor.runner import CancelRequested, Message, Resolved, Runner, RunServices
+from connect.executor.runner import MAX_LEASE_LAPSES, CancelRequested, Message, Resolved, Runner, RunServices
 from connect.executor.system_events import (
     FUNCTION_CANCELLED,
     FUNCTION_FAILED,
@@ -99,7 +99,10 @@ class Executor:
         backoff_base: float = 1.0,
         backoff_max: float = 60.0,
         checkpoint_steps: bool = True,
+        max_lease_lapses: int = MAX_LEASE_LAPSES,
     ) -> None:
+        if max_lease_lapses < 0:
+            raise ValueError("max_lease_lapses must not be negative")
         self._store = store
         self._clock = clock
         self._services = RunServices(
@@ -108,6 +111,7 @@ class Executor:
             backoff=Backoff(backoff_base, backoff_max),
             clock=clock,
             checkpoint_steps=checkpoint_steps,
+            max_lease_lapses=max_lease_lapses,
         )
         self._registry = TriggerIndex(default_retries)
         self._app_versions: dict[str, tuple[str | None, bytes]] = {}

@@ -2,8 +2,8 @@
 
 `Dispatcher.dispatch` runs one step request on some connected worker and
 returns the worker's reply once it is durably stored. Failures are typed so
-the executor can tell "wait for a worker" (no attempt burnt) from "the step
-failed" (an attempt burnt).
+the executor can tell "wait for a worker" and "the worker was lost" (no
+attempt burnt) from "the step failed" (an attempt burnt).
 """
 
 from __future__ import annotations
@@ -101,7 +101,10 @@ class AtCapacity(DispatchError):
 
 
 class WorkerStoppedResponding(DispatchError):
-    """The request's lease lapsed before a reply was stored. Counts as a failed attempt."""
+    """The request's lease lapsed before a reply was stored: its worker was
+    lost (killed, cut off, or gone silent). Not the step's failure: the
+    executor dispatches the same request again without spending an attempt,
+    a bounded number of times (`max_lease_lapses`)."""
 
     code = "connect_worker_stopped_responding"
 

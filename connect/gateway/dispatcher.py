@@ -10,6 +10,10 @@ Durability rules held here:
 * a lease is written to the store before the reply can be, so a restarted
   process that finds a live lease waits for that worker instead of running
   the step a second time (storing the reply ends the stored lease);
+* a lease lapses at its `expires_at`, with no grace after it; then `dispatch`
+  raises `WorkerStoppedResponding` and the executor dispatches the same
+  request id again, so a reply that the lost worker still delivers answers it
+  (first stored wins), and a worker that gets the request again recognises it;
 * every capacity slot taken is released on every path out of `dispatch`.
 """
 
@@ -35,7 +39,6 @@ from protocol.leases import Lease, LeaseTable
 log = logging.getLogger("connect.gateway")
 
 FORWARD_ATTEMPTS = 3
-LEASE_GRACE = 5.0
 _EMPTY_TRACE = b"{}"
 
 #: Told how storing a reply ended: None once it is durable, else the error.
@@ -221,6 +224,10 @@ class GatewayDispatcher:
                     # A worker still runs this request (e.g. we restarted): wait for it.
                     return await self._await_reply(rid, pending)
             for _ in range(FORWARD_ATTEMPTS):
+                if pending.reply is not None:
+                    # Taken while we looked (a lost worker's late reply, say):
+                    # it answers the request, which need not run again.
+                    return pending.reply
                 if await self._forward(request, pending):
                     with contextlib.suppress(_Refused):
                         return await self._await_reply(rid, pending)
@@ -278,20 +285,31 @@ class GatewayDispatcher:
         self.router.remove(conn)
 
     def connection_lost(self, conn: Connection, clean: bool) -> None:
-        """A socket ended. After an unclean end, the requests its instance runs
-        get one extension interval (plus grace) to be extended over some other
-        connection; silence past that re-dispatches them instead of waiting
-        out the whole lease."""
+        """A socket ended. The requests its instance runs get one extension
+        interval to be extended over another connection (a worker that
+        reconnects, or has one open already, does so on its usual schedule);
+        silence past that dispatches them again instead of waiting out the
+        whole lease. A clean close is no exception: the worker has delivered
+        what it could, and what it abandoned past its drain deadline should
+        not wait for the lease either."""
         self.router.remove(conn)
-        if clean or not conn.instance_id:
+        if not conn.instance_id:
             return
         cutoff = self._clock() + self.extend_lease_interval
-        for lease in self.leases.owned_by(conn.instance_id):
-            if lease.expires_at > cutoff:
-                lease.expires_at = cutoff
-                pending = self._pending.get(lease.request_id)
-                if pending is not None:
-                    pending.poke()  # recompute the deadline
+        shortened = self.leases.shorten(conn.instance_id, cutoff)
+        if shortened:
+            log.info(
+                "connection %s of %s closed (%s): %d requests run elsewhere unless extended within %.1f s",
+                conn.connection_id,
+                conn.instance_id,
+                "clean" if clean else "unclean",
+                len(shortened),
+                self.extend_lease_interval,
+            )
+        for lease in shortened:
+            pending = self._pending.get(lease.request_id)
+            if pending is not None:
+                pending.poke()  # recompute the deadline
 
     def request_acked(self, request_id: str, ok: bool) -> None:
         pending = self._pending.get(request_id)
@@ -580,7 +598,7 @@ class GatewayDispatcher:
                 lease = self.leases.get(rid)
                 if lease is None:
                     raise WorkerStoppedResponding(f"request {rid} has no lease")
-                deadline = lease.expires_at + LEASE_GRACE
+                deadline = lease.expires_at
                 if deadline > self._clock():
                     if pending.wake.done():
                         pending.wake = loop.create_future()
@@ -591,7 +609,7 @@ class GatewayDispatcher:
                 if raw is not None:
                     stored = True
                     return reply_from_bytes(raw)
-                raise WorkerStoppedResponding(f"the worker stopped responding to request {rid}")
+                raise WorkerStoppedResponding(f"the worker stopped responding to request {rid} (its lease lapsed)")
         finally:
             pending.awaiting = False
             self._finish(rid, stored=stored)
@@ -611,7 +629,7 @@ class GatewayDispatcher:
         self._watch = asyncio.get_running_loop().call_later(max(0.0, deadline - self._clock()), self._on_watch)
 
     def _on_watch(self) -> None:
-        """Wake each awaited request whose lease (plus grace) ran out; set the timer for the next deadline."""
+        """Wake each awaited request whose lease ran out; set the timer for the next deadline."""
         self._watch, self._watch_at = None, math.inf
         now = self._clock()
         earliest = math.inf
@@ -619,7 +637,7 @@ class GatewayDispatcher:
             if not pending.awaiting:
                 continue
             lease = self.leases.get(rid)
-            deadline = now if lease is None else lease.expires_at + LEASE_GRACE
+            deadline = now if lease is None else lease.expires_at
             if deadline <= now:
                 pending.poke()  # its `_await_reply` looks again, and sets the timer if it still waits
             else:

@@ -86,13 +86,16 @@ class PendingRequest(msgspec.Struct, frozen=True):
     is dispatched again and the dispatcher answers with the reply stored
     before the crash (or waits on the worker still holding a lease on it).
     `step_id` is `DISCOVERY` or the hashed id of the one step it targets;
-    `wake_at_ms` > 0 delays the dispatch (a retry backoff).
+    `wake_at_ms` > 0 delays the dispatch (a retry backoff); `lapses` counts
+    the workers lost while running it (leases that lapsed), which spend no
+    attempt but are bounded on their own.
     """
 
     request_id: str
     step_id: str = DISCOVERY
     attempt: int = 0
     wake_at_ms: int = 0
+    lapses: int = 0
 
 
 class Waiting(msgspec.Struct, frozen=True, omit_defaults=True):

@@ -193,8 +193,14 @@ def test_step_result_survives_a_socket_cut_before_its_ack(tmp_path: Path, checkp
     """The first message after the step body is cut with the socket: without
     checkpoints that is the reply, which then goes by /v0/connect/flush; with
     them it is the checkpoint, which counts as refused, so the request ends
-    with the step and its reply goes over the new connection."""
-    dev = DevServer(tmp_path, extra=[*FAST_LEASES, *([] if checkpoints else ["--no-checkpoint-steps"])]).start()
+    with the step and its reply goes over the new connection.
+
+    The extension interval is longer than the worker's 5 s wait for an ACK: a
+    finished request's lease is not extended, and once the cut connection's
+    interval ran out the request would reach the worker again, which answers
+    it with the same reply over its new connection instead of /flush."""
+    leases = ["--lease-duration", "60", "--extend-lease-interval", "20", "--drain-timeout", "10"]
+    dev = DevServer(tmp_path, extra=[*leases, *([] if checkpoints else ["--no-checkpoint-steps"])]).start()
     steps_log = tmp_path / "steps.log"
     proxy = CuttingProxy(dev.gateway_port, should_cut=steps_log.exists)
     port = proxy.start()

@@ -269,18 +269,25 @@ async def test_switched_off_no_checkpoint_is_offered(tmp_path: Path) -> None:
     assert hs.worker.answers == []
 
 
-async def test_a_lost_worker_after_checkpoints_resumes_from_them_at_attempt_one(hs: CheckpointHarness) -> None:
+async def test_a_lost_worker_after_checkpoints_resumes_from_them_spending_no_attempt(tmp_path: Path) -> None:
+    hs = CheckpointHarness(tmp_path / "connect.db")
+    # One lost worker per step is allowed: the checkpoints start the count over.
+    await hs.open(max_lease_lapses=1)
+
     async def stop_after_two(request: StepRequest, reply: StepReply) -> None:
         if len(hs.worker.received) == 2 and len(hs.worker.answers) == 2:
             raise WorkerStoppedResponding("the worker went away")
 
     hs.worker.failures = [WorkerStoppedResponding("the first attempt is lost")]
     hs.worker.before_checkpoint = stop_after_two
-    run = await hs.run_to_end(three_steps)
+    try:
+        run = await hs.run_to_end(three_steps)
+    finally:
+        await hs.close()
     assert run["status"] == "Completed" and run["output"] == [1, 2, 3]
-    first, retry, after = hs.worker.received
-    assert [payload(r)["ctx"]["attempt"] for r in (first, retry)] == [0, 1]
-    # The checkpoints started the attempts over: one failure since then is attempt 1, not 2.
-    assert payload(after)["ctx"]["attempt"] == 1
+    first, again, after = hs.worker.received
+    # The same request each time, and no attempt spent on the lost workers.
+    assert first.request_id == again.request_id == after.request_id
+    assert [payload(r)["ctx"]["attempt"] for r in (first, again, after)] == [0, 0, 0]
     assert payload(after)["steps"] == {h("a"): {"data": 1}, h("b"): {"data": 2}}
     assert hs.worker.answers == [True, True, True]

@@ -184,20 +184,67 @@ async def test_no_worker_and_at_capacity_do_not_burn_attempts(harness: Harness) 
     assert [r["ctx"]["attempt"] for r in worker.requests] == [0, 0, 0, 0]
 
 
-async def test_worker_stopped_responding_burns_an_attempt(harness: Harness) -> None:
-    await harness.deploy("one", "shop/one", lambda step, ctx: ctx.attempt)
-    harness.worker.failures = [WorkerStoppedResponding()]
+async def test_a_lost_worker_spends_no_attempt_and_keeps_the_request(harness: Harness) -> None:
+    """A lapsed lease is the worker's loss, not the step's failure: a
+    `retries=0` run completes, on attempt 0, and the same request id is
+    dispatched again (so a late reply of the lost worker still answers it)."""
+    await harness.deploy("one", "shop/one", lambda step, ctx: ctx.attempt, retries=0)
+    harness.worker.failures = [WorkerStoppedResponding("lease lapsed")] * 3
     run = await harness.finished((await harness.only_run(await harness.send("shop/one")))["run_id"])
     assert run["status"] == "Completed"
-    assert run["output"] == 1
+    assert run["output"] == 0
+    assert len(set(harness.worker.request_ids)) == 1
+    assert harness.worker.dispatch_calls == 4
 
 
-async def test_worker_stopped_responding_on_last_attempt_fails(harness: Harness) -> None:
-    await harness.deploy("one", "shop/one", lambda step, ctx: ctx.attempt, retries=0)
-    harness.worker.failures = [WorkerStoppedResponding("lease lapsed")]
-    run = await harness.finished((await harness.only_run(await harness.send("shop/one")))["run_id"])
-    assert run["status"] == "Failed"
-    assert run["output"] == {"name": "WorkerStoppedResponding", "message": "lease lapsed", "stack": None}
+async def test_lease_lapses_of_one_step_are_bounded(tmp_path: Path) -> None:
+    hs = Harness(tmp_path / "connect.db")
+    await hs.open(max_lease_lapses=2)
+    try:
+        await hs.deploy("one", "shop/one", lambda step, ctx: ctx.attempt, retries=4)
+        hs.worker.failures = [WorkerStoppedResponding("lease lapsed")] * 2
+        within = await hs.finished((await hs.only_run(await hs.send("shop/one")))["run_id"])
+        assert (within["status"], within["output"]) == ("Completed", 0)
+
+        hs.worker.failures = [WorkerStoppedResponding("lease lapsed")] * 3
+        calls = hs.worker.dispatch_calls
+        past = await hs.finished((await hs.only_run(await hs.send("shop/one")))["run_id"])
+        assert past["status"] == "Failed"
+        assert past["output"]["name"] == "TooManyLeaseLapses"
+        assert "3 times" in past["output"]["message"]
+        assert "--max-lease-lapses 2" in past["output"]["message"]
+        # Retries are for the step's own failures: the bound fails the run at once.
+        assert hs.worker.dispatch_calls - calls == 3
+    finally:
+        await hs.close()
+
+
+async def test_lease_lapse_count_survives_a_restart(tmp_path: Path) -> None:
+    """The count is stored with the request, so restarts do not reset the bound."""
+    hs = Harness(tmp_path / "connect.db")
+    await hs.open(max_lease_lapses=1)
+    await hs.deploy("one", "shop/one", lambda step, ctx: ctx.attempt, retries=0)
+    hs.worker.failures = [WorkerStoppedResponding("lease lapsed")]
+    hs.worker.hang_on = {"step"}
+    event_id = await hs.send("shop/one")
+    run_id = (await hs.only_run(event_id))["run_id"]
+    with anyio.fail_after(10):
+        while hs.worker.dispatch_calls < 2:  # the lapse, then the re-dispatch that hangs
+            await anyio.sleep(0.005)
+    loaded = await hs.store.load_run(run_id)
+    assert loaded is not None and [r.lapses for r in loaded.run.requests] == [1]
+    await hs.close()
+
+    again = Harness(tmp_path / "connect.db")
+    await again.open(max_lease_lapses=1)
+    try:
+        await again.deploy("one", "shop/one", lambda step, ctx: ctx.attempt, retries=0)
+        again.worker.failures = [WorkerStoppedResponding("lease lapsed")]
+        run = await again.finished(run_id)
+        assert run["status"] == "Failed"
+        assert run["output"]["name"] == "TooManyLeaseLapses"
+    finally:
+        await again.close()
 
 
 @pytest.mark.parametrize("reply_stored_before_crash", [False, True])
