@@ -192,10 +192,10 @@ class GatewayServer:
             # waiting (`_receive`); the handshake and anything else are applied here.
             async for message in ws:
                 if isinstance(message, bytes) and session.phase in _RECEIVING:
-                    self._receive(conn, message)
-                else:
-                    data = message if isinstance(message, bytes) else message.encode()
-                    await self._apply(conn, session.receive(data, self._clock()))
+                    self._receive(conn, message)  # a Close it meets is applied in a task
+                    continue
+                data = message if isinstance(message, bytes) else message.encode()
+                await self._apply(conn, session.receive(data, self._clock()))
                 if session.phase is gs.Phase.CLOSED:
                     break
         except ConnectionClosed:

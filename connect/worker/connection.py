@@ -456,9 +456,7 @@ class WorkerConnection:
         try:
             async for message in sock.ws:
                 if isinstance(message, bytes):
-                    self._receive(sock, message)
-                    if sock.session.phase is ws_.WorkerPhase.CLOSED:
-                        break
+                    self._receive(sock, message)  # a dead session is closed in a task
                     continue
                 data = message.encode()
                 now = time.time()
