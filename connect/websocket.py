@@ -24,19 +24,37 @@ each passed on to websockets unchanged.
 
 Frames handed over by either path are in the protocol's output in call
 order, and whatever websockets queued before them (a pong, a close frame)
-leaves first, so nothing overtakes anything. Messages are received with
-`recv()` (or `async for`), as websockets documents.
+leaves first, so nothing overtakes anything.
+
+Receiving, websockets queues each message for `recv()`, whose task wakes on
+a later turn of the loop: one more wake-up per step on each side. An owner
+that handles messages synchronously sets `on_binary`: every complete binary
+message then goes to it as soon as websockets has parsed it, from
+`process_event`, the method websockets' asyncio connection calls with each
+event its Sans-I/O protocol parsed. That method is not part of websockets'
+documented API, so the releases it is used with are pinned and tested at both
+ends of the declared range (tests/test_dependency_floor.py); it is the one
+such dependency here. Every other event (control frames, text, fragments,
+and every message while earlier ones still wait for `recv()`) goes to
+websockets as usual, so messages are seen in the order they came and `recv()`
+still ends with `ConnectionClosed` when the connection does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import struct
-from collections.abc import Sequence
-from typing import Any, cast
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, cast, overload
 
 from websockets.asyncio.connection import Connection
-from websockets.protocol import CLOSED, OPEN, Protocol
+from websockets.frames import CloseCode, Frame, Opcode
+from websockets.protocol import CLOSED, OPEN, Event, Protocol
+from websockets.typing import Data
+
+log = logging.getLogger("connect.websocket")
+_DATA = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
 
 _HEAD = struct.Struct("!BB")
 _HEAD_16 = struct.Struct("!BBH")
@@ -60,6 +78,9 @@ class BatchingConnection(Connection):
     fragmented one, which would make `send_binary` raise ProtocolError).
     """
 
+    #: Set by the owner: called with each complete binary message as it is parsed.
+    on_binary: Callable[[bytes], None] | None = None
+
     def __init__(self, protocol: Protocol, *args: Any, **kwargs: Any) -> None:
         super().__init__(protocol, *args, **kwargs)
         # Our own references, from the documented constructor and asyncio
@@ -68,6 +89,40 @@ class BatchingConnection(Connection):
         self._socket: asyncio.Transport | None = None
         self._write_paused = False
         self._resumed: asyncio.Future[None] | None = None
+        self._queued = 0  # messages handed to websockets' queue and not yet taken by recv()
+
+    # --- receiving -------------------------------------------------------------------------
+
+    def process_event(self, event: Event) -> None:
+        handler = self.on_binary
+        if isinstance(event, Frame) and event.opcode in _DATA:
+            if handler is not None and event.opcode is Opcode.BINARY and event.fin and not self._queued:
+                self._deliver(handler, bytes(event.data))
+                return
+            if event.fin:
+                self._queued += 1
+        super().process_event(event)
+
+    @overload
+    async def recv(self, decode: Literal[True]) -> str: ...
+    @overload
+    async def recv(self, decode: Literal[False]) -> bytes: ...
+    @overload
+    async def recv(self, decode: bool | None = None) -> Data: ...
+    async def recv(self, decode: bool | None = None) -> Data:
+        message = await super().recv(decode)
+        self._queued -= 1
+        return message
+
+    def _deliver(self, handler: Callable[[bytes], None], message: bytes) -> None:
+        try:
+            handler(message)
+        except Exception:
+            # As if the handler were the reader task that crashed: drop the connection.
+            log.exception("handling a message failed; closing the connection")
+            self.on_binary = None
+            self._sansio.fail(CloseCode.INTERNAL_ERROR, "internal error")
+            self._write(self._sansio.data_to_send())
 
     # --- asyncio callbacks, passed on to websockets ----------------------------------------------
 

@@ -121,6 +121,88 @@ def test_sending_on_a_closed_connection_raises_connection_closed() -> None:
     assert isinstance(outcome, ConnectionClosed)
 
 
+# --- receiving: `on_binary` ---------------------------------------------------------------
+
+
+async def _receive_scenario(script: Any) -> Any:
+    """Run `script(server_ws, client, signal)` with a real server and client;
+    `signal` is an asyncio.Event the server side sets to let the client go on."""
+    result: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    server_side: asyncio.Future[GatewayWebSocket] = asyncio.get_running_loop().create_future()
+
+    async def handler(ws: GatewayWebSocket) -> None:
+        server_side.set_result(ws)
+        await ws.wait_closed()
+
+    async with serve(handler, "127.0.0.1", 0, create_connection=GatewayWebSocket, compression=None) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        async with connect(f"ws://127.0.0.1:{port}/", compression=None) as client:
+            ws = await asyncio.wait_for(server_side, 10)
+            result.set_result(await asyncio.wait_for(script(ws, client), 10))
+    return result.result()
+
+
+@pytest.mark.parametrize("run", [asyncio.run, uvloop.run], ids=["asyncio", "uvloop"])
+def test_binary_messages_go_to_on_binary_and_the_rest_to_recv(run: Any) -> None:
+    async def script(ws: GatewayWebSocket, client: Any) -> Any:
+        got: list[bytes] = []
+        ws.on_binary = got.append
+        await client.send(b"one")
+        await client.send(b"two")
+        await _until(lambda: len(got) == 2)
+        await client.send("text")
+        text = await ws.recv()
+        await client.send([b"frag", b"mented"])  # a fragmented message
+        fragmented = await ws.recv()
+        await client.send(b"three")
+        await _until(lambda: len(got) == 3)
+        return got, text, fragmented
+
+    got, text, fragmented = run(_receive_scenario(script))
+    assert got == [b"one", b"two", b"three"]
+    assert text == "text"
+    assert fragmented == b"fragmented"
+
+
+@pytest.mark.parametrize("run", [asyncio.run, uvloop.run], ids=["asyncio", "uvloop"])
+def test_messages_waiting_for_recv_are_not_overtaken(run: Any) -> None:
+    async def script(ws: GatewayWebSocket, client: Any) -> Any:
+        got: list[bytes] = []
+        await client.send(b"1")
+        await client.send(b"2")
+        await _until(lambda: ws._queued == 2)
+        ws.on_binary = got.append  # set while two messages wait for recv()
+        await client.send(b"3")
+        await _until(lambda: ws._queued == 3)
+        early = got[:]
+        received = [await ws.recv() for _ in range(3)]
+        await client.send(b"4")  # nothing waits any more: straight to the callback
+        await _until(lambda: len(got) == 1)
+        return early, received, got
+
+    early, received, got = run(_receive_scenario(script))
+    assert early == []
+    assert received == [b"1", b"2", b"3"]
+    assert got == [b"4"]
+
+
+def test_a_failing_on_binary_closes_the_connection_with_1011() -> None:
+    async def script(ws: GatewayWebSocket, client: Any) -> Any:
+        def boom(data: bytes) -> None:
+            raise RuntimeError("handler bug")
+
+        ws.on_binary = boom
+        await client.send(b"x")
+        with pytest.raises(ConnectionClosed) as client_side:
+            await client.recv()
+        with pytest.raises(ConnectionClosed):
+            await ws.recv()
+        return client_side.value.rcvd
+
+    rcvd = uvloop.run(_receive_scenario(script))
+    assert rcvd is not None and rcvd.code == 1011
+
+
 # --- back-pressure -------------------------------------------------------------------------
 
 
@@ -206,9 +288,11 @@ def test_messages_from_the_peer_arrive_through_recv_in_order(run: Any) -> None:
 
 
 def test_the_module_reads_no_private_state_of_websockets() -> None:
-    """What the module touches of websockets is its documented API (see the module's
-    docstring); introspecting its parser or its private attributes is how it once broke
-    on a release it declared."""
+    """What the module touches of websockets is its documented API, and `process_event`,
+    the hook its asyncio connection calls for subclasses with each parsed event (see the
+    module's docstring; pinned and tested at both ends of the declared range).
+    Introspecting its parser or its private attributes is how it once broke on a release
+    it declared."""
     import ast
     import inspect
 
@@ -219,7 +303,7 @@ def test_the_module_reads_no_private_state_of_websockets() -> None:
     private = {
         "parser", "gi_yieldfrom", "gi_code", "__code__", "recv_messages", "send_in_progress", "send_context",
         "writes", "paused", "current_size", "max_fragment_size", "max_message_size", "expect_continuation_frame",
-        "reader", "transport", "protocol", "process_event", "send_data", "masks",
+        "reader", "transport", "protocol", "send_data", "masks",
     }  # fmt: skip
     assert attributes & private == set()
 

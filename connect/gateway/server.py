@@ -41,8 +41,6 @@ SyncHook = Callable[[str, str | None, list[FunctionConfig]], Awaitable[None]]
 
 DRAIN_TIMEOUT = 25.0
 ACCEPT_BACKLOG = 4096
-#: Phases in which a worker's binary messages are steps' traffic, handled without waiting.
-_RECEIVING = frozenset({gs.Phase.READY, gs.Phase.DRAINING})
 
 
 class GatewayServer:
@@ -188,12 +186,10 @@ class GatewayServer:
         timer = asyncio.create_task(self._timer(conn))
         try:
             await conn.flush()  # GATEWAY_HELLO
-            # Once the worker is ready, its binary messages are handled without
-            # waiting (`_receive`); the handshake and anything else are applied here.
+            # The handshake goes through this loop. Once the worker is ready,
+            # binary messages are handled as they are parsed (`_receive`) and
+            # the loop gets the rest (see `connect.websocket`) and the end.
             async for message in ws:
-                if isinstance(message, bytes) and session.phase in _RECEIVING:
-                    self._receive(conn, message)  # a Close it meets is applied in a task
-                    continue
                 data = message if isinstance(message, bytes) else message.encode()
                 await self._apply(conn, session.receive(data, self._clock()))
                 if session.phase is gs.Phase.CLOSED:
@@ -201,6 +197,7 @@ class GatewayServer:
         except ConnectionClosed:
             pass
         finally:
+            ws.on_binary = None
             timer.cancel()
             rcvd, sent = ws.protocol.close_rcvd, ws.protocol.close_sent
             close_code = rcvd.code if rcvd else None
@@ -256,10 +253,11 @@ class GatewayServer:
             pass
 
     def _receive(self, conn: Connection, data: bytes) -> None:
-        """A binary message from a ready worker, handled without waiting."""
+        """A binary message from a ready worker, handled as soon as it is parsed."""
         events = conn.session.receive(data, self._clock())
         for i, event in enumerate(events):
             if not self._act(conn, event):  # a Close: the rest in order, in a task
+                conn.ws.on_binary = None
                 self._spawn(self._apply(conn, events[i:]))
                 return
         conn.flush_soon()
@@ -269,6 +267,7 @@ class GatewayServer:
         match event:
             case gs.Ready():
                 self.dispatcher.connection_ready(conn)
+                conn.ws.on_binary = functools.partial(self._receive, conn)
                 log.info("worker ready: connection=%s instance=%s", conn.connection_id, conn.instance_id)
             case gs.RequestAcked(request_id=rid):
                 conn.worker_answered()

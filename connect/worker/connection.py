@@ -452,13 +452,12 @@ class WorkerConnection:
         return hello
 
     async def _read(self, sock: _Socket) -> None:
-        # Binary messages are handled without waiting (`_receive`); anything else here.
+        # Binary messages are handled as they are parsed (`_receive`); this
+        # loop gets the rest (see `connect.websocket`) and the end of the connection.
+        sock.ws.on_binary = functools.partial(self._receive, sock)
         try:
             async for message in sock.ws:
-                if isinstance(message, bytes):
-                    self._receive(sock, message)  # a dead session is closed in a task
-                    continue
-                data = message.encode()
+                data = message if isinstance(message, bytes) else message.encode()
                 now = time.time()
                 self._handle(sock, sock.session.receive(data, now), now)
                 self._hand_over_requests()
@@ -468,13 +467,14 @@ class WorkerConnection:
         except ConnectionClosed:
             pass
         finally:
+            sock.ws.on_binary = None
             if not sock.connected.is_set():
                 rcvd = sock.ws.protocol.close_rcvd
                 sock.session_end_reason = f"{rcvd.code} {rcvd.reason}" if rcvd else "connection closed"
             self._socket_ended(sock)
 
     def _receive(self, sock: _Socket, data: bytes) -> None:
-        """Machinery: one binary message from the gateway, handled without waiting."""
+        """Machinery: one binary message from the gateway, as soon as it is parsed."""
         now = time.time()
         self._handle(sock, sock.session.receive(data, now), now)
         if self._requests:
