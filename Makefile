@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 DB     ?= .connect-dev.db
 
-.PHONY: dev test lint typecheck unit install install-test proto bench fuzz clean
+.PHONY: dev test lint typecheck unit floor install install-test proto bench fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,11 @@ typecheck: install-test
 
 unit: install-test
 	$(BIN)/pytest -q
+
+## make floor: the declared minimum websockets and pydantic, on a focused part of the suite
+## (`make test` runs it too, as tests/test_dependency_floor.py).
+floor: install-test
+	$(BIN)/pytest -q tests/test_dependency_floor.py
 
 ## make fuzz: long property runs of random and mutated frames and HTTP bodies.
 fuzz: install-test

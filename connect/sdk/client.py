@@ -5,17 +5,20 @@ from __future__ import annotations
 import logging
 import os
 import time
+import urllib.parse
 from collections.abc import Callable, Sequence
-from typing import Final
+from typing import Annotated, Final
 
 import httpx
 import tenacity
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 from connect.sdk.errors import FunctionConfigError, SendEventsError
 from connect.sdk.events import Event, encode_events, event_id_seed, normalize, parse_send_reply
 from connect.sdk.function import Function, Handler
 from connect.sdk.options import Cancel, Timeouts
 from connect.sdk.triggers import AnyTrigger
+from connect.sdk.validation import NonBlank, config_error
 from connect.sdk.version import SDK_VERSION
 
 DEFAULT_API_BASE_URL: Final = "http://127.0.0.1:8288"
@@ -42,6 +45,25 @@ _SEND_WAIT = tenacity.wait_exponential(multiplier=0.1, exp_base=2) + tenacity.wa
 _SEND_RETRY = tenacity.retry_if_exception_type((httpx.TransportError, _ServerError))
 
 
+def _http_url(value: str) -> str:
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"must be an http:// or https:// URL with a host, got {value!r}")
+    return value.rstrip("/")
+
+
+class ClientSettings(BaseModel):
+    """A client's settings once resolved (argument, then ``CONNECT_*`` variable, then default)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    app_id: NonBlank
+    api_base_url: Annotated[NonBlank, AfterValidator(_http_url)]
+    signing_key: NonBlank | None
+    event_key: NonBlank
+    app_version: NonBlank | None
+
+
 def _checked(response: httpx.Response) -> httpx.Response:
     if response.status_code >= 500:
         raise _ServerError(response)
@@ -52,7 +74,9 @@ class Client:
     """One app: its id, the platform's base URL, keys, and a logger.
 
     Settings are resolved once, at construction: an argument wins, then the
-    ``CONNECT_*`` environment variable, then the default. The client holds no
+    ``CONNECT_*`` environment variable, then the default; a bad one raises
+    ``FunctionConfigError`` naming it (``Client: api_base_url: must be an
+    http:// or https:// URL with a host, got 'localhost:8288'``). The client holds no
     connections; each ``send`` opens and closes its own HTTP client, so one
     ``Client`` may be used from any thread or event loop.
 
@@ -72,13 +96,21 @@ class Client:
         logger: logging.Logger | None = None,
         http_transport: httpx.AsyncBaseTransport | httpx.BaseTransport | None = None,
     ) -> None:
-        if not isinstance(app_id, str) or not app_id.strip():
-            raise FunctionConfigError("app_id must be a non-empty string")
-        self.app_id: Final = app_id
-        self.api_base_url: Final = (api_base_url or os.environ.get(ENV_API_URL) or DEFAULT_API_BASE_URL).rstrip("/")
-        self.signing_key: Final = signing_key or os.environ.get(ENV_SIGNING_KEY) or None
-        self.event_key: Final = event_key or os.environ.get(ENV_EVENT_KEY) or DEFAULT_EVENT_KEY
-        self.app_version: Final = app_version
+        try:
+            settings = ClientSettings(
+                app_id=app_id,
+                api_base_url=api_base_url or os.environ.get(ENV_API_URL) or DEFAULT_API_BASE_URL,
+                signing_key=signing_key or os.environ.get(ENV_SIGNING_KEY) or None,
+                event_key=event_key or os.environ.get(ENV_EVENT_KEY) or DEFAULT_EVENT_KEY,
+                app_version=app_version,
+            )
+        except ValidationError as exc:
+            raise config_error("Client", exc) from None
+        self.app_id: Final = settings.app_id
+        self.api_base_url: Final = settings.api_base_url
+        self.signing_key: Final = settings.signing_key
+        self.event_key: Final = settings.event_key
+        self.app_version: Final = settings.app_version
         self.logger: Final = logger or logging.getLogger("connect.sdk")
         self._transport = http_transport
         #: Every function created with this client, in creation order; what

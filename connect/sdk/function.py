@@ -11,9 +11,9 @@ import msgspec
 
 from connect.sdk.context import Context
 from connect.sdk.errors import FunctionConfigError
-from connect.sdk.options import Cancel, Timeouts
+from connect.sdk.options import Cancel, FunctionOptions, Timeouts
 from connect.sdk.step import Step, StepSync
-from connect.sdk.triggers import AnyTrigger, TriggerCron, TriggerEvent
+from connect.sdk.triggers import AnyTrigger, TriggerEvent
 from protocol.payloads import FunctionConfig, Retries, Runtime, StepConfig
 
 AsyncHandler: TypeAlias = Callable[[Context, Step], Awaitable[Any]]
@@ -22,7 +22,6 @@ Handler: TypeAlias = AsyncHandler | SyncHandler
 
 # The one pseudo-step every function registers; requests naming it are discovery requests.
 ROOT_STEP_ID: Final = "step"
-MAX_RETRIES: Final = 20
 #: An ``on_failure`` handler is registered as ``<fully-qualified id>-failure``.
 FAILURE_SUFFIX: Final = "-failure"
 #: The event that triggers ``on_failure`` handlers.
@@ -32,9 +31,10 @@ FUNCTION_FAILED_EVENT: Final = "inngest/function.failed"
 class Function:
     """A handler plus its validated, immutable options.
 
-    Construction checks every option and raises ``FunctionConfigError`` with
-    what was wrong, so a bad function never reaches registration. ``id`` is the
-    local id; on the wire a function is known by ``"<app_id>-<id>"``.
+    Construction checks every option (``FunctionOptions``) and raises
+    ``FunctionConfigError`` naming the option and what was wrong, so a bad
+    function never reaches registration. ``id`` is the local id; on the
+    wire a function is known by ``"<app_id>-<id>"``.
     """
 
     def __init__(
@@ -49,37 +49,18 @@ class Function:
         timeouts: Timeouts | None = None,
         on_failure: Handler | None = None,
     ) -> None:
-        if not isinstance(fn_id, str) or not fn_id.strip():
-            raise FunctionConfigError("fn_id must be a non-empty string")
-        if name is not None and (not isinstance(name, str) or not name.strip()):
-            raise FunctionConfigError(f"{fn_id}: name must be a non-empty string or None")
-        if retries is not None and (
-            isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= MAX_RETRIES
-        ):
-            raise FunctionConfigError(f"{fn_id}: retries must be an int from 0 to {MAX_RETRIES} (got {retries!r})")
-        triggers = (trigger,) if isinstance(trigger, TriggerEvent | TriggerCron) else tuple(trigger)
-        if not triggers:
-            raise FunctionConfigError(f"{fn_id}: at least one trigger is required")
-        for item in triggers:
-            if not isinstance(item, TriggerEvent | TriggerCron):
-                raise FunctionConfigError(
-                    f"{fn_id}: triggers must be TriggerEvent or TriggerCron, got {type(item).__name__}"
-                )
+        options = FunctionOptions.checked(
+            fn_id=fn_id, name=name, trigger=trigger, retries=retries, cancel=cancel, timeouts=timeouts
+        )
         _check_handler(fn_id, handler)
-        cancels = tuple(cancel or ())
-        for condition in cancels:
-            if not isinstance(condition, Cancel):
-                raise FunctionConfigError(f"{fn_id}: cancel must be a list of Cancel, got {type(condition).__name__}")
-        if timeouts is not None and not isinstance(timeouts, Timeouts):
-            raise FunctionConfigError(f"{fn_id}: timeouts must be a Timeouts, got {type(timeouts).__name__}")
 
         self._id = fn_id
         self._name = name or fn_id
-        self._triggers = triggers
+        self._triggers = options.triggers
         self._retries = retries
         self._handler = handler
         self._is_async = _is_async_callable(handler)
-        self._cancel = cancels
+        self._cancel: tuple[Cancel, ...] = options.cancel
         self._timeouts = timeouts
         self._on_failure: Function | None = None
         if on_failure is not None:

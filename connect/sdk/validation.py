@@ -1,0 +1,55 @@
+"""How user-facing configuration is validated: pydantic field types, and its errors
+turned into one ``FunctionConfigError`` that names each field that is wrong.
+
+Used where the user configures something once (a function's options, a
+client's settings), never on a per-step path.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import AfterValidator, Field, ValidationError
+
+from connect.sdk.errors import FunctionConfigError
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must be a non-empty string")
+    return value
+
+
+#: A string with something in it; a non-string is refused, not converted.
+NonBlank = Annotated[str, Field(strict=True), AfterValidator(_not_blank)]
+
+
+def instance_of(*kinds: type) -> AfterValidator:
+    """A field that takes instances of `kinds` as they are (option objects that validate themselves)."""
+    names = " or ".join(kind.__name__ for kind in kinds)
+
+    def check(value: object) -> object:
+        if not isinstance(value, kinds):
+            raise ValueError(f"must be a {names}, got {type(value).__name__}")
+        return value
+
+    return AfterValidator(check)
+
+
+def config_error(subject: str, exc: ValidationError) -> FunctionConfigError:
+    """``<subject>: <field>: <what is wrong>, got <value>``, one part per error, joined with ``; ``."""
+    parts = []
+    for error in exc.errors(include_url=False):
+        field = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]).lstrip(".")
+        kind = error["type"]
+        if kind == "missing":
+            parts.append(f"{field}: is required")
+        elif kind == "extra_forbidden":
+            parts.append(f"{field}: is not an option")
+        elif kind == "value_error":
+            message = str(error["ctx"]["error"])
+            parts.append(f"{field}: {message}" if " got " in message else f"{field}: {message}, got {error['input']!r}")
+        else:
+            message = error["msg"][:1].lower() + error["msg"][1:]
+            parts.append(f"{field}: {message}, got {error['input']!r}")
+    return FunctionConfigError(f"{subject}: {'; '.join(parts)}")
