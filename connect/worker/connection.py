@@ -18,9 +18,9 @@ Held ACKs never make a write of their own before the window ends (no flush
 with nothing else to send takes them); any other frame sent meanwhile
 carries them.
 
-The connection's loop has a poll window (`connect.polling`; at most
-`connect(poll_window=...)` or `CONNECT_POLL_WINDOW_MS`, 1 ms by default, 0
-is off): after it sends while no user code runs (after the last reply, or
+The connection's loop may have a poll window (`connect.polling`; at most
+`connect(poll_window=...)` or `CONNECT_POLL_WINDOW_MS`; off by default, as
+it spends the user's CPU): after it sends while no user code runs (after the last reply, or
 while every request waits for a checkpoint's answer) it keeps polling for
 the window it learned from how soon the next request or answer came, so
 that one is read without a wake-up. It stops as user code is handed work;
@@ -102,7 +102,7 @@ class WorkerOptions:
     health_port: int | None = None
     health_host: str = "0.0.0.0"
     gateway_url: str | None = None
-    poll_window: float = polling.DEFAULT_WINDOW
+    poll_window: float = polling.WORKER_DEFAULT_WINDOW
 
 
 class _WorkerWebSocket(BatchingConnection, MaskedClientConnection):
@@ -998,15 +998,19 @@ async def connect(
     - `reply_buffer_bytes`: bound of the buffer of unacknowledged replies.
     - `poll_window`: the longest the connection's loop keeps polling instead
       of sleeping after it sends while no user code runs, in seconds (default
-      `CONNECT_POLL_WINDOW_MS` in milliseconds, else 0.001; 0 is off; at most
-      1 s). The window adapts to how soon answers come: lower step latency
-      for CPU only while traffic is that dense. See `connect.polling`.
+      `CONNECT_POLL_WINDOW_MS` in milliseconds, else 0: off, as this is the
+      user's process; at most 1 s). The window adapts to how soon answers
+      come: lower step latency for CPU only while traffic is that dense. See
+      `connect.polling`.
     """
     if max_worker_concurrency is None and os.environ.get("CONNECT_MAX_WORKER_CONCURRENCY"):
         max_worker_concurrency = int(os.environ["CONNECT_MAX_WORKER_CONCURRENCY"])
     if max_worker_concurrency is not None and max_worker_concurrency <= 0:
         raise ValueError("max_worker_concurrency must be a positive integer")
-    poll_window = polling.window_from_env() if poll_window is None else polling.check_window(poll_window)
+    if poll_window is None:
+        poll_window = polling.window_from_env(polling.WORKER_DEFAULT_WINDOW)
+    else:
+        poll_window = polling.check_window(poll_window)
     options = WorkerOptions(
         instance_id=instance_id or socket.gethostname(),
         max_worker_concurrency=max_worker_concurrency,
