@@ -511,6 +511,15 @@ class WorkerConnection:
                             "request %s came again after it finished here; sending its reply again", req.request_id
                         )
                         self._resend_unsent(sock)
+                    elif admission is Admission.REDISPATCHED:
+                        log.info(
+                            "request %s dispatches again step %s of run %s, which runs here as request %s; "
+                            "not starting it twice: that one answers it",
+                            req.request_id,
+                            req.step_id,
+                            req.run_id,
+                            self._ledger.running_id(req.request_id),
+                        )
                     else:
                         log.info("request %s came again while it runs here; not starting it twice", req.request_id)
                 case ws_.Ignored(request_id=rid, why=why):
@@ -623,7 +632,7 @@ class WorkerConnection:
             while self._requests:
                 rid = self._requests.popleft().request_id
                 # Out of the ledger, so its lease lapses (it runs elsewhere) and a drain is not held up.
-                self._ledger.in_flight.pop(rid, None)
+                self._ledger.drop(rid)
                 log.error("request %s not run: the event loop that called connect() is closed", rid)
             self._poke()
 
@@ -790,8 +799,11 @@ class WorkerConnection:
             waiting = self._checkpoints.get(rid)
             if waiting is not None:
                 waiting.reply_behind = True
-            if sock is not None and sock.session.send_reply_bytes(raw):
-                self._ledger.mark_sent(rid, now)
+            # Held under the newest dispatch of the step (see `WorkerLedger`), which may not be `rid`.
+            held = self._ledger.held_id(rid)
+            pending = self._ledger.replies.get(held)
+            if pending is not None and sock is not None and sock.session.send_reply_bytes(pending.response):
+                self._ledger.mark_sent(held, now)
                 sent = True
         if sent:
             assert sock is not None
@@ -884,13 +896,11 @@ class WorkerConnection:
         while not self._ledger.idle:
             remaining = None if deadline is None else deadline - (time.monotonic() - started)
             if remaining is not None and remaining <= 0:
-                self.abandoned = len(self._ledger.in_flight) + len(self._ledger.replies)
+                self.abandoned = self._ledger.abandon()
                 log.warning(
                     "drain deadline passed: abandoning %d requests; their leases let them run elsewhere",
                     self.abandoned,
                 )
-                self._ledger.in_flight.clear()
-                self._ledger.replies.clear()
                 break
             self._progress.clear()
             with contextlib.suppress(TimeoutError):
