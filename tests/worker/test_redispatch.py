@@ -52,7 +52,7 @@ async def _until(what: str, check: object) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-async def test_a_step_dispatched_again_while_it_runs_runs_once(
+async def test_a_step_dispatched_again_while_it_runs_runs_once_here(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="connect.worker")
