@@ -212,6 +212,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from connect.polling import WORKER_DEFAULT_WINDOW
     from connect.worker import connect
 
+    if args.stall_threshold < 0:
+        raise SystemExit("connect worker: --stall-threshold must be 0 (never) or a number of seconds")
     apps = load_apps(args.target)
     poll_window = _poll_window(args, default=WORKER_DEFAULT_WINDOW)
     raise_gc = args.raise_gc_thresholds or os.environ.get(GC_ENV_VAR, "") == "1"
@@ -225,6 +227,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             drain_timeout=None if args.drain_timeout is not None and args.drain_timeout < 0 else args.drain_timeout,
             handle_shutdown_signals=() if args.no_signals else ("SIGTERM", "SIGINT"),
             poll_window=poll_window,
+            stall_threshold=None if args.stall_threshold <= 0 else args.stall_threshold,
         )
         await conn.closed
         if conn.abandoned:
@@ -280,6 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to finish in-flight steps on SIGTERM (default 600; negative: wait forever)",
     )
     worker.add_argument("--no-signals", action="store_true", help="do not handle SIGTERM/SIGINT")
+    worker.add_argument(
+        "--stall-threshold",
+        type=float,
+        default=5.0,
+        help="seconds the event loop running your functions may be blocked before the worker takes no new "
+        "work and /ready answers 503 (default 5; 0: never)",
+    )
     worker.add_argument(
         "--raise-gc-thresholds",
         action="store_true",
