@@ -6,6 +6,7 @@ whose step blocks its loop with `time.sleep`, and a second worker.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -52,6 +53,15 @@ def test_a_loop_that_turns_is_never_stalled() -> None:
 def test_a_threshold_is_more_than_zero(bad: float) -> None:
     with pytest.raises(ValueError, match="more than 0"):
         LoopWatch(bad, T0)
+
+
+@pytest.mark.parametrize("bad", [0.0, -5.0])
+def test_connect_refuses_a_stall_threshold_that_is_not_positive(bad: float) -> None:
+    from connect.worker import connect
+    from tests.worker.process_app import client
+
+    with pytest.raises(ValueError, match="stall_threshold must be more than 0 seconds or None"):
+        asyncio.run(connect([(client, list(client.functions))], handle_shutdown_signals=(), stall_threshold=bad))
 
 
 @pytest.fixture
