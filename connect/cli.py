@@ -16,8 +16,11 @@ log = logging.getLogger("connect")
 
 T = TypeVar("T")
 
-#: The cyclic garbage collector's thresholds in the processes these commands run
-#: (Python's defaults are 700, 10, 10). A platform or worker process allocates and
+#: The cyclic garbage collector's thresholds in the platform's processes (`connect
+#: dev`, `connect serve`), and in `connect worker` only when asked (`--raise-gc-thresholds`,
+#: `CONNECT_RAISE_GC_THRESHOLDS=1`): a worker runs the user's code, and the collector
+#: is a process-wide setting that is the user's to choose (Python's defaults are
+#: 700, 10, 10). A platform or worker process allocates and
 #: frees many small objects per step; at the defaults the collector runs thousands
 #: of times a second under load, and every pass of an older generation walks every
 #: live run, request and connection. Objects freed by reference counting, which is
@@ -27,11 +30,16 @@ T = TypeVar("T")
 GC_THRESHOLDS = (50_000, 50, 100)
 
 
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run `coro` as the main coroutine of a process the platform owns (every
-    command here, and the benchmark's platform processes): with
-    `GC_THRESHOLDS`, on uvloop where it is installed."""
-    gc.set_threshold(*GC_THRESHOLDS)
+#: `connect worker` raises the collector's thresholds to GC_THRESHOLDS when this is "1".
+GC_ENV_VAR = "CONNECT_RAISE_GC_THRESHOLDS"
+
+
+def run(coro: Coroutine[Any, Any, T], *, raise_gc_thresholds: bool = True) -> T:
+    """Run `coro` as the main coroutine of a process, on uvloop where it is
+    installed; with `GC_THRESHOLDS` unless `raise_gc_thresholds` is False (a
+    process that runs user code leaves the collector as the user set it)."""
+    if raise_gc_thresholds:
+        gc.set_threshold(*GC_THRESHOLDS)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - platforms without uvloop
@@ -85,25 +93,27 @@ def _platform_settings(args: argparse.Namespace) -> Any:
     return settings
 
 
-def _poll_window(args: argparse.Namespace) -> float:
-    """`--poll-window-ms`, else `CONNECT_POLL_WINDOW_MS`, else the default, as seconds (0: off)."""
+def _poll_window(args: argparse.Namespace, default: float | None = None) -> float:
+    """`--poll-window-ms`, else `CONNECT_POLL_WINDOW_MS`, else `default` (the
+    platform's, `polling.DEFAULT_WINDOW`, when None), as seconds (0: off)."""
     from connect import polling
 
+    default = polling.DEFAULT_WINDOW if default is None else default
     try:
         if args.poll_window_ms is not None:
-            return polling.parse_window_ms(args.poll_window_ms, "--poll-window-ms")
-        return polling.window_from_env()
+            return polling.parse_window_ms(args.poll_window_ms, "--poll-window-ms", default)
+        return polling.window_from_env(default)
     except ValueError as exc:
         raise SystemExit(f"connect {args.command}: {exc}") from None
 
 
-def _add_poll_window_arg(parser: argparse.ArgumentParser) -> None:
+def _add_poll_window_arg(parser: argparse.ArgumentParser, default_ms: str) -> None:
     parser.add_argument(
         "--poll-window-ms",
         type=str,
         default=None,
         help="the longest the event loop keeps polling after step traffic instead of sleeping; "
-        "the window adapts to the gaps between messages, up to this (default 1; 0: off; "
+        f"the window adapts to the gaps between messages, up to this (default {default_ms}; 0: off; "
         "or CONNECT_POLL_WINDOW_MS)",
     )
 
@@ -184,7 +194,7 @@ def _add_platform_args(parser: argparse.ArgumentParser, default_db: str) -> None
         action="store_false",
         help="one step per request for every worker (checkpoints are on by default)",
     )
-    _add_poll_window_arg(parser)
+    _add_poll_window_arg(parser, "1")
 
 
 def load_apps(target: str) -> list[tuple[Any, list[Any]]]:
@@ -217,14 +227,19 @@ def load_apps(target: str) -> list[tuple[Any, list[Any]]]:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    """Run a worker until it has drained, then leave like any Python program
+    (the user's `atexit` hooks run), with 0, or 1 when the drain deadline
+    abandoned steps."""
+    from connect.polling import WORKER_DEFAULT_WINDOW
     from connect.worker import connect
 
+    if args.stall_threshold < 0:
+        raise SystemExit("connect worker: --stall-threshold must be 0 (never) or a number of seconds")
     apps = load_apps(args.target)
-    poll_window = _poll_window(args)
-    abandoned = 0
+    poll_window = _poll_window(args, default=WORKER_DEFAULT_WINDOW)
+    raise_gc = args.raise_gc_thresholds or os.environ.get(GC_ENV_VAR, "") == "1"
 
-    async def main() -> None:
-        nonlocal abandoned
+    async def main() -> int:
         conn = await connect(
             apps,
             instance_id=args.instance_id,
@@ -233,19 +248,27 @@ def cmd_worker(args: argparse.Namespace) -> int:
             drain_timeout=None if args.drain_timeout is not None and args.drain_timeout < 0 else args.drain_timeout,
             handle_shutdown_signals=() if args.no_signals else ("SIGTERM", "SIGINT"),
             poll_window=poll_window,
+            stall_threshold=None if args.stall_threshold <= 0 else args.stall_threshold,
         )
         await conn.closed
-        abandoned = conn.abandoned
+        if conn.abandoned:
+            _leave_abandoning()
+        return 0
 
-    run(main())
-    code = 0 if abandoned == 0 else 1
+    code = run(main(), raise_gc_thresholds=raise_gc)
     log.info("worker exited (code %d)", code)
-    # Abandoned user code may still hold threads past the drain deadline:
-    # leave without waiting for them.
+    return code
+
+
+def _leave_abandoning() -> None:
+    """The drain deadline passed with user code still running, possibly in
+    threads a normal exit would wait for without bound: leave at once with 1
+    (the deadline is the point; `atexit` hooks do not run on this path only)."""
+    log.info("worker exited (code 1): the drain deadline abandoned steps still running")
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(code)
+    os._exit(1)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -281,7 +304,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to finish in-flight steps on SIGTERM (default 600; negative: wait forever)",
     )
     worker.add_argument("--no-signals", action="store_true", help="do not handle SIGTERM/SIGINT")
-    _add_poll_window_arg(worker)
+    worker.add_argument(
+        "--stall-threshold",
+        type=float,
+        default=5.0,
+        help="seconds the event loop running your functions may be blocked before the worker takes no new "
+        "work and /ready answers 503 (default 5; 0: never)",
+    )
+    worker.add_argument(
+        "--raise-gc-thresholds",
+        action="store_true",
+        help=f"set the garbage collector's thresholds to {GC_THRESHOLDS} in this process "
+        f"(or {GC_ENV_VAR}=1; default: Python's, as your code set them)",
+    )
+    _add_poll_window_arg(worker, "0")
     worker.set_defaults(func=cmd_worker)
     return parser
 

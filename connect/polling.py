@@ -36,11 +36,13 @@ closes it when user code gets work. So:
 * in between, each gap can cost up to `most` of one core, spent on a thread
   that would otherwise sleep (at most one core per loop).
 
-On by default with `most` = DEFAULT_WINDOW (1 ms; measured on the
-benchmarks' machines, a step's gaps are 0.1 to 0.5 ms, and a fixed window
-of 0.2 ms made the round trip slower while 1 to 5 ms made it about 1.7
-times faster). The platform and the worker each take it as a setting
-(`--poll-window-ms`, `CONNECT_POLL_WINDOW_MS`; 0 is off).
+On by default in the platform's processes with `most` = DEFAULT_WINDOW (1 ms;
+measured on the benchmarks' machines, a step's gaps are 0.1 to 0.5 ms, and a
+fixed window of 0.2 ms made the round trip slower while 1 to 5 ms made it
+about 1.7 times faster). Off by default in a worker (WORKER_DEFAULT_WINDOW):
+a worker runs in the user's process, whose CPU quota and GIL are the user's,
+so polling there is opt-in. Both take it as a setting (`--poll-window-ms`,
+`CONNECT_POLL_WINDOW_MS`, `connect(poll_window=)`; 0 is off).
 
 Only a loop's own thread calls `touch` (the connections call it from their
 protocol callbacks), so the object needs no lock. Each poll is one
@@ -67,6 +69,8 @@ from collections.abc import Callable
 MAX_WINDOW = 1.0
 #: The window a process grows to at most unless told otherwise (seconds).
 DEFAULT_WINDOW = 0.001
+#: A worker's window unless told otherwise: off (it runs in the user's process).
+WORKER_DEFAULT_WINDOW = 0.0
 #: The window's smallest size is `most / GROW_STEPS`: it reaches `most` in log2 of this many misses.
 GROW_STEPS = 16
 #: Polling steps aside once the loop's thread got less than this share of a
@@ -240,12 +244,12 @@ def check_window(window: float) -> float:
     return window
 
 
-def parse_window_ms(value: str | float | None, source: str = ENV_VAR) -> float:
+def parse_window_ms(value: str | float | None, source: str = ENV_VAR, default: float = DEFAULT_WINDOW) -> float:
     """A window in milliseconds (a string from the environment or a flag) as
-    seconds; DEFAULT_WINDOW for unset or empty, 0.0 for "0" (off).
+    seconds; `default` (seconds) for unset or empty, 0.0 for "0" (off).
     ValueError says what is wrong."""
     if value is None or value == "":
-        return DEFAULT_WINDOW
+        return default
     try:
         ms = float(value)
     except ValueError:
@@ -255,6 +259,6 @@ def parse_window_ms(value: str | float | None, source: str = ENV_VAR) -> float:
     return ms / 1000
 
 
-def window_from_env() -> float:
-    """The window `CONNECT_POLL_WINDOW_MS` asks for, in seconds (DEFAULT_WINDOW if unset, 0.0 if off)."""
-    return parse_window_ms(os.environ.get(ENV_VAR))
+def window_from_env(default: float = DEFAULT_WINDOW) -> float:
+    """The window `CONNECT_POLL_WINDOW_MS` asks for, in seconds (`default` if unset, 0.0 if off)."""
+    return parse_window_ms(os.environ.get(ENV_VAR), default=default)

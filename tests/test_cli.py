@@ -27,6 +27,7 @@ def test_commands_run_with_the_documented_gc_thresholds() -> None:
         (["worker", "examples.hello:client", "--poll-window-ms", "abc"], {}, "--poll-window-ms must be a number"),
         (["dev", "--poll-window-ms", "5000"], {}, "--poll-window-ms must be between 0 (off) and 1000 ms"),
         (["dev"], {"CONNECT_POLL_WINDOW_MS": "-2"}, "CONNECT_POLL_WINDOW_MS must be between 0 (off) and 1000 ms"),
+        (["worker", "examples.hello:client", "--stall-threshold", "-1"], {}, "--stall-threshold must be 0 (never)"),
     ],
 )
 def test_a_bad_poll_window_stops_the_command_with_its_reason(

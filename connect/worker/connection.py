@@ -18,9 +18,9 @@ Held ACKs never make a write of their own before the window ends (no flush
 with nothing else to send takes them); any other frame sent meanwhile
 carries them.
 
-The connection's loop has a poll window (`connect.polling`; at most
-`connect(poll_window=...)` or `CONNECT_POLL_WINDOW_MS`, 1 ms by default, 0
-is off): after it sends while no user code runs (after the last reply, or
+The connection's loop may have a poll window (`connect.polling`; at most
+`connect(poll_window=...)` or `CONNECT_POLL_WINDOW_MS`; off by default, as
+it spends the user's CPU): after it sends while no user code runs (after the last reply, or
 while every request waits for a checkpoint's answer) it keeps polling for
 the window it learned from how soon the next request or answer came, so
 that one is read without a wake-up. It stops as user code is handed work;
@@ -64,7 +64,7 @@ from connect.sdk.execution import SDK_VERSION, Invocation, execute
 from connect.sdk.function import Function, functions_json
 from connect.sdk.version import REQUEST_VERSION
 from connect.websocket import BatchingConnection
-from connect.worker import shutdown
+from connect.worker import shutdown, stall
 from connect.worker.masking import MaskedClientConnection
 from connect.worker.readiness import HealthServer
 from connect.worker.start import FatalStartError, StartClient
@@ -102,7 +102,8 @@ class WorkerOptions:
     health_port: int | None = None
     health_host: str = "0.0.0.0"
     gateway_url: str | None = None
-    poll_window: float = polling.DEFAULT_WINDOW
+    poll_window: float = polling.WORKER_DEFAULT_WINDOW
+    stall_threshold: float | None = stall.DEFAULT_THRESHOLD
 
 
 class _WorkerWebSocket(BatchingConnection, MaskedClientConnection):
@@ -117,6 +118,10 @@ class _Socket:
     connected: asyncio.Event = field(default_factory=asyncio.Event)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     draining: bool = False
+    # Paused because the user's loop stalled; replaced by a new connection once
+    # it recovers (a pause cannot be undone on one connection: the gateway keeps it draining).
+    stall_paused: bool = False
+    retired: bool = False
     session_end_reason: str = ""
     # Machinery: the flush of ACKs held back for a reply to share their write.
     ack_flush: asyncio.TimerHandle | None = None
@@ -179,6 +184,7 @@ class WorkerConnection:
         # its reply, when it comes, is replaced by the checkpoint.
         self._refused: dict[str, bytes] = {}
         self._started_at = time.time()
+        self._watch: stall.LoopWatch | None = None  # on the machinery's loop
         self._fatal: BaseException | None = None
         self._closing_requested = False
         self.abandoned = 0
@@ -203,14 +209,23 @@ class WorkerConnection:
 
     @property
     def ready(self) -> bool:
-        """ACTIVE, with a connection the gateway has confirmed and not asked us to leave."""
+        """ACTIVE, with a connection the gateway has confirmed and not asked us
+        to leave, taking work, and the loop that runs user code not stalled."""
         sock = self._active
         return (
             self._state is ConnectionState.ACTIVE
             and sock is not None
             and not sock.draining
-            and sock.session.phase is ws_.WorkerPhase.ACTIVE
+            and not sock.retired
+            and sock.session.accepting
+            and not self.stalled
         )
+
+    @property
+    def stalled(self) -> bool:
+        """The loop that runs user code has not run a probe within `stall_threshold`."""
+        watch = self._watch
+        return watch is not None and watch.stalled
 
     def request_close(self) -> None:
         """Start a graceful shutdown from any thread (signal handlers use this)."""
@@ -295,7 +310,11 @@ class WorkerConnection:
         health: HealthServer | None = None
         if self._options.health_port is not None:
             health = HealthServer(
-                self._options.health_port, self._options.health_host, lambda: self.ready, lambda: self._state.value
+                self._options.health_port,
+                self._options.health_host,
+                lambda: self.ready,
+                lambda: self._state.value,
+                lambda: self.stalled,
             )
             await health.start()
         try:
@@ -318,6 +337,9 @@ class WorkerConnection:
             )
             housekeeping = asyncio.create_task(self._housekeeping(start))
             closer = asyncio.create_task(self._close_when_requested(start))
+            watcher = None
+            if self._options.stall_threshold is not None:
+                watcher = asyncio.create_task(self._watch_user_loop(self._options.stall_threshold))
             try:
                 await self._connect_loop(start)
             except FatalStartError as exc:
@@ -326,6 +348,8 @@ class WorkerConnection:
             finally:
                 closer.cancel()
                 housekeeping.cancel()
+                if watcher is not None:
+                    watcher.cancel()
                 for sock in list(self._sockets):
                     await self._close_socket(sock, codes.CloseCode.NORMAL, codes.WORKER_SHUTDOWN)
                 for task in list(self._tasks):
@@ -352,7 +376,7 @@ class WorkerConnection:
     async def _wait_socket_turn(self, sock: _Socket) -> None:
         """Until the socket ends, the gateway asks us to move, or we are done."""
         assert self._wake is not None
-        while not sock.ended.is_set() and not sock.draining and not self._finished():
+        while not sock.ended.is_set() and not sock.draining and not sock.retired and not self._finished():
             self._wake.clear()
             ended = asyncio.ensure_future(sock.ended.wait())
             woke = asyncio.ensure_future(self._wake.wait())
@@ -403,14 +427,15 @@ class WorkerConnection:
             create_connection=_WorkerWebSocket,
         )
         assert isinstance(ws, _WorkerWebSocket)
+        closing, stalled = self._close_requested.is_set(), self._pause_for_stall()
         session = ws_.WorkerSession(
             hello,
             frozenset(self._apps),
             time.time(),
-            paused=self._close_requested.is_set(),
+            paused=closing or stalled,
             heartbeat_interval=self._options.heartbeat_interval,
         )
-        sock = _Socket(ws, session, resp.gateway_group)
+        sock = _Socket(ws, session, resp.gateway_group, stall_paused=stalled and not closing)
         self._sockets.add(sock)
         reader = asyncio.create_task(self._read(sock))
         self._tasks.add(reader)
@@ -511,6 +536,15 @@ class WorkerConnection:
                             "request %s came again after it finished here; sending its reply again", req.request_id
                         )
                         self._resend_unsent(sock)
+                    elif admission is Admission.REDISPATCHED:
+                        log.info(
+                            "request %s dispatches again step %s of run %s, which runs here as request %s; "
+                            "not starting it twice: that one answers it",
+                            req.request_id,
+                            req.step_id,
+                            req.run_id,
+                            self._ledger.running_id(req.request_id),
+                        )
                     else:
                         log.info("request %s came again while it runs here; not starting it twice", req.request_id)
                 case ws_.Ignored(request_id=rid, why=why):
@@ -623,7 +657,7 @@ class WorkerConnection:
             while self._requests:
                 rid = self._requests.popleft().request_id
                 # Out of the ledger, so its lease lapses (it runs elsewhere) and a drain is not held up.
-                self._ledger.in_flight.pop(rid, None)
+                self._ledger.drop(rid)
                 log.error("request %s not run: the event loop that called connect() is closed", rid)
             self._poke()
 
@@ -790,8 +824,11 @@ class WorkerConnection:
             waiting = self._checkpoints.get(rid)
             if waiting is not None:
                 waiting.reply_behind = True
-            if sock is not None and sock.session.send_reply_bytes(raw):
-                self._ledger.mark_sent(rid, now)
+            # Held under the newest dispatch of the step (see `WorkerLedger`), which may not be `rid`.
+            held = self._ledger.held_id(rid)
+            pending = self._ledger.replies.get(held)
+            if pending is not None and sock is not None and sock.session.send_reply_bytes(pending.response):
+                self._ledger.mark_sent(held, now)
                 sent = True
         if sent:
             assert sock is not None
@@ -830,7 +867,7 @@ class WorkerConnection:
                 if nxt is not None:
                     deadlines.append(nxt)
             for sock in list(self._sockets):
-                if sock.draining and self._ledger.idle:
+                if (sock.draining or sock.retired) and self._ledger.idle:
                     # Nothing left to deliver on it: leave the draining gateway
                     # now rather than when a replacement is up or it gives up.
                     await self._close_socket(sock, codes.CloseCode.NORMAL, codes.WORKER_SHUTDOWN)
@@ -868,7 +905,66 @@ class WorkerConnection:
             else:
                 self._ledger.mark_unsent(rid)
 
-    # --- shutdown --------------------------------------------------------------------------
+    # --- the user's loop: stalls ---------------------------------------------------------
+
+    async def _watch_user_loop(self, threshold: float) -> None:
+        """Machinery: probe the caller's loop (`stall.LoopWatch`); while it is
+        stalled take no new work (WORKER_PAUSE where work could come, /ready 503)."""
+        watch = self._watch = stall.LoopWatch(threshold, time.monotonic())
+        loop = asyncio.get_running_loop()
+        while True:
+            now = time.monotonic()
+            if watch.probe_due(now):
+                watch.probe_sent(now)
+                self._to_main(functools.partial(self._probe_ran, loop, now))
+            if watch.check(now):
+                self._stall_began(watch.stalled_for(now))
+            await asyncio.sleep(max(0.0, watch.next_deadline() - time.monotonic()))
+
+    def _probe_ran(self, machinery: asyncio.AbstractEventLoop, sent_at: float) -> None:
+        """Caller's loop: the probe got its turn; tell the machinery when."""
+        ran_at = time.monotonic()
+        with contextlib.suppress(RuntimeError):  # the machinery ended
+            machinery.call_soon_threadsafe(self._probe_answered, sent_at, ran_at)
+
+    def _probe_answered(self, sent_at: float, ran_at: float) -> None:
+        watch = self._watch
+        if watch is not None and watch.probe_ran(sent_at, ran_at):
+            self._stall_ended()
+
+    def _pause_for_stall(self) -> bool:
+        """While stalled, whether a connection must pause: the gateway could
+        route new work to it (this instance is not at its concurrency limit)."""
+        limit = self._options.max_worker_concurrency
+        return self.stalled and (limit is None or len(self._ledger.in_flight) < limit)
+
+    def _stall_began(self, seconds: float) -> None:
+        pause = self._pause_for_stall()
+        log.warning(
+            "the event loop running your functions has not run for %.1f s: taking no new work until it does%s",
+            seconds,
+            " (WORKER_PAUSE sent)" if pause else "",
+        )
+        if not pause:
+            return  # at its concurrency limit: the gateway routes nothing here anyway
+        for sock in list(self._sockets):
+            if not sock.session.paused:
+                sock.stall_paused = True
+                sock.session.pause()
+                self._flush_soon(sock)
+
+    def _stall_ended(self) -> None:
+        """Take work again: connections paused for the stall are replaced by new ones."""
+        paused = [sock for sock in self._sockets if sock.stall_paused and not sock.retired]
+        log.info(
+            "the event loop running your functions runs again%s",
+            ": taking new work on a new connection" if paused and not self._closing_requested else "",
+        )
+        if self._closing_requested:
+            return
+        for sock in paused:
+            sock.retired = True
+        self._restructure()
 
     async def _close_when_requested(self, start: StartClient) -> None:
         assert self._close_requested is not None and self._progress is not None
@@ -884,13 +980,11 @@ class WorkerConnection:
         while not self._ledger.idle:
             remaining = None if deadline is None else deadline - (time.monotonic() - started)
             if remaining is not None and remaining <= 0:
-                self.abandoned = len(self._ledger.in_flight) + len(self._ledger.replies)
+                self.abandoned = self._ledger.abandon()
                 log.warning(
                     "drain deadline passed: abandoning %d requests; their leases let them run elsewhere",
                     self.abandoned,
                 )
-                self._ledger.in_flight.clear()
-                self._ledger.replies.clear()
                 break
             self._progress.clear()
             with contextlib.suppress(TimeoutError):
@@ -980,6 +1074,7 @@ async def connect(
     reply_buffer_bytes: int = 500 * 1024 * 1024,
     wait_active: bool = True,
     poll_window: float | None = None,
+    stall_threshold: float | None = stall.DEFAULT_THRESHOLD,
 ) -> WorkerConnection:
     """Connect a worker for `apps` and return once it is ACTIVE.
 
@@ -998,15 +1093,26 @@ async def connect(
     - `reply_buffer_bytes`: bound of the buffer of unacknowledged replies.
     - `poll_window`: the longest the connection's loop keeps polling instead
       of sleeping after it sends while no user code runs, in seconds (default
-      `CONNECT_POLL_WINDOW_MS` in milliseconds, else 0.001; 0 is off; at most
-      1 s). The window adapts to how soon answers come: lower step latency
-      for CPU only while traffic is that dense. See `connect.polling`.
+      `CONNECT_POLL_WINDOW_MS` in milliseconds, else 0: off, as this is the
+      user's process; at most 1 s). The window adapts to how soon answers
+      come: lower step latency for CPU only while traffic is that dense. See
+      `connect.polling`.
+    - `stall_threshold`: seconds the loop that calls `connect()` (and runs the
+      functions) may go without a turn before the worker takes no new work
+      (WORKER_PAUSE while it could get some; `/ready` 503) until it turns
+      again, then takes work on a new connection (default 5; None: never).
+      Heartbeats and lease extensions flow all the while. See `connect.worker.stall`.
     """
+    if stall_threshold is not None and not stall_threshold > 0:
+        raise ValueError(f"stall_threshold must be more than 0 seconds or None, not {stall_threshold!r}")
     if max_worker_concurrency is None and os.environ.get("CONNECT_MAX_WORKER_CONCURRENCY"):
         max_worker_concurrency = int(os.environ["CONNECT_MAX_WORKER_CONCURRENCY"])
     if max_worker_concurrency is not None and max_worker_concurrency <= 0:
         raise ValueError("max_worker_concurrency must be a positive integer")
-    poll_window = polling.window_from_env() if poll_window is None else polling.check_window(poll_window)
+    if poll_window is None:
+        poll_window = polling.window_from_env(polling.WORKER_DEFAULT_WINDOW)
+    else:
+        poll_window = polling.check_window(poll_window)
     options = WorkerOptions(
         instance_id=instance_id or socket.gethostname(),
         max_worker_concurrency=max_worker_concurrency,
@@ -1015,6 +1121,7 @@ async def connect(
         gateway_url=gateway_url or os.environ.get("CONNECT_GATEWAY_URL") or None,
         reply_buffer_bytes=reply_buffer_bytes,
         poll_window=poll_window,
+        stall_threshold=stall_threshold,
     )
     conn = WorkerConnection(apps, options)
     shutdown.install(handle_shutdown_signals, conn.request_close)

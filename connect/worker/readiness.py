@@ -2,9 +2,10 @@
 
 Served from the worker's connection thread, so probes answer even while
 user code blocks the main event loop. `/ready` is 200 only while the worker
-is ACTIVE and the gateway has confirmed the connection (it is 503 from the
-moment a drain starts); `/live` is 200 while the connection machinery runs,
-draining included.
+is ACTIVE, the gateway has confirmed the connection and the event loop that
+runs user code is not stalled (it is 503 from the moment a drain starts, and
+while that loop is stalled: `"stalled": true`); `/live` is 200 while the
+connection machinery runs, draining and stalls included.
 """
 
 from __future__ import annotations
@@ -30,13 +31,20 @@ class _ProbeServer(uvicorn.Server):
 
 
 class HealthServer:
-    def __init__(self, port: int, host: str, ready: Callable[[], bool], state: Callable[[], str]) -> None:
+    def __init__(
+        self,
+        port: int,
+        host: str,
+        ready: Callable[[], bool],
+        state: Callable[[], str],
+        stalled: Callable[[], bool],
+    ) -> None:
         async def ready_probe(request: Request) -> JSONResponse:
             ok = ready()
-            return JSONResponse({"ready": ok, "state": state()}, status_code=200 if ok else 503)
+            return JSONResponse({"ready": ok, "state": state(), "stalled": stalled()}, status_code=200 if ok else 503)
 
         async def live_probe(request: Request) -> JSONResponse:
-            return JSONResponse({"live": True, "state": state()})
+            return JSONResponse({"live": True, "state": state(), "stalled": stalled()})
 
         app = Starlette(routes=[Route("/ready", ready_probe), Route("/live", live_probe)])
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off", access_log=False)

@@ -206,3 +206,61 @@ def test_worker_session_survives_random_gateway_frames(frames_in: list[tuple[int
         s.receive(payload, T0 + i)  # raw bytes too
         s.tick(T0 + i)
         assert len(s.data_to_send()) <= 4
+
+
+def _executor_request(rid: str, lease: str, run: str = "run-1", step: str = "step") -> pb.GatewayExecutorRequestData:
+    return pb.GatewayExecutorRequestData(request_id=rid, lease_id=lease, app_name="app", run_id=run, step_id=step)
+
+
+def test_a_redispatch_of_a_running_step_is_answered_by_the_running_copy() -> None:
+    """After a lease lapses the executor sends the same run's step again under
+    a new request id: it is acknowledged, not run; the running copy extends
+    the new lease and answers under the new id."""
+    s, ledger = active(), WorkerLedger(ack_timeout=5.0)
+    s.data_to_send()
+    events: list[ws.WorkerEvent] = []
+    for req in (_executor_request("r1", "L1"), _executor_request("r2", "L2")):
+        events += s.receive(frames.encode(pb.GATEWAY_EXECUTOR_REQUEST, req), T0)
+    assert kinds(s) == [pb.WORKER_REQUEST_ACK, pb.WORKER_REQUEST_ACK]  # both dispatches are acknowledged
+    admissions = [ledger.accept(e.request, T0, 30.0) for e in events if isinstance(e, ws.Execute)]
+    assert admissions == [Admission.RUN, Admission.REDISPATCHED]  # one copy runs
+    assert list(ledger.in_flight) == ["r1"] and ledger.running_id("r2") == "r1"
+
+    # The lapsed lease's NACK does not stop the extensions of the new one.
+    assert ledger.lease_answer("r1", None)
+    (ext,) = ledger.due_extensions(T0 + 30, 30.0)
+    assert (ext.request_id, ext.lease_id, ext.run_id, ext.step_id) == ("r2", "L2", "run-1", "step")
+    assert ledger.lease_answer("r2", "L3")
+    (ext,) = ledger.due_extensions(T0 + 60, 30.0)
+    assert (ext.request_id, ext.lease_id) == ("r2", "L3")
+
+    # The running copy's reply (made for r1) answers r2, the dispatch the executor awaits.
+    reply = pb.SDKResponse(request_id="r1", run_id="run-1", status=pb.DONE, body=b'"done"')
+    assert ledger.complete("r1", reply.SerializeToString()) == []
+    assert ledger.held_id("r1") == "r2"
+    ((held_id, raw),) = ledger.unsent()
+    answer = pb.SDKResponse.FromString(raw)
+    assert (held_id, answer.request_id, answer.run_id, answer.body) == ("r2", "r2", "run-1", b'"done"')
+    # A checkpoint refused after the reply went out replaces it, still as r2's answer.
+    assert ledger.replace("r1", pb.SDKResponse(request_id="r1", body=b"step").SerializeToString())
+    ((_, raw),) = ledger.unsent()
+    assert pb.SDKResponse.FromString(raw).request_id == "r2"
+    assert ledger.accept(_executor_request("r2", "L4"), T0 + 70, 30.0) is Admission.REPLIED
+
+    ledger.acknowledged("r2")
+    assert ledger.idle
+    # Once replied, the same step's next request (the run's next discovery, a retry) is new work.
+    assert ledger.accept(_executor_request("r3", "L5"), T0 + 80, 30.0) is Admission.RUN
+
+
+def test_only_the_same_step_of_the_same_run_is_a_redispatch() -> None:
+    ledger = WorkerLedger(ack_timeout=5.0)
+    assert ledger.accept(_executor_request("r1", "L1"), T0, 30.0) is Admission.RUN
+    assert ledger.accept(_executor_request("r2", "L2", step="other"), T0, 30.0) is Admission.RUN  # a parallel step
+    assert ledger.accept(_executor_request("r3", "L3", run="run-2"), T0, 30.0) is Admission.RUN
+    no_step = pb.GatewayExecutorRequestData(request_id="r4", lease_id="L4", app_name="app", run_id="run-1")
+    assert ledger.accept(no_step, T0, 30.0) is Admission.RUN  # names no step: known by its request id alone
+    assert sorted(ledger.in_flight) == ["r1", "r2", "r3", "r4"]
+    ledger.drop("r1")
+    assert ledger.accept(_executor_request("r5", "L5"), T0, 30.0) is Admission.RUN  # r1 no longer runs here
+    assert ledger.abandon() == 4 and ledger.idle
