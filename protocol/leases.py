@@ -17,6 +17,11 @@ from dataclasses import dataclass
 
 from protocol import ids, limits
 
+#: How late after its due time a worker's next extension may arrive when one of
+#: its connections has ended (see `LeaseTable.shorten`): the extension may be on
+#: its way, or leave a little late from a busy worker.
+EXTENSION_SLACK = 2.0
+
 
 @dataclass
 class Lease:
@@ -73,17 +78,21 @@ class LeaseTable:
     def owned_by(self, instance_id: str) -> list[Lease]:
         return [lease for lease in self._leases.values() if lease.instance_id == instance_id]
 
-    def shorten(self, instance_id: str, until: float) -> list[Lease]:
-        """Make every lease of `instance_id` lapse at `until` at the latest;
-        returns the leases this shortened.
+    def shorten(self, instance_id: str, now: float, interval: float) -> list[Lease]:
+        """Make every lease of `instance_id` lapse when its next extension is
+        overdue: `interval` after it was granted or last extended (or `now`, if
+        that is past), plus `EXTENSION_SLACK`; returns the leases this shortened.
 
         Used when a connection of that instance ends: a live worker extends
-        its leases over another connection before `until`, a vanished one
-        does not, and its requests are dispatched again then instead of when
-        the whole lease runs out."""
+        its leases over another connection on its usual schedule, so it never
+        loses one this way; a vanished one does not, and its requests are
+        dispatched again then instead of when the whole lease runs out."""
         shortened = []
         for lease in self._leases.values():
-            if lease.instance_id == instance_id and lease.expires_at > until:
+            if lease.instance_id != instance_id:
+                continue
+            until = max(now, lease.expires_at - self.duration + interval) + EXTENSION_SLACK
+            if lease.expires_at > until:
                 lease.expires_at = until
                 shortened.append(lease)
         return shortened

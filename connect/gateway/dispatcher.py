@@ -34,7 +34,7 @@ from connect.gateway.dispatch import Join, NoWorker, StepReply, StepRequest, Sto
 from connect.gateway.routing import Router
 from protocol import connect_pb2 as pb
 from protocol import limits
-from protocol.leases import Lease, LeaseTable
+from protocol.leases import EXTENSION_SLACK, Lease, LeaseTable
 
 log = logging.getLogger("connect.gateway")
 
@@ -285,26 +285,27 @@ class GatewayDispatcher:
         self.router.remove(conn)
 
     def connection_lost(self, conn: Connection, clean: bool) -> None:
-        """A socket ended. The requests its instance runs get one extension
-        interval to be extended over another connection (a worker that
-        reconnects, or has one open already, does so on its usual schedule);
-        silence past that dispatches them again instead of waiting out the
-        whole lease. A clean close is no exception: the worker has delivered
+        """A socket ended. The requests its instance runs must be extended over
+        another connection when their next extension is due, with
+        `EXTENSION_SLACK` (a worker that reconnects, or has one open already,
+        does so on its usual schedule); silence past that dispatches them
+        again instead of waiting out the whole lease. A clean close is no exception: the worker has delivered
         what it could, and what it abandoned past its drain deadline should
         not wait for the lease either."""
         self.router.remove(conn)
         if not conn.instance_id:
             return
-        cutoff = self._clock() + self.extend_lease_interval
-        shortened = self.leases.shorten(conn.instance_id, cutoff)
+        shortened = self.leases.shorten(conn.instance_id, self._clock(), self.extend_lease_interval)
         if shortened:
             log.info(
-                "connection %s of %s closed (%s): %d requests run elsewhere unless extended within %.1f s",
+                "connection %s of %s closed (%s): %d requests run elsewhere unless extended when due "
+                "(every %.1f s, %.1f s of slack)",
                 conn.connection_id,
                 conn.instance_id,
                 "clean" if clean else "unclean",
                 len(shortened),
                 self.extend_lease_interval,
+                EXTENSION_SLACK,
             )
         for lease in shortened:
             pending = self._pending.get(lease.request_id)

@@ -12,6 +12,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+from protocol.leases import EXTENSION_SLACK
 from tests.e2e.blocking_proxy import BlockingProxy
 from tests.e2e.harness import DevServer, Proc, start_worker, started_steps, step_counts, wait_for_log, wait_until
 
@@ -72,8 +73,9 @@ def test_a_step_lost_with_its_worker_runs_again_without_spending_a_retry(tmp_pat
 
 def test_an_unclean_disconnect_hands_its_steps_on_after_one_extension_interval(tmp_path: Path) -> None:
     """The README's figure: a step of a worker whose connection dropped without a
-    clean close is dispatched again one extension interval after the drop, long
-    before its lease (60 s here) would lapse."""
+    clean close is dispatched again once its next extension is overdue (one
+    extension interval after the last, plus EXTENSION_SLACK), long before its
+    lease (60 s here) would lapse."""
     interval = 3.0
     dev = DevServer(tmp_path, extra=["--lease-duration", "60", "--extend-lease-interval", str(interval)]).start()
     a = _worker(dev, tmp_path, "a")
@@ -89,7 +91,7 @@ def test_an_unclean_disconnect_hands_its_steps_on_after_one_extension_interval(t
         a.wait(10)
         time.sleep(max(0.0, killed + interval - 1.5 - time.monotonic()))
         assert _started_on(tmp_path) == ["a"], "dispatched again before the extension interval ran out"
-        time.sleep(max(0.0, killed + interval + 2.5 - time.monotonic()))
+        time.sleep(max(0.0, killed + interval + EXTENSION_SLACK + 2.5 - time.monotonic()))
         assert _started_on(tmp_path) == ["a", "b"], "not dispatched again within the extension interval"
         (run,) = dev.wait_runs([eid], timeout=60)
         assert run["status"] == "Completed", run
