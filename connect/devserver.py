@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 import uvicorn
 
 from connect import polling
-from connect.api.app import ApiConfig, create_api
-from connect.api.http import OneWriteHttpProtocol
+from connect.api.app import MAX_START_BYTES, ApiConfig, create_api
+from connect.api.framing import HttpLimits
+from connect.api.guard import guarded_http
 from connect.executor import Executor
 from connect.gateway.auth import Keys
 from connect.gateway.dispatcher import GatewayDispatcher
@@ -124,6 +125,9 @@ class DevServer:
             keys=s.keys,
             admit_connection=gateway.admit,
         )
+        http_limits = HttpLimits(
+            max_body_bytes=max(s.max_request_bytes, limits.MAX_WORKER_MESSAGE_BYTES, MAX_START_BYTES)
+        )
         server = _ApiServer(
             uvicorn.Config(
                 api,
@@ -133,7 +137,10 @@ class DevServer:
                 lifespan="off",
                 access_log=False,
                 backlog=4096,
-                http=OneWriteHttpProtocol,
+                http=guarded_http(http_limits),
+                # No WebSocket on this port: an upgraded connection would leave the guard's limits.
+                ws="none",
+                timeout_keep_alive=http_limits.keep_alive_timeout,
             )
         )
         api_task = asyncio.create_task(server.serve())

@@ -1,0 +1,258 @@
+"""Where each HTTP/1.1 request on a connection begins and ends, and what it may cost.
+
+`RequestFraming` is a sans-I/O machine: it is fed the bytes a client sends
+and the current time, and answers whether the connection stays within
+`HttpLimits`. It finds the end of each request head, reads the body's
+framing from it (`Content-Length`, or `Transfer-Encoding: chunked`, whose
+chunk sizes it follows) and so knows where the next request starts, also
+when requests are pipelined. It keeps no more than one request head
+(`max_header_bytes`) and one chunk-size line; body bytes are counted, never
+kept. Parsing itself stays the HTTP server's (uvicorn's httptools); this
+machine only decides whether to keep feeding it.
+
+Deadlines: a connection must complete a request head within
+`header_timeout` of being opened, or of the first byte of its next request,
+and a body within `body_timeout` of its head. Between requests (the
+application at work, or an idle keep-alive connection) there is none here:
+the server's keep-alive timeout closes idle connections.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum, auto
+from typing import NamedTuple
+
+#: The longest chunk-size line (size, extensions and CRLF) a chunked body may send.
+MAX_CHUNK_LINE_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """The bounds of one HTTP listener (see README, "Limits and defaults")."""
+
+    #: Request line plus headers; past it 431.
+    max_header_bytes: int = 64 * 1024
+    #: The largest body any route accepts; past it 413 before the application
+    #: sees the request. Routes refuse smaller bodies of their own.
+    max_body_bytes: int = 8 * 1024 * 1024
+    #: From the connection's opening, or the first byte of a request, to the end of its head; past it 408.
+    header_timeout: float = 10.0
+    #: From the end of a head to the end of its body; past it 408.
+    body_timeout: float = 30.0
+    #: An idle keep-alive connection is closed after this many seconds (uvicorn's `timeout_keep_alive`).
+    keep_alive_timeout: int = 5
+    #: Open connections on the listener; a new one past it is answered 503 and closed.
+    max_connections: int = 4096
+    #: How long a refused connection is still read (and discarded) so its client can read the answer.
+    linger: float = 2.0
+
+
+class Refusal(NamedTuple):
+    """Why a connection is answered with an error and closed."""
+
+    status: int
+    message: str
+
+
+class _Phase(Enum):
+    HEAD = auto()
+    LENGTH = auto()
+    CHUNK_SIZE = auto()
+    CHUNK_DATA = auto()
+    CHUNK_END = auto()
+    TRAILER = auto()
+
+
+class RequestFraming:
+    """The framing of the requests on one connection; see the module docstring.
+
+    `receive` and `expired` return a `Refusal` once the connection broke a
+    limit or the HTTP framing rules; the caller answers it and stops feeding
+    the machine, whose state is then undefined.
+    """
+
+    def __init__(self, limits: HttpLimits, now: float) -> None:
+        self._limits = limits
+        self._phase = _Phase.HEAD
+        self._line = bytearray()  # the head, a chunk-size line or a trailer being received
+        self._remaining = 0  # body bytes (LENGTH) or chunk bytes (CHUNK_DATA) still expected
+        self._body_bytes = 0
+        self.deadline: float | None = now + limits.header_timeout
+        self.requests = 0  # request heads completed
+
+    @property
+    def between_requests(self) -> bool:
+        """True before a request's first byte (the connection is idle or its request is being answered)."""
+        return self._phase is _Phase.HEAD and not self._line
+
+    def expired(self, now: float) -> Refusal | None:
+        if self.deadline is None or now < self.deadline:
+            return None
+        if self._phase is _Phase.HEAD:
+            what = "request head" if self._line else "request"
+            return Refusal(408, f"no complete {what} within {self._limits.header_timeout:g} s")
+        return Refusal(408, f"request body not complete within {self._limits.body_timeout:g} s of its head")
+
+    def receive(self, data: bytes, now: float) -> Refusal | None:
+        pos, end = 0, len(data)
+        while pos < end:
+            phase = self._phase
+            if phase is _Phase.HEAD:
+                if not self._line:
+                    # Empty lines before a request line are allowed (RFC 9112, 2.2).
+                    while pos < end and data[pos] in b"\r\n":
+                        pos += 1
+                    if pos == end:
+                        break
+                    if self.deadline is None:
+                        self.deadline = now + self._limits.header_timeout
+                pos, refusal = self._receive_head(data, pos, now)
+            elif phase is _Phase.LENGTH or phase is _Phase.CHUNK_DATA:
+                taken = min(self._remaining, end - pos)
+                pos += taken
+                self._remaining -= taken
+                if self._remaining == 0:
+                    if phase is _Phase.LENGTH:
+                        self._request_done()
+                    else:
+                        self._phase = _Phase.CHUNK_END
+                refusal = None
+            else:
+                pos, line = self._take_line(data, pos)
+                if line is None:
+                    refusal = self._line_too_long()
+                else:
+                    refusal = self._chunk_line(line)
+            if refusal is not None:
+                return refusal
+        return None
+
+    def _receive_head(self, data: bytes, pos: int, now: float) -> tuple[int, Refusal | None]:
+        """Consume head bytes from `data[pos:]`; a complete head starts its body."""
+        limit = self._limits.max_header_bytes
+        before = len(self._line)
+        if before:
+            # No more than can still belong to a head within the limit, plus one byte to see it exceeded.
+            self._line += data[pos : pos + limit + 1 - before]
+            end = _head_end(self._line, max(0, before - 3))
+            if 0 <= end <= limit:
+                head = bytes(self._line[:end])
+                self._line.clear()
+                self.requests += 1
+                return pos + end - before, self._start_body(head, now)
+        else:
+            # The common case, a whole head in one read: nothing is copied.
+            end = _head_end(data, pos)
+            if 0 <= end - pos <= limit:
+                self.requests += 1
+                return end, self._start_body(data[pos:end], now)
+            if end < 0:
+                self._line += data[pos : pos + limit + 1]
+        if end >= 0 or len(self._line) > limit:
+            return len(data), Refusal(431, f"request head larger than {limit} bytes")
+        return len(data), None
+
+    def _start_body(self, head: bytes, now: float) -> Refusal | None:
+        lower = head.lower()
+        lengths = _header_values(lower, b"\ncontent-length:")
+        codings = [c for c in _header_values(lower, b"\ntransfer-encoding:") if c]
+        if codings:
+            if lengths:
+                # A request that can be framed two ways is how requests are smuggled (RFC 9112, 6.3).
+                return Refusal(400, "Content-Length and Transfer-Encoding together")
+            if codings[-1] != b"chunked":
+                return Refusal(400, "a request's Transfer-Encoding must end with chunked")
+            self._phase = _Phase.CHUNK_SIZE
+            self._body_bytes = 0
+            self.deadline = now + self._limits.body_timeout
+            return None
+        if lengths:
+            if len(set(lengths)) != 1 or not lengths[0].isdigit():
+                return Refusal(400, "invalid Content-Length")
+            size = int(lengths[0])
+            if size > self._limits.max_body_bytes:
+                return Refusal(413, f"request body is {size} bytes; the limit is {self._limits.max_body_bytes}")
+            if size > 0:
+                self._phase = _Phase.LENGTH
+                self._remaining = size
+                self.deadline = now + self._limits.body_timeout
+                return None
+        self._request_done()
+        return None
+
+    def _take_line(self, data: bytes, pos: int) -> tuple[int, bytes | None]:
+        """Bytes up to a line end, once the line is complete; None past the line limit."""
+        cap = MAX_CHUNK_LINE_BYTES if self._phase is not _Phase.TRAILER else self._limits.max_header_bytes
+        newline = data.find(b"\n", pos)
+        stop = len(data) if newline < 0 else newline + 1
+        self._line += data[pos : min(stop, pos + cap + 1 - len(self._line))]
+        if len(self._line) > cap:
+            return len(data), None
+        if newline < 0:
+            return len(data), b""  # incomplete: nothing to act on yet
+        line = bytes(self._line).rstrip(b"\r\n")
+        self._line.clear()
+        return stop, line + b"\n"  # the trailing marker says "complete", also for an empty line
+
+    def _line_too_long(self) -> Refusal:
+        if self._phase is _Phase.TRAILER:
+            return Refusal(431, f"request trailers larger than {self._limits.max_header_bytes} bytes")
+        return Refusal(400, f"chunk size line longer than {MAX_CHUNK_LINE_BYTES} bytes")
+
+    def _chunk_line(self, marked: bytes) -> Refusal | None:
+        if not marked:
+            return None  # the line is not complete yet
+        line = marked[:-1]
+        phase = self._phase
+        if phase is _Phase.CHUNK_END:
+            if line:
+                return Refusal(400, "chunk data longer than its size")
+            self._phase = _Phase.CHUNK_SIZE
+            return None
+        if phase is _Phase.TRAILER:
+            if not line:
+                self._request_done()
+            return None
+        size_text = line.split(b";", 1)[0].strip()
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            return Refusal(400, "invalid chunk size")
+        if size < 0 or size_text[:1] in (b"+", b"-") or b"_" in size_text:
+            return Refusal(400, "invalid chunk size")
+        self._body_bytes += size
+        if self._body_bytes > self._limits.max_body_bytes:
+            return Refusal(413, f"request body larger than {self._limits.max_body_bytes} bytes")
+        if size == 0:
+            self._phase = _Phase.TRAILER
+        else:
+            self._phase = _Phase.CHUNK_DATA
+            self._remaining = size
+        return None
+
+    def _request_done(self) -> None:
+        self._phase = _Phase.HEAD
+        self.deadline = None
+
+
+def _head_end(buffer: bytes | bytearray, start: int) -> int:
+    """The index just past the blank line that ends a head, or -1."""
+    crlf = buffer.find(b"\r\n\r\n", start)
+    # A bare LF also ends a line; look for it only before the first CRLF CRLF.
+    lf = buffer.find(b"\n\n", start, crlf + 4 if crlf >= 0 else len(buffer))
+    if lf >= 0 and (crlf < 0 or lf + 2 < crlf + 4):
+        return lf + 2
+    return crlf + 4 if crlf >= 0 else -1
+
+
+def _header_values(lower_head: bytes, name: bytes) -> list[bytes]:
+    """The comma-separated values of every header `name` (lower case, with its colon) in the head."""
+    values: list[bytes] = []
+    at = lower_head.find(name)
+    while at >= 0:
+        start = at + len(name)
+        end = lower_head.find(b"\n", start)
+        values.extend(v.strip() for v in lower_head[start:end].split(b","))
+        at = lower_head.find(name, end)
+    return values
