@@ -126,7 +126,11 @@ class DevServer:
             admit_connection=gateway.admit,
         )
         http_limits = HttpLimits(
-            max_body_bytes=max(s.max_request_bytes, limits.MAX_WORKER_MESSAGE_BYTES, MAX_START_BYTES)
+            route_body_bytes=(
+                (b"/e/", s.max_request_bytes),
+                (b"/v0/connect/flush", limits.MAX_WORKER_MESSAGE_BYTES),
+                (b"/v0/connect/start", MAX_START_BYTES),
+            )
         )
         server = _ApiServer(
             uvicorn.Config(

@@ -33,9 +33,12 @@ class HttpLimits:
 
     #: Request line plus headers; past it 431.
     max_header_bytes: int = 64 * 1024
-    #: The largest body any route accepts; past it 413 before the application
-    #: sees the request. Routes refuse smaller bodies of their own.
-    max_body_bytes: int = 8 * 1024 * 1024
+    #: The largest body of a path `route_body_bytes` does not name; past it 413
+    #: before the application sees the request.
+    max_body_bytes: int = 64 * 1024
+    #: Smaller limits for paths starting with a prefix (the first that matches): the
+    #: guard answers those 413s itself, so the client can still read them.
+    route_body_bytes: tuple[tuple[bytes, int], ...] = ()
     #: From the connection's opening, or the first byte of a request, to the end of its head; past it 408.
     header_timeout: float = 10.0
     #: From the end of a head to the end of its body; past it 408.
@@ -78,6 +81,7 @@ class RequestFraming:
         self._line = bytearray()  # the head, a chunk-size line or a trailer being received
         self._remaining = 0  # body bytes (LENGTH) or chunk bytes (CHUNK_DATA) still expected
         self._body_bytes = 0
+        self._max_body = limits.max_body_bytes
         self.deadline: float | None = now + limits.header_timeout
         self.requests = 0  # request heads completed
 
@@ -158,6 +162,7 @@ class RequestFraming:
         lengths = _header_values(lower, b"\ncontent-length:")
         codings = [c for c in _header_values(lower, b"\ntransfer-encoding:") if c]
         if codings:
+            self._max_body = self._body_limit(head)
             if lengths:
                 # A request that can be framed two ways is how requests are smuggled (RFC 9112, 6.3).
                 return Refusal(400, "Content-Length and Transfer-Encoding together")
@@ -167,12 +172,13 @@ class RequestFraming:
             self._body_bytes = 0
             self.deadline = now + self._limits.body_timeout
             return None
+        self._max_body = self._body_limit(head)
         if lengths:
             if len(set(lengths)) != 1 or not lengths[0].isdigit():
                 return Refusal(400, "invalid Content-Length")
             size = int(lengths[0])
-            if size > self._limits.max_body_bytes:
-                return Refusal(413, f"request body is {size} bytes; the limit is {self._limits.max_body_bytes}")
+            if size > self._max_body:
+                return Refusal(413, f"request body is {size} bytes; the limit is {self._max_body}")
             if size > 0:
                 self._phase = _Phase.LENGTH
                 self._remaining = size
@@ -180,6 +186,15 @@ class RequestFraming:
                 return None
         self._request_done()
         return None
+
+    def _body_limit(self, head: bytes) -> int:
+        routes = self._limits.route_body_bytes
+        if routes:
+            target = head.split(b" ", 2)[1] if head.count(b" ", 0, head.find(b"\n")) >= 2 else b""
+            for prefix, limit in routes:
+                if target.startswith(prefix):
+                    return limit
+        return self._limits.max_body_bytes
 
     def _take_line(self, data: bytes, pos: int) -> tuple[int, bytes | None]:
         """Bytes up to a line end, once the line is complete; None past the line limit."""
@@ -222,8 +237,8 @@ class RequestFraming:
         if size < 0 or size_text[:1] in (b"+", b"-") or b"_" in size_text:
             return Refusal(400, "invalid chunk size")
         self._body_bytes += size
-        if self._body_bytes > self._limits.max_body_bytes:
-            return Refusal(413, f"request body larger than {self._limits.max_body_bytes} bytes")
+        if self._body_bytes > self._max_body:
+            return Refusal(413, f"request body larger than {self._max_body} bytes")
         if size == 0:
             self._phase = _Phase.TRAILER
         else:

@@ -130,3 +130,13 @@ def test_deadlines_head_from_opening_and_from_the_first_byte_body_from_the_head(
     # ... until the next request's first byte.
     assert framing.receive(b"GET", now=500.0) is None
     assert framing.deadline == 510.0
+
+
+def test_a_route_with_a_limit_of_its_own_is_held_to_it() -> None:
+    limits = HttpLimits(max_body_bytes=10, route_body_bytes=((b"/e/", 50), (b"/v0/connect/flush", 80)))
+    assert feed(post(b"a" * 50), limits=limits)[1] is None
+    assert feed(post(b"a" * 51), limits=limits)[1] == Refusal(413, "request body is 51 bytes; the limit is 50")
+    flush = b"POST /v0/connect/flush HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n51\r\n"
+    assert feed(flush, limits=limits)[1] == Refusal(413, "request body larger than 80 bytes")
+    other = b"POST /v1/runs/x/cancel HTTP/1.1\r\ncontent-length: 11\r\n\r\n"
+    assert feed(other, limits=limits)[1] == Refusal(413, "request body is 11 bytes; the limit is 10")
