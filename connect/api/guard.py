@@ -25,6 +25,7 @@ from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from connect.api.corking import CorkedTransport
 from connect.api.framing import HttpLimits, Refusal, RequestFraming
 
 
@@ -52,6 +53,7 @@ def guarded_http(limits: HttpLimits, inner: type[asyncio.Protocol] = HttpToolsPr
             self._timer_at: float | None = None
             self._refused = False
             self._admitted = False
+            self._corked: CorkedTransport | None = None
 
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             # uvloop's transports are not subclasses of asyncio.Transport, but implement it.
@@ -61,7 +63,9 @@ def guarded_http(limits: HttpLimits, inner: type[asyncio.Protocol] = HttpToolsPr
                 return
             self._admitted = True
             open_connections.add(self)
-            self._inner.connection_made(self._transport)
+            # uvicorn gets a corked transport: each answer leaves in one write.
+            self._corked = CorkedTransport(self._transport, self._loop)
+            self._inner.connection_made(cast(asyncio.Transport, self._corked))
             self._arm()
 
         def data_received(self, data: bytes) -> None:
@@ -120,6 +124,8 @@ def guarded_http(limits: HttpLimits, inner: type[asyncio.Protocol] = HttpToolsPr
             assert transport is not None
             self._refused = True
             self._cancel_timer()
+            if self._corked is not None:
+                self._corked.flush()  # what uvicorn wrote so far goes first
             if transport.is_closing():
                 return
             transport.write(refusal_response(refusal))

@@ -14,7 +14,8 @@ LIMITS = HttpLimits(max_header_bytes=1024, max_body_bytes=100, header_timeout=10
 def post(body: bytes, *, chunked: bool = False, extra: bytes = b"") -> bytes:
     if chunked:
         framed = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (body[:3], body[3:]) if part)
-        return b"POST /e/k HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n" + extra + b"\r\n" + framed + b"0\r\n\r\n"
+        head = b"POST /e/k HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n" + extra + b"\r\n"
+        return head + framed + b"0\r\n\r\n"
     return b"POST /e/k HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n" % len(body) + extra + b"\r\n" + body
 
 
@@ -30,7 +31,8 @@ def feed(data: bytes, cuts: list[int] = (), limits: HttpLimits = LIMITS) -> tupl
 
 
 def test_pipelined_requests_of_every_framing_are_counted_and_end_between_requests() -> None:
-    stream = b"\r\n" + post(b"hello world") + b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n" + post(b"abcdefgh", chunked=True)
+    get = b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n"
+    stream = b"\r\n" + post(b"hello world") + get + post(b"abcdefgh", chunked=True)
     framing, refusal = feed(stream)
     assert refusal is None
     assert framing.requests == 3 and framing.between_requests and framing.deadline is None
@@ -68,7 +70,7 @@ def test_a_head_exactly_at_the_limit_is_accepted() -> None:
 
 
 def test_a_declared_body_past_the_limit_is_413_before_any_of_it_arrives() -> None:
-    framing, refusal = feed(b"POST /e/k HTTP/1.1\r\ncontent-length: 314572800\r\n\r\n")
+    refusal = feed(b"POST /e/k HTTP/1.1\r\ncontent-length: 314572800\r\n\r\n")[1]
     assert refusal == Refusal(413, "request body is 314572800 bytes; the limit is 100")
 
 

@@ -154,6 +154,9 @@ def test_silent_and_trickling_connections_are_closed_after_the_header_deadline(d
     assert all(b"no complete request head within 10 s" in answers[s] for s in tricklers)
 
 
+TOO_DEEP = f"nested deeper than {MAX_EVENT_DEPTH} levels"
+
+
 def nested(depth: int) -> str:
     return "[" * (depth - 1) + "{}" + "]" * (depth - 1)
 
@@ -161,8 +164,8 @@ def nested(depth: int) -> str:
 @pytest.mark.parametrize(
     ("body", "error"),
     [
-        ('{"name": "e2e/deep", "data": {"a": ' + nested(9000) + "}}", f"nested deeper than {MAX_EVENT_DEPTH}"),
-        ('{"name": "e2e/deep", "data": {"a": ' + nested(MAX_EVENT_DEPTH) + "}}", f"nested deeper than {MAX_EVENT_DEPTH}"),
+        ('{"name": "e2e/deep", "data": {"a": ' + nested(9000) + "}}", TOO_DEEP),
+        ('{"name": "e2e/deep", "data": {"a": ' + nested(MAX_EVENT_DEPTH) + "}}", TOO_DEEP),
         ('{"name": "e2e/deep", "ts": 18446744073709551616}', "ts 18446744073709551616 is not milliseconds"),
         ('{"name": "e2e/deep", "ts": -1}', "ts -1 is not milliseconds"),
         ('{"name": "e2e/deep", "data": {"n": 18446744073709551616}}', "outside the 64-bit range"),
@@ -194,7 +197,8 @@ def test_under_serve_a_200_mib_header_without_credentials_is_431_before_auth(tmp
     ).start()
     try:
         before = peak_rss(server)
-        status, body, _ = offer(server, b"GET /v1/runs/x HTTP/1.1\r\nhost: x\r\nx: ", b"a" * MiB, 200 * MiB, b"\r\n\r\n")
+        head = b"GET /v1/runs/x HTTP/1.1\r\nhost: x\r\nx: "
+        status, body, _ = offer(server, head, b"a" * MiB, 200 * MiB, b"\r\n\r\n")
         assert (status, body["error"]) == (431, "request head larger than 65536 bytes")
         assert peak_rss(server) - before < FLAT
         # Within the limits, auth decides as before.
