@@ -21,7 +21,13 @@ from connect.api.guard import guarded_http
 pytestmark = pytest.mark.anyio
 
 LIMITS = HttpLimits(
-    max_header_bytes=4096, max_body_bytes=10_000, header_timeout=1.0, body_timeout=1.0, max_connections=4, linger=1.0
+    max_header_bytes=4096,
+    max_body_bytes=10_000,
+    header_timeout=1.0,
+    body_timeout=1.0,
+    keep_alive_timeout=1,
+    max_connections=4,
+    linger=1.0,
 )
 
 
@@ -36,7 +42,14 @@ APP = Starlette(routes=[Route("/echo", echo, methods=["GET", "POST"])])
 async def port() -> AsyncIterator[int]:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(APP, log_level="warning", lifespan="off", http=guarded_http(LIMITS), ws="none")
+    config = uvicorn.Config(
+        APP,
+        log_level="warning",
+        lifespan="off",
+        http=guarded_http(LIMITS),
+        ws="none",
+        timeout_keep_alive=LIMITS.keep_alive_timeout,
+    )
     srv = uvicorn.Server(config)
     task = asyncio.create_task(srv.serve(sockets=[sock]))
     async with asyncio.timeout(10):
@@ -147,3 +160,13 @@ async def test_connections_past_the_cap_are_answered_503_and_a_slot_frees_when_o
             await asyncio.sleep(0.05)
     for _, w in held[1:]:
         w.close()
+
+
+async def test_an_idle_keep_alive_connection_is_closed(port: int) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /echo HTTP/1.1\r\nhost: x\r\n\r\n")
+    async with asyncio.timeout(30):
+        assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+        await reader.readexactly(len(b'{"bytes":0}'))
+        assert await reader.read(-1) == b""  # closed by the server, with nothing more said
+    writer.close()
