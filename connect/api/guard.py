@@ -129,6 +129,8 @@ def guarded_http(limits: HttpLimits, inner: type[asyncio.Protocol] = HttpToolsPr
             if transport.is_closing():
                 return
             transport.write(refusal_response(refusal))
+            if not transport.is_reading():
+                transport.resume_reading()  # uvicorn may have paused it; the rest is discarded
             # Closing at once, with the client's bytes unread, would reset the
             # connection and could destroy the answer before the client reads it.
             self._timer = self._loop.call_later(limits.linger, transport.close)
