@@ -100,6 +100,9 @@ def test_ambiguous_framing_is_400(head: bytes, message: str) -> None:
     [
         (b"zz\r\n", "invalid chunk size"),
         (b"-1\r\n", "invalid chunk size"),
+        (b"0x10\r\n", "invalid chunk size"),
+        (b"1_0\r\n", "invalid chunk size"),
+        (b"\r\n", "invalid chunk size"),
         (b"3\r\nabcdef\r\n", "chunk data longer than its size"),
         (b"1;" + b"e" * MAX_CHUNK_LINE_BYTES + b"\r\n", f"chunk size line longer than {MAX_CHUNK_LINE_BYTES} bytes"),
     ],
@@ -142,3 +145,17 @@ def test_a_route_with_a_limit_of_its_own_is_held_to_it() -> None:
     assert feed(flush, limits=limits)[1] == Refusal(413, "request body larger than 80 bytes")
     other = b"POST /v1/runs/x/cancel HTTP/1.1\r\ncontent-length: 11\r\n\r\n"
     assert feed(other, limits=limits)[1] == Refusal(413, "request body is 11 bytes; the limit is 10")
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(st.binary(max_size=300), max_size=8),
+    st.sampled_from([b"", b"POST /e/k HTTP/1.1\r\n", b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n"]),
+)
+def test_any_bytes_get_a_verdict_and_nothing_else(reads: list[bytes], prefix: bytes) -> None:
+    framing = RequestFraming(LIMITS, now=0.0)
+    for data in [prefix, *reads]:
+        refusal = framing.receive(data, now=1.0)
+        if refusal is not None:
+            assert refusal.status in (400, 413, 431) and refusal.message
+            return
