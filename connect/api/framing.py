@@ -36,7 +36,9 @@ class HttpLimits:
     """The bounds of one HTTP listener (see README, "Limits and defaults")."""
 
     #: Request line plus headers; past it 431.
-    max_header_bytes: int = 64 * 1024
+    max_header_bytes: int = 16 * 1024
+    #: Header lines in a request head; past it 431.
+    max_header_fields: int = 100
     #: The largest body of a path `route_body_bytes` does not name; past it 413
     #: before the application sees the request.
     max_body_bytes: int = 64 * 1024
@@ -85,6 +87,7 @@ class RequestFraming:
         self._line = bytearray()  # the head, a chunk-size line or a trailer being received
         self._remaining = 0  # body bytes (LENGTH) or chunk bytes (CHUNK_DATA) still expected
         self._body_bytes = 0
+        self._head_lines = 0  # line ends in the head being received
         self._max_body = limits.max_body_bytes
         self.deadline: float | None = now + limits.header_timeout
         self.requests = 0  # request heads completed
@@ -142,24 +145,38 @@ class RequestFraming:
         before = len(self._line)
         if before:
             # No more than can still belong to a head within the limit, plus one byte to see it exceeded.
-            self._line += data[pos : pos + limit + 1 - before]
+            taken = data[pos : pos + limit + 1 - before]
+            self._line += taken
+            self._head_lines += taken.count(b"\n")
             end = _head_end(self._line, max(0, before - 3))
             if 0 <= end <= limit:
                 head = bytes(self._line[:end])
                 self._line.clear()
-                self.requests += 1
-                return pos + end - before, self._start_body(head, now)
+                self._head_lines = 0
+                return pos + end - before, self._start_head(head, now)
         else:
             # The common case, a whole head in one read: nothing is copied.
             end = _head_end(data, pos)
             if 0 <= end - pos <= limit:
-                self.requests += 1
-                return end, self._start_body(data[pos:end], now)
+                return end, self._start_head(data[pos:end], now)
             if end < 0:
                 self._line += data[pos : pos + limit + 1]
+                self._head_lines = self._line.count(b"\n")
         if end >= 0 or len(self._line) > limit:
             return len(data), Refusal(431, f"request head larger than {limit} bytes")
-        return len(data), None
+        # Every line ended so far but the request line is a header line.
+        return len(data), self._count_fields(self._head_lines - 1)
+
+    def _count_fields(self, fields: int) -> Refusal | None:
+        # Many tiny header lines cost far more as the parser's objects than as bytes.
+        if fields > self._limits.max_header_fields:
+            return Refusal(431, f"request head has more than {self._limits.max_header_fields} header lines")
+        return None
+
+    def _start_head(self, head: bytes, now: float) -> Refusal | None:
+        self.requests += 1
+        # A complete head's lines: the request line, the header lines and the blank line that ends it.
+        return self._count_fields(head.count(b"\n") - 2) or self._start_body(head, now)
 
     def _start_body(self, head: bytes, now: float) -> Refusal | None:
         lower = head.lower()

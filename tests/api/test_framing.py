@@ -159,3 +159,13 @@ def test_any_bytes_get_a_verdict_and_nothing_else(reads: list[bytes], prefix: by
         if refusal is not None:
             assert refusal.status in (400, 413, 431) and refusal.message
             return
+
+
+def test_a_head_of_too_many_header_lines_is_431_at_once_or_as_they_come() -> None:
+    limits = HttpLimits(max_header_fields=3)
+    head = b"GET / HTTP/1.1\r\na: 1\r\nb: 2\r\nc: 3\r\n"
+    assert feed(head + b"\r\n", limits=limits)[1] is None
+    assert feed(head + b"\r\n", list(range(1, len(head))), limits=limits)[1] is None
+    refusal = Refusal(431, "request head has more than 3 header lines")
+    assert feed(head + b"d: 4\r\n\r\n", limits=limits)[1] == refusal
+    assert feed(head + b"d: 4\r\ne", [3], limits=limits)[1] == refusal

@@ -87,7 +87,7 @@ def offer(server: DevServer, first: bytes, filler: bytes, total: int, last: byte
 def test_a_100_mib_header_is_431_and_memory_stays_flat(dev: DevServer) -> None:
     before = peak_rss(dev)
     status, body, sent = offer(dev, b"GET /health HTTP/1.1\r\nhost: x\r\nx-big: ", b"a" * MiB, 100 * MiB, b"\r\n\r\n")
-    assert (status, body) == (431, {"status": 431, "error": "request head larger than 65536 bytes"})
+    assert (status, body) == (431, {"status": 431, "error": "request head larger than 16384 bytes"})
     assert sent < 100 * MiB
     assert peak_rss(dev) - before < FLAT
     assert httpx.get(f"{dev.url}/health").status_code == 200
@@ -199,7 +199,7 @@ def test_under_serve_a_200_mib_header_without_credentials_is_431_before_auth(tmp
         before = peak_rss(server)
         head = b"GET /v1/runs/x HTTP/1.1\r\nhost: x\r\nx: "
         status, body, _ = offer(server, head, b"a" * MiB, 200 * MiB, b"\r\n\r\n")
-        assert (status, body["error"]) == (431, "request head larger than 65536 bytes")
+        assert (status, body["error"]) == (431, "request head larger than 16384 bytes")
         assert peak_rss(server) - before < FLAT
         # Within the limits, auth decides as before.
         assert httpx.get(f"{server.url}/v1/runs/x").status_code == 401
