@@ -1,8 +1,8 @@
 """Where each HTTP/1.1 request on a connection begins and ends, and what it may cost.
 
 `RequestFraming` is a sans-I/O machine: it is fed the bytes a client sends
-and the current time, and answers whether the connection stays within
-`HttpLimits`. It finds the end of each request head, reads the body's
+and the current time, and answers what to pass on to the parser, or why the
+connection broke `HttpLimits`. It finds the end of each request head, reads the body's
 framing from it (`Content-Length`, or `Transfer-Encoding: chunked`, whose
 chunk sizes it follows) and so knows where the next request starts, also
 when requests are pipelined. It keeps no more than one request head
@@ -78,7 +78,8 @@ class RequestFraming:
 
     `receive` and `expired` return a `Refusal` once the connection broke a
     limit or the HTTP framing rules; the caller answers it and stops feeding
-    the machine, whose state is then undefined.
+    the machine, whose state is then undefined. Memory: one request head
+    (`max_header_bytes`) or one chunk-size line; body bytes are counted, never kept.
     """
 
     def __init__(self, limits: HttpLimits, now: float) -> None:
@@ -105,8 +106,16 @@ class RequestFraming:
             return Refusal(408, f"no complete {what} within {self._limits.header_timeout:g} s")
         return Refusal(408, f"request body not complete within {self._limits.body_timeout:g} s of its head")
 
-    def receive(self, data: bytes, now: float) -> Refusal | None:
+    def receive(self, data: bytes, now: float) -> bytes | Refusal:
+        """The bytes to pass on to the parser, or why the connection is refused.
+
+        What is passed on is `data`, except that a request head is held back
+        until it is complete: the parser never holds an incomplete head, so a
+        slow or oversized one costs only this machine's copy of it.
+        """
         pos, end = 0, len(data)
+        start = 0  # data[start:] is passed on, unless held
+        passed: list[bytes] = []
         while pos < end:
             phase = self._phase
             if phase is _Phase.HEAD:
@@ -118,7 +127,15 @@ class RequestFraming:
                         break
                     if self.deadline is None:
                         self.deadline = now + self._limits.header_timeout
-                pos, refusal = self._receive_head(data, pos, now)
+                head_start = pos
+                pos, refusal, released = self._receive_head(data, pos, now)
+                if refusal is None:
+                    if released is not None:  # a held head is complete: it goes first
+                        passed.append(released)
+                        start = pos
+                    elif self._line:  # the head is incomplete: it waits
+                        passed.append(data[start:head_start])
+                        start = end
             elif phase is _Phase.LENGTH or phase is _Phase.CHUNK_DATA:
                 taken = min(self._remaining, end - pos)
                 pos += taken
@@ -137,10 +154,14 @@ class RequestFraming:
                     refusal = self._chunk_line(line)
             if refusal is not None:
                 return refusal
-        return None
+        if not passed:
+            return data if start == 0 else data[start:]
+        passed.append(data[start:])
+        return b"".join(passed)
 
-    def _receive_head(self, data: bytes, pos: int, now: float) -> tuple[int, Refusal | None]:
-        """Consume head bytes from `data[pos:]`; a complete head starts its body."""
+    def _receive_head(self, data: bytes, pos: int, now: float) -> tuple[int, Refusal | None, bytes | None]:
+        """Consume head bytes from `data[pos:]`; a complete head starts its body. The
+        third value is a head that was held and is now complete, to be passed on."""
         limit = self._limits.max_header_bytes
         before = len(self._line)
         if before:
@@ -153,19 +174,19 @@ class RequestFraming:
                 head = bytes(self._line[:end])
                 self._line.clear()
                 self._head_lines = 0
-                return pos + end - before, self._start_head(head, now)
+                return pos + end - before, self._start_head(head, now), head
         else:
             # The common case, a whole head in one read: nothing is copied.
             end = _head_end(data, pos)
             if 0 <= end - pos <= limit:
-                return end, self._start_head(data[pos:end], now)
+                return end, self._start_head(data[pos:end], now), None
             if end < 0:
                 self._line += data[pos : pos + limit + 1]
                 self._head_lines = self._line.count(b"\n")
         if end >= 0 or len(self._line) > limit:
-            return len(data), Refusal(431, f"request head larger than {limit} bytes")
+            return len(data), Refusal(431, f"request head larger than {limit} bytes"), None
         # Every line ended so far but the request line is a header line.
-        return len(data), self._count_fields(self._head_lines - 1)
+        return len(data), self._count_fields(self._head_lines - 1), None
 
     def _count_fields(self, fields: int) -> Refusal | None:
         # Many tiny header lines cost far more as the parser's objects than as bytes.

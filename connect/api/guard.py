@@ -3,7 +3,7 @@
 `guarded_http(limits)` returns a protocol class for `uvicorn.Config(http=...)`.
 Each connection's bytes go through a `RequestFraming` machine before they
 reach uvicorn's own protocol (httptools), which parses them and runs the
-application as usual. A connection that breaks a limit is answered with a
+application as usual; a request head reaches it only once complete. A connection that breaks a limit is answered with a
 JSON error and `Connection: close`, uvicorn sees none of its bytes after
 that, and what the client still sends is read and discarded for
 `limits.linger` seconds (so the client can read the answer instead of
@@ -71,11 +71,12 @@ def guarded_http(limits: HttpLimits, inner: type[asyncio.Protocol] = HttpToolsPr
         def data_received(self, data: bytes) -> None:
             if self._refused:
                 return
-            refusal = self._framing.receive(data, self._loop.time())
-            if refusal is not None:
-                self._refuse(refusal)
+            passed = self._framing.receive(data, self._loop.time())
+            if isinstance(passed, Refusal):
+                self._refuse(passed)
                 return
-            self._inner.data_received(data)
+            if passed:
+                self._inner.data_received(passed)
             self._arm()
 
         def eof_received(self) -> bool | None:

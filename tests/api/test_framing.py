@@ -20,13 +20,20 @@ def post(body: bytes, *, chunked: bool = False, extra: bytes = b"") -> bytes:
 
 
 def feed(data: bytes, cuts: list[int] = (), limits: HttpLimits = LIMITS) -> tuple[RequestFraming, Refusal | None]:
+    """Feed `data` in reads cut at `cuts`; a stream that is not refused must be passed on whole."""
     framing = RequestFraming(limits, now=0.0)
     start = 0
+    passed = b""
     for cut in [*sorted(cuts), len(data)]:
-        refusal = framing.receive(data[start:cut], now=1.0)
-        if refusal is not None:
-            return framing, refusal
+        result = framing.receive(data[start:cut], now=1.0)
+        if isinstance(result, Refusal):
+            return framing, result
+        passed += result
         start = cut
+    if framing.between_requests:
+        assert passed == data
+    else:  # an incomplete head is held back, nothing else
+        assert data.startswith(passed)
     return framing, None
 
 
@@ -57,7 +64,7 @@ def test_a_head_past_the_limit_is_431_whether_it_comes_at_once_or_byte_by_byte()
     assert feed(big, list(range(1, 1200)))[1] == Refusal(431, "request head larger than 1024 bytes")
     # A head that never ends is refused once it passes the limit, and no more of it is kept.
     framing = RequestFraming(LIMITS, now=0.0)
-    assert framing.receive(b"GET / HTTP/1.1\r\nx: " + b"a" * 1000, now=0) is None
+    assert framing.receive(b"GET / HTTP/1.1\r\nx: " + b"a" * 1000, now=0) == b""  # held back, incomplete
     assert framing.receive(b"a" * 10_000_000, now=0) == Refusal(431, "request head larger than 1024 bytes")
 
 
@@ -76,8 +83,10 @@ def test_a_declared_body_past_the_limit_is_413_before_any_of_it_arrives() -> Non
 
 def test_a_chunked_body_is_413_once_its_chunks_pass_the_limit() -> None:
     framing = RequestFraming(LIMITS, now=0.0)
-    assert framing.receive(b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n", now=0) is None
-    assert framing.receive(b"40\r\n" + b"a" * 64 + b"\r\n", now=0) is None
+    head = b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n"
+    assert framing.receive(head, now=0) == head
+    chunk = b"40\r\n" + b"a" * 64 + b"\r\n"
+    assert framing.receive(chunk, now=0) == chunk
     assert framing.receive(b"40\r\n", now=0) == Refusal(413, "request body larger than 100 bytes")
 
 
@@ -124,16 +133,16 @@ def test_deadlines_head_from_opening_and_from_the_first_byte_body_from_the_head(
     assert framing.expired(110.0) == Refusal(408, "no complete request within 10 s")
 
     framing = RequestFraming(LIMITS, now=100.0)
-    assert framing.receive(b"POST / HTTP/1.1\r\ncontent-length: 10\r\n", now=105.0) is None
+    assert framing.receive(b"POST / HTTP/1.1\r\ncontent-length: 10\r\n", now=105.0) == b""
     assert framing.expired(110.0) == Refusal(408, "no complete request head within 10 s")
-    assert framing.receive(b"\r\n12345", now=106.0) is None
+    assert framing.receive(b"\r\n12345", now=106.0) == b"POST / HTTP/1.1\r\ncontent-length: 10\r\n\r\n12345"
     assert framing.deadline == 136.0  # the body's deadline runs from its head
     assert framing.expired(136.0) == Refusal(408, "request body not complete within 30 s of its head")
-    assert framing.receive(b"67890", now=107.0) is None
+    assert framing.receive(b"67890", now=107.0) == b"67890"
     # Between requests (the application at work, or keep-alive idle) there is no deadline here ...
     assert framing.deadline is None and framing.expired(10_000.0) is None
     # ... until the next request's first byte.
-    assert framing.receive(b"GET", now=500.0) is None
+    assert framing.receive(b"GET", now=500.0) == b""
     assert framing.deadline == 510.0
 
 
@@ -155,10 +164,11 @@ def test_a_route_with_a_limit_of_its_own_is_held_to_it() -> None:
 def test_any_bytes_get_a_verdict_and_nothing_else(reads: list[bytes], prefix: bytes) -> None:
     framing = RequestFraming(LIMITS, now=0.0)
     for data in [prefix, *reads]:
-        refusal = framing.receive(data, now=1.0)
-        if refusal is not None:
-            assert refusal.status in (400, 413, 431) and refusal.message
+        result = framing.receive(data, now=1.0)
+        if isinstance(result, Refusal):
+            assert result.status in (400, 413, 431) and result.message
             return
+        assert isinstance(result, bytes) and len(result) <= len(data) + LIMITS.max_header_bytes
 
 
 def test_a_head_of_too_many_header_lines_is_431_at_once_or_as_they_come() -> None:
