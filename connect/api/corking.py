@@ -1,11 +1,13 @@
-"""A transport that joins the writes of one turn of the event loop into one.
+"""A transport that sends an answer's head together with its body.
 
 uvicorn writes an answer's status line and headers, then its body: two
 syscalls, two TCP segments, and a client woken for the headers only to wait
-for the body. Given this transport, everything a protocol writes during one
-turn of the loop leaves in one write at the end of that turn, so an answer
-whose body is ready leaves whole, and nothing waits longer than the turn.
-It needs nothing of the protocol but the `asyncio.Transport` interface.
+for the body. Given this transport, a write that is a response head (it
+starts with `HTTP/` and ends with the blank line) is held until the next
+write, which carries it, or until the end of the loop's turn if no body
+follows in that turn (a stream waiting for data). Every other write goes
+out at once, so nothing waits longer than one turn. It needs nothing of
+the protocol but the `asyncio.Transport` interface.
 """
 
 from __future__ import annotations
@@ -15,30 +17,31 @@ from typing import Any
 
 
 class CorkedTransport:
-    """Wraps `transport`; `write` holds data until the end of the loop's turn,
-    and `close` / `write_eof` write what is held first."""
+    """Wraps `transport`; `close` and `write_eof` write a held head first."""
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._transport = transport
         self._loop = loop
-        self._held: list[bytes] = []
+        self._held: bytes | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not self._held:
+        if self._held is not None:
+            held, self._held = self._held, None
+            self._transport.write(held + bytes(data))
+        elif data[:5] == b"HTTP/" and data[-4:] == b"\r\n\r\n":
+            self._held = bytes(data)
             self._loop.call_soon(self.flush)
-        self._held.append(bytes(data))
+        else:
+            self._transport.write(data)
 
     def writelines(self, chunks: Any) -> None:
         for chunk in chunks:
             self.write(chunk)
 
     def flush(self) -> None:
-        """Write what is held, if anything (and the connection is still open)."""
-        if not self._held:
-            return
-        held = self._held[0] if len(self._held) == 1 else b"".join(self._held)
-        self._held = []
-        if not self._transport.is_closing():
+        """Write a held head, if any (and the connection is still open)."""
+        held, self._held = self._held, None
+        if held is not None and not self._transport.is_closing():
             self._transport.write(held)
 
     def write_eof(self) -> None:
@@ -50,7 +53,7 @@ class CorkedTransport:
         self._transport.close()
 
     def get_write_buffer_size(self) -> int:
-        return self._transport.get_write_buffer_size() + sum(map(len, self._held))
+        return self._transport.get_write_buffer_size() + len(self._held or b"")
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._transport, name)
