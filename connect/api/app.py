@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from connect.api.bodies import BodyTooLarge, read_body
+from connect.api.bodies import BodyRefused, read_body
 from connect.api.events import EventRejected, parse_events
 from connect.gateway.auth import Keys, TokenIssuer
 from protocol import connect_pb2 as pb
@@ -82,7 +82,7 @@ def create_api(
             return _error(401, f"this event key is not valid for environment {env!r}")
         try:
             events = parse_events(await read_body(request, config.max_request_bytes), config.max_event_bytes)
-        except BodyTooLarge as exc:
+        except BodyRefused as exc:
             return exc.response
         except EventRejected as exc:
             return _error(exc.status, exc.message)
@@ -107,7 +107,7 @@ def create_api(
             return _error(429, refusal)
         try:
             body = await read_body(request, MAX_START_BYTES, "start request")
-        except BodyTooLarge as exc:
+        except BodyRefused as exc:
             return exc.response
         start = pb.StartRequest()
         try:
@@ -132,7 +132,7 @@ def create_api(
             return denied
         try:
             body = await read_body(request, limits.MAX_WORKER_MESSAGE_BYTES, "reply")
-        except BodyTooLarge as exc:
+        except BodyRefused as exc:
             return exc.response
         if not body:
             return _error(400, "empty body: send a serialized SDKResponse")

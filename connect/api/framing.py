@@ -1,14 +1,15 @@
 """Where each HTTP/1.1 request on a connection begins and ends, and what it may cost.
 
 `RequestFraming` is a sans-I/O machine: it is fed the bytes a client sends
-and the current time, and answers what to pass on to the parser, or why the
-connection broke `HttpLimits`. It finds the end of each request head, reads the body's
-framing from it (`Content-Length`, or `Transfer-Encoding: chunked`, whose
-chunk sizes it follows) and so knows where the next request starts, also
-when requests are pipelined. It keeps no more than one request head
-(`max_header_bytes`) and one chunk-size line; body bytes are counted, never
-kept. Parsing itself stays the HTTP server's (uvicorn's httptools); this
-machine only decides whether to keep feeding it.
+and the current time, and answers what to pass on to the parser, or why
+the connection broke `HttpLimits`. It finds the end of each request head,
+reads the body's framing from it (`Content-Length`, or `Transfer-Encoding:
+chunked`, whose chunk sizes it follows) and so knows where the next request
+starts, also when requests are pipelined. It keeps no more than one request
+head (`max_header_bytes`, held back from the parser until complete) and one
+chunk-size line; body bytes are counted, never kept. Parsing itself stays
+the HTTP server's (uvicorn's httptools); this machine only decides what to
+feed it.
 
 Deadlines: a connection must complete a request head within
 `header_timeout` of being opened, or of the first byte of its next request,

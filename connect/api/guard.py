@@ -3,12 +3,13 @@
 `guarded_http(limits)` returns a protocol class for `uvicorn.Config(http=...)`.
 Each connection's bytes go through a `RequestFraming` machine before they
 reach uvicorn's own protocol (httptools), which parses them and runs the
-application as usual; a request head reaches it only once complete. A connection that breaks a limit is answered with a
-JSON error and `Connection: close`, uvicorn sees none of its bytes after
-that, and what the client still sends is read and discarded for
-`limits.linger` seconds (so the client can read the answer instead of
-getting a reset) before the connection closes. Memory per connection is
-bounded by one request head, whatever the client sends.
+application as usual; a request head reaches it only once complete. A
+connection that breaks a limit is answered with a JSON error and
+`Connection: close`, uvicorn sees none of its bytes after that, and what the
+client still sends is read and discarded for `limits.linger` seconds (so the
+client can read the answer instead of getting a reset) before the connection
+closes. Memory per connection is bounded by one request head, whatever the
+client sends.
 
 uvicorn's protocol is used only through what uvicorn asks of any class
 given as `Config(http=...)`: it is built with the keyword arguments uvicorn
