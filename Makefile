@@ -45,7 +45,7 @@ typecheck: install-test
 unit: install-test
 	$(BIN)/pytest -q
 
-## make floor: the declared minimum websockets and pydantic, on a focused part of the suite
+## make floor: the declared minimum websockets, pydantic and uvicorn, on a focused part of the suite
 ## (`make test` runs it too, as tests/test_dependency_floor.py).
 floor: install-test
 	$(BIN)/pytest -q tests/test_dependency_floor.py

@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 import uvicorn
 
 from connect import polling
-from connect.api.app import ApiConfig, create_api
-from connect.api.http import OneWriteHttpProtocol
+from connect.api.app import MAX_START_BYTES, ApiConfig, create_api
+from connect.api.framing import HttpLimits
+from connect.api.guard import guarded_http
 from connect.executor import Executor
 from connect.executor.runner import MAX_LEASE_LAPSES
 from connect.gateway.admission import MAX_HANDSHAKES, MAX_HANDSHAKES_PER_PEER
@@ -147,6 +148,13 @@ class DevServer:
             keys=s.keys,
             admit_connection=gateway.admit,
         )
+        http_limits = HttpLimits(
+            route_body_bytes=(
+                (b"/e/", s.max_request_bytes),
+                (b"/v0/connect/flush", limits.MAX_WORKER_MESSAGE_BYTES),
+                (b"/v0/connect/start", MAX_START_BYTES),
+            )
+        )
         server = _ApiServer(
             uvicorn.Config(
                 api,
@@ -156,7 +164,10 @@ class DevServer:
                 lifespan="off",
                 access_log=False,
                 backlog=4096,
-                http=OneWriteHttpProtocol,
+                http=guarded_http(http_limits),
+                # No WebSocket on this port: an upgraded connection would leave the guard's limits.
+                ws="none",
+                timeout_keep_alive=http_limits.keep_alive_timeout,
             )
         )
         api_task = asyncio.create_task(server.serve())

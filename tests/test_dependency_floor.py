@@ -1,12 +1,13 @@
 """The oldest releases pyproject.toml accepts work: a focused part of the suite runs on them.
 
-The lower bounds of `websockets` and `pydantic` are read from pyproject.toml,
+The lower bounds of `websockets`, `pydantic` and `uvicorn` are read from pyproject.toml,
 those exact releases are installed (once, cached under `.venv/floor/`) into a
 directory put first on the path, and the subset runs in a child pytest: the
 gateway's handshakes and its HTTP answers, frames both ways, client masking,
 option and settings validation, and events run to completion by real
-`connect dev` and worker processes. A release that cannot serve them must
-not be declared.
+`connect dev` and worker processes, and the API port's HTTP guard and
+one-write transport (which build on uvicorn's httptools protocol). A release
+that cannot serve them must not be declared.
 """
 
 from __future__ import annotations
@@ -21,13 +22,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FLOORED = ("websockets", "pydantic")
+FLOORED = ("websockets", "pydantic", "uvicorn")
 SUBSET = [
     "tests/test_websocket.py",
     "tests/worker/test_masking.py",
     "tests/gateway/test_handshake_close_codes.py",
     "tests/sdk/test_sdk_validation.py",
     "tests/sdk/test_sdk_config.py",
+    "tests/api/test_guard.py",
+    "tests/api/test_corking.py",
     "tests/e2e/test_end_to_end.py::test_200_events_complete_a_three_step_function",
     "tests/e2e/test_end_to_end.py::test_step_fails_twice_then_succeeds_on_attempt_three",
 ]
@@ -62,11 +65,12 @@ def test_the_declared_floors_pass_the_focused_suite() -> None:
     floors = declared_floors()
     target = install(floors)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(target), os.environ.get("PYTHONPATH")]))}
-    probe = "import sys, websockets, pydantic; print(websockets.__version__, pydantic.VERSION)"
+    probe = "import websockets, pydantic, uvicorn; print(websockets.__version__, pydantic.VERSION, uvicorn.__version__)"
     versions = subprocess.run([sys.executable, "-c", probe], env=env, cwd=ROOT, capture_output=True, text=True)
     assert [_release(v) for v in versions.stdout.split()] == [
         _release(floors["websockets"]),
         _release(floors["pydantic"]),
+        _release(floors["uvicorn"]),
     ], versions.stderr
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *SUBSET],

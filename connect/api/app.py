@@ -19,6 +19,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from connect.api.bodies import BodyRefused, read_body
+from connect.api.events import EventRejected, parse_events
 from connect.gateway.auth import Keys, TokenIssuer
 from protocol import connect_pb2 as pb
 from protocol import ids, limits
@@ -26,7 +28,8 @@ from protocol.payloads import IncomingEvent
 
 log = logging.getLogger("connect.api")
 
-_events_decoder = msgspec.json.Decoder(list[IncomingEvent] | IncomingEvent)
+#: The largest `/v0/connect/start` body (a StartRequest is a few hundred bytes).
+MAX_START_BYTES = 1024 * 1024
 
 
 class EventSink(Protocol):
@@ -77,24 +80,12 @@ def create_api(
         env = request.headers.get("x-inngest-env")
         if not keys.open and env and env != keys.env:
             return _error(401, f"this event key is not valid for environment {env!r}")
-        body = await request.body()
-        if len(body) > config.max_request_bytes:
-            return _error(413, f"request body is {len(body)} bytes; the limit is {config.max_request_bytes}")
-        if not body.strip():
-            return _error(400, "empty body: send a JSON event object or an array of events")
         try:
-            decoded = _events_decoder.decode(body)
-        except msgspec.ValidationError as exc:
-            return _error(400, f"invalid event: {exc}")
-        except msgspec.DecodeError as exc:
-            return _error(400, f"malformed JSON: {exc}")
-        events = decoded if isinstance(decoded, list) else [decoded]
-        for i, event in enumerate(events):
-            if not event.name:
-                return _error(400, f"event {i} has an empty name")
-            size = len(msgspec.json.encode(event))
-            if size > config.max_event_bytes:
-                return _error(413, f"event {i} is {size} bytes; the limit is {config.max_event_bytes}")
+            events = parse_events(await read_body(request, config.max_request_bytes), config.max_event_bytes)
+        except BodyRefused as exc:
+            return exc.response
+        except EventRejected as exc:
+            return _error(exc.status, exc.message)
         seed = request.headers.get("x-inngest-event-id-seed")
         if seed is not None:
             # A retried send repeats its seed: the same events get the same ids and are stored once.
@@ -114,9 +105,10 @@ def create_api(
         refusal = admit_connection(request.headers.get("x-connect-instance-id"))
         if refusal is not None:
             return _error(429, refusal)
-        body = await request.body()
-        if len(body) > 1024 * 1024:
-            return _error(413, "start request too large")
+        try:
+            body = await read_body(request, MAX_START_BYTES, "start request")
+        except BodyRefused as exc:
+            return exc.response
         start = pb.StartRequest()
         try:
             start.ParseFromString(body)
@@ -138,11 +130,12 @@ def create_api(
     async def connect_flush(request: Request) -> Response:
         if (denied := unauthorized(request)) is not None:
             return denied
-        body = await request.body()
+        try:
+            body = await read_body(request, limits.MAX_WORKER_MESSAGE_BYTES, "reply")
+        except BodyRefused as exc:
+            return exc.response
         if not body:
             return _error(400, "empty body: send a serialized SDKResponse")
-        if len(body) > limits.MAX_WORKER_MESSAGE_BYTES:
-            return _error(413, "reply larger than the message limit")
         msg = pb.SDKResponse()
         try:
             msg.ParseFromString(body)
