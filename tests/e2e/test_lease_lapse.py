@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 from protocol.leases import EXTENSION_SLACK
-from tests.e2e.blocking_proxy import BlockingProxy
 from tests.e2e.harness import DevServer, Proc, start_worker, started_steps, step_counts, wait_for_log, wait_until
+from tests.e2e.proxy import BlockingProxy
 
 TARGET = "tests.e2e.lease_app:client"
 
