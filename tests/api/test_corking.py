@@ -10,13 +10,11 @@ real transport.
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -24,7 +22,7 @@ from starlette.routing import Route
 
 from connect.api import corking
 from connect.api.framing import HttpLimits
-from connect.api.guard import guarded_http
+from tests.api.guarded_server import guarded_server
 
 pytestmark = pytest.mark.anyio
 
@@ -71,20 +69,11 @@ async def server(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[str, li
 
     monkeypatch.setattr(corking.CorkedTransport, "__init__", recording)
     RELEASE.clear()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(APP, log_level="warning", lifespan="off", http=guarded_http(HttpLimits()), ws="none")
-    srv = uvicorn.Server(config)
-    task = asyncio.create_task(srv.serve(sockets=[sock]))
-    async with asyncio.timeout(10):
-        while not srv.started:
-            await asyncio.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", writes
-    finally:
-        RELEASE.set()
-        srv.should_exit = True
-        await task
+    async with guarded_server(APP, HttpLimits()) as port:
+        try:
+            yield f"http://127.0.0.1:{port}", writes
+        finally:
+            RELEASE.set()  # a stream still waiting ends before the server stops
 
 
 async def test_an_answer_leaves_in_one_write(server: tuple[str, list[bytes]]) -> None:

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from connect.api.framing import HttpLimits
-from connect.api.guard import guarded_http
+from tests.api.guarded_server import guarded_server
 
 pytestmark = pytest.mark.anyio
 
@@ -40,26 +38,8 @@ APP = Starlette(routes=[Route("/echo", echo, methods=["GET", "POST"])])
 
 @pytest.fixture
 async def port() -> AsyncIterator[int]:
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    config = uvicorn.Config(
-        APP,
-        log_level="warning",
-        lifespan="off",
-        http=guarded_http(LIMITS),
-        ws="none",
-        timeout_keep_alive=LIMITS.keep_alive_timeout,
-    )
-    srv = uvicorn.Server(config)
-    task = asyncio.create_task(srv.serve(sockets=[sock]))
-    async with asyncio.timeout(10):
-        while not srv.started:
-            await asyncio.sleep(0.01)
-    try:
-        yield sock.getsockname()[1]
-    finally:
-        srv.should_exit = True
-        await task
+    async with guarded_server(APP, LIMITS) as port:
+        yield port
 
 
 async def answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], dict[str, object]]:
