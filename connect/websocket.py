@@ -13,8 +13,7 @@ and a REPLY_ACK; an ACK and a reply), so both use `BatchingConnection`:
 * `send_frames`: the awaitable form, which also waits for the peer to read
   (back-pressure) and raises `ConnectionClosed` as `send` does.
 
-Only documented surface is used, so any websockets release the project
-declares behaves the same: the connection class is passed to `serve` /
+Sending uses only documented surface: the connection class is passed to `serve` /
 `connect` as `create_connection`, which hands it the Sans-I/O `Protocol`;
 frames go through that protocol's public `send_binary` and `data_to_send`
 (so websockets builds, checks, masks and logs every frame itself), and the
