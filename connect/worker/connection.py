@@ -919,7 +919,7 @@ class WorkerConnection:
                 self._to_main(functools.partial(self._probe_ran, loop, now))
             if watch.check(now):
                 self._stall_began(watch.stalled_for(now))
-            await asyncio.sleep(max(0.0, watch.next_deadline() - time.monotonic()))
+            await asyncio.sleep(max(0.0, watch.next_deadline(time.monotonic()) - time.monotonic()))
 
     def _probe_ran(self, machinery: asyncio.AbstractEventLoop, sent_at: float) -> None:
         """Caller's loop: the probe got its turn; tell the machinery when."""

@@ -64,6 +64,10 @@ class LoopWatch:
         """How long the probe now outstanding has waited (0 with none)."""
         return 0.0 if self._sent_at is None else now - self._sent_at
 
-    def next_deadline(self) -> float:
-        """When to look again: when the outstanding probe is overdue, else when the next is due."""
-        return self._next_probe if self._sent_at is None else self._sent_at + self.threshold
+    def next_deadline(self, now: float) -> float:
+        """When to look again: when the next probe is due or the outstanding one
+        overdue, and at least once an `interval`, since a probe's answer comes
+        in between (it may make the next probe due sooner). While stalled,
+        nothing is due until the outstanding probe runs: look once an interval."""
+        due = self._next_probe if self._sent_at is None else self._sent_at + self.threshold
+        return now + self.interval if due <= now else min(due, now + self.interval)

@@ -25,16 +25,18 @@ def test_a_probe_not_run_within_the_threshold_means_stalled_and_a_prompt_one_rec
     assert w.interval == 1.0 and w.probe_due(T0)
     w.probe_sent(T0)
     assert not w.probe_due(T0 + 2)  # one probe at a time
-    assert w.next_deadline() == T0 + 5
+    assert w.next_deadline(T0) == T0 + 1  # no longer than an interval between looks
+    assert w.next_deadline(T0 + 4.5) == T0 + 5
     assert not w.check(T0 + 4.9) and not w.stalled
     assert w.check(T0 + 5) and w.stalled and w.stalled_for(T0 + 7) == 7
     assert not w.check(T0 + 6)  # reported once
+    assert w.next_deadline(T0 + 6) == T0 + 7  # stalled: once an interval, never in a busy loop
     assert not w.probe_ran(T0, T0 + 60)  # the stall ended: its probe ran late, still stalled
     assert w.stalled and not w.probe_due(T0 + 60.5) and w.probe_due(T0 + 61)
     w.probe_sent(T0 + 61)
     assert not w.probe_ran(T0 + 1, T0 + 61.1)  # not the outstanding probe
     assert w.probe_ran(T0 + 61, T0 + 61.1) and not w.stalled  # a prompt turn: recovered
-    assert w.next_deadline() == pytest.approx(T0 + 62.1)
+    assert w.next_deadline(T0 + 61.1) == pytest.approx(T0 + 62.1)
 
 
 def test_a_loop_that_turns_is_never_stalled() -> None:
@@ -45,7 +47,7 @@ def test_a_loop_that_turns_is_never_stalled() -> None:
         w.probe_sent(now)
         assert not w.check(now + 1.9)
         assert not w.probe_ran(now, now + 1.9)
-        now = w.next_deadline()
+        now = w.next_deadline(now + 1.9)
     assert not w.stalled
 
 
