@@ -255,6 +255,113 @@ async def bounded(ctx: inngest.Context) -> str:
     return "not timed out"
 
 
+# --- the compatibility matrix's rows (tests/e2e/test_steps_matrix.py) ----------------------------
+
+
+@client.create_function(fn_id="slow-child", trigger=inngest.TriggerEvent(event="steps/child.slow"))
+async def slow_child(ctx: inngest.Context) -> str:
+    await ctx.step.sleep("long", datetime.timedelta(seconds=60))
+    return "too late"
+
+
+@client.create_function(fn_id="invoke-timeout", trigger=inngest.TriggerEvent(event="steps/invoke-timeout"))
+async def invoke_timeout(ctx: inngest.Context) -> dict[str, Any]:
+    try:
+        await ctx.step.invoke("slow", function=slow_child, data={}, timeout=datetime.timedelta(seconds=2))
+    except inngest.StepError as err:
+        return {"failure": err.message}
+    return {"failure": None}
+
+
+def _body(ctx: inngest.Context, name: str, value: Any) -> Any:
+    log("body", ctx, step=name)
+    return value
+
+
+@client.create_function(fn_id="multi-step", trigger=inngest.TriggerEvent(event="steps/multi-step"))
+async def multi_step(ctx: inngest.Context) -> dict[str, Any]:
+    one = await ctx.step.run("one", _body, ctx, "one", int(ctx.event.data["x"]) + 1)
+    two = await ctx.step.run("two", _body, ctx, "two", one * 2)
+    three = await ctx.step.run("three", _body, ctx, "three", f"{one}-{two}")
+    return {"one": one, "two": two, "three": three}
+
+
+def _flaky(ctx: inngest.Context) -> str:
+    log("attempt", ctx, what="flaky", attempt=ctx.attempt)
+    if ctx.attempt < 2:
+        raise RuntimeError(f"attempt {ctx.attempt} failed")
+    return f"ok on attempt {ctx.attempt}"
+
+
+@client.create_function(fn_id="flaky", trigger=inngest.TriggerEvent(event="steps/flaky"), retries=3)
+async def flaky(ctx: inngest.Context) -> dict[str, Any]:
+    return {"value": await ctx.step.run("flaky", _flaky, ctx)}
+
+
+def _refuse(ctx: inngest.Context) -> None:
+    log("attempt", ctx, what="refuse", attempt=ctx.attempt)
+    raise inngest.NonRetriableError("this step refuses to be retried")
+
+
+@client.create_function(
+    fn_id="non-retriable", trigger=inngest.TriggerEvent(event="steps/non-retriable"), retries=3, on_failure=_on_failure
+)
+async def non_retriable(ctx: inngest.Context) -> None:
+    await ctx.step.run("refuse", _refuse, ctx)
+
+
+@client.create_function(
+    fn_id="exhausted", trigger=inngest.TriggerEvent(event="steps/exhausted"), retries=1, on_failure=_on_failure
+)
+async def exhausted(ctx: inngest.Context) -> None:
+    await ctx.step.run("down", _always_fails, ctx, "the exhausted service")
+
+
+@client.create_function(
+    fn_id="fn-error", trigger=inngest.TriggerEvent(event="steps/fn-error"), retries=1, on_failure=_on_failure
+)
+async def fn_error(ctx: inngest.Context) -> None:
+    await ctx.step.run("fine", lambda: 1)
+    log("attempt", ctx, what="handler", attempt=ctx.attempt)
+    raise RuntimeError("the handler itself failed")
+
+
+@client.create_function(fn_id="big-output", trigger=inngest.TriggerEvent(event="steps/big-output"))
+async def big_output(ctx: inngest.Context) -> dict[str, Any]:
+    return {"blob": await ctx.step.run("blob", lambda: "0123456789" * int(ctx.event.data["tens"]))}
+
+
+async def _hold(ctx: inngest.Context) -> None:
+    log("hold-start", ctx, at=time.time())
+    await asyncio.sleep(1.0)
+    log("hold-end", ctx, at=time.time())
+
+
+@client.create_function(fn_id="hold", trigger=inngest.TriggerEvent(event="steps/hold"))
+async def hold(ctx: inngest.Context) -> str:
+    await ctx.step.run("hold", _hold, ctx)
+    return "held"
+
+
+async def _slow(ctx: inngest.Context) -> int:
+    log("slow-start", ctx, pid=os.getpid())
+    await asyncio.sleep(3.0)
+    log("slow-end", ctx, pid=os.getpid())
+    return os.getpid()
+
+
+def _after(ctx: inngest.Context) -> int:
+    log("after", ctx, pid=os.getpid())
+    return os.getpid()
+
+
+@client.create_function(fn_id="drained", trigger=inngest.TriggerEvent(event="steps/drained"))
+async def drained(ctx: inngest.Context) -> dict[str, Any]:
+    slow = await ctx.step.run("slow", _slow, ctx)
+    after = await ctx.step.run("after", _after, ctx)
+    return {"slow": slow, "after": after}
+
+
 # --- cron ---------------------------------------------------------------------------------------
 
 
@@ -288,6 +395,16 @@ MAIN = [
     cancelled_listener,
     cancellable,
     bounded,
+    slow_child,
+    invoke_timeout,
+    multi_step,
+    flaky,
+    non_retriable,
+    exhausted,
+    fn_error,
+    big_output,
+    hold,
+    drained,
 ]
 
 
@@ -299,7 +416,9 @@ async def main() -> None:
     else:
         apps = [(client, MAIN), (other, [other_child])]
     instance = os.environ.get("WORKER_NAME", f"official-{which}")
-    await connect(apps, instance_id=instance, shutdown_signals=[]).start()
+    # The SDK's default shutdown signals (SIGTERM, SIGINT): a SIGTERM drains the connection
+    # and lets in-flight steps finish before the process exits.
+    await connect(apps, instance_id=instance).start()
 
 
 if __name__ == "__main__":

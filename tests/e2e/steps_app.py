@@ -232,6 +232,113 @@ async def bounded(ctx: Context, step: Step) -> str:
     return "not timed out"
 
 
+# --- the compatibility matrix's rows (tests/e2e/test_steps_matrix.py) ----------------------------
+
+
+@client.create_function(fn_id="slow-child", trigger=TriggerEvent(event="steps/child.slow"))
+async def slow_child(ctx: Context, step: Step) -> str:
+    await step.sleep("long", datetime.timedelta(seconds=60))
+    return "too late"
+
+
+@client.create_function(fn_id="invoke-timeout", trigger=TriggerEvent(event="steps/invoke-timeout"))
+async def invoke_timeout(ctx: Context, step: Step) -> dict[str, Any]:
+    try:
+        await step.invoke("slow", function=slow_child, data={}, timeout=datetime.timedelta(seconds=2))
+    except StepError as err:
+        return {"failure": err.message}
+    return {"failure": None}
+
+
+def _body(ctx: Context, name: str, value: Any) -> Any:
+    log("body", ctx, step=name)
+    return value
+
+
+@client.create_function(fn_id="multi-step", trigger=TriggerEvent(event="steps/multi-step"))
+async def multi_step(ctx: Context, step: Step) -> dict[str, Any]:
+    one = await step.run("one", _body, ctx, "one", int(ctx.event.data["x"]) + 1)
+    two = await step.run("two", _body, ctx, "two", one * 2)
+    three = await step.run("three", _body, ctx, "three", f"{one}-{two}")
+    return {"one": one, "two": two, "three": three}
+
+
+def _flaky(ctx: Context) -> str:
+    log("attempt", ctx, what="flaky", attempt=ctx.attempt)
+    if ctx.attempt < 2:
+        raise RuntimeError(f"attempt {ctx.attempt} failed")
+    return f"ok on attempt {ctx.attempt}"
+
+
+@client.create_function(fn_id="flaky", trigger=TriggerEvent(event="steps/flaky"), retries=3)
+async def flaky(ctx: Context, step: Step) -> dict[str, Any]:
+    return {"value": await step.run("flaky", _flaky, ctx)}
+
+
+def _refuse(ctx: Context) -> None:
+    log("attempt", ctx, what="refuse", attempt=ctx.attempt)
+    raise NonRetriableError("this step refuses to be retried")
+
+
+@client.create_function(
+    fn_id="non-retriable", trigger=TriggerEvent(event="steps/non-retriable"), retries=3, on_failure=_on_failure
+)
+async def non_retriable(ctx: Context, step: Step) -> None:
+    await step.run("refuse", _refuse, ctx)
+
+
+@client.create_function(
+    fn_id="exhausted", trigger=TriggerEvent(event="steps/exhausted"), retries=1, on_failure=_on_failure
+)
+async def exhausted(ctx: Context, step: Step) -> None:
+    await step.run("down", _always_fails, ctx, "the exhausted service")
+
+
+@client.create_function(
+    fn_id="fn-error", trigger=TriggerEvent(event="steps/fn-error"), retries=1, on_failure=_on_failure
+)
+async def fn_error(ctx: Context, step: Step) -> None:
+    await step.run("fine", lambda: 1)
+    log("attempt", ctx, what="handler", attempt=ctx.attempt)
+    raise RuntimeError("the handler itself failed")
+
+
+@client.create_function(fn_id="big-output", trigger=TriggerEvent(event="steps/big-output"))
+async def big_output(ctx: Context, step: Step) -> dict[str, Any]:
+    return {"blob": await step.run("blob", lambda: "0123456789" * int(ctx.event.data["tens"]))}
+
+
+async def _hold(ctx: Context) -> None:
+    log("hold-start", ctx, at=time.time())
+    await asyncio.sleep(1.0)
+    log("hold-end", ctx, at=time.time())
+
+
+@client.create_function(fn_id="hold", trigger=TriggerEvent(event="steps/hold"))
+async def hold(ctx: Context, step: Step) -> str:
+    await step.run("hold", _hold, ctx)
+    return "held"
+
+
+async def _slow(ctx: Context) -> int:
+    log("slow-start", ctx, pid=os.getpid())
+    await asyncio.sleep(3.0)
+    log("slow-end", ctx, pid=os.getpid())
+    return os.getpid()
+
+
+def _after(ctx: Context) -> int:
+    log("after", ctx, pid=os.getpid())
+    return os.getpid()
+
+
+@client.create_function(fn_id="drained", trigger=TriggerEvent(event="steps/drained"))
+async def drained(ctx: Context, step: Step) -> dict[str, Any]:
+    slow = await step.run("slow", _slow, ctx)
+    after = await step.run("after", _after, ctx)
+    return {"slow": slow, "after": after}
+
+
 # --- cron ---------------------------------------------------------------------------------------
 
 

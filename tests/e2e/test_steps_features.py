@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.compat import npm
 from tests.e2e.harness import DevServer, Proc, complete_lines, start_worker, wait_for_log, wait_until
 
 #: The worker's max_worker_concurrency: small, so a sleeping run that held a
@@ -65,31 +66,69 @@ class Stack:
         return self.worker.output()[-3000:]
 
 
-def start_stack(tmp: Path, sdk: str, *, target: str = "main", concurrency: int | None = CONCURRENCY) -> Stack:
-    dev = DevServer(tmp).start()
+#: The workers a stack can run: our SDK, the official Python SDK, and the official
+#: TypeScript SDK with its defaults (checkpointing on) and with `checkpointing: false`.
+SDKS = ("ours", "official", "ts", "ts-nocheckpoint")
+#: (app, other app) each SDK's worker serves.
+APPS = {
+    "ours": ("steps-app", "steps-other"),
+    "official": ("official-steps", "official-other"),
+    "ts": ("ts-steps", "ts-other"),
+    "ts-nocheckpoint": ("ts-steps", "ts-other"),
+}
+TS_APP = Path(__file__).resolve().parents[1] / "compat" / "ts" / "steps_app.mjs"
+
+
+def ready_workers(dev: DevServer) -> int:
+    """How many workers have become ready on the running `connect dev` so far."""
+    assert dev.proc is not None
+    return dev.proc.output().count("worker ready: connection=")
+
+
+def start_sdk_worker(
+    dev: DevServer, tmp: Path, sdk: str, *, target: str = "main", concurrency: int | None = CONCURRENCY, name: str = ""
+) -> Proc:
+    """One worker of `sdk` serving the step test functions, once `connect dev` has it ready."""
+    name = name or f"{sdk}-{target}"
     env = {"STEPS_LOG": str(tmp / "steps.jsonl")}
+    before = ready_workers(dev)
     if sdk == "ours":
         attr = "apps" if target == "main" else "cron_apps"
         worker = start_worker(
             dev,
             tmp,
-            name=f"ours-{target}",
+            name=name,
             target=f"tests.e2e.steps_app:{attr}",
-            instance_id=f"ours-{target}",
+            instance_id=name,
             max_concurrency=concurrency,
             env=env,
         )
         wait_for_log(worker, "worker state ACTIVE", timeout=60)
-        return Stack(sdk, "steps-app", "steps-other", dev, worker, tmp)
-    full_env = dict(os.environ, CONNECT_API_URL=dev.url, WORKER_NAME=f"official-{target}", **env)
+        return worker
+    full_env = dict(os.environ, CONNECT_API_URL=dev.url, WORKER_NAME=name, **env)
     if concurrency is not None:
         full_env["INNGEST_CONNECT_MAX_WORKER_CONCURRENCY"] = str(concurrency)
-    worker = Proc(
-        [sys.executable, "tests/compat/official_steps_app.py", target], full_env, tmp / f"official-{target}.log"
+    if sdk == "official":
+        worker = Proc([sys.executable, "tests/compat/official_steps_app.py", target], full_env, tmp / f"{name}.log")
+    elif sdk in ("ts", "ts-nocheckpoint"):
+        if sdk == "ts-nocheckpoint":
+            full_env["TS_CHECKPOINTING"] = "off"
+        script = npm.prepare_script(TS_APP, tmp / "ts")
+        worker = Proc(["node", str(script), target], npm.node_env(full_env), tmp / f"{name}.log")
+    else:
+        raise ValueError(f"unknown SDK {sdk!r}: one of {SDKS}")
+    wait_until(
+        lambda: ready_workers(dev) > before or worker.popen.poll() is not None, 60, f"the {sdk} worker to be ready"
     )
-    assert dev.proc is not None
-    wait_for_log(dev.proc, "worker ready: connection=", timeout=60)
-    return Stack(sdk, "official-steps", "official-other", dev, worker, tmp)
+    assert worker.popen.poll() is None, f"the {sdk} worker exited:\n{worker.output()[-3000:]}"
+    return worker
+
+
+def start_stack(tmp: Path, sdk: str, *, target: str = "main", concurrency: int | None = CONCURRENCY) -> Stack:
+    dev = DevServer(tmp).start()
+    worker = start_sdk_worker(dev, tmp, sdk, target=target, concurrency=concurrency)
+    app, other = APPS[sdk]
+    return Stack(sdk, app, other, dev, worker, tmp)
 
 
 @pytest.fixture(scope="module")
