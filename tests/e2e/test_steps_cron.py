@@ -2,23 +2,22 @@
 tick, across a graceful restart just after a tick and a SIGKILL just before
 one (that tick is run once when `connect dev` is back).
 
-One `connect dev` serves a worker of ours and an official-SDK worker at the
-same time, so the two minutes this takes are spent once for both SDKs.
+One `connect dev` serves a worker of each SDK at the same time (ours, the
+official Python SDK, the official TypeScript SDK with checkpointing on and off),
+so the two minutes this takes are spent once for all of them.
 """
 
 from __future__ import annotations
 
 import collections
 import json
-import os
-import sys
 import time
 from pathlib import Path
 
-from tests.e2e.harness import DevServer, Proc, complete_lines, start_worker, wait_for_log, wait_until
+from tests.e2e.harness import DevServer, Proc, complete_lines
+from tests.e2e.test_steps_features import SDKS, start_sdk_worker
 
-FUNCTIONS = {("ours", "every-minute"), ("ours", "every-minute-paris"), ("official", "every-minute"),
-             ("official", "every-minute-paris")}  # fmt: skip
+FUNCTIONS = {(sdk, fn) for sdk in SDKS for fn in ("every-minute", "every-minute-paris")}
 
 
 def ticks(log: Path) -> collections.Counter[tuple[str, str, int]]:
@@ -32,8 +31,16 @@ def ticks(log: Path) -> collections.Counter[tuple[str, str, int]]:
     return counter
 
 
-def ran(log: Path, tick_ms: int) -> bool:
-    return {(sdk, fn) for sdk, fn, ts in ticks(log) if ts == tick_ms} == FUNCTIONS
+def missing(log: Path, tick_ms: int) -> set[tuple[str, str]]:
+    """The (sdk, function) pairs that have not run for the tick yet."""
+    return FUNCTIONS - {(sdk, fn) for sdk, fn, ts in ticks(log) if ts == tick_ms}
+
+
+def wait_tick(log: Path, tick_ms: int) -> None:
+    deadline = time.monotonic() + 90
+    while missing(log, tick_ms) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not missing(log, tick_ms), f"no run for the tick at {tick_ms} of {sorted(missing(log, tick_ms))}"
 
 
 def next_minute(now: float) -> int:
@@ -43,20 +50,15 @@ def next_minute(now: float) -> int:
 def test_cron_runs_once_per_tick_across_restarts(tmp_path: Path) -> None:
     log = tmp_path / "steps.jsonl"
     dev = DevServer(tmp_path).start()
-    env = {"STEPS_LOG": str(log)}
-    ours = start_worker(dev, tmp_path, name="ours-cron", target="tests.e2e.steps_app:cron_apps", env=env)
-    official = Proc(
-        [sys.executable, "tests/compat/official_steps_app.py", "cron"],
-        dict(os.environ, CONNECT_API_URL=dev.url, WORKER_NAME="official-cron", **env),
-        tmp_path / "official-cron.log",
-    )
+    workers: list[Proc] = []
     try:
-        assert dev.proc is not None
-        wait_for_log(ours, "worker state ACTIVE", timeout=60)
-        wait_until(lambda: dev.proc is not None and dev.proc.output().count("worker ready") >= 2, 60, "both workers")
+        for sdk in SDKS:
+            # Each TypeScript variant gets app ids of its own: both share this `connect dev`.
+            env = {"TS_APP_PREFIX": sdk} if sdk.startswith("ts") else {}
+            workers.append(start_sdk_worker(dev, tmp_path, sdk, target="cron", concurrency=None, env=env))
 
         first = next_minute(time.time())
-        wait_until(lambda: ran(log, first), 90, f"every function to run for the tick at {first}")
+        wait_tick(log, first)
 
         # A graceful restart right after a tick: that tick must not run again.
         dev.stop()
@@ -68,7 +70,7 @@ def test_cron_runs_once_per_tick_across_restarts(tmp_path: Path) -> None:
         dev.kill()
         time.sleep(max(0.0, second / 1000 + 2 - time.time()))
         dev.start()
-        wait_until(lambda: ran(log, second), 90, f"every function to run for the tick at {second}")
+        wait_tick(log, second)
         time.sleep(2.0)  # let any duplicate show itself
 
         counts = ticks(log)
@@ -77,6 +79,6 @@ def test_cron_runs_once_per_tick_across_restarts(tmp_path: Path) -> None:
         assert seen[:2] == [first, second], seen
         assert all(ts % 60_000 == 0 for ts in seen)
     finally:
-        ours.stop()
-        official.stop()
+        for worker in workers:
+            worker.stop()
         dev.stop()

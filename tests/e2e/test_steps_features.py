@@ -86,11 +86,21 @@ def ready_workers(dev: DevServer) -> int:
 
 
 def start_sdk_worker(
-    dev: DevServer, tmp: Path, sdk: str, *, target: str = "main", concurrency: int | None = CONCURRENCY, name: str = ""
+    dev: DevServer,
+    tmp: Path,
+    sdk: str,
+    *,
+    target: str = "main",
+    concurrency: int | None = CONCURRENCY,
+    name: str = "",
+    env: dict[str, str] | None = None,
 ) -> Proc:
-    """One worker of `sdk` serving the step test functions, once `connect dev` has it ready."""
+    """One worker of `sdk` serving the step test functions, once `connect dev` has it ready.
+
+    `env` adds to the worker's environment (`TS_APP_PREFIX` gives a TypeScript worker
+    app ids of its own, so both TypeScript variants can share one `connect dev`)."""
     name = name or f"{sdk}-{target}"
-    env = {"STEPS_LOG": str(tmp / "steps.jsonl")}
+    env = {"STEPS_LOG": str(tmp / "steps.jsonl"), **(env or {})}
     before = ready_workers(dev)
     if sdk == "ours":
         attr = "apps" if target == "main" else "cron_apps"
@@ -111,6 +121,7 @@ def start_sdk_worker(
     if sdk == "official":
         worker = Proc([sys.executable, "tests/compat/official_steps_app.py", target], full_env, tmp / f"{name}.log")
     elif sdk in ("ts", "ts-nocheckpoint"):
+        full_env["SDK_NAME"] = sdk
         if sdk == "ts-nocheckpoint":
             full_env["TS_CHECKPOINTING"] = "off"
         script = npm.prepare_script(TS_APP, tmp / "ts")
