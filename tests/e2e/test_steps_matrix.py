@@ -44,7 +44,7 @@ def _lines(stack: Stack, kind: str, run_id: str, **match: Any) -> list[dict[str,
 
 
 def test_max_worker_concurrency_is_never_exceeded_and_is_used(stack: Stack) -> None:
-    events = [stack.send("steps/hold") for _ in range(CONCURRENCY * 3)]
+    events = [stack.send("steps/hold") for _ in range(CONCURRENCY * 2)]
     runs = stack.dev.wait_runs(events, timeout=90)
     assert all(run["status"] == "Completed" and run["output"] == "held" for run in runs), (runs, stack.output_hint())
     mine = {run["run_id"] for run in runs}
