@@ -1,9 +1,11 @@
 """Every step kind and function option, end to end: real `connect dev`, real worker processes.
 
-Each scenario runs against a worker built with our SDK (here) and against one
-built with the official `inngest` SDK (`tests/compat/test_official_steps.py`
-imports these tests and swaps the `stack` fixture). Both serve the same
-functions (`tests/e2e/steps_app.py`, `tests/compat/official_steps_app.py`).
+Each scenario runs against a worker built with our SDK (here), one built with the
+official Python SDK (`tests/compat/test_official_steps.py`) and one built with the
+official TypeScript SDK, checkpointing on and off (`tests/compat/test_ts_steps.py`):
+those modules import these tests and swap the `stack` fixture. All serve the same
+functions (`tests/e2e/steps_app.py`, `tests/compat/official_steps_app.py`,
+`tests/compat/ts/steps_app.mjs`).
 """
 
 from __future__ import annotations
