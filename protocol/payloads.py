@@ -345,8 +345,9 @@ def _config_problem(fn: FunctionConfig, seen: set[str]) -> str | None:
     for i, trigger in enumerate(fn.triggers):
         if (trigger.event is None) == (trigger.cron is None):
             return f"invalid config: `triggers[{i}]` needs exactly one of `event` and `cron`"
-    if isinstance(fn.concurrency, list) and not 1 <= len(fn.concurrency) <= MAX_CONCURRENCY_LIMITS:
-        return f"invalid config: `concurrency` holds 1 to {MAX_CONCURRENCY_LIMITS} limits, got {len(fn.concurrency)}"
+    # Python sends `[]` (no limit) for its onFailure functions.
+    if isinstance(fn.concurrency, list) and len(fn.concurrency) > MAX_CONCURRENCY_LIMITS:
+        return f"invalid config: `concurrency` holds at most {MAX_CONCURRENCY_LIMITS} limits, got {len(fn.concurrency)}"
     return None
 
 

@@ -49,7 +49,7 @@ def not_honoured(fn: FunctionConfig, unknown: Sequence[str] = ()) -> dict[str, A
     found: dict[str, Any] = {}
     for name, get in NOT_HONOURED:
         value = get(fn)
-        if value is not None:
+        if value is not None and value != []:  # Python registers `concurrency: []` for "none"
             found[name] = msgspec.to_builtins(value)
     for i, trigger in enumerate(fn.triggers):
         if trigger.cron is not None and trigger.jitter:
