@@ -271,7 +271,7 @@ class FunctionConfig(msgspec.Struct, omit_defaults=True):
 
 
 #: Every top-level field an official SDK registers, by its wire name.
-FUNCTION_FIELDS: Final = frozenset(FunctionConfig.__struct_encode_fields__)
+FUNCTION_FIELDS: Final = frozenset(f.encode_name for f in msgspec.structs.fields(FunctionConfig))
 #: The most limits `concurrency` may hold (as the official SDKs and server allow).
 MAX_CONCURRENCY_LIMITS: Final = 2
 
