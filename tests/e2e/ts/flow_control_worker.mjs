@@ -9,8 +9,6 @@ const inngest = new Inngest({
   id: "ts-flow",
   isDev: true,
   baseUrl: process.env.CONNECT_API_URL,
-  // One step per request: the platform's answer to checkpointing is another item of the same issue.
-  checkpointing: false,
 });
 
 const echo = (name) => async ({ event }) => ({ fn: name, user: event.data.user ?? null });
