@@ -135,6 +135,14 @@ class Registry:
             views.append(FunctionView(item.id, app_name, item.name, [], "refused", item.reason, {}))
         self._apps[app_name] = _App(app_version, _fingerprint(functions, refused, unknown), views)
 
+    def refusal(self, function_id: str) -> str | None:
+        """Why function `function_id` was refused, if it was."""
+        for app in self._apps.values():
+            for view in app.views:
+                if view.id == function_id and view.status == "refused":
+                    return view.reason
+        return None
+
     def views(self) -> list[FunctionView]:
         """Every function of every app, by app then id."""
         return sorted((v for app in self._apps.values() for v in app.views), key=lambda v: (v.app, v.id))

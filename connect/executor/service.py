@@ -418,6 +418,9 @@ class Executor:
     def lookup(self, function_id: str) -> FunctionInfo | None:
         return self._registry.lookup(function_id)
 
+    def refusal(self, function_id: str) -> str | None:
+        return self._apps.refusal(function_id)
+
     async def wait_until_started(self) -> None:
         await self._go.wait()
 

@@ -29,7 +29,7 @@ async def test_a_refused_function_is_listed_and_never_started(harness: Harness) 
     assert await harness.executor.runs_for_event(await harness.send("shop/broken")) == []
     run = await harness.finished((await harness.only_run(await harness.send("shop/parent")))["run_id"])
     assert run["output"] == (
-        f"no registered function has the id '{APP}-broken'; a worker serving it must connect first"
+        f"function '{APP}-broken' was refused at registration: invalid config: Expected `int` - at `$.concurrency`"
     )
     listed = {f["id"]: f for f in harness.executor.registered_functions()}
     assert listed[f"{APP}-broken"] == {
