@@ -176,26 +176,28 @@ def rows(results: Results) -> list[Row]:
             base_error=_error(results, "workers", f"official_{case}_error"))  # fmt: skip
     # The official TypeScript worker (`bench/official_app.mjs`): its default
     # (checkpointing on) and `checkpointing: false`; gateway-only runs off only.
-    for case, label, prefix, name in (
-        ("durable", "durable", "official_ts_on", "official TS, checkpointing on"),
-        ("durable", "durable", "official_ts_off", "official TS, checkpointing off"),
-        ("gateway", "gateway-only", "official_ts_off", "official TS, checkpointing off"),
-    ):
-        add(three, f"steps/s, {label}, against TS", g("workers", f"ours_{case}_steps_per_s"), "/s",
-            g("workers", f"{prefix}_{case}_steps_per_s"), name,
+    ts_cases = (
+        ("durable", "durable", "official_ts_on", "checkpointing on"),
+        ("durable", "durable", "official_ts_off", "checkpointing off"),
+        ("gateway", "gateway-only", "official_ts_off", "checkpointing off"),
+    )
+    for case, label, prefix, mode in ts_cases:
+        add(three, f"steps/s, {label}, against TS {mode}", g("workers", f"ours_{case}_steps_per_s"), "/s",
+            g("workers", f"{prefix}_{case}_steps_per_s"), f"official TS worker, {mode}",
             base_error=_error(results, "workers", f"{prefix}_{case}_error"))  # fmt: skip
     add(three, "steps/s, durable, ours one step per request", g("workers", "ours_one_step_durable_steps_per_s"), "/s",
         g("workers", "official_durable_steps_per_s"), "official Python worker")  # fmt: skip
+    add(three, "steps/s, durable, ours one step per request, against TS",
+        g("workers", "ours_one_step_durable_steps_per_s"), "/s", g("workers", "official_ts_off_durable_steps_per_s"),
+        "official TS worker, checkpointing off")  # fmt: skip
     for case, label in (("durable", "durable"), ("gateway", "gateway-only")):
         add(three, f"worker CPU per step, {label}", g("workers", f"ours_{case}_worker_cpu_us_per_step"), "us",
             g("workers", f"official_{case}_worker_cpu_us_per_step"), "official Python worker")  # fmt: skip
-    for case, label, prefix, name in (
-        ("durable", "durable", "official_ts_on", "official TS, checkpointing on"),
-        ("durable", "durable", "official_ts_off", "official TS, checkpointing off"),
-        ("gateway", "gateway-only", "official_ts_off", "official TS, checkpointing off"),
-    ):
-        add(three, f"worker CPU per step, {label}, against TS", g("workers", f"ours_{case}_worker_cpu_us_per_step"),
-            "us", g("workers", f"{prefix}_{case}_worker_cpu_us_per_step"), name)  # fmt: skip
+    for case, label, prefix, mode in ts_cases:
+        add(three, f"worker CPU per step, {label}, against TS {mode}",
+            g("workers", f"ours_{case}_worker_cpu_us_per_step"), "us",
+            g("workers", f"{prefix}_{case}_worker_cpu_us_per_step"), f"official TS worker, {mode}",
+            base_error=_error(results, "workers", f"{prefix}_{case}_error"))  # fmt: skip
 
     # --- 4. idle
     four = "4 idle"
