@@ -62,6 +62,10 @@ class RequestContext(msgspec.Struct):
     #: store each `step.run` result with WORKER_CHECKPOINT and go on to the
     #: next step in the same request.
     checkpoint_steps: bool = False
+    #: The queue item the request runs for; the TypeScript SDK sends it back
+    #: with `POST /v1/checkpoint/{run_id}/async`. Set, like `fn_id`, only on
+    #: requests that offer checkpoints: the SDK checkpoints when `fn_id` is set.
+    qi_id: str = ""
 
 
 class ExecutorRequest(msgspec.Struct):
@@ -88,6 +92,8 @@ OP_WAIT_FOR_EVENT: Final = "WaitForEvent"
 OP_INVOKE_FUNCTION: Final = "InvokeFunction"
 OP_AI_GATEWAY: Final = "AIGateway"
 OP_NONE: Final = "None"
+#: The handler returned; `data` is its result (the TypeScript SDK with checkpointing).
+OP_RUN_COMPLETE: Final = "RunComplete"
 
 
 class ErrorInfo(msgspec.Struct, omit_defaults=False):

@@ -1,4 +1,4 @@
-"""The HTTP API (port 8288): events in, connect start/flush, run REST.
+"""The HTTP API (port 8288): events in, connect start/flush, checkpoints, run REST.
 
 Every error is JSON with a specific status and message; nothing a client
 sends can disturb other requests.
@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from connect.api import checkpoints
 from connect.api.bodies import BodyRefused, read_body
 from connect.api.events import EventRejected, parse_events
 from connect.gateway.auth import Keys, TokenIssuer
@@ -39,7 +40,7 @@ class EventSink(Protocol):
     async def cancel_run(self, run_id: str) -> dict[str, Any] | None: ...
 
 
-class ReplySink(Protocol):
+class ReplySink(checkpoints.CheckpointSink, Protocol):
     async def accept_reply(self, raw: bytes, request_id: str) -> None: ...
 
 
@@ -148,6 +149,29 @@ def create_api(
             pb.FlushResponse(request_id=msg.request_id).SerializeToString(), media_type="application/octet-stream"
         )
 
+    async def checkpoint_async(request: Request) -> Response:
+        """Steps an official TypeScript worker ran and stores before going on
+        (see `connect/api/checkpoints.py` for what each answer makes it do)."""
+        if (denied := unauthorized(request)) is not None:
+            return denied
+        run_id = request.path_params["run_id"]
+        try:
+            body = await read_body(request, limits.MAX_WORKER_MESSAGE_BYTES, "checkpoint")
+            request_id, ops = checkpoints.parse(run_id, body)
+        except BodyRefused as exc:
+            return exc.response
+        except checkpoints.CheckpointRejected as exc:
+            return _error(400, str(exc))
+        status, message = checkpoints.answer(await replies.checkpoint_over_http(run_id, request_id, ops))
+        if status == 200:
+            return JSONResponse({"status": 200, "data": {"run_id": run_id}})
+        return _error(status, message)
+
+    async def checkpoint_sync(request: Request) -> Response:
+        if (denied := unauthorized(request)) is not None:
+            return denied
+        return _error(501, checkpoints.SYNC_UNSUPPORTED)
+
     async def event_runs(request: Request) -> Response:
         if (denied := unauthorized(request)) is not None:
             return denied
@@ -195,6 +219,9 @@ def create_api(
         Route("/e/{event_key}", send_events, methods=["POST"]),
         Route("/v0/connect/start", connect_start, methods=["POST"]),
         Route("/v0/connect/flush", connect_flush, methods=["POST"]),
+        Route("/v1/checkpoint/{run_id}/async", checkpoint_async, methods=["POST"]),
+        Route("/v1/checkpoint/{run_id}/steps", checkpoint_sync, methods=["POST"]),
+        Route("/v1/checkpoint", checkpoint_sync, methods=["POST"]),
         Route("/v1/events/{event_id}/runs", event_runs, methods=["GET"]),
         Route("/v1/runs/{run_id}", get_run, methods=["GET"]),
         Route("/v1/runs/{run_id}/cancel", cancel_run, methods=["POST"]),

@@ -1,7 +1,9 @@
 """Reading what a worker answered, and the JSON the executor stores from it.
 
 Errors are kept in the one shape SDKs read back from memos and the REST API
-shows: `{"name", "message", "stack"}`.
+shows: `{"name", "message", "stack"}`, with `stack` left out when there is
+none (the TypeScript SDK reads a `null` stack as a malformed error and shows
+"Unknown error").
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ def result_json(body: bytes) -> bytes:
 
 
 def error(name: str, message: str, stack: str | None = None) -> dict[str, Any]:
+    if stack is None:
+        return {"name": name, "message": message}
     return {"name": name, "message": message, "stack": stack}
 
 

@@ -5,7 +5,8 @@ always present (`events` is the triggering event alone; batching is not
 supported), `steps` an object of memos keyed by hashed step id, `ctx.stack`
 an object, `ctx.max_attempts` set so the SDK can tell StepError from
 StepFailed, and `use_api` false (large run state is not offloaded; see
-`MAX_REQUEST_PAYLOAD_BYTES`).
+`MAX_REQUEST_PAYLOAD_BYTES`). `ctx.fn_id` and `ctx.qi_id` are set only when
+the request offers checkpoints (see `connect/api/checkpoints.py`).
 
 Memos are kept as raw JSON (`msgspec.Raw`) and spliced in unchanged, so a
 request costs one encode of the envelope rather than a decode and an encode
@@ -42,10 +43,13 @@ def build_request(
             disable_immediate_execution=run.disable_immediate_execution,
             use_api=False,
             stack=RequestStack(stack=stack, current=len(stack)),
-            fn_id=run.function_id,
+            # The TypeScript SDK checkpoints (`/v1/checkpoint/{run_id}/async`)
+            # exactly when `fn_id` is set: only requests that offer it say so.
+            fn_id=run.function_id if checkpoint_steps else "",
             step_id=pending.step_id,
             max_attempts=run.max_attempts,
             checkpoint_steps=checkpoint_steps,
+            qi_id=pending.request_id if checkpoint_steps else "",
         ),
         use_api=False,
         version=run.request_version,

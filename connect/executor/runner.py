@@ -101,6 +101,7 @@ from protocol.limits import MAX_CHECKPOINTS_PER_REQUEST, MAX_REQUEST_PAYLOAD_BYT
 from protocol.payloads import (
     OP_INVOKE_FUNCTION,
     OP_NONE,
+    OP_RUN_COMPLETE,
     OP_SLEEP,
     OP_STEP,
     OP_STEP_ERROR,
@@ -252,7 +253,7 @@ class Runner:
         self._checkpoints: dict[str, int] = {}
         #: Checkpointed steps taken to be stored by the next commit, the one
         #: that handles the reply right behind them (see `_on_checkpoint`).
-        self._joined: list[tuple[StepMemo, Stored]] = []
+        self._joined: list[tuple[list[StepMemo], Stored]] = []
 
     # --- loading --------------------------------------------------------------------
 
@@ -559,37 +560,39 @@ class Runner:
         that handles that reply, which comes next (see `StepRequest.checkpoint`)."""
         run = self.run
         assert run is not None
-        if (
-            run.status != RUNNING
-            or not self._alone(request_id)
-            or self._checkpoints.get(request_id, 0) >= MAX_CHECKPOINTS_PER_REQUEST
-            or reply.status != STATUS_NOT_COMPLETED
-        ):
+        if run.status != RUNNING or not self._alone(request_id) or reply.status != STATUS_NOT_COMPLETED:
             return False
         try:
-            ops = replies.parse_ops(reply.body)
+            # An SDK may announce a step before running it (StepPlanned): nothing to store.
+            ops = [op for op in replies.parse_ops(reply.body) if op.op not in (OP_STEP_PLANNED, OP_NONE)]
         except replies.UnreadableReply:
             return False
-        if len(ops) != 1 or ops[0].op != OP_STEP_RUN or ops[0].id in self.memos:
+        taken = self._checkpoints.get(request_id, 0)
+        if (
+            not ops
+            or taken + len(ops) > MAX_CHECKPOINTS_PER_REQUEST
+            or any(op.op not in (OP_STEP_RUN, OP_STEP) or op.id in self.memos for op in ops)
+            or len({op.id for op in ops}) != len(ops)
+        ):
             return False  # anything else is judged when the request ends with it
-        op = ops[0]
-        memo = StepMemo(op.id, replies.data_memo(op))
+        memos = [StepMemo(op.id, replies.data_memo(op)) for op in ops]
         pending = run.requests[0]
         # The request now looks for the step after this one: its attempts (and lapses) start over.
         run.requests[0] = msgspec.structs.replace(pending, attempt=0, wake_at_ms=0, lapses=0)
         if reply.request_version > 0:
             run.request_version = reply.request_version
         if join is not None:
-            self._joined.append((memo, join()))
+            self._joined.append((memos, join()))
         else:
             try:
-                await self._save(memos=[memo])
+                await self._save(memos=memos)
             except BaseException:
                 if run.requests and run.requests[0].request_id == request_id:
                     run.requests[0] = pending
                 raise
-        self.memos.setdefault(op.id, msgspec.Raw(memo.result))
-        self._checkpoints[request_id] = self._checkpoints.get(request_id, 0) + 1
+        for memo in memos:
+            self.memos.setdefault(memo.step_hash, msgspec.Raw(memo.result))
+        self._checkpoints[request_id] = taken + len(memos)
         self._has_replied = True
         return True
 
@@ -610,7 +613,12 @@ class Runner:
             run.request_version = reply.request_version
         consumed = pending.request_id
         try:
-            if reply.status == STATUS_DONE:
+            if reply.status == STATUS_DONE and reply.no_retry:
+                # A final failure, as the TypeScript connect layer reports one
+                # (its HTTP 400 with x-inngest-no-retry becomes DONE + no_retry):
+                # a NonRetriableError, or an error on the last attempt.
+                await self._retry_or_fail(pending, replies.error_from_body(reply.body), True, None)
+            elif reply.status == STATUS_DONE:
                 output = replies.result_json(reply.body)
                 await self._finish(COMPLETED, output, consumed=consumed)
             elif reply.status == STATUS_NOT_COMPLETED:
@@ -639,6 +647,9 @@ class Runner:
         memos: list[StepMemo] = []
         waiting: list[Waiting] = []
         children: list[tuple[Event, Target]] = []
+        if any(op.op == OP_RUN_COMPLETE for op in ops):
+            await self._on_run_complete(pending, ops)
+            return
         try:
             for op in ops:
                 kind = op.op
@@ -682,6 +693,29 @@ class Runner:
                 self._add_discovery()
         intake = self._host.direct_events(children, now_ms) if children else None
         await self._commit(memos=memos, consumed=pending.request_id, intake=intake, new_waiting=waiting)
+
+    async def _on_run_complete(self, pending: PendingRequest, ops: list[Opcode]) -> None:
+        """The handler returned (`RunComplete`, last of the ops): the steps
+        reported before it are stored with the run's end, in one commit."""
+        run = self.run
+        assert run is not None
+        memos: list[StepMemo] = []
+        for op in ops[:-1]:
+            if op.op in (OP_STEP_RUN, OP_STEP):
+                if op.id not in self.memos:
+                    memos.append(StepMemo(op.id, replies.data_memo(op)))
+            elif op.op != OP_STEP_PLANNED:
+                err = replies.error("UnsupportedOpcode", f"opcode {op.op} reported together with RunComplete")
+                await self._finish(FAILED, replies.encode(err), error=err, consumed=pending.request_id)
+                return
+        last = ops[-1]
+        if last.op != OP_RUN_COMPLETE:
+            err = replies.error("UnsupportedOpcode", f"RunComplete must be the last op, not followed by {last.op}")
+            await self._finish(FAILED, replies.encode(err), error=err, consumed=pending.request_id)
+            return
+        for memo in memos:
+            self.memos.setdefault(memo.step_hash, msgspec.Raw(memo.result))
+        await self._finish(COMPLETED, replies.encode(last.data), memos=memos, consumed=pending.request_id)
 
     def _known(self, step: str) -> bool:
         """Whether a step already has a result, a request or a waiting entry."""
@@ -790,7 +824,10 @@ class Runner:
         joined, self._joined = self._joined, []
         try:
             stored = await self._s.store.save_run(
-                run, memos=[*(memo for memo, _ in joined), *memos], consumed_request_id=consumed, events=events
+                run,
+                memos=[*(memo for taken, _ in joined for memo in taken), *memos],
+                consumed_request_id=consumed,
+                events=events,
             )
         except BaseException:
             for _, told in joined:
@@ -888,10 +925,16 @@ class Runner:
         await self._finish(CANCELLED, replies.encode(err), error=err, consumed=consumed)
 
     async def _finish(
-        self, status: str, output: bytes, *, error: dict[str, Any] | None = None, consumed: str | None = None
+        self,
+        status: str,
+        output: bytes,
+        *,
+        error: dict[str, Any] | None = None,
+        consumed: str | None = None,
+        memos: Sequence[StepMemo] = (),
     ) -> None:
         """End the run; `inngest/function.finished` (and `.failed` / `.cancelled`)
-        are stored in the same write."""
+        and the steps in `memos` are stored in the same write."""
         run = self.run
         assert run is not None
         now_ms = int(self._s.clock() * 1000)
@@ -918,7 +961,7 @@ class Runner:
         )
         intake = self._host.prepare_events(events, now_ms)
         try:
-            stored = await self._save(consumed=consumed, events=intake.batch)
+            stored = await self._save(memos=memos, consumed=consumed, events=intake.batch)
         except BaseException:
             self._host.discard_intake(intake)
             raise

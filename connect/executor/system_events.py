@@ -32,7 +32,6 @@ FUNCTION_INVOKED: Final = "inngest/function.invoked"
 CANCELLED_ERROR: Final = {
     "name": "FunctionCancelledError",
     "message": "the invoked function run was cancelled",
-    "stack": None,
 }
 
 

@@ -8,6 +8,7 @@ attempt burnt) from "the step failed" (an attempt burnt).
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -44,8 +45,9 @@ class StepRequest(msgspec.Struct, frozen=True):
     #: caller did not commit it) makes the dispatcher store it itself first.
     takes_over: bool = False
     #: Set when the payload offers checkpoints (`ctx.checkpoint_steps`): each
-    #: WORKER_CHECKPOINT for this request is handed to it (as a `StepReply`
-    #: with one StepRun op) while `dispatch` still waits. It returns True
+    #: WORKER_CHECKPOINT for this request (and each checkpoint an official
+    #: TypeScript worker posts for it over HTTP) is handed to it, as a
+    #: `StepReply` of StepRun ops, while `dispatch` still waits. It returns True
     #: once the step is durably stored, which lets the worker go on to the
     #: next step in the same request; False ends the request with the step.
     #:
@@ -80,6 +82,17 @@ class StepReply(msgspec.Struct, frozen=True):
         are ignored."""
         if self.on_settle is not None:
             self.on_settle(committed)
+
+
+class CheckpointTaken(enum.Enum):
+    """What became of steps a worker checkpointed over HTTP (see `connect/api/checkpoints.py`)."""
+
+    #: Durably stored: the worker goes on to its next step.
+    STORED = "stored"
+    #: The request is not in flight here (answered, or the run moved on): the worker must stop.
+    STALE = "stale"
+    #: Not taken now: the worker ends the request with the steps, as without checkpoints.
+    DECLINED = "declined"
 
 
 class DispatchError(Exception):

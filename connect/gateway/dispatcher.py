@@ -30,7 +30,15 @@ from typing import Any, Protocol
 
 from connect.gateway.capacity import InstanceCapacity
 from connect.gateway.connection import Connection
-from connect.gateway.dispatch import Join, NoWorker, StepReply, StepRequest, Stored, WorkerStoppedResponding
+from connect.gateway.dispatch import (
+    CheckpointTaken,
+    Join,
+    NoWorker,
+    StepReply,
+    StepRequest,
+    Stored,
+    WorkerStoppedResponding,
+)
 from connect.gateway.routing import Router
 from protocol import connect_pb2 as pb
 from protocol import limits
@@ -84,6 +92,7 @@ class _Pending:
         "refused",
         "reply",
         "reply_behind",
+        "run_id",
         "takes_over",
         "wake",
     )
@@ -93,8 +102,10 @@ class _Pending:
         wake: asyncio.Future[None],
         takes_over: bool,
         checkpoint: Callable[[StepReply, Join | None], Awaitable[bool]] | None,
+        run_id: str = "",
     ) -> None:
         self.wake = wake
+        self.run_id = run_id
         self.takes_over = takes_over
         self.checkpoint = checkpoint
         # Set while a checkpoint is being stored; resolved once it is decided.
@@ -212,7 +223,7 @@ class GatewayDispatcher:
     async def dispatch(self, request: StepRequest) -> StepReply:
         rid = request.request_id
         pending = self._pending[rid] = _Pending(
-            asyncio.get_running_loop().create_future(), request.takes_over, request.checkpoint
+            asyncio.get_running_loop().create_future(), request.takes_over, request.checkpoint, request.run_id
         )
         try:
             if not request.fresh:
@@ -520,6 +531,31 @@ class GatewayDispatcher:
                 pending.refused = None if stored else raw
                 pending.checkpointing = None
                 decided.set_result(None)
+
+    async def checkpoint_over_http(self, run_id: str, request_id: str, body: bytes) -> CheckpointTaken:
+        """Steps an official TypeScript worker ran in request `request_id`
+        and posts (`body`: a JSON array of StepRun ops) before going on.
+
+        Unlike a WORKER_CHECKPOINT, a declined one is not kept as the
+        request's reply: the SDK itself ends the request with the steps when
+        the checkpoint fails. Nothing names the worker here (the call is
+        authenticated by the signing key under `connect serve`), so a worker
+        whose lease lapsed may still store a step: that is a step result like
+        any other, and the first stored for a step wins."""
+        pending = self._pending.get(request_id)
+        if pending is None or pending.reply is not None or pending.run_id != run_id:
+            return CheckpointTaken.STALE
+        if pending.checkpoint is None or pending.checkpointing is not None:
+            return CheckpointTaken.DECLINED
+        decided = pending.checkpointing = asyncio.get_running_loop().create_future()
+        reply = StepReply(request_id=request_id, status=pb.NOT_COMPLETED, body=body)
+        stored = False
+        try:
+            stored = await pending.checkpoint(reply, None)
+        finally:
+            pending.checkpointing = None
+            decided.set_result(None)
+        return CheckpointTaken.STORED if stored else CheckpointTaken.DECLINED
 
     def reply_behind(self, request_id: str) -> bool:
         """Whether the request's reply came while its checkpoint was being

@@ -132,6 +132,16 @@ def test_event_keys_and_environment(serve: DevServer) -> None:
     assert other_env.status_code == 401
 
 
+def test_checkpoints_need_the_signing_key(serve: DevServer) -> None:
+    run_id = ids.new_ulid()
+    body = {"run_id": run_id, "request_id": ids.new_ulid(), "steps": [{"op": "StepRun", "id": "a", "data": 1}]}
+    url = f"{serve.url}/v1/checkpoint/{run_id}/async"
+    assert httpx.post(url, json=body).status_code == 401
+    assert httpx.post(f"{serve.url}/v1/checkpoint", json=body).status_code == 401
+    # With the hashed key, as the TypeScript SDK sends it: the request is not in flight.
+    assert httpx.post(url, json=body, headers=BEARER).status_code == 409
+
+
 def test_rest_needs_the_signing_key(serve: DevServer) -> None:
     assert httpx.get(f"{serve.url}/v1/runs/{ids.new_ulid()}").status_code == 401
     authorized = httpx.get(f"{serve.url}/v1/runs/{ids.new_ulid()}", headers={"Authorization": f"Bearer {SIGNING_KEY}"})

@@ -34,7 +34,11 @@ def test_request_body_matches_what_sdks_parse() -> None:
     assert ctx["run_id"] == "R" and ctx["attempt"] == 2 and ctx["max_attempts"] == 5
     assert ctx["disable_immediate_execution"] is True and ctx["use_api"] is False
     assert ctx["stack"] == {"stack": ["h1", "h2"], "current": 2}
-    assert ctx["fn_id"] == "app-fn" and ctx["step_id"] == "abc"
+    assert ctx["step_id"] == "abc"
+    # No checkpoints offered: no `fn_id`, so the TypeScript SDK does not try to checkpoint.
+    assert ctx["fn_id"] == "" and ctx["qi_id"] == "" and ctx["checkpoint_steps"] is False
+    offered = json.loads(build_request(run, pending, event, memos, checkpoint_steps=True))["ctx"]
+    assert offered["fn_id"] == "app-fn" and offered["qi_id"] == "req" and offered["checkpoint_steps"] is True
 
 
 def test_reading_replies() -> None:
@@ -46,6 +50,5 @@ def test_reading_replies() -> None:
     assert error_from_body(b'{"name":"E","message":"m","code":"unknown"}') == {
         "name": "E",
         "message": "m",
-        "stack": None,
     }
     assert error_from_body(b"plain text")["message"] == "plain text"
