@@ -307,6 +307,7 @@ def measure(
             out.update(
                 {
                     "steps_per_s": loop.jobs_per_s * STEPS,
+                    "inflight_steps_per_s": loop.inflight_jobs_per_s * STEPS,
                     "runs_per_s": loop.jobs_per_s,
                     "in_flight": IN_FLIGHT,
                     "loaded_run_p50_ms": s["p50_ms"],
