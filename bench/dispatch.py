@@ -373,7 +373,11 @@ def measure(
         env=env,
     )
     api_url = gw.expect("API ", 60)
-    worker = start_worker(children, worker_kind, api_url, f"{tag}-worker", env)
+    try:
+        worker = start_worker(children, worker_kind, api_url, f"{tag}-worker", env)
+    except Exception:  # e.g. no Node for the TypeScript worker: the next case gets a quiet machine
+        gw.stop()
+        raise
     cpu: dict[str, dict[str, float]] = {}
     marks: dict[str, tuple[float, float, float]] = {}
     result: dict[str, Any] = {}

@@ -206,9 +206,14 @@ def measure(
     throughput window (default 3, 2 with `--quick`)."""
     dev, url = start_dev(children, opts, tag, checkpoints=checkpoints, env=env)
     listener = Listener()
-    worker = start_worker(
-        children, worker_kind, url, f"{tag}-worker", env={**(env or {}), NOTIFY_ENV: listener.address}
-    )
+    try:
+        worker = start_worker(
+            children, worker_kind, url, f"{tag}-worker", env={**(env or {}), NOTIFY_ENV: listener.address}
+        )
+    except Exception:  # e.g. no Node for the TypeScript worker: the next case gets a quiet machine
+        listener.close()
+        dev.stop()
+        raise
     out: dict[str, Any] = {"worker": worker_kind}
     http = httpx.Client(base_url=url, timeout=30)
     poster = _EventPoster(url)
