@@ -27,7 +27,7 @@ from connect.gateway.dispatcher import GatewayDispatcher
 from connect.gateway.server import GatewayServer
 from connect.store import SqliteStore
 from protocol.gateway_session import GatewaySessionConfig
-from protocol.payloads import FunctionConfig, IncomingEvent
+from protocol.payloads import IncomingEvent
 
 
 class _NoRuns:
@@ -42,8 +42,11 @@ class _NoRuns:
     async def runs_for_event(self, event_id: str) -> list[dict[str, Any]]:
         return []
 
+    def registered_functions(self) -> list[dict[str, Any]]:
+        return []
 
-async def _ignore_sync(app_name: str, app_version: str | None, functions: list[FunctionConfig]) -> None:
+
+async def _ignore_sync(*_registration: object) -> None:
     return None
 
 

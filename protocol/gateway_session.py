@@ -28,7 +28,7 @@ import msgspec
 from protocol import codes, frames, ids, limits
 from protocol import connect_pb2 as pb
 from protocol.durations import format_interval
-from protocol.payloads import FunctionConfig
+from protocol.payloads import FunctionConfig, FunctionsUnreadable, RefusedFunction, decode_functions
 
 
 class Phase(IntEnum):
@@ -48,9 +48,15 @@ class ProtocolViolation(Exception):
 
 @dataclass(frozen=True)
 class AppInfo:
+    """One app of a WORKER_CONNECT: the functions it serves, and those it
+    registered that were refused (with the reason)."""
+
     app_name: str
     app_version: str | None
     functions: list[FunctionConfig]
+    refused: list[RefusedFunction] = field(default_factory=list)
+    #: Per function id, top-level config fields no known SDK sends (kept out).
+    unknown_fields: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -171,8 +177,13 @@ class GatewaySessionConfig:
     authenticate: Callable[[str], bool] = field(default=lambda _token: True)
 
 
-_functions_decoder = msgspec.json.Decoder(list[FunctionConfig])
 _STATUS_MIN_GAP = 2.0
+#: Requests sent on one connection whose reply did not come back on it, kept
+#: to judge its close (see `connection_lost`). A reply that travels another way
+#: (`/v0/connect/flush`, another connection) leaves its id here, so the oldest
+#: are forgotten past this bound: memory stays bounded on a connection that
+#: lives for months.
+MAX_UNANSWERED_TRACKED = 10_000
 
 
 class GatewaySession:
@@ -187,6 +198,12 @@ class GatewaySession:
         self._pending_acks: dict[str, float] = {}
         self._last_status = float("-inf")
         self.disconnect_reason: codes.DisconnectReason | str | None = None
+        #: (app, function) refused when the whole connection was (nothing valid remained).
+        self.refused_functions: list[tuple[str, RefusedFunction]] = []
+        #: WORKER_PAUSE came: the worker is leaving (see `connection_lost`).
+        self.paused = False
+        #: Requests sent here whose reply has not come back here (an ordered set).
+        self._unanswered: dict[str, None] = {}
 
     # --- output -----------------------------------------------------------------
 
@@ -201,6 +218,11 @@ class GatewaySession:
     @property
     def pending_acks(self) -> int:
         return len(self._pending_acks)
+
+    @property
+    def unanswered_requests(self) -> list[str]:
+        """Requests sent on this connection that it has not answered (yet)."""
+        return list(self._unanswered)
 
     def next_deadline(self) -> float | None:
         """The earliest time `tick` has something to do."""
@@ -257,6 +279,7 @@ class GatewaySession:
         expired = [rid for rid, deadline in self._pending_acks.items() if deadline <= now]
         for rid in expired:
             del self._pending_acks[rid]
+            self._unanswered.pop(rid, None)  # re-routed: not this worker's any more
         return [AckFailed(rid) for rid in expired]
 
     # --- handshake ----------------------------------------------------------------
@@ -281,18 +304,33 @@ class GatewaySession:
             capabilities = msgspec.json.decode(msg.capabilities) if msg.capabilities else {}
             if not isinstance(capabilities, dict):
                 raise msgspec.ValidationError("capabilities must be a JSON object")
-            apps = [
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return self._close(policy, codes.HELLO_INVALID_PAYLOAD)
+        apps: list[AppInfo] = []
+        for app in msg.apps:
+            if not app.app_name:
+                return self._close(policy, codes.HELLO_INVALID_PAYLOAD)
+            try:
+                # Function by function: one the platform cannot use is refused
+                # and the others are served (see `decode_functions`).
+                decoded = decode_functions(app.functions)
+            except FunctionsUnreadable:
+                return self._close(policy, codes.INVALID_FUNCTION_CONFIG)
+            apps.append(
                 AppInfo(
                     app_name=app.app_name,
                     app_version=app.app_version if app.HasField("app_version") else None,
-                    functions=_functions_decoder.decode(app.functions or b"[]"),
+                    functions=decoded.functions,
+                    refused=decoded.refused,
+                    unknown_fields=decoded.unknown_fields,
                 )
-                for app in msg.apps
-            ]
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            return self._close(policy, codes.INVALID_FUNCTION_CONFIG)
-        if any(not app.app_name for app in apps):
-            return self._close(policy, codes.HELLO_INVALID_PAYLOAD)
+            )
+        refused = [(app.app_name, fn) for app in apps for fn in app.refused]
+        if refused and not any(app.functions for app in apps):
+            # Nothing left to serve: say why, as a failed sync does.
+            self.refused_functions = refused
+            reasons = "; ".join(f"{app} {fn.id}: {fn.reason}" for app, fn in refused)
+            return self.sync_failed(codes.INVALID_FUNCTION_CONFIG, f"every function was refused: {reasons}")
         self.hello = WorkerHello(
             connection_id=msg.connection_id,
             instance_id=msg.instance_id,
@@ -361,6 +399,7 @@ class GatewaySession:
         return [Ready()]
 
     def _pause(self) -> list[Event]:
+        self.paused = True  # also while the gateway drains: the worker is leaving either way
         if self.phase not in (Phase.AUTHENTICATED, Phase.READY):
             return []
         self.phase = Phase.DRAINING
@@ -392,6 +431,8 @@ class GatewaySession:
             return self._close(codes.CloseCode.INTERNAL_ERROR, codes.INTERNAL_ERROR)
         if not msg.request_id:
             return self._close(codes.CloseCode.INTERNAL_ERROR, codes.INTERNAL_ERROR)
+        if event is ReplyReceived:
+            self._unanswered.pop(msg.request_id, None)
         return [event(msg, payload)]
 
     def _status(self, payload: bytes, now: float) -> list[Event]:
@@ -413,6 +454,9 @@ class GatewaySession:
         if self.phase is not Phase.READY:
             raise ProtocolViolation(f"executor request in phase {self.phase.name}")
         self._pending_acks[request.request_id] = now + self.config.ack_timeout
+        self._unanswered[request.request_id] = None
+        if len(self._unanswered) > MAX_UNANSWERED_TRACKED:
+            del self._unanswered[next(iter(self._unanswered))]
         frame = frames.encode(pb.GATEWAY_EXECUTOR_REQUEST, request)
         self._out.append(frame)
         return len(frame)
@@ -467,11 +511,22 @@ class GatewaySession:
         self.phase = Phase.CLOSED
         return [*failed, Close(None, "", reason)]
 
-    def connection_lost(self, code: int | None, reason: str) -> list[Event]:
-        """The socket ended (peer close or error)."""
+    def connection_lost(self, code: int | None, reason: str, *, work_left: bool = True) -> list[Event]:
+        """The socket ended (peer close or error).
+
+        `work_left`: whether the worker's instance still holds leased work
+        (the shell knows its leases). Neither official SDK names a reason
+        when it closes after its drain (TypeScript sends no close code,
+        Python 1000 with no reason), so a worker that sent WORKER_PAUSE,
+        then closed (with a close frame) once nothing leased to it was left
+        has shut down cleanly, whatever its close said: it is recorded as
+        WORKER_SHUTDOWN. One that closed with work still leased is not."""
         if self.phase is Phase.CLOSED:
             return []
-        self._record(codes.classify_worker_close(code, reason))
+        reason_seen = codes.classify_worker_close(code, reason)
+        if reason_seen == codes.DisconnectReason.UNEXPECTED and self.paused and code is not None and not work_left:
+            reason_seen = codes.DisconnectReason.WORKER_SHUTDOWN
+        self._record(reason_seen)
         failed = self._fail_pending()
         self.phase = Phase.CLOSED
         return failed
@@ -485,6 +540,8 @@ class GatewaySession:
 
     def _fail_pending(self) -> list[Event]:
         failed: list[Event] = [AckFailed(rid) for rid in self._pending_acks]
+        for rid in self._pending_acks:
+            self._unanswered.pop(rid, None)  # re-routed: not this worker's any more
         self._pending_acks.clear()
         return failed
 

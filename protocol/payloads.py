@@ -132,10 +132,16 @@ SDKStatus = Literal[0, 1, 2]
 
 
 # --- function configuration (sync) --------------------------------------------
+#
+# What the official SDKs register (TypeScript v4 `functionConfigSchema` and
+# `InngestFunction.getConfig`; Python `server_lib/registration.py`), field by
+# field. Durations arrive as strings such as "30s" or "1h" (both SDKs turn
+# numbers and timedeltas into that form before sending). Python sends every
+# field, `null` when unset; TypeScript leaves unset ones out.
 
 
-class Retries(msgspec.Struct):
-    attempts: int
+class Retries(msgspec.Struct, omit_defaults=True):
+    attempts: int | None = None
 
 
 class Runtime(msgspec.Struct):
@@ -143,7 +149,7 @@ class Runtime(msgspec.Struct):
     url: str
 
 
-class StepConfig(msgspec.Struct):
+class StepConfig(msgspec.Struct, omit_defaults=True):
     id: str
     name: str
     runtime: Runtime
@@ -157,16 +163,98 @@ class Trigger(msgspec.Struct, omit_defaults=True):
     jitter: str | None = None
 
 
+class CancelConfig(msgspec.Struct, omit_defaults=True):
+    """`cancelOn`: an event named `event` for which `if` holds, within `timeout`."""
+
+    event: str
+    if_: str | None = msgspec.field(default=None, name="if")
+    timeout: str | None = None
+
+
+class TimeoutsConfig(msgspec.Struct, omit_defaults=True):
+    start: str | None = None
+    finish: str | None = None
+
+
+ConcurrencyScope = Literal["fn", "env", "account"]
+
+
+class ConcurrencyLimit(msgspec.Struct, omit_defaults=True):
+    """At most `limit` steps running at once, per value of `key` if given, over `scope`."""
+
+    limit: int
+    key: str | None = None
+    scope: ConcurrencyScope | None = None
+
+
+class RateLimitConfig(msgspec.Struct, omit_defaults=True):
+    """At most `limit` runs started per `period` (per `key`); the rest are dropped."""
+
+    limit: int
+    period: str
+    key: str | None = None
+
+
+class ThrottleConfig(msgspec.Struct, omit_defaults=True):
+    """At most `limit` (+ `burst`) runs started per `period` (per `key`); the rest wait."""
+
+    limit: int
+    period: str
+    key: str | None = None
+    burst: int | None = None
+
+
+class DebounceConfig(msgspec.Struct, omit_defaults=True):
+    """Start one run with the last event once `period` passed without another (at most `timeout`)."""
+
+    period: str
+    key: str | None = None
+    timeout: str | None = None
+
+
+class BatchEventsConfig(msgspec.Struct, omit_defaults=True):
+    """Start one run with up to `maxSize` events, or whatever came within `timeout`."""
+
+    maxSize: int  # noqa: N815 - wire name
+    timeout: str | None = None
+    key: str | None = None
+    if_: str | None = msgspec.field(default=None, name="if")
+
+
+class PriorityConfig(msgspec.Struct, omit_defaults=True):
+    """`run`: an expression giving seconds by which a run jumps the queue."""
+
+    run: str | None = None
+
+
+class SingletonConfig(msgspec.Struct, omit_defaults=True):
+    """One run at a time (per `key`): a new one is skipped or cancels the running one."""
+
+    mode: Literal["skip", "cancel"]
+    key: str | None = None
+
+
 class FunctionConfig(msgspec.Struct, omit_defaults=True):
-    """A function as an SDK registers it (connect: inside WORKER_CONNECT)."""
+    """A function as an SDK registers it (connect: inside WORKER_CONNECT).
+
+    `concurrency` keeps the form the SDK sent (TypeScript: a number, an
+    object or an array of one or two objects; Python: an array);
+    `concurrency_limits` is the same as a list."""
 
     id: str
-    name: str
     triggers: list[Trigger]
     steps: dict[str, StepConfig]
-    cancel: list[dict[str, Any]] | None = None
-    concurrency: list[dict[str, Any]] | None = None
-    timeouts: dict[str, Any] | None = None
+    name: str | None = None
+    cancel: list[CancelConfig] | None = None
+    timeouts: TimeoutsConfig | None = None
+    concurrency: int | ConcurrencyLimit | list[ConcurrencyLimit] | None = None
+    rateLimit: RateLimitConfig | None = None  # noqa: N815 - wire name
+    throttle: ThrottleConfig | None = None
+    debounce: DebounceConfig | None = None
+    batchEvents: BatchEventsConfig | None = None  # noqa: N815 - wire name
+    idempotency: str | None = None
+    priority: PriorityConfig | None = None
+    singleton: SingletonConfig | None = None
 
     @property
     def retries(self) -> int | None:
@@ -174,6 +262,99 @@ class FunctionConfig(msgspec.Struct, omit_defaults=True):
         if step is None or step.retries is None:
             return None
         return step.retries.attempts
+
+    @property
+    def concurrency_limits(self) -> list[ConcurrencyLimit]:
+        """`concurrency` in its array form (a bare number is a limit over the function)."""
+        value = self.concurrency
+        if value is None:
+            return []
+        if isinstance(value, int):
+            return [ConcurrencyLimit(limit=value, scope="fn")]
+        if isinstance(value, ConcurrencyLimit):
+            return [value]
+        return list(value)
+
+
+#: Every top-level field an official SDK registers, by its wire name.
+FUNCTION_FIELDS: Final = frozenset(f.encode_name for f in msgspec.structs.fields(FunctionConfig))
+#: The most limits `concurrency` may hold (as the official SDKs and server allow).
+MAX_CONCURRENCY_LIMITS: Final = 2
+
+
+class RefusedFunction(msgspec.Struct, frozen=True):
+    """A function an SDK registered that is not served, and why."""
+
+    id: str
+    reason: str
+    name: str | None = None
+
+
+class DecodedFunctions(msgspec.Struct, frozen=True):
+    """One app's functions, decoded one by one.
+
+    `unknown_fields` names, per function id, top-level fields with a value
+    that no official SDK version this platform knows sends: kept out of the
+    config, and reported rather than silently dropped."""
+
+    functions: list[FunctionConfig]
+    refused: list[RefusedFunction]
+    unknown_fields: dict[str, list[str]]
+
+
+class FunctionsUnreadable(ValueError):
+    """The functions payload as a whole is not a JSON array of objects."""
+
+
+_raw_functions = msgspec.json.Decoder(list[dict[str, Any]])
+
+
+def decode_functions(payload: bytes) -> DecodedFunctions:
+    """Decode an app's functions (a JSON array) one by one: a function that
+    does not fit the schema is refused with the reason, the others are kept.
+    Raises FunctionsUnreadable when the payload is not an array of objects."""
+    try:
+        raws = _raw_functions.decode(payload or b"[]")
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise FunctionsUnreadable(f"functions are not a JSON array of objects: {exc}") from None
+    functions: list[FunctionConfig] = []
+    refused: list[RefusedFunction] = []
+    unknown: dict[str, list[str]] = {}
+    seen: set[str] = set()
+    for index, raw in enumerate(raws):
+        fn_id = raw.get("id")
+        label = fn_id if isinstance(fn_id, str) and fn_id else f"functions[{index}]"
+        name = raw.get("name") if isinstance(raw.get("name"), str) else None
+        try:
+            fn = msgspec.convert(raw, FunctionConfig)
+        except msgspec.ValidationError as exc:
+            refused.append(RefusedFunction(label, f"invalid config: {exc}", name))
+            continue
+        problem = _config_problem(fn, seen)
+        if problem is not None:
+            refused.append(RefusedFunction(label, problem, name))
+            continue
+        seen.add(fn.id)
+        functions.append(fn)
+        extra = sorted(k for k, v in raw.items() if k not in FUNCTION_FIELDS and v is not None)
+        if extra:
+            unknown[fn.id] = extra
+    return DecodedFunctions(functions, refused, unknown)
+
+
+def _config_problem(fn: FunctionConfig, seen: set[str]) -> str | None:
+    """What makes a config that fits the schema unusable, or None."""
+    if not fn.id:
+        return "invalid config: `id` is empty"
+    if fn.id in seen:
+        return f"invalid config: another function of the app has the id {fn.id!r}"
+    for i, trigger in enumerate(fn.triggers):
+        if (trigger.event is None) == (trigger.cron is None):
+            return f"invalid config: `triggers[{i}]` needs exactly one of `event` and `cron`"
+    # Python sends `[]` (no limit) for its onFailure functions.
+    if isinstance(fn.concurrency, list) and len(fn.concurrency) > MAX_CONCURRENCY_LIMITS:
+        return f"invalid config: `concurrency` holds at most {MAX_CONCURRENCY_LIMITS} limits, got {len(fn.concurrency)}"
+    return None
 
 
 # --- step ids -------------------------------------------------------------------

@@ -38,6 +38,7 @@ class EventSink(Protocol):
     async def get_run(self, run_id: str) -> dict[str, Any] | None: ...
     async def runs_for_event(self, event_id: str) -> list[dict[str, Any]]: ...
     async def cancel_run(self, run_id: str) -> dict[str, Any] | None: ...
+    def registered_functions(self) -> list[dict[str, Any]]: ...
 
 
 class ReplySink(checkpoints.CheckpointSink, Protocol):
@@ -199,6 +200,13 @@ def create_api(
             return _error(409, f"run {run_id} already ended: {run['status']}", data=run)
         return JSONResponse({"data": run}, status_code=200 if run["status"] == "Cancelled" else 202)
 
+    async def list_functions(request: Request) -> Response:
+        """Every function the apps registered: served (`active`) or `refused`
+        with the reason, and the options registered but not honoured."""
+        if (denied := unauthorized(request)) is not None:
+            return denied
+        return JSONResponse({"data": executor.registered_functions()})
+
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -225,6 +233,7 @@ def create_api(
         Route("/v1/events/{event_id}/runs", event_runs, methods=["GET"]),
         Route("/v1/runs/{run_id}", get_run, methods=["GET"]),
         Route("/v1/runs/{run_id}/cancel", cancel_run, methods=["POST"]),
+        Route("/v1/functions", list_functions, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
     ]

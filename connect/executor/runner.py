@@ -200,6 +200,7 @@ class RunHost(Protocol):
     """What a runner needs from the executor that owns it."""
 
     def lookup(self, function_id: str) -> FunctionInfo | None: ...
+    def refusal(self, function_id: str) -> str | None: ...
 
     def prepare_events(self, events: list[Event], now_ms: int) -> Intake: ...
 
@@ -741,9 +742,12 @@ class Runner:
         timeout = _duration(opts.get("timeout"), f"invoke {op.name or op.id}: timeout")
         info = self._host.lookup(function_id)
         if info is None:
+            refused = self._host.refusal(function_id)
             err = replies.error(
                 "FunctionNotFoundError",
-                f"no registered function has the id {function_id!r}; a worker serving it must connect first",
+                f"no registered function has the id {function_id!r}; a worker serving it must connect first"
+                if refused is None
+                else f"function {function_id!r} was refused at registration: {refused}",
             )
             return None, StepMemo(op.id, replies.error_memo(err)), None
         expire_ms = now_ms + int(timeout * 1000)

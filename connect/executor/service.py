@@ -33,6 +33,7 @@ import msgspec
 from connect.executor import replies
 from connect.executor.cron import CRON_EVENT, CronSchedule
 from connect.executor.intake import Intake, IntakeItem
+from connect.executor.registry import Registry
 from connect.executor.retries import Backoff
 from connect.executor.runner import MAX_LEASE_LAPSES, CancelRequested, Message, Resolved, Runner, RunServices
 from connect.executor.system_events import (
@@ -61,7 +62,7 @@ from connect.store.base import (
     Waiting,
 )
 from protocol.ids import new_ulid
-from protocol.payloads import Event, FunctionConfig, IncomingEvent, json_encoder
+from protocol.payloads import Event, FunctionConfig, IncomingEvent, RefusedFunction, json_encoder
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,8 @@ class Executor:
             max_lease_lapses=max_lease_lapses,
         )
         self._registry = TriggerIndex(default_retries)
+        #: What each app registered, refusals and options not honoured included.
+        self._apps = Registry()
         self._app_versions: dict[str, tuple[str | None, bytes]] = {}
         self._waits = WaitIndex()
         self._timers: Timers[TimerKey] = Timers(self._on_due, clock)
@@ -175,20 +178,42 @@ class Executor:
 
     # --- apps ------------------------------------------------------------------------
 
-    async def sync_app(self, app_name: str, app_version: str | None, functions: list[FunctionConfig]) -> None:
-        """Record what `app_name` serves (a worker connected with it) and index its triggers."""
-        encoded = _encode_functions(functions)
-        if self._app_versions.get(app_name) == (app_version, encoded):
+    async def sync_app(
+        self,
+        app_name: str,
+        app_version: str | None,
+        functions: list[FunctionConfig],
+        refused: Sequence[RefusedFunction] = (),
+        unknown_fields: dict[str, list[str]] | None = None,
+    ) -> None:
+        """Record what `app_name` serves (a worker connected with it) and index
+        its triggers; `refused` functions are listed but never started. Logs
+        refusals and options not honoured once per change of the registration."""
+        if self._apps.unchanged(app_name, app_version, functions, refused, unknown_fields):
             return  # another worker of the same app version: nothing changed
-        app = AppRecord(app_name, list(functions), app_version, self._now_ms())
-        await self._store.put_app(app)
-        self._remember_app(app_name, app_version, functions)
+        encoded = _encode_functions(functions)
+        if self._app_versions.get(app_name) != (app_version, encoded):
+            app = AppRecord(app_name, list(functions), app_version, self._now_ms())
+            await self._store.put_app(app)
+        self._remember_app(app_name, app_version, functions, refused, unknown_fields)
         if self._started:
             self._schedule_crons()
 
-    def _remember_app(self, app_name: str, app_version: str | None, functions: list[FunctionConfig]) -> None:
+    def _remember_app(
+        self,
+        app_name: str,
+        app_version: str | None,
+        functions: list[FunctionConfig],
+        refused: Sequence[RefusedFunction] = (),
+        unknown_fields: dict[str, list[str]] | None = None,
+    ) -> None:
         self._app_versions[app_name] = (app_version, _encode_functions(functions))
         self._registry.set_app(app_name, functions)
+        self._apps.record(app_name, app_version, functions, refused, unknown_fields)
+
+    def registered_functions(self) -> list[dict[str, Any]]:
+        """Every function the apps registered, served or refused (`GET /v1/functions`)."""
+        return [msgspec.to_builtins(view) for view in self._apps.views()]
 
     # --- events ------------------------------------------------------------------------
 
@@ -392,6 +417,9 @@ class Executor:
 
     def lookup(self, function_id: str) -> FunctionInfo | None:
         return self._registry.lookup(function_id)
+
+    def refusal(self, function_id: str) -> str | None:
+        return self._apps.refusal(function_id)
 
     async def wait_until_started(self) -> None:
         await self._go.wait()

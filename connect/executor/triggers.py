@@ -27,7 +27,7 @@ import msgspec
 from connect.executor.cron import CronSchedule
 from connect.executor.expressions import Expression
 from connect.executor.sleeps import parse_duration
-from protocol.payloads import Event, FunctionConfig
+from protocol.payloads import Event, FunctionConfig, TimeoutsConfig
 
 log = logging.getLogger(__name__)
 
@@ -178,24 +178,22 @@ class TriggerIndex:
 def _info(target: Target, fn: FunctionConfig) -> FunctionInfo:
     cancel: list[CancelOn] = []
     for item in fn.cancel or ():
-        event = item.get("event") if isinstance(item, dict) else None
-        expression = item.get("if") if isinstance(item, dict) else None
-        if not isinstance(event, str) or not event or (expression is not None and not isinstance(expression, str)):
+        if not item.event:
             log.warning("function %s: cancel condition %r ignored (needs an event name)", fn.id, item)
             continue
-        if expression is not None:
+        if item.if_ is not None:
             try:
-                Expression(expression)
+                Expression(item.if_)
             except ValueError as exc:
-                log.warning("function %s: cancel condition on %r ignored: %s", fn.id, event, exc)
+                log.warning("function %s: cancel condition on %r ignored: %s", fn.id, item.event, exc)
                 continue
-        cancel.append(CancelOn(event, expression or None, _duration_ms(fn.id, "cancel timeout", item.get("timeout"))))
-    timeouts = fn.timeouts or {}
+        cancel.append(CancelOn(item.event, item.if_ or None, _duration_ms(fn.id, "cancel timeout", item.timeout)))
+    timeouts = fn.timeouts or TimeoutsConfig()
     return FunctionInfo(
         target=target,
         cancel=tuple(cancel),
-        start_timeout_ms=_duration_ms(fn.id, "timeouts.start", timeouts.get("start")),
-        finish_timeout_ms=_duration_ms(fn.id, "timeouts.finish", timeouts.get("finish")),
+        start_timeout_ms=_duration_ms(fn.id, "timeouts.start", timeouts.start),
+        finish_timeout_ms=_duration_ms(fn.id, "timeouts.finish", timeouts.finish),
     )
 
 

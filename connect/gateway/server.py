@@ -20,6 +20,7 @@ authenticate can exhaust only the first.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import http
@@ -42,11 +43,15 @@ from connect.polling import DEFAULT_WINDOW, PollWindow, check_window
 from protocol import codes, limits
 from protocol import connect_pb2 as pb
 from protocol import gateway_session as gs
-from protocol.payloads import FunctionConfig
+from protocol.payloads import FunctionConfig, RefusedFunction
 
 log = logging.getLogger("connect.gateway")
 
-SyncHook = Callable[[str, str | None, list[FunctionConfig]], Awaitable[None]]
+#: Records an app a worker registered: (app name, app version, functions served,
+#: functions refused, per function the config fields no known SDK sends).
+SyncHook = Callable[
+    [str, str | None, list[FunctionConfig], list[RefusedFunction], dict[str, list[str]]], Awaitable[None]
+]
 
 #: Why a drain began: a signal to the process, or `POST /v0/connect/drain`.
 DrainCause = Literal["signal", "request"]
@@ -106,6 +111,8 @@ class GatewayServer:
         self._per_instance: dict[str, int] = {}
         #: Live authenticated connections: what `max_connections` bounds.
         self.authenticated_connections = 0
+        #: Ended worker connections by disconnect reason (as logged).
+        self.disconnects: collections.Counter[str] = collections.Counter()
 
     # --- lifecycle ----------------------------------------------------------------
 
@@ -235,7 +242,7 @@ class GatewayServer:
             close_reason = rcvd.reason if rcvd else ""
             if sent is not None and sent.code == codes.CloseCode.MESSAGE_TOO_BIG:
                 close_code = codes.CloseCode.MESSAGE_TOO_BIG  # we refused an oversized frame
-            await self._apply(conn, session.connection_lost(close_code, close_reason))
+            await self._apply(conn, session.connection_lost(close_code, close_reason, work_left=self._work_left(conn)))
             if conn.slow:
                 session.disconnect_reason = codes.SLOW_READER
             clean = session.disconnect_reason == codes.DisconnectReason.WORKER_SHUTDOWN
@@ -251,12 +258,23 @@ class GatewayServer:
             if not self.connections:
                 self._all_closed.set()
             if conn.hello is not None:
+                reason = _reason_name(session.disconnect_reason)
+                self.disconnects[reason] += 1
                 log.info(
                     "worker disconnected: connection=%s instance=%s reason=%s",
                     conn.connection_id,
                     conn.instance_id,
-                    _reason_name(session.disconnect_reason),
+                    reason,
                 )
+
+    def _work_left(self, conn: Connection) -> bool:
+        """Whether a request sent on `conn` is still leased to its worker
+        (not answered there, not lapsed and sent elsewhere)."""
+        for rid in conn.session.unanswered_requests:
+            lease = self.dispatcher.leases.get(rid)
+            if lease is not None and lease.instance_id == conn.instance_id:
+                return True
+        return False
 
     async def _timer(self, conn: Connection) -> None:
         session = conn.session
@@ -276,6 +294,13 @@ class GatewayServer:
                 case gs.HelloAccepted(hello=hello):
                     await self._accept(conn, hello)
                 case gs.Close(code=code, reason=reason):
+                    for app_name, refused in conn.session.refused_functions:
+                        log.warning(
+                            "app %s, function %s: refused, not served: %s (nothing valid left: connection closed)",
+                            app_name,
+                            refused.id,
+                            refused.reason,
+                        )
                     self.dispatcher.connection_unroutable(conn)
                     await self._close(conn, code, reason)
                     return
@@ -344,7 +369,7 @@ class GatewayServer:
         self._per_instance[hello.instance_id] = self._per_instance.get(hello.instance_id, 0) + 1
         conn.functions = {(app.app_name, fn.id) for app in hello.apps for fn in app.functions}
         for app in hello.apps:
-            await self._on_sync(app.app_name, app.app_version, app.functions)
+            await self._on_sync(app.app_name, app.app_version, app.functions, app.refused, app.unknown_fields)
         self.dispatcher.capacity.set_limit(hello.instance_id, hello.max_worker_concurrency)
         log.info(
             "worker connected: connection=%s instance=%s apps=%s sdk=%s:%s max_concurrency=%s",

@@ -14,7 +14,7 @@ from connect.sdk.errors import FunctionConfigError
 from connect.sdk.options import Cancel, FunctionOptions, Timeouts
 from connect.sdk.step import Step, StepSync
 from connect.sdk.triggers import AnyTrigger, TriggerEvent
-from protocol.payloads import FunctionConfig, Retries, Runtime, StepConfig
+from protocol.payloads import CancelConfig, FunctionConfig, Retries, Runtime, StepConfig, TimeoutsConfig
 
 AsyncHandler: TypeAlias = Callable[[Context, Step], Awaitable[Any]]
 SyncHandler: TypeAlias = Callable[[Context, StepSync], Any]
@@ -133,8 +133,12 @@ class Function:
                     retries=None if self._retries is None else Retries(attempts=self._retries),
                 )
             },
-            cancel=[c.to_wire() for c in self._cancel] or None,
-            timeouts=(self._timeouts.to_wire() or None) if self._timeouts is not None else None,
+            cancel=[msgspec.convert(c.to_wire(), CancelConfig) for c in self._cancel] or None,
+            timeouts=(
+                msgspec.convert(self._timeouts.to_wire(), TimeoutsConfig)
+                if self._timeouts is not None and self._timeouts.to_wire()
+                else None
+            ),
         )
 
     def configs(self, app_id: str) -> list[FunctionConfig]:

@@ -7,10 +7,20 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 
 from connect.executor import Executor
 from connect.store import SqliteStore
-from protocol.payloads import FunctionConfig, IncomingEvent, Retries, Runtime, StepConfig, Trigger
+from protocol.payloads import (
+    CancelConfig,
+    FunctionConfig,
+    IncomingEvent,
+    Retries,
+    Runtime,
+    StepConfig,
+    TimeoutsConfig,
+    Trigger,
+)
 from tests.executor.scripted_worker import Ctx, ScriptedWorker, Step
 
 APP = "shop"
@@ -37,8 +47,8 @@ def config(
         name=fn_id,
         triggers=triggers if triggers is not None else [Trigger(event=event, expression=expression)],
         steps={"step": step},
-        cancel=cancel,
-        timeouts=timeouts,
+        cancel=None if cancel is None else msgspec.convert(cancel, list[CancelConfig]),
+        timeouts=None if timeouts is None else msgspec.convert(timeouts, TimeoutsConfig),
     )
 
 

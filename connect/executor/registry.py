@@ -1,0 +1,154 @@
+"""What the apps registered, as the executor serves it: functions served,
+functions refused (and why), and options registered that it does not honour.
+
+An SDK registers more than this executor implements. It runs retries,
+`cancel`, `timeouts`, event triggers with expressions, cron triggers and
+`onFailure` functions; flow control (concurrency, throttle, rate limit,
+debounce, event batches, idempotency, priority, singleton) and cron jitter
+are kept as registered, typed in `FunctionConfig`, but not enforced yet. The
+function is still served: its runs start as if the option were not there.
+Nothing is silently ignored: each such option is named in one warning per
+function when its app's registration changes (a fleet of workers
+reconnecting with the same app logs nothing new), and in `GET /v1/functions`.
+
+Refusals are kept in memory: a restarted server learns them again from the
+next worker that connects with the app.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, Final, Literal
+
+import msgspec
+
+from protocol.payloads import FunctionConfig, RefusedFunction
+
+log = logging.getLogger(__name__)
+
+#: Top-level options an SDK may register that the executor does not enforce.
+NOT_HONOURED: Final[tuple[tuple[str, Callable[[FunctionConfig], Any]], ...]] = (
+    ("concurrency", lambda fn: fn.concurrency),
+    ("throttle", lambda fn: fn.throttle),
+    ("rateLimit", lambda fn: fn.rateLimit),
+    ("debounce", lambda fn: fn.debounce),
+    ("batchEvents", lambda fn: fn.batchEvents),
+    ("idempotency", lambda fn: fn.idempotency),
+    ("priority", lambda fn: fn.priority),
+    ("singleton", lambda fn: fn.singleton),
+)
+
+_encode: Final = msgspec.json.Encoder().encode
+
+
+def not_honoured(fn: FunctionConfig, unknown: Sequence[str] = ()) -> dict[str, Any]:
+    """The options of `fn` the executor does not honour, by wire name, with
+    the values registered (JSON-ready). `unknown` names fields no known SDK
+    sends; their values were not kept, so they map to None."""
+    found: dict[str, Any] = {}
+    for name, get in NOT_HONOURED:
+        value = get(fn)
+        if value is not None and value != []:  # Python registers `concurrency: []` for "none"
+            found[name] = msgspec.to_builtins(value)
+    for i, trigger in enumerate(fn.triggers):
+        if trigger.cron is not None and trigger.jitter:
+            found[f"triggers[{i}].jitter"] = trigger.jitter
+    for name in unknown:
+        found[name] = None
+    return found
+
+
+class FunctionView(msgspec.Struct, frozen=True):
+    """One registered function as `GET /v1/functions` shows it."""
+
+    id: str
+    app: str
+    name: str | None
+    triggers: list[dict[str, Any]]
+    status: Literal["active", "refused"]
+    reason: str | None
+    not_honoured: dict[str, Any]
+
+
+class _App(msgspec.Struct, frozen=True):
+    version: str | None
+    fingerprint: bytes
+    views: list[FunctionView]
+
+
+class Registry:
+    """The latest registration of each app, for logs and the API."""
+
+    def __init__(self) -> None:
+        self._apps: dict[str, _App] = {}
+
+    def unchanged(
+        self,
+        app_name: str,
+        app_version: str | None,
+        functions: Sequence[FunctionConfig],
+        refused: Sequence[RefusedFunction] = (),
+        unknown: dict[str, list[str]] | None = None,
+    ) -> bool:
+        """True when `app_name` registered exactly this last time."""
+        known = self._apps.get(app_name)
+        if known is None or known.version != app_version:
+            return False
+        return known.fingerprint == _fingerprint(functions, refused, unknown)
+
+    def record(
+        self,
+        app_name: str,
+        app_version: str | None,
+        functions: Sequence[FunctionConfig],
+        refused: Sequence[RefusedFunction] = (),
+        unknown: dict[str, list[str]] | None = None,
+    ) -> None:
+        """Remember what `app_name` registered, and log a warning per refused
+        function and per function with options not honoured."""
+        unknown = unknown or {}
+        views: list[FunctionView] = []
+        for fn in functions:
+            options = not_honoured(fn, unknown.get(fn.id, ()))
+            if options:
+                log.warning(
+                    "app %s, function %s: registered options this executor does not honour yet "
+                    "(the function runs without them): %s",
+                    app_name,
+                    fn.id,
+                    ", ".join(f"{k}={_encode(v).decode()}" for k, v in options.items()),
+                )
+            views.append(
+                FunctionView(
+                    id=fn.id,
+                    app=app_name,
+                    name=fn.name,
+                    triggers=[msgspec.to_builtins(t) for t in fn.triggers],
+                    status="active",
+                    reason=None,
+                    not_honoured=options,
+                )
+            )
+        for item in refused:
+            log.warning("app %s, function %s: refused, not served: %s", app_name, item.id, item.reason)
+            views.append(FunctionView(item.id, app_name, item.name, [], "refused", item.reason, {}))
+        self._apps[app_name] = _App(app_version, _fingerprint(functions, refused, unknown), views)
+
+    def refusal(self, function_id: str) -> str | None:
+        """Why function `function_id` was refused, if it was."""
+        for app in self._apps.values():
+            for view in app.views:
+                if view.id == function_id and view.status == "refused":
+                    return view.reason
+        return None
+
+    def views(self) -> list[FunctionView]:
+        """Every function of every app, by app then id."""
+        return sorted((v for app in self._apps.values() for v in app.views), key=lambda v: (v.app, v.id))
+
+
+def _fingerprint(
+    functions: Sequence[FunctionConfig], refused: Sequence[RefusedFunction], unknown: dict[str, list[str]] | None
+) -> bytes:
+    return _encode([list(functions), list(refused), unknown or {}])
