@@ -137,7 +137,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"-- {name} ...", end=" ", flush=True)
         res = _run_scenario(name, limit, args, run_dir)
         results[name] = res
+        # A scenario that measures several cases (`workers`) reports a failed
+        # case as `<case>_error` and still gives the others' figures.
+        failed_cases = sorted(k.removesuffix("_error") for k in res if k.endswith("_error"))
         status = f"error: {res['error']}" if "error" in res else "ok"
+        if failed_cases:
+            status += f"; failed: {', '.join(failed_cases)} (see the table)"
         print(f"{status} ({res['wall_s']:.0f}s, other load {res['other_load_cores']:.2f} cores)", flush=True)
     total = time.monotonic() - started
     info["load_after"] = [round(x, 2) for x in os.getloadavg()]

@@ -303,6 +303,11 @@ def _gateway_role(argv: list[str]) -> int:
 # --- the parent: processes, CPU per phase, profiles ----------------------------------
 
 
+#: The official TypeScript worker (`bench/official_app.mjs`) with its default
+#: checkpointing on, and with it off.
+OFFICIAL_TS_KINDS = ("official_ts_on", "official_ts_off")
+
+
 def start_worker(
     children: procs.Children, kind: str, api_url: str, name: str, env: dict[str, str] | None = None
 ) -> procs.Child:
@@ -322,6 +327,10 @@ def start_worker(
         )
     elif kind == "official":
         args = procs.python("-m", "bench.official_app")
+    elif kind in OFFICIAL_TS_KINDS:
+        from bench import official_ts
+
+        args, env = official_ts.command(children.log_dir / name, env, checkpointing=kind == "official_ts_on")
     else:
         raise ValueError(kind)
     return children.start(name, args, env=env)
@@ -364,7 +373,11 @@ def measure(
         env=env,
     )
     api_url = gw.expect("API ", 60)
-    worker = start_worker(children, worker_kind, api_url, f"{tag}-worker", env)
+    try:
+        worker = start_worker(children, worker_kind, api_url, f"{tag}-worker", env)
+    except Exception:  # e.g. no Node for the TypeScript worker: the next case gets a quiet machine
+        gw.stop()
+        raise
     cpu: dict[str, dict[str, float]] = {}
     marks: dict[str, tuple[float, float, float]] = {}
     result: dict[str, Any] = {}

@@ -99,8 +99,16 @@ class _EventPoster:
 
     def post(self, events: list[dict[str, Any]]) -> list[str]:
         body = json.dumps(events).encode()
-        self._conn.request("POST", self._path, body=body, headers={"content-type": "application/json"})
-        resp = self._conn.getresponse()
+        try:
+            self._conn.request("POST", self._path, body=body, headers={"content-type": "application/json"})
+            resp = self._conn.getresponse()
+        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+            # The API closes a keep-alive connection idle for 5 s (a slow worker
+            # completing nothing for that long): that request never reached
+            # it, so it goes again on a new connection.
+            self._conn.close()
+            self._conn.request("POST", self._path, body=body, headers={"content-type": "application/json"})
+            resp = self._conn.getresponse()
         data = resp.read()
         if resp.status != 200:
             raise RuntimeError(f"POST {self._path}: {resp.status} {data[:200]!r}")
@@ -109,6 +117,16 @@ class _EventPoster:
 
     def close(self) -> None:
         self._conn.close()
+
+
+def _why(run: dict[str, Any]) -> str:
+    """A failed run's error first (the report shows the start of it), then the run."""
+    output = run.get("output")
+    if isinstance(output, dict) and "message" in output:
+        return (
+            f"{output.get('name', 'Error')}: {output['message']} (run {run.get('run_id')} of {run.get('function_id')})"
+        )
+    return json.dumps(run)
 
 
 def _ended_at(http: httpx.Client, event_id: str, timeout: float = 30.0) -> tuple[float | None, int]:
@@ -120,7 +138,7 @@ def _ended_at(http: httpx.Client, event_id: str, timeout: float = 30.0) -> tuple
         runs = http.get(f"/v1/events/{event_id}/runs").json()["data"]
         if runs and runs[0]["status"] != "Running":
             if runs[0]["status"] != "Completed":
-                raise RuntimeError(f"run ended {runs[0]['status']}: {runs[0]}")
+                raise RuntimeError(f"run ended {runs[0]['status']}: {_why(runs[0])}")
             return datetime.fromisoformat(runs[0]["ended_at"]).timestamp(), early
         early += 1
         time.sleep(0.002)
@@ -178,17 +196,24 @@ def measure(
     checkpoints: bool = True,
     env: dict[str, str] | None = None,
     baseline: Callable[[int], list[float]] | None = None,
+    warmup: float | None = None,
 ) -> dict[str, Any]:
     """`checkpoints=False` runs `connect dev --no-checkpoint-steps`: one step per
     request. `env` goes to `connect dev` and the worker. `baseline(n)`, when
     given, measures n of the baseline's chains one at a time (latencies in
     seconds); the runs one at a time then alternate with it in `BLOCKS`
-    blocks (see the module doc)."""
+    blocks (see the module doc). `warmup`: seconds of load before the
+    throughput window (default 3, 2 with `--quick`)."""
     dev, url = start_dev(children, opts, tag, checkpoints=checkpoints, env=env)
     listener = Listener()
-    worker = start_worker(
-        children, worker_kind, url, f"{tag}-worker", env={**(env or {}), NOTIFY_ENV: listener.address}
-    )
+    try:
+        worker = start_worker(
+            children, worker_kind, url, f"{tag}-worker", env={**(env or {}), NOTIFY_ENV: listener.address}
+        )
+    except Exception:  # e.g. no Node for the TypeScript worker: the next case gets a quiet machine
+        listener.close()
+        dev.stop()
+        raise
     out: dict[str, Any] = {"worker": worker_kind}
     http = httpx.Client(base_url=url, timeout=30)
     poster = _EventPoster(url)
@@ -266,7 +291,12 @@ def measure(
         if seconds:
             c0 = (time.monotonic(), dev.cpu_seconds(), worker.cpu_seconds())
             loop = closed_loop(
-                submit, listener, in_flight=IN_FLIGHT, warmup=opts.pick(3.0, 2.0), seconds=seconds, prefix="r"
+                submit,
+                listener,
+                in_flight=IN_FLIGHT,
+                warmup=opts.pick(3.0, 2.0) if warmup is None else warmup,
+                seconds=seconds,
+                prefix="r",
             )
             c1 = (time.monotonic(), dev.cpu_seconds(), worker.cpu_seconds())
             wall = c1[0] - c0[0]
@@ -282,6 +312,7 @@ def measure(
             out.update(
                 {
                     "steps_per_s": loop.jobs_per_s * STEPS,
+                    "inflight_steps_per_s": loop.inflight_jobs_per_s * STEPS,
                     "runs_per_s": loop.jobs_per_s,
                     "in_flight": IN_FLIGHT,
                     "loaded_run_p50_ms": s["p50_ms"],

@@ -5,7 +5,8 @@ Targets (from the benchmark issue):
 1. gateway-only round trip p50 <= 2x the raw echo p50; >= 10,000 steps/s;
 2. durable 5-step run p50 <= 1/4 of Celery's 5-chain p50; steps/s >= 5x
    Celery's chained steps/s (both with 300 in flight);
-3. our worker >= 3x the official worker's steps/s;
+3. our worker >= 3x the official (Python) worker's steps/s; the official
+   TypeScript worker's figures, checkpointing on and off, are context;
 4. <= 25 KB RSS per idle connection; all 10,000 reconnected <= 30 s after a
    gateway restart.
 
@@ -35,6 +36,8 @@ class Row:
     ratio: float | None = None
     target: str = ""
     met: bool | None = None
+    #: Why the baseline has no figure: its case failed (shown instead of a number).
+    baseline_error: str = ""
 
 
 def _get(results: Results, scenario: str, key: str) -> float | None:
@@ -48,6 +51,11 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or b == 0:
         return None
     return a / b
+
+
+def _error(results: Results, scenario: str, key: str) -> str:
+    value = results.get(scenario, {}).get(key)
+    return value if isinstance(value, str) else ""
 
 
 def _check(value: float | None, ok: Callable[[float], bool]) -> bool | None:
@@ -70,13 +78,14 @@ def rows(results: Results) -> list[Row]:
         target: str = "",
         ok: Callable[[float], bool] | None = None,
         on_ratio: bool = True,
+        base_error: str = "",
     ) -> None:
         ratio = _ratio(ours, base)
         checked = ratio if on_ratio else ours
         met = None if ok is None else _check(checked, ok)
-        if ours is None and base is None:
+        if ours is None and base is None and not base_error:
             return  # that scenario did not run (or failed: its status line says why)
-        out.append(Row(group, metric, ours, unit, base, base_name, ratio, target, met))
+        out.append(Row(group, metric, ours, unit, base, base_name, ratio, target, met, base_error))
 
     # --- baselines
     echo, celery = "baseline: raw echo", "baseline: Celery"
@@ -163,12 +172,32 @@ def rows(results: Results) -> list[Row]:
     three = "3 workers"
     for case, label in (("durable", "durable"), ("gateway", "gateway-only")):
         add(three, f"steps/s, {label}", g("workers", f"ours_{case}_steps_per_s"), "/s",
-            g("workers", f"official_{case}_steps_per_s"), "official worker", ">= 3x", lambda x: x >= 3.0)  # fmt: skip
+            g("workers", f"official_{case}_steps_per_s"), "official Python worker", ">= 3x", lambda x: x >= 3.0,
+            base_error=_error(results, "workers", f"official_{case}_error"))  # fmt: skip
+    # The official TypeScript worker (`bench/official_app.mjs`): its default
+    # (checkpointing on) and `checkpointing: false`; gateway-only runs off only.
+    ts_cases = (
+        ("durable", "durable", "official_ts_on", "checkpointing on"),
+        ("durable", "durable", "official_ts_off", "checkpointing off"),
+        ("gateway", "gateway-only", "official_ts_off", "checkpointing off"),
+    )
+    for case, label, prefix, mode in ts_cases:
+        add(three, f"steps/s, {label}, against TS {mode}", g("workers", f"ours_{case}_steps_per_s"), "/s",
+            g("workers", f"{prefix}_{case}_steps_per_s"), f"official TS worker, {mode}",
+            base_error=_error(results, "workers", f"{prefix}_{case}_error"))  # fmt: skip
     add(three, "steps/s, durable, ours one step per request", g("workers", "ours_one_step_durable_steps_per_s"), "/s",
-        g("workers", "official_durable_steps_per_s"), "official worker")  # fmt: skip
+        g("workers", "official_durable_steps_per_s"), "official Python worker")  # fmt: skip
+    add(three, "steps/s, durable, ours one step per request, against TS",
+        g("workers", "ours_one_step_durable_steps_per_s"), "/s", g("workers", "official_ts_off_durable_steps_per_s"),
+        "official TS worker, checkpointing off")  # fmt: skip
     for case, label in (("durable", "durable"), ("gateway", "gateway-only")):
         add(three, f"worker CPU per step, {label}", g("workers", f"ours_{case}_worker_cpu_us_per_step"), "us",
-            g("workers", f"official_{case}_worker_cpu_us_per_step"), "official worker")  # fmt: skip
+            g("workers", f"official_{case}_worker_cpu_us_per_step"), "official Python worker")  # fmt: skip
+    for case, label, prefix, mode in ts_cases:
+        add(three, f"worker CPU per step, {label}, against TS {mode}",
+            g("workers", f"ours_{case}_worker_cpu_us_per_step"), "us",
+            g("workers", f"{prefix}_{case}_worker_cpu_us_per_step"), f"official TS worker, {mode}",
+            base_error=_error(results, "workers", f"{prefix}_{case}_error"))  # fmt: skip
 
     # --- 4. idle
     four = "4 idle"
@@ -204,10 +233,23 @@ def _met(met: bool | None) -> str:
     return "" if met is None else ("PASS" if met else "FAIL")
 
 
+#: How much of a failed baseline's error the table shows (the JSON has all of it).
+ERROR_CHARS = 160
+
+
+def _baseline_cell(r: Row) -> str:
+    if r.baseline is not None:
+        return f"{_fmt(r.baseline, r.unit)} ({r.baseline_name})"
+    if r.baseline_error:
+        first = " ".join(r.baseline_error.split())
+        return f"error ({r.baseline_name}): {first[:ERROR_CHARS]}"
+    return ""
+
+
 def render_text(results: Results) -> str:
     table = [("scenario", "metric", "ours", "baseline", "ratio", "target", "met")]
     for r in rows(results):
-        base = f"{_fmt(r.baseline, r.unit)} ({r.baseline_name})" if r.baseline is not None else ""
+        base = _baseline_cell(r)
         ratio = f"{r.ratio:.2f}x" if r.ratio is not None else ""
         table.append((r.group, r.metric, _fmt(r.ours, r.unit), base, ratio, r.target, _met(r.met)))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
@@ -222,7 +264,7 @@ def render_text(results: Results) -> str:
 def render_markdown(results: Results) -> str:
     lines = ["| scenario | metric | ours | baseline | ratio | target | met |", "|---|---|---|---|---|---|---|"]
     for r in rows(results):
-        base = f"{_fmt(r.baseline, r.unit)} ({r.baseline_name})" if r.baseline is not None else ""
+        base = _baseline_cell(r).replace("|", "\\|")
         ratio = f"{r.ratio:.2f}x" if r.ratio is not None else ""
         cells = (r.group, r.metric, _fmt(r.ours, r.unit), base, ratio, r.target, _met(r.met))
         lines.append("| " + " | ".join(cells) + " |")

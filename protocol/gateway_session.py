@@ -487,6 +487,15 @@ class GatewaySession:
             ack.new_lease_id = new_lease_id
         self._out.append(frames.encode(pb.WORKER_REQUEST_EXTEND_LEASE_ACK, ack))
 
+    def close_drained(self) -> list[Event]:
+        """The gateway drains and the shell found nothing left in flight on
+        this connection: close it now (1001) rather than when the drain ends.
+        A worker with nowhere else to go learns at once that this gateway is
+        gone, and retries from its first, shortest backoff."""
+        if not self.gateway_draining or self.phase is Phase.CLOSED:
+            return []
+        return self._close(codes.CloseCode.GOING_AWAY, codes.GATEWAY_CLOSING)
+
     def drain(self) -> list[Event]:
         """The gateway is draining: tell the worker to reconnect elsewhere."""
         self.gateway_draining = True

@@ -118,6 +118,8 @@ class Connection:
     write_timeout: float = WRITE_TIMEOUT
     #: Set when the peer stopped reading: the connection is being dropped.
     slow: bool = False
+    #: Replies and checkpoints taken from the worker whose answer is not queued yet.
+    storing: int = 0
     #: Sends started by `flush_soon` that had to wait.
     _sending: set[asyncio.Task[None]] = field(default_factory=set)
     #: The gateway's poll window (`connect.polling`), fed by this connection's step traffic.

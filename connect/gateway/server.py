@@ -142,13 +142,21 @@ class GatewayServer:
 
     async def drain(self, timeout: float = DRAIN_TIMEOUT) -> None:
         """Stop taking connections, send GATEWAY_CLOSING to every worker, wait
-        for them to leave (they reconnect elsewhere), then close the rest 1001."""
+        for them to leave (they reconnect elsewhere), then close the rest 1001.
+
+        A connection with nothing in flight (nothing leased to its worker
+        from it, no reply or checkpoint being stored) is closed as soon as
+        that is so: official SDKs keep the old connection open until a new
+        one is up, and with no other gateway to go to they would otherwise
+        hold the drain for its whole timeout while their reconnect backoff
+        grows (the TypeScript SDK's reaches 5 minutes)."""
         if not self.draining:
             self.draining = True
             log.info("gateway draining: %d connections", len(self.connections))
             for conn in list(self.connections):
                 self.dispatcher.connection_unroutable(conn)
                 await self._apply(conn, conn.session.drain())
+                await self._close_if_drained(conn)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._all_closed.wait(), timeout)
         for conn in list(self.connections):
@@ -267,6 +275,10 @@ class GatewayServer:
                     reason,
                 )
 
+    async def _close_if_drained(self, conn: Connection) -> None:
+        if self.draining and conn.hello is not None and conn.storing == 0 and not self._work_left(conn):
+            await self._apply(conn, conn.session.close_drained())
+
     def _work_left(self, conn: Connection) -> bool:
         """Whether a request sent on `conn` is still leased to its worker
         (not answered there, not lapsed and sent elsewhere)."""
@@ -337,11 +349,13 @@ class GatewayServer:
                 # Stored off the reader loop (the store calls back): one slow
                 # commit must not hold up heartbeats or other replies here.
                 rid = response.request_id
+                conn.storing += 1
                 self.dispatcher.take_reply(rid, raw, response, functools.partial(self._replied, conn, rid))
             case gs.CheckpointReceived(response=response, raw=raw):
                 conn.worker_answered()
                 rid = response.request_id
                 # Taken or refused now: a reply behind it in this read waits for it.
+                conn.storing += 1
                 storing = self.dispatcher.accept_checkpoint(raw, rid, conn.instance_id, response)
                 self._spawn(self._checkpoint(conn, rid, storing))
             case gs.LeaseExtension(data=data):
@@ -388,6 +402,7 @@ class GatewayServer:
         task.add_done_callback(self._tasks.discard)
 
     def _replied(self, conn: Connection, request_id: str, error: BaseException | None) -> None:
+        conn.storing -= 1
         if error is not None:
             log.error("storing reply %s failed", request_id, exc_info=error)
             self._spawn(self._close(conn, codes.CloseCode.INTERNAL_ERROR, codes.INTERNAL_ERROR))
@@ -397,6 +412,8 @@ class GatewayServer:
         # this reply goes first (it was woken a moment ago), and whatever it
         # sends this worker next carries the queued ACK out in the same write.
         conn.flush_later()
+        if self.draining:
+            self._spawn(self._close_if_drained(conn))  # its close writes the ACK first
 
     async def _checkpoint(self, conn: Connection, request_id: str, storing: Awaitable[bool]) -> None:
         # Known now if the reply came in the same read: the executor may then
@@ -407,6 +424,8 @@ class GatewayServer:
         except Exception:
             log.exception("storing a checkpoint of request %s failed", request_id)
             stored = False  # the worker ends the request with the step: its reply is stored instead
+        finally:
+            conn.storing -= 1
         conn.session.ack_checkpoint(request_id, stored)
         if behind or self.dispatcher.reply_behind(request_id):
             # The worker returned after this step and waits for no answer;
