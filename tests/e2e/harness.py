@@ -57,6 +57,10 @@ class Proc:
         return self.log_path.read_text(errors="replace")
 
 
+class _PortTaken(RuntimeError):
+    """`connect dev` could not bind a port it was given."""
+
+
 class DevServer:
     """`connect dev` on free ports with its own SQLite file."""
 
@@ -82,6 +86,26 @@ class DevServer:
         self.starts = 0
 
     def start(self) -> DevServer:
+        """Start the server (again, on the same ports and file, after `stop`).
+
+        A first start whose port was taken meanwhile (`free_port` only finds
+        a port free at the moment it looks; an outgoing connection of any
+        process may take it next) moves to new ports: nothing knows the old
+        ones yet. A restart keeps its ports, which its workers know."""
+        for _ in range(5):
+            try:
+                return self._start()
+            except _PortTaken:
+                assert self.proc is not None
+                self.proc.stop()  # it has exited; this closes its log
+                if self.starts > 1:
+                    raise
+                self.starts -= 1
+                self.port, self.gateway_port = free_port(), free_port()
+                self.url = f"http://127.0.0.1:{self.port}"
+        raise RuntimeError("connect dev found its ports taken five times")
+
+    def _start(self) -> DevServer:
         self.starts += 1
         args = [
             sys.executable,
@@ -100,7 +124,10 @@ class DevServer:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.popen.poll() is not None:
-                raise RuntimeError(f"connect dev exited:\n{self.proc.output()}")
+                output = self.proc.output()
+                if "address already in use" in output:
+                    raise _PortTaken(output)
+                raise RuntimeError(f"connect dev exited:\n{output}")
             try:
                 if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
                     return self
