@@ -71,6 +71,20 @@ class FunctionView(msgspec.Struct, frozen=True):
     not_honoured: dict[str, Any]
 
 
+class Registration(msgspec.Struct, frozen=True):
+    """What one app registered: the functions served, those refused, and
+    per function the fields no known SDK sends."""
+
+    app_name: str
+    app_version: str | None
+    functions: Sequence[FunctionConfig]
+    refused: Sequence[RefusedFunction] = ()
+    unknown: dict[str, list[str]] | None = None
+
+    def fingerprint(self) -> bytes:
+        return _encode([list(self.functions), list(self.refused), self.unknown or {}])
+
+
 class _App(msgspec.Struct, frozen=True):
     version: str | None
     fingerprint: bytes
@@ -83,33 +97,20 @@ class Registry:
     def __init__(self) -> None:
         self._apps: dict[str, _App] = {}
 
-    def unchanged(
-        self,
-        app_name: str,
-        app_version: str | None,
-        functions: Sequence[FunctionConfig],
-        refused: Sequence[RefusedFunction] = (),
-        unknown: dict[str, list[str]] | None = None,
-    ) -> bool:
-        """True when `app_name` registered exactly this last time."""
-        known = self._apps.get(app_name)
-        if known is None or known.version != app_version:
+    def unchanged(self, registration: Registration) -> bool:
+        """True when the app registered exactly this last time."""
+        known = self._apps.get(registration.app_name)
+        if known is None or known.version != registration.app_version:
             return False
-        return known.fingerprint == _fingerprint(functions, refused, unknown)
+        return known.fingerprint == registration.fingerprint()
 
-    def record(
-        self,
-        app_name: str,
-        app_version: str | None,
-        functions: Sequence[FunctionConfig],
-        refused: Sequence[RefusedFunction] = (),
-        unknown: dict[str, list[str]] | None = None,
-    ) -> None:
-        """Remember what `app_name` registered, and log a warning per refused
+    def record(self, registration: Registration) -> None:
+        """Remember what the app registered, and log a warning per refused
         function and per function with options not honoured."""
-        unknown = unknown or {}
+        app_name = registration.app_name
+        unknown = registration.unknown or {}
         views: list[FunctionView] = []
-        for fn in functions:
+        for fn in registration.functions:
             options = not_honoured(fn, unknown.get(fn.id, ()))
             if options:
                 log.warning(
@@ -130,10 +131,10 @@ class Registry:
                     not_honoured=options,
                 )
             )
-        for item in refused:
+        for item in registration.refused:
             log.warning("app %s, function %s: refused, not served: %s", app_name, item.id, item.reason)
             views.append(FunctionView(item.id, app_name, item.name, [], "refused", item.reason, {}))
-        self._apps[app_name] = _App(app_version, _fingerprint(functions, refused, unknown), views)
+        self._apps[app_name] = _App(registration.app_version, registration.fingerprint(), views)
 
     def refusal(self, function_id: str) -> str | None:
         """Why function `function_id` was refused, if it was."""
@@ -146,9 +147,3 @@ class Registry:
     def views(self) -> list[FunctionView]:
         """Every function of every app, by app then id."""
         return sorted((v for app in self._apps.values() for v in app.views), key=lambda v: (v.app, v.id))
-
-
-def _fingerprint(
-    functions: Sequence[FunctionConfig], refused: Sequence[RefusedFunction], unknown: dict[str, list[str]] | None
-) -> bytes:
-    return _encode([list(functions), list(refused), unknown or {}])

@@ -33,7 +33,7 @@ import msgspec
 from connect.executor import replies
 from connect.executor.cron import CRON_EVENT, CronSchedule
 from connect.executor.intake import Intake, IntakeItem
-from connect.executor.registry import Registry
+from connect.executor.registry import Registration, Registry
 from connect.executor.retries import Backoff
 from connect.executor.runner import MAX_LEASE_LAPSES, CancelRequested, Message, Resolved, Runner, RunServices
 from connect.executor.system_events import (
@@ -142,7 +142,7 @@ class Executor:
         """Load the app registry, re-arm every Running run's timers and waits,
         resume the runs, and schedule cron ticks."""
         for app in await self._store.list_apps():
-            self._remember_app(app.app_name, app.app_version, app.functions)
+            self._remember_app(Registration(app.app_name, app.app_version, app.functions))
         self._started = True
         self._go.clear()
         self._timers.start()
@@ -189,27 +189,22 @@ class Executor:
         """Record what `app_name` serves (a worker connected with it) and index
         its triggers; `refused` functions are listed but never started. Logs
         refusals and options not honoured once per change of the registration."""
-        if self._apps.unchanged(app_name, app_version, functions, refused, unknown_fields):
+        registration = Registration(app_name, app_version, functions, refused, unknown_fields)
+        if self._apps.unchanged(registration):
             return  # another worker of the same app version: nothing changed
         encoded = _encode_functions(functions)
         if self._app_versions.get(app_name) != (app_version, encoded):
             app = AppRecord(app_name, list(functions), app_version, self._now_ms())
             await self._store.put_app(app)
-        self._remember_app(app_name, app_version, functions, refused, unknown_fields)
+        self._remember_app(registration)
         if self._started:
             self._schedule_crons()
 
-    def _remember_app(
-        self,
-        app_name: str,
-        app_version: str | None,
-        functions: list[FunctionConfig],
-        refused: Sequence[RefusedFunction] = (),
-        unknown_fields: dict[str, list[str]] | None = None,
-    ) -> None:
-        self._app_versions[app_name] = (app_version, _encode_functions(functions))
-        self._registry.set_app(app_name, functions)
-        self._apps.record(app_name, app_version, functions, refused, unknown_fields)
+    def _remember_app(self, registration: Registration) -> None:
+        functions = list(registration.functions)
+        self._app_versions[registration.app_name] = (registration.app_version, _encode_functions(functions))
+        self._registry.set_app(registration.app_name, functions)
+        self._apps.record(registration)
 
     def registered_functions(self) -> list[dict[str, Any]]:
         """Every function the apps registered, served or refused (`GET /v1/functions`)."""

@@ -12,7 +12,7 @@ import pytest
 
 from tests.e2e.test_steps_features import (  # noqa: F401 - collected here with the fixture below
     Stack,
-    start_stack,
+    running_stack,
     test_a_sleep_survives_a_restart_of_connect_dev,
     test_a_step_that_keeps_failing_raises_step_error_or_fails_the_run,
     test_cancel_by_event_and_through_the_api,
@@ -29,7 +29,4 @@ from tests.e2e.test_steps_features import (  # noqa: F401 - collected here with 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    running = start_stack(tmp_path_factory.mktemp("steps-official"), "official")
-    yield running
-    running.worker.stop()
-    running.dev.stop()
+    yield from running_stack(tmp_path_factory, "steps", "official")

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.e2e import test_steps_features as scenarios
-from tests.e2e.test_steps_features import Stack, start_stack
+from tests.e2e.test_steps_features import Stack, running_stack
 
 # Collected in this order. The restart of `connect dev` comes last: should the worker
 # not come back after it, that scenario fails and no other scenario fails with it.
@@ -45,8 +45,4 @@ test_a_sleep_survives_a_restart_of_connect_dev = scenarios.test_a_sleep_survives
 
 @pytest.fixture(scope="module", params=["ts", "ts-nocheckpoint"])
 def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    sdk: str = request.param
-    running = start_stack(tmp_path_factory.mktemp(f"steps-{sdk}"), sdk)
-    yield running
-    running.worker.stop()
-    running.dev.stop()
+    yield from running_stack(tmp_path_factory, "steps", request.param)

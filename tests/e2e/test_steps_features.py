@@ -144,12 +144,17 @@ def start_stack(tmp: Path, sdk: str, *, target: str = "main", concurrency: int |
     return Stack(sdk, app, other, dev, worker, tmp)
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    running = start_stack(tmp_path_factory.mktemp("steps-ours"), "ours")
+def running_stack(tmp_path_factory: pytest.TempPathFactory, prefix: str, sdk: str) -> Iterator[Stack]:
+    """A stack for one module's scenarios (the body of their `stack` fixtures)."""
+    running = start_stack(tmp_path_factory.mktemp(f"{prefix}-{sdk}"), sdk)
     yield running
     running.worker.stop()
     running.dev.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    yield from running_stack(tmp_path_factory, "steps", "ours")
 
 
 # --- sleeps -----------------------------------------------------------------------------------

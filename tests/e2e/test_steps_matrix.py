@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.harness import wait_until
-from tests.e2e.test_steps_features import CONCURRENCY, SDKS, Stack, start_sdk_worker, start_stack
+from tests.e2e.test_steps_features import CONCURRENCY, SDKS, Stack, running_stack, start_sdk_worker
 
 #: The 1 MB output row's step returns "0123456789" this many times.
 TENS = 100_000
@@ -25,11 +25,7 @@ TENS = 100_000
 
 @pytest.fixture(scope="module", params=SDKS)
 def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    sdk: str = request.param
-    running = start_stack(tmp_path_factory.mktemp(f"matrix-{sdk}"), sdk)
-    yield running
-    running.worker.stop()
-    running.dev.stop()
+    yield from running_stack(tmp_path_factory, "matrix", request.param)
 
 
 def _lines(stack: Stack, kind: str, run_id: str, **match: Any) -> list[dict[str, Any]]:

@@ -60,6 +60,17 @@ async def open_worker(gw: gateway.Gateway, instance: str) -> ClientConnection:
     return ws
 
 
+async def take_request(ws: ClientConnection) -> pb.GatewayExecutorRequestData:
+    """The next request sent to this worker, acknowledged."""
+    while True:
+        kind, payload = frames.decode(await asyncio.wait_for(ws.recv(), 30))  # type: ignore[arg-type]
+        if kind == pb.GATEWAY_EXECUTOR_REQUEST:
+            break
+    request = frames.parse_payload(pb.GatewayExecutorRequestData, payload)
+    await ws.send(frames.encode(pb.WORKER_REQUEST_ACK, pb.WorkerRequestAckData(request_id=request.request_id)))
+    return request
+
+
 async def closed_as(gw: gateway.Gateway, reason: str) -> None:
     with anyio.fail_after(30):
         while gw.server.disconnects[reason] == 0:
@@ -85,12 +96,7 @@ async def test_pause_then_close_with_a_request_still_leased_is_unexpected(gw: ga
     ws = await open_worker(gw, "abandoning")
     dispatch = asyncio.ensure_future(gw.dispatcher.dispatch(discovery_request(APP, f"{APP}-f", f"{APP}/f")))
     try:
-        while True:
-            kind, payload = frames.decode(await asyncio.wait_for(ws.recv(), 30))  # type: ignore[arg-type]
-            if kind == pb.GATEWAY_EXECUTOR_REQUEST:
-                break
-        request = frames.parse_payload(pb.GatewayExecutorRequestData, payload)
-        await ws.send(frames.encode(pb.WORKER_REQUEST_ACK, pb.WorkerRequestAckData(request_id=request.request_id)))
+        await take_request(ws)
         await ws.send(frames.encode(pb.WORKER_PAUSE))
         await ws.close()  # the request was never answered
         await closed_as(gw, "UNEXPECTED")

@@ -19,7 +19,7 @@ from bench import gateway
 from protocol import codes, frames
 from protocol import connect_pb2 as pb
 from tests.gateway.requests import discovery_request
-from tests.gateway.test_disconnect_reasons import APP, gw, open_worker  # noqa: F401 - the fixture
+from tests.gateway.test_disconnect_reasons import APP, gw, open_worker, take_request  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.anyio
 
@@ -51,12 +51,7 @@ async def test_an_idle_connection_is_closed_as_soon_as_the_drain_begins(gw: gate
 async def test_a_connection_is_closed_once_its_last_reply_is_stored_and_acknowledged(gw: gateway.Gateway) -> None:  # noqa: F811
     ws = await open_worker(gw, "busy")
     dispatch = asyncio.ensure_future(gw.dispatcher.dispatch(discovery_request(APP, f"{APP}-f", f"{APP}/f")))
-    while True:
-        kind, payload = frames.decode(await asyncio.wait_for(ws.recv(), 30))  # type: ignore[arg-type]
-        if kind == pb.GATEWAY_EXECUTOR_REQUEST:
-            break
-    request = frames.parse_payload(pb.GatewayExecutorRequestData, payload)
-    await ws.send(frames.encode(pb.WORKER_REQUEST_ACK, pb.WorkerRequestAckData(request_id=request.request_id)))
+    request = await take_request(ws)
     # A lease extension's answer shows the ACK before it was handled (an unACKed request goes elsewhere).
     extend = pb.WorkerRequestExtendLeaseData(request_id=request.request_id, lease_id=request.lease_id)
     await ws.send(frames.encode(pb.WORKER_REQUEST_EXTEND_LEASE, extend))
