@@ -648,10 +648,14 @@ class Runner:
         memos: list[StepMemo] = []
         waiting: list[Waiting] = []
         children: list[tuple[Event, Target]] = []
-        if any(op.op == OP_RUN_COMPLETE for op in ops):
-            await self._on_run_complete(pending, ops)
-            return
         try:
+            if any(op.op == OP_RUN_COMPLETE for op in ops):
+                memos = self._steps_before_run_complete(ops)
+                for stored in memos:
+                    self.memos.setdefault(stored.step_hash, msgspec.Raw(stored.result))
+                # The handler returned: the steps before it and the run's end are one commit.
+                await self._finish(COMPLETED, replies.encode(ops[-1].data), memos=memos, consumed=pending.request_id)
+                return
             for op in ops:
                 kind = op.op
                 if kind in (OP_STEP_RUN, OP_STEP):
@@ -695,28 +699,19 @@ class Runner:
         intake = self._host.direct_events(children, now_ms) if children else None
         await self._commit(memos=memos, consumed=pending.request_id, intake=intake, new_waiting=waiting)
 
-    async def _on_run_complete(self, pending: PendingRequest, ops: list[Opcode]) -> None:
-        """The handler returned (`RunComplete`, last of the ops): the steps
-        reported before it are stored with the run's end, in one commit."""
-        run = self.run
-        assert run is not None
+    def _steps_before_run_complete(self, ops: list[Opcode]) -> list[StepMemo]:
+        """The new step results reported before `RunComplete`, which must be
+        the last op and follow nothing but step results (`_RunFails` otherwise)."""
+        if ops[-1].op != OP_RUN_COMPLETE:
+            raise _RunFails("UnsupportedOpcode", f"RunComplete must be the last op, not followed by {ops[-1].op}")
         memos: list[StepMemo] = []
         for op in ops[:-1]:
             if op.op in (OP_STEP_RUN, OP_STEP):
                 if op.id not in self.memos:
                     memos.append(StepMemo(op.id, replies.data_memo(op)))
             elif op.op != OP_STEP_PLANNED:
-                err = replies.error("UnsupportedOpcode", f"opcode {op.op} reported together with RunComplete")
-                await self._finish(FAILED, replies.encode(err), error=err, consumed=pending.request_id)
-                return
-        last = ops[-1]
-        if last.op != OP_RUN_COMPLETE:
-            err = replies.error("UnsupportedOpcode", f"RunComplete must be the last op, not followed by {last.op}")
-            await self._finish(FAILED, replies.encode(err), error=err, consumed=pending.request_id)
-            return
-        for memo in memos:
-            self.memos.setdefault(memo.step_hash, msgspec.Raw(memo.result))
-        await self._finish(COMPLETED, replies.encode(last.data), memos=memos, consumed=pending.request_id)
+                raise _RunFails("UnsupportedOpcode", f"opcode {op.op} reported together with RunComplete")
+        return memos
 
     def _known(self, step: str) -> bool:
         """Whether a step already has a result, a request or a waiting entry."""
