@@ -237,7 +237,7 @@ class WorkerConnection:
         self._tick = asyncio.Event()
         self._progress = asyncio.Event()
         if self._options.poll_window > 0:
-            self._poll = polling.PollWindow(self._loop, self._options.poll_window)
+            self._poll = polling.PollWindow(self._loop, self._options.poll_window, clock=self._clock.monotonic)
             log.info("poll window up to %g ms: polling while no user code runs", self._options.poll_window * 1000)
         else:
             log.info("poll window off")
