@@ -104,10 +104,10 @@ def test_a_closed_connection_is_not_writable_now() -> None:
 
 
 def test_both_sides_use_it() -> None:
-    from connect.worker.connection import _WorkerWebSocket
+    from connect.worker.link import WorkerWebSocket
 
     assert issubclass(GatewayWebSocket, BatchingConnection)
-    assert issubclass(_WorkerWebSocket, BatchingConnection)
+    assert issubclass(WorkerWebSocket, BatchingConnection)
 
 
 def test_a_single_frame_is_one_write() -> None:
@@ -316,7 +316,7 @@ def test_frame_headers_are_the_ones_websockets_writes(length: int) -> None:
 
 
 def test_the_worker_side_sends_masked_frames_a_server_reads() -> None:
-    from connect.worker.connection import _WorkerWebSocket
+    from connect.worker.link import WorkerWebSocket
 
     messages = [b"", b"x" * 125, b"y" * 300, b"z" * 70000]
 
@@ -333,9 +333,9 @@ def test_the_worker_side_sends_masked_frames_a_server_reads() -> None:
         async with serve(handler, "127.0.0.1", 0, compression=None, max_size=None) as server:
             port = next(iter(server.sockets)).getsockname()[1]
             async with connect(
-                f"ws://127.0.0.1:{port}/", compression=None, create_connection=_WorkerWebSocket
+                f"ws://127.0.0.1:{port}/", compression=None, create_connection=WorkerWebSocket
             ) as client:
-                assert isinstance(client, _WorkerWebSocket) and client.writable_now()
+                assert isinstance(client, WorkerWebSocket) and client.writable_now()
                 client.send_frames_now(messages[:2])
                 await client.send_frames(messages[2:])
                 await asyncio.wait_for(done.wait(), 10)

@@ -1,4 +1,4 @@
-"""`connect()`: keep an outbound WebSocket to the gateway and run steps.
+"""`connect()` and the `WorkerConnection` it returns: the connection's asyncio shell.
 
 The connection machinery (start call, WebSocket, heartbeats, lease
 extensions, replies, reconnects) runs on its own event loop in its own
@@ -6,17 +6,17 @@ thread, so user code that blocks the caller's event loop or holds a CPU
 cannot starve heartbeats. User functions run on the loop that called
 `connect()` (plain `def` handlers run in a thread pool from there).
 
-Requests cross to the caller's loop, and replies cross back, through a
-deque each, drained by at most one pending `call_soon_threadsafe`: a burst
-of requests or replies costs one wake-up of the other loop, not one each.
-The deques need no bound of their own: they only carry requests already
-in the ledger's in-flight set (and those requests' replies and checkpoints)
-across. A new request's WORKER_REQUEST_ACK is held back for up to
-`limits.ACK_COALESCE_WINDOW`: a step that finishes sooner sends its ACK and
-its reply (or first checkpoint) in one write, and the gateway wakes once.
-Held ACKs never make a write of their own before the window ends (no flush
-with nothing else to send takes them); any other frame sent meanwhile
-carries them.
+This module wires the concerns, each of which has a module of its own:
+
+- `options`: configuration and states; `clock`: the injected clocks.
+- `bridge`: requests and replies crossing between the two loops, one wake-up per burst.
+- `execution`: running a request on the caller's loop into a serialized reply.
+- `link`: one WebSocket to a gateway (opening it, its hello, its flags).
+- `sending`: what leaves on a connection and when (one write per batch, ACK coalescing).
+- `checkpoints`: the rules of checkpoints sent, answered, refused and lost.
+- `fallback`: replies that missed their socket (resent, or posted to `/v0/connect/flush`).
+- `drain`: waiting for in-flight work at shutdown, up to the drain deadline.
+- `stall`, `readiness`, `shutdown`, `start`, `masking`: as their names say.
 
 The connection's loop may have a poll window (`connect.polling`; at most
 `connect(poll_window=...)` or `CONNECT_POLL_WINDOW_MS`; off by default, as
@@ -33,22 +33,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import functools
 import logging
 import os
 import socket
 import threading
-import time
-from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import msgspec
-import websockets
-from google.protobuf.timestamp_pb2 import Timestamp
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -56,85 +49,24 @@ from tenacity import (
     wait_exponential_jitter,
 )
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
-from websockets.typing import Subprotocol
 
 from connect import polling
-from connect.sdk.client import Client
-from connect.sdk.execution import SDK_VERSION, Invocation, execute
-from connect.sdk.function import Function, functions_json
-from connect.sdk.version import REQUEST_VERSION
-from connect.websocket import BatchingConnection
-from connect.worker import shutdown, stall
-from connect.worker.masking import MaskedClientConnection
+from connect.worker import drain, fallback, link, sending, shutdown, stall
+from connect.worker.bridge import Handoff, call_on, resolve_on, run_loop
+from connect.worker.checkpoints import Answered, Checkpoints
+from connect.worker.execution import RequestRunner
+from connect.worker.link import Link
+from connect.worker.options import AppSpec, ConnectionState, WorkerOptions
 from connect.worker.readiness import HealthServer
 from connect.worker.start import FatalStartError, StartClient
-from protocol import codes, limits
+from protocol import codes
 from protocol import connect_pb2 as pb
 from protocol import worker_session as ws_
 from protocol.ledger import Admission, WorkerLedger
-from protocol.payloads import Opcode
 
 log = logging.getLogger("connect.worker")
 
-SDK_LANGUAGE = "py"
-
-
-class ConnectionState(enum.Enum):
-    CONNECTING = "CONNECTING"
-    ACTIVE = "ACTIVE"
-    RECONNECTING = "RECONNECTING"
-    CLOSING = "CLOSING"
-    CLOSED = "CLOSED"
-
-
-AppSpec = tuple[Client, Sequence[Function]]
-
-
-@dataclass
-class WorkerOptions:
-    instance_id: str
-    max_worker_concurrency: int | None
-    drain_timeout: float | None = 600.0
-    reply_buffer_bytes: int = 500 * 1024 * 1024
-    reconnect_initial: float = 0.5
-    reconnect_max: float = 10.0
-    heartbeat_interval: float | None = None
-    health_port: int | None = None
-    health_host: str = "0.0.0.0"
-    gateway_url: str | None = None
-    poll_window: float = polling.WORKER_DEFAULT_WINDOW
-    stall_threshold: float | None = stall.DEFAULT_THRESHOLD
-
-
-class _WorkerWebSocket(BatchingConnection, MaskedClientConnection):
-    """The worker's client connection: masking keys from a buffer, queued frames in one write."""
-
-
-@dataclass(eq=False)
-class _Socket:
-    ws: _WorkerWebSocket
-    session: ws_.WorkerSession
-    gateway_group: str
-    connected: asyncio.Event = field(default_factory=asyncio.Event)
-    ended: asyncio.Event = field(default_factory=asyncio.Event)
-    draining: bool = False
-    # Paused because the user's loop stalled; replaced by a new connection once
-    # it recovers (a pause cannot be undone on one connection: the gateway keeps it draining).
-    stall_paused: bool = False
-    retired: bool = False
-    session_end_reason: str = ""
-    # Machinery: the flush of ACKs held back for a reply to share their write.
-    ack_flush: asyncio.TimerHandle | None = None
-
-
-@dataclass(eq=False)
-class _Checkpoint:
-    """A checkpoint sent and not yet answered."""
-
-    sock: _Socket
-    answer: asyncio.Future[bool]  # on the caller's loop
-    raw: bytes  # the SDKResponse sent: one StepRun op
-    reply_behind: bool = False  # the request's reply went out right behind it
+__all__ = ["AppSpec", "ConnectionState", "WorkerConnection", "WorkerOptions", "connect"]
 
 
 class WorkerConnection:
@@ -155,8 +87,7 @@ class WorkerConnection:
         self._api_base_url = first.api_base_url
         self._signing_key = first.signing_key
         self._state = ConnectionState.CONNECTING
-        self._main_loop: asyncio.AbstractEventLoop | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._clock = options.clock
         self._thread: threading.Thread | None = None
         self._closed_main: asyncio.Future[None] | None = None
         self._active_main: asyncio.Future[None] | None = None
@@ -166,24 +97,18 @@ class WorkerConnection:
         self._progress: asyncio.Event | None = None
         self._poll: polling.PollWindow | None = None  # on the machinery's loop
         self._ledger = WorkerLedger(max_buffer_bytes=options.reply_buffer_bytes)
-        self._active: _Socket | None = None
-        self._sockets: set[_Socket] = set()
+        self._active: Link | None = None
+        self._sockets: set[Link] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        # Machinery -> caller's loop: requests to run. `_requests_pending` is
-        # True while a `_start_requests` callback is scheduled and not yet started.
-        self._requests: deque[pb.GatewayExecutorRequestData] = deque()
-        self._requests_pending = False
+        # Machinery -> caller's loop: requests to run.
+        self._requests: Handoff[pb.GatewayExecutorRequestData] = Handoff(self._start_requests)
         self._running: set[asyncio.Task[None]] = set()  # on the caller's loop
         # Caller's loop -> machinery, in order: (request id, serialized
         # SDKResponse, None) for a reply, (..., the answer's future) for a checkpoint.
-        self._replies: deque[tuple[str, bytes, asyncio.Future[bool] | None]] = deque()
-        self._replies_pending = False
-        # Machinery: checkpoints awaiting WORKER_CHECKPOINT_ACK, by request id.
-        self._checkpoints: dict[str, _Checkpoint] = {}
-        # Machinery: checkpoints not stored whose request has not replied yet:
-        # its reply, when it comes, is replaced by the checkpoint.
-        self._refused: dict[str, bytes] = {}
-        self._started_at = time.time()
+        self._replies: Handoff[tuple[str, bytes, asyncio.Future[bool] | None]] = Handoff(self._deliver_replies)
+        self._runner = RequestRunner(self._apps, self._to_machinery, lambda: self._closing_requested)
+        self._checkpoints: Checkpoints[Link, asyncio.Future[bool]] = Checkpoints()  # on the machinery
+        self._started_at = self._clock.time()
         self._watch: stall.LoopWatch | None = None  # on the machinery's loop
         self._fatal: BaseException | None = None
         self._closing_requested = False
@@ -243,8 +168,19 @@ class WorkerConnection:
 
     # --- startup (caller's loop) ---------------------------------------------------------
 
+    @property
+    def _main_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The loop that called `connect()` and runs user code."""
+        return self._requests.loop
+
+    @property
+    def _loop(self) -> asyncio.AbstractEventLoop | None:
+        """The machinery's loop, on the connection's thread."""
+        return self._replies.loop
+
     async def _start(self, wait_active: bool) -> None:
-        self._main_loop = asyncio.get_running_loop()
+        self._requests.loop = asyncio.get_running_loop()
+        assert self._main_loop is not None
         self._closed_main = self._main_loop.create_future()
         self._active_main = self._main_loop.create_future()
         self._thread = threading.Thread(target=self._thread_main, name="connect-worker", daemon=True)
@@ -256,7 +192,7 @@ class WorkerConnection:
 
     def _thread_main(self) -> None:
         try:
-            _run_loop(self._machinery())
+            run_loop(self._machinery())
         except BaseException as exc:  # pragma: no cover - reported, then the thread ends
             log.exception("worker machinery crashed")
             self._fatal = exc
@@ -270,10 +206,7 @@ class WorkerConnection:
             self._closed_main.set_result(None)
 
     def _to_main(self, fn: Callable[[], None]) -> None:
-        loop = self._main_loop
-        if loop is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(fn)
+        call_on(self._main_loop, fn)
 
     def _set_state(self, state: ConnectionState) -> None:
         if self._state in (ConnectionState.CLOSING, ConnectionState.CLOSED) and state not in (
@@ -295,7 +228,8 @@ class WorkerConnection:
     # --- machinery (own loop) ---------------------------------------------------------------
 
     async def _machinery(self) -> None:
-        self._loop = asyncio.get_running_loop()
+        self._replies.loop = asyncio.get_running_loop()
+        assert self._loop is not None
         self._close_requested = asyncio.Event()
         if self._closing_requested:
             self._close_requested.set()
@@ -303,7 +237,7 @@ class WorkerConnection:
         self._tick = asyncio.Event()
         self._progress = asyncio.Event()
         if self._options.poll_window > 0:
-            self._poll = polling.PollWindow(self._loop, self._options.poll_window)
+            self._poll = polling.PollWindow(self._loop, self._options.poll_window, clock=self._clock.monotonic)
             log.info("poll window up to %g ms: polling while no user code runs", self._options.poll_window * 1000)
         else:
             log.info("poll window off")
@@ -373,7 +307,7 @@ class WorkerConnection:
             if sock.draining and not sock.ended.is_set():
                 exclude = [sock.gateway_group]  # open a replacement while this one drains
 
-    async def _wait_socket_turn(self, sock: _Socket) -> None:
+    async def _wait_socket_turn(self, sock: Link) -> None:
         """Until the socket ends, the gateway asks us to move, or we are done."""
         assert self._wake is not None
         while not sock.ended.is_set() and not sock.draining and not sock.retired and not self._finished():
@@ -393,7 +327,7 @@ class WorkerConnection:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._close_requested.wait(), delay)
 
-    async def _open_with_retries(self, start: StartClient, exclude: list[str]) -> _Socket | None:
+    async def _open_with_retries(self, start: StartClient, exclude: list[str]) -> Link | None:
         """Open a connection, retrying with jittered exponential backoff and
         never giving up; None when shutdown finished meanwhile."""
         retrying = AsyncRetrying(
@@ -410,32 +344,28 @@ class WorkerConnection:
                 return await self._open(start, exclude)
         return None
 
-    async def _open(self, start: StartClient, exclude: list[str]) -> _Socket:
+    async def _open(self, start: StartClient, exclude: list[str]) -> Link:
         assert self._close_requested is not None
         resp = await start.start(exclude)
         self.connection_id = resp.connection_id
-        hello = self._hello(resp)
-        endpoint = self._options.gateway_url or resp.gateway_endpoint
-        ws = await websockets.connect(
-            endpoint,
-            subprotocols=[Subprotocol(limits.SUBPROTOCOL)],
-            max_size=limits.MAX_WORKER_MESSAGE_BYTES,
-            open_timeout=10,
-            ping_interval=None,
-            compression=None,
-            max_queue=64,
-            create_connection=_WorkerWebSocket,
+        hello = link.hello(
+            resp,
+            self._apps,
+            instance_id=self._options.instance_id,
+            max_worker_concurrency=self._options.max_worker_concurrency,
+            started_at=self._started_at,
         )
-        assert isinstance(ws, _WorkerWebSocket)
+        endpoint = self._options.gateway_url or resp.gateway_endpoint
+        ws = await link.open_websocket(endpoint)
         closing, stalled = self._close_requested.is_set(), self._pause_for_stall()
         session = ws_.WorkerSession(
             hello,
             frozenset(self._apps),
-            time.time(),
+            self._clock.time(),
             paused=closing or stalled,
             heartbeat_interval=self._options.heartbeat_interval,
         )
-        sock = _Socket(ws, session, resp.gateway_group, stall_paused=stalled and not closing)
+        sock = Link(ws, session, resp.gateway_group, stall_paused=stalled and not closing)
         self._sockets.add(sock)
         reader = asyncio.create_task(self._read(sock))
         self._tasks.add(reader)
@@ -451,39 +381,14 @@ class WorkerConnection:
         log.info("worker connected: connection=%s gateway=%s", resp.connection_id, endpoint)
         return sock
 
-    def _hello(self, resp: pb.StartResponse) -> pb.WorkerConnectRequestData:
-        started = Timestamp()
-        started.FromNanoseconds(int(self._started_at * 1e9))
-        hello = pb.WorkerConnectRequestData(
-            connection_id=resp.connection_id,
-            instance_id=self._options.instance_id,
-            auth_data=pb.AuthData(session_token=resp.session_token, sync_token=resp.sync_token),
-            capabilities=b'{"connect":"v1","trust_probe":"v1"}',
-            worker_manual_readiness_ack=True,
-            system_attributes=pb.SystemAttributes(
-                cpu_cores=os.cpu_count() or 1, mem_bytes=_memory_bytes(), os=os.uname().sysname.lower()
-            ),
-            framework="connect",
-            sdk_version=SDK_VERSION.split(":v", 1)[-1],
-            sdk_language=SDK_LANGUAGE,
-            started_at=started,
-        )
-        for app_id, (client, fns) in self._apps.items():
-            app = hello.apps.add(app_name=app_id, functions=functions_json(app_id, list(fns.values())))
-            if client.app_version:
-                app.app_version = client.app_version
-        if self._options.max_worker_concurrency:
-            hello.max_worker_concurrency = self._options.max_worker_concurrency
-        return hello
-
-    async def _read(self, sock: _Socket) -> None:
+    async def _read(self, sock: Link) -> None:
         # Binary messages are handled as they are parsed (`_receive`); this
         # loop gets the rest (see `connect.websocket`) and the end of the connection.
         sock.ws.on_binary = functools.partial(self._receive, sock)
         try:
             async for message in sock.ws:
                 data = message if isinstance(message, bytes) else message.encode()
-                now = time.time()
+                now = self._clock.time()
                 self._handle(sock, sock.session.receive(data, now), now)
                 self._hand_over_requests()
                 await self._flush(sock)
@@ -498,29 +403,26 @@ class WorkerConnection:
                 sock.session_end_reason = f"{rcvd.code} {rcvd.reason}" if rcvd else "connection closed"
             self._socket_ended(sock)
 
-    def _receive(self, sock: _Socket, data: bytes) -> None:
+    def _receive(self, sock: Link, data: bytes) -> None:
         """Machinery: one binary message from the gateway, as soon as it is parsed."""
-        now = time.time()
+        now = self._clock.time()
         self._handle(sock, sock.session.receive(data, now), now)
-        if self._requests:
-            # New requests: user code is woken first, and their ACKs wait up to
-            # ACK_COALESCE_WINDOW for the replies, so a short step's ACK and
+        if self._requests.items:
+            # New requests: user code is woken first, and their ACKs wait for
+            # the replies (`connect.worker.sending`), so a short step's ACK and
             # reply leave in one write and wake the gateway once.
             self._hand_over_requests()
-            if sock.ack_flush is None:
-                sock.ack_flush = asyncio.get_running_loop().call_later(
-                    limits.ACK_COALESCE_WINDOW, self._flush_held_acks, sock
-                )
+            sending.hold_acks(sock, self._flush_held_acks)
         else:
             self._flush_soon(sock)
 
-    def _flush_held_acks(self, sock: _Socket) -> None:
+    def _flush_held_acks(self, sock: Link) -> None:
         """Machinery: the window passed with no reply to carry the held ACKs."""
         sock.ack_flush = None
         if not sock.ended.is_set():
             self._flush_soon(sock)
 
-    def _handle(self, sock: _Socket, events: list[ws_.WorkerEvent], now: float) -> None:
+    def _handle(self, sock: Link, events: list[ws_.WorkerEvent], now: float) -> None:
         for event in events:
             match event:
                 case ws_.Connected():
@@ -530,7 +432,7 @@ class WorkerConnection:
                     if admission is Admission.RUN:
                         self._end_poll()  # user code needs the CPU now
                         self.in_flight_peak = max(self.in_flight_peak, len(self._ledger.in_flight))
-                        self._requests.append(req)  # handed over by the caller of `_handle`
+                        self._requests.items.append(req)  # handed over by the caller of `_handle`
                     elif admission is Admission.REPLIED:
                         log.info(
                             "request %s came again after it finished here; sending its reply again", req.request_id
@@ -553,10 +455,10 @@ class WorkerConnection:
                     self._ledger.acknowledged(rid)
                     self._poke()
                 case ws_.CheckpointAnswer(request_id=rid, stored=stored):
-                    waiting = self._checkpoints.pop(rid, None)
-                    if waiting is not None:
+                    answered = self._checkpoints.answer(rid, stored)
+                    if answered is not None:
                         self._end_poll()
-                        self._answer_checkpoint(rid, waiting, stored)
+                        self._answer_checkpoint(answered)
                 case ws_.LeaseAnswer(request_id=rid, new_lease_id=new):
                     if not self._ledger.lease_answer(rid, new):
                         log.warning("lease lost for request %s; its result may be discarded", rid)
@@ -571,32 +473,13 @@ class WorkerConnection:
                     log.warning("connection lost: %s", why)
                     self._spawn(self._close_socket(sock, 4001, "UNEXPECTED"))
 
-    async def _flush(self, sock: _Socket) -> None:
-        if not self._flush_now(sock):
-            frames = sock.session.data_to_send()
-            if frames:
-                await sock.ws.send_frames(frames)  # waits while the gateway does not read
+    async def _flush(self, sock: Link) -> None:
+        await sending.flush(sock)
 
-    def _flush_soon(self, sock: _Socket) -> None:
+    def _flush_soon(self, sock: Link) -> None:
         """`_flush` for callers that cannot wait: a send that would wait goes on in a task."""
-        if not self._flush_now(sock):
+        if not sending.flush_now(sock):
             self._spawn(self._flush_quietly(sock))
-
-    def _flush_now(self, sock: _Socket) -> bool:
-        """Send what the session queued, in one write, if that needs no wait.
-        ACKs held back for their replies (`_receive`) do not make a write on
-        their own: they leave with the next frame or when the window ends."""
-        if not sock.ws.writable_now():
-            return False
-        if sock.ack_flush is not None:
-            if not sock.session.more_than_acks:
-                return True
-            sock.ack_flush.cancel()
-            sock.ack_flush = None
-        frames = sock.session.data_to_send()
-        if frames:
-            sock.ws.send_frames_now(frames)
-        return True
 
     def _poke(self) -> None:
         """A request finished or a reply was delivered: progress for a drain.
@@ -619,43 +502,35 @@ class WorkerConnection:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _close_socket(self, sock: _Socket, code: int, reason: str) -> None:
+    async def _close_socket(self, sock: Link, code: int, reason: str) -> None:
         with contextlib.suppress(Exception):
             await sock.ws.close(code, reason)
         self._socket_ended(sock)
 
-    def _socket_ended(self, sock: _Socket) -> None:
-        if sock.ack_flush is not None:
-            sock.ack_flush.cancel()
-            sock.ack_flush = None
+    def _socket_ended(self, sock: Link) -> None:
+        sending.release_held_acks(sock)
         sock.session.connection_lost()
         sock.ended.set()
         self._sockets.discard(sock)
-        for rid, waiting in list(self._checkpoints.items()):
-            if waiting.sock is sock:  # no answer can come: the request ends with the step
-                del self._checkpoints[rid]
-                self._answer_checkpoint(rid, waiting, False)
+        for answered in self._checkpoints.lost(sock):  # no answer can come: the request ends with the step
+            self._answer_checkpoint(answered)
         if self._active is sock:
             self._active = None
             if not self._closing_requested:
                 self._set_state(ConnectionState.RECONNECTING)
         self._restructure()
 
-    # --- executing requests ----------------------------------------------------------------
+    # --- crossing between the loops (`connect.worker.bridge`) --------------------------------
 
     def _hand_over_requests(self) -> None:
         """Machinery: wake the caller's loop for the queued requests, unless a
         wake-up is already pending (its `_start_requests` will see them)."""
-        if not self._requests or self._requests_pending:
+        requests = self._requests
+        if not requests.items or requests.pending:
             return
-        assert self._main_loop is not None
-        self._requests_pending = True
-        try:
-            self._main_loop.call_soon_threadsafe(self._start_requests)
-        except RuntimeError:  # the caller's loop is closed: nothing will ever run them
-            self._requests_pending = False
-            while self._requests:
-                rid = self._requests.popleft().request_id
+        if not requests.wake():  # the caller's loop is closed: nothing will ever run them
+            while requests.items:
+                rid = requests.items.popleft().request_id
                 # Out of the ledger, so its lease lapses (it runs elsewhere) and a drain is not held up.
                 self._ledger.drop(rid)
                 log.error("request %s not run: the event loop that called connect() is closed", rid)
@@ -663,97 +538,75 @@ class WorkerConnection:
 
     def _start_requests(self) -> None:
         """Caller's loop: start a task for every handed-over request, in arrival order."""
-        # Cleared before draining: a request queued after this line schedules a new call.
-        self._requests_pending = False
-        assert self._main_loop is not None
-        loop, requests, running = self._main_loop, self._requests, self._running
+        requests = self._requests.take()
+        loop, run, running = self._main_loop, self._runner.run, self._running
+        assert loop is not None
         while requests:
-            task = loop.create_task(self._run(requests.popleft()))
+            task = loop.create_task(run(requests.popleft()))
             running.add(task)
             task.add_done_callback(running.discard)
 
-    async def _run(self, req: pb.GatewayExecutorRequestData) -> None:
-        """Caller's loop: run one request and hand its reply back to the machinery."""
-        try:
-            raw = await self._execute(req)
-        except BaseException as exc:  # the engine never raises; be safe anyway
-            log.exception("request %s crashed", req.request_id)
-            self._hand_back(req.request_id, _crash_reply(req, exc))
-            if not isinstance(exc, Exception):
-                raise  # cancellation, KeyboardInterrupt, SystemExit: reported, then honoured
-            return
-        self._hand_back(req.request_id, raw)
+    def _to_machinery(self, rid: str, raw: bytes, answer: asyncio.Future[bool] | None) -> bool:
+        """Caller's loop: queue a reply (or a checkpoint) and wake the machinery,
+        unless a wake-up is already pending (its `_deliver_replies` will see
+        this one). False if the machinery has ended (drain deadline passed)."""
+        self._replies.items.append((rid, raw, answer))
+        if self._replies.wake():
+            return True
+        self._replies.items.clear()
+        return False
 
-    async def _execute(self, req: pb.GatewayExecutorRequestData) -> bytes:
-        """Runs on the caller's loop."""
-        client, fns = self._apps[req.app_name]
-        outcome = await execute(
-            client,
-            fns,
-            Invocation(
-                request_payload=req.request_payload,
-                function_slug=req.function_slug,
-                step_id=req.step_id if req.HasField("step_id") else "step",
-                request_id=req.request_id,
-                job_id=req.job_id,
-                checkpoint=functools.partial(self._checkpoint, req),
-            ),
-        )
-        status, body, no_retry = outcome.status, outcome.body, outcome.no_retry
-        if len(body) > limits.MAX_STEP_OUTPUT_BYTES:
-            # Fail the step, not the connection: a frame this large would be refused.
-            log.error("request %s: output of %d bytes is over the limit", req.request_id, len(body))
-            status, no_retry = pb.ERROR, True
-            body = msgspec.json.encode(
-                {
-                    "code": "output_too_large",
-                    "name": "OutputTooLargeError",
-                    "message": f"step output is {len(body)} bytes; the limit is {limits.MAX_STEP_OUTPUT_BYTES} bytes",
-                }
-            )
-        resp = _response(req, status, body, no_retry=no_retry, request_version=outcome.request_version)
-        if outcome.retry_after is not None:
-            resp.retry_after = outcome.retry_after
-        return resp.SerializeToString()
+    def _deliver_replies(self) -> None:
+        """Machinery: buffer and send every reply and checkpoint handed back so
+        far, in order, and flush them in one write."""
+        replies = self._replies.take()
+        sock = self._active
+        now = self._clock.time()
+        sent = False
+        checkpoints = self._checkpoints
+        while replies:
+            rid, raw, answer = replies.popleft()
+            if answer is not None:
+                if self._send_checkpoint(sock, rid, raw, answer):
+                    sent = True
+                else:
+                    checkpoints.not_sent(rid, raw)
+                    resolve_on(self._main_loop, answer, False)
+                continue
+            raw = checkpoints.reply(rid, raw)  # the refused checkpoint, if the request ends with it
+            for evicted in self._ledger.complete(rid, raw):
+                log.warning("reply buffer full: evicted the unacknowledged reply of request %s", evicted)
+            # Held under the newest dispatch of the step (see `WorkerLedger`), which may not be `rid`.
+            held = self._ledger.held_id(rid)
+            pending = self._ledger.replies.get(held)
+            if pending is not None and sock is not None and sock.session.send_reply_bytes(pending.response):
+                self._ledger.mark_sent(held, now)
+                sent = True
+        if sent:
+            assert sock is not None
+            self._flush_soon(sock)
+            self._poll_if_idle()
+        self._poke()
 
-    def _checkpoint(self, req: pb.GatewayExecutorRequestData, op: Opcode) -> asyncio.Future[bool]:
-        """Caller's loop: send one finished step as WORKER_CHECKPOINT; the
-        future answers True once the platform stored it (the handler then goes
-        on to its next step). Queued with the replies, so a reply handed back
-        next leaves behind it, in the same write."""
-        answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        body = msgspec.json.encode([op])
-        if self._closing_requested or len(body) > limits.MAX_STEP_OUTPUT_BYTES:
-            # Shutting down: end the request with this step, so the run's next
-            # steps go to another worker instead of holding up the drain. Too
-            # large: the request ends with it, and `_execute` fails the step.
-            answer.set_result(False)
-            return answer
-        raw = _response(req, pb.NOT_COMPLETED, body).SerializeToString()
-        if not self._to_machinery(req.request_id, raw, answer):
-            answer.set_result(False)  # the machinery ended
-        return answer
+    # --- checkpoints (`connect.worker.checkpoints`) ---------------------------------------
 
-    def _send_checkpoint(self, sock: _Socket | None, rid: str, raw: bytes, answer: asyncio.Future[bool]) -> bool:
+    def _send_checkpoint(self, sock: Link | None, rid: str, raw: bytes, answer: asyncio.Future[bool]) -> bool:
         """Machinery: queue a checkpoint on the active socket; False if it cannot go."""
-        if sock is None or rid not in self._ledger.in_flight or rid in self._checkpoints:
+        if sock is None or rid not in self._ledger.in_flight or not self._checkpoints.may_send(rid):
             return False
         if not sock.session.send_checkpoint(raw):
             return False
-        self._checkpoints[rid] = _Checkpoint(sock, answer, raw)
+        self._checkpoints.sent(sock, rid, raw, answer)
         return True
 
-    def _answer_checkpoint(self, rid: str, waiting: _Checkpoint, stored: bool) -> None:
-        """Machinery: resolve a checkpoint's wait on the caller's loop. A reply
-        already sent behind a checkpoint that was not stored is replaced, for
-        any later delivery, by the checkpoint itself: the request ends with
-        that step (the gateway does the same with the copy it received)."""
-        if not stored:
-            if waiting.reply_behind:
-                self._ledger.replace(rid, waiting.raw)
-            else:
-                self._refused[rid] = waiting.raw
-        self._answer_future(waiting.answer, stored)
+    def _answer_checkpoint(self, answered: Answered[asyncio.Future[bool]]) -> None:
+        """Machinery: resolve a checkpoint's wait on the caller's loop, and
+        replace a reply already sent behind a checkpoint not stored."""
+        if answered.replace is not None:
+            self._ledger.replace(answered.rid, answered.replace)
+        resolve_on(self._main_loop, answered.answer, answered.stored)
+
+    # --- the poll window (`connect.polling`) ------------------------------------------------
 
     def _poll_if_idle(self) -> None:
         """Machinery, after sending: poll while no user code runs here, i.e.
@@ -770,80 +623,12 @@ class WorkerConnection:
             self._poll.arrived()
             self._poll.close()
 
-    def _answer_future(self, answer: asyncio.Future[bool], stored: bool) -> None:
-        def resolve() -> None:
-            if not answer.done():
-                answer.set_result(stored)
-
-        self._to_main(resolve)
-
-    def _hand_back(self, rid: str, raw: bytes) -> None:
-        """Caller's loop: queue a reply for the machinery (abandoned if it has
-        ended: the drain deadline passed)."""
-        self._to_machinery(rid, raw, None)
-
-    def _to_machinery(self, rid: str, raw: bytes, answer: asyncio.Future[bool] | None) -> bool:
-        """Caller's loop: queue a reply (or a checkpoint) and wake the machinery,
-        unless a wake-up is already pending (its `_deliver_replies` will see
-        this one). False if the machinery has ended (drain deadline passed)."""
-        self._replies.append((rid, raw, answer))
-        loop = self._loop
-        assert loop is not None
-        if self._replies_pending and not loop.is_closed():
-            return True
-        self._replies_pending = True
-        try:
-            loop.call_soon_threadsafe(self._deliver_replies)
-        except RuntimeError:
-            self._replies_pending = False
-            self._replies.clear()
-            return False
-        return True
-
-    def _deliver_replies(self) -> None:
-        """Machinery: buffer and send every reply and checkpoint handed back so
-        far, in order, and flush them in one write."""
-        # Cleared before draining: a reply queued after this line schedules a new call.
-        self._replies_pending = False
-        sock = self._active
-        now = time.time()
-        sent = False
-        replies = self._replies
-        while replies:
-            rid, raw, answer = replies.popleft()
-            if answer is not None:
-                if self._send_checkpoint(sock, rid, raw, answer):
-                    sent = True
-                else:
-                    self._refused[rid] = raw
-                    self._answer_future(answer, False)
-                continue
-            raw = self._refused.pop(rid, raw)  # the request ends with the step that was not stored
-            for evicted in self._ledger.complete(rid, raw):
-                log.warning("reply buffer full: evicted the unacknowledged reply of request %s", evicted)
-            waiting = self._checkpoints.get(rid)
-            if waiting is not None:
-                waiting.reply_behind = True
-            # Held under the newest dispatch of the step (see `WorkerLedger`), which may not be `rid`.
-            held = self._ledger.held_id(rid)
-            pending = self._ledger.replies.get(held)
-            if pending is not None and sock is not None and sock.session.send_reply_bytes(pending.response):
-                self._ledger.mark_sent(held, now)
-                sent = True
-        if sent:
-            assert sock is not None
-            self._flush_soon(sock)
-            self._poll_if_idle()
-        self._poke()
-
-    async def _flush_quietly(self, sock: _Socket) -> None:
+    async def _flush_quietly(self, sock: Link) -> None:
         with contextlib.suppress(ConnectionClosed):
             await self._flush(sock)
 
-    def _resend_unsent(self, sock: _Socket) -> None:
-        for rid, raw in self._ledger.unsent():
-            if sock.session.send_reply_bytes(raw):
-                self._ledger.mark_sent(rid, time.time())
+    def _resend_unsent(self, sock: Link) -> None:
+        fallback.resend_unsent(self._ledger, sock, self._clock.time())
         self._spawn(self._flush_quietly(sock))
 
     # --- timers: heartbeats, leases, overdue replies --------------------------------------
@@ -851,7 +636,7 @@ class WorkerConnection:
     async def _housekeeping(self, start: StartClient) -> None:
         assert self._tick is not None
         while True:
-            now = time.time()
+            now = self._clock.time()
             deadlines: list[float] = []
             for sock in list(self._sockets):
                 self._handle(sock, sock.session.tick(now), now)
@@ -874,15 +659,15 @@ class WorkerConnection:
                     continue
                 with contextlib.suppress(ConnectionClosed):
                     await self._flush(sock)
-            await self._flush_overdue(start, now)
+            await fallback.flush_overdue(self._ledger, start, self._active, now, self._poke)
             if self._ledger.replies:
                 deadlines.append(now + 1.0)
-            timeout = max(0.0, min(deadlines) - time.time()) if deadlines else 1.0
+            timeout = max(0.0, min(deadlines) - self._clock.time()) if deadlines else 1.0
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._tick.wait(), min(timeout, 1.0))
             self._tick.clear()
 
-    def _extension_socket(self) -> _Socket | None:
+    def _extension_socket(self) -> Link | None:
         """Extend leases over the active connection, else any open one."""
         if self._active is not None and self._active.session.phase is ws_.WorkerPhase.ACTIVE:
             return self._active
@@ -891,39 +676,26 @@ class WorkerConnection:
                 return sock
         return None
 
-    async def _flush_overdue(self, start: StartClient, now: float) -> None:
-        """Deliver replies the gateway has not acknowledged (or that never had
-        a socket) over HTTP; a reply stays buffered until one path succeeds."""
-        pending = self._ledger.overdue(now)
-        if self._active is None or self._active.session.phase is not ws_.WorkerPhase.ACTIVE:
-            pending += self._ledger.unsent()
-        for rid, raw in pending:
-            if await start.flush(raw):
-                self._ledger.acknowledged(rid)
-                self._poke()
-                log.info("reply %s delivered via /v0/connect/flush", rid)
-            else:
-                self._ledger.mark_unsent(rid)
-
     # --- the user's loop: stalls ---------------------------------------------------------
 
     async def _watch_user_loop(self, threshold: float) -> None:
         """Machinery: probe the caller's loop (`stall.LoopWatch`); while it is
         stalled take no new work (WORKER_PAUSE where work could come, /ready 503)."""
-        watch = self._watch = stall.LoopWatch(threshold, time.monotonic())
+        monotonic = self._clock.monotonic
+        watch = self._watch = stall.LoopWatch(threshold, monotonic())
         loop = asyncio.get_running_loop()
         while True:
-            now = time.monotonic()
+            now = monotonic()
             if watch.probe_due(now):
                 watch.probe_sent(now)
                 self._to_main(functools.partial(self._probe_ran, loop, now))
             if watch.check(now):
                 self._stall_began(watch.stalled_for(now))
-            await asyncio.sleep(max(0.0, watch.next_deadline(time.monotonic()) - time.monotonic()))
+            await asyncio.sleep(max(0.0, watch.next_deadline(monotonic()) - monotonic()))
 
     def _probe_ran(self, machinery: asyncio.AbstractEventLoop, sent_at: float) -> None:
         """Caller's loop: the probe got its turn; tell the machinery when."""
-        ran_at = time.monotonic()
+        ran_at = self._clock.monotonic()
         with contextlib.suppress(RuntimeError):  # the machinery ended
             machinery.call_soon_threadsafe(self._probe_answered, sent_at, ran_at)
 
@@ -975,58 +747,8 @@ class WorkerConnection:
             sock.session.pause()
             with contextlib.suppress(ConnectionClosed):
                 await self._flush(sock)
-        deadline = self._options.drain_timeout
-        started = time.monotonic()
-        while not self._ledger.idle:
-            remaining = None if deadline is None else deadline - (time.monotonic() - started)
-            if remaining is not None and remaining <= 0:
-                self.abandoned = self._ledger.abandon()
-                log.warning(
-                    "drain deadline passed: abandoning %d requests; their leases let them run elsewhere",
-                    self.abandoned,
-                )
-                break
-            self._progress.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._progress.wait(), remaining)
+        self.abandoned = await drain.wait_idle(self._ledger, self._options.drain_timeout, self._progress, self._clock)
         self._poke()
-
-
-def _response(
-    req: pb.GatewayExecutorRequestData,
-    status: int,
-    body: bytes,
-    *,
-    no_retry: bool = False,
-    request_version: int = REQUEST_VERSION,
-) -> pb.SDKResponse:
-    """An answer to `req` (a reply or a checkpoint), echoing its identity."""
-    return pb.SDKResponse(
-        request_id=req.request_id,
-        account_id=req.account_id,
-        env_id=req.env_id,
-        app_id=req.app_id,
-        status=status,  # type: ignore[arg-type]
-        body=body,
-        no_retry=no_retry,
-        sdk_version=SDK_VERSION,
-        request_version=request_version,
-        system_trace_ctx=req.system_trace_ctx or b"{}",
-        user_trace_ctx=req.user_trace_ctx or b"{}",
-        run_id=req.run_id,
-    )
-
-
-def _crash_reply(req: pb.GatewayExecutorRequestData, exc: BaseException) -> bytes:
-    return pb.SDKResponse(
-        request_id=req.request_id,
-        status=pb.ERROR,
-        body=b'{"code":"unknown","message":"internal error: %s"}' % type(exc).__name__.encode(),
-        sdk_version=SDK_VERSION,
-        request_version=2,
-        system_trace_ctx=b"{}",
-        user_trace_ctx=b"{}",
-    ).SerializeToString()
 
 
 def _log_retry(state: RetryCallState) -> None:
@@ -1040,26 +762,10 @@ def _log_retry(state: RetryCallState) -> None:
     )
 
 
-def _run_loop(coro: Coroutine[Any, Any, None]) -> None:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - platforms without uvloop
-        asyncio.run(coro)
-        return
-    uvloop.run(coro)
-
-
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, InvalidHandshake | InvalidURI | OSError | httpx.HTTPError):
         return f"{type(exc).__name__}: {exc}"
     return str(exc) or type(exc).__name__
-
-
-def _memory_bytes() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError):  # pragma: no cover
-        return 0
 
 
 async def connect(

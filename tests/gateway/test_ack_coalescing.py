@@ -19,7 +19,7 @@ import pytest
 from bench import gateway
 from connect import Client, Context, Step, TriggerEvent
 from connect.gateway.dispatch import StepRequest
-from connect.worker import connection
+from connect.worker import link
 from connect.worker.connection import WorkerConnection
 from protocol import connect_pb2 as pb
 from protocol import limits
@@ -50,13 +50,13 @@ async def slow(ctx: Context, step: Step) -> Any:
 def writes(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
     """The kinds of the frames of every write our worker makes."""
     seen: list[list[int]] = []
-    original = connection._WorkerWebSocket.send_frames_now
+    original = link.WorkerWebSocket.send_frames_now
 
-    def recording(self: connection._WorkerWebSocket, frames: Sequence[bytes]) -> None:
+    def recording(self: link.WorkerWebSocket, frames: Sequence[bytes]) -> None:
         seen.append([pb.ConnectMessage.FromString(f).kind for f in frames])
         original(self, frames)
 
-    monkeypatch.setattr(connection._WorkerWebSocket, "send_frames_now", recording)
+    monkeypatch.setattr(link.WorkerWebSocket, "send_frames_now", recording)
     return seen
 
 

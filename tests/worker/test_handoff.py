@@ -17,6 +17,7 @@ import anyio
 import pytest
 
 from connect import Client, Context, Step, TriggerEvent
+from connect.worker.bridge import Handoff
 from connect.worker.connection import WorkerConnection, WorkerOptions
 from protocol import connect_pb2 as pb
 from protocol import limits
@@ -92,8 +93,8 @@ def request(rid: str, fn: str = "echo", app: str = "app", v: int = 0) -> pb.Gate
 
 def connection(main: asyncio.AbstractEventLoop, machinery: Machinery) -> WorkerConnection:
     conn = WorkerConnection([(client, [echo, big])], WorkerOptions(instance_id="t", max_worker_concurrency=None))
-    conn._main_loop = main
-    conn._loop = machinery.loop
+    conn._requests.loop = main
+    conn._replies.loop = machinery.loop
     return conn
 
 
@@ -103,21 +104,22 @@ def queue(conn: WorkerConnection, reqs: list[pb.GatewayExecutorRequestData]) -> 
     def run() -> None:
         for req in reqs:
             conn._ledger.accept(req, time.time(), 10.0)
-            conn._requests.append(req)
+            conn._requests.items.append(req)
             conn._hand_over_requests()
 
     return run
 
 
-def count_calls(conn: WorkerConnection, name: str) -> list[int]:
+def count_calls(handoff: Handoff[Any]) -> list[int]:
+    """Count the wake-ups that drain `handoff`."""
     calls = [0]
-    inner = getattr(conn, name)
+    inner = handoff.drain
 
     def counted() -> None:
         calls[0] += 1
         inner()
 
-    setattr(conn, name, counted)
+    handoff.drain = counted
     return calls
 
 
@@ -135,8 +137,8 @@ async def replies_of(conn: WorkerConnection, n: int) -> dict[str, pb.SDKResponse
 
 async def test_a_burst_crosses_with_one_wake_up_and_every_reply_comes_back(machinery: Machinery) -> None:
     conn = connection(asyncio.get_running_loop(), machinery)
-    starts = count_calls(conn, "_start_requests")
-    deliveries = count_calls(conn, "_deliver_replies")
+    starts = count_calls(conn._requests)
+    deliveries = count_calls(conn._replies)
     reqs = [request(f"r{i}", v=i) for i in range(50)]
     machinery.call(queue(conn, reqs))  # the caller's loop is blocked here: one wake-up for all 50
     # Keep the machinery busy until every reply is handed back, so the first
@@ -144,7 +146,7 @@ async def test_a_burst_crosses_with_one_wake_up_and_every_reply_comes_back(machi
     busy = threading.Event()
     machinery.loop.call_soon_threadsafe(busy.wait, 10)
     with anyio.fail_after(10):
-        while len(conn._replies) < len(reqs):
+        while len(conn._replies.items) < len(reqs):
             await anyio.sleep(0.005)
     busy.set()
 
@@ -157,12 +159,12 @@ async def test_a_burst_crosses_with_one_wake_up_and_every_reply_comes_back(machi
         assert resp.status == pb.DONE and json.loads(resp.body) == i
         assert resp.run_id == req.run_id
     assert not conn._ledger.in_flight  # completed on the machinery
-    assert not conn._requests and not conn._replies
+    assert not conn._requests.items and not conn._replies.items
 
 
 async def test_crash_and_oversized_output_become_error_replies(machinery: Machinery) -> None:
     conn = connection(asyncio.get_running_loop(), machinery)
-    crash = request("crash", app="gone")  # not an app of this worker: `_execute` raises
+    crash = request("crash", app="gone")  # not an app of this worker: `execute` raises
     oversized = request("big", fn="big")
     machinery.call(queue(conn, [crash, oversized]))
 
@@ -176,10 +178,10 @@ async def test_crash_and_oversized_output_become_error_replies(machinery: Machin
 async def test_replies_after_the_machinery_ended_are_dropped_quietly(machinery: Machinery) -> None:
     conn = connection(asyncio.get_running_loop(), machinery)
     machinery.stop()
-    conn._hand_back("r1", b"raw")
-    conn._replies_pending = True  # a wake-up was scheduled but the loop ended before running it
-    conn._hand_back("r2", b"raw")
-    assert not conn._replies and not conn._replies_pending
+    assert not conn._to_machinery("r1", b"raw", None)
+    conn._replies.pending = True  # a wake-up was scheduled but the loop ended before running it
+    assert not conn._to_machinery("r2", b"raw", None)
+    assert not conn._replies.items and not conn._replies.pending
 
 
 async def test_requests_for_a_closed_caller_loop_leave_the_ledger(machinery: Machinery) -> None:
@@ -188,4 +190,4 @@ async def test_requests_for_a_closed_caller_loop_leave_the_ledger(machinery: Mac
     conn = connection(closed, machinery)
     machinery.call(queue(conn, [request("r1"), request("r2")]))
     assert not conn._ledger.in_flight  # their leases lapse and they run elsewhere
-    assert not conn._requests and not conn._requests_pending
+    assert not conn._requests.items and not conn._requests.pending
