@@ -1,4 +1,4 @@
-"""Persistence behind one small interface; SQLite is the default backend."""
+"""Persistence behind one small interface: SQLite (the embedded default) or PostgreSQL."""
 
 from connect.store.base import (
     CANCELLED,
@@ -23,6 +23,7 @@ from connect.store.base import (
     StoreClosed,
     Waiting,
 )
+from connect.store.postgres import PostgresStore
 from connect.store.sqlite import SqliteStore
 
 __all__ = [
@@ -40,6 +41,7 @@ __all__ = [
     "LoadedRun",
     "NewEvent",
     "PendingRequest",
+    "PostgresStore",
     "ReplyStore",
     "RunMemo",
     "RunRecord",

@@ -1,0 +1,462 @@
+"""The store on PostgreSQL (asyncpg), with the semantics of the SQLite store.
+
+Open with `await PostgresStore.open("postgresql://user@host/db")`. The schema
+is migrated at open (`pg_schema`); a database written by a newer release is
+refused. Writes go through `PostgresWriter`, which group-commits concurrent
+callers and applies runs of the same operation together: the gateway's
+`put_reply` / `put_lease` / `delete_lease` as statements over arrays, and the
+executor's `save_run` as one statement per run (data-modifying CTEs),
+pipelined for a run of saves. Reads run on the pool once the writes
+submitted before them have committed.
+
+Durability is PostgreSQL's: an awaited write has been committed with the
+server's `synchronous_commit` (on by default, so flushed to its WAL on disk).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable
+from typing import Final
+
+import asyncpg
+import msgspec
+
+from connect.store.base import (
+    RUNNING,
+    AppRecord,
+    EventRecord,
+    LeaseRecord,
+    LoadedRun,
+    NewEvent,
+    PendingRequest,
+    RunRecord,
+    StepMemo,
+    Waiting,
+)
+from connect.store.pg_schema import migrate
+from connect.store.pg_writer import DEFAULT_POOL_SIZE, Bulk, Connection, PostgresWriter
+from protocol.payloads import FunctionConfig
+
+_RUN_COLUMNS: Final = (
+    "run_id, function_id, app_name, event_id, status, started_at_ms, ended_at_ms, max_attempts, requests,"
+    " waiting, disable_immediate_execution, request_version, cancel_requested, output"
+)
+_INSERT_RUN: Final = (
+    f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"  # noqa: S608 - constant
+)
+_SELECT_RUNS: Final = f"SELECT {_RUN_COLUMNS} FROM runs"  # noqa: S608 - constant
+_INSERT_EVENT: Final = (
+    "INSERT INTO events (id, name, ts, received_at_ms, body) VALUES ($1, $2, $3, $4, $5)"
+    " ON CONFLICT (id) DO NOTHING RETURNING TRUE"
+)
+_INSERT_MEMO: Final = (
+    "INSERT INTO steps (run_id, step_hash, result) VALUES ($1, $2, $3) ON CONFLICT (run_id, step_hash) DO NOTHING"
+)
+_FLAG_CANCEL: Final = "UPDATE runs SET cancel_requested = TRUE WHERE run_id = $1 AND status = 'Running'"
+
+# One run's step in one statement: its new memos (in order; a memo already
+# stored is kept), the consumed reply and lease, and its new state (all but
+# `cancel_requested`, which only `request_cancel` writes). A Running run's
+# save passes no status ($5 NULL) and leaves status, end and output as they
+# are, as the SQLite store does. The CTEs run though the UPDATE reads none.
+_SAVE_RUN: Final = """
+WITH memo AS (
+    INSERT INTO steps (run_id, step_hash, result)
+    SELECT $1, m.step_hash, m.result FROM unnest($2::text[], $3::bytea[]) WITH ORDINALITY AS m(step_hash, result, n)
+    ORDER BY m.n
+    ON CONFLICT (run_id, step_hash) DO NOTHING
+), reply AS (
+    DELETE FROM replies WHERE request_id = $4
+), lease AS (
+    DELETE FROM leases WHERE request_id = $4
+)
+UPDATE runs SET status = COALESCE($5, status),
+    ended_at_ms = CASE WHEN $5::text IS NULL THEN ended_at_ms ELSE $6 END,
+    max_attempts = $7, requests = $8, waiting = $9, disable_immediate_execution = $10, request_version = $11,
+    output = CASE WHEN $5::text IS NULL THEN output ELSE $12 END
+WHERE run_id = $1
+"""
+
+_RunRow = tuple[str, str, str, str, str, int, int | None, int, bytes, bytes, bool, int, bool, bytes | None]
+# run id, memo hashes, memo results, consumed request, then the new state ($5...$12)
+_SaveRow = tuple[
+    str, list[str], list[bytes], str | None, str | None, int | None, int, bytes, bytes, bool, int, bytes | None
+]
+
+_encode = msgspec.json.Encoder().encode
+_decode_requests = msgspec.json.Decoder(list[PendingRequest]).decode
+_decode_waiting = msgspec.json.Decoder(list[Waiting]).decode
+_decode_functions = msgspec.json.Decoder(list[FunctionConfig]).decode
+_EMPTY_LIST: Final = b"[]"
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _run_row(run: RunRecord) -> _RunRow:
+    return (
+        run.run_id,
+        run.function_id,
+        run.app_name,
+        run.event_id,
+        run.status,
+        run.started_at_ms,
+        run.ended_at_ms,
+        run.max_attempts,
+        _encode(run.requests) if run.requests else _EMPTY_LIST,
+        _encode(run.waiting) if run.waiting else _EMPTY_LIST,
+        run.disable_immediate_execution,
+        run.request_version,
+        run.cancel_requested,
+        run.output,
+    )
+
+
+def _run_from_record(row: asyncpg.Record) -> RunRecord:
+    requests: bytes = row["requests"]
+    waiting: bytes = row["waiting"]
+    return RunRecord(
+        run_id=row["run_id"],
+        function_id=row["function_id"],
+        app_name=row["app_name"],
+        event_id=row["event_id"],
+        status=row["status"],
+        started_at_ms=row["started_at_ms"],
+        ended_at_ms=row["ended_at_ms"],
+        max_attempts=row["max_attempts"],
+        requests=_decode_requests(requests) if requests != _EMPTY_LIST else [],
+        waiting=_decode_waiting(waiting) if waiting != _EMPTY_LIST else [],
+        disable_immediate_execution=row["disable_immediate_execution"],
+        request_version=row["request_version"],
+        cancel_requested=row["cancel_requested"],
+        output=row["output"],
+    )
+
+
+def _event_from_record(row: asyncpg.Record) -> EventRecord:
+    return EventRecord(
+        id=row["id"], name=row["name"], ts=row["ts"], received_at_ms=row["received_at_ms"], body=row["body"]
+    )
+
+
+async def _insert_events(conn: Connection, events: list[NewEvent]) -> list[bool]:
+    stored: list[bool] = []
+    for new in events:
+        e = new.event
+        is_new = await conn.fetchval(_INSERT_EVENT, e.id, e.name, e.ts, e.received_at_ms, e.body) is not None
+        if is_new:
+            if new.runs:
+                await conn.executemany(_INSERT_RUN, [_run_row(r) for r in new.runs])
+            if new.memos:
+                await conn.executemany(_INSERT_MEMO, [(m.run_id, m.memo.step_hash, m.memo.result) for m in new.memos])
+            if new.cancels:
+                await conn.executemany(_FLAG_CANCEL, [(run_id,) for run_id in new.cancels])
+        stored.append(is_new)
+    return stored
+
+
+# --- operations applied a run at a time (see `Bulk`) ------------------------------------
+
+
+async def _put_replies(conn: Connection, args: list[tuple[str, bytes, int]]) -> list[bool]:
+    # Within the run the first call for a request id is the one that may store it.
+    first: dict[str, int] = {}
+    for i, (request_id, _, _) in enumerate(args):
+        first.setdefault(request_id, i)
+    rows = [args[i] for i in first.values()]
+    stored = {
+        r["request_id"]
+        for r in await conn.fetch(
+            "INSERT INTO replies (request_id, data, stored_at_ms)"
+            " SELECT * FROM unnest($1::text[], $2::bytea[], $3::bigint[])"
+            " ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
+            [r[0] for r in rows],
+            [r[1] for r in rows],
+            [r[2] for r in rows],
+        )
+    }
+    # Storing a reply ends the request's lease, whether or not this call stored it.
+    await conn.execute("DELETE FROM leases WHERE request_id = ANY($1::text[])", list(first))
+    return [first[request_id] == i and request_id in stored for i, (request_id, _, _) in enumerate(args)]
+
+
+_LeaseChange = tuple[str, LeaseRecord | None]  # (request id, new lease or None to delete)
+
+
+async def _change_leases(conn: Connection, args: list[_LeaseChange]) -> list[None]:
+    # Only the last change of each request id matters; one upsert and one delete cover the run.
+    last: dict[str, LeaseRecord | None] = {}
+    for request_id, lease in args:
+        last.pop(request_id, None)
+        last[request_id] = lease
+    puts = [lease for lease in last.values() if lease is not None]
+    deletes = [request_id for request_id, lease in last.items() if lease is None]
+    if deletes:
+        await conn.execute("DELETE FROM leases WHERE request_id = ANY($1::text[])", deletes)
+    if puts:
+        await conn.execute(
+            "INSERT INTO leases (request_id, lease_id, expires_at_ms, instance_id)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[])"
+            " ON CONFLICT (request_id) DO UPDATE SET lease_id = excluded.lease_id,"
+            " expires_at_ms = excluded.expires_at_ms, instance_id = excluded.instance_id",
+            [p.request_id for p in puts],
+            [p.lease_id for p in puts],
+            [p.expires_at_ms for p in puts],
+            [p.instance_id for p in puts],
+        )
+    return [None] * len(args)
+
+
+async def _save_runs(conn: Connection, args: list[tuple[_SaveRow, list[NewEvent]]]) -> list[list[bool]]:
+    results: list[list[bool]] = []
+    plain: list[_SaveRow] = []
+    for row, events in args:
+        if events:
+            # Events carry results and statements of their own: flush what is pending, in order.
+            if plain:
+                await conn.executemany(_SAVE_RUN, plain)
+                plain = []
+            await conn.execute(_SAVE_RUN, *row)
+            results.append(await _insert_events(conn, events))
+        else:
+            plain.append(row)
+            results.append([])
+    if plain:
+        # executemany pipelines the statements: one round trip for the whole run of saves.
+        await conn.executemany(_SAVE_RUN, plain)
+    return results
+
+
+_PUT_REPLY: Final = Bulk("put_reply", _put_replies)
+_CHANGE_LEASE: Final = Bulk("change_lease", _change_leases)
+_SAVE: Final = Bulk("save_run", _save_runs)
+
+
+class PostgresStore:
+    """`Store` on a PostgreSQL database. Open with `await PostgresStore.open(dsn)`."""
+
+    def __init__(self, writer: PostgresWriter) -> None:
+        self._writer = writer
+
+    @classmethod
+    async def open(cls, dsn: str, *, pool_size: int = DEFAULT_POOL_SIZE, max_batch: int = 1024) -> PostgresStore:
+        """Connect to `dsn`, migrate its schema, and start the writer.
+
+        `pool_size` (at least 2) is how many connections the store holds at
+        most: one for the writer, the others for reads. `max_batch` caps how
+        many operations share one transaction; 1 turns group commit off.
+        """
+        if pool_size < 2:
+            raise ValueError(f"pool_size must be at least 2 (one writer, one reader), got {pool_size}")
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        pool: asyncpg.Pool[asyncpg.Record] = await asyncpg.create_pool(dsn, min_size=1, max_size=pool_size)
+        try:
+            async with pool.acquire() as conn:
+                await migrate(conn)
+        except BaseException:
+            await pool.close()
+            raise
+        writer = PostgresWriter(pool, max_batch=max_batch)
+        writer.start()
+        return cls(writer)
+
+    @property
+    def commits(self) -> int:
+        """Write transactions committed since open."""
+        return self._writer.commits
+
+    async def close(self) -> None:
+        await self._writer.close()
+
+    # --- gateway: replies and leases --------------------------------------------
+
+    def put_reply(self, request_id: str, data: bytes) -> Awaitable[bool]:
+        return self._writer.submit(_PUT_REPLY, (request_id, data, _now_ms()))
+
+    async def get_reply(self, request_id: str) -> bytes | None:
+        async def op(conn: Connection) -> bytes | None:
+            data: bytes | None = await conn.fetchval("SELECT data FROM replies WHERE request_id = $1", request_id)
+            return data
+
+        return await self._writer.read(op)
+
+    async def prune_replies(self, stored_before_ms: int) -> int:
+        async def op(conn: Connection) -> int:
+            status = await conn.execute("DELETE FROM replies WHERE stored_at_ms < $1", stored_before_ms)
+            return int(status.split()[-1])
+
+        return await self._writer.run(op)
+
+    def put_lease(self, request_id: str, lease_id: str, expires_at_ms: int, instance_id: str) -> Awaitable[None]:
+        return self._writer.submit(
+            _CHANGE_LEASE, (request_id, LeaseRecord(request_id, lease_id, expires_at_ms, instance_id))
+        )
+
+    async def get_lease(self, request_id: str) -> LeaseRecord | None:
+        async def op(conn: Connection) -> LeaseRecord | None:
+            row = await conn.fetchrow(
+                "SELECT lease_id, expires_at_ms, instance_id FROM leases WHERE request_id = $1", request_id
+            )
+            return None if row is None else LeaseRecord(request_id, row[0], row[1], row[2])
+
+        return await self._writer.read(op)
+
+    def delete_lease(self, request_id: str) -> Awaitable[None]:
+        return self._writer.submit(_CHANGE_LEASE, (request_id, None))
+
+    # --- executor: apps ----------------------------------------------------------
+
+    async def put_app(self, app: AppRecord) -> None:
+        functions = _encode(app.functions)
+
+        async def op(conn: Connection) -> None:
+            await conn.execute(
+                "INSERT INTO apps (app_name, app_version, functions, updated_at_ms) VALUES ($1, $2, $3, $4)"
+                " ON CONFLICT (app_name) DO UPDATE SET app_version = excluded.app_version,"
+                " functions = excluded.functions, updated_at_ms = excluded.updated_at_ms",
+                app.app_name,
+                app.app_version,
+                functions,
+                app.updated_at_ms,
+            )
+
+        await self._writer.run(op)
+
+    async def list_apps(self) -> list[AppRecord]:
+        async def op(conn: Connection) -> list[asyncpg.Record]:
+            return await conn.fetch(
+                "SELECT app_name, app_version, functions, updated_at_ms FROM apps ORDER BY app_name"
+            )
+
+        return [
+            AppRecord(
+                app_name=r["app_name"],
+                functions=_decode_functions(r["functions"]),
+                app_version=r["app_version"],
+                updated_at_ms=r["updated_at_ms"],
+            )
+            for r in await self._writer.read(op)
+        ]
+
+    # --- executor: events and runs ------------------------------------------------
+
+    async def record_events(self, events: list[NewEvent]) -> list[bool]:
+        async def op(conn: Connection) -> list[bool]:
+            return await _insert_events(conn, events)
+
+        return await self._writer.run(op)
+
+    async def get_event(self, event_id: str) -> EventRecord | None:
+        async def op(conn: Connection) -> asyncpg.Record | None:
+            return await conn.fetchrow("SELECT id, name, ts, received_at_ms, body FROM events WHERE id = $1", event_id)
+
+        row = await self._writer.read(op)
+        return None if row is None else _event_from_record(row)
+
+    async def get_run(self, run_id: str) -> RunRecord | None:
+        async def op(conn: Connection) -> asyncpg.Record | None:
+            return await conn.fetchrow(f"{_SELECT_RUNS} WHERE run_id = $1", run_id)
+
+        row = await self._writer.read(op)
+        return None if row is None else _run_from_record(row)
+
+    async def load_run(self, run_id: str) -> LoadedRun | None:
+        async def op(conn: Connection) -> LoadedRun | None:
+            # One snapshot for the three reads, so memos and state agree.
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                row = await conn.fetchrow(f"{_SELECT_RUNS} WHERE run_id = $1", run_id)
+                if row is None:
+                    return None
+                event = await conn.fetchrow(
+                    "SELECT id, name, ts, received_at_ms, body FROM events WHERE id = $1", row["event_id"]
+                )
+                memos = await conn.fetch("SELECT step_hash, result FROM steps WHERE run_id = $1 ORDER BY seq", run_id)
+            return LoadedRun(
+                run=_run_from_record(row),
+                event=None if event is None else _event_from_record(event),
+                memos=[StepMemo(m["step_hash"], m["result"]) for m in memos],
+            )
+
+        return await self._writer.read(op)
+
+    async def runs_for_event(self, event_id: str) -> list[RunRecord]:
+        async def op(conn: Connection) -> list[asyncpg.Record]:
+            return await conn.fetch(
+                f'{_SELECT_RUNS} WHERE event_id = $1 ORDER BY started_at_ms, run_id COLLATE "C"', event_id
+            )
+
+        return [_run_from_record(r) for r in await self._writer.read(op)]
+
+    async def runs_with_status(self, status: str) -> list[RunRecord]:
+        async def op(conn: Connection) -> list[asyncpg.Record]:
+            # COLLATE "C": the byte order SQLite sorts text in, whatever the database's locale.
+            return await conn.fetch(f'{_SELECT_RUNS} WHERE status = $1 ORDER BY run_id COLLATE "C"', status)
+
+        return [_run_from_record(r) for r in await self._writer.read(op)]
+
+    async def get_memos(self, run_id: str) -> list[StepMemo]:
+        async def op(conn: Connection) -> list[asyncpg.Record]:
+            return await conn.fetch("SELECT step_hash, result FROM steps WHERE run_id = $1 ORDER BY seq", run_id)
+
+        return [StepMemo(m["step_hash"], m["result"]) for m in await self._writer.read(op)]
+
+    async def put_memo(self, run_id: str, memo: StepMemo) -> bool:
+        async def op(conn: Connection) -> bool:
+            status = await conn.execute(_INSERT_MEMO, run_id, memo.step_hash, memo.result)
+            return status == "INSERT 0 1"
+
+        return await self._writer.run(op)
+
+    async def request_cancel(self, run_id: str) -> bool:
+        async def op(conn: Connection) -> bool:
+            return await conn.execute(_FLAG_CANCEL, run_id) == "UPDATE 1"
+
+        return await self._writer.run(op)
+
+    async def save_run(
+        self,
+        run: RunRecord,
+        *,
+        memos: list[StepMemo] | None = None,
+        consumed_request_id: str | None = None,
+        events: list[NewEvent] | None = None,
+    ) -> list[bool]:
+        row: _SaveRow = (
+            run.run_id,
+            [m.step_hash for m in memos or ()],
+            [m.result for m in memos or ()],
+            consumed_request_id,
+            None if run.status == RUNNING else run.status,
+            run.ended_at_ms,
+            run.max_attempts,
+            _encode(run.requests) if run.requests else _EMPTY_LIST,
+            _encode(run.waiting) if run.waiting else _EMPTY_LIST,
+            run.disable_immediate_execution,
+            run.request_version,
+            run.output,
+        )
+        return await self._writer.submit(_SAVE, (row, list(events or ())))
+
+    # --- executor: cron -------------------------------------------------------------
+
+    async def cron_ticks(self) -> dict[str, int]:
+        async def op(conn: Connection) -> list[asyncpg.Record]:
+            return await conn.fetch("SELECT schedule, tick_ms FROM cron_ticks")
+
+        return {r["schedule"]: r["tick_ms"] for r in await self._writer.read(op)}
+
+    async def record_tick(self, key: str, tick_ms: int, event: NewEvent) -> bool:
+        async def op(conn: Connection) -> bool:
+            [stored] = await _insert_events(conn, [event])
+            await conn.execute(
+                "INSERT INTO cron_ticks (schedule, tick_ms) VALUES ($1, $2) ON CONFLICT (schedule)"
+                " DO UPDATE SET tick_ms = GREATEST(cron_ticks.tick_ms, excluded.tick_ms)",
+                key,
+                tick_ms,
+            )
+            return stored
+
+        return await self._writer.run(op)
