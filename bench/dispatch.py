@@ -94,11 +94,14 @@ def _say(line: str) -> None:
 
 
 async def _drive(args: argparse.Namespace) -> dict[str, Any]:
-    from bench import gateway
+    from connect import polling
+    from connect.roles import PlatformSettings, start_standalone_gateway
     from protocol.payloads import STATUS_ERROR, STATUS_NOT_COMPLETED
 
     spec = json.loads(args.spec)
-    gw = await gateway.start(Path(spec["db"]))
+    # Ephemeral ports; the poll window as `connect dev` takes it (CONNECT_POLL_WINDOW_MS).
+    settings = PlatformSettings(port=0, gateway_port=0, db=spec["db"], poll_window=polling.window_from_env())
+    gw = await start_standalone_gateway(settings)
     _say(f"API {gw.api_url}")
     app_id, slug = spec["app_id"], spec["slug"]
     make = _request_factory(app_id, slug)

@@ -1,6 +1,6 @@
 """Ours, 4: idle capacity — 10,000 idle worker connections on one gateway process.
 
-Processes: one platform process (`connect.devserver.DevServer`, i.e. what
+Processes: one platform process (`connect.roles.DevServer`, i.e. what
 `connect dev` runs, with a shortened heartbeat interval) and several client
 processes, each holding ~2,500 connections that do the real worker handshake:
 `POST /v0/connect/start` (a fresh HTTP connection each, as separate workers
@@ -64,7 +64,7 @@ APP = "bench-idle"
 
 def _gateway_role(argv: list[str]) -> int:
     from connect import cli
-    from connect.devserver import DevServer, DevSettings
+    from connect.roles import DevServer, PlatformSettings
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
@@ -76,7 +76,7 @@ def _gateway_role(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "httpcore", "websockets", "uvicorn.error"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    settings = DevSettings(
+    settings = PlatformSettings(
         port=args.port, gateway_port=args.gateway_port, db=args.db, heartbeat_interval=args.heartbeat
     )
     cli.run(DevServer(settings).run())  # as `connect dev` runs it

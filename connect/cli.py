@@ -60,9 +60,9 @@ def _setup_logging(level: str) -> None:
 
 
 def _platform_settings(args: argparse.Namespace) -> Any:
-    from connect.devserver import DevSettings
+    from connect.roles import PlatformSettings
 
-    settings = DevSettings(
+    settings = PlatformSettings(
         host=args.host,
         port=args.port,
         gateway_port=args.gateway_port,
@@ -119,14 +119,14 @@ def _add_poll_window_arg(parser: argparse.ArgumentParser, default_ms: str) -> No
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    from connect.devserver import DevServer
+    from connect.roles import DevServer
 
     return run(DevServer(_platform_settings(args)).run())
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from connect.devserver import DevServer
     from connect.gateway.auth import Keys
+    from connect.roles import DevServer
 
     signing_key = args.signing_key or os.environ.get("CONNECT_SIGNING_KEY", "")
     fallback = args.signing_key_fallback or os.environ.get("CONNECT_SIGNING_KEY_FALLBACK") or None

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from bench import gateway
 from connect import Client, Context, Step, TriggerEvent
 from connect.gateway.dispatch import StepRequest
+from connect.roles import StandaloneGateway
 from connect.worker import link
 from connect.worker.connection import WorkerConnection
 from protocol import connect_pb2 as pb
@@ -61,7 +61,7 @@ def writes(monkeypatch: pytest.MonkeyPatch) -> list[list[int]]:
 
 
 @pytest.fixture
-async def stack(tmp_path: Path) -> AsyncIterator[tuple[gateway.Gateway, WorkerConnection]]:
+async def stack(tmp_path: Path) -> AsyncIterator[tuple[StandaloneGateway, WorkerConnection]]:
     global RELEASE
     RELEASE = asyncio.Event()
     async with gateway_with_worker(tmp_path / "gw.db", client, [quick, slow], "acks") as (gw, worker):
@@ -80,7 +80,7 @@ def request(fn: str) -> StepRequest:
 
 
 async def test_a_quick_steps_ack_and_reply_leave_in_one_write(
-    stack: tuple[gateway.Gateway, WorkerConnection], writes: list[list[int]], monkeypatch: pytest.MonkeyPatch
+    stack: tuple[StandaloneGateway, WorkerConnection], writes: list[list[int]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     gw, _ = stack
     monkeypatch.setattr(limits, "ACK_COALESCE_WINDOW", 30.0)  # however slow this machine is
@@ -92,7 +92,7 @@ async def test_a_quick_steps_ack_and_reply_leave_in_one_write(
 
 
 async def test_a_long_steps_ack_leaves_within_the_window(
-    stack: tuple[gateway.Gateway, WorkerConnection], writes: list[list[int]]
+    stack: tuple[StandaloneGateway, WorkerConnection], writes: list[list[int]]
 ) -> None:
     gw, _ = stack
     writes.clear()
@@ -110,7 +110,7 @@ async def test_a_long_steps_ack_leaves_within_the_window(
 
 
 async def test_a_held_ack_waits_through_the_workers_timer_ticks(
-    stack: tuple[gateway.Gateway, WorkerConnection], writes: list[list[int]], monkeypatch: pytest.MonkeyPatch
+    stack: tuple[StandaloneGateway, WorkerConnection], writes: list[list[int]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The worker's housekeeping wakes at least once a second and flushes
     what its connections queued; ACKs held for their replies are not that."""

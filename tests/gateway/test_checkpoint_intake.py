@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from bench import gateway
 from connect import Client, Context, Step, TriggerEvent
 from connect.gateway import connection
 from connect.gateway.dispatch import Join, StepReply, StepRequest, Stored
+from connect.roles import StandaloneGateway
 from connect.worker.connection import WorkerConnection
 from protocol import connect_pb2 as pb
 from protocol.ids import new_ulid
@@ -94,7 +94,7 @@ class Checkpoints:
 
 @dataclass
 class Stack:
-    gw: gateway.Gateway
+    gw: StandaloneGateway
     worker: WorkerConnection
 
     def request(self, fn: str, checkpoint: Checkpoints | None, *, offer: bool, takes_over: bool = False) -> StepRequest:

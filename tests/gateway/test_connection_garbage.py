@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from bench import gateway
 from tests.e2e.test_churn_memory import silent_worker, vanishing_peer
+from tests.gateway.stack import start_gateway
 
 
 @pytest.fixture
@@ -37,8 +37,7 @@ def no_automatic_collection() -> Iterator[None]:
 @pytest.mark.anyio
 @pytest.mark.usefixtures("no_automatic_collection")
 async def test_handshake_churn_leaves_no_cyclic_garbage(tmp_path: Path) -> None:
-    gw = await gateway.start(tmp_path / "gw.db")
-    gw.server._session_config.handshake_timeout = 0.05
+    gw = await start_gateway(tmp_path / "gw.db", handshake_timeout=0.05)
     try:
         gc.collect()
         for i in range(150):

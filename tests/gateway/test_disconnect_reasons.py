@@ -17,25 +17,26 @@ import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
-from bench import gateway
+from connect.roles import StandaloneGateway
 from protocol import connect_pb2 as pb
 from protocol import frames
 from tests.gateway.requests import discovery_request
+from tests.gateway.stack import start_gateway
 
 pytestmark = pytest.mark.anyio
 APP = "bye"
 
 
 @pytest.fixture
-async def gw(tmp_path: Path) -> AsyncIterator[gateway.Gateway]:
-    server = await gateway.start(tmp_path / "connect.db")
+async def gw(tmp_path: Path) -> AsyncIterator[StandaloneGateway]:
+    server = await start_gateway(tmp_path / "connect.db")
     try:
         yield server
     finally:
         await server.close()
 
 
-async def open_worker(gw: gateway.Gateway, instance: str) -> ClientConnection:
+async def open_worker(gw: StandaloneGateway, instance: str) -> ClientConnection:
     async with httpx.AsyncClient() as http:
         resp = await http.post(f"{gw.api_url}/v0/connect/start", content=b"")
     started = pb.StartResponse()
@@ -71,13 +72,13 @@ async def take_request(ws: ClientConnection) -> pb.GatewayExecutorRequestData:
     return request
 
 
-async def closed_as(gw: gateway.Gateway, reason: str) -> None:
+async def closed_as(gw: StandaloneGateway, reason: str) -> None:
     with anyio.fail_after(30):
         while gw.server.disconnects[reason] == 0:
             await anyio.sleep(0.01)
 
 
-async def test_pause_then_close_with_nothing_leased_is_a_clean_shutdown(gw: gateway.Gateway) -> None:
+async def test_pause_then_close_with_nothing_leased_is_a_clean_shutdown(gw: StandaloneGateway) -> None:
     ws = await open_worker(gw, "leaving")
     await ws.send(frames.encode(pb.WORKER_PAUSE))
     await ws.close()  # 1000, no reason: the official Python SDK's close
@@ -85,14 +86,14 @@ async def test_pause_then_close_with_nothing_leased_is_a_clean_shutdown(gw: gate
     assert gw.server.disconnects == {"WORKER_SHUTDOWN": 1}
 
 
-async def test_a_close_without_a_pause_is_unexpected(gw: gateway.Gateway) -> None:
+async def test_a_close_without_a_pause_is_unexpected(gw: StandaloneGateway) -> None:
     ws = await open_worker(gw, "vanishing")
     await ws.close()
     await closed_as(gw, "UNEXPECTED")
     assert gw.server.disconnects == {"UNEXPECTED": 1}
 
 
-async def test_pause_then_close_with_a_request_still_leased_is_unexpected(gw: gateway.Gateway) -> None:
+async def test_pause_then_close_with_a_request_still_leased_is_unexpected(gw: StandaloneGateway) -> None:
     ws = await open_worker(gw, "abandoning")
     dispatch = asyncio.ensure_future(gw.dispatcher.dispatch(discovery_request(APP, f"{APP}-f", f"{APP}/f")))
     try:

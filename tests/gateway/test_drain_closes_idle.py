@@ -15,7 +15,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from bench import gateway
+from connect.roles import StandaloneGateway
 from protocol import codes, frames
 from protocol import connect_pb2 as pb
 from tests.gateway.requests import discovery_request
@@ -39,7 +39,7 @@ async def frames_until_closed(ws: ClientConnection) -> list[int]:
             return kinds
 
 
-async def test_an_idle_connection_is_closed_as_soon_as_the_drain_begins(gw: gateway.Gateway) -> None:  # noqa: F811
+async def test_an_idle_connection_is_closed_as_soon_as_the_drain_begins(gw: StandaloneGateway) -> None:  # noqa: F811
     ws = await open_worker(gw, "idle")
     drain = asyncio.ensure_future(gw.server.drain(timeout=LONG_DRAIN))
     assert await frames_until_closed(ws) == [pb.GATEWAY_CLOSING]
@@ -48,7 +48,7 @@ async def test_an_idle_connection_is_closed_as_soon_as_the_drain_begins(gw: gate
         await drain
 
 
-async def test_a_connection_is_closed_once_its_last_reply_is_stored_and_acknowledged(gw: gateway.Gateway) -> None:  # noqa: F811
+async def test_a_connection_is_closed_once_its_last_reply_is_stored_and_acknowledged(gw: StandaloneGateway) -> None:  # noqa: F811
     ws = await open_worker(gw, "busy")
     dispatch = asyncio.ensure_future(gw.dispatcher.dispatch(discovery_request(APP, f"{APP}-f", f"{APP}/f")))
     request = await take_request(ws)

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from bench import gateway
 from connect import Client, Context, Step, TriggerEvent
 from connect.gateway import connection
+from connect.roles import StandaloneGateway
 from protocol import connect_pb2 as pb
 from protocol.payloads import STATUS_DONE
 from tests.gateway.requests import discovery_request
@@ -53,26 +53,26 @@ def request_writes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 @pytest.fixture
-async def stack(tmp_path: Path, request_writes: list[int]) -> AsyncIterator[gateway.Gateway]:
+async def stack(tmp_path: Path, request_writes: list[int]) -> AsyncIterator[StandaloneGateway]:
     async with gateway_with_worker(tmp_path / "gw.db", client, [echo], "batches") as (gw, _):
         yield gw
 
 
-async def _dispatch_together(gw: gateway.Gateway, count: int, pad: str = "") -> None:
+async def _dispatch_together(gw: StandaloneGateway, count: int, pad: str = "") -> None:
     requests = [discovery_request("batches", "batches-echo", "batches/echo", data={"pad": pad}) for _ in range(count)]
     async with asyncio.timeout(20):
         replies = await asyncio.gather(*(gw.dispatcher.dispatch(r) for r in requests))
     assert {(r.status, json.dumps(json.loads(r.body))) for r in replies} == {(STATUS_DONE, str(len(pad)))}
 
 
-async def test_requests_of_one_turn_leave_in_batches(stack: gateway.Gateway, request_writes: list[int]) -> None:
+async def test_requests_of_one_turn_leave_in_batches(stack: StandaloneGateway, request_writes: list[int]) -> None:
     await _dispatch_together(stack, 40)  # all forwarded in one turn
     # The first at once, then 16 + 16 + the 7 left at the end of the turn.
     assert request_writes == [1, connection.FORWARD_BATCH, connection.FORWARD_BATCH, 7]
 
 
 async def test_a_request_alone_leaves_at_once(
-    stack: gateway.Gateway, request_writes: list[int], monkeypatch: pytest.MonkeyPatch
+    stack: StandaloneGateway, request_writes: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     written_inside: list[bool] = []
     original = connection.Connection.send_request
@@ -90,7 +90,7 @@ async def test_a_request_alone_leaves_at_once(
 
 
 async def test_big_requests_leave_in_batches_of_bounded_bytes(
-    stack: gateway.Gateway, request_writes: list[int]
+    stack: StandaloneGateway, request_writes: list[int]
 ) -> None:
     pad = "x" * (connection.FORWARD_BATCH_BYTES // 4)
     await _dispatch_together(stack, 12, pad)

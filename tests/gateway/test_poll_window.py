@@ -20,11 +20,12 @@ from typing import Any
 
 import pytest
 
-from bench import gateway
 from connect import Client, Context, Step, TriggerEvent, polling
+from connect.roles import StandaloneGateway
 from connect.worker.connection import WorkerConnection, connect
 from protocol.payloads import STATUS_DONE
 from tests.gateway.requests import discovery_request
+from tests.gateway.stack import start_gateway
 
 pytestmark = pytest.mark.anyio
 
@@ -54,7 +55,7 @@ def held(ctx: Context, step: Step) -> Any:  # a plain def: runs in a thread, may
 
 @dataclass
 class Stack:
-    gw: gateway.Gateway
+    gw: StandaloneGateway
     worker: WorkerConnection
 
     @property
@@ -83,10 +84,8 @@ async def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterato
     # waits for the GIL while the other runs and would step aside as on a
     # crowded machine (tests/test_polling.py covers that): judge no share here.
     monkeypatch.setattr(polling, "FAIR_SHARE", 0.0)
-    monkeypatch.setenv(polling.ENV_VAR, "200")  # the gateway takes it as `connect dev` does
-    gw = await gateway.start(tmp_path / "gw.db")
+    gw = await start_gateway(tmp_path / "gw.db", poll_window=0.2)
     client.api_base_url = gw.api_url
-    monkeypatch.delenv(polling.ENV_VAR)
     worker = await connect(
         [(client, [answer, held, two])], instance_id="polls", handle_shutdown_signals=(), poll_window=0.5
     )
@@ -123,7 +122,7 @@ async def test_the_gateway_stops_polling_as_the_last_awaited_reply_comes(stack: 
 
 
 async def test_heartbeats_never_open_a_window(tmp_path: Path) -> None:
-    gw = await gateway.start(tmp_path / "hb.db", heartbeat_interval=1.0)  # the shortest the protocol says
+    gw = await start_gateway(tmp_path / "hb.db", heartbeat_interval=1.0)  # the shortest the protocol says
     client.api_base_url = gw.api_url
     worker = await connect([(client, [answer])], instance_id="beats", handle_shutdown_signals=(), poll_window=0.5)
     try:

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from bench import gateway
 from connect import Client, Context, Step, TriggerEvent
 from connect.gateway.dispatch import StepRequest
+from connect.roles import StandaloneGateway
 from connect.worker.connection import WorkerConnection
 from protocol.payloads import STATUS_DONE
 from tests.gateway.requests import discovery_request
@@ -36,7 +36,7 @@ async def answer(ctx: Context, step: Step) -> Any:
 
 @dataclass
 class Stack:
-    gw: gateway.Gateway
+    gw: StandaloneGateway
     worker: WorkerConnection
 
     def request(self, n: int, *, takes_over: bool) -> StepRequest:

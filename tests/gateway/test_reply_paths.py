@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from bench import gateway
 from connect import Client, Context, Step, TriggerEvent
 from connect.gateway.dispatch import StepReply, WorkerStoppedResponding
+from connect.roles import StandaloneGateway
 from connect.worker.connection import WorkerConnection
 from protocol import connect_pb2 as pb
 from protocol.payloads import STATUS_DONE
@@ -42,7 +42,7 @@ async def held(ctx: Context, step: Step) -> Any:
 
 
 @pytest.fixture
-async def stack(tmp_path: Path) -> AsyncIterator[tuple[gateway.Gateway, WorkerConnection]]:
+async def stack(tmp_path: Path) -> AsyncIterator[tuple[StandaloneGateway, WorkerConnection]]:
     global RELEASE
     RELEASE = asyncio.Event()
     STARTED.clear()
@@ -60,7 +60,7 @@ async def _started(count: int) -> None:
 
 
 async def test_a_reply_stored_first_is_the_answer_and_the_workers_is_acknowledged(
-    stack: tuple[gateway.Gateway, WorkerConnection],
+    stack: tuple[StandaloneGateway, WorkerConnection],
 ) -> None:
     gw, worker = stack
     request = discovery_request("paths", "paths-held", "paths/held")
@@ -79,7 +79,7 @@ async def test_a_reply_stored_first_is_the_answer_and_the_workers_is_acknowledge
 
 
 async def test_a_silent_workers_requests_end_each_at_its_own_deadline(
-    stack: tuple[gateway.Gateway, WorkerConnection],
+    stack: tuple[StandaloneGateway, WorkerConnection],
 ) -> None:
     gw, _ = stack
     gw.dispatcher.leases.duration = 0.6  # the worker extends every 30 s: these lapse

@@ -10,9 +10,9 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.typing import Subprotocol
 
-from bench import gateway
 from protocol import connect_pb2 as pb
 from protocol import frames, limits
+from tests.gateway.stack import start_gateway
 
 
 @pytest.mark.anyio
@@ -26,7 +26,7 @@ from protocol import frames, limits
     ],
 )
 async def test_subprotocol(tmp_path: Path, offered: list[str] | None, chosen: str | None) -> None:
-    gw = await gateway.start(tmp_path / "gw.db")
+    gw = await start_gateway(tmp_path / "gw.db")
     try:
         url = f"ws://127.0.0.1:{gw.gateway_port}{limits.CONNECT_PATH}"
         protocols = [Subprotocol(p) for p in offered] if offered is not None else None

@@ -1,0 +1,150 @@
+"""The API role: the HTTP API (events in, connect start/flush, checkpoints,
+run REST, probes) served by uvicorn on `settings.port`.
+
+Start: the socket is bound and uvicorn serves before `start` returns (or
+`ApiNotStarted` says why not). Stop: uvicorn stops accepting, finishes the
+requests in progress, and closes. uvicorn installs no signal handlers: the
+process's composition root owns the signals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import Callable, Generator
+from typing import Any, NoReturn
+
+import uvicorn
+from starlette.exceptions import HTTPException
+
+from connect.api.app import MAX_START_BYTES, ApiConfig, EventSink, ReplySink, create_api
+from connect.api.framing import HttpLimits
+from connect.api.guard import guarded_http
+from connect.gateway.auth import TokenIssuer
+from connect.roles.settings import PlatformSettings
+from protocol import limits
+from protocol.payloads import IncomingEvent
+
+
+class ApiNotStarted(RuntimeError):
+    """uvicorn stopped before it served (most often: the port is taken; its log says so)."""
+
+
+class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.started_event = asyncio.Event()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            self.started_event.set()
+
+
+class RunsElsewhere:
+    """The event and run side of the API in a process that runs no executor
+    (a gateway on its own): every call is refused with 503 and the reason,
+    which a load balancer takes as "try another process"."""
+
+    REASON = "this process runs no executor: send events and run queries to one that does"
+
+    def _refuse(self) -> NoReturn:
+        raise HTTPException(503, self.REASON)
+
+    async def send_events(self, events: list[IncomingEvent]) -> list[str]:
+        self._refuse()
+
+    async def get_run(self, run_id: str) -> dict[str, Any] | None:
+        self._refuse()
+
+    async def runs_for_event(self, event_id: str) -> list[dict[str, Any]]:
+        self._refuse()
+
+    async def cancel_run(self, run_id: str) -> dict[str, Any] | None:
+        self._refuse()
+
+    def registered_functions(self) -> list[dict[str, Any]]:
+        self._refuse()
+
+
+class ApiRole:
+    def __init__(
+        self,
+        settings: PlatformSettings,
+        runs: EventSink,
+        replies: ReplySink,
+        tokens: TokenIssuer,
+        *,
+        gateway_port: int,
+        is_ready: Callable[[], bool],
+        admit_connection: Callable[[str | None], str | None],
+    ) -> None:
+        """`gateway_port` is the port `/v0/connect/start` sends workers to;
+        `is_ready` answers `/ready`; `admit_connection` is the gateway's
+        admission of a new worker connection."""
+        s = settings
+        self._settings = settings
+        app = create_api(
+            runs,
+            replies,
+            tokens,
+            ApiConfig(
+                gateway_port=gateway_port,
+                gateway_host=s.host,
+                max_event_bytes=s.max_event_bytes,
+                max_request_bytes=s.max_request_bytes,
+            ),
+            is_ready=is_ready,
+            keys=s.keys,
+            admit_connection=admit_connection,
+        )
+        http_limits = HttpLimits(
+            route_body_bytes=(
+                (b"/e/", s.max_request_bytes),
+                (b"/v0/connect/flush", limits.MAX_WORKER_MESSAGE_BYTES),
+                (b"/v0/connect/start", MAX_START_BYTES),
+            )
+        )
+        self._server = _Server(
+            uvicorn.Config(
+                app,
+                host=s.host,
+                port=s.port,
+                log_level="warning",
+                lifespan="off",
+                access_log=False,
+                backlog=4096,
+                http=guarded_http(http_limits),
+                # No WebSocket on this port: an upgraded connection would leave the guard's limits.
+                ws="none",
+                timeout_keep_alive=http_limits.keep_alive_timeout,
+            )
+        )
+        self._task: asyncio.Task[None] | None = None
+        #: The port bound (the one asked for, or the one chosen for port 0).
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://{self._settings.host}:{self.port}"
+
+    async def start(self) -> None:
+        server = self._server
+        self._task = task = asyncio.create_task(server.serve())
+        started = asyncio.ensure_future(server.started_event.wait())
+        await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
+        started.cancel()
+        if not server.started:
+            raise ApiNotStarted(f"API could not start on {self._settings.host}:{self._settings.port}")
+        self.port = int(server.servers[0].sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        self._server.should_exit = True
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await self._task

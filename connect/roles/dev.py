@@ -1,0 +1,102 @@
+"""`connect dev` and `connect serve`: every role in one process over one store.
+
+Start order: store -> executor (resumes runs in flight) -> gateway -> API.
+SIGTERM/SIGINT: the gateway drains (workers are told to reconnect), then the
+API stops, run tasks are cancelled (their state stays in the store) and the
+store closes. Starting again on the same database continues every run.
+`POST /v0/connect/drain` on the gateway port does the same; the process then
+exits with EXIT_DRAINED_ON_REQUEST instead of 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from connect.gateway.server import DrainCause
+from connect.roles.api import ApiNotStarted, ApiRole
+from connect.roles.executor import ExecutorRole
+from connect.roles.gateway import GatewayRole, gateway_dispatcher
+from connect.roles.settings import PlatformSettings
+from connect.roles.store import describe_store, open_store
+from protocol import limits
+
+log = logging.getLogger("connect.dev")
+
+#: Exit status after a drain asked for over HTTP (EX_TEMPFAIL in sysexits.h):
+#: not 0, which a supervisor that restarts on failure takes for "leave it
+#: down" (nobody told the supervisor), and not 1, a crash. After SIGTERM or
+#: SIGINT, which come from the supervisor or the operator, the status is 0.
+EXIT_DRAINED_ON_REQUEST = 75
+
+
+class DevServer:
+    def __init__(self, settings: PlatformSettings) -> None:
+        self.settings = settings
+        self._stop = asyncio.Event()
+        self._cause: DrainCause | None = None
+
+    def request_stop(self, cause: DrainCause = "signal") -> None:
+        if self._cause is None:  # the first request decides the exit status
+            self._cause = cause
+        self._stop.set()
+
+    async def run(self) -> int:
+        """Serve until stopped; the process's exit status (0, or
+        EXIT_DRAINED_ON_REQUEST after a drain asked for over HTTP)."""
+        s = self.settings
+        store = await open_store(s)
+        tokens = s.keys.token_issuer()
+        dispatcher = gateway_dispatcher(s, store)
+        executor = ExecutorRole(s, store, dispatcher)
+        gateway = GatewayRole(s, dispatcher, tokens, executor.executor.sync_app, on_drain_requested=self.request_stop)
+        await executor.start()
+        await gateway.start()
+        api = ApiRole(
+            s,
+            executor.executor,
+            dispatcher,
+            tokens,
+            gateway_port=gateway.port,
+            is_ready=lambda: gateway.ready,
+            admit_connection=gateway.server.admit,
+        )
+        try:
+            await api.start()
+        except ApiNotStarted as exc:
+            await gateway.close()
+            await executor.stop()
+            await store.close()
+            raise SystemExit(str(exc)) from None
+        mode = (
+            "open mode: no keys required"
+            if s.keys.open
+            else f"production mode: environment {s.keys.env!r}, signing and event keys required"
+        )
+        mode += f"; poll window up to {s.poll_window * 1000:g} ms" if s.poll_window > 0 else "; poll window off"
+        log.info(
+            "%s ready: api=http://%s:%d gateway=ws://%s:%d%s %s (%s)",
+            s.name,
+            s.host,
+            api.port,
+            s.host,
+            gateway.port,
+            limits.CONNECT_PATH,
+            describe_store(s),
+            mode,
+        )
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        await self._stop.wait()
+        log.info("%s stopping: draining gateway (up to %.0fs)", s.name, s.drain_timeout)
+        await gateway.drain()
+        log.info("gateway drained")
+        await api.stop()
+        await gateway.close()
+        await executor.stop()
+        await store.close()
+        code = EXIT_DRAINED_ON_REQUEST if self._cause == "request" else 0
+        log.info("%s stopped (exit status %d)", s.name, code)
+        return code

@@ -1,0 +1,162 @@
+"""The gateway role: the dispatcher (the executor's port to the workers) and
+the WebSocket server workers connect to, on `settings.gateway_port`.
+
+Start: the server listens before `start` returns. Stop: `drain` tells every
+worker to reconnect elsewhere and waits for them to leave (up to
+`settings.drain_timeout`), then `close` closes what is left.
+
+`StandaloneGateway` runs this role with its own store and the worker-facing
+HTTP API and no executor: the process whose owner drives
+`dispatcher.dispatch(...)` itself, as the dispatch benchmark and the gateway
+tests do.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from connect.gateway.auth import TokenIssuer
+from connect.gateway.dispatcher import GatewayDispatcher
+from connect.gateway.server import DrainCause, GatewayServer, SyncHook
+from connect.roles.api import ApiNotStarted, ApiRole, RunsElsewhere
+from connect.roles.settings import PlatformSettings
+from connect.roles.store import open_store
+from connect.store import AppRecord, ReplyStore, Store
+from protocol.gateway_session import GatewaySessionConfig
+from protocol.payloads import FunctionConfig, RefusedFunction
+
+
+def gateway_dispatcher(settings: PlatformSettings, store: ReplyStore) -> GatewayDispatcher:
+    """The dispatcher is built apart from the server: the executor needs it
+    before the server exists, and the server needs the executor's sync hook."""
+    return GatewayDispatcher(
+        store, lease_duration=settings.lease_duration, extend_lease_interval=settings.extend_lease_interval
+    )
+
+
+class GatewayRole:
+    def __init__(
+        self,
+        settings: PlatformSettings,
+        dispatcher: GatewayDispatcher,
+        tokens: TokenIssuer,
+        on_sync: SyncHook,
+        *,
+        on_drain_requested: Callable[[DrainCause], None] | None = None,
+    ) -> None:
+        """`on_sync` records an app a worker registered; `on_drain_requested`
+        hands SIGTERM-like requests (`POST /v0/connect/drain`) to the process's
+        owner (None: the gateway drains in place and the process goes on)."""
+        s = settings
+        self._settings = settings
+        self.dispatcher = dispatcher
+        self.server = GatewayServer(
+            dispatcher,
+            tokens,
+            on_sync,
+            session_config=GatewaySessionConfig(
+                heartbeat_interval=s.heartbeat_interval,
+                extend_lease_interval=s.extend_lease_interval,
+                handshake_timeout=s.handshake_timeout,
+                apps_per_connection=s.apps_per_connection,
+            ),
+            max_message_bytes=s.max_message_bytes,
+            max_connections=s.max_connections,
+            max_connections_per_instance=s.max_connections_per_instance,
+            on_drain_requested=on_drain_requested,
+            poll_window=s.poll_window,
+            max_handshakes=s.max_handshakes,
+            max_handshakes_per_peer=s.max_handshakes_per_peer,
+            authorize=None if s.keys.open else s.keys.authorized,
+        )
+        #: The port bound (the one asked for, or the one chosen for port 0).
+        self.port = 0
+
+    @property
+    def ready(self) -> bool:
+        return not self.server.draining
+
+    async def start(self) -> int:
+        self.port = await self.server.start(self._settings.host, self._settings.gateway_port)
+        return self.port
+
+    async def drain(self) -> None:
+        await self.server.drain(self._settings.drain_timeout)
+
+    async def close(self) -> None:
+        await self.server.close()
+
+
+@dataclass
+class StandaloneGateway:
+    """A gateway, its store and the worker-facing API, without an executor.
+
+    Workers connect as to `connect dev` (`/v0/connect/start` on `api_url`,
+    then the WebSocket); the apps they register are recorded in the store;
+    events and run queries are refused (`RunsElsewhere`). Started by
+    `start_standalone_gateway`; `close` stops the API, the server and the
+    store, in that order."""
+
+    store: Store
+    role: GatewayRole
+    api: ApiRole
+
+    @property
+    def dispatcher(self) -> GatewayDispatcher:
+        return self.role.dispatcher
+
+    @property
+    def server(self) -> GatewayServer:
+        return self.role.server
+
+    @property
+    def gateway_port(self) -> int:
+        return self.role.port
+
+    @property
+    def api_url(self) -> str:
+        return self.api.url
+
+    async def close(self) -> None:
+        await self.api.stop()
+        await self.role.close()
+        await self.store.close()
+
+
+async def start_standalone_gateway(settings: PlatformSettings) -> StandaloneGateway:
+    store = await open_store(settings)
+    tokens = settings.keys.token_issuer()
+    role = GatewayRole(settings, gateway_dispatcher(settings, store), tokens, _app_recorder(store))
+    try:
+        await role.start()
+        api = ApiRole(
+            settings,
+            RunsElsewhere(),
+            role.dispatcher,
+            tokens,
+            gateway_port=role.port,
+            is_ready=lambda: role.ready,
+            admit_connection=role.server.admit,
+        )
+        await api.start()
+    except (OSError, ApiNotStarted):
+        await role.close()
+        await store.close()
+        raise
+    return StandaloneGateway(store, role, api)
+
+
+def _app_recorder(store: Store) -> SyncHook:
+    async def record(
+        app_name: str,
+        app_version: str | None,
+        functions: list[FunctionConfig],
+        refused: list[RefusedFunction],
+        unknown_fields: dict[str, list[str]],
+    ) -> None:
+        # What an executor reads at its start; refusals are the executor's to decide.
+        await store.put_app(AppRecord(app_name, list(functions), app_version, int(time.time() * 1000)))
+
+    return record

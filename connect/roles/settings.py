@@ -1,0 +1,54 @@
+"""What the platform's roles are built from: one set of settings for every role.
+
+`connect dev` and `connect serve` fill it from their flags; a role reads the
+fields it needs and ignores none it is given (every field below is read by
+the role named in its comment).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from connect import polling
+from connect.executor.runner import MAX_LEASE_LAPSES
+from connect.gateway.admission import MAX_HANDSHAKES, MAX_HANDSHAKES_PER_PEER
+from connect.gateway.auth import Keys
+from protocol import limits
+
+
+@dataclass
+class PlatformSettings:
+    #: Interface the API and the gateway listen on (port 0: any free port).
+    host: str = "127.0.0.1"
+    #: API port.
+    port: int = 8288
+    gateway_port: int = 8289
+    #: The store (see `connect.roles.store`).
+    db: str = "connect-dev.db"
+    #: Gateway: how long a worker holds a request without extending its lease.
+    lease_duration: float = limits.LEASE_DURATION
+    extend_lease_interval: float = limits.LEASE_EXTEND_INTERVAL
+    #: Executor: re-dispatches of one request after lost workers before its run fails.
+    max_lease_lapses: int = MAX_LEASE_LAPSES
+    heartbeat_interval: float = limits.HEARTBEAT_INTERVAL
+    #: The longest a stopping process waits for its workers to leave, in seconds.
+    drain_timeout: float = 25.0
+    #: Open mode (no keys) unless signing keys are set; see `connect serve`.
+    keys: Keys = field(default_factory=Keys)
+    max_message_bytes: int = limits.MAX_WORKER_MESSAGE_BYTES
+    #: API: one event, and one `/e/` request body.
+    max_event_bytes: int = 512 * 1024
+    max_request_bytes: int = 3 * 1024 * 1024
+    apps_per_connection: int = limits.APPS_PER_CONNECTION
+    max_connections: int = limits.MAX_CONNECTIONS
+    max_connections_per_instance: int = limits.MAX_CONNECTIONS_PER_INSTANCE
+    #: Connections not yet authenticated, at once, in all and from one peer address.
+    max_handshakes: int = MAX_HANDSHAKES
+    max_handshakes_per_peer: int = MAX_HANDSHAKES_PER_PEER
+    handshake_timeout: float = limits.HANDSHAKE_TIMEOUT
+    #: Executor: let workers that support it store each step and go on in the same request.
+    checkpoint_steps: bool = True
+    #: Gateway: the longest the loop keeps polling after step traffic, in seconds (0: off; see `connect.polling`).
+    poll_window: float = polling.DEFAULT_WINDOW
+    #: The name of the process in its log lines.
+    name: str = "connect dev"
