@@ -135,13 +135,23 @@ class ApiRole:
 
     async def start(self) -> None:
         server = self._server
-        self._task = task = asyncio.create_task(server.serve())
+        self._task = task = asyncio.create_task(self._serve())
         started = asyncio.ensure_future(server.started_event.wait())
         await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
         started.cancel()
         if not server.started:
+            with contextlib.suppress(ApiNotStarted):
+                await task
             raise ApiNotStarted(f"API could not start on {self._settings.host}:{self._settings.port}")
         self.port = int(server.servers[0].sockets[0].getsockname()[1])
+
+    async def _serve(self) -> None:
+        try:
+            await self._server.serve()
+        except SystemExit:
+            # uvicorn exits the process when it cannot bind (after logging why);
+            # the role's owner decides that, once it has stopped the other roles.
+            raise ApiNotStarted(f"API could not start on {self._settings.host}:{self._settings.port}") from None
 
     async def stop(self) -> None:
         self._server.should_exit = True

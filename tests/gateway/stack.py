@@ -17,7 +17,7 @@ from connect.worker.connection import WorkerConnection, connect
 
 def gateway_settings(db: Path, **fields: Any) -> PlatformSettings:
     """Settings for a gateway on ephemeral ports over `db`; `fields` override the rest."""
-    return PlatformSettings(port=0, gateway_port=0, db=str(db), name="test gateway", **fields)
+    return PlatformSettings(**{"port": 0, "gateway_port": 0, "db": str(db), "name": "test gateway", **fields})
 
 
 async def start_gateway(db: Path, **fields: Any) -> StandaloneGateway:
