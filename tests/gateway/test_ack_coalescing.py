@@ -71,6 +71,22 @@ async def stack(tmp_path: Path) -> AsyncIterator[tuple[StandaloneGateway, Worker
             RELEASE.set()
 
 
+async def timer_passes(worker: WorkerConnection, count: int) -> None:
+    """Wake the worker's timers (heartbeats, leases, flushes; on their own
+    loop, at least once a second) and wait until they went round `count`
+    whole times: each clear of the wake-up means a pass reached its wait."""
+    tick, loop = worker._tick, worker._loop
+    assert tick is not None and loop is not None
+
+    async def go_round() -> None:
+        for _ in range(count + 1):
+            tick.set()
+            while tick.is_set():
+                await asyncio.sleep(0.001)
+
+    await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(go_round(), loop))
+
+
 def kinds(writes: list[list[int]]) -> list[int]:
     return [kind for write in writes for kind in write]
 
@@ -114,11 +130,14 @@ async def test_a_held_ack_waits_through_the_workers_timer_ticks(
 ) -> None:
     """The worker's housekeeping wakes at least once a second and flushes
     what its connections queued; ACKs held for their replies are not that."""
-    gw, _ = stack
+    gw, worker = stack
     monkeypatch.setattr(limits, "ACK_COALESCE_WINDOW", 30.0)
     writes.clear()
     task = asyncio.create_task(gw.dispatcher.dispatch(request("slow")))
-    await asyncio.sleep(2.5)  # two ticks at least
+    async with asyncio.timeout(10):
+        while not worker.in_flight:
+            await asyncio.sleep(0.01)
+        await timer_passes(worker, 2)
     assert writes == []
     RELEASE.set()
     async with asyncio.timeout(10):

@@ -62,8 +62,13 @@ async def test_a_connection_is_closed_once_its_last_reply_is_stored_and_acknowle
     drain = asyncio.ensure_future(gw.server.drain(timeout=LONG_DRAIN))
     kind, _ = frames.decode(await asyncio.wait_for(ws.recv(), 30))  # type: ignore[arg-type]
     assert kind == pb.GATEWAY_CLOSING
-    # The request is still leased to this worker: the connection stays open.
-    await anyio.sleep(0.5)
+    # The request is still leased to this worker: the connection stays open,
+    # and still answers what comes on it after the drain began.
+    await ws.send(frames.encode(pb.WORKER_REQUEST_EXTEND_LEASE, extend))
+    while True:
+        kind, _ = frames.decode(await asyncio.wait_for(ws.recv(), 30))  # type: ignore[arg-type]
+        if kind == pb.WORKER_REQUEST_EXTEND_LEASE_ACK:
+            break
     assert ws.close_code is None, (ws.close_code, ws.close_reason)
     assert not drain.done()
     reply = pb.SDKResponse(request_id=request.request_id, status=pb.DONE, body=b'"done"')
