@@ -52,7 +52,12 @@ class DevServer:
         executor = ExecutorRole(s, store, dispatcher)
         gateway = GatewayRole(s, dispatcher, tokens, executor.executor.sync_app, on_drain_requested=self.request_stop)
         await executor.start()
-        await gateway.start()
+        try:
+            await gateway.start()
+        except OSError as exc:
+            await executor.stop()
+            await store.close()
+            raise SystemExit(f"gateway could not start on {s.host}:{s.gateway_port}: {exc}") from None
         api = ApiRole(
             s,
             executor.executor,
