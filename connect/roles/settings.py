@@ -1,8 +1,8 @@
 """What the platform's roles are built from: one set of settings for every role.
 
-`connect dev` and `connect serve` fill it from their flags; a role reads the
-fields it needs and ignores none it is given (every field below is read by
-the role named in its comment).
+`connect dev` and `connect serve` fill it from their flags; each role reads
+the fields that concern it, and every field is read by some role (an option
+that nothing reads would be accepted and ignored).
 """
 
 from __future__ import annotations
