@@ -76,6 +76,16 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE INDEX runs_by_event ON runs (event_id)",
         "CREATE INDEX runs_by_status ON runs (status)",
     ),
+    # 1 -> 2: run ownership. Runs carried over are owned by nobody (fence 0):
+    # the first executor to start claims them.
+    (
+        "ALTER TABLE runs ADD COLUMN owner TEXT",
+        "ALTER TABLE runs ADD COLUMN fence BIGINT NOT NULL DEFAULT 0",
+        """CREATE TABLE owners (
+            owner TEXT PRIMARY KEY,
+            expires_at_ms BIGINT NOT NULL
+        )""",
+    ),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)
