@@ -25,6 +25,7 @@ from connect.api.app import MAX_START_BYTES, ApiConfig, create_api
 from connect.api.framing import HttpLimits
 from connect.api.guard import guarded_http
 from connect.executor import Executor
+from connect.executor.ownership import DEFAULT_OWNER_LEASE
 from connect.executor.runner import MAX_LEASE_LAPSES
 from connect.gateway.admission import MAX_HANDSHAKES, MAX_HANDSHAKES_PER_PEER
 from connect.gateway.auth import Keys
@@ -73,6 +74,10 @@ class DevSettings:
     poll_window: float = polling.DEFAULT_WINDOW
     #: The name of the process in its log lines.
     name: str = "connect dev"
+    #: The owner name of the runs this process drives (default: the host name; see `connect.executor.ownership`).
+    executor_id: str | None = None
+    #: Seconds this process's heartbeat keeps its runs its own; past it other executors claim them.
+    owner_lease: float = DEFAULT_OWNER_LEASE
 
 
 class _ApiServer(uvicorn.Server):
@@ -112,7 +117,14 @@ class DevServer:
         dispatcher = GatewayDispatcher(
             store, lease_duration=s.lease_duration, extend_lease_interval=s.extend_lease_interval
         )
-        executor = Executor(store, dispatcher, checkpoint_steps=s.checkpoint_steps, max_lease_lapses=s.max_lease_lapses)
+        executor = Executor(
+            store,
+            dispatcher,
+            checkpoint_steps=s.checkpoint_steps,
+            max_lease_lapses=s.max_lease_lapses,
+            executor_id=s.executor_id,
+            owner_lease=s.owner_lease,
+        )
         gateway = GatewayServer(
             dispatcher,
             tokens,

@@ -323,12 +323,11 @@ class Store(ReplyStore, Protocol):
         """Record that `owner` is alive until `expires_at_ms` (Unix ms)."""
         ...
 
-    async def claim_runs(self, owner: str, now_ms: int, limit: int, *, take_back: bool = False) -> list[Claim]:
-        """Take up to `limit` Running runs that nobody owns or whose owner's
-        heartbeat expired before `now_ms`; with `take_back`, also the runs
-        still recorded as `owner`'s own (a restart of the same executor). Two
-        callers never get the same run from one round of claims: each claim
-        raises the run's fencing token, and the one returned is the new one."""
+    async def claim_runs(self, owner: str, now_ms: int, limit: int) -> list[Claim]:
+        """Take up to `limit` Running runs that nobody owns or whose owner (not
+        `owner` itself) has no heartbeat lasting past `now_ms`. Two callers
+        never get the same run: each claim raises the run's fencing token, and
+        the one returned is the new one."""
         ...
 
     async def release_runs(self, owner: str) -> int:

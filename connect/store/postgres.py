@@ -473,20 +473,18 @@ class PostgresStore:
 
         await self._writer.run(op)
 
-    async def claim_runs(self, owner: str, now_ms: int, limit: int, *, take_back: bool = False) -> list[Claim]:
+    async def claim_runs(self, owner: str, now_ms: int, limit: int) -> list[Claim]:
         # SKIP LOCKED: rows another transaction is claiming (or saving) are left to it,
         # so concurrent claimers neither wait on each other nor take the same run.
         async def op(conn: Connection) -> list[asyncpg.Record]:
             return await conn.fetch(
                 "UPDATE runs SET owner = $1, fence = runs.fence + 1 FROM ("
                 " SELECT run_id FROM runs r WHERE status = 'Running' AND (owner IS NULL"
-                " OR (owner = $1 AND $2)"
                 " OR (owner <> $1 AND NOT EXISTS"
-                " (SELECT 1 FROM owners o WHERE o.owner = r.owner AND o.expires_at_ms >= $3)))"
-                ' ORDER BY run_id COLLATE "C" LIMIT $4 FOR UPDATE SKIP LOCKED) AS due'
+                " (SELECT 1 FROM owners o WHERE o.owner = r.owner AND o.expires_at_ms >= $2)))"
+                ' ORDER BY run_id COLLATE "C" LIMIT $3 FOR UPDATE SKIP LOCKED) AS due'
                 " WHERE runs.run_id = due.run_id RETURNING runs.run_id, runs.fence",
                 owner,
-                take_back,
                 now_ms,
                 limit,
             )

@@ -556,18 +556,17 @@ class SqliteStore:
 
         await self._writer.submit(op)
 
-    async def claim_runs(self, owner: str, now_ms: int, limit: int, *, take_back: bool = False) -> list[Claim]:
+    async def claim_runs(self, owner: str, now_ms: int, limit: int) -> list[Claim]:
         # One writer serializes every claim, so selecting and raising the tokens in
         # one transaction is enough for two claimers never to get the same run.
         def op(conn: sqlite3.Connection) -> list[tuple[str, int]]:
             return conn.execute(
                 "UPDATE runs SET owner = ?1, fence = fence + 1 WHERE run_id IN ("
                 " SELECT run_id FROM runs WHERE status = 'Running' AND (owner IS NULL"
-                " OR (owner = ?1 AND ?2)"
                 " OR (owner != ?1 AND NOT EXISTS"
-                " (SELECT 1 FROM owners o WHERE o.owner = runs.owner AND o.expires_at_ms >= ?3)))"
-                " ORDER BY run_id LIMIT ?4) RETURNING run_id, fence",
-                (owner, int(take_back), now_ms, limit),
+                " (SELECT 1 FROM owners o WHERE o.owner = runs.owner AND o.expires_at_ms >= ?2)))"
+                " ORDER BY run_id LIMIT ?3) RETURNING run_id, fence",
+                (owner, now_ms, limit),
             ).fetchall()
 
         rows = await self._writer.submit(op)

@@ -84,13 +84,15 @@ async def test_unowned_runs_are_claimed_at_once_and_ended_runs_never(store: Stor
     assert await store.claim_runs("exec-a", NOW, 100) == [Claim("run2", 1)]
 
 
-async def test_take_back_reclaims_an_owners_own_runs_after_a_restart(store: Store) -> None:
+async def test_a_restarted_owner_releases_and_claims_its_runs_back(store: Store) -> None:
     await store.heartbeat("exec-a", NOW + TTL)
     await start_runs(store, "exec-a", "run1")
-    # Without take_back the owner's own live runs are not claimable, by anyone.
+    # An owner's runs are not claimable while its heartbeat lasts, not even by itself.
     assert await store.claim_runs("exec-a", NOW, 100) == []
-    # The same executor restarted: it takes its runs back at once, with a new token.
-    assert await store.claim_runs("exec-a", NOW, 100, take_back=True) == [Claim("run1", NEW_RUN_FENCE + 1)]
+    # The same executor restarted: it releases what it held, then claims, with a new token.
+    assert await store.release_runs("exec-a") == 1
+    await store.heartbeat("exec-a", NOW + TTL)
+    assert await store.claim_runs("exec-a", NOW, 100) == [Claim("run1", NEW_RUN_FENCE + 1)]
     with pytest.raises(RunOwnershipLost):  # what the previous incarnation still had in flight
         await store.save_run(run_record("run1"), fence=NEW_RUN_FENCE)
 
