@@ -217,6 +217,9 @@ class ScriptedWorker:
     step_delays: dict[str, float] = field(default_factory=dict)
     in_flight: int = 0
     max_in_flight: int = 0
+    #: Requests carrying a memo of one of these (user) step ids wait this many
+    #: seconds before running (inf: forever): a run held at the step after it.
+    delay_after: dict[str, float] = field(default_factory=dict)
 
     async def dispatch(self, request: StepRequest) -> StepReply:
         self.dispatch_calls += 1
@@ -230,10 +233,15 @@ class ScriptedWorker:
         if hang and not self.store_before_hang:
             await asyncio.Event().wait()
         delay = next((d for step, d in self.step_delays.items() if h(step) == request.step_id), 0.0)
+        if self.delay_after:
+            memos = json.loads(request.payload).get("steps") or {}
+            delay += max((d for step, d in self.delay_after.items() if h(step) in memos), default=0.0)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            if delay:
+            if delay == float("inf"):
+                await asyncio.Event().wait()
+            elif delay:
                 await asyncio.sleep(delay)
             reply = self._run(request)
         finally:
