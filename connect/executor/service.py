@@ -23,6 +23,7 @@ stops the others nor is silently abandoned.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -50,6 +51,7 @@ from connect.executor.waits import CANCEL, INVOKE, RESUME, WaitIndex, Watch, Wat
 from connect.gateway.dispatch import Dispatcher
 from connect.store.base import (
     RUNNING,
+    RUNS_RELEASED,
     WAIT_EVENT,
     WAIT_INVOKE,
     AppRecord,
@@ -137,6 +139,9 @@ class Executor:
         self._cron_last: dict[str, int] = {}
         self._go = asyncio.Event()
         self._started = False
+        #: Set when runs may be waiting to be claimed (another executor released some).
+        self._sweep_now = asyncio.Event()
+        self._listening = False
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -151,6 +156,9 @@ class Executor:
         self._started = True
         self._go.clear()
         self._timers.start()
+        if not self._listening:
+            await self._store.listen(RUNS_RELEASED, lambda _owner: self._sweep_now.set())
+            self._listening = True
         claims = await self._ownership.take_back()
         runners = [self._spawn(claim.run_id) for claim in claims]
         # Every run re-files its waits before any runs on: a child run finishing
@@ -188,11 +196,17 @@ class Executor:
 
     async def _hold_runs(self) -> None:
         """Renew the heartbeat every third of the owner lease, and claim the runs
-        other executors let go of (stopped or lost) at every renewal."""
+        other executors let go of: at once when one announces it released runs,
+        and at every renewal for those whose owner was lost without a word."""
+        renew_at = self._clock() + self._ownership.renew_interval
         while True:
-            await asyncio.sleep(self._ownership.renew_interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._sweep_now.wait(), max(0.0, renew_at - self._clock()))
+            self._sweep_now.clear()
             try:
-                await self._ownership.renew()
+                if self._clock() >= renew_at:
+                    await self._ownership.renew()
+                    renew_at = self._clock() + self._ownership.renew_interval
                 claims = await self._ownership.sweep()
             except Exception:
                 log.warning("could not renew this executor's hold on its runs; retrying", exc_info=True)

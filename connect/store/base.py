@@ -18,7 +18,7 @@ as the raw JSON bytes, so they are not decoded and encoded again on every step.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Final, Protocol
 
 import msgspec
@@ -56,6 +56,10 @@ class RunOwnershipLost(RuntimeError):
 
 #: The fencing token of a run its starting executor owns from the start.
 NEW_RUN_FENCE: Final = 1
+
+#: The notification channel on which `release_runs` announces runs anyone may claim
+#: (payload: the owner that released them).
+RUNS_RELEASED: Final = "connect_runs_released"
 
 
 class Claim(msgspec.Struct, frozen=True):
@@ -332,7 +336,19 @@ class Store(ReplyStore, Protocol):
 
     async def release_runs(self, owner: str) -> int:
         """Give up every Running run `owner` holds (they are claimable at once)
-        and forget its heartbeat; returns how many runs were released."""
+        and forget its heartbeat; returns how many runs were released.
+        Notifies `RUNS_RELEASED` when it released any."""
+        ...
+
+    # --- notifications ------------------------------------------------------------
+
+    async def listen(self, channel: str, callback: Callable[[str], None]) -> None:
+        """Call `callback(payload)` for every notification on `channel` committed
+        from now on: by any process on the database (PostgreSQL), or through
+        this store object (SQLite, which one process uses at a time). A
+        notification may be lost (a dropped connection); the callback is then
+        called with "" once it is back, and listeners keep a slow sweep of
+        their own rather than rely on notifications alone."""
         ...
 
     # --- executor: cron -------------------------------------------------------

@@ -16,7 +16,7 @@ server's `synchronous_commit` (on by default, so flushed to its WAL on disk).
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 import asyncpg
@@ -25,6 +25,7 @@ import msgspec
 from connect.store.base import (
     NEW_RUN_FENCE,
     RUNNING,
+    RUNS_RELEASED,
     AppRecord,
     Claim,
     EventRecord,
@@ -37,6 +38,7 @@ from connect.store.base import (
     StepMemo,
     Waiting,
 )
+from connect.store.pg_notify import PostgresListener
 from connect.store.pg_schema import migrate
 from connect.store.pg_writer import DEFAULT_POOL_SIZE, Bulk, Connection, PostgresWriter
 from protocol.payloads import FunctionConfig
@@ -255,8 +257,9 @@ _SAVE: Final = Bulk("save_run", _save_runs)
 class PostgresStore:
     """`Store` on a PostgreSQL database. Open with `await PostgresStore.open(dsn)`."""
 
-    def __init__(self, writer: PostgresWriter) -> None:
+    def __init__(self, writer: PostgresWriter, listener: PostgresListener) -> None:
         self._writer = writer
+        self._listener = listener
 
     @classmethod
     async def open(cls, dsn: str, *, pool_size: int = DEFAULT_POOL_SIZE, max_batch: int = 1024) -> PostgresStore:
@@ -279,7 +282,7 @@ class PostgresStore:
             raise
         writer = PostgresWriter(pool, max_batch=max_batch)
         writer.start()
-        return cls(writer)
+        return cls(writer, PostgresListener(dsn))
 
     @property
     def commits(self) -> int:
@@ -287,6 +290,7 @@ class PostgresStore:
         return self._writer.commits
 
     async def close(self) -> None:
+        await self._listener.close()
         await self._writer.close()
 
     # --- gateway: replies and leases --------------------------------------------
@@ -496,9 +500,18 @@ class PostgresStore:
         async def op(conn: Connection) -> int:
             status = await conn.execute("UPDATE runs SET owner = NULL WHERE owner = $1 AND status = 'Running'", owner)
             await conn.execute("DELETE FROM owners WHERE owner = $1", owner)
-            return int(status.split()[-1])
+            released = int(status.split()[-1])
+            if released:
+                # Delivered at commit, so listeners find the runs claimable.
+                await conn.execute("SELECT pg_notify($1, $2)", RUNS_RELEASED, owner)
+            return released
 
         return await self._writer.run(op)
+
+    # --- notifications -------------------------------------------------------------------
+
+    async def listen(self, channel: str, callback: Callable[[str], None]) -> None:
+        await self._listener.add(channel, callback)
 
     # --- executor: cron -------------------------------------------------------------
 

@@ -16,9 +16,10 @@ one written by a newer release is refused.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Final
 
@@ -27,6 +28,7 @@ import msgspec
 from connect.store.base import (
     NEW_RUN_FENCE,
     RUNNING,
+    RUNS_RELEASED,
     WAIT_SLEEP,
     AppRecord,
     Claim,
@@ -322,6 +324,7 @@ class SqliteStore:
 
     def __init__(self, writer: SqliteWriter) -> None:
         self._writer = writer
+        self._listeners: dict[str, list[Callable[[str], None]]] = {}
 
     @classmethod
     async def open(cls, path: str | Path, *, max_batch: int = 1024) -> SqliteStore:
@@ -580,7 +583,20 @@ class SqliteStore:
             conn.execute("DELETE FROM owners WHERE owner = ?", (owner,))
             return released
 
-        return await self._writer.submit(op)
+        released = await self._writer.submit(op)
+        if released:
+            self._notify(RUNS_RELEASED, owner)
+        return released
+
+    # --- notifications -------------------------------------------------------------------
+
+    async def listen(self, channel: str, callback: Callable[[str], None]) -> None:
+        self._listeners.setdefault(channel, []).append(callback)
+
+    def _notify(self, channel: str, payload: str) -> None:
+        loop = asyncio.get_running_loop()
+        for callback in self._listeners.get(channel, ()):
+            loop.call_soon(callback, payload)
 
     # --- executor: cron -------------------------------------------------------------
 

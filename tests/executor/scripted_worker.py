@@ -26,7 +26,7 @@ from typing import Any
 import msgspec
 
 from connect.gateway.dispatch import AtCapacity, NoWorker, StepReply, StepRequest, WorkerStoppedResponding
-from connect.store import SqliteStore
+from connect.store import ReplyStore
 from protocol.payloads import STATUS_DONE, STATUS_ERROR, STATUS_NOT_COMPLETED
 
 #: When each (user) step id last executed, for ordering assertions.
@@ -198,7 +198,7 @@ Function = Callable[[Step, Ctx], Any]
 class ScriptedWorker:
     """Plays a connected worker. Knobs let tests inject dispatch failures."""
 
-    store: SqliteStore
+    store: ReplyStore
     functions: dict[str, Function] = field(default_factory=dict)
     requests: list[dict[str, Any]] = field(default_factory=list)
     request_ids: list[str] = field(default_factory=list)

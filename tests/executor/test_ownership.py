@@ -12,6 +12,7 @@ import pytest
 
 from tests.executor.harness import Harness
 from tests.executor.scripted_worker import Ctx, Step, h
+from tests.postgres import PostgresServer
 
 pytestmark = pytest.mark.anyio
 
@@ -99,3 +100,29 @@ async def test_a_lapsed_owner_loses_its_runs_and_its_late_write_is_refused(
     assert (await a.executor.get_run(run_id)) == run
     memos = await a.store.get_memos(run_id)
     assert [m.result for m in memos if m.step_hash == h("b")] == [b'{"data":"B"}']
+
+
+async def test_runs_released_on_postgres_are_claimed_at_once_by_notification(
+    tmp_path: Path, postgres_server: PostgresServer
+) -> None:
+    dsn = postgres_server.create_database()
+    # A lease of ten minutes: the sweep at each renewal would come far past the deadline
+    # below, so only the notification of the release can move the run in time.
+    a, b = Harness(tmp_path / "unused.db", dsn), Harness(tmp_path / "unused.db", dsn)
+    await a.open(executor_id="exec-a", owner_lease=600)
+    await b.open(executor_id="exec-b", owner_lease=600)
+    try:
+        a.worker.delay_after["a"] = float("inf")
+        await a.deploy("two", "shop/order", two_steps("A"))
+        await b.deploy("two", "shop/order", two_steps("B"))
+        run_id = (await a.only_run(await a.send("shop/order")))["run_id"]
+
+        async def a_ran_step_a() -> bool:
+            return a.worker.executions["a"] == 1 and a.worker.in_flight == 1
+
+        await until(a_ran_step_a)
+        await a.close()
+        run = await b.finished(run_id, timeout=20)
+        assert run["output"] == {"a": 1, "b": "B"}
+    finally:
+        await b.close()

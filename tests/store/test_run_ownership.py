@@ -10,6 +10,7 @@ import pytest
 
 from connect.store import (
     NEW_RUN_FENCE,
+    RUNS_RELEASED,
     Claim,
     EventRecord,
     NewEvent,
@@ -176,3 +177,15 @@ async def _downgrade_to_before_ownership(engine: Engine) -> None:
         await pg.execute("UPDATE schema_version SET version = 1")
     finally:
         await pg.close()
+
+
+async def test_a_release_is_announced_to_listeners(store: Store) -> None:
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    await store.listen(RUNS_RELEASED, heard.put_nowait)
+    await start_runs(store, "exec-a", "run1")
+    assert await store.release_runs("exec-b") == 0  # nothing released: nothing announced
+    assert await store.release_runs("exec-a") == 1
+    assert await asyncio.wait_for(heard.get(), 10) == "exec-a"
+    # Announced once the release committed: the run is claimable by then.
+    assert await store.claim_runs("exec-b", NOW, 10) == [Claim("run1", NEW_RUN_FENCE + 1)]
+    assert heard.empty()
