@@ -30,6 +30,10 @@ LIVENESS_CHECK: Final = 5.0
 
 Callback = Callable[[str], None]
 
+_BACKOFF: Final = tenacity.wait_exponential(multiplier=RECONNECT_MIN, max=RECONNECT_MAX) + tenacity.wait_random(
+    0, RECONNECT_MIN
+)
+
 
 class PostgresListener:
     """Calls back for notifications on the channels registered with `add`."""
@@ -71,7 +75,7 @@ class PostgresListener:
 
     async def _connect(self) -> asyncpg.Connection[Any]:
         async for attempt in tenacity.AsyncRetrying(
-            wait=tenacity.wait_exponential(multiplier=RECONNECT_MIN, max=RECONNECT_MAX) + tenacity.wait_random(0, RECONNECT_MIN),
+            wait=_BACKOFF,
             retry=tenacity.retry_if_exception_type((OSError, asyncpg.PostgresError, asyncpg.InterfaceError)),
             before_sleep=lambda state: log.warning(
                 "notifications: cannot connect to PostgreSQL (%s); retrying",
