@@ -20,6 +20,7 @@ from connect.store import (
     StepMemo,
     Store,
 )
+from tests.postgres import PostgresServer
 from tests.store.conftest import Engine, PostgresEngine, SqliteEngine
 
 pytestmark = pytest.mark.anyio
@@ -189,3 +190,29 @@ async def test_a_release_is_announced_to_listeners(store: Store) -> None:
     # Announced once the release committed: the run is claimable by then.
     assert await store.claim_runs("exec-b", NOW, 10) == [Claim("run1", NEW_RUN_FENCE + 1)]
     assert heard.empty()
+
+
+async def test_notifications_resume_after_a_postgres_restart(postgres_server: PostgresServer) -> None:
+    store = await PostgresEngine(postgres_server.create_database()).open()
+    try:
+        heard: asyncio.Queue[str] = asyncio.Queue()
+        await store.listen(RUNS_RELEASED, heard.put_nowait)
+        await asyncio.to_thread(postgres_server.restart)
+        # Back on a new connection: listeners are told something may have been missed.
+        assert await asyncio.wait_for(heard.get(), 30) == ""
+        await start_runs_retrying(store, "run1")
+        assert await store.release_runs("exec-a") == 1
+        assert await asyncio.wait_for(heard.get(), 10) == "exec-a"
+    finally:
+        await store.close()
+
+
+async def start_runs_retrying(store: Store, run_id: str) -> None:
+    """The pool may hand out a connection the restart closed; the next one works."""
+    for _ in range(10):
+        try:
+            await start_runs(store, "exec-a", run_id)
+            return
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+            await asyncio.sleep(0.2)
+    await start_runs(store, "exec-a", run_id)
