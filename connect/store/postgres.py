@@ -39,7 +39,7 @@ from connect.store.base import (
     Waiting,
 )
 from connect.store.pg_notify import PostgresListener
-from connect.store.pg_schema import migrate
+from connect.store.pg_schema import FENCE_LOST, migrate
 from connect.store.pg_writer import DEFAULT_POOL_SIZE, Bulk, Connection, PostgresWriter
 from protocol.payloads import FunctionConfig
 
@@ -81,7 +81,7 @@ UPDATE runs SET status = COALESCE($5, status),
     ended_at_ms = CASE WHEN $5::text IS NULL THEN ended_at_ms ELSE $6 END,
     max_attempts = $7, requests = $8, waiting = $9, disable_immediate_execution = $10, request_version = $11,
     output = CASE WHEN $5::text IS NULL THEN output ELSE $12 END
-WHERE run_id = $1 AND fence = $13
+WHERE run_id = $1 AND connect_fenced(run_id, fence, $13)
 """
 
 _RunRow = tuple[str, str, str, str, str, int, int | None, int, bytes, bytes, bool, int, bool, bytes | None]
@@ -217,19 +217,17 @@ async def _change_leases(conn: Connection, args: list[_LeaseChange]) -> list[Non
 
 
 async def _save_runs(conn: Connection, args: list[tuple[_SaveRow, list[NewEvent]]]) -> list[list[bool]]:
-    # The fences of the whole run of saves are checked in one statement, which also
-    # locks the rows so no claim can move a token before this transaction ends. A
-    # stale one fails the batch; the writer then retries each save on its own, so
-    # only the stale save is refused.
-    fences = {
-        r["run_id"]: r["fence"]
-        for r in await conn.fetch(
-            "SELECT run_id, fence FROM runs WHERE run_id = ANY($1::text[]) FOR UPDATE", [row[0] for row, _ in args]
-        )
-    }
-    for row, _ in args:
-        if fences.get(row[0]) != row[12]:
-            raise RunOwnershipLost(row[0])
+    # A stale fencing token aborts its statement (`connect_fenced`) and so the batch;
+    # the writer then retries each save on its own, so only the stale save is refused.
+    try:
+        return await _apply_saves(conn, args)
+    except asyncpg.PostgresError as exc:
+        if exc.sqlstate == FENCE_LOST:
+            raise RunOwnershipLost(str(exc.detail)) from None
+        raise
+
+
+async def _apply_saves(conn: Connection, args: list[tuple[_SaveRow, list[NewEvent]]]) -> list[list[bool]]:
     results: list[list[bool]] = []
     plain: list[_SaveRow] = []
     for row, events in args:

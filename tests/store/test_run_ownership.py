@@ -175,6 +175,7 @@ async def _downgrade_to_before_ownership(engine: Engine) -> None:
     try:
         await pg.execute("ALTER TABLE runs DROP COLUMN owner, DROP COLUMN fence")
         await pg.execute("DROP TABLE owners")
+        await pg.execute("DROP FUNCTION connect_fenced")
         await pg.execute("UPDATE schema_version SET version = 1")
     finally:
         await pg.close()
