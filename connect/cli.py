@@ -69,6 +69,7 @@ def _platform_settings(args: argparse.Namespace) -> Any:
         db=args.db,
         checkpoint_steps=args.checkpoint_steps,
         poll_window=_poll_window(args),
+        executor_id=args.executor_id or None,
     )
     for name in (
         "lease_duration",
@@ -84,6 +85,7 @@ def _platform_settings(args: argparse.Namespace) -> Any:
         "max_handshakes",
         "max_handshakes_per_peer",
         "handshake_timeout",
+        "owner_lease",
     ):
         value = getattr(args, name)
         if value is not None:
@@ -193,6 +195,17 @@ def _add_platform_args(parser: argparse.ArgumentParser, default_db: str) -> None
         dest="checkpoint_steps",
         action="store_false",
         help="one step per request for every worker (checkpoints are on by default)",
+    )
+    parser.add_argument(
+        "--executor-id",
+        default=os.environ.get("CONNECT_EXECUTOR_ID"),
+        help="owner name of the runs this process drives, one per executor (CONNECT_EXECUTOR_ID; default: host name)",
+    )
+    parser.add_argument(
+        "--owner-lease",
+        type=float,
+        default=None,
+        help="seconds this executor's heartbeat keeps its runs; past it other executors claim them (default 30)",
     )
     _add_poll_window_arg(parser, "1")
 

@@ -226,10 +226,12 @@ class RunHost(Protocol):
 class Runner:
     """One run's state and the loop that advances it (see the module docstring)."""
 
-    def __init__(self, services: RunServices, host: RunHost, run_id: str) -> None:
+    def __init__(self, services: RunServices, host: RunHost, run_id: str, fence: int) -> None:
         self._s = services
         self._host = host
         self.run_id = run_id
+        #: The run's fencing token as this executor claimed it; every save carries it.
+        self.fence = fence
         self.run: RunRecord | None = None
         self.event: Event | None = None
         self.memos: dict[str, msgspec.Raw] = {}
@@ -824,6 +826,7 @@ class Runner:
         try:
             stored = await self._s.store.save_run(
                 run,
+                fence=self.fence,
                 memos=[*(memo for taken, _ in joined for memo in taken), *memos],
                 consumed_request_id=consumed,
                 events=events,

@@ -23,6 +23,7 @@ stops the others nor is silently abandoned.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -33,6 +34,7 @@ import msgspec
 from connect.executor import replies
 from connect.executor.cron import CRON_EVENT, CronSchedule
 from connect.executor.intake import Intake, IntakeItem
+from connect.executor.ownership import DEFAULT_OWNER_LEASE, Ownership, default_executor_id
 from connect.executor.registry import Registration, Registry
 from connect.executor.retries import Backoff
 from connect.executor.runner import MAX_LEASE_LAPSES, CancelRequested, Message, Resolved, Runner, RunServices
@@ -49,6 +51,7 @@ from connect.executor.waits import CANCEL, INVOKE, RESUME, WaitIndex, Watch, Wat
 from connect.gateway.dispatch import Dispatcher
 from connect.store.base import (
     RUNNING,
+    RUNS_RELEASED,
     WAIT_EVENT,
     WAIT_INVOKE,
     AppRecord,
@@ -56,6 +59,7 @@ from connect.store.base import (
     NewEvent,
     PendingRequest,
     RunMemo,
+    RunOwnershipLost,
     RunRecord,
     StepMemo,
     Store,
@@ -101,11 +105,14 @@ class Executor:
         backoff_max: float = 60.0,
         checkpoint_steps: bool = True,
         max_lease_lapses: int = MAX_LEASE_LAPSES,
+        executor_id: str | None = None,
+        owner_lease: float = DEFAULT_OWNER_LEASE,
     ) -> None:
         if max_lease_lapses < 0:
             raise ValueError("max_lease_lapses must not be negative")
         self._store = store
         self._clock = clock
+        self._ownership = Ownership(store, executor_id or default_executor_id(), lease=owner_lease, clock=clock)
         self._services = RunServices(
             store=store,
             dispatcher=dispatcher,
@@ -132,6 +139,9 @@ class Executor:
         self._cron_last: dict[str, int] = {}
         self._go = asyncio.Event()
         self._started = False
+        #: Set when runs may be waiting to be claimed (another executor released some).
+        self._sweep_now = asyncio.Event()
+        self._listening = False
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -139,23 +149,29 @@ class Executor:
     # --- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load the app registry, re-arm every Running run's timers and waits,
-        resume the runs, and schedule cron ticks."""
+        """Load the app registry, claim the Running runs nobody else drives,
+        re-arm their timers and waits, resume them, and schedule cron ticks."""
         for app in await self._store.list_apps():
             self._remember_app(Registration(app.app_name, app.app_version, app.functions))
         self._started = True
         self._go.clear()
         self._timers.start()
-        runners = [self._spawn(run.run_id) for run in await self._store.runs_with_status(RUNNING)]
+        if not self._listening:
+            await self._store.listen(RUNS_RELEASED, lambda _owner: self._sweep_now.set())
+            self._listening = True
+        claims = await self._ownership.take_back()
+        runners = [self._spawn(claim.run_id) for claim in claims]
         # Every run re-files its waits before any runs on: a child run finishing
         # now must find the parent that invoked it listening.
         await asyncio.gather(*(r.armed.wait() for r in runners if r is not None))
         self._go.set()
         self._cron_last = await self._store.cron_ticks()
         self._schedule_crons()
+        self._background_task(self._hold_runs())
 
     async def stop(self) -> None:
-        """Cancel every run task and wait for them; their state stays in the store."""
+        """Cancel every run task and wait for them; their state stays in the
+        store, and the runs are released for any executor to claim at once."""
         self._started = False
         self._timers.stop()
         tasks = [*self._tasks, *self._background]
@@ -165,6 +181,39 @@ class Executor:
         self._tasks.clear()
         self._background.clear()
         self._runners.clear()
+        try:
+            released = await self._ownership.release()
+        except Exception:
+            # The heartbeat lapses on its own; others claim the runs then.
+            log.warning("could not release this executor's runs; they move on once its lease lapses", exc_info=True)
+        else:
+            log.info("released %d run(s) for other executors", released)
+
+    @property
+    def executor_id(self) -> str:
+        """The owner name this executor's runs carry in the store."""
+        return self._ownership.executor_id
+
+    async def _hold_runs(self) -> None:
+        """Renew the heartbeat every third of the owner lease, and claim the runs
+        other executors let go of: at once when one announces it released runs,
+        and at every renewal for those whose owner was lost without a word."""
+        renew_at = self._clock() + self._ownership.renew_interval
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._sweep_now.wait(), max(0.0, renew_at - self._clock()))
+            self._sweep_now.clear()
+            try:
+                if self._clock() >= renew_at:
+                    await self._ownership.renew()
+                    renew_at = self._clock() + self._ownership.renew_interval
+                claims = await self._ownership.sweep()
+            except Exception:
+                log.warning("could not renew this executor's hold on its runs; retrying", exc_info=True)
+                continue
+            for claim in claims:
+                log.info("run %s: claimed from an executor that let it go", claim.run_id)
+                self._spawn(claim.run_id)
 
     @property
     def active_runs(self) -> int:
@@ -263,7 +312,8 @@ class Executor:
                 source = event.data.get("function_id")
                 targets = [t for t in targets if t.function_id != source]
             runs = [self._new_run(target, event.id, now_ms) for target in targets]
-            item = IntakeItem(NewEvent(EventRecord(event.id, event.name, event.ts, now_ms, body), runs), event)
+            record = EventRecord(event.id, event.name, event.ts, now_ms, body)
+            item = IntakeItem(NewEvent(record, runs, owner=self._ownership.executor_id), event)
             watches = self._waits.match(_as_dict(event), now_ms) if len(self._waits) else []
             for watch in watches:
                 if watch.action == CANCEL:
@@ -285,7 +335,8 @@ class Executor:
         intake = Intake()
         for event, target in starts:
             record = EventRecord(event.id, event.name, event.ts, now_ms, json_encoder.encode(event))
-            intake.items.append(IntakeItem(NewEvent(record, [self._new_run(target, event.id, now_ms)]), event))
+            new = NewEvent(record, [self._new_run(target, event.id, now_ms)], owner=self._ownership.executor_id)
+            intake.items.append(IntakeItem(new, event))
         return intake
 
     def apply_events(self, intake: Intake, stored: Sequence[bool]) -> None:
@@ -301,6 +352,7 @@ class Executor:
             if not is_new:
                 continue
             for run in item.new.runs:
+                self._ownership.started(run.run_id)
                 self._spawn(run.run_id, (run, item.event))
             for run_id in item.new.cancels:
                 reason = f"event {item.event.name} ({item.event.id}) matched a cancel condition"
@@ -360,12 +412,12 @@ class Executor:
     # --- run tasks ------------------------------------------------------------------------
 
     def _spawn(self, run_id: str, fresh: tuple[RunRecord, Event] | None = None) -> Runner | None:
-        if not self._started:
+        if not self._started or not self._ownership.owns(run_id):
             return None
         runner = self._runners.get(run_id)
         if runner is not None:
             return runner
-        runner = Runner(self._services, self, run_id)
+        runner = Runner(self._services, self, run_id, self._ownership.fence(run_id))
         if fresh is not None:
             runner.adopt(*fresh)
         self._runners[run_id] = runner
@@ -379,6 +431,8 @@ class Executor:
         self._tasks.discard(task)
         if self._runners.get(runner.run_id) is runner:
             del self._runners[runner.run_id]
+        if runner.run is None or runner.run.status != RUNNING:
+            self._ownership.forget(runner.run_id)  # it ended (a parked run stays owned)
 
     def _deliver(self, run_id: str, message: Message) -> None:
         runner = self._runners.get(run_id)
@@ -397,6 +451,11 @@ class Executor:
                     if not fresh and not await runner.load():
                         return
                     await runner.drive()
+                    return
+                except RunOwnershipLost:
+                    log.warning("run %s: another executor owns it now; letting it go", runner.run_id)
+                    self._ownership.forget(runner.run_id)
+                    self.disarm_run(runner.run_id)
                     return
                 except Exception:
                     log.exception("run %s: driving failed; resuming from the store in %.0f s", runner.run_id, delay)

@@ -20,6 +20,8 @@ class ExecutorRole:
             dispatcher,
             checkpoint_steps=settings.checkpoint_steps,
             max_lease_lapses=settings.max_lease_lapses,
+            executor_id=settings.executor_id,
+            owner_lease=settings.owner_lease,
         )
 
     async def start(self) -> None:

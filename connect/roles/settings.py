@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from connect import polling
+from connect.executor.ownership import DEFAULT_OWNER_LEASE
 from connect.executor.runner import MAX_LEASE_LAPSES
 from connect.gateway.admission import MAX_HANDSHAKES, MAX_HANDSHAKES_PER_PEER
 from connect.gateway.auth import Keys
@@ -52,3 +53,7 @@ class PlatformSettings:
     poll_window: float = polling.DEFAULT_WINDOW
     #: The name of the process in its log lines.
     name: str = "connect dev"
+    #: Executor: the owner name of the runs it drives (default: the host name; see `connect.executor.ownership`).
+    executor_id: str | None = None
+    #: Executor: seconds its heartbeat keeps its runs its own; past it other executors claim them.
+    owner_lease: float = DEFAULT_OWNER_LEASE

@@ -18,7 +18,7 @@ as the raw JSON bytes, so they are not decoded and encoded again on every step.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Final, Protocol
 
 import msgspec
@@ -42,6 +42,31 @@ WAIT_INVOKE: Final = "invoke"
 
 class StoreClosed(RuntimeError):
     """The store was closed; no further operations are accepted."""
+
+
+class RunOwnershipLost(RuntimeError):
+    """A run's state was written with a fencing token that is no longer its
+    own: another executor has claimed the run since. Nothing of the write was
+    stored; the writer must let the run go."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id} is owned by another executor now; the write was refused")
+        self.run_id = run_id
+
+
+#: The fencing token of a run its starting executor owns from the start.
+NEW_RUN_FENCE: Final = 1
+
+#: The notification channel on which `release_runs` announces runs anyone may claim
+#: (payload: the owner that released them).
+RUNS_RELEASED: Final = "connect_runs_released"
+
+
+class Claim(msgspec.Struct, frozen=True):
+    """A Running run an executor now owns, with the fencing token its writes must carry."""
+
+    run_id: str
+    fence: int
 
 
 class LeaseRecord(msgspec.Struct, frozen=True):
@@ -167,13 +192,16 @@ class NewEvent(msgspec.Struct, frozen=True):
 
     `runs` are the runs it starts, `memos` the waits it resolves and
     `cancels` the Running runs it cancels. If the event id is already
-    stored (a duplicate send), none of them is written.
+    stored (a duplicate send), none of them is written. The runs it starts
+    are owned by `owner` with fencing token `NEW_RUN_FENCE`, or by nobody
+    (token 0) until an executor claims them.
     """
 
     event: EventRecord
     runs: list[RunRecord]
     memos: list[RunMemo] = msgspec.field(default_factory=list)
     cancels: list[str] = msgspec.field(default_factory=list)
+    owner: str | None = None
 
 
 class ReplyStore(Protocol):
@@ -268,6 +296,7 @@ class Store(ReplyStore, Protocol):
         self,
         run: RunRecord,
         *,
+        fence: int,
         memos: list[StepMemo] | None = None,
         consumed_request_id: str | None = None,
         events: list[NewEvent] | None = None,
@@ -276,7 +305,50 @@ class Store(ReplyStore, Protocol):
         add `memos` (a memo already stored under the same step hash is kept,
         first result wins), delete the reply and lease stored for `consumed_request_id`
         and record `events` as `record_events` does. Returns, per event,
-        whether it was new."""
+        whether it was new.
+
+        `fence` is the run's fencing token as its owner got it (see
+        `claim_runs`); if the run's token has moved on, nothing is written and
+        `RunOwnershipLost` is raised."""
+        ...
+
+    # --- executor: run ownership ----------------------------------------------
+    #
+    # A Running run is owned by one executor at a time. An owner stays alive
+    # by renewing its heartbeat before it expires; once it has expired, any
+    # executor may claim the owner's runs. Each claim raises the run's fencing
+    # token, and every `save_run` carries the token its writer got, so the
+    # writes of an owner that lost its runs (paused, partitioned, slow to
+    # renew) are refused rather than interleaved with the new owner's.
+    # Expiry is judged with the claiming executor's clock against the time the
+    # owner wrote: clocks must agree to well within the heartbeat's lifetime.
+
+    async def heartbeat(self, owner: str, expires_at_ms: int) -> None:
+        """Record that `owner` is alive until `expires_at_ms` (Unix ms)."""
+        ...
+
+    async def claim_runs(self, owner: str, now_ms: int, limit: int) -> list[Claim]:
+        """Take up to `limit` Running runs that nobody owns or whose owner (not
+        `owner` itself) has no heartbeat lasting past `now_ms`. Two callers
+        never get the same run: each claim raises the run's fencing token, and
+        the one returned is the new one."""
+        ...
+
+    async def release_runs(self, owner: str) -> int:
+        """Give up every Running run `owner` holds (they are claimable at once)
+        and forget its heartbeat; returns how many runs were released.
+        Notifies `RUNS_RELEASED` when it released any."""
+        ...
+
+    # --- notifications ------------------------------------------------------------
+
+    async def listen(self, channel: str, callback: Callable[[str], None]) -> None:
+        """Call `callback(payload)` for every notification on `channel` committed
+        from now on: by any process on the database (PostgreSQL), or through
+        this store object (SQLite, which one process uses at a time). A
+        notification may be lost (a dropped connection); the callback is then
+        called with "" once it is back, and listeners keep a slow sweep of
+        their own rather than rely on notifications alone."""
         ...
 
     # --- executor: cron -------------------------------------------------------

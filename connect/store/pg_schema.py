@@ -16,6 +16,8 @@ from connect.store.pg_writer import Connection
 
 #: Key of the advisory lock held while migrating (any constant unique to this schema).
 _LOCK_KEY: Final = 0x636F6E6E656374  # "connect"
+#: The SQLSTATE `connect_fenced` raises for a write carrying a stale fencing token.
+FENCE_LOST: Final = "CN001"
 
 MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     # 0 -> 1: the layout of SQLite schema 2.
@@ -75,6 +77,28 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         )""",
         "CREATE INDEX runs_by_event ON runs (event_id)",
         "CREATE INDEX runs_by_status ON runs (status)",
+    ),
+    # 1 -> 2: run ownership. Runs carried over are owned by nobody (fence 0):
+    # the first executor to start claims them.
+    (
+        "ALTER TABLE runs ADD COLUMN owner TEXT",
+        "ALTER TABLE runs ADD COLUMN fence BIGINT NOT NULL DEFAULT 0",
+        """CREATE TABLE owners (
+            owner TEXT PRIMARY KEY,
+            expires_at_ms BIGINT NOT NULL
+        )""",
+        # A save's fence check inside its own UPDATE (no round trip of its own): a
+        # stale token aborts the statement, and with it the save's other writes.
+        f"""CREATE FUNCTION connect_fenced(run_id TEXT, stored BIGINT, carried BIGINT) RETURNS BOOLEAN
+        LANGUAGE plpgsql AS $$
+        BEGIN
+            IF stored <> carried THEN
+                RAISE EXCEPTION 'run % is owned by another executor now', run_id
+                    USING ERRCODE = '{FENCE_LOST}', DETAIL = run_id;
+            END IF;
+            RETURN TRUE;
+        END
+        $$""",
     ),
 )
 

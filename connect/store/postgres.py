@@ -16,25 +16,30 @@ server's `synchronous_commit` (on by default, so flushed to its WAL on disk).
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 import asyncpg
 import msgspec
 
 from connect.store.base import (
+    NEW_RUN_FENCE,
     RUNNING,
+    RUNS_RELEASED,
     AppRecord,
+    Claim,
     EventRecord,
     LeaseRecord,
     LoadedRun,
     NewEvent,
     PendingRequest,
+    RunOwnershipLost,
     RunRecord,
     StepMemo,
     Waiting,
 )
-from connect.store.pg_schema import migrate
+from connect.store.pg_notify import PostgresListener
+from connect.store.pg_schema import FENCE_LOST, migrate
 from connect.store.pg_writer import DEFAULT_POOL_SIZE, Bulk, Connection, PostgresWriter
 from protocol.payloads import FunctionConfig
 
@@ -43,7 +48,8 @@ _RUN_COLUMNS: Final = (
     " waiting, disable_immediate_execution, request_version, cancel_requested, output"
 )
 _INSERT_RUN: Final = (
-    f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"  # noqa: S608 - constant
+    f"INSERT INTO runs ({_RUN_COLUMNS}, owner, fence)"  # noqa: S608 - constant
+    " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
 )
 _SELECT_RUNS: Final = f"SELECT {_RUN_COLUMNS} FROM runs"  # noqa: S608 - constant
 _INSERT_EVENT: Final = (
@@ -75,13 +81,13 @@ UPDATE runs SET status = COALESCE($5, status),
     ended_at_ms = CASE WHEN $5::text IS NULL THEN ended_at_ms ELSE $6 END,
     max_attempts = $7, requests = $8, waiting = $9, disable_immediate_execution = $10, request_version = $11,
     output = CASE WHEN $5::text IS NULL THEN output ELSE $12 END
-WHERE run_id = $1
+WHERE run_id = $1 AND connect_fenced(run_id, fence, $13)
 """
 
 _RunRow = tuple[str, str, str, str, str, int, int | None, int, bytes, bytes, bool, int, bool, bytes | None]
-# run id, memo hashes, memo results, consumed request, then the new state ($5...$12)
+# run id, memo hashes, memo results, consumed request, the new state ($5...$12), the fence
 _SaveRow = tuple[
-    str, list[str], list[bytes], str | None, str | None, int | None, int, bytes, bytes, bool, int, bytes | None
+    str, list[str], list[bytes], str | None, str | None, int | None, int, bytes, bytes, bool, int, bytes | None, int
 ]
 
 _encode = msgspec.json.Encoder().encode
@@ -148,7 +154,8 @@ async def _insert_events(conn: Connection, events: list[NewEvent]) -> list[bool]
         is_new = await conn.fetchval(_INSERT_EVENT, e.id, e.name, e.ts, e.received_at_ms, e.body) is not None
         if is_new:
             if new.runs:
-                await conn.executemany(_INSERT_RUN, [_run_row(r) for r in new.runs])
+                owner, fence = new.owner, NEW_RUN_FENCE if new.owner is not None else 0
+                await conn.executemany(_INSERT_RUN, [(*_run_row(r), owner, fence) for r in new.runs])
             if new.memos:
                 await conn.executemany(_INSERT_MEMO, [(m.run_id, m.memo.step_hash, m.memo.result) for m in new.memos])
             if new.cancels:
@@ -210,6 +217,17 @@ async def _change_leases(conn: Connection, args: list[_LeaseChange]) -> list[Non
 
 
 async def _save_runs(conn: Connection, args: list[tuple[_SaveRow, list[NewEvent]]]) -> list[list[bool]]:
+    # A stale fencing token aborts its statement (`connect_fenced`) and so the batch;
+    # the writer then retries each save on its own, so only the stale save is refused.
+    try:
+        return await _apply_saves(conn, args)
+    except asyncpg.PostgresError as exc:
+        if exc.sqlstate == FENCE_LOST:
+            raise RunOwnershipLost(str(exc.detail)) from None
+        raise
+
+
+async def _apply_saves(conn: Connection, args: list[tuple[_SaveRow, list[NewEvent]]]) -> list[list[bool]]:
     results: list[list[bool]] = []
     plain: list[_SaveRow] = []
     for row, events in args:
@@ -237,8 +255,9 @@ _SAVE: Final = Bulk("save_run", _save_runs)
 class PostgresStore:
     """`Store` on a PostgreSQL database. Open with `await PostgresStore.open(dsn)`."""
 
-    def __init__(self, writer: PostgresWriter) -> None:
+    def __init__(self, writer: PostgresWriter, listener: PostgresListener) -> None:
         self._writer = writer
+        self._listener = listener
 
     @classmethod
     async def open(cls, dsn: str, *, pool_size: int = DEFAULT_POOL_SIZE, max_batch: int = 1024) -> PostgresStore:
@@ -261,7 +280,7 @@ class PostgresStore:
             raise
         writer = PostgresWriter(pool, max_batch=max_batch)
         writer.start()
-        return cls(writer)
+        return cls(writer, PostgresListener(dsn))
 
     @property
     def commits(self) -> int:
@@ -269,6 +288,7 @@ class PostgresStore:
         return self._writer.commits
 
     async def close(self) -> None:
+        await self._listener.close()
         await self._writer.close()
 
     # --- gateway: replies and leases --------------------------------------------
@@ -420,6 +440,7 @@ class PostgresStore:
         self,
         run: RunRecord,
         *,
+        fence: int,
         memos: list[StepMemo] | None = None,
         consumed_request_id: str | None = None,
         events: list[NewEvent] | None = None,
@@ -437,8 +458,58 @@ class PostgresStore:
             run.disable_immediate_execution,
             run.request_version,
             run.output,
+            fence,
         )
         return await self._writer.submit(_SAVE, (row, list(events or ())))
+
+    # --- executor: run ownership -------------------------------------------------------
+
+    async def heartbeat(self, owner: str, expires_at_ms: int) -> None:
+        async def op(conn: Connection) -> None:
+            await conn.execute(
+                "INSERT INTO owners (owner, expires_at_ms) VALUES ($1, $2)"
+                " ON CONFLICT (owner) DO UPDATE SET expires_at_ms = excluded.expires_at_ms",
+                owner,
+                expires_at_ms,
+            )
+
+        await self._writer.run(op)
+
+    async def claim_runs(self, owner: str, now_ms: int, limit: int) -> list[Claim]:
+        # SKIP LOCKED: rows another transaction is claiming (or saving) are left to it,
+        # so concurrent claimers neither wait on each other nor take the same run.
+        async def op(conn: Connection) -> list[asyncpg.Record]:
+            return await conn.fetch(
+                "UPDATE runs SET owner = $1, fence = runs.fence + 1 FROM ("
+                " SELECT run_id FROM runs r WHERE status = 'Running' AND (owner IS NULL"
+                " OR (owner <> $1 AND NOT EXISTS"
+                " (SELECT 1 FROM owners o WHERE o.owner = r.owner AND o.expires_at_ms >= $2)))"
+                ' ORDER BY run_id COLLATE "C" LIMIT $3 FOR UPDATE SKIP LOCKED) AS due'
+                " WHERE runs.run_id = due.run_id RETURNING runs.run_id, runs.fence",
+                owner,
+                now_ms,
+                limit,
+            )
+
+        rows = await self._writer.run(op)
+        return [Claim(r["run_id"], r["fence"]) for r in sorted(rows, key=lambda r: r["run_id"].encode())]
+
+    async def release_runs(self, owner: str) -> int:
+        async def op(conn: Connection) -> int:
+            status = await conn.execute("UPDATE runs SET owner = NULL WHERE owner = $1 AND status = 'Running'", owner)
+            await conn.execute("DELETE FROM owners WHERE owner = $1", owner)
+            released = int(status.split()[-1])
+            if released:
+                # Delivered at commit, so listeners find the runs claimable.
+                await conn.execute("SELECT pg_notify($1, $2)", RUNS_RELEASED, owner)
+            return released
+
+        return await self._writer.run(op)
+
+    # --- notifications -------------------------------------------------------------------
+
+    async def listen(self, channel: str, callback: Callable[[str], None]) -> None:
+        await self._listener.add(channel, callback)
 
     # --- executor: cron -------------------------------------------------------------
 

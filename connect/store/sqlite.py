@@ -16,23 +16,28 @@ one written by a newer release is refused.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Final
 
 import msgspec
 
 from connect.store.base import (
+    NEW_RUN_FENCE,
     RUNNING,
+    RUNS_RELEASED,
     WAIT_SLEEP,
     AppRecord,
+    Claim,
     EventRecord,
     LeaseRecord,
     LoadedRun,
     NewEvent,
     PendingRequest,
+    RunOwnershipLost,
     RunRecord,
     StepMemo,
     Waiting,
@@ -41,7 +46,7 @@ from connect.store.writer import SqliteWriter
 from protocol.ids import new_ulid
 from protocol.payloads import FunctionConfig
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 
 _TABLES: Final = (
     "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
@@ -81,6 +86,11 @@ _TABLES: Final = (
         schedule TEXT PRIMARY KEY,
         tick_ms INTEGER NOT NULL
     ) WITHOUT ROWID""",
+    # Executors that own runs, and until when their last heartbeat keeps them alive.
+    """CREATE TABLE IF NOT EXISTS owners (
+        owner TEXT PRIMARY KEY,
+        expires_at_ms INTEGER NOT NULL
+    ) WITHOUT ROWID""",
 )
 
 _RUNS_TABLE: Final = """CREATE TABLE {name} (
@@ -97,7 +107,9 @@ _RUNS_TABLE: Final = """CREATE TABLE {name} (
     disable_immediate_execution INTEGER NOT NULL,
     request_version INTEGER NOT NULL,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
-    output BLOB
+    output BLOB,
+    owner TEXT,
+    fence INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID"""
 
 _RUNS_INDEXES: Final = (
@@ -109,21 +121,21 @@ _RUN_COLUMNS: Final = (
     "run_id, function_id, app_name, event_id, status, started_at_ms, ended_at_ms, max_attempts, requests,"
     " waiting, disable_immediate_execution, request_version, cancel_requested, output"
 )
-_INSERT_RUN: Final = f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES ({', '.join('?' * 14)})"  # noqa: S608 - constant
+_INSERT_RUN: Final = f"INSERT INTO runs ({_RUN_COLUMNS}, owner, fence) VALUES ({', '.join('?' * 16)})"  # noqa: S608 - constant
 _SELECT_RUNS: Final = f"SELECT {_RUN_COLUMNS} FROM runs"  # noqa: S608 - constant
 # The immutable columns (ids, function, event, start) are left out so their
 # indexes are not touched on every step, and so is `cancel_requested`, which
 # only `request_cancel` writes.
 _UPDATE_RUN: Final = (
     "UPDATE runs SET status = ?, ended_at_ms = ?, max_attempts = ?, requests = ?, waiting = ?,"
-    " disable_immediate_execution = ?, request_version = ?, output = ? WHERE run_id = ?"
+    " disable_immediate_execution = ?, request_version = ?, output = ? WHERE run_id = ? AND fence = ?"
 )
 # A run still Running has no end and no output yet, and its status does not
 # change: leaving those three out spares the status index on every step
 # (7.2 -> 4.9 µs per statement measured against 100,000 runs).
 _UPDATE_RUNNING: Final = (
     "UPDATE runs SET max_attempts = ?, requests = ?, waiting = ?,"
-    " disable_immediate_execution = ?, request_version = ? WHERE run_id = ?"
+    " disable_immediate_execution = ?, request_version = ? WHERE run_id = ? AND fence = ?"
 )
 _INSERT_MEMO: Final = "INSERT OR IGNORE INTO steps (run_id, step_hash, result) VALUES (?, ?, ?)"
 _INSERT_EVENT: Final = "INSERT OR IGNORE INTO events (id, name, ts, received_at_ms, body) VALUES (?, ?, ?, ?, ?)"
@@ -131,7 +143,10 @@ _FLAG_CANCEL: Final = "UPDATE runs SET cancel_requested = 1 WHERE run_id = ? AND
 
 _RunRow = tuple[str, str, str, str, str, int, int | None, int, bytes, bytes, int, int, int, bytes | None]
 _EventRow = tuple[str, str, int, int, bytes]
-_EventRows = tuple[_EventRow, list[_RunRow], list[tuple[str, str, bytes]], list[tuple[str]]]
+_NewRunRow = tuple[
+    str, str, str, str, str, int, int | None, int, bytes, bytes, int, int, int, bytes | None, str | None, int
+]
+_EventRows = tuple[_EventRow, list[_NewRunRow], list[tuple[str, str, bytes]], list[tuple[str]]]
 
 _encode = msgspec.json.Encoder().encode
 _decode_requests = msgspec.json.Decoder(list[PendingRequest]).decode
@@ -184,9 +199,10 @@ def _run_from_row(row: _RunRow) -> RunRecord:
 
 def _event_rows(event: NewEvent) -> _EventRows:
     e = event.event
+    owner, fence = event.owner, NEW_RUN_FENCE if event.owner is not None else 0
     return (
         (e.id, e.name, e.ts, e.received_at_ms, e.body),
-        [_run_row(r) for r in event.runs],
+        [(*_run_row(r), owner, fence) for r in event.runs],
         [(m.run_id, m.memo.step_hash, m.memo.result) for m in event.memos],
         [(run_id,) for run_id in event.cancels],
     )
@@ -230,7 +246,9 @@ def _setup(conn: sqlite3.Connection) -> None:
         if not has_runs:
             conn.execute(_RUNS_TABLE.format(name="runs"))
         elif version < 2:
-            _migrate_1_to_2(conn)
+            _migrate_1_to_2(conn)  # builds the current layout of the runs table
+        elif version < 3:
+            _migrate_2_to_3(conn)
         for statement in _RUNS_INDEXES:
             conn.execute(statement)
         if not rows:
@@ -294,11 +312,19 @@ def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE runs_v2 RENAME TO runs")
 
 
+def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
+    """Schema 3 gives each run an owner and a fencing token. Runs carried over
+    are owned by nobody (token 0): the first executor to start claims them."""
+    conn.execute("ALTER TABLE runs ADD COLUMN owner TEXT")
+    conn.execute("ALTER TABLE runs ADD COLUMN fence INTEGER NOT NULL DEFAULT 0")
+
+
 class SqliteStore:
     """`Store` on one SQLite file. Open with `await SqliteStore.open(path)`."""
 
     def __init__(self, writer: SqliteWriter) -> None:
         self._writer = writer
+        self._listeners: dict[str, list[Callable[[str], None]]] = {}
 
     @classmethod
     async def open(cls, path: str | Path, *, max_batch: int = 1024) -> SqliteStore:
@@ -490,6 +516,7 @@ class SqliteStore:
         self,
         run: RunRecord,
         *,
+        fence: int,
         memos: list[StepMemo] | None = None,
         consumed_request_id: str | None = None,
         events: list[NewEvent] | None = None,
@@ -498,17 +525,20 @@ class SqliteStore:
         # max_attempts, requests, waiting, disable_immediate_execution, request_version
         progress = (row[7], row[8], row[9], row[10], row[11])
         statement, update = (
-            (_UPDATE_RUNNING, (*progress, run.run_id))
+            (_UPDATE_RUNNING, (*progress, run.run_id, fence))
             if run.status == RUNNING
-            else (_UPDATE_RUN, (row[4], row[6], *progress, row[13], run.run_id))
+            else (_UPDATE_RUN, (row[4], row[6], *progress, row[13], run.run_id, fence))
         )
         memo_rows = [(run.run_id, m.step_hash, m.result) for m in memos or ()]
         event_rows = [_event_rows(e) for e in events or ()]
 
         def op(conn: sqlite3.Connection) -> list[bool]:
+            # The fenced update first: a refused save raises before anything else is
+            # written, and the writer rolls back what its batch holds.
+            if conn.execute(statement, update).rowcount != 1:
+                raise RunOwnershipLost(run.run_id)
             if memo_rows:
                 conn.executemany(_INSERT_MEMO, memo_rows)
-            conn.execute(statement, update)
             if consumed_request_id:
                 # The request is answered for good: its reply row and lease, if any, are done with.
                 conn.execute("DELETE FROM replies WHERE request_id = ?", (consumed_request_id,))
@@ -516,6 +546,57 @@ class SqliteStore:
             return _insert_events(conn, event_rows) if event_rows else []
 
         return await self._writer.submit(op)
+
+    # --- executor: run ownership -------------------------------------------------------
+
+    async def heartbeat(self, owner: str, expires_at_ms: int) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO owners (owner, expires_at_ms) VALUES (?, ?)"
+                " ON CONFLICT (owner) DO UPDATE SET expires_at_ms = excluded.expires_at_ms",
+                (owner, expires_at_ms),
+            )
+
+        await self._writer.submit(op)
+
+    async def claim_runs(self, owner: str, now_ms: int, limit: int) -> list[Claim]:
+        # One writer serializes every claim, so selecting and raising the tokens in
+        # one transaction is enough for two claimers never to get the same run.
+        def op(conn: sqlite3.Connection) -> list[tuple[str, int]]:
+            return conn.execute(
+                "UPDATE runs SET owner = ?1, fence = fence + 1 WHERE run_id IN ("
+                " SELECT run_id FROM runs WHERE status = 'Running' AND (owner IS NULL"
+                " OR (owner != ?1 AND NOT EXISTS"
+                " (SELECT 1 FROM owners o WHERE o.owner = runs.owner AND o.expires_at_ms >= ?2)))"
+                " ORDER BY run_id LIMIT ?3) RETURNING run_id, fence",
+                (owner, now_ms, limit),
+            ).fetchall()
+
+        rows = await self._writer.submit(op)
+        return [Claim(run_id, fence) for run_id, fence in sorted(rows)]
+
+    async def release_runs(self, owner: str) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            released = conn.execute(
+                "UPDATE runs SET owner = NULL WHERE owner = ? AND status = 'Running'", (owner,)
+            ).rowcount
+            conn.execute("DELETE FROM owners WHERE owner = ?", (owner,))
+            return released
+
+        released = await self._writer.submit(op)
+        if released:
+            self._notify(RUNS_RELEASED, owner)
+        return released
+
+    # --- notifications -------------------------------------------------------------------
+
+    async def listen(self, channel: str, callback: Callable[[str], None]) -> None:
+        self._listeners.setdefault(channel, []).append(callback)
+
+    def _notify(self, channel: str, payload: str) -> None:
+        loop = asyncio.get_running_loop()
+        for callback in self._listeners.get(channel, ()):
+            loop.call_soon(callback, payload)
 
     # --- executor: cron -------------------------------------------------------------
 

@@ -10,7 +10,7 @@ import anyio
 import msgspec
 
 from connect.executor import Executor
-from connect.store import SqliteStore
+from connect.store import PostgresStore, SqliteStore, Store
 from protocol.payloads import (
     CancelConfig,
     FunctionConfig,
@@ -53,15 +53,17 @@ def config(
 
 
 class Harness:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, dsn: str | None = None) -> None:
         self.path = path
-        self.store: SqliteStore
+        #: A PostgreSQL database to use instead of the SQLite file at `path`.
+        self.dsn = dsn
+        self.store: Store
         self.worker: ScriptedWorker
         self.executor: Executor
         self.configs: dict[str, FunctionConfig] = {}
 
     async def open(self, **executor_options: Any) -> None:
-        self.store = await SqliteStore.open(self.path)
+        self.store = await (SqliteStore.open(self.path) if self.dsn is None else PostgresStore.open(self.dsn))
         self.worker = ScriptedWorker(self.store)
         self.worker.worker_ready.set()
         options: dict[str, Any] = {"backoff_base": 0.001, "backoff_max": 0.01}

@@ -26,7 +26,7 @@ from typing import Any
 import msgspec
 
 from connect.gateway.dispatch import AtCapacity, NoWorker, StepReply, StepRequest, WorkerStoppedResponding
-from connect.store import SqliteStore
+from connect.store import ReplyStore
 from protocol.payloads import STATUS_DONE, STATUS_ERROR, STATUS_NOT_COMPLETED
 
 #: When each (user) step id last executed, for ordering assertions.
@@ -198,7 +198,7 @@ Function = Callable[[Step, Ctx], Any]
 class ScriptedWorker:
     """Plays a connected worker. Knobs let tests inject dispatch failures."""
 
-    store: SqliteStore
+    store: ReplyStore
     functions: dict[str, Function] = field(default_factory=dict)
     requests: list[dict[str, Any]] = field(default_factory=list)
     request_ids: list[str] = field(default_factory=list)
@@ -217,6 +217,9 @@ class ScriptedWorker:
     step_delays: dict[str, float] = field(default_factory=dict)
     in_flight: int = 0
     max_in_flight: int = 0
+    #: Requests carrying a memo of one of these (user) step ids wait this many
+    #: seconds before running (inf: forever): a run held at the step after it.
+    delay_after: dict[str, float] = field(default_factory=dict)
 
     async def dispatch(self, request: StepRequest) -> StepReply:
         self.dispatch_calls += 1
@@ -230,10 +233,15 @@ class ScriptedWorker:
         if hang and not self.store_before_hang:
             await asyncio.Event().wait()
         delay = next((d for step, d in self.step_delays.items() if h(step) == request.step_id), 0.0)
+        if self.delay_after:
+            memos = json.loads(request.payload).get("steps") or {}
+            delay += max((d for step, d in self.delay_after.items() if h(step) in memos), default=0.0)
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
-            if delay:
+            if delay == float("inf"):
+                await asyncio.Event().wait()
+            elif delay:
                 await asyncio.sleep(delay)
             reply = self._run(request)
         finally:

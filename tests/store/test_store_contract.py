@@ -98,7 +98,7 @@ async def test_everything_survives_reopen(engine: Engine) -> None:
         waiting=[Waiting(kind="wait", step="w", due_ms=5, event="x/y", expression="async.data.a == 1")],
         disable_immediate_execution=True,
     )
-    await store.save_run(run, memos=[StepMemo("h1", b'{"data":1}'), StepMemo("h0", b"null")])
+    await store.save_run(run, fence=0, memos=[StepMemo("h1", b'{"data":1}'), StepMemo("h0", b"null")])
     await store.close()
 
     store = await engine.open()
@@ -148,11 +148,11 @@ async def test_save_run_is_one_atomic_step(engine: Engine) -> None:
         await store.put_reply("req-run1", b"reply")
         run = run_record("run1")
         run.requests = [PendingRequest("req-2", "h2")]
-        await store.save_run(run, memos=[StepMemo("h1", b'{"data":"a"}')], consumed_request_id="req-run1")
+        await store.save_run(run, fence=0, memos=[StepMemo("h1", b'{"data":"a"}')], consumed_request_id="req-run1")
         assert await store.get_reply("req-run1") is None
         assert (await store.get_run("run1")) == run
         # A memo already stored is kept: the first result wins.
-        await store.save_run(run, memos=[StepMemo("h1", b'{"data":"b"}')])
+        await store.save_run(run, fence=0, memos=[StepMemo("h1", b'{"data":"b"}')])
         assert await store.get_memos("run1") == [StepMemo("h1", b'{"data":"a"}')]
     finally:
         await store.close()
@@ -251,7 +251,7 @@ async def test_load_run_reads_run_event_and_memos_at_once(engine: Engine) -> Non
     try:
         assert await store.load_run("nope") is None
         await store.record_events([NewEvent(event_record("e1"), [run_record("run1")])])
-        await store.save_run(run_record("run1"), memos=[StepMemo("h1", b"1")])
+        await store.save_run(run_record("run1"), fence=0, memos=[StepMemo("h1", b"1")])
         loaded = await store.load_run("run1")
         assert loaded is not None
         assert loaded.run == run_record("run1")
@@ -288,12 +288,12 @@ async def test_cancel_flag_is_not_overwritten_by_saves(engine: Engine) -> None:
     try:
         await store.record_events([NewEvent(event_record("e1"), [run_record("run1")])])
         assert await store.request_cancel("run1") is True
-        await store.save_run(run_record("run1"))  # a runner saving its (older) view
+        await store.save_run(run_record("run1"), fence=0)  # a runner saving its (older) view
         run = await store.get_run("run1")
         assert run is not None and run.cancel_requested
         assert await store.request_cancel("nope") is False
         run.status = "Completed"
-        await store.save_run(run)
+        await store.save_run(run, fence=0)
         assert await store.request_cancel("run1") is False  # only Running runs
     finally:
         await store.close()
@@ -306,8 +306,8 @@ async def test_put_memo_first_wins_and_save_run_can_record_events(engine: Engine
         assert await store.put_memo("run1", StepMemo("s", b"null")) is True
         assert await store.put_memo("run1", StepMemo("s", b"1")) is False
         child = NewEvent(event_record("e2", "inngest/function.invoked"), [run_record("child", "e2")])
-        assert await store.save_run(run_record("run1"), events=[child]) == [True]
-        assert await store.save_run(run_record("run1"), events=[child]) == [False]
+        assert await store.save_run(run_record("run1"), fence=0, events=[child]) == [True]
+        assert await store.save_run(run_record("run1"), fence=0, events=[child]) == [False]
         assert [r.run_id for r in await store.runs_for_event("e2")] == ["child"]
         assert await store.get_memos("run1") == [StepMemo("s", b"null")]
     finally:
