@@ -57,11 +57,15 @@ fuzz: install-test
 proto: install-test
 	$(BIN)/python -m grpc_tools.protoc -I. --python_out=. --pyi_out=. protocol/connect.proto
 
-## make bench: baselines and our scenarios side by side (BENCH_ARGS=--quick for a short run).
+## make bench: baselines (Celery, DBOS Transact) and our scenarios side by side (BENCH_ARGS=--quick for a short run).
 bench: install-test
 	$(BIN)/python -m pip install -q -e '.[bench,test]'
 	@command -v redis-server >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; } \
 		|| echo "note: redis-server could not be installed; the Celery baseline will report an error"
+	@# The PostgreSQL scenario (ours beside DBOS Transact) starts a throwaway cluster from Debian's package.
+	@{ ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || command -v postgres >/dev/null 2>&1; } \
+		|| { apt-get update -qq && apt-get install -y -qq postgresql >/dev/null; } \
+		|| echo "note: postgresql could not be installed; the durable_pg scenario will report an error"
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:

@@ -39,6 +39,7 @@ SCENARIOS: list[tuple[str, float]] = [
     ("celery_baseline", 300),
     ("dispatch", 420),
     ("durable", 420),
+    ("durable_pg", 420),
     ("workers", 600),
     ("idle", 720),
 ]

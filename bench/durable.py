@@ -65,6 +65,7 @@ from bench.dispatch import start_worker
 from bench.load import closed_loop
 from bench.notify import ENV as NOTIFY_ENV
 from bench.notify import Listener
+from bench.postgres import Database
 from bench.stats import summary_ms
 
 STEPS = 5
@@ -79,6 +80,8 @@ BLOCKS = 10
 #: follow the other side's block (see bench/README.md: our window-on p50
 #: still gains less beside Celery's blocks, for reasons not known).
 BLOCK_WARMUP = 5
+#: Seconds after a window before PostgreSQL's statistics are read (see `bench.dbos_baseline`).
+STATS_SETTLE = 1.2
 
 
 _dither = random.Random(5)
@@ -152,8 +155,11 @@ def start_dev(
     *,
     checkpoints: bool = True,
     env: dict[str, str] | None = None,
+    database_url: str | None = None,
 ) -> tuple[procs.Child, str]:
+    """`connect dev` on a SQLite file in the work directory, or on PostgreSQL at `database_url`."""
     port, gw_port = procs.free_port(), procs.free_port()
+    store = ["--db", str(opts.workdir / f"{tag}.db")] if database_url is None else ["--database-url", database_url]
     dev = children.start(
         f"{tag}-dev",
         procs.python(
@@ -164,8 +170,7 @@ def start_dev(
             str(port),
             "--gateway-port",
             str(gw_port),
-            "--db",
-            str(opts.workdir / f"{tag}.db"),
+            *store,
             *([] if checkpoints else ["--no-checkpoint-steps"]),
         ),
         env=env,
@@ -197,14 +202,19 @@ def measure(
     env: dict[str, str] | None = None,
     baseline: Callable[[int], list[float]] | None = None,
     warmup: float | None = None,
+    database: Database | None = None,
 ) -> dict[str, Any]:
     """`checkpoints=False` runs `connect dev --no-checkpoint-steps`: one step per
     request. `env` goes to `connect dev` and the worker. `baseline(n)`, when
     given, measures n of the baseline's chains one at a time (latencies in
     seconds); the runs one at a time then alternate with it in `BLOCKS`
     blocks (see the module doc). `warmup`: seconds of load before the
-    throughput window (default 3, 2 with `--quick`)."""
-    dev, url = start_dev(children, opts, tag, checkpoints=checkpoints, env=env)
+    throughput window (default 3, 2 with `--quick`). `database`: run on that
+    PostgreSQL database instead of a SQLite file, and add the server's CPU and
+    the database's statements and commits per step to the throughput figures."""
+    dev, url = start_dev(
+        children, opts, tag, checkpoints=checkpoints, env=env, database_url=None if database is None else database.dsn
+    )
     listener = Listener()
     try:
         worker = start_worker(
@@ -289,6 +299,8 @@ def measure(
 
         # --- IN_FLIGHT runs in flight
         if seconds:
+            counters0 = database.counters() if database is not None else None
+            pg0 = database.cluster.cpu_seconds() if database is not None else 0.0
             c0 = (time.monotonic(), dev.cpu_seconds(), worker.cpu_seconds())
             loop = closed_loop(
                 submit,
@@ -300,6 +312,15 @@ def measure(
             )
             c1 = (time.monotonic(), dev.cpu_seconds(), worker.cpu_seconds())
             wall = c1[0] - c0[0]
+            if database is not None and counters0 is not None:
+                pg_cpu = database.cluster.cpu_seconds() - pg0
+                time.sleep(STATS_SETTLE)
+                counted = database.counters() - counters0
+                steps = max(1, len(loop.done) * STEPS)
+                out["pg_cpu_share"] = pg_cpu / wall
+                out["pg_cpu_us_per_step"] = pg_cpu / steps * 1e6
+                out["statements_per_step"] = counted.statements / steps
+                out["commits_per_step"] = counted.commits / steps
             keys = loop.window_keys()
             random.shuffle(keys)
             loaded: list[float] = []

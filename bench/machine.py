@@ -22,6 +22,8 @@ PACKAGES = (
     "kombu",
     "redis",
     "inngest",
+    "dbos",
+    "asyncpg",
     "py-spy",
 )
 
@@ -62,6 +64,18 @@ def _redis_server() -> str:
     return out.strip()[:40]
 
 
+def _postgres() -> str:
+    from bench.postgres import find_bin_dir
+
+    try:
+        postgres = find_bin_dir() / "postgres"
+    except RuntimeError:
+        return "not found"
+    out = subprocess.run([str(postgres), "--version"], capture_output=True, text=True, check=False).stdout
+    words = out.split()  # "postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"
+    return words[2] if len(words) > 2 else out.strip()[:40] or "unknown"
+
+
 def describe() -> dict[str, Any]:
     versions = {}
     for name in PACKAGES:
@@ -70,6 +84,7 @@ def describe() -> dict[str, Any]:
         except importlib.metadata.PackageNotFoundError:
             versions[name] = "-"
     versions["redis-server"] = _redis_server()
+    versions["postgres"] = _postgres()
     soft, hard = __import__("resource").getrlimit(__import__("resource").RLIMIT_NOFILE)
     return {
         "cpu": _cpu_model(),

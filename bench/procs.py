@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import pwd
 import resource
 import select
 import signal
@@ -72,7 +73,12 @@ class Child:
         *,
         env: dict[str, str] | None = None,
         stdout_pipe: bool = False,
+        stdin_pipe: bool = False,
+        cwd: Path | None = None,
+        user: pwd.struct_passwd | None = None,
     ) -> None:
+        """`stdin_pipe`: `write()` feeds the child's stdin. `user` runs it as
+        that user (PostgreSQL refuses to run as root)."""
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self._log = open(self.log_path, "ab")
@@ -82,11 +88,16 @@ class Child:
         full_env.update(env or {})
         self.popen = subprocess.Popen(
             list(args),
-            cwd=ROOT,
+            cwd=cwd or ROOT,
             env=full_env,
             stdout=subprocess.PIPE if stdout_pipe else self._log,
             stderr=self._log,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if stdin_pipe else subprocess.DEVNULL,
+            # The user is switched before preexec_fn runs, so the parent-death
+            # signal set there is not cleared by the credential change.
+            user=None if user is None else user.pw_uid,
+            group=None if user is None else user.pw_gid,
+            extra_groups=None if user is None else [],
             preexec_fn=_die_with_parent,  # the parent starts no threads before it forks
         )
         self._buf = b""
@@ -98,6 +109,12 @@ class Child:
 
     def alive(self) -> bool:
         return self.popen.poll() is None
+
+    def write(self, data: bytes) -> None:
+        """Write to the child's stdin (`stdin_pipe=True`) and flush."""
+        assert self.popen.stdin is not None
+        self.popen.stdin.write(data)
+        self.popen.stdin.flush()
 
     def readline(self, timeout: float) -> str | None:
         """Next stdout line (stdout_pipe=True); None at EOF or timeout.
@@ -170,6 +187,9 @@ class Child:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGKILL)
         code = self.wait(10)
+        if self.popen.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.popen.stdin.close()
         if self.popen.stdout is not None:
             self.popen.stdout.close()
         self._log.close()

@@ -5,6 +5,9 @@ Targets (from the benchmark issue):
 1. gateway-only round trip p50 <= 2x the raw echo p50; >= 10,000 steps/s;
 2. durable 5-step run p50 <= 1/4 of Celery's 5-chain p50; steps/s >= 5x
    Celery's chained steps/s (both with 300 in flight);
+2-pg. on PostgreSQL (the same cluster as DBOS Transact, in the same run):
+   steps/s >= 3x Celery's chained steps/s and >= 5x DBOS's; 5-step run
+   p50 <= Celery's 5-chain p50 and <= 1/2 of DBOS's;
 3. our worker >= 3x the official (Python) worker's steps/s; the official
    TypeScript worker's figures, checkpointing on and off, are context;
 4. <= 25 KB RSS per idle connection; all 10,000 reconnected <= 30 s after a
@@ -167,6 +170,44 @@ def rows(results: Results) -> list[Row]:
         g("celery_baseline", "chain5_p50_ms"), "Celery 5-chain p50")  # fmt: skip
     add(two, "steps/s, one step per request", g("durable", "one_step_steps_per_s"), "/s",
         g("celery_baseline", "chain_steps_per_s"), "Celery steps/s")  # fmt: skip
+
+    # --- 2-pg. durable on PostgreSQL, beside DBOS Transact on the same cluster
+    pg, dbos = "2-pg durable, PostgreSQL", "baseline: DBOS Transact"
+    add(dbos, "5-step workflow p50 (interleaved with ours)", g("durable_pg", "dbos_run_p50_ms"), "ms")
+    add(dbos, "5-step workflow p99", g("durable_pg", "dbos_run_p99_ms"), "ms")
+    add(dbos, "steps/s, 300 in flight", g("durable_pg", "dbos_steps_per_s"), "/s")
+    add(dbos, "workflow p50, 300 in flight", g("durable_pg", "dbos_loaded_run_p50_ms"), "ms")
+    add(dbos, "DBOS process CPU per step", g("durable_pg", "dbos_app_cpu_us_per_step"), "us")
+    add(dbos, "PostgreSQL CPU per step", g("durable_pg", "dbos_pg_cpu_us_per_step"), "us")
+    add(dbos, "statements per step", g("durable_pg", "dbos_statements_per_step"), "")
+    add(dbos, "commits per step", g("durable_pg", "dbos_commits_per_step"), "")
+    chain_p50 = own if interleaved is None else interleaved
+    add(pg, "5-step run p50", g("durable_pg", "run_p50_ms"), "ms", chain_p50,
+        "Celery 5-chain p50" + ("" if interleaved is None else ", interleaved in durable"), "<= 1.0x",
+        lambda x: x <= 1.0)  # fmt: skip
+    add(pg, "5-step run p50 against DBOS", g("durable_pg", "run_p50_ms"), "ms", g("durable_pg", "dbos_run_p50_ms"),
+        "DBOS p50, interleaved", "<= 0.5x", lambda x: x <= 0.5)  # fmt: skip
+    add(pg, "5-step run p50 against SQLite", g("durable_pg", "run_p50_ms"), "ms", g("durable", "run_p50_ms"),
+        "ours on SQLite")  # fmt: skip
+    add(pg, "5-step run p99", g("durable_pg", "run_p99_ms"), "ms", g("durable_pg", "dbos_run_p99_ms"), "DBOS p99")
+    add(pg, "steps/s, 300 in flight", g("durable_pg", "steps_per_s"), "/s", g("celery_baseline", "chain_steps_per_s"),
+        "Celery steps/s", ">= 3x", lambda x: x >= 3.0)  # fmt: skip
+    add(pg, "steps/s against DBOS", g("durable_pg", "steps_per_s"), "/s", g("durable_pg", "dbos_steps_per_s"),
+        "DBOS steps/s", ">= 5x", lambda x: x >= 5.0)  # fmt: skip
+    add(pg, "steps/s against SQLite", g("durable_pg", "steps_per_s"), "/s", g("durable", "steps_per_s"),
+        "ours on SQLite")  # fmt: skip
+    add(pg, "run p50, 300 in flight", g("durable_pg", "loaded_run_p50_ms"), "ms",
+        g("durable_pg", "dbos_loaded_run_p50_ms"), "DBOS, 300 in flight")  # fmt: skip
+    dev_cpu, worker_cpu = g("durable_pg", "dev_cpu_us_per_step"), g("durable_pg", "worker_cpu_us_per_step")
+    add(pg, "platform + worker CPU per step", None if dev_cpu is None or worker_cpu is None else dev_cpu + worker_cpu,
+        "us", g("durable_pg", "dbos_app_cpu_us_per_step"), "DBOS process")  # fmt: skip
+    add(pg, "connect dev CPU per step", dev_cpu, "us", g("durable", "dev_cpu_us_per_step"), "on SQLite")
+    add(pg, "PostgreSQL CPU per step", g("durable_pg", "pg_cpu_us_per_step"), "us",
+        g("durable_pg", "dbos_pg_cpu_us_per_step"), "DBOS's")  # fmt: skip
+    add(pg, "statements per step", g("durable_pg", "statements_per_step"), "",
+        g("durable_pg", "dbos_statements_per_step"), "DBOS's")  # fmt: skip
+    add(pg, "commits per step", g("durable_pg", "commits_per_step"), "", g("durable_pg", "dbos_commits_per_step"),
+        "DBOS's")  # fmt: skip
 
     # --- 3. workers
     three = "3 workers"

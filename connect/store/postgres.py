@@ -148,19 +148,46 @@ def _event_from_record(row: asyncpg.Record) -> EventRecord:
 
 
 async def _insert_events(conn: Connection, events: list[NewEvent]) -> list[bool]:
-    stored: list[bool] = []
-    for new in events:
-        e = new.event
-        is_new = await conn.fetchval(_INSERT_EVENT, e.id, e.name, e.ts, e.received_at_ms, e.body) is not None
-        if is_new:
-            if new.runs:
-                owner, fence = new.owner, NEW_RUN_FENCE if new.owner is not None else 0
-                await conn.executemany(_INSERT_RUN, [(*_run_row(r), owner, fence) for r in new.runs])
-            if new.memos:
-                await conn.executemany(_INSERT_MEMO, [(m.run_id, m.memo.step_hash, m.memo.result) for m in new.memos])
-            if new.cancels:
-                await conn.executemany(_FLAG_CANCEL, [(run_id,) for run_id in new.cancels])
-        stored.append(is_new)
+    """Store `events` (an event whose id is stored already, or earlier in the
+    list, is not stored again) and, for each one stored, its runs, memos and
+    cancellations: a fixed number of round trips, however many events.
+
+    The events go first, then every stored event's runs, memos and
+    cancellations in event order. That is the order one event at a time would
+    give: what a later event's memos or cancellations name was either stored
+    before this call or is a run of an earlier event, already inserted."""
+    if not events:
+        return []
+    first: dict[str, int] = {}
+    for i, new in enumerate(events):
+        first.setdefault(new.event.id, i)
+    unique = [events[i].event for i in first.values()]
+    inserted = {
+        r["id"]
+        for r in await conn.fetch(
+            "INSERT INTO events (id, name, ts, received_at_ms, body)"
+            " SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bytea[])"
+            " ON CONFLICT (id) DO NOTHING RETURNING id",
+            [e.id for e in unique],
+            [e.name for e in unique],
+            [e.ts for e in unique],
+            [e.received_at_ms for e in unique],
+            [e.body for e in unique],
+        )
+    }
+    stored = [first[new.event.id] == i and new.event.id in inserted for i, new in enumerate(events)]
+    new_ones = [new for new, is_new in zip(events, stored, strict=True) if is_new]
+    runs = [
+        (*_run_row(r), new.owner, NEW_RUN_FENCE if new.owner is not None else 0) for new in new_ones for r in new.runs
+    ]
+    if runs:
+        await conn.executemany(_INSERT_RUN, runs)
+    memos = [(m.run_id, m.memo.step_hash, m.memo.result) for new in new_ones for m in new.memos]
+    if memos:
+        await conn.executemany(_INSERT_MEMO, memos)
+    cancels = [(run_id,) for new in new_ones for run_id in new.cancels]
+    if cancels:
+        await conn.executemany(_FLAG_CANCEL, cancels)
     return stored
 
 
@@ -228,28 +255,59 @@ async def _save_runs(conn: Connection, args: list[tuple[_SaveRow, list[NewEvent]
 
 
 async def _apply_saves(conn: Connection, args: list[tuple[_SaveRow, list[NewEvent]]]) -> list[list[bool]]:
-    results: list[list[bool]] = []
+    # A run's events are stored after its save and before any later save they
+    # could bear on. Events that only record (no runs, memos or cancellations,
+    # as `inngest/function.finished` with nothing triggered by it) bear on no
+    # save: they wait and go together after the saves, so a run of saves is
+    # one pipelined round trip and one for the events instead of several per run.
+    results: list[list[bool]] = [[] for _ in args]
     plain: list[_SaveRow] = []
-    for row, events in args:
-        if events:
-            # Events carry results and statements of their own: flush what is pending, in order.
-            if plain:
-                await conn.executemany(_SAVE_RUN, plain)
-                plain = []
-            await conn.execute(_SAVE_RUN, *row)
-            results.append(await _insert_events(conn, events))
+    deferred: list[tuple[int, list[NewEvent]]] = []  # (index in args, its events)
+
+    async def flush() -> None:
+        nonlocal plain, deferred
+        if plain:
+            # executemany pipelines the statements: one round trip for the whole run of saves.
+            await conn.executemany(_SAVE_RUN, plain)
+            plain = []
+        if deferred:
+            stored = await _insert_events(conn, [e for _, events in deferred for e in events])
+            at = 0
+            for i, events in deferred:
+                results[i] = stored[at : at + len(events)]
+                at += len(events)
+            deferred = []
+
+    for i, (row, events) in enumerate(args):
+        plain.append(row)
+        if not events:
+            continue
+        if any(e.runs or e.memos or e.cancels for e in events):
+            await flush()
+            results[i] = await _insert_events(conn, events)
         else:
-            plain.append(row)
-            results.append([])
-    if plain:
-        # executemany pipelines the statements: one round trip for the whole run of saves.
-        await conn.executemany(_SAVE_RUN, plain)
+            deferred.append((i, events))
+    await flush()
     return results
 
 
 _PUT_REPLY: Final = Bulk("put_reply", _put_replies)
 _CHANGE_LEASE: Final = Bulk("change_lease", _change_leases)
 _SAVE: Final = Bulk("save_run", _save_runs)
+
+
+async def _record_events(conn: Connection, args: list[list[NewEvent]]) -> list[list[bool]]:
+    # Several callers' events in one `_insert_events`: the same order as one call each.
+    stored = await _insert_events(conn, [e for events in args for e in events])
+    out: list[list[bool]] = []
+    at = 0
+    for events in args:
+        out.append(stored[at : at + len(events)])
+        at += len(events)
+    return out
+
+
+_RECORD_EVENTS: Final = Bulk("record_events", _record_events)
 
 
 class PostgresStore:
@@ -364,10 +422,7 @@ class PostgresStore:
     # --- executor: events and runs ------------------------------------------------
 
     async def record_events(self, events: list[NewEvent]) -> list[bool]:
-        async def op(conn: Connection) -> list[bool]:
-            return await _insert_events(conn, events)
-
-        return await self._writer.run(op)
+        return await self._writer.submit(_RECORD_EVENTS, list(events))
 
     async def get_event(self, event_id: str) -> EventRecord | None:
         async def op(conn: Connection) -> asyncpg.Record | None:

@@ -350,3 +350,32 @@ async def test_writes_queued_together_apply_in_submission_order(store: Store) ->
     c, d = LeaseRecord("c", "l2", 2, "gw"), LeaseRecord("d", "l3", 3, "gw")
     assert await asyncio.gather(*reads) == [None, None, c, d]
     assert await store.get_reply("b") == b"done"
+
+
+async def test_events_and_saves_queued_together_apply_as_one_at_a_time(store: Store) -> None:
+    # Queued in one loop turn, so they share one batch, where the PostgreSQL store
+    # stores several callers' events in one statement: each caller still gets what
+    # it would alone, a duplicate id is refused after its first, and what an event
+    # cancels or resumes is what the events before it stored.
+    finished = NewEvent(event_record("done-1", "inngest/function.finished"), [])
+    invoked = NewEvent(event_record("inv-1", "inngest/function.invoked"), [run_record("child", "inv-1")])
+    results = await asyncio.gather(
+        store.record_events([NewEvent(event_record("e1"), [run_record("run1"), run_record("run2")])]),
+        store.record_events([NewEvent(event_record("e1"), [run_record("run3")])]),
+        store.record_events(
+            [NewEvent(event_record("e2"), [], memos=[RunMemo("run2", StepMemo("w", b"1"))], cancels=["run1"])]
+        ),
+        store.save_run(run_record("run2"), events=[finished]),
+        store.save_run(run_record("run1"), events=[finished]),
+        store.save_run(run_record("run2"), events=[invoked]),
+        store.record_events([invoked, NewEvent(event_record("e3"), [])]),
+    )
+    assert results == [[True], [False], [True], [True], [False], [True], [False, True]]
+    assert [r.run_id for r in await store.runs_for_event("e1")] == ["run1", "run2"]
+    assert [r.run_id for r in await store.runs_for_event("inv-1")] == ["child"]
+    run1 = await store.get_run("run1")
+    assert run1 is not None and run1.cancel_requested
+    assert await store.get_memos("run2") == [StepMemo("w", b"1")]
+    for event_id in ("done-1", "e2", "e3"):
+        assert await store.get_event(event_id) is not None
+    assert await store.get_run("run3") is None
