@@ -365,9 +365,9 @@ async def test_events_and_saves_queued_together_apply_as_one_at_a_time(store: St
         store.record_events(
             [NewEvent(event_record("e2"), [], memos=[RunMemo("run2", StepMemo("w", b"1"))], cancels=["run1"])]
         ),
-        store.save_run(run_record("run2"), events=[finished]),
-        store.save_run(run_record("run1"), events=[finished]),
-        store.save_run(run_record("run2"), events=[invoked]),
+        store.save_run(run_record("run2"), fence=0, events=[finished]),
+        store.save_run(run_record("run1"), fence=0, events=[finished]),
+        store.save_run(run_record("run2"), fence=0, events=[invoked]),
         store.record_events([invoked, NewEvent(event_record("e3"), [])]),
     )
     assert results == [[True], [False], [True], [True], [False], [True], [False, True]]
