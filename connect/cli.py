@@ -69,6 +69,7 @@ def _platform_settings(args: argparse.Namespace) -> Any:
         db=args.db,
         checkpoint_steps=args.checkpoint_steps,
         poll_window=_poll_window(args),
+        history_retention=_history_retention(args),
     )
     for name in (
         "lease_duration",
@@ -105,6 +106,19 @@ def _poll_window(args: argparse.Namespace, default: float | None = None) -> floa
         return polling.window_from_env(default)
     except ValueError as exc:
         raise SystemExit(f"connect {args.command}: {exc}") from None
+
+
+def _history_retention(args: argparse.Namespace) -> float | None:
+    """`--history-retention`, else `CONNECT_HISTORY_RETENTION`, else 7 days, as seconds (None: forever)."""
+    from connect.executor.retention import DEFAULT_RETENTION, parse_retention
+
+    text = args.history_retention or os.environ.get("CONNECT_HISTORY_RETENTION", "").strip()
+    if not text:
+        return DEFAULT_RETENTION
+    try:
+        return parse_retention(text)
+    except ValueError as exc:
+        raise SystemExit(f"connect {args.command}: --history-retention: {exc}") from None
 
 
 def _add_poll_window_arg(parser: argparse.ArgumentParser, default_ms: str) -> None:
@@ -193,6 +207,12 @@ def _add_platform_args(parser: argparse.ArgumentParser, default_db: str) -> None
         dest="checkpoint_steps",
         action="store_false",
         help="one step per request for every worker (checkpoints are on by default)",
+    )
+    parser.add_argument(
+        "--history-retention",
+        default=None,
+        help="how long ended runs are kept with their steps and events before they are deleted: "
+        "a duration such as 7d, 12h or 30m (at least 1m), or 'forever' (default 7d; or CONNECT_HISTORY_RETENTION)",
     )
     _add_poll_window_arg(parser, "1")
 

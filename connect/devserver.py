@@ -25,6 +25,7 @@ from connect.api.app import MAX_START_BYTES, ApiConfig, create_api
 from connect.api.framing import HttpLimits
 from connect.api.guard import guarded_http
 from connect.executor import Executor
+from connect.executor.retention import DEFAULT_RETENTION
 from connect.executor.runner import MAX_LEASE_LAPSES
 from connect.gateway.admission import MAX_HANDSHAKES, MAX_HANDSHAKES_PER_PEER
 from connect.gateway.auth import Keys
@@ -71,6 +72,8 @@ class DevSettings:
     checkpoint_steps: bool = True
     #: The longest the loop keeps polling after step traffic, in seconds (0: off; see `connect.polling`).
     poll_window: float = polling.DEFAULT_WINDOW
+    #: Seconds ended runs are kept (`--history-retention`); None keeps everything.
+    history_retention: float | None = DEFAULT_RETENTION
     #: The name of the process in its log lines.
     name: str = "connect dev"
 
@@ -112,7 +115,13 @@ class DevServer:
         dispatcher = GatewayDispatcher(
             store, lease_duration=s.lease_duration, extend_lease_interval=s.extend_lease_interval
         )
-        executor = Executor(store, dispatcher, checkpoint_steps=s.checkpoint_steps, max_lease_lapses=s.max_lease_lapses)
+        executor = Executor(
+            store,
+            dispatcher,
+            checkpoint_steps=s.checkpoint_steps,
+            max_lease_lapses=s.max_lease_lapses,
+            history_retention=s.history_retention,
+        )
         gateway = GatewayServer(
             dispatcher,
             tokens,

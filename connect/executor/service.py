@@ -34,6 +34,8 @@ from connect.executor import replies
 from connect.executor.cron import CRON_EVENT, CronSchedule
 from connect.executor.intake import Intake, IntakeItem
 from connect.executor.registry import Registration, Registry
+from connect.executor.retention import INTERVAL as RETENTION_INTERVAL
+from connect.executor.retention import Retention
 from connect.executor.retries import Backoff
 from connect.executor.runner import MAX_LEASE_LAPSES, CancelRequested, Message, Resolved, Runner, RunServices
 from connect.executor.system_events import (
@@ -101,7 +103,12 @@ class Executor:
         backoff_max: float = 60.0,
         checkpoint_steps: bool = True,
         max_lease_lapses: int = MAX_LEASE_LAPSES,
+        history_retention: float | None = None,
+        retention_interval: float = RETENTION_INTERVAL,
     ) -> None:
+        """`history_retention`: seconds ended runs are kept before they are
+        pruned in the background (see `connect.executor.retention`); None
+        keeps everything."""
         if max_lease_lapses < 0:
             raise ValueError("max_lease_lapses must not be negative")
         self._store = store
@@ -132,6 +139,11 @@ class Executor:
         self._cron_last: dict[str, int] = {}
         self._go = asyncio.Event()
         self._started = False
+        self._retention = (
+            None
+            if history_retention is None
+            else Retention(store, history_retention, clock=clock, interval=retention_interval)
+        )
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -153,6 +165,8 @@ class Executor:
         self._go.set()
         self._cron_last = await self._store.cron_ticks()
         self._schedule_crons()
+        if self._retention is not None:
+            self._background_task(self._retention.run())  # cancelled by `stop` with the rest
 
     async def stop(self) -> None:
         """Cancel every run task and wait for them; their state stays in the store."""

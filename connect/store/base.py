@@ -176,6 +176,29 @@ class NewEvent(msgspec.Struct, frozen=True):
     cancels: list[str] = msgspec.field(default_factory=list)
 
 
+class Pruned(msgspec.Struct, frozen=True):
+    """What one `prune_history` batch deleted, by kind of row."""
+
+    runs: int = 0
+    steps: int = 0
+    events: int = 0
+    replies: int = 0
+    leases: int = 0
+
+    def reached(self, limit: int) -> bool:
+        """Whether a bounded kind hit `limit`, so more may be left to delete."""
+        return max(self.runs, self.events, self.replies, self.leases) >= limit
+
+    def __add__(self, other: Pruned) -> Pruned:
+        return Pruned(
+            self.runs + other.runs,
+            self.steps + other.steps,
+            self.events + other.events,
+            self.replies + other.replies,
+            self.leases + other.leases,
+        )
+
+
 class ReplyStore(Protocol):
     """What the gateway needs: step replies and request leases.
 
@@ -288,4 +311,32 @@ class Store(ReplyStore, Protocol):
     async def record_tick(self, key: str, tick_ms: int, event: NewEvent) -> bool:
         """Record a cron tick's event and run, and remember the tick, in one
         transaction; False if the event was stored already (the tick ran)."""
+        ...
+
+    # --- history retention ------------------------------------------------------------
+
+    async def prune_history(self, before_ms: int, limit: int) -> Pruned:
+        """Delete, in one small transaction, history that ended before `before_ms`.
+
+        At most `limit` rows of each bounded kind go (runs, events, replies,
+        leases), plus the steps of the runs deleted; `Pruned.reached(limit)`
+        says whether to call again. What is deleted:
+
+        * runs Completed, Failed or Cancelled with `ended_at_ms < before_ms`,
+          oldest end first, with their steps;
+        * events received before `before_ms` that no remaining run refers to
+          as its trigger: those of the runs just deleted, the
+          `inngest/function.*` events runs emitted, and events that started
+          nothing. The memo a wait or an invoke resolved with holds its own
+          copy of the event, so resolved waits need no event row;
+        * replies stored before `before_ms` and before the oldest Running run
+          started (a reply a live run may still consume was stored after it
+          started), and leases that expired before `before_ms`.
+
+        Never deleted: Running runs (sleeping, waiting for an event or an
+        invoke, or mid-step), their steps and triggering events, runs that
+        ended at or after `before_ms`, apps, and cron ticks (the last tick of
+        each schedule is what keeps a tick from running twice). Two processes
+        may prune at once: each takes rows the other has not locked.
+        """
         ...

@@ -30,6 +30,7 @@ from connect.store.base import (
     LoadedRun,
     NewEvent,
     PendingRequest,
+    Pruned,
     RunRecord,
     StepMemo,
     Waiting,
@@ -227,6 +228,61 @@ async def _save_runs(conn: Connection, args: list[tuple[_SaveRow, list[NewEvent]
         # executemany pipelines the statements: one round trip for the whole run of saves.
         await conn.executemany(_SAVE_RUN, plain)
     return results
+
+
+def _deleted(status: str) -> int:
+    return int(status.split()[-1])
+
+
+async def _prune_history(conn: Connection, before_ms: int, limit: int) -> Pruned:
+    # Every selection skips rows another transaction holds, so two processes
+    # pruning at once take disjoint batches and never wait on each other.
+    async with conn.transaction():
+        runs = [
+            r["run_id"]
+            for r in await conn.fetch(
+                "SELECT run_id FROM runs WHERE ended_at_ms < $1 AND status <> 'Running'"
+                " ORDER BY ended_at_ms LIMIT $2 FOR UPDATE SKIP LOCKED",
+                before_ms,
+                limit,
+            )
+        ]
+        steps = 0
+        if runs:
+            steps = _deleted(await conn.execute("DELETE FROM steps WHERE run_id = ANY($1::text[])", runs))
+            await conn.execute("DELETE FROM runs WHERE run_id = ANY($1::text[])", runs)
+        # After the runs: an event their deletion frees goes in the same batch.
+        # No run can start on an event already stored (runs are inserted only
+        # with a new event), so an event found unreferenced stays so.
+        events = _deleted(
+            await conn.execute(
+                "DELETE FROM events WHERE id IN (SELECT e.id FROM events e WHERE e.received_at_ms < $1"
+                " AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.event_id = e.id)"
+                " ORDER BY e.received_at_ms LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                before_ms,
+                limit,
+            )
+        )
+        # A request is created after its run started: a reply stored before the
+        # oldest Running run started can be no live run's (LEAST skips a NULL).
+        replies = _deleted(
+            await conn.execute(
+                "DELETE FROM replies WHERE request_id IN (SELECT request_id FROM replies WHERE stored_at_ms <"
+                " LEAST($1, (SELECT min(started_at_ms) FROM runs WHERE status = 'Running'))"
+                " ORDER BY stored_at_ms LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                before_ms,
+                limit,
+            )
+        )
+        leases = _deleted(
+            await conn.execute(
+                "DELETE FROM leases WHERE request_id IN (SELECT request_id FROM leases WHERE expires_at_ms < $1"
+                " LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                before_ms,
+                limit,
+            )
+        )
+    return Pruned(runs=len(runs), steps=steps, events=events, replies=replies, leases=leases)
 
 
 _PUT_REPLY: Final = Bulk("put_reply", _put_replies)
@@ -439,6 +495,13 @@ class PostgresStore:
             run.output,
         )
         return await self._writer.submit(_SAVE, (row, list(events or ())))
+
+    # --- history retention -------------------------------------------------------------
+
+    async def prune_history(self, before_ms: int, limit: int) -> Pruned:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        return await self._writer.aside(lambda conn: _prune_history(conn, before_ms, limit))
 
     # --- executor: cron -------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from connect.store.base import (
     LoadedRun,
     NewEvent,
     PendingRequest,
+    Pruned,
     RunRecord,
     StepMemo,
     Waiting,
@@ -41,7 +42,7 @@ from connect.store.writer import SqliteWriter
 from protocol.ids import new_ulid
 from protocol.payloads import FunctionConfig
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 
 _TABLES: Final = (
     "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
@@ -103,6 +104,16 @@ _RUNS_TABLE: Final = """CREATE TABLE {name} (
 _RUNS_INDEXES: Final = (
     "CREATE INDEX IF NOT EXISTS runs_by_event ON runs (event_id)",
     "CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status)",
+)
+
+# History retention (schema 3): finding ended runs by age and the oldest
+# Running run stays an index lookup however large the history. Both runs
+# indexes are partial, so a Running run's step (which writes neither status
+# nor end) never touches them.
+_RETENTION_INDEXES: Final = (
+    "CREATE INDEX IF NOT EXISTS runs_by_end ON runs (ended_at_ms) WHERE ended_at_ms IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS running_runs_by_start ON runs (started_at_ms) WHERE status = 'Running'",
+    "CREATE INDEX IF NOT EXISTS events_by_age ON events (received_at_ms)",
 )
 
 _RUN_COLUMNS: Final = (
@@ -233,6 +244,10 @@ def _setup(conn: sqlite3.Connection) -> None:
             _migrate_1_to_2(conn)
         for statement in _RUNS_INDEXES:
             conn.execute(statement)
+        if has_runs and version < 3:
+            _backfill_ended_at(conn)
+        for statement in _RETENTION_INDEXES:
+            conn.execute(statement)
         if not rows:
             conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
         elif version != SCHEMA_VERSION:
@@ -292,6 +307,45 @@ def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
     )
     conn.execute("DROP TABLE runs")
     conn.execute("ALTER TABLE runs_v2 RENAME TO runs")
+
+
+def _backfill_ended_at(conn: sqlite3.Connection) -> None:
+    """Schema 3 (history retention) finds ended runs by `ended_at_ms`; a run
+    that ended without one recorded is taken to have ended when it started."""
+    conn.execute("UPDATE runs SET ended_at_ms = started_at_ms WHERE status <> 'Running' AND ended_at_ms IS NULL")
+
+
+def _prune_history(conn: sqlite3.Connection, before_ms: int, limit: int) -> Pruned:
+    runs = conn.execute(
+        "SELECT run_id FROM runs WHERE ended_at_ms < ? AND status <> 'Running' ORDER BY ended_at_ms LIMIT ?",
+        (before_ms, limit),
+    ).fetchall()
+    steps = 0
+    if runs:
+        steps = conn.executemany("DELETE FROM steps WHERE run_id = ?", runs).rowcount
+        conn.executemany("DELETE FROM runs WHERE run_id = ?", runs)
+    # After the runs: an event their deletion frees goes in the same batch.
+    events = conn.execute(
+        "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE received_at_ms < ?"
+        " AND NOT EXISTS (SELECT 1 FROM runs WHERE runs.event_id = events.id) ORDER BY received_at_ms LIMIT ?)",
+        (before_ms, limit),
+    ).rowcount
+    # A request is created after its run started: a reply stored before the
+    # oldest Running run started can be no live run's.
+    (oldest_running,) = conn.execute(
+        "SELECT min(started_at_ms) FROM runs INDEXED BY running_runs_by_start WHERE status = 'Running'"
+    ).fetchone()
+    replies_before = before_ms if oldest_running is None else min(before_ms, oldest_running)
+    replies = conn.execute(
+        "DELETE FROM replies WHERE request_id IN"
+        " (SELECT request_id FROM replies WHERE stored_at_ms < ? ORDER BY stored_at_ms LIMIT ?)",
+        (replies_before, limit),
+    ).rowcount
+    leases = conn.execute(
+        "DELETE FROM leases WHERE request_id IN (SELECT request_id FROM leases WHERE expires_at_ms < ? LIMIT ?)",
+        (before_ms, limit),
+    ).rowcount
+    return Pruned(runs=len(runs), steps=steps, events=events, replies=replies, leases=leases)
 
 
 class SqliteStore:
@@ -516,6 +570,15 @@ class SqliteStore:
             return _insert_events(conn, event_rows) if event_rows else []
 
         return await self._writer.submit(op)
+
+    # --- history retention -------------------------------------------------------------
+
+    async def prune_history(self, before_ms: int, limit: int) -> Pruned:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        # One writer operation: it shares the commit of whatever else is
+        # queued, and holds the loop only as long as `limit` rows take.
+        return await self._writer.submit(lambda conn: _prune_history(conn, before_ms, limit))
 
     # --- executor: cron -------------------------------------------------------------
 
