@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from connect.store import PendingRequest, SqliteStore, StepMemo, Waiting
+from connect.store.sqlite import SCHEMA_VERSION
 
 pytestmark = pytest.mark.anyio
 
@@ -17,7 +18,7 @@ async def test_the_file_is_in_wal_mode_with_a_schema_version(tmp_path: Path) -> 
     store = await SqliteStore.open(path)
     await store.close()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     conn.close()
 
@@ -75,15 +76,17 @@ async def test_a_schema_1_database_is_migrated_and_its_runs_resume(tmp_path: Pat
         assert [r.step_id for r in grp.requests] == ["p1", "p2"]
         done = await store.get_run("done")
         assert done is not None and done.status == "Completed" and done.output == b'{"ok":1}' and done.requests == []
+        # Schema 3 (history retention) takes an end not recorded to be the start.
+        assert done.ended_at_ms == 1000 and seq.ended_at_ms is None
         assert [r.run_id for r in await store.runs_with_status("Running")] == ["grp", "nap", "seq"]
         assert await store.get_memos("seq") == [StepMemo("h0", b'{"data":1}')]
         assert await store.cron_ticks() == {}
     finally:
         await store.close()
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(2,)]
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
         indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-        assert {"runs_by_event", "runs_by_status"} <= indexes
+        assert {"runs_by_event", "runs_by_status", "runs_by_end", "running_runs_by_start", "events_by_age"} <= indexes
     # Opening again is a no-op.
     store = await SqliteStore.open(path)
     await store.close()
