@@ -186,6 +186,11 @@ class Executor:
         return len(self._runners)
 
     @property
+    def retention(self) -> Retention | None:
+        """The history retention task, or None when everything is kept."""
+        return self._retention
+
+    @property
     def paused_watches(self) -> int:
         """Waits, invokes and cancel conditions currently filed by event."""
         return len(self._waits)
