@@ -112,13 +112,15 @@ def _history_retention(args: argparse.Namespace) -> float | None:
     """`--history-retention`, else `CONNECT_HISTORY_RETENTION`, else 7 days, as seconds (None: forever)."""
     from connect.executor.retention import DEFAULT_RETENTION, parse_retention
 
-    text = args.history_retention or os.environ.get("CONNECT_HISTORY_RETENTION", "").strip()
-    if not text:
-        return DEFAULT_RETENTION
+    source, text = "--history-retention", args.history_retention
+    if text is None:
+        source, text = "CONNECT_HISTORY_RETENTION", os.environ.get("CONNECT_HISTORY_RETENTION", "")
+        if not text.strip():
+            return DEFAULT_RETENTION
     try:
         return parse_retention(text)
     except ValueError as exc:
-        raise SystemExit(f"connect {args.command}: --history-retention: {exc}") from None
+        raise SystemExit(f"connect {args.command}: {source}: {exc}") from None
 
 
 def _add_poll_window_arg(parser: argparse.ArgumentParser, default_ms: str) -> None:
