@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 
 import asyncpg
 import pytest
@@ -295,3 +296,36 @@ async def test_a_postgres_database_from_before_retention_is_migrated(postgres_se
         assert await store.get_run("live") is not None and await store.get_event("e1") is not None
     finally:
         await store.close()
+
+
+async def test_pruning_while_runs_step_and_end_deletes_only_what_ended(store: Store) -> None:
+    # Everything that ends is at once older than the cutoff, and every prune
+    # runs at the same time as steps of the runs still going (in one commit
+    # on SQLite, in concurrent transactions on PostgreSQL).
+    runs = [running(f"r{i:03}", f"e{i:03}") for i in range(200)]
+    await store.record_events([NewEvent(event(r.event_id, OLD), [r]) for r in runs])
+    ending, going = runs[::2], runs[1::2]
+
+    def steps(of: list[RunRecord], j: int) -> list[Awaitable[object]]:
+        return [store.save_run(r, memos=[StepMemo(f"h{j}", b"1")]) for r in of]
+
+    await asyncio.gather(*steps(runs, 0), store.prune_history(CUTOFF, 7))
+    await asyncio.gather(
+        *(end(store, r, OLD, memos=0) for r in ending), *steps(going, 1), store.prune_history(CUTOFF, 7)
+    )
+    during: list[Pruned] = []
+    for j in (2, 3):
+        [*_, pruned] = await asyncio.gather(*steps(going, j), store.prune_history(CUTOFF, 7))
+        during.append(pruned)
+    assert all(p.runs == 7 for p in during)
+    while (await store.prune_history(CUTOFF, 50)).reached(50):
+        pass
+
+    for run in ending:
+        assert await store.get_run(run.run_id) is None
+        assert await store.get_memos(run.run_id) == []
+        assert await store.get_event(run.event_id) is None
+    for run in going:
+        loaded = await store.load_run(run.run_id)
+        assert loaded is not None and loaded.run.status == "Running" and loaded.event is not None
+        assert [m.step_hash for m in loaded.memos] == ["h0", "h1", "h2", "h3"]
