@@ -2,13 +2,15 @@
 
 Every `interval` seconds (and once at start) a round computes a cutoff, now
 minus the retention period, and calls `Store.prune_history` with it in
-batches of at most `batch` rows of each kind until a batch comes back short,
-pausing `pause` seconds between batches. A batch is one small transaction,
-so the hot path waits for at most one batch at a time and gets the loop (and
-the database) back between two; the cutoff is fixed for the round, so a
-round ends even while new history keeps coming. What a batch deletes, and
-what it never touches (anything a Running run, sleeping, waiting or
-mid-step, still needs), is `Store.prune_history`'s contract.
+batches of at most `batch` runs until a batch says nothing is left, pausing
+`pause` seconds between two. Each batch goes on from where the previous
+one's scan of old events stopped, so a round reads once each old event that
+a live run still needs. A batch is one small transaction: the hot path waits
+for at most one batch at a time and gets the loop (and the database) back
+between two. The cutoff is fixed for the round, so a round ends even while
+new history keeps coming. What a batch deletes, and what it never touches
+(anything a Running run, sleeping, waiting or mid-step, still needs), is
+`Store.prune_history`'s contract.
 
 A round that fails (the database briefly unreachable, say) is logged and
 tried again at the next interval; nothing is lost by a skipped round.
@@ -44,8 +46,9 @@ FOREVER: Final = "forever"
 INTERVAL: Final = 60.0
 """Seconds between the start of one round and the next."""
 
-BATCH: Final = 500
-"""Rows of each kind (runs, events, replies, leases) one batch deletes at most."""
+BATCH: Final = 200
+"""Runs (and replies, leases, old events examined) one batch takes at most:
+a few milliseconds of SQLite's writer, which the hot path shares."""
 
 PAUSE: Final = 0.05
 """Seconds between two batches of a round, left to the hot path."""
@@ -118,7 +121,7 @@ class Retention:
         total = Pruned()
         if cutoff > 0:
             while True:
-                pruned = await self._store.prune_history(cutoff, self._batch)
+                pruned = await self._store.prune_history(cutoff, self._batch, total.events_cursor)
                 total += pruned
                 if not pruned.reached(self._batch):
                     break

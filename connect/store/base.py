@@ -176,26 +176,35 @@ class NewEvent(msgspec.Struct, frozen=True):
     cancels: list[str] = msgspec.field(default_factory=list)
 
 
+#: Where a scan of events by age stopped: (received_at_ms, id) of the last one examined.
+EventsCursor = tuple[int, str]
+
+
 class Pruned(msgspec.Struct, frozen=True):
-    """What one `prune_history` batch deleted, by kind of row."""
+    """What one `prune_history` batch deleted, by kind of row, and where its
+    scan of old events stopped (None: it reached the cutoff)."""
 
     runs: int = 0
     steps: int = 0
     events: int = 0
     replies: int = 0
     leases: int = 0
+    events_cursor: EventsCursor | None = None
 
     def reached(self, limit: int) -> bool:
-        """Whether a bounded kind hit `limit`, so more may be left to delete."""
-        return max(self.runs, self.events, self.replies, self.leases) >= limit
+        """Whether a bounded kind hit `limit` or the event scan stopped short,
+        so another batch may find more to delete."""
+        return self.events_cursor is not None or max(self.runs, self.replies, self.leases) >= limit
 
     def __add__(self, other: Pruned) -> Pruned:
+        """Totals of two batches, the second's cursor."""
         return Pruned(
             self.runs + other.runs,
             self.steps + other.steps,
             self.events + other.events,
             self.replies + other.replies,
             self.leases + other.leases,
+            other.events_cursor,
         )
 
 
@@ -315,20 +324,23 @@ class Store(ReplyStore, Protocol):
 
     # --- history retention ------------------------------------------------------------
 
-    async def prune_history(self, before_ms: int, limit: int) -> Pruned:
+    async def prune_history(self, before_ms: int, limit: int, events_after: EventsCursor | None = None) -> Pruned:
         """Delete, in one small transaction, history that ended before `before_ms`.
 
-        At most `limit` rows of each bounded kind go (runs, events, replies,
-        leases), plus the steps of the runs deleted; `Pruned.reached(limit)`
-        says whether to call again. What is deleted:
+        One batch deletes at most `limit` runs with their steps and the events
+        that started them, examines at most `limit` other events (oldest
+        first, after `events_after` when given), and deletes at most `limit`
+        replies and `limit` leases. While `Pruned.reached(limit)`, call again
+        with its `events_cursor`: a round that does so examines each old event
+        once, however many of them live runs still need. What is deleted:
 
         * runs Completed, Failed or Cancelled with `ended_at_ms < before_ms`,
           oldest end first, with their steps;
         * events received before `before_ms` that no remaining run refers to
-          as its trigger: those of the runs just deleted, the
-          `inngest/function.*` events runs emitted, and events that started
-          nothing. The memo a wait or an invoke resolved with holds its own
-          copy of the event, so resolved waits need no event row;
+          as its trigger: those of the runs deleted, the `inngest/function.*`
+          events runs emitted, and events that started nothing. The memo a
+          wait or an invoke resolved with holds its own copy of the event,
+          so resolved waits need no event row;
         * replies stored before `before_ms` and before the oldest Running run
           started (a reply a live run may still consume was stored after it
           started), and leases that expired before `before_ms`.

@@ -84,7 +84,7 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "UPDATE runs SET ended_at_ms = started_at_ms WHERE status <> 'Running' AND ended_at_ms IS NULL",
         "CREATE INDEX runs_by_end ON runs (ended_at_ms) WHERE ended_at_ms IS NOT NULL",
         "CREATE INDEX running_runs_by_start ON runs (started_at_ms) WHERE status = 'Running'",
-        "CREATE INDEX events_by_age ON events (received_at_ms)",
+        "CREATE INDEX events_by_age ON events (received_at_ms, id)",
     ),
 )
 

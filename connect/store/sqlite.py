@@ -29,6 +29,7 @@ from connect.store.base import (
     WAIT_SLEEP,
     AppRecord,
     EventRecord,
+    EventsCursor,
     LeaseRecord,
     LoadedRun,
     NewEvent,
@@ -113,7 +114,7 @@ _RUNS_INDEXES: Final = (
 _RETENTION_INDEXES: Final = (
     "CREATE INDEX IF NOT EXISTS runs_by_end ON runs (ended_at_ms) WHERE ended_at_ms IS NOT NULL",
     "CREATE INDEX IF NOT EXISTS running_runs_by_start ON runs (started_at_ms) WHERE status = 'Running'",
-    "CREATE INDEX IF NOT EXISTS events_by_age ON events (received_at_ms)",
+    "CREATE INDEX IF NOT EXISTS events_by_age ON events (received_at_ms, id)",
 )
 
 _RUN_COLUMNS: Final = (
@@ -315,21 +316,40 @@ def _backfill_ended_at(conn: sqlite3.Connection) -> None:
     conn.execute("UPDATE runs SET ended_at_ms = started_at_ms WHERE status <> 'Running' AND ended_at_ms IS NULL")
 
 
-def _prune_history(conn: sqlite3.Connection, before_ms: int, limit: int) -> Pruned:
-    runs = conn.execute(
-        "SELECT run_id FROM runs WHERE ended_at_ms < ? AND status <> 'Running' ORDER BY ended_at_ms LIMIT ?",
+#: Before every event: where a round's scan of old events starts.
+_FIRST_EVENT: Final = (-(2**63), "")
+_DELETE_FREED_EVENT: Final = (
+    "DELETE FROM events WHERE id = ? AND received_at_ms < ?"
+    " AND NOT EXISTS (SELECT 1 FROM runs WHERE runs.event_id = events.id)"
+)
+
+
+def _prune_history(conn: sqlite3.Connection, before_ms: int, limit: int, events_after: EventsCursor | None) -> Pruned:
+    runs: list[tuple[str, str]] = conn.execute(
+        "SELECT run_id, event_id FROM runs WHERE ended_at_ms < ? AND status <> 'Running' ORDER BY ended_at_ms LIMIT ?",
         (before_ms, limit),
     ).fetchall()
-    steps = 0
+    steps = events = 0
     if runs:
-        steps = conn.executemany("DELETE FROM steps WHERE run_id = ?", runs).rowcount
-        conn.executemany("DELETE FROM runs WHERE run_id = ?", runs)
-    # After the runs: an event their deletion frees goes in the same batch.
-    events = conn.execute(
-        "DELETE FROM events WHERE id IN (SELECT id FROM events WHERE received_at_ms < ?"
-        " AND NOT EXISTS (SELECT 1 FROM runs WHERE runs.event_id = events.id) ORDER BY received_at_ms LIMIT ?)",
-        (before_ms, limit),
-    ).rowcount
+        run_ids = [(run_id,) for run_id, _ in runs]
+        steps = conn.executemany("DELETE FROM steps WHERE run_id = ?", run_ids).rowcount
+        conn.executemany("DELETE FROM runs WHERE run_id = ?", run_ids)
+        # Their events, unless a run the same event started remains.
+        freed = sorted({event_id for _, event_id in runs})
+        events = conn.executemany(_DELETE_FREED_EVENT, [(event_id, before_ms) for event_id in freed]).rowcount
+    # The other old events (emitted, or that started nothing), in age order
+    # from where the previous batch stopped: one that a live run still needs
+    # is examined once a round, not once a batch.
+    after_ms, after_id = events_after or _FIRST_EVENT
+    scanned: list[tuple[int, str, int]] = conn.execute(
+        "SELECT received_at_ms, id, EXISTS (SELECT 1 FROM runs WHERE runs.event_id = events.id) FROM events"
+        " WHERE received_at_ms < ? AND (received_at_ms, id) > (?, ?) ORDER BY received_at_ms, id LIMIT ?",
+        (before_ms, after_ms, after_id, limit),
+    ).fetchall()
+    unneeded = [(event_id,) for _, event_id, referenced in scanned if not referenced]
+    if unneeded:
+        events += conn.executemany("DELETE FROM events WHERE id = ?", unneeded).rowcount
+    cursor = (scanned[-1][0], scanned[-1][1]) if len(scanned) == limit else None
     # A request is created after its run started: a reply stored before the
     # oldest Running run started can be no live run's.
     (oldest_running,) = conn.execute(
@@ -345,7 +365,7 @@ def _prune_history(conn: sqlite3.Connection, before_ms: int, limit: int) -> Prun
         "DELETE FROM leases WHERE request_id IN (SELECT request_id FROM leases WHERE expires_at_ms < ? LIMIT ?)",
         (before_ms, limit),
     ).rowcount
-    return Pruned(runs=len(runs), steps=steps, events=events, replies=replies, leases=leases)
+    return Pruned(runs=len(runs), steps=steps, events=events, replies=replies, leases=leases, events_cursor=cursor)
 
 
 class SqliteStore:
@@ -573,12 +593,12 @@ class SqliteStore:
 
     # --- history retention -------------------------------------------------------------
 
-    async def prune_history(self, before_ms: int, limit: int) -> Pruned:
+    async def prune_history(self, before_ms: int, limit: int, events_after: EventsCursor | None = None) -> Pruned:
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
         # One writer operation: it shares the commit of whatever else is
         # queued, and holds the loop only as long as `limit` rows take.
-        return await self._writer.submit(lambda conn: _prune_history(conn, before_ms, limit))
+        return await self._writer.submit(lambda conn: _prune_history(conn, before_ms, limit, events_after))
 
     # --- executor: cron -------------------------------------------------------------
 

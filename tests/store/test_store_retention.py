@@ -81,6 +81,14 @@ async def end(
     return [finished]
 
 
+async def prune_round(store: Store, before_ms: int, limit: int) -> list[Pruned]:
+    """Batches until one says nothing is left, each going on from the last one's cursor."""
+    batches = [await store.prune_history(before_ms, limit)]
+    while batches[-1].reached(limit):
+        batches.append(await store.prune_history(before_ms, limit, batches[-1].events_cursor))
+    return batches
+
+
 async def test_old_ended_runs_go_with_their_steps_and_events(store: Store) -> None:
     done, failed, cancelled = (running(r, f"e-{r}") for r in ("done", "failed", "cancelled"))
     emitted: list[EventRecord] = []
@@ -175,30 +183,46 @@ async def test_a_run_resolved_by_an_event_keeps_the_event_in_its_memo(store: Sto
     assert await store.get_event("e-wait") is not None
 
 
-async def test_each_batch_deletes_at_most_limit_rows_of_each_kind(store: Store) -> None:
+async def test_each_batch_takes_at_most_limit_runs_and_examines_at_most_limit_other_events(store: Store) -> None:
     for i in range(7):
         run = running(f"r{i}", f"e{i}")
         await start(store, run)
         await end(store, run, OLD + i, memos=1)
 
     first = await store.prune_history(CUTOFF, 3)
-    assert first.reached(3)
+    assert first.reached(3) and first.runs == 3
     # Oldest end first.
     assert [await store.get_run(f"r{i}") is None for i in range(7)] == [True] * 3 + [False] * 4
     batches = [first]
-    while True:
-        pruned = await store.prune_history(CUTOFF, 3)
-        batches.append(pruned)
-        if not pruned.reached(3):
-            break
+    while batches[-1].reached(3):
+        batches.append(await store.prune_history(CUTOFF, 3, batches[-1].events_cursor))
 
-    assert all(max(b.runs, b.events, b.replies, b.leases) <= 3 for b in batches)
-    assert [b.runs for b in batches] == [3, 3, 1, 0, 0]
+    # Each batch: at most 3 runs with their 3 events, and 3 more events by age.
+    assert all(b.runs <= 3 and b.events <= 6 for b in batches)
+    assert [b.runs for b in batches[:3]] == [3, 3, 1] and all(b.runs == 0 for b in batches[3:])
     total = sum(batches, Pruned())
-    assert (total.runs, total.steps, total.events) == (7, 7, 14)
+    assert (total.runs, total.steps, total.events, total.events_cursor) == (7, 7, 14, None)
     assert [await store.get_run(f"r{i}") for i in range(7)] == [None] * 7
     with pytest.raises(ValueError, match="at least 1"):
         await store.prune_history(CUTOFF, 0)
+
+
+async def test_a_round_examines_each_old_event_a_live_run_needs_once(store: Store) -> None:
+    # 12 live runs started by old events, then 5 old events that started nothing.
+    for i in range(12):
+        await start(store, running(f"live{i:02}", f"e-live{i:02}"))
+    await store.record_events([NewEvent(event(f"orphan{i}", OLD + 1), []) for i in range(5)])
+
+    batches = await prune_round(store, CUTOFF, 4)
+
+    # 17 old events, 4 examined per batch: 5 batches, never the same live events again.
+    assert len(batches) == 5
+    assert [b.events for b in batches] == [0, 0, 0, 4, 1]
+    assert batches[-1].events_cursor is None
+    for i in range(5):
+        assert await store.get_event(f"orphan{i}") is None
+    for i in range(12):
+        assert await store.get_event(f"e-live{i:02}") is not None
 
 
 async def test_stale_replies_and_lapsed_leases_go_but_a_live_runs_reply_stays(store: Store) -> None:
@@ -250,7 +274,7 @@ async def test_two_stores_pruning_at_once_share_the_work(engine: Engine) -> None
         async def prune_all(s: Store) -> Pruned:
             total = Pruned()
             while True:
-                pruned = await s.prune_history(CUTOFF, 25)
+                pruned = await s.prune_history(CUTOFF, 25, total.events_cursor)
                 total += pruned
                 if not pruned.reached(25):
                     return total
@@ -318,8 +342,7 @@ async def test_pruning_while_runs_step_and_end_deletes_only_what_ended(store: St
         [*_, pruned] = await asyncio.gather(*steps(going, j), store.prune_history(CUTOFF, 7))
         during.append(pruned)
     assert all(p.runs == 7 for p in during)
-    while (await store.prune_history(CUTOFF, 50)).reached(50):
-        pass
+    await prune_round(store, CUTOFF, 50)
 
     for run in ending:
         assert await store.get_run(run.run_id) is None
