@@ -142,6 +142,11 @@ class Retention:
 
     async def run(self) -> None:
         """Prune now and every `interval` seconds until cancelled."""
+        log.info(
+            "history retention: ended runs are deleted %g s after they end (checked every %g s)",
+            self._period_ms / 1000,
+            self._interval,
+        )
         while True:
             try:
                 await self.prune()
