@@ -70,6 +70,7 @@ def _platform_settings(args: argparse.Namespace) -> Any:
         checkpoint_steps=args.checkpoint_steps,
         poll_window=_poll_window(args),
         executor_id=args.executor_id or None,
+        history_retention=_history_retention(args),
     )
     for name in (
         "lease_duration",
@@ -107,6 +108,21 @@ def _poll_window(args: argparse.Namespace, default: float | None = None) -> floa
         return polling.window_from_env(default)
     except ValueError as exc:
         raise SystemExit(f"connect {args.command}: {exc}") from None
+
+
+def _history_retention(args: argparse.Namespace) -> float | None:
+    """`--history-retention`, else `CONNECT_HISTORY_RETENTION`, else 7 days, as seconds (None: forever)."""
+    from connect.executor.retention import DEFAULT_RETENTION, parse_retention
+
+    source, text = "--history-retention", args.history_retention
+    if text is None:
+        source, text = "CONNECT_HISTORY_RETENTION", os.environ.get("CONNECT_HISTORY_RETENTION", "")
+        if not text.strip():
+            return DEFAULT_RETENTION
+    try:
+        return parse_retention(text)
+    except ValueError as exc:
+        raise SystemExit(f"connect {args.command}: {source}: {exc}") from None
 
 
 def _add_poll_window_arg(parser: argparse.ArgumentParser, default_ms: str) -> None:
@@ -206,6 +222,12 @@ def _add_platform_args(parser: argparse.ArgumentParser, default_db: str) -> None
         type=float,
         default=None,
         help="seconds this executor's heartbeat keeps its runs; past it other executors claim them (default 30)",
+    )
+    parser.add_argument(
+        "--history-retention",
+        default=None,
+        help="how long ended runs are kept with their steps and events before they are deleted: "
+        "a duration such as 7d, 12h or 30m (at least 1m), or 'forever' (default 7d; or CONNECT_HISTORY_RETENTION)",
     )
     _add_poll_window_arg(parser, "1")
 

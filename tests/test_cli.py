@@ -48,3 +48,48 @@ def test_a_bad_poll_window_stops_the_command_with_its_reason(
     assert out.returncode != 0
     assert message in out.stderr
     assert not db.exists()  # refused before anything started
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "seconds"),
+    [
+        (["dev"], {}, 7 * 86400.0),
+        (["dev", "--history-retention", "12h"], {"CONNECT_HISTORY_RETENTION": "1d"}, 12 * 3600.0),
+        (["dev"], {"CONNECT_HISTORY_RETENTION": "30m"}, 1800.0),
+        (["serve", "--history-retention", "forever"], {}, None),
+    ],
+)
+def test_history_retention_from_flag_env_or_default(
+    args: list[str], env: dict[str, str], seconds: float | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CONNECT_HISTORY_RETENTION", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = cli._platform_settings(cli.build_parser().parse_args(args))
+    assert settings.history_retention == seconds
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--history-retention", "7 days"], {}, "connect dev: --history-retention: '7 days' is not a duration"),
+        (["--history-retention", "10s"], {}, "--history-retention: '10s' is shorter than the minimum of 60 s"),
+        ([], {"CONNECT_HISTORY_RETENTION": "never"}, "CONNECT_HISTORY_RETENTION: 'never' is not a duration"),
+    ],
+)
+def test_a_bad_history_retention_stops_the_command_with_its_reason(
+    args: list[str], env: dict[str, str], message: str, tmp_path: Path
+) -> None:
+    db = tmp_path / "x.db"
+    full_env = {k: v for k, v in os.environ.items() if k != "CONNECT_HISTORY_RETENTION"} | env
+    out = subprocess.run(
+        [sys.executable, "-m", "connect", "dev", *args, "--db", str(db), "--port", "0", "--gateway-port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=full_env,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert out.returncode != 0
+    assert message in out.stderr
+    assert not db.exists()  # refused before anything started

@@ -1,5 +1,5 @@
 """Durable runs: triggers, step memoization, retries, parallel steps, timers, waits,
-invokes, cancellation and cron."""
+invokes, cancellation, cron and history retention."""
 
 from connect.executor.service import Executor
 

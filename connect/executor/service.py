@@ -36,6 +36,8 @@ from connect.executor.cron import CRON_EVENT, CronSchedule
 from connect.executor.intake import Intake, IntakeItem
 from connect.executor.ownership import DEFAULT_OWNER_LEASE, Ownership, default_executor_id
 from connect.executor.registry import Registration, Registry
+from connect.executor.retention import INTERVAL as RETENTION_INTERVAL
+from connect.executor.retention import Retention
 from connect.executor.retries import Backoff
 from connect.executor.runner import MAX_LEASE_LAPSES, CancelRequested, Message, Resolved, Runner, RunServices
 from connect.executor.system_events import (
@@ -107,7 +109,12 @@ class Executor:
         max_lease_lapses: int = MAX_LEASE_LAPSES,
         executor_id: str | None = None,
         owner_lease: float = DEFAULT_OWNER_LEASE,
+        history_retention: float | None = None,
+        retention_interval: float = RETENTION_INTERVAL,
     ) -> None:
+        """`history_retention`: seconds ended runs are kept before they are
+        pruned in the background (see `connect.executor.retention`); None
+        keeps everything."""
         if max_lease_lapses < 0:
             raise ValueError("max_lease_lapses must not be negative")
         self._store = store
@@ -142,6 +149,11 @@ class Executor:
         #: Set when runs may be waiting to be claimed (another executor released some).
         self._sweep_now = asyncio.Event()
         self._listening = False
+        self._retention = (
+            None
+            if history_retention is None
+            else Retention(store, history_retention, clock=clock, interval=retention_interval)
+        )
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -168,6 +180,8 @@ class Executor:
         self._cron_last = await self._store.cron_ticks()
         self._schedule_crons()
         self._background_task(self._hold_runs())
+        if self._retention is not None:
+            self._background_task(self._retention.run())  # cancelled by `stop` with the rest
 
     async def stop(self) -> None:
         """Cancel every run task and wait for them; their state stays in the
@@ -219,6 +233,11 @@ class Executor:
     def active_runs(self) -> int:
         """Runs currently driven by a task (not counting those only waiting)."""
         return len(self._runners)
+
+    @property
+    def retention(self) -> Retention | None:
+        """The history retention task, or None when everything is kept."""
+        return self._retention
 
     @property
     def paused_watches(self) -> int:

@@ -22,6 +22,7 @@ class ExecutorRole:
             max_lease_lapses=settings.max_lease_lapses,
             executor_id=settings.executor_id,
             owner_lease=settings.owner_lease,
+            history_retention=settings.history_retention,
         )
 
     async def start(self) -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from connect import polling
 from connect.executor.ownership import DEFAULT_OWNER_LEASE
+from connect.executor.retention import DEFAULT_RETENTION
 from connect.executor.runner import MAX_LEASE_LAPSES
 from connect.gateway.admission import MAX_HANDSHAKES, MAX_HANDSHAKES_PER_PEER
 from connect.gateway.auth import Keys
@@ -57,3 +58,5 @@ class PlatformSettings:
     executor_id: str | None = None
     #: Executor: seconds its heartbeat keeps its runs its own; past it other executors claim them.
     owner_lease: float = DEFAULT_OWNER_LEASE
+    #: Executor: seconds ended runs are kept (`--history-retention`); None keeps everything.
+    history_retention: float | None = DEFAULT_RETENTION

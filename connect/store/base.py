@@ -204,6 +204,38 @@ class NewEvent(msgspec.Struct, frozen=True):
     owner: str | None = None
 
 
+#: Where a scan of events by age stopped: (received_at_ms, id) of the last one examined.
+EventsCursor = tuple[int, str]
+
+
+class Pruned(msgspec.Struct, frozen=True):
+    """What one `prune_history` batch deleted, by kind of row, and where its
+    scan of old events stopped (None: it reached the cutoff)."""
+
+    runs: int = 0
+    steps: int = 0
+    events: int = 0
+    replies: int = 0
+    leases: int = 0
+    events_cursor: EventsCursor | None = None
+
+    def reached(self, limit: int) -> bool:
+        """Whether a bounded kind hit `limit` or the event scan stopped short,
+        so another batch may find more to delete."""
+        return self.events_cursor is not None or max(self.runs, self.replies, self.leases) >= limit
+
+    def __add__(self, other: Pruned) -> Pruned:
+        """Totals of two batches, the second's cursor."""
+        return Pruned(
+            self.runs + other.runs,
+            self.steps + other.steps,
+            self.events + other.events,
+            self.replies + other.replies,
+            self.leases + other.leases,
+            other.events_cursor,
+        )
+
+
 class ReplyStore(Protocol):
     """What the gateway needs: step replies and request leases.
 
@@ -360,4 +392,35 @@ class Store(ReplyStore, Protocol):
     async def record_tick(self, key: str, tick_ms: int, event: NewEvent) -> bool:
         """Record a cron tick's event and run, and remember the tick, in one
         transaction; False if the event was stored already (the tick ran)."""
+        ...
+
+    # --- history retention ------------------------------------------------------------
+
+    async def prune_history(self, before_ms: int, limit: int, events_after: EventsCursor | None = None) -> Pruned:
+        """Delete, in one small transaction, history that ended before `before_ms`.
+
+        One batch deletes at most `limit` runs with their steps and the events
+        that started them, examines at most `limit` other events (oldest
+        first, after `events_after` when given), and deletes at most `limit`
+        replies and `limit` leases. While `Pruned.reached(limit)`, call again
+        with its `events_cursor`: a round that does so examines each old event
+        once, however many of them live runs still need. What is deleted:
+
+        * runs Completed, Failed or Cancelled with `ended_at_ms < before_ms`,
+          oldest end first, with their steps;
+        * events received before `before_ms` that no remaining run refers to
+          as its trigger: those of the runs deleted, the `inngest/function.*`
+          events runs emitted, and events that started nothing. The memo a
+          wait or an invoke resolved with holds its own copy of the event,
+          so resolved waits need no event row;
+        * replies stored before `before_ms` and before the oldest Running run
+          started (a reply a live run may still consume was stored after it
+          started), and leases that expired before `before_ms`.
+
+        Never deleted: Running runs (sleeping, waiting for an event or an
+        invoke, or mid-step), their steps and triggering events, runs that
+        ended at or after `before_ms`, apps, and cron ticks (the last tick of
+        each schedule is what keeps a tick from running twice). Two processes
+        may prune at once: each takes rows the other has not locked.
+        """
         ...

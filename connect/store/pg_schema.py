@@ -100,6 +100,16 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         END
         $$""",
     ),
+    # 2 -> 3: history retention. Ended runs by age and the oldest Running run
+    # are index lookups; both runs indexes are partial, so a Running run's
+    # step (which changes neither status nor end) leaves them alone. A run
+    # that ended without an end recorded is taken to have ended when it started.
+    (
+        "UPDATE runs SET ended_at_ms = started_at_ms WHERE status <> 'Running' AND ended_at_ms IS NULL",
+        "CREATE INDEX runs_by_end ON runs (ended_at_ms) WHERE ended_at_ms IS NOT NULL",
+        "CREATE INDEX running_runs_by_start ON runs (started_at_ms) WHERE status = 'Running'",
+        "CREATE INDEX events_by_age ON events (received_at_ms, id)",
+    ),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

@@ -141,6 +141,15 @@ class PostgresWriter:
         async with self._pool.acquire() as conn:
             return await operation(conn)
 
+    async def aside(self, operation: Callable[[Connection], Awaitable[T]]) -> T:
+        """Run a write that need not be ordered with the others (pruning old
+        history) on a pool connection of its own, so it never holds up a batch.
+        `operation` opens its own transaction."""
+        if self._closed:
+            raise StoreClosed("the store is closed")
+        async with self._pool.acquire() as conn:
+            return await operation(conn)
+
     async def close(self) -> None:
         """Commit everything already submitted, then close every connection."""
         if self._closed:

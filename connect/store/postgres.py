@@ -29,10 +29,12 @@ from connect.store.base import (
     AppRecord,
     Claim,
     EventRecord,
+    EventsCursor,
     LeaseRecord,
     LoadedRun,
     NewEvent,
     PendingRequest,
+    Pruned,
     RunOwnershipLost,
     RunRecord,
     StepMemo,
@@ -289,6 +291,87 @@ async def _apply_saves(conn: Connection, args: list[tuple[_SaveRow, list[NewEven
             deferred.append((i, events))
     await flush()
     return results
+
+
+def _deleted(status: str) -> int:
+    return int(status.split()[-1])
+
+
+#: Before every event: where a round's scan of old events starts.
+_FIRST_EVENT: Final = (-(2**63), "")
+
+
+async def _prune_history(conn: Connection, before_ms: int, limit: int, events_after: EventsCursor | None) -> Pruned:
+    # Every selection skips rows another transaction holds, so two processes
+    # pruning at once take disjoint batches and never wait on each other.
+    async with conn.transaction():
+        runs = await conn.fetch(
+            "SELECT run_id, event_id FROM runs WHERE ended_at_ms < $1 AND status <> 'Running'"
+            " ORDER BY ended_at_ms LIMIT $2 FOR UPDATE SKIP LOCKED",
+            before_ms,
+            limit,
+        )
+        steps = events = 0
+        if runs:
+            run_ids = [r["run_id"] for r in runs]
+            steps = _deleted(await conn.execute("DELETE FROM steps WHERE run_id = ANY($1::text[])", run_ids))
+            await conn.execute("DELETE FROM runs WHERE run_id = ANY($1::text[])", run_ids)
+            # Their events, unless a run the same event started remains. No run
+            # can start on an event already stored (runs are inserted only with
+            # a new event), so an event found unreferenced stays so.
+            events = _deleted(
+                await conn.execute(
+                    "DELETE FROM events e WHERE e.id = ANY($1::text[]) AND e.received_at_ms < $2"
+                    " AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.event_id = e.id)",
+                    list({r["event_id"] for r in runs}),
+                    before_ms,
+                )
+            )
+        # The other old events (emitted, or that started nothing), in age order
+        # from where the previous batch stopped: one that a live run still needs
+        # is examined once a round, not once a batch.
+        after_ms, after_id = events_after or _FIRST_EVENT
+        scanned = await conn.fetch(
+            "SELECT e.received_at_ms, e.id, EXISTS (SELECT 1 FROM runs r WHERE r.event_id = e.id) AS referenced"
+            " FROM events e WHERE e.received_at_ms < $1 AND (e.received_at_ms, e.id) > ($2, $3)"
+            " ORDER BY e.received_at_ms, e.id LIMIT $4 FOR UPDATE SKIP LOCKED",
+            before_ms,
+            after_ms,
+            after_id,
+            limit,
+        )
+        unneeded = [r["id"] for r in scanned if not r["referenced"]]
+        if unneeded:
+            events += _deleted(await conn.execute("DELETE FROM events WHERE id = ANY($1::text[])", unneeded))
+        cursor = (scanned[-1]["received_at_ms"], scanned[-1]["id"]) if len(scanned) == limit else None
+        # A request is created after its run started: a reply stored before the
+        # oldest Running run started can be no live run's (LEAST skips a NULL).
+        replies = _deleted(
+            await conn.execute(
+                "DELETE FROM replies WHERE request_id IN (SELECT request_id FROM replies WHERE stored_at_ms <"
+                " LEAST($1, (SELECT min(started_at_ms) FROM runs WHERE status = 'Running'))"
+                " ORDER BY stored_at_ms LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                before_ms,
+                limit,
+            )
+        )
+        leases = _deleted(
+            await conn.execute(
+                "DELETE FROM leases WHERE request_id IN (SELECT request_id FROM leases WHERE expires_at_ms < $1"
+                " LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                before_ms,
+                limit,
+            )
+        )
+        # Heartbeats of executors gone since before the cutoff (they own nothing
+        # any more: their runs are claimable since their heartbeat lapsed).
+        await conn.execute(
+            "DELETE FROM owners WHERE owner IN (SELECT owner FROM owners WHERE expires_at_ms < $1"
+            " LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            before_ms,
+            limit,
+        )
+    return Pruned(runs=len(runs), steps=steps, events=events, replies=replies, leases=leases, events_cursor=cursor)
 
 
 _PUT_REPLY: Final = Bulk("put_reply", _put_replies)
@@ -565,6 +648,13 @@ class PostgresStore:
 
     async def listen(self, channel: str, callback: Callable[[str], None]) -> None:
         await self._listener.add(channel, callback)
+
+    # --- history retention -------------------------------------------------------------
+
+    async def prune_history(self, before_ms: int, limit: int, events_after: EventsCursor | None = None) -> Pruned:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        return await self._writer.aside(lambda conn: _prune_history(conn, before_ms, limit, events_after))
 
     # --- executor: cron -------------------------------------------------------------
 

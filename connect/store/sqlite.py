@@ -33,10 +33,12 @@ from connect.store.base import (
     AppRecord,
     Claim,
     EventRecord,
+    EventsCursor,
     LeaseRecord,
     LoadedRun,
     NewEvent,
     PendingRequest,
+    Pruned,
     RunOwnershipLost,
     RunRecord,
     StepMemo,
@@ -46,7 +48,7 @@ from connect.store.writer import SqliteWriter
 from protocol.ids import new_ulid
 from protocol.payloads import FunctionConfig
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 
 _TABLES: Final = (
     "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
@@ -115,6 +117,16 @@ _RUNS_TABLE: Final = """CREATE TABLE {name} (
 _RUNS_INDEXES: Final = (
     "CREATE INDEX IF NOT EXISTS runs_by_event ON runs (event_id)",
     "CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status)",
+)
+
+# History retention (schema 3): finding ended runs by age and the oldest
+# Running run stays an index lookup however large the history. Both runs
+# indexes are partial, so a Running run's step (which writes neither status
+# nor end) never touches them.
+_RETENTION_INDEXES: Final = (
+    "CREATE INDEX IF NOT EXISTS runs_by_end ON runs (ended_at_ms) WHERE ended_at_ms IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS running_runs_by_start ON runs (started_at_ms) WHERE status = 'Running'",
+    "CREATE INDEX IF NOT EXISTS events_by_age ON events (received_at_ms, id)",
 )
 
 _RUN_COLUMNS: Final = (
@@ -251,6 +263,10 @@ def _setup(conn: sqlite3.Connection) -> None:
             _migrate_2_to_3(conn)
         for statement in _RUNS_INDEXES:
             conn.execute(statement)
+        if has_runs and version < 4:
+            _backfill_ended_at(conn)
+        for statement in _RETENTION_INDEXES:
+            conn.execute(statement)
         if not rows:
             conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
         elif version != SCHEMA_VERSION:
@@ -317,6 +333,70 @@ def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
     are owned by nobody (token 0): the first executor to start claims them."""
     conn.execute("ALTER TABLE runs ADD COLUMN owner TEXT")
     conn.execute("ALTER TABLE runs ADD COLUMN fence INTEGER NOT NULL DEFAULT 0")
+
+
+def _backfill_ended_at(conn: sqlite3.Connection) -> None:
+    """Schema 4 (history retention) finds ended runs by `ended_at_ms`; a run
+    that ended without one recorded is taken to have ended when it started."""
+    conn.execute("UPDATE runs SET ended_at_ms = started_at_ms WHERE status <> 'Running' AND ended_at_ms IS NULL")
+
+
+#: Before every event: where a round's scan of old events starts.
+_FIRST_EVENT: Final = (-(2**63), "")
+_DELETE_FREED_EVENT: Final = (
+    "DELETE FROM events WHERE id = ? AND received_at_ms < ?"
+    " AND NOT EXISTS (SELECT 1 FROM runs WHERE runs.event_id = events.id)"
+)
+
+
+def _prune_history(conn: sqlite3.Connection, before_ms: int, limit: int, events_after: EventsCursor | None) -> Pruned:
+    runs: list[tuple[str, str]] = conn.execute(
+        "SELECT run_id, event_id FROM runs WHERE ended_at_ms < ? AND status <> 'Running' ORDER BY ended_at_ms LIMIT ?",
+        (before_ms, limit),
+    ).fetchall()
+    steps = events = 0
+    if runs:
+        run_ids = [(run_id,) for run_id, _ in runs]
+        steps = conn.executemany("DELETE FROM steps WHERE run_id = ?", run_ids).rowcount
+        conn.executemany("DELETE FROM runs WHERE run_id = ?", run_ids)
+        # Their events, unless a run the same event started remains.
+        freed = sorted({event_id for _, event_id in runs})
+        events = conn.executemany(_DELETE_FREED_EVENT, [(event_id, before_ms) for event_id in freed]).rowcount
+    # The other old events (emitted, or that started nothing), in age order
+    # from where the previous batch stopped: one that a live run still needs
+    # is examined once a round, not once a batch.
+    after_ms, after_id = events_after or _FIRST_EVENT
+    scanned: list[tuple[int, str, int]] = conn.execute(
+        "SELECT received_at_ms, id, EXISTS (SELECT 1 FROM runs WHERE runs.event_id = events.id) FROM events"
+        " WHERE received_at_ms < ? AND (received_at_ms, id) > (?, ?) ORDER BY received_at_ms, id LIMIT ?",
+        (before_ms, after_ms, after_id, limit),
+    ).fetchall()
+    unneeded = [(event_id,) for _, event_id, referenced in scanned if not referenced]
+    if unneeded:
+        events += conn.executemany("DELETE FROM events WHERE id = ?", unneeded).rowcount
+    cursor = (scanned[-1][0], scanned[-1][1]) if len(scanned) == limit else None
+    # A request is created after its run started: a reply stored before the
+    # oldest Running run started can be no live run's.
+    (oldest_running,) = conn.execute(
+        "SELECT min(started_at_ms) FROM runs INDEXED BY running_runs_by_start WHERE status = 'Running'"
+    ).fetchone()
+    replies_before = before_ms if oldest_running is None else min(before_ms, oldest_running)
+    replies = conn.execute(
+        "DELETE FROM replies WHERE request_id IN"
+        " (SELECT request_id FROM replies WHERE stored_at_ms < ? ORDER BY stored_at_ms LIMIT ?)",
+        (replies_before, limit),
+    ).rowcount
+    leases = conn.execute(
+        "DELETE FROM leases WHERE request_id IN (SELECT request_id FROM leases WHERE expires_at_ms < ? LIMIT ?)",
+        (before_ms, limit),
+    ).rowcount
+    # Heartbeats of executors gone since before the cutoff (they own nothing any
+    # more: their runs are claimable since their heartbeat lapsed).
+    conn.execute(
+        "DELETE FROM owners WHERE owner IN (SELECT owner FROM owners WHERE expires_at_ms < ? LIMIT ?)",
+        (before_ms, limit),
+    )
+    return Pruned(runs=len(runs), steps=steps, events=events, replies=replies, leases=leases, events_cursor=cursor)
 
 
 class SqliteStore:
@@ -597,6 +677,15 @@ class SqliteStore:
         loop = asyncio.get_running_loop()
         for callback in self._listeners.get(channel, ()):
             loop.call_soon(callback, payload)
+
+    # --- history retention -------------------------------------------------------------
+
+    async def prune_history(self, before_ms: int, limit: int, events_after: EventsCursor | None = None) -> Pruned:
+        if limit < 1:
+            raise ValueError(f"limit must be at least 1, got {limit}")
+        # One writer operation: it shares the commit of whatever else is
+        # queued, and holds the loop only as long as `limit` rows take.
+        return await self._writer.submit(lambda conn: _prune_history(conn, before_ms, limit, events_after))
 
     # --- executor: cron -------------------------------------------------------------
 

@@ -176,6 +176,8 @@ async def _downgrade_to_before_ownership(engine: Engine) -> None:
         await pg.execute("ALTER TABLE runs DROP COLUMN owner, DROP COLUMN fence")
         await pg.execute("DROP TABLE owners")
         await pg.execute("DROP FUNCTION connect_fenced")
+        # And what later schema versions added.
+        await pg.execute("DROP INDEX IF EXISTS runs_by_end, running_runs_by_start, events_by_age")
         await pg.execute("UPDATE schema_version SET version = 1")
     finally:
         await pg.close()
@@ -217,3 +219,31 @@ async def start_runs_retrying(store: Store, run_id: str) -> None:
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
             await asyncio.sleep(0.2)
     await start_runs(store, "exec-a", run_id)
+
+
+async def test_history_pruning_forgets_executors_gone_before_the_cutoff(engine: Engine) -> None:
+    store = await engine.open()
+    try:
+        await store.heartbeat("gone", NOW - 1)
+        await store.heartbeat("alive", NOW + TTL)
+        await start_runs(store, "alive", "run1")
+        await store.prune_history(NOW, 100)
+        # "alive" still holds its run against other claimers.
+        assert await store.claim_runs("other", NOW, 100) == []
+    finally:
+        await store.close()
+    assert await _owners(engine) == ["alive"]
+
+
+async def _owners(engine: Engine) -> list[str]:
+    if isinstance(engine, SqliteEngine):
+        with sqlite3.connect(engine.path) as conn:
+            rows = conn.execute("SELECT owner FROM owners ORDER BY owner").fetchall()
+        conn.close()
+        return [r[0] for r in rows]
+    assert isinstance(engine, PostgresEngine)
+    pg = await asyncpg.connect(engine.dsn)
+    try:
+        return [r[0] for r in await pg.fetch("SELECT owner FROM owners ORDER BY owner")]
+    finally:
+        await pg.close()

@@ -76,6 +76,8 @@ async def test_a_schema_1_database_is_migrated_and_its_runs_resume(tmp_path: Pat
         assert [r.step_id for r in grp.requests] == ["p1", "p2"]
         done = await store.get_run("done")
         assert done is not None and done.status == "Completed" and done.output == b'{"ok":1}' and done.requests == []
+        # Schema 3 (history retention) takes an end not recorded to be the start.
+        assert done.ended_at_ms == 1000 and seq.ended_at_ms is None
         assert [r.run_id for r in await store.runs_with_status("Running")] == ["grp", "nap", "seq"]
         assert await store.get_memos("seq") == [StepMemo("h0", b'{"data":1}')]
         assert await store.cron_ticks() == {}
@@ -84,7 +86,40 @@ async def test_a_schema_1_database_is_migrated_and_its_runs_resume(tmp_path: Pat
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
         indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-        assert {"runs_by_event", "runs_by_status"} <= indexes
+        assert {"runs_by_event", "runs_by_status", "runs_by_end", "running_runs_by_start", "events_by_age"} <= indexes
     # Opening again is a no-op.
     store = await SqliteStore.open(path)
     await store.close()
+
+
+async def test_a_schema_3_database_gets_the_retention_indexes_and_run_ends(tmp_path: Path) -> None:
+    path = tmp_path / "v3.db"
+    store = await SqliteStore.open(path)
+    await store.close()
+    # Back to the layout of schema 3: no retention indexes, and a run that ended with no end recorded.
+    with sqlite3.connect(path) as conn:
+        for index in ("runs_by_end", "running_runs_by_start", "events_by_age"):
+            conn.execute(f"DROP INDEX {index}")
+        conn.execute("UPDATE schema_version SET version = 3")
+        conn.execute("INSERT INTO events VALUES ('e1', 'app/x', 1, 2, '{}')")
+        for run_id, status in (("done", "Failed"), ("live", "Running")):
+            conn.execute(
+                "INSERT INTO runs (run_id, function_id, app_name, event_id, status, started_at_ms, max_attempts,"
+                " requests, waiting, disable_immediate_execution, request_version)"
+                " VALUES (?, 'app-fn', 'app', 'e1', ?, 1000, 5, '[]', '[]', 0, 0)",
+                (run_id, status),
+            )
+    conn.close()
+    store = await SqliteStore.open(path)
+    try:
+        done, live = await store.get_run("done"), await store.get_run("live")
+        assert done is not None and done.ended_at_ms == 1000
+        assert live is not None and live.ended_at_ms is None
+        assert (await store.prune_history(2000, 10)).runs == 1
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+        indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert {"runs_by_end", "running_runs_by_start", "events_by_age"} <= indexes
+    conn.close()
