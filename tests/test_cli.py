@@ -93,3 +93,26 @@ def test_a_bad_history_retention_stops_the_command_with_its_reason(
     assert out.returncode != 0
     assert message in out.stderr
     assert not db.exists()  # refused before anything started
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "executor_id", "lease"),
+    [
+        (["dev"], {}, None, 30.0),
+        (["dev", "--executor-id", "exec-7", "--owner-lease", "12"], {"CONNECT_EXECUTOR_ID": "env"}, "exec-7", 12.0),
+        (["serve"], {"CONNECT_EXECUTOR_ID": "exec-env"}, "exec-env", 30.0),
+    ],
+)
+def test_executor_id_and_owner_lease_from_flag_env_or_default(
+    args: list[str], env: dict[str, str], executor_id: str | None, lease: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CONNECT_EXECUTOR_ID", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = cli._platform_settings(cli.build_parser().parse_args(args))
+    assert (settings.executor_id, settings.owner_lease) == (executor_id, lease)
+
+
+def test_a_non_positive_owner_lease_is_refused() -> None:
+    with pytest.raises(SystemExit, match="--owner-lease must be positive"):
+        cli._platform_settings(cli.build_parser().parse_args(["dev", "--owner-lease", "0"]))
