@@ -33,7 +33,7 @@ from typing import Protocol
 
 import msgspec
 
-from connect.gateway.dispatch import CheckpointTaken
+from connect.dispatch import CheckpointTaken
 from protocol.payloads import OP_STEP, OP_STEP_PLANNED, OP_STEP_RUN, Opcode, json_encoder
 
 #: The opcodes a checkpoint may carry: step results, and steps announced before they run.

@@ -55,6 +55,17 @@ from typing import Any, Protocol
 
 import msgspec
 
+from connect.dispatch import (
+    AtCapacity,
+    Dispatcher,
+    DispatchError,
+    Join,
+    NoWorker,
+    StepReply,
+    StepRequest,
+    Stored,
+    WorkerStoppedResponding,
+)
 from connect.executor import replies
 from connect.executor.expressions import compiled
 from connect.executor.intake import Intake
@@ -69,17 +80,6 @@ from connect.executor.system_events import (
     invoked_event,
 )
 from connect.executor.triggers import FunctionInfo, Target
-from connect.gateway.dispatch import (
-    AtCapacity,
-    Dispatcher,
-    DispatchError,
-    Join,
-    NoWorker,
-    StepReply,
-    StepRequest,
-    Stored,
-    WorkerStoppedResponding,
-)
 from connect.store.base import (
     CANCELLED,
     COMPLETED,

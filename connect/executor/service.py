@@ -30,6 +30,7 @@ from typing import Any, Final
 
 import msgspec
 
+from connect.dispatch import Dispatcher
 from connect.executor import replies
 from connect.executor.cron import CRON_EVENT, CronSchedule
 from connect.executor.intake import Intake, IntakeItem
@@ -46,7 +47,6 @@ from connect.executor.timers import Timers
 from connect.executor.triggers import FunctionInfo, Target, TriggerIndex
 from connect.executor.views import run_view
 from connect.executor.waits import CANCEL, INVOKE, RESUME, WaitIndex, Watch, WatchKey
-from connect.gateway.dispatch import Dispatcher
 from connect.store.base import (
     RUNNING,
     WAIT_EVENT,

@@ -25,7 +25,7 @@ from typing import Any
 
 import msgspec
 
-from connect.gateway.dispatch import AtCapacity, NoWorker, StepReply, StepRequest, WorkerStoppedResponding
+from connect.dispatch import AtCapacity, NoWorker, StepReply, StepRequest, WorkerStoppedResponding
 from connect.store import SqliteStore
 from protocol.payloads import STATUS_DONE, STATUS_ERROR, STATUS_NOT_COMPLETED
 

@@ -18,9 +18,9 @@ import anyio
 import msgspec
 import pytest
 
+from connect.dispatch import StepReply, StepRequest, WorkerStoppedResponding
 from connect.executor import Executor
 from connect.executor import service as executor_service
-from connect.gateway.dispatch import StepReply, StepRequest, WorkerStoppedResponding
 from connect.store import SqliteStore
 from protocol.limits import MAX_CHECKPOINTS_PER_REQUEST
 from protocol.payloads import STATUS_DONE, STATUS_NOT_COMPLETED

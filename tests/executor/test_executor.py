@@ -405,7 +405,7 @@ async def test_stop_and_start_with_many_runs(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("body", [b"[]", b"not json", b'[{"op": "StepRun"}]'])
 async def test_unreadable_or_empty_step_reports_are_retried(harness: Harness, body: bytes) -> None:
-    from connect.gateway.dispatch import StepReply, StepRequest
+    from connect.dispatch import StepReply, StepRequest
 
     await harness.deploy("one", "shop/one", lambda step, ctx: ctx.attempt)
     original = harness.worker.dispatch
@@ -425,7 +425,7 @@ async def test_unreadable_or_empty_step_reports_are_retried(harness: Harness, bo
 
 
 async def test_bad_done_body_on_last_attempt_fails(harness: Harness) -> None:
-    from connect.gateway.dispatch import StepReply, StepRequest
+    from connect.dispatch import StepReply, StepRequest
 
     await harness.deploy("one", "shop/one", lambda step, ctx: 1, retries=0)
 

@@ -18,7 +18,7 @@ import pytest
 
 from bench import gateway
 from connect import Client, Context, Step, TriggerEvent
-from connect.gateway.dispatch import StepRequest
+from connect.dispatch import StepRequest
 from connect.worker import link
 from connect.worker.connection import WorkerConnection
 from protocol import connect_pb2 as pb

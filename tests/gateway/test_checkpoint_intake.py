@@ -18,8 +18,8 @@ import pytest
 
 from bench import gateway
 from connect import Client, Context, Step, TriggerEvent
+from connect.dispatch import Join, StepReply, StepRequest, Stored
 from connect.gateway import connection
-from connect.gateway.dispatch import Join, StepReply, StepRequest, Stored
 from connect.worker.connection import WorkerConnection
 from protocol import connect_pb2 as pb
 from protocol.ids import new_ulid

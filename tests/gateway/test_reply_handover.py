@@ -18,7 +18,7 @@ import pytest
 
 from bench import gateway
 from connect import Client, Context, Step, TriggerEvent
-from connect.gateway.dispatch import StepRequest
+from connect.dispatch import StepRequest
 from connect.worker.connection import WorkerConnection
 from protocol.payloads import STATUS_DONE
 from tests.gateway.requests import discovery_request

@@ -20,7 +20,7 @@ import pytest
 
 from bench import gateway
 from connect import Client, Context, Step, TriggerEvent
-from connect.gateway.dispatch import StepReply, WorkerStoppedResponding
+from connect.dispatch import StepReply, WorkerStoppedResponding
 from connect.worker.connection import WorkerConnection
 from protocol import connect_pb2 as pb
 from protocol.payloads import STATUS_DONE

@@ -1,16 +1,14 @@
-"""The executor's only way to reach workers.
+"""What crosses the executor⇄gateway port: one step request, its reply,
+and what became of checkpoints.
 
-`Dispatcher.dispatch` runs one step request on some connected worker and
-returns the worker's reply once it is durably stored. Failures are typed so
-the executor can tell "wait for a worker" and "the worker was lost" (no
-attempt burnt) from "the step failed" (an attempt burnt).
+The flow of one request (acknowledgement, checkpoints offered and decided,
+the reply and its settlement) is decided by `connect.dispatch.flow.RequestFlow`.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Awaitable, Callable
-from typing import Protocol
 
 import msgspec
 
@@ -93,47 +91,3 @@ class CheckpointTaken(enum.Enum):
     STALE = "stale"
     #: Not taken now: the worker ends the request with the steps, as without checkpoints.
     DECLINED = "declined"
-
-
-class DispatchError(Exception):
-    """Base of the typed dispatch failures; `code` is a stable syscode."""
-
-    code = "connect_dispatch_failed"
-
-
-class NoWorker(DispatchError):
-    """No ready connection serves this app and function. Wait; no attempt burnt."""
-
-    code = "connect_no_healthy_connection"
-
-
-class AtCapacity(DispatchError):
-    """Every suitable worker is at its max_worker_concurrency. Wait; no attempt burnt."""
-
-    code = "connect_all_workers_at_capacity"
-
-
-class WorkerStoppedResponding(DispatchError):
-    """The request's lease lapsed before a reply was stored: its worker was
-    lost (killed, cut off, or gone silent). Not the step's failure: the
-    executor dispatches the same request again without spending an attempt,
-    a bounded number of times (`max_lease_lapses`)."""
-
-    code = "connect_worker_stopped_responding"
-
-
-class Dispatcher(Protocol):
-    async def dispatch(self, request: StepRequest) -> StepReply:
-        """Run `request` on a worker and return its stored reply.
-
-        Order: a reply already stored for `request.request_id` is returned at
-        once; a live lease on it means a worker still runs it, so wait for
-        that; otherwise route, forward and wait. Raises NoWorker, AtCapacity
-        or WorkerStoppedResponding.
-        """
-        ...
-
-    async def wait_for_worker(self, app_name: str, function_slug: str, timeout: float) -> None:
-        """Return when a connection for this function may have free capacity
-        (a connect, a ready, a released slot), or after `timeout` seconds."""
-        ...
