@@ -8,7 +8,7 @@ the request's `ctx.fn_id` is set, which the executor sets only on requests
 that offer checkpoints (`connect/executor/requests.py`). The call names the
 request by `request_id` (the connect request id) and `qi_id` (which the
 executor sets to the same id); the steps are handed to the run through the
-request's `StepRequest.checkpoint`, as a WORKER_CHECKPOINT's are.
+request's `CheckpointReceiver` (see `connect.dispatch.port`), as a WORKER_CHECKPOINT's are.
 
 What each answer makes the SDK do:
 

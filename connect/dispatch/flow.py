@@ -8,17 +8,17 @@ carries out the actions it returns; it decides nothing about the flow itself.
 
 States::
 
-    RUNNING ──CheckpointOffered──▶ CHECKPOINTING ──Replied──▶ REPLY_BEHIND
+    RUNNING ──CheckpointSent──▶ CHECKPOINTING ──Replied──▶ REPLY_BEHIND
        ▲  ◀──CheckpointDecided──────────┘                         │
        └──────────────────────CheckpointDecided / CheckpointJoined┘
-    RUNNING ──Replied──▶ HANDED_OVER (takes_over) ──Settled(True)──▶ SETTLED
-                 └─────▶ STORING ◀──Settled(False)──┘   ──ReplyStored──▶ SETTLED
+    RUNNING ──Replied──▶ HANDED_OVER (takes_over) ──ReplySettled(True)──▶ SETTLED
+                 └─────▶ STORING ◀──ReplySettled(False)──┘   ──ReplyStored──▶ SETTLED
     RUNNING / CHECKPOINTING / REPLY_BEHIND / STORING ──LeaseLapsed──▶ LAPSED
 
 Rules it holds:
 
 * a reply is acknowledged only once durable: stored here, or committed by a
-  caller that `takes_over` (`Settled(True)`); one not committed is stored;
+  caller that `takes_over` (`ReplySettled(True)`); one not committed is stored;
 * one checkpoint at a time is with the executor; a reply arriving meanwhile
   waits for the decision (`Hold`, then `Release`), since the reply may end
   the request differently depending on it;
@@ -41,6 +41,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from connect.dispatch.messages import CheckpointDecided, CheckpointJoined, ReplySettled
+
 
 class State(enum.Enum):
     #: With a worker (or awaited from before a restart); no reply taken.
@@ -60,6 +62,8 @@ class State(enum.Enum):
 
 
 # --- events -------------------------------------------------------------------------
+# Besides these, the executor's messages `CheckpointJoined`, `CheckpointDecided`
+# and `ReplySettled` (`connect.dispatch.messages`) are fed in as they come.
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +79,7 @@ class Acknowledged:
 
 
 @dataclass(frozen=True, slots=True)
-class CheckpointOffered:
+class CheckpointSent:
     """A worker sent steps it ran, going on once they are stored.
 
     `over_socket`: a WORKER_CHECKPOINT (a refusal stands in for the reply),
@@ -88,29 +92,10 @@ class CheckpointOffered:
 
 
 @dataclass(frozen=True, slots=True)
-class CheckpointJoined:
-    """The executor took the checkpoint to store it with the reply behind it."""
-
-
-@dataclass(frozen=True, slots=True)
-class CheckpointDecided:
-    """The executor stored the checkpoint, or did not."""
-
-    stored: bool
-
-
-@dataclass(frozen=True, slots=True)
 class Replied:
     """The worker's reply (the request's end)."""
 
     body: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class Settled:
-    """A caller that `takes_over` committed the handed-over reply, or did not."""
-
-    committed: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,11 +113,11 @@ class LeaseLapsed:
 Event = (
     Forwarded
     | Acknowledged
-    | CheckpointOffered
+    | CheckpointSent
     | CheckpointJoined
     | CheckpointDecided
     | Replied
-    | Settled
+    | ReplySettled
     | ReplyStored
     | LeaseLapsed
 )
@@ -263,6 +248,11 @@ class RequestFlow:
         self._storing = b""
 
     @property
+    def joined(self) -> bool:
+        """A checkpoint joined to the reply awaits its commit's outcome."""
+        return self._joined
+
+    @property
     def refused(self) -> bytes | None:
         """The refused checkpoint that stands in for the reply, if any."""
         return self._refused
@@ -282,7 +272,7 @@ class RequestFlow:
                 return []
             self.acked = event.ok
             return [] if event.ok else [Wake()]
-        if isinstance(event, CheckpointOffered):
+        if isinstance(event, CheckpointSent):
             return self._offered(event)
         if isinstance(event, CheckpointJoined):
             if state is not State.REPLY_BEHIND or not self.takes_over:
@@ -294,7 +284,7 @@ class RequestFlow:
             return self._decided(event)
         if isinstance(event, Replied):
             return self._replied(event)
-        if isinstance(event, Settled):
+        if isinstance(event, ReplySettled):
             if state is not State.HANDED_OVER:
                 raise IllegalTransition(state, event)
             if event.committed:
@@ -321,7 +311,7 @@ class RequestFlow:
             return []
         raise IllegalTransition(state, event)  # pragma: no cover - the union is exhaustive
 
-    def _offered(self, event: CheckpointOffered) -> list[Action]:
+    def _offered(self, event: CheckpointSent) -> list[Action]:
         state = self.state
         if state in _TAKEN or state is State.LAPSED:
             return [Refuse(stale=True)]

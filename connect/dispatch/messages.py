@@ -1,21 +1,22 @@
-"""What crosses the executor⇄gateway port: one step request, its reply,
-and what became of checkpoints.
+"""What crosses the executor⇄gateway port: plain data, so it can cross a
+process boundary as well as a function call.
 
-The flow of one request (acknowledgement, checkpoints offered and decided,
-the reply and its settlement) is decided by `connect.dispatch.flow.RequestFlow`.
+Executor to gateway: `StepRequest` (through `Port.dispatch`), then, through
+`Port.send`, `CheckpointJoined` / `CheckpointDecided` for each checkpoint it
+was offered and `ReplySettled` for each reply it was given. Gateway to
+executor: `CheckpointOffered` (to the request's `CheckpointReceiver`) and
+the `StepReply` that `dispatch` returns, or a typed failure
+(`connect.dispatch.failures`).
+
+The order these may come in for one request is `RequestFlow`'s
+(`connect.dispatch.flow`).
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Awaitable, Callable
 
 import msgspec
-
-#: Told whether the commit that carried a joined checkpoint's step succeeded.
-Stored = Callable[[bool], None]
-#: Joins a checkpoint's step to the reply right behind it (see `StepRequest.checkpoint`).
-Join = Callable[[], Stored]
 
 
 class StepRequest(msgspec.Struct, frozen=True):
@@ -39,26 +40,17 @@ class StepRequest(msgspec.Struct, frozen=True):
     #: True when the caller makes the reply durable in its own next commit
     #: (the executor, storing the step's memo): the reply is returned before
     #: it is stored, and the worker is acknowledged only once the caller
-    #: calls `StepReply.settle(True)` after that commit. `settle(False)` (the
-    #: caller did not commit it) makes the dispatcher store it itself first.
+    #: sends `ReplySettled(committed=True)` after that commit.
+    #: `committed=False` (the caller did not commit it) makes the dispatcher
+    #: store it itself first.
     takes_over: bool = False
-    #: Set when the payload offers checkpoints (`ctx.checkpoint_steps`): each
+    #: The payload offers checkpoints (`ctx.checkpoint_steps`): each
     #: WORKER_CHECKPOINT for this request (and each checkpoint an official
-    #: TypeScript worker posts for it over HTTP) is handed to it, as a
-    #: `StepReply` of StepRun ops, while `dispatch` still waits. It returns True
-    #: once the step is durably stored, which lets the worker go on to the
-    #: next step in the same request; False ends the request with the step.
-    #:
-    #: The second argument is None unless the request's reply came right
-    #: behind the checkpoint (the handler returned after that step). Then the
-    #: caller may store the step with the reply instead, in the one commit
-    #: that handles the reply: it calls `join()` once it has taken the step
-    #: (the reply is handed over at once) and later calls the `Stored` that
-    #: `join()` returns, exactly once, with that commit's outcome, before it
-    #: settles the reply. What it returns is then ignored: the answer is the
-    #: commit's. Not calling `join()` stores the step first, as without a
-    #: reply behind it.
-    checkpoint: Callable[[StepReply, Join | None], Awaitable[bool]] | None = None
+    #: TypeScript worker posts for it over HTTP) is offered to the request's
+    #: `CheckpointReceiver` as a `CheckpointOffered` while `dispatch` waits,
+    #: and the worker goes on to its next step in the same request once the
+    #: caller answers `CheckpointDecided(stored=True)`.
+    offers_checkpoints: bool = False
 
 
 class StepReply(msgspec.Struct, frozen=True):
@@ -71,15 +63,51 @@ class StepReply(msgspec.Struct, frozen=True):
     retry_after: str | None = None
     sdk_version: str = ""
     request_version: int = 0
-    #: Set on replies handed over to a `takes_over` caller (see `StepRequest`).
-    on_settle: Callable[[bool], None] | None = None
 
-    def settle(self, committed: bool) -> None:
-        """Tell the dispatcher whether the caller's commit made this reply
-        durable. Only replies of `takes_over` requests need it; repeated calls
-        are ignored."""
-        if self.on_settle is not None:
-            self.on_settle(committed)
+
+class CheckpointOffered(msgspec.Struct, frozen=True):
+    """Steps a worker ran in request `request_id` (`reply`: StepRun ops),
+    going on once they are stored.
+
+    `joinable`: the request's reply came right behind the checkpoint (the
+    handler returned after that step) and the caller commits replies itself
+    (`takes_over`). The caller may then store the step with the reply, in
+    the one commit that handles the reply: it sends `CheckpointJoined` once
+    it has taken the step (the reply is handed over at once) and later
+    `CheckpointDecided` with that commit's outcome, before it settles the
+    reply. Otherwise it answers `CheckpointDecided` once the step is stored,
+    or is not."""
+
+    request_id: str
+    reply: StepReply
+    joinable: bool = False
+
+
+class CheckpointJoined(msgspec.Struct, frozen=True):
+    """The caller took the checkpoint to store it with the reply behind it."""
+
+    request_id: str
+
+
+class CheckpointDecided(msgspec.Struct, frozen=True):
+    """Whether the offered checkpoint's steps are durably stored. Exactly one
+    per offer; without one the offer counts as refused."""
+
+    request_id: str
+    stored: bool
+
+
+class ReplySettled(msgspec.Struct, frozen=True):
+    """Whether the caller's commit made a reply of a `takes_over` request
+    durable. Sent for every reply the caller was given; the dispatcher
+    ignores it for replies it stored itself, and repeats."""
+
+    request_id: str
+    committed: bool
+
+
+#: What the executor sends through `Port.send`.
+ExecutorMessage = CheckpointJoined | CheckpointDecided | ReplySettled
 
 
 class CheckpointTaken(enum.Enum):

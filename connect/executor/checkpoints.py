@@ -2,7 +2,7 @@
 
 A discovery request of a run doing nothing else offers checkpoints
 (`ctx.checkpoint_steps`). A worker that supports them stores each `step.run`
-result through `_on_checkpoint` (one `save_run`, like a reply's) and goes on
+result through `checkpoint_offered` (one `save_run`, like a reply's) and goes on
 to the next step in the same request; the request's attempt count starts
 again, as the next discovery's would. A checkpoint is refused (and the
 worker ends the request with the step, as without checkpoints) once a
@@ -20,8 +20,9 @@ import logging
 import msgspec
 
 from connect.dispatch import (
-    Join,
-    StepReply,
+    CheckpointDecided,
+    CheckpointJoined,
+    CheckpointOffered,
 )
 from connect.executor import replies
 from connect.executor.run_state import RunState
@@ -69,13 +70,27 @@ class CheckpointTaking(RunState):
             and run.requests[0].request_id == request_id
         )
 
-    async def _on_checkpoint(self, request_id: str, reply: StepReply, join: Join | None = None) -> bool:
-        """Store one step a worker ran in request `request_id`, which goes on
-        running; True once stored. Runs while `drive` awaits that request.
+    async def checkpoint_offered(self, offer: CheckpointOffered) -> None:
+        """Answer a checkpoint of the request being dispatched (see
+        `CheckpointReceiver`); runs while `drive` awaits that request."""
+        rid = offer.request_id
+        try:
+            stored = await self._take_checkpoint(offer)
+        except BaseException:
+            self._s.dispatcher.send(CheckpointDecided(rid, stored=False))
+            raise
+        if stored is not None:
+            self._s.dispatcher.send(CheckpointDecided(rid, stored))
 
-        With `join`, the request's reply is already in (the handler returned
-        after this step): the step is taken now and stored by the commit
-        that handles that reply, which comes next (see `StepRequest.checkpoint`)."""
+    async def _take_checkpoint(self, offer: CheckpointOffered) -> bool | None:
+        """Store the steps a worker ran in the offered request, which goes on
+        running; True once stored, None when joined.
+
+        A `joinable` offer has the request's reply already in (the handler
+        returned after this step): the step is taken now and stored by the
+        commit that handles that reply, which comes next; that commit tells
+        the gateway its outcome (see `RunState._save`)."""
+        request_id, reply = offer.request_id, offer.reply
         run = self.run
         assert run is not None
         if run.status != RUNNING or not self._alone(request_id) or reply.status != STATUS_NOT_COMPLETED:
@@ -99,8 +114,9 @@ class CheckpointTaking(RunState):
         run.requests[0] = msgspec.structs.replace(pending, attempt=0, wake_at_ms=0, lapses=0)
         if reply.request_version > 0:
             run.request_version = reply.request_version
-        if join is not None:
-            self._joined.append((memos, join()))
+        if offer.joinable:
+            self._s.dispatcher.send(CheckpointJoined(request_id))
+            self._joined.append((memos, request_id))
         else:
             try:
                 await self._save(memos=memos)
@@ -112,4 +128,4 @@ class CheckpointTaking(RunState):
             self.memos.setdefault(memo.step_hash, msgspec.Raw(memo.result))
         self._checkpoints[request_id] = taken + len(memos)
         self._has_replied = True
-        return True
+        return None if offer.joinable else True

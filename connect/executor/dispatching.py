@@ -10,7 +10,6 @@ spends no attempt; outcomes go to the runner's inbox.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 
 from connect.dispatch import (
@@ -114,12 +113,12 @@ class Dispatching(CheckpointTaking):
             fresh=rid in self._fresh,
             # The reply becomes durable as this run's next commit (the step's memo).
             takes_over=True,
-            checkpoint=functools.partial(self._on_checkpoint, rid) if checkpoints else None,
+            offers_checkpoints=checkpoints,
         )
         self._fresh.discard(rid)
         self._forwarded.add(rid)
         try:
-            reply = await self._s.dispatcher.dispatch(request)
+            reply = await self._s.dispatcher.dispatch(request, self if checkpoints else None)
         except (NoWorker, AtCapacity):
             return None
         except DispatchError as exc:  # WorkerStoppedResponding and any other failed delivery

@@ -18,9 +18,8 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 import msgspec
 
 from connect.dispatch import (
-    Dispatcher,
-    StepReply,
-    Stored,
+    CheckpointDecided,
+    Port,
 )
 from connect.executor.inbox import (
     CancelRequested,
@@ -65,7 +64,7 @@ class RunServices:
     """What every run of one executor shares."""
 
     store: Store
-    dispatcher: Dispatcher
+    dispatcher: Port
     backoff: Backoff
     clock: Callable[[], float]
     #: Upper bound on one wait for a worker; the dispatcher normally wakes us sooner.
@@ -127,18 +126,18 @@ class RunState:
         #: Requests consumed by a commit while the current message was handled (see `_handle`).
         self._consumed: set[str] = set()
         #: Replies delivered to the inbox and not yet handled (see `_settle_unhandled`).
-        self._unhandled: dict[str, StepReply] = {}
+        self._unhandled: set[str] = set()
         #: A cancellation was delivered (maybe not handled yet): refuse checkpoints.
         self._cancel_asked = False
-        #: Checkpoints stored per request id (see `_on_checkpoint`).
+        #: Checkpoints stored per request id (see `CheckpointTaking.checkpoint_offered`).
         self._checkpoints: dict[str, int] = {}
         #: Checkpointed steps taken to be stored by the next commit, the one
-        #: that handles the reply right behind them (see `_on_checkpoint`).
-        self._joined: list[tuple[list[StepMemo], Stored]] = []
+        #: that handles the reply right behind them (see `CheckpointTaking.checkpoint_offered`).
+        self._joined: list[tuple[list[StepMemo], str]] = []
 
     def deliver(self, message: Message) -> None:
         if isinstance(message, Replied):
-            self._unhandled[message.request_id] = message.reply
+            self._unhandled.add(message.request_id)
         elif isinstance(message, CancelRequested):
             self._cancel_asked = True
         self._inbox.put_nowait(message)
@@ -212,18 +211,18 @@ class RunState:
                 events=events,
             )
         except BaseException:
-            for _, told in joined:
-                told(False)
+            for _, request_id in joined:
+                self._s.dispatcher.send(CheckpointDecided(request_id, stored=False))
             raise
-        for _, told in joined:
-            told(True)
+        for _, request_id in joined:
+            self._s.dispatcher.send(CheckpointDecided(request_id, stored=True))
         return stored
 
     def _drop_joined(self) -> None:
         """Joined steps no commit will carry now: refused after all."""
         joined, self._joined = self._joined, []
-        for _, told in joined:
-            told(False)
+        for _, request_id in joined:
+            self._s.dispatcher.send(CheckpointDecided(request_id, stored=False))
 
     def _add_discovery(self) -> None:
         run = self.run

@@ -32,6 +32,7 @@ import logging
 import msgspec
 
 from connect.dispatch import (
+    ReplySettled,
     StepReply,
     WorkerStoppedResponding,
 )
@@ -174,8 +175,8 @@ class Runner(Dispatching, Cancelling, Attempts):
     def _settle_unhandled(self) -> None:
         """Replies left in the inbox when driving stops were not committed here:
         the gateway stores them (they stay in the inbox for a later drive)."""
-        for reply in self._unhandled.values():
-            reply.settle(False)
+        for request_id in self._unhandled:
+            self._s.dispatcher.send(ReplySettled(request_id, committed=False))
         self._unhandled.clear()
 
     async def _settle(self) -> None:
@@ -202,14 +203,15 @@ class Runner(Dispatching, Cancelling, Attempts):
                 # is stored on its own, before the reply is settled.
                 await self._save()
         except BaseException:
-            self._drop_joined()  # before the reply is settled (see `Join`)
+            self._drop_joined()  # before the reply is settled (see `CheckpointOffered`)
             raise
         finally:
             if isinstance(message, Replied):
                 # The worker is acknowledged now if a commit of this run consumed
                 # the reply; otherwise the gateway stores the reply first.
-                self._unhandled.pop(message.request_id, None)
-                message.reply.settle(message.request_id in self._consumed)
+                self._unhandled.discard(message.request_id)
+                committed = message.request_id in self._consumed
+                self._s.dispatcher.send(ReplySettled(message.request_id, committed))
             self._consumed.clear()
 
     async def _handle_message(self, message: Message) -> None:

@@ -30,7 +30,7 @@ from typing import Any, Final
 
 import msgspec
 
-from connect.dispatch import Dispatcher
+from connect.dispatch import Port
 from connect.executor import replies
 from connect.executor.cron import CRON_EVENT, CronSchedule
 from connect.executor.intake import Intake, IntakeItem
@@ -88,12 +88,12 @@ TimerKey = tuple[str, ...]
 
 
 class Executor:
-    """Durable runs over a `Store` and a `Dispatcher`."""
+    """Durable runs over a `Store` and a `Port` to workers."""
 
     def __init__(
         self,
         store: Store,
-        dispatcher: Dispatcher,
+        dispatcher: Port,
         *,
         default_retries: int = 4,
         clock: Callable[[], float] = time.time,

@@ -10,8 +10,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from connect.dispatch import CheckpointTaken, Join, StepReply, Stored
-from connect.dispatch.flow import CheckpointDecided, CheckpointJoined, CheckpointOffered, Refuse
+from connect.dispatch import (
+    CheckpointDecided,
+    CheckpointJoined,
+    CheckpointOffered,
+    CheckpointReceiver,
+    CheckpointTaken,
+    StepReply,
+)
+from connect.dispatch.flow import CheckpointSent, Refuse
 from connect.gateway.inflight import InFlight, answered, reply_of
 from protocol import connect_pb2 as pb
 from protocol.leases import LeaseTable
@@ -22,11 +29,14 @@ class CheckpointIntake:
 
     _pending: dict[str, InFlight]
     leases: LeaseTable
+    # Requests whose checkpoint is with the caller, undecided (also after
+    # `dispatch` returned: a joined checkpoint is decided by a later commit).
+    _deciding: dict[str, InFlight]
 
     def accept_checkpoint(
         self, raw: bytes, request_id: str, instance_id: str, response: pb.SDKResponse | None = None
     ) -> Awaitable[bool]:
-        """Hand a worker's checkpoint to the request's caller; the result is
+        """Offer a worker's checkpoint to the request's caller; the result is
         True once the step is durably stored. False (the worker ends the
         request with the step) when the request offers no checkpoints, is
         not in flight here on `instance_id`, already has its reply, or has
@@ -34,8 +44,8 @@ class CheckpointIntake:
 
         Whether the checkpoint is taken is decided at the call, so a reply
         taken after it (the next frame of the same read) waits for it, or is
-        stored with it (see `_store_checkpoint`). `response` is `raw` parsed,
-        if the caller has it.
+        stored with it (see `_offer`). `response` is `raw` parsed, if the
+        caller has it.
 
         A worker may send its reply right behind a checkpoint, before the
         answer (our worker does when the handler returns after its last
@@ -48,60 +58,11 @@ class CheckpointIntake:
             return answered(loop, False)
         lease = self.leases.get(request_id)
         on_lease = lease is not None and lease.instance_id == instance_id
-        (action,) = pending.flow.handle(CheckpointOffered(raw, over_socket=True, on_lease=on_lease))
-        if isinstance(action, Refuse) or pending.checkpoint is None:
+        (action,) = pending.flow.handle(CheckpointSent(raw, over_socket=True, on_lease=on_lease))
+        if isinstance(action, Refuse) or pending.receiver is None:
             return answered(loop, False)
         pending.checkpointing = loop.create_future()
-        return self._store_checkpoint(pending, pending.checkpoint, raw, response)
-
-    @staticmethod
-    async def _store_checkpoint(
-        pending: InFlight,
-        checkpoint: Callable[[StepReply, Join | None], Awaitable[bool]],
-        raw: bytes,
-        response: pb.SDKResponse | None,
-    ) -> bool:
-        """Hand the checkpoint (`raw`, parsed as `response` if the caller has
-        it) to the request's caller; True once it is stored.
-
-        Starting a loop turn after the checkpoint was taken, this knows
-        whether the request's reply came in the same read. If so, and the
-        caller commits replies itself (`takes_over`), it may join the step to
-        that reply (see `StepRequest.checkpoint`): the reply is handed over at
-        once and one commit stores both, so a run's last step and its end
-        cost one commit instead of two. The answer then waits for that
-        commit; if it fails, the checkpoint is refused after all and the
-        request's reply, should the dispatcher have to store it, is the
-        checkpoint."""
-        flow = pending.flow
-        joined: asyncio.Future[bool] | None = None
-
-        def join() -> Stored:
-            nonlocal joined
-            joined = asyncio.get_running_loop().create_future()
-            flow.handle(CheckpointJoined())
-            pending.checkpoint_decided()  # the reply behind it goes on
-
-            def stored_with_reply(ok: bool) -> None:
-                # Called before the reply is settled: a failed commit must make
-                # the checkpoint the reply the dispatcher stores.
-                flow.handle(CheckpointDecided(ok))
-                if joined is not None and not joined.done():
-                    joined.set_result(ok)
-
-            return stored_with_reply
-
-        stored = False
-        try:
-            # Only a caller that commits the reply itself (`takes_over`) can store both at once.
-            stored = await checkpoint(reply_of(raw, response), join if flow.joinable() else None)
-            if joined is not None:
-                stored = await joined
-            return stored
-        finally:
-            if joined is None:
-                flow.handle(CheckpointDecided(stored))
-                pending.checkpoint_decided()
+        return self._offer(request_id, pending, pending.receiver, lambda: reply_of(raw, response))
 
     async def checkpoint_over_http(self, run_id: str, request_id: str, body: bytes) -> CheckpointTaken:
         """Steps an official TypeScript worker ran in request `request_id`
@@ -116,16 +77,59 @@ class CheckpointIntake:
         pending = self._pending.get(request_id)
         if pending is None or pending.run_id != run_id:
             return CheckpointTaken.STALE
-        (action,) = pending.flow.handle(CheckpointOffered(body, over_socket=False))
-        if isinstance(action, Refuse):
-            return CheckpointTaken.STALE if action.stale else CheckpointTaken.DECLINED
-        assert pending.checkpoint is not None  # the flow takes checkpoints only of requests that offer them
+        (action,) = pending.flow.handle(CheckpointSent(body, over_socket=False))
+        if isinstance(action, Refuse) or pending.receiver is None:
+            return CheckpointTaken.STALE if isinstance(action, Refuse) and action.stale else CheckpointTaken.DECLINED
         pending.checkpointing = asyncio.get_running_loop().create_future()
         reply = StepReply(request_id=request_id, status=pb.NOT_COMPLETED, body=body)
-        stored = False
-        try:
-            stored = await pending.checkpoint(reply, None)
-        finally:
-            pending.flow.handle(CheckpointDecided(stored))
-            pending.checkpoint_decided()
+        stored = await self._offer(request_id, pending, pending.receiver, lambda: reply)
         return CheckpointTaken.STORED if stored else CheckpointTaken.DECLINED
+
+    async def _offer(
+        self,
+        request_id: str,
+        pending: InFlight,
+        receiver: CheckpointReceiver,
+        reply: Callable[[], StepReply],
+    ) -> bool:
+        """Offer the checkpoint to the request's caller; True once it is stored.
+
+        Starting a loop turn after the checkpoint was taken, this knows
+        whether the request's reply came in the same read. If so, and the
+        caller commits replies itself (`takes_over`), the offer is
+        `joinable` (see `CheckpointOffered`): the reply is handed over at
+        once and one commit stores both, so a run's last step and its end
+        cost one commit instead of two. The answer then waits for that
+        commit; if it fails, the checkpoint is refused after all and the
+        request's reply, should the dispatcher have to store it, is the
+        checkpoint."""
+        decision: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        pending.decision = decision
+        self._deciding[request_id] = pending
+        try:
+            await receiver.checkpoint_offered(CheckpointOffered(request_id, reply(), pending.flow.joinable()))
+        finally:
+            if self._deciding.get(request_id) is pending and not pending.flow.joined:
+                # The caller returned without an answer: refused.
+                self.decide_checkpoint(CheckpointDecided(request_id, stored=False))
+        return await decision
+
+    def join_checkpoint(self, joined: CheckpointJoined) -> None:
+        """The caller took the offered checkpoint to store with the reply behind it."""
+        pending = self._deciding.get(joined.request_id)
+        if pending is None:
+            return
+        pending.flow.handle(joined)
+        pending.checkpoint_decided()  # the reply behind it goes on
+
+    def decide_checkpoint(self, decided: CheckpointDecided) -> None:
+        """The caller's answer to the offered checkpoint. For a joined one it
+        comes before the reply is settled: a failed commit must make the
+        checkpoint the reply the dispatcher stores."""
+        pending = self._deciding.pop(decided.request_id, None)
+        if pending is None:
+            return
+        pending.flow.handle(decided)
+        pending.checkpoint_decided()
+        if pending.decision is not None and not pending.decision.done():
+            pending.decision.set_result(decided.stored)

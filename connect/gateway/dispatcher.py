@@ -1,4 +1,5 @@
-"""The gateway's implementation of `Dispatcher`: route, lease, forward, await.
+"""The gateway's implementation of the port (`connect.dispatch.Port`), for
+an executor in the same process: route, lease, forward, await.
 
 Durability rules held here:
 
@@ -27,12 +28,21 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from connect.dispatch import NoWorker, StepReply, StepRequest, WorkerStoppedResponding
-from connect.dispatch.flow import Acknowledged, Forwarded, LeaseLapsed, State
+from connect.dispatch import (
+    CheckpointDecided,
+    CheckpointReceiver,
+    ExecutorMessage,
+    NoWorker,
+    ReplySettled,
+    StepReply,
+    StepRequest,
+    WorkerStoppedResponding,
+)
+from connect.dispatch.flow import Acknowledged, Forwarded, LeaseLapsed, RequestFlow, State
 from connect.gateway.capacity import InstanceCapacity
 from connect.gateway.checkpoint_intake import CheckpointIntake
 from connect.gateway.connection import Connection
-from connect.gateway.inflight import InFlight, reply_from_bytes
+from connect.gateway.inflight import InFlight, ReplyDone, reply_from_bytes
 from connect.gateway.reply_intake import ReplyIntake, ReplyStore
 from connect.gateway.routing import Router
 from connect.gateway.worker_waits import WorkerWaits
@@ -106,6 +116,8 @@ class GatewayDispatcher(ReplyIntake, CheckpointIntake):
         self.leases = LeaseTable(lease_duration)
         self.extend_lease_interval = extend_lease_interval
         self._pending: dict[str, InFlight] = {}
+        self._deciding: dict[str, InFlight] = {}
+        self._handed: dict[str, tuple[RequestFlow, ReplyDone]] = {}
         self._waits = WorkerWaits()
         # The lease watchdog: one timer for every awaited request (see `_watch_until`).
         self._watch: asyncio.TimerHandle | None = None
@@ -120,10 +132,15 @@ class GatewayDispatcher(ReplyIntake, CheckpointIntake):
 
     # --- Dispatcher ---------------------------------------------------------------
 
-    async def dispatch(self, request: StepRequest) -> StepReply:
+    async def dispatch(self, request: StepRequest, receiver: CheckpointReceiver | None = None) -> StepReply:
         rid = request.request_id
+        if request.offers_checkpoints and receiver is None:
+            raise ValueError(f"request {rid} offers checkpoints: dispatch it with a CheckpointReceiver")
         pending = self._pending[rid] = InFlight(
-            asyncio.get_running_loop().create_future(), request.takes_over, request.checkpoint, request.run_id
+            asyncio.get_running_loop().create_future(),
+            request.takes_over,
+            receiver if request.offers_checkpoints else None,
+            request.run_id,
         )
         try:
             if not request.fresh:
@@ -145,11 +162,20 @@ class GatewayDispatcher(ReplyIntake, CheckpointIntake):
             raise NoWorker(f"forwarding {rid} failed {FORWARD_ATTEMPTS} times")
         except BaseException:
             if pending.reply is not None:
-                pending.reply.settle(False)  # handed over, but nobody will commit it: store it here
+                # Handed over, but nobody will commit it: store it here.
+                self.settle_reply(ReplySettled(rid, committed=False))
             raise
         finally:
             if self._pending.get(rid) is pending:
                 del self._pending[rid]
+
+    def send(self, message: ExecutorMessage) -> None:
+        if isinstance(message, ReplySettled):
+            self.settle_reply(message)
+        elif isinstance(message, CheckpointDecided):
+            self.decide_checkpoint(message)
+        else:
+            self.join_checkpoint(message)
 
     async def wait_for_worker(self, app_name: str, function_slug: str, timeout: float) -> None:
         if self.router.has_candidate(app_name, function_slug):

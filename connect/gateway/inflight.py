@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
-from connect.dispatch import Join, StepReply
+from connect.dispatch import CheckpointReceiver, StepReply
 from connect.dispatch.flow import RequestFlow
 from protocol import connect_pb2 as pb
 
@@ -26,22 +26,24 @@ class InFlight:
     ACK, a shortened lease, the lease timer) and `dispatch` looks again.
     A successful ACK only records itself: it needs no wake-up."""
 
-    __slots__ = ("awaiting", "checkpoint", "checkpointing", "flow", "reply", "run_id", "wake")
+    __slots__ = ("awaiting", "checkpointing", "decision", "flow", "receiver", "reply", "run_id", "wake")
 
     def __init__(
         self,
         wake: asyncio.Future[None],
         takes_over: bool,
-        checkpoint: Callable[[StepReply, Join | None], Awaitable[bool]] | None,
+        receiver: CheckpointReceiver | None,
         run_id: str = "",
     ) -> None:
         self.wake = wake
         self.run_id = run_id
-        self.checkpoint = checkpoint
-        self.flow = RequestFlow(takes_over=takes_over, offers_checkpoints=checkpoint is not None)
+        self.receiver = receiver
+        self.flow = RequestFlow(takes_over=takes_over, offers_checkpoints=receiver is not None)
         # Set while a checkpoint is with the executor; resolved once it is decided
         # (the replies the flow holds meanwhile wait on it).
         self.checkpointing: asyncio.Future[None] | None = None
+        # The executor's answer to that checkpoint (`CheckpointDecided.stored`).
+        self.decision: asyncio.Future[bool] | None = None
         # The reply that answers `dispatch` (handed over, or stored).
         self.reply: StepReply | None = None
         # Set while `dispatch` waits for a worker's reply: the lease watchdog looks at it.
@@ -76,19 +78,18 @@ def answered(loop: asyncio.AbstractEventLoop, answer: bool) -> asyncio.Future[bo
     return fut
 
 
-def reply_of(raw: bytes, response: pb.SDKResponse | None, on_settle: Callable[[bool], None] | None = None) -> StepReply:
-    return reply_from_bytes(raw, on_settle) if response is None else reply_from_message(response, on_settle)
+def reply_of(raw: bytes, response: pb.SDKResponse | None) -> StepReply:
+    return reply_from_bytes(raw) if response is None else reply_from_message(response)
 
 
-def reply_from_bytes(raw: bytes, on_settle: Callable[[bool], None] | None = None) -> StepReply:
+def reply_from_bytes(raw: bytes) -> StepReply:
     msg = pb.SDKResponse()
     msg.ParseFromString(raw)
-    return reply_from_message(msg, on_settle)
+    return reply_from_message(msg)
 
 
-def reply_from_message(msg: pb.SDKResponse, on_settle: Callable[[bool], None] | None = None) -> StepReply:
+def reply_from_message(msg: pb.SDKResponse) -> StepReply:
     return StepReply(
-        on_settle=on_settle,
         request_id=msg.request_id,
         status=int(msg.status),
         body=msg.body,

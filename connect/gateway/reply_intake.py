@@ -13,6 +13,7 @@ import functools
 from collections.abc import Awaitable, Coroutine
 from typing import Any, Protocol
 
+from connect.dispatch import ReplySettled
 from connect.dispatch.flow import (
     Acknowledge,
     Action,
@@ -23,7 +24,6 @@ from connect.dispatch.flow import (
     Replied,
     ReplyStored,
     RequestFlow,
-    Settled,
     Store,
 )
 from connect.gateway.inflight import InFlight, ReplyDone, reply_from_bytes, reply_of, resolve
@@ -44,6 +44,8 @@ class ReplyIntake:
     _pending: dict[str, InFlight]
     # Replies that had to wait for something (a checkpoint, a stored reply's read).
     _tasks: set[asyncio.Task[None]]
+    # Replies handed to their `takes_over` caller and not settled yet, by request id.
+    _handed: dict[str, tuple[RequestFlow, ReplyDone]]
 
     async def accept_reply(self, raw: bytes, request_id: str) -> None:
         """Store a worker's reply (first stored wins), then wake its waiter;
@@ -95,23 +97,26 @@ class ReplyIntake:
     ) -> None:
         """Give the reply to its `takes_over` caller; durable once the caller
         settles it committed, or once stored here if the caller did not commit it."""
-        flow = pending.flow
-        settled = False
-
-        def on_settle(committed: bool) -> None:
-            nonlocal settled
-            if settled:
-                return
-            settled = True
-            for action in flow.handle(Settled(committed)):
-                if isinstance(action, Acknowledge):
-                    done(None)  # the caller's commit holds it
-                elif isinstance(action, Store):
-                    # The reply, or a checkpoint joined to it and not stored.
-                    self._store_reply(request_id, action.body, None, done, flow)
-
-        pending.reply = reply_of(raw, response, on_settle)
+        earlier = self._handed.get(request_id)
+        if earlier is not None:  # never settled: nobody will commit it
+            self.settle_reply(ReplySettled(request_id, committed=False))
+        self._handed[request_id] = (pending.flow, done)
+        pending.reply = reply_of(raw, response)
         pending.poke()
+
+    def settle_reply(self, settled: ReplySettled) -> None:
+        """The caller's commit made the handed-over reply durable, or did not.
+        A reply not handed over (stored here), or settled already, is left alone."""
+        handed = self._handed.pop(settled.request_id, None)
+        if handed is None:
+            return
+        flow, done = handed
+        for action in flow.handle(settled):
+            if isinstance(action, Acknowledge):
+                done(None)  # the caller's commit holds it
+            elif isinstance(action, Store):
+                # The reply, or a checkpoint joined to it and not stored.
+                self._store_reply(settled.request_id, action.body, None, done, flow)
 
     def _store_reply(
         self,

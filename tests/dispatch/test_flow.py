@@ -6,13 +6,12 @@ import typing
 
 import pytest
 
+from connect.dispatch import CheckpointDecided, CheckpointJoined, ReplySettled
 from connect.dispatch.flow import (
     Acknowledge,
     Acknowledged,
     Action,
-    CheckpointDecided,
-    CheckpointJoined,
-    CheckpointOffered,
+    CheckpointSent,
     Decide,
     Deliver,
     DeliverStored,
@@ -27,20 +26,20 @@ from connect.dispatch.flow import (
     Replied,
     ReplyStored,
     RequestFlow,
-    Settled,
     State,
     Store,
     Wake,
 )
 
+RID = "01REQUEST"
 CP = b"checkpoint"
 REPLY = b"reply"
 
 #: How to reach each state from a new flow.
 _PATHS: dict[State, list[Event]] = {
     State.RUNNING: [],
-    State.CHECKPOINTING: [CheckpointOffered(CP)],
-    State.REPLY_BEHIND: [CheckpointOffered(CP), Replied(REPLY)],
+    State.CHECKPOINTING: [CheckpointSent(CP)],
+    State.REPLY_BEHIND: [CheckpointSent(CP), Replied(REPLY)],
     State.HANDED_OVER: [Replied(REPLY)],
     State.STORING: [Replied(REPLY)],
     State.SETTLED: [Replied(REPLY), ReplyStored(first=True)],
@@ -80,33 +79,33 @@ TABLE: list[tuple[State, bool, Event, tuple[State, list[Action]] | None]] = [
     (S.STORING, False, Acknowledged(True), (S.STORING, [])),
     (S.SETTLED, False, Acknowledged(False), (S.SETTLED, [])),
     (S.LAPSED, False, Acknowledged(True), (S.LAPSED, [])),
-    # CheckpointOffered.
-    (S.RUNNING, False, CheckpointOffered(CP), (S.CHECKPOINTING, [Decide(CP)])),
-    (S.RUNNING, False, CheckpointOffered(CP, on_lease=False), (S.RUNNING, [Refuse(stale=False)])),
-    (S.CHECKPOINTING, False, CheckpointOffered(CP), (S.CHECKPOINTING, [Refuse(stale=False)])),
-    (S.REPLY_BEHIND, False, CheckpointOffered(CP), (S.REPLY_BEHIND, [Refuse(stale=False)])),
-    (S.HANDED_OVER, True, CheckpointOffered(CP), (S.HANDED_OVER, [Refuse(stale=True)])),
-    (S.STORING, False, CheckpointOffered(CP), (S.STORING, [Refuse(stale=True)])),
-    (S.SETTLED, False, CheckpointOffered(CP), (S.SETTLED, [Refuse(stale=True)])),
-    (S.LAPSED, False, CheckpointOffered(CP), (S.LAPSED, [Refuse(stale=True)])),
+    # CheckpointSent.
+    (S.RUNNING, False, CheckpointSent(CP), (S.CHECKPOINTING, [Decide(CP)])),
+    (S.RUNNING, False, CheckpointSent(CP, on_lease=False), (S.RUNNING, [Refuse(stale=False)])),
+    (S.CHECKPOINTING, False, CheckpointSent(CP), (S.CHECKPOINTING, [Refuse(stale=False)])),
+    (S.REPLY_BEHIND, False, CheckpointSent(CP), (S.REPLY_BEHIND, [Refuse(stale=False)])),
+    (S.HANDED_OVER, True, CheckpointSent(CP), (S.HANDED_OVER, [Refuse(stale=True)])),
+    (S.STORING, False, CheckpointSent(CP), (S.STORING, [Refuse(stale=True)])),
+    (S.SETTLED, False, CheckpointSent(CP), (S.SETTLED, [Refuse(stale=True)])),
+    (S.LAPSED, False, CheckpointSent(CP), (S.LAPSED, [Refuse(stale=True)])),
     # CheckpointJoined: only with a reply behind, for a caller that commits it.
-    (S.REPLY_BEHIND, True, CheckpointJoined(), (S.RUNNING, [Release()])),
-    (S.REPLY_BEHIND, False, CheckpointJoined(), ILLEGAL),
-    (S.RUNNING, True, CheckpointJoined(), ILLEGAL),
-    (S.CHECKPOINTING, True, CheckpointJoined(), ILLEGAL),
-    (S.HANDED_OVER, True, CheckpointJoined(), ILLEGAL),
-    (S.STORING, False, CheckpointJoined(), ILLEGAL),
-    (S.SETTLED, False, CheckpointJoined(), ILLEGAL),
-    (S.LAPSED, False, CheckpointJoined(), ILLEGAL),
+    (S.REPLY_BEHIND, True, CheckpointJoined(RID), (S.RUNNING, [Release()])),
+    (S.REPLY_BEHIND, False, CheckpointJoined(RID), ILLEGAL),
+    (S.RUNNING, True, CheckpointJoined(RID), ILLEGAL),
+    (S.CHECKPOINTING, True, CheckpointJoined(RID), ILLEGAL),
+    (S.HANDED_OVER, True, CheckpointJoined(RID), ILLEGAL),
+    (S.STORING, False, CheckpointJoined(RID), ILLEGAL),
+    (S.SETTLED, False, CheckpointJoined(RID), ILLEGAL),
+    (S.LAPSED, False, CheckpointJoined(RID), ILLEGAL),
     # CheckpointDecided: only while a checkpoint is with the executor (or nobody waits any more).
-    (S.CHECKPOINTING, False, CheckpointDecided(True), (S.RUNNING, [])),
-    (S.CHECKPOINTING, False, CheckpointDecided(False), (S.RUNNING, [])),
-    (S.REPLY_BEHIND, False, CheckpointDecided(True), (S.RUNNING, [Release()])),
-    (S.LAPSED, False, CheckpointDecided(True), (S.LAPSED, [])),
-    (S.RUNNING, False, CheckpointDecided(True), ILLEGAL),
-    (S.HANDED_OVER, True, CheckpointDecided(True), ILLEGAL),
-    (S.STORING, False, CheckpointDecided(False), ILLEGAL),
-    (S.SETTLED, False, CheckpointDecided(True), ILLEGAL),
+    (S.CHECKPOINTING, False, CheckpointDecided(RID, True), (S.RUNNING, [])),
+    (S.CHECKPOINTING, False, CheckpointDecided(RID, False), (S.RUNNING, [])),
+    (S.REPLY_BEHIND, False, CheckpointDecided(RID, True), (S.RUNNING, [Release()])),
+    (S.LAPSED, False, CheckpointDecided(RID, True), (S.LAPSED, [])),
+    (S.RUNNING, False, CheckpointDecided(RID, True), ILLEGAL),
+    (S.HANDED_OVER, True, CheckpointDecided(RID, True), ILLEGAL),
+    (S.STORING, False, CheckpointDecided(RID, False), ILLEGAL),
+    (S.SETTLED, False, CheckpointDecided(RID, True), ILLEGAL),
     # Replied.
     (S.RUNNING, True, Replied(REPLY), (S.HANDED_OVER, [HandOver(REPLY)])),
     (S.RUNNING, False, Replied(REPLY), (S.STORING, [Store(REPLY)])),
@@ -116,15 +115,15 @@ TABLE: list[tuple[State, bool, Event, tuple[State, list[Action]] | None]] = [
     (S.STORING, False, Replied(b"late"), (S.STORING, [Store(b"late")])),
     (S.SETTLED, False, Replied(b"late"), (S.SETTLED, [Store(b"late")])),
     (S.LAPSED, False, Replied(b"late"), (S.LAPSED, [Store(b"late")])),
-    # Settled: only a handed-over reply.
-    (S.HANDED_OVER, True, Settled(True), (S.SETTLED, [Acknowledge()])),
-    (S.HANDED_OVER, True, Settled(False), (S.STORING, [Store(REPLY)])),
-    (S.RUNNING, True, Settled(True), ILLEGAL),
-    (S.CHECKPOINTING, True, Settled(True), ILLEGAL),
-    (S.REPLY_BEHIND, True, Settled(True), ILLEGAL),
-    (S.STORING, False, Settled(True), ILLEGAL),
-    (S.SETTLED, False, Settled(False), ILLEGAL),
-    (S.LAPSED, False, Settled(True), ILLEGAL),
+    # ReplySettled: only a handed-over reply.
+    (S.HANDED_OVER, True, ReplySettled(RID, True), (S.SETTLED, [Acknowledge()])),
+    (S.HANDED_OVER, True, ReplySettled(RID, False), (S.STORING, [Store(REPLY)])),
+    (S.RUNNING, True, ReplySettled(RID, True), ILLEGAL),
+    (S.CHECKPOINTING, True, ReplySettled(RID, True), ILLEGAL),
+    (S.REPLY_BEHIND, True, ReplySettled(RID, True), ILLEGAL),
+    (S.STORING, False, ReplySettled(RID, True), ILLEGAL),
+    (S.SETTLED, False, ReplySettled(RID, False), ILLEGAL),
+    (S.LAPSED, False, ReplySettled(RID, True), ILLEGAL),
     # ReplyStored.
     (S.STORING, False, ReplyStored(first=True), (S.SETTLED, [Deliver(REPLY), Acknowledge()])),
     (S.STORING, False, ReplyStored(first=False), (S.SETTLED, [DeliverStored(), Acknowledge()])),
@@ -176,29 +175,29 @@ def test_every_state_and_event_kind_is_in_the_table() -> None:
 
 def test_a_refused_socket_checkpoint_stands_in_for_the_reply() -> None:
     flow = RequestFlow(takes_over=False, offers_checkpoints=False)
-    assert flow.handle(CheckpointOffered(CP)) == [Refuse(stale=False)]
+    assert flow.handle(CheckpointSent(CP)) == [Refuse(stale=False)]
     assert flow.handle(Replied(REPLY)) == [Store(CP)]
 
 
 def test_a_refused_http_checkpoint_does_not() -> None:
     flow = RequestFlow(takes_over=False, offers_checkpoints=False)
-    assert flow.handle(CheckpointOffered(CP, over_socket=False)) == [Refuse(stale=False)]
+    assert flow.handle(CheckpointSent(CP, over_socket=False)) == [Refuse(stale=False)]
     assert flow.handle(Replied(REPLY)) == [Store(REPLY)]
 
 
 def test_a_checkpoint_the_executor_did_not_store_becomes_the_reply_held_behind_it() -> None:
     flow = RequestFlow(takes_over=True, offers_checkpoints=True)
-    flow.handle(CheckpointOffered(CP))
+    flow.handle(CheckpointSent(CP))
     assert flow.handle(Replied(REPLY)) == [Hold()]
-    assert flow.handle(CheckpointDecided(False)) == [Release()]
+    assert flow.handle(CheckpointDecided(RID, False)) == [Release()]
     assert flow.handle(Replied(REPLY)) == [HandOver(CP)]
     assert flow.reply_behind
 
 
 def test_a_stored_checkpoint_lets_the_reply_through() -> None:
     flow = RequestFlow(takes_over=False, offers_checkpoints=True)
-    flow.handle(CheckpointOffered(CP))
-    flow.handle(CheckpointDecided(True))
+    flow.handle(CheckpointSent(CP))
+    flow.handle(CheckpointDecided(RID, True))
     assert flow.refused is None
     assert flow.handle(Replied(REPLY)) == [Store(REPLY)]
     assert flow.handle(ReplyStored(first=True)) == [Deliver(REPLY), Acknowledge()]
@@ -206,7 +205,7 @@ def test_a_stored_checkpoint_lets_the_reply_through() -> None:
 
 def test_a_new_forward_drops_the_refused_checkpoint_of_the_last() -> None:
     flow = RequestFlow(takes_over=False, offers_checkpoints=False)
-    flow.handle(CheckpointOffered(CP))
+    flow.handle(CheckpointSent(CP))
     flow.handle(Forwarded())
     assert flow.refused is None
     assert flow.handle(Replied(REPLY)) == [Store(REPLY)]
@@ -215,7 +214,7 @@ def test_a_new_forward_drops_the_refused_checkpoint_of_the_last() -> None:
 def test_a_refused_request_takes_no_checkpoint() -> None:
     flow = RequestFlow(takes_over=False, offers_checkpoints=True)
     flow.handle(Acknowledged(False))
-    assert flow.handle(CheckpointOffered(CP)) == [Refuse(stale=False)]
+    assert flow.handle(CheckpointSent(CP)) == [Refuse(stale=False)]
     assert flow.state is State.RUNNING
 
 
@@ -229,33 +228,33 @@ def test_a_second_answer_to_the_same_forward_is_ignored() -> None:
 @pytest.mark.parametrize("committed", [True, False])
 def test_a_joined_checkpoint_shares_the_replys_commit(committed: bool) -> None:
     flow = RequestFlow(takes_over=True, offers_checkpoints=True)
-    flow.handle(CheckpointOffered(CP))
+    flow.handle(CheckpointSent(CP))
     flow.handle(Replied(REPLY))
     assert flow.joinable()
-    assert flow.handle(CheckpointJoined()) == [Release()]
+    assert flow.handle(CheckpointJoined(RID)) == [Release()]
     assert flow.handle(Replied(REPLY)) == [HandOver(REPLY)]
-    assert flow.handle(CheckpointDecided(committed)) == []
+    assert flow.handle(CheckpointDecided(RID, committed)) == []
     if committed:
-        assert flow.handle(Settled(True)) == [Acknowledge()]
+        assert flow.handle(ReplySettled(RID, True)) == [Acknowledge()]
     else:
         # The step was not stored: the request's reply is the checkpoint.
-        assert flow.handle(Settled(False)) == [Store(CP)]
+        assert flow.handle(ReplySettled(RID, False)) == [Store(CP)]
         assert flow.handle(ReplyStored(first=True)) == [Acknowledge()]  # already delivered
     assert flow.state is State.SETTLED
 
 
 def test_a_joined_checkpoint_dropped_before_the_reply_is_handed_over() -> None:
     flow = RequestFlow(takes_over=True, offers_checkpoints=True)
-    flow.handle(CheckpointOffered(CP))
+    flow.handle(CheckpointSent(CP))
     flow.handle(Replied(REPLY))
-    flow.handle(CheckpointJoined())
-    assert flow.handle(CheckpointDecided(False)) == []
+    flow.handle(CheckpointJoined(RID))
+    assert flow.handle(CheckpointDecided(RID, False)) == []
     assert flow.handle(Replied(REPLY)) == [HandOver(CP)]
 
 
 def test_only_a_caller_that_commits_replies_may_join() -> None:
     flow = RequestFlow(takes_over=False, offers_checkpoints=True)
-    flow.handle(CheckpointOffered(CP))
+    flow.handle(CheckpointSent(CP))
     assert not flow.joinable()
     flow.handle(Replied(REPLY))
     assert not flow.joinable()
