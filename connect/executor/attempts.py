@@ -16,15 +16,10 @@ from typing import Any
 
 import msgspec
 
-from connect.dispatch import (
-    WorkerStoppedResponding,
-)
+from connect.dispatch import WorkerStoppedResponding
 from connect.executor import replies
 from connect.executor.run_state import RunState
-from connect.store.base import (
-    FAILED,
-    PendingRequest,
-)
+from connect.store.base import FAILED, PendingRequest
 
 log = logging.getLogger("connect.executor.runner")
 

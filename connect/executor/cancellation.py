@@ -11,12 +11,8 @@ import logging
 
 from connect.executor import replies
 from connect.executor.run_state import RunState
-from connect.executor.system_events import (
-    CANCELLED_ERROR,
-)
-from connect.store.base import (
-    CANCELLED,
-)
+from connect.executor.system_events import CANCELLED_ERROR
+from connect.store.base import CANCELLED
 
 log = logging.getLogger("connect.executor.runner")
 

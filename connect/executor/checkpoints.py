@@ -19,27 +19,12 @@ import logging
 
 import msgspec
 
-from connect.dispatch import (
-    CheckpointDecided,
-    CheckpointJoined,
-    CheckpointOffered,
-)
+from connect.dispatch import CheckpointDecided, CheckpointJoined, CheckpointOffered
 from connect.executor import replies
 from connect.executor.run_state import RunState
-from connect.store.base import (
-    DISCOVERY,
-    RUNNING,
-    PendingRequest,
-    StepMemo,
-)
+from connect.store.base import DISCOVERY, RUNNING, PendingRequest, StepMemo
 from protocol.limits import MAX_CHECKPOINTS_PER_REQUEST
-from protocol.payloads import (
-    OP_NONE,
-    OP_STEP,
-    OP_STEP_PLANNED,
-    OP_STEP_RUN,
-    STATUS_NOT_COMPLETED,
-)
+from protocol.payloads import OP_NONE, OP_STEP, OP_STEP_PLANNED, OP_STEP_RUN, STATUS_NOT_COMPLETED
 
 log = logging.getLogger("connect.executor.runner")
 

@@ -12,25 +12,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from connect.dispatch import (
-    AtCapacity,
-    DispatchError,
-    NoWorker,
-    StepRequest,
-)
+from connect.dispatch import AtCapacity, DispatchError, NoWorker, StepRequest
 from connect.executor.checkpoints import CheckpointTaking
-from connect.executor.inbox import (
-    DispatchFailed,
-    Message,
-    Oversized,
-    Replied,
-    StartTimedOut,
-    TaskCrashed,
-)
+from connect.executor.inbox import DispatchFailed, Message, Oversized, Replied, StartTimedOut, TaskCrashed
 from connect.executor.requests import build_request
-from connect.store.base import (
-    PendingRequest,
-)
+from connect.store.base import PendingRequest
 from protocol.limits import MAX_REQUEST_PAYLOAD_BYTES
 
 log = logging.getLogger("connect.executor.runner")

@@ -17,20 +17,11 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import msgspec
 
-from connect.dispatch import (
-    CheckpointDecided,
-    Port,
-)
-from connect.executor.inbox import (
-    CancelRequested,
-    Message,
-    Replied,
-)
+from connect.dispatch import CheckpointDecided, Port
+from connect.executor.inbox import CancelRequested, Message, Replied
 from connect.executor.intake import Intake
 from connect.executor.retries import Backoff
-from connect.executor.system_events import (
-    end_events,
-)
+from connect.executor.system_events import end_events
 from connect.executor.triggers import FunctionInfo, Target
 from connect.store.base import (
     CANCELLED,
@@ -44,9 +35,7 @@ from connect.store.base import (
     Waiting,
 )
 from protocol.ids import new_ulid
-from protocol.payloads import (
-    Event,
-)
+from protocol.payloads import Event
 
 log = logging.getLogger("connect.executor.runner")
 
@@ -69,9 +58,9 @@ class RunServices:
     clock: Callable[[], float]
     #: Upper bound on one wait for a worker; the dispatcher normally wakes us sooner.
     worker_wait: float = 30.0
-    #: Whether discovery requests offer checkpoints (see the module docstring).
+    #: Whether discovery requests offer checkpoints (see `connect.executor.checkpoints`).
     checkpoint_steps: bool = True
-    #: Re-dispatches of one request after lost workers (see the module docstring).
+    #: Re-dispatches of one request after lost workers (see `connect.executor.attempts`).
     max_lease_lapses: int = MAX_LEASE_LAPSES
 
 

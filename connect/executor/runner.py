@@ -31,37 +31,17 @@ import logging
 
 import msgspec
 
-from connect.dispatch import (
-    ReplySettled,
-    StepReply,
-    WorkerStoppedResponding,
-)
+from connect.dispatch import ReplySettled, StepReply, WorkerStoppedResponding
 from connect.executor import replies
 from connect.executor.attempts import Attempts
 from connect.executor.cancellation import Cancelling
 from connect.executor.dispatching import Dispatching
-from connect.executor.inbox import (
-    CancelRequested,
-    DispatchFailed,
-    Message,
-    Oversized,
-    Replied,
-    Resolved,
-    StartTimedOut,
-)
+from connect.executor.inbox import CancelRequested, DispatchFailed, Message, Oversized, Replied, Resolved, StartTimedOut
 from connect.executor.opcodes import RunFails, invoke, sleep_entry, steps_before_run_complete, wait_entry
 from connect.executor.retries import parse_retry_after
 from connect.executor.run_state import MAX_LEASE_LAPSES, RunHost, RunServices
 from connect.executor.triggers import Target
-from connect.store.base import (
-    COMPLETED,
-    DISCOVERY,
-    FAILED,
-    RUNNING,
-    PendingRequest,
-    StepMemo,
-    Waiting,
-)
+from connect.store.base import COMPLETED, DISCOVERY, FAILED, RUNNING, PendingRequest, StepMemo, Waiting
 from protocol.limits import MAX_REQUEST_PAYLOAD_BYTES
 from protocol.payloads import (
     OP_INVOKE_FUNCTION,

@@ -130,7 +130,7 @@ class GatewayDispatcher(ReplyIntake, CheckpointIntake):
         """Requests whose `dispatch` has not returned (with a worker, waiting for one, or being stored)."""
         return len(self._pending)
 
-    # --- Dispatcher ---------------------------------------------------------------
+    # --- the port (connect.dispatch.Port) ------------------------------------------------
 
     async def dispatch(self, request: StepRequest, receiver: CheckpointReceiver | None = None) -> StepReply:
         rid = request.request_id
