@@ -156,6 +156,9 @@ class GatewayDispatcher(ReplyIntake, CheckpointIntake):
                     # Taken while we looked (a lost worker's late reply, say):
                     # it answers the request, which need not run again.
                     return pending.reply
+                if pending.flow.state is not State.RUNNING:
+                    # Such a reply is being stored: it answers, once stored.
+                    return await self._await_reply(rid, pending)
                 if await self._forward(request, pending):
                     with contextlib.suppress(_Refused):
                         return await self._await_reply(rid, pending)
