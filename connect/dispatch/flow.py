@@ -25,9 +25,9 @@ Rules it holds:
 * a checkpoint sent over the socket and refused stands in for the request's
   reply: the worker may already have sent its reply behind it, and a worker
   that waited for the refusal would have ended the request with that step;
-* a checkpoint with the reply right behind it may be joined to that reply
-  (`CheckpointJoined`): both are stored by one commit, whose outcome comes
-  as `CheckpointDecided` before the reply is settled.
+* a socket checkpoint with the reply right behind it may be joined to that
+  reply (`CheckpointJoined`): both are stored by one commit, whose outcome
+  comes as `CheckpointDecided` before the reply is settled.
 
 Time is not kept here: when a lease lapses is decided by
 `protocol.leases.LeaseTable`, which has the clock; this machine is told
@@ -275,7 +275,7 @@ class RequestFlow:
         if isinstance(event, CheckpointSent):
             return self._offered(event)
         if isinstance(event, CheckpointJoined):
-            if state is not State.REPLY_BEHIND or not self.takes_over:
+            if not self.joinable():
                 raise IllegalTransition(state, event)
             self._joined = True
             self.state = State.RUNNING
@@ -344,8 +344,11 @@ class RequestFlow:
         return [Release()] if state is State.REPLY_BEHIND else []
 
     def joinable(self) -> bool:
-        """Whether the checkpoint being decided may be joined to the reply behind it."""
-        return self.state is State.REPLY_BEHIND and self.takes_over
+        """Whether the checkpoint being decided may be joined to the reply
+        behind it: the caller commits replies itself, and the checkpoint came
+        over the socket (so it is an SDK response that can stand in for the
+        reply if that commit fails; an HTTP checkpoint is a bare list of ops)."""
+        return self.state is State.REPLY_BEHIND and self.takes_over and self._kept
 
     def _replied(self, event: Replied) -> list[Action]:
         state = self.state

@@ -252,6 +252,17 @@ def test_a_joined_checkpoint_dropped_before_the_reply_is_handed_over() -> None:
     assert flow.handle(Replied(REPLY)) == [HandOver(CP)]
 
 
+def test_an_http_checkpoint_is_never_joined() -> None:
+    flow = RequestFlow(takes_over=True, offers_checkpoints=True)
+    flow.handle(CheckpointSent(CP, over_socket=False))
+    flow.handle(Replied(REPLY))
+    assert not flow.joinable()
+    with pytest.raises(IllegalTransition):
+        flow.handle(CheckpointJoined(RID))
+    assert flow.handle(CheckpointDecided(RID, False)) == [Release()]
+    assert flow.handle(Replied(REPLY)) == [HandOver(REPLY)]  # not the refused HTTP checkpoint
+
+
 def test_only_a_caller_that_commits_replies_may_join() -> None:
     flow = RequestFlow(takes_over=False, offers_checkpoints=True)
     flow.handle(CheckpointSent(CP))
