@@ -46,7 +46,7 @@ def _request_factory(app_id: str, slug: str) -> Any:
     import itertools
     import os
 
-    from connect.gateway.dispatch import StepRequest
+    from connect.dispatch import StepRequest
     from protocol.payloads import Event, ExecutorRequest, RequestContext, RequestStack, json_encoder
 
     run_ph, event_ph = "R" * 26, "E" * 26

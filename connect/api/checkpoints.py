@@ -8,7 +8,7 @@ the request's `ctx.fn_id` is set, which the executor sets only on requests
 that offer checkpoints (`connect/executor/requests.py`). The call names the
 request by `request_id` (the connect request id) and `qi_id` (which the
 executor sets to the same id); the steps are handed to the run through the
-request's `StepRequest.checkpoint`, as a WORKER_CHECKPOINT's are.
+request's `CheckpointReceiver` (see `connect.dispatch.port`), as a WORKER_CHECKPOINT's are.
 
 What each answer makes the SDK do:
 
@@ -33,7 +33,7 @@ from typing import Protocol
 
 import msgspec
 
-from connect.gateway.dispatch import CheckpointTaken
+from connect.dispatch import CheckpointTaken
 from protocol.payloads import OP_STEP, OP_STEP_PLANNED, OP_STEP_RUN, Opcode, json_encoder
 
 #: The opcodes a checkpoint may carry: step results, and steps announced before they run.

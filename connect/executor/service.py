@@ -31,6 +31,7 @@ from typing import Any, Final
 
 import msgspec
 
+from connect.dispatch import Port
 from connect.executor import replies
 from connect.executor.cron import CRON_EVENT, CronSchedule
 from connect.executor.intake import Intake, IntakeItem
@@ -50,7 +51,6 @@ from connect.executor.timers import Timers
 from connect.executor.triggers import FunctionInfo, Target, TriggerIndex
 from connect.executor.views import run_view
 from connect.executor.waits import CANCEL, INVOKE, RESUME, WaitIndex, Watch, WatchKey
-from connect.gateway.dispatch import Dispatcher
 from connect.store.base import (
     RUNNING,
     RUNS_RELEASED,
@@ -94,12 +94,12 @@ TimerKey = tuple[str, ...]
 
 
 class Executor:
-    """Durable runs over a `Store` and a `Dispatcher`."""
+    """Durable runs over a `Store` and a `Port` to workers."""
 
     def __init__(
         self,
         store: Store,
-        dispatcher: Dispatcher,
+        dispatcher: Port,
         *,
         default_retries: int = 4,
         clock: Callable[[], float] = time.time,

@@ -21,8 +21,8 @@ import random
 from collections.abc import Iterator
 from typing import Generic, Protocol, TypeVar
 
+from connect.dispatch import AtCapacity, NoWorker
 from connect.gateway.capacity import InstanceCapacity
-from connect.gateway.dispatch import AtCapacity, NoWorker
 
 #: Random draws a pick tries before it scans every candidate.
 PICK_DRAWS = 8

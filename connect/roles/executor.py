@@ -7,14 +7,14 @@ store, so the next start continues every run.
 
 from __future__ import annotations
 
+from connect.dispatch import Port
 from connect.executor import Executor
-from connect.gateway.dispatch import Dispatcher
 from connect.roles.settings import PlatformSettings
 from connect.store import Store
 
 
 class ExecutorRole:
-    def __init__(self, settings: PlatformSettings, store: Store, dispatcher: Dispatcher) -> None:
+    def __init__(self, settings: PlatformSettings, store: Store, dispatcher: Port) -> None:
         self.executor = Executor(
             store,
             dispatcher,

@@ -25,7 +25,15 @@ from typing import Any
 
 import msgspec
 
-from connect.gateway.dispatch import AtCapacity, NoWorker, StepReply, StepRequest, WorkerStoppedResponding
+from connect.dispatch import (
+    AtCapacity,
+    CheckpointReceiver,
+    ExecutorMessage,
+    NoWorker,
+    StepReply,
+    StepRequest,
+    WorkerStoppedResponding,
+)
 from connect.store import ReplyStore
 from protocol.payloads import STATUS_DONE, STATUS_ERROR, STATUS_NOT_COMPLETED
 
@@ -221,7 +229,14 @@ class ScriptedWorker:
     #: seconds before running (inf: forever): a run held at the step after it.
     delay_after: dict[str, float] = field(default_factory=dict)
 
-    async def dispatch(self, request: StepRequest) -> StepReply:
+    #: What the executor sent through `send` (settlements, checkpoint answers), in order.
+    sent: list[ExecutorMessage] = field(default_factory=list)
+
+    def send(self, message: ExecutorMessage) -> None:
+        # Replies are stored here before `dispatch` returns them: a settlement changes nothing.
+        self.sent.append(message)
+
+    async def dispatch(self, request: StepRequest, receiver: CheckpointReceiver | None = None) -> StepReply:
         self.dispatch_calls += 1
         self.request_ids.append(request.request_id)
         stored = await self.store.get_reply(request.request_id)

@@ -1,5 +1,5 @@
 """Step checkpoints, executor side: a discovery request that offers them
-(`StepRequest.checkpoint`) lets the worker store each step and go on in the
+(`StepRequest.offers_checkpoints`) lets the worker store each step and go on in the
 same request; refused checkpoints end the request with the step.
 
 `CheckpointingWorker` plays a worker that supports them, over a real
@@ -18,9 +18,18 @@ import anyio
 import msgspec
 import pytest
 
+from connect.dispatch import (
+    CheckpointDecided,
+    CheckpointJoined,
+    CheckpointOffered,
+    CheckpointReceiver,
+    ExecutorMessage,
+    StepReply,
+    StepRequest,
+    WorkerStoppedResponding,
+)
 from connect.executor import Executor
 from connect.executor import service as executor_service
-from connect.gateway.dispatch import StepReply, StepRequest, WorkerStoppedResponding
 from connect.store import SqliteStore
 from protocol.limits import MAX_CHECKPOINTS_PER_REQUEST
 from protocol.payloads import STATUS_DONE, STATUS_NOT_COMPLETED
@@ -36,8 +45,8 @@ Hook = Callable[[StepRequest, StepReply], Awaitable[None]]
 class CheckpointingWorker(ScriptedWorker):
     """`ScriptedWorker` as a worker that supports checkpoints.
 
-    When a request offers them, each step the function runs is handed to
-    `request.checkpoint` as the one-op reply it would otherwise end the
+    When a request offers them, each step the function runs is offered to
+    the request's receiver as the one-op reply it would otherwise end the
     request with; once stored, the function replays with that memo (attempt
     0 again) and goes on in the same request. A refused step ends the
     request with it, as without checkpoints.
@@ -50,19 +59,45 @@ class CheckpointingWorker(ScriptedWorker):
     #: Awaited before each step's checkpoint; may send checkpoints of its own, or raise.
     before_checkpoint: Hook | None = None
     #: Return right after the last step, as our worker does: its reply is
-    #: offered with the checkpoint (`join`) and follows it at once.
+    #: offered with the checkpoint (`joinable`) and follows it at once.
     reply_behind_last: bool = False
     #: The commit outcomes each joined step was told, in order.
     joined: list[bool] = field(default_factory=list)
+    #: The receiver of the request being dispatched (see `offer`).
+    receiver: CheckpointReceiver | None = None
+    _joining: set[str] = field(default_factory=set)
+    _decided: dict[str, bool] = field(default_factory=dict)
 
-    async def dispatch(self, request: StepRequest) -> StepReply:
+    def send(self, message: ExecutorMessage) -> None:
+        super().send(message)
+        rid = message.request_id
+        if isinstance(message, CheckpointJoined):
+            self._joining.add(rid)
+        elif isinstance(message, CheckpointDecided):
+            if rid in self._joining:
+                self._joining.discard(rid)
+                self.joined.append(message.stored)
+            else:
+                self._decided[rid] = message.stored
+
+    async def offer(self, reply: StepReply, *, joinable: bool = False) -> bool:
+        """Offer `reply` as a checkpoint of the request being dispatched; its
+        answer (True for a joined one: the answer comes with the commit)."""
+        assert self.receiver is not None
+        await self.receiver.checkpoint_offered(CheckpointOffered(reply.request_id, reply, joinable))
+        if joinable and reply.request_id in self._joining:
+            return True
+        return self._decided.pop(reply.request_id, False)  # no answer: refused
+
+    async def dispatch(self, request: StepRequest, receiver: CheckpointReceiver | None = None) -> StepReply:
         self.received.append(request)
         if self.failures:
             raise self.failures.pop(0)
         body = json.loads(request.payload)
         while True:
             reply = self._run(msgspec.structs.replace(request, payload=json.dumps(body).encode()))
-            if request.checkpoint is None or not _one_step_run(reply):
+            self.receiver = receiver
+            if receiver is None or not _one_step_run(reply):
                 return reply
             if self.before_checkpoint is not None:
                 await self.before_checkpoint(request, reply)
@@ -77,16 +112,13 @@ class CheckpointingWorker(ScriptedWorker):
                     final = None
             if final is not None:
                 # The gateway hands the reply over once the step is joined to it.
-                await request.checkpoint(reply, self._join)
+                await self.offer(reply, joinable=True)
                 return final
-            stored = await request.checkpoint(reply, None)
+            stored = await self.offer(reply)
             self.answers.append(stored)
             if not stored:
                 return reply
             body = after
-
-    def _join(self) -> Callable[[bool], None]:
-        return self.joined.append
 
 
 def _one_step_run(reply: StepReply) -> bool:
@@ -145,7 +177,7 @@ async def test_every_step_is_stored_and_the_run_ends_in_one_request(hs: Checkpoi
     run = await hs.run_to_end(three_steps)
     assert run["status"] == "Completed" and run["output"] == [1, 2, 3]
     [request] = hs.worker.received
-    assert request.checkpoint is not None and payload(request)["ctx"]["checkpoint_steps"] is True
+    assert request.offers_checkpoints and payload(request)["ctx"]["checkpoint_steps"] is True
     assert hs.worker.answers == [True, True, True]
     assert await hs.memos(run["run_id"]) == {h("a"): {"data": 1}, h("b"): {"data": 2}, h("c"): {"data": 3}}
     assert hs.worker.executions == {"a": 1, "b": 1, "c": 1}
@@ -191,7 +223,7 @@ async def test_checkpoints_past_the_limit_are_refused_and_the_next_request_goes_
     # The refused step ended the first request; its memo came from that reply.
     first, second = hs.worker.received
     assert payload(first)["steps"] == {} and len(payload(second)["steps"]) == count
-    assert second.checkpoint is not None  # a new request: a new allowance
+    assert second.offers_checkpoints  # a new request: a new allowance
     assert len(await hs.memos(run["run_id"])) == count
     assert all(n == 1 for n in hs.worker.executions.values())
 
@@ -202,7 +234,7 @@ async def test_malformed_checkpoints_are_refused_and_harm_nothing(hs: Checkpoint
     async def malformed(request: StepRequest, reply: StepReply) -> None:
         if json.loads(reply.body)[0]["id"] != h("b"):
             return  # only once, before b: by then a has its memo
-        assert request.checkpoint is not None
+        assert request.offers_checkpoints
         two_ops = json.dumps(json.loads(step_run_reply(request, "x", 1).body) * 2).encode()
         sleep = [{"op": "Sleep", "id": h("nap"), "name": "2030-01-01T00:00:00.000Z", "data": None}]
         cases = {
@@ -213,7 +245,7 @@ async def test_malformed_checkpoints_are_refused_and_harm_nothing(hs: Checkpoint
             "already stored": step_run_reply(request, "a", "changed"),
         }
         for name, bad in cases.items():
-            refused[name] = await request.checkpoint(bad, None)
+            refused[name] = await hs.worker.offer(bad)
 
     hs.worker.before_checkpoint = malformed
 
@@ -264,7 +296,7 @@ async def test_switched_off_no_checkpoint_is_offered(tmp_path: Path) -> None:
     assert run["status"] == "Completed" and run["output"] == [1, 2, 3]
     assert len(hs.worker.received) == 4  # one request per step, then the return
     for request in hs.worker.received:
-        assert request.checkpoint is None
+        assert not request.offers_checkpoints
         assert payload(request)["ctx"]["checkpoint_steps"] is False
     assert hs.worker.answers == []
 

@@ -256,13 +256,13 @@ async def test_restart_mid_run_resumes_same_request(tmp_path: Path, reply_stored
     original = hs.worker.dispatch
     calls = 0
 
-    async def second_hangs(request: Any) -> Any:
+    async def second_hangs(request: Any, receiver: Any = None) -> Any:
         nonlocal calls
         calls += 1
         if calls == 2:
             hs.worker.hang_on = {"step"}
             hs.worker.store_before_hang = reply_stored_before_crash
-        return await original(request)
+        return await original(request, receiver)
 
     hs.worker.dispatch = second_hangs  # type: ignore[method-assign]
     event_id = await hs.send("shop/order", {"who": "cy"})
@@ -405,18 +405,18 @@ async def test_stop_and_start_with_many_runs(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("body", [b"[]", b"not json", b'[{"op": "StepRun"}]'])
 async def test_unreadable_or_empty_step_reports_are_retried(harness: Harness, body: bytes) -> None:
-    from connect.gateway.dispatch import StepReply, StepRequest
+    from connect.dispatch import StepReply, StepRequest
 
     await harness.deploy("one", "shop/one", lambda step, ctx: ctx.attempt)
     original = harness.worker.dispatch
     calls = 0
 
-    async def first_reply_is_bad(request: StepRequest) -> StepReply:
+    async def first_reply_is_bad(request: StepRequest, receiver: Any = None) -> StepReply:
         nonlocal calls
         calls += 1
         if calls == 1:
             return StepReply(request.request_id, 0, body)
-        return await original(request)
+        return await original(request, receiver)
 
     harness.worker.dispatch = first_reply_is_bad  # type: ignore[method-assign]
     run = await harness.finished((await harness.only_run(await harness.send("shop/one")))["run_id"])
@@ -425,11 +425,11 @@ async def test_unreadable_or_empty_step_reports_are_retried(harness: Harness, bo
 
 
 async def test_bad_done_body_on_last_attempt_fails(harness: Harness) -> None:
-    from connect.gateway.dispatch import StepReply, StepRequest
+    from connect.dispatch import StepReply, StepRequest
 
     await harness.deploy("one", "shop/one", lambda step, ctx: 1, retries=0)
 
-    async def bad(request: StepRequest) -> StepReply:
+    async def bad(request: StepRequest, receiver: Any = None) -> StepReply:
         return StepReply(request.request_id, 1, b"{oops")
 
     harness.worker.dispatch = bad  # type: ignore[method-assign]

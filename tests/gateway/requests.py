@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from connect.gateway.dispatch import StepRequest
+from connect.dispatch import StepRequest
 from protocol.ids import new_ulid
 from protocol.payloads import Event, ExecutorRequest, RequestContext, RequestStack, json_encoder
 

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from connect import Client, Context, Step, TriggerEvent
-from connect.gateway.dispatch import StepRequest
+from connect.dispatch import StepRequest
 from connect.roles import StandaloneGateway
 from connect.worker import link
 from connect.worker.connection import WorkerConnection

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,8 +17,16 @@ from typing import Any
 import pytest
 
 from connect import Client, Context, Step, TriggerEvent
+from connect.dispatch import (
+    CheckpointDecided,
+    CheckpointJoined,
+    CheckpointOffered,
+    Port,
+    ReplySettled,
+    StepReply,
+    StepRequest,
+)
 from connect.gateway import connection
-from connect.gateway.dispatch import Join, StepReply, StepRequest, Stored
 from connect.roles import StandaloneGateway
 from connect.worker.connection import WorkerConnection
 from protocol import connect_pb2 as pb
@@ -70,26 +78,36 @@ async def last(ctx: Context, step: Step) -> Any:
 
 @dataclass
 class Checkpoints:
-    """A request's checkpoint callable: records what it is handed. With
-    `joins`, a checkpoint offered with the reply behind it is joined to that
-    reply; the test then tells the outcome through `stored`."""
+    """A request's checkpoint receiver: records what it is offered and
+    answers `answer`. With `joins`, a checkpoint offered with the reply
+    behind it is joined to that reply; the test then tells the commit's
+    outcome with `tell`."""
 
     answer: bool = True
     gate: asyncio.Event | None = None
     joins: bool = False
     got: list[StepReply] = field(default_factory=list)
     offered_join: list[bool] = field(default_factory=list)
-    stored: list[Stored] = field(default_factory=list)
+    joined: list[str] = field(default_factory=list)
+    port: Port | None = None
 
-    async def __call__(self, reply: StepReply, join: Join | None) -> bool:
-        self.got.append(reply)
-        self.offered_join.append(join is not None)
-        if self.joins and join is not None:
-            self.stored.append(join())
-            return True
+    async def checkpoint_offered(self, offer: CheckpointOffered) -> None:
+        assert self.port is not None
+        self.got.append(offer.reply)
+        self.offered_join.append(offer.joinable)
+        if self.joins and offer.joinable:
+            self.joined.append(offer.request_id)
+            self.port.send(CheckpointJoined(offer.request_id))
+            return
         if self.gate is not None:
             await self.gate.wait()
-        return self.answer
+        self.port.send(CheckpointDecided(offer.request_id, self.answer))
+
+    def tell(self, stored: bool) -> None:
+        """The outcome of the commit that carried the joined step."""
+        assert self.port is not None
+        [request_id] = self.joined
+        self.port.send(CheckpointDecided(request_id, stored))
 
 
 @dataclass
@@ -97,16 +115,26 @@ class Stack:
     gw: StandaloneGateway
     worker: WorkerConnection
 
+    receivers: dict[str, Checkpoints] = field(default_factory=dict)
+
     def request(self, fn: str, checkpoint: Checkpoints | None, *, offer: bool, takes_over: bool = False) -> StepRequest:
-        """A discovery request for `fn`; `offer` sets `ctx.checkpoint_steps`."""
-        return discovery_request(
+        """A discovery request for `fn`; `offer` sets `ctx.checkpoint_steps`
+        (whether the worker sends checkpoints), `checkpoint` receives them."""
+        request = discovery_request(
             "intake",
             f"intake-{fn}",
             f"intake/{fn}",
             offer_checkpoints=offer,
-            checkpoint=checkpoint,
+            offers_checkpoints=checkpoint is not None,
             takes_over=takes_over,
         )
+        if checkpoint is not None:
+            checkpoint.port = self.gw.dispatcher
+            self.receivers[request.request_id] = checkpoint
+        return request
+
+    def dispatch(self, request: StepRequest) -> Coroutine[Any, Any, StepReply]:
+        return self.gw.dispatcher.dispatch(request, self.receivers.get(request.request_id))
 
     async def hold(self, checkpoint: Checkpoints | None) -> tuple[StepRequest, asyncio.Task[StepReply]]:
         """Dispatch `held` (its payload offers no checkpoints, so the worker
@@ -114,7 +142,7 @@ class Stack:
         hold = Hold()
         HOLDS.append(hold)
         request = self.request("held", checkpoint, offer=False)
-        task = asyncio.create_task(self.gw.dispatcher.dispatch(request))
+        task = asyncio.create_task(self.dispatch(request))
         async with asyncio.timeout(10):
             await hold.started.wait()
         return request, task
@@ -224,7 +252,7 @@ async def test_our_worker_checkpoints_each_step_and_goes_on(stack: Stack) -> Non
     checkpoints = Checkpoints()
     request = stack.request("two", checkpoints, offer=True)
     async with asyncio.timeout(10):
-        reply = await stack.gw.dispatcher.dispatch(request)
+        reply = await stack.dispatch(request)
     # Both checkpoints were stored, so the one request ran the function to its end.
     assert reply.status == STATUS_DONE and json.loads(reply.body) == [1, 2]
     ops = [json.loads(r.body) for r in checkpoints.got]
@@ -288,7 +316,7 @@ async def test_the_answer_to_a_checkpoint_with_the_reply_behind_leaves_with_the_
 ) -> None:
     checkpoints = Checkpoints(gate=asyncio.Event())
     request = stack.request("last", checkpoints, offer=True)
-    task = asyncio.create_task(stack.gw.dispatcher.dispatch(request))
+    task = asyncio.create_task(stack.dispatch(request))
     async with asyncio.timeout(10):
         while not stack.gw.dispatcher.reply_behind(request.request_id):
             await asyncio.sleep(0.005)  # the worker returned; its reply waits for the checkpoint
@@ -314,14 +342,13 @@ async def test_a_step_joined_to_the_reply_behind_it_is_answered_by_the_replys_co
     rid = request.request_id
     async with asyncio.timeout(10):
         # Handed over before the step is stored: the caller stores both at once.
-        reply = await stack.gw.dispatcher.dispatch(request)
+        reply = await stack.dispatch(request)
     assert checkpoints.offered_join == [True]
     assert (reply.status, json.loads(reply.body)) == (STATUS_DONE, 2)
     await asyncio.sleep(0.2)
     assert not any(pb.WORKER_CHECKPOINT_ACK in write for write in gateway_writes), gateway_writes
-    [told] = checkpoints.stored
-    told(outcome)  # the caller's commit, then it settles the reply
-    reply.settle(outcome)
+    checkpoints.tell(outcome)  # the caller's commit, then it settles the reply
+    stack.gw.dispatcher.send(ReplySettled(rid, outcome))
     async with asyncio.timeout(10):
         while not any(pb.WORKER_REPLY_ACK in write for write in gateway_writes):
             await asyncio.sleep(0.005)
@@ -342,7 +369,7 @@ async def test_a_step_joined_to_the_reply_behind_it_is_answered_by_the_replys_co
 async def test_a_checkpoint_not_joined_is_stored_before_the_reply_behind_it(stack: Stack) -> None:
     checkpoints = Checkpoints(gate=asyncio.Event())
     request = stack.request("last", checkpoints, offer=True, takes_over=True)
-    task = asyncio.create_task(stack.gw.dispatcher.dispatch(request))
+    task = asyncio.create_task(stack.dispatch(request))
     async with asyncio.timeout(10):
         while not checkpoints.got:
             await asyncio.sleep(0.005)
@@ -354,4 +381,5 @@ async def test_a_checkpoint_not_joined_is_stored_before_the_reply_behind_it(stac
     async with asyncio.timeout(10):
         reply = await task
     assert (reply.status, json.loads(reply.body)) == (STATUS_DONE, 2)
-    reply.settle(False)  # not committed by the test: the dispatcher stores it
+    # Not committed by the test: the dispatcher stores it.
+    stack.gw.dispatcher.send(ReplySettled(request.request_id, committed=False))

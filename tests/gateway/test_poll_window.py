@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from connect import Client, Context, Step, TriggerEvent, polling
+from connect.dispatch import CheckpointDecided, CheckpointOffered, Port
 from connect.roles import StandaloneGateway
 from connect.worker.connection import WorkerConnection, connect
 from protocol.payloads import STATUS_DONE
@@ -176,24 +177,25 @@ async def test_the_worker_stops_polling_while_user_code_runs(stack: Stack) -> No
 class GatedCheckpoints:
     """The executor's side of a request's checkpoints: each answer waits for its gate."""
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, port: Port) -> None:
         self.gates = [asyncio.Event() for _ in range(count)]
         self.arrived = [asyncio.Event() for _ in range(count)]
         self.calls = 0
+        self.port = port
 
-    async def __call__(self, reply: Any, join: Any) -> bool:
+    async def checkpoint_offered(self, offer: CheckpointOffered) -> None:
         n = self.calls
         self.calls += 1
         self.arrived[n].set()
         await self.gates[n].wait()
-        return True
+        self.port.send(CheckpointDecided(offer.request_id, stored=True))
 
 
 async def test_the_worker_polls_while_its_request_waits_for_a_checkpoints_answer(stack: Stack) -> None:
     await stack.warm()
-    checkpoints = GatedCheckpoints(2)
-    request = discovery_request("polls", "polls-two", "polls/two", offer_checkpoints=True, checkpoint=checkpoints)
-    task = asyncio.ensure_future(stack.gw.dispatcher.dispatch(request))
+    checkpoints = GatedCheckpoints(2, stack.gw.dispatcher)
+    request = discovery_request("polls", "polls-two", "polls/two", offer_checkpoints=True, offers_checkpoints=True)
+    task = asyncio.ensure_future(stack.gw.dispatcher.dispatch(request, checkpoints))
     window = stack.worker_window
     try:
         async with asyncio.timeout(10):

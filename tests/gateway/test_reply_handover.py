@@ -1,4 +1,5 @@
-"""Replies handed to a caller that makes them durable itself (`StepRequest.takes_over`).
+"""Replies handed to a caller that makes them durable itself (`StepRequest.takes_over`),
+which then tells the dispatcher `ReplySettled`.
 
 Real pieces throughout: the gateway, its dispatcher and HTTP start endpoint
 over a real SQLite file (the composition the gateway-only benchmark runs),
@@ -17,7 +18,7 @@ from typing import Any
 import pytest
 
 from connect import Client, Context, Step, TriggerEvent
-from connect.gateway.dispatch import StepRequest
+from connect.dispatch import ReplySettled, StepRequest
 from connect.roles import StandaloneGateway
 from connect.worker.connection import WorkerConnection
 from protocol.payloads import STATUS_DONE
@@ -68,7 +69,7 @@ async def test_the_worker_is_acknowledged_only_after_the_callers_commit(stack: S
     assert await stack.gw.store.get_reply(request.request_id) is None  # the caller's commit will hold it
     assert stack.worker_holds(request.request_id)  # so the worker must not be acknowledged yet
 
-    reply.settle(True)
+    stack.gw.dispatcher.send(ReplySettled(request.request_id, committed=True))
 
     async def acked() -> bool:
         return not stack.worker_holds(request.request_id)
@@ -79,12 +80,12 @@ async def test_the_worker_is_acknowledged_only_after_the_callers_commit(stack: S
 
 async def test_a_reply_the_caller_did_not_commit_is_stored_before_the_ack(stack: Stack) -> None:
     request = stack.request(2, takes_over=True)
-    reply = await stack.gw.dispatcher.dispatch(request)
+    await stack.gw.dispatcher.dispatch(request)
     await asyncio.sleep(0.3)
     assert stack.worker_holds(request.request_id)
 
-    reply.settle(False)
-    reply.settle(True)  # later calls change nothing
+    stack.gw.dispatcher.send(ReplySettled(request.request_id, committed=False))
+    stack.gw.dispatcher.send(ReplySettled(request.request_id, committed=True))  # later ones change nothing
 
     async def stored_and_acked() -> bool:
         stored = await stack.gw.store.get_reply(request.request_id)

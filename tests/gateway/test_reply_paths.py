@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from connect import Client, Context, Step, TriggerEvent
-from connect.gateway.dispatch import StepReply, WorkerStoppedResponding
+from connect.dispatch import StepReply, WorkerStoppedResponding
 from connect.roles import StandaloneGateway
 from connect.worker.connection import WorkerConnection
 from protocol import connect_pb2 as pb

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from connect.dispatch import AtCapacity, NoWorker
 from connect.gateway.capacity import InstanceCapacity
-from connect.gateway.dispatch import AtCapacity, NoWorker
 from connect.gateway.routing import PICK_DRAWS, Router
 
 FN = ("app", "app-fn")

@@ -1,0 +1,282 @@
+"""A run's in-memory state and its one save path.
+
+Every change to a run is made by `RunState._save` (through `_commit` or
+`_finish`): one `save_run` carrying the run's new state, the new step memos,
+the consumed reply and any events, atomically, before anything acts on it.
+Checkpointed steps joined to a reply (see `connect.executor.checkpoints`)
+ride on the same commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, cast
+
+import msgspec
+
+from connect.dispatch import CheckpointDecided, Port
+from connect.executor.inbox import CancelRequested, Message, Replied
+from connect.executor.intake import Intake
+from connect.executor.retries import Backoff
+from connect.executor.system_events import end_events
+from connect.executor.triggers import FunctionInfo, Target
+from connect.store.base import (
+    CANCELLED,
+    COMPLETED,
+    DISCOVERY,
+    NewEvent,
+    PendingRequest,
+    RunRecord,
+    StepMemo,
+    Store,
+    Waiting,
+)
+from protocol.ids import new_ulid
+from protocol.payloads import Event
+
+log = logging.getLogger("connect.executor.runner")
+
+if TYPE_CHECKING:
+    from connect.executor.runner import Runner
+
+
+#: How many times one request is dispatched again after its worker was lost
+#: (`connect dev --max-lease-lapses`); one more loss fails the run.
+MAX_LEASE_LAPSES: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class RunServices:
+    """What every run of one executor shares."""
+
+    store: Store
+    dispatcher: Port
+    backoff: Backoff
+    clock: Callable[[], float]
+    #: Upper bound on one wait for a worker; the dispatcher normally wakes us sooner.
+    worker_wait: float = 30.0
+    #: Whether discovery requests offer checkpoints (see `connect.executor.checkpoints`).
+    checkpoint_steps: bool = True
+    #: Re-dispatches of one request after lost workers (see `connect.executor.attempts`).
+    max_lease_lapses: int = MAX_LEASE_LAPSES
+
+
+class RunHost(Protocol):
+    """What a runner needs from the executor that owns it."""
+
+    def lookup(self, function_id: str) -> FunctionInfo | None: ...
+    def refusal(self, function_id: str) -> str | None: ...
+
+    def prepare_events(self, events: list[Event], now_ms: int) -> Intake: ...
+
+    def direct_events(self, starts: list[tuple[Event, Target]], now_ms: int) -> Intake: ...
+
+    def apply_events(self, intake: Intake, stored: Sequence[bool]) -> None: ...
+
+    def discard_intake(self, intake: Intake) -> None: ...
+
+    def arm_run(self, runner: Runner) -> None: ...
+
+    def arm_waiting(self, runner: Runner, items: Sequence[Waiting]) -> None: ...
+
+    def disarm_step(self, run_id: str, step: str) -> None: ...
+
+    def disarm_run(self, run_id: str) -> None: ...
+
+    def parked(self, runner: Runner) -> None: ...
+
+    async def wait_until_started(self) -> None: ...
+
+
+class RunState:
+    """One run's state, shared by the concerns that make up a `Runner`."""
+
+    def __init__(self, services: RunServices, host: RunHost, run_id: str, fence: int) -> None:
+        self._s = services
+        self._host = host
+        self.run_id = run_id
+        #: The run's fencing token as this executor claimed it; every save carries it.
+        self.fence = fence
+        self.run: RunRecord | None = None
+        self.event: Event | None = None
+        self.memos: dict[str, msgspec.Raw] = {}
+        #: Set once the run's waits are armed (or it turned out not to need driving).
+        self.armed = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self._inbox: asyncio.Queue[Message] = asyncio.Queue()
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._forwarded: set[str] = set()
+        self._cancel_reason: str | None = None
+        self._has_replied = False
+        #: Requests created by this runner and never dispatched: no reply or
+        #: lease can be stored for them, so the dispatcher need not look.
+        self._fresh: set[str] = set()
+        #: Requests consumed by a commit while the current message was handled (see `_handle`).
+        self._consumed: set[str] = set()
+        #: Replies delivered to the inbox and not yet handled (see `_settle_unhandled`).
+        self._unhandled: set[str] = set()
+        #: A cancellation was delivered (maybe not handled yet): refuse checkpoints.
+        self._cancel_asked = False
+        #: Checkpoints stored per request id (see `CheckpointTaking.checkpoint_offered`).
+        self._checkpoints: dict[str, int] = {}
+        #: Checkpointed steps taken to be stored by the next commit, the one
+        #: that handles the reply right behind them (see `CheckpointTaking.checkpoint_offered`).
+        self._joined: list[tuple[list[StepMemo], str]] = []
+
+    def deliver(self, message: Message) -> None:
+        if isinstance(message, Replied):
+            self._unhandled.add(message.request_id)
+        elif isinstance(message, CancelRequested):
+            self._cancel_asked = True
+        self._inbox.put_nowait(message)
+
+    def adopt(self, run: RunRecord, event: Event) -> None:
+        """A run created a moment ago: no memos, nothing to read back."""
+        self.run = run
+        self.event = event
+        self.memos = {}
+        self._reset()
+        self._fresh = {r.request_id for r in run.requests}
+
+    def _reset(self) -> None:
+        assert self.run is not None
+        self._drop_joined()
+        self._tasks = {}
+        self._forwarded = set()
+        self._fresh = set()
+        self._cancel_reason = "cancelled" if self.run.cancel_requested else None
+        self._has_replied = bool(self.memos) or self.run.request_version != -1
+
+    # --- transitions (each is one store write) ---------------------------------------
+
+    async def _commit(
+        self,
+        *,
+        memos: Sequence[StepMemo] = (),
+        consumed: str | None = None,
+        intake: Intake | None = None,
+        new_waiting: Sequence[Waiting] = (),
+    ) -> None:
+        """Store the new state; then arm new waiting steps and start child runs."""
+        run = self.run
+        assert run is not None
+        for memo in memos:
+            self.memos.setdefault(memo.step_hash, msgspec.Raw(memo.result))
+        if not run.requests and not run.waiting:
+            self._add_discovery()
+        try:
+            stored = await self._save(memos=memos, consumed=consumed, events=intake.batch if intake else None)
+        except BaseException:
+            if intake:
+                self._host.discard_intake(intake)
+            raise
+        if consumed:
+            self._consumed.add(consumed)
+        if new_waiting:
+            # Before the children start: an invoked run must find its parent listening.
+            # Every RunState is the state of a Runner (the only class the executor makes).
+            self._host.arm_waiting(cast("Runner", self), new_waiting)
+        if intake:
+            self._host.apply_events(intake, stored)
+
+    async def _save(
+        self,
+        *,
+        memos: Sequence[StepMemo] = (),
+        consumed: str | None = None,
+        events: list[NewEvent] | None = None,
+    ) -> list[bool]:
+        """The run's state, `memos` and any joined checkpointed steps in one
+        commit; each joined step learns the outcome before this returns."""
+        run = self.run
+        assert run is not None
+        joined, self._joined = self._joined, []
+        try:
+            stored = await self._s.store.save_run(
+                run,
+                fence=self.fence,
+                memos=[*(memo for taken, _ in joined for memo in taken), *memos],
+                consumed_request_id=consumed,
+                events=events,
+            )
+        except BaseException:
+            for _, request_id in joined:
+                self._s.dispatcher.send(CheckpointDecided(request_id, stored=False))
+            raise
+        for _, request_id in joined:
+            self._s.dispatcher.send(CheckpointDecided(request_id, stored=True))
+        return stored
+
+    def _drop_joined(self) -> None:
+        """Joined steps no commit will carry now: refused after all."""
+        joined, self._joined = self._joined, []
+        for _, request_id in joined:
+            self._s.dispatcher.send(CheckpointDecided(request_id, stored=False))
+
+    def _add_discovery(self) -> None:
+        run = self.run
+        assert run is not None
+        if run.request_version >= 2 and not run.requests:
+            # As the reference executor does: once a group is done, a
+            # discovery may run the next step immediately again.
+            run.disable_immediate_execution = False
+        self._request(DISCOVERY)
+
+    def _request(self, step_id: str, attempt: int = 0, wake_at_ms: int = 0) -> None:
+        assert self.run is not None
+        pending = PendingRequest(new_ulid(), step_id, attempt, wake_at_ms)
+        self._fresh.add(pending.request_id)
+        self.run.requests.append(pending)
+
+    async def _finish(
+        self,
+        status: str,
+        output: bytes,
+        *,
+        error: dict[str, Any] | None = None,
+        consumed: str | None = None,
+        memos: Sequence[StepMemo] = (),
+    ) -> None:
+        """End the run; `inngest/function.finished` (and `.failed` / `.cancelled`)
+        and the steps in `memos` are stored in the same write."""
+        run = self.run
+        assert run is not None
+        now_ms = int(self._s.clock() * 1000)
+        run.status = status
+        run.output = output
+        run.ended_at_ms = now_ms
+        run.requests = []
+        run.waiting = []
+        result: Any = None
+        if status == COMPLETED:
+            result = msgspec.json.decode(output)
+        elif error is None:
+            error = msgspec.json.decode(output)
+        trigger = self.event or Event(name="", id=run.event_id)
+        events = end_events(
+            run_id=run.run_id,
+            function_id=run.function_id,
+            trigger=trigger,
+            status=status,
+            result=result,
+            error=error,
+            cancelled=status == CANCELLED,
+            now_ms=now_ms,
+        )
+        intake = self._host.prepare_events(events, now_ms)
+        try:
+            stored = await self._save(memos=memos, consumed=consumed, events=intake.batch)
+        except BaseException:
+            self._host.discard_intake(intake)
+            raise
+        if consumed:
+            self._consumed.add(consumed)
+        self._host.disarm_run(run.run_id)
+        self._host.apply_events(intake, stored)
+        for task in self._tasks.values():
+            task.cancel()
+        self._tasks.clear()
+        log.debug("run %s (%s): %s", run.run_id, run.function_id, status)
