@@ -1,11 +1,16 @@
 """Persistence behind one small interface: SQLite (the embedded default) or PostgreSQL."""
 
 from connect.store.base import (
+    ANSWERED,
     CANCELLED,
     COMPLETED,
     DISCOVERY,
     FAILED,
+    LAPSED,
     NEW_RUN_FENCE,
+    REQUEST_QUEUED,
+    REQUEST_SETTLED,
+    RETURNED,
     RUNNING,
     RUNS_RELEASED,
     WAIT_EVENT,
@@ -20,6 +25,7 @@ from connect.store.base import (
     NewEvent,
     PendingRequest,
     Pruned,
+    QueuedRequest,
     ReplyStore,
     RunMemo,
     RunOwnershipLost,
@@ -33,11 +39,16 @@ from connect.store.postgres import PostgresStore
 from connect.store.sqlite import SqliteStore
 
 __all__ = [
+    "ANSWERED",
     "CANCELLED",
     "COMPLETED",
     "DISCOVERY",
     "FAILED",
+    "LAPSED",
     "NEW_RUN_FENCE",
+    "REQUEST_QUEUED",
+    "REQUEST_SETTLED",
+    "RETURNED",
     "RUNNING",
     "RUNS_RELEASED",
     "WAIT_EVENT",
@@ -53,6 +64,7 @@ __all__ = [
     "PendingRequest",
     "PostgresStore",
     "Pruned",
+    "QueuedRequest",
     "ReplyStore",
     "RunMemo",
     "RunOwnershipLost",

@@ -18,7 +18,7 @@ as the raw JSON bytes, so they are not decoded and encoded again on every step.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, Protocol
 
 import msgspec
@@ -60,6 +60,18 @@ NEW_RUN_FENCE: Final = 1
 #: The notification channel on which `release_runs` announces runs anyone may claim
 #: (payload: the owner that released them).
 RUNS_RELEASED: Final = "connect_runs_released"
+#: Announces a request queued for any gateway (payload: its function slug).
+REQUEST_QUEUED: Final = "connect_request_queued"
+#: Announces a queued request answered (its reply is stored) or lapsed (payload: its id).
+REQUEST_SETTLED: Final = "connect_request_settled"
+
+# How a gateway ends its hold on a queued request (`settle_request`).
+#: The reply is stored: the request leaves the queue.
+ANSWERED: Final = "answered"
+#: Not served here after all (no worker, all at capacity): queued again for any gateway.
+RETURNED: Final = "returned"
+#: Its worker was lost before it answered: the executor decides what follows.
+LAPSED: Final = "lapsed"
 
 
 class Claim(msgspec.Struct, frozen=True):
@@ -169,6 +181,23 @@ class RunRecord(msgspec.Struct):
     cancel_requested: bool = False
     output: bytes | None = None
     ended_at_ms: int | None = None
+
+
+class QueuedRequest(msgspec.Struct, frozen=True):
+    """A step request an executor queued for whichever gateway serves its function.
+
+    Used when the executor and the gateways are separate processes: the
+    executor queues it, a gateway with a worker for `function_slug` takes it
+    and forwards it, stores the worker's reply like any other, and settles it;
+    the executor, told of the settlement, reads the reply."""
+
+    request_id: str
+    run_id: str
+    app_name: str
+    function_slug: str
+    step_id: str
+    payload: bytes
+    queued_at_ms: int
 
 
 class RunMemo(msgspec.Struct, frozen=True):
@@ -381,6 +410,40 @@ class Store(ReplyStore, Protocol):
         notification may be lost (a dropped connection); the callback is then
         called with "" once it is back, and listeners keep a slow sweep of
         their own rather than rely on notifications alone."""
+        ...
+
+    # --- the executor⇄gateway port across processes: queued requests ------------------
+
+    async def queue_request(self, request: QueuedRequest) -> None:
+        """Queue `request` for any gateway (notifying `REQUEST_QUEUED`). Queuing a
+        request id again clears a lapse but leaves a live hold alone: a gateway
+        still forwarding it keeps it."""
+        ...
+
+    async def take_requests(
+        self, gateway: str, function_slugs: Sequence[str], now_ms: int, hold_until_ms: int, limit: int
+    ) -> list[QueuedRequest]:
+        """Take up to `limit` queued requests for these functions, oldest first,
+        that no gateway holds past `now_ms`, and hold them for `gateway` until
+        `hold_until_ms`. Two gateways never take the same request at once."""
+        ...
+
+    async def hold_requests(self, gateway: str, request_ids: Sequence[str], hold_until_ms: int) -> None:
+        """Extend `gateway`'s hold on the requests it still forwards."""
+        ...
+
+    async def settle_request(self, request_id: str, gateway: str, outcome: str) -> bool:
+        """End `gateway`'s hold with `ANSWERED`, `RETURNED` or `LAPSED` (see those),
+        notifying `REQUEST_SETTLED` (or `REQUEST_QUEUED` for a return). False,
+        and nothing changed, if `gateway` does not hold it (any more)."""
+        ...
+
+    async def request_lapsed(self, request_id: str) -> bool:
+        """Whether the queued request's worker was lost (`LAPSED`)."""
+        ...
+
+    async def dequeue_request(self, request_id: str) -> None:
+        """Remove the request from the queue, whatever its state."""
         ...
 
     # --- executor: cron -------------------------------------------------------

@@ -110,6 +110,23 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE INDEX running_runs_by_start ON runs (started_at_ms) WHERE status = 'Running'",
         "CREATE INDEX events_by_age ON events (received_at_ms, id)",
     ),
+    # 3 -> 4: step requests queued for any gateway, while executor and gateways are
+    # separate processes; `holder` is the gateway forwarding one, until `held_until_ms`.
+    (
+        """CREATE TABLE queued_requests (
+            request_id TEXT PRIMARY KEY,
+            run_id TEXT NOT NULL,
+            app_name TEXT NOT NULL,
+            function_slug TEXT NOT NULL,
+            step_id TEXT NOT NULL,
+            payload BYTEA NOT NULL,
+            queued_at_ms BIGINT NOT NULL,
+            holder TEXT,
+            held_until_ms BIGINT NOT NULL DEFAULT 0,
+            lapsed BOOLEAN NOT NULL DEFAULT FALSE
+        )""",
+        "CREATE INDEX queued_requests_by_function ON queued_requests (function_slug, queued_at_ms)",
+    ),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

@@ -16,14 +16,19 @@ server's `synchronous_commit` (on by default, so flushed to its WAL on disk).
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
 import asyncpg
 import msgspec
 
 from connect.store.base import (
+    ANSWERED,
+    LAPSED,
     NEW_RUN_FENCE,
+    REQUEST_QUEUED,
+    REQUEST_SETTLED,
+    RETURNED,
     RUNNING,
     RUNS_RELEASED,
     AppRecord,
@@ -35,6 +40,7 @@ from connect.store.base import (
     NewEvent,
     PendingRequest,
     Pruned,
+    QueuedRequest,
     RunOwnershipLost,
     RunRecord,
     StepMemo,
@@ -374,6 +380,15 @@ async def _prune_history(conn: Connection, before_ms: int, limit: int, events_af
     return Pruned(runs=len(runs), steps=steps, events=events, replies=replies, leases=leases, events_cursor=cursor)
 
 
+# How each outcome of `settle_request` ends a hold; each returns the function slug.
+_SETTLE: Final = {
+    ANSWERED: "DELETE FROM queued_requests WHERE request_id = $1 AND holder = $2 RETURNING function_slug",
+    RETURNED: "UPDATE queued_requests SET holder = NULL, held_until_ms = 0 WHERE request_id = $1 AND holder = $2"
+    " RETURNING function_slug",
+    LAPSED: "UPDATE queued_requests SET holder = NULL, held_until_ms = 0, lapsed = TRUE WHERE request_id = $1"
+    " AND holder = $2 RETURNING function_slug",
+}
+
 _PUT_REPLY: Final = Bulk("put_reply", _put_replies)
 _CHANGE_LEASE: Final = Bulk("change_lease", _change_leases)
 _SAVE: Final = Bulk("save_run", _save_runs)
@@ -643,6 +658,93 @@ class PostgresStore:
             return released
 
         return await self._writer.run(op)
+
+    # --- queued requests -----------------------------------------------------------------
+
+    async def queue_request(self, request: QueuedRequest) -> None:
+        r = request
+
+        async def op(conn: Connection) -> None:
+            await conn.execute(
+                "INSERT INTO queued_requests (request_id, run_id, app_name, function_slug, step_id, payload,"
+                " queued_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (request_id) DO UPDATE SET"
+                " holder = CASE WHEN queued_requests.lapsed THEN NULL ELSE queued_requests.holder END,"
+                " lapsed = FALSE",
+                r.request_id,
+                r.run_id,
+                r.app_name,
+                r.function_slug,
+                r.step_id,
+                r.payload,
+                r.queued_at_ms,
+            )
+            await conn.execute("SELECT pg_notify($1, $2)", REQUEST_QUEUED, r.function_slug)
+
+        await self._writer.run(op)
+
+    async def take_requests(
+        self, gateway: str, function_slugs: Sequence[str], now_ms: int, hold_until_ms: int, limit: int
+    ) -> list[QueuedRequest]:
+        if not function_slugs:
+            return []
+
+        async def op(conn: Connection) -> list[asyncpg.Record]:
+            return await conn.fetch(
+                "UPDATE queued_requests q SET holder = $1, held_until_ms = $2 FROM ("
+                " SELECT request_id FROM queued_requests WHERE function_slug = ANY($3::text[]) AND NOT lapsed"
+                ' AND (holder IS NULL OR held_until_ms < $4) ORDER BY queued_at_ms, request_id COLLATE "C"'
+                " LIMIT $5 FOR UPDATE SKIP LOCKED) AS due WHERE q.request_id = due.request_id"
+                " RETURNING q.request_id, q.run_id, q.app_name, q.function_slug, q.step_id, q.payload,"
+                " q.queued_at_ms",
+                gateway,
+                hold_until_ms,
+                list(function_slugs),
+                now_ms,
+                limit,
+            )
+
+        rows = await self._writer.run(op)
+        taken = [QueuedRequest(*r) for r in rows]
+        return sorted(taken, key=lambda q: (q.queued_at_ms, q.request_id.encode()))
+
+    async def hold_requests(self, gateway: str, request_ids: Sequence[str], hold_until_ms: int) -> None:
+        async def op(conn: Connection) -> None:
+            await conn.execute(
+                "UPDATE queued_requests SET held_until_ms = $1 WHERE request_id = ANY($2::text[]) AND holder = $3",
+                hold_until_ms,
+                list(request_ids),
+                gateway,
+            )
+
+        await self._writer.run(op)
+
+    async def settle_request(self, request_id: str, gateway: str, outcome: str) -> bool:
+        statement = _SETTLE.get(outcome)
+        if statement is None:
+            raise ValueError(f"a request is settled as {ANSWERED}, {RETURNED} or {LAPSED}, not {outcome!r}")
+
+        async def op(conn: Connection) -> bool:
+            slug: str | None = await conn.fetchval(statement, request_id, gateway)
+            if slug is None:
+                return False
+            # Sent at commit, so whoever is told finds the new state.
+            channel, payload = (REQUEST_QUEUED, slug) if outcome == RETURNED else (REQUEST_SETTLED, request_id)
+            await conn.execute("SELECT pg_notify($1, $2)", channel, payload)
+            return True
+
+        return await self._writer.run(op)
+
+    async def request_lapsed(self, request_id: str) -> bool:
+        async def op(conn: Connection) -> bool:
+            return bool(await conn.fetchval("SELECT lapsed FROM queued_requests WHERE request_id = $1", request_id))
+
+        return await self._writer.read(op)
+
+    async def dequeue_request(self, request_id: str) -> None:
+        async def op(conn: Connection) -> None:
+            await conn.execute("DELETE FROM queued_requests WHERE request_id = $1", request_id)
+
+        await self._writer.run(op)
 
     # --- notifications -------------------------------------------------------------------
 

@@ -19,14 +19,19 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Final
 
 import msgspec
 
 from connect.store.base import (
+    ANSWERED,
+    LAPSED,
     NEW_RUN_FENCE,
+    REQUEST_QUEUED,
+    REQUEST_SETTLED,
+    RETURNED,
     RUNNING,
     RUNS_RELEASED,
     WAIT_SLEEP,
@@ -39,6 +44,7 @@ from connect.store.base import (
     NewEvent,
     PendingRequest,
     Pruned,
+    QueuedRequest,
     RunOwnershipLost,
     RunRecord,
     StepMemo,
@@ -48,7 +54,7 @@ from connect.store.writer import SqliteWriter
 from protocol.ids import new_ulid
 from protocol.payloads import FunctionConfig
 
-SCHEMA_VERSION: Final = 4
+SCHEMA_VERSION: Final = 5
 
 _TABLES: Final = (
     "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
@@ -88,6 +94,21 @@ _TABLES: Final = (
         schedule TEXT PRIMARY KEY,
         tick_ms INTEGER NOT NULL
     ) WITHOUT ROWID""",
+    # Step requests queued for any gateway (schema 5), while executor and gateways
+    # are separate processes; `holder` is the gateway forwarding one, until `held_until_ms`.
+    """CREATE TABLE IF NOT EXISTS queued_requests (
+        request_id TEXT PRIMARY KEY,
+        run_id TEXT NOT NULL,
+        app_name TEXT NOT NULL,
+        function_slug TEXT NOT NULL,
+        step_id TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        queued_at_ms INTEGER NOT NULL,
+        holder TEXT,
+        held_until_ms INTEGER NOT NULL DEFAULT 0,
+        lapsed INTEGER NOT NULL DEFAULT 0
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS queued_requests_by_function ON queued_requests (function_slug, queued_at_ms)",
     # Executors that own runs, and until when their last heartbeat keeps them alive.
     """CREATE TABLE IF NOT EXISTS owners (
         owner TEXT PRIMARY KEY,
@@ -668,6 +689,79 @@ class SqliteStore:
             self._notify(RUNS_RELEASED, owner)
         return released
 
+    # --- queued requests -----------------------------------------------------------------
+
+    async def queue_request(self, request: QueuedRequest) -> None:
+        r = request
+        row = (r.request_id, r.run_id, r.app_name, r.function_slug, r.step_id, r.payload, r.queued_at_ms)
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO queued_requests (request_id, run_id, app_name, function_slug, step_id, payload,"
+                " queued_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO UPDATE SET"
+                " holder = CASE WHEN lapsed THEN NULL ELSE holder END, lapsed = 0",
+                row,
+            )
+
+        await self._writer.submit(op)
+        self._notify(REQUEST_QUEUED, request.function_slug)
+
+    async def take_requests(
+        self, gateway: str, function_slugs: Sequence[str], now_ms: int, hold_until_ms: int, limit: int
+    ) -> list[QueuedRequest]:
+        slugs = list(function_slugs)
+        if not slugs:
+            return []
+
+        def op(conn: sqlite3.Connection) -> list[tuple[str, str, str, str, str, bytes, int]]:
+            return conn.execute(
+                "UPDATE queued_requests SET holder = ?, held_until_ms = ? WHERE request_id IN ("  # noqa: S608 - placeholders only
+                " SELECT request_id FROM queued_requests WHERE function_slug IN"
+                f" ({', '.join('?' * len(slugs))}) AND NOT lapsed AND (holder IS NULL OR held_until_ms < ?)"
+                " ORDER BY queued_at_ms, request_id LIMIT ?)"
+                " RETURNING request_id, run_id, app_name, function_slug, step_id, payload, queued_at_ms",
+                (gateway, hold_until_ms, *slugs, now_ms, limit),
+            ).fetchall()
+
+        rows = await self._writer.submit(op)
+        return sorted((QueuedRequest(*r[:5], bytes(r[5]), r[6]) for r in rows), key=_queue_order)
+
+    async def hold_requests(self, gateway: str, request_ids: Sequence[str], hold_until_ms: int) -> None:
+        rows = [(hold_until_ms, rid, gateway) for rid in request_ids]
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany("UPDATE queued_requests SET held_until_ms = ? WHERE request_id = ? AND holder = ?", rows)
+
+        await self._writer.submit(op)
+
+    async def settle_request(self, request_id: str, gateway: str, outcome: str) -> bool:
+        statement = _SETTLE.get(outcome)
+        if statement is None:
+            raise ValueError(f"a request is settled as {ANSWERED}, {RETURNED} or {LAPSED}, not {outcome!r}")
+
+        def op(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute(statement, (request_id, gateway)).fetchone()
+            return None if row is None else str(row[0])
+
+        slug = await self._writer.submit(op)
+        if slug is None:
+            return False
+        self._notify(*((REQUEST_QUEUED, slug) if outcome == RETURNED else (REQUEST_SETTLED, request_id)))
+        return True
+
+    async def request_lapsed(self, request_id: str) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            row = conn.execute("SELECT lapsed FROM queued_requests WHERE request_id = ?", (request_id,)).fetchone()
+            return row is not None and bool(row[0])
+
+        return await self._writer.submit(op)
+
+    async def dequeue_request(self, request_id: str) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM queued_requests WHERE request_id = ?", (request_id,))
+
+        await self._writer.submit(op)
+
     # --- notifications -------------------------------------------------------------------
 
     async def listen(self, channel: str, callback: Callable[[str], None]) -> None:
@@ -708,6 +802,20 @@ class SqliteStore:
             return stored
 
         return await self._writer.submit(op)
+
+
+# How each outcome of `settle_request` ends a hold; each returns the function slug.
+_SETTLE: Final = {
+    ANSWERED: "DELETE FROM queued_requests WHERE request_id = ? AND holder = ? RETURNING function_slug",
+    RETURNED: "UPDATE queued_requests SET holder = NULL, held_until_ms = 0 WHERE request_id = ? AND holder = ?"
+    " RETURNING function_slug",
+    LAPSED: "UPDATE queued_requests SET holder = NULL, held_until_ms = 0, lapsed = 1 WHERE request_id = ?"
+    " AND holder = ? RETURNING function_slug",
+}
+
+
+def _queue_order(request: QueuedRequest) -> tuple[int, str]:
+    return request.queued_at_ms, request.request_id
 
 
 def _event_from_row(row: _EventRow) -> EventRecord:

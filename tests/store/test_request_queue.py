@@ -1,0 +1,109 @@
+"""Queued step requests on both engines: taken by one gateway at a time, settled once, announced."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from connect.store import (
+    ANSWERED,
+    LAPSED,
+    REQUEST_QUEUED,
+    REQUEST_SETTLED,
+    RETURNED,
+    QueuedRequest,
+    Store,
+)
+from tests.store.conftest import Engine
+
+pytestmark = pytest.mark.anyio
+
+NOW = 1_000_000
+HOLD = 30_000
+
+
+def queued(request_id: str, slug: str = "app-fn", at: int = 1) -> QueuedRequest:
+    return QueuedRequest(request_id, f"run-{request_id}", "app", slug, "step", b'{"p":1}', at)
+
+
+async def test_a_request_is_taken_by_one_gateway_for_its_function_oldest_first(store: Store) -> None:
+    await store.queue_request(queued("r2", at=2))
+    await store.queue_request(queued("r1", at=1))
+    await store.queue_request(queued("other", slug="app-other", at=0))
+    assert await store.take_requests("gw-a", [], NOW, NOW + HOLD, 10) == []
+    assert await store.take_requests("gw-a", ["app-fn"], NOW, NOW + HOLD, 1) == [queued("r1", at=1)]
+    assert await store.take_requests("gw-a", ["app-fn"], NOW, NOW + HOLD, 10) == [queued("r2", at=2)]
+    # Held: nobody else takes them while the hold lasts.
+    assert await store.take_requests("gw-b", ["app-fn"], NOW + HOLD, NOW + 2 * HOLD, 10) == []
+    # A renewed hold lasts; one that lapsed (its gateway gone) is taken by another.
+    await store.hold_requests("gw-a", ["r1"], NOW + 3 * HOLD)
+    assert await store.take_requests("gw-b", ["app-fn"], NOW + HOLD + 1, NOW + 2 * HOLD, 10) == [queued("r2", at=2)]
+
+
+async def test_settling_answers_returns_or_lapses_and_only_the_holder_may(store: Store) -> None:
+    for rid in ("r1", "r2", "r3"):
+        await store.queue_request(queued(rid))
+    assert len(await store.take_requests("gw-a", ["app-fn"], NOW, NOW + HOLD, 10)) == 3
+    assert await store.settle_request("r1", "gw-b", ANSWERED) is False  # not its hold
+    assert await store.settle_request("r1", "gw-a", ANSWERED) is True
+    assert await store.settle_request("r1", "gw-a", ANSWERED) is False  # gone from the queue
+    # Returned: any gateway may take it again at once.
+    assert await store.settle_request("r2", "gw-a", RETURNED) is True
+    assert await store.take_requests("gw-b", ["app-fn"], NOW, NOW + HOLD, 10) == [queued("r2")]
+    # Lapsed: no gateway takes it; the executor sees it, and queuing it again clears it.
+    assert await store.settle_request("r3", "gw-a", LAPSED) is True
+    assert await store.request_lapsed("r3") is True
+    assert await store.take_requests("gw-c", ["app-fn"], NOW, NOW + HOLD, 10) == []
+    await store.queue_request(queued("r3"))
+    assert await store.request_lapsed("r3") is False
+    assert await store.take_requests("gw-c", ["app-fn"], NOW, NOW + HOLD, 10) == [queued("r3")]
+    await store.dequeue_request("r3")
+    assert await store.settle_request("r3", "gw-c", ANSWERED) is False
+    with pytest.raises(ValueError, match="not 'done'"):
+        await store.settle_request("r2", "gw-b", "done")
+
+
+async def test_queuing_again_keeps_a_live_hold(store: Store) -> None:
+    await store.queue_request(queued("r1"))
+    assert len(await store.take_requests("gw-a", ["app-fn"], NOW, NOW + HOLD, 10)) == 1
+    await store.queue_request(queued("r1"))  # a restarted executor dispatching the same id
+    assert await store.take_requests("gw-b", ["app-fn"], NOW, NOW + HOLD, 10) == []
+    assert await store.settle_request("r1", "gw-a", ANSWERED) is True
+
+
+async def test_queue_and_settlements_are_announced(store: Store) -> None:
+    queued_for: asyncio.Queue[str] = asyncio.Queue()
+    settled: asyncio.Queue[str] = asyncio.Queue()
+    await store.listen(REQUEST_QUEUED, queued_for.put_nowait)
+    await store.listen(REQUEST_SETTLED, settled.put_nowait)
+    await store.queue_request(queued("r1"))
+    assert await asyncio.wait_for(queued_for.get(), 10) == "app-fn"
+    await store.take_requests("gw-a", ["app-fn"], NOW, NOW + HOLD, 10)
+    await store.settle_request("r1", "gw-a", RETURNED)
+    assert await asyncio.wait_for(queued_for.get(), 10) == "app-fn"
+    await store.take_requests("gw-a", ["app-fn"], NOW, NOW + HOLD, 10)
+    await store.settle_request("r1", "gw-a", ANSWERED)
+    assert await asyncio.wait_for(settled.get(), 10) == "r1"
+    assert await store.settle_request("r1", "gw-a", ANSWERED) is False  # nothing settled: nothing announced
+    await asyncio.sleep(0.2)
+    assert settled.empty()
+
+
+async def test_concurrent_gateways_never_take_the_same_request(engine: Engine) -> None:
+    first, second = await engine.open(), await engine.open()
+    try:
+        for i in range(200):
+            await first.queue_request(queued(f"r{i:03}", at=i))
+
+        async def take_all(store: Store, gateway: str) -> list[str]:
+            got: list[str] = []
+            while batch := await store.take_requests(gateway, ["app-fn"], NOW, NOW + HOLD, 7):
+                got.extend(q.request_id for q in batch)
+            return got
+
+        a, b = await asyncio.gather(take_all(first, "gw-a"), take_all(second, "gw-b"))
+        assert set(a).isdisjoint(b) and len(a) + len(b) == 200
+    finally:
+        await first.close()
+        await second.close()
