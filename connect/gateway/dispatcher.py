@@ -119,6 +119,7 @@ class GatewayDispatcher(ReplyIntake, CheckpointIntake):
         self._deciding: dict[str, InFlight] = {}
         self._handed: dict[str, tuple[RequestFlow, ReplyDone]] = {}
         self._waits = WorkerWaits()
+        self._capacity_listeners: list[Callable[[], None]] = []
         # The lease watchdog: one timer for every awaited request (see `_watch_until`).
         self._watch: asyncio.TimerHandle | None = None
         self._watch_at = math.inf
@@ -196,6 +197,13 @@ class GatewayDispatcher(ReplyIntake, CheckpointIntake):
         limit = self.capacity.limit(conn.instance_id)
         room = None if limit is None else max(0, limit - self.capacity.in_flight(conn.instance_id))
         self._waits.wake(conn.functions, room)
+        for listener in self._capacity_listeners:
+            listener()
+
+    def add_capacity_listener(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` whenever capacity may have appeared: a connection
+        ready, a request's slot released (see `connect.gateway.pump`)."""
+        self._capacity_listeners.append(listener)
 
     def connection_unroutable(self, conn: Connection) -> None:
         self.router.remove(conn)
@@ -356,6 +364,9 @@ class GatewayDispatcher(ReplyIntake, CheckpointIntake):
         instance = self.capacity.release(rid)
         if instance is not None and self._waits:
             self._waits.wake(self.router.functions_of(instance), 1)
+        if instance is not None:
+            for listener in self._capacity_listeners:
+                listener()
         if self.leases.release(rid) is not None and not stored:
             _in_background(lambda: self._store.delete_lease(rid))
 

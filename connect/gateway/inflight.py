@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 from connect.dispatch import CheckpointReceiver, StepReply
 from connect.dispatch.flow import RequestFlow
+from connect.dispatch.stored import reply_from_bytes, reply_from_message
 from protocol import connect_pb2 as pb
 
 log = logging.getLogger("connect.gateway")
@@ -82,19 +83,4 @@ def reply_of(raw: bytes, response: pb.SDKResponse | None) -> StepReply:
     return reply_from_bytes(raw) if response is None else reply_from_message(response)
 
 
-def reply_from_bytes(raw: bytes) -> StepReply:
-    msg = pb.SDKResponse()
-    msg.ParseFromString(raw)
-    return reply_from_message(msg)
-
-
-def reply_from_message(msg: pb.SDKResponse) -> StepReply:
-    return StepReply(
-        request_id=msg.request_id,
-        status=int(msg.status),
-        body=msg.body,
-        no_retry=msg.no_retry,
-        retry_after=msg.retry_after if msg.HasField("retry_after") else None,
-        sdk_version=msg.sdk_version,
-        request_version=msg.request_version,
-    )
+__all__ = ["InFlight", "ReplyDone", "reply_from_bytes", "reply_from_message", "reply_of", "resolve"]

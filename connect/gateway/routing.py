@@ -105,6 +105,11 @@ class Router(Generic[C]):
         """The functions the instance's ready connections serve."""
         return {key for conn in self._by_instance.get(instance_id, ()) for key in conn.functions}
 
+    def with_room(self) -> list[tuple[str, str]]:
+        """The (app, function slug) pairs some ready connection with room serves."""
+        has_room = self._capacity.has_room
+        return [key for key, bucket in self._by_function.items() if any(has_room(c.instance_id) for c in bucket)]
+
     def has_candidate(self, app_name: str, function_slug: str) -> bool:
         return any(self._capacity.has_room(c.instance_id) for c in self._by_function.get((app_name, function_slug), ()))
 

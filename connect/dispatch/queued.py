@@ -1,0 +1,113 @@
+"""The port for an executor whose gateways run in other processes.
+
+`dispatch` queues the request in the store (`Store.queue_request`). A
+gateway that has a ready worker for the function takes it, forwards it,
+stores the worker's reply as it stores every reply, and settles the request
+(`connect.gateway.pump`); the store announces the settlement
+(`REQUEST_SETTLED`) and `dispatch` reads the reply back. A request stays
+queued while no gateway can serve it, so "no worker yet" and "all at
+capacity" spend no attempt and never surface here: `NoWorker` and
+`AtCapacity` are not raised. A worker lost while it ran the request is
+reported by its gateway (`LAPSED`) and raised as `WorkerStoppedResponding`,
+as in one process.
+
+What does not cross processes: replies are always stored by the gateway
+before the executor sees them (`takes_over` makes no difference, so
+`ReplySettled` has nothing left to do), and checkpoints are declined (each
+step is a request of its own; run the executor with checkpoints off, which
+the executor role does for this port). Notifications can be lost; every
+`SWEEP_INTERVAL` seconds a waiting `dispatch` looks at the store itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Final
+
+from connect.dispatch.failures import WorkerStoppedResponding
+from connect.dispatch.messages import ExecutorMessage, StepReply, StepRequest
+from connect.dispatch.port import CheckpointReceiver
+from connect.dispatch.stored import reply_from_bytes
+from connect.store.base import REQUEST_SETTLED, QueuedRequest, Store
+
+log = logging.getLogger(__name__)
+
+#: Seconds between a waiting request's own looks at the store.
+SWEEP_INTERVAL: Final = 5.0
+
+
+class QueuedPort:
+    """`connect.dispatch.Port` over the store's request queue."""
+
+    def __init__(
+        self, store: Store, *, clock: Callable[[], float] = time.time, sweep_interval: float = SWEEP_INTERVAL
+    ) -> None:
+        if sweep_interval <= 0:
+            raise ValueError(f"sweep_interval must be positive, got {sweep_interval}")
+        self._store = store
+        self._clock = clock
+        self._sweep_interval = sweep_interval
+        self._waiting: dict[str, asyncio.Event] = {}
+        self._listening: asyncio.Task[None] | None = None
+
+    async def _listen(self) -> None:
+        if self._listening is None:
+            self._listening = asyncio.ensure_future(self._store.listen(REQUEST_SETTLED, self._settled))
+        await asyncio.shield(self._listening)
+
+    def _settled(self, request_id: str) -> None:
+        if request_id:
+            event = self._waiting.get(request_id)
+            if event is not None:
+                event.set()
+            return
+        for event in self._waiting.values():  # reconnected: anything may have been missed
+            event.set()
+
+    async def dispatch(self, request: StepRequest, receiver: CheckpointReceiver | None = None) -> StepReply:
+        await self._listen()
+        rid = request.request_id
+        if not request.fresh:
+            stored = await self._store.get_reply(rid)
+            if stored is not None:
+                await self._store.dequeue_request(rid)
+                return reply_from_bytes(stored)
+        settled = self._waiting[rid] = asyncio.Event()
+        try:
+            await self._store.queue_request(
+                QueuedRequest(
+                    rid,
+                    request.run_id,
+                    request.app_name,
+                    request.function_slug,
+                    request.step_id,
+                    request.payload,
+                    int(self._clock() * 1000),
+                )
+            )
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(settled.wait(), self._sweep_interval)
+                settled.clear()
+                stored = await self._store.get_reply(rid)
+                if stored is not None:
+                    # Out of the queue for good, so no gateway forwards it again once
+                    # the executor has consumed the reply.
+                    await self._store.dequeue_request(rid)
+                    return reply_from_bytes(stored)
+                if await self._store.request_lapsed(rid):
+                    await self._store.dequeue_request(rid)
+                    raise WorkerStoppedResponding(f"the worker running {rid} was lost before it answered")
+        finally:
+            if self._waiting.get(rid) is settled:
+                del self._waiting[rid]
+
+    def send(self, message: ExecutorMessage) -> None:
+        """Nothing to do: replies reach `dispatch` stored already, and checkpoints are never offered."""
+
+    async def wait_for_worker(self, app_name: str, function_slug: str, timeout: float) -> None:
+        """Returns at once: `dispatch` itself waits in the queue for a worker."""

@@ -1,0 +1,153 @@
+"""A gateway serving executors in other processes: it takes the requests they
+queued in the store (`connect.dispatch.queued`) for the functions its ready
+workers serve, and forwards each through its own dispatcher.
+
+Per request: take it (held for `HOLD` seconds, renewed every third of that
+while it is forwarded), `dispatch` it as the in-process executor would (a
+stored reply or a live lease is honoured, the reply is stored before the
+worker is acknowledged), then settle it: `ANSWERED` once the reply is
+stored, `LAPSED` if the worker was lost, `RETURNED` if no worker here could
+take it after all (another gateway may). A gateway that dies holding
+requests loses them to the others once its holds lapse.
+
+It takes no more than `max_in_flight` requests at once, and none for a
+function whose workers here are all busy: taking is woken by a request
+queued (`REQUEST_QUEUED`), by capacity appearing (a worker ready, a slot
+released), and by a slow sweep every `SWEEP_INTERVAL` seconds for
+notifications lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Final
+
+from connect.dispatch import AtCapacity, NoWorker, StepRequest, WorkerStoppedResponding
+from connect.gateway.dispatcher import GatewayDispatcher
+from connect.store.base import ANSWERED, LAPSED, REQUEST_QUEUED, RETURNED, QueuedRequest, Store
+
+log = logging.getLogger("connect.gateway.pump")
+
+#: Seconds a taken request stays this gateway's without a renewal.
+HOLD: Final = 30.0
+#: Seconds between looks at the queue when nothing announced anything.
+SWEEP_INTERVAL: Final = 5.0
+#: Requests forwarded at once, at most.
+MAX_IN_FLIGHT: Final = 1024
+
+
+class RequestPump:
+    """Moves queued requests to this gateway's workers; `run` until cancelled."""
+
+    def __init__(
+        self,
+        store: Store,
+        dispatcher: GatewayDispatcher,
+        gateway_id: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        hold: float = HOLD,
+        sweep_interval: float = SWEEP_INTERVAL,
+        max_in_flight: int = MAX_IN_FLIGHT,
+    ) -> None:
+        if hold <= 0 or sweep_interval <= 0 or max_in_flight < 1:
+            raise ValueError("hold and sweep_interval must be positive and max_in_flight at least 1")
+        self._store = store
+        self._dispatcher = dispatcher
+        self.gateway_id = gateway_id
+        self._clock = clock
+        self._hold = hold
+        self._sweep_interval = sweep_interval
+        self._max_in_flight = max_in_flight
+        self._wake = asyncio.Event()
+        self._forwarding: dict[str, asyncio.Task[None]] = {}
+        #: Functions no worker here could take a request of, until capacity may be back.
+        self._blocked: dict[tuple[str, str], asyncio.Task[None]] = {}
+        dispatcher.add_capacity_listener(self.poke)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._forwarding)
+
+    def poke(self) -> None:
+        """Capacity may have appeared (a worker ready, a slot released): look again."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        await self._store.listen(REQUEST_QUEUED, lambda _slug: self._wake.set())
+        renew_at = self._clock() + self._hold / 3
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._sweep_interval)
+                self._wake.clear()
+                try:
+                    if self._clock() >= renew_at and self._forwarding:
+                        await self._store.hold_requests(self.gateway_id, list(self._forwarding), self._until())
+                    renew_at = self._clock() + self._hold / 3
+                    await self._take()
+                except Exception:
+                    log.warning("cannot reach the request queue; retrying", exc_info=True)
+        finally:
+            await self._stop()
+
+    def _until(self) -> int:
+        return int((self._clock() + self._hold) * 1000)
+
+    async def _take(self) -> None:
+        room = self._max_in_flight - len(self._forwarding)
+        served = [key for key in self._dispatcher.router.with_room() if key not in self._blocked]
+        if room <= 0 or not served:
+            return
+        now_ms = int(self._clock() * 1000)
+        taken = await self._store.take_requests(
+            self.gateway_id, sorted({slug for _, slug in served}), now_ms, self._until(), room
+        )
+        for request in taken:
+            task = asyncio.create_task(self._forward(request), name=f"forward:{request.request_id}")
+            self._forwarding[request.request_id] = task
+        if len(taken) == room:
+            self._wake.set()  # maybe more waiting: look again once these are under way
+
+    async def _forward(self, queued: QueuedRequest) -> None:
+        rid = queued.request_id
+        request = StepRequest(rid, queued.run_id, queued.app_name, queued.function_slug, queued.step_id, queued.payload)
+        outcome = RETURNED
+        try:
+            await self._dispatcher.dispatch(request)
+            outcome = ANSWERED
+        except (NoWorker, AtCapacity):
+            self._block((queued.app_name, queued.function_slug))
+        except WorkerStoppedResponding:
+            outcome = LAPSED
+        except Exception:
+            log.exception("request %s: forwarding failed; returning it to the queue", rid)
+        finally:
+            del self._forwarding[rid]
+            self._wake.set()  # a slot is free here
+            with contextlib.suppress(Exception):
+                # Shielded: a stopping gateway still hands what it held back.
+                await asyncio.shield(self._store.settle_request(rid, self.gateway_id, outcome))
+
+    def _block(self, key: tuple[str, str]) -> None:
+        if key in self._blocked:
+            return
+
+        async def until_capacity() -> None:
+            try:
+                await self._dispatcher.wait_for_worker(*key, timeout=self._sweep_interval)
+            finally:
+                del self._blocked[key]
+                self._wake.set()
+
+        self._blocked[key] = asyncio.create_task(until_capacity())
+
+    async def _stop(self) -> None:
+        tasks = [*self._forwarding.values(), *self._blocked.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
