@@ -76,6 +76,15 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE INDEX runs_by_event ON runs (event_id)",
         "CREATE INDEX runs_by_status ON runs (status)",
     ),
+    # 1 -> 2: each open writer stamps its row with the number of every batch it
+    # commits, so a batch whose COMMIT went unanswered can be found committed
+    # or not (see `pg_writer`).
+    (
+        """CREATE TABLE writer_marks (
+            writer_id TEXT PRIMARY KEY,
+            batch BIGINT NOT NULL
+        )""",
+    ),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

@@ -34,6 +34,7 @@ from connect.store.base import (
     StepMemo,
     Waiting,
 )
+from connect.store.pg_reconnect import DEFAULT_RECONNECT_TIMEOUT, validate_reconnect_timeout
 from connect.store.pg_schema import migrate
 from connect.store.pg_writer import DEFAULT_POOL_SIZE, Bulk, Connection, PostgresWriter
 from protocol.payloads import FunctionConfig
@@ -241,26 +242,37 @@ class PostgresStore:
         self._writer = writer
 
     @classmethod
-    async def open(cls, dsn: str, *, pool_size: int = DEFAULT_POOL_SIZE, max_batch: int = 1024) -> PostgresStore:
+    async def open(
+        cls,
+        dsn: str,
+        *,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        max_batch: int = 1024,
+        reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT,
+    ) -> PostgresStore:
         """Connect to `dsn`, migrate its schema, and start the writer.
 
         `pool_size` (at least 2) is how many connections the store holds at
         most: one for the writer, the others for reads. `max_batch` caps how
         many operations share one transaction; 1 turns group commit off.
+        `reconnect_timeout` is how many seconds an operation that met a lost
+        connection keeps retrying (`pg_reconnect`). The first connection is
+        not retried: a wrong address fails the open at once.
         """
         if pool_size < 2:
             raise ValueError(f"pool_size must be at least 2 (one writer, one reader), got {pool_size}")
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        validate_reconnect_timeout(reconnect_timeout)
         pool: asyncpg.Pool[asyncpg.Record] = await asyncpg.create_pool(dsn, min_size=1, max_size=pool_size)
         try:
             async with pool.acquire() as conn:
                 await migrate(conn)
+            writer = PostgresWriter(pool, max_batch=max_batch, reconnect_timeout=reconnect_timeout)
+            await writer.start()
         except BaseException:
             await pool.close()
             raise
-        writer = PostgresWriter(pool, max_batch=max_batch)
-        writer.start()
         return cls(writer)
 
     @property
