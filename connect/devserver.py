@@ -1,4 +1,4 @@
-"""`connect dev`: API, gateway, executor and a SQLite store in one process.
+"""`connect dev`: API, gateway, executor and the store (SQLite, or PostgreSQL) in one process.
 
 Start order: store -> executor (resumes runs in flight) -> gateway -> API.
 SIGTERM/SIGINT: the gateway drains (workers are told to reconnect), then the
@@ -30,7 +30,7 @@ from connect.gateway.admission import MAX_HANDSHAKES, MAX_HANDSHAKES_PER_PEER
 from connect.gateway.auth import Keys
 from connect.gateway.dispatcher import GatewayDispatcher
 from connect.gateway.server import DrainCause, GatewayServer
-from connect.store import SqliteStore
+from connect.store.open import DEFAULT_POOL_SIZE, describe_location, open_store
 from protocol import limits
 from protocol.gateway_session import GatewaySessionConfig
 
@@ -49,6 +49,10 @@ class DevSettings:
     port: int = 8288
     gateway_port: int = 8289
     db: str = "connect-dev.db"
+    #: A postgresql:// URL: the store is PostgreSQL there, and `db` is not used.
+    database_url: str | None = None
+    #: PostgreSQL connections: one writer, the rest for reads (see `connect.store.pg_writer`).
+    database_pool_size: int = DEFAULT_POOL_SIZE
     lease_duration: float = limits.LEASE_DURATION
     extend_lease_interval: float = limits.LEASE_EXTEND_INTERVAL
     #: Re-dispatches of one request after lost workers before its run fails.
@@ -107,7 +111,7 @@ class DevServer:
         """Serve until stopped; the process's exit status (0, or
         EXIT_DRAINED_ON_REQUEST after a drain asked for over HTTP)."""
         s = self.settings
-        store = await SqliteStore.open(s.db)
+        store = await open_store(s.db, s.database_url, pool_size=s.database_pool_size)
         tokens = s.keys.token_issuer()
         dispatcher = GatewayDispatcher(
             store, lease_duration=s.lease_duration, extend_lease_interval=s.extend_lease_interval
@@ -193,7 +197,7 @@ class DevServer:
             s.host,
             gateway_port,
             limits.CONNECT_PATH,
-            s.db,
+            describe_location(s.db, s.database_url),
             mode,
         )
         loop = asyncio.get_running_loop()
