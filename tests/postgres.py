@@ -155,7 +155,12 @@ class PostgresServer:
     def restart(self) -> None:
         """`pg_ctl restart -m fast`: every client connection is cut."""
         self._check(
-            self._run("pg_ctl", "restart", "-D", str(self.data), "-m", "fast", "-w", "-t", str(PG_CTL_TIMEOUT)),
+            # `-l`: the new server's output goes to the log, not to our pipe (which
+            # `subprocess.run` would otherwise read until the server exits).
+            self._run(
+                *("pg_ctl", "restart", "-D", str(self.data), "-l", str(self.log)),
+                *("-m", "fast", "-w", "-t", str(PG_CTL_TIMEOUT)),
+            ),
             "pg_ctl restart",
         )
 

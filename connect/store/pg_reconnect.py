@@ -57,6 +57,9 @@ _LOST: Final[tuple[type[BaseException], ...]] = (
     asyncpg.CrashShutdownError,  # 57P02
     asyncpg.CannotConnectNowError,  # 57P03: starting up or shutting down
     asyncpg.TooManyConnectionsError,  # 53300: transient while old backends exit
+    # The client's protocol state is broken (seen when a server shutdown
+    # interrupts an operation): that connection is unusable, a fresh one is not.
+    asyncpg.InternalClientError,
 )
 
 
@@ -106,7 +109,11 @@ async def with_reconnect(operation: Callable[[], Awaitable[T]], *, timeout: floa
         before_sleep=before_sleep,
         retry_error_callback=give_up,
     )
-    result: T = await retrying(operation)
+
+    async def attempt() -> T:  # a coroutine function, which tenacity awaits (a lambda it would not)
+        return await operation()
+
+    result: T = await retrying(attempt)
     log.info("PostgreSQL reachable again: %s went through", what)
     return result
 
