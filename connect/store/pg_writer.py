@@ -180,7 +180,7 @@ class PostgresWriter:
                 try:
                     return await operation(conn)
                 except Exception as exc:
-                    if conn.is_closed() and not is_connection_lost(exc):
+                    if not is_connection_lost(exc) and _closed(conn):
                         raise ConnectionLost(str(exc)) from exc
                     raise
 
@@ -214,7 +214,7 @@ class PostgresWriter:
                 return
 
     async def _connection(self) -> Connection:
-        if self._conn is not None and self._conn.is_closed():
+        if self._conn is not None and _closed(self._conn):
             await self._drop_connection()
         if self._conn is None:
             self._conn = await self._pool.acquire()
@@ -287,7 +287,7 @@ class PostgresWriter:
             )
             return results
         except Exception as exc:
-            if is_connection_lost(exc) or conn.is_closed():
+            if is_connection_lost(exc) or _closed(conn):
                 await self._drop_connection()
                 if isinstance(exc, ConnectionLost):
                     raise
@@ -307,6 +307,16 @@ class _Sent:
     def __init__(self) -> None:
         self.mark: int | None = None
         self.results: list[Any] = []
+
+
+def _closed(conn: Connection) -> bool:
+    """Whether `conn` can no longer be used. When a connection closes (the
+    server went away), asyncpg's pool takes it back at once, and the proxy we
+    hold then refuses every call, `is_closed()` included."""
+    try:
+        return conn.is_closed()
+    except asyncpg.InterfaceError:
+        return True
 
 
 def _runs(batch: Sequence[_Job]) -> list[tuple[Bulk[Any, Any], list[Any]]]:

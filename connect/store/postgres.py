@@ -264,7 +264,10 @@ class PostgresStore:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         validate_reconnect_timeout(reconnect_timeout)
-        pool: asyncpg.Pool[asyncpg.Record] = await asyncpg.create_pool(dsn, min_size=1, max_size=pool_size)
+        # No floor (min_size=0): connections are opened as they are needed, and
+        # after a server restart the pool does not race the store to reopen
+        # them while the server still refuses connections.
+        pool: asyncpg.Pool[asyncpg.Record] = await asyncpg.create_pool(dsn, min_size=0, max_size=pool_size)
         try:
             async with pool.acquire() as conn:
                 await migrate(conn)

@@ -202,6 +202,22 @@ async def test_a_restart_mid_load_loses_no_write_and_applies_none_twice(
         await store.close()
 
 
+async def test_a_restart_while_idle_is_noticed_at_the_next_write_and_read(
+    dsn: str, postgres_server: PostgresServer
+) -> None:
+    store = await PostgresStore.open(dsn, reconnect_timeout=60)
+    try:
+        assert await store.put_reply("before", b"x") is True
+        assert await store.get_reply("before") == b"x"
+        # Both the writer's connection and the reader's are closed by the server while unused.
+        await asyncio.to_thread(postgres_server.restart)
+        assert await store.put_reply("after", b"y") is True
+        assert await store.get_reply("after") == b"y"
+        assert await store.put_reply("before", b"z") is False
+    finally:
+        await store.close()
+
+
 async def test_a_database_gone_past_the_reconnect_timeout_fails_the_write_then_recovers(
     dsn: str, proxy: _Proxy
 ) -> None:
