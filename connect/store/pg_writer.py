@@ -215,6 +215,7 @@ class PostgresWriter:
 
     async def _connection(self) -> Connection:
         if self._conn is not None and _closed(self._conn):
+            log.warning("PostgreSQL connection lost while idle (a server restart?); the writer opens a new one")
             await self._drop_connection()
         if self._conn is None:
             self._conn = await self._pool.acquire()

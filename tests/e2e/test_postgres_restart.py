@@ -12,6 +12,9 @@ from tests.postgres import PostgresServer
 
 RUNS = 60
 STEPS = 5  # the `five-steps` function
+#: Steps at once per worker: two workers take 3 s over the load (300 steps of 0.2 s), so
+#: the platform is writing all through the restart rather than done before it.
+CONCURRENCY = 10
 
 
 def test_a_postgres_restart_mid_load_loses_nothing_and_runs_no_step_twice(
@@ -21,10 +24,10 @@ def test_a_postgres_restart_mid_load_loses_nothing_and_runs_no_step_twice(
     workers: list[Proc] = []
     try:
         for name in ("w0", "w1"):
-            workers.append(start_worker(dev, tmp_path, name=name, instance_id=name))
+            workers.append(start_worker(dev, tmp_path, name=name, instance_id=name, max_concurrency=CONCURRENCY))
             wait_for_log(workers[-1], "worker state ACTIVE")
         ids = dev.send([{"name": "e2e/five", "data": {"delay": 0.2}} for _ in range(RUNS)])
-        wait_until(lambda: len(started_steps(tmp_path)) > RUNS, 60, "load to build up")
+        wait_until(lambda: len(started_steps(tmp_path)) > 2 * CONCURRENCY, 60, "load to build up")
         in_flight = sum(step_counts(tmp_path).values())
         assert in_flight < RUNS * STEPS  # the restart comes mid-load
 
@@ -41,7 +44,6 @@ def test_a_postgres_restart_mid_load_loses_nothing_and_runs_no_step_twice(
         assert dev.starts == 1
         log = dev.proc.output()
         assert "PostgreSQL connection lost" in log  # the restart did reach the platform
-        assert "PostgreSQL reachable again" in log
         assert "Traceback" not in log
     finally:
         for w in workers:
