@@ -82,8 +82,9 @@ else:
 DEFAULT_POOL_SIZE: Final = 8
 """Connections per store: one for the writer, the rest for concurrent reads.
 
-Seven readers: the platform reads a run at its start and when it resumes, and
-serves the REST API; those reads are short, so seven at once keep up with
+Seven readers: the platform reads a run when it starts or resumes, looks up
+stored replies and leases, and serves the REST API; those reads are short
+(steps themselves are written, not read back), so seven at once keep up with
 the writer without holding many server backends (each costs PostgreSQL a
 process and some memory; `max_connections` is 100 by default)."""
 
@@ -194,11 +195,12 @@ class PostgresWriter:
         self._wake.set()
         if self._task is not None:
             await self._task
-        if self._conn is not None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
             with contextlib.suppress(Exception):  # unreachable now: the row stays, harmless
-                await self._conn.execute("DELETE FROM writer_marks WHERE writer_id = $1", self._id)
-            await self._pool.release(self._conn)
-            self._conn = None
+                await conn.execute("DELETE FROM writer_marks WHERE writer_id = $1", self._id)
+            with contextlib.suppress(Exception):  # already taken back by the pool if it closed
+                await self._pool.release(conn)
         await self._pool.close()
 
     # --- batches -------------------------------------------------------------------

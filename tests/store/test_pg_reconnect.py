@@ -240,3 +240,18 @@ async def test_a_database_gone_past_the_reconnect_timeout_fails_the_write_then_r
 def test_the_reconnect_timeout_must_be_positive() -> None:
     with pytest.raises(ValueError, match="reconnect_timeout must be a positive number"):
         asyncio.run(PostgresStore.open("postgresql://127.0.0.1:1/x", reconnect_timeout=0))
+
+
+async def test_each_open_store_has_one_writer_mark_and_close_removes_it(dsn: str) -> None:
+    first = await PostgresStore.open(dsn)
+    second = await PostgresStore.open(dsn)
+    try:
+        await first.put_reply("a", b"x")
+        await second.put_reply("b", b"x")
+        assert await _count(dsn, "SELECT count(*) FROM writer_marks") == 2
+        assert await _count(dsn, "SELECT count(*) FROM writer_marks WHERE batch > 0") == 2
+    finally:
+        await first.close()
+    assert await _count(dsn, "SELECT count(*) FROM writer_marks") == 1
+    await second.close()
+    assert await _count(dsn, "SELECT count(*) FROM writer_marks") == 0
