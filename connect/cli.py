@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 from collections.abc import Coroutine, Sequence
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 log = logging.getLogger("connect")
 
@@ -59,19 +59,58 @@ def _setup_logging(level: str) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _usage_error(args: argparse.Namespace, message: str) -> NoReturn:
+    """Stop with status 2, as argparse does for a bad argument."""
+    print(f"connect {args.command}: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _store_settings(args: argparse.Namespace, default_db: str) -> tuple[str, str | None, int | None]:
+    """(SQLite path, PostgreSQL URL or None, pool size or None) from the flags,
+    else the environment. Each setting names one engine: one for the other
+    engine is refused rather than ignored."""
+    from connect.store.open import check_database_url, check_pool_size
+
+    url = args.database_url
+    url_source = "--database-url"
+    if url is None and os.environ.get("CONNECT_DATABASE_URL"):
+        url, url_source = os.environ["CONNECT_DATABASE_URL"], "CONNECT_DATABASE_URL"
+    db, db_source = args.db, "--db"
+    if db is None and os.environ.get("CONNECT_DB"):
+        db, db_source = os.environ["CONNECT_DB"], "CONNECT_DB"
+    pool, pool_source = args.database_pool_size, "--database-pool-size"
+    if pool is None and os.environ.get("CONNECT_DATABASE_POOL_SIZE"):
+        pool, pool_source = os.environ["CONNECT_DATABASE_POOL_SIZE"], "CONNECT_DATABASE_POOL_SIZE"
+    try:
+        if url is None:
+            if pool is not None:
+                raise ValueError(f"{pool_source} sizes the PostgreSQL pool; it needs --database-url")
+            return db or default_db, None, None
+        check_database_url(url, url_source)
+        if db is not None:
+            raise ValueError(f"{db_source} names a SQLite file, {url_source} a PostgreSQL database: give one")
+        return default_db, url, None if pool is None else check_pool_size(pool, pool_source)
+    except ValueError as exc:
+        _usage_error(args, str(exc))
+
+
 def _platform_settings(args: argparse.Namespace) -> Any:
     from connect.roles import PlatformSettings
 
+    db, database_url, pool_size = _store_settings(args, args.default_db)
     settings = PlatformSettings(
         host=args.host,
         port=args.port,
         gateway_port=args.gateway_port,
-        db=args.db,
+        db=db,
+        database_url=database_url,
         checkpoint_steps=args.checkpoint_steps,
         poll_window=_poll_window(args),
         executor_id=args.executor_id or None,
         history_retention=_history_retention(args),
     )
+    if pool_size is not None:
+        settings.database_pool_size = pool_size
     for name in (
         "lease_duration",
         "extend_lease_interval",
@@ -136,15 +175,23 @@ def _add_poll_window_arg(parser: argparse.ArgumentParser, default_ms: str) -> No
     )
 
 
-def cmd_dev(args: argparse.Namespace) -> int:
+def _serve_platform(args: argparse.Namespace, settings: Any) -> int:
     from connect.roles import DevServer
+    from connect.store.open import StoreOpenError
 
-    return run(DevServer(_platform_settings(args)).run())
+    try:
+        return run(DevServer(settings).run())
+    except StoreOpenError as exc:
+        print(f"connect {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    return _serve_platform(args, _platform_settings(args))
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from connect.gateway.auth import Keys
-    from connect.roles import DevServer
 
     signing_key = args.signing_key or os.environ.get("CONNECT_SIGNING_KEY", "")
     fallback = args.signing_key_fallback or os.environ.get("CONNECT_SIGNING_KEY_FALLBACK") or None
@@ -164,14 +211,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _platform_settings(args)
     settings.keys = keys
     settings.name = "connect serve"
-    return run(DevServer(settings).run())
+    return _serve_platform(args, settings)
 
 
 def _add_platform_args(parser: argparse.ArgumentParser, default_db: str) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8288, help="HTTP API port (default 8288)")
     parser.add_argument("--gateway-port", type=int, default=8289, help="worker gateway port (default 8289)")
-    parser.add_argument("--db", default=os.environ.get("CONNECT_DB", default_db), help="SQLite database file")
+    parser.set_defaults(default_db=default_db)
+    parser.add_argument(
+        "--db", default=None, help=f"SQLite database file, when no --database-url (default {default_db}, or CONNECT_DB)"
+    )
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="postgresql://user:password@host:port/database: keep the store in PostgreSQL instead of SQLite "
+        "(or CONNECT_DATABASE_URL)",
+    )
+    parser.add_argument(
+        "--database-pool-size",
+        default=None,
+        help="PostgreSQL connections the store holds: one writer, the rest for reads "
+        "(default 8, 2 to 64; or CONNECT_DATABASE_POOL_SIZE)",
+    )
     parser.add_argument("--lease-duration", type=float, default=None, help="request lease, seconds (default 120)")
     parser.add_argument("--extend-lease-interval", type=float, default=None, help="seconds (default 30)")
     parser.add_argument(

@@ -1,4 +1,4 @@
-"""Fixtures shared by every layer's tests."""
+"""Fixtures shared by more than one test directory."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from tests.postgres import PostgresServer
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:
-    """One throwaway PostgreSQL cluster for the session; tests take a database each."""
+    """One throwaway PostgreSQL for the whole session; tests take a fresh
+    database each (`create_database`)."""
     server = PostgresServer()
     try:
         server.start()

@@ -154,15 +154,15 @@ class PostgresServer:
 
     def restart(self) -> None:
         """`pg_ctl restart -m fast`: every client connection is cut."""
-        # With its log file named again: without one the new server would hold our
-        # captured stdout open, and waiting for its end would never return.
         self._check(
+            # `-l`: the new server's output goes to the log, not to our pipe (which
+            # `subprocess.run` would otherwise read until the server exits).
             self._run(
-                "pg_ctl", "restart", "-D", str(self.data), "-l", str(self.log), "-m", "fast", "-w",
-                "-t", str(PG_CTL_TIMEOUT),
+                *("pg_ctl", "restart", "-D", str(self.data), "-l", str(self.log)),
+                *("-m", "fast", "-w", "-t", str(PG_CTL_TIMEOUT)),
             ),
             "pg_ctl restart",
-        )  # fmt: skip
+        )
 
     def psql(self, sql: str, database: str = "postgres") -> str:
         result = self._run(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from connect import cli
+from tests.postgres import PostgresServer
 
 
 def test_commands_run_with_the_documented_gc_thresholds() -> None:
@@ -116,3 +118,107 @@ def test_executor_id_and_owner_lease_from_flag_env_or_default(
 def test_a_non_positive_owner_lease_is_refused() -> None:
     with pytest.raises(SystemExit, match="--owner-lease must be positive"):
         cli._platform_settings(cli.build_parser().parse_args(["dev", "--owner-lease", "0"]))
+
+
+_SERVE_KEYS = ["--signing-key", "signkey-test-00112233445566778899aabbccddeeff", "--event-key", "k", "--env", "test"]
+
+
+def _platform(
+    args: list[str], env: dict[str, str], tmp_path: Path, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("CONNECT_DATABASE", "CONNECT_DB"))}
+    return subprocess.run(
+        [sys.executable, "-m", "connect", *args, "--port", "0", "--gateway-port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=clean | env,
+        cwd=tmp_path,
+    )
+
+
+@pytest.mark.parametrize("command", [["dev"], ["serve", *_SERVE_KEYS]], ids=["dev", "serve"])
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (
+            ["--database-url", "mysql://u:hunter2@db/x"],
+            {},
+            "--database-url must be a PostgreSQL URL, postgresql://user:password@host:port/database "
+            "(or postgres://...), got one with scheme 'mysql'",
+        ),
+        ([], {"CONNECT_DATABASE_URL": "sqlite:///x.db"}, "CONNECT_DATABASE_URL must be a PostgreSQL URL"),
+        (["--database-url", "db.example.com/x"], {}, "--database-url must be a PostgreSQL URL"),
+        (["--database-pool-size", "4"], {}, "--database-pool-size sizes the PostgreSQL pool; it needs --database-url"),
+        (
+            ["--database-url", "postgresql://db/x", "--database-pool-size", "1"],
+            {},
+            "--database-pool-size must be between 2 (one writer, one reader) and 64, got 1",
+        ),
+        (
+            ["--database-url", "postgresql://db/x"],
+            {"CONNECT_DATABASE_POOL_SIZE": "many"},
+            "CONNECT_DATABASE_POOL_SIZE must be a whole number of connections, got 'many'",
+        ),
+        (
+            ["--database-url", "postgres://db/x", "--db", "x.db"],
+            {},
+            "--db names a SQLite file, --database-url a PostgreSQL database: give one",
+        ),
+        (
+            ["--database-url", "postgres://db/x"],
+            {"CONNECT_DB": "x.db"},
+            "CONNECT_DB names a SQLite file, --database-url a PostgreSQL database: give one",
+        ),
+    ],
+    ids=["scheme", "env-scheme", "no-scheme", "pool-without-url", "pool-too-small", "pool-not-a-number", "db-and-url",
+         "env-db-and-url"],
+)  # fmt: skip
+def test_bad_store_settings_stop_the_command_with_status_2_and_the_reason(
+    command: list[str], args: list[str], env: dict[str, str], message: str, tmp_path: Path
+) -> None:
+    out = _platform([*command, *args], env, tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr
+    assert "hunter2" not in out.stderr  # a password is never repeated
+    assert list(tmp_path.iterdir()) == []  # refused before anything started
+
+
+def test_an_unreachable_database_stops_the_command_with_the_reason(tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port nobody listens on: bound, never listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        out = _platform(["dev", "--database-url", f"postgresql://u:hunter2@127.0.0.1:{port}/x"], {}, tmp_path)
+    assert out.returncode == 1
+    assert f"cannot open the PostgreSQL store at postgresql://u:***@127.0.0.1:{port}/x" in out.stderr
+    assert "hunter2" not in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_the_database_url_from_the_environment_selects_postgresql(
+    tmp_path: Path, postgres_server: PostgresServer
+) -> None:
+    url = postgres_server.create_database()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "connect", "dev", "--port", "0", "--gateway-port", "0"],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("CONNECT_DB")}
+        | {"CONNECT_DATABASE_URL": url, "CONNECT_DATABASE_POOL_SIZE": "3"},
+        cwd=tmp_path,
+    )
+    try:
+        assert proc.stderr is not None
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if "ready:" in line or "Traceback" in line:
+                break
+        assert f"db={url}" in "".join(lines), lines
+        assert list(tmp_path.iterdir()) == []  # no SQLite file
+        tables = postgres_server.psql("SELECT count(*) FROM runs", database=url.rsplit("/", 1)[1])
+        assert tables == "0"
+    finally:
+        proc.terminate()
+        assert proc.wait(60) == 0

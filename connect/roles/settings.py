@@ -15,6 +15,7 @@ from connect.executor.retention import DEFAULT_RETENTION
 from connect.executor.runner import MAX_LEASE_LAPSES
 from connect.gateway.admission import MAX_HANDSHAKES, MAX_HANDSHAKES_PER_PEER
 from connect.gateway.auth import Keys
+from connect.store.open import DEFAULT_POOL_SIZE
 from protocol import limits
 
 
@@ -25,8 +26,12 @@ class PlatformSettings:
     #: API port.
     port: int = 8288
     gateway_port: int = 8289
-    #: The store (see `connect.roles.store`).
+    #: The store (see `connect.roles.store`): SQLite at `db`, unless `database_url`
+    #: (postgresql://) names a PostgreSQL database; then `db` is not used.
     db: str = "connect-dev.db"
+    database_url: str | None = None
+    #: PostgreSQL connections: one writer, the rest for reads (see `connect.store.pg_writer`).
+    database_pool_size: int = DEFAULT_POOL_SIZE
     #: Gateway: how long a worker holds a request without extending its lease.
     lease_duration: float = limits.LEASE_DURATION
     extend_lease_interval: float = limits.LEASE_EXTEND_INTERVAL

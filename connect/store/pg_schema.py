@@ -127,6 +127,15 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         )""",
         "CREATE INDEX queued_requests_by_function ON queued_requests (function_slug, queued_at_ms)",
     ),
+    # 4 -> 5: each open writer stamps its row with the number of every batch it
+    # commits, so a batch whose COMMIT went unanswered can be found committed
+    # or not (see `pg_writer`).
+    (
+        """CREATE TABLE writer_marks (
+            writer_id TEXT PRIMARY KEY,
+            batch BIGINT NOT NULL
+        )""",
+    ),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

@@ -47,6 +47,7 @@ from connect.store.base import (
     Waiting,
 )
 from connect.store.pg_notify import PostgresListener
+from connect.store.pg_reconnect import DEFAULT_RECONNECT_TIMEOUT, validate_reconnect_timeout
 from connect.store.pg_schema import FENCE_LOST, migrate
 from connect.store.pg_writer import DEFAULT_POOL_SIZE, Bulk, Connection, PostgresWriter
 from protocol.payloads import FunctionConfig
@@ -416,26 +417,40 @@ class PostgresStore:
         self._listener = listener
 
     @classmethod
-    async def open(cls, dsn: str, *, pool_size: int = DEFAULT_POOL_SIZE, max_batch: int = 1024) -> PostgresStore:
+    async def open(
+        cls,
+        dsn: str,
+        *,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        max_batch: int = 1024,
+        reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT,
+    ) -> PostgresStore:
         """Connect to `dsn`, migrate its schema, and start the writer.
 
         `pool_size` (at least 2) is how many connections the store holds at
         most: one for the writer, the others for reads. `max_batch` caps how
         many operations share one transaction; 1 turns group commit off.
+        `reconnect_timeout` is how many seconds an operation that met a lost
+        connection keeps retrying (`pg_reconnect`). The first connection is
+        not retried: a wrong address fails the open at once.
         """
         if pool_size < 2:
             raise ValueError(f"pool_size must be at least 2 (one writer, one reader), got {pool_size}")
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
-        pool: asyncpg.Pool[asyncpg.Record] = await asyncpg.create_pool(dsn, min_size=1, max_size=pool_size)
+        validate_reconnect_timeout(reconnect_timeout)
+        # No floor (min_size=0): connections are opened as they are needed, and
+        # after a server restart the pool does not race the store to reopen
+        # them while the server still refuses connections.
+        pool: asyncpg.Pool[asyncpg.Record] = await asyncpg.create_pool(dsn, min_size=0, max_size=pool_size)
         try:
             async with pool.acquire() as conn:
                 await migrate(conn)
+            writer = PostgresWriter(pool, max_batch=max_batch, reconnect_timeout=reconnect_timeout)
+            await writer.start()
         except BaseException:
             await pool.close()
             raise
-        writer = PostgresWriter(pool, max_batch=max_batch)
-        writer.start()
         return cls(writer, PostgresListener(dsn))
 
     @property

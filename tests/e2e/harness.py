@@ -62,7 +62,8 @@ class _PortTaken(RuntimeError):
 
 
 class DevServer:
-    """`connect dev` on free ports with its own SQLite file."""
+    """`connect dev` on free ports with its own SQLite file, or on the
+    PostgreSQL database `database_url` names."""
 
     def __init__(
         self,
@@ -72,6 +73,7 @@ class DevServer:
         command: str = "dev",
         headers: dict[str, str] | None = None,
         event_key: str = "test",
+        database_url: str | None = None,
     ) -> None:
         self.tmp = tmp
         self.command = command
@@ -80,6 +82,7 @@ class DevServer:
         self.port = free_port()
         self.gateway_port = free_port()
         self.db = db or tmp / "connect.db"
+        self.database_url = database_url
         self.extra = list(extra)
         self.proc: Proc | None = None
         self.url = f"http://127.0.0.1:{self.port}"
@@ -116,8 +119,7 @@ class DevServer:
             str(self.port),
             "--gateway-port",
             str(self.gateway_port),
-            "--db",
-            str(self.db),
+            *(["--database-url", self.database_url] if self.database_url else ["--db", str(self.db)]),
             *self.extra,
         ]
         self.proc = Proc(args, dict(os.environ), self.tmp / f"dev-{self.starts}.log")

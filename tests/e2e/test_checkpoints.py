@@ -27,8 +27,10 @@ StartWorker = Callable[[str], Proc]
 
 @pytest.fixture
 def dev(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[DevServer]:
-    """`connect dev` with short leases; parametrize indirectly to add flags."""
-    server = DevServer(tmp_path, extra=[*FAST_LEASES, *getattr(request, "param", [])]).start()
+    """`connect dev` with short leases; parametrize indirectly to add flags. On
+    the engine of `database_url` for a test that asks for it, else SQLite."""
+    url = request.getfixturevalue("database_url") if "database_url" in request.fixturenames else None
+    server = DevServer(tmp_path, extra=[*FAST_LEASES, *getattr(request, "param", [])], database_url=url).start()
     yield server
     server.stop()
 
@@ -101,7 +103,7 @@ def test_no_checkpoint_steps_runs_one_step_per_request(dev: DevServer, workers: 
 
 @pytest.mark.parametrize("dev_dies_too", [False, True], ids=["worker-killed", "worker-and-dev-killed"])
 def test_sigkill_mid_step_reruns_only_that_step(
-    dev: DevServer, workers: StartWorker, tmp_path: Path, dev_dies_too: bool
+    database_url: str | None, dev: DevServer, workers: StartWorker, tmp_path: Path, dev_dies_too: bool
 ) -> None:
     gate = tmp_path / "gate"
     victim = workers("victim")

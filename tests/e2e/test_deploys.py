@@ -147,8 +147,8 @@ def _finished_rows(tmp: Path) -> list[tuple[str, str, str]]:
     return [(r[0], r[1], r[2]) for r in rows]
 
 
-def test_sigterm_to_connect_dev_under_load_then_restart(tmp_path: Path) -> None:
-    dev = DevServer(tmp_path, extra=FAST_LEASES).start()
+def test_sigterm_to_connect_dev_under_load_then_restart(tmp_path: Path, database_url: str | None) -> None:
+    dev = DevServer(tmp_path, extra=FAST_LEASES, database_url=database_url).start()
     workers = [active_worker(dev, tmp_path, f"w{i}") for i in range(2)]
     try:
         ids = dev.send([{"name": "e2e/five", "data": {"delay": 0.2}} for _ in range(60)])

@@ -1,4 +1,5 @@
-"""Events become completed runs through real `connect dev` and worker processes."""
+"""Events become completed runs through real `connect dev` and worker processes,
+on each store engine (the `database_url` fixture: SQLite, then PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from tests.e2e.harness import DevServer, Proc, complete_lines, start_worker, ste
 
 
 @pytest.fixture
-def dev(tmp_path: Path) -> Iterator[DevServer]:
-    server = DevServer(tmp_path).start()
+def dev(tmp_path: Path, database_url: str | None) -> Iterator[DevServer]:
+    server = DevServer(tmp_path, database_url=database_url).start()
     yield server
     server.stop()
 
@@ -96,8 +97,8 @@ def test_bad_input_gets_specific_errors(dev: DevServer) -> None:
     assert httpx.get(f"{dev.url}/health").status_code == 200
 
 
-def test_sigkill_mid_way_then_restart_completes_everything_once(tmp_path: Path) -> None:
-    dev = DevServer(tmp_path).start()
+def test_sigkill_mid_way_then_restart_completes_everything_once(tmp_path: Path, database_url: str | None) -> None:
+    dev = DevServer(tmp_path, database_url=database_url).start()
     worker = start_worker(dev, tmp_path)
     try:
         wait_for_log(worker, "worker state ACTIVE")
