@@ -2,9 +2,11 @@
 
 Real pieces: the gateway role on its own (`StandaloneGateway`) with its
 request pump, an executor on a store object of its own (as another process
-has), both over one real SQLite file, and our worker connected over a real
-socket. The two sides hear nothing of each other but what the store holds,
-so what moves a request is the pump's and the port's own looks at the queue.
+has), both over one real database, and our worker connected over a real
+socket. On SQLite the two store objects hear nothing of each other's
+notifications, so what moves a request there is the pump's and the port's
+own looks at the queue (every 50 ms); on PostgreSQL those looks are a
+minute apart, so only `LISTEN`/`NOTIFY` can move it in time.
 """
 
 from __future__ import annotations
@@ -22,14 +24,15 @@ from connect.dispatch.queued import QueuedPort
 from connect.executor import Executor
 from connect.gateway.pump import RequestPump
 from connect.roles import StandaloneGateway
-from connect.store import SqliteStore
+from connect.store import PostgresStore, SqliteStore, Store
 from connect.worker.connection import WorkerConnection, connect
 from protocol.payloads import IncomingEvent
 from tests.gateway.stack import start_gateway
+from tests.postgres import PostgresServer
 
 pytestmark = pytest.mark.anyio
 
-SWEEP = 0.05
+SWEEP = {"sqlite": 0.05, "postgres": 60.0}
 client = Client(app_id="queued")
 CALLS: list[str] = []
 
@@ -45,7 +48,7 @@ async def three(ctx: Context, step: Step) -> Any:
 class Split:
     gateway: StandaloneGateway
     pump: RequestPump
-    store: SqliteStore
+    store: Store
     executor: Executor
 
     async def connect_worker(self, instance_id: str) -> WorkerConnection:
@@ -61,19 +64,24 @@ class Split:
                 await asyncio.sleep(0.02)
 
 
-@pytest.fixture
-async def split(tmp_path: Path) -> AsyncIterator[Split]:
+@pytest.fixture(params=["sqlite", "postgres"])
+async def split(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Split]:
     CALLS.clear()
     db = tmp_path / "shared.db"
-    gateway = await start_gateway(db)
-    pump = RequestPump(gateway.store, gateway.dispatcher, "gw-1", sweep_interval=SWEEP)
+    sweep = SWEEP[request.param]
+    dsn: str | None = None
+    if request.param == "postgres":
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        dsn = server.create_database()
+    gateway = await start_gateway(db, database_url=dsn)
+    pump = RequestPump(gateway.store, gateway.dispatcher, "gw-1", sweep_interval=sweep)
     pumping = asyncio.create_task(pump.run())
     # The app is registered through the gateway (a worker connects once) before the
     # executor starts and reads the registry.
     first = await Split(gateway, pump, None, None).connect_worker("first")  # type: ignore[arg-type]
     await first.close()
-    store = await SqliteStore.open(db)
-    executor = Executor(store, QueuedPort(store, sweep_interval=SWEEP), checkpoint_steps=False, executor_id="exec-1")
+    store: Store = await (SqliteStore.open(db) if dsn is None else PostgresStore.open(dsn))
+    executor = Executor(store, QueuedPort(store, sweep_interval=sweep), checkpoint_steps=False, executor_id="exec-1")
     await executor.start()
     try:
         yield Split(gateway, pump, store, executor)
