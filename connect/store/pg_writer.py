@@ -86,7 +86,8 @@ Seven readers: the platform reads a run when it starts or resumes, looks up
 stored replies and leases, and serves the REST API; those reads are short
 (steps themselves are written, not read back), so seven at once keep up with
 the writer without holding many server backends (each costs PostgreSQL a
-process and some memory; `max_connections` is 100 by default)."""
+process and some memory; `max_connections` is 100 by default). Notifications
+take one more connection, outside the pool (`pg_notify.PostgresListener`)."""
 
 
 class Bulk(Generic[A, T]):
