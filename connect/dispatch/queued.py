@@ -13,9 +13,10 @@ as in one process.
 
 What does not cross processes: replies are always stored by the gateway
 before the executor sees them (`takes_over` makes no difference, so
-`ReplySettled` has nothing left to do), and checkpoints are declined (each
-step is a request of its own; run the executor with checkpoints off, which
-the executor role does for this port). Notifications can be lost; every
+`ReplySettled` has nothing left to do), and checkpoints are not offered
+(each step is a request of its own): a request that offers them is refused
+with `ValueError`, so run the executor with `checkpoint_steps=False` on this
+port. Notifications can be lost; every
 `SWEEP_INTERVAL` seconds a waiting `dispatch` looks at the store itself.
 """
 
@@ -69,8 +70,13 @@ class QueuedPort:
             event.set()
 
     async def dispatch(self, request: StepRequest, receiver: CheckpointReceiver | None = None) -> StepReply:
-        await self._listen()
         rid = request.request_id
+        if request.offers_checkpoints:
+            raise ValueError(
+                f"request {rid} offers checkpoints, which do not cross processes: "
+                "run the executor with checkpoint_steps=False on this port"
+            )
+        await self._listen()
         if not request.fresh:
             stored = await self._store.get_reply(rid)
             if stored is not None:

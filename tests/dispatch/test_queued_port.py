@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from connect import Client, Context, Step, TriggerEvent
+from connect.dispatch import StepRequest
 from connect.dispatch.queued import QueuedPort
 from connect.executor import Executor
 from connect.gateway.pump import RequestPump
@@ -105,6 +106,17 @@ async def test_a_run_crosses_the_store_to_a_gateway_and_back(split: Split) -> No
     assert split.pump.in_flight == 0
     # Every request left the queue: answered, read, and dequeued.
     assert not await split.store.take_requests("anyone", ["queued-three"], 2**62, 2**62, 10)
+
+
+async def test_a_request_offering_checkpoints_is_refused(tmp_path: Path) -> None:
+    store = await SqliteStore.open(tmp_path / "alone.db")
+    try:
+        request = StepRequest("r1", "run1", "queued", "queued-three", "step", b"{}", offers_checkpoints=True)
+        with pytest.raises(ValueError, match="checkpoint_steps=False"):
+            await QueuedPort(store).dispatch(request)
+        assert not await store.take_requests("gw", ["queued-three"], 0, 0, 10)  # nothing was queued
+    finally:
+        await store.close()
 
 
 async def test_a_request_waits_in_the_queue_until_a_worker_connects(split: Split) -> None:
