@@ -58,7 +58,7 @@ def start_split(
                 str(port),
                 "--gateway-port",
                 str(gw_port),
-            ),  # fmt: skip
+            ),
             env=env,
         )
         probe = f"http://127.0.0.1:{port}/ready" if role == "api" else f"http://127.0.0.1:{gw_port}/ready"

@@ -256,9 +256,8 @@ def test_roles_and_the_process_registry_settings_from_flags_or_environment(
     gateway_url: str | None,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    for name in ("CONNECT_ROLES", "CONNECT_PROCESS_ID", "CONNECT_PROCESS_TTL", "CONNECT_GATEWAY_URL", "CONNECT_EXECUTOR_ID"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.delenv("CONNECT_DATABASE_URL", raising=False)
+    for name in ("ROLES", "PROCESS_ID", "PROCESS_TTL", "GATEWAY_URL", "EXECUTOR_ID", "DATABASE_URL"):
+        monkeypatch.delenv(f"CONNECT_{name}", raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     settings = cli._platform_settings(cli.build_parser().parse_args(args))
@@ -271,7 +270,7 @@ def test_roles_and_the_process_registry_settings_from_flags_or_environment(
 @pytest.mark.parametrize(
     ("args", "env", "message"),
     [
-        (["--role", "gateway"], {}, "--role gateway: roles in separate processes share PostgreSQL; give --database-url"),
+        (["--role", "gateway"], {}, "--role gateway: roles in separate processes share PostgreSQL; give"),
         ([], {"CONNECT_ROLES": "api,executor"}, "CONNECT_ROLES api,executor: roles in separate processes share"),
         (["--role", "scheduler"], {}, "--role: unknown role 'scheduler': choose from api, gateway, executor, all"),
         (["--role", ","], {}, "--role: no role given"),

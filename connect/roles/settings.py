@@ -21,7 +21,6 @@ from connect.gateway.auth import Keys
 from connect.store.open import DEFAULT_POOL_SIZE
 from protocol import limits
 
-
 #: The roles a process can run; `all` is every one of them in one process.
 ROLES: Final = ("api", "gateway", "executor")
 ALL_ROLES: Final = frozenset(ROLES)
