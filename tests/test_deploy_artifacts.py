@@ -161,6 +161,7 @@ def compose_invocations() -> dict[str, Invocation]:
         if not _is_connect_image(svc):
             continue
         assert "entrypoint" not in svc, f"{name}: the image's ENTRYPOINT is the connect program"
+        assert isinstance(svc.get("command"), list), f"{name}: command as a list, each argument one item"
         argv = [_interpolate(str(a)) for a in svc["command"]]
         env = {k: _interpolate(str(v)) for k, v in (svc.get("environment") or {}).items()}
         probes = []
