@@ -33,12 +33,14 @@ from connect.store.base import (
     RUNS_RELEASED,
     AppRecord,
     Claim,
+    ConnectionRecord,
     EventRecord,
     EventsCursor,
     LeaseRecord,
     LoadedRun,
     NewEvent,
     PendingRequest,
+    ProcessRecord,
     Pruned,
     QueuedRequest,
     RunOwnershipLost,
@@ -793,3 +795,34 @@ class PostgresStore:
             return stored
 
         return await self._writer.run(op)
+
+    # --- the process registry (implemented in the next commit) ---------------------------
+
+    async def notify(self, channel: str, payload: str) -> None:
+        raise NotImplementedError
+
+    async def get_events(self, event_ids: Sequence[str]) -> list[EventRecord]:
+        raise NotImplementedError
+
+    async def events_since(self, received_after_ms: int, limit: int) -> list[EventRecord]:
+        raise NotImplementedError
+
+    async def put_process(self, record: ProcessRecord) -> None:
+        raise NotImplementedError
+
+    async def list_processes(self, role: str | None, now_ms: int) -> list[ProcessRecord]:
+        raise NotImplementedError
+
+    async def drop_process(self, process_id: str, role: str) -> None:
+        raise NotImplementedError
+
+    async def put_connections(self, gateway_id: str, records: list[ConnectionRecord]) -> None:
+        raise NotImplementedError
+
+    async def list_connections(self, now_ms: int) -> list[ConnectionRecord]:
+        raise NotImplementedError
+
+    def put_lease_within(
+        self, request_id: str, lease_id: str, expires_at_ms: int, instance_id: str, limit: int, now_ms: int
+    ) -> Awaitable[bool]:
+        raise NotImplementedError
