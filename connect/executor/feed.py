@@ -45,6 +45,8 @@ class EventFeed:
         self._seen: OrderedDict[str, None] = OrderedDict()
         #: The newest `received_at_ms` seen; catch-up starts `lookback_ms` before it.
         self.cursor_ms = 0
+        #: An earlier start asked for by watches filed late (see `want_from`).
+        self._from_ms: int | None = None
 
     def start_at(self, now_ms: int) -> None:
         """Events recorded before this executor started are not its concern
@@ -66,10 +68,22 @@ class EventFeed:
                 out.append(event_id)
         return out
 
-    @property
-    def catch_up_from(self) -> int:
-        """Where the next `events_since` read starts (exclusive)."""
-        return max(0, self.cursor_ms - self.lookback_ms)
+    def want_from(self, since_ms: int) -> None:
+        """A watch filed now takes events from `since_ms` (a run read back from
+        the store): the next catch-up starts there, if that is earlier."""
+        self._from_ms = since_ms if self._from_ms is None else min(self._from_ms, since_ms)
+
+    def catch_up_start(self) -> int:
+        """Where the next `events_since` read starts (exclusive); consumes `want_from`."""
+        start = self.cursor_ms - self.lookback_ms
+        if self._from_ms is not None:
+            start = min(start, self._from_ms - 1)
+            self._from_ms = None
+        return max(0, start)
+
+    def caught_up(self, now_ms: int) -> None:
+        """Everything received up to `now_ms` was read (or could match nothing here)."""
+        self.cursor_ms = max(self.cursor_ms, now_ms)
 
     def take(self, records: Sequence[EventRecord]) -> list[EventRecord]:
         """Records read from the store: advance the cursor, mark them seen,

@@ -92,6 +92,10 @@ _RESTART_DELAY_MAX = 60.0
 CANCEL_WAIT: Final = 5.0
 #: Pause before retrying a timer action whose store write failed.
 _TIMER_RETRY_MS: Final = 1000
+#: A run armed this soon after it started relies on notifications alone for its
+#: waits; one armed later (read back from the store) also reads back the events
+#: recorded since (`shared` only).
+_FRESH_RUN_MS: Final = 1000
 
 _NULL: Final = b"null"
 _INVOKE_TIMEOUT: Final = replies.error_memo(
@@ -449,6 +453,8 @@ class Executor:
         if not payload:
             self._catch_up_soon()  # the listener reconnected: notifications may be lost
             return
+        if not len(self._waits):
+            return  # nothing here waits: no event recorded now can resume or cancel anything
         heard = self._feed.unseen(payload.split(","))
         if heard:
             self._heard.extend(heard)
@@ -472,11 +478,7 @@ class Executor:
             try:
                 if self._catch_up:
                     self._catch_up = False
-                    while True:
-                        page = await self._store.events_since(self._feed.catch_up_from, FEED_PAGE)
-                        self._match_recorded(self._feed.take(page))
-                        if len(page) < FEED_PAGE:
-                            break
+                    await self._catch_up_events()
                 while self._heard:
                     ids, self._heard = self._heard[:FEED_PAGE], self._heard[FEED_PAGE:]
                     self._match_recorded(self._feed.take(await self._store.get_events(ids)))
@@ -486,6 +488,21 @@ class Executor:
                 self._catch_up = True
                 await asyncio.sleep(_TIMER_RETRY_MS / 1000)
                 self._events_wake.set()
+
+    async def _catch_up_events(self) -> None:
+        """Read back the events recorded since the cursor (less the lookback),
+        a page at a time; with nothing waiting here, only move the cursor."""
+        now_ms = self._now_ms()
+        start = self._feed.catch_up_start()
+        while len(self._waits):
+            page = await self._store.events_since(start, FEED_PAGE)
+            self._match_recorded(self._feed.take(page))
+            if len(page) < FEED_PAGE:
+                break
+            # Pages by time; the seen ids skip the ones read twice at a page's last ms.
+            last = page[-1].received_at_ms
+            start = last - 1 if last - 1 > start else last
+        self._feed.caught_up(now_ms)
 
     def _match_recorded(self, records: Sequence[EventRecord]) -> None:
         """Resume the waits and fire the cancel conditions that events recorded
@@ -657,6 +674,7 @@ class Executor:
         assert run is not None and event is not None
         info = self._registry.lookup(run.function_id)
         now_ms = self._now_ms()
+        filed = len(self._waits)
         if info is not None:
             trigger = _as_dict(event)
             for i, condition in enumerate(info.cancel):
@@ -684,6 +702,10 @@ class Executor:
         # within the feed's lookback, and none from before the run started.
         since_ms = max(run.started_at_ms, now_ms - self._feed.lookback_ms)
         self._arm_waiting(runner, [w for w in run.waiting if w.step not in runner.memos], since_ms)
+        if self._shared and len(self._waits) > filed and since_ms < now_ms - _FRESH_RUN_MS:
+            # Filed late (a run read back): look for what was recorded since.
+            self._feed.want_from(since_ms)
+            self._catch_up_soon()
 
     def arm_waiting(self, runner: Runner, items: Sequence[Waiting]) -> None:
         self._arm_waiting(runner, items, self._now_ms())

@@ -21,12 +21,21 @@ def test_ids_seen_here_are_not_read_again() -> None:
 def test_records_read_back_advance_the_cursor_and_are_taken_once() -> None:
     feed = EventFeed(lookback_ms=1_000)
     feed.start_at(10_000)
-    assert feed.catch_up_from == 9_000
+    assert feed.catch_up_start() == 9_000
     assert [r.id for r in feed.take([record("a", 10_500), record("b", 12_000)])] == ["a", "b"]
-    assert feed.catch_up_from == 11_000
+    assert feed.catch_up_start() == 11_000
     # A catch-up reads them again within the lookback: nothing new.
     assert feed.take([record("b", 12_000), record("c", 11_900)]) == [record("c", 11_900)]
     assert feed.cursor_ms == 12_000  # an older commit never moves the cursor back
+
+
+def test_a_late_watch_moves_the_next_start_back_once() -> None:
+    feed = EventFeed(lookback_ms=1_000)
+    feed.caught_up(20_000)
+    feed.want_from(15_000)
+    feed.want_from(16_000)
+    assert feed.catch_up_start() == 14_999  # events received at 15_000 are read too
+    assert feed.catch_up_start() == 19_000
 
 
 def test_the_seen_set_is_bounded_oldest_first() -> None:
