@@ -18,6 +18,16 @@ run back, re-arms its timers and waits, and resumes it.
 A run task that fails unexpectedly (a store error, a bug) is logged and
 started again from the stored state after a backoff, so one bad run neither
 stops the others nor is silently abandoned.
+
+With `shared=True` the executor is one of several processes over one
+database (`connect serve --role executor`). Each drives only the runs it
+owns, so timers and waits fire in the owner alone; what other processes
+record reaches it through notifications: apps (the trigger index and crons
+are rebuilt), events (matched against its waits and cancel conditions, see
+`connect.executor.feed`), API cancellations, and new runs nobody owns yet
+(claimed in small batches, so executors woken together share them). Cron
+ticks are armed by every executor; the tick's derived event id makes
+`record_tick` store one run per tick.
 """
 
 from __future__ import annotations
@@ -540,6 +550,15 @@ class Executor:
         if inserted:
             self._forget_step(watch.run_id, watch.key)
             self._deliver(watch.run_id, Resolved(watch.key, memo))
+        else:
+            self._stored_elsewhere(watch.run_id)
+
+    def _stored_elsewhere(self, run_id: str) -> None:
+        """Another writer stored the step's memo first. In this process that
+        writer wakes the run itself; another process (an executor that lost
+        the run without noticing yet) cannot: a parked run is read back here."""
+        if self._shared and run_id not in self._runners:
+            self._spawn(run_id)
 
     async def _follow_apps(self) -> None:
         """Re-read the app registry whenever an app changes (any process's
@@ -800,6 +819,8 @@ class Executor:
         self._claims.discard((run_id, item.step))
         if inserted:
             self._deliver(run_id, Resolved(item.step, memo))
+        else:
+            self._stored_elsewhere(run_id)
 
     def _background_task(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
