@@ -41,12 +41,8 @@ from connect.executor.retention import INTERVAL as RETENTION_INTERVAL
 from connect.executor.retention import Retention
 from connect.executor.retries import Backoff
 from connect.executor.runner import MAX_LEASE_LAPSES, CancelRequested, Message, Resolved, Runner, RunServices
-from connect.executor.system_events import (
-    FUNCTION_CANCELLED,
-    FUNCTION_FAILED,
-    FUNCTION_FINISHED,
-    derived_id_at,
-)
+from connect.executor.starts import event_record, new_run, received, targets
+from connect.executor.system_events import derived_id_at
 from connect.executor.timers import Timers
 from connect.executor.triggers import FunctionInfo, Target, TriggerIndex
 from connect.executor.views import run_view
@@ -59,7 +55,6 @@ from connect.store.base import (
     AppRecord,
     EventRecord,
     NewEvent,
-    PendingRequest,
     RunMemo,
     RunOwnershipLost,
     RunRecord,
@@ -67,7 +62,6 @@ from connect.store.base import (
     Store,
     Waiting,
 )
-from protocol.ids import new_ulid
 from protocol.payloads import Event, FunctionConfig, IncomingEvent, RefusedFunction, json_encoder
 
 log = logging.getLogger(__name__)
@@ -86,8 +80,6 @@ _NULL: Final = b"null"
 _INVOKE_TIMEOUT: Final = replies.error_memo(
     replies.error("InngestInvokeTimeoutError", "Timed out waiting for invoked function to complete")
 )
-
-_END_EVENTS: Final = frozenset({FUNCTION_FINISHED, FUNCTION_FAILED, FUNCTION_CANCELLED})
 
 # Timer keys: ("step", run id, step hash), ("finish", run id), ("cron", schedule key).
 TimerKey = tuple[str, ...]
@@ -295,19 +287,7 @@ class Executor:
         took about 0.25 ms to return, see bench/README.md).
         """
         now_ms = self._now_ms()
-        built: list[Event] = []
-        for incoming in events:
-            if not incoming.name:
-                raise ValueError("an event needs a non-empty name")
-            built.append(
-                Event(
-                    name=incoming.name,
-                    data=incoming.data or {},
-                    id=incoming.id or new_ulid(),
-                    ts=incoming.ts or now_ms,
-                    user=incoming.user or {},
-                )
-            )
+        built = received(events, now_ms)
         intake = self.prepare_events(built, now_ms)
         try:
             stored = await self._store.record_events(intake.batch)
@@ -323,15 +303,8 @@ class Executor:
         """Match events against triggers, waits and cancel conditions (see `Intake`)."""
         intake = Intake()
         for event in events:
-            body = json_encoder.encode(event)
-            targets = self._registry.match(event)
-            if event.name in _END_EVENTS:
-                # A function never triggers itself with the end of its own run,
-                # which would start runs forever.
-                source = event.data.get("function_id")
-                targets = [t for t in targets if t.function_id != source]
-            runs = [self._new_run(target, event.id, now_ms) for target in targets]
-            record = EventRecord(event.id, event.name, event.ts, now_ms, body)
+            runs = [new_run(target, event.id, now_ms) for target in targets(self._registry, event)]
+            record = event_record(event, now_ms)
             item = IntakeItem(NewEvent(record, runs, owner=self._ownership.executor_id), event)
             watches = self._waits.match(_as_dict(event), now_ms) if len(self._waits) else []
             for watch in watches:
@@ -343,7 +316,7 @@ class Executor:
                     continue
                 self._waits.remove(*watch.id)
                 self._claims.add(watch.id)
-                memo = body if watch.action == RESUME else _invoke_memo(event)
+                memo = record.body if watch.action == RESUME else _invoke_memo(event)
                 item.claimed.append((watch, memo))
                 item.new.memos.append(RunMemo(watch.run_id, StepMemo(watch.key, memo)))
             intake.items.append(item)
@@ -354,7 +327,7 @@ class Executor:
         intake = Intake()
         for event, target in starts:
             record = EventRecord(event.id, event.name, event.ts, now_ms, json_encoder.encode(event))
-            new = NewEvent(record, [self._new_run(target, event.id, now_ms)], owner=self._ownership.executor_id)
+            new = NewEvent(record, [new_run(target, event.id, now_ms)], owner=self._ownership.executor_id)
             intake.items.append(IntakeItem(new, event))
         return intake
 
@@ -383,17 +356,6 @@ class Executor:
             for watch, _ in item.claimed:
                 self._claims.discard(watch.id)
                 self._waits.add(watch)
-
-    def _new_run(self, target: Target, event_id: str, now_ms: int) -> RunRecord:
-        return RunRecord(
-            run_id=new_ulid(),
-            function_id=target.function_id,
-            app_name=target.app_name,
-            event_id=event_id,
-            started_at_ms=now_ms,
-            max_attempts=target.max_attempts,
-            requests=[PendingRequest(new_ulid())],
-        )
 
     # --- cancellation ------------------------------------------------------------------
 
