@@ -36,13 +36,10 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from connect.api.app import GatewayAssignment, GatewayRefused
-from connect.store.base import PROCESSES_CHANGED, ProcessRecord, Store
+from connect.store.base import PROCESSES_CHANGED, READY, ROLE_GATEWAY, ProcessRecord, Store
 
 #: The oldest registry read `/v0/connect/start` answers from, in seconds.
 MAX_AGE: Final = 1.0
-
-GATEWAY: Final = "gateway"
-READY: Final = "ready"
 
 
 @dataclass
@@ -130,7 +127,7 @@ class GatewayDirectory:
         generation = self._generation
         now = self._clock()
         now_ms = int(now * 1000)
-        gateways = await self._store.list_processes(GATEWAY, now_ms)
+        gateways = await self._store.list_processes(ROLE_GATEWAY, now_ms)
         connections = await self._store.list_connections(now_ms)
         ready = [g for g in gateways if g.state == READY]
         snapshot = _Snapshot(

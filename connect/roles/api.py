@@ -35,7 +35,7 @@ from connect.api.stored_runs import StoredRuns
 from connect.gateway.auth import TokenIssuer
 from connect.roles.registration import ProcessHeartbeat
 from connect.roles.settings import PlatformSettings, default_process_id
-from connect.store import Store
+from connect.store import ROLE_API, Store
 from protocol import limits
 from protocol.payloads import IncomingEvent
 
@@ -217,7 +217,7 @@ class ApiProcess:
             await self.runs.stop()
             await self.gateways.stop()
             raise
-        self._heartbeat = ProcessHeartbeat(self._store, self.process_id, "api", self.url, ttl=self._ttl)
+        self._heartbeat = ProcessHeartbeat(self._store, self.process_id, ROLE_API, self.url, ttl=self._ttl)
         try:
             await self._heartbeat.start()
         except BaseException:

@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from connect.store.base import ProcessRecord, Store
+from connect.store.base import READY, ProcessRecord, Store
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class ProcessHeartbeat:
         self.address = address
         self._ttl = ttl
         self._clock = clock
-        self._state = "ready"
+        self._state = READY
         self._started_at_ms = int(clock() * 1000)
         self._task: asyncio.Task[None] | None = None
 
@@ -67,7 +67,7 @@ class ProcessHeartbeat:
         self._task = asyncio.create_task(self._beat(), name=f"registry:{self.role}:{self.process_id}")
 
     async def set_state(self, state: str) -> None:
-        """Change the state others see ("ready", "draining"), at once."""
+        """Change the state others see (`READY`, `DRAINING`), at once."""
         self._state = state
         await self._store.put_process(self._record())
 
