@@ -33,7 +33,7 @@ from connect.api.guard import guarded_http
 from connect.api.stored_replies import StoredReplies
 from connect.api.stored_runs import StoredRuns
 from connect.gateway.auth import TokenIssuer
-from connect.roles.registration import ProcessHeartbeat
+from connect.roles.registration import Registration
 from connect.roles.settings import PlatformSettings, default_process_id
 from connect.store import ROLE_API, Store
 from protocol import limits
@@ -196,7 +196,7 @@ class ApiProcess:
         )
         self._store = store
         self._ttl = settings.process_ttl
-        self._heartbeat: ProcessHeartbeat | None = None
+        self._heartbeat: Registration | None = None
 
     @property
     def port(self) -> int:
@@ -217,7 +217,7 @@ class ApiProcess:
             await self.runs.stop()
             await self.gateways.stop()
             raise
-        self._heartbeat = ProcessHeartbeat(self._store, self.process_id, ROLE_API, self.url, ttl=self._ttl)
+        self._heartbeat = Registration(self._store, self.process_id, ROLE_API, address=self.url, ttl=self._ttl)
         try:
             await self._heartbeat.start()
         except BaseException:

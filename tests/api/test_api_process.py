@@ -30,7 +30,7 @@ from connect.executor import Executor
 from connect.gateway.pump import RequestPump
 from connect.roles import PlatformSettings, StandaloneGateway
 from connect.roles.api import ApiProcess, start_api_process
-from connect.roles.registration import ProcessHeartbeat
+from connect.roles.registration import Registration
 from connect.store import PostgresStore, SqliteStore, Store
 from connect.store.base import (
     REPLY_STORED,
@@ -156,15 +156,19 @@ async def platform(engine: Engine) -> AsyncIterator[Platform]:
     stores: list[Store] = []
     pump = RequestPump(gateway.store, gateway.dispatcher, "gw-1", sweep_interval=sweep)
     pumping = asyncio.create_task(pump.run())
-    registered = ProcessHeartbeat(
-        gateway.store, "gw-1", "gateway", f"ws://127.0.0.1:{gateway.gateway_port}/v0/connect", ttl=15
+    registered = Registration(
+        gateway.store, "gw-1", "gateway", address=f"ws://127.0.0.1:{gateway.gateway_port}/v0/connect", ttl=15
     )
     await registered.start()
     exec_store = await engine.store(gateway.store)
     api_store = await engine.store(gateway.store)
     stores = [s for s in (exec_store, api_store) if s is not gateway.store]
     executor = Executor(
-        exec_store, QueuedPort(exec_store, sweep_interval=sweep), checkpoint_steps=False, executor_id="exec-1"
+        exec_store,
+        QueuedPort(exec_store, sweep_interval=sweep),
+        checkpoint_steps=False,
+        executor_id="exec-1",
+        shared=True,
     )
     await executor.start()
     api = await start_api_process(api_settings(), api_store)
