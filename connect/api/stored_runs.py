@@ -45,6 +45,9 @@ _CANCEL_POLL_MIN: Final = 0.02
 _CANCEL_POLL_MAX: Final = 0.25
 #: Pause before reading the apps again after the read failed, in seconds.
 _APPS_RETRY: Final = 1.0
+#: The longest an event waits for a read of the apps under way, in seconds
+#: (past it, the event is matched against the apps as last read).
+_APPS_WAIT: Final = 5.0
 
 
 class StoredRuns:
@@ -116,7 +119,7 @@ class StoredRuns:
         reading = self._reading
         if reading is not None and not reading.done():
             # An app changed a moment ago: match against what it registers now.
-            await asyncio.shield(reading)
+            await asyncio.wait({reading}, timeout=_APPS_WAIT)
         now_ms = int(self._clock() * 1000)
         built = received(events, now_ms)
         batch = [
