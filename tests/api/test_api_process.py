@@ -445,3 +445,29 @@ async def test_the_process_is_ready_and_registered_while_started(engine: Engine)
 
 async def _has(functions: Awaitable[set[str]], fn_id: str) -> bool:
     return fn_id in await functions
+
+
+async def test_two_api_processes_serve_the_same_runs(platform: Platform) -> None:
+    """Any number behind a load balancer: an event sent to one starts a run the other shows."""
+    other_store = await platform.engine.store(platform.stores[0])
+    other = await start_api_process(api_settings(process_id="api-2"), other_store)
+    worker = await platform.connect_worker("w1")
+    try:
+        async with httpx.AsyncClient(base_url=other.url, timeout=DEADLINE) as http:
+            assert {p.process_id for p in await other_store.list_processes("api", _now_ms())} == {"api-1", "api-2"}
+            await until(lambda: _has(platform.functions(), "apiproc-two"), "api-1 learnt the app")
+
+            async def api_2_knows() -> bool:
+                resp = await http.get("/v1/functions")
+                return "apiproc-two" in {fn["id"] for fn in resp.json()["data"]}
+
+            await until(api_2_knows, "api-2 learnt the app")
+            resp = await http.post("/e/any-key", json={"name": "apiproc/two", "data": {"who": "cy"}})
+            [event_id] = resp.json()["ids"]
+            run = await platform.ended(event_id)  # read through api-1
+            assert run["status"] == "Completed" and run["output"] == {"sum": 3, "who": "cy"}
+    finally:
+        await worker.close()
+        await other.stop()
+        if other_store is not platform.stores[0]:
+            await other_store.close()
