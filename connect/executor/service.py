@@ -59,12 +59,8 @@ from connect.executor.retention import INTERVAL as RETENTION_INTERVAL
 from connect.executor.retention import Retention
 from connect.executor.retries import Backoff
 from connect.executor.runner import MAX_LEASE_LAPSES, CancelRequested, Message, Resolved, Runner, RunServices
-from connect.executor.system_events import (
-    FUNCTION_CANCELLED,
-    FUNCTION_FAILED,
-    FUNCTION_FINISHED,
-    derived_id_at,
-)
+from connect.executor.starts import event_record, new_run, received, targets
+from connect.executor.system_events import derived_id_at
 from connect.executor.timers import Timers
 from connect.executor.triggers import FunctionInfo, Target, TriggerIndex
 from connect.executor.views import run_view
@@ -80,7 +76,6 @@ from connect.store.base import (
     AppRecord,
     EventRecord,
     NewEvent,
-    PendingRequest,
     RunMemo,
     RunOwnershipLost,
     RunRecord,
@@ -88,7 +83,6 @@ from connect.store.base import (
     Store,
     Waiting,
 )
-from protocol.ids import new_ulid
 from protocol.payloads import Event, FunctionConfig, IncomingEvent, RefusedFunction, json_encoder
 
 log = logging.getLogger(__name__)
@@ -111,8 +105,6 @@ _NULL: Final = b"null"
 _INVOKE_TIMEOUT: Final = replies.error_memo(
     replies.error("InngestInvokeTimeoutError", "Timed out waiting for invoked function to complete")
 )
-
-_END_EVENTS: Final = frozenset({FUNCTION_FINISHED, FUNCTION_FAILED, FUNCTION_CANCELLED})
 
 # Timer keys: ("step", run id, step hash), ("finish", run id), ("cron", schedule key).
 TimerKey = tuple[str, ...]
@@ -353,19 +345,7 @@ class Executor:
         took about 0.25 ms to return, see bench/README.md).
         """
         now_ms = self._now_ms()
-        built: list[Event] = []
-        for incoming in events:
-            if not incoming.name:
-                raise ValueError("an event needs a non-empty name")
-            built.append(
-                Event(
-                    name=incoming.name,
-                    data=incoming.data or {},
-                    id=incoming.id or new_ulid(),
-                    ts=incoming.ts or now_ms,
-                    user=incoming.user or {},
-                )
-            )
+        built = received(events, now_ms)
         intake = self.prepare_events(built, now_ms)
         try:
             stored = await self._store.record_events(intake.batch)
@@ -381,15 +361,8 @@ class Executor:
         """Match events against triggers, waits and cancel conditions (see `Intake`)."""
         intake = Intake()
         for event in events:
-            body = json_encoder.encode(event)
-            targets = self._registry.match(event)
-            if event.name in _END_EVENTS:
-                # A function never triggers itself with the end of its own run,
-                # which would start runs forever.
-                source = event.data.get("function_id")
-                targets = [t for t in targets if t.function_id != source]
-            runs = [self._new_run(target, event.id, now_ms) for target in targets]
-            record = EventRecord(event.id, event.name, event.ts, now_ms, body)
+            runs = [new_run(target, event.id, now_ms) for target in targets(self._registry, event)]
+            record = event_record(event, now_ms)
             if self._shared:
                 self._feed.saw(event.id)  # matched here: its notification needs no look
             item = IntakeItem(NewEvent(record, runs, owner=self._ownership.executor_id), event)
@@ -403,7 +376,7 @@ class Executor:
                     continue
                 self._waits.remove(*watch.id)
                 self._claims.add(watch.id)
-                memo = body if watch.action == RESUME else _invoke_memo(event)
+                memo = record.body if watch.action == RESUME else _invoke_memo(event)
                 item.claimed.append((watch, memo))
                 item.new.memos.append(RunMemo(watch.run_id, StepMemo(watch.key, memo)))
             intake.items.append(item)
@@ -416,7 +389,7 @@ class Executor:
             if self._shared:
                 self._feed.saw(event.id)
             record = EventRecord(event.id, event.name, event.ts, now_ms, json_encoder.encode(event))
-            new = NewEvent(record, [self._new_run(target, event.id, now_ms)], owner=self._ownership.executor_id)
+            new = NewEvent(record, [new_run(target, event.id, now_ms)], owner=self._ownership.executor_id)
             intake.items.append(IntakeItem(new, event))
         return intake
 
@@ -445,17 +418,6 @@ class Executor:
             for watch, _ in item.claimed:
                 self._claims.discard(watch.id)
                 self._waits.add(watch)
-
-    def _new_run(self, target: Target, event_id: str, now_ms: int) -> RunRecord:
-        return RunRecord(
-            run_id=new_ulid(),
-            function_id=target.function_id,
-            app_name=target.app_name,
-            event_id=event_id,
-            started_at_ms=now_ms,
-            max_attempts=target.max_attempts,
-            requests=[PendingRequest(new_ulid())],
-        )
 
     # --- events and apps of other processes (`shared`) ------------------------------------
 
