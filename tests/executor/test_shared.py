@@ -4,8 +4,8 @@ connection) of its own, as separate processes have.
 
 Real pieces: a gateway on its own (`StandaloneGateway`) with its request pump,
 our worker connected to it over a real socket, two `shared` executors over
-`QueuedPort`s, and an "API" that records events and runs as the API role does
-(runs owned by nobody, then `RUNS_RELEASED`). The executors start before any
+`QueuedPort`s, and the API role's event sink (`StoredRuns`: runs owned by
+nobody, then `RUNS_RELEASED`). The executors start before any
 worker has registered the app, so every test also shows the registry being
 followed. The test reads which executor owns a run straight from the database.
 """
@@ -23,17 +23,15 @@ import asyncpg
 import pytest
 
 from connect import Cancel, Client, Context, Step, TriggerCron, TriggerEvent
+from connect.api.stored_runs import StoredRuns
 from connect.dispatch.queued import QueuedPort
 from connect.executor import Executor
 from connect.executor.system_events import derived_id_at
-from connect.executor.triggers import TriggerIndex
 from connect.gateway.pump import RequestPump
 from connect.roles import StandaloneGateway
 from connect.store import PostgresStore, Store
-from connect.store.base import RUNS_RELEASED, EventRecord, NewEvent, PendingRequest, RunRecord
 from connect.worker.connection import WorkerConnection, connect
-from protocol.ids import new_ulid
-from protocol.payloads import Event, IncomingEvent, json_encoder
+from protocol.payloads import IncomingEvent
 from tests.gateway.stack import start_gateway
 from tests.postgres import PostgresServer
 
@@ -73,6 +71,7 @@ class Shared:
     dsn: str
     gateway: StandaloneGateway
     api_store: Store
+    api: StoredRuns
     executors: list[Executor] = field(default_factory=list)
     stores: list[Store] = field(default_factory=list)
     workers: list[WorkerConnection] = field(default_factory=list)
@@ -93,36 +92,13 @@ class Shared:
         self.workers.append(worker)
 
     async def api_send(self, name: str, data: dict[str, Any]) -> str:
-        """Record an event as the API role does: the runs it starts are owned by
-        nobody until an executor claims them."""
         [event_id] = await self.api_send_many([(name, data)])
         return event_id
 
     async def api_send_many(self, events: list[tuple[str, dict[str, Any]]]) -> list[str]:
-        index = TriggerIndex(4)
-        for app in await self.api_store.list_apps():
-            index.set_app(app.app_name, app.functions)
-        now_ms = int(time.time() * 1000)
-        batch = []
-        for name, data in events:
-            event = Event(name=name, data=data, id=new_ulid(), ts=now_ms)
-            runs = [
-                RunRecord(
-                    run_id=new_ulid(),
-                    function_id=t.function_id,
-                    app_name=t.app_name,
-                    event_id=event.id,
-                    started_at_ms=now_ms,
-                    max_attempts=t.max_attempts,
-                    requests=[PendingRequest(new_ulid())],
-                )
-                for t in index.match(event)
-            ]
-            record = EventRecord(event.id, event.name, event.ts, now_ms, json_encoder.encode(event))
-            batch.append(NewEvent(record, runs, owner=None))
-        await self.api_store.record_events(batch)
-        await self.api_store.notify(RUNS_RELEASED, "")
-        return [new.event.id for new in batch]
+        """Events in through the API role's sink: the runs they start are owned
+        by nobody until an executor claims them."""
+        return await self.api.send_events([IncomingEvent(name=name, data=data) for name, data in events])
 
     async def only_run(self, event_id: str) -> dict[str, Any]:
         async with asyncio.timeout(DEADLINE):
@@ -172,7 +148,9 @@ async def shared(postgres_server: PostgresServer, tmp_path: Path) -> AsyncIterat
     pump = RequestPump(gateway.store, gateway.dispatcher, "gw-1")
     pumping = asyncio.create_task(pump.run())
     api_store = await PostgresStore.open(dsn)
-    platform = Shared(dsn, gateway, api_store)
+    api = StoredRuns(api_store)
+    await api.start()
+    platform = Shared(dsn, gateway, api_store, api)
     try:
         await platform.add_executor("exec-a")
         await platform.add_executor("exec-b")
@@ -184,6 +162,7 @@ async def shared(postgres_server: PostgresServer, tmp_path: Path) -> AsyncIterat
             await executor.stop()
         for store in platform.stores:
             await store.close()
+        await api.stop()
         await api_store.close()
         pumping.cancel()
         await asyncio.gather(pumping, return_exceptions=True)
@@ -210,6 +189,14 @@ async def test_new_runs_spread_over_the_executors(shared: Shared) -> None:
     assert sum(owners.values()) == 40
     assert set(owners) == {"exec-a", "exec-b"}, owners  # both took a share, nobody else
     assert len(CALLS) == 40  # each step body ran once
+    # An executor started now takes a share of the fresh work.
+    await shared.add_executor("exec-c")
+    later = await shared.api_send_many([("shared/plain", {"n": i}) for i in range(60)])
+    for event_id in later:
+        assert (await shared.ended(event_id))["status"] == "Completed"
+    owners = await shared.owners(later)
+    assert sum(owners.values()) == 60 and owners.get("exec-c", 0) > 0, owners
+    assert len(CALLS) == 100
 
 
 async def test_a_wait_resumes_on_an_event_recorded_elsewhere(shared: Shared) -> None:
@@ -255,10 +242,10 @@ async def test_an_api_cancel_reaches_the_owner(shared: Shared) -> None:
     async with asyncio.timeout(DEADLINE):
         while (await shared.owners([event_id])).keys() - {None} == set():
             await asyncio.sleep(0.02)
-    # As the API role does: flag it in the store; the store tells the owner.
-    assert await shared.api_store.request_cancel(run["run_id"])
-    run = await shared.ended(event_id)
-    assert run["status"] == "Cancelled"  # long before the 60 s sleep ends
+    # The API flags it in the store; the store tells the owner, which ends it
+    # long before its 60 s sleep would.
+    cancelled = await shared.api.cancel_run(run["run_id"])
+    assert cancelled is not None and cancelled["status"] == "Cancelled"
 
 
 cron_client = Client(app_id="ticks")
@@ -277,7 +264,7 @@ async def test_two_executors_make_one_run_per_cron_tick(postgres_server: Postgre
     pump = RequestPump(gateway.store, gateway.dispatcher, "gw-1")
     pumping = asyncio.create_task(pump.run())
     api_store = await PostgresStore.open(dsn)
-    platform = Shared(dsn, gateway, api_store)
+    platform = Shared(dsn, gateway, api_store, StoredRuns(api_store))
     # Both executors' clocks read two seconds before the next minute, so a tick
     # comes soon; both arm it.
     now = time.time()
