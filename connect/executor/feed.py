@@ -62,11 +62,11 @@ class EventFeed:
 
     def unseen(self, event_ids: Iterable[str]) -> list[str]:
         """The ids in `event_ids` not matched here yet, without duplicates."""
-        out: list[str] = []
+        out: dict[str, None] = {}
         for event_id in event_ids:
-            if event_id and event_id not in self._seen and event_id not in out:
-                out.append(event_id)
-        return out
+            if event_id and event_id not in self._seen:
+                out[event_id] = None
+        return list(out)
 
     def want_from(self, since_ms: int) -> None:
         """A watch filed now takes events from `since_ms` (a run read back from
