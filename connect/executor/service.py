@@ -275,8 +275,12 @@ class Executor:
             except Exception:
                 log.warning("could not renew this executor's hold on its runs; retrying", exc_info=True)
                 continue
+            if claims and self._shared:
+                # New runs recorded by API processes come this way too: one line per sweep.
+                log.info("claimed %d run(s) nobody drove (new, or let go by another executor)", len(claims))
             for claim in claims:
-                log.info("run %s: claimed from an executor that let it go", claim.run_id)
+                if not self._shared:
+                    log.info("run %s: claimed from an executor that let it go", claim.run_id)
                 self._spawn(claim.run_id)
 
     @property
