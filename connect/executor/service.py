@@ -426,6 +426,8 @@ class Executor:
     # --- events and apps of other processes (`shared`) ------------------------------------
 
     def _events_recorded(self, payload: str) -> None:
+        if not self._started:
+            return  # stopped: `start` re-files every wait and reads back what it needs
         if not payload:
             self._catch_up_soon()  # the listener reconnected: notifications may be lost
             return
