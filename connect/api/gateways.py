@@ -72,6 +72,7 @@ class GatewayDirectory:
         self._generation = 0
         self._snapshot: _Snapshot | None = None
         self._reading: asyncio.Task[_Snapshot] | None = None
+        self._reading_generation = 0
 
     async def start(self) -> None:
         """Subscribe to registry changes (the cache is then dropped at each one)."""
@@ -117,14 +118,15 @@ class GatewayDirectory:
             and self._clock() - snapshot.read_at < self._max_age
         ):
             return snapshot
-        # One read at a time: the requests that arrive meanwhile share it.
+        # One read at a time: the requests that arrive meanwhile share it,
+        # unless a change was announced after it began.
         reading = self._reading
-        if reading is None or reading.done():
-            self._reading = reading = asyncio.create_task(self._read(), name="api:read-gateways")
+        if reading is None or reading.done() or self._reading_generation != self._generation:
+            self._reading_generation = self._generation
+            self._reading = reading = asyncio.create_task(self._read(self._generation), name="api:read-gateways")
         return await asyncio.shield(reading)
 
-    async def _read(self) -> _Snapshot:
-        generation = self._generation
+    async def _read(self, generation: int) -> _Snapshot:
         now = self._clock()
         now_ms = int(now * 1000)
         gateways = await self._store.list_processes(ROLE_GATEWAY, now_ms)
@@ -138,5 +140,6 @@ class GatewayDirectory:
             per_gateway=Counter(c.gateway_id for c in connections),
             per_instance=Counter(c.instance_id for c in connections),
         )
-        self._snapshot = snapshot
+        if self._snapshot is None or self._snapshot.generation <= generation:
+            self._snapshot = snapshot  # a read begun earlier and ended later is not kept
         return snapshot

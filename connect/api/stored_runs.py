@@ -74,6 +74,7 @@ class StoredRuns:
         self._announced = 0
         self._applied = 0
         self._reading: asyncio.Task[None] | None = None
+        self._stopped = False
 
     async def start(self) -> None:
         await self._store.listen(APPS_CHANGED, self._apps_changed)
@@ -81,6 +82,7 @@ class StoredRuns:
         await self._read_apps()
 
     async def stop(self) -> None:
+        self._stopped = True
         if self._reading is not None:
             self._reading.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -88,6 +90,8 @@ class StoredRuns:
 
     def _apps_changed(self, _app_name: str) -> None:
         # "" (the notification connection came back) also reads everything again.
+        if self._stopped:
+            return  # the store outlives this object and keeps calling
         self._announced += 1
         if self._reading is None or self._reading.done():
             self._reading = asyncio.create_task(self._read_apps(), name="api:read-apps")

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Callable, Generator
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn
 
 import uvicorn
 from starlette.exceptions import HTTPException
@@ -176,6 +176,10 @@ class ApiRole:
                 await self._task
 
 
+#: Listening addresses that name no host another process could reach.
+_EVERY_INTERFACE: Final = frozenset({"", "0.0.0.0", "::"})
+
+
 class ApiProcess:
     """The API role of split roles: see the module doc. Built by `start_api_process`."""
 
@@ -195,6 +199,7 @@ class ApiProcess:
             gateways=self.gateways,
         )
         self._store = store
+        self._host = settings.host
         self._ttl = settings.process_ttl
         self._heartbeat: Registration | None = None
 
@@ -205,6 +210,17 @@ class ApiProcess:
     @property
     def url(self) -> str:
         return self.role.url
+
+    @property
+    def address(self) -> str:
+        """The URL the registry shows: `url`, with the host name for an address
+        listening on every interface (0.0.0.0 names no host to reach)."""
+        host = self._host
+        if host in _EVERY_INTERFACE:
+            host = socket.gethostname()
+        elif ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
 
     async def start(self) -> None:
         """Read the apps, listen for changes, serve, then register: `/ready`
@@ -217,7 +233,7 @@ class ApiProcess:
             await self.runs.stop()
             await self.gateways.stop()
             raise
-        self._heartbeat = Registration(self._store, self.process_id, ROLE_API, address=self.url, ttl=self._ttl)
+        self._heartbeat = Registration(self._store, self.process_id, ROLE_API, address=self.address, ttl=self._ttl)
         try:
             await self._heartbeat.start()
         except BaseException:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -471,3 +472,12 @@ async def test_two_api_processes_serve_the_same_runs(platform: Platform) -> None
         await other.stop()
         if other_store is not platform.stores[0]:
             await other_store.close()
+
+
+async def test_an_api_on_every_interface_registers_its_host_name(tmp_path: Path) -> None:
+    store = await SqliteStore.open(tmp_path / "alone.db")
+    try:
+        assert ApiProcess(api_settings(host="0.0.0.0"), store).address == f"http://{socket.gethostname()}:0"
+        assert ApiProcess(api_settings(host="::1"), store).address == "http://[::1]:0"
+    finally:
+        await store.close()
