@@ -14,7 +14,12 @@ It takes no more than `max_in_flight` requests at once, and none for a
 function whose workers here are all busy: taking is woken by a request
 queued (`REQUEST_QUEUED`), by capacity appearing (a worker ready, a slot
 released), and by a slow sweep every `SWEEP_INTERVAL` seconds for
-notifications lost.
+notifications lost (which also forgets the instances the store found full,
+see `connect.gateway.dispatcher`).
+
+A draining gateway `stop_taking`: it takes nothing more and hands back
+(`RETURNED`) what it took and has not sent to a worker yet; `finish` waits
+for the rest to be answered (on any gateway, or through `/flush`).
 """
 
 from __future__ import annotations
@@ -67,6 +72,9 @@ class RequestPump:
         self._forwarding: dict[str, asyncio.Task[None]] = {}
         #: Functions no worker here could take a request of, until capacity may be back.
         self._blocked: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._taking = True
+        self._idle = asyncio.Event()
+        self._idle.set()
         dispatcher.add_capacity_listener(self.poke)
 
     @property
@@ -80,11 +88,15 @@ class RequestPump:
     async def run(self) -> None:
         await self._store.listen(REQUEST_QUEUED, lambda _slug: self._wake.set())
         renew_at = self._clock() + self._hold / 3
+        sweep_at = self._clock() + self._sweep_interval
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._sweep_interval)
                 self._wake.clear()
+                if self._clock() >= sweep_at:  # also when busy: no notification says "full elsewhere" ended
+                    sweep_at = self._clock() + self._sweep_interval
+                    self._dispatcher.recheck_capacity()
                 try:
                     if self._clock() >= renew_at and self._forwarding:
                         await self._store.hold_requests(self.gateway_id, list(self._forwarding), self._until())
@@ -98,7 +110,29 @@ class RequestPump:
     def _until(self) -> int:
         return int((self._clock() + self._hold) * 1000)
 
+    def stop_taking(self) -> int:
+        """Take no more requests, and hand back those taken and not sent to a
+        worker yet (their forwards are cancelled; each settles `RETURNED`).
+        Returns how many were handed back."""
+        self._taking = False
+        for task in self._blocked.values():
+            task.cancel()
+        unsent = [task for rid, task in self._forwarding.items() if self._dispatcher.leases.get(rid) is None]
+        for task in unsent:
+            task.cancel()
+        return len(unsent)
+
+    async def finish(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the requests being forwarded to end; True if they all did."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
     async def _take(self) -> None:
+        if not self._taking:
+            return
         room = self._max_in_flight - len(self._forwarding)
         served = [key for key in self._dispatcher.router.with_room() if key not in self._blocked]
         if room <= 0 or not served:
@@ -110,6 +144,7 @@ class RequestPump:
         for request in taken:
             task = asyncio.create_task(self._forward(request), name=f"forward:{request.request_id}")
             self._forwarding[request.request_id] = task
+            self._idle.clear()
         if len(taken) == room:
             self._wake.set()  # maybe more waiting: look again once these are under way
 
@@ -128,13 +163,15 @@ class RequestPump:
             log.exception("request %s: forwarding failed; returning it to the queue", rid)
         finally:
             del self._forwarding[rid]
+            if not self._forwarding:
+                self._idle.set()
             self._wake.set()  # a slot is free here
             with contextlib.suppress(Exception):
                 # Shielded: a stopping gateway still hands what it held back.
                 await asyncio.shield(self._store.settle_request(rid, self.gateway_id, outcome))
 
     def _block(self, key: tuple[str, str]) -> None:
-        if key in self._blocked:
+        if key in self._blocked or not self._taking:
             return
 
         async def until_capacity() -> None:
