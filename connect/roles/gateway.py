@@ -182,6 +182,7 @@ class GatewayProcess:
     pump: RequestPump
     registry: GatewayRegistry
     _pumping: asyncio.Task[None] = field(repr=False)
+    _closed: bool = field(default=False, repr=False)
 
     @property
     def process_id(self) -> str:
@@ -224,7 +225,10 @@ class GatewayProcess:
 
     async def close(self) -> None:
         """Stop the pump (what it still holds goes back to the queue), drop
-        the registry rows, close the server."""
+        the registry rows, close the server. Closing again does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         self._pumping.cancel()
         await asyncio.gather(self._pumping, return_exceptions=True)
         await self.registry.close()
