@@ -166,6 +166,11 @@ async def test_a_drain_hands_back_what_was_not_forwarded_and_its_forwards_end_th
         # extensions, which go through B once the worker moved there.
         first = await queue(pair.store, "split-held", "first", hold=True)
         await eventually(lambda: _ran("first"), "A forwards the held step")
+
+        async def leased() -> bool:  # written beside the forward, not before it
+            return await pair.store.get_lease(first) is not None
+
+        await eventually(leased, "A stores the lease")
         lease = await pair.store.get_lease(first)
         assert lease is not None
         first_term_ms = lease.expires_at_ms
