@@ -117,8 +117,8 @@ class RequestPump:
         worker yet (their forwards are cancelled; each settles `RETURNED`).
         Returns how many were handed back."""
         self._taking = False
-        for task in self._blocked.values():
-            task.cancel()
+        for waiting in self._blocked.values():
+            waiting.cancel()
         unsent = [task for rid, task in self._forwarding.items() if self._dispatcher.leases.get(rid) is None]
         for task in unsent:
             task.cancel()
