@@ -228,7 +228,7 @@ class RoleProcess:
             "--owner-lease", str(OWNER_LEASE),
             "--process-ttl", str(PROCESS_TTL),
             "--drain-timeout", str(DRAIN_TIMEOUT),
-            *LEASE_FLAGS,
+            *c.lease_flags,
         ]  # fmt: skip
 
     def start(self) -> RoleProcess:
@@ -287,11 +287,19 @@ class Cluster:
 
     `host` is the address every platform process listens on and advertises
     (127.0.0.1, or the host's end of a veth pair when workers live behind a NAT).
-    `worker_prefix` runs worker processes through a command (e.g. `ip netns exec NS`).
+    `lease_flags` set the step request leases of the gateways (default `LEASE_FLAGS`).
     """
 
-    def __init__(self, directory: Path, database_url: str, *, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        directory: Path,
+        database_url: str,
+        *,
+        host: str = "127.0.0.1",
+        lease_flags: Sequence[str] = LEASE_FLAGS,
+    ) -> None:
         self.dir = directory
+        self.lease_flags = list(lease_flags)
         self.database_url = database_url
         self.host = host
         self.steps_dir = directory / "steps"

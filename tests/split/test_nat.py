@@ -24,6 +24,9 @@ NAT_WORKERS = [f"n{i}" for i in range(1, 5)]
 OFFICIAL = "official-worker"
 #: How long the fleet's link stays down, in seconds (the issue's figure).
 CUT_SECONDS = 30.0
+#: Step request leases that outlast the cut, as the default (120 s) does: a step that
+#: ends while its worker is cut off keeps its lease until the reply gets through.
+NAT_LEASES = ("--lease-duration", "60", "--extend-lease-interval", "5")
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +46,12 @@ def fleet() -> Iterator[nat.Nat]:
 def cluster(
     fleet: nat.Nat, postgres_server: PostgresServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Cluster]:
-    c = Cluster(tmp_path_factory.mktemp("split-nat"), postgres_server.create_database(), host=nat.HOST_ADDR)
+    c = Cluster(
+        tmp_path_factory.mktemp("split-nat"),
+        postgres_server.create_database(),
+        host=nat.HOST_ADDR,
+        lease_flags=NAT_LEASES,
+    )
     try:
         try:
             c.start_platform(gateways=2, executors=2)

@@ -112,7 +112,8 @@ def test_1000_runs_of_five_steps_complete_and_no_step_runs_twice(cluster: Cluste
 
 def test_instance_limit_holds_across_both_gateways(cluster: Cluster) -> None:
     """Two processes of one instance id with max_worker_concurrency=2, one on each
-    gateway (pinned with CONNECT_GATEWAY_URL): never more than 2 bodies at once."""
+    gateway (pinned with CONNECT_GATEWAY_URL): never more than 2 bodies at once,
+    counted across both processes."""
     a, b = cluster.gateways
     counter = cluster.dir / "limited.counter"
     names = {"limited-a": a, "limited-b": b}
@@ -136,8 +137,9 @@ def test_instance_limit_holds_across_both_gateways(cluster: Cluster) -> None:
         assert len(peaks) >= 40
         assert max(peaks) <= 2, f"up to {max(peaks)} bodies ran at once: {collections.Counter(peaks)}"
         assert max(peaks) == 2, "the load never reached the limit, so it proves nothing"
-        ran_on = {s.worker for s in cluster.steps.finished() if s.run_id in _run_ids(runs)}
-        assert ran_on == set(names), f"bodies ran only on {ran_on}: both gateways should have forwarded some"
+        # Which gateway forwards each request is the platform's choice (one may win every
+        # race for the freed slot); the instance stayed on both all along.
+        assert cluster.probe.gateways_of(["limited"])["limited"] == both
     finally:
         for name in names:
             cluster.stop_worker(name)
