@@ -26,6 +26,9 @@ Among other gateways (`shared_with`, the store they all use; see
 * a lease is re-read from the store before it is declared lapsed: the
   worker may extend it through another gateway (an extension rotates the
   lease id, so a stored id this gateway does not know means just that);
+* a wait cancelled (the gateway stops) leaves the stored lease alone: the
+  worker may still run the request, and the gateway that takes it next
+  waits for it rather than sending it again;
 * the lease of a request for an instance with `max_worker_concurrency` is
   stored before the request is sent, and only while the instance holds
   fewer unexpired leases than its limit in the store (`put_lease_within`);
@@ -487,6 +490,11 @@ class GatewayDispatcher(ReplyIntake, CheckpointIntake):
                     continue  # extended through another gateway: wait on
                 pending.flow.handle(LeaseLapsed())
                 raise WorkerStoppedResponding(f"the worker stopped responding to request {rid} (its lease lapsed)")
+        except asyncio.CancelledError:
+            # Among other gateways, a stopping one leaves the stored lease: the
+            # gateway that takes the request next waits for the worker on it.
+            stored = stored or self._shared is not None
+            raise
         finally:
             pending.awaiting = False
             self._finish(rid, stored=stored)

@@ -211,6 +211,35 @@ async def test_a_drain_hands_back_what_was_not_forwarded_and_its_forwards_end_th
         await w.close()
 
 
+async def test_a_gateway_stopped_past_its_drain_leaves_the_lease_and_the_next_waits_for_the_worker(
+    tmp_path: Path, dsn: str | None
+) -> None:
+    async with two_gateways(
+        tmp_path / "shared.db", dsn, lease_duration=2.0, extend_lease_interval=0.4, drain_timeout=0.5
+    ) as pair:
+        w = await worker(pair, "w1")
+        try:
+            rid = await queue(pair.store, "split-held", "outlived", hold=True)
+            await eventually(lambda: _ran("outlived"), "A forwards it")
+            await eventually(lambda: _acked(pair.a), "the worker acknowledges it")
+            pair.desk.send_to(pair.b)
+            await pair.a.drain()  # past its deadline: the step still runs
+            await pair.a.close()  # hands it back to the queue, for B
+
+            async def b_waits() -> bool:
+                return pair.b.pump.in_flight == 1 and pair.b.dispatcher.leases.get(rid) is not None
+
+            await eventually(b_waits, "B takes it and waits on the stored lease")
+            # ...without sending it to the worker again.
+            assert not any(rid in conn.session.unanswered_requests for conn in pair.b.server.connections)
+            RELEASE.set()
+            await eventually(lambda: answered(pair.store, [rid]), "the worker's reply answers it")
+            assert RAN["outlived"] == 1
+        finally:
+            RELEASE.set()
+            await w.close()
+
+
 async def test_a_reply_on_b_for_a_request_a_holds_answers_a_at_once(pair: Pair) -> None:
     w = await worker(pair, "w1")
     try:
