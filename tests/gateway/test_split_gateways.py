@@ -146,6 +146,17 @@ async def test_each_gateway_registers_itself_and_its_ready_connections(pair: Pai
         "ready",
     )
     assert row.expires_at_ms > now_ms()
+
+    async def renewed() -> bool:  # every third of the TTL, before either row lapses
+        rows = await pair.store.list_connections(now_ms())
+        expiries = {p.process_id: p.expires_at_ms for p in await pair.store.list_processes("gateway", now_ms())}
+        return (
+            bool(rows)
+            and rows[0].expires_at_ms > row.expires_at_ms
+            and all(expiries.get(p.process_id, 0) > p.expires_at_ms for p in processes)
+        )
+
+    await eventually(renewed, "both rows are renewed")
     await w.close()
 
     async def gone() -> bool:
