@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from connect import Client, Context, Step, TriggerEvent
@@ -163,9 +164,18 @@ async def test_each_gateway_registers_itself_and_its_ready_connections(pair: Pai
         return not await pair.store.list_connections(now_ms())
 
     await eventually(gone, "the connection is dropped")
-    await pair.b.drain()
-    states = {p.process_id: p.state for p in await pair.store.list_processes("gateway", now_ms())}
-    assert states == {"gw-a": "ready", "gw-b": "draining"}
+    # Asked over HTTP (open mode), with nobody to hand it to: the whole gateway drains in place.
+    async with httpx.AsyncClient() as http:
+        answer = await http.post(f"http://127.0.0.1:{pair.b.port}/v0/connect/drain")
+        assert answer.status_code == 200
+
+    async def b_draining() -> bool:
+        states = {p.process_id: p.state for p in await pair.store.list_processes("gateway", now_ms())}
+        return states == {"gw-a": "ready", "gw-b": "draining"}
+
+    await eventually(b_draining, "B is recorded draining")
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(f"http://127.0.0.1:{pair.b.port}/ready")).status_code == 503
     await pair.b.close()
     assert [p.process_id for p in await pair.store.list_processes("gateway", now_ms())] == ["gw-a"]
 
