@@ -216,6 +216,8 @@ async def test_a_drain_hands_back_what_was_not_forwarded_and_its_forwards_end_th
 
         await eventually(extended_through_b, "the worker extends the held lease through B past its first term")
         assert not draining.done() and RAN["first"] == 1  # A still waits for the held step: not lapsed
+        # B extended it from the stored lease: A holds it in the queue, so B never dispatched it.
+        assert pair.b.dispatcher.leases.get(first) is not None
 
         released = time.monotonic()
         RELEASE.set()
