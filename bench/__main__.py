@@ -40,6 +40,7 @@ SCENARIOS: list[tuple[str, float]] = [
     ("dispatch", 420),
     ("durable", 420),
     ("durable_pg", 420),
+    ("split_roles", 420),
     ("workers", 600),
     ("idle", 720),
 ]

@@ -203,6 +203,8 @@ def measure(
     baseline: Callable[[int], list[float]] | None = None,
     warmup: float | None = None,
     database: Database | None = None,
+    platform: Callable[[], tuple[dict[str, procs.Child], str]] | None = None,
+    worker_count: int = 1,
 ) -> dict[str, Any]:
     """`checkpoints=False` runs `connect dev --no-checkpoint-steps`: one step per
     request. `env` goes to `connect dev` and the worker. `baseline(n)`, when
@@ -211,19 +213,42 @@ def measure(
     blocks (see the module doc). `warmup`: seconds of load before the
     throughput window (default 3, 2 with `--quick`). `database`: run on that
     PostgreSQL database instead of a SQLite file, and add the server's CPU and
-    the database's statements and commits per step to the throughput figures."""
-    dev, url = start_dev(
-        children, opts, tag, checkpoints=checkpoints, env=env, database_url=None if database is None else database.dsn
-    )
-    listener = Listener()
-    try:
-        worker = start_worker(
-            children, worker_kind, url, f"{tag}-worker", env={**(env or {}), NOTIFY_ENV: listener.address}
+    the database's statements and commits per step to the throughput figures.
+    `platform()`, when given, starts the platform's processes instead of one
+    `connect dev` (they count as one in the `dev_` figures; each one's CPU per
+    step is added as `<name>_cpu_us_per_step`) and returns them by name with
+    the API's URL. `worker_count` workers serve the runs."""
+    dev: procs.Child | _Group
+    if platform is None:
+        dev, url = start_dev(
+            children,
+            opts,
+            tag,
+            checkpoints=checkpoints,
+            env=env,
+            database_url=None if database is None else database.dsn,
         )
+        roles = {"dev": dev}
+    else:
+        roles, url = platform()
+        dev = _Group(roles)
+    listener = Listener()
+    workers: list[procs.Child] = []
+    try:
+        for i in range(worker_count):
+            name = f"{tag}-worker" if worker_count == 1 else f"{tag}-worker{i}"
+            workers.append(
+                start_worker(children, worker_kind, url, name, env={**(env or {}), NOTIFY_ENV: listener.address})
+            )
     except Exception:  # e.g. no Node for the TypeScript worker: the next case gets a quiet machine
         listener.close()
+        for started in workers:
+            started.stop()
         dev.stop()
         raise
+    worker: procs.Child | _Group = (
+        workers[0] if worker_count == 1 else _Group({f"worker{i}": w for i, w in enumerate(workers)})
+    )
     out: dict[str, Any] = {"worker": worker_kind}
     http = httpx.Client(base_url=url, timeout=30)
     poster = _EventPoster(url)
@@ -301,6 +326,7 @@ def measure(
         if seconds:
             counters0 = database.counters() if database is not None else None
             pg0 = database.cluster.cpu_seconds() if database is not None else 0.0
+            role_cpu0 = {name: child.cpu_seconds() for name, child in roles.items()}
             c0 = (time.monotonic(), dev.cpu_seconds(), worker.cpu_seconds())
             loop = closed_loop(
                 submit,
@@ -312,6 +338,11 @@ def measure(
             )
             c1 = (time.monotonic(), dev.cpu_seconds(), worker.cpu_seconds())
             wall = c1[0] - c0[0]
+            if platform is not None:
+                for name, child in roles.items():
+                    out[f"{name}_cpu_us_per_step"] = (
+                        (child.cpu_seconds() - role_cpu0[name]) / max(1, len(loop.done) * STEPS) * 1e6
+                    )
             if database is not None and counters0 is not None:
                 pg_cpu = database.cluster.cpu_seconds() - pg0
                 time.sleep(STATS_SETTLE)
@@ -347,7 +378,7 @@ def measure(
             )
 
         # --- profile window
-        if profile_seconds:
+        if profile_seconds and platform is None:
             spies = [
                 profiles.start(dev.pid, profile_seconds, opts.workdir / f"{tag}-dev.prof"),
                 profiles.start(worker.pid, profile_seconds, opts.workdir / f"{tag}-worker.prof"),
@@ -367,6 +398,30 @@ def measure(
         worker.stop()
         dev.stop()
     return out
+
+
+class _Group:
+    """Several processes measured as one (the platform's roles, or the workers)."""
+
+    def __init__(self, members: dict[str, procs.Child]) -> None:
+        self.members = members
+
+    @property
+    def pid(self) -> int:
+        return next(iter(self.members.values())).pid
+
+    def alive(self) -> bool:
+        return all(child.alive() for child in self.members.values())
+
+    def cpu_seconds(self) -> float:
+        return sum(child.cpu_seconds() for child in self.members.values())
+
+    def tail(self) -> str:
+        return "\n".join(f"--- {name}:\n{child.tail(1500)}" for name, child in self.members.items())
+
+    def stop(self) -> None:
+        for child in self.members.values():
+            child.stop()
 
 
 def run(opts: scenario.Options, children: procs.Children) -> dict[str, Any]:

@@ -209,6 +209,24 @@ def rows(results: Results) -> list[Row]:
     add(pg, "commits per step", g("durable_pg", "commits_per_step"), "", g("durable_pg", "dbos_commits_per_step"),
         "DBOS's")  # fmt: skip
 
+    # --- 2-split. 1 API + 2 gateways + 2 executors, beside every role in one process, on one PostgreSQL
+    split = "2-split split roles, PostgreSQL"
+    single = "every role in one process, one step per request"
+    add(split, "5-step run p50", g("split_roles", "run_p50_ms"), "ms", g("split_roles", "single_run_p50_ms"), single)
+    add(split, "5-step run p99", g("split_roles", "run_p99_ms"), "ms", g("split_roles", "single_run_p99_ms"), single)
+    add(split, "steps/s, 300 in flight", g("split_roles", "steps_per_s"), "/s", g("split_roles", "single_steps_per_s"),
+        single)  # fmt: skip
+    add(split, "run p50, 300 in flight", g("split_roles", "loaded_run_p50_ms"), "ms",
+        g("split_roles", "single_loaded_run_p50_ms"), single)  # fmt: skip
+    add(split, "platform CPU per step (all roles)", g("split_roles", "dev_cpu_us_per_step"), "us",
+        g("split_roles", "single_dev_cpu_us_per_step"), single)  # fmt: skip
+    for role in ("api", "gateway1", "gateway2", "executor1", "executor2"):
+        add(split, f"{role} CPU per step", g("split_roles", f"{role}_cpu_us_per_step"), "us")
+    add(split, "PostgreSQL CPU per step", g("split_roles", "pg_cpu_us_per_step"), "us",
+        g("split_roles", "single_pg_cpu_us_per_step"), single)  # fmt: skip
+    add(split, "statements per step", g("split_roles", "statements_per_step"), "",
+        g("split_roles", "single_statements_per_step"), single)  # fmt: skip
+
     # --- 3. workers
     three = "3 workers"
     for case, label in (("durable", "durable"), ("gateway", "gateway-only")):

@@ -111,6 +111,7 @@ def _platform_settings(args: argparse.Namespace) -> Any:
     )
     if pool_size is not None:
         settings.database_pool_size = pool_size
+    _split_settings(args, settings)
     for name in (
         "lease_duration",
         "extend_lease_interval",
@@ -133,6 +134,46 @@ def _platform_settings(args: argparse.Namespace) -> Any:
                 raise SystemExit(f"--{name.replace('_', '-')} must be positive")
             setattr(settings, name, value)
     return settings
+
+
+def _split_settings(args: argparse.Namespace, settings: Any) -> None:
+    """`--role`, `--gateway-url`, `--process-id` and `--process-ttl`, else
+    their environment variables. Roles other than all of them share their work
+    through PostgreSQL: without `--database-url` that is a usage error."""
+    from connect.roles.settings import parse_roles
+
+    role_values = args.role or [os.environ.get("CONNECT_ROLES", "") or "all"]
+    source = "--role" if args.role else "CONNECT_ROLES"
+    try:
+        settings.roles = parse_roles(role_values)
+    except ValueError as exc:
+        _usage_error(args, f"{source}: {exc}")
+    if settings.split and settings.database_url is None:
+        roles = ",".join(sorted(settings.roles))
+        _usage_error(
+            args,
+            f"{source} {roles}: roles in separate processes share PostgreSQL; give --database-url "
+            "(or CONNECT_DATABASE_URL), or run every role in one process with --role all",
+        )
+    url = args.gateway_url or os.environ.get("CONNECT_GATEWAY_URL") or None
+    if url is not None:
+        if not url.startswith(("ws://", "wss://")):
+            _usage_error(args, f"--gateway-url must be a ws:// or wss:// URL, not {url!r}")
+        settings.gateway_url = url
+    settings.process_id = args.process_id or os.environ.get("CONNECT_PROCESS_ID") or None
+    if settings.executor_id is None and settings.process_id is not None:
+        settings.executor_id = settings.process_id
+    ttl = args.process_ttl
+    if ttl is None and os.environ.get("CONNECT_PROCESS_TTL"):
+        ttl = os.environ["CONNECT_PROCESS_TTL"]
+    if ttl is not None:
+        try:
+            value = float(ttl)
+        except ValueError:
+            _usage_error(args, f"--process-ttl must be a number of seconds, not {ttl!r}")
+        if not 1.0 <= value <= 3600.0:
+            _usage_error(args, f"--process-ttl must be between 1 and 3600 seconds, not {ttl}")
+        settings.process_ttl = value
 
 
 def _poll_window(args: argparse.Namespace, default: float | None = None) -> float:
@@ -176,11 +217,12 @@ def _add_poll_window_arg(parser: argparse.ArgumentParser, default_ms: str) -> No
 
 
 def _serve_platform(args: argparse.Namespace, settings: Any) -> int:
-    from connect.roles import DevServer
+    from connect.roles import DevServer, RolesServer
     from connect.store.open import StoreOpenError
 
+    server = RolesServer(settings) if settings.split else DevServer(settings)
     try:
-        return run(DevServer(settings).run())
+        return run(server.run())
     except StoreOpenError as exc:
         print(f"connect {args.command}: {exc}", file=sys.stderr)
         return 1
@@ -277,7 +319,8 @@ def _add_platform_args(parser: argparse.ArgumentParser, default_db: str) -> None
     parser.add_argument(
         "--executor-id",
         default=os.environ.get("CONNECT_EXECUTOR_ID"),
-        help="owner name of the runs this process drives, one per executor (CONNECT_EXECUTOR_ID; default: host name)",
+        help="owner name of the runs this process drives, one per executor "
+        "(CONNECT_EXECUTOR_ID; default: --process-id if given, else the host name)",
     )
     parser.add_argument(
         "--owner-lease",
@@ -290,6 +333,32 @@ def _add_platform_args(parser: argparse.ArgumentParser, default_db: str) -> None
         default=None,
         help="how long ended runs are kept with their steps and events before they are deleted: "
         "a duration such as 7d, 12h or 30m (at least 1m), or 'forever' (default 7d; or CONNECT_HISTORY_RETENTION)",
+    )
+    parser.add_argument(
+        "--role",
+        action="append",
+        default=None,
+        help="what this process runs: api, gateway, executor or all (repeat, or comma-separate, for several; "
+        "default all, or CONNECT_ROLES=api,gateway). Any set but all shares its work with other processes "
+        "through PostgreSQL (--database-url)",
+    )
+    parser.add_argument(
+        "--gateway-url",
+        default=None,
+        help="the ws:// URL workers dial to reach this gateway, handed out by /v0/connect/start "
+        "(default ws://HOST:GATEWAY-PORT/v0/connect; or CONNECT_GATEWAY_URL)",
+    )
+    parser.add_argument(
+        "--process-id",
+        default=None,
+        help="this process's name in the process registry, unique among live processes "
+        "(default HOSTNAME-PID; or CONNECT_PROCESS_ID); also the default --executor-id",
+    )
+    parser.add_argument(
+        "--process-ttl",
+        default=None,
+        help="seconds this process (and a gateway's worker connections) stays in the registry without a "
+        "heartbeat; heartbeats come every third of it (default 15, 1 to 3600; or CONNECT_PROCESS_TTL)",
     )
     _add_poll_window_arg(parser, "1")
 

@@ -222,3 +222,70 @@ def test_the_database_url_from_the_environment_selects_postgresql(
     finally:
         proc.terminate()
         assert proc.wait(60) == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "roles", "process_id", "executor_id", "ttl", "gateway_url"),
+    [
+        (["dev"], {}, {"api", "gateway", "executor"}, None, None, 15.0, None),
+        (["dev", "--role", "all"], {}, {"api", "gateway", "executor"}, None, None, 15.0, None),
+        (
+            ["dev", "--role", "gateway", "--role", "api", "--database-url", "postgresql://db/x", "--process-id", "gw-1",
+             "--process-ttl", "6", "--gateway-url", "wss://gw-1.example.com/v0/connect"],
+            {},
+            {"api", "gateway"}, "gw-1", "gw-1", 6.0, "wss://gw-1.example.com/v0/connect",
+        ),
+        (
+            ["dev", "--database-url", "postgresql://db/x", "--executor-id", "ex-1"],
+            {"CONNECT_ROLES": "executor", "CONNECT_PROCESS_ID": "p-9", "CONNECT_PROCESS_TTL": "30",
+             "CONNECT_GATEWAY_URL": "ws://10.0.0.7:8289/v0/connect"},
+            {"executor"}, "p-9", "ex-1", 30.0, "ws://10.0.0.7:8289/v0/connect",
+        ),
+        (["dev", "--role", "api,executor", "--database-url", "postgresql://db/x"], {}, {"api", "executor"}, None, None,
+         15.0, None),
+    ],
+    ids=["default", "all", "flags", "environment", "comma-separated"],
+)  # fmt: skip
+def test_roles_and_the_process_registry_settings_from_flags_or_environment(
+    args: list[str],
+    env: dict[str, str],
+    roles: set[str],
+    process_id: str | None,
+    executor_id: str | None,
+    ttl: float,
+    gateway_url: str | None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("ROLES", "PROCESS_ID", "PROCESS_TTL", "GATEWAY_URL", "EXECUTOR_ID", "DATABASE_URL"):
+        monkeypatch.delenv(f"CONNECT_{name}", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = cli._platform_settings(cli.build_parser().parse_args(args))
+    assert settings.roles == frozenset(roles)
+    assert settings.split == (roles != {"api", "gateway", "executor"})
+    assert (settings.process_id, settings.executor_id) == (process_id, executor_id)
+    assert (settings.process_ttl, settings.gateway_url) == (ttl, gateway_url)
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--role", "gateway"], {}, "--role gateway: roles in separate processes share PostgreSQL; give"),
+        ([], {"CONNECT_ROLES": "api,executor"}, "CONNECT_ROLES api,executor: roles in separate processes share"),
+        (["--role", "scheduler"], {}, "--role: unknown role 'scheduler': choose from api, gateway, executor, all"),
+        (["--role", ","], {}, "--role: no role given"),
+        (["--gateway-url", "http://gw/v0/connect"], {}, "--gateway-url must be a ws:// or wss:// URL"),
+        (["--process-ttl", "0.5"], {}, "--process-ttl must be between 1 and 3600 seconds, not 0.5"),
+        (["--process-ttl", "soon"], {}, "--process-ttl must be a number of seconds, not 'soon'"),
+    ],
+    ids=["gateway-on-sqlite", "env-roles-on-sqlite", "unknown-role", "empty-role", "http-gateway-url", "ttl-too-short",
+         "ttl-not-a-number"],
+)  # fmt: skip
+def test_bad_role_settings_stop_the_command_with_status_2_and_the_reason(
+    args: list[str], env: dict[str, str], message: str, tmp_path: Path
+) -> None:
+    out = _platform(["dev", *args], env, tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr
+    assert list(tmp_path.iterdir()) == []  # refused before anything started

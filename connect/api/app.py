@@ -7,8 +7,8 @@ sends can disturb other requests.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Collection
+from typing import Any, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 import msgspec
@@ -45,6 +45,33 @@ class ReplySink(checkpoints.CheckpointSink, Protocol):
     async def accept_reply(self, raw: bytes, request_id: str) -> None: ...
 
 
+class GatewayAssignment(NamedTuple):
+    """Where `/v0/connect/start` sends a worker: the ws:// URL it dials, and the
+    gateway's group (the name the worker lists in `exclude_gateways` to leave it)."""
+
+    endpoint: str
+    group: str
+
+
+class GatewayRefused(Exception):
+    """No gateway for this worker now: answered with `status` and `message`."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class Gateways(Protocol):
+    """The gateways of other processes, for `/v0/connect/start` (see `connect.api.gateways`)."""
+
+    async def assign(self, instance_id: str | None, exclude: Collection[str]) -> GatewayAssignment:
+        """A gateway for a new connection of `instance_id`, avoiding `exclude`
+        if possible; raises `GatewayRefused` when there is none or the instance
+        is at its limit."""
+        ...
+
+
 class ApiConfig(msgspec.Struct):
     gateway_port: int
     gateway_host: str = "127.0.0.1"
@@ -66,9 +93,15 @@ def create_api(
     is_ready: Callable[[], bool] = lambda: True,
     keys: Keys | None = None,
     admit_connection: Callable[[str | None], str | None] = lambda _instance: None,
+    gateways: Gateways | None = None,
 ) -> Starlette:
     """`admit_connection(instance_id or None)` returns why a new worker
-    connection is refused (answered 429), or None to admit it."""
+    connection is refused (answered 429), or None to admit it.
+
+    `gateways`: where `/v0/connect/start` sends workers when the gateways run
+    in other processes (it then admits connections too, and `admit_connection`
+    and `config.gateway_port` are not used); None: to the gateway at
+    `config.gateway_port` in this process."""
     keys = keys or Keys()
 
     def unauthorized(request: Request) -> Response | None:
@@ -104,9 +137,11 @@ def create_api(
     async def connect_start(request: Request) -> Response:
         if (denied := unauthorized(request)) is not None:
             return denied
-        refusal = admit_connection(request.headers.get("x-connect-instance-id"))
-        if refusal is not None:
-            return _error(429, refusal)
+        instance_id = request.headers.get("x-connect-instance-id")
+        if gateways is None:
+            refusal = admit_connection(instance_id)
+            if refusal is not None:
+                return _error(429, refusal)
         try:
             body = await read_body(request, MAX_START_BYTES, "start request")
         except BodyRefused as exc:
@@ -116,14 +151,22 @@ def create_api(
             start.ParseFromString(body)
         except DecodeError:
             return _error(400, "body is not a StartRequest")
-        host = config.gateway_host
-        if request.headers.get("host"):
-            # Workers reach the gateway by the same name they used for the API.
-            host = urlsplit(f"//{request.headers['host']}").hostname or host
+        if gateways is not None:
+            try:
+                endpoint, group = await gateways.assign(instance_id, frozenset(start.exclude_gateways))
+            except GatewayRefused as exc:
+                return _error(exc.status, exc.message)
+        else:
+            host = config.gateway_host
+            if request.headers.get("host"):
+                # Workers reach the gateway by the same name they used for the API.
+                host = urlsplit(f"//{request.headers['host']}").hostname or host
+            endpoint = f"ws://{_host(host)}:{config.gateway_port}{limits.CONNECT_PATH}"
+            group = config.gateway_group
         resp = pb.StartResponse(
             connection_id=ids.new_ulid(),
-            gateway_endpoint=f"ws://{_host(host)}:{config.gateway_port}{limits.CONNECT_PATH}",
-            gateway_group=config.gateway_group,
+            gateway_endpoint=endpoint,
+            gateway_group=group,
             session_token=tokens.issue(),
             sync_token=_bearer(request),
         )

@@ -12,7 +12,10 @@ is noticed at its next write, which the store refuses (`RunOwnershipLost`).
 
 Claims come in batches of `CLAIM_BATCH`, so one executor that starts next to
 thousands of orphaned runs takes them a batch at a time and another starting
-at the same moment gets its share.
+at the same moment gets its share. Executors that share the store with API
+processes claim in batches of `SHARED_CLAIM_BATCH`: every executor is woken
+by the same `RUNS_RELEASED` notification when new runs arrive, and small
+batches (skipping rows another claim holds) spread those runs over them.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from connect.store.base import NEW_RUN_FENCE, Claim, Store
 DEFAULT_OWNER_LEASE: Final = 30.0
 #: Runs taken in one claim.
 CLAIM_BATCH: Final = 500
+#: Runs taken in one claim when other executors claim the same new runs.
+SHARED_CLAIM_BATCH: Final = 8
 
 
 def default_executor_id() -> str:
@@ -39,11 +44,22 @@ def default_executor_id() -> str:
 class Ownership:
     """The fencing token of every run this executor owns, and its heartbeat."""
 
-    def __init__(self, store: Store, executor_id: str, *, lease: float, clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        store: Store,
+        executor_id: str,
+        *,
+        lease: float,
+        clock: Callable[[], float],
+        claim_batch: int = CLAIM_BATCH,
+    ) -> None:
         if not executor_id:
             raise ValueError("the executor id must not be empty")
         if lease <= 0:
             raise ValueError(f"the owner lease must be positive, got {lease}")
+        if claim_batch < 1:
+            raise ValueError(f"the claim batch must be positive, got {claim_batch}")
+        self._claim_batch = claim_batch
         self._store = store
         self._clock = clock
         self.executor_id = executor_id
@@ -88,11 +104,11 @@ class Ownership:
         """Claim the runs nobody owns or whose owner's heartbeat lapsed."""
         claimed: list[Claim] = []
         while True:
-            batch = await self._store.claim_runs(self.executor_id, self._now_ms(), CLAIM_BATCH)
+            batch = await self._store.claim_runs(self.executor_id, self._now_ms(), self._claim_batch)
             for claim in batch:
                 self._fences[claim.run_id] = claim.fence
             claimed.extend(batch)
-            if len(batch) < CLAIM_BATCH:
+            if len(batch) < self._claim_batch:
                 return claimed
 
     async def release(self) -> int:

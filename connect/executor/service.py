@@ -18,6 +18,16 @@ run back, re-arms its timers and waits, and resumes it.
 A run task that fails unexpectedly (a store error, a bug) is logged and
 started again from the stored state after a backoff, so one bad run neither
 stops the others nor is silently abandoned.
+
+With `shared=True` the executor is one of several processes over one
+database (`connect serve --role executor`). Each drives only the runs it
+owns, so timers and waits fire in the owner alone; what other processes
+record reaches it through notifications: apps (the trigger index and crons
+are rebuilt), events (matched against its waits and cancel conditions, see
+`connect.executor.feed`), API cancellations, and new runs nobody owns yet
+(claimed in small batches, so executors woken together share them). Cron
+ticks are armed by every executor; the tick's derived event id makes
+`record_tick` store one run per tick.
 """
 
 from __future__ import annotations
@@ -34,24 +44,31 @@ import msgspec
 from connect.dispatch import Port
 from connect.executor import replies
 from connect.executor.cron import CRON_EVENT, CronSchedule
+from connect.executor.feed import PAGE as FEED_PAGE
+from connect.executor.feed import EventFeed
 from connect.executor.intake import Intake, IntakeItem
-from connect.executor.ownership import DEFAULT_OWNER_LEASE, Ownership, default_executor_id
+from connect.executor.ownership import (
+    CLAIM_BATCH,
+    DEFAULT_OWNER_LEASE,
+    SHARED_CLAIM_BATCH,
+    Ownership,
+    default_executor_id,
+)
 from connect.executor.registry import Registration, Registry
 from connect.executor.retention import INTERVAL as RETENTION_INTERVAL
 from connect.executor.retention import Retention
 from connect.executor.retries import Backoff
 from connect.executor.runner import MAX_LEASE_LAPSES, CancelRequested, Message, Resolved, Runner, RunServices
-from connect.executor.system_events import (
-    FUNCTION_CANCELLED,
-    FUNCTION_FAILED,
-    FUNCTION_FINISHED,
-    derived_id_at,
-)
+from connect.executor.starts import event_record, new_run, received, targets
+from connect.executor.system_events import derived_id_at
 from connect.executor.timers import Timers
 from connect.executor.triggers import FunctionInfo, Target, TriggerIndex
 from connect.executor.views import run_view
 from connect.executor.waits import CANCEL, INVOKE, RESUME, WaitIndex, Watch, WatchKey
 from connect.store.base import (
+    APPS_CHANGED,
+    EVENTS_RECORDED,
+    RUN_CANCEL_REQUESTED,
     RUNNING,
     RUNS_RELEASED,
     WAIT_EVENT,
@@ -59,7 +76,6 @@ from connect.store.base import (
     AppRecord,
     EventRecord,
     NewEvent,
-    PendingRequest,
     RunMemo,
     RunOwnershipLost,
     RunRecord,
@@ -67,7 +83,6 @@ from connect.store.base import (
     Store,
     Waiting,
 )
-from protocol.ids import new_ulid
 from protocol.payloads import Event, FunctionConfig, IncomingEvent, RefusedFunction, json_encoder
 
 log = logging.getLogger(__name__)
@@ -81,13 +96,15 @@ _RESTART_DELAY_MAX = 60.0
 CANCEL_WAIT: Final = 5.0
 #: Pause before retrying a timer action whose store write failed.
 _TIMER_RETRY_MS: Final = 1000
+#: A run armed this soon after it started relies on notifications alone for its
+#: waits; one armed later (read back from the store) also reads back the events
+#: recorded since (`shared` only).
+_FRESH_RUN_MS: Final = 1000
 
 _NULL: Final = b"null"
 _INVOKE_TIMEOUT: Final = replies.error_memo(
     replies.error("InngestInvokeTimeoutError", "Timed out waiting for invoked function to complete")
 )
-
-_END_EVENTS: Final = frozenset({FUNCTION_FINISHED, FUNCTION_FAILED, FUNCTION_CANCELLED})
 
 # Timer keys: ("step", run id, step hash), ("finish", run id), ("cron", schedule key).
 TimerKey = tuple[str, ...]
@@ -111,15 +128,30 @@ class Executor:
         owner_lease: float = DEFAULT_OWNER_LEASE,
         history_retention: float | None = None,
         retention_interval: float = RETENTION_INTERVAL,
+        shared: bool = False,
     ) -> None:
         """`history_retention`: seconds ended runs are kept before they are
         pruned in the background (see `connect.executor.retention`); None
-        keeps everything."""
+        keeps everything.
+
+        `shared`: other processes record events and runs in the same store
+        (API processes, other executors). The executor then follows the app
+        registry (`APPS_CHANGED`), matches the events others record against
+        its runs' waits and cancel conditions (`EVENTS_RECORDED`, see
+        `connect.executor.feed`), hands API cancellations to the runs it owns
+        (`RUN_CANCEL_REQUESTED`), and claims new runs in small batches so
+        executors woken together share them (`SHARED_CLAIM_BATCH`)."""
         if max_lease_lapses < 0:
             raise ValueError("max_lease_lapses must not be negative")
         self._store = store
         self._clock = clock
-        self._ownership = Ownership(store, executor_id or default_executor_id(), lease=owner_lease, clock=clock)
+        self._ownership = Ownership(
+            store,
+            executor_id or default_executor_id(),
+            lease=owner_lease,
+            clock=clock,
+            claim_batch=SHARED_CLAIM_BATCH if shared else CLAIM_BATCH,
+        )
         self._services = RunServices(
             store=store,
             dispatcher=dispatcher,
@@ -149,6 +181,13 @@ class Executor:
         #: Set when runs may be waiting to be claimed (another executor released some).
         self._sweep_now = asyncio.Event()
         self._listening = False
+        self._shared = shared
+        self._feed = EventFeed()
+        #: Ids from `EVENTS_RECORDED` notifications not read yet.
+        self._heard: list[str] = []
+        self._catch_up = False
+        self._events_wake = asyncio.Event()
+        self._apps_wake = asyncio.Event()
         self._retention = (
             None
             if history_retention is None
@@ -170,7 +209,13 @@ class Executor:
         self._timers.start()
         if not self._listening:
             await self._store.listen(RUNS_RELEASED, lambda _owner: self._sweep_now.set())
+            if self._shared:
+                await self._store.listen(APPS_CHANGED, lambda _app: self._apps_wake.set())
+                await self._store.listen(EVENTS_RECORDED, self._events_recorded)
+                await self._store.listen(RUN_CANCEL_REQUESTED, self._cancel_requested)
             self._listening = True
+        if self._shared:
+            self._feed.start_at(self._now_ms())
         claims = await self._ownership.take_back()
         runners = [self._spawn(claim.run_id) for claim in claims]
         # Every run re-files its waits before any runs on: a child run finishing
@@ -180,6 +225,9 @@ class Executor:
         self._cron_last = await self._store.cron_ticks()
         self._schedule_crons()
         self._background_task(self._hold_runs())
+        if self._shared:
+            self._background_task(self._follow_apps())
+            self._background_task(self._follow_events())
         if self._retention is not None:
             self._background_task(self._retention.run())  # cancelled by `stop` with the rest
 
@@ -221,12 +269,18 @@ class Executor:
                 if self._clock() >= renew_at:
                     await self._ownership.renew()
                     renew_at = self._clock() + self._ownership.renew_interval
+                    if self._shared:
+                        self._catch_up_soon()  # notifications lost since the last look
                 claims = await self._ownership.sweep()
             except Exception:
                 log.warning("could not renew this executor's hold on its runs; retrying", exc_info=True)
                 continue
+            if claims and self._shared:
+                # New runs recorded by API processes come this way too: one line per sweep.
+                log.info("claimed %d run(s) nobody drove (new, or let go by another executor)", len(claims))
             for claim in claims:
-                log.info("run %s: claimed from an executor that let it go", claim.run_id)
+                if not self._shared:
+                    log.info("run %s: claimed from an executor that let it go", claim.run_id)
                 self._spawn(claim.run_id)
 
     @property
@@ -295,19 +349,7 @@ class Executor:
         took about 0.25 ms to return, see bench/README.md).
         """
         now_ms = self._now_ms()
-        built: list[Event] = []
-        for incoming in events:
-            if not incoming.name:
-                raise ValueError("an event needs a non-empty name")
-            built.append(
-                Event(
-                    name=incoming.name,
-                    data=incoming.data or {},
-                    id=incoming.id or new_ulid(),
-                    ts=incoming.ts or now_ms,
-                    user=incoming.user or {},
-                )
-            )
+        built = received(events, now_ms)
         intake = self.prepare_events(built, now_ms)
         try:
             stored = await self._store.record_events(intake.batch)
@@ -323,15 +365,10 @@ class Executor:
         """Match events against triggers, waits and cancel conditions (see `Intake`)."""
         intake = Intake()
         for event in events:
-            body = json_encoder.encode(event)
-            targets = self._registry.match(event)
-            if event.name in _END_EVENTS:
-                # A function never triggers itself with the end of its own run,
-                # which would start runs forever.
-                source = event.data.get("function_id")
-                targets = [t for t in targets if t.function_id != source]
-            runs = [self._new_run(target, event.id, now_ms) for target in targets]
-            record = EventRecord(event.id, event.name, event.ts, now_ms, body)
+            runs = [new_run(target, event.id, now_ms) for target in targets(self._registry, event)]
+            record = event_record(event, now_ms)
+            if self._shared:
+                self._feed.saw(event.id)  # matched here: its notification needs no look
             item = IntakeItem(NewEvent(record, runs, owner=self._ownership.executor_id), event)
             watches = self._waits.match(_as_dict(event), now_ms) if len(self._waits) else []
             for watch in watches:
@@ -343,7 +380,7 @@ class Executor:
                     continue
                 self._waits.remove(*watch.id)
                 self._claims.add(watch.id)
-                memo = body if watch.action == RESUME else _invoke_memo(event)
+                memo = record.body if watch.action == RESUME else _invoke_memo(event)
                 item.claimed.append((watch, memo))
                 item.new.memos.append(RunMemo(watch.run_id, StepMemo(watch.key, memo)))
             intake.items.append(item)
@@ -353,8 +390,10 @@ class Executor:
         """Events that start one given function each (invokes, cron ticks), not matched against anything."""
         intake = Intake()
         for event, target in starts:
+            if self._shared:
+                self._feed.saw(event.id)
             record = EventRecord(event.id, event.name, event.ts, now_ms, json_encoder.encode(event))
-            new = NewEvent(record, [self._new_run(target, event.id, now_ms)], owner=self._ownership.executor_id)
+            new = NewEvent(record, [new_run(target, event.id, now_ms)], owner=self._ownership.executor_id)
             intake.items.append(IntakeItem(new, event))
         return intake
 
@@ -384,16 +423,131 @@ class Executor:
                 self._claims.discard(watch.id)
                 self._waits.add(watch)
 
-    def _new_run(self, target: Target, event_id: str, now_ms: int) -> RunRecord:
-        return RunRecord(
-            run_id=new_ulid(),
-            function_id=target.function_id,
-            app_name=target.app_name,
-            event_id=event_id,
-            started_at_ms=now_ms,
-            max_attempts=target.max_attempts,
-            requests=[PendingRequest(new_ulid())],
-        )
+    # --- events and apps of other processes (`shared`) ------------------------------------
+
+    def _events_recorded(self, payload: str) -> None:
+        if not self._started:
+            return  # stopped: `start` re-files every wait and reads back what it needs
+        if not payload:
+            self._catch_up_soon()  # the listener reconnected: notifications may be lost
+            return
+        if not len(self._waits):
+            return  # nothing here waits: no event recorded now can resume or cancel anything
+        heard = self._feed.unseen(payload.split(","))
+        if heard:
+            self._heard.extend(heard)
+            self._events_wake.set()
+
+    def _catch_up_soon(self) -> None:
+        self._catch_up = True
+        self._events_wake.set()
+
+    def _cancel_requested(self, run_id: str) -> None:
+        if self._started and self._ownership.owns(run_id):
+            self._deliver(run_id, CancelRequested("cancelled through the API"))
+
+    async def _follow_events(self) -> None:
+        """Read the events others recorded (by the ids heard, or since the
+        cursor after a lost notification) and match them against this
+        executor's waits and cancel conditions."""
+        while True:
+            await self._events_wake.wait()
+            self._events_wake.clear()
+            try:
+                if self._catch_up:
+                    self._catch_up = False
+                    await self._catch_up_events()
+                while self._heard:
+                    ids, self._heard = self._heard[:FEED_PAGE], self._heard[FEED_PAGE:]
+                    self._match_recorded(self._feed.take(await self._store.get_events(ids)))
+            except Exception:
+                log.warning("could not read events recorded elsewhere; looking again from the cursor", exc_info=True)
+                self._heard.clear()
+                self._catch_up = True
+                await asyncio.sleep(_TIMER_RETRY_MS / 1000)
+                self._events_wake.set()
+
+    async def _catch_up_events(self) -> None:
+        """Read back the events recorded since the cursor (less the lookback),
+        a page at a time; with nothing waiting here, only move the cursor."""
+        now_ms = self._now_ms()
+        start = self._feed.catch_up_start()
+        while len(self._waits):
+            page = await self._store.events_since(start, FEED_PAGE)
+            self._match_recorded(self._feed.take(page))
+            if len(page) < FEED_PAGE:
+                break
+            # Pages by time; the seen ids skip the ones read twice at a page's last ms.
+            last = page[-1].received_at_ms
+            start = last - 1 if last - 1 > start else last
+        self._feed.caught_up(now_ms)
+
+    def _match_recorded(self, records: Sequence[EventRecord]) -> None:
+        """Resume the waits and fire the cancel conditions that events recorded
+        by another process match; a wait's memo is claimed with `put_memo`
+        (first stored wins, against this executor's timer too)."""
+        if not records or not len(self._waits):
+            return
+        now_ms = self._now_ms()
+        for record in records:
+            event = _decode_event(record.body)
+            for watch in self._waits.match(_as_dict(event), now_ms):
+                if record.received_at_ms < watch.since_ms or not self._ownership.owns(watch.run_id):
+                    continue
+                if watch.action == CANCEL:
+                    reason = f"event {event.name} ({event.id}) matched a cancel condition"
+                    self._background_task(self._cancel_for(watch.run_id, reason))
+                    continue
+                if watch.id in self._claims:
+                    continue
+                self._waits.remove(*watch.id)
+                self._claims.add(watch.id)
+                memo = record.body if watch.action == RESUME else _invoke_memo(event)
+                self._background_task(self._resolve_recorded(watch, memo))
+
+    async def _resolve_recorded(self, watch: Watch, memo: bytes) -> None:
+        try:
+            inserted = await self._store.put_memo(watch.run_id, StepMemo(watch.key, memo))
+        except Exception:
+            log.exception("run %s: storing the event that ends step %s failed", watch.run_id, watch.key)
+            self._claims.discard(watch.id)
+            self._waits.add(watch)  # the next catch-up finds the event again
+            self._catch_up_soon()
+            return
+        self._claims.discard(watch.id)
+        if inserted:
+            self._forget_step(watch.run_id, watch.key)
+            self._deliver(watch.run_id, Resolved(watch.key, memo))
+        else:
+            self._stored_elsewhere(watch.run_id)
+
+    def _stored_elsewhere(self, run_id: str) -> None:
+        """Another writer stored the step's memo first. In this process that
+        writer wakes the run itself; another process (an executor that lost
+        the run without noticing yet) cannot: a parked run is read back here."""
+        if self._shared and run_id not in self._runners:
+            self._spawn(run_id)
+
+    async def _follow_apps(self) -> None:
+        """Re-read the app registry whenever an app changes (any process's
+        `put_app`), so new triggers start runs and new crons tick here."""
+        while True:
+            await self._apps_wake.wait()
+            self._apps_wake.clear()
+            try:
+                apps = await self._store.list_apps()
+            except Exception:
+                log.warning("could not read the app registry; trying again", exc_info=True)
+                await asyncio.sleep(_TIMER_RETRY_MS / 1000)
+                self._apps_wake.set()
+                continue
+            changed = False
+            for app in apps:
+                if self._app_versions.get(app.app_name) != (app.app_version, _encode_functions(app.functions)):
+                    self._remember_app(Registration(app.app_name, app.app_version, app.functions))
+                    changed = True
+            if changed and self._started:
+                self._schedule_crons()
 
     # --- cancellation ------------------------------------------------------------------
 
@@ -507,6 +661,7 @@ class Executor:
         assert run is not None and event is not None
         info = self._registry.lookup(run.function_id)
         now_ms = self._now_ms()
+        filed = len(self._waits)
         if info is not None:
             trigger = _as_dict(event)
             for i, condition in enumerate(info.cancel):
@@ -516,13 +671,33 @@ class Executor:
                 key = f"cancel:{i}"
                 if self._waits.get(run.run_id, key) is None:
                     self._waits.add(
-                        Watch(run.run_id, key, CANCEL, condition.event, trigger, condition.expression, expires)
+                        Watch(
+                            run.run_id,
+                            key,
+                            CANCEL,
+                            condition.event,
+                            trigger,
+                            condition.expression,
+                            expires,
+                            since_ms=run.started_at_ms,
+                        )
                     )
             if info.finish_timeout_ms is not None:
                 self._timers.set(("finish", run.run_id), run.started_at_ms + info.finish_timeout_ms)
-        self.arm_waiting(runner, [w for w in run.waiting if w.step not in runner.memos])
+        # When its waits began is not stored: a run read back (restarted, or
+        # claimed from another executor) takes the events others recorded
+        # within the feed's lookback, and none from before the run started.
+        since_ms = max(run.started_at_ms, now_ms - self._feed.lookback_ms)
+        self._arm_waiting(runner, [w for w in run.waiting if w.step not in runner.memos], since_ms)
+        if self._shared and len(self._waits) > filed and since_ms < now_ms - _FRESH_RUN_MS:
+            # Filed late (a run read back): look for what was recorded since.
+            self._feed.want_from(since_ms)
+            self._catch_up_soon()
 
     def arm_waiting(self, runner: Runner, items: Sequence[Waiting]) -> None:
+        self._arm_waiting(runner, items, self._now_ms())
+
+    def _arm_waiting(self, runner: Runner, items: Sequence[Waiting], since_ms: int) -> None:
         run, event = runner.run, runner.event
         assert run is not None and event is not None
         armed = self._armed.setdefault(run.run_id, {})
@@ -534,11 +709,12 @@ class Executor:
             if item.kind == WAIT_EVENT and self._waits.get(run.run_id, item.step) is None:
                 if trigger is None:
                     trigger = _as_dict(event)
-                watch = Watch(run.run_id, item.step, RESUME, item.event, trigger, item.expression)
+                watch = Watch(run.run_id, item.step, RESUME, item.event, trigger, item.expression, since_ms=since_ms)
                 if not self._waits.add(watch):
                     log.info("run %s: wait %s can never match; it will time out", run.run_id, item.step)
             elif item.kind == WAIT_INVOKE and self._waits.get(run.run_id, item.step) is None:
                 condition = f"async.data.correlation_id == {msgspec.json.encode(item.correlation_id).decode()}"
+                # A child's end carries its correlation id: no event before the invoke has it.
                 self._waits.add(Watch(run.run_id, item.step, INVOKE, item.event, {}, condition))
             key = ("step", run.run_id, item.step)
             if self._timers.due(key) != item.due_ms:
@@ -611,6 +787,8 @@ class Executor:
         self._claims.discard((run_id, item.step))
         if inserted:
             self._deliver(run_id, Resolved(item.step, memo))
+        else:
+            self._stored_elsewhere(run_id)
 
     def _background_task(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -681,6 +859,9 @@ class Executor:
         if latest > tick_ms:
             following = latest  # the loop was stalled past several ticks: run only the latest
         self._arm_cron(key, following)
+
+
+_decode_event = msgspec.json.Decoder(Event).decode
 
 
 def _as_dict(event: Event) -> dict[str, Any]:

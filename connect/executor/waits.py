@@ -49,6 +49,9 @@ class Watch:
     trigger: dict[str, Any]  # the run's triggering event (what `event` means in CEL)
     expression: str | None = None
     expires_ms: int | None = None  # cancel conditions only; waits and invokes have timers
+    #: Events received before this (Unix ms) never match it; checked for events
+    #: read back from the store (those recorded here are newer than any watch).
+    since_ms: int = 0
     # Filled in by the index.
     _equality: Equality | None = field(default=None, repr=False)
     _trigger_cel: Any = field(default=None, repr=False)

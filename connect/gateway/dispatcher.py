@@ -16,6 +16,24 @@ Durability rules held here:
   request id again, so a reply that the lost worker still delivers answers it
   (first stored wins), and a worker that gets the request again recognises it;
 * every capacity slot taken is released on every path out of `dispatch`.
+
+Among other gateways (`shared_with`, the store they all use; see
+`connect.roles.gateway`):
+
+* a reply for a request held elsewhere is stored, then announced
+  (`REPLY_STORED`); the gateway holding it hears that
+  (`reply_stored_elsewhere`) and answers from the stored reply at once;
+* a lease is re-read from the store before it is declared lapsed: the
+  worker may extend it through another gateway (an extension rotates the
+  lease id, so a stored id this gateway does not know means just that);
+* a wait cancelled (the gateway stops) leaves the stored lease alone: the
+  worker may still run the request, and the gateway that takes it next
+  waits for it rather than sending it again;
+* the lease of a request for an instance with `max_worker_concurrency` is
+  stored before the request is sent, and only while the instance holds
+  fewer unexpired leases than its limit in the store (`put_lease_within`);
+  refused, the instance is full here until a lease of it may have ended (a
+  slot released here, a reply stored anywhere, the pump's sweep).
 """
 
 from __future__ import annotations
@@ -46,6 +64,7 @@ from connect.gateway.inflight import InFlight, ReplyDone, reply_from_bytes
 from connect.gateway.reply_intake import ReplyIntake, ReplyStore
 from connect.gateway.routing import Router
 from connect.gateway.worker_waits import WorkerWaits
+from connect.store.base import REPLY_STORED
 from protocol import connect_pb2 as pb
 from protocol import limits
 from protocol.leases import EXTENSION_SLACK, Lease, LeaseTable
@@ -71,6 +90,15 @@ class GatewayStore(ReplyStore, Protocol):
     def put_lease(self, request_id: str, lease_id: str, expires_at_ms: int, instance_id: str) -> Awaitable[None]: ...
     async def get_lease(self, request_id: str) -> LeaseRow | None: ...
     def delete_lease(self, request_id: str) -> Awaitable[None]: ...
+
+
+class SharedStore(GatewayStore, Protocol):
+    """What a gateway among others needs from the store they share (see connect.store)."""
+
+    async def notify(self, channel: str, payload: str) -> None: ...
+    def put_lease_within(
+        self, request_id: str, lease_id: str, expires_at_ms: int, instance_id: str, limit: int, now_ms: int
+    ) -> Awaitable[bool]: ...
 
 
 class _Refused(Exception):
@@ -107,8 +135,13 @@ class GatewayDispatcher(ReplyIntake, CheckpointIntake):
         extend_lease_interval: float = limits.LEASE_EXTEND_INTERVAL,
         clock: Callable[[], float] = time.time,
         env_id: str = "dev",
+        shared_with: SharedStore | None = None,
     ) -> None:
+        """`shared_with`: the store other gateways share with this one (None:
+        the only gateway); replies, lease extensions and capacity are then
+        coordinated through it (see the module's docstring)."""
         self._store = store
+        self._shared = shared_with
         self._clock = clock
         self.env_id = env_id
         self.capacity = InstanceCapacity()
@@ -120,6 +153,9 @@ class GatewayDispatcher(ReplyIntake, CheckpointIntake):
         self._handed: dict[str, tuple[RequestFlow, ReplyDone]] = {}
         self._waits = WorkerWaits()
         self._capacity_listeners: list[Callable[[], None]] = []
+        self._connection_listeners: list[Callable[[], None]] = []
+        #: Requests whose stored lease was read here to extend it, not dispatched here.
+        self._elsewhere: set[str] = set()
         # The lease watchdog: one timer for every awaited request (see `_watch_until`).
         self._watch: asyncio.TimerHandle | None = None
         self._watch_at = math.inf
@@ -197,6 +233,19 @@ class GatewayDispatcher(ReplyIntake, CheckpointIntake):
         limit = self.capacity.limit(conn.instance_id)
         room = None if limit is None else max(0, limit - self.capacity.in_flight(conn.instance_id))
         self._waits.wake(conn.functions, room)
+        self._capacity_changed()
+        self._connections_changed()
+
+    def add_connection_listener(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` whenever a connection became ready or stopped being
+        routable (see `connect.gateway.registry`)."""
+        self._connection_listeners.append(listener)
+
+    def _connections_changed(self) -> None:
+        for listener in self._connection_listeners:
+            listener()
+
+    def _capacity_changed(self) -> None:
         for listener in self._capacity_listeners:
             listener()
 
@@ -207,6 +256,7 @@ class GatewayDispatcher(ReplyIntake, CheckpointIntake):
 
     def connection_unroutable(self, conn: Connection) -> None:
         self.router.remove(conn)
+        self._connections_changed()
 
     def connection_lost(self, conn: Connection, clean: bool) -> None:
         """A socket ended. The requests its instance runs must be extended over
@@ -217,6 +267,7 @@ class GatewayDispatcher(ReplyIntake, CheckpointIntake):
         what it could, and what it abandoned past its drain deadline should
         not wait for the lease either."""
         self.router.remove(conn)
+        self._connections_changed()
         if not conn.instance_id:
             return
         shortened = self.leases.shorten(conn.instance_id, self._clock(), self.extend_lease_interval)
@@ -247,12 +298,118 @@ class GatewayDispatcher(ReplyIntake, CheckpointIntake):
         if lease is None:
             return None
         extended = self.leases.extend(data.request_id, data.lease_id, instance_id, self._clock())
+        if extended is None and self._shared is not None and await self._adopt_stored_lease(data.request_id):
+            # Extended through another gateway since this one last saw it.
+            extended = self.leases.extend(data.request_id, data.lease_id, instance_id, self._clock())
         if extended is None:
             return None
         pending = self._pending.get(data.request_id)
         if pending is None or pending.reply is None:  # a stored reply already ended the stored lease
             self._persist_lease(extended)
         return extended.lease_id
+
+    # --- among other gateways ----------------------------------------------------------------
+
+    def reply_stored_elsewhere(self, request_id: str) -> None:
+        """A `REPLY_STORED` notification: the reply to `request_id` was stored
+        by another process ("": notifications may have been lost). A request
+        awaited here is answered from the stored reply; a lease of any
+        instance may have ended, so full instances are looked at again."""
+        if self.capacity.clear_full():
+            self._capacity_changed()
+        if request_id:
+            rids = [request_id] if request_id in self._pending else []
+        else:
+            rids = [rid for rid, pending in self._pending.items() if pending.awaiting]
+        for rid in rids:
+            task = asyncio.ensure_future(self._answer_from_store(rid))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def recheck_capacity(self) -> None:
+        """Forget which instances the store found full (for the pump's slow
+        sweep: a notification that would have said a lease ended may be lost)."""
+        if self.capacity.clear_full():
+            self._capacity_changed()
+
+    def forget_leases_held_elsewhere(self) -> int:
+        """Drop lapsed leases of requests not dispatched here (read from the
+        store to extend them for a worker that moved here); returns how many."""
+        now = self._clock()
+        stale = []
+        for rid in list(self._elsewhere):
+            lease = self.leases.get(rid)
+            if rid in self._pending or lease is None or not lease.active(now):
+                self._elsewhere.discard(rid)
+            if rid not in self._pending and lease is not None and not lease.active(now):
+                self.leases.release(rid)
+                stale.append(rid)
+        return len(stale)
+
+    async def _answer_from_store(self, rid: str) -> None:
+        try:
+            raw = await self._store.get_reply(rid)
+        except Exception:
+            log.warning("reading the stored reply of %s failed; its lease decides", rid, exc_info=True)
+            return
+        pending = self._pending.get(rid)
+        if raw is not None and pending is not None and pending.reply is None:
+            pending.reply = reply_from_bytes(raw)
+            pending.poke()
+
+    def _stored_for_another(self, request_id: str, stored: bool) -> None:
+        """A reply for a request not dispatched here was stored (`stored`: by
+        this call, not before): announce it to the gateway that holds it."""
+        self.leases.release(request_id)
+        self._elsewhere.discard(request_id)
+        if stored and self._shared is not None:
+            shared = self._shared
+
+            async def announce() -> None:
+                await shared.notify(REPLY_STORED, request_id)
+
+            _in_background(announce)
+
+    async def _adopt_stored_lease(self, rid: str) -> bool:
+        """Whether the stored lease of `rid` was extended by another gateway
+        and lives on; if so it replaces the one known here."""
+        try:
+            row = await self._store.get_lease(rid)
+        except Exception:
+            log.warning("reading the stored lease of %s failed", rid, exc_info=True)
+            return False
+        if row is None or row.expires_at_ms / 1000.0 <= self._clock():
+            return False
+        known = self.leases.get(rid)
+        if known is not None and row.lease_id in (known.lease_id, known.prev_lease_id):
+            return False  # this gateway's own write: nothing new
+        previous = "" if known is None else known.lease_id
+        self.leases.restore(Lease(rid, row.lease_id, row.instance_id, row.expires_at_ms / 1000.0, previous))
+        return True
+
+    async def _lease_within(self, lease: Lease, limit: int, now: float) -> bool:
+        """Store the lease if the instance has room across gateways; False
+        (slot and lease released here, the instance marked full) if not."""
+        assert self._shared is not None
+        try:
+            granted = await self._shared.put_lease_within(
+                lease.request_id,
+                lease.lease_id,
+                int(lease.expires_at * 1000),
+                lease.instance_id,
+                limit,
+                int(now * 1000),
+            )
+        except Exception:
+            log.warning("storing the lease of %s failed", lease.request_id, exc_info=True)
+            granted = False
+        else:
+            if not granted:
+                self.capacity.mark_full(lease.instance_id)
+        if not granted:
+            self.capacity.release(lease.request_id)
+            self.leases.release(lease.request_id)
+        return granted
 
     # --- internals -------------------------------------------------------------------------
 
@@ -265,6 +422,8 @@ class GatewayDispatcher(ReplyIntake, CheckpointIntake):
             return None
         lease = Lease(rid, row.lease_id, row.instance_id, row.expires_at_ms / 1000.0)
         self.leases.restore(lease)
+        if rid not in self._pending:
+            self._elsewhere.add(rid)
         return lease
 
     def _persist_lease(self, lease: Lease) -> None:
@@ -285,7 +444,11 @@ class GatewayDispatcher(ReplyIntake, CheckpointIntake):
             return False
         now = self._clock()
         lease = self.leases.grant(rid, conn.instance_id, now)
-        self._persist_lease(lease)
+        limit = self.capacity.limit(conn.instance_id)
+        if self._shared is None or limit is None:
+            self._persist_lease(lease)
+        elif not await self._lease_within(lease, limit, now):
+            return False
         pending.flow.handle(Forwarded())
         try:
             await conn.send_request(self._frame(request, lease.lease_id), now)
@@ -323,8 +486,15 @@ class GatewayDispatcher(ReplyIntake, CheckpointIntake):
                 if raw is not None:
                     stored = True
                     return reply_from_bytes(raw)
+                if self._shared is not None and await self._adopt_stored_lease(rid):
+                    continue  # extended through another gateway: wait on
                 pending.flow.handle(LeaseLapsed())
                 raise WorkerStoppedResponding(f"the worker stopped responding to request {rid} (its lease lapsed)")
+        except asyncio.CancelledError:
+            # Among other gateways, a stopping one leaves the stored lease: the
+            # gateway that takes the request next waits for the worker on it.
+            stored = stored or self._shared is not None
+            raise
         finally:
             pending.awaiting = False
             self._finish(rid, stored=stored)
@@ -362,11 +532,11 @@ class GatewayDispatcher(ReplyIntake, CheckpointIntake):
 
     def _finish(self, rid: str, *, stored: bool) -> None:
         instance = self.capacity.release(rid)
-        if instance is not None and self._waits:
-            self._waits.wake(self.router.functions_of(instance), 1)
         if instance is not None:
-            for listener in self._capacity_listeners:
-                listener()
+            self.capacity.clear_full(instance)
+            if self._waits:
+                self._waits.wake(self.router.functions_of(instance), 1)
+            self._capacity_changed()
         if self.leases.release(rid) is not None and not stored:
             _in_background(lambda: self._store.delete_lease(rid))
 

@@ -14,13 +14,19 @@ It takes no more than `max_in_flight` requests at once, and none for a
 function whose workers here are all busy: taking is woken by a request
 queued (`REQUEST_QUEUED`), by capacity appearing (a worker ready, a slot
 released), and by a slow sweep every `SWEEP_INTERVAL` seconds for
-notifications lost.
+notifications lost (which also forgets the instances the store found full,
+see `connect.gateway.dispatcher`).
+
+A draining gateway `stop_taking`: it takes nothing more and hands back
+(`RETURNED`) what it took and has not sent to a worker yet; `finish` waits
+for the rest to be answered (on any gateway, or through `/flush`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -64,9 +70,13 @@ class RequestPump:
         self._sweep_interval = sweep_interval
         self._max_in_flight = max_in_flight
         self._wake = asyncio.Event()
-        self._forwarding: dict[str, asyncio.Task[None]] = {}
+        self._forwarding: dict[str, asyncio.Task[str]] = {}
+        self._settling: set[asyncio.Future[None]] = set()
         #: Functions no worker here could take a request of, until capacity may be back.
         self._blocked: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._taking = True
+        self._idle = asyncio.Event()
+        self._idle.set()
         dispatcher.add_capacity_listener(self.poke)
 
     @property
@@ -80,11 +90,15 @@ class RequestPump:
     async def run(self) -> None:
         await self._store.listen(REQUEST_QUEUED, lambda _slug: self._wake.set())
         renew_at = self._clock() + self._hold / 3
+        sweep_at = self._clock() + self._sweep_interval
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._sweep_interval)
                 self._wake.clear()
+                if self._clock() >= sweep_at:  # also when busy: no notification says "full elsewhere" ended
+                    sweep_at = self._clock() + self._sweep_interval
+                    self._dispatcher.recheck_capacity()
                 try:
                     if self._clock() >= renew_at and self._forwarding:
                         await self._store.hold_requests(self.gateway_id, list(self._forwarding), self._until())
@@ -98,7 +112,29 @@ class RequestPump:
     def _until(self) -> int:
         return int((self._clock() + self._hold) * 1000)
 
+    def stop_taking(self) -> int:
+        """Take no more requests, and hand back those taken and not sent to a
+        worker yet (their forwards are cancelled; each settles `RETURNED`).
+        Returns how many were handed back."""
+        self._taking = False
+        for waiting in self._blocked.values():
+            waiting.cancel()
+        unsent = [task for rid, task in self._forwarding.items() if self._dispatcher.leases.get(rid) is None]
+        for task in unsent:
+            task.cancel()
+        return len(unsent)
+
+    async def finish(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the requests being forwarded to end; True if they all did."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
     async def _take(self) -> None:
+        if not self._taking:
+            return
         room = self._max_in_flight - len(self._forwarding)
         served = [key for key in self._dispatcher.router.with_room() if key not in self._blocked]
         if room <= 0 or not served:
@@ -108,46 +144,70 @@ class RequestPump:
             self.gateway_id, sorted({slug for _, slug in served}), now_ms, self._until(), room
         )
         for request in taken:
-            task = asyncio.create_task(self._forward(request), name=f"forward:{request.request_id}")
-            self._forwarding[request.request_id] = task
+            rid = request.request_id
+            task = asyncio.create_task(self._forward(request), name=f"forward:{rid}")
+            self._forwarding[rid] = task
+            # Settled from a callback: a task cancelled before it ran never runs its `finally`.
+            task.add_done_callback(functools.partial(self._forwarded, rid))
+            self._idle.clear()
         if len(taken) == room:
             self._wake.set()  # maybe more waiting: look again once these are under way
 
-    async def _forward(self, queued: QueuedRequest) -> None:
+    async def _forward(self, queued: QueuedRequest) -> str:
+        """Dispatch one taken request; returns how to settle it."""
         rid = queued.request_id
         request = StepRequest(rid, queued.run_id, queued.app_name, queued.function_slug, queued.step_id, queued.payload)
-        outcome = RETURNED
         try:
             await self._dispatcher.dispatch(request)
-            outcome = ANSWERED
+            return ANSWERED
         except (NoWorker, AtCapacity):
             self._block((queued.app_name, queued.function_slug))
         except WorkerStoppedResponding:
-            outcome = LAPSED
+            return LAPSED
         except Exception:
             log.exception("request %s: forwarding failed; returning it to the queue", rid)
-        finally:
-            del self._forwarding[rid]
-            self._wake.set()  # a slot is free here
-            with contextlib.suppress(Exception):
-                # Shielded: a stopping gateway still hands what it held back.
-                await asyncio.shield(self._store.settle_request(rid, self.gateway_id, outcome))
+        return RETURNED
+
+    def _forwarded(self, rid: str, task: asyncio.Task[str]) -> None:
+        del self._forwarding[rid]
+        # Cancelled (stopping, or handed back): another gateway may take it.
+        outcome = RETURNED if task.cancelled() or task.exception() is not None else task.result()
+        log.debug("request %s: settling it %s", rid, outcome)
+        settle = asyncio.ensure_future(self._settle(rid, outcome))
+        self._settling.add(settle)
+        settle.add_done_callback(self._settled)
+        self._wake.set()  # a slot is free here
+
+    async def _settle(self, rid: str, outcome: str) -> None:
+        try:
+            await self._store.settle_request(rid, self.gateway_id, outcome)
+        except Exception:
+            # Its hold lapses, and then any gateway takes it again.
+            log.warning("request %s: cannot settle it %s", rid, outcome, exc_info=True)
+
+    def _settled(self, task: asyncio.Future[None]) -> None:
+        self._settling.discard(task)
+        if not self._forwarding and not self._settling:
+            self._idle.set()
 
     def _block(self, key: tuple[str, str]) -> None:
-        if key in self._blocked:
+        if key in self._blocked or not self._taking:
             return
 
-        async def until_capacity() -> None:
-            try:
-                await self._dispatcher.wait_for_worker(*key, timeout=self._sweep_interval)
-            finally:
-                del self._blocked[key]
-                self._wake.set()
+        def unblock(_: asyncio.Task[None]) -> None:
+            del self._blocked[key]
+            self._wake.set()
 
-        self._blocked[key] = asyncio.create_task(until_capacity())
+        task = asyncio.create_task(self._dispatcher.wait_for_worker(*key, timeout=self._sweep_interval))
+        task.add_done_callback(unblock)
+        self._blocked[key] = task
 
     async def _stop(self) -> None:
+        """Cancel what is under way; what was taken is settled (handed back) all the same."""
         tasks = [*self._forwarding.values(), *self._blocked.values()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.sleep(0)  # the tasks' done callbacks start their settlements
+        while self._settling:
+            await asyncio.gather(*list(self._settling), return_exceptions=True)

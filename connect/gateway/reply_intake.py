@@ -150,9 +150,14 @@ class ReplyIntake:
             done(error)
             return
         if flow is None:
+            self._stored_for_another(request_id, stored.result())
             done(None)
             return
         self._carry_out(flow.handle(ReplyStored(stored.result())), request_id, raw, response, done)
+
+    def _stored_for_another(self, request_id: str, stored: bool) -> None:
+        """A reply for a request nobody awaits here was stored (`stored`: by
+        this call); the dispatcher may tell the other gateways."""
 
     def _carry_out(
         self, actions: list[Action], request_id: str, raw: bytes, response: pb.SDKResponse | None, done: ReplyDone

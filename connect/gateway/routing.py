@@ -101,6 +101,10 @@ class Router(Generic[C]):
                 if not bucket:
                     del self._by_function[key]
 
+    def ready_connections(self) -> list[C]:
+        """Every ready (routable) connection."""
+        return [conn for conns in self._by_instance.values() for conn in conns]
+
     def functions_of(self, instance_id: str) -> set[tuple[str, str]]:
         """The functions the instance's ready connections serve."""
         return {key for conn in self._by_instance.get(instance_id, ()) for key in conn.functions}

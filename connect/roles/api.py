@@ -1,6 +1,14 @@
 """The API role: the HTTP API (events in, connect start/flush, checkpoints,
 run REST, probes) served by uvicorn on `settings.port`.
 
+`ApiProcess` (`start_api_process`) is this role as a process of split roles:
+no executor and no gateway with it, only the store, so any number of them
+can serve behind a load balancer. Events and run queries go to the store
+(`connect.api.stored_runs`), `/v0/connect/start` hands out gateways from the
+process registry (`connect.api.gateways`), `/v0/connect/flush` stores the
+reply (`connect.api.stored_replies`), and the process registers itself with
+a heartbeat (`connect.roles.registration`).
+
 Start: the socket is bound and uvicorn serves before `start` returns (or
 `ApiNotStarted` says why not). Stop: uvicorn stops accepting, finishes the
 requests in progress, and closes. uvicorn installs no signal handlers: the
@@ -13,16 +21,21 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Callable, Generator
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn
 
 import uvicorn
 from starlette.exceptions import HTTPException
 
-from connect.api.app import MAX_START_BYTES, ApiConfig, EventSink, ReplySink, create_api
+from connect.api.app import MAX_START_BYTES, ApiConfig, EventSink, Gateways, ReplySink, create_api
 from connect.api.framing import HttpLimits
+from connect.api.gateways import GatewayDirectory
 from connect.api.guard import guarded_http
+from connect.api.stored_replies import StoredReplies
+from connect.api.stored_runs import StoredRuns
 from connect.gateway.auth import TokenIssuer
-from connect.roles.settings import PlatformSettings
+from connect.roles.registration import Registration
+from connect.roles.settings import PlatformSettings, default_process_id
+from connect.store import ROLE_API, Store
 from protocol import limits
 from protocol.payloads import IncomingEvent
 
@@ -83,10 +96,12 @@ class ApiRole:
         gateway_port: int,
         is_ready: Callable[[], bool],
         admit_connection: Callable[[str | None], str | None],
+        gateways: Gateways | None = None,
     ) -> None:
         """`gateway_port` is the port `/v0/connect/start` sends workers to;
         `is_ready` answers `/ready`; `admit_connection` is the gateway's
-        admission of a new worker connection."""
+        admission of a new worker connection. `gateways`, when the gateways
+        are other processes, replaces the last two (see `create_api`)."""
         s = settings
         self._settings = settings
         app = create_api(
@@ -102,6 +117,7 @@ class ApiRole:
             is_ready=is_ready,
             keys=s.keys,
             admit_connection=admit_connection,
+            gateways=gateways,
         )
         http_limits = HttpLimits(
             route_body_bytes=(
@@ -158,3 +174,90 @@ class ApiRole:
         if self._task is not None:
             with contextlib.suppress(Exception):
                 await self._task
+
+
+#: Listening addresses that name no host another process could reach.
+_EVERY_INTERFACE: Final = frozenset({"", "0.0.0.0", "::"})
+
+
+class ApiProcess:
+    """The API role of split roles: see the module doc. Built by `start_api_process`."""
+
+    def __init__(self, settings: PlatformSettings, store: Store) -> None:
+        self.process_id = settings.process_id or default_process_id()
+        self.runs = StoredRuns(store)
+        self.gateways = GatewayDirectory(store, max_connections_per_instance=settings.max_connections_per_instance)
+        self._serving = False
+        self.role = ApiRole(
+            settings,
+            self.runs,
+            StoredReplies(store),
+            settings.keys.token_issuer(),
+            gateway_port=settings.gateway_port,
+            is_ready=lambda: self._serving,
+            admit_connection=lambda _instance: None,
+            gateways=self.gateways,
+        )
+        self._store = store
+        self._host = settings.host
+        self._ttl = settings.process_ttl
+        self._heartbeat: Registration | None = None
+
+    @property
+    def port(self) -> int:
+        return self.role.port
+
+    @property
+    def url(self) -> str:
+        return self.role.url
+
+    @property
+    def address(self) -> str:
+        """The URL the registry shows: `url`, with the host name for an address
+        listening on every interface (0.0.0.0 names no host to reach)."""
+        host = self._host
+        if host in _EVERY_INTERFACE:
+            host = socket.gethostname()
+        elif ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    async def start(self) -> None:
+        """Read the apps, listen for changes, serve, then register: `/ready`
+        turns true once all of it is done."""
+        await self.runs.start()
+        await self.gateways.start()
+        try:
+            await self.role.start()
+        except ApiNotStarted:
+            await self.runs.stop()
+            await self.gateways.stop()
+            raise
+        self._heartbeat = Registration(self._store, self.process_id, ROLE_API, address=self.address, ttl=self._ttl)
+        try:
+            await self._heartbeat.start()
+        except BaseException:
+            await self._stop_serving()
+            raise
+        self._serving = True
+
+    async def stop(self) -> None:
+        """`/ready` turns 503, the entry leaves the registry, and uvicorn
+        finishes the requests in progress. The store is the caller's to close."""
+        self._serving = False
+        if self._heartbeat is not None:
+            await self._heartbeat.stop()
+        await self._stop_serving()
+
+    async def _stop_serving(self) -> None:
+        await self.role.stop()
+        await self.runs.stop()
+        await self.gateways.stop()
+
+
+async def start_api_process(settings: PlatformSettings, store: Store) -> ApiProcess:
+    """An API process over `store` (PostgreSQL), started; raises `ApiNotStarted`
+    when uvicorn cannot serve."""
+    api = ApiProcess(settings, store)
+    await api.start()
+    return api

@@ -9,30 +9,53 @@ worker to reconnect elsewhere and waits for them to leave (up to
 HTTP API and no executor: the process whose owner drives
 `dispatcher.dispatch(...)` itself, as the dispatch benchmark and the gateway
 tests do.
+
+`GatewayProcess` runs this role among other processes sharing PostgreSQL
+(`connect serve --role gateway`): it takes the requests executors queue in
+the store (`RequestPump`), keeps its own and its connections' registry rows
+alive (`GatewayRegistry`), hears replies stored by others (`REPLY_STORED`)
+and holds `max_worker_concurrency` together with the other gateways. Its
+`drain` tells the registry first, then hands back what it took and has not
+forwarded, moves its workers away, and waits for the forwards in flight to
+be answered (on any gateway, or through `/flush`) until `drain_timeout`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from connect.gateway.auth import TokenIssuer
-from connect.gateway.dispatcher import GatewayDispatcher
+from connect.gateway.dispatcher import GatewayDispatcher, SharedStore
+from connect.gateway.pump import RequestPump
+from connect.gateway.registry import GatewayRegistry
 from connect.gateway.server import DrainCause, GatewayServer, SyncHook
 from connect.roles.api import ApiNotStarted, ApiRole, RunsElsewhere
-from connect.roles.settings import PlatformSettings
+from connect.roles.settings import PlatformSettings, default_process_id
 from connect.roles.store import open_store
 from connect.store import AppRecord, ReplyStore, Store
+from connect.store.base import REPLY_STORED
 from protocol.gateway_session import GatewaySessionConfig
 from protocol.payloads import FunctionConfig, RefusedFunction
 
+log = logging.getLogger("connect.roles")
 
-def gateway_dispatcher(settings: PlatformSettings, store: ReplyStore) -> GatewayDispatcher:
+
+def gateway_dispatcher(
+    settings: PlatformSettings, store: ReplyStore, *, shared_with: SharedStore | None = None
+) -> GatewayDispatcher:
     """The dispatcher is built apart from the server: the executor needs it
-    before the server exists, and the server needs the executor's sync hook."""
+    before the server exists, and the server needs the executor's sync hook.
+    `shared_with`: the store other gateways share (see `GatewayDispatcher`)."""
     return GatewayDispatcher(
-        store, lease_duration=settings.lease_duration, extend_lease_interval=settings.extend_lease_interval
+        store,
+        lease_duration=settings.lease_duration,
+        extend_lease_interval=settings.extend_lease_interval,
+        shared_with=shared_with,
     )
 
 
@@ -146,6 +169,118 @@ async def start_standalone_gateway(settings: PlatformSettings) -> StandaloneGate
         await store.close()
         raise
     return StandaloneGateway(store, role, api)
+
+
+@dataclass
+class GatewayProcess:
+    """The gateway role among other processes; see the module's docstring.
+    Started by `start_gateway_process`; the store is its owner's to close."""
+
+    settings: PlatformSettings
+    store: Store
+    role: GatewayRole
+    pump: RequestPump
+    registry: GatewayRegistry
+    _pumping: asyncio.Task[None] = field(repr=False)
+    _closed: bool = field(default=False, repr=False)
+
+    @property
+    def process_id(self) -> str:
+        return self.registry.process_id
+
+    @property
+    def url(self) -> str:
+        """The ws:// URL workers dial (advertised in the registry)."""
+        return self.registry.address
+
+    @property
+    def dispatcher(self) -> GatewayDispatcher:
+        return self.role.dispatcher
+
+    @property
+    def server(self) -> GatewayServer:
+        return self.role.server
+
+    @property
+    def port(self) -> int:
+        return self.role.port
+
+    async def drain(self) -> None:
+        """Registry "draining", `/ready` 503, queued requests not forwarded yet
+        handed back, GATEWAY_CLOSING to every worker; then wait, up to
+        `settings.drain_timeout` in all, for the forwards in flight to end."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.drain_timeout
+        await self.registry.set_draining()
+        returned = self.pump.stop_taking()
+        if returned:
+            log.info("gateway %s: handed back %d requests not forwarded yet", self.process_id, returned)
+        await self.role.drain()
+        if not await self.pump.finish(max(0.0, deadline - loop.time())):
+            log.warning(
+                "gateway %s: %d forwards still unanswered at the drain deadline; they go back to the queue",
+                self.process_id,
+                self.pump.in_flight,
+            )
+
+    async def close(self) -> None:
+        """Stop the pump (what it still holds goes back to the queue), drop
+        the registry rows, close the server. Closing again does nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        self._pumping.cancel()
+        await asyncio.gather(self._pumping, return_exceptions=True)
+        await self.registry.close()
+        await self.role.close()
+
+
+def gateway_address(settings: PlatformSettings, port: int) -> str:
+    """The URL workers dial: `settings.gateway_url`, else the listening
+    address (the host name when listening on every interface)."""
+    if settings.gateway_url:
+        return settings.gateway_url
+    host = settings.host
+    if host in ("", "0.0.0.0", "::"):
+        host = socket.gethostname()
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"ws://{host}:{port}/v0/connect"
+
+
+async def start_gateway_process(
+    settings: PlatformSettings,
+    store: Store,
+    *,
+    on_drain_requested: Callable[[DrainCause], None] | None = None,
+    clock: Callable[[], float] = time.time,
+) -> GatewayProcess:
+    """Listen, register, and take queued requests; see `GatewayProcess`.
+    `on_drain_requested`: as for `GatewayRole`."""
+    process_id = settings.process_id or default_process_id()
+    dispatcher = gateway_dispatcher(settings, store, shared_with=store)
+    role = GatewayRole(
+        settings, dispatcher, settings.keys.token_issuer(), _app_recorder(store), on_drain_requested=on_drain_requested
+    )
+    await role.start()
+    registry = GatewayRegistry(
+        store,
+        dispatcher,
+        process_id=process_id,
+        address=gateway_address(settings, role.port),
+        ttl=settings.process_ttl,
+        clock=clock,
+    )
+    pump = RequestPump(store, dispatcher, gateway_id=process_id, clock=clock)
+    try:
+        await store.listen(REPLY_STORED, dispatcher.reply_stored_elsewhere)
+        await registry.start()
+    except BaseException:
+        await registry.close()
+        await role.close()
+        raise
+    pumping = asyncio.create_task(pump.run(), name=f"pump:{process_id}")
+    return GatewayProcess(settings, store, role, pump, registry, pumping)
 
 
 def _app_recorder(store: Store) -> SyncHook:

@@ -7,7 +7,10 @@ that nothing reads would be accepted and ignored).
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass, field
+from typing import Final
 
 from connect import polling
 from connect.executor.ownership import DEFAULT_OWNER_LEASE
@@ -17,6 +20,38 @@ from connect.gateway.admission import MAX_HANDSHAKES, MAX_HANDSHAKES_PER_PEER
 from connect.gateway.auth import Keys
 from connect.store.open import DEFAULT_POOL_SIZE
 from protocol import limits
+
+#: The roles a process can run; `all` is every one of them in one process.
+ROLES: Final = ("api", "gateway", "executor")
+ALL_ROLES: Final = frozenset(ROLES)
+
+#: Seconds a process's registry entry (and its gateway's connections) lives without a heartbeat.
+DEFAULT_PROCESS_TTL: Final = 15.0
+
+
+def default_process_id() -> str:
+    """The host name and the process id: unique among processes on one host,
+    and new for every start (a restarted gateway is a new gateway to workers)."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def parse_roles(values: list[str]) -> frozenset[str]:
+    """`--role` values (each may be a comma-separated list): the set of roles
+    to run; `all` is every role. Raises ValueError naming an unknown one."""
+    roles: set[str] = set()
+    for value in values:
+        for name in (part.strip() for part in value.split(",")):
+            if not name:
+                continue
+            if name == "all":
+                roles |= ALL_ROLES
+            elif name in ROLES:
+                roles.add(name)
+            else:
+                raise ValueError(f"unknown role {name!r}: choose from api, gateway, executor, all")
+    if not roles:
+        raise ValueError("no role given: choose from api, gateway, executor, all")
+    return frozenset(roles)
 
 
 @dataclass
@@ -65,3 +100,18 @@ class PlatformSettings:
     owner_lease: float = DEFAULT_OWNER_LEASE
     #: Executor: seconds ended runs are kept (`--history-retention`); None keeps everything.
     history_retention: float | None = DEFAULT_RETENTION
+    #: The roles this process runs; every one of them (the default) is today's single process,
+    #: any other set shares its work with other processes through PostgreSQL.
+    roles: frozenset[str] = ALL_ROLES
+    #: Gateway: the ws:// URL workers dial to reach it, advertised in the process registry
+    #: (None: ws://host:gateway_port/v0/connect).
+    gateway_url: str | None = None
+    #: This process's name in the process registry (None: `default_process_id()`).
+    process_id: str | None = None
+    #: Seconds a registry entry lives without a heartbeat; heartbeats come every third of it.
+    process_ttl: float = DEFAULT_PROCESS_TTL
+
+    @property
+    def split(self) -> bool:
+        """Whether the roles are shared with other processes (not all of them here)."""
+        return self.roles != ALL_ROLES

@@ -19,6 +19,7 @@ as the raw JSON bytes, so they are not decoded and encoded again on every step.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Final, Protocol
 
 import msgspec
@@ -64,6 +65,38 @@ RUNS_RELEASED: Final = "connect_runs_released"
 REQUEST_QUEUED: Final = "connect_request_queued"
 #: Announces a queued request answered (its reply is stored) or lapsed (payload: its id).
 REQUEST_SETTLED: Final = "connect_request_settled"
+#: Announces an app registered or changed (payload: the app name); sent by `put_app`.
+APPS_CHANGED: Final = "connect_apps_changed"
+#: Announces events newly stored by `record_events` or `record_tick` (payload: their
+#: ids joined by ","; a long list is split over several notifications).
+EVENTS_RECORDED: Final = "connect_events_recorded"
+#: Announces a run newly flagged for cancellation by `request_cancel` (payload: the run id).
+RUN_CANCEL_REQUESTED: Final = "connect_run_cancel"
+#: Announces a reply stored (payload: its request id). The store never sends it on
+#: its own (`put_reply` stays on the hot path): callers send it with `notify`.
+REPLY_STORED: Final = "connect_reply_stored"
+#: Announces a process registered, changing state or gone (payload: its process id);
+#: sent by `put_process` when the state changed and by `drop_process`.
+PROCESSES_CHANGED: Final = "connect_processes_changed"
+
+#: The largest payload of one `EVENTS_RECORDED` notification, in bytes
+#: (PostgreSQL refuses payloads of 8000 bytes or more).
+EVENTS_PAYLOAD_MAX: Final = 7000
+
+#: How long an expired registry entry may linger (ms): each `put_process` /
+#: `put_connections` deletes the entries that expired this long before the expiry
+#: of the entry it writes. The margin keeps an entry written with a clock behind
+#: the writer's from being deleted while it may still count as live.
+REGISTRY_KEEP_MS: Final = 3_600_000
+
+# Process roles in the registry (`ProcessRecord.role`).
+ROLE_API: Final = "api"
+ROLE_GATEWAY: Final = "gateway"
+ROLE_EXECUTOR: Final = "executor"
+
+# Registry states of processes and connections.
+READY: Final = "ready"
+DRAINING: Final = "draining"
 
 # How a gateway ends its hold on a queued request (`settle_request`).
 #: The reply is stored: the request leaves the queue.
@@ -72,6 +105,63 @@ ANSWERED: Final = "answered"
 RETURNED: Final = "returned"
 #: Its worker was lost before it answered: the executor decides what follows.
 LAPSED: Final = "lapsed"
+
+
+@dataclass(frozen=True)
+class ProcessRecord:
+    """A live process of some role, as it registered itself.
+
+    `address` is what others reach it at: for a gateway the ws:// URL
+    workers dial, for an API its http URL, for an executor "". The entry
+    lapses at `expires_at_ms` (Unix ms) unless the process renews it.
+    """
+
+    process_id: str
+    role: str  # ROLE_API / ROLE_GATEWAY / ROLE_EXECUTOR
+    address: str
+    state: str  # READY / DRAINING
+    expires_at_ms: int
+    started_at_ms: int
+
+
+@dataclass(frozen=True)
+class ConnectionRecord:
+    """A worker connection a gateway holds, as that gateway last reported it.
+
+    `functions` are function slugs; `capacity` is the worker's
+    `max_worker_concurrency` (None: unlimited) and `in_flight` the requests
+    it was running. The entry lapses at `expires_at_ms` (Unix ms) unless the
+    gateway reports it again.
+    """
+
+    connection_id: str
+    gateway_id: str
+    instance_id: str
+    apps: list[str]
+    functions: list[str]
+    capacity: int | None
+    in_flight: int
+    state: str  # READY / DRAINING, ...
+    last_heartbeat_ms: int
+    expires_at_ms: int
+
+
+def chunk_ids(ids: Sequence[str], limit: int = EVENTS_PAYLOAD_MAX) -> list[str]:
+    """Join `ids` with "," into as few payloads as keep each within `limit` bytes
+    (an id longer than `limit` on its own gets a payload of its own)."""
+    payloads: list[str] = []
+    current: list[str] = []
+    size = 0
+    for event_id in ids:
+        n = len(event_id.encode())
+        if current and size + 1 + n > limit:
+            payloads.append(",".join(current))
+            current, size = [], 0
+        size += n + (1 if current else 0)
+        current.append(event_id)
+    if current:
+        payloads.append(",".join(current))
+    return payloads
 
 
 class Claim(msgspec.Struct, frozen=True):
@@ -312,7 +402,7 @@ class Store(ReplyStore, Protocol):
     # --- executor: apps ------------------------------------------------------
 
     async def put_app(self, app: AppRecord) -> None:
-        """Create or replace the registration of `app.app_name`."""
+        """Create or replace the registration of `app.app_name` (notifying `APPS_CHANGED`)."""
         ...
 
     async def list_apps(self) -> list[AppRecord]: ...
@@ -323,11 +413,21 @@ class Store(ReplyStore, Protocol):
         """Store events and what each causes (see `NewEvent`), all in one transaction.
 
         An event whose id is already stored is a duplicate send: nothing of
-        it is written, and its entry in the result is False.
+        it is written, and its entry in the result is False. The ids of the
+        events stored are announced on `EVENTS_RECORDED`.
         """
         ...
 
     async def get_event(self, event_id: str) -> EventRecord | None: ...
+
+    async def get_events(self, event_ids: Sequence[str]) -> list[EventRecord]:
+        """The stored events among `event_ids`, in the order given (ids not stored are left out)."""
+        ...
+
+    async def events_since(self, received_after_ms: int, limit: int) -> list[EventRecord]:
+        """Up to `limit` events received after `received_after_ms`, ordered by
+        (received_at_ms, id): how a process catches up on events it was not told of."""
+        ...
 
     async def get_run(self, run_id: str) -> RunRecord | None: ...
 
@@ -350,7 +450,8 @@ class Store(ReplyStore, Protocol):
         ...
 
     async def request_cancel(self, run_id: str) -> bool:
-        """Flag a Running run for cancellation; False if no Running run has that id."""
+        """Flag a Running run for cancellation; False if no Running run has that id.
+        Notifies `RUN_CANCEL_REQUESTED` when it set the flag."""
         ...
 
     async def save_run(
@@ -403,6 +504,12 @@ class Store(ReplyStore, Protocol):
 
     # --- notifications ------------------------------------------------------------
 
+    async def notify(self, channel: str, payload: str) -> None:
+        """Send `payload` on `channel` to every listener: in every process on the
+        database (PostgreSQL, this process included), or of this store object
+        (SQLite). Payloads must stay under 8000 bytes."""
+        ...
+
     async def listen(self, channel: str, callback: Callable[[str], None]) -> None:
         """Call `callback(payload)` for every notification on `channel` committed
         from now on: by any process on the database (PostgreSQL), or through
@@ -446,6 +553,48 @@ class Store(ReplyStore, Protocol):
         """Remove the request from the queue, whatever its state."""
         ...
 
+    # --- the process registry -------------------------------------------------------
+    #
+    # Every process of a split deployment registers itself, and every gateway its
+    # worker connections, each entry with an expiry the owner renews. An entry not
+    # renewed in time is invisible, as if dropped. Entries expired for longer than
+    # `REGISTRY_KEEP_MS` before the expiry of one being written are deleted by that
+    # write, so the tables hold little more than the live entries (with or without
+    # history retention).
+
+    async def put_process(self, record: ProcessRecord) -> None:
+        """Create or replace the entry of (`record.process_id`, `record.role`),
+        notifying `PROCESSES_CHANGED` when it is new or its state changed."""
+        ...
+
+    async def list_processes(self, role: str | None, now_ms: int) -> list[ProcessRecord]:
+        """Processes (of `role`, or of any role) whose entry expires after `now_ms`,
+        oldest start first."""
+        ...
+
+    async def drop_process(self, process_id: str, role: str) -> None:
+        """Remove the entry (notifying `PROCESSES_CHANGED`): the process stopped."""
+        ...
+
+    async def put_connections(self, gateway_id: str, records: list[ConnectionRecord]) -> None:
+        """Replace every connection entry of `gateway_id` with `records`."""
+        ...
+
+    async def list_connections(self, now_ms: int) -> list[ConnectionRecord]:
+        """Connections whose entry expires after `now_ms`, by gateway then connection id."""
+        ...
+
+    def put_lease_within(
+        self, request_id: str, lease_id: str, expires_at_ms: int, instance_id: str, limit: int, now_ms: int
+    ) -> Awaitable[bool]:
+        """`put_lease`, but only if `request_id` already has a lease for
+        `instance_id`, or that instance holds fewer than `limit` leases of other
+        requests expiring after `now_ms`; True if the lease was stored. Atomic
+        across processes: however many race for an instance's last slot, at
+        most `limit` leases are held. This is how `max_worker_concurrency`
+        holds across gateways."""
+        ...
+
     # --- executor: cron -------------------------------------------------------
 
     async def cron_ticks(self) -> dict[str, int]:
@@ -454,7 +603,8 @@ class Store(ReplyStore, Protocol):
 
     async def record_tick(self, key: str, tick_ms: int, event: NewEvent) -> bool:
         """Record a cron tick's event and run, and remember the tick, in one
-        transaction; False if the event was stored already (the tick ran)."""
+        transaction; False if the event was stored already (the tick ran).
+        A stored event is announced on `EVENTS_RECORDED`."""
         ...
 
     # --- history retention ------------------------------------------------------------

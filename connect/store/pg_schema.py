@@ -136,6 +136,36 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             batch BIGINT NOT NULL
         )""",
     ),
+    # 5 -> 6: the process registry of split deployments: processes and the worker
+    # connections each gateway holds, each entry live until `expires_at_ms`; and
+    # an instance's leases by instance, which `put_lease_within` counts.
+    (
+        """CREATE TABLE processes (
+            process_id TEXT NOT NULL,
+            role TEXT NOT NULL,
+            address TEXT NOT NULL,
+            state TEXT NOT NULL,
+            expires_at_ms BIGINT NOT NULL,
+            started_at_ms BIGINT NOT NULL,
+            PRIMARY KEY (process_id, role)
+        )""",
+        "CREATE INDEX processes_by_expiry ON processes (expires_at_ms)",
+        """CREATE TABLE connections (
+            connection_id TEXT NOT NULL,
+            gateway_id TEXT NOT NULL,
+            instance_id TEXT NOT NULL,
+            apps TEXT[] NOT NULL,
+            functions TEXT[] NOT NULL,
+            capacity INTEGER,
+            in_flight INTEGER NOT NULL,
+            state TEXT NOT NULL,
+            last_heartbeat_ms BIGINT NOT NULL,
+            expires_at_ms BIGINT NOT NULL,
+            PRIMARY KEY (gateway_id, connection_id)
+        )""",
+        "CREATE INDEX connections_by_expiry ON connections (expires_at_ms)",
+        "CREATE INDEX leases_by_instance ON leases (instance_id, expires_at_ms)",
+    ),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

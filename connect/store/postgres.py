@@ -24,27 +24,35 @@ import msgspec
 
 from connect.store.base import (
     ANSWERED,
+    APPS_CHANGED,
+    EVENTS_RECORDED,
     LAPSED,
     NEW_RUN_FENCE,
+    PROCESSES_CHANGED,
+    REGISTRY_KEEP_MS,
     REQUEST_QUEUED,
     REQUEST_SETTLED,
     RETURNED,
+    RUN_CANCEL_REQUESTED,
     RUNNING,
     RUNS_RELEASED,
     AppRecord,
     Claim,
+    ConnectionRecord,
     EventRecord,
     EventsCursor,
     LeaseRecord,
     LoadedRun,
     NewEvent,
     PendingRequest,
+    ProcessRecord,
     Pruned,
     QueuedRequest,
     RunOwnershipLost,
     RunRecord,
     StepMemo,
     Waiting,
+    chunk_ids,
 )
 from connect.store.pg_notify import PostgresListener
 from connect.store.pg_reconnect import DEFAULT_RECONNECT_TIMEOUT, validate_reconnect_timeout
@@ -69,6 +77,12 @@ _INSERT_MEMO: Final = (
     "INSERT INTO steps (run_id, step_hash, result) VALUES ($1, $2, $3) ON CONFLICT (run_id, step_hash) DO NOTHING"
 )
 _FLAG_CANCEL: Final = "UPDATE runs SET cancel_requested = TRUE WHERE run_id = $1 AND status = 'Running'"
+_SELECT_EVENTS: Final = "SELECT id, name, ts, received_at_ms, body FROM events"
+#: Sends one notification per element of the text array $2 on channel $1.
+_NOTIFY_EACH: Final = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p"
+#: First key of the advisory locks `put_lease_within` takes (the second is the
+#: instance id's hash), so they share no key with the migration lock.
+_LEASE_LOCK_SPACE: Final = 0x636E6C73  # "cnls"
 
 # One run's step in one statement: its new memos (in order; a memo already
 # stored is kept), the consumed reply and lease, and its new state (all but
@@ -397,7 +411,9 @@ _SAVE: Final = Bulk("save_run", _save_runs)
 
 async def _record_events(conn: Connection, args: list[list[NewEvent]]) -> list[list[bool]]:
     # Several callers' events in one `_insert_events`: the same order as one call each.
-    stored = await _insert_events(conn, [e for events in args for e in events])
+    flat = [e for events in args for e in events]
+    stored = await _insert_events(conn, flat)
+    await _notify_events(conn, [e.event.id for e, is_new in zip(flat, stored, strict=True) if is_new])
     out: list[list[bool]] = []
     at = 0
     for events in args:
@@ -407,6 +423,64 @@ async def _record_events(conn: Connection, args: list[list[NewEvent]]) -> list[l
 
 
 _RECORD_EVENTS: Final = Bulk("record_events", _record_events)
+
+
+async def _notify_events(conn: Connection, event_ids: list[str]) -> None:
+    """Announce `event_ids` at commit, in as few notifications as the payload limit allows."""
+    if event_ids:
+        await conn.execute(_NOTIFY_EACH, EVENTS_RECORDED, chunk_ids(event_ids))
+
+
+_LeaseWithin = tuple[LeaseRecord, int, int]  # (the lease, the instance's limit, now)
+
+
+async def _put_leases_within(conn: Connection, args: list[_LeaseWithin]) -> list[bool]:
+    # The instances' locks first, in one order (by key) so two writers locking
+    # several instances cannot deadlock on them; each is held until the batch
+    # commits, so the count below sees every other process's committed leases
+    # and none can commit one in between.
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock($1, k) FROM"
+        " (SELECT DISTINCT hashtext(i) AS k FROM unnest($2::text[]) AS i ORDER BY k) AS keys",
+        _LEASE_LOCK_SPACE,
+        list({lease.instance_id for lease, _, _ in args}),
+    )
+    results: list[bool] = []
+    for lease, limit, now_ms in args:
+        stored = await conn.fetchval(
+            "INSERT INTO leases (request_id, lease_id, expires_at_ms, instance_id)"
+            " SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM leases WHERE request_id = $1 AND instance_id = $4)"
+            " OR (SELECT count(*) FROM leases WHERE instance_id = $4 AND expires_at_ms > $5 AND request_id <> $1) < $6"
+            " ON CONFLICT (request_id) DO UPDATE SET lease_id = excluded.lease_id,"
+            " expires_at_ms = excluded.expires_at_ms, instance_id = excluded.instance_id RETURNING TRUE",
+            lease.request_id,
+            lease.lease_id,
+            lease.expires_at_ms,
+            lease.instance_id,
+            now_ms,
+            limit,
+        )
+        results.append(bool(stored))
+    return results
+
+
+_PUT_LEASE_WITHIN: Final = Bulk("put_lease_within", _put_leases_within)
+
+# Upsert a process's entry, delete entries long expired ($7), and notify ($8) when
+# the entry is new, changed state or belongs to a restarted process.
+_PUT_PROCESS: Final = """
+WITH prev AS (
+    SELECT state, started_at_ms FROM processes WHERE process_id = $1 AND role = $2
+), gone AS (
+    DELETE FROM processes WHERE expires_at_ms < $7 AND NOT (process_id = $1 AND role = $2)
+), put AS (
+    INSERT INTO processes (process_id, role, address, state, expires_at_ms, started_at_ms)
+    VALUES ($1, $2, $3, $4, $5, $6)
+    ON CONFLICT (process_id, role) DO UPDATE SET address = excluded.address, state = excluded.state,
+        expires_at_ms = excluded.expires_at_ms, started_at_ms = excluded.started_at_ms
+)
+SELECT pg_notify($8, $1) WHERE NOT EXISTS (SELECT 1 FROM prev WHERE state = $4 AND started_at_ms = $6)
+"""
 
 
 class PostgresStore:
@@ -513,6 +587,7 @@ class PostgresStore:
                 functions,
                 app.updated_at_ms,
             )
+            await conn.execute("SELECT pg_notify($1, $2)", APPS_CHANGED, app.app_name)
 
         await self._writer.run(op)
 
@@ -543,6 +618,29 @@ class PostgresStore:
 
         row = await self._writer.read(op)
         return None if row is None else _event_from_record(row)
+
+    async def get_events(self, event_ids: Sequence[str]) -> list[EventRecord]:
+        ids = list(dict.fromkeys(event_ids))
+        if not ids:
+            return []
+
+        async def op(conn: Connection) -> list[asyncpg.Record]:
+            return await conn.fetch(
+                f"{_SELECT_EVENTS} JOIN unnest($1::text[]) WITH ORDINALITY AS wanted(id, n) USING (id) ORDER BY n",
+                ids,
+            )
+
+        return [_event_from_record(r) for r in await self._writer.read(op)]
+
+    async def events_since(self, received_after_ms: int, limit: int) -> list[EventRecord]:
+        async def op(conn: Connection) -> list[asyncpg.Record]:
+            return await conn.fetch(
+                f'{_SELECT_EVENTS} WHERE received_at_ms > $1 ORDER BY received_at_ms, id COLLATE "C" LIMIT $2',
+                received_after_ms,
+                limit,
+            )
+
+        return [_event_from_record(r) for r in await self._writer.read(op)]
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         async def op(conn: Connection) -> asyncpg.Record | None:
@@ -600,7 +698,10 @@ class PostgresStore:
 
     async def request_cancel(self, run_id: str) -> bool:
         async def op(conn: Connection) -> bool:
-            return await conn.execute(_FLAG_CANCEL, run_id) == "UPDATE 1"
+            if await conn.execute(_FLAG_CANCEL, run_id) != "UPDATE 1":
+                return False
+            await conn.execute("SELECT pg_notify($1, $2)", RUN_CANCEL_REQUESTED, run_id)
+            return True
 
         return await self._writer.run(op)
 
@@ -766,6 +867,117 @@ class PostgresStore:
     async def listen(self, channel: str, callback: Callable[[str], None]) -> None:
         await self._listener.add(channel, callback)
 
+    async def notify(self, channel: str, payload: str) -> None:
+        async def op(conn: Connection) -> None:
+            await conn.execute("SELECT pg_notify($1, $2)", channel, payload)
+
+        await self._writer.run(op)
+
+    # --- the process registry ---------------------------------------------------------------
+
+    async def put_process(self, record: ProcessRecord) -> None:
+        r = record
+
+        async def op(conn: Connection) -> None:
+            await conn.execute(
+                _PUT_PROCESS,
+                r.process_id,
+                r.role,
+                r.address,
+                r.state,
+                r.expires_at_ms,
+                r.started_at_ms,
+                r.expires_at_ms - REGISTRY_KEEP_MS,
+                PROCESSES_CHANGED,
+            )
+
+        await self._writer.run(op)
+
+    async def list_processes(self, role: str | None, now_ms: int) -> list[ProcessRecord]:
+        async def op(conn: Connection) -> list[asyncpg.Record]:
+            return await conn.fetch(
+                "SELECT process_id, role, address, state, expires_at_ms, started_at_ms FROM processes"
+                " WHERE ($1::text IS NULL OR role = $1) AND expires_at_ms > $2"
+                ' ORDER BY started_at_ms, process_id COLLATE "C", role COLLATE "C"',
+                role,
+                now_ms,
+            )
+
+        return [ProcessRecord(*r) for r in await self._writer.read(op)]
+
+    async def drop_process(self, process_id: str, role: str) -> None:
+        async def op(conn: Connection) -> None:
+            await conn.execute("DELETE FROM processes WHERE process_id = $1 AND role = $2", process_id, role)
+            await conn.execute("SELECT pg_notify($1, $2)", PROCESSES_CHANGED, process_id)
+
+        await self._writer.run(op)
+
+    async def put_connections(self, gateway_id: str, records: list[ConnectionRecord]) -> None:
+        stale_before = max((c.expires_at_ms for c in records), default=None)
+
+        async def op(conn: Connection) -> None:
+            await conn.execute("DELETE FROM connections WHERE gateway_id = $1", gateway_id)
+            if stale_before is None:
+                return
+            await conn.execute("DELETE FROM connections WHERE expires_at_ms < $1", stale_before - REGISTRY_KEEP_MS)
+            await conn.executemany(
+                "INSERT INTO connections (connection_id, gateway_id, instance_id, apps, functions, capacity,"
+                " in_flight, state, last_heartbeat_ms, expires_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+                " ON CONFLICT (gateway_id, connection_id) DO UPDATE SET instance_id = excluded.instance_id,"
+                " apps = excluded.apps, functions = excluded.functions, capacity = excluded.capacity,"
+                " in_flight = excluded.in_flight, state = excluded.state,"
+                " last_heartbeat_ms = excluded.last_heartbeat_ms, expires_at_ms = excluded.expires_at_ms",
+                [
+                    (
+                        c.connection_id,
+                        gateway_id,
+                        c.instance_id,
+                        list(c.apps),
+                        list(c.functions),
+                        c.capacity,
+                        c.in_flight,
+                        c.state,
+                        c.last_heartbeat_ms,
+                        c.expires_at_ms,
+                    )
+                    for c in records
+                ],
+            )
+
+        await self._writer.run(op)
+
+    async def list_connections(self, now_ms: int) -> list[ConnectionRecord]:
+        async def op(conn: Connection) -> list[asyncpg.Record]:
+            return await conn.fetch(
+                "SELECT connection_id, gateway_id, instance_id, apps, functions, capacity, in_flight, state,"
+                " last_heartbeat_ms, expires_at_ms FROM connections WHERE expires_at_ms > $1"
+                ' ORDER BY gateway_id COLLATE "C", connection_id COLLATE "C"',
+                now_ms,
+            )
+
+        return [
+            ConnectionRecord(
+                connection_id=r["connection_id"],
+                gateway_id=r["gateway_id"],
+                instance_id=r["instance_id"],
+                apps=list(r["apps"]),
+                functions=list(r["functions"]),
+                capacity=r["capacity"],
+                in_flight=r["in_flight"],
+                state=r["state"],
+                last_heartbeat_ms=r["last_heartbeat_ms"],
+                expires_at_ms=r["expires_at_ms"],
+            )
+            for r in await self._writer.read(op)
+        ]
+
+    def put_lease_within(
+        self, request_id: str, lease_id: str, expires_at_ms: int, instance_id: str, limit: int, now_ms: int
+    ) -> Awaitable[bool]:
+        return self._writer.submit(
+            _PUT_LEASE_WITHIN, (LeaseRecord(request_id, lease_id, expires_at_ms, instance_id), limit, now_ms)
+        )
+
     # --- history retention -------------------------------------------------------------
 
     async def prune_history(self, before_ms: int, limit: int, events_after: EventsCursor | None = None) -> Pruned:
@@ -790,6 +1002,8 @@ class PostgresStore:
                 key,
                 tick_ms,
             )
+            if stored:
+                await _notify_events(conn, [event.event.id])
             return stored
 
         return await self._writer.run(op)

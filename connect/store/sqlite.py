@@ -27,34 +27,42 @@ import msgspec
 
 from connect.store.base import (
     ANSWERED,
+    APPS_CHANGED,
+    EVENTS_RECORDED,
     LAPSED,
     NEW_RUN_FENCE,
+    PROCESSES_CHANGED,
+    REGISTRY_KEEP_MS,
     REQUEST_QUEUED,
     REQUEST_SETTLED,
     RETURNED,
+    RUN_CANCEL_REQUESTED,
     RUNNING,
     RUNS_RELEASED,
     WAIT_SLEEP,
     AppRecord,
     Claim,
+    ConnectionRecord,
     EventRecord,
     EventsCursor,
     LeaseRecord,
     LoadedRun,
     NewEvent,
     PendingRequest,
+    ProcessRecord,
     Pruned,
     QueuedRequest,
     RunOwnershipLost,
     RunRecord,
     StepMemo,
     Waiting,
+    chunk_ids,
 )
 from connect.store.writer import SqliteWriter
 from protocol.ids import new_ulid
 from protocol.payloads import FunctionConfig
 
-SCHEMA_VERSION: Final = 5
+SCHEMA_VERSION: Final = 6
 
 _TABLES: Final = (
     "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
@@ -114,6 +122,34 @@ _TABLES: Final = (
         owner TEXT PRIMARY KEY,
         expires_at_ms INTEGER NOT NULL
     ) WITHOUT ROWID""",
+    # The process registry (schema 6): processes of a split deployment and the worker
+    # connections each gateway holds, each entry live until `expires_at_ms`.
+    """CREATE TABLE IF NOT EXISTS processes (
+        process_id TEXT NOT NULL,
+        role TEXT NOT NULL,
+        address TEXT NOT NULL,
+        state TEXT NOT NULL,
+        expires_at_ms INTEGER NOT NULL,
+        started_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (process_id, role)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS processes_by_expiry ON processes (expires_at_ms)",
+    """CREATE TABLE IF NOT EXISTS connections (
+        connection_id TEXT NOT NULL,
+        gateway_id TEXT NOT NULL,
+        instance_id TEXT NOT NULL,
+        apps BLOB NOT NULL,
+        functions BLOB NOT NULL,
+        capacity INTEGER,
+        in_flight INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        last_heartbeat_ms INTEGER NOT NULL,
+        expires_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (gateway_id, connection_id)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS connections_by_expiry ON connections (expires_at_ms)",
+    # An instance's leases, counted by `put_lease_within`.
+    "CREATE INDEX IF NOT EXISTS leases_by_instance ON leases (instance_id, expires_at_ms)",
 )
 
 _RUNS_TABLE: Final = """CREATE TABLE {name} (
@@ -185,6 +221,7 @@ _encode = msgspec.json.Encoder().encode
 _decode_requests = msgspec.json.Decoder(list[PendingRequest]).decode
 _decode_waiting = msgspec.json.Decoder(list[Waiting]).decode
 _decode_functions = msgspec.json.Decoder(list[FunctionConfig]).decode
+_decode_strings = msgspec.json.Decoder(list[str]).decode
 _EMPTY_LIST: Final = b"[]"
 
 
@@ -513,6 +550,7 @@ class SqliteStore:
             )
 
         await self._writer.submit(op)
+        self._notify(APPS_CHANGED, app.app_name)
 
     async def list_apps(self) -> list[AppRecord]:
         def op(conn: sqlite3.Connection) -> list[tuple[str, str | None, bytes, int]]:
@@ -534,7 +572,34 @@ class SqliteStore:
         def op(conn: sqlite3.Connection) -> list[bool]:
             return _insert_events(conn, rows)
 
-        return await self._writer.submit(op)
+        stored = await self._writer.submit(op)
+        self._notify_events([e.event.id for e, is_new in zip(events, stored, strict=True) if is_new])
+        return stored
+
+    async def get_events(self, event_ids: Sequence[str]) -> list[EventRecord]:
+        ids = list(dict.fromkeys(event_ids))
+
+        def op(conn: sqlite3.Connection) -> list[_EventRow]:
+            found: list[_EventRow] = []
+            for event_id in ids:
+                row: _EventRow | None = conn.execute(
+                    "SELECT id, name, ts, received_at_ms, body FROM events WHERE id = ?", (event_id,)
+                ).fetchone()
+                if row is not None:
+                    found.append(row)
+            return found
+
+        return [_event_from_row(r) for r in await self._writer.submit(op)]
+
+    async def events_since(self, received_after_ms: int, limit: int) -> list[EventRecord]:
+        def op(conn: sqlite3.Connection) -> list[_EventRow]:
+            return conn.execute(
+                "SELECT id, name, ts, received_at_ms, body FROM events WHERE received_at_ms > ?"
+                " ORDER BY received_at_ms, id LIMIT ?",
+                (received_after_ms, limit),
+            ).fetchall()
+
+        return [_event_from_row(r) for r in await self._writer.submit(op)]
 
     async def get_event(self, event_id: str) -> EventRecord | None:
         def op(conn: sqlite3.Connection) -> _EventRow | None:
@@ -611,7 +676,10 @@ class SqliteStore:
         def op(conn: sqlite3.Connection) -> bool:
             return conn.execute(_FLAG_CANCEL, (run_id,)).rowcount == 1
 
-        return await self._writer.submit(op)
+        flagged = await self._writer.submit(op)
+        if flagged:
+            self._notify(RUN_CANCEL_REQUESTED, run_id)
+        return flagged
 
     async def save_run(
         self,
@@ -767,10 +835,116 @@ class SqliteStore:
     async def listen(self, channel: str, callback: Callable[[str], None]) -> None:
         self._listeners.setdefault(channel, []).append(callback)
 
+    async def notify(self, channel: str, payload: str) -> None:
+        self._notify(channel, payload)
+
     def _notify(self, channel: str, payload: str) -> None:
         loop = asyncio.get_running_loop()
         for callback in self._listeners.get(channel, ()):
             loop.call_soon(callback, payload)
+
+    def _notify_events(self, event_ids: list[str]) -> None:
+        if EVENTS_RECORDED in self._listeners:
+            for payload in chunk_ids(event_ids):
+                self._notify(EVENTS_RECORDED, payload)
+
+    # --- the process registry ---------------------------------------------------------------
+
+    async def put_process(self, record: ProcessRecord) -> None:
+        r = record
+
+        def op(conn: sqlite3.Connection) -> bool:
+            before = conn.execute(
+                "SELECT state, started_at_ms FROM processes WHERE process_id = ? AND role = ?", (r.process_id, r.role)
+            ).fetchone()
+            conn.execute("DELETE FROM processes WHERE expires_at_ms < ?", (r.expires_at_ms - REGISTRY_KEEP_MS,))
+            conn.execute(
+                "INSERT OR REPLACE INTO processes (process_id, role, address, state, expires_at_ms, started_at_ms)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (r.process_id, r.role, r.address, r.state, r.expires_at_ms, r.started_at_ms),
+            )
+            return before is None or tuple(before) != (r.state, r.started_at_ms)
+
+        if await self._writer.submit(op):
+            self._notify(PROCESSES_CHANGED, r.process_id)
+
+    async def list_processes(self, role: str | None, now_ms: int) -> list[ProcessRecord]:
+        def op(conn: sqlite3.Connection) -> list[tuple[str, str, str, str, int, int]]:
+            return conn.execute(
+                "SELECT process_id, role, address, state, expires_at_ms, started_at_ms FROM processes"
+                " WHERE (?1 IS NULL OR role = ?1) AND expires_at_ms > ?2 ORDER BY started_at_ms, process_id, role",
+                (role, now_ms),
+            ).fetchall()
+
+        return [ProcessRecord(*row) for row in await self._writer.submit(op)]
+
+    async def drop_process(self, process_id: str, role: str) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM processes WHERE process_id = ? AND role = ?", (process_id, role))
+
+        await self._writer.submit(op)
+        self._notify(PROCESSES_CHANGED, process_id)
+
+    async def put_connections(self, gateway_id: str, records: list[ConnectionRecord]) -> None:
+        rows = [
+            (
+                c.connection_id,
+                gateway_id,
+                c.instance_id,
+                _encode(c.apps),
+                _encode(c.functions),
+                c.capacity,
+                c.in_flight,
+                c.state,
+                c.last_heartbeat_ms,
+                c.expires_at_ms,
+            )
+            for c in records
+        ]
+        stale_before = max((c.expires_at_ms for c in records), default=None)
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM connections WHERE gateway_id = ?", (gateway_id,))
+            if stale_before is not None:
+                conn.execute("DELETE FROM connections WHERE expires_at_ms < ?", (stale_before - REGISTRY_KEEP_MS,))
+            conn.executemany(
+                "INSERT OR REPLACE INTO connections (connection_id, gateway_id, instance_id, apps, functions, capacity,"
+                " in_flight, state, last_heartbeat_ms, expires_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+        await self._writer.submit(op)
+
+    async def list_connections(self, now_ms: int) -> list[ConnectionRecord]:
+        def op(conn: sqlite3.Connection) -> list[tuple[str, str, str, bytes, bytes, int | None, int, str, int, int]]:
+            return conn.execute(
+                "SELECT connection_id, gateway_id, instance_id, apps, functions, capacity, in_flight, state,"
+                " last_heartbeat_ms, expires_at_ms FROM connections WHERE expires_at_ms > ?"
+                " ORDER BY gateway_id, connection_id",
+                (now_ms,),
+            ).fetchall()
+
+        return [
+            ConnectionRecord(cid, gw, inst, _decode_strings(apps), _decode_strings(fns), cap, busy, state, beat, exp)
+            for cid, gw, inst, apps, fns, cap, busy, state, beat, exp in await self._writer.submit(op)
+        ]
+
+    def put_lease_within(
+        self, request_id: str, lease_id: str, expires_at_ms: int, instance_id: str, limit: int, now_ms: int
+    ) -> Awaitable[bool]:
+        # One writer runs every operation of this store in turn: the count and the
+        # insert cannot interleave with another's.
+        def op(conn: sqlite3.Connection) -> bool:
+            cur = conn.execute(
+                "INSERT OR REPLACE INTO leases (request_id, lease_id, expires_at_ms, instance_id)"
+                " SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM leases WHERE request_id = ?1 AND instance_id = ?4)"
+                " OR (SELECT count(*) FROM leases WHERE instance_id = ?4 AND expires_at_ms > ?5"
+                " AND request_id <> ?1) < ?6",
+                (request_id, lease_id, expires_at_ms, instance_id, now_ms, limit),
+            )
+            return cur.rowcount == 1
+
+        return self._writer.submit_nowait(op)
 
     # --- history retention -------------------------------------------------------------
 
@@ -801,7 +975,10 @@ class SqliteStore:
             )
             return stored
 
-        return await self._writer.submit(op)
+        stored = await self._writer.submit(op)
+        if stored:
+            self._notify_events([event.event.id])
+        return stored
 
 
 # How each outcome of `settle_request` ends a hold; each returns the function slug.

@@ -1,0 +1,65 @@
+"""Which runs received events start: shared by the executor and by an API
+process that records events for executors elsewhere (`connect.api.stored_runs`).
+
+Only the starting of runs lives here. Resuming waits and matching cancel
+conditions need the runs in memory, so they stay with the executor.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from connect.executor.system_events import FUNCTION_CANCELLED, FUNCTION_FAILED, FUNCTION_FINISHED
+from connect.executor.triggers import Target, TriggerIndex
+from connect.store.base import EventRecord, PendingRequest, RunRecord
+from protocol.ids import new_ulid
+from protocol.payloads import Event, IncomingEvent, json_encoder
+
+_END_EVENTS: Final = frozenset({FUNCTION_FINISHED, FUNCTION_FAILED, FUNCTION_CANCELLED})
+
+
+def received(events: list[IncomingEvent], now_ms: int) -> list[Event]:
+    """Events as sent, completed: a new id and `ts` = now where the sender gave none.
+    Raises ValueError for an event without a name."""
+    built: list[Event] = []
+    for incoming in events:
+        if not incoming.name:
+            raise ValueError("an event needs a non-empty name")
+        built.append(
+            Event(
+                name=incoming.name,
+                data=incoming.data or {},
+                id=incoming.id or new_ulid(),
+                ts=incoming.ts or now_ms,
+                user=incoming.user or {},
+            )
+        )
+    return built
+
+
+def targets(index: TriggerIndex, event: Event) -> list[Target]:
+    """The functions `event` starts. A function never triggers itself with the
+    end of its own run, which would start runs forever."""
+    found = index.match(event)
+    if event.name in _END_EVENTS:
+        source = event.data.get("function_id")
+        found = [t for t in found if t.function_id != source]
+    return found
+
+
+def new_run(target: Target, event_id: str, now_ms: int) -> RunRecord:
+    """A Running run of `target` with its first (discovery) request pending."""
+    return RunRecord(
+        run_id=new_ulid(),
+        function_id=target.function_id,
+        app_name=target.app_name,
+        event_id=event_id,
+        started_at_ms=now_ms,
+        max_attempts=target.max_attempts,
+        requests=[PendingRequest(new_ulid())],
+    )
+
+
+def event_record(event: Event, now_ms: int) -> EventRecord:
+    """The stored form of `event`, received at `now_ms`."""
+    return EventRecord(event.id, event.name, event.ts, now_ms, json_encoder.encode(event))
