@@ -18,6 +18,7 @@ import asyncio
 import collections
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -190,6 +191,24 @@ class StepLog:
         counts = collections.Counter((s.run_id, s.step) for s in self.started() if s.run_id in run_ids)
         return {k: n for k, n in counts.items() if n > 1}
 
+    def describe(self, keys: Iterable[tuple[str, str]], limit: int = 20) -> str:
+        """Where and when each of these (run, step) bodies began, one line each (for failures)."""
+        wanted = set(list(keys)[:limit])
+        starts: dict[tuple[str, str], list[StepLine]] = collections.defaultdict(list)
+        for s in self.started():
+            if (s.run_id, s.step) in wanted:
+                starts[(s.run_id, s.step)].append(s)
+        lines = []
+        for (run, step), begun in sorted(starts.items()):
+            where = ", ".join(f"on {s.worker} at {clock_text(s.at)}" for s in sorted(begun, key=lambda s: s.at))
+            lines.append(f"  {run} {step}: began {where}")
+        return "\n".join(lines)
+
+
+def clock_text(at: float) -> str:
+    """A unix time as the processes' log lines show it (UTC, milliseconds)."""
+    return time.strftime("%H:%M:%S", time.gmtime(at)) + f".{int(at * 1000) % 1000:03d}"
+
 
 class RoleProcess:
     """One `connect dev --role ROLE` process; `start` returns once it serves and is registered."""
@@ -232,10 +251,18 @@ class RoleProcess:
         ]  # fmt: skip
 
     def start(self) -> RoleProcess:
+        return self.launch().wait_up()
+
+    def launch(self) -> RoleProcess:
+        """Start the process without waiting for it (see `wait_up`)."""
         self.starts += 1
         log = self.cluster.dir / f"{self.role}-{self.process_id}-{self.starts}.log"
         self.proc = Proc(self.args(), _clean_env(), log)
-        poll_until(self._up, START_TIMEOUT, f"{self.role} {self.process_id} to come up (log: {log})")
+        return self
+
+    def wait_up(self) -> RoleProcess:
+        assert self.proc is not None
+        poll_until(self._up, START_TIMEOUT, f"{self.role} {self.process_id} to come up (log: {self.proc.log_path})")
         return self
 
     def _up(self) -> bool:
@@ -322,11 +349,13 @@ class Cluster:
         return base if n == 1 else f"{base}-{n}"
 
     def start_platform(self, gateways: int = 2, executors: int = 2) -> Cluster:
-        self.api = RoleProcess(self, "api", "api").start()
-        for i in range(gateways):
-            self.start_gateway(f"gw{chr(ord('a') + i)}")
-        for i in range(executors):
-            self.start_executor(f"exec{i + 1}")
+        """1 API, `gateways` gateways (gwa, gwb...) and `executors` executors (exec1, exec2...),
+        started at once; returns when every one serves and is registered."""
+        self.api = RoleProcess(self, "api", "api").launch()
+        self.gateways = [RoleProcess(self, "gateway", f"gw{chr(ord('a') + i)}").launch() for i in range(gateways)]
+        self.executors = [RoleProcess(self, "executor", f"exec{i + 1}").launch() for i in range(executors)]
+        for p in [self.api, *self.gateways, *self.executors]:
+            p.wait_up()
         return self
 
     def start_gateway(self, base: str) -> RoleProcess:
@@ -499,14 +528,26 @@ class Cluster:
         return "\n".join(parts)
 
     def stop(self) -> None:
-        for proc in self.workers.values():
-            proc.stop(timeout=15)
-        for p in [*self.executors, *self.gateways, *([self.api] if self.api else [])]:
-            if p.proc is not None:
-                p.proc.stop(timeout=DRAIN_TIMEOUT + 10)
-        for proc in self.stopped:
-            proc.stop(timeout=5)
+        """SIGTERM the workers, then the platform, each group at once; SIGKILL what outlives
+        its deadline."""
+        _stop_all(list(self.workers.values()), 15)
+        platform = [*self.executors, *self.gateways, *([self.api] if self.api else [])]
+        _stop_all([p.proc for p in platform if p.proc is not None], DRAIN_TIMEOUT + 10)
+        _stop_all(self.stopped, 5)
         self.probe.close()
+
+
+def _stop_all(procs: list[Proc], timeout: float) -> None:
+    for proc in procs:
+        proc.signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.signal(signal.SIGKILL)
+            proc.wait(10)
+        proc.stop()  # closes its log
 
 
 def assert_all_completed(cluster: Cluster, event_ids: Sequence[str]) -> list[dict[str, Any]]:

@@ -28,6 +28,7 @@ from tests.split.harness import (
     Feeder,
     RoleProcess,
     assert_all_completed,
+    clock_text,
     poll_until,
 )
 
@@ -68,7 +69,7 @@ def _run_ids(runs: list[dict[str, object]]) -> set[str]:
 
 def _assert_nothing_ran_twice(cluster: Cluster, run_ids: set[str]) -> None:
     twice = cluster.steps.ran_twice(run_ids)
-    assert twice == {}, f"{len(twice)} steps ran more than once: {dict(list(twice.items())[:20])}"
+    assert twice == {}, f"{len(twice)} steps ran more than once (UTC):\n{cluster.steps.describe(twice)}"
     assert cluster.steps.finished_count(run_ids) == 5 * len(run_ids)
 
 
@@ -196,8 +197,8 @@ def test_sigkill_of_a_gateway_mid_load_runs_again_only_its_steps_in_flight(clust
     in_flight = [k for k in first_start if k[0] in run_ids and was_in_flight_on_b(k)]
     not_allowed = {k: n for k, n in twice.items() if not was_in_flight_on_b(k)}
     assert not_allowed == {}, (
-        f"steps not in flight on the killed gateway ran again: {not_allowed}; "
-        f"{len(twice)} ran again, {len(in_flight)} were in flight there"
+        f"steps not in flight on the killed gateway ({clock_text(killed_at)}) ran again (UTC):\n"
+        f"{cluster.steps.describe(not_allowed)}\n{len(twice)} ran again, {len(in_flight)} were in flight there"
     )
     assert all(n == 2 for n in twice.values()), f"steps ran more than twice: {twice}"
 
