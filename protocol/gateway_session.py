@@ -98,8 +98,21 @@ class RequestAcked:
 
 @dataclass(frozen=True)
 class AckFailed:
-    """A forwarded request will never be ACKed on this connection (paused,
-    draining, closed or timed out): re-route it."""
+    """A forwarded request will never be ACKed on this connection (the
+    worker paused, or the ACK timed out): re-route it."""
+
+    request_id: str
+
+
+@dataclass(frozen=True)
+class AckLost:
+    """The connection ended before the worker ACKed a forwarded request.
+
+    The frame may have reached the worker (sent just before a network cut, or
+    before the worker's close crossed it), and then the worker runs it and
+    extends its lease over another connection; so it is not re-routed at
+    once, which could run the step twice: its lease decides (see
+    `connect.gateway.dispatcher`)."""
 
     request_id: str
 
@@ -154,6 +167,7 @@ Event = (
     | Ready
     | RequestAcked
     | AckFailed
+    | AckLost
     | ReplyReceived
     | CheckpointReceived
     | LeaseExtension
@@ -505,18 +519,19 @@ class GatewaySession:
             return []
         self._out.append(frames.encode(pb.GATEWAY_CLOSING))
         self.disconnect_reason = codes.DisconnectReason.GATEWAY_DRAINING
-        events: list[Event] = []
         if self.phase is Phase.READY:
+            # Requests sent before GATEWAY_CLOSING stay this worker's: it ACKs
+            # and runs them, and the connection stays open until they are
+            # answered (re-routing one not ACKed yet could run it twice).
             self.phase = Phase.DRAINING
-            events = self._fail_pending()
-        return events
+        return []
 
     def abort(self, reason: codes.DisconnectReason | str) -> list[Event]:
         """Drop the connection without a close frame (watchdog)."""
         if self.phase is Phase.CLOSED:
             return []
         self._record(reason)
-        failed = self._fail_pending()
+        failed = self._fail_pending(lost=True)
         self.phase = Phase.CLOSED
         return [*failed, Close(None, "", reason)]
 
@@ -536,7 +551,7 @@ class GatewaySession:
         if reason_seen == codes.DisconnectReason.UNEXPECTED and self.paused and code is not None and not work_left:
             reason_seen = codes.DisconnectReason.WORKER_SHUTDOWN
         self._record(reason_seen)
-        failed = self._fail_pending()
+        failed = self._fail_pending(lost=True)
         self.phase = Phase.CLOSED
         return failed
 
@@ -547,8 +562,10 @@ class GatewaySession:
         if self.disconnect_reason in (None, codes.DisconnectReason.UNEXPECTED):
             self.disconnect_reason = reason
 
-    def _fail_pending(self) -> list[Event]:
-        failed: list[Event] = [AckFailed(rid) for rid in self._pending_acks]
+    def _fail_pending(self, *, lost: bool = False) -> list[Event]:
+        """Every request still waiting for its ACK: `AckLost` when the
+        connection ends (`lost`), else `AckFailed`."""
+        failed: list[Event] = [AckLost(rid) if lost else AckFailed(rid) for rid in self._pending_acks]
         for rid in self._pending_acks:
             self._unanswered.pop(rid, None)  # re-routed: not this worker's any more
         self._pending_acks.clear()
@@ -557,7 +574,7 @@ class GatewaySession:
     def _close(self, code: int, reason: str) -> list[Event]:
         if self.phase is Phase.CLOSED:
             return []
-        failed = self._fail_pending()
+        failed = self._fail_pending(lost=True)
         self.phase = Phase.CLOSED
         self._record(reason)
         return [*failed, Close(code, reason, reason)]

@@ -344,6 +344,10 @@ class GatewayServer:
             case gs.AckFailed(request_id=rid):
                 conn.worker_answered()
                 self.dispatcher.request_acked(rid, False)
+            case gs.AckLost():
+                # The worker may have it: its lease decides (cut short by
+                # `connection_lost`, extended by the worker if it runs it).
+                conn.worker_answered()
             case gs.ReplyReceived(response=response, raw=raw):
                 conn.worker_answered(last=self.dispatcher.pending <= 1)
                 # Stored off the reader loop (the store calls back): one slow

@@ -89,8 +89,38 @@ def test_a_request_never_acked_is_not_the_workers_any_more() -> None:
     assert s.unanswered_requests == []
     s = ready_session()
     s.send_request(request(rid), T0 + 1)
-    assert any(isinstance(e, gs.AckFailed) for e in s.tick(T0 + 1 + s.config.ack_timeout))
+    due = T0 + 1 + s.config.ack_timeout
+    s.receive(frames.encode(pb.WORKER_HEARTBEAT), due - 1)  # alive, but no ACK
+    assert gs.AckFailed(rid) in s.tick(due)
     assert s.unanswered_requests == []
+
+
+def test_a_request_not_acked_before_the_connection_ends_is_left_to_its_lease() -> None:
+    """The frame may have reached the worker: the gateway must not run it
+    elsewhere at once (`AckLost`, not `AckFailed`)."""
+    for end in ("abort", "lost", "violation"):
+        s = ready_session()
+        rid = ids.new_ulid()
+        s.send_request(request(rid), T0 + 1)
+        if end == "abort":
+            events = s.abort("test")
+        elif end == "lost":
+            events = s.connection_lost(None, "")
+        else:
+            events = s.receive(b"\xff not a frame", T0 + 2)
+        assert gs.AckLost(rid) in events, end
+        assert not any(isinstance(e, gs.AckFailed) for e in events), end
+
+
+def test_a_draining_gateway_keeps_the_requests_it_sent_the_workers() -> None:
+    s = ready_session()
+    rid = ids.new_ulid()
+    s.send_request(request(rid), T0 + 1)
+    assert s.drain() == []
+    assert s.unanswered_requests == [rid]
+    assert s.receive(frames.encode(pb.WORKER_REQUEST_ACK, pb.WorkerRequestAckData(request_id=rid)), T0 + 2) == [
+        gs.RequestAcked(rid)
+    ]
 
 
 def test_unanswered_requests_are_bounded() -> None:
