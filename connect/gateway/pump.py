@@ -145,6 +145,12 @@ class RequestPump:
         )
         for request in taken:
             rid = request.request_id
+            if rid in self._forwarding:
+                # Its hold lapsed while it was forwarded here (a renewal was
+                # late) and this gateway took it again: the forward under way
+                # goes on, and the take only renewed the hold.
+                log.warning("request %s: taken again while forwarded here; its hold was renewed late", rid)
+                continue
             task = asyncio.create_task(self._forward(request), name=f"forward:{rid}")
             self._forwarding[rid] = task
             # Settled from a callback: a task cancelled before it ran never runs its `finally`.
@@ -169,7 +175,8 @@ class RequestPump:
         return RETURNED
 
     def _forwarded(self, rid: str, task: asyncio.Task[str]) -> None:
-        del self._forwarding[rid]
+        if self._forwarding.get(rid) is task:
+            del self._forwarding[rid]
         # Cancelled (stopping, or handed back): another gateway may take it.
         outcome = RETURNED if task.cancelled() or task.exception() is not None else task.result()
         log.debug("request %s: settling it %s", rid, outcome)
