@@ -31,7 +31,10 @@ log = logging.getLogger("connect.dev")
 EXIT_DRAINED_ON_REQUEST = 75
 
 
-class DevServer:
+class ProcessRoot:
+    """What every process's composition root shares: stop requests (SIGTERM,
+    SIGINT, a drain asked for over HTTP) and the exit status they lead to."""
+
     def __init__(self, settings: PlatformSettings) -> None:
         self.settings = settings
         self._stop = asyncio.Event()
@@ -42,6 +45,18 @@ class DevServer:
             self._cause = cause
         self._stop.set()
 
+    async def until_stopped(self) -> None:
+        """Wait for SIGTERM, SIGINT or `request_stop`."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        await self._stop.wait()
+
+    def exit_status(self) -> int:
+        return EXIT_DRAINED_ON_REQUEST if self._cause == "request" else 0
+
+
+class DevServer(ProcessRoot):
     async def run(self) -> int:
         """Serve until stopped; the process's exit status (0, or
         EXIT_DRAINED_ON_REQUEST after a drain asked for over HTTP)."""
@@ -91,10 +106,7 @@ class DevServer:
             describe_store(s),
             mode,
         )
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
-        await self._stop.wait()
+        await self.until_stopped()
         log.info("%s stopping: draining gateway (up to %.0fs)", s.name, s.drain_timeout)
         await gateway.drain()
         log.info("gateway drained")
@@ -102,6 +114,6 @@ class DevServer:
         await gateway.close()
         await executor.stop()
         await store.close()
-        code = EXIT_DRAINED_ON_REQUEST if self._cause == "request" else 0
+        code = self.exit_status()
         log.info("%s stopped (exit status %d)", s.name, code)
         return code

@@ -16,13 +16,10 @@ the others to claim at once, and the store closes.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 
-from connect.gateway.server import DrainCause
 from connect.roles.api import ApiNotStarted, ApiProcess, start_api_process
-from connect.roles.dev import EXIT_DRAINED_ON_REQUEST
+from connect.roles.dev import ProcessRoot
 from connect.roles.executor import ExecutorProcess, start_executor_process
 from connect.roles.gateway import GatewayProcess, start_gateway_process
 from connect.roles.settings import ROLES, PlatformSettings, default_process_id
@@ -31,7 +28,7 @@ from connect.roles.store import describe_store, open_store
 log = logging.getLogger("connect.roles")
 
 
-class RolesServer:
+class RolesServer(ProcessRoot):
     """Runs `settings.roles` (not all of them) until stopped."""
 
     def __init__(self, settings: PlatformSettings) -> None:
@@ -39,14 +36,7 @@ class RolesServer:
             settings.process_id = default_process_id()
         if settings.executor_id is None:
             settings.executor_id = settings.process_id
-        self.settings = settings
-        self._stop = asyncio.Event()
-        self._cause: DrainCause | None = None
-
-    def request_stop(self, cause: DrainCause = "signal") -> None:
-        if self._cause is None:  # the first request decides the exit status
-            self._cause = cause
-        self._stop.set()
+        super().__init__(settings)
 
     async def run(self) -> int:
         s = self.settings
@@ -77,10 +67,7 @@ class RolesServer:
             parts.append(f"executor={s.executor_id}")
         roles = ",".join(role for role in ROLES if role in s.roles)
         log.info("%s ready: roles=%s process=%s %s %s", s.name, roles, s.process_id, " ".join(parts), describe_store(s))
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.request_stop)
-        await self._stop.wait()
+        await self.until_stopped()
         if gateway is not None:
             log.info("%s stopping: draining gateway (up to %.0fs)", s.name, s.drain_timeout)
             await gateway.drain()
@@ -92,6 +79,6 @@ class RolesServer:
         if executor is not None:
             await executor.stop()
         await store.close()
-        code = EXIT_DRAINED_ON_REQUEST if self._cause == "request" else 0
+        code = self.exit_status()
         log.info("%s stopped (exit status %d)", s.name, code)
         return code
