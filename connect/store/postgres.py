@@ -124,6 +124,15 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+async def _keep_session(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    """What a pool connection needs on release beyond asyncpg's own rollback of
+    an open transaction: nothing. The store leaves no session state behind (no
+    LISTEN, which has a connection of its own, no SET, cursors or session-level
+    advisory locks), and asyncpg's default reset sends four statements
+    (`CLOSE ALL`, `UNLISTEN *`, `RESET ALL`, `pg_advisory_unlock_all()`) on every
+    release: more than the read itself."""
+
+
 def _run_row(run: RunRecord) -> _RunRow:
     return (
         run.run_id,
@@ -516,7 +525,9 @@ class PostgresStore:
         # No floor (min_size=0): connections are opened as they are needed, and
         # after a server restart the pool does not race the store to reopen
         # them while the server still refuses connections.
-        pool: asyncpg.Pool[asyncpg.Record] = await asyncpg.create_pool(dsn, min_size=0, max_size=pool_size)
+        pool: asyncpg.Pool[asyncpg.Record] = await asyncpg.create_pool(
+            dsn, min_size=0, max_size=pool_size, reset=_keep_session
+        )
         try:
             async with pool.acquire() as conn:
                 await migrate(conn)
