@@ -12,8 +12,11 @@ requests loses them to the others once its holds lapse.
 
 It takes no more than `max_in_flight` requests at once, and none for a
 function whose workers here are all busy: taking is woken by a request
-queued (`REQUEST_QUEUED`), by capacity appearing (a worker ready, a slot
-released), and by a slow sweep every `SWEEP_INTERVAL` seconds for
+queued (`REQUEST_QUEUED`), by a worker ready, by capacity appearing (a slot
+released) when the last take was short of it (a function with no room, or
+`max_in_flight` reached: otherwise that take left nothing behind that the
+slot could serve, and a look per finished step would cost the store a
+statement each), and by a slow sweep every `SWEEP_INTERVAL` seconds for
 notifications lost (which also forgets the instances the store found full,
 see `connect.gateway.dispatcher`).
 
@@ -77,7 +80,10 @@ class RequestPump:
         self._taking = True
         self._idle = asyncio.Event()
         self._idle.set()
-        dispatcher.add_capacity_listener(self.poke)
+        #: Whether the last take left something out for want of room here (see the module doc).
+        self._short = True
+        dispatcher.add_capacity_listener(self._capacity_appeared)
+        dispatcher.add_connection_listener(self.poke)
 
     @property
     def in_flight(self) -> int:
@@ -86,6 +92,10 @@ class RequestPump:
     def poke(self) -> None:
         """Capacity may have appeared (a worker ready, a slot released): look again."""
         self._wake.set()
+
+    def _capacity_appeared(self) -> None:
+        if self._short:
+            self._wake.set()
 
     async def run(self) -> None:
         await self._store.listen(REQUEST_QUEUED, lambda _slug: self._wake.set())
@@ -136,7 +146,9 @@ class RequestPump:
         if not self._taking:
             return
         room = self._max_in_flight - len(self._forwarding)
-        served = [key for key in self._dispatcher.router.with_room() if key not in self._blocked]
+        router = self._dispatcher.router
+        served = [key for key in router.with_room() if key not in self._blocked]
+        self._short = room <= 0 or len(served) < router.function_count()
         if room <= 0 or not served:
             return
         now_ms = int(self._clock() * 1000)
@@ -151,6 +163,7 @@ class RequestPump:
             task.add_done_callback(functools.partial(self._forwarded, rid))
             self._idle.clear()
         if len(taken) == room:
+            self._short = True
             self._wake.set()  # maybe more waiting: look again once these are under way
 
     async def _forward(self, queued: QueuedRequest) -> str:
@@ -176,7 +189,8 @@ class RequestPump:
         settle = asyncio.ensure_future(self._settle(rid, outcome))
         self._settling.add(settle)
         settle.add_done_callback(self._settled)
-        self._wake.set()  # a slot is free here
+        if self._short:
+            self._wake.set()  # a slot is free here, and the last take wanted one
 
     async def _settle(self, rid: str, outcome: str) -> None:
         try:
