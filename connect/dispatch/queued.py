@@ -18,6 +18,12 @@ before the executor sees them (`takes_over` makes no difference, so
 with `ValueError`, so run the executor with `checkpoint_steps=False` on this
 port. Notifications can be lost; every
 `SWEEP_INTERVAL` seconds a waiting `dispatch` looks at the store itself.
+
+An answer announced by its request id left the queue in the transaction
+that announced it (`REQUEST_SETTLED` is sent only with the queued request's
+removal or lapse, and storing a reply removes it), so the reply is read and
+nothing more is written; a reply found any other way (a sweep, a request
+dispatched again) is dequeued first.
 """
 
 from __future__ import annotations
@@ -53,6 +59,8 @@ class QueuedPort:
         self._clock = clock
         self._sweep_interval = sweep_interval
         self._waiting: dict[str, asyncio.Event] = {}
+        #: Requests whose settlement was announced by id since they were queued.
+        self._announced: set[str] = set()
         self._listening: asyncio.Task[None] | None = None
 
     async def _listen(self) -> None:
@@ -60,11 +68,13 @@ class QueuedPort:
             self._listening = asyncio.ensure_future(self._store.listen(REQUEST_SETTLED, self._settled))
         await asyncio.shield(self._listening)
 
-    def _settled(self, request_id: str) -> None:
-        if request_id:
-            event = self._waiting.get(request_id)
-            if event is not None:
-                event.set()
+    def _settled(self, request_ids: str) -> None:
+        if request_ids:
+            for request_id in request_ids.split(","):
+                event = self._waiting.get(request_id)
+                if event is not None:
+                    self._announced.add(request_id)
+                    event.set()
             return
         for event in self._waiting.values():  # reconnected: anything may have been missed
             event.set()
@@ -99,11 +109,14 @@ class QueuedPort:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(settled.wait(), self._sweep_interval)
                 settled.clear()
+                announced = rid in self._announced
                 stored = await self._store.get_reply(rid)
                 if stored is not None:
-                    # Out of the queue for good, so no gateway forwards it again once
-                    # the executor has consumed the reply.
-                    await self._store.dequeue_request(rid)
+                    if not announced:
+                        # Out of the queue for good, so no gateway forwards it again once
+                        # the executor has consumed the reply. An announced answer
+                        # left the queue in the transaction that announced it.
+                        await self._store.dequeue_request(rid)
                     return reply_from_bytes(stored)
                 if await self._store.request_lapsed(rid):
                     await self._store.dequeue_request(rid)
@@ -111,6 +124,7 @@ class QueuedPort:
         finally:
             if self._waiting.get(rid) is settled:
                 del self._waiting[rid]
+                self._announced.discard(rid)
 
     def send(self, message: ExecutorMessage) -> None:
         """Nothing to do: replies reach `dispatch` stored already, and checkpoints are never offered."""

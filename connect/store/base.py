@@ -63,7 +63,8 @@ NEW_RUN_FENCE: Final = 1
 RUNS_RELEASED: Final = "connect_runs_released"
 #: Announces a request queued for any gateway (payload: its function slug).
 REQUEST_QUEUED: Final = "connect_request_queued"
-#: Announces a queued request answered (its reply is stored) or lapsed (payload: its id).
+#: Announces queued requests answered (their replies are stored) or lapsed (payload:
+#: their ids joined by ","; `settle_request` sends one, `put_reply` those of a batch).
 REQUEST_SETTLED: Final = "connect_request_settled"
 #: Announces an app registered or changed (payload: the app name); sent by `put_app`.
 APPS_CHANGED: Final = "connect_apps_changed"
@@ -365,8 +366,10 @@ class ReplyStore(Protocol):
 
     def put_reply(self, request_id: str, data: bytes) -> Awaitable[bool]:
         """Store a reply unless one is stored already; True if this call stored it.
-        Storing a reply also ends the request's stored lease. Queued at the
-        call, like `put_lease`; await the result to know it committed."""
+        Storing a reply also ends the request's stored lease, and answers the
+        request if it is queued (`queue_request`): it leaves the queue, and
+        `REQUEST_SETTLED` announces it once committed. Queued at the call, like
+        `put_lease`; await the result to know it committed."""
         ...
 
     async def get_reply(self, request_id: str) -> bytes | None: ...

@@ -226,25 +226,38 @@ async def _insert_events(conn: Connection, events: list[NewEvent]) -> list[bool]
 # --- operations applied a run at a time (see `Bulk`) ------------------------------------
 
 
+# The replies of a run of `put_reply` calls, in one statement: each stored unless
+# one is, its lease ended and its queued request (split roles) removed, answered.
+# Returns the stored ids (TRUE) and the dequeued ones (FALSE).
+_PUT_REPLIES: Final = """
+WITH stored AS (
+    INSERT INTO replies (request_id, data, stored_at_ms)
+    SELECT * FROM unnest($1::text[], $2::bytea[], $3::bigint[])
+    ON CONFLICT (request_id) DO NOTHING RETURNING request_id
+), lease AS (
+    DELETE FROM leases WHERE request_id = ANY($1::text[])
+), queued AS (
+    DELETE FROM queued_requests WHERE request_id = ANY($1::text[]) RETURNING request_id
+)
+SELECT TRUE, request_id FROM stored UNION ALL SELECT FALSE, request_id FROM queued
+"""
+
+
 async def _put_replies(conn: Connection, args: list[tuple[str, bytes, int]]) -> list[bool]:
     # Within the run the first call for a request id is the one that may store it.
     first: dict[str, int] = {}
     for i, (request_id, _, _) in enumerate(args):
         first.setdefault(request_id, i)
     rows = [args[i] for i in first.values()]
-    stored = {
-        r["request_id"]
-        for r in await conn.fetch(
-            "INSERT INTO replies (request_id, data, stored_at_ms)"
-            " SELECT * FROM unnest($1::text[], $2::bytea[], $3::bigint[])"
-            " ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
-            [r[0] for r in rows],
-            [r[1] for r in rows],
-            [r[2] for r in rows],
-        )
-    }
-    # Storing a reply ends the request's lease, whether or not this call stored it.
-    await conn.execute("DELETE FROM leases WHERE request_id = ANY($1::text[])", list(first))
+    stored: set[str] = set()
+    dequeued: list[str] = []
+    for is_stored, request_id in await conn.fetch(
+        _PUT_REPLIES, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+    ):
+        (stored.add if is_stored else dequeued.append)(request_id)
+    if dequeued:
+        # Sent at commit, with the reply readable: one notification per ~7 KB of ids.
+        await conn.execute(_NOTIFY_EACH, REQUEST_SETTLED, chunk_ids(dequeued))
     return [first[request_id] == i and request_id in stored for i, (request_id, _, _) in enumerate(args)]
 
 

@@ -487,16 +487,25 @@ class SqliteStore:
 
     def put_reply(self, request_id: str, data: bytes) -> Awaitable[bool]:
         stored_at = _now_ms()
+        dequeued = False
 
         def op(conn: sqlite3.Connection) -> bool:
+            nonlocal dequeued
             cur = conn.execute(
                 "INSERT OR IGNORE INTO replies (request_id, data, stored_at_ms) VALUES (?, ?, ?)",
                 (request_id, data, stored_at),
             )
             conn.execute("DELETE FROM leases WHERE request_id = ?", (request_id,))
+            dequeued = conn.execute("DELETE FROM queued_requests WHERE request_id = ?", (request_id,)).rowcount == 1
             return cur.rowcount == 1
 
-        return self._writer.submit_nowait(op)
+        def committed(future: asyncio.Future[bool]) -> None:
+            if dequeued and not future.cancelled() and future.exception() is None:
+                self._notify(REQUEST_SETTLED, request_id)
+
+        future = self._writer.submit_nowait(op)
+        future.add_done_callback(committed)
+        return future
 
     async def get_reply(self, request_id: str) -> bytes | None:
         def op(conn: sqlite3.Connection) -> bytes | None:

@@ -107,3 +107,22 @@ async def test_concurrent_gateways_never_take_the_same_request(engine: Engine) -
     finally:
         await first.close()
         await second.close()
+
+
+async def test_storing_a_reply_answers_the_queued_request(store: Store) -> None:
+    settled: asyncio.Queue[str] = asyncio.Queue()
+    await store.listen(REQUEST_SETTLED, settled.put_nowait)
+    await store.queue_request(queued("r1"))
+    await store.queue_request(queued("r2"))
+    assert len(await store.take_requests("gw-a", ["app-fn"], NOW, NOW + HOLD, 10)) == 2
+    # A reply stored for it (by any gateway) takes it out of the queue, announced once committed.
+    assert await store.put_reply("r1", b"reply") is True
+    assert await asyncio.wait_for(settled.get(), 10) == "r1"
+    assert await store.get_reply("r1") == b"reply"
+    assert await store.settle_request("r1", "gw-a", ANSWERED) is False  # already out of the queue
+    await store.hold_requests("gw-a", ["r2"], NOW)  # r2's hold lapses: taken again, r1 not
+    assert [q.request_id for q in await store.take_requests("gw-b", ["app-fn"], NOW + 1, NOW + HOLD, 10)] == ["r2"]
+    # A reply for a request not queued announces nothing.
+    assert await store.put_reply("r3", b"reply") is True
+    await asyncio.sleep(0.2)
+    assert settled.empty()
