@@ -103,6 +103,7 @@ class QueuedPort:
                     request.step_id,
                     request.payload,
                     int(self._clock() * 1000),
+                    request.fresh,
                 )
             )
             while True:

@@ -7,7 +7,10 @@ while it is forwarded), `dispatch` it as the in-process executor would (a
 stored reply or a live lease is honoured, the reply is stored before the
 worker is acknowledged), then settle it: `ANSWERED` once the reply is
 stored, `LAPSED` if the worker was lost, `RETURNED` if no worker here could
-take it after all (another gateway may). A gateway that dies holding
+take it after all (another gateway may). A fresh request (`QueuedRequest.fresh`:
+never dispatched before) is dispatched as fresh, without looking for a stored
+reply or lease, and its answer needs no settling: storing the reply took it
+out of the queue. A gateway that dies holding
 requests loses them to the others once its holds lapse.
 
 It takes no more than `max_in_flight` requests at once, and none for a
@@ -47,6 +50,8 @@ HOLD: Final = 30.0
 SWEEP_INTERVAL: Final = 5.0
 #: Requests forwarded at once, at most.
 MAX_IN_FLIGHT: Final = 1024
+#: How a forward ends when its answer already took the request out of the queue.
+_GONE: Final = "gone"
 
 
 class RequestPump:
@@ -169,10 +174,20 @@ class RequestPump:
     async def _forward(self, queued: QueuedRequest) -> str:
         """Dispatch one taken request; returns how to settle it."""
         rid = queued.request_id
-        request = StepRequest(rid, queued.run_id, queued.app_name, queued.function_slug, queued.step_id, queued.payload)
+        request = StepRequest(
+            rid,
+            queued.run_id,
+            queued.app_name,
+            queued.function_slug,
+            queued.step_id,
+            queued.payload,
+            fresh=queued.fresh,
+        )
         try:
             await self._dispatcher.dispatch(request)
-            return ANSWERED
+            # A fresh request's answer was stored after it was taken, and storing
+            # it took it out of the queue (`Store.put_reply`): nothing to settle.
+            return _GONE if queued.fresh else ANSWERED
         except (NoWorker, AtCapacity):
             self._block((queued.app_name, queued.function_slug))
         except WorkerStoppedResponding:
@@ -193,6 +208,8 @@ class RequestPump:
             self._wake.set()  # a slot is free here, and the last take wanted one
 
     async def _settle(self, rid: str, outcome: str) -> None:
+        if outcome == _GONE:
+            return
         try:
             await self._store.settle_request(rid, self.gateway_id, outcome)
         except Exception:

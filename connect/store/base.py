@@ -289,6 +289,11 @@ class QueuedRequest(msgspec.Struct, frozen=True):
     step_id: str
     payload: bytes
     queued_at_ms: int
+    #: Queued: the executor never dispatched this request id before
+    #: (`StepRequest.fresh`). Taken: that, and no gateway took it before, so
+    #: no reply or lease of it can be stored and the gateway need not look.
+    #: False is always safe (it only costs those looks).
+    fresh: bool = False
 
 
 class RunMemo(msgspec.Struct, frozen=True):

@@ -418,11 +418,16 @@ async def _prune_history(conn: Connection, before_ms: int, limit: int, events_af
 
 
 # How each outcome of `settle_request` ends a hold; each returns the function slug.
+#: `held_until_ms` of a request not held: never taken and queued fresh (see
+#: `QueuedRequest.fresh`), or any other (a taken request is held past 1).
+_NEVER_HELD: Final = 0
+_HELD_BEFORE: Final = 1
+
 _SETTLE: Final = {
     ANSWERED: "DELETE FROM queued_requests WHERE request_id = $1 AND holder = $2 RETURNING function_slug",
-    RETURNED: "UPDATE queued_requests SET holder = NULL, held_until_ms = 0 WHERE request_id = $1 AND holder = $2"
+    RETURNED: "UPDATE queued_requests SET holder = NULL, held_until_ms = 1 WHERE request_id = $1 AND holder = $2"
     " RETURNING function_slug",
-    LAPSED: "UPDATE queued_requests SET holder = NULL, held_until_ms = 0, lapsed = TRUE WHERE request_id = $1"
+    LAPSED: "UPDATE queued_requests SET holder = NULL, held_until_ms = 1, lapsed = TRUE WHERE request_id = $1"
     " AND holder = $2 RETURNING function_slug",
 }
 
@@ -807,9 +812,9 @@ class PostgresStore:
         async def op(conn: Connection) -> None:
             await conn.execute(
                 "INSERT INTO queued_requests (request_id, run_id, app_name, function_slug, step_id, payload,"
-                " queued_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (request_id) DO UPDATE SET"
-                " holder = CASE WHEN queued_requests.lapsed THEN NULL ELSE queued_requests.holder END,"
-                " lapsed = FALSE",
+                " queued_at_ms, held_until_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (request_id)"
+                " DO UPDATE SET holder = CASE WHEN queued_requests.lapsed THEN NULL ELSE queued_requests.holder END,"
+                " lapsed = FALSE, held_until_ms = GREATEST(queued_requests.held_until_ms, 1)",
                 r.request_id,
                 r.run_id,
                 r.app_name,
@@ -817,6 +822,7 @@ class PostgresStore:
                 r.step_id,
                 r.payload,
                 r.queued_at_ms,
+                _NEVER_HELD if r.fresh else _HELD_BEFORE,
             )
             await conn.execute("SELECT pg_notify($1, $2)", REQUEST_QUEUED, r.function_slug)
 
@@ -831,11 +837,12 @@ class PostgresStore:
         async def op(conn: Connection) -> list[asyncpg.Record]:
             return await conn.fetch(
                 "UPDATE queued_requests q SET holder = $1, held_until_ms = $2 FROM ("
-                " SELECT request_id FROM queued_requests WHERE function_slug = ANY($3::text[]) AND NOT lapsed"
-                ' AND (holder IS NULL OR held_until_ms < $4) ORDER BY queued_at_ms, request_id COLLATE "C"'
+                " SELECT request_id, held_until_ms FROM queued_requests WHERE function_slug = ANY($3::text[])"
+                " AND NOT lapsed AND (holder IS NULL OR held_until_ms < $4)"
+                ' ORDER BY queued_at_ms, request_id COLLATE "C"'
                 " LIMIT $5 FOR UPDATE SKIP LOCKED) AS due WHERE q.request_id = due.request_id"
                 " RETURNING q.request_id, q.run_id, q.app_name, q.function_slug, q.step_id, q.payload,"
-                " q.queued_at_ms",
+                " q.queued_at_ms, due.held_until_ms = 0",
                 gateway,
                 hold_until_ms,
                 list(function_slugs),

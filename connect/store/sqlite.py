@@ -770,13 +770,24 @@ class SqliteStore:
 
     async def queue_request(self, request: QueuedRequest) -> None:
         r = request
-        row = (r.request_id, r.run_id, r.app_name, r.function_slug, r.step_id, r.payload, r.queued_at_ms)
+        # held_until_ms 0: never taken and queued fresh (see `QueuedRequest.fresh`).
+        row = (
+            r.request_id,
+            r.run_id,
+            r.app_name,
+            r.function_slug,
+            r.step_id,
+            r.payload,
+            r.queued_at_ms,
+            int(not r.fresh),
+        )
 
         def op(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "INSERT INTO queued_requests (request_id, run_id, app_name, function_slug, step_id, payload,"
-                " queued_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO UPDATE SET"
-                " holder = CASE WHEN lapsed THEN NULL ELSE holder END, lapsed = 0",
+                " queued_at_ms, held_until_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO UPDATE SET"
+                " holder = CASE WHEN lapsed THEN NULL ELSE holder END, lapsed = 0,"
+                " held_until_ms = MAX(held_until_ms, 1)",
                 row,
             )
 
@@ -790,18 +801,24 @@ class SqliteStore:
         if not slugs:
             return []
 
-        def op(conn: sqlite3.Connection) -> list[tuple[str, str, str, str, str, bytes, int]]:
-            return conn.execute(
-                "UPDATE queued_requests SET holder = ?, held_until_ms = ? WHERE request_id IN ("  # noqa: S608 - placeholders only
-                " SELECT request_id FROM queued_requests WHERE function_slug IN"
+        def op(conn: sqlite3.Connection) -> list[tuple[str, str, str, str, str, bytes, int, bool]]:
+            due = conn.execute(
+                "SELECT request_id, held_until_ms = 0 FROM queued_requests WHERE function_slug IN"  # noqa: S608 - placeholders only
                 f" ({', '.join('?' * len(slugs))}) AND NOT lapsed AND (holder IS NULL OR held_until_ms < ?)"
-                " ORDER BY queued_at_ms, request_id LIMIT ?)"
-                " RETURNING request_id, run_id, app_name, function_slug, step_id, payload, queued_at_ms",
-                (gateway, hold_until_ms, *slugs, now_ms, limit),
+                " ORDER BY queued_at_ms, request_id LIMIT ?",
+                (*slugs, now_ms, limit),
             ).fetchall()
+            fresh = {rid for rid, never_held in due if never_held}
+            rows = conn.execute(
+                "UPDATE queued_requests SET holder = ?, held_until_ms = ? WHERE request_id IN"  # noqa: S608 - placeholders only
+                f" ({', '.join('?' * len(due))})"
+                " RETURNING request_id, run_id, app_name, function_slug, step_id, payload, queued_at_ms",
+                (gateway, hold_until_ms, *(rid for rid, _ in due)),
+            ).fetchall()
+            return [(*r, r[0] in fresh) for r in rows]
 
         rows = await self._writer.submit(op)
-        return sorted((QueuedRequest(*r[:5], bytes(r[5]), r[6]) for r in rows), key=_queue_order)
+        return sorted((QueuedRequest(*r[:5], bytes(r[5]), r[6], r[7]) for r in rows), key=_queue_order)
 
     async def hold_requests(self, gateway: str, request_ids: Sequence[str], hold_until_ms: int) -> None:
         rows = [(hold_until_ms, rid, gateway) for rid in request_ids]
@@ -993,9 +1010,9 @@ class SqliteStore:
 # How each outcome of `settle_request` ends a hold; each returns the function slug.
 _SETTLE: Final = {
     ANSWERED: "DELETE FROM queued_requests WHERE request_id = ? AND holder = ? RETURNING function_slug",
-    RETURNED: "UPDATE queued_requests SET holder = NULL, held_until_ms = 0 WHERE request_id = ? AND holder = ?"
+    RETURNED: "UPDATE queued_requests SET holder = NULL, held_until_ms = 1 WHERE request_id = ? AND holder = ?"
     " RETURNING function_slug",
-    LAPSED: "UPDATE queued_requests SET holder = NULL, held_until_ms = 0, lapsed = 1 WHERE request_id = ?"
+    LAPSED: "UPDATE queued_requests SET holder = NULL, held_until_ms = 1, lapsed = 1 WHERE request_id = ?"
     " AND holder = ? RETURNING function_slug",
 }
 

@@ -126,3 +126,25 @@ async def test_storing_a_reply_answers_the_queued_request(store: Store) -> None:
     assert await store.put_reply("r3", b"reply") is True
     await asyncio.sleep(0.2)
     assert settled.empty()
+
+
+async def test_a_request_is_taken_fresh_only_if_queued_fresh_and_never_taken(store: Store) -> None:
+    def fresh(request_id: str) -> QueuedRequest:
+        q = queued(request_id)
+        return QueuedRequest(q.request_id, q.run_id, q.app_name, q.function_slug, q.step_id, q.payload, 1, True)
+
+    await store.queue_request(fresh("r1"))
+    await store.queue_request(queued("r2"))
+    taken = await store.take_requests("gw-a", ["app-fn"], NOW, NOW + HOLD, 10)
+    assert [(q.request_id, q.fresh) for q in taken] == [("r1", True), ("r2", False)]
+    # Handed back (it may have reached a worker): no longer fresh.
+    assert await store.settle_request("r1", "gw-a", RETURNED) is True
+    assert [q.fresh for q in await store.take_requests("gw-b", ["app-fn"], NOW, NOW + HOLD, 10)] == [False]
+    # Taken by a gateway that is gone, then taken again: not fresh either.
+    await store.queue_request(fresh("r3"))
+    await store.take_requests("gw-c", ["app-fn"], NOW, NOW + 1, 10)
+    assert [q.fresh for q in await store.take_requests("gw-d", ["app-fn"], NOW + 2, NOW + HOLD, 10)] == [False]
+    # Queued again by an executor while untaken: not fresh.
+    await store.queue_request(fresh("r4"))
+    await store.queue_request(fresh("r4"))
+    assert [q.fresh for q in await store.take_requests("gw-a", ["app-fn"], NOW, NOW + HOLD, 10)] == [False]
