@@ -431,6 +431,46 @@ _SETTLE: Final = {
     " AND holder = $2 RETURNING function_slug",
 }
 
+_QUEUE_REQUESTS: Final = """
+INSERT INTO queued_requests (request_id, run_id, app_name, function_slug, step_id, payload, queued_at_ms, held_until_ms)
+SELECT * FROM unnest(
+    $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[], $7::bigint[], $8::bigint[]
+)
+ON CONFLICT (request_id) DO UPDATE SET
+    holder = CASE WHEN queued_requests.lapsed THEN NULL ELSE queued_requests.holder END,
+    lapsed = FALSE, held_until_ms = GREATEST(queued_requests.held_until_ms, 1)
+"""
+
+
+async def _queue_requests(conn: Connection, args: list[QueuedRequest]) -> list[None]:
+    # One statement per round of distinct ids (one upsert may not touch a row
+    # twice); a request id queued twice in one run comes round again, as if alone.
+    rest = args
+    while rest:
+        seen: set[str] = set()
+        now: list[QueuedRequest] = []
+        later: list[QueuedRequest] = []
+        for r in rest:
+            (later if r.request_id in seen else now).append(r)
+            seen.add(r.request_id)
+        await conn.execute(
+            _QUEUE_REQUESTS,
+            [r.request_id for r in now],
+            [r.run_id for r in now],
+            [r.app_name for r in now],
+            [r.function_slug for r in now],
+            [r.step_id for r in now],
+            [r.payload for r in now],
+            [r.queued_at_ms for r in now],
+            [_NEVER_HELD if r.fresh else _HELD_BEFORE for r in now],
+        )
+        rest = later
+    # Sent at commit, so a gateway told finds them: one notification per function.
+    await conn.execute(_NOTIFY_EACH, REQUEST_QUEUED, list(dict.fromkeys(r.function_slug for r in args)))
+    return [None] * len(args)
+
+
+_QUEUE: Final = Bulk("queue_request", _queue_requests)
 _PUT_REPLY: Final = Bulk("put_reply", _put_replies)
 _CHANGE_LEASE: Final = Bulk("change_lease", _change_leases)
 _SAVE: Final = Bulk("save_run", _save_runs)
@@ -807,26 +847,7 @@ class PostgresStore:
     # --- queued requests -----------------------------------------------------------------
 
     async def queue_request(self, request: QueuedRequest) -> None:
-        r = request
-
-        async def op(conn: Connection) -> None:
-            await conn.execute(
-                "INSERT INTO queued_requests (request_id, run_id, app_name, function_slug, step_id, payload,"
-                " queued_at_ms, held_until_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (request_id)"
-                " DO UPDATE SET holder = CASE WHEN queued_requests.lapsed THEN NULL ELSE queued_requests.holder END,"
-                " lapsed = FALSE, held_until_ms = GREATEST(queued_requests.held_until_ms, 1)",
-                r.request_id,
-                r.run_id,
-                r.app_name,
-                r.function_slug,
-                r.step_id,
-                r.payload,
-                r.queued_at_ms,
-                _NEVER_HELD if r.fresh else _HELD_BEFORE,
-            )
-            await conn.execute("SELECT pg_notify($1, $2)", REQUEST_QUEUED, r.function_slug)
-
-        await self._writer.run(op)
+        await self._writer.submit(_QUEUE, request)
 
     async def take_requests(
         self, gateway: str, function_slugs: Sequence[str], now_ms: int, hold_until_ms: int, limit: int

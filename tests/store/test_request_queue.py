@@ -148,3 +148,18 @@ async def test_a_request_is_taken_fresh_only_if_queued_fresh_and_never_taken(sto
     await store.queue_request(fresh("r4"))
     await store.queue_request(fresh("r4"))
     assert [q.fresh for q in await store.take_requests("gw-a", ["app-fn"], NOW, NOW + HOLD, 10)] == [False]
+
+
+async def test_requests_queued_together_are_each_queued_once(store: Store) -> None:
+    announced: asyncio.Queue[str] = asyncio.Queue()
+    await store.listen(REQUEST_QUEUED, announced.put_nowait)
+    await asyncio.gather(
+        *(store.queue_request(queued(f"r{i}", at=i)) for i in range(5)),
+        store.queue_request(queued("r0", at=0)),  # the same id again, in the same batch
+        store.queue_request(queued("o1", slug="app-other", at=9)),
+    )
+    taken = await store.take_requests("gw-a", ["app-fn", "app-other"], NOW, NOW + HOLD, 10)
+    assert [q.request_id for q in taken] == ["r0", "r1", "r2", "r3", "r4", "o1"]
+    slugs: set[str] = set()
+    while slugs != {"app-fn", "app-other"}:
+        slugs.add(await asyncio.wait_for(announced.get(), 10))
