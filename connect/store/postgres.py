@@ -30,6 +30,7 @@ from connect.store.base import (
     NEW_RUN_FENCE,
     PROCESSES_CHANGED,
     REGISTRY_KEEP_MS,
+    REQUEST_ANSWERED,
     REQUEST_QUEUED,
     REQUEST_SETTLED,
     RETURNED,
@@ -52,6 +53,7 @@ from connect.store.base import (
     RunRecord,
     StepMemo,
     Waiting,
+    answer_entries,
     chunk_ids,
 )
 from connect.store.pg_notify import PostgresListener
@@ -256,8 +258,15 @@ async def _put_replies(conn: Connection, args: list[tuple[str, bytes, int]]) -> 
     ):
         (stored.add if is_stored else dequeued.append)(request_id)
     if dequeued:
-        # Sent at commit, with the reply readable: one notification per ~7 KB of ids.
-        await conn.execute(_NOTIFY_EACH, REQUEST_SETTLED, chunk_ids(dequeued))
+        # Sent at commit, with the replies stored: the answers themselves when this
+        # call stored them and they fit, else the ids (an older reply is the answer).
+        data = {r[0]: r[1] for r in rows}
+        answers, too_long = answer_entries([(rid, data[rid]) for rid in dequeued if rid in stored])
+        if answers:
+            await conn.execute(_NOTIFY_EACH, REQUEST_ANSWERED, answers)
+        settled = [rid for rid in dequeued if rid not in stored] + too_long
+        if settled:
+            await conn.execute(_NOTIFY_EACH, REQUEST_SETTLED, chunk_ids(settled))
     return [first[request_id] == i and request_id in stored for i, (request_id, _, _) in enumerate(args)]
 
 

@@ -33,6 +33,7 @@ from connect.store.base import (
     NEW_RUN_FENCE,
     PROCESSES_CHANGED,
     REGISTRY_KEEP_MS,
+    REQUEST_ANSWERED,
     REQUEST_QUEUED,
     REQUEST_SETTLED,
     RETURNED,
@@ -56,6 +57,7 @@ from connect.store.base import (
     RunRecord,
     StepMemo,
     Waiting,
+    answer_entries,
     chunk_ids,
 )
 from connect.store.writer import SqliteWriter
@@ -500,7 +502,12 @@ class SqliteStore:
             return cur.rowcount == 1
 
         def committed(future: asyncio.Future[bool]) -> None:
-            if dequeued and not future.cancelled() and future.exception() is None:
+            if not dequeued or future.cancelled() or future.exception() is not None:
+                return
+            answers, _ = answer_entries([(request_id, data)] if future.result() else [])
+            if answers:
+                self._notify(REQUEST_ANSWERED, answers[0])
+            else:
                 self._notify(REQUEST_SETTLED, request_id)
 
         future = self._writer.submit_nowait(op)
