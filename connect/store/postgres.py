@@ -427,16 +427,16 @@ async def _prune_history(conn: Connection, before_ms: int, limit: int, events_af
 
 
 # How each outcome of `settle_request` ends a hold; each returns the function slug.
-#: `held_until_ms` of a request not held: never taken and queued fresh (see
-#: `QueuedRequest.fresh`), or any other (a taken request is held past 1).
-_NEVER_HELD: Final = 0
-_HELD_BEFORE: Final = 1
+#: `held_until_ms` of a request not held: queued fresh and never taken (see
+#: `QueuedRequest.fresh`; a value older versions never write), or any other.
+_NEVER_HELD: Final = -1
+_HELD_BEFORE: Final = 0
 
 _SETTLE: Final = {
     ANSWERED: "DELETE FROM queued_requests WHERE request_id = $1 AND holder = $2 RETURNING function_slug",
-    RETURNED: "UPDATE queued_requests SET holder = NULL, held_until_ms = 1 WHERE request_id = $1 AND holder = $2"
+    RETURNED: "UPDATE queued_requests SET holder = NULL, held_until_ms = 0 WHERE request_id = $1 AND holder = $2"
     " RETURNING function_slug",
-    LAPSED: "UPDATE queued_requests SET holder = NULL, held_until_ms = 1, lapsed = TRUE WHERE request_id = $1"
+    LAPSED: "UPDATE queued_requests SET holder = NULL, held_until_ms = 0, lapsed = TRUE WHERE request_id = $1"
     " AND holder = $2 RETURNING function_slug",
 }
 
@@ -447,7 +447,7 @@ SELECT * FROM unnest(
 )
 ON CONFLICT (request_id) DO UPDATE SET
     holder = CASE WHEN queued_requests.lapsed THEN NULL ELSE queued_requests.holder END,
-    lapsed = FALSE, held_until_ms = GREATEST(queued_requests.held_until_ms, 1)
+    lapsed = FALSE, held_until_ms = GREATEST(queued_requests.held_until_ms, 0)
 """
 
 
@@ -872,7 +872,7 @@ class PostgresStore:
                 ' ORDER BY queued_at_ms, request_id COLLATE "C"'
                 " LIMIT $5 FOR UPDATE SKIP LOCKED) AS due WHERE q.request_id = due.request_id"
                 " RETURNING q.request_id, q.run_id, q.app_name, q.function_slug, q.step_id, q.payload,"
-                " q.queued_at_ms, due.held_until_ms = 0",
+                " q.queued_at_ms, due.held_until_ms < 0",
                 gateway,
                 hold_until_ms,
                 list(function_slugs),

@@ -777,7 +777,7 @@ class SqliteStore:
 
     async def queue_request(self, request: QueuedRequest) -> None:
         r = request
-        # held_until_ms 0: never taken and queued fresh (see `QueuedRequest.fresh`).
+        # held_until_ms -1: queued fresh and never taken (see `QueuedRequest.fresh`).
         row = (
             r.request_id,
             r.run_id,
@@ -786,7 +786,7 @@ class SqliteStore:
             r.step_id,
             r.payload,
             r.queued_at_ms,
-            int(not r.fresh),
+            -1 if r.fresh else 0,
         )
 
         def op(conn: sqlite3.Connection) -> None:
@@ -794,7 +794,7 @@ class SqliteStore:
                 "INSERT INTO queued_requests (request_id, run_id, app_name, function_slug, step_id, payload,"
                 " queued_at_ms, held_until_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO UPDATE SET"
                 " holder = CASE WHEN lapsed THEN NULL ELSE holder END, lapsed = 0,"
-                " held_until_ms = MAX(held_until_ms, 1)",
+                " held_until_ms = MAX(held_until_ms, 0)",
                 row,
             )
 
@@ -810,7 +810,7 @@ class SqliteStore:
 
         def op(conn: sqlite3.Connection) -> list[tuple[str, str, str, str, str, bytes, int, bool]]:
             due = conn.execute(
-                "SELECT request_id, held_until_ms = 0 FROM queued_requests WHERE function_slug IN"  # noqa: S608 - placeholders only
+                "SELECT request_id, held_until_ms < 0 FROM queued_requests WHERE function_slug IN"  # noqa: S608 - placeholders only
                 f" ({', '.join('?' * len(slugs))}) AND NOT lapsed AND (holder IS NULL OR held_until_ms < ?)"
                 " ORDER BY queued_at_ms, request_id LIMIT ?",
                 (*slugs, now_ms, limit),
@@ -1017,9 +1017,9 @@ class SqliteStore:
 # How each outcome of `settle_request` ends a hold; each returns the function slug.
 _SETTLE: Final = {
     ANSWERED: "DELETE FROM queued_requests WHERE request_id = ? AND holder = ? RETURNING function_slug",
-    RETURNED: "UPDATE queued_requests SET holder = NULL, held_until_ms = 1 WHERE request_id = ? AND holder = ?"
+    RETURNED: "UPDATE queued_requests SET holder = NULL, held_until_ms = 0 WHERE request_id = ? AND holder = ?"
     " RETURNING function_slug",
-    LAPSED: "UPDATE queued_requests SET holder = NULL, held_until_ms = 1, lapsed = 1 WHERE request_id = ?"
+    LAPSED: "UPDATE queued_requests SET holder = NULL, held_until_ms = 0, lapsed = 1 WHERE request_id = ?"
     " AND holder = ? RETURNING function_slug",
 }
 
