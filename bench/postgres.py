@@ -87,6 +87,15 @@ class Database:
         statements, commits = row.splitlines()[-1].split("|")
         return Counters(int(statements), int(commits))
 
+    def top_statements(self, limit: int = 25) -> list[str]:
+        """The statements this database executed most often (cumulative), as "calls: query" lines."""
+        rows = self.cluster.psql(
+            "SELECT calls || ': ' || left(regexp_replace(query, '\\s+', ' ', 'g'), 160)"
+            " FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid"
+            f" WHERE d.datname = '{self.name}' ORDER BY calls DESC LIMIT {int(limit)}"
+        )
+        return rows.splitlines()
+
 
 class Cluster:
     """One cluster in a temporary directory, its server a child process; see the module doc."""

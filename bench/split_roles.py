@@ -104,6 +104,8 @@ def run(opts: scenario.Options, children: procs.Children) -> dict[str, Any]:
             **common,
         )  # fmt: skip
         out.update(split)
+        # Where the split platform's statements go (whole run, warm-up included).
+        out["split_top_statements"] = split_db.top_statements()
     finally:
         cluster.stop()
     out["roles"] = [name for name, _ in ROLES]

@@ -18,11 +18,19 @@ before the executor sees them (`takes_over` makes no difference, so
 with `ValueError`, so run the executor with `checkpoint_steps=False` on this
 port. Notifications can be lost; every
 `SWEEP_INTERVAL` seconds a waiting `dispatch` looks at the store itself.
+
+A reply announced with its answer (`REQUEST_ANSWERED`) is not read back: the
+announcing transaction stored it. An answer announced by its request id left
+the queue in the transaction that announced it (`REQUEST_SETTLED` is sent only with the queued request's
+removal or lapse, and storing a reply removes it), so the reply is read and
+nothing more is written; a reply found any other way (a sweep, a request
+dispatched again) is dequeued first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import time
@@ -33,7 +41,7 @@ from connect.dispatch.failures import WorkerStoppedResponding
 from connect.dispatch.messages import ExecutorMessage, StepReply, StepRequest
 from connect.dispatch.port import CheckpointReceiver
 from connect.dispatch.stored import reply_from_bytes
-from connect.store.base import REQUEST_SETTLED, QueuedRequest, Store
+from connect.store.base import REQUEST_ANSWERED, REQUEST_SETTLED, QueuedRequest, Store, read_answers
 
 log = logging.getLogger(__name__)
 
@@ -53,18 +61,40 @@ class QueuedPort:
         self._clock = clock
         self._sweep_interval = sweep_interval
         self._waiting: dict[str, asyncio.Event] = {}
-        self._listening: asyncio.Task[None] | None = None
+        #: Requests whose settlement was announced by id since they were queued.
+        self._announced: set[str] = set()
+        #: Replies announced with their answers (base64), not consumed yet.
+        self._answers: dict[str, str] = {}
+        self._listening: asyncio.Future[None] | None = None
 
     async def _listen(self) -> None:
         if self._listening is None:
-            self._listening = asyncio.ensure_future(self._store.listen(REQUEST_SETTLED, self._settled))
+            self._listening = asyncio.ensure_future(self._listen_both())
         await asyncio.shield(self._listening)
 
-    def _settled(self, request_id: str) -> None:
-        if request_id:
+    async def _listen_both(self) -> None:
+        # One after the other: each is listening once its `listen` returns.
+        await self._store.listen(REQUEST_SETTLED, self._settled)
+        await self._store.listen(REQUEST_ANSWERED, self._answered)
+
+    def _answered(self, payload: str) -> None:
+        if not payload:
+            self._settled(payload)
+            return
+        for request_id, data in read_answers(payload):
             event = self._waiting.get(request_id)
             if event is not None:
+                self._answers[request_id] = data
+                self._announced.add(request_id)
                 event.set()
+
+    def _settled(self, request_ids: str) -> None:
+        if request_ids:
+            for request_id in request_ids.split(","):
+                event = self._waiting.get(request_id)
+                if event is not None:
+                    self._announced.add(request_id)
+                    event.set()
             return
         for event in self._waiting.values():  # reconnected: anything may have been missed
             event.set()
@@ -93,17 +123,24 @@ class QueuedPort:
                     request.step_id,
                     request.payload,
                     int(self._clock() * 1000),
+                    request.fresh,
                 )
             )
             while True:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(settled.wait(), self._sweep_interval)
                 settled.clear()
+                answer = self._answers.pop(rid, None)
+                if answer is not None:
+                    return reply_from_bytes(base64.b64decode(answer))
+                announced = rid in self._announced
                 stored = await self._store.get_reply(rid)
                 if stored is not None:
-                    # Out of the queue for good, so no gateway forwards it again once
-                    # the executor has consumed the reply.
-                    await self._store.dequeue_request(rid)
+                    if not announced:
+                        # Out of the queue for good, so no gateway forwards it again once
+                        # the executor has consumed the reply. An announced answer
+                        # left the queue in the transaction that announced it.
+                        await self._store.dequeue_request(rid)
                     return reply_from_bytes(stored)
                 if await self._store.request_lapsed(rid):
                     await self._store.dequeue_request(rid)
@@ -111,6 +148,8 @@ class QueuedPort:
         finally:
             if self._waiting.get(rid) is settled:
                 del self._waiting[rid]
+                self._announced.discard(rid)
+                self._answers.pop(rid, None)
 
     def send(self, message: ExecutorMessage) -> None:
         """Nothing to do: replies reach `dispatch` stored already, and checkpoints are never offered."""

@@ -7,13 +7,19 @@ while it is forwarded), `dispatch` it as the in-process executor would (a
 stored reply or a live lease is honoured, the reply is stored before the
 worker is acknowledged), then settle it: `ANSWERED` once the reply is
 stored, `LAPSED` if the worker was lost, `RETURNED` if no worker here could
-take it after all (another gateway may). A gateway that dies holding
+take it after all (another gateway may). A fresh request (`QueuedRequest.fresh`:
+never dispatched before) is dispatched as fresh, without looking for a stored
+reply or lease, and its answer needs no settling: storing the reply took it
+out of the queue. A gateway that dies holding
 requests loses them to the others once its holds lapse.
 
 It takes no more than `max_in_flight` requests at once, and none for a
 function whose workers here are all busy: taking is woken by a request
-queued (`REQUEST_QUEUED`), by capacity appearing (a worker ready, a slot
-released), and by a slow sweep every `SWEEP_INTERVAL` seconds for
+queued (`REQUEST_QUEUED`), by a worker ready, by capacity appearing (a slot
+released) when the last take was short of it (a function with no room, or
+`max_in_flight` reached: otherwise that take left nothing behind that the
+slot could serve, and a look per finished step would cost the store a
+statement each), and by a slow sweep every `SWEEP_INTERVAL` seconds for
 notifications lost (which also forgets the instances the store found full,
 see `connect.gateway.dispatcher`).
 
@@ -44,6 +50,8 @@ HOLD: Final = 30.0
 SWEEP_INTERVAL: Final = 5.0
 #: Requests forwarded at once, at most.
 MAX_IN_FLIGHT: Final = 1024
+#: How a forward ends when its answer already took the request out of the queue.
+_GONE: Final = "gone"
 
 
 class RequestPump:
@@ -77,7 +85,10 @@ class RequestPump:
         self._taking = True
         self._idle = asyncio.Event()
         self._idle.set()
-        dispatcher.add_capacity_listener(self.poke)
+        #: Whether the last take left something out for want of room here (see the module doc).
+        self._short = True
+        dispatcher.add_capacity_listener(self._capacity_appeared)
+        dispatcher.add_connection_listener(self.poke)
 
     @property
     def in_flight(self) -> int:
@@ -86,6 +97,10 @@ class RequestPump:
     def poke(self) -> None:
         """Capacity may have appeared (a worker ready, a slot released): look again."""
         self._wake.set()
+
+    def _capacity_appeared(self) -> None:
+        if self._short:
+            self._wake.set()
 
     async def run(self) -> None:
         await self._store.listen(REQUEST_QUEUED, lambda _slug: self._wake.set())
@@ -136,7 +151,9 @@ class RequestPump:
         if not self._taking:
             return
         room = self._max_in_flight - len(self._forwarding)
-        served = [key for key in self._dispatcher.router.with_room() if key not in self._blocked]
+        router = self._dispatcher.router
+        served = [key for key in router.with_room() if key not in self._blocked]
+        self._short = room <= 0 or len(served) < router.function_count()
         if room <= 0 or not served:
             return
         now_ms = int(self._clock() * 1000)
@@ -157,15 +174,26 @@ class RequestPump:
             task.add_done_callback(functools.partial(self._forwarded, rid))
             self._idle.clear()
         if len(taken) == room:
+            self._short = True
             self._wake.set()  # maybe more waiting: look again once these are under way
 
     async def _forward(self, queued: QueuedRequest) -> str:
         """Dispatch one taken request; returns how to settle it."""
         rid = queued.request_id
-        request = StepRequest(rid, queued.run_id, queued.app_name, queued.function_slug, queued.step_id, queued.payload)
+        request = StepRequest(
+            rid,
+            queued.run_id,
+            queued.app_name,
+            queued.function_slug,
+            queued.step_id,
+            queued.payload,
+            fresh=queued.fresh,
+        )
         try:
             await self._dispatcher.dispatch(request)
-            return ANSWERED
+            # A fresh request's answer was stored after it was taken, and storing
+            # it took it out of the queue (`Store.put_reply`): nothing to settle.
+            return _GONE if queued.fresh else ANSWERED
         except (NoWorker, AtCapacity):
             self._block((queued.app_name, queued.function_slug))
         except WorkerStoppedResponding:
@@ -183,9 +211,12 @@ class RequestPump:
         settle = asyncio.ensure_future(self._settle(rid, outcome))
         self._settling.add(settle)
         settle.add_done_callback(self._settled)
-        self._wake.set()  # a slot is free here
+        if self._short:
+            self._wake.set()  # a slot is free here, and the last take wanted one
 
     async def _settle(self, rid: str, outcome: str) -> None:
+        if outcome == _GONE:
+            return
         try:
             await self._store.settle_request(rid, self.gateway_id, outcome)
         except Exception:

@@ -109,6 +109,10 @@ class Router(Generic[C]):
         """The functions the instance's ready connections serve."""
         return {key for conn in self._by_instance.get(instance_id, ()) for key in conn.functions}
 
+    def function_count(self) -> int:
+        """How many (app, function slug) pairs ready connections serve."""
+        return len(self._by_function)
+
     def with_room(self) -> list[tuple[str, str]]:
         """The (app, function slug) pairs some ready connection with room serves."""
         has_room = self._capacity.has_room

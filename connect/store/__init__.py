@@ -1,6 +1,7 @@
 """Persistence behind one small interface: SQLite (the embedded default) or PostgreSQL."""
 
 from connect.store.base import (
+    ANSWER_ENTRY_MAX,
     ANSWERED,
     APPS_CHANGED,
     CANCELLED,
@@ -16,6 +17,7 @@ from connect.store.base import (
     READY,
     REGISTRY_KEEP_MS,
     REPLY_STORED,
+    REQUEST_ANSWERED,
     REQUEST_QUEUED,
     REQUEST_SETTLED,
     RETURNED,
@@ -48,13 +50,16 @@ from connect.store.base import (
     Store,
     StoreClosed,
     Waiting,
+    answer_entries,
     chunk_ids,
+    read_answers,
 )
 from connect.store.postgres import PostgresStore
 from connect.store.sqlite import SqliteStore
 
 __all__ = [
     "ANSWERED",
+    "ANSWER_ENTRY_MAX",
     "APPS_CHANGED",
     "CANCELLED",
     "COMPLETED",
@@ -69,6 +74,7 @@ __all__ = [
     "READY",
     "REGISTRY_KEEP_MS",
     "REPLY_STORED",
+    "REQUEST_ANSWERED",
     "REQUEST_QUEUED",
     "REQUEST_SETTLED",
     "RETURNED",
@@ -103,5 +109,7 @@ __all__ = [
     "Store",
     "StoreClosed",
     "Waiting",
+    "answer_entries",
     "chunk_ids",
+    "read_answers",
 ]

@@ -18,7 +18,8 @@ as the raw JSON bytes, so they are not decoded and encoded again on every step.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+import base64
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -63,8 +64,15 @@ NEW_RUN_FENCE: Final = 1
 RUNS_RELEASED: Final = "connect_runs_released"
 #: Announces a request queued for any gateway (payload: its function slug).
 REQUEST_QUEUED: Final = "connect_request_queued"
-#: Announces a queued request answered (its reply is stored) or lapsed (payload: its id).
+#: Announces queued requests answered (their replies are stored) or lapsed (payload:
+#: their ids joined by ","; `settle_request` sends one, `put_reply` those of a batch
+#: it does not announce on `REQUEST_ANSWERED`).
 REQUEST_SETTLED: Final = "connect_request_settled"
+#: Announces queued requests answered, with their replies, so that the executor
+#: waiting for one need not read it back (payload: `answer_entries`, "<request
+#: id>:<reply, base64>" joined by ","). Sent by `put_reply` for the requests it took
+#: out of the queue and stored the reply of, when the entry fits `ANSWER_ENTRY_MAX`.
+REQUEST_ANSWERED: Final = "connect_request_answered"
 #: Announces an app registered or changed (payload: the app name); sent by `put_app`.
 APPS_CHANGED: Final = "connect_apps_changed"
 #: Announces events newly stored by `record_events` or `record_tick` (payload: their
@@ -82,6 +90,10 @@ PROCESSES_CHANGED: Final = "connect_processes_changed"
 #: The largest payload of one `EVENTS_RECORDED` notification, in bytes
 #: (PostgreSQL refuses payloads of 8000 bytes or more).
 EVENTS_PAYLOAD_MAX: Final = 7000
+
+#: The largest `REQUEST_ANSWERED` entry, in bytes: a longer reply is announced by
+#: id alone (`REQUEST_SETTLED`) and read back from the store.
+ANSWER_ENTRY_MAX: Final = 6000
 
 #: How long an expired registry entry may linger (ms): each `put_process` /
 #: `put_connections` deletes the entries that expired this long before the expiry
@@ -162,6 +174,24 @@ def chunk_ids(ids: Sequence[str], limit: int = EVENTS_PAYLOAD_MAX) -> list[str]:
     if current:
         payloads.append(",".join(current))
     return payloads
+
+
+def answer_entries(answers: Sequence[tuple[str, bytes]]) -> tuple[list[str], list[str]]:
+    """The `REQUEST_ANSWERED` payloads for (request id, stored reply) pairs, and the
+    ids whose entries do not fit `ANSWER_ENTRY_MAX` (to announce on `REQUEST_SETTLED`)."""
+    entries: list[str] = []
+    too_long: list[str] = []
+    for request_id, data in answers:
+        entry = f"{request_id}:{base64.b64encode(data).decode()}"
+        (entries.append(entry) if len(entry) <= ANSWER_ENTRY_MAX else too_long.append(request_id))
+    return chunk_ids(entries), too_long
+
+
+def read_answers(payload: str) -> Iterator[tuple[str, str]]:
+    """The (request id, reply in base64) pairs of a `REQUEST_ANSWERED` payload."""
+    for entry in payload.split(","):
+        request_id, _, data = entry.partition(":")
+        yield request_id, data
 
 
 class Claim(msgspec.Struct, frozen=True):
@@ -288,6 +318,11 @@ class QueuedRequest(msgspec.Struct, frozen=True):
     step_id: str
     payload: bytes
     queued_at_ms: int
+    #: Queued: the executor never dispatched this request id before
+    #: (`StepRequest.fresh`). Taken: that, and no gateway took it before, so
+    #: no reply or lease of it can be stored and the gateway need not look.
+    #: False is always safe (it only costs those looks).
+    fresh: bool = False
 
 
 class RunMemo(msgspec.Struct, frozen=True):
@@ -365,8 +400,10 @@ class ReplyStore(Protocol):
 
     def put_reply(self, request_id: str, data: bytes) -> Awaitable[bool]:
         """Store a reply unless one is stored already; True if this call stored it.
-        Storing a reply also ends the request's stored lease. Queued at the
-        call, like `put_lease`; await the result to know it committed."""
+        Storing a reply also ends the request's stored lease, and answers the
+        request if it is queued (`queue_request`): it leaves the queue, and
+        `REQUEST_SETTLED` announces it once committed. Queued at the call, like
+        `put_lease`; await the result to know it committed."""
         ...
 
     async def get_reply(self, request_id: str) -> bytes | None: ...

@@ -30,6 +30,7 @@ from connect.store.base import (
     NEW_RUN_FENCE,
     PROCESSES_CHANGED,
     REGISTRY_KEEP_MS,
+    REQUEST_ANSWERED,
     REQUEST_QUEUED,
     REQUEST_SETTLED,
     RETURNED,
@@ -52,6 +53,7 @@ from connect.store.base import (
     RunRecord,
     StepMemo,
     Waiting,
+    answer_entries,
     chunk_ids,
 )
 from connect.store.pg_notify import PostgresListener
@@ -122,6 +124,15 @@ _EMPTY_LIST: Final = b"[]"
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+async def _keep_session(conn: asyncpg.Connection[asyncpg.Record]) -> None:
+    """What a pool connection needs on release beyond asyncpg's own rollback of
+    an open transaction: nothing. The store leaves no session state behind (no
+    LISTEN, which has a connection of its own, no SET, cursors or session-level
+    advisory locks), and asyncpg's default reset sends four statements
+    (`CLOSE ALL`, `UNLISTEN *`, `RESET ALL`, `pg_advisory_unlock_all()`) on every
+    release: more than the read itself."""
 
 
 def _run_row(run: RunRecord) -> _RunRow:
@@ -217,25 +228,45 @@ async def _insert_events(conn: Connection, events: list[NewEvent]) -> list[bool]
 # --- operations applied a run at a time (see `Bulk`) ------------------------------------
 
 
+# The replies of a run of `put_reply` calls, in one statement: each stored unless
+# one is, its lease ended and its queued request (split roles) removed, answered.
+# Returns the stored ids (TRUE) and the dequeued ones (FALSE).
+_PUT_REPLIES: Final = """
+WITH stored AS (
+    INSERT INTO replies (request_id, data, stored_at_ms)
+    SELECT * FROM unnest($1::text[], $2::bytea[], $3::bigint[])
+    ON CONFLICT (request_id) DO NOTHING RETURNING request_id
+), lease AS (
+    DELETE FROM leases WHERE request_id = ANY($1::text[])
+), queued AS (
+    DELETE FROM queued_requests WHERE request_id = ANY($1::text[]) RETURNING request_id
+)
+SELECT TRUE, request_id FROM stored UNION ALL SELECT FALSE, request_id FROM queued
+"""
+
+
 async def _put_replies(conn: Connection, args: list[tuple[str, bytes, int]]) -> list[bool]:
     # Within the run the first call for a request id is the one that may store it.
     first: dict[str, int] = {}
     for i, (request_id, _, _) in enumerate(args):
         first.setdefault(request_id, i)
     rows = [args[i] for i in first.values()]
-    stored = {
-        r["request_id"]
-        for r in await conn.fetch(
-            "INSERT INTO replies (request_id, data, stored_at_ms)"
-            " SELECT * FROM unnest($1::text[], $2::bytea[], $3::bigint[])"
-            " ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
-            [r[0] for r in rows],
-            [r[1] for r in rows],
-            [r[2] for r in rows],
-        )
-    }
-    # Storing a reply ends the request's lease, whether or not this call stored it.
-    await conn.execute("DELETE FROM leases WHERE request_id = ANY($1::text[])", list(first))
+    stored: set[str] = set()
+    dequeued: list[str] = []
+    for is_stored, request_id in await conn.fetch(
+        _PUT_REPLIES, [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+    ):
+        (stored.add if is_stored else dequeued.append)(request_id)
+    if dequeued:
+        # Sent at commit, with the replies stored: the answers themselves when this
+        # call stored them and they fit, else the ids (an older reply is the answer).
+        data = {r[0]: r[1] for r in rows}
+        answers, too_long = answer_entries([(rid, data[rid]) for rid in dequeued if rid in stored])
+        if answers:
+            await conn.execute(_NOTIFY_EACH, REQUEST_ANSWERED, answers)
+        settled = [rid for rid in dequeued if rid not in stored] + too_long
+        if settled:
+            await conn.execute(_NOTIFY_EACH, REQUEST_SETTLED, chunk_ids(settled))
     return [first[request_id] == i and request_id in stored for i, (request_id, _, _) in enumerate(args)]
 
 
@@ -396,6 +427,11 @@ async def _prune_history(conn: Connection, before_ms: int, limit: int, events_af
 
 
 # How each outcome of `settle_request` ends a hold; each returns the function slug.
+#: `held_until_ms` of a request not held: queued fresh and never taken (see
+#: `QueuedRequest.fresh`; a value older versions never write), or any other.
+_NEVER_HELD: Final = -1
+_HELD_BEFORE: Final = 0
+
 _SETTLE: Final = {
     ANSWERED: "DELETE FROM queued_requests WHERE request_id = $1 AND holder = $2 RETURNING function_slug",
     RETURNED: "UPDATE queued_requests SET holder = NULL, held_until_ms = 0 WHERE request_id = $1 AND holder = $2"
@@ -404,6 +440,46 @@ _SETTLE: Final = {
     " AND holder = $2 RETURNING function_slug",
 }
 
+_QUEUE_REQUESTS: Final = """
+INSERT INTO queued_requests (request_id, run_id, app_name, function_slug, step_id, payload, queued_at_ms, held_until_ms)
+SELECT * FROM unnest(
+    $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[], $7::bigint[], $8::bigint[]
+)
+ON CONFLICT (request_id) DO UPDATE SET
+    holder = CASE WHEN queued_requests.lapsed THEN NULL ELSE queued_requests.holder END,
+    lapsed = FALSE, held_until_ms = GREATEST(queued_requests.held_until_ms, 0)
+"""
+
+
+async def _queue_requests(conn: Connection, args: list[QueuedRequest]) -> list[None]:
+    # One statement per round of distinct ids (one upsert may not touch a row
+    # twice); a request id queued twice in one run comes round again, as if alone.
+    rest = args
+    while rest:
+        seen: set[str] = set()
+        now: list[QueuedRequest] = []
+        later: list[QueuedRequest] = []
+        for r in rest:
+            (later if r.request_id in seen else now).append(r)
+            seen.add(r.request_id)
+        await conn.execute(
+            _QUEUE_REQUESTS,
+            [r.request_id for r in now],
+            [r.run_id for r in now],
+            [r.app_name for r in now],
+            [r.function_slug for r in now],
+            [r.step_id for r in now],
+            [r.payload for r in now],
+            [r.queued_at_ms for r in now],
+            [_NEVER_HELD if r.fresh else _HELD_BEFORE for r in now],
+        )
+        rest = later
+    # Sent at commit, so a gateway told finds them: one notification per function.
+    await conn.execute(_NOTIFY_EACH, REQUEST_QUEUED, list(dict.fromkeys(r.function_slug for r in args)))
+    return [None] * len(args)
+
+
+_QUEUE: Final = Bulk("queue_request", _queue_requests)
 _PUT_REPLY: Final = Bulk("put_reply", _put_replies)
 _CHANGE_LEASE: Final = Bulk("change_lease", _change_leases)
 _SAVE: Final = Bulk("save_run", _save_runs)
@@ -516,7 +592,9 @@ class PostgresStore:
         # No floor (min_size=0): connections are opened as they are needed, and
         # after a server restart the pool does not race the store to reopen
         # them while the server still refuses connections.
-        pool: asyncpg.Pool[asyncpg.Record] = await asyncpg.create_pool(dsn, min_size=0, max_size=pool_size)
+        pool: asyncpg.Pool[asyncpg.Record] = await asyncpg.create_pool(
+            dsn, min_size=0, max_size=pool_size, reset=_keep_session
+        )
         try:
             async with pool.acquire() as conn:
                 await migrate(conn)
@@ -778,25 +856,7 @@ class PostgresStore:
     # --- queued requests -----------------------------------------------------------------
 
     async def queue_request(self, request: QueuedRequest) -> None:
-        r = request
-
-        async def op(conn: Connection) -> None:
-            await conn.execute(
-                "INSERT INTO queued_requests (request_id, run_id, app_name, function_slug, step_id, payload,"
-                " queued_at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (request_id) DO UPDATE SET"
-                " holder = CASE WHEN queued_requests.lapsed THEN NULL ELSE queued_requests.holder END,"
-                " lapsed = FALSE",
-                r.request_id,
-                r.run_id,
-                r.app_name,
-                r.function_slug,
-                r.step_id,
-                r.payload,
-                r.queued_at_ms,
-            )
-            await conn.execute("SELECT pg_notify($1, $2)", REQUEST_QUEUED, r.function_slug)
-
-        await self._writer.run(op)
+        await self._writer.submit(_QUEUE, request)
 
     async def take_requests(
         self, gateway: str, function_slugs: Sequence[str], now_ms: int, hold_until_ms: int, limit: int
@@ -807,11 +867,12 @@ class PostgresStore:
         async def op(conn: Connection) -> list[asyncpg.Record]:
             return await conn.fetch(
                 "UPDATE queued_requests q SET holder = $1, held_until_ms = $2 FROM ("
-                " SELECT request_id FROM queued_requests WHERE function_slug = ANY($3::text[]) AND NOT lapsed"
-                ' AND (holder IS NULL OR held_until_ms < $4) ORDER BY queued_at_ms, request_id COLLATE "C"'
+                " SELECT request_id, held_until_ms FROM queued_requests WHERE function_slug = ANY($3::text[])"
+                " AND NOT lapsed AND (holder IS NULL OR held_until_ms < $4)"
+                ' ORDER BY queued_at_ms, request_id COLLATE "C"'
                 " LIMIT $5 FOR UPDATE SKIP LOCKED) AS due WHERE q.request_id = due.request_id"
                 " RETURNING q.request_id, q.run_id, q.app_name, q.function_slug, q.step_id, q.payload,"
-                " q.queued_at_ms",
+                " q.queued_at_ms, due.held_until_ms < 0",
                 gateway,
                 hold_until_ms,
                 list(function_slugs),

@@ -33,6 +33,7 @@ from connect.store.base import (
     NEW_RUN_FENCE,
     PROCESSES_CHANGED,
     REGISTRY_KEEP_MS,
+    REQUEST_ANSWERED,
     REQUEST_QUEUED,
     REQUEST_SETTLED,
     RETURNED,
@@ -56,6 +57,7 @@ from connect.store.base import (
     RunRecord,
     StepMemo,
     Waiting,
+    answer_entries,
     chunk_ids,
 )
 from connect.store.writer import SqliteWriter
@@ -487,16 +489,30 @@ class SqliteStore:
 
     def put_reply(self, request_id: str, data: bytes) -> Awaitable[bool]:
         stored_at = _now_ms()
+        dequeued = False
 
         def op(conn: sqlite3.Connection) -> bool:
+            nonlocal dequeued
             cur = conn.execute(
                 "INSERT OR IGNORE INTO replies (request_id, data, stored_at_ms) VALUES (?, ?, ?)",
                 (request_id, data, stored_at),
             )
             conn.execute("DELETE FROM leases WHERE request_id = ?", (request_id,))
+            dequeued = conn.execute("DELETE FROM queued_requests WHERE request_id = ?", (request_id,)).rowcount == 1
             return cur.rowcount == 1
 
-        return self._writer.submit_nowait(op)
+        def committed(future: asyncio.Future[bool]) -> None:
+            if not dequeued or future.cancelled() or future.exception() is not None:
+                return
+            answers, _ = answer_entries([(request_id, data)] if future.result() else [])
+            if answers:
+                self._notify(REQUEST_ANSWERED, answers[0])
+            else:
+                self._notify(REQUEST_SETTLED, request_id)
+
+        future = self._writer.submit_nowait(op)
+        future.add_done_callback(committed)
+        return future
 
     async def get_reply(self, request_id: str) -> bytes | None:
         def op(conn: sqlite3.Connection) -> bytes | None:
@@ -761,13 +777,24 @@ class SqliteStore:
 
     async def queue_request(self, request: QueuedRequest) -> None:
         r = request
-        row = (r.request_id, r.run_id, r.app_name, r.function_slug, r.step_id, r.payload, r.queued_at_ms)
+        # held_until_ms -1: queued fresh and never taken (see `QueuedRequest.fresh`).
+        row = (
+            r.request_id,
+            r.run_id,
+            r.app_name,
+            r.function_slug,
+            r.step_id,
+            r.payload,
+            r.queued_at_ms,
+            -1 if r.fresh else 0,
+        )
 
         def op(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "INSERT INTO queued_requests (request_id, run_id, app_name, function_slug, step_id, payload,"
-                " queued_at_ms) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO UPDATE SET"
-                " holder = CASE WHEN lapsed THEN NULL ELSE holder END, lapsed = 0",
+                " queued_at_ms, held_until_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO UPDATE SET"
+                " holder = CASE WHEN lapsed THEN NULL ELSE holder END, lapsed = 0,"
+                " held_until_ms = MAX(held_until_ms, 0)",
                 row,
             )
 
@@ -781,18 +808,24 @@ class SqliteStore:
         if not slugs:
             return []
 
-        def op(conn: sqlite3.Connection) -> list[tuple[str, str, str, str, str, bytes, int]]:
-            return conn.execute(
-                "UPDATE queued_requests SET holder = ?, held_until_ms = ? WHERE request_id IN ("  # noqa: S608 - placeholders only
-                " SELECT request_id FROM queued_requests WHERE function_slug IN"
+        def op(conn: sqlite3.Connection) -> list[tuple[str, str, str, str, str, bytes, int, bool]]:
+            due = conn.execute(
+                "SELECT request_id, held_until_ms < 0 FROM queued_requests WHERE function_slug IN"  # noqa: S608 - placeholders only
                 f" ({', '.join('?' * len(slugs))}) AND NOT lapsed AND (holder IS NULL OR held_until_ms < ?)"
-                " ORDER BY queued_at_ms, request_id LIMIT ?)"
-                " RETURNING request_id, run_id, app_name, function_slug, step_id, payload, queued_at_ms",
-                (gateway, hold_until_ms, *slugs, now_ms, limit),
+                " ORDER BY queued_at_ms, request_id LIMIT ?",
+                (*slugs, now_ms, limit),
             ).fetchall()
+            fresh = {rid for rid, never_held in due if never_held}
+            rows = conn.execute(
+                "UPDATE queued_requests SET holder = ?, held_until_ms = ? WHERE request_id IN"  # noqa: S608 - placeholders only
+                f" ({', '.join('?' * len(due))})"
+                " RETURNING request_id, run_id, app_name, function_slug, step_id, payload, queued_at_ms",
+                (gateway, hold_until_ms, *(rid for rid, _ in due)),
+            ).fetchall()
+            return [(*r, r[0] in fresh) for r in rows]
 
         rows = await self._writer.submit(op)
-        return sorted((QueuedRequest(*r[:5], bytes(r[5]), r[6]) for r in rows), key=_queue_order)
+        return sorted((QueuedRequest(*r[:5], bytes(r[5]), r[6], r[7]) for r in rows), key=_queue_order)
 
     async def hold_requests(self, gateway: str, request_ids: Sequence[str], hold_until_ms: int) -> None:
         rows = [(hold_until_ms, rid, gateway) for rid in request_ids]

@@ -7,13 +7,16 @@ import asyncio
 import pytest
 
 from connect.store import (
+    ANSWER_ENTRY_MAX,
     ANSWERED,
     LAPSED,
+    REQUEST_ANSWERED,
     REQUEST_QUEUED,
     REQUEST_SETTLED,
     RETURNED,
     QueuedRequest,
     Store,
+    read_answers,
 )
 from tests.store.conftest import Engine
 
@@ -107,3 +110,72 @@ async def test_concurrent_gateways_never_take_the_same_request(engine: Engine) -
     finally:
         await first.close()
         await second.close()
+
+
+async def test_storing_a_reply_answers_the_queued_request(store: Store) -> None:
+    settled: asyncio.Queue[str] = asyncio.Queue()
+    answered: asyncio.Queue[str] = asyncio.Queue()
+    await store.listen(REQUEST_SETTLED, settled.put_nowait)
+    await store.listen(REQUEST_ANSWERED, answered.put_nowait)
+    for rid in ("r1", "r2", "big", "old"):
+        await store.queue_request(queued(rid))
+    assert await store.put_reply("old", b"first") is True
+    assert list(read_answers(await asyncio.wait_for(answered.get(), 10))) == [("old", "Zmlyc3Q=")]
+    await store.queue_request(queued("old"))  # queued again after its reply was stored
+    assert len(await store.take_requests("gw-a", ["app-fn"], NOW, NOW + HOLD, 10)) == 4
+    # A reply stored for it (by any gateway) takes it out of the queue, announced
+    # with the reply once committed.
+    assert await store.put_reply("r1", b"reply") is True
+    assert list(read_answers(await asyncio.wait_for(answered.get(), 10))) == [("r1", "cmVwbHk=")]
+    assert await store.get_reply("r1") == b"reply"
+    # Too long to announce: announced by id, to be read back.
+    assert await store.put_reply("big", b"x" * ANSWER_ENTRY_MAX) is True
+    assert await asyncio.wait_for(settled.get(), 10) == "big"
+    # Stored before: the stored reply is the answer, announced by id.
+    assert await store.put_reply("old", b"second") is False
+    assert await asyncio.wait_for(settled.get(), 10) == "old"
+    assert answered.empty()
+    assert await store.settle_request("r1", "gw-a", ANSWERED) is False  # already out of the queue
+    await store.hold_requests("gw-a", ["r2"], NOW)  # r2's hold lapses: taken again, r1 not
+    assert [q.request_id for q in await store.take_requests("gw-b", ["app-fn"], NOW + 1, NOW + HOLD, 10)] == ["r2"]
+    # A reply for a request not queued announces nothing.
+    assert await store.put_reply("r3", b"reply") is True
+    await asyncio.sleep(0.2)
+    assert settled.empty() and answered.empty()
+
+
+async def test_a_request_is_taken_fresh_only_if_queued_fresh_and_never_taken(store: Store) -> None:
+    def fresh(request_id: str) -> QueuedRequest:
+        q = queued(request_id)
+        return QueuedRequest(q.request_id, q.run_id, q.app_name, q.function_slug, q.step_id, q.payload, 1, True)
+
+    await store.queue_request(fresh("r1"))
+    await store.queue_request(queued("r2"))
+    taken = await store.take_requests("gw-a", ["app-fn"], NOW, NOW + HOLD, 10)
+    assert [(q.request_id, q.fresh) for q in taken] == [("r1", True), ("r2", False)]
+    # Handed back (it may have reached a worker): no longer fresh.
+    assert await store.settle_request("r1", "gw-a", RETURNED) is True
+    assert [q.fresh for q in await store.take_requests("gw-b", ["app-fn"], NOW, NOW + HOLD, 10)] == [False]
+    # Taken by a gateway that is gone, then taken again: not fresh either.
+    await store.queue_request(fresh("r3"))
+    await store.take_requests("gw-c", ["app-fn"], NOW, NOW + 1, 10)
+    assert [q.fresh for q in await store.take_requests("gw-d", ["app-fn"], NOW + 2, NOW + HOLD, 10)] == [False]
+    # Queued again by an executor while untaken: not fresh.
+    await store.queue_request(fresh("r4"))
+    await store.queue_request(fresh("r4"))
+    assert [q.fresh for q in await store.take_requests("gw-a", ["app-fn"], NOW, NOW + HOLD, 10)] == [False]
+
+
+async def test_requests_queued_together_are_each_queued_once(store: Store) -> None:
+    announced: asyncio.Queue[str] = asyncio.Queue()
+    await store.listen(REQUEST_QUEUED, announced.put_nowait)
+    await asyncio.gather(
+        *(store.queue_request(queued(f"r{i}", at=i)) for i in range(5)),
+        store.queue_request(queued("r0", at=0)),  # the same id again, in the same batch
+        store.queue_request(queued("o1", slug="app-other", at=9)),
+    )
+    taken = await store.take_requests("gw-a", ["app-fn", "app-other"], NOW, NOW + HOLD, 10)
+    assert [q.request_id for q in taken] == ["r0", "r1", "r2", "r3", "r4", "o1"]
+    slugs: set[str] = set()
+    while slugs != {"app-fn", "app-other"}:
+        slugs.add(await asyncio.wait_for(announced.get(), 10))
