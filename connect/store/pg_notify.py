@@ -43,20 +43,28 @@ class PostgresListener:
         self._callbacks: dict[str, list[Callback]] = {}
         self._conn: asyncpg.Connection[Any] | None = None
         self._task: asyncio.Task[None] | None = None
+        #: Resolved once the first connection listens (or failed to connect).
+        self._connected: asyncio.Future[None] | None = None
+        #: The channels the current connection listens on.
+        self._listening: set[str] = set()
         self._closed = False
 
     async def add(self, channel: str, callback: Callback) -> None:
         """Call `callback(payload)` for each notification on `channel` from now
         on (and with "" after a reconnect)."""
-        first = channel not in self._callbacks
         self._callbacks.setdefault(channel, []).append(callback)
         if self._task is None:
-            connected = asyncio.get_running_loop().create_future()
-            self._task = asyncio.create_task(self._main(connected), name="postgres-listener")
-            await connected
-        elif first and self._conn is not None and not self._conn.is_closed():
+            self._connected = asyncio.get_running_loop().create_future()
+            self._task = asyncio.create_task(self._main(self._connected), name="postgres-listener")
+        assert self._connected is not None
+        # Another add() may be connecting: listening starts once it is done
+        # (the connection listens on every channel known by then).
+        await asyncio.shield(self._connected)
+        conn = self._conn
+        if channel not in self._listening and conn is not None and not conn.is_closed():
+            self._listening.add(channel)
             with contextlib.suppress(asyncpg.PostgresError, OSError, asyncpg.InterfaceError):
-                await self._conn.add_listener(channel, self._on_notification)
+                await conn.add_listener(channel, self._on_notification)
 
     async def close(self) -> None:
         self._closed = True
@@ -84,9 +92,13 @@ class PostgresListener:
         ):
             with attempt:
                 conn: asyncpg.Connection[Any] = await asyncpg.connect(self._dsn)
+                self._listening = set()
                 try:
-                    for channel in self._callbacks:
-                        await conn.add_listener(channel, self._on_notification)
+                    # Channels added while this listens are listened on too.
+                    while missing := [c for c in self._callbacks if c not in self._listening]:
+                        for channel in missing:
+                            self._listening.add(channel)
+                            await conn.add_listener(channel, self._on_notification)
                 except BaseException:
                     await conn.close()
                     raise

@@ -256,6 +256,23 @@ async def test_notify_reaches_every_process_on_postgres(postgres_server: Postgre
         await receiver.close()
 
 
+async def test_channels_listened_on_at_once_are_all_heard(store: Store) -> None:
+    """Listens made together, while the listening connection is still being
+    opened, each start before they return (none is left out)."""
+    channels = [REPLY_STORED, APPS_CHANGED, RUN_CANCEL_REQUESTED, PROCESSES_CHANGED, EVENTS_RECORDED]
+    channels += [f"connect_test_{i}" for i in range(40)]
+
+    async def later(i: int, channel: str) -> asyncio.Queue[str]:
+        await asyncio.sleep(i / 4000)  # spread over the time the first one takes to connect
+        return await heard_on(store, channel)
+
+    queues = await asyncio.gather(*(later(i, channel) for i, channel in enumerate(channels)))
+    for channel in channels:
+        await store.notify(channel, f"on {channel}")
+    for channel, heard in zip(channels, queues, strict=True):
+        assert await next_heard(heard) == f"on {channel}"
+
+
 async def test_apps_and_cancellations_are_announced(store: Store) -> None:
     apps = await heard_on(store, APPS_CHANGED)
     cancels = await heard_on(store, RUN_CANCEL_REQUESTED)
