@@ -378,11 +378,9 @@ class Executor:
                     if watch.run_id not in item.new.cancels:
                         item.new.cancels.append(watch.run_id)
                     continue
-                if watch.id in self._claims:
+                memo = self._claim(watch, event, record.body)
+                if memo is None:
                     continue
-                self._waits.remove(*watch.id)
-                self._claims.add(watch.id)
-                memo = record.body if watch.action == RESUME else _invoke_memo(event)
                 item.claimed.append((watch, memo))
                 item.new.memos.append(RunMemo(watch.run_id, StepMemo(watch.key, memo)))
             intake.items.append(item)
@@ -500,12 +498,18 @@ class Executor:
                     reason = f"event {event.name} ({event.id}) matched a cancel condition"
                     self._background_task(self._cancel_for(watch.run_id, reason))
                     continue
-                if watch.id in self._claims:
-                    continue
-                self._waits.remove(*watch.id)
-                self._claims.add(watch.id)
-                memo = record.body if watch.action == RESUME else _invoke_memo(event)
-                self._background_task(self._resolve_recorded(watch, memo))
+                memo = self._claim(watch, event, record.body)
+                if memo is not None:
+                    self._background_task(self._resolve_recorded(watch, memo))
+
+    def _claim(self, watch: Watch, event: Event, body: bytes) -> bytes | None:
+        """Take a wait or invoke that `event` (stored as `body`) matched, until
+        its memo is stored: the memo to store, or None if another event took it."""
+        if watch.id in self._claims:
+            return None
+        self._waits.remove(*watch.id)
+        self._claims.add(watch.id)
+        return body if watch.action == RESUME else _invoke_memo(event)
 
     async def _resolve_recorded(self, watch: Watch, memo: bytes) -> None:
         try:
