@@ -24,16 +24,13 @@ from typing import Final, Protocol
 
 from connect.gateway.connection import Connection
 from connect.gateway.dispatcher import GatewayDispatcher
-from connect.store.base import ConnectionRecord, ProcessRecord
+from connect.store.base import DRAINING, READY, ROLE_GATEWAY, ConnectionRecord, ProcessRecord
 
 log = logging.getLogger("connect.gateway.registry")
 
 #: Seconds between a connection change and the write that records it: a
 #: reconnecting fleet of thousands costs a few writes a second, not one each.
 COALESCE: Final = 0.5
-READY: Final = "ready"
-DRAINING: Final = "draining"
-ROLE: Final = "gateway"
 
 
 class RegistryStore(Protocol):
@@ -93,7 +90,7 @@ class GatewayRegistry:
             self._task = None
         try:
             await self._store.put_connections(self.process_id, [])
-            await self._store.drop_process(self.process_id, ROLE)
+            await self._store.drop_process(self.process_id, ROLE_GATEWAY)
         except Exception:
             log.warning("cannot drop the gateway's registry rows; they expire by themselves", exc_info=True)
 
@@ -123,7 +120,7 @@ class GatewayRegistry:
 
     def _process_record(self) -> ProcessRecord:
         expires_ms = int((self._clock() + self.ttl) * 1000)
-        return ProcessRecord(self.process_id, ROLE, self.address, self.state, expires_ms, self.started_at_ms)
+        return ProcessRecord(self.process_id, ROLE_GATEWAY, self.address, self.state, expires_ms, self.started_at_ms)
 
     def _connection_record(self, conn: Connection, now_ms: int, expires_ms: int) -> ConnectionRecord:
         capacity = self._dispatcher.capacity
