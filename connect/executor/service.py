@@ -274,6 +274,8 @@ class Executor:
                 claims = await self._ownership.sweep()
             except Exception:
                 log.warning("could not renew this executor's hold on its runs; retrying", exc_info=True)
+                # Not at once: a store that is down would have this loop spin.
+                await asyncio.sleep(min(_TIMER_RETRY_MS / 1000, self._ownership.renew_interval))
                 continue
             if claims and self._shared:
                 # New runs recorded by API processes come this way too: one line per sweep.

@@ -366,7 +366,11 @@ class GatewayDispatcher(ReplyIntake, CheckpointIntake):
             shared = self._shared
 
             async def announce() -> None:
-                await shared.notify(REPLY_STORED, request_id)
+                try:
+                    await shared.notify(REPLY_STORED, request_id)
+                except Exception:
+                    # The gateway holding it reads the reply when the lease ends.
+                    log.warning("cannot announce the reply stored for %s", request_id, exc_info=True)
 
             _in_background(announce)
 

@@ -28,8 +28,9 @@ from connect.store.base import ConnectionRecord, ProcessRecord
 
 log = logging.getLogger("connect.gateway.registry")
 
-#: Seconds between a connection change and the write that records it.
-COALESCE: Final = 0.05
+#: Seconds between a connection change and the write that records it: a
+#: reconnecting fleet of thousands costs a few writes a second, not one each.
+COALESCE: Final = 0.5
 READY: Final = "ready"
 DRAINING: Final = "draining"
 ROLE: Final = "gateway"

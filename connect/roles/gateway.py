@@ -183,6 +183,7 @@ class GatewayProcess:
     registry: GatewayRegistry
     _pumping: asyncio.Task[None] = field(repr=False)
     _closed: bool = field(default=False, repr=False)
+    _draining: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
     def process_id(self) -> str:
@@ -223,12 +224,21 @@ class GatewayProcess:
                 self.pump.in_flight,
             )
 
+    def request_drain(self) -> None:
+        """Start `drain` in the background, once (a drain asked for over HTTP
+        with nobody else to hand it to); the process goes on, drained."""
+        if self._draining is None:
+            self._draining = asyncio.get_running_loop().create_task(self.drain())
+
     async def close(self) -> None:
         """Stop the pump (what it still holds goes back to the queue), drop
         the registry rows, close the server. Closing again does nothing."""
         if self._closed:
             return
         self._closed = True
+        if self._draining is not None:
+            self._draining.cancel()
+            await asyncio.gather(self._draining, return_exceptions=True)
         self._pumping.cancel()
         await asyncio.gather(self._pumping, return_exceptions=True)
         await self.registry.close()
@@ -256,11 +266,22 @@ async def start_gateway_process(
     clock: Callable[[], float] = time.time,
 ) -> GatewayProcess:
     """Listen, register, and take queued requests; see `GatewayProcess`.
-    `on_drain_requested`: as for `GatewayRole`."""
+    `on_drain_requested`: as for `GatewayRole`, except that None drains the
+    whole process in place (`GatewayProcess.drain`), not only its server."""
     process_id = settings.process_id or default_process_id()
     dispatcher = gateway_dispatcher(settings, store, shared_with=store)
+    started: list[GatewayProcess] = []
+
+    def drain_in_place(cause: DrainCause) -> None:
+        if started:
+            started[0].request_drain()
+
     role = GatewayRole(
-        settings, dispatcher, settings.keys.token_issuer(), _app_recorder(store), on_drain_requested=on_drain_requested
+        settings,
+        dispatcher,
+        settings.keys.token_issuer(),
+        _app_recorder(store),
+        on_drain_requested=on_drain_requested or drain_in_place,
     )
     await role.start()
     registry = GatewayRegistry(
@@ -280,7 +301,8 @@ async def start_gateway_process(
         await role.close()
         raise
     pumping = asyncio.create_task(pump.run(), name=f"pump:{process_id}")
-    return GatewayProcess(settings, store, role, pump, registry, pumping)
+    started.append(GatewayProcess(settings, store, role, pump, registry, pumping))
+    return started[0]
 
 
 def _app_recorder(store: Store) -> SyncHook:

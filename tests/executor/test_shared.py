@@ -26,6 +26,7 @@ from connect import Cancel, Client, Context, Step, TriggerCron, TriggerEvent
 from connect.api.stored_runs import StoredRuns
 from connect.dispatch.queued import QueuedPort
 from connect.executor import Executor
+from connect.executor.ownership import DEFAULT_OWNER_LEASE
 from connect.executor.system_events import derived_id_at
 from connect.gateway.pump import RequestPump
 from connect.roles import StandaloneGateway
@@ -76,11 +77,19 @@ class Shared:
     stores: list[Store] = field(default_factory=list)
     workers: list[WorkerConnection] = field(default_factory=list)
 
-    async def add_executor(self, name: str, clock: Callable[[], float] = time.time) -> Executor:
+    async def add_executor(
+        self, name: str, clock: Callable[[], float] = time.time, owner_lease: float = DEFAULT_OWNER_LEASE
+    ) -> Executor:
         store = await PostgresStore.open(self.dsn)
         self.stores.append(store)
         executor = Executor(
-            store, QueuedPort(store), checkpoint_steps=False, executor_id=name, shared=True, clock=clock
+            store,
+            QueuedPort(store),
+            checkpoint_steps=False,
+            executor_id=name,
+            shared=True,
+            clock=clock,
+            owner_lease=owner_lease,
         )
         await executor.start()
         self.executors.append(executor)
@@ -215,6 +224,22 @@ async def test_a_wait_resumes_on_an_event_recorded_elsewhere(shared: Shared) -> 
     await shared.api_send("shared/go", {"k": "two", "via": "api"})
     run = await shared.ended(second)
     assert run["status"] == "Completed" and run["output"] == {"k": "two", "via": "api"}
+
+
+async def test_a_wait_taken_over_from_a_lost_executor_gets_the_event_sent_meanwhile(shared: Shared) -> None:
+    await shared.connect_worker("w1")
+    await shared.registered("shared-waiter")
+    doomed = await shared.add_executor("exec-doomed", owner_lease=1.0)
+    await shared.add_executor("exec-heir", owner_lease=1.0)
+    [event_id] = await doomed.send_events([IncomingEvent(name="shared/wait", data={"k": "late"})])
+    await shared.parked(doomed, 1)
+    # It loses its database (as a process that dies): its heartbeat lapses in 1 s.
+    await shared.stores[shared.executors.index(doomed)].close()
+    # The event comes while nobody drives the run: no executor holds its wait now.
+    await shared.api_send("shared/go", {"k": "late", "meanwhile": True})
+    run = await shared.ended(event_id)
+    assert run["status"] == "Completed" and run["output"] == {"k": "late", "meanwhile": True}
+    assert (await shared.owners([event_id])).keys() - {"exec-doomed"}, "another executor finished it"
 
 
 async def test_a_cancel_condition_fires_on_an_event_another_executor_recorded(shared: Shared) -> None:

@@ -94,3 +94,23 @@ def test_connections_of_one_instance_share_its_capacity() -> None:
         router.pick(*FN)
     router.remove(a)
     assert router.functions_of("shared") == {FN}  # b still serves it
+
+
+def test_an_instance_found_full_elsewhere_has_no_room_here_until_cleared() -> None:
+    capacity = InstanceCapacity()
+    router: Router[Ready] = Router(capacity)
+    limited, unlimited = Ready("limited"), Ready("unlimited", {OTHER})
+    router.add(limited)
+    router.add(unlimited)
+    capacity.set_limit("limited", 2)
+    capacity.mark_full("limited")  # its other gateway's requests fill it
+    with pytest.raises(AtCapacity):
+        router.pick(*FN)
+    assert router.with_room() == [OTHER]
+    capacity.mark_full("unlimited")  # an instance without a limit is never full
+    assert router.pick(*OTHER) is unlimited
+    assert capacity.clear_full("limited") and not capacity.clear_full("limited")
+    assert router.pick(*FN) is limited
+    capacity.mark_full("limited")
+    assert capacity.clear_full() and capacity.has_room("limited")
+    assert sorted(c.instance_id for c in router.ready_connections()) == ["limited", "unlimited"]

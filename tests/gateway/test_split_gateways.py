@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from connect import Client, Context, Step, TriggerEvent
@@ -146,15 +147,35 @@ async def test_each_gateway_registers_itself_and_its_ready_connections(pair: Pai
         "ready",
     )
     assert row.expires_at_ms > now_ms()
+
+    async def renewed() -> bool:  # every third of the TTL, before either row lapses
+        rows = await pair.store.list_connections(now_ms())
+        expiries = {p.process_id: p.expires_at_ms for p in await pair.store.list_processes("gateway", now_ms())}
+        return (
+            bool(rows)
+            and rows[0].expires_at_ms > row.expires_at_ms
+            and all(expiries.get(p.process_id, 0) > p.expires_at_ms for p in processes)
+        )
+
+    await eventually(renewed, "both rows are renewed")
     await w.close()
 
     async def gone() -> bool:
         return not await pair.store.list_connections(now_ms())
 
     await eventually(gone, "the connection is dropped")
-    await pair.b.drain()
-    states = {p.process_id: p.state for p in await pair.store.list_processes("gateway", now_ms())}
-    assert states == {"gw-a": "ready", "gw-b": "draining"}
+    # Asked over HTTP (open mode), with nobody to hand it to: the whole gateway drains in place.
+    async with httpx.AsyncClient() as http:
+        answer = await http.post(f"http://127.0.0.1:{pair.b.port}/v0/connect/drain")
+        assert answer.status_code == 200
+
+    async def b_draining() -> bool:
+        states = {p.process_id: p.state for p in await pair.store.list_processes("gateway", now_ms())}
+        return states == {"gw-a": "ready", "gw-b": "draining"}
+
+    await eventually(b_draining, "B is recorded draining")
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(f"http://127.0.0.1:{pair.b.port}/ready")).status_code == 503
     await pair.b.close()
     assert [p.process_id for p in await pair.store.list_processes("gateway", now_ms())] == ["gw-a"]
 
@@ -195,6 +216,8 @@ async def test_a_drain_hands_back_what_was_not_forwarded_and_its_forwards_end_th
 
         await eventually(extended_through_b, "the worker extends the held lease through B past its first term")
         assert not draining.done() and RAN["first"] == 1  # A still waits for the held step: not lapsed
+        # B extended it from the stored lease: A holds it in the queue, so B never dispatched it.
+        assert pair.b.dispatcher.leases.get(first) is not None
 
         released = time.monotonic()
         RELEASE.set()
