@@ -43,8 +43,8 @@ def missing() -> str | None:
     """What this machine lacks to build the NAT (None: nothing)."""
     if os.geteuid() != 0:
         return "network namespaces and veth pairs need root (run the tests as root)"
-    if shutil.which("ip") is None:
-        return "the `ip` command is missing (apt-get install -y iproute2)"
+    if shutil.which("ip") is None or shutil.which("ss") is None:
+        return "the `ip` or `ss` command is missing (apt-get install -y iproute2)"
     if shutil.which("iptables") is None and shutil.which("nft") is None:
         return "neither iptables nor nft is installed (apt-get install -y iptables)"
     probe = f"cnprobe{os.getpid() % 100000}"
