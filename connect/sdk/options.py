@@ -15,7 +15,6 @@ how options combine is checked here (``FunctionOptions.checked``).
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Final
@@ -24,14 +23,12 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 
 from connect.sdk.durations import to_duration_string
 from connect.sdk.errors import FunctionConfigError
-from connect.sdk.flow import Batch, Concurrency, Debounce, Priority, RateLimit, Singleton, Throttle
+from connect.sdk.flow import Batch, Concurrency, Debounce, Duration, Priority, RateLimit, Singleton, Throttle
 from connect.sdk.triggers import AnyTrigger, TriggerCron, TriggerEvent
 from connect.sdk.validation import NonBlank, cel_problem, config_error, instance_of
 from protocol import flow
 
 MAX_RETRIES: Final = 20
-
-Duration = int | datetime.timedelta  # int = milliseconds
 
 
 @dataclass(frozen=True)
