@@ -8,9 +8,13 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from protocol.durations import parse_duration
+from protocol.flow import BATCH_SIZE_MAX, BATCH_SIZE_MIN, THROTTLE_PERIOD_MAX, THROTTLE_PERIOD_MIN
 from protocol.payloads import FunctionConfig, decode_functions
+from tests.fuzz_settings import fuzz
 from tests.protocol.test_gateway_session import fn_config
 
 
@@ -143,3 +147,57 @@ def test_durations_as_the_sdks_write_them(text: str, seconds: float) -> None:
 @pytest.mark.parametrize("text", ["", "s", "1", "1y", "1h 30m", "-1s", "1s!", "P1D"])
 def test_what_is_not_a_duration(text: str) -> None:
     assert parse_duration(text) is None
+
+
+_scalar = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.text(max_size=12))
+_duration = st.one_of(
+    st.builds(lambda n, u: f"{n}{u}", st.integers(0, 10**6), st.sampled_from(["ms", "s", "m", "h", "d", "w", "y", ""])),
+    _scalar,
+)
+_option = st.fixed_dictionaries(
+    {},
+    optional={
+        "limit": _scalar,
+        "period": _duration,
+        "timeout": _duration,
+        "burst": _scalar,
+        "key": _scalar,
+        "scope": st.sampled_from(["fn", "env", "account", "app", None]),
+        "maxSize": _scalar,
+        "if": _scalar,
+        "run": _scalar,
+        "mode": st.sampled_from(["skip", "cancel", "queue", None]),
+    },
+)
+_flow = st.fixed_dictionaries(
+    {},
+    optional={
+        "concurrency": st.one_of(_scalar, _option, st.lists(_option, max_size=3)),
+        "throttle": st.one_of(_option, _scalar),
+        "rateLimit": _option,
+        "debounce": _option,
+        "batchEvents": _option,
+        "idempotency": _scalar,
+        "priority": _option,
+        "singleton": _option,
+        "cancel": st.just([{"event": "a/stop"}]) | st.just([]),
+    },
+)
+
+
+@fuzz
+@given(_flow)
+def test_any_flow_control_is_served_or_refused_with_a_reason(options: dict[str, Any]) -> None:
+    fn, reason = decode(**options)
+    assert (fn is None) != (reason is None)
+    if reason is not None:
+        assert reason.startswith("invalid config: ")
+
+
+@fuzz
+@given(st.integers(0, 10 * 86400), st.integers(0, 2000))
+def test_bounds_hold_at_every_value(seconds: int, size: int) -> None:
+    _, throttled = decode(throttle={"limit": 1, "period": f"{seconds}s"})
+    assert (throttled is None) == (THROTTLE_PERIOD_MIN <= seconds <= THROTTLE_PERIOD_MAX)
+    _, batched = decode(batchEvents={"maxSize": size, "timeout": "5s"})
+    assert (batched is None) == (BATCH_SIZE_MIN <= size <= BATCH_SIZE_MAX)
