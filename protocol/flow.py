@@ -147,16 +147,21 @@ def _batch(fn: FunctionConfig) -> str | None:
     )
     if problem is not None:
         return problem
-    present = {
-        "cancel": bool(fn.cancel),
-        "debounce": fn.debounce is not None,
-        "singleton": fn.singleton is not None,
-        "priority.run": fn.priority is not None and fn.priority.run is not None,
-    }
-    clashes = [name for name in NOT_WITH_BATCHING if present[name]]
+    clashes = batching_clashes(
+        cancel=bool(fn.cancel),
+        debounce=fn.debounce is not None,
+        singleton=fn.singleton is not None,
+        priority_run=fn.priority is not None and fn.priority.run is not None,
+    )
     if clashes:
         return f"`batchEvents` cannot be combined with {', '.join(f'`{name}`' for name in clashes)}"
     return None
+
+
+def batching_clashes(*, cancel: bool, debounce: bool, singleton: bool, priority_run: bool) -> list[str]:
+    """Which of `NOT_WITH_BATCHING` a batched function has (each given as present or not)."""
+    present = {"cancel": cancel, "debounce": debounce, "singleton": singleton, "priority.run": priority_run}
+    return [name for name in NOT_WITH_BATCHING if present[name]]
 
 
 def _priority(fn: FunctionConfig) -> str | None:

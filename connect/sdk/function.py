@@ -208,18 +208,8 @@ def resolve(functions: Mapping[str, Function], slug: str) -> Function | None:
 
 
 def _flow_config(options: FunctionOptions) -> dict[str, Any]:
-    """The flow-control fields of the registration config, as the official Python SDK sends them."""
-    if (
-        not options.concurrency
-        and options.throttle is None
-        and options.rate_limit is None
-        and options.debounce is None
-        and options.batch_events is None
-        and options.priority is None
-        and options.idempotency is None
-        and options.singleton is None
-    ):
-        return {}
+    """The flow-control fields of the registration config, as the official Python SDK sends them
+    (``None`` for an option not set, left out when the config is encoded)."""
     return {
         "concurrency": [c.to_wire() for c in options.concurrency] or None,
         "throttle": None if options.throttle is None else options.throttle.to_wire(),

@@ -168,13 +168,12 @@ class FunctionOptions(BaseModel):
             return f"concurrency: at most {flow.MAX_CONCURRENCY_LIMITS} limits, got {len(self.concurrency)}"
         if self.batch_events is None:
             return None
-        present = {
-            "cancel": bool(self.cancel),
-            "debounce": self.debounce is not None,
-            "singleton": self.singleton is not None,
-            "priority.run": self.priority is not None and self.priority.run is not None,
-        }
-        clashes = [name for name in flow.NOT_WITH_BATCHING if present[name]]
+        clashes = flow.batching_clashes(
+            cancel=bool(self.cancel),
+            debounce=self.debounce is not None,
+            singleton=self.singleton is not None,
+            priority_run=self.priority is not None and self.priority.run is not None,
+        )
         if clashes:
             return f"batch_events: cannot be combined with {', '.join(clashes)}"
         return None
