@@ -10,8 +10,8 @@ number, an object or an array (`[]` meaning none); `throttle.burst` sent as 1
 `"1h30m"` or `"2d"` (`protocol.durations.parse_duration`).
 
 A key, `if` or `priority.run` is a CEL expression over the triggering event.
-Only its presence is checked here (this layer does no CEL); the executor
-compiles it when it first needs it.
+Here it must only not be blank (this layer does no CEL; our SDK checks its
+syntax when the function is defined).
 """
 
 from __future__ import annotations

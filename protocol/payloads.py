@@ -241,7 +241,9 @@ class FunctionConfig(msgspec.Struct, omit_defaults=True):
 
     `concurrency` keeps the form the SDK sent (TypeScript: a number, an
     object or an array of one or two objects; Python: an array);
-    `concurrency_limits` is the same as a list."""
+    `concurrency_limits` is the same as a list. `decode_functions` refuses a
+    config whose flow control is out of its bounds (`protocol.flow`), so a
+    served config's options hold them."""
 
     id: str
     triggers: list[Trigger]
