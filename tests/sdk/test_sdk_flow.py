@@ -7,6 +7,8 @@ from __future__ import annotations
 import datetime
 import json
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -283,3 +285,21 @@ BASE_CONFIG: dict[str, Any] = {
     "triggers": [{"event": "e"}],
     "steps": {"step": {"id": "step", "name": "step", "runtime": {"type": "ws", "url": "wss://connect"}}},
 }
+
+
+def test_cel_is_loaded_only_for_a_function_with_an_expression() -> None:
+    """Loading the CEL parser costs a worker a noticeable part of a second at start."""
+    code = (
+        "import sys\n"
+        "from connect import Client, Concurrency, Throttle, TriggerEvent\n"
+        "client = Client('a')\n"
+        "async def h(ctx, step): ...\n"
+        "client.create_function(fn_id='f', trigger=TriggerEvent(event='e'), concurrency=[Concurrency(limit=2)],\n"
+        "                       throttle=Throttle(limit=1, period=1000))(h)\n"
+        "print('celpy' in sys.modules)\n"
+        "Concurrency(limit=2, key='event.data.k')\n"
+        "print('celpy' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True"]
