@@ -16,6 +16,8 @@ from typing import Any, Final, Literal
 
 import msgspec
 
+from protocol.flow import flow_problem
+
 # --- events ---------------------------------------------------------------
 
 
@@ -239,7 +241,9 @@ class FunctionConfig(msgspec.Struct, omit_defaults=True):
 
     `concurrency` keeps the form the SDK sent (TypeScript: a number, an
     object or an array of one or two objects; Python: an array);
-    `concurrency_limits` is the same as a list."""
+    `concurrency_limits` is the same as a list. `decode_functions` refuses a
+    config whose flow control is out of its bounds (`protocol.flow`), so a
+    served config's options hold them."""
 
     id: str
     triggers: list[Trigger]
@@ -278,8 +282,6 @@ class FunctionConfig(msgspec.Struct, omit_defaults=True):
 
 #: Every top-level field an official SDK registers, by its wire name.
 FUNCTION_FIELDS: Final = frozenset(f.encode_name for f in msgspec.structs.fields(FunctionConfig))
-#: The most limits `concurrency` may hold (as the official SDKs and server allow).
-MAX_CONCURRENCY_LIMITS: Final = 2
 
 
 class RefusedFunction(msgspec.Struct, frozen=True):
@@ -351,10 +353,7 @@ def _config_problem(fn: FunctionConfig, seen: set[str]) -> str | None:
     for i, trigger in enumerate(fn.triggers):
         if (trigger.event is None) == (trigger.cron is None):
             return f"invalid config: `triggers[{i}]` needs exactly one of `event` and `cron`"
-    # Python sends `[]` (no limit) for its onFailure functions.
-    if isinstance(fn.concurrency, list) and len(fn.concurrency) > MAX_CONCURRENCY_LIMITS:
-        return f"invalid config: `concurrency` holds at most {MAX_CONCURRENCY_LIMITS} limits, got {len(fn.concurrency)}"
-    return None
+    return flow_problem(fn)
 
 
 # --- step ids -------------------------------------------------------------------

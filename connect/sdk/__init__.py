@@ -14,25 +14,33 @@ from connect.sdk.errors import (
     StepError,
 )
 from connect.sdk.events import Event
+from connect.sdk.flow import Batch, Concurrency, Debounce, Priority, RateLimit, Singleton, Throttle
 from connect.sdk.function import Function, functions_json
 from connect.sdk.options import Cancel, Timeouts
 from connect.sdk.step import ParallelMode, Step, StepSync
 from connect.sdk.triggers import TriggerCron, TriggerEvent
 
 __all__ = [
+    "Batch",
     "Cancel",
     "Client",
+    "Concurrency",
     "Context",
+    "Debounce",
     "Event",
     "Function",
     "FunctionConfigError",
     "NonRetriableError",
     "ParallelMode",
+    "Priority",
+    "RateLimit",
     "RetryAfterError",
     "SendEventsError",
+    "Singleton",
     "Step",
     "StepError",
     "StepSync",
+    "Throttle",
     "Timeouts",
     "TriggerCron",
     "TriggerEvent",

@@ -15,6 +15,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 from connect.sdk.errors import FunctionConfigError, SendEventsError
 from connect.sdk.events import Event, encode_events, event_id_seed, normalize, parse_send_reply
+from connect.sdk.flow import Batch, Concurrency, Debounce, Priority, RateLimit, Singleton, Throttle
 from connect.sdk.function import Function, Handler
 from connect.sdk.options import Cancel, Timeouts
 from connect.sdk.triggers import AnyTrigger
@@ -131,6 +132,14 @@ class Client:
         cancel: Sequence[Cancel] | None = None,
         timeouts: Timeouts | None = None,
         on_failure: Handler | None = None,
+        concurrency: Sequence[Concurrency] | None = None,
+        throttle: Throttle | None = None,
+        rate_limit: RateLimit | None = None,
+        debounce: Debounce | None = None,
+        batch_events: Batch | None = None,
+        priority: Priority | None = None,
+        idempotency: str | None = None,
+        singleton: Singleton | None = None,
     ) -> Callable[[Handler], Function]:
         """Decorator turning ``async def f(ctx, step)`` or ``def f(ctx, step)`` into a ``Function``.
 
@@ -141,8 +150,12 @@ class Client:
         finish, and ``on_failure`` (a handler like the main one) runs once
         for each run that fails for good, with the ``inngest/function.failed``
         event (``ctx.event.data`` holds ``error``, ``event``, ``function_id``
-        and ``run_id``). Options are validated here, so a mistake raises
-        ``FunctionConfigError`` at import time rather than at run time.
+        and ``run_id``). Flow control (``concurrency``, ``throttle``,
+        ``rate_limit``, ``debounce``, ``batch_events``, ``priority``,
+        ``idempotency``, ``singleton``) takes the types of
+        ``connect.sdk.flow``, named and shaped as in the official SDK. Options
+        are validated here, so a mistake raises ``FunctionConfigError`` at
+        import time rather than at run time.
         """
 
         def decorate(handler: Handler) -> Function:
@@ -155,6 +168,14 @@ class Client:
                 cancel=cancel,
                 timeouts=timeouts,
                 on_failure=on_failure,
+                concurrency=concurrency,
+                throttle=throttle,
+                rate_limit=rate_limit,
+                debounce=debounce,
+                batch_events=batch_events,
+                priority=priority,
+                idempotency=idempotency,
+                singleton=singleton,
             )
             if any(existing.id == fn.id for existing in self.functions):
                 raise FunctionConfigError(f"app {self.app_id!r} already has a function with id {fn.id!r}")

@@ -13,9 +13,11 @@ class Context:
     """The run as seen by one request; rebuilt from the executor's request every time.
 
     ``attempt`` is 0-based and counts retries of the current request (it resets
-    after each completed step). ``events`` holds more than one event only for
-    batched functions; ``event`` is the first. ``request_id`` and ``job_id``
-    are empty when the transport did not provide them.
+    after each completed step). ``events`` are the run's events, read from the
+    request's ``events`` as the official SDK reads them: the triggering event
+    alone for most runs, a batch's events in arrival order for a function with
+    ``batch_events``; ``event`` is the first of them. ``request_id`` and
+    ``job_id`` are empty when the transport did not provide them.
     """
 
     event: Event

@@ -11,6 +11,7 @@ import msgspec
 
 from connect.sdk.context import Context
 from connect.sdk.errors import FunctionConfigError
+from connect.sdk.flow import Batch, Concurrency, Debounce, Priority, RateLimit, Singleton, Throttle
 from connect.sdk.options import Cancel, FunctionOptions, Timeouts
 from connect.sdk.step import Step, StepSync
 from connect.sdk.triggers import AnyTrigger, TriggerEvent
@@ -48,11 +49,33 @@ class Function:
         cancel: Sequence[Cancel] | None = None,
         timeouts: Timeouts | None = None,
         on_failure: Handler | None = None,
+        concurrency: Sequence[Concurrency] | None = None,
+        throttle: Throttle | None = None,
+        rate_limit: RateLimit | None = None,
+        debounce: Debounce | None = None,
+        batch_events: Batch | None = None,
+        priority: Priority | None = None,
+        idempotency: str | None = None,
+        singleton: Singleton | None = None,
     ) -> None:
         options = FunctionOptions.checked(
-            fn_id=fn_id, name=name, trigger=trigger, retries=retries, cancel=cancel, timeouts=timeouts
+            fn_id=fn_id,
+            name=name,
+            trigger=trigger,
+            retries=retries,
+            cancel=cancel,
+            timeouts=timeouts,
+            concurrency=concurrency,
+            throttle=throttle,
+            rate_limit=rate_limit,
+            debounce=debounce,
+            batch_events=batch_events,
+            priority=priority,
+            idempotency=idempotency,
+            singleton=singleton,
         )
         _check_handler(fn_id, handler)
+        self._options = options
 
         self._id = fn_id
         self._name = name or fn_id
@@ -110,6 +133,11 @@ class Function:
         return self._timeouts
 
     @property
+    def options(self) -> FunctionOptions:
+        """Every option as validated, flow control included (``options.throttle``, ...)."""
+        return self._options
+
+    @property
     def on_failure(self) -> Function | None:
         """The ``on_failure`` handler as a function of its own (id ``<id>-failure``), if any."""
         return self._on_failure
@@ -139,6 +167,7 @@ class Function:
                 if self._timeouts is not None and self._timeouts.to_wire()
                 else None
             ),
+            **_flow_config(self._options),
         )
 
     def configs(self, app_id: str) -> list[FunctionConfig]:
@@ -176,6 +205,21 @@ def resolve(functions: Mapping[str, Function], slug: str) -> Function | None:
         if parent is not None:
             fn = parent.on_failure
     return fn
+
+
+def _flow_config(options: FunctionOptions) -> dict[str, Any]:
+    """The flow-control fields of the registration config, as the official Python SDK sends them
+    (``None`` for an option not set, left out when the config is encoded)."""
+    return {
+        "concurrency": [c.to_wire() for c in options.concurrency] or None,
+        "throttle": None if options.throttle is None else options.throttle.to_wire(),
+        "rateLimit": None if options.rate_limit is None else options.rate_limit.to_wire(),
+        "debounce": None if options.debounce is None else options.debounce.to_wire(),
+        "batchEvents": None if options.batch_events is None else options.batch_events.to_wire(),
+        "priority": None if options.priority is None else options.priority.to_wire(),
+        "idempotency": options.idempotency,
+        "singleton": None if options.singleton is None else options.singleton.to_wire(),
+    }
 
 
 def _drop_nulls(value: Any) -> Any:

@@ -4,31 +4,31 @@
 against, once, when the function is defined (never per step): each field is
 named as the argument is, and a bad value raises ``FunctionConfigError``
 naming that field, e.g. ``greet: retries: input should be less than or equal
-to 20, got 25``. A new option (flow control: ``concurrency``, ``throttle``,
-...) is one more field here, with the official SDK's name and type, plus its
-registration shape in ``Function.config``.
+to 20, got 25``. A new option is one more field here, with the official SDK's
+name and type, plus its registration shape in ``Function.config``.
 
-``Cancel`` and ``Timeouts`` validate themselves on construction
-(``FunctionConfigError`` for a bad value) and know their registration shape.
+``Cancel`` and ``Timeouts`` (here) and the flow-control types
+(``connect.sdk.flow``) validate themselves on construction
+(``FunctionConfigError`` for a bad value) and know their registration shape;
+how options combine is checked here (``FunctionOptions.checked``).
 """
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Final
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from connect.sdk.durations import to_duration_string
 from connect.sdk.errors import FunctionConfigError
+from connect.sdk.flow import Batch, Concurrency, Debounce, Duration, Priority, RateLimit, Singleton, Throttle
 from connect.sdk.triggers import AnyTrigger, TriggerCron, TriggerEvent
-from connect.sdk.validation import NonBlank, config_error, instance_of
+from connect.sdk.validation import NonBlank, cel_problem, config_error, instance_of
+from protocol import flow
 
 MAX_RETRIES: Final = 20
-
-Duration = int | datetime.timedelta  # int = milliseconds
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,22 @@ def _one_or_many(value: object) -> object:
     return tuple(value)
 
 
+def _limits(value: object) -> object:
+    """``concurrency=`` takes a list of ``Concurrency`` (as the official SDK does)."""
+    if isinstance(value, Concurrency):
+        raise ValueError("must be a list of Concurrency (one or two limits), got one Concurrency")
+    if isinstance(value, str | bytes) or not isinstance(value, Sequence):
+        raise ValueError(f"must be a list of Concurrency, got {type(value).__name__}")
+    return tuple(value)
+
+
+def _cel(value: str) -> str:
+    problem = cel_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
 class FunctionOptions(BaseModel):
     """The options of ``create_function`` (and ``Function``), as the user passes them."""
 
@@ -115,6 +131,15 @@ class FunctionOptions(BaseModel):
     retries: Annotated[int, Field(strict=True, ge=0, le=MAX_RETRIES)] | None = None
     cancel: tuple[Annotated[Any, instance_of(Cancel)], ...] = ()
     timeouts: Annotated[Any, instance_of(Timeouts)] | None = None
+    concurrency: Annotated[tuple[Annotated[Any, instance_of(Concurrency)], ...], BeforeValidator(_limits)] = ()
+    throttle: Annotated[Any, instance_of(Throttle)] | None = None
+    rate_limit: Annotated[Any, instance_of(RateLimit)] | None = None
+    debounce: Annotated[Any, instance_of(Debounce)] | None = None
+    batch_events: Annotated[Any, instance_of(Batch)] | None = None
+    priority: Annotated[Any, instance_of(Priority)] | None = None
+    #: A CEL key: one run per value of it per 24 hours.
+    idempotency: Annotated[NonBlank, AfterValidator(_cel)] | None = None
+    singleton: Annotated[Any, instance_of(Singleton)] | None = None
 
     @property
     def triggers(self) -> tuple[AnyTrigger, ...]:
@@ -123,11 +148,32 @@ class FunctionOptions(BaseModel):
     @classmethod
     def checked(cls, **options: Any) -> FunctionOptions:
         """The options validated, or ``FunctionConfigError`` naming each field that is wrong."""
-        if options.get("cancel") is None:
-            options["cancel"] = ()
+        for name in ("cancel", "concurrency"):
+            if options.get(name) is None:
+                options[name] = ()
+        fn_id = options.get("fn_id")
+        subject = fn_id if isinstance(fn_id, str) and fn_id.strip() else "function"
         try:
-            return cls.model_validate(options)
+            checked = cls.model_validate(options)
         except ValidationError as exc:
-            fn_id = options.get("fn_id")
-            subject = fn_id if isinstance(fn_id, str) and fn_id.strip() else "function"
             raise config_error(subject, exc) from None
+        problem = checked._combination_problem()
+        if problem is not None:
+            raise FunctionConfigError(f"{subject}: {problem}")
+        return checked
+
+    def _combination_problem(self) -> str | None:
+        """What is wrong with the options together (each one alone being fine), or None."""
+        if len(self.concurrency) > flow.MAX_CONCURRENCY_LIMITS:
+            return f"concurrency: at most {flow.MAX_CONCURRENCY_LIMITS} limits, got {len(self.concurrency)}"
+        if self.batch_events is None:
+            return None
+        clashes = flow.batching_clashes(
+            cancel=bool(self.cancel),
+            debounce=self.debounce is not None,
+            singleton=self.singleton is not None,
+            priority_run=self.priority is not None and self.priority.run is not None,
+        )
+        if clashes:
+            return f"batch_events: cannot be combined with {', '.join(clashes)}"
+        return None

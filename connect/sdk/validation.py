@@ -7,7 +7,8 @@ client's settings), never on a per-step path.
 
 from __future__ import annotations
 
-from typing import Annotated
+from functools import lru_cache
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field, ValidationError
 
@@ -53,3 +54,29 @@ def config_error(subject: str, exc: ValidationError) -> FunctionConfigError:
             message = error["msg"][:1].lower() + error["msg"][1:]
             parts.append(f"{field}: {message}, got {error['input']!r}")
     return FunctionConfigError(f"{subject}: {'; '.join(parts)}")
+
+
+def cel_problem(text: str) -> str | None:
+    """Why ``text`` is not a CEL expression, or None. Syntax only: what an
+    expression reads (``event.data...``) is known when it runs.
+
+    cel-python is imported on first use, so functions without expressions
+    do not pay for loading its parser.
+    """
+    from celpy.celparser import CELParseError
+
+    try:
+        _cel_environment().compile(text)
+    except CELParseError as exc:
+        caret = str(exc).split("\n")
+        column = caret[1].find("^") if len(caret) > 1 else -1
+        where = f" at character {column + 1}" if column >= 0 else ""
+        return f"is not a valid CEL expression (syntax error{where})"
+    return None
+
+
+@lru_cache(maxsize=1)
+def _cel_environment() -> Any:
+    import celpy
+
+    return celpy.Environment()

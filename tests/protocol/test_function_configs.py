@@ -51,7 +51,6 @@ def python_configs(*, exclude_none: bool) -> bytes:
         throttle=inngest.Throttle(limit=3, period=datetime.timedelta(minutes=1), key="event.data.k", burst=2),
         rate_limit=inngest.RateLimit(limit=10, period=datetime.timedelta(hours=1)),
         debounce=inngest.Debounce(period=datetime.timedelta(seconds=30), timeout=datetime.timedelta(minutes=5)),
-        batch_events=inngest.Batch(max_size=10, timeout=datetime.timedelta(seconds=5)),
         idempotency="event.data.id",
         priority=inngest.Priority(run="event.data.p"),
         singleton=inngest.Singleton(mode="skip", key="event.data.u"),
@@ -69,8 +68,18 @@ def python_configs(*, exclude_none: bool) -> bytes:
     def plain(ctx: inngest.Context) -> int:
         return 1
 
+    # Batching is refused with cancel, debounce, singleton and priority.run: a function of its own.
+    @client.create_function(
+        fn_id="batched",
+        trigger=inngest.TriggerEvent(event="a/batched"),
+        batch_events=inngest.Batch(max_size=10, timeout=datetime.timedelta(seconds=5), key="event.data.k"),
+        throttle=inngest.Throttle(limit=1, period=datetime.timedelta(seconds=1)),
+    )
+    def batched(ctx: inngest.Context) -> int:
+        return 1
+
     configs = []
-    for fn in (everything, plain):
+    for fn in (everything, plain, batched):
         config = fn.get_config("wss://connect")
         configs += [config.main] + ([config.on_failure] if config.on_failure else [])
     # As the SDK's connect handshake serializes them (and, with nulls, its HTTP sync).
@@ -101,6 +110,7 @@ def test_official_typescript_configs_are_all_served(ts_configs: bytes) -> None:
         "ts-forms-flow",
         "ts-forms-flow-failure",
         "ts-forms-jitter",
+        "ts-forms-batched",
     }
     assert fns["ts-forms-plain"].concurrency_limits == []
     assert fns["ts-forms-conc-number"].concurrency_limits == [ConcurrencyLimit(limit=5, scope="fn")]
@@ -119,7 +129,6 @@ def test_official_typescript_configs_are_all_served(ts_configs: bytes) -> None:
     )
     assert (flow.rateLimit.limit, flow.rateLimit.period) == (10, "1h")  # type: ignore[union-attr]
     assert (flow.debounce.period, flow.debounce.timeout) == ("30s", "5m")  # type: ignore[union-attr]
-    assert (flow.batchEvents.maxSize, flow.batchEvents.if_) == (10, "event.data.ok")  # type: ignore[union-attr]
     assert flow.idempotency == "event.data.id"
     assert flow.priority is not None and flow.priority.run == "event.data.p"
     assert flow.singleton is not None and (flow.singleton.mode, flow.singleton.key) == ("cancel", "event.data.u")
@@ -134,6 +143,14 @@ def test_official_typescript_configs_are_all_served(ts_configs: bytes) -> None:
     ]
     assert fns["ts-forms-flow-failure"].retries == 1
     assert fns["ts-forms-jitter"].triggers[0].jitter == "30s"
+    batched = fns["ts-forms-batched"]
+    assert batched.batchEvents is not None
+    assert (batched.batchEvents.maxSize, batched.batchEvents.timeout, batched.batchEvents.if_) == (
+        10,
+        "5s",
+        "event.data.ok",
+    )
+    assert batched.throttle is not None and batched.throttle.burst is None  # TypeScript leaves `burst` out
 
 
 @pytest.mark.parametrize("exclude_none", [True, False], ids=["connect", "with-nulls"])
@@ -141,7 +158,7 @@ def test_official_python_configs_are_all_served(exclude_none: bool) -> None:
     info = accepted(python_configs(exclude_none=exclude_none), "py")
     assert info.refused == [] and info.unknown_fields == {}
     fns = by_id(info)
-    assert set(fns) == {"py-all", "py-all-failure", "py-plain"}
+    assert set(fns) == {"py-all", "py-all-failure", "py-plain", "py-batched"}
     everything = fns["py-all"]
     assert everything.concurrency_limits == [
         ConcurrencyLimit(limit=5),
@@ -149,7 +166,9 @@ def test_official_python_configs_are_all_served(exclude_none: bool) -> None:
     ]
     assert everything.throttle is not None and (everything.throttle.period, everything.throttle.burst) == ("1m", 2)
     assert everything.rateLimit is not None and everything.rateLimit.period == "1h"
-    assert everything.batchEvents is not None and everything.batchEvents.maxSize == 10
+    batched = fns["py-batched"].batchEvents
+    assert batched is not None and (batched.maxSize, batched.timeout, batched.key) == (10, "5s", "event.data.k")
+    assert fns["py-batched"].throttle is not None and fns["py-batched"].throttle.burst == 1  # Python sends 1
     assert everything.singleton is not None and everything.singleton.mode == "skip"
     assert everything.cancel is not None and everything.cancel[0].timeout == "1h"
     assert fns["py-all-failure"].concurrency_limits == []  # Python registers `concurrency: []` there
@@ -160,7 +179,7 @@ def test_official_python_configs_are_all_served(exclude_none: bool) -> None:
     [
         (3, [ConcurrencyLimit(limit=3, scope="fn")]),
         ({"limit": 2, "key": "event.data.u"}, [ConcurrencyLimit(limit=2, key="event.data.u")]),
-        ([{"limit": 4, "scope": "env"}], [ConcurrencyLimit(limit=4, scope="env")]),
+        ([{"limit": 4, "scope": "env", "key": '"db"'}], [ConcurrencyLimit(limit=4, key='"db"', scope="env")]),
         ([], []),
         (None, []),
     ],

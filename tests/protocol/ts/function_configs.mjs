@@ -31,7 +31,6 @@ const functions = [
       throttle: { limit: 3, period: "1m", key: "event.data.k", burst: 2 },
       rateLimit: { limit: 10, period: "1h", key: "event.data.k" },
       debounce: { period: "30s", key: "event.data.k", timeout: "5m" },
-      batchEvents: { maxSize: 10, timeout: "5s", key: "event.data.k", if: "event.data.ok" },
       idempotency: "event.data.id",
       priority: { run: "event.data.p" },
       singleton: { mode: "cancel", key: "event.data.u" },
@@ -43,6 +42,17 @@ const functions = [
     handler,
   ),
   inngest.createFunction({ id: "jitter", triggers: [{ cron: "*/5 * * * *", jitter: "30s" }] }, handler),
+  // Batching is refused with cancelOn, debounce, singleton and priority.run: a function of its own.
+  inngest.createFunction(
+    {
+      id: "batched",
+      triggers: on("batched"),
+      batchEvents: { maxSize: 10, timeout: "5s", key: "event.data.k", if: "event.data.ok" },
+      concurrency: 2,
+      throttle: { limit: 1, period: "1s" },
+    },
+    handler,
+  ),
 ];
 
 const configs = functions.flatMap((f) =>
