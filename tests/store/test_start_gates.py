@@ -17,9 +17,7 @@ pytestmark = pytest.mark.anyio
 FN = "app-fn"
 
 
-def gated(
-    event_id: str, at_ms: int, gate: StartGate | None = None, **options: object
-) -> tuple[NewEvent, RunRecord]:
+def gated(event_id: str, at_ms: int, gate: StartGate | None = None, **options: object) -> tuple[NewEvent, RunRecord]:
     """An event starting one run of FN at `at_ms`, with the gate given or built from `options`."""
     run_id = f"run-{event_id}"
     run = RunRecord(
