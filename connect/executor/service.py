@@ -383,6 +383,7 @@ class Executor:
                     continue
                 item.claimed.append((watch, memo))
                 item.new.memos.append(RunMemo(watch.run_id, StepMemo(watch.key, memo)))
+            item.matched_cancels = len(item.new.cancels)
             intake.items.append(item)
         return intake
 
@@ -412,8 +413,11 @@ class Executor:
             for run in started(item.new):
                 self._ownership.started(run.run_id)
                 self._spawn(run.run_id, (run, item.event))
-            for run_id in item.new.cancels:
-                reason = f"event {item.event.name} ({item.event.id}) matched a cancel condition or started a singleton"
+            for i, run_id in enumerate(item.new.cancels):
+                if i < item.matched_cancels:
+                    reason = f"event {item.event.name} ({item.event.id}) matched a cancel condition"
+                else:  # added by the store: a singleton in `cancel` mode
+                    reason = f"event {item.event.name} ({item.event.id}) started a new run of this singleton function"
                 self._deliver(run_id, CancelRequested(reason))
 
     def discard_intake(self, intake: Intake) -> None:
