@@ -32,10 +32,10 @@ import msgspec
 
 from connect.executor.registry import Registration, Registry
 from connect.executor.service import CANCEL_WAIT
-from connect.executor.starts import event_record, new_run, received, targets
+from connect.executor.starts import event_record, gated_event, received, started, targets
 from connect.executor.triggers import TriggerIndex
-from connect.executor.views import run_view
-from connect.store.base import APPS_CHANGED, RUNNING, RUNS_RELEASED, AppRecord, NewEvent, RunRecord, Store
+from connect.executor.views import run_view, runs_of_event
+from connect.store.base import APPS_CHANGED, RUNNING, RUNS_RELEASED, AppRecord, RunRecord, Store
 from protocol.payloads import IncomingEvent
 
 log = logging.getLogger(__name__)
@@ -127,15 +127,11 @@ class StoredRuns:
         now_ms = int(self._clock() * 1000)
         built = received(events, now_ms)
         batch = [
-            NewEvent(
-                event_record(event, now_ms),
-                [new_run(target, event.id, now_ms) for target in targets(self._index, event)],
-                owner=None,
-            )
+            gated_event(self._index, event_record(event, now_ms), event, targets(self._index, event), now_ms, None)
             for event in built
         ]
         stored = await self._store.record_events(batch)
-        if any(is_new and new.runs for new, is_new in zip(batch, stored, strict=True)):
+        if any(is_new and started(new) for new, is_new in zip(batch, stored, strict=True)):
             await self._store.notify(RUNS_RELEASED, "")
         return [event.id for event in built]
 
@@ -144,7 +140,7 @@ class StoredRuns:
         return None if run is None else run_view(run)
 
     async def runs_for_event(self, event_id: str) -> list[dict[str, Any]]:
-        return [run_view(run) for run in await self._store.runs_for_event(event_id)]
+        return await runs_of_event(self._store, event_id)
 
     async def cancel_run(self, run_id: str) -> dict[str, Any] | None:
         """Flag the run for cancellation (the store tells its executor) and wait

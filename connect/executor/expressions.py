@@ -62,6 +62,17 @@ class Expression:
             return False
         return isinstance(result, celtypes.BoolType) and bool(result)
 
+    def value(self, activation: Mapping[str, Any]) -> Any:
+        """The result as a CEL value (a flow-control key), or None when it
+        cannot be evaluated (a missing field, a type error)."""
+        try:
+            return self._program.evaluate(dict(activation))
+        except CELEvalError:
+            return None
+        except Exception:  # a bug in an expression must not break event intake
+            log.debug("expression %r failed", self.text, exc_info=True)
+            return None
+
 
 @lru_cache(maxsize=4096)
 def compiled(text: str) -> Expression:

@@ -23,6 +23,9 @@ class IntakeItem:
     event: Event
     #: Watches this event resumes, with the memo stored for each.
     claimed: list[tuple[Watch, bytes]] = field(default_factory=list)
+    #: How many of `new.cancels` its cancel conditions matched; the store adds
+    #: after them the runs singletons cancel (`NewEvent.gates`).
+    matched_cancels: int = 0
 
 
 @dataclass

@@ -59,11 +59,11 @@ from connect.executor.retention import INTERVAL as RETENTION_INTERVAL
 from connect.executor.retention import Retention
 from connect.executor.retries import Backoff
 from connect.executor.runner import MAX_LEASE_LAPSES, CancelRequested, Message, Resolved, Runner, RunServices
-from connect.executor.starts import event_record, new_run, received, targets
+from connect.executor.starts import event_record, gated_event, received, started, targets
 from connect.executor.system_events import derived_id_at
 from connect.executor.timers import Timers
 from connect.executor.triggers import FunctionInfo, Target, TriggerIndex
-from connect.executor.views import run_view
+from connect.executor.views import run_view, runs_of_event
 from connect.executor.waits import CANCEL, INVOKE, RESUME, WaitIndex, Watch, WatchKey
 from connect.store.base import (
     APPS_CHANGED,
@@ -75,7 +75,6 @@ from connect.store.base import (
     WAIT_INVOKE,
     AppRecord,
     EventRecord,
-    NewEvent,
     RunMemo,
     RunOwnershipLost,
     RunRecord,
@@ -367,11 +366,12 @@ class Executor:
         """Match events against triggers, waits and cancel conditions (see `Intake`)."""
         intake = Intake()
         for event in events:
-            runs = [new_run(target, event.id, now_ms) for target in targets(self._registry, event)]
             record = event_record(event, now_ms)
             if self._shared:
                 self._feed.saw(event.id)  # matched here: its notification needs no look
-            item = IntakeItem(NewEvent(record, runs, owner=self._ownership.executor_id), event)
+            found = targets(self._registry, event)
+            new = gated_event(self._registry, record, event, found, now_ms, self._ownership.executor_id)
+            item = IntakeItem(new, event)
             watches = self._waits.match(_as_dict(event), now_ms) if len(self._waits) else []
             for watch in watches:
                 if watch.action == CANCEL:
@@ -383,6 +383,7 @@ class Executor:
                     continue
                 item.claimed.append((watch, memo))
                 item.new.memos.append(RunMemo(watch.run_id, StepMemo(watch.key, memo)))
+            item.matched_cancels = len(item.new.cancels)
             intake.items.append(item)
         return intake
 
@@ -393,7 +394,7 @@ class Executor:
             if self._shared:
                 self._feed.saw(event.id)
             record = EventRecord(event.id, event.name, event.ts, now_ms, json_encoder.encode(event))
-            new = NewEvent(record, [new_run(target, event.id, now_ms)], owner=self._ownership.executor_id)
+            new = gated_event(self._registry, record, event, [target], now_ms, self._ownership.executor_id)
             intake.items.append(IntakeItem(new, event))
         return intake
 
@@ -409,11 +410,14 @@ class Executor:
                     self._waits.add(watch)  # a duplicate event resumes nothing
             if not is_new:
                 continue
-            for run in item.new.runs:
+            for run in started(item.new):
                 self._ownership.started(run.run_id)
                 self._spawn(run.run_id, (run, item.event))
-            for run_id in item.new.cancels:
-                reason = f"event {item.event.name} ({item.event.id}) matched a cancel condition"
+            for i, run_id in enumerate(item.new.cancels):
+                if i < item.matched_cancels:
+                    reason = f"event {item.event.name} ({item.event.id}) matched a cancel condition"
+                else:  # added by the store: a singleton in `cancel` mode
+                    reason = f"event {item.event.name} ({item.event.id}) started a new run of this singleton function"
                 self._deliver(run_id, CancelRequested(reason))
 
     def discard_intake(self, intake: Intake) -> None:
@@ -586,7 +590,7 @@ class Executor:
         return None if run is None else run_view(run)
 
     async def runs_for_event(self, event_id: str) -> list[dict[str, Any]]:
-        return [run_view(run) for run in await self._store.runs_for_event(event_id)]
+        return await runs_of_event(self._store, event_id)
 
     # --- run tasks ------------------------------------------------------------------------
 

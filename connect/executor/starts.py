@@ -11,7 +11,8 @@ from typing import Final
 
 from connect.executor.system_events import FUNCTION_CANCELLED, FUNCTION_FAILED, FUNCTION_FINISHED
 from connect.executor.triggers import Target, TriggerIndex
-from connect.store.base import EventRecord, PendingRequest, RunRecord
+from connect.store.base import EventRecord, NewEvent, PendingRequest, RunRecord
+from connect.store.start_gates import SKIPPED, StartGate
 from protocol.ids import new_ulid
 from protocol.payloads import Event, IncomingEvent, json_encoder
 
@@ -58,6 +59,38 @@ def new_run(target: Target, event_id: str, now_ms: int) -> RunRecord:
         max_attempts=target.max_attempts,
         requests=[PendingRequest(new_ulid())],
     )
+
+
+def new_runs(
+    index: TriggerIndex, found: list[Target], event: Event, now_ms: int
+) -> tuple[list[RunRecord], list[StartGate]]:
+    """The runs `event` starts of the functions `found`, and the flow-control
+    gates those of functions with throttle, rate limit, idempotency or
+    singleton must pass when they are recorded (see `NewEvent.gates`)."""
+    runs = [new_run(target, event.id, now_ms) for target in found]
+    gates: list[StartGate] = []
+    for run in runs:
+        info = index.lookup(run.function_id)
+        if info is not None and info.start_limits is not None:
+            gate = info.start_limits.gate(run.run_id, event)
+            if gate is not None:
+                gates.append(gate)
+    return runs, gates
+
+
+def gated_event(
+    index: TriggerIndex, record: EventRecord, event: Event, found: list[Target], now_ms: int, owner: str | None
+) -> NewEvent:
+    """`record` with the runs it starts of `found`, gated (see `new_runs`)."""
+    runs, gates = new_runs(index, found, event, now_ms)
+    return NewEvent(record, runs, owner=owner, gates=gates)
+
+
+def started(new: NewEvent) -> list[RunRecord]:
+    """The runs of `new` its gates let start, once recorded."""
+    if not new.gates:
+        return new.runs
+    return [run for run in new.runs if run.status != SKIPPED]
 
 
 def event_record(event: Event, now_ms: int) -> EventRecord:

@@ -13,7 +13,8 @@ cron that does not parse) is logged and left out, so a typo never starts
 runs it was meant to filter.
 
 `lookup(function_id)` gives what running a function needs beyond its
-triggers: its `cancel` conditions and `timeouts`, read once per sync.
+triggers: its `cancel` conditions, `timeouts` and start-time flow control,
+read once per sync.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import msgspec
 from connect.executor.cron import CronSchedule
 from connect.executor.expressions import Expression
 from connect.executor.sleeps import parse_duration
+from connect.executor.start_limits import StartLimits
+from connect.executor.start_limits import parse as parse_start_limits
 from protocol.payloads import Event, FunctionConfig, TimeoutsConfig
 
 log = logging.getLogger(__name__)
@@ -60,6 +63,8 @@ class FunctionInfo(msgspec.Struct, frozen=True):
     cancel: tuple[CancelOn, ...] = ()
     start_timeout_ms: int | None = None
     finish_timeout_ms: int | None = None
+    #: Throttle, rate limit, idempotency and singleton (None: none of them).
+    start_limits: StartLimits | None = None
 
 
 class _Entry(NamedTuple):
@@ -194,6 +199,7 @@ def _info(target: Target, fn: FunctionConfig) -> FunctionInfo:
         cancel=tuple(cancel),
         start_timeout_ms=_duration_ms(fn.id, "timeouts.start", timeouts.start),
         finish_timeout_ms=_duration_ms(fn.id, "timeouts.finish", timeouts.finish),
+        start_limits=parse_start_limits(fn),
     )
 
 

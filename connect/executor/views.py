@@ -7,7 +7,8 @@ from typing import Any
 
 import msgspec
 
-from connect.store.base import COMPLETED, FAILED, RunRecord
+from connect.store.base import COMPLETED, FAILED, RunRecord, Store
+from connect.store.start_gates import SKIPPED, SkippedStart
 
 
 def rfc3339(ms: int) -> str:
@@ -29,3 +30,26 @@ def run_view(run: RunRecord) -> dict[str, Any]:
         "run_started_at": rfc3339(run.started_at_ms),
         "ended_at": None if run.ended_at_ms is None else rfc3339(run.ended_at_ms),
     }
+
+
+def skipped_view(skip: SkippedStart) -> dict[str, Any]:
+    """A run an event would have started, refused by flow control (no such run
+    exists): status `Skipped`, and the reason in `skip_reason`."""
+    at = rfc3339(skip.at_ms)
+    return {
+        "run_id": skip.run_id,
+        "function_id": skip.function_id,
+        "status": SKIPPED,
+        "output": None,
+        "event_id": skip.event_id,
+        "run_started_at": at,
+        "ended_at": at,
+        "skip_reason": skip.reason,
+    }
+
+
+async def runs_of_event(store: Store, event_id: str) -> list[dict[str, Any]]:
+    """`GET /v1/events/{id}/runs`: the runs the event started, then those its
+    functions' flow control skipped (rate limit, idempotency, singleton)."""
+    runs = [run_view(run) for run in await store.runs_for_event(event_id)]
+    return runs + [skipped_view(skip) for skip in await store.skipped_starts(event_id)]

@@ -25,6 +25,7 @@ from typing import Final, Protocol
 
 import msgspec
 
+from connect.store.start_gates import SkippedStart, StartGate
 from protocol.payloads import FunctionConfig
 
 # Run statuses, exactly as the REST API shows them.
@@ -358,6 +359,17 @@ class NewEvent(msgspec.Struct, frozen=True):
     stored (a duplicate send), none of them is written. The runs it starts
     are owned by `owner` with fencing token `NEW_RUN_FENCE`, or by nobody
     (token 0) until an executor claims them.
+
+    `gates` are the flow-control gates some of the runs must pass (throttle,
+    rate limit, idempotency, singleton; see `connect.store.start_gates`),
+    at most one per run, decided in the transaction that records the event,
+    with the run's `started_at_ms` as the time of the decision. The store
+    reports each decision on the run objects themselves: a run refused gets
+    `status` `SKIPPED` and is stored as a `SkippedStart`, not as a run; a
+    throttled run gets its first request's `wake_at_ms` set to its turn; a
+    run a singleton cancels is added to `cancels` (and flagged, as
+    `request_cancel` does, announcing it on `RUN_CANCEL_REQUESTED`). Runs
+    without a gate cost nothing more.
     """
 
     event: EventRecord
@@ -365,6 +377,7 @@ class NewEvent(msgspec.Struct, frozen=True):
     memos: list[RunMemo] = msgspec.field(default_factory=list)
     cancels: list[str] = msgspec.field(default_factory=list)
     owner: str | None = None
+    gates: list[StartGate] = msgspec.field(default_factory=list)
 
 
 #: Where a scan of events by age stopped: (received_at_ms, id) of the last one examined.
@@ -476,6 +489,10 @@ class Store(ReplyStore, Protocol):
         ...
 
     async def get_run(self, run_id: str) -> RunRecord | None: ...
+
+    async def skipped_starts(self, event_id: str) -> list[SkippedStart]:
+        """The runs `event_id` would have started that their gates refused, oldest first."""
+        ...
 
     async def load_run(self, run_id: str) -> LoadedRun | None:
         """A run, its event and its memos, read in one operation."""
@@ -680,6 +697,9 @@ class Store(ReplyStore, Protocol):
           events runs emitted, and events that started nothing. The memo a
           wait or an invoke resolved with holds its own copy of the event,
           so resolved waits need no event row;
+        * skipped starts recorded before `before_ms` (at most `limit`), and
+          throttle and rate-limit state whose theoretical arrival time is
+          before `before_ms` (which means the same as none);
         * replies stored before `before_ms` and before the oldest Running run
           started (a reply a live run may still consume was stored after it
           started), and leases that expired before `before_ms`.

@@ -166,6 +166,34 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE INDEX connections_by_expiry ON connections (expires_at_ms)",
         "CREATE INDEX leases_by_instance ON leases (instance_id, expires_at_ms)",
     ),
+    # 6 -> 7: flow control at run start (see `start_gates`): the theoretical arrival
+    # time of each throttle and rate-limit key, the run holding each singleton key,
+    # and the runs gates refused.
+    (
+        """CREATE TABLE start_limits (
+            function_id TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            key TEXT NOT NULL,
+            tat_ms BIGINT NOT NULL,
+            PRIMARY KEY (function_id, kind, key)
+        )""",
+        "CREATE INDEX start_limits_by_tat ON start_limits (tat_ms)",
+        """CREATE TABLE singletons (
+            function_id TEXT NOT NULL,
+            key TEXT NOT NULL,
+            run_id TEXT NOT NULL,
+            PRIMARY KEY (function_id, key)
+        )""",
+        """CREATE TABLE skipped_starts (
+            run_id TEXT PRIMARY KEY,
+            function_id TEXT NOT NULL,
+            event_id TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            at_ms BIGINT NOT NULL
+        )""",
+        "CREATE INDEX skipped_starts_by_event ON skipped_starts (event_id)",
+        "CREATE INDEX skipped_starts_by_age ON skipped_starts (at_ms)",
+    ),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

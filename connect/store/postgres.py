@@ -61,6 +61,14 @@ from connect.store.pg_notify import PostgresListener
 from connect.store.pg_reconnect import DEFAULT_RECONNECT_TIMEOUT, validate_reconnect_timeout
 from connect.store.pg_schema import FENCE_LOST, migrate
 from connect.store.pg_writer import DEFAULT_POOL_SIZE, Bulk, Connection, PostgresWriter
+from connect.store.start_gates import (
+    RATE_LIMIT,
+    THROTTLE,
+    SkippedStart,
+    decide,
+    report_skip,
+)
+from connect.store.start_gates import apply as apply_decision
 from protocol.payloads import FunctionConfig
 
 _RUN_COLUMNS: Final = (
@@ -83,6 +91,32 @@ _FLAG_CANCEL: Final = "UPDATE runs SET cancel_requested = TRUE WHERE run_id = $1
 _SELECT_EVENTS: Final = "SELECT id, name, ts, received_at_ms, body FROM events"
 #: Sends one notification per element of the text array $2 on channel $1.
 _NOTIFY_EACH: Final = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p"
+#: First key of the advisory locks flow-control gates take (the second is a hash of
+#: the function, the gate's kind and its key; see `_pass_gates`).
+_GATE_LOCK_SPACE: Final = 0x636E6667  # "cnfg"
+#: Takes the locks in ascending order (a volatile function in a sorted select list
+#: is evaluated after the sort).
+_LOCK_GATES: Final = (
+    "SELECT count(*) FROM (SELECT pg_advisory_xact_lock($1, h) FROM"
+    " (SELECT DISTINCT hashtext(k) AS h FROM unnest($2::text[]) AS k) AS wanted ORDER BY h) AS locked"
+)
+_SELECT_TAT: Final = "SELECT tat_ms FROM start_limits WHERE function_id = $1 AND kind = $2 AND key = $3"
+_SET_TAT: Final = (
+    "INSERT INTO start_limits (function_id, kind, key, tat_ms) VALUES ($1, $2, $3, $4)"
+    " ON CONFLICT (function_id, kind, key) DO UPDATE SET tat_ms = excluded.tat_ms"
+)
+_SINGLETON_RUNNING: Final = (
+    "SELECT s.run_id FROM singletons s JOIN runs r ON r.run_id = s.run_id"
+    " WHERE s.function_id = $1 AND s.key = $2 AND r.status = 'Running'"
+)
+_HOLD_SINGLETON: Final = (
+    "INSERT INTO singletons (function_id, key, run_id) VALUES ($1, $2, $3)"
+    " ON CONFLICT (function_id, key) DO UPDATE SET run_id = excluded.run_id"
+)
+_INSERT_SKIP: Final = (
+    "INSERT INTO skipped_starts (run_id, function_id, event_id, reason, at_ms) VALUES ($1, $2, $3, $4, $5)"
+    " ON CONFLICT (run_id) DO NOTHING"
+)
 #: First key of the advisory locks `put_lease_within` takes (the second is the
 #: instance id's hash), so they share no key with the migration lock.
 _LEASE_LOCK_SPACE: Final = 0x636E6C73  # "cnls"
@@ -216,11 +250,17 @@ async def _insert_events(conn: Connection, events: list[NewEvent]) -> list[bool]
     }
     stored = [first[new.event.id] == i and new.event.id in inserted for i, new in enumerate(events)]
     new_ones = [new for new, is_new in zip(events, stored, strict=True) if is_new]
+    gated = {g.run_id for new in new_ones for g in new.gates}
     runs = [
-        (*_run_row(r), new.owner, NEW_RUN_FENCE if new.owner is not None else 0) for new in new_ones for r in new.runs
+        (*_run_row(r), new.owner, NEW_RUN_FENCE if new.owner is not None else 0)
+        for new in new_ones
+        for r in new.runs
+        if r.run_id not in gated
     ]
     if runs:
         await conn.executemany(_INSERT_RUN, runs)
+    if gated:
+        await _pass_gates(conn, [new for new in new_ones if new.gates])
     memos = [(m.run_id, m.memo.step_hash, m.memo.result) for new in new_ones for m in new.memos]
     if memos:
         await conn.executemany(_INSERT_MEMO, memos)
@@ -228,6 +268,50 @@ async def _insert_events(conn: Connection, events: list[NewEvent]) -> list[bool]
     if cancels:
         await conn.executemany(_FLAG_CANCEL, cancels)
     return stored
+
+
+async def _pass_gates(conn: Connection, events: list[NewEvent]) -> None:
+    """Decide each gated run of `events` and store it, or its skip (see
+    `NewEvent.gates`). The state every gate reads is locked first, in one
+    order (so two transactions never wait on each other in a cycle), until
+    commit: however many processes record runs of the same key at once, each
+    decision sees the one before."""
+    keys = sorted({k for new in events for g in new.gates for k in g.lock_keys()})
+    await conn.fetchval(_LOCK_GATES, _GATE_LOCK_SPACE, keys)
+    cancelled: list[str] = []
+    for new in events:
+        gates = {g.run_id: g for g in new.gates}
+        fence = NEW_RUN_FENCE if new.owner is not None else 0
+        for run in new.runs:
+            gate = gates.get(run.run_id)
+            if gate is None:
+                continue
+            fn = gate.function_id
+            running = rate_tat = throttle_tat = None
+            if gate.singleton is not None:
+                running = await conn.fetchval(_SINGLETON_RUNNING, fn, gate.singleton.key)
+            if gate.rate_limit is not None:
+                rate_tat = await conn.fetchval(_SELECT_TAT, fn, RATE_LIMIT, gate.rate_limit.key)
+            if gate.throttle is not None:
+                throttle_tat = await conn.fetchval(_SELECT_TAT, fn, THROTTLE, gate.throttle.key)
+            decision = decide(gate, run.started_at_ms, running=running, rate_tat=rate_tat, throttle_tat=throttle_tat)
+            skip = apply_decision(new, run, decision)
+            if skip is not None:
+                await conn.execute(_INSERT_SKIP, skip.run_id, skip.function_id, skip.event_id, skip.reason, skip.at_ms)
+                report_skip(skip)
+                continue
+            await conn.execute(_INSERT_RUN, *_run_row(run), new.owner, fence)
+            if gate.rate_limit is not None and decision.rate_tat is not None:
+                await conn.execute(_SET_TAT, fn, RATE_LIMIT, gate.rate_limit.key, decision.rate_tat)
+            if gate.throttle is not None and decision.throttle_tat is not None:
+                await conn.execute(_SET_TAT, fn, THROTTLE, gate.throttle.key, decision.throttle_tat)
+            if gate.singleton is not None:
+                await conn.execute(_HOLD_SINGLETON, fn, gate.singleton.key, run.run_id)
+            if decision.cancel is not None and await conn.execute(_FLAG_CANCEL, decision.cancel) == "UPDATE 1":
+                cancelled.append(decision.cancel)
+    if cancelled:
+        # Sent at commit: the executor owning the run cancels it, as after `request_cancel`.
+        await conn.execute(_NOTIFY_EACH, RUN_CANCEL_REQUESTED, cancelled)
 
 
 # --- operations applied a run at a time (see `Bulk`) ------------------------------------
@@ -425,6 +509,19 @@ async def _prune_history(conn: Connection, before_ms: int, limit: int, events_af
         await conn.execute(
             "DELETE FROM owners WHERE owner IN (SELECT owner FROM owners WHERE expires_at_ms < $1"
             " LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            before_ms,
+            limit,
+        )
+        # Flow-control history: skips, and GCRA state in the past (the same as none).
+        await conn.execute(
+            "DELETE FROM skipped_starts WHERE run_id IN (SELECT run_id FROM skipped_starts WHERE at_ms < $1"
+            " LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            before_ms,
+            limit,
+        )
+        await conn.execute(
+            "DELETE FROM start_limits WHERE (function_id, kind, key) IN (SELECT function_id, kind, key"
+            " FROM start_limits WHERE tat_ms < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
             before_ms,
             limit,
         )
@@ -694,6 +791,16 @@ class PostgresStore:
 
     async def record_events(self, events: list[NewEvent]) -> list[bool]:
         return await self._writer.submit(_RECORD_EVENTS, list(events))
+
+    async def skipped_starts(self, event_id: str) -> list[SkippedStart]:
+        async def op(conn: Connection) -> list[asyncpg.Record]:
+            return await conn.fetch(
+                "SELECT run_id, function_id, event_id, reason, at_ms FROM skipped_starts WHERE event_id = $1"
+                ' ORDER BY at_ms, run_id COLLATE "C"',
+                event_id,
+            )
+
+        return [SkippedStart(r[0], r[1], r[2], r[3], r[4]) for r in await self._writer.read(op)]
 
     async def get_event(self, event_id: str) -> EventRecord | None:
         async def op(conn: Connection) -> asyncpg.Record | None:

@@ -61,11 +61,20 @@ from connect.store.base import (
     answer_entries,
     chunk_ids,
 )
+from connect.store.start_gates import (
+    RATE_LIMIT,
+    THROTTLE,
+    SkippedStart,
+    StartGate,
+    decide,
+    report_skip,
+)
+from connect.store.start_gates import apply as apply_decision
 from connect.store.writer import SqliteWriter
 from protocol.ids import new_ulid
 from protocol.payloads import FunctionConfig
 
-SCHEMA_VERSION: Final = 6
+SCHEMA_VERSION: Final = 7
 
 _TABLES: Final = (
     "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
@@ -153,6 +162,32 @@ _TABLES: Final = (
     "CREATE INDEX IF NOT EXISTS connections_by_expiry ON connections (expires_at_ms)",
     # An instance's leases, counted by `put_lease_within`.
     "CREATE INDEX IF NOT EXISTS leases_by_instance ON leases (instance_id, expires_at_ms)",
+    # Flow control at run start (schema 7, see `start_gates`): the theoretical arrival
+    # time of each throttle and rate-limit key, the run holding each singleton key,
+    # and the runs gates refused.
+    """CREATE TABLE IF NOT EXISTS start_limits (
+        function_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL,
+        tat_ms INTEGER NOT NULL,
+        PRIMARY KEY (function_id, kind, key)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS start_limits_by_tat ON start_limits (tat_ms)",
+    """CREATE TABLE IF NOT EXISTS singletons (
+        function_id TEXT NOT NULL,
+        key TEXT NOT NULL,
+        run_id TEXT NOT NULL,
+        PRIMARY KEY (function_id, key)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS skipped_starts (
+        run_id TEXT PRIMARY KEY,
+        function_id TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        at_ms INTEGER NOT NULL
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS skipped_starts_by_event ON skipped_starts (event_id)",
+    "CREATE INDEX IF NOT EXISTS skipped_starts_by_age ON skipped_starts (at_ms)",
 )
 
 _RUNS_TABLE: Final = """CREATE TABLE {name} (
@@ -218,7 +253,26 @@ _EventRow = tuple[str, str, int, int, bytes]
 _NewRunRow = tuple[
     str, str, str, str, str, int, int | None, int, bytes, bytes, int, int, int, bytes | None, str | None, int
 ]
-_EventRows = tuple[_EventRow, list[_NewRunRow], list[tuple[str, str, bytes]], list[tuple[str]]]
+_EventRows = tuple[
+    _EventRow, list[_NewRunRow], list[tuple[str, str, bytes]], list[tuple[str]], NewEvent, dict[str, StartGate]
+]
+
+_SELECT_TAT: Final = "SELECT tat_ms FROM start_limits WHERE function_id = ? AND kind = ? AND key = ?"
+_SET_TAT: Final = (
+    "INSERT INTO start_limits (function_id, kind, key, tat_ms) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (function_id, kind, key) DO UPDATE SET tat_ms = excluded.tat_ms"
+)
+_SINGLETON_RUNNING: Final = (
+    "SELECT s.run_id FROM singletons s JOIN runs r ON r.run_id = s.run_id"
+    " WHERE s.function_id = ? AND s.key = ? AND r.status = 'Running'"
+)
+_HOLD_SINGLETON: Final = (
+    "INSERT INTO singletons (function_id, key, run_id) VALUES (?, ?, ?)"
+    " ON CONFLICT (function_id, key) DO UPDATE SET run_id = excluded.run_id"
+)
+_INSERT_SKIP: Final = (
+    "INSERT OR IGNORE INTO skipped_starts (run_id, function_id, event_id, reason, at_ms) VALUES (?, ?, ?, ?, ?)"
+)
 
 _encode = msgspec.json.Encoder().encode
 _decode_requests = msgspec.json.Decoder(list[PendingRequest]).decode
@@ -273,27 +327,75 @@ def _run_from_row(row: _RunRow) -> RunRecord:
 def _event_rows(event: NewEvent) -> _EventRows:
     e = event.event
     owner, fence = event.owner, NEW_RUN_FENCE if event.owner is not None else 0
+    gates = {g.run_id: g for g in event.gates}
     return (
         (e.id, e.name, e.ts, e.received_at_ms, e.body),
-        [(*_run_row(r), owner, fence) for r in event.runs],
+        [(*_run_row(r), owner, fence) for r in event.runs if r.run_id not in gates],
         [(m.run_id, m.memo.step_hash, m.memo.result) for m in event.memos],
         [(run_id,) for run_id in event.cancels],
+        event,
+        gates,
     )
 
 
-def _insert_events(conn: sqlite3.Connection, rows: list[_EventRows]) -> list[bool]:
+def _insert_events(conn: sqlite3.Connection, rows: list[_EventRows], cancelled: list[str] | None = None) -> list[bool]:
+    """Store the events and what they cause; the runs singletons cancelled are
+    added to `cancelled` (for the caller to announce once committed)."""
     stored: list[bool] = []
-    for event_row, run_rows, memo_rows, cancel_rows in rows:
+    for event_row, run_rows, memo_rows, cancel_rows, new, gates in rows:
         is_new = conn.execute(_INSERT_EVENT, event_row).rowcount == 1
         if is_new:
             if run_rows:
                 conn.executemany(_INSERT_RUN, run_rows)
+            if gates:
+                _pass_gates(conn, new, gates, cancelled)
             if memo_rows:
                 conn.executemany(_INSERT_MEMO, memo_rows)
             if cancel_rows:
                 conn.executemany(_FLAG_CANCEL, cancel_rows)
         stored.append(is_new)
     return stored
+
+
+def _pass_gates(
+    conn: sqlite3.Connection, new: NewEvent, gates: dict[str, StartGate], cancelled: list[str] | None
+) -> None:
+    """Decide each gated run of `new` and store it, or its skip (see `NewEvent.gates`).
+    The writer's transaction makes each read-decide-write atomic."""
+    fence = NEW_RUN_FENCE if new.owner is not None else 0
+    for run in new.runs:
+        gate = gates.get(run.run_id)
+        if gate is None:
+            continue
+        now_ms = run.started_at_ms
+        fn = gate.function_id
+        running = None
+        if gate.singleton is not None:
+            row = conn.execute(_SINGLETON_RUNNING, (fn, gate.singleton.key)).fetchone()
+            running = None if row is None else row[0]
+        rate_tat = throttle_tat = None
+        if gate.rate_limit is not None:
+            row = conn.execute(_SELECT_TAT, (fn, RATE_LIMIT, gate.rate_limit.key)).fetchone()
+            rate_tat = None if row is None else row[0]
+        if gate.throttle is not None:
+            row = conn.execute(_SELECT_TAT, (fn, THROTTLE, gate.throttle.key)).fetchone()
+            throttle_tat = None if row is None else row[0]
+        decision = decide(gate, now_ms, running=running, rate_tat=rate_tat, throttle_tat=throttle_tat)
+        skip = apply_decision(new, run, decision)
+        if skip is not None:
+            conn.execute(_INSERT_SKIP, (skip.run_id, skip.function_id, skip.event_id, skip.reason, skip.at_ms))
+            report_skip(skip)
+            continue
+        conn.execute(_INSERT_RUN, (*_run_row(run), new.owner, fence))
+        if gate.rate_limit is not None and decision.rate_tat is not None:
+            conn.execute(_SET_TAT, (fn, RATE_LIMIT, gate.rate_limit.key, decision.rate_tat))
+        if gate.throttle is not None and decision.throttle_tat is not None:
+            conn.execute(_SET_TAT, (fn, THROTTLE, gate.throttle.key, decision.throttle_tat))
+        if gate.singleton is not None:
+            conn.execute(_HOLD_SINGLETON, (fn, gate.singleton.key, run.run_id))
+        if decision.cancel is not None and conn.execute(_FLAG_CANCEL, (decision.cancel,)).rowcount == 1:
+            if cancelled is not None:
+                cancelled.append(decision.cancel)
 
 
 # --- schema setup and migrations --------------------------------------------------
@@ -457,6 +559,16 @@ def _prune_history(conn: sqlite3.Connection, before_ms: int, limit: int, events_
         "DELETE FROM owners WHERE owner IN (SELECT owner FROM owners WHERE expires_at_ms < ? LIMIT ?)",
         (before_ms, limit),
     )
+    # Flow-control history: skips, and GCRA state in the past (the same as none).
+    conn.execute(
+        "DELETE FROM skipped_starts WHERE run_id IN (SELECT run_id FROM skipped_starts WHERE at_ms < ? LIMIT ?)",
+        (before_ms, limit),
+    )
+    conn.execute(
+        "DELETE FROM start_limits WHERE (function_id, kind, key) IN"
+        " (SELECT function_id, kind, key FROM start_limits WHERE tat_ms < ? LIMIT ?)",
+        (before_ms, limit),
+    )
     return Pruned(runs=len(runs), steps=steps, events=events, replies=replies, leases=leases, events_cursor=cursor)
 
 
@@ -585,13 +697,27 @@ class SqliteStore:
 
     async def record_events(self, events: list[NewEvent]) -> list[bool]:
         rows = [_event_rows(e) for e in events]
+        cancelled: list[str] = []
 
         def op(conn: sqlite3.Connection) -> list[bool]:
-            return _insert_events(conn, rows)
+            cancelled.clear()  # applied again after a failed batch: report that attempt's
+            return _insert_events(conn, rows, cancelled)
 
         stored = await self._writer.submit(op)
         self._notify_events([e.event.id for e, is_new in zip(events, stored, strict=True) if is_new])
+        for run_id in cancelled:
+            self._notify(RUN_CANCEL_REQUESTED, run_id)
         return stored
+
+    async def skipped_starts(self, event_id: str) -> list[SkippedStart]:
+        def op(conn: sqlite3.Connection) -> list[tuple[str, str, str, str, int]]:
+            return conn.execute(
+                "SELECT run_id, function_id, event_id, reason, at_ms FROM skipped_starts WHERE event_id = ?"
+                " ORDER BY at_ms, run_id",
+                (event_id,),
+            ).fetchall()
+
+        return [SkippedStart(*row) for row in await self._writer.submit(op)]
 
     async def get_events(self, event_ids: Sequence[str]) -> list[EventRecord]:
         ids = list(dict.fromkeys(event_ids))
@@ -731,9 +857,14 @@ class SqliteStore:
                 conn.execute("DELETE FROM replies WHERE request_id = ?", (consumed_request_id,))
                 conn.execute("DELETE FROM leases WHERE request_id = ?", (consumed_request_id,))
                 conn.execute("DELETE FROM queued_requests WHERE request_id = ?", (consumed_request_id,))
-            return _insert_events(conn, event_rows) if event_rows else []
+            cancelled.clear()
+            return _insert_events(conn, event_rows, cancelled) if event_rows else []
 
-        return await self._writer.submit(op)
+        cancelled: list[str] = []
+        stored = await self._writer.submit(op)
+        for run_id in cancelled:
+            self._notify(RUN_CANCEL_REQUESTED, run_id)
+        return stored
 
     # --- executor: run ownership -------------------------------------------------------
 
@@ -1012,8 +1143,11 @@ class SqliteStore:
     async def record_tick(self, key: str, tick_ms: int, event: NewEvent) -> bool:
         rows = [_event_rows(event)]
 
+        cancelled: list[str] = []
+
         def op(conn: sqlite3.Connection) -> bool:
-            [stored] = _insert_events(conn, rows)
+            cancelled.clear()
+            [stored] = _insert_events(conn, rows, cancelled)
             conn.execute(
                 "INSERT INTO cron_ticks (schedule, tick_ms) VALUES (?, ?)"
                 " ON CONFLICT (schedule) DO UPDATE SET tick_ms = max(tick_ms, excluded.tick_ms)",
@@ -1024,6 +1158,8 @@ class SqliteStore:
         stored = await self._writer.submit(op)
         if stored:
             self._notify_events([event.event.id])
+        for run_id in cancelled:
+            self._notify(RUN_CANCEL_REQUESTED, run_id)
         return stored
 
 

@@ -99,8 +99,5 @@ def test_functions_list_served_and_refused_ones(serve: DevServer) -> None:
         "triggers": [{"cron": "0 3 * * *", "jitter": "1m"}],
         "status": "active",
         "reason": None,
-        "not_honoured": {
-            "rateLimit": {"limit": 1, "period": "24h", "key": "event.data.k"},
-            "triggers[0].jitter": "1m",
-        },
+        "not_honoured": {"triggers[0].jitter": "1m"},
     }

@@ -35,14 +35,16 @@ def config(
     triggers: list[Trigger] | None = None,
     cancel: list[dict[str, Any]] | None = None,
     timeouts: dict[str, Any] | None = None,
+    flow: dict[str, Any] | None = None,
 ) -> FunctionConfig:
+    """`flow`: flow-control options in their wire form (`{"throttle": {...}}`)."""
     step = StepConfig(
         id="step",
         name="step",
         runtime=Runtime(type="ws", url=f"wss://connect?fnId={APP}-{fn_id}&stepId=step"),
         retries=None if retries is None else Retries(attempts=retries),
     )
-    return FunctionConfig(
+    fn = FunctionConfig(
         id=f"{APP}-{fn_id}",
         name=fn_id,
         triggers=triggers if triggers is not None else [Trigger(event=event, expression=expression)],
@@ -50,6 +52,9 @@ def config(
         cancel=None if cancel is None else msgspec.convert(cancel, list[CancelConfig]),
         timeouts=None if timeouts is None else msgspec.convert(timeouts, TimeoutsConfig),
     )
+    if flow:
+        fn = msgspec.convert({**msgspec.to_builtins(fn), **flow}, FunctionConfig)
+    return fn
 
 
 class Harness:

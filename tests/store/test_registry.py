@@ -345,7 +345,7 @@ async def test_a_schema_5_database_gains_the_registry(engine: Engine) -> None:
 
     store = await engine.open()
     try:
-        assert await engine.schema_version() == 6
+        assert await engine.schema_version() == 7
         assert not await store.put_lease_within("r2", "l2", NOW + TTL, "inst", 1, NOW)
         await store.put_process(process("gw-a"))
         await store.put_connections("gw-a", [connection("c1", "gw-a")])
@@ -355,7 +355,15 @@ async def test_a_schema_5_database_gains_the_registry(engine: Engine) -> None:
 
 
 async def _downgrade_to_schema_5(engine: Engine) -> None:
-    drop = ("DROP TABLE processes", "DROP TABLE connections", "DROP INDEX leases_by_instance")
+    drop = (
+        "DROP TABLE processes",
+        "DROP TABLE connections",
+        "DROP INDEX leases_by_instance",
+        # Schema 7's (flow control at run start).
+        "DROP TABLE start_limits",
+        "DROP TABLE singletons",
+        "DROP TABLE skipped_starts",
+    )
     if isinstance(engine, SqliteEngine):
         with sqlite3.connect(engine.path) as conn:
             for statement in drop:

@@ -1,0 +1,211 @@
+"""The gate a new run passes before it starts: throttle, rate limit (and
+idempotency, a rate limit of 1 per 24 hours) and singleton.
+
+A gate is decided where the run is recorded, inside the store transaction
+that records its event (`record_events`), so that any number of processes
+recording events at once never let more runs through than the limits allow:
+the state each decision reads (a key's theoretical arrival time, the run a
+singleton key holds) is read and written in that one transaction, under a
+lock per key on PostgreSQL. This module is the decision itself, pure: the
+stores read the state, call `decide` with the run's start time, and write
+back what it returns.
+
+Throttle and rate limit are both GCRA (generic cell rate algorithm) over a
+key's theoretical arrival time `tat`: one start per `period / limit`, and up
+to `limit + burst` at once after a quiet spell (a rate limit has no burst:
+`limit` at once). A throttled run over the limit is not refused: it is
+recorded with its first request due at its turn (`wake_at_ms`), so queued
+runs start in the order they came, one emission interval apart. A run over
+a rate limit is not created at all: the event is stored, and the skip with
+its reason (`SkippedStart`). A singleton in `skip` mode skips a new run
+while a run holding its key is Running; in `cancel` mode it flags that run
+for cancellation and the new run starts.
+
+The state kept: one `tat` per (function, gate kind, key), and per singleton
+key the run that holds it. A `tat` in the past means the same as none.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import TYPE_CHECKING, Final, Literal
+
+import msgspec
+
+if TYPE_CHECKING:
+    from connect.store.base import NewEvent, RunRecord
+
+log = logging.getLogger("connect.store.start_gates")
+
+#: `connect.store.base.RUNNING` (not imported: the base imports this module).
+RUNNING: Final = "Running"
+#: The status of a run a gate refused, as the API shows it (it is never stored as a run).
+SKIPPED: Final = "Skipped"
+
+#: The kinds of GCRA state kept per key (`start_limits.kind`).
+THROTTLE: Final = "throttle"
+RATE_LIMIT: Final = "rate"
+
+#: How long an idempotency key holds, in milliseconds.
+IDEMPOTENCY_PERIOD_MS: Final = 24 * 3600 * 1000
+
+
+class Throttle(msgspec.Struct, frozen=True):
+    """At most `limit` starts per `period_ms` for `key`, `limit + burst` at once."""
+
+    key: str
+    limit: int
+    period_ms: int
+    burst: int = 0
+
+
+class RateLimit(msgspec.Struct, frozen=True):
+    """At most `limit` runs per `period_ms` for `key`; `idempotency` names the
+    option it came from in the skip's reason."""
+
+    key: str
+    limit: int
+    period_ms: int
+    idempotency: bool = False
+
+
+class Singleton(msgspec.Struct, frozen=True):
+    """One Running run at a time for `key`."""
+
+    key: str
+    mode: Literal["skip", "cancel"]
+
+
+class StartGate(msgspec.Struct, frozen=True):
+    """What the new run `run_id` of `function_id` must pass, keys evaluated
+    against its triggering event (see `NewEvent.gates`)."""
+
+    run_id: str
+    function_id: str
+    throttle: Throttle | None = None
+    rate_limit: RateLimit | None = None
+    singleton: Singleton | None = None
+
+    def lock_keys(self) -> list[str]:
+        """The keys of state this gate reads and writes (lock them in sorted order)."""
+        keys: list[str] = []
+        if self.singleton is not None:
+            keys.append(_state_key(self.function_id, "singleton", self.singleton.key))
+        if self.rate_limit is not None:
+            keys.append(_state_key(self.function_id, RATE_LIMIT, self.rate_limit.key))
+        if self.throttle is not None:
+            keys.append(_state_key(self.function_id, THROTTLE, self.throttle.key))
+        return keys
+
+
+class SkippedStart(msgspec.Struct, frozen=True):
+    """A run an event would have started, refused by its gate (stored in place of the run)."""
+
+    run_id: str
+    function_id: str
+    event_id: str
+    reason: str
+    at_ms: int
+
+
+class Decision(msgspec.Struct, frozen=True):
+    """What a gate decided for one run, and the state to write back.
+
+    `skip`: why the run is not created (None: it is). `wake_at_ms`: when a
+    throttled run starts (0: now). `cancel`: the Running run a singleton in
+    `cancel` mode cancels. `rate_tat` / `throttle_tat`: the keys' new
+    theoretical arrival times (None: unchanged). `hold`: whether the run now
+    holds its singleton key."""
+
+    skip: str | None = None
+    wake_at_ms: int = 0
+    cancel: str | None = None
+    rate_tat: int | None = None
+    throttle_tat: int | None = None
+    hold: bool = False
+
+
+def gcra(tat_ms: int | None, now_ms: int, limit: int, period_ms: int, burst: int) -> tuple[int, int]:
+    """One request at `now_ms` against a key whose theoretical arrival time
+    is `tat_ms` (None: never used): when it may go (>= now_ms), and the key's
+    new theoretical arrival time if it goes then.
+
+    The emission interval is `period_ms / limit`; up to `limit + burst`
+    requests go at once after a quiet spell."""
+    limit = max(limit, 1)
+    # In whole milliseconds, rounded up (never a start early), so that exactly
+    # `limit + burst` fit at once however the period divides.
+    interval = max(math.ceil(period_ms / limit), 1)
+    tolerance = interval * (limit + max(burst, 0) - 1)
+    tat = max(tat_ms if tat_ms is not None else now_ms, now_ms)
+    return max(now_ms, tat - tolerance), tat + interval
+
+
+def decide(
+    gate: StartGate,
+    now_ms: int,
+    *,
+    running: str | None,
+    rate_tat: int | None,
+    throttle_tat: int | None,
+) -> Decision:
+    """The gate's decision for a run recorded at `now_ms`, given the Running
+    run holding its singleton key (`running`) and its keys' stored
+    theoretical arrival times. Checked in this order: singleton, rate limit,
+    throttle; a skipped run changes no state."""
+    cancel = None
+    if gate.singleton is not None and running is not None:
+        if gate.singleton.mode == "skip":
+            return Decision(skip=f"singleton: run {running} is running for key {gate.singleton.key!r}")
+        cancel = running
+    new_rate_tat = None
+    if gate.rate_limit is not None:
+        r = gate.rate_limit
+        allowed, after = gcra(rate_tat, now_ms, r.limit, r.period_ms, 0)
+        if allowed > now_ms:
+            what = "idempotency" if r.idempotency else f"rate limit {r.limit} per {r.period_ms / 1000:g}s"
+            return Decision(skip=f"{what}: key {r.key!r} is over its limit until {allowed} (Unix ms)")
+        new_rate_tat = after
+    wake_at, new_throttle_tat = 0, None
+    if gate.throttle is not None:
+        t = gate.throttle
+        allowed, new_throttle_tat = gcra(throttle_tat, now_ms, t.limit, t.period_ms, t.burst)
+        wake_at = allowed if allowed > now_ms else 0
+    return Decision(
+        wake_at_ms=wake_at,
+        cancel=cancel,
+        rate_tat=new_rate_tat,
+        throttle_tat=new_throttle_tat,
+        hold=gate.singleton is not None,
+    )
+
+
+def apply(new: NewEvent, run: RunRecord, decision: Decision) -> SkippedStart | None:
+    """Report `decision` on the run object and its event (see `NewEvent.gates`);
+    the skip to store in place of the run, if it is refused. Idempotent, so a
+    transaction applied again reports the same."""
+    if decision.skip is not None:
+        run.status = SKIPPED
+        return SkippedStart(run.run_id, run.function_id, run.event_id, decision.skip, run.started_at_ms)
+    run.status = RUNNING
+    if run.requests:
+        run.requests[0] = msgspec.structs.replace(run.requests[0], wake_at_ms=decision.wake_at_ms)
+    if decision.cancel is not None and decision.cancel not in new.cancels:
+        new.cancels.append(decision.cancel)
+    return None
+
+
+def report_skip(skip: SkippedStart) -> None:
+    """The log line of a run not created."""
+    log.info(
+        "event %s started no run of function %s: %s (recorded as skipped run %s)",
+        skip.event_id,
+        skip.function_id,
+        skip.reason,
+        skip.run_id,
+    )
+
+
+def _state_key(function_id: str, kind: str, key: str) -> str:
+    return f"{function_id}\x1f{kind}\x1f{key}"

@@ -1,0 +1,184 @@
+"""Flow-control gates at run start, decided by the store: every test runs on
+SQLite and on PostgreSQL (see `connect.store.start_gates`)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from connect.store import COMPLETED, EventRecord, NewEvent, PendingRequest, RunRecord, Store
+from connect.store.base import RUN_CANCEL_REQUESTED
+from connect.store.start_gates import SKIPPED, RateLimit, Singleton, StartGate, Throttle
+from tests.store.conftest import Engine
+
+pytestmark = pytest.mark.anyio
+
+FN = "app-fn"
+
+
+def gated(event_id: str, at_ms: int, gate: StartGate | None = None, **options: object) -> tuple[NewEvent, RunRecord]:
+    """An event starting one run of FN at `at_ms`, with the gate given or built from `options`."""
+    run_id = f"run-{event_id}"
+    run = RunRecord(
+        run_id=run_id,
+        function_id=FN,
+        app_name="app",
+        event_id=event_id,
+        started_at_ms=at_ms,
+        requests=[PendingRequest(f"req-{event_id}")],
+    )
+    gate = gate or StartGate(run_id, FN, **options)  # type: ignore[arg-type]
+    event = EventRecord(event_id, "app/x", at_ms, at_ms, b'{"name":"app/x"}')
+    return NewEvent(event, [run], gates=[gate]), run
+
+
+async def record(store: Store, event_id: str, at_ms: int, **options: object) -> RunRecord:
+    new, run = gated(event_id, at_ms, **options)
+    assert await store.record_events([new]) == [True]
+    return run
+
+
+async def test_throttle_queues_starts_one_period_apart(store: Store) -> None:
+    throttle = Throttle("", limit=1, period_ms=2000)
+    runs = [await record(store, f"e{i}", 1000, throttle=throttle) for i in range(3)]
+    assert [r.requests[0].wake_at_ms for r in runs] == [0, 3000, 5000]
+    assert all(r.status == "Running" for r in runs)
+    stored = [await store.get_run(r.run_id) for r in runs]
+    assert [r.requests[0].wake_at_ms for r in stored if r is not None] == [0, 3000, 5000]
+    # Later, the key has had time to recover: a start at once again.
+    assert (await record(store, "late", 20_000, throttle=throttle)).requests[0].wake_at_ms == 0
+
+
+async def test_throttle_burst_and_keys(store: Store) -> None:
+    # limit 2 per 6 s with burst 1: three at once, then one each 3 s.
+    throttle = Throttle("a", limit=2, period_ms=6000, burst=1)
+    runs = [await record(store, f"e{i}", 1000, throttle=throttle) for i in range(5)]
+    assert [r.requests[0].wake_at_ms for r in runs] == [0, 0, 0, 4000, 7000]
+    # Another key has a budget of its own.
+    other = await record(store, "b", 1000, throttle=Throttle("b", limit=2, period_ms=6000, burst=1))
+    assert other.requests[0].wake_at_ms == 0
+
+
+async def test_rate_limit_skips_runs_over_the_limit_and_records_why(store: Store) -> None:
+    limit = RateLimit("k", limit=2, period_ms=10_000)
+    runs = [await record(store, f"e{i}", 1000 + i, rate_limit=limit) for i in range(5)]
+    assert [r.status for r in runs] == ["Running", "Running", SKIPPED, SKIPPED, SKIPPED]
+    for run in runs[2:]:
+        assert await store.get_run(run.run_id) is None
+        assert await store.runs_for_event(run.event_id) == []
+        [skip] = await store.skipped_starts(run.event_id)
+        assert (skip.run_id, skip.function_id, skip.event_id) == (run.run_id, FN, run.event_id)
+        assert "rate limit 2 per 10s" in skip.reason and "'k'" in skip.reason
+    assert await store.skipped_starts("e0") == []
+    assert [r.run_id for r in await store.runs_for_event("e0")] == ["run-e0"]
+    # A period later, runs are created again; another key was never limited.
+    assert (await record(store, "later", 12_000, rate_limit=limit)).status == "Running"
+    assert (await record(store, "other", 1005, rate_limit=RateLimit("j", 2, 10_000))).status == "Running"
+
+
+async def test_idempotency_reason(store: Store) -> None:
+    key = RateLimit("order-1", limit=1, period_ms=24 * 3600 * 1000, idempotency=True)
+    assert (await record(store, "e1", 1000, rate_limit=key)).status == "Running"
+    assert (await record(store, "e2", 1000 + 23 * 3600 * 1000, rate_limit=key)).status == SKIPPED
+    [skip] = await store.skipped_starts("e2")
+    assert skip.reason.startswith("idempotency")
+
+
+async def test_singleton_skip_while_running_then_start_once_ended(store: Store) -> None:
+    single = Singleton("k", "skip")
+    first = await record(store, "e1", 1000, singleton=single)
+    second = await record(store, "e2", 1001, singleton=single)
+    assert (first.status, second.status) == ("Running", SKIPPED)
+    [skip] = await store.skipped_starts("e2")
+    assert "singleton" in skip.reason and first.run_id in skip.reason
+    first.status, first.ended_at_ms, first.requests = COMPLETED, 1500, []
+    await store.save_run(first, fence=0)
+    third = await record(store, "e3", 2000, singleton=single)
+    assert third.status == "Running"
+    assert (await record(store, "e4", 2001, singleton=Singleton("other", "skip"))).status == "Running"
+
+
+async def test_singleton_cancel_flags_the_running_run_and_starts_the_new_one(store: Store) -> None:
+    cancelled: list[str] = []
+    await store.listen(RUN_CANCEL_REQUESTED, cancelled.append)
+    single = Singleton("", "cancel")
+    first = await record(store, "e1", 1000, singleton=single)
+    new, second = gated("e2", 1001, singleton=single)
+    assert await store.record_events([new]) == [True]
+    assert second.status == "Running"
+    assert new.cancels == [first.run_id]
+    stored = await store.get_run(first.run_id)
+    assert stored is not None and stored.cancel_requested
+    for _ in range(200):
+        if cancelled:
+            break
+        await asyncio.sleep(0.01)
+    assert cancelled == [first.run_id]
+    # The new run holds the key now.
+    third_new, _ = gated("e3", 1002, singleton=single)
+    await store.record_events([third_new])
+    assert third_new.cancels == [second.run_id]
+
+
+async def test_a_duplicate_event_passes_no_gate(store: Store) -> None:
+    limit = RateLimit("", limit=1, period_ms=10_000)
+    assert (await record(store, "e1", 1000, rate_limit=limit)).status == "Running"
+    again, _ = gated("e1", 1001, rate_limit=limit)
+    assert await store.record_events([again]) == [False]
+    assert await store.skipped_starts("e1") == []
+
+
+async def test_concurrent_recorders_never_exceed_a_rate_limit(engine: Engine) -> None:
+    # Three store objects (on PostgreSQL: three writer connections, as three API
+    # processes would have) record 60 events at once, 20 each, one call per event.
+    stores = [await engine.open() for _ in range(3 if engine.name == "postgres" else 1)]
+    try:
+        limit = RateLimit("shared", limit=7, period_ms=60_000)
+        throttle = Throttle("shared", limit=1, period_ms=1000)
+        calls = []
+        news: list[NewEvent] = []
+        for i in range(60):
+            new, _ = gated(f"e{i}", 1000, rate_limit=limit, throttle=throttle)
+            news.append(new)
+            calls.append(stores[i % len(stores)].record_events([new]))
+        assert await asyncio.gather(*calls) == [[True]] * 60
+        started = sorted(r.run_id for n in news for r in n.runs if r.status != SKIPPED)
+        assert len(started) == 7
+        check = stores[0]
+        stored = [r for n in news for r in await check.runs_for_event(n.event.id)]
+        assert sorted(r.run_id for r in stored) == started
+        skipped = [s for n in news for s in await check.skipped_starts(n.event.id)]
+        assert len(skipped) == 53
+        # The throttle saw the 7 in some order: each start one second after the one before.
+        assert sorted(r.requests[0].wake_at_ms for r in stored) == [0, 2000, 3000, 4000, 5000, 6000, 7000]
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_reopened_store_keeps_the_throttle_state_and_the_queued_runs(engine: Engine) -> None:
+    throttle = Throttle("", limit=1, period_ms=2000)
+    store = await engine.open()
+    try:
+        queued = [await record(store, f"e{i}", 1000, throttle=throttle) for i in range(2)]
+    finally:
+        await store.close()
+    store = await engine.open()
+    try:
+        again = await store.get_run(queued[1].run_id)
+        assert again is not None and again.requests[0].wake_at_ms == 3000
+        assert (await record(store, "e2", 1000, throttle=throttle)).requests[0].wake_at_ms == 5000
+    finally:
+        await store.close()
+
+
+async def test_prune_history_drops_old_skips_and_spent_state(store: Store) -> None:
+    limit = RateLimit("", limit=1, period_ms=1000)
+    await record(store, "e1", 1000, rate_limit=limit)
+    await record(store, "e2", 1000, rate_limit=limit)
+    assert len(await store.skipped_starts("e2")) == 1
+    await store.prune_history(before_ms=100_000, limit=100)
+    assert await store.skipped_starts("e2") == []
+    # The spent rate-limit state went with it: a run at 1000 again is allowed.
+    assert (await record(store, "e3", 1000, rate_limit=limit)).status == "Running"
