@@ -32,7 +32,7 @@ import msgspec
 
 from connect.executor.registry import Registration, Registry
 from connect.executor.service import CANCEL_WAIT
-from connect.executor.starts import event_record, new_run, received, targets
+from connect.executor.starts import event_record, plan, received
 from connect.executor.triggers import TriggerIndex
 from connect.executor.views import run_view
 from connect.store.base import APPS_CHANGED, RUNNING, RUNS_RELEASED, AppRecord, NewEvent, RunRecord, Store
@@ -126,14 +126,10 @@ class StoredRuns:
             await asyncio.wait({reading}, timeout=_APPS_WAIT)
         now_ms = int(self._clock() * 1000)
         built = received(events, now_ms)
-        batch = [
-            NewEvent(
-                event_record(event, now_ms),
-                [new_run(target, event.id, now_ms) for target in targets(self._index, event)],
-                owner=None,
-            )
-            for event in built
-        ]
+        batch: list[NewEvent] = []
+        for event in built:
+            runs, holds = plan(self._index, event, now_ms)
+            batch.append(NewEvent(event_record(event, now_ms), runs, owner=None, holds=holds))
         stored = await self._store.record_events(batch)
         if any(is_new and new.runs for new, is_new in zip(batch, stored, strict=True)):
             await self._store.notify(RUNS_RELEASED, "")

@@ -62,6 +62,19 @@ class Expression:
             return False
         return isinstance(result, celtypes.BoolType) and bool(result)
 
+    def value(self, activation: Mapping[str, Any]) -> Any:
+        """The expression's value (a CEL value) for `activation`; raises
+        ValueError when it cannot be evaluated (a missing field, a type error)."""
+        try:
+            result = self._program.evaluate(dict(activation))
+        except CELEvalError as exc:
+            raise ValueError(f"{self.text!r}: {exc}") from exc
+        except Exception as exc:  # a bug in an expression must not break event intake
+            raise ValueError(f"{self.text!r} failed: {exc}") from exc
+        if isinstance(result, CELEvalError):  # some errors come back as the value
+            raise ValueError(f"{self.text!r}: {result}")
+        return result
+
 
 @lru_cache(maxsize=4096)
 def compiled(text: str) -> Expression:

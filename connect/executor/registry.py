@@ -2,10 +2,10 @@
 functions refused (and why), and options registered that it does not honour.
 
 An SDK registers more than this executor implements. It runs retries,
-`cancel`, `timeouts`, event triggers with expressions, cron triggers and
-`onFailure` functions; flow control (concurrency, throttle, rate limit,
-debounce, event batches, idempotency, priority, singleton) and cron jitter
-are kept as registered, typed in `FunctionConfig`, but not enforced yet. The
+`cancel`, `timeouts`, event triggers with expressions, cron triggers,
+`onFailure` functions, `debounce` and `batchEvents`; the rest of flow
+control (concurrency, throttle, rate limit, idempotency, priority,
+singleton) and cron jitter are kept as registered, typed in `FunctionConfig`, but not enforced yet. The
 function is still served: its runs start as if the option were not there.
 Nothing is silently ignored: each such option is named in one warning per
 function when its app's registration changes (a fleet of workers
@@ -32,8 +32,6 @@ NOT_HONOURED: Final[tuple[tuple[str, Callable[[FunctionConfig], Any]], ...]] = (
     ("concurrency", lambda fn: fn.concurrency),
     ("throttle", lambda fn: fn.throttle),
     ("rateLimit", lambda fn: fn.rateLimit),
-    ("debounce", lambda fn: fn.debounce),
-    ("batchEvents", lambda fn: fn.batchEvents),
     ("idempotency", lambda fn: fn.idempotency),
     ("priority", lambda fn: fn.priority),
     ("singleton", lambda fn: fn.singleton),

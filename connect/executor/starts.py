@@ -7,11 +7,12 @@ conditions need the runs in memory, so they stay with the executor.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
+from connect.executor.held_starts import hold_for
 from connect.executor.system_events import FUNCTION_CANCELLED, FUNCTION_FAILED, FUNCTION_FINISHED
 from connect.executor.triggers import Target, TriggerIndex
-from connect.store.base import EventRecord, PendingRequest, RunRecord
+from connect.store.base import EventRecord, Hold, PendingRequest, RunRecord
 from protocol.ids import new_ulid
 from protocol.payloads import Event, IncomingEvent, json_encoder
 
@@ -45,6 +46,32 @@ def targets(index: TriggerIndex, event: Event) -> list[Target]:
         source = event.data.get("function_id")
         found = [t for t in found if t.function_id != source]
     return found
+
+
+def plan(index: TriggerIndex, event: Event, now_ms: int) -> tuple[list[RunRecord], list[Hold]]:
+    """The runs `event` starts now, and the debounces and batches it goes to
+    instead (see `connect.executor.held_starts`), to record with it."""
+    runs: list[RunRecord] = []
+    holds: list[Hold] = []
+    as_dict: dict[str, Any] | None = None
+    for target in targets(index, event):
+        if target.held:
+            info = index.lookup(target.function_id)
+            if info is not None and info.held is not None:
+                if as_dict is None:
+                    as_dict = {
+                        "name": event.name,
+                        "data": event.data,
+                        "id": event.id,
+                        "ts": event.ts,
+                        "user": event.user,
+                    }
+                hold = hold_for(info.held, target.function_id, target.app_name, target.max_attempts, as_dict)
+                if hold is not None:
+                    holds.append(hold)
+                    continue
+        runs.append(new_run(target, event.id, now_ms))
+    return runs, holds
 
 
 def new_run(target: Target, event_id: str, now_ms: int) -> RunRecord:

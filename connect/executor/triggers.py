@@ -13,7 +13,8 @@ cron that does not parse) is logged and left out, so a typo never starts
 runs it was meant to filter.
 
 `lookup(function_id)` gives what running a function needs beyond its
-triggers: its `cancel` conditions and `timeouts`, read once per sync.
+triggers: its `cancel` conditions, `timeouts` and debounce or batch rule
+(`connect.executor.held_starts`), read once per sync.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import msgspec
 
 from connect.executor.cron import CronSchedule
 from connect.executor.expressions import Expression
+from connect.executor.held_starts import HeldRule, rule_of
 from connect.executor.sleeps import parse_duration
 from protocol.payloads import Event, FunctionConfig, TimeoutsConfig
 
@@ -41,6 +43,8 @@ class Target(msgspec.Struct, frozen=True):
     app_name: str
     function_id: str  # fully qualified
     max_attempts: int
+    #: Debounced or batched: its events are held (`FunctionInfo.held`) rather than start runs.
+    held: bool = False
 
 
 class CancelOn(msgspec.Struct, frozen=True):
@@ -60,6 +64,7 @@ class FunctionInfo(msgspec.Struct, frozen=True):
     cancel: tuple[CancelOn, ...] = ()
     start_timeout_ms: int | None = None
     finish_timeout_ms: int | None = None
+    held: HeldRule | None = None
 
 
 class _Entry(NamedTuple):
@@ -137,8 +142,9 @@ class TriggerIndex:
         for app_name, functions in self._apps.items():
             for fn in functions:
                 retries = fn.retries if fn.retries is not None else self._default_retries
-                target = Target(app_name, fn.id, min(max(retries, 0), MAX_RETRIES) + 1)
-                info = _info(target, fn)
+                held = rule_of(fn)
+                target = Target(app_name, fn.id, min(max(retries, 0), MAX_RETRIES) + 1, held is not None)
+                info = _info(target, fn, held)
                 infos[fn.id] = info
                 for trigger in fn.triggers:
                     if trigger.cron:
@@ -175,7 +181,7 @@ class TriggerIndex:
         self._crons = crons
 
 
-def _info(target: Target, fn: FunctionConfig) -> FunctionInfo:
+def _info(target: Target, fn: FunctionConfig, held: HeldRule | None) -> FunctionInfo:
     cancel: list[CancelOn] = []
     for item in fn.cancel or ():
         if not item.event:
@@ -194,6 +200,7 @@ def _info(target: Target, fn: FunctionConfig) -> FunctionInfo:
         cancel=tuple(cancel),
         start_timeout_ms=_duration_ms(fn.id, "timeouts.start", timeouts.start),
         finish_timeout_ms=_duration_ms(fn.id, "timeouts.finish", timeouts.finish),
+        held=held,
     )
 
 

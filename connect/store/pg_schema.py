@@ -166,6 +166,34 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE INDEX connections_by_expiry ON connections (expires_at_ms)",
         "CREATE INDEX leases_by_instance ON leases (instance_id, expires_at_ms)",
     ),
+    # 6 -> 7 and 7 -> 8: reserved for the other flow-control tables (concurrency;
+    # throttle, rate limit and singleton), which take these numbers.
+    (),
+    (),
+    # 8 -> 9: debounces and batches waiting to start their run, one per (function,
+    # key), and the events of the runs batches started (see `connect.store.held_starts`).
+    (
+        """CREATE TABLE held_starts (
+            function_id TEXT NOT NULL,
+            key TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            app_name TEXT NOT NULL,
+            max_attempts INTEGER NOT NULL,
+            event_id TEXT NOT NULL,
+            last_ts BIGINT NOT NULL,
+            opened_ms BIGINT NOT NULL,
+            due_ms BIGINT NOT NULL,
+            events BYTEA[] NOT NULL,
+            PRIMARY KEY (function_id, key)
+        )""",
+        "CREATE INDEX held_starts_by_due ON held_starts (due_ms)",
+        """CREATE TABLE run_events (
+            run_id TEXT NOT NULL,
+            position INTEGER NOT NULL,
+            body BYTEA NOT NULL,
+            PRIMARY KEY (run_id, position)
+        )""",
+    ),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

@@ -15,6 +15,7 @@ server's `synchronous_commit` (on by default, so flushed to its WAL on disk).
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
@@ -26,6 +27,7 @@ from connect.store.base import (
     ANSWERED,
     APPS_CHANGED,
     EVENTS_RECORDED,
+    HELD_STARTS_CHANGED,
     LAPSED,
     NEW_RUN_FENCE,
     PROCESSES_CHANGED,
@@ -42,6 +44,8 @@ from connect.store.base import (
     ConnectionRecord,
     EventRecord,
     EventsCursor,
+    HeldStart,
+    Hold,
     LeaseRecord,
     LoadedRun,
     NewEvent,
@@ -56,11 +60,13 @@ from connect.store.base import (
     answer_entries,
     chunk_ids,
 )
+from connect.store.held_starts import HeldNotes, hold_event, run_events, started_run
 from connect.store.pg_notify import PostgresListener
 from connect.store.pg_reconnect import DEFAULT_RECONNECT_TIMEOUT, validate_reconnect_timeout
 from connect.store.pg_schema import FENCE_LOST, migrate
 from connect.store.pg_writer import DEFAULT_POOL_SIZE, Bulk, Connection, PostgresWriter
-from protocol.payloads import FunctionConfig
+from protocol.ids import new_ulid
+from protocol.payloads import Event, FunctionConfig
 
 _RUN_COLUMNS: Final = (
     "run_id, function_id, app_name, event_id, status, started_at_ms, ended_at_ms, max_attempts, requests,"
@@ -71,6 +77,11 @@ _INSERT_RUN: Final = (
     " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
 )
 _SELECT_RUNS: Final = f"SELECT {_RUN_COLUMNS} FROM runs"  # noqa: S608 - constant
+#: A run with the events of its batch, if a batch started it (NULL otherwise).
+_LOAD_RUN: Final = (
+    f"SELECT {_RUN_COLUMNS}, (SELECT array_agg(body ORDER BY position) FROM run_events e"  # noqa: S608 - constant
+    " WHERE e.run_id = runs.run_id) AS batch FROM runs WHERE run_id = $1"
+)
 _INSERT_EVENT: Final = (
     "INSERT INTO events (id, name, ts, received_at_ms, body) VALUES ($1, $2, $3, $4, $5)"
     " ON CONFLICT (id) DO NOTHING RETURNING TRUE"
@@ -222,7 +233,106 @@ async def _insert_events(conn: Connection, events: list[NewEvent]) -> list[bool]
     cancels = [(run_id,) for new in new_ones for run_id in new.cancels]
     if cancels:
         await conn.executemany(_FLAG_CANCEL, cancels)
+    held = [(new.event, hold) for new in new_ones for hold in new.holds]
+    if held:
+        await _hold(conn, held)
     return stored
+
+
+# --- debounces and batches -----------------------------------------------------------
+
+_HELD_COLUMNS: Final = "kind, function_id, key, app_name, max_attempts, event_id, last_ts, opened_ms, due_ms, events"
+_SELECT_HELD: Final = f"SELECT {_HELD_COLUMNS} FROM held_starts"  # noqa: S608 - constant
+_PUT_HELD: Final = (
+    f"INSERT INTO held_starts ({_HELD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"  # noqa: S608 - constant
+    " ON CONFLICT (function_id, key) DO UPDATE SET kind = excluded.kind, app_name = excluded.app_name,"
+    " max_attempts = excluded.max_attempts, event_id = excluded.event_id, last_ts = excluded.last_ts,"
+    " opened_ms = excluded.opened_ms, due_ms = excluded.due_ms, events = excluded.events"
+)
+_DELETE_HELD: Final = "DELETE FROM held_starts WHERE function_id = $1 AND key = $2"
+_decode_event = msgspec.json.Decoder(Event).decode
+
+
+def _held_lock(function_id: str, key: str) -> int:
+    """The advisory lock (one 64-bit key, a space of its own apart from the
+    two-key locks of `put_lease_within`) serialising the held start of (function, key)."""
+    digest = hashlib.blake2b(f"{function_id}\0{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _held_from_record(row: asyncpg.Record) -> HeldStart:
+    return HeldStart(
+        kind=row["kind"],
+        function_id=row["function_id"],
+        key=row["key"],
+        app_name=row["app_name"],
+        max_attempts=row["max_attempts"],
+        event_id=row["event_id"],
+        last_ts=row["last_ts"],
+        opened_ms=row["opened_ms"],
+        due_ms=row["due_ms"],
+        events=list(row["events"]),
+    )
+
+
+async def _hold(conn: Connection, held: list[tuple[EventRecord, Hold]]) -> None:
+    """Apply new events to the held starts they go to. Each (function, key) is
+    locked first, in one order for every transaction (so two never wait on
+    each other), and stays locked until commit: the read, the decision and the
+    write of a held start are never interleaved with another's."""
+    for lock in sorted({_held_lock(hold.function_id, hold.key) for _, hold in held}):
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", lock)
+    notes = HeldNotes()
+    for event, hold in held:
+        row = await conn.fetchrow(f"{_SELECT_HELD} WHERE function_id = $1 AND key = $2", hold.function_id, hold.key)
+        stored = None if row is None else _held_from_record(row)
+        keep, fired = hold_event(stored, hold, event.id, event.ts, event.body, event.received_at_ms)
+        for start in fired:
+            await _start_held_run(conn, start, None, 0, event.received_at_ms)
+            notes.started = True
+        if keep is None:
+            if stored is not None:
+                await conn.execute(_DELETE_HELD, hold.function_id, hold.key)
+        elif keep is not stored:
+            await conn.execute(_PUT_HELD, *_held_args(keep))
+            notes.wrote(keep.due_ms)
+    if notes.due_ms is not None:
+        await conn.execute("SELECT pg_notify($1, $2)", HELD_STARTS_CHANGED, str(notes.due_ms))
+    if notes.started:
+        await conn.execute("SELECT pg_notify($1, $2)", RUNS_RELEASED, "")
+
+
+def _held_args(held: HeldStart) -> tuple[str, str, str, str, int, str, int, int, int, list[bytes]]:
+    return (
+        held.kind,
+        held.function_id,
+        held.key,
+        held.app_name,
+        held.max_attempts,
+        held.event_id,
+        held.last_ts,
+        held.opened_ms,
+        held.due_ms,
+        held.events,
+    )
+
+
+async def _start_held_run(conn: Connection, held: HeldStart, owner: str | None, fence: int, now_ms: int) -> str:
+    """Create the run `held` fires (its batch with it); returns its id."""
+    run = started_run(held, new_ulid(), new_ulid(), now_ms)
+    await conn.execute(_INSERT_RUN, *_run_row(run), owner, fence)
+    batch = run_events(held)
+    if batch:
+        await conn.execute(
+            "INSERT INTO run_events (run_id, position, body)"
+            " SELECT $1, n - 1, b FROM unnest($2::bytea[]) WITH ORDINALITY AS e(b, n)",
+            run.run_id,
+            batch,
+        )
+    # The trigger's row goes back in should history retention have pruned it while held.
+    trigger = _decode_event(held.events[0])
+    await conn.execute(_INSERT_EVENT, trigger.id, trigger.name, trigger.ts, now_ms, held.events[0])
+    return run.run_id
 
 
 # --- operations applied a run at a time (see `Bulk`) ------------------------------------
@@ -336,7 +446,7 @@ async def _apply_saves(conn: Connection, args: list[tuple[_SaveRow, list[NewEven
         plain.append(row)
         if not events:
             continue
-        if any(e.runs or e.memos or e.cancels for e in events):
+        if any(e.runs or e.memos or e.cancels or e.holds for e in events):
             await flush()
             results[i] = await _insert_events(conn, events)
         else:
@@ -367,6 +477,7 @@ async def _prune_history(conn: Connection, before_ms: int, limit: int, events_af
         if runs:
             run_ids = [r["run_id"] for r in runs]
             steps = _deleted(await conn.execute("DELETE FROM steps WHERE run_id = ANY($1::text[])", run_ids))
+            await conn.execute("DELETE FROM run_events WHERE run_id = ANY($1::text[])", run_ids)
             await conn.execute("DELETE FROM runs WHERE run_id = ANY($1::text[])", run_ids)
             # Their events, unless a run the same event started remains. No run
             # can start on an event already stored (runs are inserted only with
@@ -731,7 +842,7 @@ class PostgresStore:
         async def op(conn: Connection) -> LoadedRun | None:
             # One snapshot for the three reads, so memos and state agree.
             async with conn.transaction(isolation="repeatable_read", readonly=True):
-                row = await conn.fetchrow(f"{_SELECT_RUNS} WHERE run_id = $1", run_id)
+                row = await conn.fetchrow(_LOAD_RUN, run_id)
                 if row is None:
                     return None
                 event = await conn.fetchrow(
@@ -742,6 +853,7 @@ class PostgresStore:
                 run=_run_from_record(row),
                 event=None if event is None else _event_from_record(event),
                 memos=[StepMemo(m["step_hash"], m["result"]) for m in memos],
+                batch=list(row["batch"] or ()),
             )
 
         return await self._writer.read(op)
@@ -1045,6 +1157,36 @@ class PostgresStore:
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
         return await self._writer.aside(lambda conn: _prune_history(conn, before_ms, limit, events_after))
+
+    # --- executor: debounces and batches ------------------------------------------------
+
+    async def next_held_due(self) -> int | None:
+        async def op(conn: Connection) -> int | None:
+            due = await conn.fetchval("SELECT min(due_ms) FROM held_starts")
+            return None if due is None else int(due)
+
+        return await self._writer.read(op)
+
+    async def start_held(self, owner: str, now_ms: int, limit: int) -> list[Claim]:
+        async def op(conn: Connection) -> list[str]:
+            rows = await conn.fetch(
+                "SELECT function_id, key FROM held_starts WHERE due_ms <= $1 ORDER BY due_ms LIMIT $2", now_ms, limit
+            )
+            started: list[str] = []
+            for row in rows:
+                function_id, key = row["function_id"], row["key"]
+                # Skip what another transaction holds (an event being added, or
+                # another executor firing it); read it again once it is ours.
+                if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _held_lock(function_id, key)):
+                    continue
+                current = await conn.fetchrow(f"{_SELECT_HELD} WHERE function_id = $1 AND key = $2", function_id, key)
+                if current is None or current["due_ms"] > now_ms:
+                    continue
+                await conn.execute(_DELETE_HELD, function_id, key)
+                started.append(await _start_held_run(conn, _held_from_record(current), owner, NEW_RUN_FENCE, now_ms))
+            return started
+
+        return [Claim(run_id, NEW_RUN_FENCE) for run_id in await self._writer.run(op)]
 
     # --- executor: cron -------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from connect.store.base import (
     ANSWERED,
     APPS_CHANGED,
     EVENTS_RECORDED,
+    HELD_STARTS_CHANGED,
     LAPSED,
     NEW_RUN_FENCE,
     PROCESSES_CHANGED,
@@ -46,6 +47,8 @@ from connect.store.base import (
     ConnectionRecord,
     EventRecord,
     EventsCursor,
+    HeldStart,
+    Hold,
     LeaseRecord,
     LoadedRun,
     NewEvent,
@@ -60,11 +63,12 @@ from connect.store.base import (
     answer_entries,
     chunk_ids,
 )
+from connect.store.held_starts import HeldNotes, hold_event, run_events, started_run
 from connect.store.writer import SqliteWriter
 from protocol.ids import new_ulid
-from protocol.payloads import FunctionConfig
+from protocol.payloads import Event, FunctionConfig
 
-SCHEMA_VERSION: Final = 6
+SCHEMA_VERSION: Final = 9
 
 _TABLES: Final = (
     "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
@@ -152,6 +156,29 @@ _TABLES: Final = (
     "CREATE INDEX IF NOT EXISTS connections_by_expiry ON connections (expires_at_ms)",
     # An instance's leases, counted by `put_lease_within`.
     "CREATE INDEX IF NOT EXISTS leases_by_instance ON leases (instance_id, expires_at_ms)",
+    # Debounces and batches waiting to start their run (schema 9), one per
+    # (function, key), and the events of the runs batches started (see
+    # `connect.store.held_starts`). `events` is a JSON array of event bodies.
+    """CREATE TABLE IF NOT EXISTS held_starts (
+        function_id TEXT NOT NULL,
+        key TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        app_name TEXT NOT NULL,
+        max_attempts INTEGER NOT NULL,
+        event_id TEXT NOT NULL,
+        last_ts INTEGER NOT NULL,
+        opened_ms INTEGER NOT NULL,
+        due_ms INTEGER NOT NULL,
+        events BLOB NOT NULL,
+        PRIMARY KEY (function_id, key)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS held_starts_by_due ON held_starts (due_ms)",
+    """CREATE TABLE IF NOT EXISTS run_events (
+        run_id TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        PRIMARY KEY (run_id, position)
+    ) WITHOUT ROWID""",
 )
 
 _RUNS_TABLE: Final = """CREATE TABLE {name} (
@@ -217,7 +244,7 @@ _EventRow = tuple[str, str, int, int, bytes]
 _NewRunRow = tuple[
     str, str, str, str, str, int, int | None, int, bytes, bytes, int, int, int, bytes | None, str | None, int
 ]
-_EventRows = tuple[_EventRow, list[_NewRunRow], list[tuple[str, str, bytes]], list[tuple[str]]]
+_EventRows = tuple[_EventRow, list[_NewRunRow], list[tuple[str, str, bytes]], list[tuple[str]], list[Hold]]
 
 _encode = msgspec.json.Encoder().encode
 _decode_requests = msgspec.json.Decoder(list[PendingRequest]).decode
@@ -277,12 +304,14 @@ def _event_rows(event: NewEvent) -> _EventRows:
         [(*_run_row(r), owner, fence) for r in event.runs],
         [(m.run_id, m.memo.step_hash, m.memo.result) for m in event.memos],
         [(run_id,) for run_id in event.cancels],
+        event.holds,
     )
 
 
-def _insert_events(conn: sqlite3.Connection, rows: list[_EventRows]) -> list[bool]:
+def _insert_events(conn: sqlite3.Connection, rows: list[_EventRows], notes: HeldNotes | None = None) -> list[bool]:
+    """Store events and what each causes; `notes` collects what held events did."""
     stored: list[bool] = []
-    for event_row, run_rows, memo_rows, cancel_rows in rows:
+    for event_row, run_rows, memo_rows, cancel_rows, holds in rows:
         is_new = conn.execute(_INSERT_EVENT, event_row).rowcount == 1
         if is_new:
             if run_rows:
@@ -291,8 +320,75 @@ def _insert_events(conn: sqlite3.Connection, rows: list[_EventRows]) -> list[boo
                 conn.executemany(_INSERT_MEMO, memo_rows)
             if cancel_rows:
                 conn.executemany(_FLAG_CANCEL, cancel_rows)
+            if holds:
+                _hold(conn, event_row, holds, HeldNotes() if notes is None else notes)
         stored.append(is_new)
     return stored
+
+
+# --- debounces and batches -----------------------------------------------------------
+
+_HELD_COLUMNS: Final = "kind, function_id, key, app_name, max_attempts, event_id, last_ts, opened_ms, due_ms, events"
+_SELECT_HELD: Final = f"SELECT {_HELD_COLUMNS} FROM held_starts"  # noqa: S608 - constant
+_PUT_HELD: Final = f"INSERT OR REPLACE INTO held_starts ({_HELD_COLUMNS}) VALUES ({', '.join('?' * 10)})"  # noqa: S608 - constant
+_HeldRow = tuple[str, str, str, str, int, str, int, int, int, bytes]
+_decode_bodies = msgspec.json.Decoder(list[msgspec.Raw]).decode
+_decode_event = msgspec.json.Decoder(Event).decode
+
+
+def _held_from_row(row: _HeldRow) -> HeldStart:
+    return HeldStart(*row[:9], events=[bytes(b) for b in _decode_bodies(row[9])])
+
+
+def _held_row(held: HeldStart) -> _HeldRow:
+    return (
+        held.kind,
+        held.function_id,
+        held.key,
+        held.app_name,
+        held.max_attempts,
+        held.event_id,
+        held.last_ts,
+        held.opened_ms,
+        held.due_ms,
+        _encode([msgspec.Raw(b) for b in held.events]),
+    )
+
+
+def _hold(conn: sqlite3.Connection, event_row: _EventRow, holds: list[Hold], notes: HeldNotes) -> None:
+    """Apply one new event to the held start of each function it is held for."""
+    event_id, _, ts, now_ms, body = event_row
+    for hold in holds:
+        row: _HeldRow | None = conn.execute(
+            f"{_SELECT_HELD} WHERE function_id = ? AND key = ?", (hold.function_id, hold.key)
+        ).fetchone()
+        stored = None if row is None else _held_from_row(row)
+        keep, fired = hold_event(stored, hold, event_id, ts, bytes(body), now_ms)
+        for held in fired:
+            _start_held_run(conn, held, None, 0, now_ms)
+            notes.started = True
+        if keep is None:
+            if stored is not None:
+                conn.execute("DELETE FROM held_starts WHERE function_id = ? AND key = ?", (hold.function_id, hold.key))
+        elif keep is not stored:
+            conn.execute(_PUT_HELD, _held_row(keep))
+            notes.wrote(keep.due_ms)
+
+
+def _start_held_run(conn: sqlite3.Connection, held: HeldStart, owner: str | None, fence: int, now_ms: int) -> str:
+    """Create the run `held` fires (its batch with it); returns its id."""
+    run = started_run(held, new_ulid(), new_ulid(), now_ms)
+    conn.execute(_INSERT_RUN, (*_run_row(run), owner, fence))
+    batch = run_events(held)
+    if batch:
+        conn.executemany(
+            "INSERT INTO run_events (run_id, position, body) VALUES (?, ?, ?)",
+            [(run.run_id, i, body) for i, body in enumerate(batch)],
+        )
+    # The trigger's row goes back in should history retention have pruned it while held.
+    trigger = _decode_event(held.events[0])
+    conn.execute(_INSERT_EVENT, (trigger.id, trigger.name, trigger.ts, now_ms, held.events[0]))
+    return run.run_id
 
 
 # --- schema setup and migrations --------------------------------------------------
@@ -418,6 +514,7 @@ def _prune_history(conn: sqlite3.Connection, before_ms: int, limit: int, events_
     if runs:
         run_ids = [(run_id,) for run_id, _ in runs]
         steps = conn.executemany("DELETE FROM steps WHERE run_id = ?", run_ids).rowcount
+        conn.executemany("DELETE FROM run_events WHERE run_id = ?", run_ids)
         conn.executemany("DELETE FROM runs WHERE run_id = ?", run_ids)
         # Their events, unless a run the same event started remains.
         freed = sorted({event_id for _, event_id in runs})
@@ -584,12 +681,14 @@ class SqliteStore:
 
     async def record_events(self, events: list[NewEvent]) -> list[bool]:
         rows = [_event_rows(e) for e in events]
+        notes = HeldNotes()
 
         def op(conn: sqlite3.Connection) -> list[bool]:
-            return _insert_events(conn, rows)
+            return _insert_events(conn, rows, notes)
 
         stored = await self._writer.submit(op)
         self._notify_events([e.event.id for e, is_new in zip(events, stored, strict=True) if is_new])
+        self._notify_held(notes)
         return stored
 
     async def get_events(self, event_ids: Sequence[str]) -> list[EventRecord]:
@@ -636,7 +735,9 @@ class SqliteStore:
         return None if row is None else _run_from_row(row)
 
     async def load_run(self, run_id: str) -> LoadedRun | None:
-        def op(conn: sqlite3.Connection) -> tuple[_RunRow, _EventRow | None, list[tuple[str, bytes]]] | None:
+        def op(
+            conn: sqlite3.Connection,
+        ) -> tuple[_RunRow, _EventRow | None, list[tuple[str, bytes]], list[tuple[bytes]]] | None:
             row: _RunRow | None = conn.execute(f"{_SELECT_RUNS} WHERE run_id = ?", (run_id,)).fetchone()
             if row is None:
                 return None
@@ -646,16 +747,18 @@ class SqliteStore:
             memos = conn.execute(
                 "SELECT step_hash, result FROM steps WHERE run_id = ? ORDER BY rowid", (run_id,)
             ).fetchall()
-            return row, event, memos
+            batch = conn.execute("SELECT body FROM run_events WHERE run_id = ? ORDER BY position", (run_id,)).fetchall()
+            return row, event, memos, batch
 
         found = await self._writer.submit(op)
         if found is None:
             return None
-        row, event, memos = found
+        row, event, memos, batch = found
         return LoadedRun(
             run=_run_from_row(row),
             event=None if event is None else _event_from_row(event),
             memos=[StepMemo(h, bytes(r)) for h, r in memos],
+            batch=[bytes(b) for (b,) in batch],
         )
 
     async def runs_for_event(self, event_id: str) -> list[RunRecord]:
@@ -716,6 +819,7 @@ class SqliteStore:
         )
         memo_rows = [(run.run_id, m.step_hash, m.result) for m in memos or ()]
         event_rows = [_event_rows(e) for e in events or ()]
+        notes = HeldNotes() if any(e.holds for e in events or ()) else None
 
         def op(conn: sqlite3.Connection) -> list[bool]:
             # The fenced update first: a refused save raises before anything else is
@@ -728,9 +832,12 @@ class SqliteStore:
                 # The request is answered for good: its reply row and lease, if any, are done with.
                 conn.execute("DELETE FROM replies WHERE request_id = ?", (consumed_request_id,))
                 conn.execute("DELETE FROM leases WHERE request_id = ?", (consumed_request_id,))
-            return _insert_events(conn, event_rows) if event_rows else []
+            return _insert_events(conn, event_rows, notes) if event_rows else []
 
-        return await self._writer.submit(op)
+        stored = await self._writer.submit(op)
+        if notes is not None:
+            self._notify_held(notes)
+        return stored
 
     # --- executor: run ownership -------------------------------------------------------
 
@@ -876,6 +983,12 @@ class SqliteStore:
         for callback in self._listeners.get(channel, ()):
             loop.call_soon(callback, payload)
 
+    def _notify_held(self, notes: HeldNotes) -> None:
+        if notes.due_ms is not None:
+            self._notify(HELD_STARTS_CHANGED, str(notes.due_ms))
+        if notes.started:
+            self._notify(RUNS_RELEASED, "")
+
     def _notify_events(self, event_ids: list[str]) -> None:
         if EVENTS_RECORDED in self._listeners:
             for payload in chunk_ids(event_ids):
@@ -987,6 +1100,29 @@ class SqliteStore:
         # One writer operation: it shares the commit of whatever else is
         # queued, and holds the loop only as long as `limit` rows take.
         return await self._writer.submit(lambda conn: _prune_history(conn, before_ms, limit, events_after))
+
+    # --- executor: debounces and batches ------------------------------------------------
+
+    async def next_held_due(self) -> int | None:
+        def op(conn: sqlite3.Connection) -> int | None:
+            (due,) = conn.execute("SELECT min(due_ms) FROM held_starts").fetchone()
+            return None if due is None else int(due)
+
+        return await self._writer.submit(op)
+
+    async def start_held(self, owner: str, now_ms: int, limit: int) -> list[Claim]:
+        def op(conn: sqlite3.Connection) -> list[str]:
+            rows: list[_HeldRow] = conn.execute(
+                f"{_SELECT_HELD} WHERE due_ms <= ? ORDER BY due_ms LIMIT ?", (now_ms, limit)
+            ).fetchall()
+            started: list[str] = []
+            for row in rows:
+                held = _held_from_row(row)
+                conn.execute("DELETE FROM held_starts WHERE function_id = ? AND key = ?", (held.function_id, held.key))
+                started.append(_start_held_run(conn, held, owner, NEW_RUN_FENCE, now_ms))
+            return started
+
+        return [Claim(run_id, NEW_RUN_FENCE) for run_id in await self._writer.submit(op)]
 
     # --- executor: cron -------------------------------------------------------------
 

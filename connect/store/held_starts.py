@@ -1,0 +1,120 @@
+"""Debounces and event batches: runs held back in the store until they start.
+
+An event for a function with `debounce` or `batchEvents` starts no run at
+once (see `connect.executor.held_starts` for which events are held, and
+under which key). It goes to the held start of its (function, key), one row
+in the store, and the run starts when that fires:
+
+* **debounce**: the held start keeps the *last* event. Each new event for the
+  key replaces it and pushes the start back to `period` after it, but never
+  past `timeout` after the first event (when a timeout is set). An event
+  whose `ts` is older than the one kept is ignored (events arriving out of
+  order never replace a newer one). The run starts with the kept event once
+  its time comes.
+* **batch**: the held start collects events in the order they were recorded.
+  It opens with its first event and starts a run with all of them once
+  `max_size` are in (in the very transaction that adds the last one), once
+  their JSON reaches `MAX_BATCH_BYTES`, or once `timeout` passed since it
+  opened. The run's trigger is the first event; its `events` are all of them.
+
+Everything here is pure: the store engines call `hold_event` inside the
+transaction that records the event (holding the (function, key) row, or its
+lock, for the whole decision), and `started_run` inside the one that fires
+a held start, so a held start fires once however many processes record
+events and fire timers at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+import msgspec
+
+from connect.store.base import BATCH, DEBOUNCE, HeldStart, Hold, PendingRequest, RunRecord
+
+#: A batch starts its run once its events' JSON reaches this size, full or not.
+MAX_BATCH_BYTES: Final = 10 * 1024 * 1024
+
+
+def hold_event(
+    stored: HeldStart | None, hold: Hold, event_id: str, ts: int, body: bytes, now_ms: int
+) -> tuple[HeldStart | None, list[HeldStart]]:
+    """What recording one held event does to the held start of its key.
+
+    Returns the held start to keep (None: delete it) and those that fire now.
+    Keeping `stored` itself (the same object) means nothing changed: the
+    event was older than the one a debounce keeps. A held start of another
+    kind (the function's options changed since it opened) fires as it stands,
+    and a new one opens for this event."""
+    fired: list[HeldStart] = []
+    if stored is not None and stored.kind != hold.kind:
+        fired.append(stored)
+        stored = None
+    if hold.kind == DEBOUNCE:
+        if stored is None:
+            opened = now_ms
+        elif ts < stored.last_ts:
+            return stored, fired
+        else:
+            opened = stored.opened_ms
+        due = now_ms + hold.period_ms
+        if hold.timeout_ms is not None:
+            due = min(due, opened + hold.timeout_ms)
+        return _state(hold, event_id, ts, opened, due, [body]), fired
+    if stored is None:
+        due = now_ms + (hold.timeout_ms if hold.timeout_ms is not None else 0)
+        state = _state(hold, event_id, ts, now_ms, due, [body])
+    else:
+        state = msgspec.structs.replace(stored, events=[*stored.events, body])
+    if len(state.events) >= hold.max_size or sum(len(e) for e in state.events) >= MAX_BATCH_BYTES:
+        fired.append(state)
+        return None, fired
+    return state, fired
+
+
+def started_run(held: HeldStart, run_id: str, request_id: str, now_ms: int) -> RunRecord:
+    """The run a held start fires: Running, its discovery request pending."""
+    return RunRecord(
+        run_id=run_id,
+        function_id=held.function_id,
+        app_name=held.app_name,
+        event_id=held.event_id,
+        started_at_ms=now_ms,
+        max_attempts=held.max_attempts,
+        requests=[PendingRequest(request_id)],
+    )
+
+
+def run_events(held: HeldStart) -> list[bytes]:
+    """The events the run of a held start receives beyond its trigger, stored
+    with it: all of a batch's (in order, the trigger first); none for a debounce."""
+    return held.events if held.kind == BATCH else []
+
+
+def _state(hold: Hold, event_id: str, ts: int, opened: int, due: int, events: list[bytes]) -> HeldStart:
+    return HeldStart(
+        kind=hold.kind,
+        function_id=hold.function_id,
+        key=hold.key,
+        app_name=hold.app_name,
+        max_attempts=hold.max_attempts,
+        event_id=event_id,
+        last_ts=ts,
+        opened_ms=opened,
+        due_ms=due,
+        events=events,
+    )
+
+
+@dataclass
+class HeldNotes:
+    """What one transaction did to held starts, for the notifications sent
+    once it commits: the earliest due time written, and whether a batch
+    that filled started a run nobody owns yet."""
+
+    due_ms: int | None = None
+    started: bool = False
+
+    def wrote(self, due_ms: int) -> None:
+        self.due_ms = due_ms if self.due_ms is None else min(self.due_ms, due_ms)
