@@ -12,7 +12,9 @@ import msgspec
 from connect.executor import Executor
 from connect.store import PostgresStore, SqliteStore, Store
 from protocol.payloads import (
+    BatchEventsConfig,
     CancelConfig,
+    DebounceConfig,
     FunctionConfig,
     IncomingEvent,
     Retries,
@@ -35,6 +37,8 @@ def config(
     triggers: list[Trigger] | None = None,
     cancel: list[dict[str, Any]] | None = None,
     timeouts: dict[str, Any] | None = None,
+    debounce: dict[str, Any] | None = None,
+    batch_events: dict[str, Any] | None = None,
 ) -> FunctionConfig:
     step = StepConfig(
         id="step",
@@ -49,6 +53,8 @@ def config(
         steps={"step": step},
         cancel=None if cancel is None else msgspec.convert(cancel, list[CancelConfig]),
         timeouts=None if timeouts is None else msgspec.convert(timeouts, TimeoutsConfig),
+        debounce=None if debounce is None else msgspec.convert(debounce, DebounceConfig),
+        batchEvents=None if batch_events is None else msgspec.convert(batch_events, BatchEventsConfig),
     )
 
 
