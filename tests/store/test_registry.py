@@ -356,7 +356,14 @@ async def test_a_schema_5_database_gains_the_registry(engine: Engine) -> None:
 
 
 async def _downgrade_to_schema_5(engine: Engine) -> None:
-    drop = ("DROP TABLE processes", "DROP TABLE connections", "DROP INDEX leases_by_instance")
+    drop = (
+        "DROP TABLE processes",
+        "DROP TABLE connections",
+        "DROP INDEX leases_by_instance",
+        # Tables of later schemas, which the migration from 5 creates again.
+        "DROP TABLE held_starts",
+        "DROP TABLE run_events",
+    )
     if isinstance(engine, SqliteEngine):
         with sqlite3.connect(engine.path) as conn:
             for statement in drop:
