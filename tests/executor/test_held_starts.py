@@ -9,12 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import asyncpg
 import pytest
 
+from connect.api.stored_runs import StoredRuns
+from connect.executor import Executor
 from connect.executor.held_starts import HeldRule, hold_for, rule_of
-from connect.store import BATCH, DEBOUNCE
+from connect.store import BATCH, DEBOUNCE, PostgresStore, Store
+from protocol.payloads import IncomingEvent
 from tests.executor.harness import Harness, config
-from tests.executor.scripted_worker import Ctx, Step
+from tests.executor.scripted_worker import Ctx, ScriptedWorker, Step
 from tests.postgres import PostgresServer
 
 pytestmark = pytest.mark.anyio
@@ -192,3 +196,64 @@ def test_keys_and_conditions() -> None:
     assert hold({"ok": True}) == ""  # no value for the key: the function's shared batch
     assert hold({"id": "a", "ok": False}) is None  # runs alone at once
     assert hold({"id": "a", "ok": "yes"}) is None  # not a boolean true
+
+
+# --- split roles ------------------------------------------------------------------------------
+
+
+async def test_with_split_roles_each_debounce_and_batch_starts_once(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """An API process records the events (StoredRuns), two executors share the
+    database: every debounce and batch starts exactly one run."""
+    dsn = postgres_server.create_database()
+    stores: list[Store] = [await PostgresStore.open(dsn) for _ in range(3)]
+    api = StoredRuns(stores[0])
+    executors: list[Executor] = []
+    try:
+        await api.start()
+        for i, store in enumerate(stores[1:]):
+            worker = ScriptedWorker(store)
+            worker.worker_ready.set()
+            worker.functions["shop-digest"] = worker.functions["shop-bulk"] = events_of
+            executor = Executor(store, worker, shared=True, executor_id=f"exec-{i}", backoff_base=0.001)
+            await executor.start()
+            executors.append(executor)
+        digest = config("digest", "app/d", debounce={"period": "1s", "key": "event.data.user"})
+        bulk = config("bulk", "app/b", batch_events={"maxSize": 3, "timeout": "1s"})
+        await executors[0].sync_app("shop", "v1", [digest, bulk])
+        with anyio.fail_after(15):
+            while len(api.registered_functions()) < 2:
+                await anyio.sleep(0.02)
+        sent = await api.send_events(
+            [IncomingEvent(name="app/d", data={"user": f"u{i % 2}", "n": i}) for i in range(10)]
+            + [IncomingEvent(name="app/b", data={"n": i}) for i in range(7)]
+        )
+        debounced, batched = sent[:10], sent[10:]
+        conn = await asyncpg.connect(dsn)
+        try:
+            with anyio.fail_after(20):
+                while True:
+                    rows = await conn.fetch(
+                        "SELECT function_id, event_id, status FROM runs ORDER BY function_id, event_id"
+                    )
+                    if len(rows) == 5 and all(r["status"] == "Completed" for r in rows):
+                        break
+                    await anyio.sleep(0.05)
+            owners = {r["owner"] for r in await conn.fetch("SELECT owner FROM runs")}
+        finally:
+            await conn.close()
+        assert sorted(r["event_id"] for r in rows if r["function_id"] == "shop-digest") == sorted(debounced[-2:])
+        assert sorted(r["event_id"] for r in rows if r["function_id"] == "shop-bulk") == sorted(
+            [batched[0], batched[3], batched[6]]
+        )
+        assert owners <= {"exec-0", "exec-1"}
+        for event_id in (batched[0], batched[3]):
+            run = (await executors[0].runs_for_event(event_id))[0]
+            assert len(run["output"]["events"]) == 3
+    finally:
+        for executor in executors:
+            await executor.stop()
+        await api.stop()
+        for store in stores:
+            await store.close()

@@ -20,6 +20,7 @@ from connect.store import (
     NewEvent,
     Store,
 )
+from connect.store.held_starts import MAX_BATCH_BYTES, hold_event
 from tests.store.conftest import Engine, PostgresEngine
 
 pytestmark = pytest.mark.anyio
@@ -211,3 +212,34 @@ async def _settle() -> None:
     """Let notifications committed a moment ago arrive (PostgreSQL delivers them asynchronously)."""
     for _ in range(50):
         await asyncio.sleep(0.01)
+
+
+# --- the decisions themselves (pure) ----------------------------------------------------------
+
+
+def test_hold_event_decisions() -> None:
+    body = b'{"name":"app/x"}'
+    # A debounce: opened with its first event; pushed back by newer ones, capped by the timeout.
+    rule = debounce(period_ms=1000, timeout_ms=2500)
+    state, fired = hold_event(None, rule, "e1", 10, body, 0)
+    assert state is not None and (state.due_ms, state.event_id, fired) == (1000, "e1", [])
+    state, _ = hold_event(state, rule, "e2", 20, body, 900)
+    assert state is not None and (state.due_ms, state.event_id, state.opened_ms) == (1900, "e2", 0)
+    later, _ = hold_event(state, rule, "e3", 30, body, 2000)
+    assert later is not None and later.due_ms == 2500  # 3000 capped at 0 + 2500
+    # An older `ts` changes nothing (the very same state comes back).
+    same, _ = hold_event(state, rule, "old", 5, body, 950)
+    assert same is state
+    # A batch fires when full, or once its events reach MAX_BATCH_BYTES.
+    two = batch(max_size=2, timeout_ms=100)
+    state, fired = hold_event(None, two, "b1", 1, body, 0)
+    assert state is not None and fired == [] and state.due_ms == 100
+    kept, fired = hold_event(state, two, "b2", 2, body, 50)
+    assert kept is None and [f.events for f in fired] == [[body, body]] and fired[0].event_id == "b1"
+    big = b"x" * MAX_BATCH_BYTES
+    kept, fired = hold_event(None, batch(max_size=100), "b3", 3, big, 0)
+    assert kept is None and len(fired) == 1
+    # A held start of another kind (the function's options changed) fires as it stands.
+    debounced, _ = hold_event(None, rule, "d1", 1, body, 0)
+    kept, fired = hold_event(debounced, two, "b4", 4, body, 10)
+    assert kept is not None and kept.kind == BATCH and [f.kind for f in fired] == [DEBOUNCE]
