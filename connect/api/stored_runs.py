@@ -9,6 +9,11 @@ that executors claim them at once rather than at their next sweep. An event
 id already stored is a duplicate send: it is answered with its id and
 nothing is written again.
 
+Events for debounced or batched functions are recorded with their held
+starts (`connect.executor.held_starts`): the store announces those on
+`HELD_STARTS_CHANGED` for the executors' timers, and a batch an event fills
+starts its run in the same write, announced on `RUNS_RELEASED`.
+
 Only the start of runs is decided here. Waits an event resumes and the
 cancel conditions it matches are the executors' (they read the events
 recorded from `EVENTS_RECORDED`), as they hold the runs in memory.

@@ -28,6 +28,15 @@ are rebuilt), events (matched against its waits and cancel conditions, see
 (claimed in small batches, so executors woken together share them). Cron
 ticks are armed by every executor; the tick's derived event id makes
 `record_tick` store one run per tick.
+
+Debounced and batched functions (`connect.executor.held_starts`): their
+events are recorded with the held start of their (function, key) instead of
+a run. A batch that fills starts its run in that same write (owned by nobody,
+claimed at once through `RUNS_RELEASED`); for the rest, every executor keeps
+one timer for the earliest held start due, told of new ones by
+`HELD_STARTS_CHANGED` (from any process) and reading it back at start, and
+fires what is due with `start_held`, which starts each run once however
+many executors try at the same moment.
 """
 
 from __future__ import annotations

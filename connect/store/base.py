@@ -730,7 +730,7 @@ class Store(ReplyStore, Protocol):
         once, however many of them live runs still need. What is deleted:
 
         * runs Completed, Failed or Cancelled with `ended_at_ms < before_ms`,
-          oldest end first, with their steps;
+          oldest end first, with their steps and the events of their batch;
         * events received before `before_ms` that no remaining run refers to
           as its trigger: those of the runs deleted, the `inngest/function.*`
           events runs emitted, and events that started nothing. The memo a
@@ -740,7 +740,8 @@ class Store(ReplyStore, Protocol):
           started (a reply a live run may still consume was stored after it
           started), and leases that expired before `before_ms`.
 
-        Never deleted: Running runs (sleeping, waiting for an event or an
+        Never deleted: held starts (debounces and batches keep their events'
+        bodies, and put the trigger's row back when they start a run), Running runs (sleeping, waiting for an event or an
         invoke, or mid-step), their steps and triggering events, runs that
         ended at or after `before_ms`, apps, and cron ticks (the last tick of
         each schedule is what keeps a tick from running twice). Two processes
