@@ -741,10 +741,11 @@ class Store(ReplyStore, Protocol):
           started), and leases that expired before `before_ms`.
 
         Never deleted: held starts (debounces and batches keep their events'
-        bodies, and put the trigger's row back when they start a run), Running runs (sleeping, waiting for an event or an
-        invoke, or mid-step), their steps and triggering events, runs that
-        ended at or after `before_ms`, apps, and cron ticks (the last tick of
-        each schedule is what keeps a tick from running twice). Two processes
+        bodies, and put the trigger's row back when they start a run),
+        Running runs (sleeping, waiting for an event or an invoke, or
+        mid-step), their steps and triggering events, runs that ended at or
+        after `before_ms`, apps, and cron ticks (the last tick of each
+        schedule is what keeps a tick from running twice). Two processes
         may prune at once: each takes rows the other has not locked.
         """
         ...
