@@ -304,7 +304,7 @@ class Executor:
                 log.info("claimed %d run(s) nobody drove (new, or let go by another executor)", len(claims))
             for claim in claims:
                 if not self._shared:
-                    log.info("run %s: claimed from an executor that let it go", claim.run_id)
+                    log.info("run %s: claimed (let go by an executor, or started by a batch)", claim.run_id)
                 self._spawn(claim.run_id)
 
     @property
