@@ -277,9 +277,15 @@ def _held_from_record(row: asyncpg.Record) -> HeldStart:
 
 async def _hold(conn: Connection, held: list[tuple[EventRecord, Hold]]) -> None:
     """Apply new events to the held starts they go to. Each (function, key) is
-    locked first, in one order for every transaction (so two never wait on
-    each other), and stays locked until commit: the read, the decision and the
-    write of a held start are never interleaved with another's."""
+    locked first and stays locked until commit: the read, the decision and the
+    write of a held start are never interleaved with another transaction's.
+
+    One call takes its locks in one global order, so two transactions that
+    each hold events in one call never wait on each other. A transaction
+    that applies held events in two calls (events a run's end emits, for a
+    debounced function, in a batch with other writes) may deadlock with
+    another; PostgreSQL then aborts one, and the writer applies that
+    transaction's operations again one at a time (see `pg_writer`)."""
     for lock in sorted({_held_lock(hold.function_id, hold.key) for _, hold in held}):
         await conn.execute("SELECT pg_advisory_xact_lock($1)", lock)
     notes = HeldNotes()
