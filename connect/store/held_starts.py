@@ -34,6 +34,7 @@ import msgspec
 from connect.store.base import BATCH, DEBOUNCE, HeldStart, Hold, PendingRequest, RunRecord
 
 #: A batch starts its run once its events' JSON reaches this size, full or not.
+#: (Each event added rewrites the batch's row: this also bounds that write.)
 MAX_BATCH_BYTES: Final = 10 * 1024 * 1024
 
 
@@ -87,8 +88,9 @@ def started_run(held: HeldStart, run_id: str, request_id: str, now_ms: int) -> R
 
 
 def run_events(held: HeldStart) -> list[bytes]:
-    """The events the run of a held start receives beyond its trigger, stored
-    with it: all of a batch's (in order, the trigger first); none for a debounce."""
+    """The events stored with the run a held start fires (`LoadedRun.batch`):
+    all of a batch's, in order, the trigger first; none for a debounce, whose
+    run has its one event as its trigger."""
     return held.events if held.kind == BATCH else []
 
 
