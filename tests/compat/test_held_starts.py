@@ -60,7 +60,7 @@ class Held:
     def run_of(self, event_id: str, timeout: float = 60.0) -> dict[str, Any]:
         [run] = self.dev.wait_runs([event_id], timeout=timeout)
         assert run["status"] == "Completed", (run, self.worker.output()[-3000:])
-        assert run["function_id"] == f"{APPS[self.sdk]}-{'digest' if 'digest' in run['function_id'] else 'bulk'}"
+        assert run["function_id"] in (f"{APPS[self.sdk]}-digest", f"{APPS[self.sdk]}-bulk")
         return run
 
     def stop(self) -> None:
