@@ -384,10 +384,11 @@ class HeldStart(msgspec.Struct):
     """One pending debounce or batch as stored.
 
     `event_id` names the event the run will be started for (a debounce's
-    last, a batch's first); `events` are the bodies (JSON of
-    `protocol.payloads.Event`) of the events held, in order (a debounce holds
-    one); `last_ts` is the newest `ts` a debounce kept; `opened_ms` is when
-    the first event arrived and `due_ms` when the run starts unless a batch
+    last, a batch's first); `size` is how many events it holds (a debounce
+    one) and `size_bytes` their JSON's length: the events themselves are
+    stored apart, one row each, so adding one writes that row alone;
+    `last_ts` is the newest `ts` a debounce kept; `opened_ms` is when the
+    first event arrived and `due_ms` when the run starts unless a batch
     fills first."""
 
     kind: str
@@ -399,7 +400,8 @@ class HeldStart(msgspec.Struct):
     last_ts: int
     opened_ms: int
     due_ms: int
-    events: list[bytes]
+    size: int
+    size_bytes: int
 
 
 class NewEvent(msgspec.Struct, frozen=True):

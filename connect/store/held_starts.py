@@ -17,6 +17,10 @@ in the store, and the run starts when that fires:
   their JSON reaches `MAX_BATCH_BYTES`, or once `timeout` passed since it
   opened. The run's trigger is the first event; its `events` are all of them.
 
+A held start is one row (its state, `HeldStart`) and one row per event it
+holds (the event's JSON, by position), so adding an event to a batch writes
+that event and the small state row, whatever the batch holds already.
+
 Everything here is pure: the store engines call `hold_event` inside the
 transaction that records the event (holding the (function, key) row, or its
 lock, for the whole decision), and `started_run` inside the one that fires
@@ -34,44 +38,58 @@ import msgspec
 from connect.store.base import BATCH, DEBOUNCE, HeldStart, Hold, PendingRequest, RunRecord
 
 #: A batch starts its run once its events' JSON reaches this size, full or not.
-#: (Each event added rewrites the batch's row: this also bounds that write.)
 MAX_BATCH_BYTES: Final = 10 * 1024 * 1024
 
 
-def hold_event(
-    stored: HeldStart | None, hold: Hold, event_id: str, ts: int, body: bytes, now_ms: int
-) -> tuple[HeldStart | None, list[HeldStart]]:
-    """What recording one held event does to the held start of its key.
+class HeldChange(msgspec.Struct, frozen=True):
+    """What recording one held event does, in the order an engine applies it:
 
-    Returns the held start to keep (None: delete it) and those that fire now.
-    Keeping `stored` itself (the same object) means nothing changed: the
-    event was older than the one a debounce keeps. A held start of another
-    kind (the function's options changed since it opened) fires as it stands,
-    and a new one opens for this event."""
-    fired: list[HeldStart] = []
+    1. `fire_before`: a held start of another kind (the function's options
+       changed since it opened) starts its run as it stands;
+    2. `add`: the event's body is stored at position `position` of the key's
+       held events (after deleting the one held, if `replace`: a debounce);
+    3. `fire`: the held start, this event included, starts its run now (a
+       full batch); otherwise `keep` is stored (None: nothing is held any
+       more) when `changed`.
+    """
+
+    keep: HeldStart | None
+    changed: bool = True
+    add: bool = False
+    replace: bool = False
+    position: int = 0
+    fire_before: HeldStart | None = None
+    fire: HeldStart | None = None
+
+
+def hold_event(stored: HeldStart | None, hold: Hold, event_id: str, ts: int, size: int, now_ms: int) -> HeldChange:
+    """What recording one held event (`size` bytes of JSON) does to the held
+    start of its key (see `HeldChange`). An event older (by `ts`) than the one
+    a debounce keeps changes nothing."""
+    fire_before: HeldStart | None = None
     if stored is not None and stored.kind != hold.kind:
-        fired.append(stored)
-        stored = None
+        fire_before, stored = stored, None
     if hold.kind == DEBOUNCE:
         if stored is None:
             opened = now_ms
         elif ts < stored.last_ts:
-            return stored, fired
+            return HeldChange(keep=stored, changed=False)
         else:
             opened = stored.opened_ms
         due = now_ms + hold.period_ms
         if hold.timeout_ms is not None:
             due = min(due, opened + hold.timeout_ms)
-        return _state(hold, event_id, ts, opened, due, [body]), fired
+        state = _state(hold, event_id, ts, opened, due, 1, size)
+        return HeldChange(keep=state, add=True, replace=stored is not None, fire_before=fire_before)
     if stored is None:
         due = now_ms + (hold.timeout_ms if hold.timeout_ms is not None else 0)
-        state = _state(hold, event_id, ts, now_ms, due, [body])
+        state = _state(hold, event_id, ts, now_ms, due, 1, size)
     else:
-        state = msgspec.structs.replace(stored, events=[*stored.events, body])
-    if len(state.events) >= hold.max_size or sum(len(e) for e in state.events) >= MAX_BATCH_BYTES:
-        fired.append(state)
-        return None, fired
-    return state, fired
+        state = msgspec.structs.replace(stored, size=stored.size + 1, size_bytes=stored.size_bytes + size)
+    position = state.size - 1
+    if state.size >= hold.max_size or state.size_bytes >= MAX_BATCH_BYTES:
+        return HeldChange(keep=None, add=True, position=position, fire_before=fire_before, fire=state)
+    return HeldChange(keep=state, add=True, position=position, fire_before=fire_before)
 
 
 def started_run(held: HeldStart, run_id: str, request_id: str, now_ms: int) -> RunRecord:
@@ -87,14 +105,14 @@ def started_run(held: HeldStart, run_id: str, request_id: str, now_ms: int) -> R
     )
 
 
-def run_events(held: HeldStart) -> list[bytes]:
-    """The events stored with the run a held start fires (`LoadedRun.batch`):
-    all of a batch's, in order, the trigger first; none for a debounce, whose
-    run has its one event as its trigger."""
-    return held.events if held.kind == BATCH else []
+def run_events(held: HeldStart, bodies: list[bytes]) -> list[bytes]:
+    """The events stored with the run a held start fires (`LoadedRun.batch`),
+    given the bodies it held in order: all of a batch's, the trigger first;
+    none for a debounce, whose run has its one event as its trigger."""
+    return bodies if held.kind == BATCH else []
 
 
-def _state(hold: Hold, event_id: str, ts: int, opened: int, due: int, events: list[bytes]) -> HeldStart:
+def _state(hold: Hold, event_id: str, ts: int, opened: int, due: int, size: int, size_bytes: int) -> HeldStart:
     return HeldStart(
         kind=hold.kind,
         function_id=hold.function_id,
@@ -105,7 +123,8 @@ def _state(hold: Hold, event_id: str, ts: int, opened: int, due: int, events: li
         last_ts=ts,
         opened_ms=opened,
         due_ms=due,
-        events=events,
+        size=size,
+        size_bytes=size_bytes,
     )
 
 

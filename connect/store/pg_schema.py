@@ -171,7 +171,8 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
     (),
     (),
     # 8 -> 9: debounces and batches waiting to start their run, one per (function,
-    # key), and the events of the runs batches started (see `connect.store.held_starts`).
+    # key), the events each holds, and the events of the runs batches started
+    # (see `connect.store.held_starts`).
     (
         """CREATE TABLE held_starts (
             function_id TEXT NOT NULL,
@@ -183,10 +184,18 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             last_ts BIGINT NOT NULL,
             opened_ms BIGINT NOT NULL,
             due_ms BIGINT NOT NULL,
-            events BYTEA[] NOT NULL,
+            size INTEGER NOT NULL,
+            size_bytes BIGINT NOT NULL,
             PRIMARY KEY (function_id, key)
         )""",
         "CREATE INDEX held_starts_by_due ON held_starts (due_ms)",
+        """CREATE TABLE held_events (
+            function_id TEXT NOT NULL,
+            key TEXT NOT NULL,
+            position INTEGER NOT NULL,
+            body BYTEA NOT NULL,
+            PRIMARY KEY (function_id, key, position)
+        )""",
         """CREATE TABLE run_events (
             run_id TEXT NOT NULL,
             position INTEGER NOT NULL,

@@ -246,15 +246,20 @@ async def _insert_events(conn: Connection, events: list[NewEvent]) -> list[bool]
 
 # --- debounces and batches -----------------------------------------------------------
 
-_HELD_COLUMNS: Final = "kind, function_id, key, app_name, max_attempts, event_id, last_ts, opened_ms, due_ms, events"
+_HELD_COLUMNS: Final = (
+    "kind, function_id, key, app_name, max_attempts, event_id, last_ts, opened_ms, due_ms, size, size_bytes"
+)
 _SELECT_HELD: Final = f"SELECT {_HELD_COLUMNS} FROM held_starts"  # noqa: S608 - constant
 _PUT_HELD: Final = (
-    f"INSERT INTO held_starts ({_HELD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"  # noqa: S608 - constant
+    f"INSERT INTO held_starts ({_HELD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"  # noqa: S608 - constant
     " ON CONFLICT (function_id, key) DO UPDATE SET kind = excluded.kind, app_name = excluded.app_name,"
     " max_attempts = excluded.max_attempts, event_id = excluded.event_id, last_ts = excluded.last_ts,"
-    " opened_ms = excluded.opened_ms, due_ms = excluded.due_ms, events = excluded.events"
+    " opened_ms = excluded.opened_ms, due_ms = excluded.due_ms, size = excluded.size,"
+    " size_bytes = excluded.size_bytes"
 )
 _DELETE_HELD: Final = "DELETE FROM held_starts WHERE function_id = $1 AND key = $2"
+#: `HeldStart`'s fields, in the order of its columns.
+_HELD_FIELDS: Final = tuple(c.strip() for c in _HELD_COLUMNS.split(","))
 _decode_event = msgspec.json.Decoder(Event).decode
 
 
@@ -266,18 +271,7 @@ def _held_lock(function_id: str, key: str) -> int:
 
 
 def _held_from_record(row: asyncpg.Record) -> HeldStart:
-    return HeldStart(
-        kind=row["kind"],
-        function_id=row["function_id"],
-        key=row["key"],
-        app_name=row["app_name"],
-        max_attempts=row["max_attempts"],
-        event_id=row["event_id"],
-        last_ts=row["last_ts"],
-        opened_ms=row["opened_ms"],
-        due_ms=row["due_ms"],
-        events=list(row["events"]),
-    )
+    return HeldStart(*(row[c] for c in _HELD_FIELDS))
 
 
 async def _hold(conn: Connection, held: list[tuple[EventRecord, Hold]]) -> None:
@@ -295,44 +289,49 @@ async def _hold(conn: Connection, held: list[tuple[EventRecord, Hold]]) -> None:
         await conn.execute("SELECT pg_advisory_xact_lock($1)", lock)
     notes = HeldNotes()
     for event, hold in held:
-        row = await conn.fetchrow(f"{_SELECT_HELD} WHERE function_id = $1 AND key = $2", hold.function_id, hold.key)
+        where = (hold.function_id, hold.key)
+        row = await conn.fetchrow(f"{_SELECT_HELD} WHERE function_id = $1 AND key = $2", *where)
         stored = None if row is None else _held_from_record(row)
-        keep, fired = hold_event(stored, hold, event.id, event.ts, event.body, event.received_at_ms)
-        for start in fired:
-            await _start_held_run(conn, start, None, 0, event.received_at_ms)
+        change = hold_event(stored, hold, event.id, event.ts, len(event.body), event.received_at_ms)
+        if change.fire_before is not None:
+            await _start_held_run(conn, change.fire_before, None, 0, event.received_at_ms)
             notes.started = True
-        if keep is None:
+        if change.add:
+            if change.replace:
+                await conn.execute("DELETE FROM held_events WHERE function_id = $1 AND key = $2", *where)
+            await conn.execute(
+                "INSERT INTO held_events (function_id, key, position, body) VALUES ($1, $2, $3, $4)",
+                *where,
+                change.position,
+                event.body,
+            )
+        if change.fire is not None:
+            await _start_held_run(conn, change.fire, None, 0, event.received_at_ms)
+            notes.started = True
+        if change.keep is None:
             if stored is not None:
-                await conn.execute(_DELETE_HELD, hold.function_id, hold.key)
-        elif keep is not stored:
-            await conn.execute(_PUT_HELD, *_held_args(keep))
-            notes.wrote(keep.due_ms)
+                await conn.execute(_DELETE_HELD, *where)
+        elif change.changed:
+            await conn.execute(_PUT_HELD, *(getattr(change.keep, f) for f in _HELD_FIELDS))
+            notes.wrote(change.keep.due_ms)
     if notes.due_ms is not None:
         await conn.execute("SELECT pg_notify($1, $2)", HELD_STARTS_CHANGED, str(notes.due_ms))
     if notes.started:
         await conn.execute("SELECT pg_notify($1, $2)", RUNS_RELEASED, "")
 
 
-def _held_args(held: HeldStart) -> tuple[str, str, str, str, int, str, int, int, int, list[bytes]]:
-    return (
-        held.kind,
+async def _start_held_run(conn: Connection, held: HeldStart, owner: str | None, fence: int, now_ms: int) -> str:
+    """Create the run `held` fires, with its batch, and take its events out of
+    the held ones (the caller deletes or replaces its state row); returns its id."""
+    taken = await conn.fetch(
+        "DELETE FROM held_events WHERE function_id = $1 AND key = $2 RETURNING position, body",
         held.function_id,
         held.key,
-        held.app_name,
-        held.max_attempts,
-        held.event_id,
-        held.last_ts,
-        held.opened_ms,
-        held.due_ms,
-        held.events,
     )
-
-
-async def _start_held_run(conn: Connection, held: HeldStart, owner: str | None, fence: int, now_ms: int) -> str:
-    """Create the run `held` fires (its batch with it); returns its id."""
+    bodies = [r["body"] for r in sorted(taken, key=lambda r: int(r["position"]))]
     run = started_run(held, new_ulid(), new_ulid(), now_ms)
     await conn.execute(_INSERT_RUN, *_run_row(run), owner, fence)
-    batch = run_events(held)
+    batch = run_events(held, bodies)
     if batch:
         await conn.execute(
             "INSERT INTO run_events (run_id, position, body)"
@@ -340,9 +339,10 @@ async def _start_held_run(conn: Connection, held: HeldStart, owner: str | None, 
             run.run_id,
             batch,
         )
-    # The trigger's row goes back in should history retention have pruned it while held.
-    trigger = _decode_event(held.events[0])
-    await conn.execute(_INSERT_EVENT, trigger.id, trigger.name, trigger.ts, now_ms, held.events[0])
+    if bodies:
+        # The trigger's row goes back in should history retention have pruned it while held.
+        trigger = _decode_event(bodies[0])
+        await conn.execute(_INSERT_EVENT, trigger.id, trigger.name, trigger.ts, now_ms, bodies[0])
     return run.run_id
 
 

@@ -158,8 +158,8 @@ _TABLES: Final = (
     # An instance's leases, counted by `put_lease_within`.
     "CREATE INDEX IF NOT EXISTS leases_by_instance ON leases (instance_id, expires_at_ms)",
     # Debounces and batches waiting to start their run (schema 9), one per
-    # (function, key), and the events of the runs batches started (see
-    # `connect.store.held_starts`). `events` is a JSON array of event bodies.
+    # (function, key), the events each holds, and the events of the runs
+    # batches started (see `connect.store.held_starts`).
     """CREATE TABLE IF NOT EXISTS held_starts (
         function_id TEXT NOT NULL,
         key TEXT NOT NULL,
@@ -170,10 +170,18 @@ _TABLES: Final = (
         last_ts INTEGER NOT NULL,
         opened_ms INTEGER NOT NULL,
         due_ms INTEGER NOT NULL,
-        events BLOB NOT NULL,
+        size INTEGER NOT NULL,
+        size_bytes INTEGER NOT NULL,
         PRIMARY KEY (function_id, key)
     ) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS held_starts_by_due ON held_starts (due_ms)",
+    """CREATE TABLE IF NOT EXISTS held_events (
+        function_id TEXT NOT NULL,
+        key TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        PRIMARY KEY (function_id, key, position)
+    ) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS run_events (
         run_id TEXT NOT NULL,
         position INTEGER NOT NULL,
@@ -329,16 +337,14 @@ def _insert_events(conn: sqlite3.Connection, rows: list[_EventRows], notes: Held
 
 # --- debounces and batches -----------------------------------------------------------
 
-_HELD_COLUMNS: Final = "kind, function_id, key, app_name, max_attempts, event_id, last_ts, opened_ms, due_ms, events"
+_HELD_COLUMNS: Final = (
+    "kind, function_id, key, app_name, max_attempts, event_id, last_ts, opened_ms, due_ms, size, size_bytes"
+)
 _SELECT_HELD: Final = f"SELECT {_HELD_COLUMNS} FROM held_starts"  # noqa: S608 - constant
-_PUT_HELD: Final = f"INSERT OR REPLACE INTO held_starts ({_HELD_COLUMNS}) VALUES ({', '.join('?' * 10)})"  # noqa: S608 - constant
-_HeldRow = tuple[str, str, str, str, int, str, int, int, int, bytes]
-_decode_bodies = msgspec.json.Decoder(list[msgspec.Raw]).decode
+_PUT_HELD: Final = f"INSERT OR REPLACE INTO held_starts ({_HELD_COLUMNS}) VALUES ({', '.join('?' * 11)})"  # noqa: S608 - constant
+_DELETE_HELD: Final = "DELETE FROM held_starts WHERE function_id = ? AND key = ?"
+_HeldRow = tuple[str, str, str, str, int, str, int, int, int, int, int]
 _decode_event = msgspec.json.Decoder(Event).decode
-
-
-def _held_from_row(row: _HeldRow) -> HeldStart:
-    return HeldStart(*row[:9], events=[bytes(b) for b in _decode_bodies(row[9])])
 
 
 def _held_row(held: HeldStart) -> _HeldRow:
@@ -352,7 +358,8 @@ def _held_row(held: HeldStart) -> _HeldRow:
         held.last_ts,
         held.opened_ms,
         held.due_ms,
-        _encode([msgspec.Raw(b) for b in held.events]),
+        held.size,
+        held.size_bytes,
     )
 
 
@@ -360,35 +367,54 @@ def _hold(conn: sqlite3.Connection, event_row: _EventRow, holds: list[Hold], not
     """Apply one new event to the held start of each function it is held for."""
     event_id, _, ts, now_ms, body = event_row
     for hold in holds:
-        row: _HeldRow | None = conn.execute(
-            f"{_SELECT_HELD} WHERE function_id = ? AND key = ?", (hold.function_id, hold.key)
-        ).fetchone()
-        stored = None if row is None else _held_from_row(row)
-        keep, fired = hold_event(stored, hold, event_id, ts, bytes(body), now_ms)
-        for held in fired:
-            _start_held_run(conn, held, None, 0, now_ms)
+        where = (hold.function_id, hold.key)
+        row: _HeldRow | None = conn.execute(f"{_SELECT_HELD} WHERE function_id = ? AND key = ?", where).fetchone()
+        stored = None if row is None else HeldStart(*row)
+        change = hold_event(stored, hold, event_id, ts, len(body), now_ms)
+        if change.fire_before is not None:
+            _start_held_run(conn, change.fire_before, None, 0, now_ms)
             notes.started = True
-        if keep is None:
+        if change.add:
+            if change.replace:
+                conn.execute("DELETE FROM held_events WHERE function_id = ? AND key = ?", where)
+            conn.execute(
+                "INSERT INTO held_events (function_id, key, position, body) VALUES (?, ?, ?, ?)",
+                (*where, change.position, body),
+            )
+        if change.fire is not None:
+            _start_held_run(conn, change.fire, None, 0, now_ms)
+            notes.started = True
+        if change.keep is None:
             if stored is not None:
-                conn.execute("DELETE FROM held_starts WHERE function_id = ? AND key = ?", (hold.function_id, hold.key))
-        elif keep is not stored:
-            conn.execute(_PUT_HELD, _held_row(keep))
-            notes.wrote(keep.due_ms)
+                conn.execute(_DELETE_HELD, where)
+        elif change.changed:
+            conn.execute(_PUT_HELD, _held_row(change.keep))
+            notes.wrote(change.keep.due_ms)
 
 
 def _start_held_run(conn: sqlite3.Connection, held: HeldStart, owner: str | None, fence: int, now_ms: int) -> str:
-    """Create the run `held` fires (its batch with it); returns its id."""
+    """Create the run `held` fires, with its batch, and take its events out of
+    the held ones (the caller deletes or replaces its state row); returns its id."""
+    where = (held.function_id, held.key)
+    bodies = [
+        bytes(b)
+        for (b,) in conn.execute(
+            "SELECT body FROM held_events WHERE function_id = ? AND key = ? ORDER BY position", where
+        ).fetchall()
+    ]
+    conn.execute("DELETE FROM held_events WHERE function_id = ? AND key = ?", where)
     run = started_run(held, new_ulid(), new_ulid(), now_ms)
     conn.execute(_INSERT_RUN, (*_run_row(run), owner, fence))
-    batch = run_events(held)
+    batch = run_events(held, bodies)
     if batch:
         conn.executemany(
             "INSERT INTO run_events (run_id, position, body) VALUES (?, ?, ?)",
-            [(run.run_id, i, body) for i, body in enumerate(batch)],
+            [(run.run_id, i, b) for i, b in enumerate(batch)],
         )
-    # The trigger's row goes back in should history retention have pruned it while held.
-    trigger = _decode_event(held.events[0])
-    conn.execute(_INSERT_EVENT, (trigger.id, trigger.name, trigger.ts, now_ms, held.events[0]))
+    if bodies:
+        # The trigger's row goes back in should history retention have pruned it while held.
+        trigger = _decode_event(bodies[0])
+        conn.execute(_INSERT_EVENT, (trigger.id, trigger.name, trigger.ts, now_ms, bodies[0]))
     return run.run_id
 
 
@@ -1130,8 +1156,8 @@ class SqliteStore:
             ).fetchall()
             started: list[str] = []
             for row in rows:
-                held = _held_from_row(row)
-                conn.execute("DELETE FROM held_starts WHERE function_id = ? AND key = ?", (held.function_id, held.key))
+                held = HeldStart(*row)
+                conn.execute(_DELETE_HELD, (held.function_id, held.key))
                 started.append(_start_held_run(conn, held, owner, NEW_RUN_FENCE, now_ms))
             return started
 

@@ -4,7 +4,9 @@ the held start of their key, when it fires, once, and that it survives a reopen.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 
+import asyncpg
 import msgspec
 import pytest
 
@@ -20,8 +22,8 @@ from connect.store import (
     NewEvent,
     Store,
 )
-from connect.store.held_starts import MAX_BATCH_BYTES, hold_event
-from tests.store.conftest import Engine, PostgresEngine
+from connect.store.held_starts import MAX_BATCH_BYTES, HeldChange, hold_event
+from tests.store.conftest import Engine, PostgresEngine, SqliteEngine
 
 pytestmark = pytest.mark.anyio
 
@@ -218,28 +220,59 @@ async def _settle() -> None:
 
 
 def test_hold_event_decisions() -> None:
-    body = b'{"name":"app/x"}'
     # A debounce: opened with its first event; pushed back by newer ones, capped by the timeout.
     rule = debounce(period_ms=1000, timeout_ms=2500)
-    state, fired = hold_event(None, rule, "e1", 10, body, 0)
-    assert state is not None and (state.due_ms, state.event_id, fired) == (1000, "e1", [])
-    state, _ = hold_event(state, rule, "e2", 20, body, 900)
-    assert state is not None and (state.due_ms, state.event_id, state.opened_ms) == (1900, "e2", 0)
-    later, _ = hold_event(state, rule, "e3", 30, body, 2000)
+    change = hold_event(None, rule, "e1", 10, 20, 0)
+    state = change.keep
+    assert state is not None and (state.due_ms, state.event_id) == (1000, "e1")
+    assert change.add and not change.replace and change.fire is change.fire_before is None
+    change = hold_event(state, rule, "e2", 20, 20, 900)
+    state = change.keep
+    assert state is not None and (state.due_ms, state.event_id, state.opened_ms, state.size) == (1900, "e2", 0, 1)
+    assert change.add and change.replace and change.position == 0
+    later = hold_event(state, rule, "e3", 30, 20, 2000).keep
     assert later is not None and later.due_ms == 2500  # 3000 capped at 0 + 2500
-    # An older `ts` changes nothing (the very same state comes back).
-    same, _ = hold_event(state, rule, "old", 5, body, 950)
-    assert same is state
-    # A batch fires when full, or once its events reach MAX_BATCH_BYTES.
+    # An older `ts` changes nothing.
+    assert hold_event(state, rule, "old", 5, 20, 950) == HeldChange(keep=state, changed=False)
+    # A batch: events added at positions 0, 1, ...; fires when full, or once its events reach MAX_BATCH_BYTES.
     two = batch(max_size=2, timeout_ms=100)
-    state, fired = hold_event(None, two, "b1", 1, body, 0)
-    assert state is not None and fired == [] and state.due_ms == 100
-    kept, fired = hold_event(state, two, "b2", 2, body, 50)
-    assert kept is None and [f.events for f in fired] == [[body, body]] and fired[0].event_id == "b1"
-    big = b"x" * MAX_BATCH_BYTES
-    kept, fired = hold_event(None, batch(max_size=100), "b3", 3, big, 0)
-    assert kept is None and len(fired) == 1
-    # A held start of another kind (the function's options changed) fires as it stands.
-    debounced, _ = hold_event(None, rule, "d1", 1, body, 0)
-    kept, fired = hold_event(debounced, two, "b4", 4, body, 10)
-    assert kept is not None and kept.kind == BATCH and [f.kind for f in fired] == [DEBOUNCE]
+    change = hold_event(None, two, "b1", 1, 20, 0)
+    assert change.keep is not None and change.keep.due_ms == 100 and (change.add, change.position) == (True, 0)
+    full = hold_event(change.keep, two, "b2", 2, 20, 50)
+    assert full.keep is None and full.add and full.position == 1
+    assert full.fire is not None and (full.fire.event_id, full.fire.size, full.fire.size_bytes) == ("b1", 2, 40)
+    big = hold_event(None, batch(max_size=100), "b3", 3, MAX_BATCH_BYTES, 0)
+    assert big.keep is None and big.fire is not None
+    # A held start of another kind (the function's options changed) fires as it stands, first.
+    debounced = hold_event(None, rule, "d1", 1, 20, 0).keep
+    switched = hold_event(debounced, two, "b4", 4, 20, 10)
+    assert switched.fire_before is debounced
+    assert switched.keep is not None and switched.keep.kind == BATCH and switched.position == 0
+
+
+async def test_a_schema_8_database_gains_held_starts(engine: Engine) -> None:
+    store = await engine.open()
+    await store.close()
+    drop = ("DROP TABLE held_starts", "DROP TABLE held_events", "DROP TABLE run_events")
+    if isinstance(engine, PostgresEngine):
+        pg = await asyncpg.connect(engine.dsn)
+        try:
+            for statement in drop:
+                await pg.execute(statement)
+        finally:
+            await pg.close()
+    else:
+        assert isinstance(engine, SqliteEngine)
+        with sqlite3.connect(engine.path) as conn:
+            for statement in drop:
+                conn.execute(statement)
+        conn.close()
+    await engine.set_schema_version(8)
+    store = await engine.open()
+    try:
+        assert await engine.schema_version() == 9
+        await held(store, event("e1", 100), debounce())
+        [claim] = await store.start_held("ex", 1100, 10)
+        assert [r.run_id for r in await store.runs_for_event("e1")] == [claim.run_id]
+    finally:
+        await store.close()

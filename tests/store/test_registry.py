@@ -363,6 +363,7 @@ async def _downgrade_to_schema_5(engine: Engine) -> None:
         # Tables of later schemas, which the migration from 5 creates again.
         "DROP TABLE held_starts",
         "DROP TABLE run_events",
+        "DROP TABLE held_events",
     )
     if isinstance(engine, SqliteEngine):
         with sqlite3.connect(engine.path) as conn:
