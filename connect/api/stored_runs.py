@@ -9,6 +9,11 @@ that executors claim them at once rather than at their next sweep. An event
 id already stored is a duplicate send: it is answered with its id and
 nothing is written again.
 
+Events for debounced or batched functions are recorded with their held
+starts (`connect.executor.held_starts`): the store announces those on
+`HELD_STARTS_CHANGED` for the executors' timers, and a batch an event fills
+starts its run in the same write, announced on `RUNS_RELEASED`.
+
 Only the start of runs is decided here. Waits an event resumes and the
 cancel conditions it matches are the executors' (they read the events
 recorded from `EVENTS_RECORDED`), as they hold the runs in memory.
@@ -32,7 +37,7 @@ import msgspec
 
 from connect.executor.registry import Registration, Registry
 from connect.executor.service import CANCEL_WAIT
-from connect.executor.starts import event_record, gated_event, received, started, targets
+from connect.executor.starts import event_record, gated_event, received, started
 from connect.executor.triggers import TriggerIndex
 from connect.executor.views import run_view, runs_of_event
 from connect.store.base import APPS_CHANGED, RUNNING, RUNS_RELEASED, AppRecord, RunRecord, Store
@@ -126,10 +131,7 @@ class StoredRuns:
             await asyncio.wait({reading}, timeout=_APPS_WAIT)
         now_ms = int(self._clock() * 1000)
         built = received(events, now_ms)
-        batch = [
-            gated_event(self._index, event_record(event, now_ms), event, targets(self._index, event), now_ms, None)
-            for event in built
-        ]
+        batch = [gated_event(self._index, event_record(event, now_ms), event, now_ms, None) for event in built]
         stored = await self._store.record_events(batch)
         if any(is_new and started(new) for new, is_new in zip(batch, stored, strict=True)):
             await self._store.notify(RUNS_RELEASED, "")

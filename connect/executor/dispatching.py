@@ -85,7 +85,9 @@ class Dispatching(CheckpointTaking):
         assert run is not None and self.event is not None
         rid = pending.request_id
         checkpoints = self._may_checkpoint(pending)
-        payload = build_request(run, pending, self.event, self.memos, checkpoint_steps=checkpoints)
+        payload = build_request(
+            run, pending, self.event, self.memos, checkpoint_steps=checkpoints, events=self.batch or None
+        )
         if len(payload) > MAX_REQUEST_PAYLOAD_BYTES:
             return Oversized(rid, len(payload))
         request = StepRequest(

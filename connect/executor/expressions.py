@@ -66,12 +66,15 @@ class Expression:
         """The result as a CEL value (a flow-control key), or None when it
         cannot be evaluated (a missing field, a type error)."""
         try:
-            return self._program.evaluate(dict(activation))
+            result = self._program.evaluate(dict(activation))
         except CELEvalError:
             return None
         except Exception:  # a bug in an expression must not break event intake
             log.debug("expression %r failed", self.text, exc_info=True)
             return None
+        if isinstance(result, CELEvalError):  # some errors come back as the value
+            return None
+        return result
 
 
 @lru_cache(maxsize=4096)

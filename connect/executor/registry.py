@@ -3,12 +3,12 @@ functions refused (and why), and options registered that it does not honour.
 
 An SDK registers more than this executor implements. It runs retries,
 `cancel`, `timeouts`, event triggers with expressions, cron triggers,
-`onFailure` functions, and the flow control applied when a run starts:
-throttle, rate limit, idempotency and singleton (`connect.executor.start_limits`).
-The rest of flow control (concurrency, debounce, event batches, priority)
-and cron jitter are kept as registered, typed in `FunctionConfig`, but not
-enforced yet. The function is still served: its runs start as if the option
-were not there.
+`onFailure` functions, and flow control when a run starts: throttle, rate
+limit, idempotency and singleton (`connect.executor.start_limits`), debounce
+and event batches (`connect.executor.held_starts`). The rest of flow control
+(concurrency, priority) and cron jitter are kept as registered, typed in
+`FunctionConfig`, but not enforced yet. The function is still served: its
+runs start as if the option were not there.
 Nothing is silently ignored: each such option is named in one warning per
 function when its app's registration changes (a fleet of workers
 reconnecting with the same app logs nothing new), and in `GET /v1/functions`.
@@ -32,8 +32,6 @@ log = logging.getLogger(__name__)
 #: Top-level options an SDK may register that the executor does not enforce.
 NOT_HONOURED: Final[tuple[tuple[str, Callable[[FunctionConfig], Any]], ...]] = (
     ("concurrency", lambda fn: fn.concurrency),
-    ("debounce", lambda fn: fn.debounce),
-    ("batchEvents", lambda fn: fn.batchEvents),
     ("priority", lambda fn: fn.priority),
 )
 

@@ -1,8 +1,9 @@
 """The JSON body of one call request, built from a run's stored state.
 
 The shape is the one official SDKs parse strictly: `event` and `events`
-always present (`events` is the triggering event alone; batching is not
-supported), `steps` an object of memos keyed by hashed step id, `ctx.stack`
+always present (`events` is the triggering event alone, or for a run a batch
+started every event of the batch in order, `event` being the first; the SDKs
+give it to the function as `ctx.events`), `steps` an object of memos keyed by hashed step id, `ctx.stack`
 an object, `ctx.max_attempts` set so the SDK can tell StepError from
 StepFailed, and `use_api` false (large run state is not offloaded; see
 `MAX_REQUEST_PAYLOAD_BYTES`). `ctx.fn_id` and `ctx.qi_id` are set only when
@@ -15,7 +16,7 @@ of every stored result.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import msgspec
 
@@ -30,12 +31,14 @@ def build_request(
     memos: Mapping[str, msgspec.Raw],
     *,
     checkpoint_steps: bool = False,
+    events: Sequence[Event] | None = None,
 ) -> bytes:
-    """The request body for one of the run's pending requests."""
+    """The request body for one of the run's pending requests; `events` are
+    the run's batch when a batch started it."""
     stack = list(memos)
     request = ExecutorRequest(
         event=event,
-        events=[event],
+        events=list(events) if events else [event],
         steps=dict(memos),
         ctx=RequestContext(
             run_id=run.run_id,

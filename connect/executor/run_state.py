@@ -102,6 +102,8 @@ class RunState:
         self.fence = fence
         self.run: RunRecord | None = None
         self.event: Event | None = None
+        #: Every event of the batch that started the run (the first is `event`); empty for other runs.
+        self.batch: list[Event] = []
         self.memos: dict[str, msgspec.Raw] = {}
         #: Set once the run's waits are armed (or it turned out not to need driving).
         self.armed = asyncio.Event()

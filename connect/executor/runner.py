@@ -95,6 +95,7 @@ class Runner(Dispatching, Cancelling, Attempts):
             await self._finish(FAILED, replies.encode(err), error=err)
             return False
         self.event = _decode_event(loaded.event.body)
+        self.batch = [_decode_event(body) for body in loaded.batch]
         return True
 
     # --- the loop -------------------------------------------------------------------

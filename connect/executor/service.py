@@ -28,6 +28,15 @@ are rebuilt), events (matched against its waits and cancel conditions, see
 (claimed in small batches, so executors woken together share them). Cron
 ticks are armed by every executor; the tick's derived event id makes
 `record_tick` store one run per tick.
+
+Debounced and batched functions (`connect.executor.held_starts`): their
+events are recorded with the held start of their (function, key) instead of
+a run. A batch that fills starts its run in that same write (owned by nobody,
+claimed at once through `RUNS_RELEASED`); for the rest, every executor keeps
+one timer for the earliest held start due, told of new ones by
+`HELD_STARTS_CHANGED` (from any process) and reading it back at start, and
+fires what is due with `start_held`, which starts each run once however
+many executors try at the same moment.
 """
 
 from __future__ import annotations
@@ -59,7 +68,7 @@ from connect.executor.retention import INTERVAL as RETENTION_INTERVAL
 from connect.executor.retention import Retention
 from connect.executor.retries import Backoff
 from connect.executor.runner import MAX_LEASE_LAPSES, CancelRequested, Message, Resolved, Runner, RunServices
-from connect.executor.starts import event_record, gated_event, received, started, targets
+from connect.executor.starts import event_record, gated_event, received, started
 from connect.executor.system_events import derived_id_at
 from connect.executor.timers import Timers
 from connect.executor.triggers import FunctionInfo, Target, TriggerIndex
@@ -68,6 +77,7 @@ from connect.executor.waits import CANCEL, INVOKE, RESUME, WaitIndex, Watch, Wat
 from connect.store.base import (
     APPS_CHANGED,
     EVENTS_RECORDED,
+    HELD_STARTS_CHANGED,
     RUN_CANCEL_REQUESTED,
     RUNNING,
     RUNS_RELEASED,
@@ -100,12 +110,20 @@ _TIMER_RETRY_MS: Final = 1000
 #: recorded since (`shared` only).
 _FRESH_RUN_MS: Final = 1000
 
+#: How many debounces and batches one store call fires at most.
+HELD_BATCH: Final = 100
+#: Pause before looking again at a due debounce or batch another transaction held.
+_HELD_RETRY_MS: Final = 100
+#: The timer of the next debounce or batch due.
+_HELD_TIMER: Final = ("held",)
+
 _NULL: Final = b"null"
 _INVOKE_TIMEOUT: Final = replies.error_memo(
     replies.error("InngestInvokeTimeoutError", "Timed out waiting for invoked function to complete")
 )
 
-# Timer keys: ("step", run id, step hash), ("finish", run id), ("cron", schedule key).
+# Timer keys: ("step", run id, step hash), ("finish", run id), ("cron", schedule key),
+# ("held",) (the next debounce or batch due).
 TimerKey = tuple[str, ...]
 
 
@@ -208,6 +226,7 @@ class Executor:
         self._timers.start()
         if not self._listening:
             await self._store.listen(RUNS_RELEASED, lambda _owner: self._sweep_now.set())
+            await self._store.listen(HELD_STARTS_CHANGED, self._held_changed)
             if self._shared:
                 await self._store.listen(APPS_CHANGED, lambda _app: self._apps_wake.set())
                 await self._store.listen(EVENTS_RECORDED, self._events_recorded)
@@ -223,6 +242,9 @@ class Executor:
         self._go.set()
         self._cron_last = await self._store.cron_ticks()
         self._schedule_crons()
+        held_due = await self._store.next_held_due()
+        if held_due is not None:
+            self._arm_held(held_due)
         self._background_task(self._hold_runs())
         if self._shared:
             self._background_task(self._follow_apps())
@@ -281,7 +303,7 @@ class Executor:
                 log.info("claimed %d run(s) nobody drove (new, or let go by another executor)", len(claims))
             for claim in claims:
                 if not self._shared:
-                    log.info("run %s: claimed from an executor that let it go", claim.run_id)
+                    log.info("run %s: claimed (let go by an executor, or started by a batch)", claim.run_id)
                 self._spawn(claim.run_id)
 
     @property
@@ -369,8 +391,7 @@ class Executor:
             record = event_record(event, now_ms)
             if self._shared:
                 self._feed.saw(event.id)  # matched here: its notification needs no look
-            found = targets(self._registry, event)
-            new = gated_event(self._registry, record, event, found, now_ms, self._ownership.executor_id)
+            new = gated_event(self._registry, record, event, now_ms, self._ownership.executor_id)
             item = IntakeItem(new, event)
             watches = self._waits.match(_as_dict(event), now_ms) if len(self._waits) else []
             for watch in watches:
@@ -394,7 +415,7 @@ class Executor:
             if self._shared:
                 self._feed.saw(event.id)
             record = EventRecord(event.id, event.name, event.ts, now_ms, json_encoder.encode(event))
-            new = gated_event(self._registry, record, event, [target], now_ms, self._ownership.executor_id)
+            new = gated_event(self._registry, record, event, now_ms, self._ownership.executor_id, [target])
             intake.items.append(IntakeItem(new, event))
         return intake
 
@@ -762,6 +783,8 @@ class Executor:
             tick = self._cron_due.pop(key[1], None)
             if tick is not None:
                 self._background_task(self._fire_cron(key[1], tick))
+        elif kind == "held":
+            self._background_task(self._fire_held())
 
     def _step_due(self, run_id: str, step: str) -> None:
         armed = self._armed.get(run_id, {})
@@ -804,6 +827,64 @@ class Executor:
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    # --- debounces and batches ------------------------------------------------------------------
+
+    def _held_changed(self, payload: str) -> None:
+        """A held start was written (here or by another process): its time may be the next."""
+        if not self._started:
+            return  # `start` reads the next due time itself
+        if not payload:
+            # The notification connection came back: some may be lost.
+            self._background_task(self._rearm_held())
+            return
+        try:
+            due = int(payload)
+        except ValueError:
+            return
+        self._arm_held(due)
+
+    def _arm_held(self, due_ms: int) -> None:
+        current = self._timers.due(_HELD_TIMER)
+        if current is None or due_ms < current:
+            self._timers.set(_HELD_TIMER, due_ms)
+
+    async def _rearm_held(self) -> None:
+        try:
+            due = await self._store.next_held_due()
+        except Exception:
+            log.warning("could not read when the next debounce or batch is due; retrying", exc_info=True)
+            self._arm_held(self._now_ms() + _TIMER_RETRY_MS)
+            return
+        if due is not None:
+            self._arm_held(due)
+
+    async def _fire_held(self) -> None:
+        """Start the runs of the debounces and batches whose time came. The
+        store fires each once, whichever executor gets there first; this one
+        drives those it fired."""
+        started = 0
+        try:
+            while True:
+                claims = await self._store.start_held(self.executor_id, self._now_ms(), HELD_BATCH)
+                for claim in claims:
+                    self._ownership.started(claim.run_id)
+                    self._spawn(claim.run_id)
+                started += len(claims)
+                if len(claims) < HELD_BATCH:
+                    break
+            due = await self._store.next_held_due()
+        except Exception:
+            log.exception("starting the runs of debounces and batches failed; retrying")
+            self._arm_held(self._now_ms() + _TIMER_RETRY_MS)
+            return
+        if due is not None:
+            now_ms = self._now_ms()
+            if due <= now_ms and not started:
+                # Due, yet not started here: another transaction holds it (an
+                # event being added, another executor firing it). Look again soon.
+                due = now_ms + _HELD_RETRY_MS
+            self._arm_held(due)
 
     # --- cron --------------------------------------------------------------------------------
 

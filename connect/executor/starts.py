@@ -7,11 +7,12 @@ conditions need the runs in memory, so they stay with the executor.
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
+from connect.executor.held_starts import hold_for
 from connect.executor.system_events import FUNCTION_CANCELLED, FUNCTION_FAILED, FUNCTION_FINISHED
 from connect.executor.triggers import Target, TriggerIndex
-from connect.store.base import EventRecord, NewEvent, PendingRequest, RunRecord
+from connect.store.base import EventRecord, Hold, NewEvent, PendingRequest, RunRecord
 from connect.store.start_gates import SKIPPED, StartGate
 from protocol.ids import new_ulid
 from protocol.payloads import Event, IncomingEvent, json_encoder
@@ -48,6 +49,32 @@ def targets(index: TriggerIndex, event: Event) -> list[Target]:
     return found
 
 
+def plan(index: TriggerIndex, event: Event, now_ms: int) -> tuple[list[RunRecord], list[Hold]]:
+    """The runs `event` starts now, and the debounces and batches it goes to
+    instead (see `connect.executor.held_starts`), to record with it."""
+    runs: list[RunRecord] = []
+    holds: list[Hold] = []
+    as_dict: dict[str, Any] | None = None
+    for target in targets(index, event):
+        if target.held:
+            info = index.lookup(target.function_id)
+            if info is not None and info.held is not None:
+                if as_dict is None:
+                    as_dict = {
+                        "name": event.name,
+                        "data": event.data,
+                        "id": event.id,
+                        "ts": event.ts,
+                        "user": event.user,
+                    }
+                hold = hold_for(info.held, target.function_id, target.app_name, target.max_attempts, as_dict)
+                if hold is not None:
+                    holds.append(hold)
+                    continue
+        runs.append(new_run(target, event.id, now_ms))
+    return runs, holds
+
+
 def new_run(target: Target, event_id: str, now_ms: int) -> RunRecord:
     """A Running run of `target` with its first (discovery) request pending."""
     return RunRecord(
@@ -61,13 +88,9 @@ def new_run(target: Target, event_id: str, now_ms: int) -> RunRecord:
     )
 
 
-def new_runs(
-    index: TriggerIndex, found: list[Target], event: Event, now_ms: int
-) -> tuple[list[RunRecord], list[StartGate]]:
-    """The runs `event` starts of the functions `found`, and the flow-control
-    gates those of functions with throttle, rate limit, idempotency or
-    singleton must pass when they are recorded (see `NewEvent.gates`)."""
-    runs = [new_run(target, event.id, now_ms) for target in found]
+def start_gates(index: TriggerIndex, runs: list[RunRecord], event: Event) -> list[StartGate]:
+    """The flow-control gates the runs of functions with throttle, rate limit,
+    idempotency or singleton must pass when they are recorded (see `NewEvent.gates`)."""
     gates: list[StartGate] = []
     for run in runs:
         info = index.lookup(run.function_id)
@@ -75,15 +98,25 @@ def new_runs(
             gate = info.start_limits.gate(run.run_id, event)
             if gate is not None:
                 gates.append(gate)
-    return runs, gates
+    return gates
 
 
 def gated_event(
-    index: TriggerIndex, record: EventRecord, event: Event, found: list[Target], now_ms: int, owner: str | None
+    index: TriggerIndex,
+    record: EventRecord,
+    event: Event,
+    now_ms: int,
+    owner: str | None,
+    found: list[Target] | None = None,
 ) -> NewEvent:
-    """`record` with the runs it starts of `found`, gated (see `new_runs`)."""
-    runs, gates = new_runs(index, found, event, now_ms)
-    return NewEvent(record, runs, owner=owner, gates=gates)
+    """`record` with what it causes: the runs it starts, gated (see
+    `start_gates`), of the functions `found`, or when None of those its
+    triggers match, whose debounces and batches hold it instead (see `plan`)."""
+    if found is None:
+        runs, holds = plan(index, event, now_ms)
+    else:
+        runs, holds = [new_run(target, event.id, now_ms) for target in found], []
+    return NewEvent(record, runs, owner=owner, gates=start_gates(index, runs, event), holds=holds)
 
 
 def started(new: NewEvent) -> list[RunRecord]:

@@ -13,8 +13,9 @@ cron that does not parse) is logged and left out, so a typo never starts
 runs it was meant to filter.
 
 `lookup(function_id)` gives what running a function needs beyond its
-triggers: its `cancel` conditions, `timeouts` and start-time flow control,
-read once per sync.
+triggers: its `cancel` conditions, `timeouts` and flow control at run start
+(`connect.executor.start_limits`; its debounce or batch rule,
+`connect.executor.held_starts`), read once per sync.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import msgspec
 
 from connect.executor.cron import CronSchedule
 from connect.executor.expressions import Expression
+from connect.executor.held_starts import HeldRule, rule_of
 from connect.executor.sleeps import parse_duration
 from connect.executor.start_limits import StartLimits
 from connect.executor.start_limits import parse as parse_start_limits
@@ -44,6 +46,8 @@ class Target(msgspec.Struct, frozen=True):
     app_name: str
     function_id: str  # fully qualified
     max_attempts: int
+    #: Debounced or batched: its events are held (`FunctionInfo.held`) rather than start runs.
+    held: bool = False
 
 
 class CancelOn(msgspec.Struct, frozen=True):
@@ -65,6 +69,8 @@ class FunctionInfo(msgspec.Struct, frozen=True):
     finish_timeout_ms: int | None = None
     #: Throttle, rate limit, idempotency and singleton (None: none of them).
     start_limits: StartLimits | None = None
+    #: Debounce or event batch (None: neither).
+    held: HeldRule | None = None
 
 
 class _Entry(NamedTuple):
@@ -142,8 +148,9 @@ class TriggerIndex:
         for app_name, functions in self._apps.items():
             for fn in functions:
                 retries = fn.retries if fn.retries is not None else self._default_retries
-                target = Target(app_name, fn.id, min(max(retries, 0), MAX_RETRIES) + 1)
-                info = _info(target, fn)
+                held = rule_of(fn)
+                target = Target(app_name, fn.id, min(max(retries, 0), MAX_RETRIES) + 1, held is not None)
+                info = _info(target, fn, held)
                 infos[fn.id] = info
                 for trigger in fn.triggers:
                     if trigger.cron:
@@ -180,7 +187,7 @@ class TriggerIndex:
         self._crons = crons
 
 
-def _info(target: Target, fn: FunctionConfig) -> FunctionInfo:
+def _info(target: Target, fn: FunctionConfig, held: HeldRule | None) -> FunctionInfo:
     cancel: list[CancelOn] = []
     for item in fn.cancel or ():
         if not item.event:
@@ -200,6 +207,7 @@ def _info(target: Target, fn: FunctionConfig) -> FunctionInfo:
         start_timeout_ms=_duration_ms(fn.id, "timeouts.start", timeouts.start),
         finish_timeout_ms=_duration_ms(fn.id, "timeouts.finish", timeouts.finish),
         start_limits=parse_start_limits(fn),
+        held=held,
     )
 
 

@@ -88,6 +88,11 @@ REPLY_STORED: Final = "connect_reply_stored"
 #: sent by `put_process` when the state changed and by `drop_process`.
 PROCESSES_CHANGED: Final = "connect_processes_changed"
 
+#: Announces held starts (debounces, batches) written or pushed back (payload: the
+#: earliest `due_ms` among those written, as decimal text); sent by `record_events`
+#: and `save_run` when an event was held.
+HELD_STARTS_CHANGED: Final = "connect_held_starts_changed"
+
 #: The largest payload of one `EVENTS_RECORDED` notification, in bytes
 #: (PostgreSQL refuses payloads of 8000 bytes or more).
 EVENTS_PAYLOAD_MAX: Final = 7000
@@ -344,11 +349,60 @@ class RunMemo(msgspec.Struct, frozen=True):
 
 
 class LoadedRun(msgspec.Struct, frozen=True):
-    """A run with what resuming it needs: its triggering event and its memos."""
+    """A run with what resuming it needs: its triggering event and its memos,
+    and for a run a batch started, the bodies of all its events in order
+    (`batch`, the trigger first; empty for any other run)."""
 
     run: RunRecord
     event: EventRecord | None
     memos: list[StepMemo]
+    batch: list[bytes] = msgspec.field(default_factory=list)
+
+
+# `Hold.kind` values (see `connect.store.held_starts`).
+DEBOUNCE: Final = "debounce"
+BATCH: Final = "batch"
+
+
+class Hold(msgspec.Struct, frozen=True):
+    """What holding one event for one function means: the kind, the key its
+    held start is filed under, what a run of the function needs, and the rule.
+
+    `period_ms` and `timeout_ms` (None: no cap) are the debounce's;
+    `max_size` and `timeout_ms` the batch's."""
+
+    kind: str  # DEBOUNCE / BATCH
+    function_id: str
+    app_name: str
+    key: str
+    max_attempts: int
+    period_ms: int = 0
+    timeout_ms: int | None = None
+    max_size: int = 0
+
+
+class HeldStart(msgspec.Struct):
+    """One pending debounce or batch as stored.
+
+    `event_id` names the event the run will be started for (a debounce's
+    last, a batch's first); `size` is how many events it holds (a debounce
+    one) and `size_bytes` their JSON's length: the events themselves are
+    stored apart, one row each, so adding one writes that row alone;
+    `last_ts` is the newest `ts` a debounce kept; `opened_ms` is when the
+    first event arrived and `due_ms` when the run starts unless a batch
+    fills first."""
+
+    kind: str
+    function_id: str
+    key: str
+    app_name: str
+    max_attempts: int
+    event_id: str
+    last_ts: int
+    opened_ms: int
+    due_ms: int
+    size: int
+    size_bytes: int
 
 
 class NewEvent(msgspec.Struct, frozen=True):
@@ -370,6 +424,12 @@ class NewEvent(msgspec.Struct, frozen=True):
     run a singleton cancels is added to `cancels` (and flagged, as
     `request_cancel` does, announcing it on `RUN_CANCEL_REQUESTED`). Runs
     without a gate cost nothing more.
+
+    `holds` are the debounced and batched functions it goes to instead of
+    starting a run (see `connect.store.held_starts`): each is applied to the
+    held start of its (function, key) in the same transaction. A batch the
+    event fills starts its run there and then, owned by nobody (announced on
+    `RUNS_RELEASED`, so an executor claims it at once).
     """
 
     event: EventRecord
@@ -378,6 +438,7 @@ class NewEvent(msgspec.Struct, frozen=True):
     cancels: list[str] = msgspec.field(default_factory=list)
     owner: str | None = None
     gates: list[StartGate] = msgspec.field(default_factory=list)
+    holds: list[Hold] = msgspec.field(default_factory=list)
 
 
 #: Where a scan of events by age stopped: (received_at_ms, id) of the last one examined.
@@ -678,6 +739,20 @@ class Store(ReplyStore, Protocol):
         A stored event is announced on `EVENTS_RECORDED`."""
         ...
 
+    # --- executor: debounces and batches (held starts) ------------------------------
+
+    async def next_held_due(self) -> int | None:
+        """The earliest `due_ms` of any held start, None when none is held."""
+        ...
+
+    async def start_held(self, owner: str, now_ms: int, limit: int) -> list[Claim]:
+        """Fire up to `limit` held starts due at or before `now_ms`, earliest
+        first: each is deleted and its run created (with its batch, see
+        `LoadedRun.batch`), owned by `owner` with `NEW_RUN_FENCE`, in one
+        transaction. Several callers at once never fire one held start twice
+        (PostgreSQL: one skips what another holds)."""
+        ...
+
     # --- history retention ------------------------------------------------------------
 
     async def prune_history(self, before_ms: int, limit: int, events_after: EventsCursor | None = None) -> Pruned:
@@ -691,7 +766,7 @@ class Store(ReplyStore, Protocol):
         once, however many of them live runs still need. What is deleted:
 
         * runs Completed, Failed or Cancelled with `ended_at_ms < before_ms`,
-          oldest end first, with their steps;
+          oldest end first, with their steps and the events of their batch;
         * events received before `before_ms` that no remaining run refers to
           as its trigger: those of the runs deleted, the `inngest/function.*`
           events runs emitted, and events that started nothing. The memo a
@@ -704,10 +779,12 @@ class Store(ReplyStore, Protocol):
           started (a reply a live run may still consume was stored after it
           started), and leases that expired before `before_ms`.
 
-        Never deleted: Running runs (sleeping, waiting for an event or an
-        invoke, or mid-step), their steps and triggering events, runs that
-        ended at or after `before_ms`, apps, and cron ticks (the last tick of
-        each schedule is what keeps a tick from running twice). Two processes
+        Never deleted: held starts (debounces and batches keep their events'
+        bodies, and put the trigger's row back when they start a run),
+        Running runs (sleeping, waiting for an event or an invoke, or
+        mid-step), their steps and triggering events, runs that ended at or
+        after `before_ms`, apps, and cron ticks (the last tick of each
+        schedule is what keeps a tick from running twice). Two processes
         may prune at once: each takes rows the other has not locked.
         """
         ...

@@ -194,6 +194,39 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE INDEX skipped_starts_by_event ON skipped_starts (event_id)",
         "CREATE INDEX skipped_starts_by_age ON skipped_starts (at_ms)",
     ),
+    # 7 -> 8: debounces and batches waiting to start their run, one per (function,
+    # key), the events each holds, and the events of the runs batches started
+    # (see `connect.store.held_starts`).
+    (
+        """CREATE TABLE held_starts (
+            function_id TEXT NOT NULL,
+            key TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            app_name TEXT NOT NULL,
+            max_attempts INTEGER NOT NULL,
+            event_id TEXT NOT NULL,
+            last_ts BIGINT NOT NULL,
+            opened_ms BIGINT NOT NULL,
+            due_ms BIGINT NOT NULL,
+            size INTEGER NOT NULL,
+            size_bytes BIGINT NOT NULL,
+            PRIMARY KEY (function_id, key)
+        )""",
+        "CREATE INDEX held_starts_by_due ON held_starts (due_ms)",
+        """CREATE TABLE held_events (
+            function_id TEXT NOT NULL,
+            key TEXT NOT NULL,
+            position INTEGER NOT NULL,
+            body BYTEA NOT NULL,
+            PRIMARY KEY (function_id, key, position)
+        )""",
+        """CREATE TABLE run_events (
+            run_id TEXT NOT NULL,
+            position INTEGER NOT NULL,
+            body BYTEA NOT NULL,
+            PRIMARY KEY (run_id, position)
+        )""",
+    ),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

@@ -15,6 +15,7 @@ server's `synchronous_commit` (on by default, so flushed to its WAL on disk).
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
@@ -26,6 +27,7 @@ from connect.store.base import (
     ANSWERED,
     APPS_CHANGED,
     EVENTS_RECORDED,
+    HELD_STARTS_CHANGED,
     LAPSED,
     NEW_RUN_FENCE,
     PROCESSES_CHANGED,
@@ -42,6 +44,8 @@ from connect.store.base import (
     ConnectionRecord,
     EventRecord,
     EventsCursor,
+    HeldStart,
+    Hold,
     LeaseRecord,
     LoadedRun,
     NewEvent,
@@ -57,6 +61,7 @@ from connect.store.base import (
     answer_entries,
     chunk_ids,
 )
+from connect.store.held_starts import HeldNotes, hold_event, run_events, started_run
 from connect.store.pg_notify import PostgresListener
 from connect.store.pg_reconnect import DEFAULT_RECONNECT_TIMEOUT, validate_reconnect_timeout
 from connect.store.pg_schema import FENCE_LOST, migrate
@@ -69,7 +74,8 @@ from connect.store.start_gates import (
     report_skip,
 )
 from connect.store.start_gates import apply as apply_decision
-from protocol.payloads import FunctionConfig
+from protocol.ids import new_ulid
+from protocol.payloads import Event, FunctionConfig
 
 _RUN_COLUMNS: Final = (
     "run_id, function_id, app_name, event_id, status, started_at_ms, ended_at_ms, max_attempts, requests,"
@@ -80,6 +86,11 @@ _INSERT_RUN: Final = (
     " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
 )
 _SELECT_RUNS: Final = f"SELECT {_RUN_COLUMNS} FROM runs"  # noqa: S608 - constant
+#: A run with the events of its batch, if a batch started it (NULL otherwise).
+_LOAD_RUN: Final = (
+    f"SELECT {_RUN_COLUMNS}, (SELECT array_agg(body ORDER BY position) FROM run_events e"  # noqa: S608 - constant
+    " WHERE e.run_id = runs.run_id) AS batch FROM runs WHERE run_id = $1"
+)
 _INSERT_EVENT: Final = (
     "INSERT INTO events (id, name, ts, received_at_ms, body) VALUES ($1, $2, $3, $4, $5)"
     " ON CONFLICT (id) DO NOTHING RETURNING TRUE"
@@ -267,6 +278,9 @@ async def _insert_events(conn: Connection, events: list[NewEvent]) -> list[bool]
     cancels = [(run_id,) for new in new_ones for run_id in new.cancels]
     if cancels:
         await conn.executemany(_FLAG_CANCEL, cancels)
+    held = [(new.event, hold) for new in new_ones for hold in new.holds]
+    if held:
+        await _hold(conn, held)
     return stored
 
 
@@ -312,6 +326,108 @@ async def _pass_gates(conn: Connection, events: list[NewEvent]) -> None:
     if cancelled:
         # Sent at commit: the executor owning the run cancels it, as after `request_cancel`.
         await conn.execute(_NOTIFY_EACH, RUN_CANCEL_REQUESTED, cancelled)
+
+
+# --- debounces and batches -----------------------------------------------------------
+
+_HELD_COLUMNS: Final = (
+    "kind, function_id, key, app_name, max_attempts, event_id, last_ts, opened_ms, due_ms, size, size_bytes"
+)
+_SELECT_HELD: Final = f"SELECT {_HELD_COLUMNS} FROM held_starts"  # noqa: S608 - constant
+_PUT_HELD: Final = (
+    f"INSERT INTO held_starts ({_HELD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"  # noqa: S608 - constant
+    " ON CONFLICT (function_id, key) DO UPDATE SET kind = excluded.kind, app_name = excluded.app_name,"
+    " max_attempts = excluded.max_attempts, event_id = excluded.event_id, last_ts = excluded.last_ts,"
+    " opened_ms = excluded.opened_ms, due_ms = excluded.due_ms, size = excluded.size,"
+    " size_bytes = excluded.size_bytes"
+)
+_DELETE_HELD: Final = "DELETE FROM held_starts WHERE function_id = $1 AND key = $2"
+#: `HeldStart`'s fields, in the order of its columns.
+_HELD_FIELDS: Final = tuple(c.strip() for c in _HELD_COLUMNS.split(","))
+_decode_event = msgspec.json.Decoder(Event).decode
+
+
+def _held_lock(function_id: str, key: str) -> int:
+    """The advisory lock (one 64-bit key, a space of its own apart from the
+    two-key locks of `put_lease_within`) serialising the held start of (function, key)."""
+    digest = hashlib.blake2b(f"{function_id}\0{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _held_from_record(row: asyncpg.Record) -> HeldStart:
+    return HeldStart(*(row[c] for c in _HELD_FIELDS))
+
+
+async def _hold(conn: Connection, held: list[tuple[EventRecord, Hold]]) -> None:
+    """Apply new events to the held starts they go to. Each (function, key) is
+    locked first and stays locked until commit: the read, the decision and the
+    write of a held start are never interleaved with another transaction's.
+
+    One call takes its locks in one global order, so two transactions that
+    each hold events in one call never wait on each other. A transaction
+    that applies held events in two calls (events a run's end emits, for a
+    debounced function, in a batch with other writes) may deadlock with
+    another; PostgreSQL then aborts one, and the writer applies that
+    transaction's operations again one at a time (see `pg_writer`)."""
+    for lock in sorted({_held_lock(hold.function_id, hold.key) for _, hold in held}):
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", lock)
+    notes = HeldNotes()
+    for event, hold in held:
+        where = (hold.function_id, hold.key)
+        row = await conn.fetchrow(f"{_SELECT_HELD} WHERE function_id = $1 AND key = $2", *where)
+        stored = None if row is None else _held_from_record(row)
+        change = hold_event(stored, hold, event.id, event.ts, len(event.body), event.received_at_ms)
+        if change.fire_before is not None:
+            await _start_held_run(conn, change.fire_before, None, 0, event.received_at_ms)
+            notes.started = True
+        if change.add:
+            if change.replace:
+                await conn.execute("DELETE FROM held_events WHERE function_id = $1 AND key = $2", *where)
+            await conn.execute(
+                "INSERT INTO held_events (function_id, key, position, body) VALUES ($1, $2, $3, $4)",
+                *where,
+                change.position,
+                event.body,
+            )
+        if change.fire is not None:
+            await _start_held_run(conn, change.fire, None, 0, event.received_at_ms)
+            notes.started = True
+        if change.keep is None:
+            if stored is not None:
+                await conn.execute(_DELETE_HELD, *where)
+        elif change.changed:
+            await conn.execute(_PUT_HELD, *(getattr(change.keep, f) for f in _HELD_FIELDS))
+            notes.wrote(change.keep.due_ms)
+    if notes.due_ms is not None:
+        await conn.execute("SELECT pg_notify($1, $2)", HELD_STARTS_CHANGED, str(notes.due_ms))
+    if notes.started:
+        await conn.execute("SELECT pg_notify($1, $2)", RUNS_RELEASED, "")
+
+
+async def _start_held_run(conn: Connection, held: HeldStart, owner: str | None, fence: int, now_ms: int) -> str:
+    """Create the run `held` fires, with its batch, and take its events out of
+    the held ones (the caller deletes or replaces its state row); returns its id."""
+    taken = await conn.fetch(
+        "DELETE FROM held_events WHERE function_id = $1 AND key = $2 RETURNING position, body",
+        held.function_id,
+        held.key,
+    )
+    bodies = [r["body"] for r in sorted(taken, key=lambda r: int(r["position"]))]
+    run = started_run(held, new_ulid(), new_ulid(), now_ms)
+    await conn.execute(_INSERT_RUN, *_run_row(run), owner, fence)
+    batch = run_events(held, bodies)
+    if batch:
+        await conn.execute(
+            "INSERT INTO run_events (run_id, position, body)"
+            " SELECT $1, n - 1, b FROM unnest($2::bytea[]) WITH ORDINALITY AS e(b, n)",
+            run.run_id,
+            batch,
+        )
+    if bodies:
+        # The trigger's row goes back in should history retention have pruned it while held.
+        trigger = _decode_event(bodies[0])
+        await conn.execute(_INSERT_EVENT, trigger.id, trigger.name, trigger.ts, now_ms, bodies[0])
+    return run.run_id
 
 
 # --- operations applied a run at a time (see `Bulk`) ------------------------------------
@@ -425,7 +541,7 @@ async def _apply_saves(conn: Connection, args: list[tuple[_SaveRow, list[NewEven
         plain.append(row)
         if not events:
             continue
-        if any(e.runs or e.memos or e.cancels for e in events):
+        if any(e.runs or e.memos or e.cancels or e.holds for e in events):
             await flush()
             results[i] = await _insert_events(conn, events)
         else:
@@ -456,6 +572,7 @@ async def _prune_history(conn: Connection, before_ms: int, limit: int, events_af
         if runs:
             run_ids = [r["run_id"] for r in runs]
             steps = _deleted(await conn.execute("DELETE FROM steps WHERE run_id = ANY($1::text[])", run_ids))
+            await conn.execute("DELETE FROM run_events WHERE run_id = ANY($1::text[])", run_ids)
             await conn.execute("DELETE FROM runs WHERE run_id = ANY($1::text[])", run_ids)
             # Their events, unless a run the same event started remains. No run
             # can start on an event already stored (runs are inserted only with
@@ -843,7 +960,7 @@ class PostgresStore:
         async def op(conn: Connection) -> LoadedRun | None:
             # One snapshot for the three reads, so memos and state agree.
             async with conn.transaction(isolation="repeatable_read", readonly=True):
-                row = await conn.fetchrow(f"{_SELECT_RUNS} WHERE run_id = $1", run_id)
+                row = await conn.fetchrow(_LOAD_RUN, run_id)
                 if row is None:
                     return None
                 event = await conn.fetchrow(
@@ -854,6 +971,7 @@ class PostgresStore:
                 run=_run_from_record(row),
                 event=None if event is None else _event_from_record(event),
                 memos=[StepMemo(m["step_hash"], m["result"]) for m in memos],
+                batch=list(row["batch"] or ()),
             )
 
         return await self._writer.read(op)
@@ -1172,6 +1290,36 @@ class PostgresStore:
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
         return await self._writer.aside(lambda conn: _prune_history(conn, before_ms, limit, events_after))
+
+    # --- executor: debounces and batches ------------------------------------------------
+
+    async def next_held_due(self) -> int | None:
+        async def op(conn: Connection) -> int | None:
+            due = await conn.fetchval("SELECT min(due_ms) FROM held_starts")
+            return None if due is None else int(due)
+
+        return await self._writer.read(op)
+
+    async def start_held(self, owner: str, now_ms: int, limit: int) -> list[Claim]:
+        async def op(conn: Connection) -> list[str]:
+            rows = await conn.fetch(
+                "SELECT function_id, key FROM held_starts WHERE due_ms <= $1 ORDER BY due_ms LIMIT $2", now_ms, limit
+            )
+            started: list[str] = []
+            for row in rows:
+                function_id, key = row["function_id"], row["key"]
+                # Skip what another transaction holds (an event being added, or
+                # another executor firing it); read it again once it is ours.
+                if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _held_lock(function_id, key)):
+                    continue
+                current = await conn.fetchrow(f"{_SELECT_HELD} WHERE function_id = $1 AND key = $2", function_id, key)
+                if current is None or current["due_ms"] > now_ms:
+                    continue
+                await conn.execute(_DELETE_HELD, function_id, key)
+                started.append(await _start_held_run(conn, _held_from_record(current), owner, NEW_RUN_FENCE, now_ms))
+            return started
+
+        return [Claim(run_id, NEW_RUN_FENCE) for run_id in await self._writer.run(op)]
 
     # --- executor: cron -------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from connect.store.base import (
     ANSWERED,
     APPS_CHANGED,
     EVENTS_RECORDED,
+    HELD_STARTS_CHANGED,
     LAPSED,
     NEW_RUN_FENCE,
     PROCESSES_CHANGED,
@@ -46,6 +47,8 @@ from connect.store.base import (
     ConnectionRecord,
     EventRecord,
     EventsCursor,
+    HeldStart,
+    Hold,
     LeaseRecord,
     LoadedRun,
     NewEvent,
@@ -61,6 +64,7 @@ from connect.store.base import (
     answer_entries,
     chunk_ids,
 )
+from connect.store.held_starts import HeldNotes, hold_event, run_events, started_run
 from connect.store.start_gates import (
     RATE_LIMIT,
     THROTTLE,
@@ -72,9 +76,9 @@ from connect.store.start_gates import (
 from connect.store.start_gates import apply as apply_decision
 from connect.store.writer import SqliteWriter
 from protocol.ids import new_ulid
-from protocol.payloads import FunctionConfig
+from protocol.payloads import Event, FunctionConfig
 
-SCHEMA_VERSION: Final = 7
+SCHEMA_VERSION: Final = 8
 
 _TABLES: Final = (
     "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
@@ -188,6 +192,37 @@ _TABLES: Final = (
     ) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS skipped_starts_by_event ON skipped_starts (event_id)",
     "CREATE INDEX IF NOT EXISTS skipped_starts_by_age ON skipped_starts (at_ms)",
+    # Debounces and batches waiting to start their run (schema 8), one per
+    # (function, key), the events each holds, and the events of the runs
+    # batches started (see `connect.store.held_starts`).
+    """CREATE TABLE IF NOT EXISTS held_starts (
+        function_id TEXT NOT NULL,
+        key TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        app_name TEXT NOT NULL,
+        max_attempts INTEGER NOT NULL,
+        event_id TEXT NOT NULL,
+        last_ts INTEGER NOT NULL,
+        opened_ms INTEGER NOT NULL,
+        due_ms INTEGER NOT NULL,
+        size INTEGER NOT NULL,
+        size_bytes INTEGER NOT NULL,
+        PRIMARY KEY (function_id, key)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS held_starts_by_due ON held_starts (due_ms)",
+    """CREATE TABLE IF NOT EXISTS held_events (
+        function_id TEXT NOT NULL,
+        key TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        PRIMARY KEY (function_id, key, position)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS run_events (
+        run_id TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        body BLOB NOT NULL,
+        PRIMARY KEY (run_id, position)
+    ) WITHOUT ROWID""",
 )
 
 _RUNS_TABLE: Final = """CREATE TABLE {name} (
@@ -254,7 +289,13 @@ _NewRunRow = tuple[
     str, str, str, str, str, int, int | None, int, bytes, bytes, int, int, int, bytes | None, str | None, int
 ]
 _EventRows = tuple[
-    _EventRow, list[_NewRunRow], list[tuple[str, str, bytes]], list[tuple[str]], NewEvent, dict[str, StartGate]
+    _EventRow,
+    list[_NewRunRow],
+    list[tuple[str, str, bytes]],
+    list[tuple[str]],
+    NewEvent,
+    dict[str, StartGate],
+    list[Hold],
 ]
 
 _SELECT_TAT: Final = "SELECT tat_ms FROM start_limits WHERE function_id = ? AND kind = ? AND key = ?"
@@ -335,14 +376,21 @@ def _event_rows(event: NewEvent) -> _EventRows:
         [(run_id,) for run_id in event.cancels],
         event,
         gates,
+        event.holds,
     )
 
 
-def _insert_events(conn: sqlite3.Connection, rows: list[_EventRows], cancelled: list[str] | None = None) -> list[bool]:
+def _insert_events(
+    conn: sqlite3.Connection,
+    rows: list[_EventRows],
+    cancelled: list[str] | None = None,
+    notes: HeldNotes | None = None,
+) -> list[bool]:
     """Store the events and what they cause; the runs singletons cancelled are
-    added to `cancelled` (for the caller to announce once committed)."""
+    added to `cancelled` (for the caller to announce once committed), and
+    `notes` collects what held events did."""
     stored: list[bool] = []
-    for event_row, run_rows, memo_rows, cancel_rows, new, gates in rows:
+    for event_row, run_rows, memo_rows, cancel_rows, new, gates, holds in rows:
         is_new = conn.execute(_INSERT_EVENT, event_row).rowcount == 1
         if is_new:
             if run_rows:
@@ -353,6 +401,8 @@ def _insert_events(conn: sqlite3.Connection, rows: list[_EventRows], cancelled: 
                 conn.executemany(_INSERT_MEMO, memo_rows)
             if cancel_rows:
                 conn.executemany(_FLAG_CANCEL, cancel_rows)
+            if holds:
+                _hold(conn, event_row, holds, HeldNotes() if notes is None else notes)
         stored.append(is_new)
     return stored
 
@@ -396,6 +446,89 @@ def _pass_gates(
         if decision.cancel is not None and conn.execute(_FLAG_CANCEL, (decision.cancel,)).rowcount == 1:
             if cancelled is not None:
                 cancelled.append(decision.cancel)
+
+
+# --- debounces and batches -----------------------------------------------------------
+
+_HELD_COLUMNS: Final = (
+    "kind, function_id, key, app_name, max_attempts, event_id, last_ts, opened_ms, due_ms, size, size_bytes"
+)
+_SELECT_HELD: Final = f"SELECT {_HELD_COLUMNS} FROM held_starts"  # noqa: S608 - constant
+_PUT_HELD: Final = f"INSERT OR REPLACE INTO held_starts ({_HELD_COLUMNS}) VALUES ({', '.join('?' * 11)})"  # noqa: S608 - constant
+_DELETE_HELD: Final = "DELETE FROM held_starts WHERE function_id = ? AND key = ?"
+_HeldRow = tuple[str, str, str, str, int, str, int, int, int, int, int]
+_decode_event = msgspec.json.Decoder(Event).decode
+
+
+def _held_row(held: HeldStart) -> _HeldRow:
+    return (
+        held.kind,
+        held.function_id,
+        held.key,
+        held.app_name,
+        held.max_attempts,
+        held.event_id,
+        held.last_ts,
+        held.opened_ms,
+        held.due_ms,
+        held.size,
+        held.size_bytes,
+    )
+
+
+def _hold(conn: sqlite3.Connection, event_row: _EventRow, holds: list[Hold], notes: HeldNotes) -> None:
+    """Apply one new event to the held start of each function it is held for."""
+    event_id, _, ts, now_ms, body = event_row
+    for hold in holds:
+        where = (hold.function_id, hold.key)
+        row: _HeldRow | None = conn.execute(f"{_SELECT_HELD} WHERE function_id = ? AND key = ?", where).fetchone()
+        stored = None if row is None else HeldStart(*row)
+        change = hold_event(stored, hold, event_id, ts, len(body), now_ms)
+        if change.fire_before is not None:
+            _start_held_run(conn, change.fire_before, None, 0, now_ms)
+            notes.started = True
+        if change.add:
+            if change.replace:
+                conn.execute("DELETE FROM held_events WHERE function_id = ? AND key = ?", where)
+            conn.execute(
+                "INSERT INTO held_events (function_id, key, position, body) VALUES (?, ?, ?, ?)",
+                (*where, change.position, body),
+            )
+        if change.fire is not None:
+            _start_held_run(conn, change.fire, None, 0, now_ms)
+            notes.started = True
+        if change.keep is None:
+            if stored is not None:
+                conn.execute(_DELETE_HELD, where)
+        elif change.changed:
+            conn.execute(_PUT_HELD, _held_row(change.keep))
+            notes.wrote(change.keep.due_ms)
+
+
+def _start_held_run(conn: sqlite3.Connection, held: HeldStart, owner: str | None, fence: int, now_ms: int) -> str:
+    """Create the run `held` fires, with its batch, and take its events out of
+    the held ones (the caller deletes or replaces its state row); returns its id."""
+    where = (held.function_id, held.key)
+    bodies = [
+        bytes(b)
+        for (b,) in conn.execute(
+            "SELECT body FROM held_events WHERE function_id = ? AND key = ? ORDER BY position", where
+        ).fetchall()
+    ]
+    conn.execute("DELETE FROM held_events WHERE function_id = ? AND key = ?", where)
+    run = started_run(held, new_ulid(), new_ulid(), now_ms)
+    conn.execute(_INSERT_RUN, (*_run_row(run), owner, fence))
+    batch = run_events(held, bodies)
+    if batch:
+        conn.executemany(
+            "INSERT INTO run_events (run_id, position, body) VALUES (?, ?, ?)",
+            [(run.run_id, i, b) for i, b in enumerate(batch)],
+        )
+    if bodies:
+        # The trigger's row goes back in should history retention have pruned it while held.
+        trigger = _decode_event(bodies[0])
+        conn.execute(_INSERT_EVENT, (trigger.id, trigger.name, trigger.ts, now_ms, bodies[0]))
+    return run.run_id
 
 
 # --- schema setup and migrations --------------------------------------------------
@@ -521,6 +654,7 @@ def _prune_history(conn: sqlite3.Connection, before_ms: int, limit: int, events_
     if runs:
         run_ids = [(run_id,) for run_id, _ in runs]
         steps = conn.executemany("DELETE FROM steps WHERE run_id = ?", run_ids).rowcount
+        conn.executemany("DELETE FROM run_events WHERE run_id = ?", run_ids)
         conn.executemany("DELETE FROM runs WHERE run_id = ?", run_ids)
         # Their events, unless a run the same event started remains.
         freed = sorted({event_id for _, event_id in runs})
@@ -698,15 +832,17 @@ class SqliteStore:
     async def record_events(self, events: list[NewEvent]) -> list[bool]:
         rows = [_event_rows(e) for e in events]
         cancelled: list[str] = []
+        notes = HeldNotes()
 
         def op(conn: sqlite3.Connection) -> list[bool]:
             cancelled.clear()  # applied again after a failed batch: report that attempt's
-            return _insert_events(conn, rows, cancelled)
+            return _insert_events(conn, rows, cancelled, notes)
 
         stored = await self._writer.submit(op)
         self._notify_events([e.event.id for e, is_new in zip(events, stored, strict=True) if is_new])
         for run_id in cancelled:
             self._notify(RUN_CANCEL_REQUESTED, run_id)
+        self._notify_held(notes)
         return stored
 
     async def skipped_starts(self, event_id: str) -> list[SkippedStart]:
@@ -763,7 +899,9 @@ class SqliteStore:
         return None if row is None else _run_from_row(row)
 
     async def load_run(self, run_id: str) -> LoadedRun | None:
-        def op(conn: sqlite3.Connection) -> tuple[_RunRow, _EventRow | None, list[tuple[str, bytes]]] | None:
+        def op(
+            conn: sqlite3.Connection,
+        ) -> tuple[_RunRow, _EventRow | None, list[tuple[str, bytes]], list[tuple[bytes]]] | None:
             row: _RunRow | None = conn.execute(f"{_SELECT_RUNS} WHERE run_id = ?", (run_id,)).fetchone()
             if row is None:
                 return None
@@ -773,16 +911,18 @@ class SqliteStore:
             memos = conn.execute(
                 "SELECT step_hash, result FROM steps WHERE run_id = ? ORDER BY rowid", (run_id,)
             ).fetchall()
-            return row, event, memos
+            batch = conn.execute("SELECT body FROM run_events WHERE run_id = ? ORDER BY position", (run_id,)).fetchall()
+            return row, event, memos, batch
 
         found = await self._writer.submit(op)
         if found is None:
             return None
-        row, event, memos = found
+        row, event, memos, batch = found
         return LoadedRun(
             run=_run_from_row(row),
             event=None if event is None else _event_from_row(event),
             memos=[StepMemo(h, bytes(r)) for h, r in memos],
+            batch=[bytes(b) for (b,) in batch],
         )
 
     async def runs_for_event(self, event_id: str) -> list[RunRecord]:
@@ -843,6 +983,7 @@ class SqliteStore:
         )
         memo_rows = [(run.run_id, m.step_hash, m.result) for m in memos or ()]
         event_rows = [_event_rows(e) for e in events or ()]
+        notes = HeldNotes() if any(e.holds for e in events or ()) else None
 
         def op(conn: sqlite3.Connection) -> list[bool]:
             # The fenced update first: a refused save raises before anything else is
@@ -858,12 +999,14 @@ class SqliteStore:
                 conn.execute("DELETE FROM leases WHERE request_id = ?", (consumed_request_id,))
                 conn.execute("DELETE FROM queued_requests WHERE request_id = ?", (consumed_request_id,))
             cancelled.clear()
-            return _insert_events(conn, event_rows, cancelled) if event_rows else []
+            return _insert_events(conn, event_rows, cancelled, notes) if event_rows else []
 
         cancelled: list[str] = []
         stored = await self._writer.submit(op)
         for run_id in cancelled:
             self._notify(RUN_CANCEL_REQUESTED, run_id)
+        if notes is not None:
+            self._notify_held(notes)
         return stored
 
     # --- executor: run ownership -------------------------------------------------------
@@ -1020,6 +1163,12 @@ class SqliteStore:
         for callback in self._listeners.get(channel, ()):
             loop.call_soon(callback, payload)
 
+    def _notify_held(self, notes: HeldNotes) -> None:
+        if notes.due_ms is not None:
+            self._notify(HELD_STARTS_CHANGED, str(notes.due_ms))
+        if notes.started:
+            self._notify(RUNS_RELEASED, "")
+
     def _notify_events(self, event_ids: list[str]) -> None:
         if EVENTS_RECORDED in self._listeners:
             for payload in chunk_ids(event_ids):
@@ -1131,6 +1280,29 @@ class SqliteStore:
         # One writer operation: it shares the commit of whatever else is
         # queued, and holds the loop only as long as `limit` rows take.
         return await self._writer.submit(lambda conn: _prune_history(conn, before_ms, limit, events_after))
+
+    # --- executor: debounces and batches ------------------------------------------------
+
+    async def next_held_due(self) -> int | None:
+        def op(conn: sqlite3.Connection) -> int | None:
+            (due,) = conn.execute("SELECT min(due_ms) FROM held_starts").fetchone()
+            return None if due is None else int(due)
+
+        return await self._writer.submit(op)
+
+    async def start_held(self, owner: str, now_ms: int, limit: int) -> list[Claim]:
+        def op(conn: sqlite3.Connection) -> list[str]:
+            rows: list[_HeldRow] = conn.execute(
+                f"{_SELECT_HELD} WHERE due_ms <= ? ORDER BY due_ms LIMIT ?", (now_ms, limit)
+            ).fetchall()
+            started: list[str] = []
+            for row in rows:
+                held = HeldStart(*row)
+                conn.execute(_DELETE_HELD, (held.function_id, held.key))
+                started.append(_start_held_run(conn, held, owner, NEW_RUN_FENCE, now_ms))
+            return started
+
+        return [Claim(run_id, NEW_RUN_FENCE) for run_id in await self._writer.submit(op)]
 
     # --- executor: cron -------------------------------------------------------------
 

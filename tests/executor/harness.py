@@ -12,7 +12,9 @@ import msgspec
 from connect.executor import Executor
 from connect.store import PostgresStore, SqliteStore, Store
 from protocol.payloads import (
+    BatchEventsConfig,
     CancelConfig,
+    DebounceConfig,
     FunctionConfig,
     IncomingEvent,
     Retries,
@@ -36,6 +38,8 @@ def config(
     cancel: list[dict[str, Any]] | None = None,
     timeouts: dict[str, Any] | None = None,
     flow: dict[str, Any] | None = None,
+    debounce: dict[str, Any] | None = None,
+    batch_events: dict[str, Any] | None = None,
 ) -> FunctionConfig:
     """`flow`: flow-control options in their wire form (`{"throttle": {...}}`)."""
     step = StepConfig(
@@ -51,6 +55,8 @@ def config(
         steps={"step": step},
         cancel=None if cancel is None else msgspec.convert(cancel, list[CancelConfig]),
         timeouts=None if timeouts is None else msgspec.convert(timeouts, TimeoutsConfig),
+        debounce=None if debounce is None else msgspec.convert(debounce, DebounceConfig),
+        batchEvents=None if batch_events is None else msgspec.convert(batch_events, BatchEventsConfig),
     )
     if flow:
         fn = msgspec.convert({**msgspec.to_builtins(fn), **flow}, FunctionConfig)

@@ -88,6 +88,7 @@ class Ctx:
     attempt: int
     event: dict[str, Any]
     run_id: str
+    events: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Step:
@@ -278,7 +279,9 @@ class ScriptedWorker:
         self.requests.append({"step_id": request.step_id, "request_id": request.request_id, **body})
         fn = self.functions[request.function_slug]
         step = Step(body, request.step_id, self.executions)
-        ctx = Ctx(attempt=body["ctx"]["attempt"], event=body["event"], run_id=body["ctx"]["run_id"])
+        ctx = Ctx(
+            attempt=body["ctx"]["attempt"], event=body["event"], run_id=body["ctx"]["run_id"], events=body["events"]
+        )
         rid = request.request_id
         try:
             result = fn(step, ctx)

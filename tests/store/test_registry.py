@@ -32,6 +32,7 @@ from connect.store import (
     Store,
     chunk_ids,
 )
+from connect.store.sqlite import SCHEMA_VERSION
 from tests.postgres import PostgresServer
 from tests.store.conftest import Engine, PostgresEngine, SqliteEngine
 
@@ -345,7 +346,7 @@ async def test_a_schema_5_database_gains_the_registry(engine: Engine) -> None:
 
     store = await engine.open()
     try:
-        assert await engine.schema_version() == 7
+        assert await engine.schema_version() == SCHEMA_VERSION
         assert not await store.put_lease_within("r2", "l2", NOW + TTL, "inst", 1, NOW)
         await store.put_process(process("gw-a"))
         await store.put_connections("gw-a", [connection("c1", "gw-a")])
@@ -363,6 +364,10 @@ async def _downgrade_to_schema_5(engine: Engine) -> None:
         "DROP TABLE start_limits",
         "DROP TABLE singletons",
         "DROP TABLE skipped_starts",
+        # Schema 8's (debounces and batches).
+        "DROP TABLE held_starts",
+        "DROP TABLE run_events",
+        "DROP TABLE held_events",
     )
     if isinstance(engine, SqliteEngine):
         with sqlite3.connect(engine.path) as conn:

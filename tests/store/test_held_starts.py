@@ -1,0 +1,278 @@
+"""Debounces and batches in the store (both engines): what held events do to
+the held start of their key, when it fires, once, and that it survives a reopen."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import asyncpg
+import msgspec
+import pytest
+
+from connect.store import (
+    BATCH,
+    DEBOUNCE,
+    HELD_STARTS_CHANGED,
+    NEW_RUN_FENCE,
+    RUNNING,
+    RUNS_RELEASED,
+    EventRecord,
+    Hold,
+    NewEvent,
+    Store,
+)
+from connect.store.held_starts import MAX_BATCH_BYTES, HeldChange, hold_event
+from tests.store.conftest import Engine, PostgresEngine, SqliteEngine
+
+pytestmark = pytest.mark.anyio
+
+FN = "app-digest"
+
+
+def event(event_id: str, received_ms: int, ts: int | None = None, **data: object) -> EventRecord:
+    ts = received_ms if ts is None else ts
+    body = msgspec.json.encode({"name": "app/x", "data": data, "id": event_id, "ts": ts, "user": {}})
+    return EventRecord(event_id, "app/x", ts, received_ms, body)
+
+
+def debounce(key: str = "", period_ms: int = 1000, timeout_ms: int | None = None) -> Hold:
+    return Hold(DEBOUNCE, FN, "app", key, 3, period_ms=period_ms, timeout_ms=timeout_ms)
+
+
+def batch(key: str = "", max_size: int = 3, timeout_ms: int = 5000) -> Hold:
+    return Hold(BATCH, FN, "app", key, 3, timeout_ms=timeout_ms, max_size=max_size)
+
+
+async def held(store: Store, record: EventRecord, *holds: Hold, owner: str | None = "ex") -> bool:
+    [stored] = await store.record_events([NewEvent(record, [], owner=owner, holds=list(holds))])
+    return stored
+
+
+async def test_a_debounce_keeps_the_last_event_and_starts_once_period_passes(engine: Engine) -> None:
+    store = await engine.open()
+    try:
+        dues: list[str] = []
+        await store.listen(HELD_STARTS_CHANGED, dues.append)
+        await held(store, event("e1", 1000), debounce())
+        await held(store, event("e2", 1500), debounce())
+        await held(store, event("e3", 1800), debounce())
+        # An event older than the one kept (by `ts`) replaces nothing.
+        await held(store, event("e0", 1900, ts=900), debounce())
+        assert await store.runs_for_event("e3") == []
+        assert await store.next_held_due() == 2800
+        await _settle()
+        assert "2800" in dues
+        assert await store.start_held("ex", 2799, 10) == []
+        [claim] = await store.start_held("ex", 2800, 10)
+        assert claim.fence == NEW_RUN_FENCE
+        [run] = await store.runs_for_event("e3")
+        assert run.run_id == claim.run_id and run.status == RUNNING and run.function_id == FN
+        loaded = await store.load_run(run.run_id)
+        assert loaded is not None and loaded.event is not None and loaded.event.id == "e3"
+        assert loaded.batch == []  # a debounce's run gets the one event
+        assert await store.next_held_due() is None
+        assert await store.start_held("ex", 10_000, 10) == []
+    finally:
+        await store.close()
+
+
+async def test_a_debounce_timeout_caps_the_delay_and_keys_are_separate(engine: Engine) -> None:
+    store = await engine.open()
+    try:
+        await held(store, event("a1", 0), debounce("a", period_ms=1000, timeout_ms=1500))
+        await held(store, event("a2", 800), debounce("a", period_ms=1000, timeout_ms=1500))
+        await held(store, event("b1", 900), debounce("b", period_ms=1000, timeout_ms=1500))
+        # a: 800 + 1000 would be 1800, but the timeout caps it at 0 + 1500.
+        assert await store.next_held_due() == 1500
+        [first] = await store.start_held("ex", 1500, 10)
+        assert [r.run_id for r in await store.runs_for_event("a2")] == [first.run_id]
+        assert await store.next_held_due() == 1900
+        [second] = await store.start_held("ex", 1900, 10)
+        assert [r.run_id for r in await store.runs_for_event("b1")] == [second.run_id]
+    finally:
+        await store.close()
+
+
+async def test_the_event_that_fills_a_batch_starts_its_run_with_every_event_in_order(engine: Engine) -> None:
+    store = await engine.open()
+    try:
+        released: list[str] = []
+        await store.listen(RUNS_RELEASED, released.append)
+        await held(store, event("e1", 100, n=1), batch())
+        await held(store, event("e2", 200, n=2), batch())
+        assert await store.runs_for_event("e1") == []
+        assert await store.next_held_due() == 5100  # opened at 100, 5 s timeout
+        await held(store, event("e3", 300, n=3), batch())
+        [run] = await store.runs_for_event("e1")  # the batch's first event is its trigger
+        loaded = await store.load_run(run.run_id)
+        assert loaded is not None
+        assert [msgspec.json.decode(b)["data"]["n"] for b in loaded.batch] == [1, 2, 3]
+        assert await store.next_held_due() is None
+        await _settle()
+        assert released  # nobody owns it yet: executors are told to claim it
+        [claim] = await store.claim_runs("ex", 300, 10)
+        assert claim.run_id == run.run_id
+        # The next event opens a new batch.
+        await held(store, event("e4", 400, n=4), batch())
+        assert await store.next_held_due() == 5400
+    finally:
+        await store.close()
+
+
+async def test_a_partial_batch_starts_once_its_timeout_passes_and_keys_batch_apart(engine: Engine) -> None:
+    store = await engine.open()
+    try:
+        await held(store, event("a1", 100, n=1), batch("a"))
+        await held(store, event("b1", 200, n=2), batch("b"))
+        await held(store, event("a2", 300, n=3), batch("a"))
+        assert await store.start_held("ex", 5099, 10) == []
+        [a] = await store.start_held("ex", 5100, 10)
+        loaded = await store.load_run(a.run_id)
+        assert loaded is not None and loaded.run.event_id == "a1"
+        assert [msgspec.json.decode(b)["data"]["n"] for b in loaded.batch] == [1, 3]
+        [b] = await store.start_held("ex", 5200, 10)
+        loaded = await store.load_run(b.run_id)
+        assert loaded is not None and len(loaded.batch) == 1
+    finally:
+        await store.close()
+
+
+async def test_a_duplicate_event_is_not_held_twice(engine: Engine) -> None:
+    store = await engine.open()
+    try:
+        assert await held(store, event("e1", 100), batch(max_size=2))
+        assert not await held(store, event("e1", 100), batch(max_size=2))
+        assert await store.runs_for_event("e1") == []
+    finally:
+        await store.close()
+
+
+async def test_held_starts_survive_a_reopen(engine: Engine) -> None:
+    store = await engine.open()
+    other = Hold(BATCH, "app-other", "app", "k", 3, timeout_ms=5000, max_size=3)
+    await held(store, event("d1", 100), debounce("k"))
+    await held(store, event("b1", 100, n=1), other)
+    await held(store, event("b2", 150, n=2), other)
+    await store.close()
+    store = await engine.open()
+    try:
+        assert await store.next_held_due() == 1100
+        claims = await store.start_held("ex", 10_000, 10)
+        assert len(claims) == 2
+        assert [r.event_id for r in await store.runs_for_event("d1")] == ["d1"]
+        [run] = await store.runs_for_event("b1")
+        loaded = await store.load_run(run.run_id)
+        assert loaded is not None and len(loaded.batch) == 2
+    finally:
+        await store.close()
+
+
+async def test_events_held_concurrently_fill_each_batch_exactly(engine: Engine) -> None:
+    """Several store objects (separate connections on PostgreSQL, as several API
+    processes would be) record 60 events for batches of 10 at once: 6 runs,
+    each with 10 events, every event in exactly one."""
+    stores = [await engine.open() for _ in range(3 if isinstance(engine, PostgresEngine) else 1)]
+    try:
+
+        async def send(i: int) -> None:
+            await held(stores[i % len(stores)], event(f"e{i}", 1000 + i, n=i), batch(max_size=10), owner=None)
+
+        await asyncio.gather(*(send(i) for i in range(60)))
+        runs = await stores[0].claim_runs("ex", 2000, 100)
+        assert len(runs) == 6
+        seen: list[int] = []
+        for claim in runs:
+            loaded = await stores[0].load_run(claim.run_id)
+            assert loaded is not None and len(loaded.batch) == 10
+            seen.extend(msgspec.json.decode(b)["data"]["n"] for b in loaded.batch)
+        assert sorted(seen) == list(range(60))
+        assert await stores[0].next_held_due() is None
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_a_held_start_fires_once_whoever_fires_it(engine: Engine) -> None:
+    stores = [await engine.open() for _ in range(3 if isinstance(engine, PostgresEngine) else 1)]
+    try:
+        for i in range(20):
+            await held(stores[0], event(f"e{i}", 100), debounce(f"k{i}"))
+        results = await asyncio.gather(*(s.start_held(f"ex{j}", 5000, 5) for j, s in enumerate(stores * 4)))
+        fired = [claim.run_id for claims in results for claim in claims]
+        # Whatever is left (a caller skipped a key another held) fires on a later look.
+        fired += [c.run_id for c in await stores[0].start_held("ex", 5000, 100)]
+        assert len(fired) == len(set(fired)) == 20
+        for i in range(20):
+            assert len(await stores[0].runs_for_event(f"e{i}")) == 1
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def _settle() -> None:
+    """Let notifications committed a moment ago arrive (PostgreSQL delivers them asynchronously)."""
+    for _ in range(50):
+        await asyncio.sleep(0.01)
+
+
+# --- the decisions themselves (pure) ----------------------------------------------------------
+
+
+def test_hold_event_decisions() -> None:
+    # A debounce: opened with its first event; pushed back by newer ones, capped by the timeout.
+    rule = debounce(period_ms=1000, timeout_ms=2500)
+    change = hold_event(None, rule, "e1", 10, 20, 0)
+    state = change.keep
+    assert state is not None and (state.due_ms, state.event_id) == (1000, "e1")
+    assert change.add and not change.replace and change.fire is change.fire_before is None
+    change = hold_event(state, rule, "e2", 20, 20, 900)
+    state = change.keep
+    assert state is not None and (state.due_ms, state.event_id, state.opened_ms, state.size) == (1900, "e2", 0, 1)
+    assert change.add and change.replace and change.position == 0
+    later = hold_event(state, rule, "e3", 30, 20, 2000).keep
+    assert later is not None and later.due_ms == 2500  # 3000 capped at 0 + 2500
+    # An older `ts` changes nothing.
+    assert hold_event(state, rule, "old", 5, 20, 950) == HeldChange(keep=state, changed=False)
+    # A batch: events added at positions 0, 1, ...; fires when full, or once its events reach MAX_BATCH_BYTES.
+    two = batch(max_size=2, timeout_ms=100)
+    change = hold_event(None, two, "b1", 1, 20, 0)
+    assert change.keep is not None and change.keep.due_ms == 100 and (change.add, change.position) == (True, 0)
+    full = hold_event(change.keep, two, "b2", 2, 20, 50)
+    assert full.keep is None and full.add and full.position == 1
+    assert full.fire is not None and (full.fire.event_id, full.fire.size, full.fire.size_bytes) == ("b1", 2, 40)
+    big = hold_event(None, batch(max_size=100), "b3", 3, MAX_BATCH_BYTES, 0)
+    assert big.keep is None and big.fire is not None
+    # A held start of another kind (the function's options changed) fires as it stands, first.
+    debounced = hold_event(None, rule, "d1", 1, 20, 0).keep
+    switched = hold_event(debounced, two, "b4", 4, 20, 10)
+    assert switched.fire_before is debounced
+    assert switched.keep is not None and switched.keep.kind == BATCH and switched.position == 0
+
+
+async def test_a_schema_7_database_gains_held_starts(engine: Engine) -> None:
+    store = await engine.open()
+    await store.close()
+    drop = ("DROP TABLE held_starts", "DROP TABLE held_events", "DROP TABLE run_events")
+    if isinstance(engine, PostgresEngine):
+        pg = await asyncpg.connect(engine.dsn)
+        try:
+            for statement in drop:
+                await pg.execute(statement)
+        finally:
+            await pg.close()
+    else:
+        assert isinstance(engine, SqliteEngine)
+        with sqlite3.connect(engine.path) as conn:
+            for statement in drop:
+                conn.execute(statement)
+        conn.close()
+    await engine.set_schema_version(7)
+    store = await engine.open()
+    try:
+        assert await engine.schema_version() == 8
+        await held(store, event("e1", 100), debounce())
+        [claim] = await store.start_held("ex", 1100, 10)
+        assert [r.run_id for r in await store.runs_for_event("e1")] == [claim.run_id]
+    finally:
+        await store.close()
