@@ -20,9 +20,12 @@ from connect.store import (
     EventRecord,
     Hold,
     NewEvent,
+    PendingRequest,
+    RunRecord,
     Store,
 )
 from connect.store.held_starts import MAX_BATCH_BYTES, HeldChange, hold_event
+from connect.store.start_gates import RateLimit, StartGate
 from tests.store.conftest import Engine, PostgresEngine, SqliteEngine
 
 pytestmark = pytest.mark.anyio
@@ -250,10 +253,18 @@ def test_hold_event_decisions() -> None:
     assert switched.keep is not None and switched.keep.kind == BATCH and switched.position == 0
 
 
-async def test_a_schema_7_database_gains_held_starts(engine: Engine) -> None:
+#: What each schema version added, as statements that take it away again.
+_ADDED_BY: dict[int, tuple[str, ...]] = {
+    7: ("DROP TABLE start_limits", "DROP TABLE singletons", "DROP TABLE skipped_starts"),
+    8: ("DROP TABLE held_starts", "DROP TABLE held_events", "DROP TABLE run_events"),
+}
+
+
+@pytest.mark.parametrize("version", [6, 7])
+async def test_an_older_database_gains_start_gates_and_held_starts(engine: Engine, version: int) -> None:
     store = await engine.open()
     await store.close()
-    drop = ("DROP TABLE held_starts", "DROP TABLE held_events", "DROP TABLE run_events")
+    drop = [statement for added, statements in _ADDED_BY.items() if added > version for statement in statements]
     if isinstance(engine, PostgresEngine):
         pg = await asyncpg.connect(engine.dsn)
         try:
@@ -267,12 +278,29 @@ async def test_a_schema_7_database_gains_held_starts(engine: Engine) -> None:
             for statement in drop:
                 conn.execute(statement)
         conn.close()
-    await engine.set_schema_version(7)
+    await engine.set_schema_version(version)
     store = await engine.open()
     try:
         assert await engine.schema_version() == 8
         await held(store, event("e1", 100), debounce())
         [claim] = await store.start_held("ex", 1100, 10)
         assert [r.run_id for r in await store.runs_for_event("e1")] == [claim.run_id]
+        # And the tables of schema 7: a rate limit of 1 skips the second run, and says so.
+        limit = RateLimit("k", limit=1, period_ms=60_000)
+        for event_id in ("g1", "g2"):
+            run = RunRecord(
+                run_id=f"run-{event_id}",
+                function_id=FN,
+                app_name="app",
+                event_id=event_id,
+                started_at_ms=200,
+                requests=[PendingRequest(f"req-{event_id}")],
+            )
+            gate = StartGate(run.run_id, FN, rate_limit=limit)
+            assert await store.record_events([NewEvent(event(event_id, 200), [run], gates=[gate])]) == [True]
+        assert len(await store.runs_for_event("g1")) == 1
+        assert await store.runs_for_event("g2") == []
+        [skip] = await store.skipped_starts("g2")
+        assert skip.run_id == "run-g2"
     finally:
         await store.close()
