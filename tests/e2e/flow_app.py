@@ -1,0 +1,82 @@
+"""Functions with flow control written with our SDK (`connect.Throttle`,
+`RateLimit`, `Singleton`, `Debounce`, `Batch`), served by a real worker
+process for `tests/e2e/test_sdk_flow_control.py`.
+
+Each function returns what its test checks: when its step ran (Unix
+seconds), or the events it was given (`ctx.event`, `ctx.events`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import time
+from typing import Any
+
+from connect import Batch, Client, Context, Debounce, RateLimit, Singleton, Step, Throttle, TriggerEvent
+
+client = Client(app_id="sdk-flow")
+
+TWO_SECONDS = datetime.timedelta(seconds=2)
+
+
+@client.create_function(
+    fn_id="throttled",
+    trigger=TriggerEvent(event="flow/throttled"),
+    throttle=Throttle(limit=1, period=TWO_SECONDS, burst=0),
+)
+async def throttled(ctx: Context, step: Step) -> float:
+    return await step.run("at", time.time)
+
+
+@client.create_function(
+    fn_id="rated",
+    trigger=TriggerEvent(event="flow/rated"),
+    rate_limit=RateLimit(limit=2, period=datetime.timedelta(minutes=1), key="event.data.k"),
+)
+async def rated(ctx: Context, step: Step) -> int:
+    return int(ctx.event.data["n"])
+
+
+@client.create_function(
+    fn_id="single",
+    trigger=TriggerEvent(event="flow/single"),
+    singleton=Singleton(key="event.data.k", mode="skip"),
+)
+async def single(ctx: Context, step: Step) -> int:
+    seconds = float(ctx.event.data.get("sleep", 0))
+    if seconds:
+        await step.run("hold", asyncio.sleep, seconds)
+    return int(ctx.event.data["n"])
+
+
+def _seen(ctx: Context) -> dict[str, Any]:
+    return {"event": ctx.event.data, "events": [e.data for e in ctx.events], "at": time.time()}
+
+
+@client.create_function(
+    fn_id="digest",
+    trigger=TriggerEvent(event="flow/debounce"),
+    debounce=Debounce(period=TWO_SECONDS, key="event.data.user"),
+)
+async def digest(ctx: Context, step: Step) -> dict[str, Any]:
+    return await step.run("seen", _seen, ctx)
+
+
+@client.create_function(
+    fn_id="bulk",
+    trigger=TriggerEvent(event="flow/batch"),
+    batch_events=Batch(max_size=3, timeout=TWO_SECONDS, key="event.data.team"),
+)
+async def bulk(ctx: Context, step: Step) -> dict[str, Any]:
+    return await step.run("seen", _seen, ctx)
+
+
+@client.create_function(
+    fn_id="debounced-throttled",
+    trigger=TriggerEvent(event="flow/debounce-throttle"),
+    debounce=Debounce(period=datetime.timedelta(seconds=1)),
+    throttle=Throttle(limit=1, period=datetime.timedelta(minutes=1), burst=0),
+)
+async def debounced_throttled(ctx: Context, step: Step) -> dict[str, Any]:
+    return await step.run("seen", _seen, ctx)

@@ -1,0 +1,122 @@
+"""Flow control written with our SDK (`tests/e2e/flow_app.py`): a real worker
+process served by a real `connect dev` (SQLite). Throttle, rate limit,
+singleton, debounce and batch each do what the README's Flow control section
+says; timings are asserted as margins."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.e2e.harness import DevServer, Proc, start_worker, wait_for_log, wait_until
+
+APP = "sdk-flow"
+
+
+class Stack:
+    def __init__(self, tmp: Path) -> None:
+        self.dev = DevServer(tmp).start()
+        self.worker: Proc = start_worker(self.dev, tmp, target="tests.e2e.flow_app:client")
+        wait_for_log(self.worker, "worker state ACTIVE", timeout=60)
+
+    def send(self, name: str, datas: list[dict[str, Any]]) -> list[str]:
+        return self.dev.send([{"name": name, "data": data} for data in datas])
+
+    def hint(self) -> str:
+        return self.worker.output()[-3000:]
+
+    def stop(self) -> None:
+        self.worker.stop()
+        self.dev.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    running = Stack(tmp_path_factory.mktemp("sdk-flow"))
+    yield running
+    running.stop()
+
+
+def started_ms(run: dict[str, Any]) -> float:
+    return datetime.fromisoformat(run["run_started_at"].replace("Z", "+00:00")).timestamp() * 1000
+
+
+def test_our_sdks_functions_are_served_with_their_flow_control(stack: Stack) -> None:
+    assert stack.dev.proc is not None
+    log = stack.dev.proc.output()
+    assert "refused" not in log and "does not honour" not in log, log[-3000:]
+
+
+def test_a_throttle_starts_runs_one_period_apart(stack: Stack) -> None:
+    sent = time.time()
+    runs = stack.dev.wait_runs(stack.send("flow/throttled", [{}, {}, {}]), timeout=60)
+    assert [r["status"] for r in runs] == ["Completed"] * 3, stack.hint()
+    at = sorted(r["output"] for r in runs)
+    assert at[1] - sent >= 1.99 and at[2] - sent >= 3.99, at
+    assert at[1] - at[0] >= 1.5 and at[2] - at[1] >= 1.5, at
+
+
+def test_a_rate_limit_skips_the_events_over_it_per_key(stack: Stack) -> None:
+    limited = stack.send("flow/rated", [{"k": "a", "n": n} for n in range(4)])
+    [other] = stack.send("flow/rated", [{"k": "b", "n": 9}])
+    runs = stack.dev.wait_runs([*limited, other], timeout=60)
+    assert [r["status"] for r in runs] == ["Completed", "Completed", "Skipped", "Skipped", "Completed"], stack.hint()
+    assert [r["output"] for r in runs if r["status"] == "Completed"] == [0, 1, 9]
+    assert all(r["skip_reason"].startswith("rate limit 2 per 60s: key 'a'") for r in runs[2:4])
+
+
+def test_a_singleton_skips_an_event_while_its_key_runs(stack: Stack) -> None:
+    [first] = stack.send("flow/single", [{"k": "a", "sleep": 2, "n": 1}])
+    wait_until(lambda: bool(stack.dev.runs(first)), 10, "the first run")
+    [skipped, other] = stack.send("flow/single", [{"k": "a", "n": 2}, {"k": "b", "n": 3}])
+    runs = stack.dev.wait_runs([first, skipped, other], timeout=60)
+    assert [(r["status"], r["output"]) for r in runs] == [("Completed", 1), ("Skipped", None), ("Completed", 3)]
+    assert runs[1]["skip_reason"].startswith("singleton")
+    # Once the run ended, the key starts runs again.
+    [again] = stack.dev.wait_runs(stack.send("flow/single", [{"k": "a", "n": 4}]), timeout=60)
+    assert (again["status"], again["output"]) == ("Completed", 4)
+
+
+def test_a_debounce_starts_one_run_with_the_last_event_per_key(stack: Stack) -> None:
+    ids = []
+    for n in range(3):
+        last_sent = time.time() * 1000
+        ids.append(stack.send("flow/debounce", [{"user": "u1", "n": n}])[0])
+        time.sleep(0.3)
+    [other] = stack.send("flow/debounce", [{"user": "u2", "n": 9}])
+    [run] = stack.dev.wait_runs([ids[-1]], timeout=60)
+    assert run["status"] == "Completed", stack.hint()
+    assert run["output"]["event"] == {"user": "u1", "n": 2}
+    assert run["output"]["events"] == [{"user": "u1", "n": 2}]
+    assert started_ms(run) >= last_sent + 2000 - 1  # the period after the last event (ms rounding)
+    assert all(stack.dev.runs(event_id) == [] for event_id in ids[:-1])
+    [alone] = stack.dev.wait_runs([other], timeout=60)
+    assert alone["output"]["event"] == {"user": "u2", "n": 9}
+
+
+def test_a_batch_runs_once_full_or_once_its_timeout_passed(stack: Stack) -> None:
+    full = stack.send("flow/batch", [{"team": "a", "n": n} for n in range(3)])
+    opened = time.time() * 1000
+    partial = stack.send("flow/batch", [{"team": "b", "n": n} for n in range(2)])
+    [run] = stack.dev.wait_runs([full[0]], timeout=60)
+    assert run["status"] == "Completed", stack.hint()
+    assert run["output"]["event"] == {"team": "a", "n": 0}
+    assert run["output"]["events"] == [{"team": "a", "n": n} for n in range(3)]
+    [late] = stack.dev.wait_runs([partial[0]], timeout=60)
+    assert [e["n"] for e in late["output"]["events"]] == [0, 1]
+    assert started_ms(late) >= opened + 2000 - 1  # its timeout after it opened (ms rounding)
+    assert started_ms(run) < started_ms(late)  # a full batch does not wait for its timeout
+    assert all(stack.dev.runs(event_id) == [] for event_id in full[1:] + partial[1:])
+
+
+def test_a_debounce_holds_the_events_of_a_function_that_also_throttles(stack: Stack) -> None:
+    ids = stack.send("flow/debounce-throttle", [{"n": n} for n in range(3)])
+    [run] = stack.dev.wait_runs([ids[-1]], timeout=60)
+    assert run["status"] == "Completed", stack.hint()
+    assert run["output"]["events"] == [{"n": 2}]
+    assert all(stack.dev.runs(event_id) == [] for event_id in ids[:-1])
