@@ -255,3 +255,48 @@ async def test_with_split_roles_each_debounce_and_batch_starts_once(
         await api.stop()
         for store in stores:
             await store.close()
+
+
+# --- with the flow control of run starts (throttle, rate limit) ---------------------------
+
+
+def when(_step: Step, ctx: Ctx) -> dict[str, Any]:
+    return {"n": ctx.event["data"]["n"], "at_ms": ms()}
+
+
+async def test_one_event_is_throttled_for_one_function_and_held_for_another(hs: Harness) -> None:
+    await hs.deploy("throttled", "app/both", when, flow={"throttle": {"limit": 1, "period": "2s", "burst": 0}})
+    await hs.deploy("digest", "app/both", when, debounce={"period": "1s"})
+    first = await hs.send("app/both", {"n": 0})
+    second = await hs.send("app/both", {"n": 1})
+    # The throttled function runs for each event, a period apart.
+    ran = []
+    for event_id in (first, second):
+        [run] = [r for r in await runs_of(hs, event_id) if r["function_id"] == "shop-throttled"]
+        ran.append((await hs.finished(run["run_id"]))["output"])
+    assert [r["n"] for r in ran] == [0, 1]
+    assert ran[1]["at_ms"] - ran[0]["at_ms"] >= 1500
+    # The debounced one once, with the last event; the first started nothing of it.
+    [digest] = [r for r in await runs_of(hs, second, count=2) if r["function_id"] == "shop-digest"]
+    assert (await hs.finished(digest["run_id"]))["output"]["n"] == 1
+    assert [r["function_id"] for r in await hs.executor.runs_for_event(first)] == ["shop-throttled"]
+
+
+async def test_an_event_a_batch_lets_through_passes_the_rate_limit(hs: Harness) -> None:
+    await hs.deploy(
+        "bulk",
+        "app/x",
+        events_of,
+        batch_events={"maxSize": 2, "timeout": "60s", "if": "event.data.batch == true"},
+        flow={"rateLimit": {"limit": 1, "period": "60s"}},
+    )
+    alone = await hs.send("app/x", {"batch": False, "n": 0})
+    over = await hs.send("app/x", {"batch": False, "n": 1})
+    batched = [await hs.send("app/x", {"batch": True, "n": n}) for n in (2, 3)]
+    assert (await ended(hs, alone))["output"]["events"] == [{"batch": False, "n": 0}]
+    [skip] = await hs.store.skipped_starts(over)
+    assert skip.reason.startswith("rate limit 1 per 60s")
+    assert [r["status"] for r in await hs.executor.runs_for_event(over)] == ["Skipped"]
+    # Held events start no run of their own, so the rate limit does not refuse the batch.
+    run = await ended(hs, batched[0])
+    assert [e["n"] for e in run["output"]["events"]] == [2, 3]
