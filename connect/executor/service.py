@@ -33,7 +33,6 @@ ticks are armed by every executor; the tick's derived event id makes
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -83,6 +82,7 @@ from connect.store.base import (
     Store,
     Waiting,
 )
+from connect.waiting import wait_event
 from protocol.payloads import Event, FunctionConfig, IncomingEvent, RefusedFunction, json_encoder
 
 log = logging.getLogger(__name__)
@@ -262,8 +262,7 @@ class Executor:
         and at every renewal for those whose owner was lost without a word."""
         renew_at = self._clock() + self._ownership.renew_interval
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._sweep_now.wait(), max(0.0, renew_at - self._clock()))
+            await wait_event(self._sweep_now, max(0.0, renew_at - self._clock()))
             self._sweep_now.clear()
             try:
                 if self._clock() >= renew_at:

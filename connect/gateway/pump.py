@@ -35,7 +35,6 @@ for the rest to be answered (on any gateway, or through `/flush`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -45,6 +44,7 @@ from typing import Final
 from connect.dispatch import AtCapacity, NoWorker, StepRequest, WorkerStoppedResponding
 from connect.gateway.dispatcher import GatewayDispatcher
 from connect.store.base import ANSWERED, LAPSED, REQUEST_QUEUED, RETURNED, QueuedRequest, Store
+from connect.waiting import wait_event
 
 log = logging.getLogger("connect.gateway.pump")
 
@@ -112,8 +112,7 @@ class RequestPump:
         sweep_at = self._clock() + self._sweep_interval
         try:
             while True:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._sweep_interval)
+                await wait_event(self._wake, self._sweep_interval)
                 self._wake.clear()
                 if self._clock() >= sweep_at:  # also when busy: no notification says "full elsewhere" ended
                     sweep_at = self._clock() + self._sweep_interval
@@ -145,11 +144,7 @@ class RequestPump:
 
     async def finish(self, timeout: float) -> bool:
         """Wait up to `timeout` seconds for the requests being forwarded to end; True if they all did."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        return await wait_event(self._idle, timeout)
 
     async def _take(self) -> None:
         if not self._taking:
