@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -46,6 +45,7 @@ from connect.dispatch.messages import ExecutorMessage, StepReply, StepRequest
 from connect.dispatch.port import CheckpointReceiver
 from connect.dispatch.stored import reply_from_bytes
 from connect.store.base import REQUEST_ANSWERED, REQUEST_SETTLED, QueuedRequest, Store, read_answers
+from connect.waiting import wait_event
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +132,7 @@ class QueuedPort:
                 )
             )
             while True:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(settled.wait(), self._sweep_interval)
+                await wait_event(settled, self._sweep_interval)
                 settled.clear()
                 answer = self._answers.pop(rid, None)
                 if answer is not None:

@@ -42,7 +42,6 @@ many executors try at the same moment.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -92,6 +91,7 @@ from connect.store.base import (
     Store,
     Waiting,
 )
+from connect.waiting import wait_event
 from protocol.payloads import Event, FunctionConfig, IncomingEvent, RefusedFunction, json_encoder
 
 log = logging.getLogger(__name__)
@@ -283,8 +283,7 @@ class Executor:
         and at every renewal for those whose owner was lost without a word."""
         renew_at = self._clock() + self._ownership.renew_interval
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._sweep_now.wait(), max(0.0, renew_at - self._clock()))
+            await wait_event(self._sweep_now, max(0.0, renew_at - self._clock()))
             self._sweep_now.clear()
             try:
                 if self._clock() >= renew_at:

@@ -12,9 +12,10 @@ never dispatched before) is dispatched as fresh, without looking for a stored
 reply or lease, and its answer needs no settling: storing the reply took it
 out of the queue. A request taken again (not fresh: an executor that took its
 run over queued it again) is looked up first (`Store.taken_request`): a stored
-reply answers it, and one no longer held here is not forwarded (its reply was
+reply answers it, one no longer held here is not forwarded (its reply was
 stored and consumed meanwhile, which took it out of the queue, or another
-gateway has it). A gateway that dies holding
+gateway has it), and one no worker holds a live lease of is dispatched as
+fresh (one look at the store in all). A gateway that dies holding
 requests loses them to the others once its holds lapse.
 
 It takes no more than `max_in_flight` requests at once, and none for a
@@ -35,7 +36,6 @@ for the rest to be answered (on any gateway, or through `/flush`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -45,6 +45,7 @@ from typing import Final
 from connect.dispatch import AtCapacity, NoWorker, StepRequest, WorkerStoppedResponding
 from connect.gateway.dispatcher import GatewayDispatcher
 from connect.store.base import ANSWERED, LAPSED, REQUEST_QUEUED, RETURNED, QueuedRequest, Store
+from connect.waiting import wait_event
 
 log = logging.getLogger("connect.gateway.pump")
 
@@ -112,8 +113,7 @@ class RequestPump:
         sweep_at = self._clock() + self._sweep_interval
         try:
             while True:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._sweep_interval)
+                await wait_event(self._wake, self._sweep_interval)
                 self._wake.clear()
                 if self._clock() >= sweep_at:  # also when busy: no notification says "full elsewhere" ended
                     sweep_at = self._clock() + self._sweep_interval
@@ -145,11 +145,7 @@ class RequestPump:
 
     async def finish(self, timeout: float) -> bool:
         """Wait up to `timeout` seconds for the requests being forwarded to end; True if they all did."""
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-        except TimeoutError:
-            return False
-        return True
+        return await wait_event(self._idle, timeout)
 
     async def _take(self) -> None:
         if not self._taking:
@@ -184,31 +180,35 @@ class RequestPump:
     async def _forward(self, queued: QueuedRequest) -> str:
         """Dispatch one taken request; returns how to settle it."""
         rid = queued.request_id
-        request = StepRequest(
-            rid,
-            queued.run_id,
-            queued.app_name,
-            queued.function_slug,
-            queued.step_id,
-            queued.payload,
-            fresh=queued.fresh,
-        )
         try:
-            if not queued.fresh:
-                # Queued again (by an executor that took the run over, say): its
-                # reply may be stored, or even consumed already, which also took
-                # it out of the queue. Only a request still held here, with no
-                # reply, goes on to `dispatch` (which honours a live lease).
-                taken = await self._store.taken_request(rid, self.gateway_id)
+            fresh = queued.fresh
+            if not fresh:
+                # Queued again (by an executor that took the run over, say), or
+                # first dispatched elsewhere: its reply may be stored, or even
+                # consumed already, which also took it out of the queue. Only a
+                # request still held here, with no reply, is dispatched; with no
+                # live lease either (no worker has it), as a fresh one.
+                taken = await self._store.taken_request(rid, self.gateway_id, int(self._clock() * 1000))
                 if taken.reply is not None:
                     return ANSWERED
                 if not taken.held:
                     log.debug("request %s: answered and consumed since it was queued again; not forwarded", rid)
                     return _GONE
+                fresh = not taken.leased
+            request = StepRequest(
+                rid,
+                queued.run_id,
+                queued.app_name,
+                queued.function_slug,
+                queued.step_id,
+                queued.payload,
+                fresh=fresh,
+            )
             await self._dispatcher.dispatch(request)
-            # A fresh request's answer was stored after it was taken, and storing
-            # it took it out of the queue (`Store.put_reply`): nothing to settle.
-            return _GONE if queued.fresh else ANSWERED
+            # Dispatched fresh, its answer was stored after it was taken, and
+            # storing it took it out of the queue (`Store.put_reply`): nothing to
+            # settle. Otherwise `dispatch` may have answered from a stored reply.
+            return _GONE if fresh else ANSWERED
         except (NoWorker, AtCapacity):
             self._block((queued.app_name, queued.function_slug))
         except WorkerStoppedResponding:

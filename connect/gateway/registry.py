@@ -16,7 +16,6 @@ write). `close` drops both.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from typing import Final, Protocol
 from connect.gateway.connection import Connection
 from connect.gateway.dispatcher import GatewayDispatcher
 from connect.store.base import DRAINING, READY, ROLE_GATEWAY, ConnectionRecord, ProcessRecord
+from connect.waiting import wait_event
 
 log = logging.getLogger("connect.gateway.registry")
 
@@ -104,8 +104,7 @@ class GatewayRegistry:
     async def _run(self) -> None:
         interval = self.ttl / 3
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), interval)
+            if await wait_event(self._changed, interval):
                 await asyncio.sleep(self._coalesce)  # changes close together share one write
             self._changed.clear()
             try:

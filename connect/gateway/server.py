@@ -40,6 +40,7 @@ from connect.gateway.auth import TokenIssuer
 from connect.gateway.connection import WRITE_HIGH_WATER, WRITE_TIMEOUT, Connection, GatewayWebSocket
 from connect.gateway.dispatcher import GatewayDispatcher
 from connect.polling import DEFAULT_WINDOW, PollWindow, check_window
+from connect.waiting import wait_event
 from protocol import codes, limits
 from protocol import connect_pb2 as pb
 from protocol import gateway_session as gs
@@ -157,8 +158,7 @@ class GatewayServer:
                 self.dispatcher.connection_unroutable(conn)
                 await self._apply(conn, conn.session.drain())
                 await self._close_if_drained(conn)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._all_closed.wait(), timeout)
+        await wait_event(self._all_closed, timeout)
         for conn in list(self.connections):
             with contextlib.suppress(Exception):
                 await conn.ws.close(codes.CloseCode.GOING_AWAY, codes.GATEWAY_CLOSING)

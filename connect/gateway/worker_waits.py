@@ -32,7 +32,8 @@ class WorkerWaits:
         queue[fut] = None
         try:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(fut, timeout)
+                async with asyncio.timeout(timeout):  # not wait_for: see connect.waiting
+                    await fut
         finally:
             queue.pop(fut, None)
             if not queue and self._waiting.get(key) is queue:

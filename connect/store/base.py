@@ -338,6 +338,8 @@ class TakenRequest(msgspec.Struct, frozen=True):
     reply: bytes | None
     #: Whether the gateway still holds it in the queue.
     held: bool
+    #: Whether a lease of it lives (a worker may be running it).
+    leased: bool
 
 
 class RunMemo(msgspec.Struct, frozen=True):
@@ -677,9 +679,9 @@ class Store(ReplyStore, Protocol):
         """Remove the request from the queue, whatever its state."""
         ...
 
-    async def taken_request(self, request_id: str, gateway: str) -> TakenRequest:
-        """The stored reply of a request `gateway` took, and whether it still
-        holds it, both as of one instant. A request that is no longer held and
+    async def taken_request(self, request_id: str, gateway: str, now_ms: int) -> TakenRequest:
+        """The stored reply of a request `gateway` took, whether it still
+        holds it, and whether a lease of it is live at `now_ms`, as of one instant. A request that is no longer held and
         has no reply was answered and its reply consumed (`save_run` removes
         both), or its hold lapsed and another gateway has it: either way this
         gateway must not forward it."""

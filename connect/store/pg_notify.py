@@ -20,6 +20,8 @@ from typing import Any, Final
 import asyncpg
 import tenacity
 
+from connect.waiting import wait_event
+
 log = logging.getLogger(__name__)
 
 #: Reconnect backoff bounds, in seconds (exponential, with jitter).
@@ -133,8 +135,7 @@ class PostgresListener:
         lost = asyncio.Event()
         conn.add_termination_listener(lambda _c: lost.set())
         while not conn.is_closed():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(lost.wait(), LIVENESS_CHECK)
+            if await wait_event(lost, LIVENESS_CHECK):
                 return
             try:
                 await conn.execute("SELECT 1", timeout=LIVENESS_CHECK)

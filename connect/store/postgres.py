@@ -1153,18 +1153,20 @@ class PostgresStore:
 
         await self._writer.run(op)
 
-    async def taken_request(self, request_id: str, gateway: str) -> TakenRequest:
+    async def taken_request(self, request_id: str, gateway: str, now_ms: int) -> TakenRequest:
         async def op(conn: Connection) -> TakenRequest:
             # One statement, so one snapshot: a reply consumed and its request
             # dequeued by the same commit are seen both present or both gone.
             row = await conn.fetchrow(
                 "SELECT (SELECT data FROM replies WHERE request_id = $1),"
-                " EXISTS (SELECT 1 FROM queued_requests WHERE request_id = $1 AND holder = $2)",
+                " EXISTS (SELECT 1 FROM queued_requests WHERE request_id = $1 AND holder = $2),"
+                " EXISTS (SELECT 1 FROM leases WHERE request_id = $1 AND expires_at_ms > $3)",
                 request_id,
                 gateway,
+                now_ms,
             )
             assert row is not None
-            return TakenRequest(row[0], row[1])
+            return TakenRequest(row[0], row[1], row[2])
 
         return await self._writer.read(op)
 

@@ -1134,13 +1134,16 @@ class SqliteStore:
 
         return await self._writer.submit(op)
 
-    async def taken_request(self, request_id: str, gateway: str) -> TakenRequest:
+    async def taken_request(self, request_id: str, gateway: str, now_ms: int) -> TakenRequest:
         def op(conn: sqlite3.Connection) -> TakenRequest:
             reply = conn.execute("SELECT data FROM replies WHERE request_id = ?", (request_id,)).fetchone()
             held = conn.execute(
                 "SELECT 1 FROM queued_requests WHERE request_id = ? AND holder = ?", (request_id, gateway)
             ).fetchone()
-            return TakenRequest(None if reply is None else bytes(reply[0]), held is not None)
+            leased = conn.execute(
+                "SELECT 1 FROM leases WHERE request_id = ? AND expires_at_ms > ?", (request_id, now_ms)
+            ).fetchone()
+            return TakenRequest(None if reply is None else bytes(reply[0]), held is not None, leased is not None)
 
         return await self._writer.submit(op)
 

@@ -51,6 +51,7 @@ from tenacity import (
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from connect import polling
+from connect.waiting import wait_event
 from connect.worker import drain, fallback, link, sending, shutdown, stall
 from connect.worker.bridge import Handoff, call_on, resolve_on, run_loop
 from connect.worker.checkpoints import Answered, Checkpoints
@@ -324,8 +325,7 @@ class WorkerConnection:
 
     async def _sleep_unless_closing(self, delay: float) -> None:
         assert self._close_requested is not None
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._close_requested.wait(), delay)
+        await wait_event(self._close_requested, delay)
 
     async def _open_with_retries(self, start: StartClient, exclude: list[str]) -> Link | None:
         """Open a connection, retrying with jittered exponential backoff and
@@ -663,8 +663,7 @@ class WorkerConnection:
             if self._ledger.replies:
                 deadlines.append(now + 1.0)
             timeout = max(0.0, min(deadlines) - self._clock.time()) if deadlines else 1.0
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._tick.wait(), min(timeout, 1.0))
+            await wait_event(self._tick, min(timeout, 1.0))
             self._tick.clear()
 
     def _extension_socket(self) -> Link | None:

@@ -9,9 +9,9 @@ abandoned: its leases lapse and the platform runs it elsewhere.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
+from connect.waiting import wait_event
 from connect.worker.clock import Clock
 from protocol.ledger import WorkerLedger
 
@@ -29,6 +29,5 @@ async def wait_idle(ledger: WorkerLedger, timeout: float | None, progress: async
             log.warning("drain deadline passed: abandoning %d requests; their leases let them run elsewhere", abandoned)
             return abandoned
         progress.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(progress.wait(), left)
+        await wait_event(progress, left)
     return 0

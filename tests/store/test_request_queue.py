@@ -185,11 +185,15 @@ async def test_requests_queued_together_are_each_queued_once(store: Store) -> No
 async def test_a_taken_request_shows_its_reply_and_hold_as_of_one_instant(store: Store) -> None:
     await store.queue_request(queued("r1"))
     assert len(await store.take_requests("gw-a", ["app-fn"], NOW, NOW + HOLD, 10)) == 1
-    assert await store.taken_request("r1", "gw-a") == TakenRequest(None, True)
-    assert await store.taken_request("r1", "gw-b") == TakenRequest(None, False)
-    # Queued again while its reply is stored: the reply answers it.
+    assert await store.taken_request("r1", "gw-a", NOW) == TakenRequest(None, True, False)
+    assert await store.taken_request("r1", "gw-b", NOW) == TakenRequest(None, False, False)
+    # A worker runs it: leased until the lease's end.
+    await store.put_lease("r1", "lease-1", NOW + 5_000, "w1")
+    assert await store.taken_request("r1", "gw-a", NOW) == TakenRequest(None, True, True)
+    assert await store.taken_request("r1", "gw-a", NOW + 5_000) == TakenRequest(None, True, False)
+    # Queued again while its reply is stored (which ended the lease): the reply answers it.
     await store.put_reply("r1", b"reply")
     await store.queue_request(queued("r1"))
     assert len(await store.take_requests("gw-b", ["app-fn"], NOW, NOW + HOLD, 10)) == 1
-    assert await store.taken_request("r1", "gw-b") == TakenRequest(b"reply", True)
-    assert await store.taken_request("gone", "gw-b") == TakenRequest(None, False)
+    assert await store.taken_request("r1", "gw-b", NOW) == TakenRequest(b"reply", True, False)
+    assert await store.taken_request("gone", "gw-b", NOW) == TakenRequest(None, False, False)
