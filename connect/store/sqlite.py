@@ -40,6 +40,7 @@ from connect.store.base import (
     RUN_CANCEL_REQUESTED,
     RUNNING,
     RUNS_RELEASED,
+    SLOTS_GRANTED,
     WAIT_SLEEP,
     AppRecord,
     Claim,
@@ -55,16 +56,18 @@ from connect.store.base import (
     QueuedRequest,
     RunOwnershipLost,
     RunRecord,
+    SlotClaim,
     StepMemo,
     Waiting,
     answer_entries,
     chunk_ids,
 )
+from connect.store import sqlite_slots
 from connect.store.writer import SqliteWriter
 from protocol.ids import new_ulid
 from protocol.payloads import FunctionConfig
 
-SCHEMA_VERSION: Final = 6
+SCHEMA_VERSION: Final = 7
 
 _TABLES: Final = (
     "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
@@ -152,6 +155,8 @@ _TABLES: Final = (
     "CREATE INDEX IF NOT EXISTS connections_by_expiry ON connections (expires_at_ms)",
     # An instance's leases, counted by `put_lease_within`.
     "CREATE INDEX IF NOT EXISTS leases_by_instance ON leases (instance_id, expires_at_ms)",
+    # Concurrency slots held and waited for (schema 7).
+    *sqlite_slots.TABLES,
 )
 
 _RUNS_TABLE: Final = """CREATE TABLE {name} (
@@ -978,6 +983,36 @@ class SqliteStore:
             return cur.rowcount == 1
 
         return self._writer.submit_nowait(op)
+
+    # --- concurrency slots --------------------------------------------------------------
+
+    async def acquire_slots(self, request_id: str, run_id: str, claims: Sequence[SlotClaim], order: int) -> bool:
+        if not claims:
+            return True
+        wanted = list(claims)
+        return await self._writer.submit(lambda conn: sqlite_slots.acquire(conn, request_id, run_id, wanted, order))
+
+    async def release_slots(self, request_ids: Sequence[str]) -> list[str]:
+        ids = list(request_ids)
+        if not ids:
+            return []
+        granted = await self._writer.submit(lambda conn: sqlite_slots.release(conn, ids))
+        self._announce_grants(granted)
+        return granted
+
+    async def release_run_slots(self, run_id: str, keep: Sequence[str] = ()) -> list[str]:
+        kept = list(keep)
+        granted = await self._writer.submit(lambda conn: sqlite_slots.release_run(conn, run_id, kept))
+        self._announce_grants(granted)
+        return granted
+
+    async def slots_held(self, key: str) -> list[str]:
+        return await self._writer.submit(lambda conn: sqlite_slots.held(conn, key))
+
+    def _announce_grants(self, granted: list[str]) -> None:
+        if granted and SLOTS_GRANTED in self._listeners:
+            for payload in chunk_ids(granted):
+                self._notify(SLOTS_GRANTED, payload)
 
     # --- history retention -------------------------------------------------------------
 
