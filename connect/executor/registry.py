@@ -2,9 +2,10 @@
 functions refused (and why), and options registered that it does not honour.
 
 An SDK registers more than this executor implements. It runs retries,
-`cancel`, `timeouts`, event triggers with expressions, cron triggers and
-`onFailure` functions; flow control (concurrency, throttle, rate limit,
-debounce, event batches, idempotency, priority, singleton) and cron jitter
+`cancel`, `timeouts`, event triggers with expressions, cron triggers,
+`onFailure` functions, and `concurrency` limits with `priority` (see
+`connect.executor.concurrency`); the other flow control (throttle, rate
+limit, debounce, event batches, idempotency, singleton) and cron jitter
 are kept as registered, typed in `FunctionConfig`, but not enforced yet. The
 function is still served: its runs start as if the option were not there.
 Nothing is silently ignored: each such option is named in one warning per
@@ -29,13 +30,11 @@ log = logging.getLogger(__name__)
 
 #: Top-level options an SDK may register that the executor does not enforce.
 NOT_HONOURED: Final[tuple[tuple[str, Callable[[FunctionConfig], Any]], ...]] = (
-    ("concurrency", lambda fn: fn.concurrency),
     ("throttle", lambda fn: fn.throttle),
     ("rateLimit", lambda fn: fn.rateLimit),
     ("debounce", lambda fn: fn.debounce),
     ("batchEvents", lambda fn: fn.batchEvents),
     ("idempotency", lambda fn: fn.idempotency),
-    ("priority", lambda fn: fn.priority),
     ("singleton", lambda fn: fn.singleton),
 )
 
@@ -49,7 +48,7 @@ def not_honoured(fn: FunctionConfig, unknown: Sequence[str] = ()) -> dict[str, A
     found: dict[str, Any] = {}
     for name, get in NOT_HONOURED:
         value = get(fn)
-        if value is not None and value != []:  # Python registers `concurrency: []` for "none"
+        if value is not None:
             found[name] = msgspec.to_builtins(value)
     for i, trigger in enumerate(fn.triggers):
         if trigger.cron is not None and trigger.jitter:

@@ -95,6 +95,10 @@ class Runner(Dispatching, Cancelling, Attempts):
             await self._finish(FAILED, replies.encode(err), error=err)
             return False
         self.event = _decode_event(loaded.event.body)
+        if self._limits is not None:
+            # Slots of requests a stopped process left behind (their replies
+            # committed, the release not): only the current requests keep theirs.
+            await self._s.store.release_run_slots(self.run_id, keep=[r.request_id for r in loaded.run.requests])
         return True
 
     # --- the loop -------------------------------------------------------------------

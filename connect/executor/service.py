@@ -43,6 +43,7 @@ import msgspec
 
 from connect.dispatch import Port
 from connect.executor import replies
+from connect.executor.concurrency import SlotGrants
 from connect.executor.cron import CRON_EVENT, CronSchedule
 from connect.executor.feed import PAGE as FEED_PAGE
 from connect.executor.feed import EventFeed
@@ -159,6 +160,7 @@ class Executor:
             clock=clock,
             checkpoint_steps=checkpoint_steps,
             max_lease_lapses=max_lease_lapses,
+            slots=SlotGrants(store),
         )
         self._registry = TriggerIndex(default_retries)
         #: What each app registered, refusals and options not honoured included.
@@ -209,6 +211,8 @@ class Executor:
         self._timers.start()
         if not self._listening:
             await self._store.listen(RUNS_RELEASED, lambda _owner: self._sweep_now.set())
+            assert self._services.slots is not None
+            await self._services.slots.start()
             if self._shared:
                 await self._store.listen(APPS_CHANGED, lambda _app: self._apps_wake.set())
                 await self._store.listen(EVENTS_RECORDED, self._events_recorded)

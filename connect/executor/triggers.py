@@ -24,6 +24,7 @@ from typing import Any, Final, NamedTuple
 
 import msgspec
 
+from connect.executor.concurrency import FunctionLimits, function_limits
 from connect.executor.cron import CronSchedule
 from connect.executor.expressions import Expression
 from connect.executor.sleeps import parse_duration
@@ -60,6 +61,8 @@ class FunctionInfo(msgspec.Struct, frozen=True):
     cancel: tuple[CancelOn, ...] = ()
     start_timeout_ms: int | None = None
     finish_timeout_ms: int | None = None
+    #: Its concurrency limits and priority (None: none, nothing to do per step).
+    limits: FunctionLimits | None = None
 
 
 class _Entry(NamedTuple):
@@ -194,6 +197,7 @@ def _info(target: Target, fn: FunctionConfig) -> FunctionInfo:
         cancel=tuple(cancel),
         start_timeout_ms=_duration_ms(fn.id, "timeouts.start", timeouts.start),
         finish_timeout_ms=_duration_ms(fn.id, "timeouts.finish", timeouts.finish),
+        limits=function_limits(fn),
     )
 
 

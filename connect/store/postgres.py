@@ -22,6 +22,7 @@ from typing import Final
 import asyncpg
 import msgspec
 
+from connect.store import pg_slots
 from connect.store.base import (
     ANSWERED,
     APPS_CHANGED,
@@ -58,7 +59,6 @@ from connect.store.base import (
     answer_entries,
     chunk_ids,
 )
-from connect.store import pg_slots
 from connect.store.pg_notify import PostgresListener
 from connect.store.pg_reconnect import DEFAULT_RECONNECT_TIMEOUT, validate_reconnect_timeout
 from connect.store.pg_schema import FENCE_LOST, migrate

@@ -25,6 +25,7 @@ from typing import Final
 
 import msgspec
 
+from connect.store import sqlite_slots
 from connect.store.base import (
     ANSWERED,
     APPS_CHANGED,
@@ -62,7 +63,6 @@ from connect.store.base import (
     answer_entries,
     chunk_ids,
 )
-from connect.store import sqlite_slots
 from connect.store.writer import SqliteWriter
 from protocol.ids import new_ulid
 from protocol.payloads import FunctionConfig

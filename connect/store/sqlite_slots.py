@@ -149,4 +149,6 @@ def grant(conn: sqlite3.Connection, keys: Iterable[str]) -> list[str]:
 
 
 def held(conn: sqlite3.Connection, key: str) -> list[str]:
-    return [rid for (rid,) in conn.execute("SELECT request_id FROM slot_holds WHERE key = ? ORDER BY request_id", (key,))]
+    return [
+        rid for (rid,) in conn.execute("SELECT request_id FROM slot_holds WHERE key = ? ORDER BY request_id", (key,))
+    ]

@@ -106,10 +106,11 @@ def test_one_invalid_function_does_not_take_the_others_down(dev: DevServer) -> N
         "not_honoured": {},
     }
     assert listed[f"{APP}-limited"]["status"] == "active"
-    assert listed[f"{APP}-limited"]["not_honoured"] == {"concurrency": 5, "throttle": {"limit": 1, "period": "1m"}}
+    # Concurrency is honoured; throttle is not (yet).
+    assert listed[f"{APP}-limited"]["not_honoured"] == {"throttle": {"limit": 1, "period": "1m"}}
     assert dev.proc is not None
     log = dev.proc.output()
     # Once per registration, not once per worker of the fleet.
     assert log.count(f"app {APP}, function {APP}-bad: refused, not served: invalid config") == 1, log
     assert log.count(f"app {APP}, function {APP}-limited: registered options") == 1, log
-    assert 'concurrency=5, throttle={"limit":1,"period":"1m"}' in log
+    assert log.count('runs without them): throttle={"limit":1,"period":"1m"}') == 1, log
