@@ -151,8 +151,12 @@ def _key_value(expression: Expression, event: dict[str, Any]) -> str:
 def _plain(value: Any) -> Any:
     if isinstance(value, celtypes.BoolType):
         return bool(value)
-    if isinstance(value, int | float | str):
-        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, str):
+        return str(value)
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

@@ -1,10 +1,11 @@
 """Concurrency limits end to end: `connect dev` (SQLite and PostgreSQL) and a
-real worker of our SDK or of the official Python SDK, step bodies counted on
-the worker side (`conc_counter`).
+real worker of our SDK, of the official Python SDK or of the official
+TypeScript SDK (with its default checkpointing, and without), step bodies
+counted on the worker side (`conc_counter`).
 
-Each stack serves the functions of `concurrency_app.py` /
-`official_concurrency_app.py`; every scenario counts bodies under names of
-its own, so the scenarios share one stack.
+Each stack serves the same functions (`concurrency_app.py`,
+`official_concurrency_app.py`, `ts/concurrency_app.mjs`); every scenario
+counts bodies under names of its own, so the scenarios share one stack.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from tests.compat import npm
 from tests.e2e import conc_counter
 from tests.e2e.harness import DevServer, Proc, start_worker, wait_for_log, wait_until
 from tests.postgres import PostgresServer
@@ -56,19 +58,41 @@ def _start_worker(dev: DevServer, tmp: Path, sdk: str) -> Proc:
         return worker
     assert dev.proc is not None
     before = dev.proc.output().count("worker ready: connection=")
-    full_env = dict(os.environ, CONNECT_API_URL=dev.url, WORKER_NAME="conc-official", **env)
-    worker = Proc([sys.executable, "-m", "tests.compat.official_concurrency_app"], full_env, tmp / "official.log")
+    full_env = dict(os.environ, CONNECT_API_URL=dev.url, WORKER_NAME=f"conc-{sdk}", **env)
+    if sdk == "official":
+        worker = Proc([sys.executable, "-m", "tests.compat.official_concurrency_app"], full_env, tmp / "official.log")
+    else:
+        if sdk == "tsnocheckpoint":
+            full_env["TS_CHECKPOINTING"] = "off"
+        script = npm.prepare_script(TS_APP, tmp / "ts")
+        worker = Proc(["node", str(script)], npm.node_env(full_env), tmp / f"{sdk}.log")
     wait_until(
-        lambda: dev.proc is not None and dev.proc.output().count("worker ready: connection=") > before
-        or worker.popen.poll() is not None,
+        lambda: (
+            (dev.proc is not None and dev.proc.output().count("worker ready: connection=") > before)
+            or worker.popen.poll() is not None
+        ),
         60,
-        "the official worker to be ready",
+        f"the {sdk} worker to be ready",
     )
     assert worker.popen.poll() is None, worker.output()[-3000:]
     return worker
 
 
-@pytest.fixture(scope="module", params=["ours-sqlite", "ours-postgres", "official-sqlite", "official-postgres"])
+TS_APP = Path(__file__).resolve().parents[1] / "compat" / "ts" / "concurrency_app.mjs"
+
+
+@pytest.fixture(
+    scope="module",
+    params=[
+        "ours-sqlite",
+        "ours-postgres",
+        "official-sqlite",
+        "official-postgres",
+        "ts-sqlite",
+        "ts-postgres",
+        "tsnocheckpoint-sqlite",
+    ],
+)
 def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     sdk, engine = request.param.split("-")
     database_url = None
@@ -144,9 +168,10 @@ def test_waiting_runs_start_oldest_first_and_priority_jumps_ahead(stack: Stack) 
 
 
 def test_a_restart_loses_no_waiting_step(stack: Stack) -> None:
+    """`connect dev` killed (SIGKILL) while steps wait for the slot, then started again."""
     ids = [stack.send("conc/durable", {"n": str(n), "seconds": 0.3}) for n in range(4)]
     wait_until(lambda: len(stack.starts("durable")) >= 2, 30, "two steps to have run")
-    stack.dev.stop()
+    stack.dev.kill()
     stack.dev.start()
     runs = stack.finished(ids, timeout=120)
     assert sorted(r["output"] for r in runs) == ["0", "1", "2", "3"]
