@@ -53,7 +53,7 @@ PRIORITY_MAX: Final = 600
 #: How often a request waiting for a slot asks the store again (a lost notification).
 SWEEP_S: Final = 10.0
 #: Key values longer than this are stored as their SHA-256.
-_KEY_MAX: Final = 200
+KEY_MAX: Final = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +143,7 @@ def _key_value(expression: Expression, event: dict[str, Any]) -> str:
             text = msgspec.json.encode(_plain(value)).decode()
         except (TypeError, msgspec.EncodeError):
             text = str(value)
-    if len(text) > _KEY_MAX:
+    if len(text) > KEY_MAX:
         text = "sha256:" + hashlib.sha256(text.encode()).hexdigest()
     return text
 
