@@ -220,23 +220,23 @@ class RunState:
         for _, request_id in joined:
             self._s.dispatcher.send(CheckpointDecided(request_id, stored=True))
         if self._slots or (self._limits is not None and run.status != RUNNING):
-            await self._release_slots()
+            self._release_slots()
         return stored
 
-    async def _release_slots(self) -> None:
-        """Free the slots of requests this commit ended (all of them, waits
-        included, when the run ended)."""
-        run = self.run
-        assert run is not None
+    def _release_slots(self) -> None:
+        """Free (in the background) the slots of requests this commit ended:
+        all of them, waits included, when the run ended."""
+        run, slots = self.run, self._s.slots
+        assert run is not None and slots is not None
         if run.status != RUNNING:
             self._slots.clear()
-            await self._s.store.release_run_slots(run.run_id)
+            slots.release(run_id=run.run_id)
             return
         current = {r.request_id for r in run.requests}
         done = [rid for rid in self._slots if rid not in current]
         if done:
             self._slots.difference_update(done)
-            await self._s.store.release_slots(done)
+            slots.release(done)
 
     def _drop_joined(self) -> None:
         """Joined steps no commit will carry now: refused after all."""

@@ -178,7 +178,8 @@ async def _downgrade_to_before_ownership(engine: Engine) -> None:
         await pg.execute("DROP FUNCTION connect_fenced")
         # And what later schema versions added.
         await pg.execute("DROP INDEX IF EXISTS runs_by_end, running_runs_by_start, events_by_age")
-        await pg.execute("DROP TABLE IF EXISTS queued_requests, writer_marks, processes, connections, slot_holds, slot_waits")
+        await pg.execute("DROP TABLE IF EXISTS queued_requests, writer_marks, processes, connections")
+        await pg.execute("DROP TABLE IF EXISTS slot_holds, slot_waits")
         await pg.execute("DROP INDEX IF EXISTS leases_by_instance")
         await pg.execute("UPDATE schema_version SET version = 1")
     finally:
