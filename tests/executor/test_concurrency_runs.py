@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
 
+from connect.executor.concurrency import SlotGrants
+from connect.store import SlotClaim, SqliteStore
 from protocol.payloads import ConcurrencyLimit
 from tests.executor.harness import APP, Harness
 from tests.executor.scripted_worker import Ctx, Step
@@ -70,3 +73,26 @@ async def test_a_run_cancelled_while_waiting_leaves_the_line(harness: Harness) -
         assert time.monotonic() < deadline, "slots still held after every run ended"
         await asyncio.sleep(0.01)
     assert await harness.store.release_run_slots(waiting) == []
+
+
+async def test_a_grant_not_heard_is_found_by_asking_again(tmp_path: Path) -> None:
+    """Two store objects on one SQLite file hear only their own notifications, as
+    processes that lost one would: the waiter learns of its grant by asking again."""
+    here, there = await SqliteStore.open(tmp_path / "s.db"), await SqliteStore.open(tmp_path / "s.db")
+    try:
+        grants = SlotGrants(here, sweep=0.2)
+        await grants.start()
+        claims = [SlotClaim("k", 1)]
+        assert await there.acquire_slots("holder", "run0", claims, 0)
+        waiting = asyncio.create_task(grants.acquire("waiter", "run1", claims, 1))
+        await asyncio.sleep(0.05)
+        assert not waiting.done() and grants.waiting == 1
+        assert await there.release_slots(["holder"]) == ["waiter"]  # announced on `there` only
+        await asyncio.wait_for(waiting, 5)
+        assert waiting.result() is True and grants.waiting == 0
+        # With a deadline and no room: False, still in line.
+        assert not await grants.acquire("late", "run2", claims, 2, timeout=0.3)
+        assert await there.release_slots(["waiter"]) == ["late"]
+    finally:
+        await here.close()
+        await there.close()
