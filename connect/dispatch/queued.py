@@ -24,7 +24,11 @@ announcing transaction stored it. An answer announced by its request id left
 the queue in the transaction that announced it (`REQUEST_SETTLED` is sent only with the queued request's
 removal or lapse, and storing a reply removes it), so the reply is read and
 nothing more is written; a reply found any other way (a sweep, a request
-dispatched again) is dequeued first.
+dispatched again) is dequeued first. A request queued again while its answer
+was on its way may stay queued after that answer: the run's commit that
+consumes the reply dequeues it (`Store.save_run`), and a gateway that takes it
+first finds the reply, or finds it gone and forwards nothing
+(`connect.gateway.pump`).
 """
 
 from __future__ import annotations
@@ -107,13 +111,14 @@ class QueuedPort:
                 "run the executor with checkpoint_steps=False on this port"
             )
         await self._listen()
-        if not request.fresh:
-            stored = await self._store.get_reply(rid)
-            if stored is not None:
-                await self._store.dequeue_request(rid)
-                return reply_from_bytes(stored)
+        # Waiting from before the look below: an answer announced while it looks is not missed.
         settled = self._waiting[rid] = asyncio.Event()
         try:
+            if not request.fresh:
+                stored = await self._store.get_reply(rid)
+                if stored is not None:
+                    await self._store.dequeue_request(rid)
+                    return reply_from_bytes(stored)
             await self._store.queue_request(
                 QueuedRequest(
                     rid,

@@ -10,7 +10,11 @@ stored, `LAPSED` if the worker was lost, `RETURNED` if no worker here could
 take it after all (another gateway may). A fresh request (`QueuedRequest.fresh`:
 never dispatched before) is dispatched as fresh, without looking for a stored
 reply or lease, and its answer needs no settling: storing the reply took it
-out of the queue. A gateway that dies holding
+out of the queue. A request taken again (not fresh: an executor that took its
+run over queued it again) is looked up first (`Store.taken_request`): a stored
+reply answers it, and one no longer held here is not forwarded (its reply was
+stored and consumed meanwhile, which took it out of the queue, or another
+gateway has it). A gateway that dies holding
 requests loses them to the others once its holds lapse.
 
 It takes no more than `max_in_flight` requests at once, and none for a
@@ -50,7 +54,7 @@ HOLD: Final = 30.0
 SWEEP_INTERVAL: Final = 5.0
 #: Requests forwarded at once, at most.
 MAX_IN_FLIGHT: Final = 1024
-#: How a forward ends when its answer already took the request out of the queue.
+#: How a forward ends when the request is out of the queue already (answered, or taken elsewhere).
 _GONE: Final = "gone"
 
 
@@ -190,6 +194,17 @@ class RequestPump:
             fresh=queued.fresh,
         )
         try:
+            if not queued.fresh:
+                # Queued again (by an executor that took the run over, say): its
+                # reply may be stored, or even consumed already, which also took
+                # it out of the queue. Only a request still held here, with no
+                # reply, goes on to `dispatch` (which honours a live lease).
+                taken = await self._store.taken_request(rid, self.gateway_id)
+                if taken.reply is not None:
+                    return ANSWERED
+                if not taken.held:
+                    log.debug("request %s: answered and consumed since it was queued again; not forwarded", rid)
+                    return _GONE
             await self._dispatcher.dispatch(request)
             # A fresh request's answer was stored after it was taken, and storing
             # it took it out of the queue (`Store.put_reply`): nothing to settle.
@@ -243,6 +258,7 @@ class RequestPump:
     async def _stop(self) -> None:
         """Cancel what is under way; what was taken is settled (handed back) all the same."""
         tasks = [*self._forwarding.values(), *self._blocked.values()]
+        log.debug("pump stopping: %d forwards, %d settling", len(self._forwarding), len(self._settling))
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

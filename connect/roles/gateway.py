@@ -241,7 +241,9 @@ class GatewayProcess:
             await asyncio.gather(self._draining, return_exceptions=True)
         self._pumping.cancel()
         await asyncio.gather(self._pumping, return_exceptions=True)
+        log.debug("gateway %s: pump stopped", self.process_id)
         await self.registry.close()
+        log.debug("gateway %s: registry entries dropped", self.process_id)
         await self.role.close()
 
 

@@ -74,10 +74,13 @@ class RolesServer(ProcessRoot):
             log.info("gateway drained")
         if api is not None:
             await api.stop()
+            log.debug("api stopped")
         if gateway is not None:
             await gateway.close()
+            log.debug("gateway closed")
         if executor is not None:
             await executor.stop()
+            log.debug("executor stopped")
         await store.close()
         code = self.exit_status()
         log.info("%s stopped (exit status %d)", s.name, code)

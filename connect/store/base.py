@@ -340,6 +340,15 @@ class QueuedRequest(msgspec.Struct, frozen=True):
     fresh: bool = False
 
 
+class TakenRequest(msgspec.Struct, frozen=True):
+    """What a gateway finds of a request it took, read at one instant (`Store.taken_request`)."""
+
+    #: The reply stored for it, if one is.
+    reply: bytes | None
+    #: Whether the gateway still holds it in the queue.
+    held: bool
+
+
 class RunMemo(msgspec.Struct, frozen=True):
     """A memo for some run, stored together with the event that produced it
     (the event a wait matched, or the `function.finished` an invoke waited for)."""
@@ -517,7 +526,7 @@ class Store(ReplyStore, Protocol):
     ) -> list[bool]:
         """Atomically: replace the run's state (all but `cancel_requested`),
         add `memos` (a memo already stored under the same step hash is kept,
-        first result wins), delete the reply and lease stored for `consumed_request_id`
+        first result wins), delete the reply, lease and queued request stored for `consumed_request_id`
         and record `events` as `record_events` does. Returns, per event,
         whether it was new.
 
@@ -603,6 +612,14 @@ class Store(ReplyStore, Protocol):
 
     async def dequeue_request(self, request_id: str) -> None:
         """Remove the request from the queue, whatever its state."""
+        ...
+
+    async def taken_request(self, request_id: str, gateway: str) -> TakenRequest:
+        """The stored reply of a request `gateway` took, and whether it still
+        holds it, both as of one instant. A request that is no longer held and
+        has no reply was answered and its reply consumed (`save_run` removes
+        both), or its hold lapsed and another gateway has it: either way this
+        gateway must not forward it."""
         ...
 
     # --- the process registry -------------------------------------------------------

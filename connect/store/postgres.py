@@ -55,6 +55,7 @@ from connect.store.base import (
     RunRecord,
     SlotClaim,
     StepMemo,
+    TakenRequest,
     Waiting,
     answer_entries,
     chunk_ids,
@@ -90,7 +91,9 @@ _NOTIFY_EACH: Final = "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p"
 _LEASE_LOCK_SPACE: Final = 0x636E6C73  # "cnls"
 
 # One run's step in one statement: its new memos (in order; a memo already
-# stored is kept), the consumed reply and lease, and its new state (all but
+# stored is kept), the consumed reply, lease and queued request (a request queued
+# again while its reply was on its way must not be forwarded once the reply is
+# consumed), and its new state (all but
 # `cancel_requested`, which only `request_cancel` writes). A Running run's
 # save passes no status ($5 NULL) and leaves status, end and output as they
 # are, as the SQLite store does. The CTEs run though the UPDATE reads none.
@@ -104,6 +107,8 @@ WITH memo AS (
     DELETE FROM replies WHERE request_id = $4
 ), lease AS (
     DELETE FROM leases WHERE request_id = $4
+), queued AS (
+    DELETE FROM queued_requests WHERE request_id = $4
 )
 UPDATE runs SET status = COALESCE($5, status),
     ended_at_ms = CASE WHEN $5::text IS NULL THEN ended_at_ms ELSE $6 END,
@@ -932,6 +937,21 @@ class PostgresStore:
             await conn.execute("DELETE FROM queued_requests WHERE request_id = $1", request_id)
 
         await self._writer.run(op)
+
+    async def taken_request(self, request_id: str, gateway: str) -> TakenRequest:
+        async def op(conn: Connection) -> TakenRequest:
+            # One statement, so one snapshot: a reply consumed and its request
+            # dequeued by the same commit are seen both present or both gone.
+            row = await conn.fetchrow(
+                "SELECT (SELECT data FROM replies WHERE request_id = $1),"
+                " EXISTS (SELECT 1 FROM queued_requests WHERE request_id = $1 AND holder = $2)",
+                request_id,
+                gateway,
+            )
+            assert row is not None
+            return TakenRequest(row[0], row[1])
+
+        return await self._writer.read(op)
 
     # --- notifications -------------------------------------------------------------------
 

@@ -59,6 +59,7 @@ from connect.store.base import (
     RunRecord,
     SlotClaim,
     StepMemo,
+    TakenRequest,
     Waiting,
     answer_entries,
     chunk_ids,
@@ -730,9 +731,11 @@ class SqliteStore:
             if memo_rows:
                 conn.executemany(_INSERT_MEMO, memo_rows)
             if consumed_request_id:
-                # The request is answered for good: its reply row and lease, if any, are done with.
+                # The request is answered for good: its reply row, lease and queued
+                # request (queued again while its reply was on its way), if any, are done with.
                 conn.execute("DELETE FROM replies WHERE request_id = ?", (consumed_request_id,))
                 conn.execute("DELETE FROM leases WHERE request_id = ?", (consumed_request_id,))
+                conn.execute("DELETE FROM queued_requests WHERE request_id = ?", (consumed_request_id,))
             return _insert_events(conn, event_rows) if event_rows else []
 
         return await self._writer.submit(op)
@@ -859,6 +862,16 @@ class SqliteStore:
         def op(conn: sqlite3.Connection) -> bool:
             row = conn.execute("SELECT lapsed FROM queued_requests WHERE request_id = ?", (request_id,)).fetchone()
             return row is not None and bool(row[0])
+
+        return await self._writer.submit(op)
+
+    async def taken_request(self, request_id: str, gateway: str) -> TakenRequest:
+        def op(conn: sqlite3.Connection) -> TakenRequest:
+            reply = conn.execute("SELECT data FROM replies WHERE request_id = ?", (request_id,)).fetchone()
+            held = conn.execute(
+                "SELECT 1 FROM queued_requests WHERE request_id = ? AND holder = ?", (request_id, gateway)
+            ).fetchone()
+            return TakenRequest(None if reply is None else bytes(reply[0]), held is not None)
 
         return await self._writer.submit(op)
 

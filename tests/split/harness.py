@@ -62,7 +62,10 @@ def _clean_env() -> dict[str, str]:
     """The test's environment without the platform's and workers' CONNECT_ settings,
     so each process gets only what its start names (CONNECT_GATEWAY_URL means one
     thing to a gateway and another to a worker)."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("CONNECT_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONNECT_")}
+    if os.environ.get("SPLIT_LOG_LEVEL"):  # e.g. debug, to follow one request across processes
+        env["CONNECT_LOG_LEVEL"] = os.environ["SPLIT_LOG_LEVEL"]
+    return env
 
 
 class StoreProbe:

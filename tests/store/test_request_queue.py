@@ -16,6 +16,7 @@ from connect.store import (
     RETURNED,
     QueuedRequest,
     Store,
+    TakenRequest,
     read_answers,
 )
 from tests.store.conftest import Engine
@@ -179,3 +180,16 @@ async def test_requests_queued_together_are_each_queued_once(store: Store) -> No
     slugs: set[str] = set()
     while slugs != {"app-fn", "app-other"}:
         slugs.add(await asyncio.wait_for(announced.get(), 10))
+
+
+async def test_a_taken_request_shows_its_reply_and_hold_as_of_one_instant(store: Store) -> None:
+    await store.queue_request(queued("r1"))
+    assert len(await store.take_requests("gw-a", ["app-fn"], NOW, NOW + HOLD, 10)) == 1
+    assert await store.taken_request("r1", "gw-a") == TakenRequest(None, True)
+    assert await store.taken_request("r1", "gw-b") == TakenRequest(None, False)
+    # Queued again while its reply is stored: the reply answers it.
+    await store.put_reply("r1", b"reply")
+    await store.queue_request(queued("r1"))
+    assert len(await store.take_requests("gw-b", ["app-fn"], NOW, NOW + HOLD, 10)) == 1
+    assert await store.taken_request("r1", "gw-b") == TakenRequest(b"reply", True)
+    assert await store.taken_request("gone", "gw-b") == TakenRequest(None, False)

@@ -18,6 +18,7 @@ from connect.store import (
     LeaseRecord,
     NewEvent,
     PendingRequest,
+    QueuedRequest,
     RunMemo,
     RunRecord,
     StepMemo,
@@ -146,10 +147,14 @@ async def test_save_run_is_one_atomic_step(engine: Engine) -> None:
     try:
         await store.record_events([NewEvent(event_record("e1"), [run_record("run1")])])
         await store.put_reply("req-run1", b"reply")
+        # Queued again by an executor that had not seen the reply yet.
+        await store.queue_request(QueuedRequest("req-run1", "run1", "app", "app-fn", "step", b"{}", 1))
         run = run_record("run1")
         run.requests = [PendingRequest("req-2", "h2")]
         await store.save_run(run, fence=0, memos=[StepMemo("h1", b'{"data":"a"}')], consumed_request_id="req-run1")
         assert await store.get_reply("req-run1") is None
+        # Consumed: out of the queue too, so no gateway forwards it again.
+        assert await store.take_requests("gw", ["app-fn"], 1, 2, 10) == []
         assert (await store.get_run("run1")) == run
         # A memo already stored is kept: the first result wins.
         await store.save_run(run, fence=0, memos=[StepMemo("h1", b'{"data":"b"}')])
