@@ -5,6 +5,11 @@ parallel group run concurrently on whichever workers have capacity), except
 the common case of one request and nothing else going on, which the loop
 dispatches inline. Waiting for a worker (none connected, or all at capacity)
 spends no attempt; outcomes go to the runner's inbox.
+
+A request of a function with concurrency limits first holds its slots
+(`connect.executor.concurrency`), in its task, waiting its turn without
+spending an attempt; the slots go once a commit of the run ends the request
+(`RunState._release_slots`).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import logging
 
 from connect.dispatch import AtCapacity, DispatchError, NoWorker, StepRequest
 from connect.executor.checkpoints import CheckpointTaking
+from connect.executor.concurrency import as_dict
 from connect.executor.inbox import DispatchFailed, Message, Oversized, Replied, StartTimedOut, TaskCrashed
 from connect.executor.requests import build_request
 from connect.store.base import PendingRequest
@@ -44,6 +50,7 @@ class Dispatching(CheckpointTaking):
             and not run.waiting
             and self._inbox.empty()
             and run.requests[0].wake_at_ms <= self._s.clock() * 1000
+            and (self._limits is None or run.requests[0].request_id in self._slots)
         )
 
     async def _dispatch(self, pending: PendingRequest, *, no_worker_yet: bool = False) -> None:
@@ -58,6 +65,9 @@ class Dispatching(CheckpointTaking):
                 delay = pending.wake_at_ms / 1000 - s.clock()
                 if delay > 0:
                     await asyncio.sleep(delay)
+            if self._limits is not None and pending.request_id not in self._slots:
+                if not await self._hold_slots(pending):
+                    return
             while True:
                 if not no_worker_yet:
                     message = await self._attempt(pending)
@@ -78,6 +88,25 @@ class Dispatching(CheckpointTaking):
             raise
         except Exception as exc:
             self.deliver(TaskCrashed(exc))
+
+    async def _hold_slots(self, pending: PendingRequest) -> bool:
+        """Wait until `pending` holds its concurrency slots; False (and the run
+        told) if `timeouts.start` passed first."""
+        run, limits, slots = self.run, self._limits, self._s.slots
+        assert run is not None and self.event is not None and limits is not None and slots is not None
+        trigger = as_dict(self.event)
+        timeout = None
+        start_timeout = self._start_timeout_ms()
+        if start_timeout is not None:
+            timeout = max(0.0, (run.started_at_ms + start_timeout) / 1000 - self._s.clock())
+        claims = limits.claims(trigger)
+        order = limits.order(run.started_at_ms, trigger)
+        if not await slots.acquire(pending.request_id, run.run_id, claims, order, timeout=timeout):
+            assert start_timeout is not None
+            self.deliver(StartTimedOut(start_timeout))
+            return False
+        self._slots.add(pending.request_id)
+        return True
 
     async def _attempt(self, pending: PendingRequest) -> Message | None:
         """One dispatch of `pending`: its outcome, or None if no worker can take it now."""

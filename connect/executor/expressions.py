@@ -76,6 +76,16 @@ class Expression:
             return None
         return result
 
+    def result(self, event: dict[str, Any]) -> Any:
+        """The value of an expression over `event` (a concurrency key, a
+        priority), as a CEL value; raises ValueError when it cannot be evaluated."""
+        try:
+            return self._program.evaluate({"event": json_to_cel(event)})
+        except CELEvalError as exc:
+            raise ValueError(f"{self.text!r}: {exc}") from exc
+        except Exception as exc:  # a bug in an expression must not break a run
+            raise ValueError(f"{self.text!r} failed: {exc}") from exc
+
 
 @lru_cache(maxsize=4096)
 def compiled(text: str) -> Expression:

@@ -3,11 +3,12 @@ functions refused (and why), and options registered that it does not honour.
 
 An SDK registers more than this executor implements. It runs retries,
 `cancel`, `timeouts`, event triggers with expressions, cron triggers,
-`onFailure` functions, and flow control when a run starts: throttle, rate
-limit, idempotency and singleton (`connect.executor.start_limits`), debounce
-and event batches (`connect.executor.held_starts`). The rest of flow control
-(concurrency, priority) and cron jitter are kept as registered, typed in
-`FunctionConfig`, but not enforced yet. The function is still served: its
+`onFailure` functions, and all flow control: throttle, rate limit,
+idempotency and singleton when a run starts (`connect.executor.start_limits`),
+debounce and event batches (`connect.executor.held_starts`), and
+`concurrency` limits with `priority` while steps run
+(`connect.executor.concurrency`). Cron jitter is kept as registered, typed in
+`FunctionConfig`, but not enforced yet; the function is still served and its
 runs start as if the option were not there.
 Nothing is silently ignored: each such option is named in one warning per
 function when its app's registration changes (a fleet of workers
@@ -31,8 +32,8 @@ log = logging.getLogger(__name__)
 
 #: Top-level options an SDK may register that the executor does not enforce.
 NOT_HONOURED: Final[tuple[tuple[str, Callable[[FunctionConfig], Any]], ...]] = (
-    ("concurrency", lambda fn: fn.concurrency),
-    ("priority", lambda fn: fn.priority),
+    # Every top-level flow-control option is honoured; cron jitter is checked
+    # per trigger in `not_honoured`.
 )
 
 _encode: Final = msgspec.json.Encoder().encode
@@ -45,7 +46,7 @@ def not_honoured(fn: FunctionConfig, unknown: Sequence[str] = ()) -> dict[str, A
     found: dict[str, Any] = {}
     for name, get in NOT_HONOURED:
         value = get(fn)
-        if value is not None and value != []:  # Python registers `concurrency: []` for "none"
+        if value is not None:
             found[name] = msgspec.to_builtins(value)
     for i, trigger in enumerate(fn.triggers):
         if trigger.cron is not None and trigger.jitter:

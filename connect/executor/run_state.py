@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 import msgspec
 
 from connect.dispatch import CheckpointDecided, Port
+from connect.executor.concurrency import FunctionLimits, SlotGrants
 from connect.executor.inbox import CancelRequested, Message, Replied
 from connect.executor.intake import Intake
 from connect.executor.retries import Backoff
@@ -27,6 +28,7 @@ from connect.store.base import (
     CANCELLED,
     COMPLETED,
     DISCOVERY,
+    RUNNING,
     NewEvent,
     PendingRequest,
     RunRecord,
@@ -62,6 +64,8 @@ class RunServices:
     checkpoint_steps: bool = True
     #: Re-dispatches of one request after lost workers (see `connect.executor.attempts`).
     max_lease_lapses: int = MAX_LEASE_LAPSES
+    #: Concurrency slots (see `connect.executor.concurrency`); None: never needed.
+    slots: SlotGrants | None = None
 
 
 class RunHost(Protocol):
@@ -127,6 +131,10 @@ class RunState:
         #: Checkpointed steps taken to be stored by the next commit, the one
         #: that handles the reply right behind them (see `CheckpointTaking.checkpoint_offered`).
         self._joined: list[tuple[list[StepMemo], str]] = []
+        #: The function's concurrency limits (None: it has none, the usual case).
+        self._limits: FunctionLimits | None = None
+        #: Requests of this run known to hold their concurrency slots.
+        self._slots: set[str] = set()
 
     def deliver(self, message: Message) -> None:
         if isinstance(message, Replied):
@@ -151,6 +159,9 @@ class RunState:
         self._fresh = set()
         self._cancel_reason = "cancelled" if self.run.cancel_requested else None
         self._has_replied = bool(self.memos) or self.run.request_version != -1
+        info = self._host.lookup(self.run.function_id)
+        self._limits = None if info is None else info.limits
+        self._slots = set()
 
     # --- transitions (each is one store write) ---------------------------------------
 
@@ -210,7 +221,24 @@ class RunState:
             raise
         for _, request_id in joined:
             self._s.dispatcher.send(CheckpointDecided(request_id, stored=True))
+        if self._slots or (self._limits is not None and run.status != RUNNING):
+            self._release_slots()
         return stored
+
+    def _release_slots(self) -> None:
+        """Free (in the background) the slots of requests this commit ended:
+        all of them, waits included, when the run ended."""
+        run, slots = self.run, self._s.slots
+        assert run is not None and slots is not None
+        if run.status != RUNNING:
+            self._slots.clear()
+            slots.release(run_id=run.run_id)
+            return
+        current = {r.request_id for r in run.requests}
+        done = [rid for rid in self._slots if rid not in current]
+        if done:
+            self._slots.difference_update(done)
+            slots.release(done)
 
     def _drop_joined(self) -> None:
         """Joined steps no commit will carry now: refused after all."""

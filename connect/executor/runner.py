@@ -96,6 +96,10 @@ class Runner(Dispatching, Cancelling, Attempts):
             return False
         self.event = _decode_event(loaded.event.body)
         self.batch = [_decode_event(body) for body in loaded.batch]
+        if self._limits is not None:
+            # Slots of requests a stopped process left behind (their replies
+            # committed, the release not): only the current requests keep theirs.
+            await self._s.store.release_run_slots(self.run_id, keep=[r.request_id for r in loaded.run.requests])
         return True
 
     # --- the loop -------------------------------------------------------------------

@@ -51,6 +51,7 @@ import msgspec
 
 from connect.dispatch import Port
 from connect.executor import replies
+from connect.executor.concurrency import SlotGrants
 from connect.executor.cron import CRON_EVENT, CronSchedule
 from connect.executor.feed import PAGE as FEED_PAGE
 from connect.executor.feed import EventFeed
@@ -176,6 +177,7 @@ class Executor:
             clock=clock,
             checkpoint_steps=checkpoint_steps,
             max_lease_lapses=max_lease_lapses,
+            slots=SlotGrants(store),
         )
         self._registry = TriggerIndex(default_retries)
         #: What each app registered, refusals and options not honoured included.
@@ -227,6 +229,8 @@ class Executor:
         if not self._listening:
             await self._store.listen(RUNS_RELEASED, lambda _owner: self._sweep_now.set())
             await self._store.listen(HELD_STARTS_CHANGED, self._held_changed)
+            assert self._services.slots is not None
+            await self._services.slots.start()
             if self._shared:
                 await self._store.listen(APPS_CHANGED, lambda _app: self._apps_wake.set())
                 await self._store.listen(EVENTS_RECORDED, self._events_recorded)
@@ -264,6 +268,8 @@ class Executor:
         self._tasks.clear()
         self._background.clear()
         self._runners.clear()
+        if self._services.slots is not None:
+            await self._services.slots.drain()
         try:
             released = await self._ownership.release()
         except Exception:

@@ -26,6 +26,7 @@ from typing import Any, Final, NamedTuple
 
 import msgspec
 
+from connect.executor.concurrency import FunctionLimits, function_limits
 from connect.executor.cron import CronSchedule
 from connect.executor.expressions import Expression
 from connect.executor.held_starts import HeldRule, rule_of
@@ -71,6 +72,8 @@ class FunctionInfo(msgspec.Struct, frozen=True):
     start_limits: StartLimits | None = None
     #: Debounce or event batch (None: neither).
     held: HeldRule | None = None
+    #: Its concurrency limits and priority (None: none, nothing to do per step).
+    limits: FunctionLimits | None = None
 
 
 class _Entry(NamedTuple):
@@ -208,6 +211,7 @@ def _info(target: Target, fn: FunctionConfig, held: HeldRule | None) -> Function
         finish_timeout_ms=_duration_ms(fn.id, "timeouts.finish", timeouts.finish),
         start_limits=parse_start_limits(fn),
         held=held,
+        limits=function_limits(fn),
     )
 
 

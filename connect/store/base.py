@@ -93,6 +93,11 @@ PROCESSES_CHANGED: Final = "connect_processes_changed"
 #: and `save_run` when an event was held.
 HELD_STARTS_CHANGED: Final = "connect_held_starts_changed"
 
+#: Announces concurrency slots granted to requests that were waiting for them
+#: (payload: their request ids joined by ","; a long list is split over several
+#: notifications). Sent by `release_slots` and `release_run_slots`.
+SLOTS_GRANTED: Final = "connect_slots_granted"
+
 #: The largest payload of one `EVENTS_RECORDED` notification, in bytes
 #: (PostgreSQL refuses payloads of 8000 bytes or more).
 EVENTS_PAYLOAD_MAX: Final = 7000
@@ -307,6 +312,16 @@ class RunRecord(msgspec.Struct):
     cancel_requested: bool = False
     output: bytes | None = None
     ended_at_ms: int | None = None
+
+
+class SlotClaim(msgspec.Struct, frozen=True):
+    """One concurrency limit a request must fit in: at most `limit` requests
+    hold a slot of `key` at once. `key` is the evaluated key, scope included
+    (see `connect.executor.concurrency`); two functions sharing a key each
+    block at their own `limit`."""
+
+    key: str
+    limit: int
 
 
 class QueuedRequest(msgspec.Struct, frozen=True):
@@ -727,6 +742,40 @@ class Store(ReplyStore, Protocol):
         across processes: however many race for an instance's last slot, at
         most `limit` leases are held. This is how `max_worker_concurrency`
         holds across gateways."""
+        ...
+
+    # --- executor: concurrency slots ---------------------------------------------------
+    #
+    # A request of a function with concurrency limits holds one slot of each of
+    # its keys (`SlotClaim`) while it runs on a worker. A request that does not
+    # fit waits in the store, ordered by `order` (its run's start in ms, less
+    # its priority), then by run id and request id, and is granted a slot when
+    # a release frees room for it. Every call is atomic across processes: with
+    # any number of callers, a key never has more slots held than the `limit`
+    # of any request granted one (each request is checked against its own).
+
+    async def acquire_slots(self, request_id: str, run_id: str, claims: Sequence[SlotClaim], order: int) -> bool:
+        """Hold a slot of every claim's key for `request_id`, or wait for them;
+        True when the request holds them (now, or since an earlier call).
+        Granted at once when each key has fewer than its claim's `limit` held
+        and no request ordered before this one waits on it; otherwise the
+        request is recorded as waiting (calling again keeps its place, and
+        grants it if it fits by then). An empty `claims` is granted."""
+        ...
+
+    async def release_slots(self, request_ids: Sequence[str]) -> list[str]:
+        """Free the slots `request_ids` hold and forget their waits; then grant
+        the earliest waiters that now fit, announcing them on `SLOTS_GRANTED`.
+        Returns the request ids granted."""
+        ...
+
+    async def release_run_slots(self, run_id: str, keep: Sequence[str] = ()) -> list[str]:
+        """`release_slots` for every request of `run_id` (but those in `keep`):
+        a run that ended, or one read back whose earlier requests are done."""
+        ...
+
+    async def slots_held(self, key: str) -> list[str]:
+        """The request ids holding a slot of `key` (for tests and the API)."""
         ...
 
     # --- executor: cron -------------------------------------------------------

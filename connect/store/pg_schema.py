@@ -227,6 +227,29 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
             PRIMARY KEY (run_id, position)
         )""",
     ),
+    # 8 -> 9: concurrency slots held per (key, request) and requests waiting for
+    # them (see `connect.store.pg_slots`).
+    (
+        """CREATE TABLE slot_holds (
+            key TEXT NOT NULL,
+            request_id TEXT NOT NULL,
+            run_id TEXT NOT NULL,
+            PRIMARY KEY (key, request_id)
+        )""",
+        "CREATE INDEX slot_holds_by_request ON slot_holds (request_id)",
+        "CREATE INDEX slot_holds_by_run ON slot_holds (run_id)",
+        """CREATE TABLE slot_waits (
+            key TEXT NOT NULL,
+            request_id TEXT NOT NULL,
+            run_id TEXT NOT NULL,
+            lim INTEGER NOT NULL,
+            ord BIGINT NOT NULL,
+            PRIMARY KEY (key, request_id)
+        )""",
+        "CREATE INDEX slot_waits_in_line ON slot_waits (key, ord, run_id, request_id)",
+        "CREATE INDEX slot_waits_by_request ON slot_waits (request_id)",
+        "CREATE INDEX slot_waits_by_run ON slot_waits (run_id)",
+    ),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

@@ -23,6 +23,7 @@ from typing import Final
 import asyncpg
 import msgspec
 
+from connect.store import pg_slots
 from connect.store.base import (
     ANSWERED,
     APPS_CHANGED,
@@ -39,6 +40,7 @@ from connect.store.base import (
     RUN_CANCEL_REQUESTED,
     RUNNING,
     RUNS_RELEASED,
+    SLOTS_GRANTED,
     AppRecord,
     Claim,
     ConnectionRecord,
@@ -55,6 +57,7 @@ from connect.store.base import (
     QueuedRequest,
     RunOwnershipLost,
     RunRecord,
+    SlotClaim,
     StepMemo,
     TakenRequest,
     Waiting,
@@ -726,6 +729,13 @@ async def _notify_events(conn: Connection, event_ids: list[str]) -> None:
         await conn.execute(_NOTIFY_EACH, EVENTS_RECORDED, chunk_ids(event_ids))
 
 
+async def _announce_grants(conn: Connection, granted: list[str]) -> list[str]:
+    """Announce `granted` on `SLOTS_GRANTED` at commit."""
+    if granted:
+        await conn.execute(_NOTIFY_EACH, SLOTS_GRANTED, chunk_ids(granted))
+    return granted
+
+
 _LeaseWithin = tuple[LeaseRecord, int, int]  # (the lease, the instance's limit, now)
 
 
@@ -1285,6 +1295,35 @@ class PostgresStore:
         return self._writer.submit(
             _PUT_LEASE_WITHIN, (LeaseRecord(request_id, lease_id, expires_at_ms, instance_id), limit, now_ms)
         )
+
+    # --- concurrency slots --------------------------------------------------------------
+
+    async def acquire_slots(self, request_id: str, run_id: str, claims: Sequence[SlotClaim], order: int) -> bool:
+        if not claims:
+            return True
+        wanted = list(claims)
+        return await self._writer.run(lambda conn: pg_slots.acquire(conn, request_id, run_id, wanted, order))
+
+    async def release_slots(self, request_ids: Sequence[str]) -> list[str]:
+        ids = list(request_ids)
+        if not ids:
+            return []
+
+        async def op(conn: Connection) -> list[str]:
+            return await _announce_grants(conn, await pg_slots.release(conn, ids))
+
+        return await self._writer.run(op)
+
+    async def release_run_slots(self, run_id: str, keep: Sequence[str] = ()) -> list[str]:
+        kept = list(keep)
+
+        async def op(conn: Connection) -> list[str]:
+            return await _announce_grants(conn, await pg_slots.release_run(conn, run_id, kept))
+
+        return await self._writer.run(op)
+
+    async def slots_held(self, key: str) -> list[str]:
+        return await self._writer.read(lambda conn: pg_slots.held(conn, key))
 
     # --- history retention -------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from typing import Final
 
 import msgspec
 
+from connect.store import sqlite_slots
 from connect.store.base import (
     ANSWERED,
     APPS_CHANGED,
@@ -41,6 +42,7 @@ from connect.store.base import (
     RUN_CANCEL_REQUESTED,
     RUNNING,
     RUNS_RELEASED,
+    SLOTS_GRANTED,
     WAIT_SLEEP,
     AppRecord,
     Claim,
@@ -58,6 +60,7 @@ from connect.store.base import (
     QueuedRequest,
     RunOwnershipLost,
     RunRecord,
+    SlotClaim,
     StepMemo,
     TakenRequest,
     Waiting,
@@ -78,7 +81,7 @@ from connect.store.writer import SqliteWriter
 from protocol.ids import new_ulid
 from protocol.payloads import Event, FunctionConfig
 
-SCHEMA_VERSION: Final = 8
+SCHEMA_VERSION: Final = 9
 
 _TABLES: Final = (
     "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
@@ -223,6 +226,8 @@ _TABLES: Final = (
         body BLOB NOT NULL,
         PRIMARY KEY (run_id, position)
     ) WITHOUT ROWID""",
+    # Concurrency slots held and waited for (schema 9).
+    *sqlite_slots.TABLES,
 )
 
 _RUNS_TABLE: Final = """CREATE TABLE {name} (
@@ -1274,6 +1279,36 @@ class SqliteStore:
             return cur.rowcount == 1
 
         return self._writer.submit_nowait(op)
+
+    # --- concurrency slots --------------------------------------------------------------
+
+    async def acquire_slots(self, request_id: str, run_id: str, claims: Sequence[SlotClaim], order: int) -> bool:
+        if not claims:
+            return True
+        wanted = list(claims)
+        return await self._writer.submit(lambda conn: sqlite_slots.acquire(conn, request_id, run_id, wanted, order))
+
+    async def release_slots(self, request_ids: Sequence[str]) -> list[str]:
+        ids = list(request_ids)
+        if not ids:
+            return []
+        granted = await self._writer.submit(lambda conn: sqlite_slots.release(conn, ids))
+        self._announce_grants(granted)
+        return granted
+
+    async def release_run_slots(self, run_id: str, keep: Sequence[str] = ()) -> list[str]:
+        kept = list(keep)
+        granted = await self._writer.submit(lambda conn: sqlite_slots.release_run(conn, run_id, kept))
+        self._announce_grants(granted)
+        return granted
+
+    async def slots_held(self, key: str) -> list[str]:
+        return await self._writer.submit(lambda conn: sqlite_slots.held(conn, key))
+
+    def _announce_grants(self, granted: list[str]) -> None:
+        if granted and SLOTS_GRANTED in self._listeners:
+            for payload in chunk_ids(granted):
+                self._notify(SLOTS_GRANTED, payload)
 
     # --- history retention -------------------------------------------------------------
 

@@ -39,7 +39,13 @@ def fn(name: str, **options: Any) -> dict[str, Any]:
 FUNCTIONS = [
     fn("good"),
     fn("bad", concurrency="five"),
-    fn("limited", concurrency=5, throttle={"limit": 1, "period": "1m"}),
+    fn(
+        "limited",
+        concurrency=5,
+        throttle={"limit": 1, "period": "1m"},
+        # A cron that never fires during the test, with jitter (not honoured).
+        triggers=[{"event": f"{APP}/limited"}, {"cron": "0 3 1 1 *", "jitter": "1m"}],
+    ),
 ]
 
 
@@ -106,11 +112,11 @@ def test_one_invalid_function_does_not_take_the_others_down(dev: DevServer) -> N
         "not_honoured": {},
     }
     assert listed[f"{APP}-limited"]["status"] == "active"
-    # throttle is honoured (connect.executor.start_limits): only concurrency is named.
-    assert listed[f"{APP}-limited"]["not_honoured"] == {"concurrency": 5}
+    # Concurrency and throttle are honoured: only the cron trigger's jitter is named.
+    assert listed[f"{APP}-limited"]["not_honoured"] == {"triggers[1].jitter": "1m"}
     assert dev.proc is not None
     log = dev.proc.output()
     # Once per registration, not once per worker of the fleet.
     assert log.count(f"app {APP}, function {APP}-bad: refused, not served: invalid config") == 1, log
     assert log.count(f"app {APP}, function {APP}-limited: registered options") == 1, log
-    assert "(the function runs without them): concurrency=5\n" in log, log
+    assert log.count('runs without them): triggers[1].jitter="1m"\n') == 1, log

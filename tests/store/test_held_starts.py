@@ -22,9 +22,11 @@ from connect.store import (
     NewEvent,
     PendingRequest,
     RunRecord,
+    SlotClaim,
     Store,
 )
 from connect.store.held_starts import MAX_BATCH_BYTES, HeldChange, hold_event
+from connect.store.sqlite import SCHEMA_VERSION
 from connect.store.start_gates import RateLimit, StartGate
 from tests.store.conftest import Engine, PostgresEngine, SqliteEngine
 
@@ -257,11 +259,12 @@ def test_hold_event_decisions() -> None:
 _ADDED_BY: dict[int, tuple[str, ...]] = {
     7: ("DROP TABLE start_limits", "DROP TABLE singletons", "DROP TABLE skipped_starts"),
     8: ("DROP TABLE held_starts", "DROP TABLE held_events", "DROP TABLE run_events"),
+    9: ("DROP TABLE slot_holds", "DROP TABLE slot_waits"),
 }
 
 
-@pytest.mark.parametrize("version", [6, 7])
-async def test_an_older_database_gains_start_gates_and_held_starts(engine: Engine, version: int) -> None:
+@pytest.mark.parametrize("version", [6, 7, 8])
+async def test_an_older_database_gains_start_gates_held_starts_and_slots(engine: Engine, version: int) -> None:
     store = await engine.open()
     await store.close()
     drop = [statement for added, statements in _ADDED_BY.items() if added > version for statement in statements]
@@ -281,7 +284,10 @@ async def test_an_older_database_gains_start_gates_and_held_starts(engine: Engin
     await engine.set_schema_version(version)
     store = await engine.open()
     try:
-        assert await engine.schema_version() == 8
+        assert await engine.schema_version() == SCHEMA_VERSION == 9
+        # The tables of schema 9: one slot of a key with limit 1, the second request waits.
+        assert await store.acquire_slots("s1", "run-s1", [SlotClaim("k", 1)], 0)
+        assert not await store.acquire_slots("s2", "run-s2", [SlotClaim("k", 1)], 0)
         await held(store, event("e1", 100), debounce())
         [claim] = await store.start_held("ex", 1100, 10)
         assert [r.run_id for r in await store.runs_for_event("e1")] == [claim.run_id]

@@ -29,6 +29,7 @@ from connect.store import (
     NewEvent,
     ProcessRecord,
     RunRecord,
+    SlotClaim,
     Store,
     chunk_ids,
 )
@@ -348,6 +349,7 @@ async def test_a_schema_5_database_gains_the_registry(engine: Engine) -> None:
     try:
         assert await engine.schema_version() == SCHEMA_VERSION
         assert not await store.put_lease_within("r2", "l2", NOW + TTL, "inst", 1, NOW)
+        assert await store.acquire_slots("r1", "run1", [SlotClaim("k", 1)], 0)
         await store.put_process(process("gw-a"))
         await store.put_connections("gw-a", [connection("c1", "gw-a")])
         assert len(await store.list_processes(None, NOW)) == len(await store.list_connections(NOW)) == 1
@@ -368,6 +370,9 @@ async def _downgrade_to_schema_5(engine: Engine) -> None:
         "DROP TABLE held_starts",
         "DROP TABLE run_events",
         "DROP TABLE held_events",
+        # Schema 9's (concurrency slots).
+        "DROP TABLE slot_holds",
+        "DROP TABLE slot_waits",
     )
     if isinstance(engine, SqliteEngine):
         with sqlite3.connect(engine.path) as conn:

@@ -1,5 +1,6 @@
 // An unmodified official TypeScript worker whose functions register flow
-// control options (not honoured by the platform yet: reported, still served).
+// control options: concurrency (honoured) and throttle and rate limit (not
+// honoured by the platform yet: reported, still served).
 // CONNECT_API_URL: the platform's API. Prints "slow started" when the slow
 // function's handler begins.
 import { Inngest } from "inngest";

@@ -1,0 +1,154 @@
+"""Concurrency slots in the SQLite store (see `Store.acquire_slots`).
+
+Two tables (schema 9): `slot_holds`, one row per (key, request) holding a
+slot, and `slot_waits`, one row per (key, request) waiting for one, with the
+request's limit on that key and its place in line. A request with two claims
+has two rows in one of them, never rows in both. Every function here runs on
+the store's one writer, inside its transaction: a count and the insert that
+follows it cannot interleave with another caller's.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+from typing import Final
+
+from connect.store.base import SlotClaim
+
+TABLES: Final = (
+    """CREATE TABLE IF NOT EXISTS slot_holds (
+        key TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        run_id TEXT NOT NULL,
+        PRIMARY KEY (key, request_id)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS slot_holds_by_request ON slot_holds (request_id)",
+    "CREATE INDEX IF NOT EXISTS slot_holds_by_run ON slot_holds (run_id)",
+    """CREATE TABLE IF NOT EXISTS slot_waits (
+        key TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        run_id TEXT NOT NULL,
+        lim INTEGER NOT NULL,
+        ord INTEGER NOT NULL,
+        PRIMARY KEY (key, request_id)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS slot_waits_in_line ON slot_waits (key, ord, run_id, request_id)",
+    "CREATE INDEX IF NOT EXISTS slot_waits_by_request ON slot_waits (request_id)",
+    "CREATE INDEX IF NOT EXISTS slot_waits_by_run ON slot_waits (run_id)",
+)
+
+#: How many waiters of one key a release looks at before it stops (the rest
+#: are reached by later releases, or by their own executors asking again).
+SCAN: Final = 200
+
+
+def _held(conn: sqlite3.Connection, key: str) -> int:
+    row = conn.execute("SELECT count(*) FROM slot_holds WHERE key = ?", (key,)).fetchone()
+    return int(row[0])
+
+
+def _fits(conn: sqlite3.Connection, request_id: str, run_id: str, claims: Sequence[SlotClaim], order: int) -> bool:
+    return all(
+        _held(conn, c.key) < c.limit
+        and conn.execute(
+            "SELECT 1 FROM slot_waits WHERE key = ? AND (ord, run_id, request_id) < (?, ?, ?) LIMIT 1",
+            (c.key, order, run_id, request_id),
+        ).fetchone()
+        is None
+        for c in claims
+    )
+
+
+def _reap(conn: sqlite3.Connection, keys: Sequence[str]) -> int:
+    """Forget the holds and waits on `keys` of runs that ended (left by a
+    process stopped between a run's end and its release); how many."""
+    gone = 0
+    for key in keys:
+        for table in ("slot_holds", "slot_waits"):
+            gone += conn.execute(
+                f"DELETE FROM {table} AS s WHERE key = ? AND EXISTS"  # noqa: S608 - constant table names
+                " (SELECT 1 FROM runs AS r WHERE r.run_id = s.run_id AND r.status <> 'Running')",
+                (key,),
+            ).rowcount
+    return gone
+
+
+def acquire(conn: sqlite3.Connection, request_id: str, run_id: str, claims: Sequence[SlotClaim], order: int) -> bool:
+    if not claims:
+        return True
+    if conn.execute("SELECT 1 FROM slot_holds WHERE request_id = ? LIMIT 1", (request_id,)).fetchone():
+        return True
+    fits = _fits(conn, request_id, run_id, claims, order)
+    if not fits and _reap(conn, [c.key for c in claims]):
+        fits = _fits(conn, request_id, run_id, claims, order)
+    if fits:
+        conn.execute("DELETE FROM slot_waits WHERE request_id = ?", (request_id,))
+        conn.executemany(
+            "INSERT OR IGNORE INTO slot_holds (key, request_id, run_id) VALUES (?, ?, ?)",
+            [(c.key, request_id, run_id) for c in claims],
+        )
+        return True
+    conn.executemany(
+        "INSERT OR IGNORE INTO slot_waits (key, request_id, run_id, lim, ord) VALUES (?, ?, ?, ?, ?)",
+        [(c.key, request_id, run_id, c.limit, order) for c in claims],
+    )
+    return False
+
+
+def release(conn: sqlite3.Connection, request_ids: Iterable[str]) -> list[str]:
+    keys: set[str] = set()
+    for rid in request_ids:
+        keys.update(k for (k,) in conn.execute("DELETE FROM slot_holds WHERE request_id = ? RETURNING key", (rid,)))
+        keys.update(k for (k,) in conn.execute("DELETE FROM slot_waits WHERE request_id = ? RETURNING key", (rid,)))
+    return grant(conn, keys)
+
+
+def release_run(conn: sqlite3.Connection, run_id: str, keep: Sequence[str]) -> list[str]:
+    rows = conn.execute(
+        "SELECT request_id FROM slot_holds WHERE run_id = ? UNION SELECT request_id FROM slot_waits WHERE run_id = ?",
+        (run_id, run_id),
+    ).fetchall()
+    kept = set(keep)
+    return release(conn, [rid for (rid,) in rows if rid not in kept])
+
+
+def grant(conn: sqlite3.Connection, keys: Iterable[str]) -> list[str]:
+    """Grant the earliest waiters of `keys` that fit now; their ids, in order."""
+    granted: list[str] = []
+    todo = sorted(set(keys))
+    seen: set[str] = set()
+    while todo:
+        key = todo.pop(0)
+        if key in seen:
+            continue
+        seen.add(key)
+        row = conn.execute("SELECT max(lim) FROM slot_waits WHERE key = ?", (key,)).fetchone()
+        if row is None or row[0] is None:
+            continue
+        most = int(row[0])
+        line = conn.execute(
+            "SELECT request_id, run_id FROM slot_waits WHERE key = ? ORDER BY ord, run_id, request_id LIMIT ?",
+            (key, SCAN),
+        ).fetchall()
+        for request_id, run_id in line:
+            if _held(conn, key) >= most:
+                break
+            claims = conn.execute("SELECT key, lim FROM slot_waits WHERE request_id = ?", (request_id,)).fetchall()
+            if not all(_held(conn, k) < lim for k, lim in claims):
+                continue
+            conn.execute("DELETE FROM slot_waits WHERE request_id = ?", (request_id,))
+            conn.executemany(
+                "INSERT OR IGNORE INTO slot_holds (key, request_id, run_id) VALUES (?, ?, ?)",
+                [(k, request_id, run_id) for k, _ in claims],
+            )
+            granted.append(request_id)
+            # Its other keys lost a waiter ahead of others: look at them too.
+            todo.extend(k for k, _ in claims if k not in seen)
+    return granted
+
+
+def held(conn: sqlite3.Connection, key: str) -> list[str]:
+    return [
+        rid for (rid,) in conn.execute("SELECT request_id FROM slot_holds WHERE key = ? ORDER BY request_id", (key,))
+    ]
