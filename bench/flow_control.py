@@ -36,11 +36,12 @@ step and a run's end is not a handover); and
 PostgreSQL with the default checkpoints (a throwaway cluster,
 `bench.postgres`), skipped with a reason when PostgreSQL is not installed.
 
-`python -m bench.flow_control [--quick]` runs it alone.
+`python -m bench.flow_control [--quick] [--cases sqlite,pg]` runs it alone.
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import sys
@@ -80,6 +81,8 @@ class _Side:
     commits: int = 0
     unfinished: int = 0
     per_window: list[float] = field(default_factory=list)
+    #: Submission to completion datagram of the runs started inside the windows (seconds).
+    latencies: list[float] = field(default_factory=list)
 
     def figures(self, prefix: str, database: Database | None) -> dict[str, Any]:
         steps = max(1, self.runs * STEPS)
@@ -90,6 +93,9 @@ class _Side:
             f"{prefix}_worker_cpu_us_per_step": self.worker_cpu / steps * 1e6,
             f"{prefix}_runs_unfinished": self.unfinished,
         }
+        lat = summary_ms(self.latencies)
+        out[f"{prefix}_run_p50_ms"], out[f"{prefix}_run_p99_ms"] = lat["p50_ms"], lat["p99_ms"]
+        out[f"{prefix}_run_max_ms"] = lat["max_ms"]
         if database is not None:
             out[f"{prefix}_statements_per_step"] = self.statements / steps
             out[f"{prefix}_commits_per_step"] = self.commits / steps
@@ -206,6 +212,7 @@ def _window(bench: _Bench, side: _Side, event: str, opts: scenario.Options, data
     side.dev_cpu += c1[0] - c0[0]
     side.worker_cpu += c1[1] - c0[1]
     side.unfinished += loop.unfinished
+    side.latencies += [loop.done[k] - loop.sent[k] for k in loop.window_keys()]
     if database is not None and counters0 is not None:
         time.sleep(STATS_SETTLE)
         counted = database.counters() - counters0
@@ -319,7 +326,10 @@ CASES = (("sqlite", True), ("sqlite_one_step", False), ("pg", True))
 
 def run(opts: scenario.Options, children: procs.Children) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    chosen = set(opts.extra.cases.split(",")) if opts.extra.cases else {name for name, _ in CASES}
     for prefix, checkpoints in CASES:
+        if prefix not in chosen:
+            continue
         if prefix != "pg":
             # B only with checkpoints: one step per request, a run's next request
             # takes the slot again after its step, so run ends are not handovers.
@@ -339,8 +349,13 @@ def run(opts: scenario.Options, children: procs.Children) -> dict[str, Any]:
     return out
 
 
+def _args(parser: argparse.ArgumentParser) -> None:
+    names = ",".join(name for name, _ in CASES)
+    parser.add_argument("--cases", default="", help=f"comma-separated, of {names} (default: all)")
+
+
 def main(argv: list[str] | None = None) -> int:
-    return scenario.main("flow_control", run, argv)
+    return scenario.main("flow_control", run, argv, _args)
 
 
 if __name__ == "__main__":

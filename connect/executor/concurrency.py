@@ -35,7 +35,7 @@ import contextlib
 import hashlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import msgspec
@@ -54,6 +54,8 @@ PRIORITY_MAX: Final = 600
 SWEEP_S: Final = 10.0
 #: Key values longer than this are stored as their SHA-256.
 KEY_MAX: Final = 200
+#: Events whose claims and priority a function remembers (see `FunctionLimits`).
+MEMO_MAX: Final = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,14 +67,44 @@ class Limit:
 
 @dataclass(frozen=True, slots=True)
 class FunctionLimits:
-    """A function's concurrency limits and run priority, compiled."""
+    """A function's concurrency limits and run priority, compiled.
+
+    Every request of a run claims the same slots and takes the same place in
+    line, so what its event evaluates to is remembered (by event id, for the
+    last `MEMO_MAX` events, and used only for an equal event): a run of six
+    requests evaluates its key and priority expressions once, not six times."""
 
     function_id: str
     limits: tuple[Limit, ...]
     priority: Expression | None
+    _memo: dict[str, tuple[dict[str, Any], tuple[SlotClaim, ...], int]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def claims(self, event: dict[str, Any]) -> list[SlotClaim]:
         """The slots a request of a run triggered by `event` must hold."""
+        return list(self._evaluated(event)[0])
+
+    def order(self, started_at_ms: int, event: dict[str, Any]) -> int:
+        """A waiting request's place in line (lower goes first)."""
+        return started_at_ms - self._evaluated(event)[1] * 1000
+
+    def _evaluated(self, event: dict[str, Any]) -> tuple[tuple[SlotClaim, ...], int]:
+        event_id = event.get("id")
+        memo = self._memo
+        if isinstance(event_id, str) and event_id:
+            found = memo.get(event_id)
+            if found is not None and found[0] == event:
+                return found[1], found[2]
+        claims = tuple(self._claims(event))
+        seconds = priority_seconds(self.priority, event)
+        if isinstance(event_id, str) and event_id:
+            if len(memo) >= MEMO_MAX:
+                del memo[next(iter(memo))]
+            memo[event_id] = (event, claims, seconds)
+        return claims, seconds
+
+    def _claims(self, event: dict[str, Any]) -> list[SlotClaim]:
         found: dict[str, int] = {}
         for item in self.limits:
             value = "" if item.key is None else _key_value(item.key, event)
@@ -80,10 +112,6 @@ class FunctionLimits:
             # The same counter twice: the lower limit is the one that binds.
             found[key] = min(item.limit, found.get(key, item.limit))
         return [SlotClaim(k, n) for k, n in found.items()]
-
-    def order(self, started_at_ms: int, event: dict[str, Any]) -> int:
-        """A waiting request's place in line (lower goes first)."""
-        return started_at_ms - priority_seconds(self.priority, event) * 1000
 
 
 def function_limits(fn: FunctionConfig) -> FunctionLimits | None:
