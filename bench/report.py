@@ -288,9 +288,10 @@ def rows(results: Results) -> list[Row]:
         g("flow_control", "pg_plain_statements_per_step"), plain)  # fmt: skip
     for case, label in (("sqlite", "SQLite"), ("pg", "PostgreSQL")):
         for q in ("p50", "p99"):
-            add(fc, f"handover {q}: commit -> next run's step starts, {label}",
-                g("flow_control", f"{case}_handover_commit_{q}_ms"), "ms",
-                g("flow_control", f"{case}_handover_end_{q}_ms"), "from the step's end on the worker")  # fmt: skip
+            add(fc, f"handover {q}, {label}: commit of the run before -> step starts",
+                g("flow_control", f"{case}_handover_commit_{q}_ms"), "ms")  # fmt: skip
+            add(fc, f"handover {q}, {label}: its step's end on the worker -> step starts",
+                g("flow_control", f"{case}_handover_end_{q}_ms"), "ms")  # fmt: skip
     return out
 
 
