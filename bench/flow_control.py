@@ -11,7 +11,10 @@ workers serving three functions (`bench.apps`):
   if it is 1,000 runs behind one still going). The two alternate, window
   for window (`ROUNDS` rounds, the order swapped each round), so both see
   the same moments of a shared machine. Figures: steps/s of each and
-  keyed / plain (the target is >= 0.80; printed, never asserted), with the
+  keyed / plain (the target is >= 0.80; printed, never asserted), both
+  counted in the windows and by Little's law (`bench.load`: runs kept in
+  flight over their mean latency; limited runs tend to move in waves, and
+  a count in a window is then a whole number of waves), with the
   CPU per step of `connect dev` and of the worker, and on PostgreSQL the
   statements and commits per step of the platform's database.
 - **B, handover.** A batch of runs of `handover` (one step, `limit: 1` on
@@ -74,6 +77,8 @@ class _Side:
 
     completed: int = 0
     span: float = 0.0
+    #: Little's law (`LoopResult.inflight_jobs_per_s`) times each window's span, summed.
+    inflight_runs: float = 0.0
     runs: int = 0
     dev_cpu: float = 0.0
     worker_cpu: float = 0.0
@@ -88,6 +93,7 @@ class _Side:
         steps = max(1, self.runs * STEPS)
         out: dict[str, Any] = {
             f"{prefix}_steps_per_s": self.completed * STEPS / self.span if self.span else 0.0,
+            f"{prefix}_inflight_steps_per_s": self.inflight_runs * STEPS / self.span if self.span else 0.0,
             f"{prefix}_window_steps_per_s": [round(x) for x in self.per_window],
             f"{prefix}_dev_cpu_us_per_step": self.dev_cpu / steps * 1e6,
             f"{prefix}_worker_cpu_us_per_step": self.worker_cpu / steps * 1e6,
@@ -207,6 +213,7 @@ def _window(bench: _Bench, side: _Side, event: str, opts: scenario.Options, data
     span = loop.window_end - loop.window_start
     side.completed += loop.completed_in_window
     side.span += span
+    side.inflight_runs += loop.inflight_jobs_per_s * span
     side.per_window.append(loop.completed_in_window * STEPS / span)
     side.runs += len(loop.done)
     side.dev_cpu += c1[0] - c0[0]
@@ -294,7 +301,9 @@ def measure(
         out: dict[str, Any] = {"rounds": rounds, "in_flight": IN_FLIGHT, "keys": KEYS, "key_limit": apps.KEY_LIMIT}
         out.update(plain.figures("plain", database))
         out.update(keyed.figures("keyed", database))
-        out["keyed_ratio"] = out["keyed_steps_per_s"] / out["plain_steps_per_s"] if out["plain_steps_per_s"] else 0.0
+        for figure in ("steps_per_s", "inflight_steps_per_s"):
+            base = out[f"plain_{figure}"]
+            out[f"keyed_{figure.replace('steps_per_s', 'ratio')}"] = out[f"keyed_{figure}"] / base if base else 0.0
         if not handover:
             return out
         c_sum, e_sum = summary_ms(from_commit), summary_ms(from_end)

@@ -282,6 +282,9 @@ def rows(results: Results) -> list[Row]:
                         ("pg", "PostgreSQL")):  # fmt: skip
         add(fc, f"steps/s, a key per run over 1,000, {label}", g("flow_control", f"{case}_keyed_steps_per_s"), "/s",
             g("flow_control", f"{case}_plain_steps_per_s"), plain, ">= 0.80x", lambda x: x >= 0.80)  # fmt: skip
+        add(fc, f"the same by Little's law, {label}", g("flow_control", f"{case}_keyed_inflight_steps_per_s"),
+            "/s", g("flow_control", f"{case}_plain_inflight_steps_per_s"), plain, ">= 0.80x",
+            lambda x: x >= 0.80)  # fmt: skip
         add(fc, f"connect dev CPU per step, {label}", g("flow_control", f"{case}_keyed_dev_cpu_us_per_step"), "us",
             g("flow_control", f"{case}_plain_dev_cpu_us_per_step"), plain)  # fmt: skip
     add(fc, "statements per step, PostgreSQL", g("flow_control", "pg_keyed_statements_per_step"), "",
