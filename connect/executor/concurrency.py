@@ -9,7 +9,8 @@ so every executor of a deployment counts the same ones and a restart loses
 no request waiting for one.
 
 Keys. A limit without `key` counts the whole function. A `key` is a CEL
-expression over the triggering event; its value names a counter within the
+expression over the triggering event (one that only names a field,
+`event.data.user_id`, is read without CEL); its value names a counter within the
 limit's `scope`: `fn` (the default) per function, `env` and `account`
 shared by every function whose key evaluates to the same value (this
 platform has one environment and one account, so both are the whole
@@ -34,6 +35,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -63,6 +65,12 @@ class Limit:
     limit: int
     scope: str
     key: Expression | None
+    #: The key's fields when it is a plain path (`event.data.user_id`), read without CEL.
+    path: tuple[str, ...] | None = None
+
+
+#: A key that only names a field of the event: `event.data.user_id`.
+_PATH = re.compile(r"event(\.[A-Za-z_][A-Za-z0-9_]*)+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +115,10 @@ class FunctionLimits:
     def _claims(self, event: dict[str, Any]) -> list[SlotClaim]:
         found: dict[str, int] = {}
         for item in self.limits:
-            value = "" if item.key is None else _key_value(item.key, event)
+            if item.path is not None:
+                value = _path_value(item.path, event)
+            else:
+                value = "" if item.key is None else _key_value(item.key, event)
             key = f"fn:{self.function_id}:{value}" if item.scope == "fn" else f"{item.scope}:{value}"
             # The same counter twice: the lower limit is the one that binds.
             found[key] = min(item.limit, found.get(key, item.limit))
@@ -122,12 +133,15 @@ def function_limits(fn: FunctionConfig) -> FunctionLimits | None:
         if item.limit <= 0:
             continue
         key = None
+        path = None
         if item.key:
             try:
                 key = Expression(item.key)
             except ValueError as exc:
                 log.warning("function %s: concurrency key ignored, the limit counts every run: %s", fn.id, exc)
-        limits.append(Limit(item.limit, item.scope or "fn", key))
+            else:
+                path = tuple(item.key.split(".")[1:]) if _PATH.fullmatch(item.key) else None
+        limits.append(Limit(item.limit, item.scope or "fn", key, path))
     if not limits:
         return None
     priority = None
@@ -169,6 +183,30 @@ def _key_value(expression: Expression, event: dict[str, Any]) -> str:
     else:
         try:
             text = msgspec.json.encode(_plain(value)).decode()
+        except (TypeError, msgspec.EncodeError):
+            text = str(value)
+    if len(text) > KEY_MAX:
+        text = "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+    return text
+
+
+def _path_value(path: tuple[str, ...], event: dict[str, Any]) -> str:
+    """What `_key_value` gives for the expression `event.<path>`, read straight
+    from the event (CEL costs about 0.2 ms per evaluation; this, microseconds).
+    A missing field, or a field of something that is not an object, is the
+    empty value, as a CEL error is. (One difference: an event holding an
+    integer beyond 64 bits, which CEL cannot read at all, keys on the field's
+    value here instead of on the empty value.)"""
+    value: Any = event
+    for name in path:
+        if not isinstance(value, dict) or name not in value:
+            return ""
+        value = value[name]
+    if isinstance(value, str):
+        text = value
+    else:
+        try:
+            text = msgspec.json.encode(value).decode()
         except (TypeError, msgspec.EncodeError):
             text = str(value)
     if len(text) > KEY_MAX:

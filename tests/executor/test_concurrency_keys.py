@@ -130,3 +130,21 @@ def test_a_run_s_requests_reuse_its_event_s_claims_and_an_event_that_differs_doe
     for i in range(concurrency.MEMO_MAX + 10):
         limits.claims({**EVENT, "id": f"e{i}"})
     assert len(limits._memo) == concurrency.MEMO_MAX
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["ada", "", "é", "u" * 300, 7, -3, 0, 1.5, 1.0, 1e20, True, False, None, [], [1, "x"], {}, {"z": 1, "a": [None]}],
+)
+def test_a_key_that_names_a_field_reads_as_cel_would(value: object) -> None:
+    from connect.executor import concurrency
+
+    for data in ({"key": value}, {"key": {"inner": value}}, {"other": 1}, {"key": "text"}):
+        event = {**EVENT, "data": data}
+        for text in ("event.data.key", "event.data.key.inner", "event.name", "event.ts", "event.data"):
+            path = tuple(text.split(".")[1:])
+            assert concurrency._path_value(path, event) == concurrency._key_value(Expression(text), event)
+    limits = function_limits(fn([ConcurrencyLimit(limit=1, key="event.data.key")]))
+    assert limits is not None and limits.limits[0].path == ("data", "key")
+    cel_only = function_limits(fn([ConcurrencyLimit(limit=1, key="event.data.key + 'x'")]))
+    assert cel_only is not None and cel_only.limits[0].path is None
