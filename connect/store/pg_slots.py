@@ -76,33 +76,44 @@ async def _reap(conn: Connection, keys: Sequence[str]) -> int:
     return gone
 
 
-async def acquire(conn: Connection, request_id: str, run_id: str, claims: Sequence[SlotClaim], order: int) -> bool:
+async def acquire(
+    conn: Connection, request_id: str, run_id: str, claims: Sequence[SlotClaim], order: int
+) -> tuple[bool, list[str]]:
+    """Whether the request holds its slots now; and the waiters granted slots
+    taken back from runs that ended (to be announced)."""
     await _lock(conn)
+    keys = [c.key for c in claims]
     fits = await _fits(conn, request_id, run_id, claims, order)
     if fits is None:
-        return True
-    if not fits and await _reap(conn, [c.key for c in claims]):
+        return True, []
+    reaped = fits is False and await _reap(conn, keys) > 0
+    if reaped:
         fits = await _fits(conn, request_id, run_id, claims, order)
     if fits is not False:
         await conn.execute(
             "WITH gone AS (DELETE FROM slot_waits WHERE request_id = $2)"
             " INSERT INTO slot_holds (key, request_id, run_id) SELECT k, $2, $3 FROM unnest($1::text[]) AS k"
             " ON CONFLICT DO NOTHING",
-            [c.key for c in claims],
+            keys,
             request_id,
             run_id,
         )
-        return True
+        return True, []
     await conn.execute(
         "INSERT INTO slot_waits (key, request_id, run_id, lim, ord)"
         " SELECT k, $3, $4, l, $5 FROM unnest($1::text[], $2::int[]) AS c(k, l) ON CONFLICT DO NOTHING",
-        [c.key for c in claims],
+        keys,
         [c.limit for c in claims],
         request_id,
         run_id,
         order,
     )
-    return False
+    if not reaped:
+        return False, []
+    # What was taken back goes to whoever is first in line (the release of
+    # the run that ended will find nothing left to hand over).
+    granted = await _grant(conn, keys)
+    return request_id in granted, [g for g in granted if g != request_id]
 
 
 #: Deletes the holds and waits of the requests matched by `{match}`, returning their keys (one statement).
