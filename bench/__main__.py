@@ -41,6 +41,7 @@ SCENARIOS: list[tuple[str, float]] = [
     ("durable", 420),
     ("durable_pg", 420),
     ("split_roles", 420),
+    ("flow_control", 420),
     ("workers", 600),
     ("idle", 720),
 ]

@@ -5,25 +5,61 @@
 - `five-steps`: five no-op steps, the durable end-to-end workload; the request
   that completes the run reports the event's `k` on the UDP side channel
   (`bench.notify`).
+- `five-steps-keyed`: the same, with `concurrency=[{limit: 1, key:
+  event.data.key}]` (`bench.flow_control`, scenario A).
+- `handover`: one step with `concurrency=[{limit: 1, key: event.data.key}]`;
+  the step body reports its start and end on the worker's clock
+  (`bench.flow_control`, scenario B).
+
+Our SDK's `create_function` takes no `concurrency` yet: `_limited` puts the
+limit into the registered config in its wire form (the form the official
+Python SDK registers), which the executor honours like any other.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 from bench.notify import notify
 from connect import Client, Context, Step, TriggerEvent
+from connect.sdk.function import Function
+from protocol.payloads import ConcurrencyLimit, FunctionConfig
 
 APP_ID = "bench-app"
 ONE_STEP = "one-step"
 FIVE_STEPS = "five-steps"
 FIVE_EVENT = "bench/five"
+FIVE_KEYED = "five-steps-keyed"
+FIVE_KEYED_EVENT = "bench/five-keyed"
+HANDOVER = "handover"
+HANDOVER_EVENT = "bench/handover"
+#: The concurrency limit per key of `five-steps-keyed` and `handover`.
+KEY_LIMIT = 1
 
 client = Client(app_id=APP_ID)
 
 
 def _noop() -> None:
     return None
+
+
+def _limited(limit: int, key: str) -> Callable[[Function], Function]:
+    """Register `fn` with one concurrency limit per value of `key`."""
+
+    def wrap(fn: Function) -> Function:
+        plain = fn.config
+
+        def config(app_id: str) -> FunctionConfig:
+            registered = plain(app_id)
+            registered.concurrency = [ConcurrencyLimit(limit=limit, key=key)]
+            return registered
+
+        fn.config = config  # type: ignore[method-assign]
+        return fn
+
+    return wrap
 
 
 @client.create_function(fn_id=ONE_STEP, trigger=TriggerEvent(event="bench/one"))
@@ -39,4 +75,29 @@ async def five_steps(ctx: Context, step: Step) -> Any:
     await step.run("s4", _noop)
     await step.run("s5", _noop)
     notify(ctx.event.data.get("k"))  # reached only by the request that completes the run
+    return None
+
+
+@_limited(KEY_LIMIT, "event.data.key")
+@client.create_function(fn_id=FIVE_KEYED, trigger=TriggerEvent(event=FIVE_KEYED_EVENT))
+async def five_steps_keyed(ctx: Context, step: Step) -> Any:
+    await step.run("s1", _noop)
+    await step.run("s2", _noop)
+    await step.run("s3", _noop)
+    await step.run("s4", _noop)
+    await step.run("s5", _noop)
+    notify(ctx.event.data.get("k"))
+    return None
+
+
+def _timed(k: str) -> None:
+    """Report `h <k> <start> <end>` (epoch seconds on this worker's clock)."""
+    start = time.time()
+    notify(f"h {k} {start:.6f} {time.time():.6f}")
+
+
+@_limited(KEY_LIMIT, "event.data.key")
+@client.create_function(fn_id=HANDOVER, trigger=TriggerEvent(event=HANDOVER_EVENT))
+async def handover(ctx: Context, step: Step) -> Any:
+    await step.run("only", _timed, str(ctx.event.data.get("k")))
     return None

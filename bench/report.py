@@ -11,7 +11,10 @@ Targets (from the benchmark issue):
 3. our worker >= 3x the official (Python) worker's steps/s; the official
    TypeScript worker's figures, checkpointing on and off, are context;
 4. <= 25 KB RSS per idle connection; all 10,000 reconnected <= 30 s after a
-   gateway restart.
+   gateway restart;
+flow control (issue 24): steps/s with a concurrency key per run (1,000 keys)
+   >= 0.80x the same runs without flow control; the wait of a queued run once
+   its key frees (p50, p99) is context.
 
 Rows without a target are context.
 """
@@ -271,6 +274,27 @@ def rows(results: Results) -> list[Row]:
         ok=lambda x: x <= 30, on_ratio=False)  # fmt: skip
     add(four, "reconnect p99 (from gateway up)", g("idle", "reconnect_p99_from_up_s"), "s")
     add(four, f"initial connect of {count}", g("idle", "connect_all_s"), "s")
+
+    # --- flow control: a concurrency key per run against none, and the handover of a freed key
+    fc = "flow control (issue 24)"
+    plain = "same runs, no flow control"
+    for case, label in (("sqlite", "SQLite"), ("sqlite_one_step", "SQLite, one step per request"),
+                        ("pg", "PostgreSQL")):  # fmt: skip
+        add(fc, f"steps/s, a key per run over 1,000, {label}", g("flow_control", f"{case}_keyed_steps_per_s"), "/s",
+            g("flow_control", f"{case}_plain_steps_per_s"), plain, ">= 0.80x", lambda x: x >= 0.80)  # fmt: skip
+        add(fc, f"the same by Little's law, {label}", g("flow_control", f"{case}_keyed_inflight_steps_per_s"),
+            "/s", g("flow_control", f"{case}_plain_inflight_steps_per_s"), plain, ">= 0.80x",
+            lambda x: x >= 0.80)  # fmt: skip
+        add(fc, f"connect dev CPU per step, {label}", g("flow_control", f"{case}_keyed_dev_cpu_us_per_step"), "us",
+            g("flow_control", f"{case}_plain_dev_cpu_us_per_step"), plain)  # fmt: skip
+    add(fc, "statements per step, PostgreSQL", g("flow_control", "pg_keyed_statements_per_step"), "",
+        g("flow_control", "pg_plain_statements_per_step"), plain)  # fmt: skip
+    for case, label in (("sqlite", "SQLite"), ("pg", "PostgreSQL")):
+        for q in ("p50", "p99"):
+            add(fc, f"handover {q}, {label}: commit of the run before -> step starts",
+                g("flow_control", f"{case}_handover_commit_{q}_ms"), "ms")  # fmt: skip
+            add(fc, f"handover {q}, {label}: its step's end on the worker -> step starts",
+                g("flow_control", f"{case}_handover_end_{q}_ms"), "ms")  # fmt: skip
     return out
 
 

@@ -9,7 +9,8 @@ so every executor of a deployment counts the same ones and a restart loses
 no request waiting for one.
 
 Keys. A limit without `key` counts the whole function. A `key` is a CEL
-expression over the triggering event; its value names a counter within the
+expression over the triggering event (one that only names a field,
+`event.data.user_id`, is read without CEL); its value names a counter within the
 limit's `scope`: `fn` (the default) per function, `env` and `account`
 shared by every function whose key evaluates to the same value (this
 platform has one environment and one account, so both are the whole
@@ -34,8 +35,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import msgspec
@@ -55,6 +57,8 @@ PRIORITY_MAX: Final = 600
 SWEEP_S: Final = 10.0
 #: Key values longer than this are stored as their SHA-256.
 KEY_MAX: Final = 200
+#: Events whose claims and priority a function remembers (see `FunctionLimits`).
+MEMO_MAX: Final = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,29 +66,64 @@ class Limit:
     limit: int
     scope: str
     key: Expression | None
+    #: The key's fields when it is a plain path (`event.data.user_id`), read without CEL.
+    path: tuple[str, ...] | None = None
+
+
+#: A key that only names a field of the event: `event.data.user_id`.
+_PATH = re.compile(r"event(\.[A-Za-z_][A-Za-z0-9_]*)+")
 
 
 @dataclass(frozen=True, slots=True)
 class FunctionLimits:
-    """A function's concurrency limits and run priority, compiled."""
+    """A function's concurrency limits and run priority, compiled.
+
+    Every request of a run claims the same slots and takes the same place in
+    line, so what its event evaluates to is remembered (by event id, for the
+    last `MEMO_MAX` events, and used only for an equal event): a run of six
+    requests evaluates its key and priority expressions once, not six times."""
 
     function_id: str
     limits: tuple[Limit, ...]
     priority: Expression | None
+    _memo: dict[str, tuple[dict[str, Any], tuple[SlotClaim, ...], int]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
     def claims(self, event: dict[str, Any]) -> list[SlotClaim]:
         """The slots a request of a run triggered by `event` must hold."""
+        return list(self._evaluated(event)[0])
+
+    def order(self, started_at_ms: int, event: dict[str, Any]) -> int:
+        """A waiting request's place in line (lower goes first)."""
+        return started_at_ms - self._evaluated(event)[1] * 1000
+
+    def _evaluated(self, event: dict[str, Any]) -> tuple[tuple[SlotClaim, ...], int]:
+        event_id = event.get("id")
+        memo = self._memo
+        if isinstance(event_id, str) and event_id:
+            found = memo.get(event_id)
+            if found is not None and found[0] == event:
+                return found[1], found[2]
+        claims = tuple(self._claims(event))
+        seconds = priority_seconds(self.priority, event)
+        if isinstance(event_id, str) and event_id:
+            if len(memo) >= MEMO_MAX:
+                del memo[next(iter(memo))]
+            memo[event_id] = (event, claims, seconds)
+        return claims, seconds
+
+    def _claims(self, event: dict[str, Any]) -> list[SlotClaim]:
         found: dict[str, int] = {}
         for item in self.limits:
-            value = "" if item.key is None else _key_value(item.key, event)
+            if item.path is not None:
+                value = _path_value(item.path, event)
+            else:
+                value = "" if item.key is None else _key_value(item.key, event)
             key = f"fn:{self.function_id}:{value}" if item.scope == "fn" else f"{item.scope}:{value}"
             # The same counter twice: the lower limit is the one that binds.
             found[key] = min(item.limit, found.get(key, item.limit))
         return [SlotClaim(k, n) for k, n in found.items()]
-
-    def order(self, started_at_ms: int, event: dict[str, Any]) -> int:
-        """A waiting request's place in line (lower goes first)."""
-        return started_at_ms - priority_seconds(self.priority, event) * 1000
 
 
 def function_limits(fn: FunctionConfig) -> FunctionLimits | None:
@@ -95,12 +134,15 @@ def function_limits(fn: FunctionConfig) -> FunctionLimits | None:
         if item.limit <= 0:
             continue
         key = None
+        path = None
         if item.key:
             try:
                 key = Expression(item.key)
             except ValueError as exc:
                 log.warning("function %s: concurrency key ignored, the limit counts every run: %s", fn.id, exc)
-        limits.append(Limit(item.limit, item.scope or "fn", key))
+            else:
+                path = tuple(item.key.split(".")[1:]) if _PATH.fullmatch(item.key) else None
+        limits.append(Limit(item.limit, item.scope or "fn", key, path))
     if not limits:
         return None
     priority = None
@@ -142,6 +184,30 @@ def _key_value(expression: Expression, event: dict[str, Any]) -> str:
     else:
         try:
             text = msgspec.json.encode(_plain(value)).decode()
+        except (TypeError, msgspec.EncodeError):
+            text = str(value)
+    if len(text) > KEY_MAX:
+        text = "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+    return text
+
+
+def _path_value(path: tuple[str, ...], event: dict[str, Any]) -> str:
+    """What `_key_value` gives for the expression `event.<path>`, read straight
+    from the event (CEL costs about 0.2 ms per evaluation; this, microseconds).
+    A missing field, or a field of something that is not an object, is the
+    empty value, as a CEL error is. (One difference: an event holding an
+    integer beyond 64 bits, which CEL cannot read at all, keys on the field's
+    value here instead of on the empty value.)"""
+    value: Any = event
+    for name in path:
+        if not isinstance(value, dict) or name not in value:
+            return ""
+        value = value[name]
+    if isinstance(value, str):
+        text = value
+    else:
+        try:
+            text = msgspec.json.encode(value).decode()
         except (TypeError, msgspec.EncodeError):
             text = str(value)
     if len(text) > KEY_MAX:

@@ -760,7 +760,11 @@ class Store(ReplyStore, Protocol):
         Granted at once when each key has fewer than its claim's `limit` held
         and no request ordered before this one waits on it; otherwise the
         request is recorded as waiting (calling again keeps its place, and
-        grants it if it fits by then). An empty `claims` is granted."""
+        grants it if it fits by then). An empty `claims` is granted. Slots
+        still held for runs that ended (a process stopped before releasing
+        them) are taken back when a key is found full, and granted to the
+        earliest waiters that fit, announced on `SLOTS_GRANTED` as a
+        release's are."""
         ...
 
     async def release_slots(self, request_ids: Sequence[str]) -> list[str]:

@@ -1302,7 +1302,13 @@ class PostgresStore:
         if not claims:
             return True
         wanted = list(claims)
-        return await self._writer.run(lambda conn: pg_slots.acquire(conn, request_id, run_id, wanted, order))
+
+        async def op(conn: Connection) -> bool:
+            held, granted = await pg_slots.acquire(conn, request_id, run_id, wanted, order)
+            await _announce_grants(conn, granted)
+            return held
+
+        return await self._writer.run(op)
 
     async def release_slots(self, request_ids: Sequence[str]) -> list[str]:
         ids = list(request_ids)

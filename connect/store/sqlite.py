@@ -1286,7 +1286,11 @@ class SqliteStore:
         if not claims:
             return True
         wanted = list(claims)
-        return await self._writer.submit(lambda conn: sqlite_slots.acquire(conn, request_id, run_id, wanted, order))
+        held, granted = await self._writer.submit(
+            lambda conn: sqlite_slots.acquire(conn, request_id, run_id, wanted, order)
+        )
+        self._announce_grants(granted)
+        return held
 
     async def release_slots(self, request_ids: Sequence[str]) -> list[str]:
         ids = list(request_ids)

@@ -74,13 +74,19 @@ def _reap(conn: sqlite3.Connection, keys: Sequence[str]) -> int:
     return gone
 
 
-def acquire(conn: sqlite3.Connection, request_id: str, run_id: str, claims: Sequence[SlotClaim], order: int) -> bool:
+def acquire(
+    conn: sqlite3.Connection, request_id: str, run_id: str, claims: Sequence[SlotClaim], order: int
+) -> tuple[bool, list[str]]:
+    """Whether the request holds its slots now; and the waiters granted slots
+    taken back from runs that ended (to be announced)."""
     if not claims:
-        return True
+        return True, []
     if conn.execute("SELECT 1 FROM slot_holds WHERE request_id = ? LIMIT 1", (request_id,)).fetchone():
-        return True
+        return True, []
+    keys = [c.key for c in claims]
     fits = _fits(conn, request_id, run_id, claims, order)
-    if not fits and _reap(conn, [c.key for c in claims]):
+    reaped = not fits and _reap(conn, keys) > 0
+    if reaped:
         fits = _fits(conn, request_id, run_id, claims, order)
     if fits:
         conn.execute("DELETE FROM slot_waits WHERE request_id = ?", (request_id,))
@@ -88,12 +94,17 @@ def acquire(conn: sqlite3.Connection, request_id: str, run_id: str, claims: Sequ
             "INSERT OR IGNORE INTO slot_holds (key, request_id, run_id) VALUES (?, ?, ?)",
             [(c.key, request_id, run_id) for c in claims],
         )
-        return True
+        return True, []
     conn.executemany(
         "INSERT OR IGNORE INTO slot_waits (key, request_id, run_id, lim, ord) VALUES (?, ?, ?, ?, ?)",
         [(c.key, request_id, run_id, c.limit, order) for c in claims],
     )
-    return False
+    if not reaped:
+        return False, []
+    # What was taken back goes to whoever is first in line (the release of
+    # the run that ended will find nothing left to hand over).
+    granted = grant(conn, keys)
+    return request_id in granted, [g for g in granted if g != request_id]
 
 
 def release(conn: sqlite3.Connection, request_ids: Iterable[str]) -> list[str]:

@@ -111,3 +111,40 @@ def test_a_waiting_request_s_place_is_its_run_s_start_less_its_priority() -> Non
     assert limits.order(100_000, EVENT) == 93_000
     plain = function_limits(fn(1))
     assert plain is not None and plain.order(100_000, EVENT) == 100_000
+
+
+def test_a_run_s_requests_reuse_its_event_s_claims_and_an_event_that_differs_does_not() -> None:
+    from connect.executor import concurrency
+
+    limits = function_limits(fn([ConcurrencyLimit(limit=2, key="event.data.user")], priority="event.data.n"))
+    assert limits is not None
+    first = limits.claims(EVENT)
+    assert limits.claims(dict(EVENT)) == first == [SlotClaim("fn:app-fn:ada", 2)]
+    assert limits.order(10_000, EVENT) == 10_000 - 7_000
+    # The same id with other data (or none at all) is evaluated afresh.
+    other = {**EVENT, "data": {"user": "bob", "n": -3}}
+    assert limits.claims(other) == [SlotClaim("fn:app-fn:bob", 2)]
+    assert limits.order(10_000, other) == 13_000
+    assert limits.claims({**EVENT, "id": ""}) == first
+    # What it remembers is bounded.
+    for i in range(concurrency.MEMO_MAX + 10):
+        limits.claims({**EVENT, "id": f"e{i}"})
+    assert len(limits._memo) == concurrency.MEMO_MAX
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["ada", "", "é", "u" * 300, 7, -3, 0, 1.5, 1.0, 1e20, True, False, None, [], [1, "x"], {}, {"z": 1, "a": [None]}],
+)
+def test_a_key_that_names_a_field_reads_as_cel_would(value: object) -> None:
+    from connect.executor import concurrency
+
+    for data in ({"key": value}, {"key": {"inner": value}}, {"other": 1}, {"key": "text"}):
+        event = {**EVENT, "data": data}
+        for text in ("event.data.key", "event.data.key.inner", "event.name", "event.ts", "event.data"):
+            path = tuple(text.split(".")[1:])
+            assert concurrency._path_value(path, event) == concurrency._key_value(Expression(text), event)
+    limits = function_limits(fn([ConcurrencyLimit(limit=1, key="event.data.key")]))
+    assert limits is not None and limits.limits[0].path == ("data", "key")
+    cel_only = function_limits(fn([ConcurrencyLimit(limit=1, key="event.data.key + 'x'")]))
+    assert cel_only is not None and cel_only.limits[0].path is None

@@ -93,6 +93,26 @@ async def test_slots_of_runs_that_ended_are_reclaimed(store: Store) -> None:
     assert await store.slots_held("k") == ["r2"]
 
 
+async def test_a_slot_taken_back_from_an_ended_run_goes_to_the_first_in_line(store: Store) -> None:
+    """A newcomer that finds the key full of an ended run's slot (its release
+    not yet made) takes it back for the waiter ahead of it, which is told:
+    the release that follows finds nothing left to hand over."""
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    await store.listen(SLOTS_GRANTED, heard.put_nowait)
+    run = run_record("run1")
+    await store.record_events([NewEvent(event_record("e1"), [run])])
+    assert await store.acquire_slots("r1", "run1", claim("k", 1), 1)
+    assert not await store.acquire_slots("r2", "run2", claim("k", 1), 2)
+    run.status = COMPLETED
+    run.ended_at_ms = 2000
+    await store.save_run(run, fence=0)
+    assert not await store.acquire_slots("r3", "run3", claim("k", 1), 3)
+    assert await asyncio.wait_for(heard.get(), 10) == "r2"
+    assert await store.slots_held("k") == ["r2"]
+    assert await store.release_run_slots("run1") == []
+    assert await store.acquire_slots("r2", "run2", claim("k", 1), 2)
+
+
 async def test_grants_are_announced(store: Store) -> None:
     heard: asyncio.Queue[str] = asyncio.Queue()
     await store.listen(SLOTS_GRANTED, heard.put_nowait)
