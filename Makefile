@@ -43,7 +43,7 @@ typecheck: install-test
 	$(BIN)/mypy
 
 unit: install-test
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=25
 
 ## make floor: the declared minimum websockets, pydantic and uvicorn, on a focused part of the suite
 ## (`make test` runs it too, as tests/test_dependency_floor.py).
