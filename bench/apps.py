@@ -9,23 +9,15 @@
   event.data.key}]` (`bench.flow_control`, scenario A).
 - `handover`: one step with `concurrency=[{limit: 1, key: event.data.key}]`;
   the step body reports its start and end on the worker's clock
-  (`bench.flow_control`, scenario B).
-
-Our SDK's `create_function` takes no `concurrency` yet: `_limited` puts the
-limit into the registered config in its wire form (the form the official
-Python SDK registers), which the executor honours like any other.
-"""
+  (`bench.flow_control`, scenario B)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 from bench.notify import notify
-from connect import Client, Context, Step, TriggerEvent
-from connect.sdk.function import Function
-from protocol.payloads import ConcurrencyLimit, FunctionConfig
+from connect import Client, Concurrency, Context, Step, TriggerEvent
 
 APP_ID = "bench-app"
 ONE_STEP = "one-step"
@@ -45,23 +37,6 @@ def _noop() -> None:
     return None
 
 
-def _limited(limit: int, key: str) -> Callable[[Function], Function]:
-    """Register `fn` with one concurrency limit per value of `key`."""
-
-    def wrap(fn: Function) -> Function:
-        plain = fn.config
-
-        def config(app_id: str) -> FunctionConfig:
-            registered = plain(app_id)
-            registered.concurrency = [ConcurrencyLimit(limit=limit, key=key)]
-            return registered
-
-        fn.config = config  # type: ignore[method-assign]
-        return fn
-
-    return wrap
-
-
 @client.create_function(fn_id=ONE_STEP, trigger=TriggerEvent(event="bench/one"))
 async def one_step(ctx: Context, step: Step) -> Any:
     return await step.run("only", _noop)
@@ -78,8 +53,11 @@ async def five_steps(ctx: Context, step: Step) -> Any:
     return None
 
 
-@_limited(KEY_LIMIT, "event.data.key")
-@client.create_function(fn_id=FIVE_KEYED, trigger=TriggerEvent(event=FIVE_KEYED_EVENT))
+@client.create_function(
+    fn_id=FIVE_KEYED,
+    trigger=TriggerEvent(event=FIVE_KEYED_EVENT),
+    concurrency=[Concurrency(limit=KEY_LIMIT, key="event.data.key")],
+)
 async def five_steps_keyed(ctx: Context, step: Step) -> Any:
     await step.run("s1", _noop)
     await step.run("s2", _noop)
@@ -96,8 +74,11 @@ def _timed(k: str) -> None:
     notify(f"h {k} {start:.6f} {time.time():.6f}")
 
 
-@_limited(KEY_LIMIT, "event.data.key")
-@client.create_function(fn_id=HANDOVER, trigger=TriggerEvent(event=HANDOVER_EVENT))
+@client.create_function(
+    fn_id=HANDOVER,
+    trigger=TriggerEvent(event=HANDOVER_EVENT),
+    concurrency=[Concurrency(limit=KEY_LIMIT, key="event.data.key")],
+)
 async def handover(ctx: Context, step: Step) -> Any:
     await step.run("only", _timed, str(ctx.event.data.get("k")))
     return None
