@@ -25,8 +25,8 @@ from typing import Any, Final
 from celpy.adapter import json_to_cel
 
 from connect.executor.expressions import Expression
-from connect.executor.sleeps import parse_duration
 from connect.store.base import BATCH, DEBOUNCE, Hold
+from protocol.durations import parse_duration
 from protocol.payloads import FunctionConfig
 
 log = logging.getLogger(__name__)

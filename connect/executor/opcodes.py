@@ -12,10 +12,11 @@ from typing import Any, Protocol
 
 from connect.executor import replies
 from connect.executor.expressions import compiled
-from connect.executor.sleeps import MAX_SLEEP, parse_duration, wake_time
+from connect.executor.sleeps import MAX_SLEEP, wake_time
 from connect.executor.system_events import FUNCTION_FINISHED, correlation_id, invoked_event
 from connect.executor.triggers import FunctionInfo, Target
 from connect.store.base import WAIT_EVENT, WAIT_INVOKE, WAIT_SLEEP, RunRecord, StepMemo, Waiting
+from protocol.durations import parse_duration
 from protocol.payloads import OP_RUN_COMPLETE, OP_STEP, OP_STEP_PLANNED, OP_STEP_RUN, Event, Opcode
 
 #: How long a wait or an invoke without a timeout lasts (as the reference executor).

@@ -29,8 +29,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Final
 
-from connect.executor.sleeps import parse_duration
 from connect.store.base import Pruned, Store
+from protocol.durations import parse_duration
 
 log = logging.getLogger(__name__)
 

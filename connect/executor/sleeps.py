@@ -9,26 +9,13 @@ time first, then as a duration. A sleep lasts at most one year.
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from typing import Final
 
+from protocol.durations import parse_duration
 from protocol.payloads import Opcode
 
 MAX_SLEEP: Final = 365 * 24 * 3600.0
-
-_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h|d|w)")
-_UNIT: Final = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "µs": 1e-6,
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-    "d": 86400.0,
-    "w": 7 * 86400.0,
-}
 
 
 def wake_time(op: Opcode, now: float) -> float:
@@ -62,11 +49,3 @@ def _time(text: str) -> float | None:
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return parsed.timestamp()
-
-
-def parse_duration(text: str) -> float | None:
-    """`"1h30m"` -> 5400.0; None unless the whole text is a duration."""
-    parts = _PART.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        return None
-    return sum(float(n) * _UNIT[u] for n, u in parts)

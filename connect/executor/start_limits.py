@@ -38,8 +38,8 @@ from typing import Any, Final, Literal
 from celpy import celtypes
 
 from connect.executor.expressions import Expression, to_cel
-from connect.executor.sleeps import parse_duration
 from connect.store.start_gates import IDEMPOTENCY_PERIOD_MS, RateLimit, Singleton, StartGate, Throttle
+from protocol.durations import parse_duration
 from protocol.payloads import Event, FunctionConfig
 
 log = logging.getLogger(__name__)

@@ -30,9 +30,9 @@ from connect.executor.concurrency import FunctionLimits, function_limits
 from connect.executor.cron import CronSchedule
 from connect.executor.expressions import Expression
 from connect.executor.held_starts import HeldRule, rule_of
-from connect.executor.sleeps import parse_duration
 from connect.executor.start_limits import StartLimits
 from connect.executor.start_limits import parse as parse_start_limits
+from protocol.durations import parse_duration
 from protocol.payloads import Event, FunctionConfig, TimeoutsConfig
 
 log = logging.getLogger(__name__)

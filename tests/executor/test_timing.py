@@ -6,7 +6,8 @@ from datetime import UTC, datetime
 import pytest
 
 from connect.executor.retries import MAX_RETRY_AFTER, Backoff, parse_retry_after
-from connect.executor.sleeps import MAX_SLEEP, parse_duration, wake_time
+from connect.executor.sleeps import MAX_SLEEP, wake_time
+from protocol.durations import parse_duration
 from protocol.payloads import Opcode
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
