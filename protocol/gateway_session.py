@@ -238,6 +238,12 @@ class GatewaySession:
         """Requests sent on this connection that it has not answered (yet)."""
         return list(self._unanswered)
 
+    @property
+    def silent_close_at(self) -> float:
+        """When `tick` closes the connection as silent, unless a heartbeat
+        comes first (after the close: when it would have)."""
+        return self._last_heartbeat + self._heartbeat_limit()
+
     def next_deadline(self) -> float | None:
         """The earliest time `tick` has something to do."""
         if self.phase is Phase.CLOSED:

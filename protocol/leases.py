@@ -78,20 +78,23 @@ class LeaseTable:
     def owned_by(self, instance_id: str) -> list[Lease]:
         return [lease for lease in self._leases.values() if lease.instance_id == instance_id]
 
-    def shorten(self, instance_id: str, now: float, interval: float) -> list[Lease]:
+    def shorten(self, instance_id: str, now: float, interval: float, *, not_before: float = 0.0) -> list[Lease]:
         """Make every lease of `instance_id` lapse when its next extension is
         overdue: `interval` after it was granted or last extended (or `now`, if
-        that is past), plus `EXTENSION_SLACK`; returns the leases this shortened.
+        that is past, or `not_before`, if that is later), plus
+        `EXTENSION_SLACK`; returns the leases this shortened.
 
         Used when a connection of that instance ends: a live worker extends
         its leases over another connection on its usual schedule, so it never
         loses one this way; a vanished one does not, and its requests are
-        dispatched again then instead of when the whole lease runs out."""
+        dispatched again then instead of when the whole lease runs out.
+        `not_before` is for a connection the gateway dropped itself while the
+        worker may still be there, cut off (see `connect.gateway.server`)."""
         shortened = []
         for lease in self._leases.values():
             if lease.instance_id != instance_id:
                 continue
-            until = max(now, lease.expires_at - self.duration + interval) + EXTENSION_SLACK
+            until = max(now, not_before, lease.expires_at - self.duration + interval) + EXTENSION_SLACK
             if lease.expires_at > until:
                 lease.expires_at = until
                 shortened.append(lease)

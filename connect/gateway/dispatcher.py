@@ -258,29 +258,33 @@ class GatewayDispatcher(ReplyIntake, CheckpointIntake):
         self.router.remove(conn)
         self._connections_changed()
 
-    def connection_lost(self, conn: Connection, clean: bool) -> None:
+    def connection_lost(self, conn: Connection, clean: bool, *, keep_for: float = 0.0) -> None:
         """A socket ended. The requests its instance runs must be extended over
         another connection when their next extension is due, with
         `EXTENSION_SLACK` (a worker that reconnects, or has one open already,
         does so on its usual schedule); silence past that dispatches them
         again instead of waiting out the whole lease. A clean close is no exception: the worker has delivered
         what it could, and what it abandoned past its drain deadline should
-        not wait for the lease either."""
+        not wait for the lease either. `keep_for`: seconds from now before
+        which none of them lapses (a connection dropped here while its worker
+        may be alive, but cut off)."""
         self.router.remove(conn)
         self._connections_changed()
         if not conn.instance_id:
             return
-        shortened = self.leases.shorten(conn.instance_id, self._clock(), self.extend_lease_interval)
+        now = self._clock()
+        shortened = self.leases.shorten(conn.instance_id, now, self.extend_lease_interval, not_before=now + keep_for)
         if shortened:
             log.info(
                 "connection %s of %s closed (%s): %d requests run elsewhere unless extended when due "
-                "(every %.1f s, %.1f s of slack)",
+                "(every %.1f s, %.1f s of slack%s)",
                 conn.connection_id,
                 conn.instance_id,
                 "clean" if clean else "unclean",
                 len(shortened),
                 self.extend_lease_interval,
                 EXTENSION_SLACK,
+                f", not before {keep_for:.1f} s from now" if keep_for else "",
             )
         for lease in shortened:
             pending = self._pending.get(lease.request_id)

@@ -254,7 +254,10 @@ class GatewayServer:
             if conn.slow:
                 session.disconnect_reason = codes.SLOW_READER
             clean = session.disconnect_reason == codes.DisconnectReason.WORKER_SHUTDOWN
-            self.dispatcher.connection_lost(conn, clean)
+            # Dropped for not reading, the worker may be alive but cut off: its
+            # leases last as long as they would have on the silent connection.
+            keep_for = max(0.0, session.silent_close_at - self._clock()) if conn.slow else 0.0
+            self.dispatcher.connection_lost(conn, clean, keep_for=keep_for)
             self.connections.discard(conn)
             if conn.hello is not None:
                 self.authenticated_connections -= 1

@@ -471,6 +471,9 @@ class WorkerConnection:
                     log.error("app sync failed: %s: %s", code, message)
                 case ws_.Dead(why=why):
                     log.warning("connection lost: %s", why)
+                    # Reconnect (and flush) now: the close handshake with a
+                    # gateway we cannot hear may wait out its whole timeout.
+                    self._socket_ended(sock)
                     self._spawn(self._close_socket(sock, 4001, "UNEXPECTED"))
 
     async def _flush(self, sock: Link) -> None:

@@ -1,5 +1,6 @@
 """TCP proxies between a client (a worker, an event sender) and the server: one that cuts the
-socket once, one that cuts every connection and refuses new ones until told otherwise."""
+socket once, one that cuts every connection and refuses new ones until told otherwise (or
+silences the live ones, leaving them open)."""
 
 from __future__ import annotations
 
@@ -97,6 +98,15 @@ class BlockingProxy(_ThreadedProxy):
 
     def restore(self) -> None:
         asyncio.run_coroutine_threadsafe(self._set(False), self._loop).result(10)
+
+    def freeze(self) -> None:
+        """Forward nothing more on the live connections, both ways, and leave
+        them open (a link gone silent: no reset, no FIN); new ones pass."""
+        asyncio.run_coroutine_threadsafe(self._freeze(), self._loop).result(10)
+
+    async def _freeze(self) -> None:
+        for transport in list(self._live):
+            transport.pause_reading()  # kept: `cut` still drops them
 
     async def _set(self, blocked: bool) -> None:
         self._blocked = blocked

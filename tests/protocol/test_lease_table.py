@@ -47,3 +47,17 @@ def test_an_extension_before_the_cut_off_restores_the_full_lease() -> None:
     table.shorten("inst", T0, interval=30)
     extended = table.extend("r", lease.lease_id, "inst", T0 + 30.5)
     assert extended is not None and extended.expires_at == T0 + 30.5 + 120
+
+
+def test_not_before_holds_the_cut_off_back_until_then() -> None:
+    """A connection the gateway dropped while its worker may be cut off: no
+    lease lapses before the gateway would have closed it as silent."""
+    table = LeaseTable(duration=120)
+    overdue = table.grant("r1", "inst", T0 - 40)
+    fresh = table.grant("r2", "inst", T0)
+    table.shorten("inst", T0, interval=30, not_before=T0 + 45)
+    assert overdue.expires_at == T0 + 45 + EXTENSION_SLACK
+    assert fresh.expires_at == T0 + 45 + EXTENSION_SLACK
+    past_the_lease = table.grant("r3", "inst", T0)
+    table.shorten("inst", T0, interval=30, not_before=T0 + 200)
+    assert past_the_lease.expires_at == T0 + 120  # never lengthened
