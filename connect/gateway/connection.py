@@ -238,6 +238,8 @@ class Connection:
             await self._send(frames)
 
     def _drop_slow(self) -> None:
+        if self.slow:
+            return  # dropped already (by another send that waited)
         self.slow = True
         log.warning("dropping connection %s: it does not read what we send", self.connection_id or self.remote)
         self.ws.transport.abort()
