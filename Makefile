@@ -42,8 +42,11 @@ lint: install-test
 typecheck: install-test
 	$(BIN)/mypy
 
+## Test processes at once (`make test TEST_WORKERS=1` runs the suite in one); each module's
+## tests stay in one process, in order, sharing its module fixtures.
+TEST_WORKERS ?= 2
 unit: install-test
-	$(BIN)/pytest -q --durations=25
+	$(BIN)/pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadfile
 
 ## make floor: the declared minimum websockets, pydantic and uvicorn, on a focused part of the suite
 ## (`make test` runs it too, as tests/test_dependency_floor.py).

@@ -49,6 +49,9 @@ class PostgresListener:
         self._connected: asyncio.Future[None] | None = None
         #: The channels the current connection listens on.
         self._listening: set[str] = set()
+        #: One statement at a time on the connection (a second one at once
+        #: fails: a LISTEN would be lost, or the liveness check taken for a loss).
+        self._using_conn = asyncio.Lock()
         self._closed = False
 
     async def add(self, channel: str, callback: Callback) -> None:
@@ -62,11 +65,12 @@ class PostgresListener:
         # Another add() may be connecting: listening starts once it is done
         # (the connection listens on every channel known by then).
         await asyncio.shield(self._connected)
-        conn = self._conn
-        if channel not in self._listening and conn is not None and not conn.is_closed():
-            self._listening.add(channel)
-            with contextlib.suppress(asyncpg.PostgresError, OSError, asyncpg.InterfaceError):
-                await conn.add_listener(channel, self._on_notification)
+        async with self._using_conn:
+            conn = self._conn
+            if channel not in self._listening and conn is not None and not conn.is_closed():
+                self._listening.add(channel)
+                with contextlib.suppress(asyncpg.PostgresError, OSError, asyncpg.InterfaceError):
+                    await conn.add_listener(channel, self._on_notification)
 
     async def close(self) -> None:
         self._closed = True
@@ -138,6 +142,7 @@ class PostgresListener:
             if await wait_event(lost, LIVENESS_CHECK):
                 return
             try:
-                await conn.execute("SELECT 1", timeout=LIVENESS_CHECK)
+                async with self._using_conn:
+                    await conn.execute("SELECT 1", timeout=LIVENESS_CHECK)
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
                 return
