@@ -1,6 +1,6 @@
 """Functions with flow control written with our SDK (`connect.Throttle`,
-`RateLimit`, `Singleton`, `Debounce`, `Batch`), served by a real worker
-process for `tests/e2e/test_sdk_flow_control.py`.
+`RateLimit`, `idempotency`, `Singleton` in both modes, `Debounce`, `Batch`),
+served by a real worker process for `tests/e2e/test_sdk_flow_control.py`.
 
 Each function returns what its test checks: when its step ran (Unix
 seconds), or the events it was given (`ctx.event`, `ctx.events`).
@@ -47,6 +47,27 @@ async def single(ctx: Context, step: Step) -> int:
     seconds = float(ctx.event.data.get("sleep", 0))
     if seconds:
         await step.run("hold", asyncio.sleep, seconds)
+    return int(ctx.event.data["n"])
+
+
+@client.create_function(
+    fn_id="idempotent",
+    trigger=TriggerEvent(event="flow/idempotent"),
+    idempotency="event.data.order",
+)
+async def idempotent(ctx: Context, step: Step) -> str:
+    return str(ctx.event.data["order"])
+
+
+@client.create_function(
+    fn_id="single-cancel",
+    trigger=TriggerEvent(event="flow/single-cancel"),
+    singleton=Singleton(mode="cancel"),
+)
+async def single_cancel(ctx: Context, step: Step) -> int:
+    seconds = int(ctx.event.data.get("sleep", 0))
+    if seconds:
+        await step.sleep("nap", datetime.timedelta(seconds=seconds))
     return int(ctx.event.data["n"])
 
 
