@@ -25,7 +25,7 @@ from typing import Final, Protocol
 
 import msgspec
 
-from connect.store.start_gates import SkippedStart, StartGate
+from connect.store.start_gates import SkippedStart, StartGate, skipped_invoke_memo
 from protocol.payloads import FunctionConfig
 
 # Run statuses, exactly as the REST API shows them.
@@ -439,8 +439,11 @@ class NewEvent(msgspec.Struct, frozen=True):
     `status` `SKIPPED` and is stored as a `SkippedStart`, not as a run; a
     throttled run gets its first request's `wake_at_ms` set to its turn; a
     run a singleton cancels is added to `cancels` (and flagged, as
-    `request_cancel` does, announcing it on `RUN_CANCEL_REQUESTED`). Runs
-    without a gate cost nothing more.
+    `request_cancel` does, announcing it on `RUN_CANCEL_REQUESTED`); a run
+    refused whose gate names the `step.invoke` step waiting for it
+    (`StartGate.invoked_by`) gives that step an error memo, stored (first
+    stored wins) and added to `memos` (see `tell_invoker`). Runs without a
+    gate cost nothing more.
 
     `holds` are the debounced and batched functions it goes to instead of
     starting a run (see `connect.store.held_starts`): each is applied to the
@@ -456,6 +459,19 @@ class NewEvent(msgspec.Struct, frozen=True):
     owner: str | None = None
     gates: list[StartGate] = msgspec.field(default_factory=list)
     holds: list[Hold] = msgspec.field(default_factory=list)
+
+    def tell_invoker(self, gate: StartGate, skip: SkippedStart) -> RunMemo | None:
+        """For a store deciding `gate`, which refused its run (`skip`): the memo
+        of the `step.invoke` step waiting for the run, if any, added to `memos`
+        once (a transaction applied again adds nothing); the store writes it
+        in the same transaction."""
+        if gate.invoked_by is None:
+            return None
+        memo = RunMemo(gate.invoked_by.run_id, StepMemo(gate.invoked_by.step, skipped_invoke_memo(skip)))
+        target = (memo.run_id, memo.memo.step_hash)
+        self.memos[:] = [m for m in self.memos if (m.run_id, m.memo.step_hash) != target]
+        self.memos.append(memo)
+        return memo
 
 
 #: Where a scan of events by age stopped: (received_at_ms, id) of the last one examined.

@@ -316,6 +316,7 @@ async def _pass_gates(conn: Connection, events: list[NewEvent]) -> None:
             if skip is not None:
                 await conn.execute(_INSERT_SKIP, skip.run_id, skip.function_id, skip.event_id, skip.reason, skip.at_ms)
                 report_skip(skip)
+                new.tell_invoker(gate, skip)  # its memo is written with the event's others, below
                 continue
             await conn.execute(_INSERT_RUN, *_run_row(run), new.owner, fence)
             if gate.rate_limit is not None and decision.rate_tat is not None:

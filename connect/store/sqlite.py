@@ -440,6 +440,9 @@ def _pass_gates(
         if skip is not None:
             conn.execute(_INSERT_SKIP, (skip.run_id, skip.function_id, skip.event_id, skip.reason, skip.at_ms))
             report_skip(skip)
+            told = new.tell_invoker(gate, skip)
+            if told is not None:  # the event's other memos were listed before its gates
+                conn.execute(_INSERT_MEMO, (told.run_id, told.memo.step_hash, told.memo.result))
             continue
         conn.execute(_INSERT_RUN, (*_run_row(run), new.owner, fence))
         if gate.rate_limit is not None and decision.rate_tat is not None:

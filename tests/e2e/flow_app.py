@@ -13,7 +13,7 @@ import datetime
 import time
 from typing import Any
 
-from connect import Batch, Client, Context, Debounce, RateLimit, Singleton, Step, Throttle, TriggerEvent
+from connect import Batch, Client, Context, Debounce, RateLimit, Singleton, Step, StepError, Throttle, TriggerEvent
 
 client = Client(app_id="sdk-flow")
 
@@ -69,6 +69,21 @@ async def single_cancel(ctx: Context, step: Step) -> int:
     if seconds:
         await step.sleep("nap", datetime.timedelta(seconds=seconds))
     return int(ctx.event.data["n"])
+
+
+@client.create_function(fn_id="invoker", trigger=TriggerEvent(event="flow/invoke"), retries=0)
+async def invoker(ctx: Context, step: Step) -> list[str]:
+    """Invokes each `{"fn", "data"}` of `calls` in turn: "ran", or the error the invoke raised."""
+    outcomes = []
+    for i, call in enumerate(ctx.event.data["calls"]):
+        try:
+            await step.invoke_by_id(
+                f"call-{i}", function_id=call["fn"], data=call["data"], timeout=datetime.timedelta(minutes=5)
+            )
+            outcomes.append("ran")
+        except StepError as err:
+            outcomes.append(f"{err.name}: {err.message}")
+    return outcomes
 
 
 def _seen(ctx: Context) -> dict[str, Any]:

@@ -145,3 +145,25 @@ def test_a_singleton_in_cancel_mode_cancels_the_running_run(stack: Stack) -> Non
     [second] = stack.send("flow/single-cancel", [{"n": 2}])
     runs = stack.dev.wait_runs([first, second], timeout=30)
     assert [(r["status"], r["output"]) for r in runs] == [("Cancelled", None), ("Completed", 2)], stack.hint()
+
+
+def test_an_invoke_whose_run_is_skipped_fails_at_once_naming_why(stack: Stack) -> None:
+    [holder] = stack.send("flow/single", [{"k": "inv", "sleep": 8, "n": 1}])
+    wait_until(lambda: bool(stack.dev.runs(holder)), 10, "the run holding the singleton key")
+    calls = [
+        {"fn": "single", "data": {"k": "inv", "n": 2}},  # while `holder` runs
+        *({"fn": "rated", "data": {"k": "inv", "n": n}} for n in range(3)),  # 2 per minute
+        *({"fn": "idempotent", "data": {"order": "inv"}} for _ in range(2)),
+    ]
+    sent = time.monotonic()
+    [run] = stack.dev.wait_runs(stack.send("flow/invoke", [{"calls": calls}]), timeout=120)
+    elapsed = time.monotonic() - sent
+    assert run["status"] == "Completed", stack.hint()
+    out = run["output"]
+    assert [o == "ran" for o in out] == [False, True, True, False, True, False], out
+    prefix = "FunctionSkippedError: the invoked function 'sdk-flow-{}' started no run: "
+    assert out[0].startswith(prefix.format("single") + "singleton: run "), out[0]
+    assert out[3].startswith(prefix.format("rated") + "rate limit 2 per 60s: key 'inv'"), out[3]
+    assert out[5].startswith(prefix.format("idempotent") + "idempotency: key 'inv'"), out[5]
+    # Told when the run was refused, not when the invoke's 5 minutes ran out.
+    assert elapsed < 60, elapsed

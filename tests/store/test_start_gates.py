@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
 import pytest
 
 from connect.store import COMPLETED, EventRecord, NewEvent, PendingRequest, RunRecord, Store
 from connect.store.base import RUN_CANCEL_REQUESTED
-from connect.store.start_gates import SKIPPED, RateLimit, Singleton, StartGate, Throttle
+from connect.store.start_gates import SKIPPED, Invoker, RateLimit, Singleton, StartGate, Throttle
 from tests.store.conftest import Engine
 
 pytestmark = pytest.mark.anyio
@@ -182,3 +183,23 @@ async def test_prune_history_drops_old_skips_and_spent_state(store: Store) -> No
     assert await store.skipped_starts("e2") == []
     # The spent rate-limit state went with it: a run at 1000 again is allowed.
     assert (await record(store, "e3", 1000, rate_limit=limit)).status == "Running"
+
+
+async def test_a_refused_invoked_run_ends_the_invoking_step_with_why(store: Store) -> None:
+    parent = await record(store, "parent", 1000)
+    limit = RateLimit("k", limit=1, period_ms=60_000)
+    invoker = Invoker(parent.run_id, "step-1")
+    ran, _ = gated("child-1", 1001, StartGate("run-child-1", FN, rate_limit=limit, invoked_by=invoker))
+    assert await store.record_events([ran]) == [True]
+    assert ran.memos == []  # a run that starts tells nobody
+    new, child = gated("child-2", 1002, StartGate("run-child-2", FN, rate_limit=limit, invoked_by=invoker))
+    assert await store.record_events([new]) == [True]
+    assert child.status == SKIPPED
+    [told] = new.memos
+    assert (told.run_id, told.memo.step_hash) == (parent.run_id, "step-1")
+    error = msgspec.json.decode(told.memo.result)["error"]
+    assert error["name"] == "FunctionSkippedError"
+    assert error["message"].startswith(f"the invoked function {FN!r} started no run: rate limit 1 per 60s: key 'k'")
+    loaded = await store.load_run(parent.run_id)
+    assert loaded is not None
+    assert [(m.step_hash, m.result) for m in loaded.memos] == [("step-1", told.memo.result)]
