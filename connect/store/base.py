@@ -488,11 +488,12 @@ class Pruned(msgspec.Struct, frozen=True):
     replies: int = 0
     leases: int = 0
     events_cursor: EventsCursor | None = None
+    singletons: int = 0
 
     def reached(self, limit: int) -> bool:
         """Whether a bounded kind hit `limit` or the event scan stopped short,
         so another batch may find more to delete."""
-        return self.events_cursor is not None or max(self.runs, self.replies, self.leases) >= limit
+        return self.events_cursor is not None or max(self.runs, self.replies, self.leases, self.singletons) >= limit
 
     def __add__(self, other: Pruned) -> Pruned:
         """Totals of two batches, the second's cursor."""
@@ -503,6 +504,7 @@ class Pruned(msgspec.Struct, frozen=True):
             self.replies + other.replies,
             self.leases + other.leases,
             other.events_cursor,
+            self.singletons + other.singletons,
         )
 
 
@@ -843,9 +845,11 @@ class Store(ReplyStore, Protocol):
           events runs emitted, and events that started nothing. The memo a
           wait or an invoke resolved with holds its own copy of the event,
           so resolved waits need no event row;
-        * skipped starts recorded before `before_ms` (at most `limit`), and
+        * skipped starts recorded before `before_ms` (at most `limit`),
           throttle and rate-limit state whose theoretical arrival time is
-          before `before_ms` (which means the same as none);
+          before `before_ms` (which means the same as none), and singleton
+          keys held by runs no longer Running (ended, whenever that was, or
+          deleted: the same as no holder), at most `limit`;
         * replies stored before `before_ms` and before the oldest Running run
           started (a reply a live run may still consume was stored after it
           started), and leases that expired before `before_ms`.

@@ -653,6 +653,12 @@ _DELETE_FREED_EVENT: Final = (
 )
 
 
+_PRUNE_SINGLETONS: Final = (
+    "DELETE FROM singletons WHERE (function_id, key) IN (SELECT s.function_id, s.key FROM singletons s"
+    " LEFT JOIN runs r ON r.run_id = s.run_id WHERE r.run_id IS NULL OR r.status <> 'Running' LIMIT ?)"
+)
+
+
 def _prune_history(conn: sqlite3.Connection, before_ms: int, limit: int, events_after: EventsCursor | None) -> Pruned:
     runs: list[tuple[str, str]] = conn.execute(
         "SELECT run_id, event_id FROM runs WHERE ended_at_ms < ? AND status <> 'Running' ORDER BY ended_at_ms LIMIT ?",
@@ -711,7 +717,17 @@ def _prune_history(conn: sqlite3.Connection, before_ms: int, limit: int, events_
         " (SELECT function_id, kind, key FROM start_limits WHERE tat_ms < ? LIMIT ?)",
         (before_ms, limit),
     )
-    return Pruned(runs=len(runs), steps=steps, events=events, replies=replies, leases=leases, events_cursor=cursor)
+    # Singleton keys whose run is no longer Running (or gone): the same as no holder.
+    singletons = conn.execute(_PRUNE_SINGLETONS, (limit,)).rowcount
+    return Pruned(
+        runs=len(runs),
+        steps=steps,
+        events=events,
+        replies=replies,
+        leases=leases,
+        events_cursor=cursor,
+        singletons=singletons,
+    )
 
 
 class SqliteStore:

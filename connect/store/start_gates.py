@@ -28,7 +28,10 @@ result in the same transaction: an error naming the reason
 waiting for the invoke's timeout, and a restart cannot lose the answer.
 
 The state kept: one `tat` per (function, gate kind, key), and per singleton
-key the run that holds it. A `tat` in the past means the same as none.
+key the run that holds it. A `tat` in the past means the same as none, and
+so does a singleton key whose run is no longer Running: history retention
+deletes both (`Store.prune_history`), so the state stays as small as the
+keys in use.
 """
 
 from __future__ import annotations

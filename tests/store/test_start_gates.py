@@ -203,3 +203,28 @@ async def test_a_refused_invoked_run_ends_the_invoking_step_with_why(store: Stor
     loaded = await store.load_run(parent.run_id)
     assert loaded is not None
     assert [(m.step_hash, m.result) for m in loaded.memos] == [("step-1", told.memo.result)]
+
+
+async def test_prune_history_drops_singleton_keys_of_runs_no_longer_running(store: Store) -> None:
+    ended = [await record(store, f"e{i}", 1000, singleton=Singleton(f"k{i}", "skip")) for i in range(3)]
+    await record(store, "live", 1000, singleton=Singleton("live", "skip"))
+    # A cutoff before everything: no history goes, and every key's run is Running.
+    assert (await store.prune_history(before_ms=100, limit=100)).singletons == 0
+    for run in ended:
+        run.status, run.ended_at_ms, run.requests = COMPLETED, 1500, []
+        await store.save_run(run, fence=0)
+    # Whenever their runs ended: a key held by a run that ended is no key held.
+    first = await store.prune_history(before_ms=100, limit=2)
+    assert first.singletons == 2 and first.reached(2)
+    assert (await store.prune_history(before_ms=100, limit=2)).singletons == 1
+    assert (await store.prune_history(before_ms=100, limit=2)).singletons == 0
+    # The Running run still holds its key; the others' keys start runs again.
+    assert (await record(store, "live-2", 2000, singleton=Singleton("live", "skip"))).status == SKIPPED
+    assert (await record(store, "k0-2", 2000, singleton=Singleton("k0", "skip"))).status == "Running"
+    # A run history retention deletes takes its key with it in the same batch.
+    again = await record(store, "k1-2", 2000, singleton=Singleton("k1", "skip"))
+    again.status, again.ended_at_ms, again.requests = COMPLETED, 2500, []
+    await store.save_run(again, fence=0)
+    pruned = await store.prune_history(before_ms=100_000, limit=100)
+    assert pruned.runs >= 1 and pruned.singletons == 1
+    assert await store.get_run(again.run_id) is None
