@@ -47,6 +47,9 @@ async def single(ctx: Context, step: Step) -> int:
     seconds = float(ctx.event.data.get("sleep", 0))
     if seconds:
         await step.run("hold", asyncio.sleep, seconds)
+    nap = int(ctx.event.data.get("nap", 0))
+    if nap:  # Running all along, with no step on the worker
+        await step.sleep("nap", datetime.timedelta(seconds=nap))
     return int(ctx.event.data["n"])
 
 

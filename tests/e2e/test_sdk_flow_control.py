@@ -148,7 +148,7 @@ def test_a_singleton_in_cancel_mode_cancels_the_running_run(stack: Stack) -> Non
 
 
 def test_an_invoke_whose_run_is_skipped_fails_at_once_naming_why(stack: Stack) -> None:
-    [holder] = stack.send("flow/single", [{"k": "inv", "sleep": 8, "n": 1}])
+    [holder] = stack.send("flow/single", [{"k": "inv", "nap": 60, "n": 1}])
     wait_until(lambda: bool(stack.dev.runs(holder)), 10, "the run holding the singleton key")
     calls = [
         {"fn": "single", "data": {"k": "inv", "n": 2}},  # while `holder` runs
