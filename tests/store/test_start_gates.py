@@ -228,3 +228,26 @@ async def test_prune_history_drops_singleton_keys_of_runs_no_longer_running(stor
     pruned = await store.prune_history(before_ms=100_000, limit=100)
     assert pruned.runs >= 1 and pruned.singletons == 1
     assert await store.get_run(again.run_id) is None
+
+
+async def test_pruning_while_gates_hand_singleton_keys_over_never_frees_a_held_key(engine: Engine) -> None:
+    # On PostgreSQL, the pruning store and the recording one are two connections,
+    # as history retention and an API process are.
+    recorder = await engine.open()
+    pruner = await engine.open() if engine.name == "postgres" else recorder
+    try:
+        for i in range(30):
+            single = Singleton(f"k{i}", "skip")
+            old = await record(recorder, f"old-{i}", 1000, singleton=single)
+            old.status, old.ended_at_ms, old.requests = COMPLETED, 1500, []
+            await recorder.save_run(old, fence=0)
+            # The key passes from the ended run to a new one while retention prunes.
+            new, run = gated(f"new-{i}", 2000, singleton=single)
+            stored, _ = await asyncio.gather(recorder.record_events([new]), pruner.prune_history(100, 100))
+            assert stored == [True] and run.status == "Running"
+            late = await record(recorder, f"late-{i}", 3000, singleton=single)
+            assert late.status == SKIPPED, i
+    finally:
+        await recorder.close()
+        if pruner is not recorder:
+            await pruner.close()
