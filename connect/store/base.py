@@ -460,16 +460,19 @@ class NewEvent(msgspec.Struct, frozen=True):
     gates: list[StartGate] = msgspec.field(default_factory=list)
     holds: list[Hold] = msgspec.field(default_factory=list)
 
-    def tell_invoker(self, gate: StartGate, skip: SkippedStart) -> RunMemo | None:
-        """For a store deciding `gate`, which refused its run (`skip`): the memo
-        of the `step.invoke` step waiting for the run, if any, added to `memos`
-        once (a transaction applied again adds nothing); the store writes it
-        in the same transaction."""
+    def tell_invoker(self, gate: StartGate, skip: SkippedStart | None) -> RunMemo | None:
+        """For a store that decided `gate`: when it refused its run (`skip`),
+        the memo of the `step.invoke` step waiting for the run, if any, put in
+        `memos` for the store to write in the same transaction. Whatever an
+        earlier attempt of the transaction decided is replaced, so an
+        operation applied again reports only its last decision."""
         if gate.invoked_by is None:
             return None
-        memo = RunMemo(gate.invoked_by.run_id, StepMemo(gate.invoked_by.step, skipped_invoke_memo(skip)))
-        target = (memo.run_id, memo.memo.step_hash)
+        target = (gate.invoked_by.run_id, gate.invoked_by.step)
         self.memos[:] = [m for m in self.memos if (m.run_id, m.memo.step_hash) != target]
+        if skip is None:
+            return None
+        memo = RunMemo(gate.invoked_by.run_id, StepMemo(gate.invoked_by.step, skipped_invoke_memo(skip)))
         self.memos.append(memo)
         return memo
 

@@ -313,10 +313,10 @@ async def _pass_gates(conn: Connection, events: list[NewEvent]) -> None:
                 throttle_tat = await conn.fetchval(_SELECT_TAT, fn, THROTTLE, gate.throttle.key)
             decision = decide(gate, run.started_at_ms, running=running, rate_tat=rate_tat, throttle_tat=throttle_tat)
             skip = apply_decision(new, run, decision)
+            new.tell_invoker(gate, skip)  # a memo for the invoking step is written with the event's others
             if skip is not None:
                 await conn.execute(_INSERT_SKIP, skip.run_id, skip.function_id, skip.event_id, skip.reason, skip.at_ms)
                 report_skip(skip)
-                new.tell_invoker(gate, skip)  # its memo is written with the event's others, below
                 continue
             await conn.execute(_INSERT_RUN, *_run_row(run), new.owner, fence)
             if gate.rate_limit is not None and decision.rate_tat is not None:

@@ -437,10 +437,10 @@ def _pass_gates(
             throttle_tat = None if row is None else row[0]
         decision = decide(gate, now_ms, running=running, rate_tat=rate_tat, throttle_tat=throttle_tat)
         skip = apply_decision(new, run, decision)
+        told = new.tell_invoker(gate, skip)
         if skip is not None:
             conn.execute(_INSERT_SKIP, (skip.run_id, skip.function_id, skip.event_id, skip.reason, skip.at_ms))
             report_skip(skip)
-            told = new.tell_invoker(gate, skip)
             if told is not None:  # the event's other memos were listed before its gates
                 conn.execute(_INSERT_MEMO, (told.run_id, told.memo.step_hash, told.memo.result))
             continue

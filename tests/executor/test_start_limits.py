@@ -85,6 +85,9 @@ def test_an_invoked_runs_gate_names_the_invoking_step_and_only_a_refusal_tells_i
     run.status = SKIPPED
     assert told_invokers(new) == new.memos
     assert b"FunctionSkippedError" in new.memos[0].memo.result
+    # Applied again, the gate let the run start: the invoking step is told nothing.
+    assert new.tell_invoker(gate, None) is None
+    assert new.memos == []
 
 
 def wire(**flow: Any) -> FunctionConfig:
