@@ -68,7 +68,7 @@ from connect.executor.retention import INTERVAL as RETENTION_INTERVAL
 from connect.executor.retention import Retention
 from connect.executor.retries import Backoff
 from connect.executor.runner import MAX_LEASE_LAPSES, CancelRequested, Message, Resolved, Runner, RunServices
-from connect.executor.starts import event_record, gated_event, received, started
+from connect.executor.starts import event_record, gated_event, received, started, told_invokers
 from connect.executor.system_events import derived_id_at
 from connect.executor.timers import Timers
 from connect.executor.triggers import FunctionInfo, Target, TriggerIndex
@@ -439,6 +439,9 @@ class Executor:
             for run in started(item.new):
                 self._ownership.started(run.run_id)
                 self._spawn(run.run_id, (run, item.event))
+            if item.new.gates:
+                for told in told_invokers(item.new):  # stored with the event: wake the invoking run
+                    self._deliver(told.run_id, Resolved(told.memo.step_hash, told.memo.result))
             for i, run_id in enumerate(item.new.cancels):
                 if i < item.matched_cancels:
                     reason = f"event {item.event.name} ({item.event.id}) matched a cancel condition"

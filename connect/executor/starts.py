@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+import msgspec
+
 from connect.executor.held_starts import hold_for
-from connect.executor.system_events import FUNCTION_CANCELLED, FUNCTION_FAILED, FUNCTION_FINISHED
+from connect.executor.system_events import FUNCTION_CANCELLED, FUNCTION_FAILED, FUNCTION_FINISHED, invoking_step
 from connect.executor.triggers import Target, TriggerIndex
-from connect.store.base import EventRecord, Hold, NewEvent, PendingRequest, RunRecord
-from connect.store.start_gates import SKIPPED, StartGate
+from connect.store.base import EventRecord, Hold, NewEvent, PendingRequest, RunMemo, RunRecord
+from connect.store.start_gates import SKIPPED, Invoker, StartGate
 from protocol.ids import new_ulid
 from protocol.payloads import Event, IncomingEvent, json_encoder
 
@@ -88,16 +90,19 @@ def new_run(target: Target, event_id: str, now_ms: int) -> RunRecord:
     )
 
 
-def start_gates(index: TriggerIndex, runs: list[RunRecord], event: Event) -> list[StartGate]:
+def start_gates(
+    index: TriggerIndex, runs: list[RunRecord], event: Event, invoker: Invoker | None = None
+) -> list[StartGate]:
     """The flow-control gates the runs of functions with throttle, rate limit,
-    idempotency or singleton must pass when they are recorded (see `NewEvent.gates`)."""
+    idempotency or singleton must pass when they are recorded (see `NewEvent.gates`);
+    `invoker`, the `step.invoke` step told if its run is refused."""
     gates: list[StartGate] = []
     for run in runs:
         info = index.lookup(run.function_id)
         if info is not None and info.start_limits is not None:
             gate = info.start_limits.gate(run.run_id, event)
             if gate is not None:
-                gates.append(gate)
+                gates.append(gate if invoker is None else msgspec.structs.replace(gate, invoked_by=invoker))
     return gates
 
 
@@ -111,12 +116,30 @@ def gated_event(
 ) -> NewEvent:
     """`record` with what it causes: the runs it starts, gated (see
     `start_gates`), of the functions `found`, or when None of those its
-    triggers match, whose debounces and batches hold it instead (see `plan`)."""
+    triggers match, whose debounces and batches hold it instead (see `plan`).
+
+    A run `step.invoke` starts (`found`, an `inngest/function.invoked`
+    event) that its gate refuses ends the invoking step at once, with an
+    error naming why (see `told_invokers`)."""
+    invoker = None
     if found is None:
         runs, holds = plan(index, event, now_ms)
     else:
         runs, holds = [new_run(target, event.id, now_ms) for target in found], []
-    return NewEvent(record, runs, owner=owner, gates=start_gates(index, runs, event), holds=holds)
+        step = invoking_step(event)
+        invoker = None if step is None else Invoker(*step)
+    return NewEvent(record, runs, owner=owner, gates=start_gates(index, runs, event, invoker), holds=holds)
+
+
+def told_invokers(new: NewEvent) -> list[RunMemo]:
+    """Once `new` is recorded: the `step.invoke` steps whose runs its gates
+    refused, with the error memo the store gave each (see `NewEvent.tell_invoker`)."""
+    skipped = {
+        (g.invoked_by.run_id, g.invoked_by.step)
+        for g in new.gates
+        if g.invoked_by is not None and any(r.run_id == g.run_id and r.status == SKIPPED for r in new.runs)
+    }
+    return [m for m in new.memos if (m.run_id, m.memo.step_hash) in skipped] if skipped else []
 
 
 def started(new: NewEvent) -> list[RunRecord]:

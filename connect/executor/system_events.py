@@ -58,6 +58,19 @@ def correlation_id(run_id: str, step_hash: str) -> str:
     return f"{run_id}.{step_hash}"
 
 
+def invoking_step(event: Event) -> tuple[str, str] | None:
+    """The (run id, step hash) of the `step.invoke` step that `event`, an
+    `inngest/function.invoked`, starts a run for; None for any other event."""
+    if event.name != FUNCTION_INVOKED:
+        return None
+    meta = event.data.get("_inngest")
+    correlation = meta.get("correlation_id") if isinstance(meta, dict) else None
+    if not isinstance(correlation, str):
+        return None
+    run_id, dot, step_hash = correlation.partition(".")  # a run id (a ULID) has no dot
+    return (run_id, step_hash) if dot and run_id and step_hash else None
+
+
 def invoked_event(
     *,
     parent_run_id: str,

@@ -25,7 +25,7 @@ from typing import Final, Protocol
 
 import msgspec
 
-from connect.store.start_gates import SkippedStart, StartGate
+from connect.store.start_gates import SkippedStart, StartGate, skipped_invoke_memo
 from protocol.payloads import FunctionConfig
 
 # Run statuses, exactly as the REST API shows them.
@@ -439,8 +439,11 @@ class NewEvent(msgspec.Struct, frozen=True):
     `status` `SKIPPED` and is stored as a `SkippedStart`, not as a run; a
     throttled run gets its first request's `wake_at_ms` set to its turn; a
     run a singleton cancels is added to `cancels` (and flagged, as
-    `request_cancel` does, announcing it on `RUN_CANCEL_REQUESTED`). Runs
-    without a gate cost nothing more.
+    `request_cancel` does, announcing it on `RUN_CANCEL_REQUESTED`); a run
+    refused whose gate names the `step.invoke` step waiting for it
+    (`StartGate.invoked_by`) gives that step an error memo, stored (first
+    stored wins) and added to `memos` (see `tell_invoker`). Runs without a
+    gate cost nothing more.
 
     `holds` are the debounced and batched functions it goes to instead of
     starting a run (see `connect.store.held_starts`): each is applied to the
@@ -457,6 +460,22 @@ class NewEvent(msgspec.Struct, frozen=True):
     gates: list[StartGate] = msgspec.field(default_factory=list)
     holds: list[Hold] = msgspec.field(default_factory=list)
 
+    def tell_invoker(self, gate: StartGate, skip: SkippedStart | None) -> RunMemo | None:
+        """For a store that decided `gate`: when it refused its run (`skip`),
+        the memo of the `step.invoke` step waiting for the run, if any, put in
+        `memos` for the store to write in the same transaction. Whatever an
+        earlier attempt of the transaction decided is replaced, so an
+        operation applied again reports only its last decision."""
+        if gate.invoked_by is None:
+            return None
+        target = (gate.invoked_by.run_id, gate.invoked_by.step)
+        self.memos[:] = [m for m in self.memos if (m.run_id, m.memo.step_hash) != target]
+        if skip is None:
+            return None
+        memo = RunMemo(gate.invoked_by.run_id, StepMemo(gate.invoked_by.step, skipped_invoke_memo(skip)))
+        self.memos.append(memo)
+        return memo
+
 
 #: Where a scan of events by age stopped: (received_at_ms, id) of the last one examined.
 EventsCursor = tuple[int, str]
@@ -472,11 +491,12 @@ class Pruned(msgspec.Struct, frozen=True):
     replies: int = 0
     leases: int = 0
     events_cursor: EventsCursor | None = None
+    singletons: int = 0
 
     def reached(self, limit: int) -> bool:
         """Whether a bounded kind hit `limit` or the event scan stopped short,
         so another batch may find more to delete."""
-        return self.events_cursor is not None or max(self.runs, self.replies, self.leases) >= limit
+        return self.events_cursor is not None or max(self.runs, self.replies, self.leases, self.singletons) >= limit
 
     def __add__(self, other: Pruned) -> Pruned:
         """Totals of two batches, the second's cursor."""
@@ -487,6 +507,7 @@ class Pruned(msgspec.Struct, frozen=True):
             self.replies + other.replies,
             self.leases + other.leases,
             other.events_cursor,
+            self.singletons + other.singletons,
         )
 
 
@@ -827,9 +848,11 @@ class Store(ReplyStore, Protocol):
           events runs emitted, and events that started nothing. The memo a
           wait or an invoke resolved with holds its own copy of the event,
           so resolved waits need no event row;
-        * skipped starts recorded before `before_ms` (at most `limit`), and
+        * skipped starts recorded before `before_ms` (at most `limit`),
           throttle and rate-limit state whose theoretical arrival time is
-          before `before_ms` (which means the same as none);
+          before `before_ms` (which means the same as none), and singleton
+          keys held by runs no longer Running (ended, whenever that was, or
+          deleted: the same as no holder), at most `limit`;
         * replies stored before `before_ms` and before the oldest Running run
           started (a reply a live run may still consume was stored after it
           started), and leases that expired before `before_ms`.

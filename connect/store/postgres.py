@@ -313,6 +313,7 @@ async def _pass_gates(conn: Connection, events: list[NewEvent]) -> None:
                 throttle_tat = await conn.fetchval(_SELECT_TAT, fn, THROTTLE, gate.throttle.key)
             decision = decide(gate, run.started_at_ms, running=running, rate_tat=rate_tat, throttle_tat=throttle_tat)
             skip = apply_decision(new, run, decision)
+            new.tell_invoker(gate, skip)  # a memo for the invoking step is written with the event's others
             if skip is not None:
                 await conn.execute(_INSERT_SKIP, skip.run_id, skip.function_id, skip.event_id, skip.reason, skip.at_ms)
                 report_skip(skip)
@@ -645,7 +646,26 @@ async def _prune_history(conn: Connection, before_ms: int, limit: int, events_af
             before_ms,
             limit,
         )
-    return Pruned(runs=len(runs), steps=steps, events=events, replies=replies, leases=leases, events_cursor=cursor)
+        # Singleton keys whose run is no longer Running (or gone): the same as
+        # no holder. The run id is part of the match, so a key a gate gave to a
+        # new run meanwhile is not deleted (its row no longer matches).
+        singletons = _deleted(
+            await conn.execute(
+                "DELETE FROM singletons WHERE (function_id, key, run_id) IN (SELECT s.function_id, s.key, s.run_id"
+                " FROM singletons s LEFT JOIN runs r ON r.run_id = s.run_id"
+                " WHERE r.run_id IS NULL OR r.status <> 'Running' LIMIT $1 FOR UPDATE OF s SKIP LOCKED)",
+                limit,
+            )
+        )
+    return Pruned(
+        runs=len(runs),
+        steps=steps,
+        events=events,
+        replies=replies,
+        leases=leases,
+        events_cursor=cursor,
+        singletons=singletons,
+    )
 
 
 # How each outcome of `settle_request` ends a hold; each returns the function slug.

@@ -437,9 +437,12 @@ def _pass_gates(
             throttle_tat = None if row is None else row[0]
         decision = decide(gate, now_ms, running=running, rate_tat=rate_tat, throttle_tat=throttle_tat)
         skip = apply_decision(new, run, decision)
+        told = new.tell_invoker(gate, skip)
         if skip is not None:
             conn.execute(_INSERT_SKIP, (skip.run_id, skip.function_id, skip.event_id, skip.reason, skip.at_ms))
             report_skip(skip)
+            if told is not None:  # the event's other memos were listed before its gates
+                conn.execute(_INSERT_MEMO, (told.run_id, told.memo.step_hash, told.memo.result))
             continue
         conn.execute(_INSERT_RUN, (*_run_row(run), new.owner, fence))
         if gate.rate_limit is not None and decision.rate_tat is not None:
@@ -650,6 +653,12 @@ _DELETE_FREED_EVENT: Final = (
 )
 
 
+_PRUNE_SINGLETONS: Final = (
+    "DELETE FROM singletons WHERE (function_id, key) IN (SELECT s.function_id, s.key FROM singletons s"
+    " LEFT JOIN runs r ON r.run_id = s.run_id WHERE r.run_id IS NULL OR r.status <> 'Running' LIMIT ?)"
+)
+
+
 def _prune_history(conn: sqlite3.Connection, before_ms: int, limit: int, events_after: EventsCursor | None) -> Pruned:
     runs: list[tuple[str, str]] = conn.execute(
         "SELECT run_id, event_id FROM runs WHERE ended_at_ms < ? AND status <> 'Running' ORDER BY ended_at_ms LIMIT ?",
@@ -708,7 +717,17 @@ def _prune_history(conn: sqlite3.Connection, before_ms: int, limit: int, events_
         " (SELECT function_id, kind, key FROM start_limits WHERE tat_ms < ? LIMIT ?)",
         (before_ms, limit),
     )
-    return Pruned(runs=len(runs), steps=steps, events=events, replies=replies, leases=leases, events_cursor=cursor)
+    # Singleton keys whose run is no longer Running (or gone): the same as no holder.
+    singletons = conn.execute(_PRUNE_SINGLETONS, (limit,)).rowcount
+    return Pruned(
+        runs=len(runs),
+        steps=steps,
+        events=events,
+        replies=replies,
+        leases=leases,
+        events_cursor=cursor,
+        singletons=singletons,
+    )
 
 
 class SqliteStore:

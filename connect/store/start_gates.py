@@ -21,8 +21,17 @@ its reason (`SkippedStart`). A singleton in `skip` mode skips a new run
 while a run holding its key is Running; in `cancel` mode it flags that run
 for cancellation and the new run starts.
 
+A run started by `step.invoke` names the step that waits for it
+(`StartGate.invoked_by`). When its gate refuses it, that step is given its
+result in the same transaction: an error naming the reason
+(`skipped_invoke_memo`), so the invoking run goes on at once instead of
+waiting for the invoke's timeout, and a restart cannot lose the answer.
+
 The state kept: one `tat` per (function, gate kind, key), and per singleton
-key the run that holds it. A `tat` in the past means the same as none.
+key the run that holds it. A `tat` in the past means the same as none, and
+so does a singleton key whose run is no longer Running: history retention
+deletes both (`Store.prune_history`), so the state stays as small as the
+keys in use.
 """
 
 from __future__ import annotations
@@ -38,6 +47,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("connect.store.start_gates")
 
+_encode = msgspec.json.Encoder().encode
+
 #: `connect.store.base.RUNNING` (not imported: the base imports this module).
 RUNNING: Final = "Running"
 #: The status of a run a gate refused, as the API shows it (it is never stored as a run).
@@ -46,6 +57,9 @@ SKIPPED: Final = "Skipped"
 #: The kinds of GCRA state kept per key (`start_limits.kind`).
 THROTTLE: Final = "throttle"
 RATE_LIMIT: Final = "rate"
+
+#: The error name an invoking step gets when the run it invoked is refused.
+SKIPPED_INVOKE_ERROR: Final = "FunctionSkippedError"
 
 #: How long an idempotency key holds, in milliseconds.
 IDEMPOTENCY_PERIOD_MS: Final = 24 * 3600 * 1000
@@ -77,15 +91,24 @@ class Singleton(msgspec.Struct, frozen=True):
     mode: Literal["skip", "cancel"]
 
 
+class Invoker(msgspec.Struct, frozen=True):
+    """The run whose `step.invoke` step `step` waits for the gated run."""
+
+    run_id: str
+    step: str
+
+
 class StartGate(msgspec.Struct, frozen=True):
     """What the new run `run_id` of `function_id` must pass, keys evaluated
-    against its triggering event (see `NewEvent.gates`)."""
+    against its triggering event (see `NewEvent.gates`); `invoked_by`, the
+    step told when the run is refused (a run started by `step.invoke`)."""
 
     run_id: str
     function_id: str
     throttle: Throttle | None = None
     rate_limit: RateLimit | None = None
     singleton: Singleton | None = None
+    invoked_by: Invoker | None = None
 
     def lock_keys(self) -> list[str]:
         """The keys of state this gate reads and writes (lock them in sorted order)."""
@@ -194,6 +217,13 @@ def apply(new: NewEvent, run: RunRecord, decision: Decision) -> SkippedStart | N
     if decision.cancel is not None and decision.cancel not in new.cancels:
         new.cancels.append(decision.cancel)
     return None
+
+
+def skipped_invoke_memo(skip: SkippedStart) -> bytes:
+    """The result stored for the `step.invoke` step whose run `skip` refused:
+    an error naming the function and why (the step raises it in the invoking run)."""
+    message = f"the invoked function {skip.function_id!r} started no run: {skip.reason}"
+    return _encode({"error": {"name": SKIPPED_INVOKE_ERROR, "message": message}})
 
 
 def report_skip(skip: SkippedStart) -> None:

@@ -1,6 +1,6 @@
 """Functions with flow control at run start, written with the official `inngest` SDK:
 throttle (with burst 0 and with the SDK's default burst 1), rate limit,
-idempotency and singleton in both modes. The same ids, events and outputs as
+idempotency and singleton in both modes, and a function invoking one of them. The same ids, events and outputs as
 `tests/compat/ts/flow_app.mjs`.
 
 Run as its own process with CONNECT_API_URL pointing at `connect dev`:
@@ -93,9 +93,31 @@ async def single_cancel(ctx: inngest.Context) -> Any:
     return await _nap(ctx)
 
 
+@client.create_function(
+    fn_id="invoker",
+    trigger=inngest.TriggerEvent(event="flow/invoke"),
+    retries=0,
+)
+async def invoker(ctx: inngest.Context) -> list[str]:
+    """Invokes `idempotent` with the order of the event, twice: "ran", or the error the invoke raised."""
+    outcomes = []
+    for i in range(2):
+        try:
+            await ctx.step.invoke_by_id(
+                f"call-{i}",
+                function_id="idempotent",
+                data={"order": ctx.event.data["order"]},
+                timeout=datetime.timedelta(minutes=5),
+            )
+            outcomes.append("ran")
+        except inngest.StepError as err:
+            outcomes.append(f"{err.name}: {err.message}")
+    return outcomes
+
+
 async def main() -> None:
     logging.basicConfig(level=logging.INFO)
-    functions = [throttled, throttled_burst, rated, idempotent, single_skip, single_cancel]
+    functions = [throttled, throttled_burst, rated, idempotent, single_skip, single_cancel, invoker]
     await connect([(client, functions)], instance_id=os.environ.get("WORKER_NAME", "official-flow")).start()
 
 

@@ -1,7 +1,7 @@
 """Debounce and event batching as the official SDKs register them: `connect dev`
-(real process, SQLite) with a worker built with the official Python SDK
-(`official_held_app.py`) or the official TypeScript SDK (`ts/held_app.mjs`,
-Node 20 or newer on PATH). The functions return what the SDK gave them as
+(real process; SQLite, and PostgreSQL for the Python SDK) with a worker built
+with the official Python SDK (`official_held_app.py`) or the official
+TypeScript SDK (`ts/held_app.mjs`, Node 20 or newer on PATH). The functions return what the SDK gave them as
 `ctx.event` / `ctx.events` (`event` / `events` in TypeScript).
 
 Both functions (the same in both apps):
@@ -29,10 +29,10 @@ APPS = {"official": "official-held", "ts": "ts-held"}
 
 
 class Held:
-    def __init__(self, sdk: str, tmp: Path) -> None:
+    def __init__(self, sdk: str, tmp: Path, database_url: str | None = None) -> None:
         self.sdk = sdk
         self.tmp = tmp
-        self.dev = DevServer(tmp).start()
+        self.dev = DevServer(tmp, database_url=database_url).start()
         self.worker = self.start_worker()
 
     def start_worker(self) -> Proc:
@@ -68,9 +68,11 @@ class Held:
         self.dev.stop()
 
 
-@pytest.fixture(scope="module", params=["official", "ts"])
+@pytest.fixture(scope="module", params=["official-sqlite", "official-postgres", "ts-sqlite"])
 def held(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Held]:
-    running = Held(request.param, tmp_path_factory.mktemp(f"held-{request.param}"))
+    sdk, engine = request.param.split("-")
+    url = request.getfixturevalue("postgres_server").create_database() if engine == "postgres" else None
+    running = Held(sdk, tmp_path_factory.mktemp(f"held-{request.param}"), url)
     yield running
     running.stop()
 

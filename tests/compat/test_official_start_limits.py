@@ -1,7 +1,8 @@
 """Throttle, rate limit, idempotency and singleton registered by unmodified
 official workers (`tests/compat/official_flow_app.py`, Python SDK, on SQLite
 and PostgreSQL; `tests/compat/ts/flow_app.mjs`, TypeScript SDK) against a real
-`connect dev`: each option's meaning, timings asserted with margins."""
+`connect dev`: each option's meaning, timings asserted with margins, and an
+invoke whose run idempotency refuses failing at once in the invoking run."""
 
 from __future__ import annotations
 
@@ -98,6 +99,19 @@ def test_idempotency_starts_one_run_per_key(stack: Stack) -> None:
     runs = stack.dev.wait_runs(events, timeout=60)
     assert [(r["status"], r["output"]) for r in runs] == [("Completed", "o-1"), ("Skipped", None), ("Completed", "o-2")]
     assert runs[1]["skip_reason"].startswith("idempotency: key 'o-1'")
+
+
+def test_an_invoke_of_a_run_idempotency_skips_fails_at_once_naming_why(stack: Stack) -> None:
+    sent = time.monotonic()
+    [run] = stack.dev.wait_runs(stack.send("flow/invoke", [{"order": "o-invoke"}]), timeout=120)
+    assert run["status"] == "Completed", stack.hint()
+    ran, skipped = run["output"]
+    assert ran == "ran"
+    assert skipped.startswith(
+        f"FunctionSkippedError: the invoked function '{stack.fn('idempotent')}' started no run: "
+        "idempotency: key 'o-invoke'"
+    ), skipped
+    assert time.monotonic() - sent < 60  # not the invoke's 5 minutes
 
 
 def test_singleton_skip_while_a_run_is_running(stack: Stack) -> None:

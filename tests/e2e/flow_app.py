@@ -1,6 +1,6 @@
 """Functions with flow control written with our SDK (`connect.Throttle`,
-`RateLimit`, `Singleton`, `Debounce`, `Batch`), served by a real worker
-process for `tests/e2e/test_sdk_flow_control.py`.
+`RateLimit`, `idempotency`, `Singleton` in both modes, `Debounce`, `Batch`),
+served by a real worker process for `tests/e2e/test_sdk_flow_control.py`.
 
 Each function returns what its test checks: when its step ran (Unix
 seconds), or the events it was given (`ctx.event`, `ctx.events`).
@@ -13,7 +13,7 @@ import datetime
 import time
 from typing import Any
 
-from connect import Batch, Client, Context, Debounce, RateLimit, Singleton, Step, Throttle, TriggerEvent
+from connect import Batch, Client, Context, Debounce, RateLimit, Singleton, Step, StepError, Throttle, TriggerEvent
 
 client = Client(app_id="sdk-flow")
 
@@ -47,7 +47,46 @@ async def single(ctx: Context, step: Step) -> int:
     seconds = float(ctx.event.data.get("sleep", 0))
     if seconds:
         await step.run("hold", asyncio.sleep, seconds)
+    nap = int(ctx.event.data.get("nap", 0))
+    if nap:  # Running all along, with no step on the worker
+        await step.sleep("nap", datetime.timedelta(seconds=nap))
     return int(ctx.event.data["n"])
+
+
+@client.create_function(
+    fn_id="idempotent",
+    trigger=TriggerEvent(event="flow/idempotent"),
+    idempotency="event.data.order",
+)
+async def idempotent(ctx: Context, step: Step) -> str:
+    return str(ctx.event.data["order"])
+
+
+@client.create_function(
+    fn_id="single-cancel",
+    trigger=TriggerEvent(event="flow/single-cancel"),
+    singleton=Singleton(mode="cancel"),
+)
+async def single_cancel(ctx: Context, step: Step) -> int:
+    seconds = int(ctx.event.data.get("sleep", 0))
+    if seconds:
+        await step.sleep("nap", datetime.timedelta(seconds=seconds))
+    return int(ctx.event.data["n"])
+
+
+@client.create_function(fn_id="invoker", trigger=TriggerEvent(event="flow/invoke"), retries=0)
+async def invoker(ctx: Context, step: Step) -> list[str]:
+    """Invokes each `{"fn", "data"}` of `calls` in turn: "ran", or the error the invoke raised."""
+    outcomes = []
+    for i, call in enumerate(ctx.event.data["calls"]):
+        try:
+            await step.invoke_by_id(
+                f"call-{i}", function_id=call["fn"], data=call["data"], timeout=datetime.timedelta(minutes=5)
+            )
+            outcomes.append("ran")
+        except StepError as err:
+            outcomes.append(f"{err.name}: {err.message}")
+    return outcomes
 
 
 def _seen(ctx: Context) -> dict[str, Any]:

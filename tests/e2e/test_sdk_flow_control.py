@@ -1,7 +1,9 @@
 """Flow control written with our SDK (`tests/e2e/flow_app.py`): a real worker
-process served by a real `connect dev` (SQLite). Throttle, rate limit,
-singleton, debounce and batch each do what the README's Flow control section
-says; timings are asserted as margins."""
+process served by a real `connect dev`, on SQLite and on PostgreSQL (one
+server per engine for the module). Throttle, rate limit, idempotency,
+singleton (both modes), debounce and batch each do what the README's Flow
+control section says; timings are asserted as margins. (Concurrency and
+priority with our SDK: `tests/e2e/test_concurrency.py`.)"""
 
 from __future__ import annotations
 
@@ -14,13 +16,14 @@ from typing import Any
 import pytest
 
 from tests.e2e.harness import DevServer, Proc, start_worker, wait_for_log, wait_until
+from tests.postgres import PostgresServer
 
 APP = "sdk-flow"
 
 
 class Stack:
-    def __init__(self, tmp: Path) -> None:
-        self.dev = DevServer(tmp).start()
+    def __init__(self, tmp: Path, database_url: str | None) -> None:
+        self.dev = DevServer(tmp, database_url=database_url).start()
         self.worker: Proc = start_worker(self.dev, tmp, target="tests.e2e.flow_app:client")
         wait_for_log(self.worker, "worker state ACTIVE", timeout=60)
 
@@ -35,9 +38,13 @@ class Stack:
         self.dev.stop()
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    running = Stack(tmp_path_factory.mktemp("sdk-flow"))
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    database_url = None
+    if request.param == "postgres":
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        database_url = server.create_database()
+    running = Stack(tmp_path_factory.mktemp(f"sdk-flow-{request.param}"), database_url)
     yield running
     running.stop()
 
@@ -68,6 +75,16 @@ def test_a_rate_limit_skips_the_events_over_it_per_key(stack: Stack) -> None:
     assert [r["status"] for r in runs] == ["Completed", "Completed", "Skipped", "Skipped", "Completed"], stack.hint()
     assert [r["output"] for r in runs if r["status"] == "Completed"] == [0, 1, 9]
     assert all(r["skip_reason"].startswith("rate limit 2 per 60s: key 'a'") for r in runs[2:4])
+
+
+def test_idempotency_starts_one_run_per_key(stack: Stack) -> None:
+    events = stack.send("flow/idempotent", [{"order": "o-1"}, {"order": "o-1"}, {"order": "o-2"}])
+    runs = stack.dev.wait_runs(events, timeout=60)
+    assert [(r["status"], r["output"]) for r in runs] == [("Completed", "o-1"), ("Skipped", None), ("Completed", "o-2")]
+    assert runs[1]["skip_reason"].startswith("idempotency: key 'o-1'")
+    # The key holds after its run ended, too (24 hours).
+    [again] = stack.dev.wait_runs(stack.send("flow/idempotent", [{"order": "o-1"}]), timeout=60)
+    assert again["status"] == "Skipped", again
 
 
 def test_a_singleton_skips_an_event_while_its_key_runs(stack: Stack) -> None:
@@ -120,3 +137,33 @@ def test_a_debounce_holds_the_events_of_a_function_that_also_throttles(stack: St
     assert run["status"] == "Completed", stack.hint()
     assert run["output"]["events"] == [{"n": 2}]
     assert all(stack.dev.runs(event_id) == [] for event_id in ids[:-1])
+
+
+def test_a_singleton_in_cancel_mode_cancels_the_running_run(stack: Stack) -> None:
+    [first] = stack.send("flow/single-cancel", [{"sleep": 60, "n": 1}])
+    wait_until(lambda: bool(stack.dev.runs(first)), 10, "the first run")
+    [second] = stack.send("flow/single-cancel", [{"n": 2}])
+    runs = stack.dev.wait_runs([first, second], timeout=30)
+    assert [(r["status"], r["output"]) for r in runs] == [("Cancelled", None), ("Completed", 2)], stack.hint()
+
+
+def test_an_invoke_whose_run_is_skipped_fails_at_once_naming_why(stack: Stack) -> None:
+    [holder] = stack.send("flow/single", [{"k": "inv", "nap": 60, "n": 1}])
+    wait_until(lambda: bool(stack.dev.runs(holder)), 10, "the run holding the singleton key")
+    calls = [
+        {"fn": "single", "data": {"k": "inv", "n": 2}},  # while `holder` runs
+        *({"fn": "rated", "data": {"k": "inv", "n": n}} for n in range(3)),  # 2 per minute
+        *({"fn": "idempotent", "data": {"order": "inv"}} for _ in range(2)),
+    ]
+    sent = time.monotonic()
+    [run] = stack.dev.wait_runs(stack.send("flow/invoke", [{"calls": calls}]), timeout=120)
+    elapsed = time.monotonic() - sent
+    assert run["status"] == "Completed", stack.hint()
+    out = run["output"]
+    assert [o == "ran" for o in out] == [False, True, True, False, True, False], out
+    prefix = "FunctionSkippedError: the invoked function 'sdk-flow-{}' started no run: "
+    assert out[0].startswith(prefix.format("single") + "singleton: run "), out[0]
+    assert out[3].startswith(prefix.format("rated") + "rate limit 2 per 60s: key 'inv'"), out[3]
+    assert out[5].startswith(prefix.format("idempotent") + "idempotency: key 'inv'"), out[5]
+    # Told when the run was refused, not when the invoke's 5 minutes ran out.
+    assert elapsed < 60, elapsed

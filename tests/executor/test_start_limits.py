@@ -13,7 +13,20 @@ import anyio
 import pytest
 
 from connect.executor.start_limits import parse
-from connect.store.start_gates import RateLimit, Singleton, StartGate, Throttle, decide, gcra
+from connect.executor.starts import told_invokers
+from connect.executor.system_events import invoked_event, invoking_step
+from connect.store.base import EventRecord, NewEvent, RunRecord
+from connect.store.start_gates import (
+    SKIPPED,
+    Invoker,
+    RateLimit,
+    Singleton,
+    SkippedStart,
+    StartGate,
+    Throttle,
+    decide,
+    gcra,
+)
 from protocol.payloads import Event, FunctionConfig
 from tests.executor.harness import Harness, config
 from tests.executor.scripted_worker import Ctx, Step
@@ -44,6 +57,37 @@ def test_decide_checks_singleton_then_rate_limit_then_throttle() -> None:
     assert (ok.skip, ok.wake_at_ms, ok.rate_tat, ok.throttle_tat, ok.hold) == (None, 3000, 1000, 4000, True)
     cancel = StartGate("r", "f", singleton=Singleton("", "cancel"))
     assert decide(cancel, 0, running="old", rate_tat=None, throttle_tat=None).cancel == "old"
+
+
+def test_an_invoked_runs_gate_names_the_invoking_step_and_only_a_refusal_tells_it() -> None:
+    invoked = invoked_event(
+        parent_run_id="01PARENT",
+        parent_function_id="app-parent",
+        parent_app="app",
+        step_hash="abc123",
+        function_id="app-child",
+        data={},
+        expire_ms=0,
+        now_ms=0,
+    )
+    assert invoking_step(invoked) == ("01PARENT", "abc123")
+    assert invoking_step(Event(name="app/x", data={"_inngest": {"correlation_id": "01PARENT.abc123"}})) is None
+    assert invoking_step(Event(name=invoked.name, data={"_inngest": {"correlation_id": "no-dot"}})) is None
+    gate = StartGate("child", "app-child", invoked_by=Invoker("01PARENT", "abc123"))
+    run = RunRecord("child", "app-child", "app", invoked.id, 0)
+    record = EventRecord(invoked.id, invoked.name, 0, 0, b"{}")
+    new = NewEvent(record, [run], gates=[gate])
+    skip = SkippedStart("child", "app-child", invoked.id, "singleton: run r is running for key ''", 0)
+    new.tell_invoker(gate, skip)
+    new.tell_invoker(gate, skip)  # a transaction applied again
+    assert len(new.memos) == 1
+    assert told_invokers(new) == []  # the run was not refused after all
+    run.status = SKIPPED
+    assert told_invokers(new) == new.memos
+    assert b"FunctionSkippedError" in new.memos[0].memo.result
+    # Applied again, the gate let the run start: the invoking step is told nothing.
+    assert new.tell_invoker(gate, None) is None
+    assert new.memos == []
 
 
 def wire(**flow: Any) -> FunctionConfig:

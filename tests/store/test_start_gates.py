@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 
+import msgspec
 import pytest
 
 from connect.store import COMPLETED, EventRecord, NewEvent, PendingRequest, RunRecord, Store
 from connect.store.base import RUN_CANCEL_REQUESTED
-from connect.store.start_gates import SKIPPED, RateLimit, Singleton, StartGate, Throttle
+from connect.store.start_gates import SKIPPED, Invoker, RateLimit, Singleton, StartGate, Throttle
 from tests.store.conftest import Engine
 
 pytestmark = pytest.mark.anyio
@@ -182,3 +183,71 @@ async def test_prune_history_drops_old_skips_and_spent_state(store: Store) -> No
     assert await store.skipped_starts("e2") == []
     # The spent rate-limit state went with it: a run at 1000 again is allowed.
     assert (await record(store, "e3", 1000, rate_limit=limit)).status == "Running"
+
+
+async def test_a_refused_invoked_run_ends_the_invoking_step_with_why(store: Store) -> None:
+    parent = await record(store, "parent", 1000)
+    limit = RateLimit("k", limit=1, period_ms=60_000)
+    invoker = Invoker(parent.run_id, "step-1")
+    ran, _ = gated("child-1", 1001, StartGate("run-child-1", FN, rate_limit=limit, invoked_by=invoker))
+    assert await store.record_events([ran]) == [True]
+    assert ran.memos == []  # a run that starts tells nobody
+    new, child = gated("child-2", 1002, StartGate("run-child-2", FN, rate_limit=limit, invoked_by=invoker))
+    assert await store.record_events([new]) == [True]
+    assert child.status == SKIPPED
+    [told] = new.memos
+    assert (told.run_id, told.memo.step_hash) == (parent.run_id, "step-1")
+    error = msgspec.json.decode(told.memo.result)["error"]
+    assert error["name"] == "FunctionSkippedError"
+    assert error["message"].startswith(f"the invoked function {FN!r} started no run: rate limit 1 per 60s: key 'k'")
+    loaded = await store.load_run(parent.run_id)
+    assert loaded is not None
+    assert [(m.step_hash, m.result) for m in loaded.memos] == [("step-1", told.memo.result)]
+
+
+async def test_prune_history_drops_singleton_keys_of_runs_no_longer_running(store: Store) -> None:
+    ended = [await record(store, f"e{i}", 1000, singleton=Singleton(f"k{i}", "skip")) for i in range(3)]
+    await record(store, "live", 1000, singleton=Singleton("live", "skip"))
+    # A cutoff before everything: no history goes, and every key's run is Running.
+    assert (await store.prune_history(before_ms=100, limit=100)).singletons == 0
+    for run in ended:
+        run.status, run.ended_at_ms, run.requests = COMPLETED, 1500, []
+        await store.save_run(run, fence=0)
+    # Whenever their runs ended: a key held by a run that ended is no key held.
+    first = await store.prune_history(before_ms=100, limit=2)
+    assert first.singletons == 2 and first.reached(2)
+    assert (await store.prune_history(before_ms=100, limit=2)).singletons == 1
+    assert (await store.prune_history(before_ms=100, limit=2)).singletons == 0
+    # The Running run still holds its key; the others' keys start runs again.
+    assert (await record(store, "live-2", 2000, singleton=Singleton("live", "skip"))).status == SKIPPED
+    assert (await record(store, "k0-2", 2000, singleton=Singleton("k0", "skip"))).status == "Running"
+    # A run history retention deletes takes its key with it in the same batch.
+    again = await record(store, "k1-2", 2000, singleton=Singleton("k1", "skip"))
+    again.status, again.ended_at_ms, again.requests = COMPLETED, 2500, []
+    await store.save_run(again, fence=0)
+    pruned = await store.prune_history(before_ms=100_000, limit=100)
+    assert pruned.runs >= 1 and pruned.singletons == 1
+    assert await store.get_run(again.run_id) is None
+
+
+async def test_pruning_while_gates_hand_singleton_keys_over_never_frees_a_held_key(engine: Engine) -> None:
+    # On PostgreSQL, the pruning store and the recording one are two connections,
+    # as history retention and an API process are.
+    recorder = await engine.open()
+    pruner = await engine.open() if engine.name == "postgres" else recorder
+    try:
+        for i in range(30):
+            single = Singleton(f"k{i}", "skip")
+            old = await record(recorder, f"old-{i}", 1000, singleton=single)
+            old.status, old.ended_at_ms, old.requests = COMPLETED, 1500, []
+            await recorder.save_run(old, fence=0)
+            # The key passes from the ended run to a new one while retention prunes.
+            new, run = gated(f"new-{i}", 2000, singleton=single)
+            stored, _ = await asyncio.gather(recorder.record_events([new]), pruner.prune_history(100, 100))
+            assert stored == [True] and run.status == "Running"
+            late = await record(recorder, f"late-{i}", 3000, singleton=single)
+            assert late.status == SKIPPED, i
+    finally:
+        await recorder.close()
+        if pruner is not recorder:
+            await pruner.close()

@@ -55,7 +55,24 @@ const singleCancel = client.createFunction(
   nap,
 );
 
+// Invokes `idempotent` with the order of the event, twice: "ran", or the error the invoke threw.
+const invoker = client.createFunction(
+  { id: "invoker", triggers: [{ event: "flow/invoke" }], retries: 0 },
+  async ({ event, step }) => {
+    const outcomes = [];
+    for (const i of [0, 1]) {
+      try {
+        await step.invoke(`call-${i}`, { function: idempotent, data: { order: event.data.order }, timeout: "5m" });
+        outcomes.push("ran");
+      } catch (err) {
+        outcomes.push(`${err.name}: ${err.message}`);
+      }
+    }
+    return outcomes;
+  },
+);
+
 await connect({
-  apps: [{ client, functions: [throttled, throttledBurst, rated, idempotent, singleSkip, singleCancel] }],
+  apps: [{ client, functions: [throttled, throttledBurst, rated, idempotent, singleSkip, singleCancel, invoker] }],
   instanceId: process.env.WORKER_NAME || "ts-flow-start",
 });
