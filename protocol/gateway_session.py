@@ -189,6 +189,9 @@ class GatewaySessionConfig:
     apps_per_connection: int = limits.APPS_PER_CONNECTION
     #: Decides whether a session token is valid (pure: no I/O).
     authenticate: Callable[[str], bool] = field(default=lambda _token: True)
+    #: Why a CEL expression in a function config is invalid, or None; a
+    #: function with one is refused (see `decode_functions`). None: unchecked.
+    expression_problem: Callable[[str], str | None] | None = None
 
 
 _STATUS_MIN_GAP = 2.0
@@ -333,7 +336,7 @@ class GatewaySession:
             try:
                 # Function by function: one the platform cannot use is refused
                 # and the others are served (see `decode_functions`).
-                decoded = decode_functions(app.functions)
+                decoded = decode_functions(app.functions, self.config.expression_problem)
             except FunctionsUnreadable:
                 return self._close(policy, codes.INVALID_FUNCTION_CONFIG)
             apps.append(

@@ -12,6 +12,7 @@ the bytes an official SDK expects.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterator
 from typing import Any, Final, Literal
 
 import msgspec
@@ -311,9 +312,11 @@ class FunctionsUnreadable(ValueError):
 _raw_functions = msgspec.json.Decoder(list[dict[str, Any]])
 
 
-def decode_functions(payload: bytes) -> DecodedFunctions:
+def decode_functions(payload: bytes, expression_problem: ExpressionCheck | None = None) -> DecodedFunctions:
     """Decode an app's functions (a JSON array) one by one: a function that
     does not fit the schema is refused with the reason, the others are kept.
+    `expression_problem` says why a CEL expression of a config is invalid
+    (None: valid); without it expressions are not checked here.
     Raises FunctionsUnreadable when the payload is not an array of objects."""
     try:
         raws = _raw_functions.decode(payload or b"[]")
@@ -332,7 +335,7 @@ def decode_functions(payload: bytes) -> DecodedFunctions:
         except msgspec.ValidationError as exc:
             refused.append(RefusedFunction(label, f"invalid config: {exc}", name))
             continue
-        problem = _config_problem(fn, seen)
+        problem = _config_problem(fn, seen, expression_problem)
         if problem is not None:
             refused.append(RefusedFunction(label, problem, name))
             continue
@@ -344,7 +347,7 @@ def decode_functions(payload: bytes) -> DecodedFunctions:
     return DecodedFunctions(functions, refused, unknown)
 
 
-def _config_problem(fn: FunctionConfig, seen: set[str]) -> str | None:
+def _config_problem(fn: FunctionConfig, seen: set[str], expression_problem: ExpressionCheck | None) -> str | None:
     """What makes a config that fits the schema unusable, or None."""
     if not fn.id:
         return "invalid config: `id` is empty"
@@ -353,7 +356,46 @@ def _config_problem(fn: FunctionConfig, seen: set[str]) -> str | None:
     for i, trigger in enumerate(fn.triggers):
         if (trigger.event is None) == (trigger.cron is None):
             return f"invalid config: `triggers[{i}]` needs exactly one of `event` and `cron`"
+    if expression_problem is not None:
+        for where, text in config_expressions(fn):
+            problem = expression_problem(text)
+            if problem is not None:
+                return f"invalid config: `{where}` {problem}, got {text!r}"
     return flow_problem(fn)
+
+
+#: Why a CEL expression is invalid, or None (see `decode_functions`).
+ExpressionCheck = Callable[[str], str | None]
+
+
+def config_expressions(fn: FunctionConfig) -> Iterator[tuple[str, str]]:
+    """Every CEL expression of `fn`, with where it is (wire names): trigger
+    filters, cancel conditions and flow-control keys, `if` and `priority.run`."""
+    for i, trigger in enumerate(fn.triggers):
+        if trigger.expression:
+            yield f"triggers[{i}].expression", trigger.expression
+    for i, cancel in enumerate(fn.cancel or ()):
+        if cancel.if_:
+            yield f"cancel[{i}].if", cancel.if_
+    for i, limit in enumerate(fn.concurrency_limits):
+        if limit.key:
+            yield f"concurrency[{i}].key", limit.key
+    for name, option in (
+        ("rateLimit", fn.rateLimit),
+        ("throttle", fn.throttle),
+        ("debounce", fn.debounce),
+        ("batchEvents", fn.batchEvents),
+        ("singleton", fn.singleton),
+    ):
+        key = getattr(option, "key", None)
+        if key:
+            yield f"{name}.key", key
+    if fn.batchEvents is not None and fn.batchEvents.if_:
+        yield "batchEvents.if", fn.batchEvents.if_
+    if fn.idempotency:
+        yield "idempotency", fn.idempotency
+    if fn.priority is not None and fn.priority.run:
+        yield "priority.run", fn.priority.run
 
 
 # --- step ids -------------------------------------------------------------------

@@ -37,6 +37,7 @@ from connect.gateway.server import DrainCause, GatewayServer, SyncHook
 from connect.roles.api import ApiNotStarted, ApiRole, RunsElsewhere
 from connect.roles.settings import PlatformSettings, default_process_id
 from connect.roles.store import open_store
+from connect.sdk.validation import cel_problem
 from connect.store import AppRecord, ReplyStore, Store
 from connect.store.base import REPLY_STORED
 from protocol.gateway_session import GatewaySessionConfig
@@ -84,6 +85,7 @@ class GatewayRole:
                 extend_lease_interval=s.extend_lease_interval,
                 handshake_timeout=s.handshake_timeout,
                 apps_per_connection=s.apps_per_connection,
+                expression_problem=cel_problem,
             ),
             max_message_bytes=s.max_message_bytes,
             max_connections=s.max_connections,

@@ -51,6 +51,8 @@ class Cancel:
             raise FunctionConfigError("Cancel.event must be a non-empty event name")
         if self.if_exp is not None and (not isinstance(self.if_exp, str) or not self.if_exp.strip()):
             raise FunctionConfigError("Cancel.if_exp must be a non-empty string or None")
+        if self.if_exp is not None and (problem := cel_problem(self.if_exp)) is not None:
+            raise FunctionConfigError(f"Cancel.if_exp: {problem}, got {self.if_exp!r}")
         if self.timeout is not None:
             to_duration_string(self.timeout)
 

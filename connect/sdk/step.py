@@ -24,8 +24,10 @@ from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple, overload
 import msgspec
 
 from connect.sdk.durations import to_duration_string, to_iso_utc
+from connect.sdk.errors import FunctionConfigError
 from connect.sdk.events import derived_event_id, normalize
 from connect.sdk.replay import PARALLEL_RACE, PARALLEL_WAIT, GroupStepReported, Replay
+from connect.sdk.validation import cel_problem
 from protocol.payloads import OP_INVOKE_FUNCTION, OP_SLEEP, OP_WAIT_FOR_EVENT, Event
 
 if TYPE_CHECKING:
@@ -89,6 +91,8 @@ class _StepTools:
         if_exp: str | None,
         timeout: int | datetime.timedelta,
     ) -> Event | None:
+        if if_exp is not None and (problem := cel_problem(if_exp)) is not None:
+            raise FunctionConfigError(f"step.wait_for_event {step_id!r}: if_exp: {problem}, got {if_exp!r}")
         opts = {"if": if_exp, "timeout": to_duration_string(timeout)}
         identity, memo = self._replay.begin(step_id)
         if memo is not None:

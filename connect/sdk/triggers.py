@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from croniter import croniter  # type: ignore[import-untyped]
 
 from connect.sdk.errors import FunctionConfigError
+from connect.sdk.validation import cel_problem
 from protocol.payloads import Trigger
 
 
@@ -27,6 +28,8 @@ class TriggerEvent:
             raise FunctionConfigError("TriggerEvent.event must be a non-empty event name")
         if self.expression is not None and (not isinstance(self.expression, str) or not self.expression.strip()):
             raise FunctionConfigError("TriggerEvent.expression must be a non-empty string or None")
+        if self.expression is not None and (problem := cel_problem(self.expression)) is not None:
+            raise FunctionConfigError(f"TriggerEvent.expression: {problem}, got {self.expression!r}")
 
     def to_wire(self) -> Trigger:
         return Trigger(event=self.event, expression=self.expression)

@@ -56,12 +56,14 @@ def config_error(subject: str, exc: ValidationError) -> FunctionConfigError:
     return FunctionConfigError(f"{subject}: {'; '.join(parts)}")
 
 
+@lru_cache(maxsize=4096)
 def cel_problem(text: str) -> str | None:
     """Why ``text`` is not a CEL expression, or None. Syntax only: what an
     expression reads (``event.data...``) is known when it runs.
 
     cel-python is imported on first use, so functions without expressions
-    do not pay for loading its parser.
+    do not pay for loading its parser; answers are cached (a fleet registers
+    the same expressions again and again).
     """
     from celpy.celparser import CELParseError
 

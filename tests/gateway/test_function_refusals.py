@@ -120,3 +120,59 @@ def test_one_invalid_function_does_not_take_the_others_down(dev: DevServer) -> N
     assert log.count(f"app {APP}, function {APP}-bad: refused, not served: invalid config") == 1, log
     assert log.count(f"app {APP}, function {APP}-limited: registered options") == 1, log
     assert log.count('runs without them): triggers[1].jitter="1m"\n') == 1, log
+
+
+CEL_APP = "cel"
+
+
+def cel_fn(name: str, **options: Any) -> dict[str, Any]:
+    fq = f"{CEL_APP}-{name}"
+    return {
+        "id": fq,
+        "name": name,
+        "triggers": [{"event": f"{CEL_APP}/{name}"}],
+        "steps": {"step": {"id": "step", "name": "step", "runtime": {"type": "ws", "url": f"wss://connect?fnId={fq}"}}},
+        **options,
+    }
+
+
+def test_an_invalid_cel_expression_refuses_its_function_naming_where(dev: DevServer) -> None:
+    """A trigger filter, a cancel condition or a flow-control key that is not
+    CEL would never match (or never run); its function is refused at
+    registration instead, with where and why, and the others are served."""
+    registered = [
+        cel_fn("trigger", triggers=[{"event": f"{CEL_APP}/trigger", "expression": "event.data.x =="}]),
+        cel_fn("cancel", cancel=[{"event": f"{CEL_APP}/stop", "if": "async.data.id = event.data.id"}]),
+        cel_fn("key", concurrency=[{"limit": 1, "key": "event.data.("}]),
+        cel_fn("fine", triggers=[{"event": f"{CEL_APP}/fine", "expression": "event.data.x == 1"}]),
+    ]
+
+    async def scenario() -> None:
+        started = start(dev)
+        msg = hello(started, instance_id="cel-1", functions=json.dumps(registered).encode())
+        msg.apps[0].app_name = CEL_APP
+        ws = await connect(started.gateway_endpoint, subprotocols=["v0.connect.inngest.com"])  # type: ignore[list-item]
+        try:
+            assert frames.decode(await ws.recv())[0] == pb.GATEWAY_HELLO  # type: ignore[arg-type]
+            await ws.send(frames.encode(pb.WORKER_CONNECT, msg))
+            kind, _ = frames.decode(await asyncio.wait_for(ws.recv(), 30))  # type: ignore[arg-type]
+            assert kind == pb.GATEWAY_CONNECTION_READY
+            (fine,) = dev.send([{"name": f"{CEL_APP}/fine", "data": {"x": 1}}])
+            assert (await next_request(ws)).function_slug == f"{CEL_APP}-fine"
+            assert len(dev.runs(fine)) == 1
+        finally:
+            await ws.close()
+
+    asyncio.run(scenario())
+    listed = functions(dev)
+    reasons = {name: listed[f"{CEL_APP}-{name}"]["reason"] for name in ("trigger", "cancel", "key")}
+    assert reasons == {
+        "trigger": "invalid config: `triggers[0].expression` is not a valid CEL expression"
+        " (syntax error at character 14), got 'event.data.x =='",
+        "cancel": "invalid config: `cancel[0].if` is not a valid CEL expression"
+        " (syntax error at character 15), got 'async.data.id = event.data.id'",
+        "key": "invalid config: `concurrency[0].key` is not a valid CEL expression"
+        " (syntax error at character 12), got 'event.data.('",
+    }
+    assert {listed[f"{CEL_APP}-{n}"]["status"] for n in ("trigger", "cancel", "key")} == {"refused"}
+    assert listed[f"{CEL_APP}-fine"]["status"] == "active"

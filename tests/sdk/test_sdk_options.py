@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -169,3 +170,26 @@ async def test_send_event_gives_events_stable_ids_per_run_and_step(payload: Any)
     assert [[e["id"] for e in batch] for batch in sent] == [expected] * 3
     assert derived_event_id(run_id, hash_step_id("out"), 0) != derived_event_id("other", hash_step_id("out"), 0)
     assert expected[0][:10] == run_id[:10]  # same time part as the run
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            lambda: TriggerEvent(event="a/b", expression="event.data.x =="),
+            "TriggerEvent.expression: is not a valid CEL expression (syntax error at character 14),"
+            " got 'event.data.x =='",
+        ),
+        (
+            lambda: Cancel(event="a/stop", if_exp="async.data.id = event.data.id"),
+            "Cancel.if_exp: is not a valid CEL expression (syntax error at character 15),"
+            " got 'async.data.id = event.data.id'",
+        ),
+    ],
+)
+def test_an_expression_that_is_not_cel_is_refused_when_the_function_is_defined(
+    make: Callable[[], object], message: str
+) -> None:
+    with pytest.raises(FunctionConfigError) as raised:
+        make()
+    assert str(raised.value) == message

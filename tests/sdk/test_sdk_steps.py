@@ -148,6 +148,19 @@ async def test_bad_wait_timeout_fails_the_request(client: Client, invoke: Any) -
     assert body["code"] == "function_config_invalid"
 
 
+async def test_a_wait_whose_if_is_not_cel_fails_the_request_naming_it(client: Client, invoke: Any) -> None:
+    @client.create_function(fn_id="t", trigger=TriggerEvent(event="e"))
+    async def fn(ctx: Context, step: Step) -> None:
+        await step.wait_for_event("w", event="x", if_exp="async.data.id = event.data.id", timeout=60000)
+
+    body = json.loads((await invoke(client, fn)).body)
+    assert body["code"] == "function_config_invalid"
+    assert body["message"] == (
+        "step.wait_for_event 'w': if_exp: is not a valid CEL expression (syntax error at character 15),"
+        " got 'async.data.id = event.data.id'"
+    )
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
