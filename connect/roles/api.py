@@ -33,6 +33,7 @@ from connect.api.guard import guarded_http
 from connect.api.stored_replies import StoredReplies
 from connect.api.stored_runs import StoredRuns
 from connect.gateway.auth import TokenIssuer
+from connect.roles.binding import bind_failure
 from connect.roles.registration import Registration
 from connect.roles.settings import PlatformSettings, default_process_id
 from connect.store import ROLE_API, Store
@@ -41,7 +42,8 @@ from protocol.payloads import IncomingEvent
 
 
 class ApiNotStarted(RuntimeError):
-    """uvicorn stopped before it served (most often: the port is taken; its log says so)."""
+    """uvicorn stopped before it served; the message is one line naming the
+    cause and the fix (most often: the port is taken)."""
 
 
 class _Server(uvicorn.Server):
@@ -158,7 +160,7 @@ class ApiRole:
         if not server.started:
             with contextlib.suppress(ApiNotStarted):
                 await task
-            raise ApiNotStarted(f"API could not start on {self._settings.host}:{self._settings.port}")
+            raise ApiNotStarted(bind_failure("the HTTP API", "--port", self._settings.host, self._settings.port))
         self.port = int(server.servers[0].sockets[0].getsockname()[1])
 
     async def _serve(self) -> None:
@@ -167,7 +169,9 @@ class ApiRole:
         except SystemExit:
             # uvicorn exits the process when it cannot bind (after logging why);
             # the role's owner decides that, once it has stopped the other roles.
-            raise ApiNotStarted(f"API could not start on {self._settings.host}:{self._settings.port}") from None
+            raise ApiNotStarted(
+                bind_failure("the HTTP API", "--port", self._settings.host, self._settings.port)
+            ) from None
 
     async def stop(self) -> None:
         self._server.should_exit = True

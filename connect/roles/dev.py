@@ -16,6 +16,7 @@ import signal
 
 from connect.gateway.server import DrainCause
 from connect.roles.api import ApiNotStarted, ApiRole
+from connect.roles.binding import bind_failure
 from connect.roles.executor import ExecutorRole
 from connect.roles.gateway import GatewayRole, gateway_dispatcher
 from connect.roles.settings import PlatformSettings
@@ -72,7 +73,9 @@ class DevServer(ProcessRoot):
         except OSError as exc:
             await executor.stop()
             await store.close()
-            raise SystemExit(f"gateway could not start on {s.host}:{s.gateway_port}: {exc}") from None
+            raise SystemExit(
+                bind_failure("the worker gateway", "--gateway-port", s.host, s.gateway_port, exc)
+            ) from None
         api = ApiRole(
             s,
             executor.executor,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 
 from connect.roles.api import ApiNotStarted, ApiProcess, start_api_process
+from connect.roles.binding import bind_failure
 from connect.roles.dev import ProcessRoot
 from connect.roles.executor import ExecutorProcess, start_executor_process
 from connect.roles.gateway import GatewayProcess, start_gateway_process
@@ -51,7 +52,16 @@ class RolesServer(ProcessRoot):
                 gateway = await start_gateway_process(s, store, on_drain_requested=self.request_stop)
             if "api" in s.roles:
                 api = await start_api_process(s, store)
-        except (OSError, ApiNotStarted) as exc:
+        except OSError as exc:
+            if gateway is not None:
+                await gateway.close()
+            if executor is not None:
+                await executor.stop()
+            await store.close()
+            raise SystemExit(
+                bind_failure("the worker gateway", "--gateway-port", s.host, s.gateway_port, exc)
+            ) from None
+        except ApiNotStarted as exc:
             if gateway is not None:
                 await gateway.close()
             if executor is not None:
