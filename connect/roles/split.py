@@ -76,7 +76,19 @@ class RolesServer(ProcessRoot):
         if executor is not None:
             parts.append(f"executor={s.executor_id}")
         roles = ",".join(role for role in ROLES if role in s.roles)
-        log.info("%s ready: roles=%s process=%s %s %s", s.name, roles, s.process_id, " ".join(parts), describe_store(s))
+        log.info(
+            "%s ready: roles=%s process=%s %s %s",
+            s.name,
+            roles,
+            s.process_id,
+            " ".join(parts),
+            describe_store(s),
+            extra={
+                "api_url": f"http://{s.host}:{api.port}" if api is not None else None,
+                "gateway_url": gateway.url if gateway is not None else None,
+                "store": describe_store(s),
+            },
+        )
         await self.until_stopped()
         if gateway is not None:
             log.info("%s stopping: draining gateway (up to %.0fs)", s.name, s.drain_timeout)

@@ -109,5 +109,6 @@ async def open_store(db: str, database_url: str | None = None, *, pool_size: int
             else ": check that the server is up and the URL is right (--database-url, or CONNECT_DATABASE_URL)"
         )
         raise StoreOpenError(
-            f"cannot open the PostgreSQL store at {describe_location(db, database_url)}: {type(exc).__name__}: {exc}{fix}"
+            f"cannot open the PostgreSQL store at {describe_location(db, database_url)}: "
+            f"{type(exc).__name__}: {exc}{fix}"
         ) from exc
