@@ -533,6 +533,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_poll_window_arg(worker, "0")
     worker.set_defaults(func=cmd_worker)
+
+    from connect import commands
+
+    commands.add_commands(sub)
     return parser
 
 

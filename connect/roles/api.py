@@ -83,6 +83,12 @@ class RunsElsewhere:
     async def cancel_run(self, run_id: str) -> dict[str, Any] | None:
         self._refuse()
 
+    async def list_runs(self, status: str | None, function_id: str | None, limit: int) -> list[dict[str, Any]]:
+        self._refuse()
+
+    async def get_event(self, event_id: str) -> dict[str, Any] | None:
+        self._refuse()
+
     def registered_functions(self) -> list[dict[str, Any]]:
         self._refuse()
 
