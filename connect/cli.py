@@ -426,7 +426,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
             _leave_abandoning()
         return 0
 
-    code = run(main(), raise_gc_thresholds=raise_gc)
+    from connect.worker.readiness import HealthServerNotStarted
+
+    try:
+        code = run(main(), raise_gc_thresholds=raise_gc)
+    except HealthServerNotStarted:
+        return 1  # the worker has logged why, in one line
     log.info("worker exited (code %d)", code)
     return code
 

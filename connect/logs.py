@@ -76,6 +76,6 @@ def setup(level: str, fmt: str = "text") -> None:
     # per-request chatter of the HTTP and WebSocket libraries out of it.
     for noisy in NOISY:
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from connect.roles.binding import QuietBindErrors
+    from connect.binding import QuietBindErrors
 
     logging.getLogger("uvicorn.error").addFilter(QuietBindErrors())

@@ -362,3 +362,23 @@ def test_a_bad_log_format_in_the_environment_is_refused(tmp_path: Path) -> None:
     out = _connect(["dev"], tmp_path, {"CONNECT_LOG_FORMAT": "xml"})
     assert out.returncode == 2
     assert "CONNECT_LOG_FORMAT must be text or json, not 'xml'" in out.stderr
+
+
+def test_a_worker_health_port_in_use_is_one_line_and_status_1(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))  # the probes listen on every interface
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run(
+            [sys.executable, "-m", "connect", "worker", "examples.hello:client", "--health-port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={k: v for k, v in os.environ.items() if not k.startswith("CONNECT_")}
+            | {"CONNECT_API_URL": "http://127.0.0.1:9"},
+            cwd=Path(__file__).resolve().parents[1],
+        )
+    assert out.returncode == 1, out.stderr
+    assert f"the health probes port {port} on " in out.stderr
+    assert "is already in use: stop the process that holds it, or choose another port with --health-port" in out.stderr
+    assert "Traceback" not in out.stderr

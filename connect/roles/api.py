@@ -32,8 +32,8 @@ from connect.api.gateways import GatewayDirectory
 from connect.api.guard import guarded_http
 from connect.api.stored_replies import StoredReplies
 from connect.api.stored_runs import StoredRuns
+from connect.binding import bind_failure
 from connect.gateway.auth import TokenIssuer
-from connect.roles.binding import bind_failure
 from connect.roles.registration import Registration
 from connect.roles.settings import PlatformSettings, default_process_id
 from connect.store import ROLE_API, Store
@@ -140,6 +140,8 @@ class ApiRole:
                 host=s.host,
                 port=s.port,
                 log_level="warning",
+                # uvicorn's lines go to the process's handlers: JSON under --log-format json.
+                log_config=None,
                 lifespan="off",
                 access_log=False,
                 backlog=4096,

@@ -14,9 +14,9 @@ import asyncio
 import logging
 import signal
 
+from connect.binding import bind_failure
 from connect.gateway.server import DrainCause
 from connect.roles.api import ApiNotStarted, ApiRole
-from connect.roles.binding import bind_failure
 from connect.roles.executor import ExecutorRole
 from connect.roles.gateway import GatewayRole, gateway_dispatcher
 from connect.roles.settings import PlatformSettings

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import logging
 
+from connect.binding import bind_failure
 from connect.roles.api import ApiNotStarted, ApiProcess, start_api_process
-from connect.roles.binding import bind_failure
 from connect.roles.dev import ProcessRoot
 from connect.roles.executor import ExecutorProcess, start_executor_process
 from connect.roles.gateway import GatewayProcess, start_gateway_process

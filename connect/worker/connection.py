@@ -58,7 +58,7 @@ from connect.worker.checkpoints import Answered, Checkpoints
 from connect.worker.execution import RequestRunner
 from connect.worker.link import Link
 from connect.worker.options import AppSpec, ConnectionState, WorkerOptions
-from connect.worker.readiness import HealthServer
+from connect.worker.readiness import HealthServer, HealthServerNotStarted
 from connect.worker.start import FatalStartError, StartClient
 from protocol import codes
 from protocol import connect_pb2 as pb
@@ -194,6 +194,9 @@ class WorkerConnection:
     def _thread_main(self) -> None:
         try:
             run_loop(self._machinery())
+        except HealthServerNotStarted as exc:
+            log.error("%s", exc)
+            self._fatal = exc
         except BaseException as exc:  # pragma: no cover - reported, then the thread ends
             log.exception("worker machinery crashed")
             self._fatal = exc
