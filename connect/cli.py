@@ -1,4 +1,4 @@
-"""Command line: `connect dev` and `connect worker MODULE:ATTR`."""
+"""Command line: `connect dev`, `serve` and `worker MODULE:ATTR`, and the client commands (`connect.commands`)."""
 
 from __future__ import annotations
 
