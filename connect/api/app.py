@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from connect.api import checkpoints
+from connect.api import checkpoints, listing
 from connect.api.bodies import BodyRefused, read_body
 from connect.api.events import EventRejected, parse_events
 from connect.gateway.auth import Keys, TokenIssuer
@@ -38,6 +38,8 @@ class EventSink(Protocol):
     async def get_run(self, run_id: str) -> dict[str, Any] | None: ...
     async def runs_for_event(self, event_id: str) -> list[dict[str, Any]]: ...
     async def cancel_run(self, run_id: str) -> dict[str, Any] | None: ...
+    async def list_runs(self, status: str | None, function_id: str | None, limit: int) -> list[dict[str, Any]]: ...
+    async def get_event(self, event_id: str) -> dict[str, Any] | None: ...
     def registered_functions(self) -> list[dict[str, Any]]: ...
 
 
@@ -277,6 +279,7 @@ def create_api(
         Route("/v1/runs/{run_id}", get_run, methods=["GET"]),
         Route("/v1/runs/{run_id}/cancel", cancel_run, methods=["POST"]),
         Route("/v1/functions", list_functions, methods=["GET"]),
+        *listing.routes(executor, unauthorized),
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
     ]

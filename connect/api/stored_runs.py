@@ -39,7 +39,7 @@ from connect.executor.registry import Registration, Registry
 from connect.executor.service import CANCEL_WAIT
 from connect.executor.starts import event_record, gated_event, received, started
 from connect.executor.triggers import TriggerIndex
-from connect.executor.views import run_view, runs_of_event
+from connect.executor.views import event_view, list_runs, run_view, runs_of_event
 from connect.store.base import APPS_CHANGED, RUNNING, RUNS_RELEASED, AppRecord, RunRecord, Store
 from protocol.payloads import IncomingEvent
 
@@ -143,6 +143,13 @@ class StoredRuns:
 
     async def runs_for_event(self, event_id: str) -> list[dict[str, Any]]:
         return await runs_of_event(self._store, event_id)
+
+    async def list_runs(self, status: str | None, function_id: str | None, limit: int) -> list[dict[str, Any]]:
+        return await list_runs(self._store, status, function_id, limit)
+
+    async def get_event(self, event_id: str) -> dict[str, Any] | None:
+        event = await self._store.get_event(event_id)
+        return None if event is None else event_view(event)
 
     async def cancel_run(self, run_id: str) -> dict[str, Any] | None:
         """Flag the run for cancellation (the store tells its executor) and wait

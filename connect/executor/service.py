@@ -72,7 +72,7 @@ from connect.executor.starts import event_record, gated_event, received, started
 from connect.executor.system_events import derived_id_at
 from connect.executor.timers import Timers
 from connect.executor.triggers import FunctionInfo, Target, TriggerIndex
-from connect.executor.views import run_view, runs_of_event
+from connect.executor.views import event_view, list_runs, run_view, runs_of_event
 from connect.executor.waits import CANCEL, INVOKE, RESUME, WaitIndex, Watch, WatchKey
 from connect.store.base import (
     APPS_CHANGED,
@@ -276,7 +276,7 @@ class Executor:
             # The heartbeat lapses on its own; others claim the runs then.
             log.warning("could not release this executor's runs; they move on once its lease lapses", exc_info=True)
         else:
-            log.info("released %d run(s) for other executors", released)
+            log.log(logging.INFO if released else logging.DEBUG, "released %d run(s) for other executors", released)
 
     @property
     def executor_id(self) -> str:
@@ -305,7 +305,7 @@ class Executor:
                 continue
             if claims and self._shared:
                 # New runs recorded by API processes come this way too: one line per sweep.
-                log.info("claimed %d run(s) nobody drove (new, or let go by another executor)", len(claims))
+                log.debug("claimed %d run(s) nobody drove (new, or let go by another executor)", len(claims))
             for claim in claims:
                 if not self._shared:
                     log.info("run %s: claimed (let go by an executor, or started by a batch)", claim.run_id)
@@ -620,6 +620,13 @@ class Executor:
 
     async def runs_for_event(self, event_id: str) -> list[dict[str, Any]]:
         return await runs_of_event(self._store, event_id)
+
+    async def list_runs(self, status: str | None, function_id: str | None, limit: int) -> list[dict[str, Any]]:
+        return await list_runs(self._store, status, function_id, limit)
+
+    async def get_event(self, event_id: str) -> dict[str, Any] | None:
+        event = await self._store.get_event(event_id)
+        return None if event is None else event_view(event)
 
     # --- run tasks ------------------------------------------------------------------------
 

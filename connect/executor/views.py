@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from connect.store.base import COMPLETED, FAILED, RunRecord, Store
+from connect.store.base import CANCELLED, COMPLETED, FAILED, RUNNING, EventRecord, RunRecord, Store
 from connect.store.start_gates import SKIPPED, SkippedStart
 
 
@@ -53,3 +53,30 @@ async def runs_of_event(store: Store, event_id: str) -> list[dict[str, Any]]:
     functions' flow control skipped (rate limit, idempotency, singleton)."""
     runs = [run_view(run) for run in await store.runs_for_event(event_id)]
     return runs + [skipped_view(skip) for skip in await store.skipped_starts(event_id)]
+
+
+#: The statuses `GET /v1/runs?status=` accepts.
+RUN_STATUSES: tuple[str, ...] = (RUNNING, COMPLETED, FAILED, CANCELLED)
+
+
+async def list_runs(store: Store, status: str | None, function_id: str | None, limit: int) -> list[dict[str, Any]]:
+    """`GET /v1/runs`: the newest `limit` runs with `status` (every status when
+    None) of `function_id` (every function when None), newest first."""
+    runs: list[RunRecord] = []
+    for each in (status,) if status is not None else RUN_STATUSES:
+        runs += [r for r in await store.runs_with_status(each) if function_id is None or r.function_id == function_id]
+    runs.sort(key=lambda r: (r.started_at_ms, r.run_id), reverse=True)
+    return [run_view(run) for run in runs[:limit]]
+
+
+def event_view(event: EventRecord) -> dict[str, Any]:
+    """`GET /v1/events/{id}`: the event as it was sent (name, data, user, ts), and when it was received."""
+    body: dict[str, Any] = msgspec.json.decode(event.body)
+    return {
+        "id": event.id,
+        "name": event.name,
+        "data": body.get("data") or {},
+        "user": body.get("user") or {},
+        "ts": event.ts,
+        "received_at": rfc3339(event.received_at_ms),
+    }

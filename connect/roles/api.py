@@ -32,6 +32,7 @@ from connect.api.gateways import GatewayDirectory
 from connect.api.guard import guarded_http
 from connect.api.stored_replies import StoredReplies
 from connect.api.stored_runs import StoredRuns
+from connect.binding import bind_failure
 from connect.gateway.auth import TokenIssuer
 from connect.roles.registration import Registration
 from connect.roles.settings import PlatformSettings, default_process_id
@@ -41,7 +42,8 @@ from protocol.payloads import IncomingEvent
 
 
 class ApiNotStarted(RuntimeError):
-    """uvicorn stopped before it served (most often: the port is taken; its log says so)."""
+    """uvicorn stopped before it served; the message is one line naming the
+    cause and the fix (most often: the port is taken)."""
 
 
 class _Server(uvicorn.Server):
@@ -79,6 +81,12 @@ class RunsElsewhere:
         self._refuse()
 
     async def cancel_run(self, run_id: str) -> dict[str, Any] | None:
+        self._refuse()
+
+    async def list_runs(self, status: str | None, function_id: str | None, limit: int) -> list[dict[str, Any]]:
+        self._refuse()
+
+    async def get_event(self, event_id: str) -> dict[str, Any] | None:
         self._refuse()
 
     def registered_functions(self) -> list[dict[str, Any]]:
@@ -132,6 +140,8 @@ class ApiRole:
                 host=s.host,
                 port=s.port,
                 log_level="warning",
+                # uvicorn's lines go to the process's handlers: JSON under --log-format json.
+                log_config=None,
                 lifespan="off",
                 access_log=False,
                 backlog=4096,
@@ -158,7 +168,7 @@ class ApiRole:
         if not server.started:
             with contextlib.suppress(ApiNotStarted):
                 await task
-            raise ApiNotStarted(f"API could not start on {self._settings.host}:{self._settings.port}")
+            raise ApiNotStarted(bind_failure("the HTTP API", "--port", self._settings.host, self._settings.port))
         self.port = int(server.servers[0].sockets[0].getsockname()[1])
 
     async def _serve(self) -> None:
@@ -167,7 +177,9 @@ class ApiRole:
         except SystemExit:
             # uvicorn exits the process when it cannot bind (after logging why);
             # the role's owner decides that, once it has stopped the other roles.
-            raise ApiNotStarted(f"API could not start on {self._settings.host}:{self._settings.port}") from None
+            raise ApiNotStarted(
+                bind_failure("the HTTP API", "--port", self._settings.host, self._settings.port)
+            ) from None
 
     async def stop(self) -> None:
         self._server.should_exit = True
