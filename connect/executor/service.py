@@ -48,6 +48,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Final
 
 import msgspec
+from prometheus_client import CollectorRegistry
 
 from connect.dispatch import Port
 from connect.executor import replies
@@ -74,6 +75,7 @@ from connect.executor.timers import Timers
 from connect.executor.triggers import FunctionInfo, Target, TriggerIndex
 from connect.executor.views import run_view, runs_of_event
 from connect.executor.waits import CANCEL, INVOKE, RESUME, WaitIndex, Watch, WatchKey
+from connect.metrics import RunMetrics
 from connect.store.base import (
     APPS_CHANGED,
     EVENTS_RECORDED,
@@ -147,6 +149,7 @@ class Executor:
         history_retention: float | None = None,
         retention_interval: float = RETENTION_INTERVAL,
         shared: bool = False,
+        metrics: RunMetrics | None = None,
     ) -> None:
         """`history_retention`: seconds ended runs are kept before they are
         pruned in the background (see `connect.executor.retention`); None
@@ -158,7 +161,10 @@ class Executor:
         its runs' waits and cancel conditions (`EVENTS_RECORDED`, see
         `connect.executor.feed`), hands API cancellations to the runs it owns
         (`RUN_CANCEL_REQUESTED`), and claims new runs in small batches so
-        executors woken together share them (`SHARED_CLAIM_BATCH`)."""
+        executors woken together share them (`SHARED_CLAIM_BATCH`).
+
+        `metrics`: where runs started, skipped and ended, step durations and
+        the queue are counted (None: in a registry of its own, unserved)."""
         if max_lease_lapses < 0:
             raise ValueError("max_lease_lapses must not be negative")
         self._store = store
@@ -178,7 +184,10 @@ class Executor:
             checkpoint_steps=checkpoint_steps,
             max_lease_lapses=max_lease_lapses,
             slots=SlotGrants(store),
+            metrics=metrics if metrics is not None else RunMetrics(CollectorRegistry()),
         )
+        assert self._services.metrics is not None
+        self._run_metrics = self._services.metrics
         self._registry = TriggerIndex(default_retries)
         #: What each app registered, refusals and options not honoured included.
         self._apps = Registry()
@@ -436,6 +445,7 @@ class Executor:
                     self._waits.add(watch)  # a duplicate event resumes nothing
             if not is_new:
                 continue
+            self._run_metrics.recorded(item.new)
             for run in started(item.new):
                 self._ownership.started(run.run_id)
                 self._spawn(run.run_id, (run, item.event))
@@ -877,7 +887,9 @@ class Executor:
                 claims = await self._store.start_held(self.executor_id, self._now_ms(), HELD_BATCH)
                 for claim in claims:
                     self._ownership.started(claim.run_id)
-                    self._spawn(claim.run_id)
+                    runner = self._spawn(claim.run_id)
+                    if runner is not None:
+                        runner.count_start = True  # its function is known once it is read back
                 started += len(claims)
                 if len(claims) < HELD_BATCH:
                     break
