@@ -462,7 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("target", help="MODULE:ATTR naming a Client or a list of (client, functions)")
     worker.add_argument("--instance-id", default=None, help="stable worker identity (default: hostname)")
     worker.add_argument("--max-worker-concurrency", type=int, default=None)
-    worker.add_argument("--health-port", type=int, default=None, help="serve GET /ready and /live on this port")
+    worker.add_argument(
+        "--health-port", type=int, default=None, help="serve GET /ready, /live and /metrics on this port"
+    )
     worker.add_argument(
         "--drain-timeout",
         type=float,

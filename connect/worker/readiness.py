@@ -1,4 +1,5 @@
-"""Probes for orchestrators: `GET /ready` and `GET /live` on `health_port`.
+"""Probes for orchestrators: `GET /ready` and `GET /live` on `health_port`,
+and the worker's metrics on `GET /metrics` (Prometheus's text format).
 
 Served from the worker's connection thread, so probes answer even while
 user code blocks the main event loop. `/ready` is 200 only while the worker
@@ -18,8 +19,10 @@ from collections.abc import Callable, Generator
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from connect.metrics import CONTENT_TYPE
 
 log = logging.getLogger("connect.worker")
 
@@ -38,6 +41,7 @@ class HealthServer:
         ready: Callable[[], bool],
         state: Callable[[], str],
         stalled: Callable[[], bool],
+        scrape: Callable[[], bytes],
     ) -> None:
         async def ready_probe(request: Request) -> JSONResponse:
             ok = ready()
@@ -46,7 +50,11 @@ class HealthServer:
         async def live_probe(request: Request) -> JSONResponse:
             return JSONResponse({"live": True, "state": state(), "stalled": stalled()})
 
-        app = Starlette(routes=[Route("/ready", ready_probe), Route("/live", live_probe)])
+        async def metrics(request: Request) -> Response:
+            return Response(scrape(), media_type=CONTENT_TYPE)
+
+        routes = [Route("/ready", ready_probe), Route("/live", live_probe), Route("/metrics", metrics)]
+        app = Starlette(routes=routes)
         config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off", access_log=False)
         self._server = _ProbeServer(config)
         self._task: asyncio.Task[None] | None = None
@@ -59,7 +67,9 @@ class HealthServer:
                 self._task.result()
                 raise RuntimeError(f"health server could not start on port {self.port}")
             await asyncio.sleep(0.01)
-        log.info("health probes on http://%s:%d/ready and /live", self._server.config.host, self.port)
+        log.info(
+            "health probes on http://%s:%d/ready and /live, metrics on /metrics", self._server.config.host, self.port
+        )
 
     async def stop(self) -> None:
         self._server.should_exit = True
