@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 
     from connect.gateway.server import GatewayServer
 
+#: The label naming a worker's instance id: not `instance`, which Prometheus
+#: sets on every series to the scraped target's address.
 #: `state` label per session phase; `paused` is the draining phase of a
 #: worker that paused itself (the gateway is not draining).
 _STATES = {
@@ -68,12 +70,12 @@ class GatewayCollector(Collector):
             "Requests whose worker stopped extending its lease (lost with its worker; dispatched again)",
         )
         in_flight = GaugeMetricFamily(
-            "connect_gateway_in_flight", "Requests a worker instance holds through this gateway", labels=["instance"]
+            "connect_gateway_in_flight", "Requests a worker instance holds through this gateway", labels=["worker_instance"]
         )
         capacity = GaugeMetricFamily(
             "connect_gateway_capacity",
             "A worker instance's max_worker_concurrency (instances without a limit are not listed)",
-            labels=["instance"],
+            labels=["worker_instance"],
         )
         if live:
             states: Counter[str] = Counter()

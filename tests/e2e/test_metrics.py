@@ -16,6 +16,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from connect.gateway.auth import hash_signing_key
 from tests.e2e.harness import DevServer, Proc, free_port, start_worker, wait_for_log, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -71,7 +72,11 @@ def test_counters_add_up_after_a_load(dev: DevServer, tmp_path: Path) -> None:
 
     health = free_port()
     worker = start_worker(
-        dev, tmp_path, target="tests.e2e.metrics_app:client", max_concurrency=8, extra_args=["--health-port", str(health)]
+        dev,
+        tmp_path,
+        target="tests.e2e.metrics_app:client",
+        max_concurrency=8,
+        extra_args=["--health-port", str(health)],
     )
     try:
         wait_for_log(worker, "worker state ACTIVE")
@@ -89,8 +94,10 @@ def test_counters_add_up_after_a_load(dev: DevServer, tmp_path: Path) -> None:
         wait_until(lambda: bool(sleeping_run()), 30, "the sleeping run")
         run_id = str(sleeping_run()["run_id"])
         wait_until(
-            lambda: value(scrape(api), "connect_runs_started_total", function="metrics-app-sleepy") == 1
-            and value(scrape(f"http://127.0.0.1:{health}/metrics"), "connect_worker_in_flight") == 0,
+            lambda: (
+                value(scrape(api), "connect_runs_started_total", function="metrics-app-sleepy") == 1
+                and value(scrape(f"http://127.0.0.1:{health}/metrics"), "connect_worker_in_flight") == 0
+            ),
             30,
             "the sleeping run parked",
         )
@@ -136,10 +143,10 @@ def test_counters_add_up_after_a_load(dev: DevServer, tmp_path: Path) -> None:
         assert value(worker_side, "connect_worker_ready") == 1
 
         gw = scrape(gateway)
-        instance = [dict(ls)["instance"] for n, ls in gw if n == "connect_gateway_capacity"]
+        instance = [dict(ls)["worker_instance"] for n, ls in gw if n == "connect_gateway_capacity"]
         assert len(instance) == 1
-        assert value(gw, "connect_gateway_capacity", instance=instance[0]) == 8
-        assert value(gw, "connect_gateway_in_flight", instance=instance[0]) == 0
+        assert value(gw, "connect_gateway_capacity", worker_instance=instance[0]) == 8
+        assert value(gw, "connect_gateway_in_flight", worker_instance=instance[0]) == 0
         assert value(gw, "connect_gateway_worker_connections_total") == 2
     finally:
         worker.stop()
@@ -184,3 +191,25 @@ def _metric_names(dashboard: dict[str, object]) -> set[str]:
         for target in panel.get("targets", []):
             names |= set(re.findall(r"\bconnect_[a-z_]+", target["expr"]))
     return names
+
+
+def test_metrics_under_serve_need_the_signing_key(tmp_path: Path) -> None:
+    signing_key = "signkey-test-00112233445566778899aabbccddeeff"
+    server = DevServer(
+        tmp_path, command="serve", extra=["--signing-key", signing_key, "--event-key", "ek-metrics"]
+    ).start()
+    try:
+        urls = [f"{server.url}/metrics", f"http://127.0.0.1:{server.gateway_port}/metrics"]
+        for url in urls:
+            refused = httpx.get(url, timeout=10)
+            assert refused.status_code == 401
+            assert "signing key" in refused.json()["error"]
+            assert httpx.get(url, headers={"Authorization": "Bearer wrong"}, timeout=10).status_code == 401
+            for token in (signing_key, hash_signing_key(signing_key)):
+                samples = scrape(url, {"Authorization": f"Bearer {token}"})
+                assert ("connect_events_received_total", ()) in samples
+        # The refusals were counted, by route template and status.
+        samples = scrape(urls[0], {"Authorization": f"Bearer {signing_key}"})
+        assert value(samples, "connect_http_responses_total", route="/metrics", status="401") == 2
+    finally:
+        server.stop()
