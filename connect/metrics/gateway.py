@@ -70,7 +70,9 @@ class GatewayCollector(Collector):
             "Requests whose worker stopped extending its lease (lost with its worker; dispatched again)",
         )
         in_flight = GaugeMetricFamily(
-            "connect_gateway_in_flight", "Requests a worker instance holds through this gateway", labels=["worker_instance"]
+            "connect_gateway_in_flight",
+            "Requests a worker instance holds through this gateway",
+            labels=["worker_instance"],
         )
         capacity = GaugeMetricFamily(
             "connect_gateway_capacity",
