@@ -113,6 +113,8 @@ class PlatformSettings:
     process_ttl: float = DEFAULT_PROCESS_TTL
     #: The process's Prometheus registry and metrics, served on `/metrics` of the
     #: API and gateway ports (one per settings object, so one per process).
+    #: A port of its own for `/metrics` (`--metrics-port`; None: only the API and gateway ports serve it).
+    metrics_port: int | None = None
     metrics: PlatformMetrics = field(default_factory=PlatformMetrics, repr=False, compare=False)
 
     @property

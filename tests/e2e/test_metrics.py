@@ -194,12 +194,17 @@ def _metric_names(dashboard: dict[str, object]) -> set[str]:
 
 
 def test_metrics_under_serve_need_the_signing_key(tmp_path: Path) -> None:
+    """On the API port, the gateway port and a `--metrics-port` of its own."""
     signing_key = "signkey-test-00112233445566778899aabbccddeeff"
-    server = DevServer(
-        tmp_path, command="serve", extra=["--signing-key", signing_key, "--event-key", "ek-metrics"]
-    ).start()
+    metrics_port = free_port()
+    extra = ["--signing-key", signing_key, "--event-key", "ek-metrics", "--metrics-port", str(metrics_port)]
+    server = DevServer(tmp_path, command="serve", extra=extra).start()
     try:
-        urls = [f"{server.url}/metrics", f"http://127.0.0.1:{server.gateway_port}/metrics"]
+        urls = [
+            f"{server.url}/metrics",
+            f"http://127.0.0.1:{server.gateway_port}/metrics",
+            f"http://127.0.0.1:{metrics_port}/metrics",
+        ]
         for url in urls:
             refused = httpx.get(url, timeout=10)
             assert refused.status_code == 401
