@@ -72,7 +72,8 @@ class StoredRuns:
         metrics: RunMetrics | None = None,
     ) -> None:
         """`cancel_wait`: how long `cancel_run` waits for the run to end, in seconds;
-        `metrics`: where the runs recorded here are counted as started (or skipped)."""
+        `metrics`: where the runs refused here by a gate are counted as skipped
+        (the executor that claims the others counts them as started)."""
         self._metrics = metrics
         self._store = store
         self._clock = clock
@@ -140,7 +141,7 @@ class StoredRuns:
         if self._metrics is not None:
             for new, is_new in zip(batch, stored, strict=True):
                 if is_new:
-                    self._metrics.recorded(new)
+                    self._metrics.recorded(new, count_started=False)
         if any(is_new and started(new) for new, is_new in zip(batch, stored, strict=True)):
             await self._store.notify(RUNS_RELEASED, "")
         return [event.id for event in built]

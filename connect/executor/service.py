@@ -80,12 +80,14 @@ from connect.store.base import (
     APPS_CHANGED,
     EVENTS_RECORDED,
     HELD_STARTS_CHANGED,
+    NEW_RUN_FENCE,
     RUN_CANCEL_REQUESTED,
     RUNNING,
     RUNS_RELEASED,
     WAIT_EVENT,
     WAIT_INVOKE,
     AppRecord,
+    Claim,
     EventRecord,
     RunMemo,
     RunOwnershipLost,
@@ -248,7 +250,7 @@ class Executor:
         if self._shared:
             self._feed.start_at(self._now_ms())
         claims = await self._ownership.take_back()
-        runners = [self._spawn(claim.run_id) for claim in claims]
+        runners = [self._spawn_claimed(claim) for claim in claims]
         # Every run re-files its waits before any runs on: a child run finishing
         # now must find the parent that invoked it listening.
         await asyncio.gather(*(r.armed.wait() for r in runners if r is not None))
@@ -318,7 +320,7 @@ class Executor:
             for claim in claims:
                 if not self._shared:
                     log.info("run %s: claimed (let go by an executor, or started by a batch)", claim.run_id)
-                self._spawn(claim.run_id)
+                self._spawn_claimed(claim)
 
     @property
     def active_runs(self) -> int:
@@ -649,6 +651,16 @@ class Executor:
         task.add_done_callback(lambda done: self._task_done(runner, done))
         return runner
 
+    def _spawn_claimed(self, claim: Claim) -> Runner | None:
+        """`_spawn` a run this executor claimed. Its first claim (the first
+        fencing token) means nobody drove it before: a run an API process, a
+        full batch or a held start created; it counts as started once read
+        back, when its function is known."""
+        runner = self._spawn(claim.run_id)
+        if runner is not None and claim.fence == NEW_RUN_FENCE:
+            runner.count_start = True
+        return runner
+
     def _task_done(self, runner: Runner, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         if self._runners.get(runner.run_id) is runner:
@@ -887,9 +899,7 @@ class Executor:
                 claims = await self._store.start_held(self.executor_id, self._now_ms(), HELD_BATCH)
                 for claim in claims:
                     self._ownership.started(claim.run_id)
-                    runner = self._spawn(claim.run_id)
-                    if runner is not None:
-                        runner.count_start = True  # its function is known once it is read back
+                    self._spawn_claimed(claim)
                 started += len(claims)
                 if len(claims) < HELD_BATCH:
                     break

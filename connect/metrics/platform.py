@@ -102,18 +102,21 @@ class RunMetrics:
             self.queue_depth.labels(waiting_for)
         self._steps: dict[str, Histogram] = {}
 
-    def recorded(self, new: NewEvent) -> None:
+    def recorded(self, new: NewEvent, *, count_started: bool = True) -> None:
         """An event was stored with the runs it starts (`new`, as the store
-        reported its gates' decisions on it): count them, and the skipped."""
+        reported its gates' decisions on it): count the skipped, and the
+        started unless `count_started` is False (runs recorded owned by
+        nobody: the executor that first claims one counts it)."""
         if not new.gates:
-            for run in new.runs:
-                self.started.labels(run.function_id).inc()
+            if count_started:
+                for run in new.runs:
+                    self.started.labels(run.function_id).inc()
             return
         gates = {gate.run_id: gate for gate in new.gates}
         for run in new.runs:
             if run.status == _SKIPPED:
                 self.skipped.labels(run.function_id, skip_reason(gates.get(run.run_id))).inc()
-            else:
+            elif count_started:
                 self.started.labels(run.function_id).inc()
 
     def run_started(self, function_id: str) -> None:
