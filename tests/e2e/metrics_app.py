@@ -4,14 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from prometheus_client import Counter
+
 from connect import Client, Context, NonRetriableError, Step, TriggerEvent
 
 client = Client(app_id="metrics-app")
+
+#: A metric of the user's own, in prometheus-client's global registry: the
+#: worker's `/metrics` serves the worker's registry, never this one.
+USER_COUNTER = Counter("user_app_things", "Something the user's code counts")
 
 
 @client.create_function(fn_id="metered", trigger=TriggerEvent(event="metrics/three"), retries=0)
 async def metered(ctx: Context, step: Step) -> dict[str, Any]:
     """Three steps; the third fails (for good) when the event asks it to."""
+    USER_COUNTER.inc()
     a = await step.run("one", lambda: 1)
     b = await step.run("two", lambda: a + 1)
 

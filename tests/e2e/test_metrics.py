@@ -141,6 +141,8 @@ def test_counters_add_up_after_a_load(dev: DevServer, tmp_path: Path) -> None:
         assert value(worker_side, "connect_worker_reconnects_total") == 0
         assert value(worker_side, "connect_worker_replies_buffered") == 0
         assert value(worker_side, "connect_worker_ready") == 1
+        # Only the worker's own registry: not the user's metrics, nor the process's defaults.
+        assert all(name.startswith("connect_worker_") for name, _ in worker_side)
 
         gw = scrape(gateway)
         instance = [dict(ls)["worker_instance"] for n, ls in gw if n == "connect_gateway_capacity"]
