@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 #: The route label of a request that matched no route (a 404, or a 405).
@@ -62,9 +63,25 @@ class HttpAnswers:
 
     def _count(self, scope: Scope, status: int) -> None:
         route = scope.get("route")
+        if route is None:
+            route = _matching_route(scope)
         template = getattr(route, "path", None) or UNMATCHED
         key = (template, status)
         child = self._children.get(key)
         if child is None:
             child = self._children[key] = self._counter.labels(template, str(status))
         child.inc()
+
+
+def _matching_route(scope: Scope) -> BaseRoute | None:
+    """The app's route for a request the router did not name in the scope
+    (a Starlette release that does not, or a 405): its full match, else the
+    route that matched the path but not the method."""
+    partial = None
+    for route in getattr(scope.get("app"), "routes", ()):
+        match, _ = route.matches(scope)
+        if match is Match.FULL:
+            return route  # type: ignore[no-any-return]
+        if match is Match.PARTIAL and partial is None:
+            partial = route
+    return partial

@@ -46,6 +46,7 @@ def test_http_answers_are_counted_by_route_template_never_by_path(tmp_path: Path
                 for run_id in ("01AAA", "01BBB", "01CCC"):
                     assert (await http.get(f"/v1/runs/{run_id}")).status_code == 404
                 assert (await http.get("/no/such/path/01DDD")).status_code == 404
+                assert (await http.delete("/v1/runs/01EEE")).status_code == 405
                 assert (await http.post("/e/key", json={"name": "labels/event"})).status_code == 200
                 assert (await http.post("/e/key", content=b"{")).status_code == 400
                 return _http_answers((await http.get("/metrics")).text)
@@ -56,6 +57,7 @@ def test_http_answers_are_counted_by_route_template_never_by_path(tmp_path: Path
     answers = asyncio.run(go())
     assert answers[("/v1/runs/{run_id}", "404")] == 3
     assert answers[("unmatched", "404")] == 1
+    assert answers[("/v1/runs/{run_id}", "405")] == 1
     assert answers[("/e/{event_key}", "200")] == 1
     assert answers[("/e/{event_key}", "400")] == 1
     assert not any("01" in route for route, _ in answers)
@@ -75,3 +77,25 @@ def test_platform_metrics_never_use_the_global_registry() -> None:
     assert second.registry.get_sample_value("connect_events_received_total") == 0
     assert first.registry.get_sample_value("connect_events_received_total") == 3
     assert prometheus_client.REGISTRY.get_sample_value("connect_events_received_total") is None
+
+
+def test_a_scope_without_its_route_finds_the_template_itself() -> None:
+    """As with a Starlette release whose router does not name the route in the scope."""
+    from starlette.applications import Starlette
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from connect.metrics.http_answers import _matching_route
+
+    async def endpoint(request: object) -> Response:
+        return Response()
+
+    app = Starlette(routes=[Route("/v1/runs/{run_id}", endpoint, methods=["GET"])])
+
+    def scope(method: str, path: str) -> dict[str, object]:
+        return {"type": "http", "method": method, "path": path, "root_path": "", "app": app, "headers": []}
+
+    found = _matching_route(scope("GET", "/v1/runs/01AAA"))
+    assert getattr(found, "path", None) == "/v1/runs/{run_id}"
+    assert getattr(_matching_route(scope("POST", "/v1/runs/01AAA")), "path", None) == "/v1/runs/{run_id}"
+    assert _matching_route(scope("GET", "/elsewhere")) is None
