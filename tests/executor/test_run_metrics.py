@@ -20,23 +20,29 @@ from tests.postgres import PostgresServer
 pytestmark = pytest.mark.anyio
 
 
+class Metered(Harness):
+    """The harness's executor, counting in a registry of the test's own."""
+
+    registry = CollectorRegistry()
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
-async def hs(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Harness]:
+async def hs(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Metered]:
     dsn = None
     if request.param == "postgres":
         server: PostgresServer = request.getfixturevalue("postgres_server")
         dsn = server.create_database()
-    harness = Harness(tmp_path / "connect.db", dsn)
-    harness.registry = CollectorRegistry()  # type: ignore[attr-defined]
-    await harness.open(metrics=RunMetrics(harness.registry))  # type: ignore[attr-defined]
+    harness = Metered(tmp_path / "connect.db", dsn)
+    harness.registry = CollectorRegistry()
+    await harness.open(metrics=RunMetrics(harness.registry))
     try:
         yield harness
     finally:
         await harness.close()
 
 
-def sample(hs: Harness, name: str, **labels: str) -> float:
-    found = hs.registry.get_sample_value(name, labels)  # type: ignore[attr-defined]
+def sample(hs: Metered, name: str, **labels: str) -> float:
+    found = hs.registry.get_sample_value(name, labels)
     return 0.0 if found is None else float(found)
 
 
@@ -51,7 +57,7 @@ async def until(predicate: Any, timeout: float = 20.0) -> None:
             await anyio.sleep(0.02)
 
 
-async def test_skips_are_counted_by_reason_and_started_runs_end(hs: Harness) -> None:
+async def test_skips_are_counted_by_reason_and_started_runs_end(hs: Metered) -> None:
     await hs.deploy("limited", "shop/limited", two_steps, flow={"rateLimit": {"limit": 2, "period": "1m"}})
     await hs.deploy("once", "shop/once", two_steps, flow={"idempotency": "event.data.order"})
     for _ in range(5):
@@ -75,7 +81,7 @@ async def test_skips_are_counted_by_reason_and_started_runs_end(hs: Harness) -> 
     assert observed == sample(hs, "connect_step_duration_seconds_bucket", function="shop-limited", le="+Inf")
 
 
-async def test_runs_of_debounces_and_batches_are_started_once(hs: Harness) -> None:
+async def test_runs_of_debounces_and_batches_are_started_once(hs: Metered) -> None:
     await hs.deploy("digest", "app/d", two_steps, debounce={"period": "1s"})
     await hs.deploy("bulk", "app/b", two_steps, batch_events={"maxSize": 2, "timeout": "60s"})
     for n in range(3):
