@@ -110,6 +110,7 @@ def _platform_settings(args: argparse.Namespace) -> Any:
     )
     if pool_size is not None:
         settings.database_pool_size = pool_size
+    settings.metrics_port = _metrics_port(args)
     _split_settings(args, settings)
     for name in (
         "lease_duration",
@@ -133,6 +134,22 @@ def _platform_settings(args: argparse.Namespace) -> Any:
                 raise SystemExit(f"--{name.replace('_', '-')} must be positive")
             setattr(settings, name, value)
     return settings
+
+
+def _metrics_port(args: argparse.Namespace) -> int | None:
+    """`--metrics-port`, else `CONNECT_METRICS_PORT`, else None (no port of its own)."""
+    source, text = "--metrics-port", args.metrics_port
+    if text is None:
+        source, text = "CONNECT_METRICS_PORT", os.environ.get("CONNECT_METRICS_PORT", "").strip() or None
+    if text is None:
+        return None
+    try:
+        port = int(text)
+    except ValueError:
+        _usage_error(args, f"{source} must be a port number, not {text!r}")
+    if not 0 <= port <= 65535:
+        _usage_error(args, f"{source} must be between 0 and 65535, not {port}")
+    return port
 
 
 def _split_settings(args: argparse.Namespace, settings: Any) -> None:
@@ -265,6 +282,12 @@ def _add_platform_args(parser: argparse.ArgumentParser, default_db: str) -> None
     parser.add_argument("--host", default="127.0.0.1", help="address the API and gateway listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=_port, default=8288, help="HTTP API port (default 8288)")
     parser.add_argument("--gateway-port", type=_port, default=8289, help="worker gateway port (default 8289)")
+    parser.add_argument(
+        "--metrics-port",
+        default=None,
+        help="also serve GET /metrics on this port (the API and gateway ports serve it already; a process "
+        "running neither, such as --role executor, has only this one; or CONNECT_METRICS_PORT)",
+    )
     parser.set_defaults(default_db=default_db)
     parser.add_argument(
         "--db", default=None, help=f"SQLite database file, when no --database-url (default {default_db}, or CONNECT_DB)"
@@ -515,7 +538,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="steps this worker runs at once (default: no limit; or CONNECT_MAX_WORKER_CONCURRENCY)",
     )
-    worker.add_argument("--health-port", type=_port, default=None, help="serve GET /ready and /live on this port")
+    worker.add_argument(
+        "--health-port", type=_port, default=None, help="serve GET /ready, /live and /metrics on this port"
+    )
     worker.add_argument(
         "--drain-timeout",
         type=float,

@@ -272,3 +272,8 @@ class WorkerLedger:
     @property
     def idle(self) -> bool:
         return not self.in_flight and not self.replies
+
+    @property
+    def buffered_bytes(self) -> int:
+        """The size of the replies held until acknowledged (bounded by `max_buffer_bytes`)."""
+        return self._buffer_bytes

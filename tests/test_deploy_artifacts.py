@@ -476,7 +476,9 @@ async def test_probes_point_at_routes_the_servers_answer(tmp_path: Path) -> None
     gw = await start_standalone_gateway(
         PlatformSettings(port=0, gateway_port=0, db=str(tmp_path / "probes.db"), name="probe routes")
     )
-    health = HealthServer(_free_port(), "127.0.0.1", ready=lambda: True, state=lambda: "ACTIVE", stalled=lambda: False)
+    health = HealthServer(
+        _free_port(), "127.0.0.1", ready=lambda: True, state=lambda: "ACTIVE", stalled=lambda: False, scrape=lambda: b""
+    )
     await health.start()
     try:
         base = {

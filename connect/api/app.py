@@ -1,4 +1,4 @@
-"""The HTTP API (port 8288): events in, connect start/flush, checkpoints, run REST.
+"""The HTTP API (port 8288): events in, connect start/flush, checkpoints, run REST, /metrics.
 
 Every error is JSON with a specific status and message; nothing a client
 sends can disturb other requests.
@@ -15,6 +15,7 @@ import msgspec
 from google.protobuf.message import DecodeError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -23,6 +24,8 @@ from connect.api import checkpoints, listing
 from connect.api.bodies import BodyRefused, read_body
 from connect.api.events import EventRejected, parse_events
 from connect.gateway.auth import Keys, TokenIssuer
+from connect.metrics import CONTENT_TYPE, PlatformMetrics, render
+from connect.metrics.http_answers import HttpAnswers
 from protocol import connect_pb2 as pb
 from protocol import ids, limits
 from protocol.payloads import IncomingEvent
@@ -96,9 +99,15 @@ def create_api(
     keys: Keys | None = None,
     admit_connection: Callable[[str | None], str | None] = lambda _instance: None,
     gateways: Gateways | None = None,
+    metrics: PlatformMetrics | None = None,
 ) -> Starlette:
     """`admit_connection(instance_id or None)` returns why a new worker
     connection is refused (answered 429), or None to admit it.
+
+    `metrics`: the process's metrics, served on `GET /metrics` (with the
+    signing key, as `/v1`, when the server has keys) and counted here:
+    events received, replies flushed, every answer by route and status.
+    None: no `/metrics` route and nothing counted.
 
     `gateways`: where `/v0/connect/start` sends workers when the gateways run
     in other processes (it then admits connections too, and `admit_connection`
@@ -134,6 +143,8 @@ def create_api(
                 if not event.id:
                     event.id = event_id
         event_ids = await executor.send_events(events)
+        if metrics is not None:
+            metrics.events_received.inc(len(event_ids))
         return JSONResponse({"ids": event_ids, "status": 200})
 
     async def connect_start(request: Request) -> Response:
@@ -191,6 +202,8 @@ def create_api(
         if not msg.request_id:
             return _error(400, "SDKResponse has no request_id")
         await replies.accept_reply(body, msg.request_id)
+        if metrics is not None:
+            metrics.flushed_replies.inc()
         return Response(
             pb.FlushResponse(request_id=msg.request_id).SerializeToString(), media_type="application/octet-stream"
         )
@@ -252,6 +265,13 @@ def create_api(
             return denied
         return JSONResponse({"data": executor.registered_functions()})
 
+    async def scrape(request: Request) -> Response:
+        """The process's metrics in Prometheus's text format."""
+        if (denied := unauthorized(request)) is not None:
+            return denied
+        assert metrics is not None
+        return Response(render(metrics.registry), media_type=CONTENT_TYPE)
+
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -283,8 +303,12 @@ def create_api(
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
     ]
+    middleware: list[Middleware] = []
+    if metrics is not None:
+        routes.append(Route("/metrics", scrape, methods=["GET"]))
+        middleware.append(Middleware(HttpAnswers, counter=metrics.http_responses))
     handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {HTTPException: http_error}
-    return Starlette(routes=routes, exception_handlers=handlers)
+    return Starlette(routes=routes, exception_handlers=handlers, middleware=middleware)
 
 
 def _bearer(request: Request) -> str:

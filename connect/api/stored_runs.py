@@ -40,6 +40,7 @@ from connect.executor.service import CANCEL_WAIT
 from connect.executor.starts import event_record, gated_event, received, started
 from connect.executor.triggers import TriggerIndex
 from connect.executor.views import event_view, list_runs, run_view, runs_of_event
+from connect.metrics import RunMetrics
 from connect.store.base import APPS_CHANGED, RUNNING, RUNS_RELEASED, AppRecord, RunRecord, Store
 from protocol.payloads import IncomingEvent
 
@@ -68,8 +69,12 @@ class StoredRuns:
         default_retries: int = 4,
         clock: Callable[[], float] = time.time,
         cancel_wait: float = CANCEL_WAIT,
+        metrics: RunMetrics | None = None,
     ) -> None:
-        """`cancel_wait`: how long `cancel_run` waits for the run to end, in seconds."""
+        """`cancel_wait`: how long `cancel_run` waits for the run to end, in seconds;
+        `metrics`: where the runs refused here by a gate are counted as skipped
+        (the executor that claims the others counts them as started)."""
+        self._metrics = metrics
         self._store = store
         self._clock = clock
         self._cancel_wait = cancel_wait
@@ -133,6 +138,10 @@ class StoredRuns:
         built = received(events, now_ms)
         batch = [gated_event(self._index, event_record(event, now_ms), event, now_ms, None) for event in built]
         stored = await self._store.record_events(batch)
+        if self._metrics is not None:
+            for new, is_new in zip(batch, stored, strict=True):
+                if is_new:
+                    self._metrics.recorded(new, count_started=False)
         if any(is_new and started(new) for new, is_new in zip(batch, stored, strict=True)):
             await self._store.notify(RUNS_RELEASED, "")
         return [event.id for event in built]

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from connect.dispatch import AtCapacity, DispatchError, NoWorker, StepRequest
 from connect.executor.checkpoints import CheckpointTaking
 from connect.executor.concurrency import as_dict
 from connect.executor.inbox import DispatchFailed, Message, Oversized, Replied, StartTimedOut, TaskCrashed
 from connect.executor.requests import build_request
+from connect.metrics.platform import WAITING_FOR_SLOT, WAITING_FOR_WORKER
 from connect.store.base import PendingRequest
 from protocol.limits import MAX_REQUEST_PAYLOAD_BYTES
 
@@ -65,16 +67,33 @@ class Dispatching(CheckpointTaking):
                 delay = pending.wake_at_ms / 1000 - s.clock()
                 if delay > 0:
                     await asyncio.sleep(delay)
+            # The queue wait: from here (after any backoff) to the first
+            # attempt after a wait, observed once per request that waited.
+            metrics = s.metrics
+            queued_at = time.perf_counter()
+            waited = no_worker_yet
+            observed = False
             if self._limits is not None and pending.request_id not in self._slots:
-                if not await self._hold_slots(pending):
-                    return
+                waited = True
+                if metrics is not None:
+                    metrics.waiting(WAITING_FOR_SLOT, 1)
+                try:
+                    if not await self._hold_slots(pending):
+                        return
+                finally:
+                    if metrics is not None:
+                        metrics.waiting(WAITING_FOR_SLOT, -1)
             while True:
                 if not no_worker_yet:
+                    if waited and not observed and metrics is not None:
+                        metrics.queue_wait.observe(time.perf_counter() - queued_at)
+                        observed = True
                     message = await self._attempt(pending)
                     if message is not None:
                         self.deliver(message)
                         return
                 no_worker_yet = False
+                waited = True
                 timeout = s.worker_wait
                 start_timeout = self._start_timeout_ms()
                 if start_timeout is not None:
@@ -83,7 +102,13 @@ class Dispatching(CheckpointTaking):
                         self.deliver(StartTimedOut(start_timeout))
                         return
                     timeout = min(timeout, remaining)
-                await s.dispatcher.wait_for_worker(run.app_name, run.function_id, timeout=timeout)
+                if metrics is not None:
+                    metrics.waiting(WAITING_FOR_WORKER, 1)
+                try:
+                    await s.dispatcher.wait_for_worker(run.app_name, run.function_id, timeout=timeout)
+                finally:
+                    if metrics is not None:
+                        metrics.waiting(WAITING_FOR_WORKER, -1)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -134,6 +159,7 @@ class Dispatching(CheckpointTaking):
         )
         self._fresh.discard(rid)
         self._forwarded.add(rid)
+        sent_at = time.perf_counter()
         try:
             reply = await self._s.dispatcher.dispatch(request, self if checkpoints else None)
         except (NoWorker, AtCapacity):
@@ -143,7 +169,7 @@ class Dispatching(CheckpointTaking):
         finally:
             self._forwarded.discard(rid)
             self._checkpoints.pop(rid, None)
-        return Replied(rid, reply)
+        return Replied(rid, reply, sent_at)
 
     def _start_timeout_ms(self) -> int | None:
         if self._has_replied:

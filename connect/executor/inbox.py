@@ -25,6 +25,8 @@ class CancelRequested:
 class Replied:
     request_id: str
     reply: StepReply
+    #: `time.perf_counter()` when the request was dispatched (the step duration's start).
+    sent_at: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from connect.executor.intake import Intake
 from connect.executor.retries import Backoff
 from connect.executor.system_events import end_events
 from connect.executor.triggers import FunctionInfo, Target
+from connect.metrics import RunMetrics
 from connect.store.base import (
     CANCELLED,
     COMPLETED,
@@ -66,6 +67,8 @@ class RunServices:
     max_lease_lapses: int = MAX_LEASE_LAPSES
     #: Concurrency slots (see `connect.executor.concurrency`); None: never needed.
     slots: SlotGrants | None = None
+    #: Runs ended and steps timed (`connect_runs_*`, `connect_step_duration_seconds`, `connect_queue_*`).
+    metrics: RunMetrics | None = None
 
 
 class RunHost(Protocol):
@@ -135,6 +138,8 @@ class RunState:
         self._limits: FunctionLimits | None = None
         #: Requests of this run known to hold their concurrency slots.
         self._slots: set[str] = set()
+        #: A run a held start (debounce, batch) fired: counted as started once read back.
+        self.count_start = False
 
     def deliver(self, message: Message) -> None:
         if isinstance(message, Replied):
@@ -304,6 +309,8 @@ class RunState:
             raise
         if consumed:
             self._consumed.add(consumed)
+        if self._s.metrics is not None:
+            self._s.metrics.run_finished(run.function_id, status)
         self._host.disarm_run(run.run_id)
         self._host.apply_events(intake, stored)
         for task in self._tasks.values():

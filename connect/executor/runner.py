@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import msgspec
 
@@ -96,6 +97,10 @@ class Runner(Dispatching, Cancelling, Attempts):
             return False
         self.event = _decode_event(loaded.event.body)
         self.batch = [_decode_event(body) for body in loaded.batch]
+        if self.count_start:
+            self.count_start = False
+            if self._s.metrics is not None:
+                self._s.metrics.run_started(loaded.run.function_id)
         if self._limits is not None:
             # Slots of requests a stopped process left behind (their replies
             # committed, the release not): only the current requests keep theirs.
@@ -192,6 +197,8 @@ class Runner(Dispatching, Cancelling, Attempts):
             raise
         finally:
             if isinstance(message, Replied):
+                if self._s.metrics is not None and self.run is not None:
+                    self._s.metrics.step_done(self.run.function_id, time.perf_counter() - message.sent_at)
                 # The worker is acknowledged now if a commit of this run consumed
                 # the reply; otherwise the gateway stores the reply first.
                 self._unhandled.discard(message.request_id)

@@ -48,6 +48,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Final
 
 import msgspec
+from prometheus_client import CollectorRegistry
 
 from connect.dispatch import Port
 from connect.executor import replies
@@ -74,16 +75,19 @@ from connect.executor.timers import Timers
 from connect.executor.triggers import FunctionInfo, Target, TriggerIndex
 from connect.executor.views import event_view, list_runs, run_view, runs_of_event
 from connect.executor.waits import CANCEL, INVOKE, RESUME, WaitIndex, Watch, WatchKey
+from connect.metrics import RunMetrics
 from connect.store.base import (
     APPS_CHANGED,
     EVENTS_RECORDED,
     HELD_STARTS_CHANGED,
+    NEW_RUN_FENCE,
     RUN_CANCEL_REQUESTED,
     RUNNING,
     RUNS_RELEASED,
     WAIT_EVENT,
     WAIT_INVOKE,
     AppRecord,
+    Claim,
     EventRecord,
     RunMemo,
     RunOwnershipLost,
@@ -147,6 +151,7 @@ class Executor:
         history_retention: float | None = None,
         retention_interval: float = RETENTION_INTERVAL,
         shared: bool = False,
+        metrics: RunMetrics | None = None,
     ) -> None:
         """`history_retention`: seconds ended runs are kept before they are
         pruned in the background (see `connect.executor.retention`); None
@@ -158,7 +163,10 @@ class Executor:
         its runs' waits and cancel conditions (`EVENTS_RECORDED`, see
         `connect.executor.feed`), hands API cancellations to the runs it owns
         (`RUN_CANCEL_REQUESTED`), and claims new runs in small batches so
-        executors woken together share them (`SHARED_CLAIM_BATCH`)."""
+        executors woken together share them (`SHARED_CLAIM_BATCH`).
+
+        `metrics`: where runs started, skipped and ended, step durations and
+        the queue are counted (None: in a registry of its own, unserved)."""
         if max_lease_lapses < 0:
             raise ValueError("max_lease_lapses must not be negative")
         self._store = store
@@ -178,7 +186,10 @@ class Executor:
             checkpoint_steps=checkpoint_steps,
             max_lease_lapses=max_lease_lapses,
             slots=SlotGrants(store),
+            metrics=metrics if metrics is not None else RunMetrics(CollectorRegistry()),
         )
+        assert self._services.metrics is not None
+        self._run_metrics = self._services.metrics
         self._registry = TriggerIndex(default_retries)
         #: What each app registered, refusals and options not honoured included.
         self._apps = Registry()
@@ -239,7 +250,7 @@ class Executor:
         if self._shared:
             self._feed.start_at(self._now_ms())
         claims = await self._ownership.take_back()
-        runners = [self._spawn(claim.run_id) for claim in claims]
+        runners = [self._spawn_claimed(claim) for claim in claims]
         # Every run re-files its waits before any runs on: a child run finishing
         # now must find the parent that invoked it listening.
         await asyncio.gather(*(r.armed.wait() for r in runners if r is not None))
@@ -309,7 +320,7 @@ class Executor:
             for claim in claims:
                 if not self._shared:
                     log.info("run %s: claimed (let go by an executor, or started by a batch)", claim.run_id)
-                self._spawn(claim.run_id)
+                self._spawn_claimed(claim)
 
     @property
     def active_runs(self) -> int:
@@ -436,6 +447,7 @@ class Executor:
                     self._waits.add(watch)  # a duplicate event resumes nothing
             if not is_new:
                 continue
+            self._run_metrics.recorded(item.new)
             for run in started(item.new):
                 self._ownership.started(run.run_id)
                 self._spawn(run.run_id, (run, item.event))
@@ -644,6 +656,16 @@ class Executor:
         runner.task = task
         self._tasks.add(task)
         task.add_done_callback(lambda done: self._task_done(runner, done))
+        return runner
+
+    def _spawn_claimed(self, claim: Claim) -> Runner | None:
+        """`_spawn` a run this executor claimed. Its first claim (the first
+        fencing token) means nobody drove it before: a run an API process, a
+        full batch or a held start created; it counts as started once read
+        back, when its function is known."""
+        runner = self._spawn(claim.run_id)
+        if runner is not None and claim.fence == NEW_RUN_FENCE:
+            runner.count_start = True
         return runner
 
     def _task_done(self, runner: Runner, task: asyncio.Task[None]) -> None:
@@ -884,7 +906,7 @@ class Executor:
                 claims = await self._store.start_held(self.executor_id, self._now_ms(), HELD_BATCH)
                 for claim in claims:
                     self._ownership.started(claim.run_id)
-                    self._spawn(claim.run_id)
+                    self._spawn_claimed(claim)
                 started += len(claims)
                 if len(claims) < HELD_BATCH:
                     break

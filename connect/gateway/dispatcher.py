@@ -156,6 +156,8 @@ class GatewayDispatcher(ReplyIntake, CheckpointIntake):
         self._connection_listeners: list[Callable[[], None]] = []
         #: Requests whose stored lease was read here to extend it, not dispatched here.
         self._elsewhere: set[str] = set()
+        #: Requests found without a live lease while awaited here (`connect_gateway_lease_lapses_total`).
+        self.lease_lapses = 0
         # The lease watchdog: one timer for every awaited request (see `_watch_until`).
         self._watch: asyncio.TimerHandle | None = None
         self._watch_at = math.inf
@@ -483,6 +485,7 @@ class GatewayDispatcher(ReplyIntake, CheckpointIntake):
                     raise _Refused
                 lease = self.leases.get(rid)
                 if lease is None:
+                    self.lease_lapses += 1
                     raise WorkerStoppedResponding(f"request {rid} has no lease")
                 deadline = lease.expires_at
                 if deadline > self._clock():
@@ -498,6 +501,7 @@ class GatewayDispatcher(ReplyIntake, CheckpointIntake):
                 if self._shared is not None and await self._adopt_stored_lease(rid):
                     continue  # extended through another gateway: wait on
                 pending.flow.handle(LeaseLapsed())
+                self.lease_lapses += 1
                 raise WorkerStoppedResponding(f"the worker stopped responding to request {rid} (its lease lapsed)")
         except asyncio.CancelledError:
             # Among other gateways, a stopping one leaves the stored lease: the

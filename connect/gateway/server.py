@@ -15,6 +15,7 @@ authenticate can exhaust only the first.
 
 `POST /v0/connect/drain` changes the process's state, so it needs what the
 `/v1` API needs: the signing key, when the server has one (`authorize`).
+`GET /metrics` (when the server is given `scrape`) needs it too.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from connect.gateway.admission import MAX_HANDSHAKES, MAX_HANDSHAKES_PER_PEER, H
 from connect.gateway.auth import TokenIssuer
 from connect.gateway.connection import WRITE_HIGH_WATER, WRITE_TIMEOUT, Connection, GatewayWebSocket
 from connect.gateway.dispatcher import GatewayDispatcher
+from connect.metrics import CONTENT_TYPE
 from connect.polling import DEFAULT_WINDOW, PollWindow, check_window
 from connect.waiting import wait_event
 from protocol import codes, limits
@@ -82,9 +84,12 @@ class GatewayServer:
         max_handshakes: int = MAX_HANDSHAKES,
         max_handshakes_per_peer: int = MAX_HANDSHAKES_PER_PEER,
         authorize: Callable[[str | None], bool] | None = None,
+        scrape: Callable[[], bytes] | None = None,
     ) -> None:
         """`authorize(Authorization header or None)` decides who may drain the
-        gateway over HTTP; None lets anyone (open mode, `connect dev`)."""
+        gateway or read its metrics over HTTP; None lets anyone (open mode,
+        `connect dev`). `scrape` renders the process's metrics for `GET
+        /metrics` (None: no such route)."""
         self.dispatcher = dispatcher
         self._poll_seconds = check_window(poll_window)
         self.poll_window: PollWindow | None = None  # made on the loop, in `start`
@@ -92,6 +97,7 @@ class GatewayServer:
         self.max_connections_per_instance = max_connections_per_instance
         self.admission = HandshakeAdmission(max_handshakes, max_handshakes_per_peer)
         self._authorize = authorize
+        self._scrape = scrape
         self._write_timeout = write_timeout
         self._on_drain_requested = on_drain_requested
         self._on_sync = on_sync
@@ -211,6 +217,13 @@ class GatewayServer:
             if self.draining:
                 return _text(http.HTTPStatus.SERVICE_UNAVAILABLE, "draining\n")
             return _text(http.HTTPStatus.OK, "ready\n")
+        if path == "/metrics" and self._scrape is not None:
+            if self._authorize is not None and not self._authorize(request.headers.get("Authorization")):
+                return _json(
+                    http.HTTPStatus.UNAUTHORIZED,
+                    "reading metrics needs Authorization: Bearer <signing key>, as /v1 does",
+                )
+            return _text(http.HTTPStatus.OK, self._scrape().decode(), CONTENT_TYPE)
         if path in ("/v0", "/v0/"):
             return _text(http.HTTPStatus.OK, ".")
         if path != limits.CONNECT_PATH:
@@ -497,8 +510,9 @@ def _select_subprotocol(ws: ServerConnection, request: Request, response: Respon
 
 
 def _text(status: http.HTTPStatus, body: str, content_type: str = "text/plain; charset=utf-8") -> Response:
-    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body)))])
-    return Response(status.value, status.phrase, headers, body.encode())
+    data = body.encode()
+    headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(data)))])
+    return Response(status.value, status.phrase, headers, data)
 
 
 def _remote(ws: ServerConnection) -> str:

@@ -126,6 +126,7 @@ class ApiRole:
             keys=s.keys,
             admit_connection=admit_connection,
             gateways=gateways,
+            metrics=s.metrics,
         )
         http_limits = HttpLimits(
             route_body_bytes=(
@@ -197,7 +198,7 @@ class ApiProcess:
 
     def __init__(self, settings: PlatformSettings, store: Store) -> None:
         self.process_id = settings.process_id or default_process_id()
-        self.runs = StoredRuns(store)
+        self.runs = StoredRuns(store, metrics=settings.metrics.runs)
         self.gateways = GatewayDirectory(store, max_connections_per_instance=settings.max_connections_per_instance)
         self._serving = False
         self.role = ApiRole(

@@ -19,6 +19,7 @@ from connect.gateway.server import DrainCause
 from connect.roles.api import ApiNotStarted, ApiRole
 from connect.roles.executor import ExecutorRole
 from connect.roles.gateway import GatewayRole, gateway_dispatcher
+from connect.roles.metrics_port import MetricsPort, MetricsPortNotStarted
 from connect.roles.settings import PlatformSettings
 from connect.roles.store import describe_store, open_store
 from protocol import limits
@@ -56,6 +57,16 @@ class ProcessRoot:
     def exit_status(self) -> int:
         return EXIT_DRAINED_ON_REQUEST if self._cause == "request" else 0
 
+    async def start_metrics_port(self) -> MetricsPort | None:
+        """`settings.metrics_port`'s server, started (None when not asked for)."""
+        s = self.settings
+        if s.metrics_port is None:
+            return None
+        port = MetricsPort(s.host, s.metrics_port, s.metrics, s.keys)
+        await port.start()
+        log.info("%s metrics on http://%s:%d/metrics", s.name, s.host, port.port)
+        return port
+
 
 class DevServer(ProcessRoot):
     async def run(self) -> int:
@@ -85,9 +96,15 @@ class DevServer(ProcessRoot):
             is_ready=lambda: gateway.ready,
             admit_connection=gateway.server.admit,
         )
+        metrics_port: MetricsPort | None = None
         try:
+            # Before the API: once `/health` answers there, every port is up.
+            metrics_port = await self.start_metrics_port()
             await api.start()
-        except ApiNotStarted as exc:
+        except (ApiNotStarted, MetricsPortNotStarted) as exc:
+            await api.stop()
+            if metrics_port is not None:
+                await metrics_port.stop()
             await gateway.close()
             await executor.stop()
             await store.close()
@@ -114,6 +131,8 @@ class DevServer(ProcessRoot):
         await gateway.drain()
         log.info("gateway drained")
         await api.stop()
+        if metrics_port is not None:
+            await metrics_port.stop()
         await gateway.close()
         await executor.stop()
         await store.close()

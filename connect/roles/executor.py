@@ -33,6 +33,7 @@ class ExecutorRole:
             owner_lease=settings.owner_lease,
             history_retention=settings.history_retention,
             shared=shared,
+            metrics=settings.metrics.runs,
         )
 
     async def start(self) -> None:

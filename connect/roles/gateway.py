@@ -34,6 +34,7 @@ from connect.gateway.dispatcher import GatewayDispatcher, SharedStore
 from connect.gateway.pump import RequestPump
 from connect.gateway.registry import GatewayRegistry
 from connect.gateway.server import DrainCause, GatewayServer, SyncHook
+from connect.metrics import render
 from connect.roles.api import ApiNotStarted, ApiRole, RunsElsewhere
 from connect.roles.settings import PlatformSettings, default_process_id
 from connect.roles.store import open_store
@@ -95,7 +96,9 @@ class GatewayRole:
             max_handshakes=s.max_handshakes,
             max_handshakes_per_peer=s.max_handshakes_per_peer,
             authorize=None if s.keys.open else s.keys.authorized,
+            scrape=lambda: render(s.metrics.registry),
         )
+        s.metrics.watch_gateway(self.server)
         #: The port bound (the one asked for, or the one chosen for port 0).
         self.port = 0
 

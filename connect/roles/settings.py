@@ -18,6 +18,7 @@ from connect.executor.retention import DEFAULT_RETENTION
 from connect.executor.runner import MAX_LEASE_LAPSES
 from connect.gateway.admission import MAX_HANDSHAKES, MAX_HANDSHAKES_PER_PEER
 from connect.gateway.auth import Keys
+from connect.metrics import PlatformMetrics
 from connect.store.open import DEFAULT_POOL_SIZE
 from protocol import limits
 
@@ -110,6 +111,11 @@ class PlatformSettings:
     process_id: str | None = None
     #: Seconds a registry entry lives without a heartbeat; heartbeats come every third of it.
     process_ttl: float = DEFAULT_PROCESS_TTL
+    #: The process's Prometheus registry and metrics, served on `/metrics` of the
+    #: API and gateway ports (one per settings object, so one per process).
+    #: A port of its own for `/metrics` (`--metrics-port`; None: only the API and gateway ports serve it).
+    metrics_port: int | None = None
+    metrics: PlatformMetrics = field(default_factory=PlatformMetrics, repr=False, compare=False)
 
     @property
     def split(self) -> bool:

@@ -23,6 +23,7 @@ from connect.roles.api import ApiNotStarted, ApiProcess, start_api_process
 from connect.roles.dev import ProcessRoot
 from connect.roles.executor import ExecutorProcess, start_executor_process
 from connect.roles.gateway import GatewayProcess, start_gateway_process
+from connect.roles.metrics_port import MetricsPort, MetricsPortNotStarted
 from connect.roles.settings import ROLES, PlatformSettings, default_process_id
 from connect.roles.store import describe_store, open_store
 
@@ -45,28 +46,27 @@ class RolesServer(ProcessRoot):
         executor: ExecutorProcess | None = None
         gateway: GatewayProcess | None = None
         api: ApiProcess | None = None
+        metrics_port: MetricsPort | None = None
         try:
             if "executor" in s.roles:
                 executor = await start_executor_process(s, store)
             if "gateway" in s.roles:
                 gateway = await start_gateway_process(s, store, on_drain_requested=self.request_stop)
+            metrics_port = await self.start_metrics_port()
             if "api" in s.roles:
                 api = await start_api_process(s, store)
-        except OSError as exc:
+        except (OSError, ApiNotStarted, MetricsPortNotStarted) as exc:
+            if metrics_port is not None:
+                await metrics_port.stop()
             if gateway is not None:
                 await gateway.close()
             if executor is not None:
                 await executor.stop()
             await store.close()
-            raise SystemExit(
-                bind_failure("the worker gateway", "--gateway-port", s.host, s.gateway_port, exc)
-            ) from None
-        except ApiNotStarted as exc:
-            if gateway is not None:
-                await gateway.close()
-            if executor is not None:
-                await executor.stop()
-            await store.close()
+            if isinstance(exc, OSError):
+                raise SystemExit(
+                    bind_failure("the worker gateway", "--gateway-port", s.host, s.gateway_port, exc)
+                ) from None
             raise SystemExit(f"{s.name}: {exc}") from None
         parts = []
         if api is not None:
@@ -100,6 +100,8 @@ class RolesServer(ProcessRoot):
         if gateway is not None:
             await gateway.close()
             log.debug("gateway closed")
+        if metrics_port is not None:
+            await metrics_port.stop()
         if executor is not None:
             await executor.stop()
             log.debug("executor stopped")

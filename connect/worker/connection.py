@@ -42,6 +42,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import httpx
+from prometheus_client import CollectorRegistry
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -51,6 +52,8 @@ from tenacity import (
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from connect import polling
+from connect.metrics import render
+from connect.metrics.worker import WorkerCollector, WorkerCounts
 from connect.waiting import wait_event
 from connect.worker import drain, fallback, link, sending, shutdown, stall
 from connect.worker.bridge import Handoff, call_on, resolve_on, run_loop
@@ -116,6 +119,12 @@ class WorkerConnection:
         self.abandoned = 0
         self.connection_id = ""
         self.in_flight_peak = 0
+        #: Counts behind `connect_worker_*` (see `connect.metrics.worker`).
+        self.counts = WorkerCounts()
+        #: This worker's Prometheus registry, served on `/metrics` of the health
+        #: port: its own, so metrics the user's code registers stay apart.
+        self.metrics = CollectorRegistry(auto_describe=True)
+        self.metrics.register(WorkerCollector(self))
 
     # --- public API -------------------------------------------------------------------
 
@@ -132,6 +141,19 @@ class WorkerConnection:
     @property
     def in_flight(self) -> int:
         return len(self._ledger.in_flight)
+
+    @property
+    def max_worker_concurrency(self) -> int | None:
+        return self._options.max_worker_concurrency
+
+    @property
+    def replies_buffered(self) -> int:
+        """Replies held until the gateway acknowledges them."""
+        return len(self._ledger.replies)
+
+    @property
+    def replies_buffered_bytes(self) -> int:
+        return self._ledger.buffered_bytes
 
     @property
     def ready(self) -> bool:
@@ -253,6 +275,7 @@ class WorkerConnection:
                 lambda: self.ready,
                 lambda: self._state.value,
                 lambda: self.stalled,
+                lambda: render(self.metrics),
             )
             await health.start()
         try:
@@ -411,6 +434,7 @@ class WorkerConnection:
             endpoint,
             extra={"connection_id": resp.connection_id, "instance_id": self._options.instance_id, "url": endpoint},
         )
+        self.counts.connections += 1
         return sock
 
     async def _read(self, sock: Link) -> None:
@@ -576,6 +600,7 @@ class WorkerConnection:
         requests = self._requests.take()
         loop, run, running = self._main_loop, self._runner.run, self._running
         assert loop is not None
+        self.counts.requests += len(requests)
         while requests:
             task = loop.create_task(run(requests.popleft()))
             running.add(task)
@@ -694,12 +719,17 @@ class WorkerConnection:
                     continue
                 with contextlib.suppress(ConnectionClosed):
                     await self._flush(sock)
-            await fallback.flush_overdue(self._ledger, start, self._active, now, self._poke)
+            await fallback.flush_overdue(self._ledger, start, self._active, now, self._flushed)
             if self._ledger.replies:
                 deadlines.append(now + 1.0)
             timeout = max(0.0, min(deadlines) - self._clock.time()) if deadlines else 1.0
             await wait_event(self._tick, min(timeout, 1.0))
             self._tick.clear()
+
+    def _flushed(self) -> None:
+        """A reply was delivered over `/v0/connect/flush`."""
+        self.counts.flushes += 1
+        self._poke()
 
     def _extension_socket(self) -> Link | None:
         """Extend leases over the active connection, else any open one."""
@@ -827,7 +857,8 @@ async def connect(
     - `handle_shutdown_signals`: signals that start a graceful drain (empty: none).
     - `drain_timeout`: seconds a drain may take before in-flight steps are abandoned
       (their leases lapse and they run elsewhere); None waits forever.
-    - `health_port`: serve `GET /ready` and `GET /live` there.
+    - `health_port`: serve `GET /ready`, `GET /live` and `GET /metrics` (the
+      worker's own Prometheus registry, `WorkerConnection.metrics`) there.
     - `gateway_url`: dial this WebSocket URL instead of the one `/start` returns
       (`CONNECT_GATEWAY_URL`), e.g. behind a proxy.
     - `reply_buffer_bytes`: bound of the buffer of unacknowledged replies.

@@ -1,4 +1,5 @@
-"""Probes for orchestrators: `GET /ready` and `GET /live` on `health_port`.
+"""Probes for orchestrators: `GET /ready` and `GET /live` on `health_port`,
+and the worker's metrics on `GET /metrics` (Prometheus's text format).
 
 Served from the worker's connection thread, so probes answer even while
 user code blocks the main event loop. `/ready` is 200 only while the worker
@@ -18,10 +19,11 @@ from collections.abc import Callable, Generator
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from connect.binding import bind_failure
+from connect.metrics import CONTENT_TYPE
 
 log = logging.getLogger("connect.worker")
 
@@ -44,6 +46,7 @@ class HealthServer:
         ready: Callable[[], bool],
         state: Callable[[], str],
         stalled: Callable[[], bool],
+        scrape: Callable[[], bytes],
     ) -> None:
         async def ready_probe(request: Request) -> JSONResponse:
             ok = ready()
@@ -52,7 +55,11 @@ class HealthServer:
         async def live_probe(request: Request) -> JSONResponse:
             return JSONResponse({"live": True, "state": state(), "stalled": stalled()})
 
-        app = Starlette(routes=[Route("/ready", ready_probe), Route("/live", live_probe)])
+        async def metrics(request: Request) -> Response:
+            return Response(scrape(), media_type=CONTENT_TYPE)
+
+        routes = [Route("/ready", ready_probe), Route("/live", live_probe), Route("/metrics", metrics)]
+        app = Starlette(routes=routes)
         # log_config=None: uvicorn's lines go to the process's own handlers (and format).
         config = uvicorn.Config(
             app, host=host, port=port, log_level="warning", log_config=None, lifespan="off", access_log=False
@@ -70,7 +77,9 @@ class HealthServer:
                 self._task.result()
                 raise HealthServerNotStarted(self._failure())
             await asyncio.sleep(0.01)
-        log.info("health probes on http://%s:%d/ready and /live", self._server.config.host, self.port)
+        log.info(
+            "health probes on http://%s:%d/ready and /live, metrics on /metrics", self._server.config.host, self.port
+        )
 
     async def _serve(self) -> None:
         try:
