@@ -268,8 +268,6 @@ class Executor:
         self._tasks.clear()
         self._background.clear()
         self._runners.clear()
-        if self._services.slots is not None:
-            await self._services.slots.drain()
         try:
             released = await self._ownership.release()
         except Exception:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 import msgspec
@@ -324,6 +324,37 @@ class SlotClaim(msgspec.Struct, frozen=True):
     limit: int
 
 
+class SlotAcquire(msgspec.Struct, frozen=True):
+    """A request to hold slots, as `Store.acquire_slots` takes one, made by a
+    save (`SlotChange.acquire`)."""
+
+    request_id: str
+    claims: list[SlotClaim]
+    order: int
+
+
+@dataclass(slots=True)
+class SlotChange:
+    """Concurrency slots changed by a run's save, in its transaction
+    (`Store.save_run(slots=...)`), instead of in transactions of their own.
+
+    The releases come first, then the acquires, then the grants the releases
+    make possible: a request of the run that follows the one released takes
+    the freed slot when no one ordered before it waits, as the order of
+    `acquire_slots` says, and a waiter ordered before it is granted it instead."""
+
+    #: Requests whose slots and waits go (`release_slots`).
+    release: list[str] = field(default_factory=list)
+    #: Every slot and wait of the run goes (`release_run_slots`): it ended.
+    release_run: bool = False
+    #: Requests of the run to hold slots or wait in line, in this order (`acquire_slots`).
+    acquire: list[SlotAcquire] = field(default_factory=list)
+    #: Set by the save once it committed: the requests of `acquire` that hold
+    #: their slots (the others wait in line, and learn of their grant as
+    #: `acquire_slots` waiters do).
+    held: list[str] = field(default_factory=list)
+
+
 class QueuedRequest(msgspec.Struct, frozen=True):
     """A step request an executor queued for whichever gateway serves its function.
 
@@ -603,12 +634,16 @@ class Store(ReplyStore, Protocol):
         memos: list[StepMemo] | None = None,
         consumed_request_id: str | None = None,
         events: list[NewEvent] | None = None,
+        slots: SlotChange | None = None,
     ) -> list[bool]:
         """Atomically: replace the run's state (all but `cancel_requested`),
         add `memos` (a memo already stored under the same step hash is kept,
-        first result wins), delete the reply, lease and queued request stored for `consumed_request_id`
-        and record `events` as `record_events` does. Returns, per event,
-        whether it was new.
+        first result wins), delete the reply, lease and queued request stored for `consumed_request_id`,
+        record `events` as `record_events` does, and change the run's
+        concurrency `slots` (see `SlotChange`: what `release_slots`,
+        `release_run_slots` and `acquire_slots` would do, with the same
+        guarantees, grants announced on `SLOTS_GRANTED` once committed, and
+        `slots.held` set). Returns, per event, whether it was new.
 
         `fence` is the run's fencing token as its owner got it (see
         `claim_runs`); if the run's token has moved on, nothing is written and

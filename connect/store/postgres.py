@@ -57,6 +57,7 @@ from connect.store.base import (
     QueuedRequest,
     RunOwnershipLost,
     RunRecord,
+    SlotChange,
     SlotClaim,
     StepMemo,
     TakenRequest,
@@ -505,15 +506,35 @@ async def _change_leases(conn: Connection, args: list[_LeaseChange]) -> list[Non
     return [None] * len(args)
 
 
-async def _save_runs(conn: Connection, args: list[tuple[_SaveRow, list[NewEvent]]]) -> list[list[bool]]:
+_SaveArgs = tuple[_SaveRow, list[NewEvent], SlotChange | None]
+#: Per save: whether each event was new, and the acquiring requests of its `SlotChange` that hold.
+_Saved = tuple[list[bool], list[str]]
+
+
+async def _save_runs(conn: Connection, args: list[_SaveArgs]) -> list[_Saved]:
     # A stale fencing token aborts its statement (`connect_fenced`) and so the batch;
     # the writer then retries each save on its own, so only the stale save is refused.
     try:
-        return await _apply_saves(conn, args)
+        stored = await _apply_saves(conn, [(row, events) for row, events, _ in args])
     except asyncpg.PostgresError as exc:
         if exc.sqlstate == FENCE_LOST:
             raise RunOwnershipLost(str(exc.detail)) from None
         raise
+    changes = [(row[0], slots) for row, _, slots in args if slots is not None]
+    if not changes:
+        return [(s, []) for s in stored]
+    # After every save of the run of saves (slots read runs' statuses), with
+    # the lock the batch took as its prelude (`_save_prelude`).
+    held, granted = await pg_slots.change_many(conn, changes)
+    await _announce_grants(conn, granted)
+    return [
+        (s, [] if slots is None else [a.request_id for a in slots.acquire if a.request_id in held])
+        for s, (_, _, slots) in zip(stored, args, strict=True)
+    ]
+
+
+def _save_prelude(args: _SaveArgs) -> str | None:
+    return None if args[2] is None else pg_slots.LOCK
 
 
 async def _apply_saves(conn: Connection, args: list[tuple[_SaveRow, list[NewEvent]]]) -> list[list[bool]]:
@@ -704,7 +725,7 @@ async def _queue_requests(conn: Connection, args: list[QueuedRequest]) -> list[N
 _QUEUE: Final = Bulk("queue_request", _queue_requests)
 _PUT_REPLY: Final = Bulk("put_reply", _put_replies)
 _CHANGE_LEASE: Final = Bulk("change_lease", _change_leases)
-_SAVE: Final = Bulk("save_run", _save_runs)
+_SAVE: Final = Bulk("save_run", _save_runs, _save_prelude)
 
 
 async def _record_events(conn: Connection, args: list[list[NewEvent]]) -> list[list[bool]]:
@@ -734,6 +755,16 @@ async def _announce_grants(conn: Connection, granted: list[str]) -> list[str]:
     if granted:
         await conn.execute(_NOTIFY_EACH, SLOTS_GRANTED, chunk_ids(granted))
     return granted
+
+
+async def _acquire_slots(conn: Connection, args: list[pg_slots.Acquiring]) -> list[bool]:
+    held, granted = await pg_slots.acquire_many(conn, args)
+    await _announce_grants(conn, granted)
+    return [request_id in held for request_id, *_ in args]
+
+
+#: A run of `acquire_slots` calls: the lock as the batch's prelude, then `pg_slots.acquire_many`.
+_ACQUIRE_SLOTS: Final = Bulk("acquire_slots", _acquire_slots, lambda _: pg_slots.LOCK)
 
 
 _LeaseWithin = tuple[LeaseRecord, int, int]  # (the lease, the instance's limit, now)
@@ -1031,6 +1062,7 @@ class PostgresStore:
         memos: list[StepMemo] | None = None,
         consumed_request_id: str | None = None,
         events: list[NewEvent] | None = None,
+        slots: SlotChange | None = None,
     ) -> list[bool]:
         row: _SaveRow = (
             run.run_id,
@@ -1047,7 +1079,10 @@ class PostgresStore:
             run.output,
             fence,
         )
-        return await self._writer.submit(_SAVE, (row, list(events or ())))
+        stored, held = await self._writer.submit(_SAVE, (row, list(events or ()), slots))
+        if slots is not None:
+            slots.held = held
+        return stored
 
     # --- executor: run ownership -------------------------------------------------------
 
@@ -1301,14 +1336,7 @@ class PostgresStore:
     async def acquire_slots(self, request_id: str, run_id: str, claims: Sequence[SlotClaim], order: int) -> bool:
         if not claims:
             return True
-        wanted = list(claims)
-
-        async def op(conn: Connection) -> bool:
-            held, granted = await pg_slots.acquire(conn, request_id, run_id, wanted, order)
-            await _announce_grants(conn, granted)
-            return held
-
-        return await self._writer.run(op)
+        return await self._writer.submit(_ACQUIRE_SLOTS, (request_id, run_id, list(claims), order))
 
     async def release_slots(self, request_ids: Sequence[str]) -> list[str]:
         ids = list(request_ids)

@@ -60,6 +60,7 @@ from connect.store.base import (
     QueuedRequest,
     RunOwnershipLost,
     RunRecord,
+    SlotChange,
     SlotClaim,
     StepMemo,
     TakenRequest,
@@ -977,6 +978,7 @@ class SqliteStore:
         memos: list[StepMemo] | None = None,
         consumed_request_id: str | None = None,
         events: list[NewEvent] | None = None,
+        slots: SlotChange | None = None,
     ) -> list[bool]:
         row = _run_row(run)
         # max_attempts, requests, waiting, disable_immediate_execution, request_version
@@ -1004,14 +1006,21 @@ class SqliteStore:
                 conn.execute("DELETE FROM leases WHERE request_id = ?", (consumed_request_id,))
                 conn.execute("DELETE FROM queued_requests WHERE request_id = ?", (consumed_request_id,))
             cancelled.clear()
+            if slots is not None:
+                changed[:] = sqlite_slots.change(conn, run.run_id, slots)
             return _insert_events(conn, event_rows, cancelled, notes) if event_rows else []
 
         cancelled: list[str] = []
+        #: (held, granted) of the slot change, as the committed attempt left them.
+        changed: list[list[str]] = [[], []]
         stored = await self._writer.submit(op)
         for run_id in cancelled:
             self._notify(RUN_CANCEL_REQUESTED, run_id)
         if notes is not None:
             self._notify_held(notes)
+        if slots is not None:
+            slots.held = changed[0]
+            self._announce_grants(changed[1])
         return stored
 
     # --- executor: run ownership -------------------------------------------------------

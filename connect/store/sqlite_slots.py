@@ -14,7 +14,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Final
 
-from connect.store.base import SlotClaim
+from connect.store.base import SlotChange, SlotClaim
 
 TABLES: Final = (
     """CREATE TABLE IF NOT EXISTS slot_holds (
@@ -107,21 +107,47 @@ def acquire(
     return request_id in granted, [g for g in granted if g != request_id]
 
 
-def release(conn: sqlite3.Connection, request_ids: Iterable[str]) -> list[str]:
+def _forget(conn: sqlite3.Connection, request_ids: Iterable[str]) -> set[str]:
+    """Delete the holds and waits of `request_ids`; the keys they were on."""
     keys: set[str] = set()
     for rid in request_ids:
         keys.update(k for (k,) in conn.execute("DELETE FROM slot_holds WHERE request_id = ? RETURNING key", (rid,)))
         keys.update(k for (k,) in conn.execute("DELETE FROM slot_waits WHERE request_id = ? RETURNING key", (rid,)))
-    return grant(conn, keys)
+    return keys
 
 
-def release_run(conn: sqlite3.Connection, run_id: str, keep: Sequence[str]) -> list[str]:
+def _forget_run(conn: sqlite3.Connection, run_id: str, keep: Sequence[str] = ()) -> set[str]:
     rows = conn.execute(
         "SELECT request_id FROM slot_holds WHERE run_id = ? UNION SELECT request_id FROM slot_waits WHERE run_id = ?",
         (run_id, run_id),
     ).fetchall()
     kept = set(keep)
-    return release(conn, [rid for (rid,) in rows if rid not in kept])
+    return _forget(conn, [rid for (rid,) in rows if rid not in kept])
+
+
+def release(conn: sqlite3.Connection, request_ids: Iterable[str]) -> list[str]:
+    return grant(conn, _forget(conn, request_ids))
+
+
+def release_run(conn: sqlite3.Connection, run_id: str, keep: Sequence[str]) -> list[str]:
+    return grant(conn, _forget_run(conn, run_id, keep))
+
+
+def change(conn: sqlite3.Connection, run_id: str, slots: SlotChange) -> tuple[list[str], list[str]]:
+    """`SlotChange` for `run_id`, within a save's transaction: the requests
+    of `slots.acquire` that hold their slots, and the waiters granted slots
+    (to be announced)."""
+    keys = _forget_run(conn, run_id) if slots.release_run else _forget(conn, slots.release)
+    held: list[str] = []
+    granted: list[str] = []
+    for item in slots.acquire:
+        ok, others = acquire(conn, item.request_id, run_id, item.claims, item.order)
+        if ok:
+            held.append(item.request_id)
+        granted.extend(others)
+    if keys:
+        granted.extend(grant(conn, keys))
+    return held, granted
 
 
 def grant(conn: sqlite3.Connection, keys: Iterable[str]) -> list[str]:
