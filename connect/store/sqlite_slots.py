@@ -14,7 +14,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Final
 
-from connect.store.base import SlotChange, SlotClaim
+from connect.store.base import SlotAcquire, SlotChange, SlotClaim
 
 TABLES: Final = (
     """CREATE TABLE IF NOT EXISTS slot_holds (
@@ -117,6 +117,10 @@ def _forget(conn: sqlite3.Connection, request_ids: Iterable[str]) -> set[str]:
 
 
 def _forget_run(conn: sqlite3.Connection, run_id: str, keep: Sequence[str] = ()) -> set[str]:
+    if not keep:
+        keys = {k for (k,) in conn.execute("DELETE FROM slot_holds WHERE run_id = ? RETURNING key", (run_id,))}
+        keys.update(k for (k,) in conn.execute("DELETE FROM slot_waits WHERE run_id = ? RETURNING key", (run_id,)))
+        return keys
     rows = conn.execute(
         "SELECT request_id FROM slot_holds WHERE run_id = ? UNION SELECT request_id FROM slot_waits WHERE run_id = ?",
         (run_id, run_id),
@@ -133,10 +137,43 @@ def release_run(conn: sqlite3.Connection, run_id: str, keep: Sequence[str]) -> l
     return grant(conn, _forget_run(conn, run_id, keep))
 
 
+#: A request's one slot handed on to the next request of its run, when that
+#: is what releasing the one and acquiring for the other would do: the old
+#: request holds this one key only, the key is within the new request's limit,
+#: nobody ordered before the new request waits on it, and the new request
+#: neither holds nor waits yet. Nothing is freed, so nobody is to be granted.
+_HAND_ON: Final = """
+UPDATE slot_holds SET request_id = :new
+WHERE key = :key AND request_id = :old
+AND (SELECT count(*) FROM slot_holds WHERE request_id = :old) = 1
+AND (SELECT count(*) FROM slot_holds WHERE key = :key) <= :lim
+AND NOT EXISTS (SELECT 1 FROM slot_waits WHERE key = :key AND (ord, run_id, request_id) < (:ord, :run, :new))
+AND NOT EXISTS (SELECT 1 FROM slot_waits WHERE request_id = :new)
+AND NOT EXISTS (SELECT 1 FROM slot_holds WHERE request_id = :new)
+"""
+
+
+def _hand_on(conn: sqlite3.Connection, run_id: str, old: str, item: SlotAcquire) -> bool:
+    """`_HAND_ON` for a request of one claim (the usual case of a step
+    following a step: one statement instead of a release and an acquire)."""
+    if len(item.claims) != 1:
+        return False
+    claim = item.claims[0]
+    values = {"new": item.request_id, "old": old, "key": claim.key, "lim": claim.limit}
+    return conn.execute(_HAND_ON, {**values, "ord": item.order, "run": run_id}).rowcount == 1
+
+
 def change(conn: sqlite3.Connection, run_id: str, slots: SlotChange) -> tuple[list[str], list[str]]:
     """`SlotChange` for `run_id`, within a save's transaction: the requests
     of `slots.acquire` that hold their slots, and the waiters granted slots
     (to be announced)."""
+    if (
+        not slots.release_run
+        and len(slots.release) == 1
+        and len(slots.acquire) == 1
+        and _hand_on(conn, run_id, slots.release[0], slots.acquire[0])
+    ):
+        return [slots.acquire[0].request_id], []
     keys = _forget_run(conn, run_id) if slots.release_run else _forget(conn, slots.release)
     held: list[str] = []
     granted: list[str] = []
