@@ -74,6 +74,16 @@ def _reap(conn: sqlite3.Connection, keys: Sequence[str]) -> int:
     return gone
 
 
+#: In one statement: whether a request holds slots, whether it waits, and
+#: whether it fits one claim (room under the limit, nobody ordered before it waiting).
+_ACQUIRE_STATE: Final = """
+SELECT EXISTS (SELECT 1 FROM slot_holds WHERE request_id = :rid),
+EXISTS (SELECT 1 FROM slot_waits WHERE request_id = :rid),
+(SELECT count(*) FROM slot_holds WHERE key = :key) < :lim
+AND NOT EXISTS (SELECT 1 FROM slot_waits WHERE key = :key AND (ord, run_id, request_id) < (:ord, :run, :rid))
+"""
+
+
 def acquire(
     conn: sqlite3.Connection, request_id: str, run_id: str, claims: Sequence[SlotClaim], order: int
 ) -> tuple[bool, list[str]]:
@@ -81,15 +91,21 @@ def acquire(
     taken back from runs that ended (to be announced)."""
     if not claims:
         return True, []
-    if conn.execute("SELECT 1 FROM slot_holds WHERE request_id = ? LIMIT 1", (request_id,)).fetchone():
+    first = claims[0]
+    holds, waits, fits = conn.execute(
+        _ACQUIRE_STATE,
+        {"rid": request_id, "run": run_id, "key": first.key, "lim": first.limit, "ord": order},
+    ).fetchone()
+    if holds:
         return True, []
+    fits = bool(fits) and _fits(conn, request_id, run_id, claims[1:], order)
     keys = [c.key for c in claims]
-    fits = _fits(conn, request_id, run_id, claims, order)
     reaped = not fits and _reap(conn, keys) > 0
     if reaped:
         fits = _fits(conn, request_id, run_id, claims, order)
     if fits:
-        conn.execute("DELETE FROM slot_waits WHERE request_id = ?", (request_id,))
+        if waits:
+            conn.execute("DELETE FROM slot_waits WHERE request_id = ?", (request_id,))
         conn.executemany(
             "INSERT OR IGNORE INTO slot_holds (key, request_id, run_id) VALUES (?, ?, ?)",
             [(c.key, request_id, run_id) for c in claims],
