@@ -349,9 +349,9 @@ class SlotChange:
     release_run: bool = False
     #: Requests of the run to hold slots or wait in line, in this order (`acquire_slots`).
     acquire: list[SlotAcquire] = field(default_factory=list)
-    #: Set by the save once it committed: the requests of `acquire` that hold
-    #: their slots (the others wait in line, and learn of their grant as
-    #: `acquire_slots` waiters do).
+    #: Set by the save (read it once the save returned): the requests of
+    #: `acquire` that hold their slots (the others wait in line, and learn of
+    #: their grant as `acquire_slots` waiters do).
     held: list[str] = field(default_factory=list)
 
 

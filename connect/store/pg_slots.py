@@ -5,9 +5,9 @@ Every operation first takes one transaction-scoped advisory lock, shared by
 all slot operations of every process on the database, and keeps it until
 its batch commits: a count and the insert that follows it never interleave
 with another process's. One lock rather than one per key, because a grant
-reaches keys other than the one released (a waiter's second limit); the
-writer takes it once per batch (it is re-entrant within the transaction), so
-the slot operations of one process's batch cost one lock between them.
+reaches keys other than the one released (a waiter's second limit); it is
+re-entrant within the transaction, so the slot operations of one process's
+batch cost one lock between them.
 
 Each statement is a round trip on the writer's one connection, which every
 write of the process waits behind, so the common cases cost a few per batch

@@ -515,7 +515,7 @@ async def _save_runs(conn: Connection, args: list[_SaveArgs]) -> list[_Saved]:
     # A stale fencing token aborts its statement (`connect_fenced`) and so the batch;
     # the writer then retries each save on its own, so only the stale save is refused.
     try:
-        stored = await _apply_saves(conn, [(row, events) for row, events, _ in args])
+        stored = await _apply_saves(conn, args)
     except asyncpg.PostgresError as exc:
         if exc.sqlstate == FENCE_LOST:
             raise RunOwnershipLost(str(exc.detail)) from None
@@ -537,7 +537,7 @@ def _save_prelude(args: _SaveArgs) -> str | None:
     return None if args[2] is None else pg_slots.LOCK
 
 
-async def _apply_saves(conn: Connection, args: list[tuple[_SaveRow, list[NewEvent]]]) -> list[list[bool]]:
+async def _apply_saves(conn: Connection, args: list[_SaveArgs]) -> list[list[bool]]:
     # A run's events are stored after its save and before any later save they
     # could bear on. Events that only record (no runs, memos or cancellations,
     # as `inngest/function.finished` with nothing triggered by it) bear on no
@@ -561,7 +561,7 @@ async def _apply_saves(conn: Connection, args: list[tuple[_SaveRow, list[NewEven
                 at += len(events)
             deferred = []
 
-    for i, (row, events) in enumerate(args):
+    for i, (row, events, _) in enumerate(args):
         plain.append(row)
         if not events:
             continue

@@ -1007,20 +1007,19 @@ class SqliteStore:
                 conn.execute("DELETE FROM queued_requests WHERE request_id = ?", (consumed_request_id,))
             cancelled.clear()
             if slots is not None:
-                changed[:] = sqlite_slots.change(conn, run.run_id, slots)
+                # (held, granted), as the attempt that commits leaves them.
+                slots.held, granted[:] = sqlite_slots.change(conn, run.run_id, slots)
             return _insert_events(conn, event_rows, cancelled, notes) if event_rows else []
 
         cancelled: list[str] = []
-        #: (held, granted) of the slot change, as the committed attempt left them.
-        changed: list[list[str]] = [[], []]
+        granted: list[str] = []
         stored = await self._writer.submit(op)
         for run_id in cancelled:
             self._notify(RUN_CANCEL_REQUESTED, run_id)
         if notes is not None:
             self._notify_held(notes)
-        if slots is not None:
-            slots.held = changed[0]
-            self._announce_grants(changed[1])
+        if granted:
+            self._announce_grants(granted)
         return stored
 
     # --- executor: run ownership -------------------------------------------------------
