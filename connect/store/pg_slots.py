@@ -15,8 +15,8 @@ rather than a few per request. Acquires and the slot changes of saves take
 the lock as a prelude of the batch's BEGIN (`LOCK`, no round trip of its
 own). A run of acquires in one batch is one pipelined statement per request
 (the check and the hold, or the place in line, together) and one read of
-which of them hold; a request that has to wait costs one more, to take
-back slots of runs that ended. A batch's releases made by saves are one
+which of them hold; when some have to wait, one more, to take back slots
+of runs that ended. A batch's releases made by saves are one
 statement (holds and waits deleted, and the keys someone still waits on),
 plus the grants when someone waits.
 """
@@ -103,8 +103,8 @@ async def acquire_many(conn: Connection, items: Sequence[Acquiring]) -> tuple[se
     """`acquire` for each of `items`, in order, with the lock held (a batch's
     prelude): the request ids that hold their slots, and the waiters granted
     slots taken back from runs that ended (to be announced). One statement
-    per request, pipelined, and one read of who holds; a request left
-    waiting costs one more (taking back slots of runs that ended)."""
+    per request, pipelined, and one read of who holds; when some are left
+    waiting, one more (taking back slots of runs that ended)."""
     # No claims at all: granted.
     held = {item[0] for item in items if not item[2]}
     items = [item for item in items if item[2]]
@@ -122,17 +122,15 @@ async def acquire_many(conn: Connection, items: Sequence[Acquiring]) -> tuple[se
         )
         held.update(r["request_id"] for r in rows)
     granted: list[str] = []
-    for request_id, _, claims, _ in items:
-        if request_id in held:
-            continue
-        keys = [c.key for c in claims]
+    waiting = {item[0] for item in items if item[0] not in held}
+    if waiting:
+        # Keys found full may be full of runs that ended: take those slots back,
+        # once for every key of the requests left waiting.
+        keys = sorted({c.key for request_id, _, claims, _ in items if request_id in waiting for c in claims})
         if await _reap(conn, keys) > 0:
-            # What was taken back goes to whoever is first in line, maybe this request.
+            # What was taken back goes to whoever is first in line, maybe one of these requests.
             for rid in await _grant(conn, keys):
-                if rid == request_id:
-                    held.add(rid)
-                else:
-                    granted.append(rid)
+                (held.add if rid in waiting else granted.append)(rid)
     return held, granted
 
 
