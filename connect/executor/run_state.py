@@ -158,6 +158,11 @@ class RunState:
         self._reset()
         self._fresh = {r.request_id for r in run.requests}
 
+    def slots_asked(self, request_id: str, *, held: bool) -> None:
+        """`request_id` asked for its slots as the run was recorded
+        (`NewEvent.slots`): it holds them, or has its place in line."""
+        (self._slots if held else self._in_line).add(request_id)
+
     def _reset(self) -> None:
         assert self.run is not None
         self._drop_joined()

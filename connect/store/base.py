@@ -478,6 +478,13 @@ class NewEvent(msgspec.Struct, frozen=True):
     held start of its (function, key) in the same transaction. A batch the
     event fills starts its run there and then, owned by nobody (announced on
     `RUNS_RELEASED`, so an executor claims it at once).
+
+    `slots` are the concurrency slots the first requests of some runs take
+    (runs of functions with limits), as (run id, what the request claims):
+    each is acquired after the runs are stored, in the same transaction, as
+    `acquire_slots` would, unless its run's gate skipped it or delayed its
+    start (`starting_slots`). The store puts in `held` the requests that
+    hold their slots; the others wait in line.
     """
 
     event: EventRecord
@@ -487,6 +494,21 @@ class NewEvent(msgspec.Struct, frozen=True):
     owner: str | None = None
     gates: list[StartGate] = msgspec.field(default_factory=list)
     holds: list[Hold] = msgspec.field(default_factory=list)
+    slots: list[tuple[str, SlotAcquire]] = msgspec.field(default_factory=list)
+    held: list[str] = msgspec.field(default_factory=list)
+
+
+def starting_slots(new: NewEvent) -> list[tuple[str, SlotAcquire]]:
+    """The `slots` of `new` to acquire once its gates decided: those of runs
+    that start now (not skipped, and not throttled to a later turn: such a
+    request asks for its slots when its turn comes)."""
+    runs = {r.run_id: r for r in new.runs}
+    due: list[tuple[str, SlotAcquire]] = []
+    for run_id, item in new.slots:
+        run = runs.get(run_id)
+        if run is not None and run.status == RUNNING and all(r.wake_at_ms <= run.started_at_ms for r in run.requests):
+            due.append((run_id, item))
+    return due
 
 
 #: Where a scan of events by age stopped: (received_at_ms, id) of the last one examined.

@@ -64,6 +64,7 @@ from connect.store.base import (
     Waiting,
     answer_entries,
     chunk_ids,
+    starting_slots,
 )
 from connect.store.held_starts import HeldNotes, hold_event, run_events, started_run
 from connect.store.pg_notify import PostgresListener
@@ -285,7 +286,24 @@ async def _insert_events(conn: Connection, events: list[NewEvent]) -> list[bool]
     held = [(new.event, hold) for new in new_ones for hold in new.holds]
     if held:
         await _hold(conn, held)
+    if any(new.slots for new in new_ones):
+        await _acquire_starting_slots(conn, [new for new in new_ones if new.slots])
     return stored
+
+
+async def _acquire_starting_slots(conn: Connection, events: list[NewEvent]) -> None:
+    """The slots of the runs `events` start (`NewEvent.slots`), with the lock
+    the batch took as its prelude (`_slots_prelude`)."""
+    starting = [(new, run_id, item) for new in events for run_id, item in starting_slots(new)]
+    held, granted = await pg_slots.acquire_many(
+        conn, [(item.request_id, run_id, item.claims, item.order) for _, run_id, item in starting]
+    )
+    for new in events:
+        new.held.clear()  # applied again after a failed batch: this attempt's
+    for new, _, item in starting:
+        if item.request_id in held:
+            new.held.append(item.request_id)
+    await _announce_grants(conn, granted)
 
 
 async def _pass_gates(conn: Connection, events: list[NewEvent]) -> None:
@@ -534,7 +552,12 @@ async def _save_runs(conn: Connection, args: list[_SaveArgs]) -> list[_Saved]:
 
 
 def _save_prelude(args: _SaveArgs) -> str | None:
-    return None if args[2] is None else pg_slots.LOCK
+    return pg_slots.LOCK if args[2] is not None or any(e.slots for e in args[1]) else None
+
+
+def _slots_prelude(events: list[NewEvent]) -> str | None:
+    """The slot lock, for a batch recording runs that take slots."""
+    return pg_slots.LOCK if any(e.slots for e in events) else None
 
 
 async def _apply_saves(conn: Connection, args: list[_SaveArgs]) -> list[list[bool]]:
@@ -741,7 +764,7 @@ async def _record_events(conn: Connection, args: list[list[NewEvent]]) -> list[l
     return out
 
 
-_RECORD_EVENTS: Final = Bulk("record_events", _record_events)
+_RECORD_EVENTS: Final = Bulk("record_events", _record_events, _slots_prelude)
 
 
 async def _notify_events(conn: Connection, event_ids: list[str]) -> None:

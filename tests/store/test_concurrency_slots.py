@@ -20,6 +20,7 @@ from connect.store import (
     Store,
 )
 from connect.store.base import COMPLETED, RunRecord
+from connect.store.start_gates import RateLimit, StartGate, Throttle
 from tests.store.conftest import Engine
 from tests.store.test_store_contract import event_record, run_record
 
@@ -404,3 +405,54 @@ async def test_slot_changing_saves_on_two_stores_never_exceed_a_limit(engine: En
     finally:
         for s in stores:
             await s.close()
+
+
+# --- slots taken by runs as their event is recorded ------------------------------------
+
+
+def starting(event_id: str, key: str, limit: int, order: int, **gate: object) -> NewEvent:
+    """An event starting one run whose first request claims a slot of `key`."""
+    run = run_record(f"run-{event_id}", event_id, requests=[PendingRequest(f"req-{event_id}")])
+    gates = [StartGate(run.run_id, "app-fn", **gate)] if gate else []  # type: ignore[arg-type]
+    slots = [(run.run_id, SlotAcquire(f"req-{event_id}", claim(key, limit), order))]
+    return NewEvent(event_record(event_id), [run], gates=gates, slots=slots)
+
+
+async def test_runs_take_their_first_slots_as_their_event_is_recorded(store: Store) -> None:
+    events = [starting(f"e{i}", "k", 2, 1000 + i) for i in range(3)]
+    assert await store.record_events(events) == [True, True, True]
+    assert [e.held for e in events] == [["req-e0"], ["req-e1"], []]
+    assert await store.slots_held("k") == ["req-e0", "req-e1"]
+    # The third waits in line: asking again keeps it there; a release grants it.
+    assert not await store.acquire_slots("req-e2", "run-e2", claim("k", 2), 1002)
+    assert await store.release_slots(["req-e0"]) == ["req-e2"]
+    # A duplicate event starts nothing and takes nothing.
+    again = starting("e0", "k", 2, 1000)
+    assert await store.record_events([again]) == [False]
+    assert again.held == []
+    assert sorted(await store.slots_held("k")) == ["req-e1", "req-e2"]
+
+
+async def test_a_run_its_gate_skips_or_delays_takes_no_slot(store: Store) -> None:
+    rate = RateLimit("", limit=1, period_ms=60_000)
+    first, skipped = starting("r1", "k", 5, 1000, rate_limit=rate), starting("r2", "k", 5, 1000, rate_limit=rate)
+    throttle = Throttle("", limit=1, period_ms=60_000)
+    now, later = starting("t1", "k", 5, 1000, throttle=throttle), starting("t2", "k", 5, 1000, throttle=throttle)
+    assert await store.record_events([first, skipped, now, later]) == [True] * 4
+    assert [e.held for e in (first, skipped, now, later)] == [["req-r1"], [], ["req-t1"], []]
+    assert await store.slots_held("k") == ["req-r1", "req-t1"]
+    # The throttled run asks when its turn comes, and fits then.
+    assert await store.acquire_slots("req-t2", "run-t2", claim("k", 5), 1000)
+
+
+async def test_runs_started_by_a_saves_events_take_their_slots_in_it(store: Store) -> None:
+    run = await started(store, "parent", "p1")
+    assert await store.acquire_slots("other", "run-x", claim("k", 1), 1)
+    run.status = COMPLETED
+    run.ended_at_ms = 2000
+    run.requests = []
+    child = starting("child", "k", 1, 3000)
+    free = starting("free", "f", 1, 3000)
+    await store.save_run(run, fence=0, events=[child, free], slots=SlotChange(release_run=True))
+    assert (child.held, free.held) == ([], ["req-free"])
+    assert await store.release_slots(["other"]) == ["req-child"]
