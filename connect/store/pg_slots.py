@@ -1,13 +1,15 @@
 """Concurrency slots in the PostgreSQL store (see `Store.acquire_slots`).
 
 The same two tables as SQLite's (`connect.store.sqlite_slots`; `pg_schema` migration 9).
-Every operation first takes one transaction-scoped advisory lock, shared by
-all slot operations of every process on the database, and keeps it until
-its batch commits: a count and the insert that follows it never interleave
+Every operation runs under one transaction-scoped advisory lock, shared by
+all slot operations of every process on the database, and kept until its
+batch commits: a count and the insert that follows it never interleave
 with another process's. One lock rather than one per key, because a grant
-reaches keys other than the one released (a waiter's second limit); it is
-re-entrant within the transaction, so the slot operations of one process's
-batch cost one lock between them.
+reaches keys other than the one released (a waiter's second limit). The
+store's writer takes it as the first statement of every batch that touches
+slots (`LOCK`, sent with `BEGIN`), so the slot operations of one process's
+batch cost one lock between them, and a transaction holding any other lock
+never waits for this one.
 
 Each statement is a round trip on the writer's one connection, which every
 write of the process waits behind, so the common cases cost a few per batch
@@ -38,10 +40,6 @@ SCAN: Final = 200
 
 #: The lock as a batch's prelude (see `pg_writer.Bulk`).
 LOCK: Final = f"SELECT pg_advisory_xact_lock({_LOCK_KEY})"
-
-
-async def _lock(conn: Connection) -> None:
-    await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
 
 
 async def _held(conn: Connection, key: str) -> int:
@@ -76,7 +74,9 @@ st AS (
     SELECT EXISTS (SELECT 1 FROM slot_holds WHERE request_id = $3) AS mine,
     NOT EXISTS (
         SELECT 1 FROM c WHERE (SELECT count(*) FROM slot_holds AS h WHERE h.key = c.k) >= c.l
-        OR EXISTS (SELECT 1 FROM slot_waits AS w WHERE w.key = c.k AND (w.ord, w.run_id, w.request_id) < ($5, $4, $3))
+        OR EXISTS (
+            SELECT 1 FROM slot_waits AS w WHERE w.key = c.k AND (w.ord, w.run_id, w.request_id) < ($5::bigint, $4, $3)
+        )
     ) AS fits
 ), gone AS (
     DELETE FROM slot_waits WHERE request_id = $3 AND (SELECT fits AND NOT mine FROM st)
@@ -178,13 +178,13 @@ _FORGET: Final = (
 
 
 async def release(conn: Connection, request_ids: Sequence[str]) -> list[str]:
-    await _lock(conn)
+    """With the lock held (a batch's prelude)."""
     rows = await conn.fetch(_FORGET.format(match="request_id = ANY($1::text[])"), list(request_ids))
     return await _grant(conn, {r["key"] for r in rows})
 
 
 async def release_run(conn: Connection, run_id: str, keep: Sequence[str]) -> list[str]:
-    await _lock(conn)
+    """With the lock held (a batch's prelude)."""
     rows = await conn.fetch(
         _FORGET.format(match="run_id = $1 AND NOT (request_id = ANY($2::text[]))"), run_id, list(keep)
     )

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Final
+from typing import Any, Final
 
 import asyncpg
 import msgspec
@@ -70,7 +70,7 @@ from connect.store.held_starts import HeldNotes, hold_event, run_events, started
 from connect.store.pg_notify import PostgresListener
 from connect.store.pg_reconnect import DEFAULT_RECONNECT_TIMEOUT, validate_reconnect_timeout
 from connect.store.pg_schema import FENCE_LOST, migrate
-from connect.store.pg_writer import DEFAULT_POOL_SIZE, Bulk, Connection, PostgresWriter
+from connect.store.pg_writer import DEFAULT_POOL_SIZE, SINGLE, Bulk, Connection, PostgresWriter
 from connect.store.start_gates import (
     RATE_LIMIT,
     THROTTLE,
@@ -786,6 +786,15 @@ async def _acquire_slots(conn: Connection, args: list[pg_slots.Acquiring]) -> li
     return [request_id in held for request_id, *_ in args]
 
 
+#: Slot operations of no particular kind, run one after another under the
+#: slot lock, taken as the batch's prelude. Every batch that touches slots
+#: takes that lock first, before any other lock or row, so no transaction
+#: holding another lock ever waits for it: slot work cannot deadlock with
+#: the rest.
+_LOCKED: Final[Bulk[Callable[[Connection], Awaitable[Any]], Any]] = Bulk(
+    "slot_operations", SINGLE.apply, lambda _: pg_slots.LOCK
+)
+
 #: A run of `acquire_slots` calls: the lock as the batch's prelude, then `pg_slots.acquire_many`.
 _ACQUIRE_SLOTS: Final = Bulk("acquire_slots", _acquire_slots, lambda _: pg_slots.LOCK)
 
@@ -1369,7 +1378,7 @@ class PostgresStore:
         async def op(conn: Connection) -> list[str]:
             return await _announce_grants(conn, await pg_slots.release(conn, ids))
 
-        return await self._writer.run(op)
+        return await self._writer.submit(_LOCKED, op)
 
     async def release_run_slots(self, run_id: str, keep: Sequence[str] = ()) -> list[str]:
         kept = list(keep)
@@ -1377,7 +1386,7 @@ class PostgresStore:
         async def op(conn: Connection) -> list[str]:
             return await _announce_grants(conn, await pg_slots.release_run(conn, run_id, kept))
 
-        return await self._writer.run(op)
+        return await self._writer.submit(_LOCKED, op)
 
     async def slots_held(self, key: str) -> list[str]:
         return await self._writer.read(lambda conn: pg_slots.held(conn, key))
