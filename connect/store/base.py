@@ -818,7 +818,7 @@ class Store(ReplyStore, Protocol):
         and no request ordered before this one waits on it; otherwise the
         request is recorded as waiting (calling again keeps its place, and
         grants it if it fits by then). An empty `claims` is granted. Slots
-        still held for runs that ended (ended without a save that released
+        still held for runs that ended (without a save releasing
         them) are taken back when a key is found full, and granted to the
         earliest waiters that fit, announced on `SLOTS_GRANTED` as a
         release's are."""

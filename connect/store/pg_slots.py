@@ -47,7 +47,7 @@ async def _held(conn: Connection, key: str) -> int:
 
 
 #: Deletes the holds and waits on keys $1 of runs that ended (left by a
-#: run ended without a save that released them); returns how many.
+#: run that ended without a save releasing them); returns how many.
 _REAP: Final = """
 WITH h AS (
     DELETE FROM slot_holds AS s WHERE key = ANY($1::text[])

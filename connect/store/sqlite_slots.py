@@ -62,7 +62,7 @@ def _fits(conn: sqlite3.Connection, request_id: str, run_id: str, claims: Sequen
 
 def _reap(conn: sqlite3.Connection, keys: Sequence[str]) -> int:
     """Forget the holds and waits on `keys` of runs that ended (left by a
-    run ended without a save that released them); how many."""
+    run that ended without a save releasing them); how many."""
     gone = 0
     for key in keys:
         for table in ("slot_holds", "slot_waits"):
