@@ -552,7 +552,10 @@ async def _save_runs(conn: Connection, args: list[_SaveArgs]) -> list[_Saved]:
 
 
 def _save_prelude(args: _SaveArgs) -> str | None:
-    return pg_slots.LOCK if args[2] is not None or any(e.slots for e in args[1]) else None
+    _, events, slots = args
+    if slots is not None or (events and any(e.slots for e in events)):
+        return pg_slots.LOCK
+    return None
 
 
 def _slots_prelude(events: list[NewEvent]) -> str | None:
