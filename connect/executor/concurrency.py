@@ -8,6 +8,12 @@ between steps hold none. The slots live in the store (`Store.acquire_slots`),
 so every executor of a deployment counts the same ones and a restart loses
 no request waiting for one.
 
+Cost. The slots change with the run's own saves (`SlotChange`): the commit
+that consumes a request's reply frees its slots, and the commit that creates
+the request after it takes that request's slots (or its place in line) in
+the same transaction. Only a run's first request, and a request that had to
+wait, ask the store on their own (`SlotGrants.acquire`).
+
 Keys. A limit without `key` counts the whole function. A `key` is a CEL
 expression over the triggering event (one that only names a field,
 `event.data.user_id`, is read without CEL); its value names a counter within the
@@ -239,7 +245,6 @@ class SlotGrants:
         self._sweep = sweep
         self._waiting: dict[str, asyncio.Event] = {}
         self._listening = False
-        self._releases: set[asyncio.Task[list[str]]] = set()
 
     async def start(self) -> None:
         if not self._listening:
@@ -256,30 +261,6 @@ class SlotGrants:
             found = self._waiting.get(request_id)
             if found is not None:
                 found.set()
-
-    def release(self, request_ids: Sequence[str] = (), *, run_id: str | None = None) -> None:
-        """Free slots in the background: those of `request_ids`, or every slot
-        and wait of `run_id`. Called once a run's commit ended the requests;
-        not awaited, so a store error or a cancellation here never turns a
-        commit that succeeded into one that failed. A release that does not
-        happen (the process stops first) is made up for later: a run that
-        ended gives its slots back to the next request that finds the key
-        full, one still going to its next owner when it reads the run back."""
-        store = self._store
-        call = store.release_run_slots(run_id) if run_id is not None else store.release_slots(list(request_ids))
-        task = asyncio.get_running_loop().create_task(call)
-        self._releases.add(task)
-        task.add_done_callback(self._released)
-
-    def _released(self, task: asyncio.Task[list[str]]) -> None:
-        self._releases.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("could not release concurrency slots (taken back later)", exc_info=task.exception())
-
-    async def drain(self) -> None:
-        """Wait for the releases under way (before the store closes)."""
-        while self._releases:
-            await asyncio.gather(*self._releases, return_exceptions=True)
 
     @property
     def waiting(self) -> int:

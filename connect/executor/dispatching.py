@@ -7,9 +7,10 @@ dispatches inline. Waiting for a worker (none connected, or all at capacity)
 spends no attempt; outcomes go to the runner's inbox.
 
 A request of a function with concurrency limits first holds its slots
-(`connect.executor.concurrency`), in its task, waiting its turn without
-spending an attempt; the slots go once a commit of the run ends the request
-(`RunState._release_slots`).
+(`connect.executor.concurrency`): taken by the commit that created it, or by
+one call to the store before an inline dispatch; a request that must wait
+its turn does so in its task, without spending an attempt. The slots go with
+the commit of the run that ends the request (`RunState._slot_change`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import time
 
 from connect.dispatch import AtCapacity, DispatchError, NoWorker, StepRequest
 from connect.executor.checkpoints import CheckpointTaking
-from connect.executor.concurrency import as_dict
 from connect.executor.inbox import DispatchFailed, Message, Oversized, Replied, StartTimedOut, TaskCrashed
 from connect.executor.requests import build_request
 from connect.metrics.platform import WAITING_FOR_SLOT, WAITING_FOR_WORKER
@@ -52,8 +52,22 @@ class Dispatching(CheckpointTaking):
             and not run.waiting
             and self._inbox.empty()
             and run.requests[0].wake_at_ms <= self._s.clock() * 1000
-            and (self._limits is None or run.requests[0].request_id in self._slots)
         )
+
+    async def _try_slots(self, pending: PendingRequest) -> bool:
+        """One ask for `pending`'s slots, not waiting: True if it holds them;
+        otherwise it has its place in line (and waits for it in its task)."""
+        run = self.run
+        assert run is not None
+        rid = pending.request_id
+        if rid in self._in_line:
+            return False
+        claims, order = self._slot_claims()
+        if await self._s.store.acquire_slots(rid, run.run_id, claims, order):
+            self._slots.add(rid)
+            return True
+        self._in_line.add(rid)
+        return False
 
     async def _dispatch(self, pending: PendingRequest, *, no_worker_yet: bool = False) -> None:
         """Deliver one request (in a task) and post the outcome to the inbox.
@@ -117,20 +131,19 @@ class Dispatching(CheckpointTaking):
     async def _hold_slots(self, pending: PendingRequest) -> bool:
         """Wait until `pending` holds its concurrency slots; False (and the run
         told) if `timeouts.start` passed first."""
-        run, limits, slots = self.run, self._limits, self._s.slots
-        assert run is not None and self.event is not None and limits is not None and slots is not None
-        trigger = as_dict(self.event)
+        run, slots = self.run, self._s.slots
+        assert run is not None and slots is not None
         timeout = None
         start_timeout = self._start_timeout_ms()
         if start_timeout is not None:
             timeout = max(0.0, (run.started_at_ms + start_timeout) / 1000 - self._s.clock())
-        claims = limits.claims(trigger)
-        order = limits.order(run.started_at_ms, trigger)
+        claims, order = self._slot_claims()
         if not await slots.acquire(pending.request_id, run.run_id, claims, order, timeout=timeout):
             assert start_timeout is not None
             self.deliver(StartTimedOut(start_timeout))
             return False
         self._slots.add(pending.request_id)
+        self._in_line.discard(pending.request_id)
         return True
 
     async def _attempt(self, pending: PendingRequest) -> Message | None:

@@ -4,7 +4,9 @@ Every change to a run is made by `RunState._save` (through `_commit` or
 `_finish`): one `save_run` carrying the run's new state, the new step memos,
 the consumed reply and any events, atomically, before anything acts on it.
 Checkpointed steps joined to a reply (see `connect.executor.checkpoints`)
-ride on the same commit.
+ride on the same commit, and so do the concurrency slots of a function with
+limits (`SlotChange`): the slots of the requests the commit ends go, and the
+requests it creates take theirs (or their place in line).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 import msgspec
 
 from connect.dispatch import CheckpointDecided, Port
-from connect.executor.concurrency import FunctionLimits, SlotGrants
+from connect.executor.concurrency import FunctionLimits, SlotGrants, as_dict
 from connect.executor.inbox import CancelRequested, Message, Replied
 from connect.executor.intake import Intake
 from connect.executor.retries import Backoff
@@ -33,6 +35,9 @@ from connect.store.base import (
     NewEvent,
     PendingRequest,
     RunRecord,
+    SlotAcquire,
+    SlotChange,
+    SlotClaim,
     StepMemo,
     Store,
     Waiting,
@@ -140,6 +145,8 @@ class RunState:
         self._slots: set[str] = set()
         #: A run a held start (debounce, batch) fired: counted as started once read back.
         self.count_start = False
+        #: Requests of this run that took their place in line for slots (not granted yet).
+        self._in_line: set[str] = set()
 
     def deliver(self, message: Message) -> None:
         if isinstance(message, Replied):
@@ -156,6 +163,11 @@ class RunState:
         self._reset()
         self._fresh = {r.request_id for r in run.requests}
 
+    def slots_asked(self, request_id: str, *, held: bool) -> None:
+        """`request_id` asked for its slots as the run was recorded
+        (`NewEvent.slots`): it holds them, or has its place in line."""
+        (self._slots if held else self._in_line).add(request_id)
+
     def _reset(self) -> None:
         assert self.run is not None
         self._drop_joined()
@@ -167,6 +179,7 @@ class RunState:
         info = self._host.lookup(self.run.function_id)
         self._limits = None if info is None else info.limits
         self._slots = set()
+        self._in_line = set()
 
     # --- transitions (each is one store write) ---------------------------------------
 
@@ -212,6 +225,7 @@ class RunState:
         run = self.run
         assert run is not None
         joined, self._joined = self._joined, []
+        change = None if self._limits is None else self._slot_change()
         try:
             stored = await self._s.store.save_run(
                 run,
@@ -219,6 +233,7 @@ class RunState:
                 memos=[*(memo for taken, _ in joined for memo in taken), *memos],
                 consumed_request_id=consumed,
                 events=events,
+                slots=change,
             )
         except BaseException:
             for _, request_id in joined:
@@ -226,24 +241,50 @@ class RunState:
             raise
         for _, request_id in joined:
             self._s.dispatcher.send(CheckpointDecided(request_id, stored=True))
-        if self._slots or (self._limits is not None and run.status != RUNNING):
-            self._release_slots()
+        if change is not None:
+            self._slots_changed(change)
         return stored
 
-    def _release_slots(self) -> None:
-        """Free (in the background) the slots of requests this commit ended:
-        all of them, waits included, when the run ended."""
-        run, slots = self.run, self._s.slots
-        assert run is not None and slots is not None
+    def _slot_change(self) -> SlotChange | None:
+        """What this commit does to the run's slots: the slots (and places in
+        line) of requests it ends go, all of them when the run ended; requests
+        it creates that are due now take theirs. None: nothing to change."""
+        run = self.run
+        assert run is not None
         if run.status != RUNNING:
-            self._slots.clear()
-            slots.release(run_id=run.run_id)
-            return
+            return SlotChange(release_run=True)
         current = {r.request_id for r in run.requests}
-        done = [rid for rid in self._slots if rid not in current]
-        if done:
-            self._slots.difference_update(done)
-            slots.release(done)
+        release = [rid for rid in (*self._slots, *self._in_line) if rid not in current]
+        acquire: list[SlotAcquire] = []
+        if self._cancel_reason is None:
+            now_ms = self._s.clock() * 1000
+            asked = self._slots | self._in_line
+            for r in run.requests:
+                rid = r.request_id
+                if rid in self._fresh and rid not in asked and r.wake_at_ms <= now_ms:
+                    claims, order = self._slot_claims()
+                    acquire.append(SlotAcquire(rid, claims, order))
+        if not release and not acquire:
+            return None
+        return SlotChange(release=release, acquire=acquire)
+
+    def _slots_changed(self, change: SlotChange) -> None:
+        """Take in what a committed `SlotChange` did."""
+        if change.release_run:
+            self._slots.clear()
+            self._in_line.clear()
+            return
+        self._slots.difference_update(change.release)
+        self._in_line.difference_update(change.release)
+        self._slots.update(change.held)
+        self._in_line.update(a.request_id for a in change.acquire if a.request_id not in self._slots)
+
+    def _slot_claims(self) -> tuple[list[SlotClaim], int]:
+        """The slots every request of this run claims, and its place in line."""
+        run, limits = self.run, self._limits
+        assert run is not None and limits is not None and self.event is not None
+        trigger = as_dict(self.event)
+        return limits.claims(trigger), limits.order(run.started_at_ms, trigger)
 
     def _drop_joined(self) -> None:
         """Joined steps no commit will carry now: refused after all."""

@@ -132,8 +132,14 @@ class Runner(Dispatching, Cancelling, Attempts):
                 if self._can_dispatch_inline():
                     # The common case (one request, nothing else going on): no
                     # task and no inbox hop. A request that must wait (for a
-                    # worker, or a backoff) goes to a task instead.
+                    # worker, a backoff or its concurrency slots) goes to a task instead.
                     pending = run.requests[0]
+                    if self._limits is not None and pending.request_id not in self._slots:
+                        if not await self._try_slots(pending):
+                            self._tasks[pending.request_id] = asyncio.create_task(
+                                self._dispatch(pending), name=f"run:{run.run_id}:{pending.request_id}"
+                            )
+                        continue  # what happened meanwhile (a cancellation) goes first
                     message = await self._attempt(pending)
                     if message is None:
                         waiting = self._dispatch(pending, no_worker_yet=True)

@@ -52,7 +52,7 @@ from prometheus_client import CollectorRegistry
 
 from connect.dispatch import Port
 from connect.executor import replies
-from connect.executor.concurrency import SlotGrants
+from connect.executor.concurrency import SlotGrants, as_dict
 from connect.executor.cron import CRON_EVENT, CronSchedule
 from connect.executor.feed import PAGE as FEED_PAGE
 from connect.executor.feed import EventFeed
@@ -89,12 +89,15 @@ from connect.store.base import (
     AppRecord,
     Claim,
     EventRecord,
+    NewEvent,
     RunMemo,
     RunOwnershipLost,
     RunRecord,
+    SlotAcquire,
     StepMemo,
     Store,
     Waiting,
+    starting_slots,
 )
 from connect.waiting import wait_event
 from protocol.payloads import Event, FunctionConfig, IncomingEvent, RefusedFunction, json_encoder
@@ -279,8 +282,6 @@ class Executor:
         self._tasks.clear()
         self._background.clear()
         self._runners.clear()
-        if self._services.slots is not None:
-            await self._services.slots.drain()
         try:
             released = await self._ownership.release()
         except Exception:
@@ -408,6 +409,8 @@ class Executor:
             if self._shared:
                 self._feed.saw(event.id)  # matched here: its notification needs no look
             new = gated_event(self._registry, record, event, now_ms, self._ownership.executor_id)
+            if new.runs:
+                self._starting_slots(new, event)
             item = IntakeItem(new, event)
             watches = self._waits.match(_as_dict(event), now_ms) if len(self._waits) else []
             for watch in watches:
@@ -423,6 +426,20 @@ class Executor:
             item.matched_cancels = len(item.new.cancels)
             intake.items.append(item)
         return intake
+
+    def _starting_slots(self, new: NewEvent, event: Event) -> None:
+        """The slots the first requests of the runs of functions with
+        concurrency limits take as the event is recorded (`NewEvent.slots`):
+        no store operation of their own before they are dispatched."""
+        trigger: dict[str, Any] | None = None
+        for run in new.runs:
+            info = self._registry.lookup(run.function_id)
+            if info is None or info.limits is None or not run.requests:
+                continue
+            trigger = trigger or as_dict(event)
+            claims = info.limits.claims(trigger)
+            order = info.limits.order(run.started_at_ms, trigger)
+            new.slots.extend((run.run_id, SlotAcquire(r.request_id, claims, order)) for r in run.requests)
 
     def direct_events(self, starts: list[tuple[Event, Target]], now_ms: int) -> Intake:
         """Events that start one given function each (invokes, cron ticks), not matched against anything."""
@@ -448,9 +465,15 @@ class Executor:
             if not is_new:
                 continue
             self._run_metrics.recorded(item.new)
+            asked = {a.request_id for _, a in starting_slots(item.new)} if item.new.slots else None
             for run in started(item.new):
                 self._ownership.started(run.run_id)
-                self._spawn(run.run_id, (run, item.event))
+                runner = self._spawn(run.run_id, (run, item.event))
+                if asked and runner is not None:
+                    held = set(item.new.held)
+                    for r in run.requests:
+                        if r.request_id in asked:
+                            runner.slots_asked(r.request_id, held=r.request_id in held)
             if item.new.gates:
                 for told in told_invokers(item.new):  # stored with the event: wake the invoking run
                     self._deliver(told.run_id, Resolved(told.memo.step_hash, told.memo.result))

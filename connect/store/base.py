@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, Protocol
 
 import msgspec
@@ -324,6 +324,37 @@ class SlotClaim(msgspec.Struct, frozen=True):
     limit: int
 
 
+class SlotAcquire(msgspec.Struct, frozen=True):
+    """A request to hold slots, as `Store.acquire_slots` takes one, made by a
+    save (`SlotChange.acquire`)."""
+
+    request_id: str
+    claims: list[SlotClaim]
+    order: int
+
+
+@dataclass(slots=True)
+class SlotChange:
+    """Concurrency slots changed by a run's save, in its transaction
+    (`Store.save_run(slots=...)`), instead of in transactions of their own.
+
+    The releases come first, then the acquires, then the grants the releases
+    make possible: a request of the run that follows the one released takes
+    the freed slot when no one ordered before it waits, as the order of
+    `acquire_slots` says, and a waiter ordered before it is granted it instead."""
+
+    #: Requests whose slots and waits go (`release_slots`).
+    release: list[str] = field(default_factory=list)
+    #: Every slot and wait of the run goes (`release_run_slots`): it ended.
+    release_run: bool = False
+    #: Requests of the run to hold slots or wait in line, in this order (`acquire_slots`).
+    acquire: list[SlotAcquire] = field(default_factory=list)
+    #: Set by the save (read it once the save returned): the requests of
+    #: `acquire` that hold their slots (the others wait in line, and learn of
+    #: their grant as `acquire_slots` waiters do).
+    held: list[str] = field(default_factory=list)
+
+
 class QueuedRequest(msgspec.Struct, frozen=True):
     """A step request an executor queued for whichever gateway serves its function.
 
@@ -450,6 +481,13 @@ class NewEvent(msgspec.Struct, frozen=True):
     held start of its (function, key) in the same transaction. A batch the
     event fills starts its run there and then, owned by nobody (announced on
     `RUNS_RELEASED`, so an executor claims it at once).
+
+    `slots` are the concurrency slots the first requests of some runs take
+    (runs of functions with limits), as (run id, what the request claims):
+    each is acquired after the runs are stored, in the same transaction, as
+    `acquire_slots` would, unless its run's gate skipped it or delayed its
+    start (`starting_slots`). The store puts in `held` the requests that
+    hold their slots; the others wait in line.
     """
 
     event: EventRecord
@@ -459,6 +497,21 @@ class NewEvent(msgspec.Struct, frozen=True):
     owner: str | None = None
     gates: list[StartGate] = msgspec.field(default_factory=list)
     holds: list[Hold] = msgspec.field(default_factory=list)
+    slots: list[tuple[str, SlotAcquire]] = msgspec.field(default_factory=list)
+    held: list[str] = msgspec.field(default_factory=list)
+
+
+def starting_slots(new: NewEvent) -> list[tuple[str, SlotAcquire]]:
+    """The `slots` of `new` to acquire once its gates decided: those of runs
+    that start now (not skipped, and not throttled to a later turn: such a
+    request asks for its slots when its turn comes)."""
+    runs = {r.run_id: r for r in new.runs}
+    due: list[tuple[str, SlotAcquire]] = []
+    for run_id, item in new.slots:
+        run = runs.get(run_id)
+        if run is not None and run.status == RUNNING and all(r.wake_at_ms <= run.started_at_ms for r in run.requests):
+            due.append((run_id, item))
+    return due
 
     def tell_invoker(self, gate: StartGate, skip: SkippedStart | None) -> RunMemo | None:
         """For a store that decided `gate`: when it refused its run (`skip`),
@@ -624,12 +677,16 @@ class Store(ReplyStore, Protocol):
         memos: list[StepMemo] | None = None,
         consumed_request_id: str | None = None,
         events: list[NewEvent] | None = None,
+        slots: SlotChange | None = None,
     ) -> list[bool]:
         """Atomically: replace the run's state (all but `cancel_requested`),
         add `memos` (a memo already stored under the same step hash is kept,
-        first result wins), delete the reply, lease and queued request stored for `consumed_request_id`
-        and record `events` as `record_events` does. Returns, per event,
-        whether it was new.
+        first result wins), delete the reply, lease and queued request stored for `consumed_request_id`,
+        record `events` as `record_events` does, and change the run's
+        concurrency `slots` (see `SlotChange`: what `release_slots`,
+        `release_run_slots` and `acquire_slots` would do, with the same
+        guarantees, grants announced on `SLOTS_GRANTED` once committed, and
+        `slots.held` set). Returns, per event, whether it was new.
 
         `fence` is the run's fencing token as its owner got it (see
         `claim_runs`); if the run's token has moved on, nothing is written and
@@ -782,7 +839,7 @@ class Store(ReplyStore, Protocol):
         and no request ordered before this one waits on it; otherwise the
         request is recorded as waiting (calling again keeps its place, and
         grants it if it fits by then). An empty `claims` is granted. Slots
-        still held for runs that ended (a process stopped before releasing
+        still held for runs that ended (without a save releasing
         them) are taken back when a key is found full, and granted to the
         earliest waiters that fit, announced on `SLOTS_GRANTED` as a
         release's are."""

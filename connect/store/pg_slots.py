@@ -1,19 +1,26 @@
 """Concurrency slots in the PostgreSQL store (see `Store.acquire_slots`).
 
 The same two tables as SQLite's (`connect.store.sqlite_slots`; `pg_schema` migration 9).
-Every operation first takes one transaction-scoped advisory lock, shared by
-all slot operations of every process on the database, and keeps it until
-its batch commits: a count and the insert that follows it never interleave
+Every operation runs under one transaction-scoped advisory lock, shared by
+all slot operations of every process on the database, and kept until its
+batch commits: a count and the insert that follows it never interleave
 with another process's. One lock rather than one per key, because a grant
-reaches keys other than the one released (a waiter's second limit); the
-writer takes it once per batch (it is re-entrant within the transaction), so
-the slot operations of one process's batch cost one lock between them.
+reaches keys other than the one released (a waiter's second limit). The
+store's writer takes it as the first statement of every batch that touches
+slots (`LOCK`, sent with `BEGIN`), so the slot operations of one process's
+batch cost one lock between them, and a transaction holding any other lock
+never waits for this one.
 
 Each statement is a round trip on the writer's one connection, which every
-write of the process waits behind, so the common cases are kept to a few: an
-acquire that fits is three statements (the lock, one read per claim, one
-write), a release three (the lock, one delete of holds and waits together,
-one look for waiters per key freed).
+write of the process waits behind, so the common cases cost a few per batch
+rather than a few per request. Acquires and the slot changes of saves take
+the lock as a prelude of the batch's BEGIN (`LOCK`, no round trip of its
+own). A run of acquires in one batch is one pipelined statement per request
+(the check and the hold, or the place in line, together) and one read of
+which of them hold; when some have to wait, one more, to take back slots
+of runs that ended. A batch's releases made by saves are one
+statement (holds and waits deleted, and the keys someone still waits on),
+plus the grants when someone waits.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Final
 
-from connect.store.base import SlotClaim
+from connect.store.base import SlotChange, SlotClaim
 from connect.store.pg_writer import Connection
 
 #: Key of the advisory lock every slot operation holds until it commits.
@@ -31,89 +38,135 @@ _LOCK_KEY: Final = 0x636E736C6F74  # "cnslot"
 SCAN: Final = 200
 
 
-async def _lock(conn: Connection) -> None:
-    await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
+#: The lock as a batch's prelude (see `pg_writer.Bulk`).
+LOCK: Final = f"SELECT pg_advisory_xact_lock({_LOCK_KEY})"
 
 
 async def _held(conn: Connection, key: str) -> int:
     return int(await conn.fetchval("SELECT count(*) FROM slot_holds WHERE key = $1", key))
 
 
-async def _fits(conn: Connection, request_id: str, run_id: str, claims: Sequence[SlotClaim], order: int) -> bool | None:
-    """Whether the request fits every claim now; None when it already holds
-    its slots (it holds all or none of them, so its first key tells). One
-    statement per claim: the key's count, whether the request is among its
-    holders, and whether anyone waits ahead of it on that key."""
-    for i, c in enumerate(claims):
-        row = await conn.fetchrow(
-            "SELECT (SELECT count(*) FROM slot_holds WHERE key = $1) AS held,"
-            " EXISTS (SELECT 1 FROM slot_holds WHERE key = $1 AND request_id = $4) AS mine,"
-            " EXISTS (SELECT 1 FROM slot_waits WHERE key = $1 AND (ord, run_id, request_id) < ($2, $3, $4)) AS behind",
-            c.key,
-            order,
-            run_id,
-            request_id,
-        )
-        assert row is not None
-        if i == 0 and row["mine"]:
-            return None
-        if row["held"] >= c.limit or row["behind"]:
-            return False
-    return True
+#: Deletes the holds and waits on keys $1 of runs that ended (left by a
+#: run that ended without a save releasing them); returns how many.
+_REAP: Final = """
+WITH h AS (
+    DELETE FROM slot_holds AS s WHERE key = ANY($1::text[])
+    AND EXISTS (SELECT 1 FROM runs AS r WHERE r.run_id = s.run_id AND r.status <> 'Running') RETURNING 1
+), w AS (
+    DELETE FROM slot_waits AS s WHERE key = ANY($1::text[])
+    AND EXISTS (SELECT 1 FROM runs AS r WHERE r.run_id = s.run_id AND r.status <> 'Running') RETURNING 1
+)
+SELECT (SELECT count(*) FROM h) + (SELECT count(*) FROM w)
+"""
 
 
 async def _reap(conn: Connection, keys: Sequence[str]) -> int:
-    """Forget the holds and waits on `keys` of runs that ended (left by a
-    process stopped between a run's end and its release); how many."""
-    gone = 0
-    for table in ("slot_holds", "slot_waits"):
-        status = await conn.execute(
-            f"DELETE FROM {table} AS s WHERE key = ANY($1::text[]) AND EXISTS"  # noqa: S608 - constant table names
-            " (SELECT 1 FROM runs AS r WHERE r.run_id = s.run_id AND r.status <> 'Running')",
-            list(keys),
-        )
-        gone += int(status.split()[-1])
-    return gone
+    return int(await conn.fetchval(_REAP, list(keys)))
 
 
-async def acquire(
-    conn: Connection, request_id: str, run_id: str, claims: Sequence[SlotClaim], order: int
-) -> tuple[bool, list[str]]:
-    """Whether the request holds its slots now; and the waiters granted slots
-    taken back from runs that ended (to be announced)."""
-    await _lock(conn)
-    keys = [c.key for c in claims]
-    fits = await _fits(conn, request_id, run_id, claims, order)
-    if fits is None:
-        return True, []
-    reaped = fits is False and await _reap(conn, keys) > 0
-    if reaped:
-        fits = await _fits(conn, request_id, run_id, claims, order)
-    if fits is not False:
-        await conn.execute(
-            "WITH gone AS (DELETE FROM slot_waits WHERE request_id = $2)"
-            " INSERT INTO slot_holds (key, request_id, run_id) SELECT k, $2, $3 FROM unnest($1::text[]) AS k"
-            " ON CONFLICT DO NOTHING",
-            keys,
-            request_id,
-            run_id,
+#: One request's acquire, with the lock held: if it holds its slots already,
+#: nothing; if it fits (every key below its limit, nobody ordered before it
+#: waiting on any), it holds them; otherwise it takes (or keeps) its place in
+#: line. Returns whether it held them before and whether it fits.
+_ACQUIRE: Final = """
+WITH c AS (SELECT k, l FROM unnest($1::text[], $2::int[]) AS c(k, l)),
+st AS (
+    SELECT EXISTS (SELECT 1 FROM slot_holds WHERE request_id = $3) AS mine,
+    NOT EXISTS (
+        SELECT 1 FROM c WHERE (SELECT count(*) FROM slot_holds AS h WHERE h.key = c.k) >= c.l
+        OR EXISTS (
+            SELECT 1 FROM slot_waits AS w WHERE w.key = c.k AND (w.ord, w.run_id, w.request_id) < ($5::bigint, $4, $3)
         )
-        return True, []
-    await conn.execute(
-        "INSERT INTO slot_waits (key, request_id, run_id, lim, ord)"
-        " SELECT k, $3, $4, l, $5 FROM unnest($1::text[], $2::int[]) AS c(k, l) ON CONFLICT DO NOTHING",
-        keys,
-        [c.limit for c in claims],
-        request_id,
-        run_id,
-        order,
+    ) AS fits
+), gone AS (
+    DELETE FROM slot_waits WHERE request_id = $3 AND (SELECT fits AND NOT mine FROM st)
+), hold AS (
+    INSERT INTO slot_holds (key, request_id, run_id) SELECT c.k, $3, $4 FROM c, st WHERE st.fits AND NOT st.mine
+    ON CONFLICT DO NOTHING
+), wait AS (
+    INSERT INTO slot_waits (key, request_id, run_id, lim, ord) SELECT c.k, $3, $4, c.l, $5 FROM c, st
+    WHERE NOT st.fits AND NOT st.mine ON CONFLICT DO NOTHING
+)
+SELECT mine, fits FROM st
+"""
+
+#: (request id, run id, claims, order), as `acquire` takes them.
+Acquiring = tuple[str, str, Sequence[SlotClaim], int]
+
+
+def _acquire_args(item: Acquiring) -> tuple[list[str], list[int], str, str, int]:
+    request_id, run_id, claims, order = item
+    return [c.key for c in claims], [c.limit for c in claims], request_id, run_id, order
+
+
+async def acquire_many(conn: Connection, items: Sequence[Acquiring]) -> tuple[set[str], list[str]]:
+    """`acquire` for each of `items`, in order, with the lock held (a batch's
+    prelude): the request ids that hold their slots, and the waiters granted
+    slots taken back from runs that ended (to be announced). One statement
+    per request, pipelined, and one read of who holds; when some are left
+    waiting, one more (taking back slots of runs that ended)."""
+    # No claims at all: granted.
+    held = {item[0] for item in items if not item[2]}
+    items = [item for item in items if item[2]]
+    if not items:
+        return held, []
+    if len(items) == 1:
+        row = await conn.fetchrow(_ACQUIRE, *_acquire_args(items[0]))
+        assert row is not None
+        if row["mine"] or row["fits"]:
+            held.add(items[0][0])
+    else:
+        await conn.executemany(_ACQUIRE, [_acquire_args(item) for item in items])
+        rows = await conn.fetch(
+            "SELECT DISTINCT request_id FROM slot_holds WHERE request_id = ANY($1::text[])", [i[0] for i in items]
+        )
+        held.update(r["request_id"] for r in rows)
+    granted: list[str] = []
+    waiting = {item[0] for item in items if item[0] not in held}
+    if waiting:
+        # Keys found full may be full of runs that ended: take those slots back,
+        # once for every key of the requests left waiting.
+        keys = sorted({c.key for request_id, _, claims, _ in items if request_id in waiting for c in claims})
+        if await _reap(conn, keys) > 0:
+            # What was taken back goes to whoever is first in line, maybe one of these requests.
+            for rid in await _grant(conn, keys):
+                (held.add if rid in waiting else granted.append)(rid)
+    return held, granted
+
+
+#: Deletes the holds and waits of requests $1 and of runs $2; returns the keys
+#: they were on that others still wait on (in one statement, whose reads see
+#: the rows as they were before it: the waits it deletes are left out by hand).
+_FORGET_MANY: Final = """
+WITH h AS (
+    DELETE FROM slot_holds WHERE request_id = ANY($1::text[]) OR run_id = ANY($2::text[]) RETURNING key
+), w AS (
+    DELETE FROM slot_waits WHERE request_id = ANY($1::text[]) OR run_id = ANY($2::text[]) RETURNING key, request_id
+), k AS (
+    SELECT key FROM h UNION SELECT key FROM w
+)
+SELECT key FROM k WHERE EXISTS (
+    SELECT 1 FROM slot_waits AS s WHERE s.key = k.key AND s.request_id NOT IN (SELECT request_id FROM w)
+)
+"""
+
+
+async def change_many(conn: Connection, changes: Sequence[tuple[str, SlotChange]]) -> tuple[set[str], list[str]]:
+    """The `SlotChange`s of a batch's saves, as (run id, change), with the
+    lock held (a batch's prelude): every release first, then every acquire in
+    order, then the grants the releases made possible. Returns the acquiring
+    requests that hold their slots, and the waiters granted (to be announced)."""
+    request_ids = [rid for _, c in changes if not c.release_run for rid in c.release]
+    run_ids = [run_id for run_id, c in changes if c.release_run]
+    waited: list[str] = []
+    if request_ids or run_ids:
+        waited = [r["key"] for r in await conn.fetch(_FORGET_MANY, request_ids, run_ids)]
+    held, granted = await acquire_many(
+        conn, [(a.request_id, run_id, a.claims, a.order) for run_id, c in changes for a in c.acquire]
     )
-    if not reaped:
-        return False, []
-    # What was taken back goes to whoever is first in line (the release of
-    # the run that ended will find nothing left to hand over).
-    granted = await _grant(conn, keys)
-    return request_id in granted, [g for g in granted if g != request_id]
+    if waited:
+        granted.extend(await _grant(conn, waited))
+    return held, granted
 
 
 #: Deletes the holds and waits of the requests matched by `{match}`, returning their keys (one statement).
@@ -125,13 +178,13 @@ _FORGET: Final = (
 
 
 async def release(conn: Connection, request_ids: Sequence[str]) -> list[str]:
-    await _lock(conn)
+    """With the lock held (a batch's prelude)."""
     rows = await conn.fetch(_FORGET.format(match="request_id = ANY($1::text[])"), list(request_ids))
     return await _grant(conn, {r["key"] for r in rows})
 
 
 async def release_run(conn: Connection, run_id: str, keep: Sequence[str]) -> list[str]:
-    await _lock(conn)
+    """With the lock held (a batch's prelude)."""
     rows = await conn.fetch(
         _FORGET.format(match="run_id = $1 AND NOT (request_id = ANY($2::text[]))"), run_id, list(keep)
     )

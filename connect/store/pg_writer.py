@@ -95,11 +95,23 @@ class Bulk(Generic[A, T]):
 
     `apply(conn, args)` gets the arguments of a run of submissions, in order,
     and returns one result per argument.
+
+    `prelude(arg)`, if given, names a statement (constant SQL, no parameters)
+    that the batch carrying `arg` must run first: the writer sends the
+    distinct preludes of a batch with its BEGIN, in the same round trip. A
+    transaction-scoped lock taken this way is held from the start of the
+    batch to its commit, and costs no round trip of its own.
     """
 
-    def __init__(self, name: str, apply: Callable[[Connection, list[A]], Awaitable[list[T]]]) -> None:
+    def __init__(
+        self,
+        name: str,
+        apply: Callable[[Connection, list[A]], Awaitable[list[T]]],
+        prelude: Callable[[A], str | None] | None = None,
+    ) -> None:
         self.name = name
         self.apply = apply
+        self.prelude = prelude
 
 
 async def _apply_each(conn: Connection, operations: list[Callable[[Connection], Awaitable[Any]]]) -> list[Any]:
@@ -276,8 +288,10 @@ class PostgresWriter:
     async def _attempt(self, batch: Sequence[_Job], sent: _Sent) -> list[Any]:
         """Apply `batch` in one transaction and commit it; see "A lost connection" in the module docstring."""
         conn = await self._connection()
+        preludes = sorted({p for bulk, arg, _ in batch if bulk.prelude is not None and (p := bulk.prelude(arg))})
         try:
-            await conn.execute("BEGIN")
+            # One message, one round trip: BEGIN and the batch's preludes.
+            await conn.execute("; ".join(["BEGIN", *preludes]))
             if sent.mark is not None:
                 stamped = await conn.fetchval(
                     "SELECT batch FROM writer_marks WHERE writer_id = $1 FOR UPDATE", self._id

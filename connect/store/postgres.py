@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Final
+from typing import Any, Final
 
 import asyncpg
 import msgspec
@@ -57,18 +57,20 @@ from connect.store.base import (
     QueuedRequest,
     RunOwnershipLost,
     RunRecord,
+    SlotChange,
     SlotClaim,
     StepMemo,
     TakenRequest,
     Waiting,
     answer_entries,
     chunk_ids,
+    starting_slots,
 )
 from connect.store.held_starts import HeldNotes, hold_event, run_events, started_run
 from connect.store.pg_notify import PostgresListener
 from connect.store.pg_reconnect import DEFAULT_RECONNECT_TIMEOUT, validate_reconnect_timeout
 from connect.store.pg_schema import FENCE_LOST, migrate
-from connect.store.pg_writer import DEFAULT_POOL_SIZE, Bulk, Connection, PostgresWriter
+from connect.store.pg_writer import DEFAULT_POOL_SIZE, SINGLE, Bulk, Connection, PostgresWriter
 from connect.store.start_gates import (
     RATE_LIMIT,
     THROTTLE,
@@ -284,7 +286,24 @@ async def _insert_events(conn: Connection, events: list[NewEvent]) -> list[bool]
     held = [(new.event, hold) for new in new_ones for hold in new.holds]
     if held:
         await _hold(conn, held)
+    if any(new.slots for new in new_ones):
+        await _acquire_starting_slots(conn, [new for new in new_ones if new.slots])
     return stored
+
+
+async def _acquire_starting_slots(conn: Connection, events: list[NewEvent]) -> None:
+    """The slots of the runs `events` start (`NewEvent.slots`), with the lock
+    the batch took as its prelude (`_slots_prelude`)."""
+    starting = [(new, run_id, item) for new in events for run_id, item in starting_slots(new)]
+    held, granted = await pg_slots.acquire_many(
+        conn, [(item.request_id, run_id, item.claims, item.order) for _, run_id, item in starting]
+    )
+    for new in events:
+        new.held.clear()  # applied again after a failed batch: this attempt's
+    for new, _, item in starting:
+        if item.request_id in held:
+            new.held.append(item.request_id)
+    await _announce_grants(conn, granted)
 
 
 async def _pass_gates(conn: Connection, events: list[NewEvent]) -> None:
@@ -506,18 +525,46 @@ async def _change_leases(conn: Connection, args: list[_LeaseChange]) -> list[Non
     return [None] * len(args)
 
 
-async def _save_runs(conn: Connection, args: list[tuple[_SaveRow, list[NewEvent]]]) -> list[list[bool]]:
+_SaveArgs = tuple[_SaveRow, list[NewEvent], SlotChange | None]
+#: Per save: whether each event was new, and the acquiring requests of its `SlotChange` that hold.
+_Saved = tuple[list[bool], list[str]]
+
+
+async def _save_runs(conn: Connection, args: list[_SaveArgs]) -> list[_Saved]:
     # A stale fencing token aborts its statement (`connect_fenced`) and so the batch;
     # the writer then retries each save on its own, so only the stale save is refused.
     try:
-        return await _apply_saves(conn, args)
+        stored = await _apply_saves(conn, args)
     except asyncpg.PostgresError as exc:
         if exc.sqlstate == FENCE_LOST:
             raise RunOwnershipLost(str(exc.detail)) from None
         raise
+    changes = [(row[0], slots) for row, _, slots in args if slots is not None]
+    if not changes:
+        return [(s, []) for s in stored]
+    # After every save of the run of saves (slots read runs' statuses), with
+    # the lock the batch took as its prelude (`_save_prelude`).
+    held, granted = await pg_slots.change_many(conn, changes)
+    await _announce_grants(conn, granted)
+    return [
+        (s, [] if slots is None else [a.request_id for a in slots.acquire if a.request_id in held])
+        for s, (_, _, slots) in zip(stored, args, strict=True)
+    ]
 
 
-async def _apply_saves(conn: Connection, args: list[tuple[_SaveRow, list[NewEvent]]]) -> list[list[bool]]:
+def _save_prelude(args: _SaveArgs) -> str | None:
+    _, events, slots = args
+    if slots is not None or (events and any(e.slots for e in events)):
+        return pg_slots.LOCK
+    return None
+
+
+def _slots_prelude(events: list[NewEvent]) -> str | None:
+    """The slot lock, for a batch recording runs that take slots."""
+    return pg_slots.LOCK if any(e.slots for e in events) else None
+
+
+async def _apply_saves(conn: Connection, args: list[_SaveArgs]) -> list[list[bool]]:
     # A run's events are stored after its save and before any later save they
     # could bear on. Events that only record (no runs, memos or cancellations,
     # as `inngest/function.finished` with nothing triggered by it) bear on no
@@ -541,7 +588,7 @@ async def _apply_saves(conn: Connection, args: list[tuple[_SaveRow, list[NewEven
                 at += len(events)
             deferred = []
 
-    for i, (row, events) in enumerate(args):
+    for i, (row, events, _) in enumerate(args):
         plain.append(row)
         if not events:
             continue
@@ -724,7 +771,7 @@ async def _queue_requests(conn: Connection, args: list[QueuedRequest]) -> list[N
 _QUEUE: Final = Bulk("queue_request", _queue_requests)
 _PUT_REPLY: Final = Bulk("put_reply", _put_replies)
 _CHANGE_LEASE: Final = Bulk("change_lease", _change_leases)
-_SAVE: Final = Bulk("save_run", _save_runs)
+_SAVE: Final = Bulk("save_run", _save_runs, _save_prelude)
 
 
 async def _record_events(conn: Connection, args: list[list[NewEvent]]) -> list[list[bool]]:
@@ -740,7 +787,7 @@ async def _record_events(conn: Connection, args: list[list[NewEvent]]) -> list[l
     return out
 
 
-_RECORD_EVENTS: Final = Bulk("record_events", _record_events)
+_RECORD_EVENTS: Final = Bulk("record_events", _record_events, _slots_prelude)
 
 
 async def _notify_events(conn: Connection, event_ids: list[str]) -> None:
@@ -754,6 +801,25 @@ async def _announce_grants(conn: Connection, granted: list[str]) -> list[str]:
     if granted:
         await conn.execute(_NOTIFY_EACH, SLOTS_GRANTED, chunk_ids(granted))
     return granted
+
+
+async def _acquire_slots(conn: Connection, args: list[pg_slots.Acquiring]) -> list[bool]:
+    held, granted = await pg_slots.acquire_many(conn, args)
+    await _announce_grants(conn, granted)
+    return [request_id in held for request_id, *_ in args]
+
+
+#: Slot operations of no particular kind, run one after another under the
+#: slot lock, taken as the batch's prelude. Every batch that touches slots
+#: takes that lock first, before any other lock or row, so no transaction
+#: holding another lock ever waits for it: slot work cannot deadlock with
+#: the rest.
+_LOCKED: Final[Bulk[Callable[[Connection], Awaitable[Any]], Any]] = Bulk(
+    "slot_operations", SINGLE.apply, lambda _: pg_slots.LOCK
+)
+
+#: A run of `acquire_slots` calls: the lock as the batch's prelude, then `pg_slots.acquire_many`.
+_ACQUIRE_SLOTS: Final = Bulk("acquire_slots", _acquire_slots, lambda _: pg_slots.LOCK)
 
 
 _LeaseWithin = tuple[LeaseRecord, int, int]  # (the lease, the instance's limit, now)
@@ -1051,6 +1117,7 @@ class PostgresStore:
         memos: list[StepMemo] | None = None,
         consumed_request_id: str | None = None,
         events: list[NewEvent] | None = None,
+        slots: SlotChange | None = None,
     ) -> list[bool]:
         row: _SaveRow = (
             run.run_id,
@@ -1067,7 +1134,10 @@ class PostgresStore:
             run.output,
             fence,
         )
-        return await self._writer.submit(_SAVE, (row, list(events or ())))
+        stored, held = await self._writer.submit(_SAVE, (row, list(events or ()), slots))
+        if slots is not None:
+            slots.held = held
+        return stored
 
     # --- executor: run ownership -------------------------------------------------------
 
@@ -1321,14 +1391,7 @@ class PostgresStore:
     async def acquire_slots(self, request_id: str, run_id: str, claims: Sequence[SlotClaim], order: int) -> bool:
         if not claims:
             return True
-        wanted = list(claims)
-
-        async def op(conn: Connection) -> bool:
-            held, granted = await pg_slots.acquire(conn, request_id, run_id, wanted, order)
-            await _announce_grants(conn, granted)
-            return held
-
-        return await self._writer.run(op)
+        return await self._writer.submit(_ACQUIRE_SLOTS, (request_id, run_id, list(claims), order))
 
     async def release_slots(self, request_ids: Sequence[str]) -> list[str]:
         ids = list(request_ids)
@@ -1338,7 +1401,7 @@ class PostgresStore:
         async def op(conn: Connection) -> list[str]:
             return await _announce_grants(conn, await pg_slots.release(conn, ids))
 
-        return await self._writer.run(op)
+        return await self._writer.submit(_LOCKED, op)
 
     async def release_run_slots(self, run_id: str, keep: Sequence[str] = ()) -> list[str]:
         kept = list(keep)
@@ -1346,7 +1409,7 @@ class PostgresStore:
         async def op(conn: Connection) -> list[str]:
             return await _announce_grants(conn, await pg_slots.release_run(conn, run_id, kept))
 
-        return await self._writer.run(op)
+        return await self._writer.submit(_LOCKED, op)
 
     async def slots_held(self, key: str) -> list[str]:
         return await self._writer.read(lambda conn: pg_slots.held(conn, key))

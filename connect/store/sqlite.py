@@ -60,12 +60,14 @@ from connect.store.base import (
     QueuedRequest,
     RunOwnershipLost,
     RunRecord,
+    SlotChange,
     SlotClaim,
     StepMemo,
     TakenRequest,
     Waiting,
     answer_entries,
     chunk_ids,
+    starting_slots,
 )
 from connect.store.held_starts import HeldNotes, hold_event, run_events, started_run
 from connect.store.start_gates import (
@@ -390,10 +392,12 @@ def _insert_events(
     rows: list[_EventRows],
     cancelled: list[str] | None = None,
     notes: HeldNotes | None = None,
+    granted: list[str] | None = None,
 ) -> list[bool]:
     """Store the events and what they cause; the runs singletons cancelled are
-    added to `cancelled` (for the caller to announce once committed), and
-    `notes` collects what held events did."""
+    added to `cancelled` (for the caller to announce once committed), `notes`
+    collects what held events did, and `granted` the waiters granted slots
+    taken back by the events' acquires (to be announced)."""
     stored: list[bool] = []
     for event_row, run_rows, memo_rows, cancel_rows, new, gates, holds in rows:
         is_new = conn.execute(_INSERT_EVENT, event_row).rowcount == 1
@@ -408,6 +412,14 @@ def _insert_events(
                 conn.executemany(_FLAG_CANCEL, cancel_rows)
             if holds:
                 _hold(conn, event_row, holds, HeldNotes() if notes is None else notes)
+            if new.slots:
+                new.held.clear()  # applied again after a failed batch: this attempt's
+                for run_id, item in starting_slots(new):
+                    held, others = sqlite_slots.acquire(conn, item.request_id, run_id, item.claims, item.order)
+                    if held:
+                        new.held.append(item.request_id)
+                    if granted is not None:
+                        granted.extend(others)
         stored.append(is_new)
     return stored
 
@@ -858,11 +870,15 @@ class SqliteStore:
         cancelled: list[str] = []
         notes = HeldNotes()
 
+        granted: list[str] = []
+
         def op(conn: sqlite3.Connection) -> list[bool]:
             cancelled.clear()  # applied again after a failed batch: report that attempt's
-            return _insert_events(conn, rows, cancelled, notes)
+            granted.clear()
+            return _insert_events(conn, rows, cancelled, notes, granted)
 
         stored = await self._writer.submit(op)
+        self._announce_grants(granted)
         self._notify_events([e.event.id for e, is_new in zip(events, stored, strict=True) if is_new])
         for run_id in cancelled:
             self._notify(RUN_CANCEL_REQUESTED, run_id)
@@ -996,6 +1012,7 @@ class SqliteStore:
         memos: list[StepMemo] | None = None,
         consumed_request_id: str | None = None,
         events: list[NewEvent] | None = None,
+        slots: SlotChange | None = None,
     ) -> list[bool]:
         row = _run_row(run)
         # max_attempts, requests, waiting, disable_immediate_execution, request_version
@@ -1023,14 +1040,21 @@ class SqliteStore:
                 conn.execute("DELETE FROM leases WHERE request_id = ?", (consumed_request_id,))
                 conn.execute("DELETE FROM queued_requests WHERE request_id = ?", (consumed_request_id,))
             cancelled.clear()
-            return _insert_events(conn, event_rows, cancelled, notes) if event_rows else []
+            granted.clear()
+            if slots is not None:
+                # (held, granted), as the attempt that commits leaves them.
+                slots.held, granted[:] = sqlite_slots.change(conn, run.run_id, slots)
+            return _insert_events(conn, event_rows, cancelled, notes, granted) if event_rows else []
 
         cancelled: list[str] = []
+        granted: list[str] = []
         stored = await self._writer.submit(op)
         for run_id in cancelled:
             self._notify(RUN_CANCEL_REQUESTED, run_id)
         if notes is not None:
             self._notify_held(notes)
+        if granted:
+            self._announce_grants(granted)
         return stored
 
     # --- executor: run ownership -------------------------------------------------------
