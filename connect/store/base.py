@@ -500,19 +500,6 @@ class NewEvent(msgspec.Struct, frozen=True):
     slots: list[tuple[str, SlotAcquire]] = msgspec.field(default_factory=list)
     held: list[str] = msgspec.field(default_factory=list)
 
-
-def starting_slots(new: NewEvent) -> list[tuple[str, SlotAcquire]]:
-    """The `slots` of `new` to acquire once its gates decided: those of runs
-    that start now (not skipped, and not throttled to a later turn: such a
-    request asks for its slots when its turn comes)."""
-    runs = {r.run_id: r for r in new.runs}
-    due: list[tuple[str, SlotAcquire]] = []
-    for run_id, item in new.slots:
-        run = runs.get(run_id)
-        if run is not None and run.status == RUNNING and all(r.wake_at_ms <= run.started_at_ms for r in run.requests):
-            due.append((run_id, item))
-    return due
-
     def tell_invoker(self, gate: StartGate, skip: SkippedStart | None) -> RunMemo | None:
         """For a store that decided `gate`: when it refused its run (`skip`),
         the memo of the `step.invoke` step waiting for the run, if any, put in
@@ -528,6 +515,19 @@ def starting_slots(new: NewEvent) -> list[tuple[str, SlotAcquire]]:
         memo = RunMemo(gate.invoked_by.run_id, StepMemo(gate.invoked_by.step, skipped_invoke_memo(skip)))
         self.memos.append(memo)
         return memo
+
+
+def starting_slots(new: NewEvent) -> list[tuple[str, SlotAcquire]]:
+    """The `slots` of `new` to acquire once its gates decided: those of runs
+    that start now (not skipped, and not throttled to a later turn: such a
+    request asks for its slots when its turn comes)."""
+    runs = {r.run_id: r for r in new.runs}
+    due: list[tuple[str, SlotAcquire]] = []
+    for run_id, item in new.slots:
+        run = runs.get(run_id)
+        if run is not None and run.status == RUNNING and all(r.wake_at_ms <= run.started_at_ms for r in run.requests):
+            due.append((run_id, item))
+    return due
 
 
 #: Where a scan of events by age stopped: (received_at_ms, id) of the last one examined.
