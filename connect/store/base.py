@@ -314,6 +314,24 @@ class RunRecord(msgspec.Struct):
     ended_at_ms: int | None = None
 
 
+class RunFilter(msgspec.Struct, frozen=True):
+    """Which runs `Store.list_runs` (and starts `Store.list_skipped`) lists.
+
+    Every condition given must hold: `status` exactly, `function_id`
+    exactly, a start at or after `started_from_ms` and before
+    `started_before_ms` (Unix ms). `older_than` is where the previous page
+    ended, the (start, run id) of its last run: only runs that sort after it
+    newest first are listed, so a page never repeats or skips a run however
+    many start meanwhile. At most `limit` runs are listed."""
+
+    status: str | None = None
+    function_id: str | None = None
+    started_from_ms: int | None = None
+    started_before_ms: int | None = None
+    older_than: tuple[int, str] | None = None
+    limit: int = 50
+
+
 class SlotClaim(msgspec.Struct, frozen=True):
     """One concurrency limit a request must fit in: at most `limit` requests
     hold a slot of `key` at once. `key` is the evaluated key, scope included
@@ -602,6 +620,17 @@ class Store(ReplyStore, Protocol):
         ...
 
     async def runs_with_status(self, status: str) -> list[RunRecord]: ...
+
+    async def list_runs(self, query: RunFilter) -> list[RunRecord]:
+        """The runs `query` selects, newest first: by start, then by run id, both
+        descending. An index serves every combination of conditions (see the
+        schema), so a page costs the same with ten runs or a million."""
+        ...
+
+    async def list_skipped(self, query: RunFilter) -> list[SkippedStart]:
+        """The starts flow control refused that `query` selects (`status` is not
+        looked at; the time of the refusal stands for the start), newest first."""
+        ...
 
     async def get_memos(self, run_id: str) -> list[StepMemo]:
         """A run's step memos in the order they were stored."""

@@ -23,7 +23,7 @@ from typing import Final
 import asyncpg
 import msgspec
 
-from connect.store import pg_slots
+from connect.store import pg_slots, run_listing
 from connect.store.base import (
     ANSWERED,
     APPS_CHANGED,
@@ -55,6 +55,7 @@ from connect.store.base import (
     ProcessRecord,
     Pruned,
     QueuedRequest,
+    RunFilter,
     RunOwnershipLost,
     RunRecord,
     SlotClaim,
@@ -89,6 +90,7 @@ _INSERT_RUN: Final = (
     " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
 )
 _SELECT_RUNS: Final = f"SELECT {_RUN_COLUMNS} FROM runs"  # noqa: S608 - constant
+_SELECT_SKIPPED: Final = "SELECT run_id, function_id, event_id, reason, at_ms FROM skipped_starts"
 #: A run with the events of its batch, if a batch started it (NULL otherwise).
 _LOAD_RUN: Final = (
     f"SELECT {_RUN_COLUMNS}, (SELECT array_agg(body ORDER BY position) FROM run_events e"  # noqa: S608 - constant
@@ -205,6 +207,14 @@ def _run_row(run: RunRecord) -> _RunRow:
         run.cancel_requested,
         run.output,
     )
+
+
+#: Run ids compared byte by byte: the order SQLite sorts text in, whatever the database's locale.
+_BYTEWISE: Final = ' COLLATE "C"'
+
+
+def _dollar(n: int) -> str:
+    return f"${n}"
 
 
 def _run_from_record(row: asyncpg.Record) -> RunRecord:
@@ -1020,6 +1030,26 @@ class PostgresStore:
             return await conn.fetch(f'{_SELECT_RUNS} WHERE status = $1 ORDER BY run_id COLLATE "C"', status)
 
         return [_run_from_record(r) for r in await self._writer.read(op)]
+
+    async def list_runs(self, query: RunFilter) -> list[RunRecord]:
+        tail, params = run_listing.listing(query, start="started_at_ms", placeholder=_dollar, collate=_BYTEWISE)
+        sql = _SELECT_RUNS + tail
+
+        async def op(conn: Connection) -> list[asyncpg.Record]:
+            return await conn.fetch(sql, *params)
+
+        return [_run_from_record(r) for r in await self._writer.read(op)]
+
+    async def list_skipped(self, query: RunFilter) -> list[SkippedStart]:
+        tail, params = run_listing.listing(
+            query, start="at_ms", placeholder=_dollar, collate=_BYTEWISE, with_status=False
+        )
+        sql = _SELECT_SKIPPED + tail
+
+        async def op(conn: Connection) -> list[asyncpg.Record]:
+            return await conn.fetch(sql, *params)
+
+        return [SkippedStart(r[0], r[1], r[2], r[3], r[4]) for r in await self._writer.read(op)]
 
     async def get_memos(self, run_id: str) -> list[StepMemo]:
         async def op(conn: Connection) -> list[asyncpg.Record]:

@@ -21,6 +21,7 @@ from connect.store import (
     Hold,
     NewEvent,
     PendingRequest,
+    RunFilter,
     RunRecord,
     SlotClaim,
     Store,
@@ -260,10 +261,17 @@ _ADDED_BY: dict[int, tuple[str, ...]] = {
     7: ("DROP TABLE start_limits", "DROP TABLE singletons", "DROP TABLE skipped_starts"),
     8: ("DROP TABLE held_starts", "DROP TABLE held_events", "DROP TABLE run_events"),
     9: ("DROP TABLE slot_holds", "DROP TABLE slot_waits"),
+    10: (
+        "DROP INDEX runs_by_status_start",
+        "DROP INDEX runs_by_start",
+        "DROP INDEX runs_by_function_start",
+        "DROP INDEX IF EXISTS skipped_starts_by_start",
+        "CREATE INDEX runs_by_status ON runs (status)",
+    ),
 }
 
 
-@pytest.mark.parametrize("version", [6, 7, 8])
+@pytest.mark.parametrize("version", [6, 7, 8, 9])
 async def test_an_older_database_gains_start_gates_held_starts_and_slots(engine: Engine, version: int) -> None:
     store = await engine.open()
     await store.close()
@@ -284,7 +292,7 @@ async def test_an_older_database_gains_start_gates_held_starts_and_slots(engine:
     await engine.set_schema_version(version)
     store = await engine.open()
     try:
-        assert await engine.schema_version() == SCHEMA_VERSION == 9
+        assert await engine.schema_version() == SCHEMA_VERSION == 10
         # The tables of schema 9: one slot of a key with limit 1, the second request waits.
         assert await store.acquire_slots("s1", "run-s1", [SlotClaim("k", 1)], 0)
         assert not await store.acquire_slots("s2", "run-s2", [SlotClaim("k", 1)], 0)
@@ -308,5 +316,9 @@ async def test_an_older_database_gains_start_gates_held_starts_and_slots(engine:
         assert await store.runs_for_event("g2") == []
         [skip] = await store.skipped_starts("g2")
         assert skip.run_id == "run-g2"
+        # And the indexes of schema 10: runs listed newest first, by status and function.
+        listed = await store.list_runs(RunFilter(status="Running", function_id=FN))
+        assert [r.run_id for r in listed] == [claim.run_id, "run-g1"]
+        assert [s.run_id for s in await store.list_skipped(RunFilter(function_id=FN))] == ["run-g2"]
     finally:
         await store.close()

@@ -1,0 +1,95 @@
+"""Run listings (`Store.list_runs`, `Store.list_skipped`): every test runs on
+SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+
+from connect.store import COMPLETED, FAILED, EventRecord, NewEvent, PendingRequest, RunFilter, RunRecord, Store
+from connect.store.start_gates import RateLimit, StartGate
+
+pytestmark = pytest.mark.anyio
+
+
+def new_run(run_id: str, function_id: str, started_at_ms: int) -> NewEvent:
+    run = RunRecord(
+        run_id=run_id,
+        function_id=function_id,
+        app_name="app",
+        event_id=f"e-{run_id}",
+        started_at_ms=started_at_ms,
+        requests=[PendingRequest(f"req-{run_id}")],
+    )
+    event = EventRecord(f"e-{run_id}", "app/x", started_at_ms, started_at_ms, b'{"name":"app/x"}')
+    return NewEvent(event, [run])
+
+
+async def end(store: Store, run_id: str, status: str, at_ms: int) -> None:
+    run = await store.get_run(run_id)
+    assert run is not None
+    run.status, run.ended_at_ms, run.requests = status, at_ms, []
+    await store.save_run(run, fence=0)
+
+
+async def ids(store: Store, **query: object) -> list[str]:
+    return [r.run_id for r in await store.list_runs(RunFilter(**query))]  # type: ignore[arg-type]
+
+
+async def test_runs_come_newest_first_filtered_by_status_function_and_start(store: Store) -> None:
+    # r0..r9 start 1 s apart, alternating between two functions; r2 and r3 share a start.
+    starts = [1000, 2000, 3000, 3000, 5000, 6000, 7000, 8000, 9000, 10_000]
+    await store.record_events(
+        [new_run(f"r{i}", "app-even" if i % 2 == 0 else "app-odd", at) for i, at in enumerate(starts)]
+    )
+    await end(store, "r1", COMPLETED, 2500)
+    await end(store, "r4", FAILED, 5500)
+    await end(store, "r8", COMPLETED, 9500)
+
+    assert await ids(store) == ["r9", "r8", "r7", "r6", "r5", "r4", "r3", "r2", "r1", "r0"]
+    assert await ids(store, status=COMPLETED) == ["r8", "r1"]
+    assert await ids(store, status="Running") == ["r9", "r7", "r6", "r5", "r3", "r2", "r0"]
+    assert await ids(store, function_id="app-odd") == ["r9", "r7", "r5", "r3", "r1"]
+    assert await ids(store, function_id="app-even", status=COMPLETED) == ["r8"]
+    assert await ids(store, function_id="nope") == []
+    # From inclusive, to exclusive.
+    assert await ids(store, started_from_ms=3000, started_before_ms=6000) == ["r4", "r3", "r2"]
+    assert await ids(store, limit=3) == ["r9", "r8", "r7"]
+
+
+async def test_pages_continue_after_the_last_run_and_never_repeat_one(store: Store) -> None:
+    # 25 runs, many sharing a start: pages of 7 split ties, and still list each once.
+    await store.record_events([new_run(f"r{i:02d}", "app-fn", 1000 * (i // 4)) for i in range(25)])
+    seen: list[str] = []
+    older_than: tuple[int, str] | None = None
+    while True:
+        page = await store.list_runs(RunFilter(limit=7, older_than=older_than))
+        seen += [r.run_id for r in page]
+        if len(page) < 7:
+            break
+        older_than = (page[-1].started_at_ms, page[-1].run_id)
+    assert seen == [f"r{i:02d}" for i in reversed(range(25))]
+    # A run started since the first page does not shift the next ones.
+    await store.record_events([new_run("r99", "app-fn", 50_000)])
+    page = await store.list_runs(RunFilter(limit=3, older_than=(5000, "r20")))
+    assert [r.run_id for r in page] == ["r19", "r18", "r17"]
+
+
+async def test_a_page_is_at_most_500_runs(store: Store) -> None:
+    await store.record_events([new_run(f"r{i:03d}", "app-fn", i) for i in range(501)])
+    assert len(await store.list_runs(RunFilter(limit=10_000))) == 500
+
+
+async def test_starts_flow_control_refused_are_listed_apart(store: Store) -> None:
+    limit = RateLimit("k", limit=1, period_ms=60_000)
+    for i, at in enumerate([1000, 2000, 3000]):
+        new = new_run(f"r{i}", "app-fn", at)
+        gated = NewEvent(new.event, new.runs, gates=[StartGate(f"r{i}", "app-fn", rate_limit=limit)])
+        await store.record_events([gated])
+    await store.record_events([new_run("other", "app-other", 4000)])
+    assert await ids(store) == ["other", "r0"]
+    skipped = await store.list_skipped(RunFilter())
+    assert [(s.run_id, s.at_ms, s.event_id) for s in skipped] == [("r2", 3000, "e-r2"), ("r1", 2000, "e-r1")]
+    assert "rate limit" in skipped[0].reason
+    assert [s.run_id for s in await store.list_skipped(RunFilter(older_than=(3000, "r2")))] == ["r1"]
+    assert await store.list_skipped(RunFilter(function_id="app-other")) == []
+    assert [s.run_id for s in await store.list_skipped(RunFilter(started_before_ms=3000))] == ["r1"]
