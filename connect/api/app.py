@@ -19,10 +19,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from connect.api import checkpoints
+from connect.api import checkpoints, runs
 from connect.api.bodies import BodyRefused, read_body
+from connect.api.errors import error as _error
 from connect.api.events import EventRejected, parse_events
+from connect.executor.views import RunPage
 from connect.gateway.auth import Keys, TokenIssuer
+from connect.store.base import RunFilter
 from protocol import connect_pb2 as pb
 from protocol import ids, limits
 from protocol.payloads import IncomingEvent
@@ -38,6 +41,7 @@ class EventSink(Protocol):
     async def get_run(self, run_id: str) -> dict[str, Any] | None: ...
     async def runs_for_event(self, event_id: str) -> list[dict[str, Any]]: ...
     async def cancel_run(self, run_id: str) -> dict[str, Any] | None: ...
+    async def list_runs(self, query: RunFilter) -> RunPage: ...
     def registered_functions(self) -> list[dict[str, Any]]: ...
 
 
@@ -78,10 +82,6 @@ class ApiConfig(msgspec.Struct):
     gateway_group: str = "gw-dev"
     max_event_bytes: int = 512 * 1024
     max_request_bytes: int = 3 * 1024 * 1024
-
-
-def _error(status: int, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"status": status, "error": message, **extra}, status_code=status)
 
 
 def create_api(
@@ -274,6 +274,7 @@ def create_api(
         Route("/v1/checkpoint/{run_id}/steps", checkpoint_sync, methods=["POST"]),
         Route("/v1/checkpoint", checkpoint_sync, methods=["POST"]),
         Route("/v1/events/{event_id}/runs", event_runs, methods=["GET"]),
+        *runs.routes(executor, unauthorized),
         Route("/v1/runs/{run_id}", get_run, methods=["GET"]),
         Route("/v1/runs/{run_id}/cancel", cancel_run, methods=["POST"]),
         Route("/v1/functions", list_functions, methods=["GET"]),

@@ -39,8 +39,8 @@ from connect.executor.registry import Registration, Registry
 from connect.executor.service import CANCEL_WAIT
 from connect.executor.starts import event_record, gated_event, received, started
 from connect.executor.triggers import TriggerIndex
-from connect.executor.views import run_view, runs_of_event
-from connect.store.base import APPS_CHANGED, RUNNING, RUNS_RELEASED, AppRecord, RunRecord, Store
+from connect.executor.views import RunPage, list_runs, run_view, runs_of_event
+from connect.store.base import APPS_CHANGED, RUNNING, RUNS_RELEASED, AppRecord, RunFilter, RunRecord, Store
 from protocol.payloads import IncomingEvent
 
 log = logging.getLogger(__name__)
@@ -143,6 +143,9 @@ class StoredRuns:
 
     async def runs_for_event(self, event_id: str) -> list[dict[str, Any]]:
         return await runs_of_event(self._store, event_id)
+
+    async def list_runs(self, query: RunFilter) -> RunPage:
+        return await list_runs(self._store, query)
 
     async def cancel_run(self, run_id: str) -> dict[str, Any] | None:
         """Flag the run for cancellation (the store tells its executor) and wait

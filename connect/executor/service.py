@@ -72,7 +72,7 @@ from connect.executor.starts import event_record, gated_event, received, started
 from connect.executor.system_events import derived_id_at
 from connect.executor.timers import Timers
 from connect.executor.triggers import FunctionInfo, Target, TriggerIndex
-from connect.executor.views import run_view, runs_of_event
+from connect.executor.views import RunPage, list_runs, run_view, runs_of_event
 from connect.executor.waits import CANCEL, INVOKE, RESUME, WaitIndex, Watch, WatchKey
 from connect.store.base import (
     APPS_CHANGED,
@@ -85,6 +85,7 @@ from connect.store.base import (
     WAIT_INVOKE,
     AppRecord,
     EventRecord,
+    RunFilter,
     RunMemo,
     RunOwnershipLost,
     RunRecord,
@@ -620,6 +621,9 @@ class Executor:
 
     async def runs_for_event(self, event_id: str) -> list[dict[str, Any]]:
         return await runs_of_event(self._store, event_id)
+
+    async def list_runs(self, query: RunFilter) -> RunPage:
+        return await list_runs(self._store, query)
 
     # --- run tasks ------------------------------------------------------------------------
 

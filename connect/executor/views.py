@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from connect.store.base import COMPLETED, FAILED, RunRecord, Store
+from connect.store.base import COMPLETED, FAILED, RunFilter, RunRecord, Store
 from connect.store.start_gates import SKIPPED, SkippedStart
 
 
@@ -53,3 +53,33 @@ async def runs_of_event(store: Store, event_id: str) -> list[dict[str, Any]]:
     functions' flow control skipped (rate limit, idempotency, singleton)."""
     runs = [run_view(run) for run in await store.runs_for_event(event_id)]
     return runs + [skipped_view(skip) for skip in await store.skipped_starts(event_id)]
+
+
+#: Where a listing stops: the (start in Unix ms, run id) of the last run listed.
+Position = tuple[int, str]
+
+
+class RunPage(msgspec.Struct, frozen=True):
+    """One page of `GET /v1/runs`: the runs as the API shows them, newest
+    first, and where the next page starts (None: this page is the last)."""
+
+    runs: list[dict[str, Any]]
+    next: Position | None
+
+
+async def list_runs(store: Store, query: RunFilter) -> RunPage:
+    """`GET /v1/runs`: the runs `query` selects, newest first, with the starts
+    flow control skipped among them (status `Skipped`) unless `query.status`
+    names another status. One run more than the page is read, so the last
+    page says so (`next` None) instead of leading to an empty one."""
+    ahead = msgspec.structs.replace(query, limit=query.limit + 1)
+    found: list[tuple[Position, dict[str, Any]]] = []
+    if query.status != SKIPPED:
+        found += [((run.started_at_ms, run.run_id), run_view(run)) for run in await store.list_runs(ahead)]
+    if query.status in (None, SKIPPED):
+        found += [((skip.at_ms, skip.run_id), skipped_view(skip)) for skip in await store.list_skipped(ahead)]
+        # Both lists come newest first; the page is the newest of the two together.
+        found.sort(key=lambda item: item[0], reverse=True)
+    page = found[: query.limit]
+    more = len(found) > query.limit and bool(page)
+    return RunPage([view for _, view in page], page[-1][0] if more else None)

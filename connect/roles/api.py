@@ -32,10 +32,11 @@ from connect.api.gateways import GatewayDirectory
 from connect.api.guard import guarded_http
 from connect.api.stored_replies import StoredReplies
 from connect.api.stored_runs import StoredRuns
+from connect.executor.views import RunPage
 from connect.gateway.auth import TokenIssuer
 from connect.roles.registration import Registration
 from connect.roles.settings import PlatformSettings, default_process_id
-from connect.store import ROLE_API, Store
+from connect.store import ROLE_API, RunFilter, Store
 from protocol import limits
 from protocol.payloads import IncomingEvent
 
@@ -79,6 +80,9 @@ class RunsElsewhere:
         self._refuse()
 
     async def cancel_run(self, run_id: str) -> dict[str, Any] | None:
+        self._refuse()
+
+    async def list_runs(self, query: RunFilter) -> RunPage:
         self._refuse()
 
     def registered_functions(self) -> list[dict[str, Any]]:

@@ -11,12 +11,8 @@ both engines answer from the indexes on those two columns
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Final
 
 from connect.store.base import RunFilter
-
-#: The most runs one listing returns, whatever `RunFilter.limit` asks.
-MAX_LIMIT: Final = 500
 
 
 def listing(
@@ -51,5 +47,5 @@ def listing(
         at_ms, run_id = query.older_than
         conditions.append(f"({start}, run_id{collate}) < ({param(at_ms)}, {param(run_id)})")
     where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
-    limit = param(max(0, min(query.limit, MAX_LIMIT)))
+    limit = param(max(0, query.limit))
     return f"{where} ORDER BY {start} DESC, run_id{collate} DESC LIMIT {limit}", params

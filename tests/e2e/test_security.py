@@ -146,6 +146,11 @@ def test_rest_needs_the_signing_key(serve: DevServer) -> None:
     assert httpx.get(f"{serve.url}/v1/runs/{ids.new_ulid()}").status_code == 401
     authorized = httpx.get(f"{serve.url}/v1/runs/{ids.new_ulid()}", headers={"Authorization": f"Bearer {SIGNING_KEY}"})
     assert authorized.status_code == 404
+    for path in ["/v1/runs", "/v1/runs?status=Failed"]:
+        refused = httpx.get(f"{serve.url}{path}")
+        assert refused.status_code == 401 and "Bearer" in refused.json()["error"]
+        answered = httpx.get(f"{serve.url}{path}", headers=BEARER)
+        assert answered.status_code == 200 and answered.json()["cursor"] is None
 
 
 @pytest.mark.parametrize(
