@@ -240,11 +240,37 @@ class AppRecord(msgspec.Struct, frozen=True):
     updated_at_ms: int = 0
 
 
+# `StepInfo.kind` values: a step a worker ran, and those of `Waiting.kind`.
+STEP_RUN: Final = "run"
+
+
+class StepInfo(msgspec.Struct, frozen=True, omit_defaults=True):
+    """What the run's timeline shows of a step, stored with its result.
+
+    `name` is the step's id as its author wrote it (the opcode's
+    `displayName`); `kind` is `STEP_RUN` or a `Waiting.kind`; `attempts`
+    the attempts it took (a step a worker ran); `started_ms` when its last
+    attempt was sent, or when it began waiting; `ended_ms` when its result
+    came; `due_ms` when a sleep was due, or a wait or an invoke would time
+    out. 0 is unknown."""
+
+    name: str = ""
+    kind: str = STEP_RUN
+    attempts: int = 0
+    started_ms: int = 0
+    ended_ms: int = 0
+    due_ms: int = 0
+
+
 class StepMemo(msgspec.Struct, frozen=True):
-    """A stored step result: the JSON `{"data": ...}`, `{"error": ...}` or `null`."""
+    """A stored step result: the JSON `{"data": ...}`, `{"error": ...}` or `null`.
+
+    `info` is stored in the same row (no statement of its own); only
+    `Store.run_steps` reads it back, resuming a run needs none of it."""
 
     step_hash: str
     result: bytes
+    info: StepInfo | None = None
 
 
 class PendingRequest(msgspec.Struct, frozen=True):
@@ -283,6 +309,9 @@ class Waiting(msgspec.Struct, frozen=True, omit_defaults=True):
     event: str = ""
     expression: str | None = None
     correlation_id: str = ""
+    #: The step's name as its author wrote it, and when it began (for its `StepInfo`).
+    name: str = ""
+    since_ms: int = 0
 
 
 class RunRecord(msgspec.Struct):
@@ -630,6 +659,11 @@ class Store(ReplyStore, Protocol):
     async def list_skipped(self, query: RunFilter) -> list[SkippedStart]:
         """The starts flow control refused that `query` selects (`status` is not
         looked at; the time of the refusal stands for the start), newest first."""
+        ...
+
+    async def run_steps(self, run_id: str) -> list[StepMemo]:
+        """A run's stored steps in the order they were stored, each with its
+        `info` (None for a step stored without one)."""
         ...
 
     async def get_memos(self, run_id: str) -> list[StepMemo]:

@@ -59,6 +59,7 @@ from connect.store.base import (
     RunOwnershipLost,
     RunRecord,
     SlotClaim,
+    StepInfo,
     StepMemo,
     TakenRequest,
     Waiting,
@@ -101,7 +102,8 @@ _INSERT_EVENT: Final = (
     " ON CONFLICT (id) DO NOTHING RETURNING TRUE"
 )
 _INSERT_MEMO: Final = (
-    "INSERT INTO steps (run_id, step_hash, result) VALUES ($1, $2, $3) ON CONFLICT (run_id, step_hash) DO NOTHING"
+    "INSERT INTO steps (run_id, step_hash, result, info) VALUES ($1, $2, $3, $4)"
+    " ON CONFLICT (run_id, step_hash) DO NOTHING"
 )
 _FLAG_CANCEL: Final = "UPDATE runs SET cancel_requested = TRUE WHERE run_id = $1 AND status = 'Running'"
 _SELECT_EVENTS: Final = "SELECT id, name, ts, received_at_ms, body FROM events"
@@ -146,8 +148,9 @@ _LEASE_LOCK_SPACE: Final = 0x636E6C73  # "cnls"
 # are, as the SQLite store does. The CTEs run though the UPDATE reads none.
 _SAVE_RUN: Final = """
 WITH memo AS (
-    INSERT INTO steps (run_id, step_hash, result)
-    SELECT $1, m.step_hash, m.result FROM unnest($2::text[], $3::bytea[]) WITH ORDINALITY AS m(step_hash, result, n)
+    INSERT INTO steps (run_id, step_hash, result, info)
+    SELECT $1, m.step_hash, m.result, m.info
+    FROM unnest($2::text[], $3::bytea[], $14::bytea[]) WITH ORDINALITY AS m(step_hash, result, info, n)
     ORDER BY m.n
     ON CONFLICT (run_id, step_hash) DO NOTHING
 ), reply AS (
@@ -165,9 +168,22 @@ WHERE run_id = $1 AND connect_fenced(run_id, fence, $13)
 """
 
 _RunRow = tuple[str, str, str, str, str, int, int | None, int, bytes, bytes, bool, int, bool, bytes | None]
-# run id, memo hashes, memo results, consumed request, the new state ($5...$12), the fence
+# run id, memo hashes, memo results, consumed request, the new state ($5...$12), the fence, memo infos
 _SaveRow = tuple[
-    str, list[str], list[bytes], str | None, str | None, int | None, int, bytes, bytes, bool, int, bytes | None, int
+    str,
+    list[str],
+    list[bytes],
+    str | None,
+    str | None,
+    int | None,
+    int,
+    bytes,
+    bytes,
+    bool,
+    int,
+    bytes | None,
+    int,
+    list[bytes | None],
 ]
 
 _encode = msgspec.json.Encoder().encode
@@ -211,6 +227,18 @@ def _run_row(run: RunRecord) -> _RunRow:
 
 #: Run ids compared byte by byte: the order SQLite sorts text in, whatever the database's locale.
 _BYTEWISE: Final = ' COLLATE "C"'
+
+
+_encode_info = msgspec.json.Encoder().encode
+_decode_info = msgspec.json.Decoder(StepInfo).decode
+
+
+def _info(memo: StepMemo) -> bytes | None:
+    return None if memo.info is None else _encode_info(memo.info)
+
+
+def _read_info(raw: bytes | None) -> StepInfo | None:
+    return None if raw is None else _decode_info(raw)
 
 
 def _dollar(n: int) -> str:
@@ -285,7 +313,7 @@ async def _insert_events(conn: Connection, events: list[NewEvent]) -> list[bool]
         await conn.executemany(_INSERT_RUN, runs)
     if gated:
         await _pass_gates(conn, [new for new in new_ones if new.gates])
-    memos = [(m.run_id, m.memo.step_hash, m.memo.result) for new in new_ones for m in new.memos]
+    memos = [(m.run_id, m.memo.step_hash, m.memo.result, _info(m.memo)) for new in new_ones for m in new.memos]
     if memos:
         await conn.executemany(_INSERT_MEMO, memos)
     cancels = [(run_id,) for new in new_ones for run_id in new.cancels]
@@ -1051,6 +1079,12 @@ class PostgresStore:
 
         return [SkippedStart(r[0], r[1], r[2], r[3], r[4]) for r in await self._writer.read(op)]
 
+    async def run_steps(self, run_id: str) -> list[StepMemo]:
+        async def op(conn: Connection) -> list[asyncpg.Record]:
+            return await conn.fetch("SELECT step_hash, result, info FROM steps WHERE run_id = $1 ORDER BY seq", run_id)
+
+        return [StepMemo(m[0], m[1], _read_info(m[2])) for m in await self._writer.read(op)]
+
     async def get_memos(self, run_id: str) -> list[StepMemo]:
         async def op(conn: Connection) -> list[asyncpg.Record]:
             return await conn.fetch("SELECT step_hash, result FROM steps WHERE run_id = $1 ORDER BY seq", run_id)
@@ -1059,7 +1093,7 @@ class PostgresStore:
 
     async def put_memo(self, run_id: str, memo: StepMemo) -> bool:
         async def op(conn: Connection) -> bool:
-            status = await conn.execute(_INSERT_MEMO, run_id, memo.step_hash, memo.result)
+            status = await conn.execute(_INSERT_MEMO, run_id, memo.step_hash, memo.result, _info(memo))
             return status == "INSERT 0 1"
 
         return await self._writer.run(op)
@@ -1096,6 +1130,7 @@ class PostgresStore:
             run.request_version,
             run.output,
             fence,
+            [_info(m) for m in memos or ()],
         )
         return await self._writer.submit(_SAVE, (row, list(events or ())))
 

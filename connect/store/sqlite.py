@@ -62,6 +62,7 @@ from connect.store.base import (
     RunOwnershipLost,
     RunRecord,
     SlotClaim,
+    StepInfo,
     StepMemo,
     TakenRequest,
     Waiting,
@@ -116,6 +117,7 @@ _TABLES: Final = (
         run_id TEXT NOT NULL,
         step_hash TEXT NOT NULL,
         result BLOB NOT NULL,
+        info BLOB,
         UNIQUE (run_id, step_hash)
     )""",
     """CREATE TABLE IF NOT EXISTS cron_ticks (
@@ -292,7 +294,7 @@ _UPDATE_RUNNING: Final = (
     "UPDATE runs SET max_attempts = ?, requests = ?, waiting = ?,"
     " disable_immediate_execution = ?, request_version = ? WHERE run_id = ? AND fence = ?"
 )
-_INSERT_MEMO: Final = "INSERT OR IGNORE INTO steps (run_id, step_hash, result) VALUES (?, ?, ?)"
+_INSERT_MEMO: Final = "INSERT OR IGNORE INTO steps (run_id, step_hash, result, info) VALUES (?, ?, ?, ?)"
 _INSERT_EVENT: Final = "INSERT OR IGNORE INTO events (id, name, ts, received_at_ms, body) VALUES (?, ?, ?, ?, ?)"
 _FLAG_CANCEL: Final = "UPDATE runs SET cancel_requested = 1 WHERE run_id = ? AND status = 'Running'"
 
@@ -304,7 +306,7 @@ _NewRunRow = tuple[
 _EventRows = tuple[
     _EventRow,
     list[_NewRunRow],
-    list[tuple[str, str, bytes]],
+    list[tuple[str, str, bytes, bytes | None]],
     list[tuple[str]],
     NewEvent,
     dict[str, StartGate],
@@ -359,6 +361,18 @@ def _run_row(run: RunRecord) -> _RunRow:
     )
 
 
+_encode_info = msgspec.json.Encoder().encode
+_decode_info = msgspec.json.Decoder(StepInfo).decode
+
+
+def _info(memo: StepMemo) -> bytes | None:
+    return None if memo.info is None else _encode_info(memo.info)
+
+
+def _read_info(raw: bytes | None) -> StepInfo | None:
+    return None if raw is None else _decode_info(raw)
+
+
 def _qmark(_n: int) -> str:
     return "?"
 
@@ -389,7 +403,7 @@ def _event_rows(event: NewEvent) -> _EventRows:
     return (
         (e.id, e.name, e.ts, e.received_at_ms, e.body),
         [(*_run_row(r), owner, fence) for r in event.runs if r.run_id not in gates],
-        [(m.run_id, m.memo.step_hash, m.memo.result) for m in event.memos],
+        [(m.run_id, m.memo.step_hash, m.memo.result, _info(m.memo)) for m in event.memos],
         [(run_id,) for run_id in event.cancels],
         event,
         gates,
@@ -454,7 +468,7 @@ def _pass_gates(
             conn.execute(_INSERT_SKIP, (skip.run_id, skip.function_id, skip.event_id, skip.reason, skip.at_ms))
             report_skip(skip)
             if told is not None:  # the event's other memos were listed before its gates
-                conn.execute(_INSERT_MEMO, (told.run_id, told.memo.step_hash, told.memo.result))
+                conn.execute(_INSERT_MEMO, (told.run_id, told.memo.step_hash, told.memo.result, _info(told.memo)))
             continue
         conn.execute(_INSERT_RUN, (*_run_row(run), new.owner, fence))
         if gate.rate_limit is not None and decision.rate_tat is not None:
@@ -579,6 +593,9 @@ def _setup(conn: sqlite3.Connection) -> None:
             _migrate_2_to_3(conn)
         for statement in _RUNS_INDEXES:
             conn.execute(statement)
+        if version < 10 and "info" not in {column[1] for column in conn.execute("PRAGMA table_info(steps)")}:
+            # Schema 10: what the timeline shows of each step, stored with its result.
+            conn.execute("ALTER TABLE steps ADD COLUMN info BLOB")
         if has_runs and version < 4:
             _backfill_ended_at(conn)
         for statement in _RETENTION_INDEXES:
@@ -993,6 +1010,14 @@ class SqliteStore:
 
         return [SkippedStart(*row) for row in await self._writer.submit(op)]
 
+    async def run_steps(self, run_id: str) -> list[StepMemo]:
+        def op(conn: sqlite3.Connection) -> list[tuple[str, bytes, bytes | None]]:
+            return conn.execute(
+                "SELECT step_hash, result, info FROM steps WHERE run_id = ? ORDER BY rowid", (run_id,)
+            ).fetchall()
+
+        return [StepMemo(h, bytes(r), _read_info(i)) for h, r, i in await self._writer.submit(op)]
+
     async def get_memos(self, run_id: str) -> list[StepMemo]:
         def op(conn: sqlite3.Connection) -> list[tuple[str, bytes]]:
             return conn.execute(
@@ -1002,7 +1027,7 @@ class SqliteStore:
         return [StepMemo(h, bytes(r)) for h, r in await self._writer.submit(op)]
 
     async def put_memo(self, run_id: str, memo: StepMemo) -> bool:
-        row = (run_id, memo.step_hash, memo.result)
+        row = (run_id, memo.step_hash, memo.result, _info(memo))
 
         def op(conn: sqlite3.Connection) -> bool:
             return conn.execute(_INSERT_MEMO, row).rowcount == 1
@@ -1035,7 +1060,7 @@ class SqliteStore:
             if run.status == RUNNING
             else (_UPDATE_RUN, (row[4], row[6], *progress, row[13], run.run_id, fence))
         )
-        memo_rows = [(run.run_id, m.step_hash, m.result) for m in memos or ()]
+        memo_rows = [(run.run_id, m.step_hash, m.result, _info(m)) for m in memos or ()]
         event_rows = [_event_rows(e) for e in events or ()]
         notes = HeldNotes() if any(e.holds for e in events or ()) else None
 

@@ -24,6 +24,8 @@ from connect.store import (
     RunFilter,
     RunRecord,
     SlotClaim,
+    StepInfo,
+    StepMemo,
     Store,
 )
 from connect.store.held_starts import MAX_BATCH_BYTES, HeldChange, hold_event
@@ -267,6 +269,7 @@ _ADDED_BY: dict[int, tuple[str, ...]] = {
         "DROP INDEX runs_by_function_start",
         "DROP INDEX IF EXISTS skipped_starts_by_start",
         "CREATE INDEX runs_by_status ON runs (status)",
+        "ALTER TABLE steps DROP COLUMN info",
     ),
 }
 
@@ -320,5 +323,9 @@ async def test_an_older_database_gains_start_gates_held_starts_and_slots(engine:
         listed = await store.list_runs(RunFilter(status="Running", function_id=FN))
         assert [r.run_id for r in listed] == [claim.run_id, "run-g1"]
         assert [s.run_id for s in await store.list_skipped(RunFilter(function_id=FN))] == ["run-g2"]
+        # And each step's info, stored with its result.
+        info = StepInfo(name="charge", attempts=2, started_ms=1, ended_ms=2)
+        assert await store.put_memo("run-g1", StepMemo("h", b"null", info))
+        assert await store.run_steps("run-g1") == [StepMemo("h", b"null", info)]
     finally:
         await store.close()

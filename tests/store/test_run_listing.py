@@ -9,7 +9,19 @@ import msgspec
 import pytest
 
 from connect.executor.views import list_runs
-from connect.store import COMPLETED, FAILED, EventRecord, NewEvent, PendingRequest, RunFilter, RunRecord, Store
+from connect.store import (
+    COMPLETED,
+    FAILED,
+    EventRecord,
+    NewEvent,
+    PendingRequest,
+    RunFilter,
+    RunMemo,
+    RunRecord,
+    StepInfo,
+    StepMemo,
+    Store,
+)
 from connect.store.start_gates import RateLimit, StartGate
 
 pytestmark = pytest.mark.anyio
@@ -139,3 +151,27 @@ async def test_a_page_of_10000_runs_is_read_from_an_index(store: Store) -> None:
         # A walk down an index takes about a millisecond; the margin is for a loaded machine.
         assert took < 0.5, (query, took)
     assert [r.run_id for r in page][:2] == ["r00497", "r00487"]
+
+
+async def test_each_step_keeps_its_name_kind_and_times_with_its_result(store: Store) -> None:
+    await store.record_events([new_run("r", "app-fn", 1000)])
+    run = await store.get_run("r")
+    assert run is not None
+    charged = StepInfo(name="charge card", attempts=3, started_ms=1100, ended_ms=1200)
+    napped = StepInfo(name="nap", kind="sleep", started_ms=1200, ended_ms=5200, due_ms=5200)
+    await store.save_run(run, fence=0, memos=[StepMemo("h1", b'{"data":1}', charged), StepMemo("h0", b'{"data":0}')])
+    assert await store.put_memo("r", StepMemo("h2", b"null", napped))
+    waited = StepInfo(name="approval", kind="wait", started_ms=5300, ended_ms=6000, due_ms=9000)
+    event = EventRecord("approve", "app/approved", 6000, 6000, b'{"name":"app/approved"}')
+    await store.record_events(
+        [NewEvent(event, [], memos=[RunMemo("r", StepMemo("h3", b'{"name":"app/approved"}', waited))])]
+    )
+    assert await store.run_steps("r") == [
+        StepMemo("h1", b'{"data":1}', charged),
+        StepMemo("h0", b'{"data":0}'),
+        StepMemo("h2", b"null", napped),
+        StepMemo("h3", b'{"name":"app/approved"}', waited),
+    ]
+    # Resuming the run reads the results alone.
+    assert [m.info for m in await store.get_memos("r")] == [None] * 4
+    assert await store.run_steps("nope") == []
