@@ -1,4 +1,5 @@
-"""`GET /v1/runs`: runs newest first, filtered by status, function and start time.
+"""`GET /v1/runs`: runs newest first, filtered by status, function and start
+time; `GET /v1/runs/{id}/steps`: one run's step timeline (`connect.executor.timeline`).
 
 Query: `status` (one of `STATUSES`, any case), `function` (a function id as
 `GET /v1/functions` lists it), `from` / `to` (ISO-8601; a start at or after
@@ -11,7 +12,7 @@ among the runs with status `Skipped` and their `skip_reason`.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -33,6 +34,7 @@ Guard = Callable[[Request], Response | None]
 
 class RunLister(Protocol):
     async def list_runs(self, query: RunFilter) -> RunPage: ...
+    async def run_timeline(self, run_id: str) -> list[dict[str, Any]] | None: ...
 
 
 def run_filter(params: Mapping[str, str]) -> RunFilter:
@@ -68,4 +70,16 @@ def routes(runs: RunLister, guard: Guard) -> list[Route]:
         cursor = None if page.next is None else paging.encode_cursor(page.next)
         return JSONResponse({"data": page.runs, "cursor": cursor})
 
-    return [Route("/v1/runs", list_runs, methods=["GET"])]
+    async def run_steps(request: Request) -> Response:
+        if (denied := guard(request)) is not None:
+            return denied
+        run_id = request.path_params["run_id"]
+        steps = await runs.run_timeline(run_id)
+        if steps is None:
+            return error(404, f"run {run_id} not found")
+        return JSONResponse({"data": steps})
+
+    return [
+        Route("/v1/runs", list_runs, methods=["GET"]),
+        Route("/v1/runs/{run_id}/steps", run_steps, methods=["GET"]),
+    ]

@@ -38,6 +38,7 @@ import msgspec
 from connect.executor.registry import Registration, Registry
 from connect.executor.service import CANCEL_WAIT
 from connect.executor.starts import event_record, gated_event, received, started
+from connect.executor.timeline import run_timeline
 from connect.executor.triggers import TriggerIndex
 from connect.executor.views import RunPage, list_runs, run_view, runs_of_event
 from connect.store.base import APPS_CHANGED, RUNNING, RUNS_RELEASED, AppRecord, RunFilter, RunRecord, Store
@@ -146,6 +147,9 @@ class StoredRuns:
 
     async def list_runs(self, query: RunFilter) -> RunPage:
         return await list_runs(self._store, query)
+
+    async def run_timeline(self, run_id: str) -> list[dict[str, Any]] | None:
+        return await run_timeline(self._store, run_id)
 
     async def cancel_run(self, run_id: str) -> dict[str, Any] | None:
         """Flag the run for cancellation (the store tells its executor) and wait

@@ -50,7 +50,7 @@ from typing import Any, Final
 import msgspec
 
 from connect.dispatch import Port
-from connect.executor import replies
+from connect.executor import replies, step_infos
 from connect.executor.concurrency import SlotGrants
 from connect.executor.cron import CRON_EVENT, CronSchedule
 from connect.executor.feed import PAGE as FEED_PAGE
@@ -70,6 +70,7 @@ from connect.executor.retries import Backoff
 from connect.executor.runner import MAX_LEASE_LAPSES, CancelRequested, Message, Resolved, Runner, RunServices
 from connect.executor.starts import event_record, gated_event, received, started, told_invokers
 from connect.executor.system_events import derived_id_at
+from connect.executor.timeline import run_timeline
 from connect.executor.timers import Timers
 from connect.executor.triggers import FunctionInfo, Target, TriggerIndex
 from connect.executor.views import RunPage, list_runs, run_view, runs_of_event
@@ -89,6 +90,7 @@ from connect.store.base import (
     RunMemo,
     RunOwnershipLost,
     RunRecord,
+    StepInfo,
     StepMemo,
     Store,
     Waiting,
@@ -409,7 +411,7 @@ class Executor:
                 if memo is None:
                     continue
                 item.claimed.append((watch, memo))
-                item.new.memos.append(RunMemo(watch.run_id, StepMemo(watch.key, memo)))
+                item.new.memos.append(RunMemo(watch.run_id, StepMemo(watch.key, memo, _ended(watch, now_ms))))
             item.matched_cancels = len(item.new.cancels)
             intake.items.append(item)
         return intake
@@ -547,7 +549,8 @@ class Executor:
 
     async def _resolve_recorded(self, watch: Watch, memo: bytes) -> None:
         try:
-            inserted = await self._store.put_memo(watch.run_id, StepMemo(watch.key, memo))
+            ended = StepMemo(watch.key, memo, _ended(watch, self._now_ms()))
+            inserted = await self._store.put_memo(watch.run_id, ended)
         except Exception:
             log.exception("run %s: storing the event that ends step %s failed", watch.run_id, watch.key)
             self._claims.discard(watch.id)
@@ -624,6 +627,9 @@ class Executor:
 
     async def list_runs(self, query: RunFilter) -> RunPage:
         return await list_runs(self._store, query)
+
+    async def run_timeline(self, run_id: str) -> list[dict[str, Any]] | None:
+        return await run_timeline(self._store, run_id)
 
     # --- run tasks ------------------------------------------------------------------------
 
@@ -752,13 +758,15 @@ class Executor:
             if item.kind == WAIT_EVENT and self._waits.get(run.run_id, item.step) is None:
                 if trigger is None:
                     trigger = _as_dict(event)
-                watch = Watch(run.run_id, item.step, RESUME, item.event, trigger, item.expression, since_ms=since_ms)
+                watch = Watch(
+                    run.run_id, item.step, RESUME, item.event, trigger, item.expression, since_ms=since_ms, step=item
+                )
                 if not self._waits.add(watch):
                     log.info("run %s: wait %s can never match; it will time out", run.run_id, item.step)
             elif item.kind == WAIT_INVOKE and self._waits.get(run.run_id, item.step) is None:
                 condition = f"async.data.correlation_id == {msgspec.json.encode(item.correlation_id).decode()}"
                 # A child's end carries its correlation id: no event before the invoke has it.
-                self._waits.add(Watch(run.run_id, item.step, INVOKE, item.event, {}, condition))
+                self._waits.add(Watch(run.run_id, item.step, INVOKE, item.event, {}, condition, step=item))
             key = ("step", run.run_id, item.step)
             if self._timers.due(key) != item.due_ms:
                 self._timers.set(key, item.due_ms)
@@ -820,7 +828,9 @@ class Executor:
 
     async def _resolve_due(self, run_id: str, item: Waiting, watch: Watch | None, memo: bytes) -> None:
         try:
-            inserted = await self._store.put_memo(run_id, StepMemo(item.step, memo))
+            inserted = await self._store.put_memo(
+                run_id, StepMemo(item.step, memo, step_infos.waited(item, self._now_ms()))
+            )
         except Exception:
             log.exception("run %s: storing the end of step %s failed; retrying", run_id, item.step)
             self._claims.discard((run_id, item.step))
@@ -977,3 +987,8 @@ def _invoke_memo(finished: Event) -> bytes:
     if "error" in data and data["error"] is not None:
         return replies.error_memo(data["error"])
     return replies.encode({"data": data.get("result")})
+
+
+def _ended(watch: Watch, now_ms: int) -> StepInfo | None:
+    """The timeline's record of the wait or invoke `watch` ends now."""
+    return None if watch.step is None else step_infos.waited(watch.step, now_ms)

@@ -85,6 +85,9 @@ class RunsElsewhere:
     async def list_runs(self, query: RunFilter) -> RunPage:
         self._refuse()
 
+    async def run_timeline(self, run_id: str) -> list[dict[str, Any]] | None:
+        self._refuse()
+
     def registered_functions(self) -> list[dict[str, Any]]:
         self._refuse()
 
