@@ -151,6 +151,9 @@ def test_rest_needs_the_signing_key(serve: DevServer) -> None:
         assert refused.status_code == 401 and "Bearer" in refused.json()["error"]
         answered = httpx.get(f"{serve.url}{path}", headers=BEARER)
         assert answered.status_code == 200 and answered.json()["cursor"] is None
+    steps = f"{serve.url}/v1/runs/{ids.new_ulid()}/steps"
+    assert httpx.get(steps).status_code == 401
+    assert httpx.get(steps, headers=BEARER).status_code == 404
 
 
 @pytest.mark.parametrize(
