@@ -19,10 +19,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from connect.api import checkpoints, runs
+from connect.api import checkpoints, event_routes, runs
 from connect.api.bodies import BodyRefused, read_body
 from connect.api.errors import error as _error
 from connect.api.events import EventRejected, parse_events
+from connect.executor.event_views import EventPage
 from connect.executor.views import RunPage
 from connect.gateway.auth import Keys, TokenIssuer
 from connect.store.base import RunFilter
@@ -43,6 +44,9 @@ class EventSink(Protocol):
     async def cancel_run(self, run_id: str) -> dict[str, Any] | None: ...
     async def list_runs(self, query: RunFilter) -> RunPage: ...
     async def run_timeline(self, run_id: str) -> list[dict[str, Any]] | None: ...
+    async def list_events(self, name: str | None, older_than: tuple[int, str] | None, limit: int) -> EventPage: ...
+    async def event_detail(self, event_id: str) -> dict[str, Any] | None: ...
+    async def replay_event(self, event_id: str) -> str | None: ...
     def registered_functions(self) -> list[dict[str, Any]]: ...
 
 
@@ -274,6 +278,7 @@ def create_api(
         Route("/v1/checkpoint/{run_id}/async", checkpoint_async, methods=["POST"]),
         Route("/v1/checkpoint/{run_id}/steps", checkpoint_sync, methods=["POST"]),
         Route("/v1/checkpoint", checkpoint_sync, methods=["POST"]),
+        *event_routes.routes(executor, unauthorized),
         Route("/v1/events/{event_id}/runs", event_runs, methods=["GET"]),
         *runs.routes(executor, unauthorized),
         Route("/v1/runs/{run_id}", get_run, methods=["GET"]),

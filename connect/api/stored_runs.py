@@ -35,6 +35,8 @@ from typing import Any, Final
 
 import msgspec
 
+from connect.executor import event_views
+from connect.executor.event_views import EventPage
 from connect.executor.registry import Registration, Registry
 from connect.executor.service import CANCEL_WAIT
 from connect.executor.starts import event_record, gated_event, received, started
@@ -150,6 +152,20 @@ class StoredRuns:
 
     async def run_timeline(self, run_id: str) -> list[dict[str, Any]] | None:
         return await run_timeline(self._store, run_id)
+
+    async def list_events(self, name: str | None, older_than: tuple[int, str] | None, limit: int) -> EventPage:
+        return await event_views.list_events(self._store, name, older_than, limit)
+
+    async def event_detail(self, event_id: str) -> dict[str, Any] | None:
+        return await event_views.event_detail(self._store, event_id)
+
+    async def replay_event(self, event_id: str) -> str | None:
+        """Send the stored event again as a new one; its new id (None: no such event)."""
+        again = await event_views.replay_of(self._store, event_id)
+        if again is None:
+            return None
+        [new_id] = await self.send_events([again])
+        return new_id
 
     async def cancel_run(self, run_id: str) -> dict[str, Any] | None:
         """Flag the run for cancellation (the store tells its executor) and wait

@@ -50,9 +50,10 @@ from typing import Any, Final
 import msgspec
 
 from connect.dispatch import Port
-from connect.executor import replies, step_infos
+from connect.executor import event_views, replies, step_infos
 from connect.executor.concurrency import SlotGrants
 from connect.executor.cron import CRON_EVENT, CronSchedule
+from connect.executor.event_views import EventPage
 from connect.executor.feed import PAGE as FEED_PAGE
 from connect.executor.feed import EventFeed
 from connect.executor.intake import Intake, IntakeItem
@@ -630,6 +631,20 @@ class Executor:
 
     async def run_timeline(self, run_id: str) -> list[dict[str, Any]] | None:
         return await run_timeline(self._store, run_id)
+
+    async def list_events(self, name: str | None, older_than: tuple[int, str] | None, limit: int) -> EventPage:
+        return await event_views.list_events(self._store, name, older_than, limit)
+
+    async def event_detail(self, event_id: str) -> dict[str, Any] | None:
+        return await event_views.event_detail(self._store, event_id)
+
+    async def replay_event(self, event_id: str) -> str | None:
+        """Send the stored event again as a new one; its new id (None: no such event)."""
+        again = await event_views.replay_of(self._store, event_id)
+        if again is None:
+            return None
+        [new_id] = await self.send_events([again])
+        return new_id
 
     # --- run tasks ------------------------------------------------------------------------
 

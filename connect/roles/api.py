@@ -32,6 +32,7 @@ from connect.api.gateways import GatewayDirectory
 from connect.api.guard import guarded_http
 from connect.api.stored_replies import StoredReplies
 from connect.api.stored_runs import StoredRuns
+from connect.executor.event_views import EventPage
 from connect.executor.views import RunPage
 from connect.gateway.auth import TokenIssuer
 from connect.roles.registration import Registration
@@ -86,6 +87,15 @@ class RunsElsewhere:
         self._refuse()
 
     async def run_timeline(self, run_id: str) -> list[dict[str, Any]] | None:
+        self._refuse()
+
+    async def list_events(self, name: str | None, older_than: tuple[int, str] | None, limit: int) -> EventPage:
+        self._refuse()
+
+    async def event_detail(self, event_id: str) -> dict[str, Any] | None:
+        self._refuse()
+
+    async def replay_event(self, event_id: str) -> str | None:
         self._refuse()
 
     def registered_functions(self) -> list[dict[str, Any]]:

@@ -625,6 +625,13 @@ class Store(ReplyStore, Protocol):
 
     async def get_event(self, event_id: str) -> EventRecord | None: ...
 
+    async def list_events(self, name: str | None, older_than: tuple[int, str] | None, limit: int) -> list[EventRecord]:
+        """At most `limit` events, newest first (by the time they were received,
+        then by id, both descending): only those named `name` if given, and
+        only those after `older_than`, the (received time, id) of the last
+        event of the previous page. Served by an index either way."""
+        ...
+
     async def get_events(self, event_ids: Sequence[str]) -> list[EventRecord]:
         """The stored events among `event_ids`, in the order given (ids not stored are left out)."""
         ...

@@ -261,6 +261,7 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         'CREATE INDEX runs_by_start ON runs (started_at_ms, run_id COLLATE "C")',
         'CREATE INDEX runs_by_function_start ON runs (function_id, started_at_ms, run_id COLLATE "C")',
         'CREATE INDEX skipped_starts_by_start ON skipped_starts (at_ms, run_id COLLATE "C")',
+        "CREATE INDEX events_by_name ON events (name, received_at_ms, id)",
         # What the timeline shows of each step, stored with its result (`StepInfo`).
         "ALTER TABLE steps ADD COLUMN info BYTEA",
     ),

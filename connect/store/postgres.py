@@ -1017,6 +1017,25 @@ class PostgresStore:
 
         return [_event_from_record(r) for r in await self._writer.read(op)]
 
+    async def list_events(self, name: str | None, older_than: tuple[int, str] | None, limit: int) -> list[EventRecord]:
+        conditions: list[str] = []
+        params: list[object] = []
+        if name is not None:
+            params.append(name)
+            conditions.append(f"name = ${len(params)}")
+        if older_than is not None:
+            params += older_than
+            conditions.append(f"(received_at_ms, id) < (${len(params) - 1}, ${len(params)})")
+        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        params.append(max(0, limit))
+        # The database's own collation on ids, as the indexes on events use.
+        sql = f"{_SELECT_EVENTS}{where} ORDER BY received_at_ms DESC, id DESC LIMIT ${len(params)}"
+
+        async def op(conn: Connection) -> list[asyncpg.Record]:
+            return await conn.fetch(sql, *params)
+
+        return [_event_from_record(r) for r in await self._writer.read(op)]
+
     async def get_run(self, run_id: str) -> RunRecord | None:
         async def op(conn: Connection) -> asyncpg.Record | None:
             return await conn.fetchrow(f"{_SELECT_RUNS} WHERE run_id = $1", run_id)

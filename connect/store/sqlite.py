@@ -271,6 +271,8 @@ _RETENTION_INDEXES: Final = (
     "CREATE INDEX IF NOT EXISTS runs_by_end ON runs (ended_at_ms) WHERE ended_at_ms IS NOT NULL",
     "CREATE INDEX IF NOT EXISTS running_runs_by_start ON runs (started_at_ms) WHERE status = 'Running'",
     "CREATE INDEX IF NOT EXISTS events_by_age ON events (received_at_ms, id)",
+    # Events of one name newest first (schema 10).
+    "CREATE INDEX IF NOT EXISTS events_by_name ON events (name, received_at_ms, id)",
 )
 
 _RUN_COLUMNS: Final = (
@@ -279,6 +281,7 @@ _RUN_COLUMNS: Final = (
 )
 _INSERT_RUN: Final = f"INSERT INTO runs ({_RUN_COLUMNS}, owner, fence) VALUES ({', '.join('?' * 16)})"  # noqa: S608 - constant
 _SELECT_RUNS: Final = f"SELECT {_RUN_COLUMNS} FROM runs"  # noqa: S608 - constant
+_SELECT_EVENTS: Final = "SELECT id, name, ts, received_at_ms, body FROM events"
 _SELECT_SKIPPED: Final = "SELECT run_id, function_id, event_id, reason, at_ms FROM skipped_starts"
 # The immutable columns (ids, function, event, start) are left out so their
 # indexes are not touched on every step, and so is `cancel_requested`, which
@@ -942,6 +945,24 @@ class SqliteStore:
 
         row = await self._writer.submit(op)
         return None if row is None else _event_from_row(row)
+
+    async def list_events(self, name: str | None, older_than: tuple[int, str] | None, limit: int) -> list[EventRecord]:
+        conditions: list[str] = []
+        params: list[object] = []
+        if name is not None:
+            conditions.append("name = ?")
+            params.append(name)
+        if older_than is not None:
+            conditions.append("(received_at_ms, id) < (?, ?)")
+            params += older_than
+        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        sql = f"{_SELECT_EVENTS}{where} ORDER BY received_at_ms DESC, id DESC LIMIT ?"
+        params.append(max(0, limit))
+
+        def op(conn: sqlite3.Connection) -> list[_EventRow]:
+            return conn.execute(sql, params).fetchall()
+
+        return [_event_from_row(r) for r in await self._writer.submit(op)]
 
     async def get_run(self, run_id: str) -> RunRecord | None:
         def op(conn: sqlite3.Connection) -> _RunRow | None:

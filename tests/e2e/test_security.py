@@ -151,9 +151,15 @@ def test_rest_needs_the_signing_key(serve: DevServer) -> None:
         assert refused.status_code == 401 and "Bearer" in refused.json()["error"]
         answered = httpx.get(f"{serve.url}{path}", headers=BEARER)
         assert answered.status_code == 200 and answered.json()["cursor"] is None
-    steps = f"{serve.url}/v1/runs/{ids.new_ulid()}/steps"
-    assert httpx.get(steps).status_code == 401
-    assert httpx.get(steps, headers=BEARER).status_code == 404
+    unknown = ids.new_ulid()
+    for method, path, known in [
+        ("GET", f"/v1/runs/{unknown}/steps", 404),
+        ("GET", "/v1/events", 200),
+        ("GET", f"/v1/events/{unknown}", 404),
+        ("POST", f"/v1/events/{unknown}/replay", 404),
+    ]:
+        assert httpx.request(method, f"{serve.url}{path}").status_code == 401, path
+        assert httpx.request(method, f"{serve.url}{path}", headers=BEARER).status_code == known, path
 
 
 @pytest.mark.parametrize(

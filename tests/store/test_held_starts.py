@@ -270,6 +270,7 @@ _ADDED_BY: dict[int, tuple[str, ...]] = {
         "DROP INDEX IF EXISTS skipped_starts_by_start",
         "CREATE INDEX runs_by_status ON runs (status)",
         "ALTER TABLE steps DROP COLUMN info",
+        "DROP INDEX events_by_name",
     ),
 }
 

@@ -175,3 +175,18 @@ async def test_each_step_keeps_its_name_kind_and_times_with_its_result(store: St
     # Resuming the run reads the results alone.
     assert [m.info for m in await store.get_memos("r")] == [None] * 4
     assert await store.run_steps("nope") == []
+
+
+async def test_events_come_newest_first_by_name_a_page_after_another(store: Store) -> None:
+    names = ["app/a", "app/b", "app/a", "app/c", "app/a"]
+    events = [
+        EventRecord(f"e{i}", name, i, 1000 + i // 2, b'{"name":"%s"}' % name.encode()) for i, name in enumerate(names)
+    ]
+    await store.record_events([NewEvent(event, []) for event in events])
+    listed = await store.list_events(None, None, 10)
+    assert [e.id for e in listed] == ["e4", "e3", "e2", "e1", "e0"]
+    assert listed[0] == events[4]
+    assert [e.id for e in await store.list_events("app/a", None, 10)] == ["e4", "e2", "e0"]
+    assert [e.id for e in await store.list_events("app/a", (1001, "e2"), 10)] == ["e0"]
+    assert [e.id for e in await store.list_events(None, (1001, "e3"), 2)] == ["e2", "e1"]
+    assert await store.list_events("nope", None, 10) == []
