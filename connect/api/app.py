@@ -19,7 +19,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from connect.api import checkpoints, event_routes, runs
+from connect.api import apps, checkpoints, event_routes, runs
+from connect.api import workers as workers_routes
 from connect.api.bodies import BodyRefused, read_body
 from connect.api.errors import error as _error
 from connect.api.events import EventRejected, parse_events
@@ -48,6 +49,7 @@ class EventSink(Protocol):
     async def event_detail(self, event_id: str) -> dict[str, Any] | None: ...
     async def replay_event(self, event_id: str) -> str | None: ...
     def registered_functions(self) -> list[dict[str, Any]]: ...
+    def registered_apps(self) -> list[dict[str, Any]]: ...
 
 
 class ReplySink(checkpoints.CheckpointSink, Protocol):
@@ -99,6 +101,7 @@ def create_api(
     keys: Keys | None = None,
     admit_connection: Callable[[str | None], str | None] = lambda _instance: None,
     gateways: Gateways | None = None,
+    workers: workers_routes.WorkerList | None = None,
 ) -> Starlette:
     """`admit_connection(instance_id or None)` returns why a new worker
     connection is refused (answered 429), or None to admit it.
@@ -106,7 +109,10 @@ def create_api(
     `gateways`: where `/v0/connect/start` sends workers when the gateways run
     in other processes (it then admits connections too, and `admit_connection`
     and `config.gateway_port` are not used); None: to the gateway at
-    `config.gateway_port` in this process."""
+    `config.gateway_port` in this process.
+
+    `workers`: the worker connections `GET /v1/workers` lists (None: it is
+    answered 503, this process does not know them)."""
     keys = keys or Keys()
 
     def unauthorized(request: Request) -> Response | None:
@@ -248,13 +254,6 @@ def create_api(
             return _error(409, f"run {run_id} already ended: {run['status']}", data=run)
         return JSONResponse({"data": run}, status_code=200 if run["status"] == "Cancelled" else 202)
 
-    async def list_functions(request: Request) -> Response:
-        """Every function the apps registered: served (`active`) or `refused`
-        with the reason, and the options registered but not honoured."""
-        if (denied := unauthorized(request)) is not None:
-            return denied
-        return JSONResponse({"data": executor.registered_functions()})
-
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -283,7 +282,8 @@ def create_api(
         *runs.routes(executor, unauthorized),
         Route("/v1/runs/{run_id}", get_run, methods=["GET"]),
         Route("/v1/runs/{run_id}/cancel", cancel_run, methods=["POST"]),
-        Route("/v1/functions", list_functions, methods=["GET"]),
+        *apps.routes(executor, unauthorized),
+        *workers_routes.routes(workers, unauthorized),
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
     ]

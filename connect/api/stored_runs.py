@@ -191,6 +191,10 @@ class StoredRuns:
             run = latest
         return run
 
+    def registered_apps(self) -> list[dict[str, Any]]:
+        """Every app with its functions (`GET /v1/apps`)."""
+        return [msgspec.to_builtins(app) for app in self._apps.apps()]
+
     def registered_functions(self) -> list[dict[str, Any]]:
         """The functions of every stored app. Refusals are decided by the
         executors and kept in their memory, so they are not listed here."""

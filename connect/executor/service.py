@@ -360,6 +360,10 @@ class Executor:
         self._registry.set_app(registration.app_name, functions)
         self._apps.record(registration)
 
+    def registered_apps(self) -> list[dict[str, Any]]:
+        """Every app with its functions (`GET /v1/apps`)."""
+        return [msgspec.to_builtins(app) for app in self._apps.apps()]
+
     def registered_functions(self) -> list[dict[str, Any]]:
         """Every function the apps registered, served or refused (`GET /v1/functions`)."""
         return [msgspec.to_builtins(view) for view in self._apps.views()]

@@ -32,6 +32,7 @@ from connect.api.gateways import GatewayDirectory
 from connect.api.guard import guarded_http
 from connect.api.stored_replies import StoredReplies
 from connect.api.stored_runs import StoredRuns
+from connect.api.workers import StoredWorkers, WorkerList
 from connect.executor.event_views import EventPage
 from connect.executor.views import RunPage
 from connect.gateway.auth import TokenIssuer
@@ -101,6 +102,9 @@ class RunsElsewhere:
     def registered_functions(self) -> list[dict[str, Any]]:
         self._refuse()
 
+    def registered_apps(self) -> list[dict[str, Any]]:
+        self._refuse()
+
 
 class ApiRole:
     def __init__(
@@ -114,6 +118,7 @@ class ApiRole:
         is_ready: Callable[[], bool],
         admit_connection: Callable[[str | None], str | None],
         gateways: Gateways | None = None,
+        workers: WorkerList | None = None,
     ) -> None:
         """`gateway_port` is the port `/v0/connect/start` sends workers to;
         `is_ready` answers `/ready`; `admit_connection` is the gateway's
@@ -135,6 +140,7 @@ class ApiRole:
             keys=s.keys,
             admit_connection=admit_connection,
             gateways=gateways,
+            workers=workers,
         )
         http_limits = HttpLimits(
             route_body_bytes=(
@@ -214,6 +220,7 @@ class ApiProcess:
             is_ready=lambda: self._serving,
             admit_connection=lambda _instance: None,
             gateways=self.gateways,
+            workers=StoredWorkers(store),
         )
         self._store = store
         self._host = settings.host
