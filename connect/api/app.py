@@ -19,11 +19,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from connect.api import apps, checkpoints, event_routes, runs
+from connect.api import apps, cancellations, checkpoints, event_routes, runs
 from connect.api import workers as workers_routes
 from connect.api.bodies import BodyRefused, read_body
 from connect.api.errors import error as _error
 from connect.api.events import EventRejected, parse_events
+from connect.executor.bulk_cancel import Cancellation
 from connect.executor.event_views import EventPage
 from connect.executor.views import RunPage
 from connect.gateway.auth import Keys, TokenIssuer
@@ -50,6 +51,7 @@ class EventSink(Protocol):
     async def replay_event(self, event_id: str) -> str | None: ...
     def registered_functions(self) -> list[dict[str, Any]]: ...
     def registered_apps(self) -> list[dict[str, Any]]: ...
+    async def cancel_matching(self, cancellation: Cancellation) -> int: ...
 
 
 class ReplySink(checkpoints.CheckpointSink, Protocol):
@@ -282,6 +284,7 @@ def create_api(
         *runs.routes(executor, unauthorized),
         Route("/v1/runs/{run_id}", get_run, methods=["GET"]),
         Route("/v1/runs/{run_id}/cancel", cancel_run, methods=["POST"]),
+        *cancellations.routes(executor, unauthorized),
         *apps.routes(executor, unauthorized),
         *workers_routes.routes(workers, unauthorized),
         Route("/health", health, methods=["GET"]),

@@ -35,7 +35,8 @@ from typing import Any, Final
 
 import msgspec
 
-from connect.executor import event_views
+from connect.executor import bulk_cancel, event_views
+from connect.executor.bulk_cancel import Cancellation
 from connect.executor.event_views import EventPage
 from connect.executor.registry import Registration, Registry
 from connect.executor.service import CANCEL_WAIT
@@ -166,6 +167,10 @@ class StoredRuns:
             return None
         [new_id] = await self.send_events([again])
         return new_id
+
+    async def cancel_matching(self, cancellation: Cancellation) -> int:
+        """Flag the runs `cancellation` selects (the store tells their executors); how many."""
+        return await bulk_cancel.cancel_matching(self._store, cancellation, self._store.request_cancel)
 
     async def cancel_run(self, run_id: str) -> dict[str, Any] | None:
         """Flag the run for cancellation (the store tells its executor) and wait

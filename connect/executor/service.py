@@ -50,7 +50,8 @@ from typing import Any, Final
 import msgspec
 
 from connect.dispatch import Port
-from connect.executor import event_views, replies, step_infos
+from connect.executor import bulk_cancel, event_views, replies, step_infos
+from connect.executor.bulk_cancel import Cancellation
 from connect.executor.concurrency import SlotGrants
 from connect.executor.cron import CRON_EVENT, CronSchedule
 from connect.executor.event_views import EventPage
@@ -616,6 +617,16 @@ class Executor:
             run = await self._store.get_run(run_id)
             assert run is not None
         return run_view(run)
+
+    async def cancel_matching(self, cancellation: Cancellation) -> int:
+        """`POST /v1/cancellations`: flag the runs `cancellation` selects; how many."""
+        return await bulk_cancel.cancel_matching(self._store, cancellation, self._flag_cancel)
+
+    async def _flag_cancel(self, run_id: str) -> bool:
+        if not await self._store.request_cancel(run_id):
+            return False
+        self._deliver(run_id, CancelRequested("cancelled through the API"))
+        return True
 
     async def _cancel_for(self, run_id: str, reason: str) -> None:
         if await self._store.request_cancel(run_id):

@@ -33,6 +33,7 @@ from connect.api.guard import guarded_http
 from connect.api.stored_replies import StoredReplies
 from connect.api.stored_runs import StoredRuns
 from connect.api.workers import StoredWorkers, WorkerList
+from connect.executor.bulk_cancel import Cancellation
 from connect.executor.event_views import EventPage
 from connect.executor.views import RunPage
 from connect.gateway.auth import TokenIssuer
@@ -103,6 +104,9 @@ class RunsElsewhere:
         self._refuse()
 
     def registered_apps(self) -> list[dict[str, Any]]:
+        self._refuse()
+
+    async def cancel_matching(self, cancellation: Cancellation) -> int:
         self._refuse()
 
 

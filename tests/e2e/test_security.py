@@ -157,9 +157,11 @@ def test_rest_needs_the_signing_key(serve: DevServer) -> None:
         ("GET", "/v1/events", 200),
         ("GET", f"/v1/events/{unknown}", 404),
         ("POST", f"/v1/events/{unknown}/replay", 404),
+        ("POST", "/v1/cancellations", 200),
     ]:
-        assert httpx.request(method, f"{serve.url}{path}").status_code == 401, path
-        assert httpx.request(method, f"{serve.url}{path}", headers=BEARER).status_code == known, path
+        body = {"function_id": "nothing"} if path == "/v1/cancellations" else None
+        assert httpx.request(method, f"{serve.url}{path}", json=body).status_code == 401, path
+        assert httpx.request(method, f"{serve.url}{path}", json=body, headers=BEARER).status_code == known, path
 
 
 @pytest.mark.parametrize(
