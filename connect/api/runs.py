@@ -1,5 +1,6 @@
 """`GET /v1/runs`: runs newest first, filtered by status, function and start
-time; `GET /v1/runs/{id}/steps`: one run's step timeline (`connect.executor.timeline`).
+time; `GET /v1/runs/{id}/steps`: one run's step timeline (`connect.executor.timeline`);
+`POST /v1/runs/{id}/rerun`: a new run of its function (`connect.executor.reruns`).
 
 Query: `status` (one of `STATUSES`, any case), `function` (a function id as
 `GET /v1/functions` lists it), `from` / `to` (ISO-8601; a start at or after
@@ -20,6 +21,7 @@ from starlette.routing import Route
 
 from connect.api import paging
 from connect.api.errors import error
+from connect.executor.reruns import RerunRefused
 from connect.executor.views import RunPage
 from connect.store.base import CANCELLED, COMPLETED, FAILED, RUNNING, RunFilter
 from connect.store.start_gates import SKIPPED
@@ -35,6 +37,7 @@ Guard = Callable[[Request], Response | None]
 class RunLister(Protocol):
     async def list_runs(self, query: RunFilter) -> RunPage: ...
     async def run_timeline(self, run_id: str) -> list[dict[str, Any]] | None: ...
+    async def rerun(self, run_id: str) -> dict[str, Any] | None: ...
 
 
 def run_filter(params: Mapping[str, str]) -> RunFilter:
@@ -79,7 +82,21 @@ def routes(runs: RunLister, guard: Guard) -> list[Route]:
             return error(404, f"run {run_id} not found")
         return JSONResponse({"data": steps})
 
+    async def rerun(request: Request) -> Response:
+        """A new run of the run's function for a copy of its event (`connect.executor.reruns`)."""
+        if (denied := guard(request)) is not None:
+            return denied
+        run_id = request.path_params["run_id"]
+        try:
+            started = await runs.rerun(run_id)
+        except RerunRefused as exc:
+            return error(409, str(exc))
+        if started is None:
+            return error(404, f"run {run_id} not found")
+        return JSONResponse({"data": started})
+
     return [
         Route("/v1/runs", list_runs, methods=["GET"]),
         Route("/v1/runs/{run_id}/steps", run_steps, methods=["GET"]),
+        Route("/v1/runs/{run_id}/rerun", rerun, methods=["POST"]),
     ]

@@ -39,6 +39,7 @@ from connect.executor import bulk_cancel, event_views
 from connect.executor.bulk_cancel import Cancellation
 from connect.executor.event_views import EventPage
 from connect.executor.registry import Registration, Registry
+from connect.executor.reruns import rerun_event, rerun_view
 from connect.executor.service import CANCEL_WAIT
 from connect.executor.starts import event_record, gated_event, received, started
 from connect.executor.timeline import run_timeline
@@ -167,6 +168,22 @@ class StoredRuns:
             return None
         [new_id] = await self.send_events([again])
         return new_id
+
+    async def rerun(self, run_id: str) -> dict[str, Any] | None:
+        """`POST /v1/runs/{id}/rerun` (see `connect.executor.reruns`): the run is
+        recorded with no owner and announced, as events' runs are."""
+        run = await self._store.get_run(run_id)
+        if run is None:
+            return None
+        now_ms = int(self._clock() * 1000)
+        info = self._index.lookup(run.function_id)
+        again = rerun_event(run, await self._store.get_event(run.event_id), info, now_ms)
+        assert info is not None
+        new = gated_event(self._index, event_record(again, now_ms), again, now_ms, None, [info.target])
+        [is_new] = await self._store.record_events([new])
+        if is_new and started(new):
+            await self._store.notify(RUNS_RELEASED, "")
+        return rerun_view(run_id, new)
 
     async def cancel_matching(self, cancellation: Cancellation) -> int:
         """Flag the runs `cancellation` selects (the store tells their executors); how many."""

@@ -66,6 +66,7 @@ from connect.executor.ownership import (
     default_executor_id,
 )
 from connect.executor.registry import Registration, Registry
+from connect.executor.reruns import rerun_event, rerun_view
 from connect.executor.retention import INTERVAL as RETENTION_INTERVAL
 from connect.executor.retention import Retention
 from connect.executor.retries import Backoff
@@ -617,6 +618,25 @@ class Executor:
             run = await self._store.get_run(run_id)
             assert run is not None
         return run_view(run)
+
+    async def rerun(self, run_id: str) -> dict[str, Any] | None:
+        """`POST /v1/runs/{id}/rerun` (see `connect.executor.reruns`); None: no
+        such run. Raises `RerunRefused`."""
+        run = await self._store.get_run(run_id)
+        if run is None:
+            return None
+        now_ms = self._now_ms()
+        info = self._registry.lookup(run.function_id)
+        again = rerun_event(run, await self._store.get_event(run.event_id), info, now_ms)
+        assert info is not None
+        intake = self.direct_events([(again, info.target)], now_ms)
+        try:
+            stored = await self._store.record_events(intake.batch)
+        except BaseException:
+            self.discard_intake(intake)
+            raise
+        self.apply_events(intake, stored)
+        return rerun_view(run_id, intake.items[0].new)
 
     async def cancel_matching(self, cancellation: Cancellation) -> int:
         """`POST /v1/cancellations`: flag the runs `cancellation` selects; how many."""

@@ -109,6 +109,9 @@ class RunsElsewhere:
     async def cancel_matching(self, cancellation: Cancellation) -> int:
         self._refuse()
 
+    async def rerun(self, run_id: str) -> dict[str, Any] | None:
+        self._refuse()
+
 
 class ApiRole:
     def __init__(

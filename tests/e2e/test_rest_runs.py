@@ -77,3 +77,26 @@ def test_runs_are_listed_newest_first_filtered_and_paged(dev: DevServer, tmp_pat
             resp = http.get("/v1/runs", params=params)
             assert resp.status_code == 400, (params, resp.text)
             assert message in resp.json()["error"], (params, resp.text)
+
+
+def test_a_run_is_rerun_with_a_copy_of_its_event(dev: DevServer, tmp_path: Path) -> None:
+    worker = start_worker(dev, tmp_path)
+    try:
+        wait_for_log(worker, "worker state ACTIVE")
+        [event_id] = dev.send([{"name": "e2e/three", "data": {"n": 5}}])
+        [first] = dev.wait_runs([event_id])
+        with httpx.Client(base_url=dev.url, timeout=30) as http:
+            resp = http.post(f"/v1/runs/{first['run_id']}/rerun")
+            assert resp.status_code == 200, resp.text
+            rerun = resp.json()["data"]
+            assert rerun["rerun_of"] == first["run_id"] and rerun["status"] == "Running"
+            assert rerun["run_id"] != first["run_id"] and rerun["event_id"] != event_id
+            [again] = dev.wait_runs([rerun["event_id"]])
+            assert again["run_id"] == rerun["run_id"] and again["function_id"] == first["function_id"]
+            assert (again["status"], again["output"]) == ("Completed", first["output"])
+            copy = http.get(f"/v1/events/{rerun['event_id']}").json()["data"]
+            assert (copy["name"], copy["data"]) == ("e2e/three", {"n": 5})
+            missing = http.post("/v1/runs/01JZZZZZZZZZZZZZZZZZZZZZZZ/rerun")
+            assert missing.status_code == 404 and "not found" in missing.json()["error"]
+    finally:
+        worker.stop()

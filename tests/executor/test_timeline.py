@@ -79,3 +79,23 @@ def test_a_running_run_shows_the_steps_under_way() -> None:
         "Waiting",
         "1970-01-01T00:00:09.000Z",
     )
+
+
+def test_a_rerun_copies_the_event_and_is_refused_without_its_function_or_event() -> None:
+    from connect.executor.reruns import RerunRefused, rerun_event
+    from connect.executor.triggers import FunctionInfo, Target
+    from connect.store import EventRecord
+
+    run = RunRecord("r", "app-fn", "app", "e1", 1000, status="Completed")
+    record = EventRecord("e1", "app/x", 5, 6, b'{"name":"app/x","data":{"k":1},"id":"e1","ts":5,"user":{"u":2}}')
+    info = FunctionInfo(Target("app", "app-fn", 4))
+    again = rerun_event(run, record, info, 9000)
+    assert (again.name, again.data, again.user, again.ts) == ("app/x", {"k": 1}, {"u": 2}, 9000)
+    assert again.id != "e1" and ulid_ms(again.id) > 0
+    for event, function, reason in [(record, None, "not registered now"), (None, info, "no longer stored")]:
+        try:
+            rerun_event(run, event, function, 9000)
+        except RerunRefused as exc:
+            assert reason in str(exc)
+        else:
+            raise AssertionError("a rerun that cannot start was not refused")
