@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from connect.api import apps, cancellations, checkpoints, event_routes, runs
+from connect.api import apps, cancellations, checkpoints, event_routes, openapi, runs
 from connect.api import workers as workers_routes
 from connect.api.bodies import BodyRefused, read_body
 from connect.api.errors import error as _error
@@ -288,6 +288,7 @@ def create_api(
         *cancellations.routes(executor, unauthorized),
         *apps.routes(executor, unauthorized),
         *workers_routes.routes(workers, unauthorized),
+        *openapi.routes(unauthorized),
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
     ]

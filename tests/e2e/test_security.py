@@ -159,6 +159,9 @@ def test_rest_needs_the_signing_key(serve: DevServer) -> None:
         ("POST", f"/v1/events/{unknown}/replay", 404),
         ("POST", "/v1/cancellations", 200),
         ("POST", f"/v1/runs/{unknown}/rerun", 404),
+        ("GET", "/v1/apps", 200),
+        ("GET", "/v1/workers", 200),
+        ("GET", "/openapi.json", 200),
     ]:
         body = {"function_id": "nothing"} if path == "/v1/cancellations" else None
         assert httpx.request(method, f"{serve.url}{path}", json=body).status_code == 401, path
