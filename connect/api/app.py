@@ -1,4 +1,6 @@
-"""The HTTP API (port 8288): events in, connect start/flush, checkpoints, run REST.
+"""The HTTP API (port 8288): events in, connect start/flush, checkpoints, and the
+REST routes, each resource in a module of its own (`runs`, `event_routes`,
+`cancellations`, `apps`, `workers`, `openapi`).
 
 Every error is JSON with a specific status and message; nothing a client
 sends can disturb other requests.
@@ -230,33 +232,6 @@ def create_api(
             return denied
         return _error(501, checkpoints.SYNC_UNSUPPORTED)
 
-    async def event_runs(request: Request) -> Response:
-        if (denied := unauthorized(request)) is not None:
-            return denied
-        runs = await executor.runs_for_event(request.path_params["event_id"])
-        return JSONResponse({"data": runs})
-
-    async def get_run(request: Request) -> Response:
-        if (denied := unauthorized(request)) is not None:
-            return denied
-        run = await executor.get_run(request.path_params["run_id"])
-        if run is None:
-            return _error(404, f"run {request.path_params['run_id']} not found")
-        return JSONResponse({"data": run})
-
-    async def cancel_run(request: Request) -> Response:
-        """200 with the run once Cancelled; 202 while a step that was running
-        finishes (the run stops right after it); 409 if it had already ended."""
-        if (denied := unauthorized(request)) is not None:
-            return denied
-        run_id = request.path_params["run_id"]
-        run = await executor.cancel_run(run_id)
-        if run is None:
-            return _error(404, f"run {run_id} not found")
-        if run["status"] in ("Completed", "Failed"):
-            return _error(409, f"run {run_id} already ended: {run['status']}", data=run)
-        return JSONResponse({"data": run}, status_code=200 if run["status"] == "Cancelled" else 202)
-
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -281,10 +256,7 @@ def create_api(
         Route("/v1/checkpoint/{run_id}/steps", checkpoint_sync, methods=["POST"]),
         Route("/v1/checkpoint", checkpoint_sync, methods=["POST"]),
         *event_routes.routes(executor, unauthorized),
-        Route("/v1/events/{event_id}/runs", event_runs, methods=["GET"]),
         *runs.routes(executor, unauthorized),
-        Route("/v1/runs/{run_id}", get_run, methods=["GET"]),
-        Route("/v1/runs/{run_id}/cancel", cancel_run, methods=["POST"]),
         *cancellations.routes(executor, unauthorized),
         *apps.routes(executor, unauthorized),
         *workers_routes.routes(workers, unauthorized),

@@ -1,6 +1,7 @@
 """Stored events: `GET /v1/events` (newest first, `?name=`, paged as in
 `connect.api.paging`), `GET /v1/events/{id}` (the event, the runs it started
-and whether it `matched` any function) and `POST /v1/events/{id}/replay`
+and whether it `matched` any function), `GET /v1/events/{id}/runs` (its runs
+alone) and `POST /v1/events/{id}/replay`
 (sends it again as a new event: a new id, the same name and data; answers
 `{"data": {"id": new id, "replay_of": id}}`)."""
 
@@ -22,6 +23,7 @@ Guard = Callable[[Request], Response | None]
 
 
 class EventHistory(Protocol):
+    async def runs_for_event(self, event_id: str) -> list[dict[str, Any]]: ...
     async def list_events(self, name: str | None, older_than: tuple[int, str] | None, limit: int) -> EventPage: ...
     async def event_detail(self, event_id: str) -> dict[str, Any] | None: ...
     async def replay_event(self, event_id: str) -> str | None: ...
@@ -50,6 +52,11 @@ def routes(events: EventHistory, guard: Guard) -> list[Route]:
             return error(404, f"event {event_id} not found")
         return JSONResponse({"data": detail})
 
+    async def event_runs(request: Request) -> Response:
+        if (denied := guard(request)) is not None:
+            return denied
+        return JSONResponse({"data": await events.runs_for_event(request.path_params["event_id"])})
+
     async def replay(request: Request) -> Response:
         if (denied := guard(request)) is not None:
             return denied
@@ -62,5 +69,6 @@ def routes(events: EventHistory, guard: Guard) -> list[Route]:
     return [
         Route("/v1/events", list_events, methods=["GET"]),
         Route("/v1/events/{event_id}", get_event, methods=["GET"]),
+        Route("/v1/events/{event_id}/runs", event_runs, methods=["GET"]),
         Route("/v1/events/{event_id}/replay", replay, methods=["POST"]),
     ]

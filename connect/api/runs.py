@@ -1,5 +1,6 @@
 """`GET /v1/runs`: runs newest first, filtered by status, function and start
-time; `GET /v1/runs/{id}/steps`: one run's step timeline (`connect.executor.timeline`);
+time; `GET /v1/runs/{id}`: one run; `POST /v1/runs/{id}/cancel`: cancel it;
+`GET /v1/runs/{id}/steps`: one run's step timeline (`connect.executor.timeline`);
 `POST /v1/runs/{id}/rerun`: a new run of its function (`connect.executor.reruns`).
 
 Query: `status` (one of `STATUSES`, any case), `function` (a function id as
@@ -35,6 +36,8 @@ Guard = Callable[[Request], Response | None]
 
 
 class RunLister(Protocol):
+    async def get_run(self, run_id: str) -> dict[str, Any] | None: ...
+    async def cancel_run(self, run_id: str) -> dict[str, Any] | None: ...
     async def list_runs(self, query: RunFilter) -> RunPage: ...
     async def run_timeline(self, run_id: str) -> list[dict[str, Any]] | None: ...
     async def rerun(self, run_id: str) -> dict[str, Any] | None: ...
@@ -73,6 +76,28 @@ def routes(runs: RunLister, guard: Guard) -> list[Route]:
         cursor = None if page.next is None else paging.encode_cursor(page.next)
         return JSONResponse({"data": page.runs, "cursor": cursor})
 
+    async def get_run(request: Request) -> Response:
+        if (denied := guard(request)) is not None:
+            return denied
+        run_id = request.path_params["run_id"]
+        run = await runs.get_run(run_id)
+        if run is None:
+            return error(404, f"run {run_id} not found")
+        return JSONResponse({"data": run})
+
+    async def cancel_run(request: Request) -> Response:
+        """200 with the run once Cancelled; 202 while a step that was running
+        finishes (the run stops right after it); 409 if it had already ended."""
+        if (denied := guard(request)) is not None:
+            return denied
+        run_id = request.path_params["run_id"]
+        run = await runs.cancel_run(run_id)
+        if run is None:
+            return error(404, f"run {run_id} not found")
+        if run["status"] in (COMPLETED, FAILED):
+            return error(409, f"run {run_id} already ended: {run['status']}", data=run)
+        return JSONResponse({"data": run}, status_code=200 if run["status"] == CANCELLED else 202)
+
     async def run_steps(request: Request) -> Response:
         if (denied := guard(request)) is not None:
             return denied
@@ -97,6 +122,8 @@ def routes(runs: RunLister, guard: Guard) -> list[Route]:
 
     return [
         Route("/v1/runs", list_runs, methods=["GET"]),
+        Route("/v1/runs/{run_id}", get_run, methods=["GET"]),
+        Route("/v1/runs/{run_id}/cancel", cancel_run, methods=["POST"]),
         Route("/v1/runs/{run_id}/steps", run_steps, methods=["GET"]),
         Route("/v1/runs/{run_id}/rerun", rerun, methods=["POST"]),
     ]

@@ -43,4 +43,3 @@ def test_the_document_is_valid_openapi_3_1_and_names_every_v1_route(dev: DevServ
     assert len(routes) >= 16
     assert routes - documented == set(), "routes missing from /openapi.json"
     assert documented - routes == set(), "/openapi.json documents routes the app does not serve"
-
