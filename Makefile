@@ -43,10 +43,12 @@ typecheck: install-test
 	$(BIN)/mypy
 
 ## Test processes at once (`make test TEST_WORKERS=1` runs the suite in one); each module's
-## tests stay in one process, in order, sharing its module fixtures.
+## tests stay in one process, in order, sharing its module fixtures. Tests marked `serial`
+## (latency figures) run afterwards, alone.
 TEST_WORKERS ?= 2
 unit: install-test
-	$(BIN)/pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/pytest -q --durations=25 -n $(TEST_WORKERS) --dist loadfile -m 'not serial'
+	$(BIN)/pytest -q --durations=5 -m serial
 
 ## make floor: the declared minimum websockets, pydantic and uvicorn, on a focused part of the suite
 ## (`make test` runs it too, as tests/test_dependency_floor.py).

@@ -1,4 +1,4 @@
-"""Command line: `connect dev` and `connect worker MODULE:ATTR`."""
+"""Command line: `connect dev`, `serve` and `worker MODULE:ATTR`, and the client commands (`connect.commands`)."""
 
 from __future__ import annotations
 
@@ -47,16 +47,15 @@ def run(coro: Coroutine[Any, Any, T], *, raise_gc_thresholds: bool = True) -> T:
     return uvloop.run(coro)
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # One line per lifecycle event comes from our own loggers; keep the
-    # per-request chatter of the HTTP and WebSocket libraries out of it.
-    for noisy in ("httpx", "httpcore", "websockets", "uvicorn.error"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def _port(text: str) -> int:
+    """An argparse type: a TCP port, 0 (any free port) to 65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is out of range: a port is 1 to 65535 (0: any free port)")
+    return value
 
 
 def _usage_error(args: argparse.Namespace, message: str) -> NoReturn:
@@ -226,6 +225,12 @@ def _serve_platform(args: argparse.Namespace, settings: Any) -> int:
     except StoreOpenError as exc:
         print(f"connect {args.command}: {exc}", file=sys.stderr)
         return 1
+    except SystemExit as exc:
+        # A start-up failure (a port that cannot be bound): one line, status 1.
+        if not isinstance(exc.code, str):
+            raise
+        print(f"connect {args.command}: {exc.code}", file=sys.stderr)
+        return 1
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -257,9 +262,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _add_platform_args(parser: argparse.ArgumentParser, default_db: str) -> None:
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8288, help="HTTP API port (default 8288)")
-    parser.add_argument("--gateway-port", type=int, default=8289, help="worker gateway port (default 8289)")
+    parser.add_argument("--host", default="127.0.0.1", help="address the API and gateway listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=_port, default=8288, help="HTTP API port (default 8288)")
+    parser.add_argument("--gateway-port", type=_port, default=8289, help="worker gateway port (default 8289)")
     parser.set_defaults(default_db=default_db)
     parser.add_argument(
         "--db", default=None, help=f"SQLite database file, when no --database-url (default {default_db}, or CONNECT_DB)"
@@ -421,7 +426,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
             _leave_abandoning()
         return 0
 
-    code = run(main(), raise_gc_thresholds=raise_gc)
+    from connect.worker.readiness import HealthServerNotStarted
+
+    try:
+        code = run(main(), raise_gc_thresholds=raise_gc)
+    except HealthServerNotStarted:
+        return 1  # the worker has logged why, in one line
     log.info("worker exited (code %d)", code)
     return code
 
@@ -437,9 +447,40 @@ def _leave_abandoning() -> None:
     os._exit(1)
 
 
+def package_version() -> str:
+    """The installed package's version (pyproject's), or the SDK's when not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("connect-platform")
+    except PackageNotFoundError:
+        from connect.sdk.version import SDK_VERSION
+
+        return SDK_VERSION.rsplit(":v", 1)[-1]
+
+
+def _log_format_default() -> str:
+    """CONNECT_LOG_FORMAT when it names a format, else text (a bad value is refused at parse time)."""
+    return os.environ.get("CONNECT_LOG_FORMAT", "").strip().lower() or "text"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from connect import logs
+
     parser = argparse.ArgumentParser(prog="connect", description="Durable Python functions over outbound workers")
-    parser.add_argument("--log-level", default=os.environ.get("CONNECT_LOG_LEVEL", "info"))
+    parser.add_argument("--version", action="version", version=f"connect {package_version()}")
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("CONNECT_LOG_LEVEL", "info"),
+        help="debug, info, warning or error (default info; or CONNECT_LOG_LEVEL)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=logs.FORMATS,
+        default=_log_format_default(),
+        help="text lines, or one JSON object per line with time, level, logger, message and the run, function, "
+        "step and connection fields (default text; or CONNECT_LOG_FORMAT)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     dev = sub.add_parser("dev", help="open mode: API, gateway, executor and SQLite store in one process")
@@ -458,11 +499,23 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--env", default="production", help="environment name (default production)")
     serve.set_defaults(func=cmd_serve)
 
-    worker = sub.add_parser("worker", help="run a worker for the app(s) at MODULE:ATTR")
+    worker = sub.add_parser(
+        "worker",
+        help="run a worker for the app(s) at MODULE:ATTR",
+        description="Run a worker for the app(s) at MODULE:ATTR. It reaches the platform at the client's api_url, "
+        "else CONNECT_API_URL (default http://127.0.0.1:8288), with the client's signing key, else "
+        "CONNECT_SIGNING_KEY (and CONNECT_SIGNING_KEY_FALLBACK while rotating); events it sends use "
+        "CONNECT_EVENT_KEY. CONNECT_GATEWAY_URL overrides the gateway URL the platform hands out.",
+    )
     worker.add_argument("target", help="MODULE:ATTR naming a Client or a list of (client, functions)")
     worker.add_argument("--instance-id", default=None, help="stable worker identity (default: hostname)")
-    worker.add_argument("--max-worker-concurrency", type=int, default=None)
-    worker.add_argument("--health-port", type=int, default=None, help="serve GET /ready and /live on this port")
+    worker.add_argument(
+        "--max-worker-concurrency",
+        type=int,
+        default=None,
+        help="steps this worker runs at once (default: no limit; or CONNECT_MAX_WORKER_CONCURRENCY)",
+    )
+    worker.add_argument("--health-port", type=_port, default=None, help="serve GET /ready and /live on this port")
     worker.add_argument(
         "--drain-timeout",
         type=float,
@@ -485,13 +538,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_poll_window_arg(worker, "0")
     worker.set_defaults(func=cmd_worker)
+
+    from connect import commands
+
+    commands.add_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    _setup_logging(args.log_level)
+    from connect import logs
+
+    if args.log_format not in logs.FORMATS:
+        parser.error(f"CONNECT_LOG_FORMAT must be text or json, not {args.log_format!r}")
+    logs.setup(args.log_level, args.log_format)
     return int(args.func(args))
 
 

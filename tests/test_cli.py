@@ -289,3 +289,96 @@ def test_bad_role_settings_stop_the_command_with_status_2_and_the_reason(
     assert message in out.stderr
     assert "Traceback" not in out.stderr
     assert list(tmp_path.iterdir()) == []  # refused before anything started
+
+
+def _connect(args: list[str], tmp_path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CONNECT_")}
+    return subprocess.run(
+        [sys.executable, "-m", "connect", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean | (env or {}),
+        cwd=tmp_path,
+    )
+
+
+def test_version_prints_the_package_version(tmp_path: Path) -> None:
+    from importlib.metadata import version
+
+    out = _connect(["--version"], tmp_path)
+    assert out.returncode == 0
+    assert out.stdout.strip() == f"connect {version('connect-platform')}"
+
+
+@pytest.mark.parametrize("flag", ["--port", "--gateway-port"])
+def test_a_port_out_of_range_is_a_usage_error(flag: str, tmp_path: Path) -> None:
+    out = _connect(["dev", flag, "70000"], tmp_path)
+    assert out.returncode == 2
+    assert f"argument {flag}: 70000 is out of range: a port is 1 to 65535" in out.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_database_file_that_cannot_be_opened_is_one_line_naming_the_fix(tmp_path: Path) -> None:
+    db = tmp_path / "missing" / "dir" / "connect.db"
+    out = _connect(["dev", "--db", str(db), "--port", "0", "--gateway-port", "0"], tmp_path)
+    assert out.returncode == 1
+    assert out.stderr.strip().splitlines()[-1] == (
+        f"connect dev: cannot open the SQLite store at {db}: unable to open database file: "
+        "check that its directory exists and is writable, or choose another file with --db (or CONNECT_DB)"
+    )
+    assert "Traceback" not in out.stderr
+
+
+def test_an_unreachable_database_names_the_setting_to_fix(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        out = _connect(["dev", "--database-url", f"postgresql://u:p@127.0.0.1:{port}/x"], tmp_path)
+    assert out.returncode == 1
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"connect dev: cannot open the PostgreSQL store at postgresql://u:***@127.0.0.1:{port}/x")
+    assert last.endswith("check that the server is up and the URL is right (--database-url, or CONNECT_DATABASE_URL)")
+
+
+def test_every_environment_variable_the_commands_read_is_in_their_help(tmp_path: Path) -> None:
+    import re
+
+    root = Path(cli.__file__).parent
+    names: set[str] = set()
+    for path in root.rglob("*.py"):
+        names |= set(re.findall(r"\"(CONNECT_[A-Z_]+)\"", path.read_text()))
+    assert "CONNECT_LOG_FORMAT" in names and "CONNECT_API_URL" in names
+    parser = cli.build_parser()
+    helps = parser.format_help()
+    for action in parser._subparsers._group_actions if parser._subparsers else []:  # type: ignore[attr-defined]
+        for sub in getattr(action, "choices", {}).values():
+            helps += sub.format_help()
+    flat = " ".join(helps.split())
+    assert sorted(n for n in names if n not in flat) == []
+
+
+def test_a_bad_log_format_in_the_environment_is_refused(tmp_path: Path) -> None:
+    out = _connect(["dev"], tmp_path, {"CONNECT_LOG_FORMAT": "xml"})
+    assert out.returncode == 2
+    assert "CONNECT_LOG_FORMAT must be text or json, not 'xml'" in out.stderr
+
+
+def test_a_worker_health_port_in_use_is_one_line_and_status_1(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))  # the probes listen on every interface
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run(
+            [sys.executable, "-m", "connect", "worker", "examples.hello:client", "--health-port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={k: v for k, v in os.environ.items() if not k.startswith("CONNECT_")}
+            | {"CONNECT_API_URL": "http://127.0.0.1:9"},
+            cwd=Path(__file__).resolve().parents[1],
+        )
+    assert out.returncode == 1, out.stderr
+    assert f"the health probes port {port} on " in out.stderr
+    assert "is already in use: stop the process that holds it, or choose another port with --health-port" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -179,7 +179,17 @@ _PATHS: Final[dict[str, Any]] = {
             ],
         )
     },
-    "/v1/runs/{run_id}": {"get": _operation("One run", _json(_data(_ref("Run")), "the run"), 404, parameters=_RUN_ID)},
+    "/v1/runs/{run_id}": {
+        "get": _operation(
+            "One run with its step timeline",
+            _json(
+                _data({"allOf": [_ref("Run"), _object(steps={"type": "array", "items": _ref("Step")})]}),
+                "the run",
+            ),
+            404,
+            parameters=_RUN_ID,
+        )
+    },
     "/v1/runs/{run_id}/steps": {
         "get": _operation(
             "The run's step timeline",

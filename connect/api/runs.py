@@ -1,5 +1,5 @@
 """`GET /v1/runs`: runs newest first, filtered by status, function and start
-time; `GET /v1/runs/{id}`: one run; `POST /v1/runs/{id}/cancel`: cancel it;
+time; `GET /v1/runs/{id}`: one run with its `steps`; `POST /v1/runs/{id}/cancel`: cancel it;
 `GET /v1/runs/{id}/steps`: one run's step timeline (`connect.executor.timeline`);
 `POST /v1/runs/{id}/rerun`: a new run of its function (`connect.executor.reruns`).
 
@@ -83,7 +83,8 @@ def routes(runs: RunLister, guard: Guard) -> list[Route]:
         run = await runs.get_run(run_id)
         if run is None:
             return error(404, f"run {run_id} not found")
-        return JSONResponse({"data": run})
+        # With its timeline, as `GET /v1/runs/{id}/steps` gives it.
+        return JSONResponse({"data": {**run, "steps": await runs.run_timeline(run_id) or []}})
 
     async def cancel_run(request: Request) -> Response:
         """200 with the run once Cancelled; 202 while a step that was running

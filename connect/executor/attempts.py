@@ -51,7 +51,13 @@ class Attempts(RunState):
                 f"the worker running this step was lost {lapses} times ({error}); a step lost with its "
                 f"worker is dispatched again at most {bound} times (--max-lease-lapses {bound})",
             )
-            log.warning("run %s (%s): %s; failing the run", run.run_id, run.function_id, err["message"])
+            log.warning(
+                "run %s (%s): %s; failing the run",
+                run.run_id,
+                run.function_id,
+                err["message"],
+                extra={"run_id": run.run_id, "function": run.function_id, "step": pending.step_id},
+            )
             await self._finish(FAILED, replies.encode(err), error=err, consumed=pending.request_id)
             return
         log.warning(
@@ -61,6 +67,7 @@ class Attempts(RunState):
             error,
             lapses,
             bound,
+            extra={"run_id": run.run_id, "function": run.function_id, "step": pending.step_id},
         )
         run.requests[run.requests.index(pending)] = msgspec.structs.replace(pending, lapses=lapses)
         await self._save()

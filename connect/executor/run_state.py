@@ -309,4 +309,11 @@ class RunState:
         for task in self._tasks.values():
             task.cancel()
         self._tasks.clear()
-        log.debug("run %s (%s): %s", run.run_id, run.function_id, status)
+        # Once per run, at its end (never per step).
+        log.info(
+            "run %s (%s) ended: %s",
+            run.run_id,
+            run.function_id,
+            status,
+            extra={"run_id": run.run_id, "function": run.function_id, "status": status},
+        )

@@ -325,7 +325,13 @@ class Runner(Dispatching, Cancelling, Attempts):
                 else:
                     raise RunFails("UnsupportedOpcode", f"opcode {kind} is not supported")
         except RunFails as exc:
-            log.warning("run %s (%s): %s; failing the run", run.run_id, run.function_id, exc)
+            log.warning(
+                "run %s (%s): %s; failing the run",
+                run.run_id,
+                run.function_id,
+                exc,
+                extra={"run_id": run.run_id, "function": run.function_id, "step": pending.step_id},
+            )
             await self._finish(FAILED, replies.encode(exc.error), error=exc.error, consumed=pending.request_id)
             return
         run.waiting.extend(waiting)

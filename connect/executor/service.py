@@ -282,7 +282,7 @@ class Executor:
             # The heartbeat lapses on its own; others claim the runs then.
             log.warning("could not release this executor's runs; they move on once its lease lapses", exc_info=True)
         else:
-            log.info("released %d run(s) for other executors", released)
+            log.log(logging.INFO if released else logging.DEBUG, "released %d run(s) for other executors", released)
 
     @property
     def executor_id(self) -> str:
@@ -311,7 +311,7 @@ class Executor:
                 continue
             if claims and self._shared:
                 # New runs recorded by API processes come this way too: one line per sweep.
-                log.info("claimed %d run(s) nobody drove (new, or let go by another executor)", len(claims))
+                log.debug("claimed %d run(s) nobody drove (new, or let go by another executor)", len(claims))
             for claim in claims:
                 if not self._shared:
                     log.info("run %s: claimed (let go by an executor, or started by a batch)", claim.run_id)

@@ -285,6 +285,7 @@ class GatewayDispatcher(ReplyIntake, CheckpointIntake):
                 self.extend_lease_interval,
                 EXTENSION_SLACK,
                 f", not before {keep_for:.1f} s from now" if keep_for else "",
+                extra={"connection_id": conn.connection_id, "instance_id": conn.instance_id},
             )
         for lease in shortened:
             pending = self._pending.get(lease.request_id)

@@ -189,7 +189,7 @@ class GatewayServer:
             self._server.close(close_connections=True)
             await self._server.wait_closed()
         if self.poll_window is not None:
-            log.info("gateway %s", self.poll_window.summary())
+            log.debug("gateway %s", self.poll_window.summary())
 
     # --- HTTP on the gateway port ------------------------------------------------------
 
@@ -276,6 +276,7 @@ class GatewayServer:
                     conn.connection_id,
                     conn.instance_id,
                     reason,
+                    extra={"connection_id": conn.connection_id, "instance_id": conn.instance_id},
                 )
 
     async def _close_if_drained(self, conn: Connection) -> None:
@@ -340,7 +341,12 @@ class GatewayServer:
             case gs.Ready():
                 self.dispatcher.connection_ready(conn)
                 conn.ws.on_binary = functools.partial(self._receive, conn)
-                log.info("worker ready: connection=%s instance=%s", conn.connection_id, conn.instance_id)
+                log.info(
+                    "worker ready: connection=%s instance=%s",
+                    conn.connection_id,
+                    conn.instance_id,
+                    extra={"connection_id": conn.connection_id, "instance_id": conn.instance_id},
+                )
             case gs.RequestAcked(request_id=rid):
                 conn.worker_answered()
                 self.dispatcher.request_acked(rid, True)
@@ -369,7 +375,12 @@ class GatewayServer:
                 self._spawn(self._extend(conn, data))
             case gs.Paused():
                 self.dispatcher.connection_unroutable(conn)
-                log.info("worker paused: connection=%s instance=%s", conn.connection_id, conn.instance_id)
+                log.info(
+                    "worker paused: connection=%s instance=%s",
+                    conn.connection_id,
+                    conn.instance_id,
+                    extra={"connection_id": conn.connection_id, "instance_id": conn.instance_id},
+                )
             case gs.HelloAccepted() | gs.Close():
                 return False
         return True
@@ -455,7 +466,13 @@ class GatewayServer:
         if code is None:
             conn.ws.transport.abort()
             return
-        log.info("closing connection %s: %d %s", conn.connection_id or conn.remote, code, reason)
+        log.info(
+            "closing connection %s: %d %s",
+            conn.connection_id or conn.remote,
+            code,
+            reason,
+            extra={"connection_id": conn.connection_id or None, "instance_id": conn.instance_id or None},
+        )
         with contextlib.suppress(Exception):
             await conn.ws.close(code, reason)
 

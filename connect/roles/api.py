@@ -33,6 +33,7 @@ from connect.api.guard import guarded_http
 from connect.api.stored_replies import StoredReplies
 from connect.api.stored_runs import StoredRuns
 from connect.api.workers import StoredWorkers, WorkerList
+from connect.binding import bind_failure
 from connect.executor.bulk_cancel import Cancellation
 from connect.executor.event_views import EventPage
 from connect.executor.views import RunPage
@@ -45,7 +46,8 @@ from protocol.payloads import IncomingEvent
 
 
 class ApiNotStarted(RuntimeError):
-    """uvicorn stopped before it served (most often: the port is taken; its log says so)."""
+    """uvicorn stopped before it served; the message is one line naming the
+    cause and the fix (most often: the port is taken)."""
 
 
 class _Server(uvicorn.Server):
@@ -162,6 +164,8 @@ class ApiRole:
                 host=s.host,
                 port=s.port,
                 log_level="warning",
+                # uvicorn's lines go to the process's handlers: JSON under --log-format json.
+                log_config=None,
                 lifespan="off",
                 access_log=False,
                 backlog=4096,
@@ -188,7 +192,7 @@ class ApiRole:
         if not server.started:
             with contextlib.suppress(ApiNotStarted):
                 await task
-            raise ApiNotStarted(f"API could not start on {self._settings.host}:{self._settings.port}")
+            raise ApiNotStarted(bind_failure("the HTTP API", "--port", self._settings.host, self._settings.port))
         self.port = int(server.servers[0].sockets[0].getsockname()[1])
 
     async def _serve(self) -> None:
@@ -197,7 +201,9 @@ class ApiRole:
         except SystemExit:
             # uvicorn exits the process when it cannot bind (after logging why);
             # the role's owner decides that, once it has stopped the other roles.
-            raise ApiNotStarted(f"API could not start on {self._settings.host}:{self._settings.port}") from None
+            raise ApiNotStarted(
+                bind_failure("the HTTP API", "--port", self._settings.host, self._settings.port)
+            ) from None
 
     async def stop(self) -> None:
         self._server.should_exit = True

@@ -15,6 +15,7 @@ import logging
 import signal
 
 from connect.api.workers import LiveWorkers
+from connect.binding import bind_failure
 from connect.gateway.server import DrainCause
 from connect.roles.api import ApiNotStarted, ApiRole
 from connect.roles.executor import ExecutorRole
@@ -73,7 +74,9 @@ class DevServer(ProcessRoot):
         except OSError as exc:
             await executor.stop()
             await store.close()
-            raise SystemExit(f"gateway could not start on {s.host}:{s.gateway_port}: {exc}") from None
+            raise SystemExit(
+                bind_failure("the worker gateway", "--gateway-port", s.host, s.gateway_port, exc)
+            ) from None
         api = ApiRole(
             s,
             executor.executor,
@@ -96,17 +99,17 @@ class DevServer(ProcessRoot):
             if s.keys.open
             else f"production mode: environment {s.keys.env!r}, signing and event keys required"
         )
-        mode += f"; poll window up to {s.poll_window * 1000:g} ms" if s.poll_window > 0 else "; poll window off"
+        log.debug("poll window %s", f"up to {s.poll_window * 1000:g} ms" if s.poll_window > 0 else "off")
+        api_url = f"http://{s.host}:{api.port}"
+        gateway_url = f"ws://{s.host}:{gateway.port}{limits.CONNECT_PATH}"
         log.info(
-            "%s ready: api=http://%s:%d gateway=ws://%s:%d%s %s (%s)",
+            "%s ready: api=%s gateway=%s %s (%s)",
             s.name,
-            s.host,
-            api.port,
-            s.host,
-            gateway.port,
-            limits.CONNECT_PATH,
+            api_url,
+            gateway_url,
             describe_store(s),
             mode,
+            extra={"api_url": api_url, "gateway_url": gateway_url, "store": describe_store(s)},
         )
         await self.until_stopped()
         log.info("%s stopping: draining gateway (up to %.0fs)", s.name, s.drain_timeout)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 
+from connect.binding import bind_failure
 from connect.roles.api import ApiNotStarted, ApiProcess, start_api_process
 from connect.roles.dev import ProcessRoot
 from connect.roles.executor import ExecutorProcess, start_executor_process
@@ -51,7 +52,16 @@ class RolesServer(ProcessRoot):
                 gateway = await start_gateway_process(s, store, on_drain_requested=self.request_stop)
             if "api" in s.roles:
                 api = await start_api_process(s, store)
-        except (OSError, ApiNotStarted) as exc:
+        except OSError as exc:
+            if gateway is not None:
+                await gateway.close()
+            if executor is not None:
+                await executor.stop()
+            await store.close()
+            raise SystemExit(
+                bind_failure("the worker gateway", "--gateway-port", s.host, s.gateway_port, exc)
+            ) from None
+        except ApiNotStarted as exc:
             if gateway is not None:
                 await gateway.close()
             if executor is not None:
@@ -66,7 +76,19 @@ class RolesServer(ProcessRoot):
         if executor is not None:
             parts.append(f"executor={s.executor_id}")
         roles = ",".join(role for role in ROLES if role in s.roles)
-        log.info("%s ready: roles=%s process=%s %s %s", s.name, roles, s.process_id, " ".join(parts), describe_store(s))
+        log.info(
+            "%s ready: roles=%s process=%s %s %s",
+            s.name,
+            roles,
+            s.process_id,
+            " ".join(parts),
+            describe_store(s),
+            extra={
+                "api_url": f"http://{s.host}:{api.port}" if api is not None else None,
+                "gateway_url": gateway.url if gateway is not None else None,
+                "store": describe_store(s),
+            },
+        )
         await self.until_stopped()
         if gateway is not None:
             log.info("%s stopping: draining gateway (up to %.0fs)", s.name, s.drain_timeout)

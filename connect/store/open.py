@@ -84,9 +84,17 @@ async def open_store(db: str, database_url: str | None = None, *, pool_size: int
     """PostgreSQL at `database_url` when it is given (`pool_size` connections),
     else SQLite at `db`. Both migrate their schema at open."""
     if database_url is None:
+        import sqlite3
+
         from connect.store.sqlite import SqliteStore
 
-        return await SqliteStore.open(db)
+        try:
+            return await SqliteStore.open(db)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreOpenError(
+                f"cannot open the SQLite store at {db}: {exc}: check that its directory exists and is writable, "
+                "or choose another file with --db (or CONNECT_DB)"
+            ) from exc
     import asyncpg
 
     from connect.store.pg_schema import SchemaTooNew
@@ -95,6 +103,12 @@ async def open_store(db: str, database_url: str | None = None, *, pool_size: int
     try:
         return await PostgresStore.open(check_database_url(database_url), pool_size=check_pool_size(pool_size))
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, SchemaTooNew) as exc:
+        fix = (
+            ""
+            if isinstance(exc, SchemaTooNew)
+            else ": check that the server is up and the URL is right (--database-url, or CONNECT_DATABASE_URL)"
+        )
         raise StoreOpenError(
-            f"cannot open the PostgreSQL store at {describe_location(db, database_url)}: {type(exc).__name__}: {exc}"
+            f"cannot open the PostgreSQL store at {describe_location(db, database_url)}: "
+            f"{type(exc).__name__}: {exc}{fix}"
         ) from exc

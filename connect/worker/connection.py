@@ -58,7 +58,7 @@ from connect.worker.checkpoints import Answered, Checkpoints
 from connect.worker.execution import RequestRunner
 from connect.worker.link import Link
 from connect.worker.options import AppSpec, ConnectionState, WorkerOptions
-from connect.worker.readiness import HealthServer
+from connect.worker.readiness import HealthServer, HealthServerNotStarted
 from connect.worker.start import FatalStartError, StartClient
 from protocol import codes
 from protocol import connect_pb2 as pb
@@ -194,6 +194,9 @@ class WorkerConnection:
     def _thread_main(self) -> None:
         try:
             run_loop(self._machinery())
+        except HealthServerNotStarted as exc:
+            log.error("%s", exc)
+            self._fatal = exc
         except BaseException as exc:  # pragma: no cover - reported, then the thread ends
             log.exception("worker machinery crashed")
             self._fatal = exc
@@ -239,9 +242,9 @@ class WorkerConnection:
         self._progress = asyncio.Event()
         if self._options.poll_window > 0:
             self._poll = polling.PollWindow(self._loop, self._options.poll_window, clock=self._clock.monotonic)
-            log.info("poll window up to %g ms: polling while no user code runs", self._options.poll_window * 1000)
+            log.debug("poll window up to %g ms: polling while no user code runs", self._options.poll_window * 1000)
         else:
-            log.info("poll window off")
+            log.debug("poll window off")
         health: HealthServer | None = None
         if self._options.health_port is not None:
             health = HealthServer(
@@ -258,7 +261,7 @@ class WorkerConnection:
             if health is not None:
                 await health.stop()
             if self._poll is not None:
-                log.info("worker %s", self._poll.summary())
+                log.debug("worker %s", self._poll.summary())
 
     async def _machinery_body(self) -> None:
         assert self._close_requested is not None
@@ -275,6 +278,14 @@ class WorkerConnection:
             watcher = None
             if self._options.stall_threshold is not None:
                 watcher = asyncio.create_task(self._watch_user_loop(self._options.stall_threshold))
+            for app_id, (_client, functions) in self._apps.items():
+                log.info(
+                    "worker serves app %s: %s; platform at %s",
+                    app_id,
+                    ", ".join(functions) or "no functions",
+                    start.start_url.removesuffix("/v0/connect/start"),
+                    extra={"app": app_id, "functions": list(functions), "api_url": start.start_url},
+                )
             try:
                 await self._connect_loop(start)
             except FatalStartError as exc:
@@ -346,7 +357,15 @@ class WorkerConnection:
 
     async def _open(self, start: StartClient, exclude: list[str]) -> Link:
         assert self._close_requested is not None
-        resp = await start.start(exclude)
+        try:
+            resp = await start.start(exclude)
+        except (httpx.HTTPError, OSError) as exc:
+            raise ConnectionError(
+                f"cannot reach the API at {start.start_url}: {_describe(exc)} "
+                "(set by the client's api_url, or CONNECT_API_URL)"
+            ) from exc
+        except ConnectionError as exc:
+            raise ConnectionError(f"{start.start_url}: {exc}") from exc
         self.connection_id = resp.connection_id
         hello = link.hello(
             resp,
@@ -356,7 +375,15 @@ class WorkerConnection:
             started_at=self._started_at,
         )
         endpoint = self._options.gateway_url or resp.gateway_endpoint
-        ws = await link.open_websocket(endpoint)
+        try:
+            ws = await link.open_websocket(endpoint)
+        except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
+            source = (
+                "set by gateway_url, or CONNECT_GATEWAY_URL"
+                if self._options.gateway_url
+                else "handed out by the platform at its --gateway-url; CONNECT_GATEWAY_URL overrides it here"
+            )
+            raise ConnectionError(f"cannot reach the gateway at {endpoint}: {_describe(exc)} ({source})") from exc
         closing, stalled = self._close_requested.is_set(), self._pause_for_stall()
         session = ws_.WorkerSession(
             hello,
@@ -378,7 +405,12 @@ class WorkerConnection:
         if not sock.connected.is_set():
             await self._close_socket(sock, 4001, "UNEXPECTED")
             raise ConnectionError(f"handshake with {endpoint} failed: {sock.session_end_reason}")
-        log.info("worker connected: connection=%s gateway=%s", resp.connection_id, endpoint)
+        log.info(
+            "worker connected: connection=%s gateway=%s",
+            resp.connection_id,
+            endpoint,
+            extra={"connection_id": resp.connection_id, "instance_id": self._options.instance_id, "url": endpoint},
+        )
         return sock
 
     async def _read(self, sock: Link) -> None:

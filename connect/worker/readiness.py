@@ -21,7 +21,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from connect.binding import bind_failure
+
 log = logging.getLogger("connect.worker")
+
+
+class HealthServerNotStarted(RuntimeError):
+    """The health port could not be bound; the message names the cause and the fix."""
 
 
 class _ProbeServer(uvicorn.Server):
@@ -47,19 +53,35 @@ class HealthServer:
             return JSONResponse({"live": True, "state": state(), "stalled": stalled()})
 
         app = Starlette(routes=[Route("/ready", ready_probe), Route("/live", live_probe)])
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off", access_log=False)
+        # log_config=None: uvicorn's lines go to the process's own handlers (and format).
+        config = uvicorn.Config(
+            app, host=host, port=port, log_level="warning", log_config=None, lifespan="off", access_log=False
+        )
         self._server = _ProbeServer(config)
         self._task: asyncio.Task[None] | None = None
         self.port = port
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._server.serve())
+        """Serve the probes; `HealthServerNotStarted` (one line with the cause
+        and the fix) when the port cannot be bound."""
+        self._task = asyncio.create_task(self._serve())
         while not self._server.started:
             if self._task.done():
                 self._task.result()
-                raise RuntimeError(f"health server could not start on port {self.port}")
+                raise HealthServerNotStarted(self._failure())
             await asyncio.sleep(0.01)
         log.info("health probes on http://%s:%d/ready and /live", self._server.config.host, self.port)
+
+    async def _serve(self) -> None:
+        try:
+            await self._server.serve()
+        except SystemExit:
+            # uvicorn exits the process when it cannot bind (after logging why,
+            # a line `connect.logs` leaves out); the worker decides instead.
+            raise HealthServerNotStarted(self._failure()) from None
+
+    def _failure(self) -> str:
+        return bind_failure("the health probes", "--health-port", self._server.config.host, self.port)
 
     async def stop(self) -> None:
         self._server.should_exit = True

@@ -37,6 +37,11 @@ class StartClient:
         self._keys = [k for k in (signing_key, fallback_key) if k]
         self._use_key(0)
 
+    @property
+    def start_url(self) -> str:
+        """The URL `start` posts to (the client's api_url, or CONNECT_API_URL)."""
+        return f"{self._base}/v0/connect/start"
+
     def _use_key(self, index: int) -> None:
         self._key_index = index
         if index < len(self._keys):
@@ -50,7 +55,10 @@ class StartClient:
             self._use_key(self._key_index + 1)
             resp = await self._http.post(f"{self._base}/v0/connect/start", content=body, headers=self._headers)
         if resp.status_code in (401, 403):
-            raise FatalStartError(f"start refused ({resp.status_code}): {resp.text.strip()}")
+            raise FatalStartError(
+                f"{self.start_url} refused the signing key ({resp.status_code}: {resp.text.strip()[:200]}): "
+                "give the key the platform was started with (the client's signing_key, or CONNECT_SIGNING_KEY)"
+            )
         if resp.status_code == 429:
             raise ConnectionError(f"start answered 429: {resp.text.strip()[:200]}")
         if resp.status_code != 200:

@@ -127,7 +127,7 @@ class DevServer:
         while time.monotonic() < deadline:
             if self.proc.popen.poll() is not None:
                 output = self.proc.output()
-                if "address already in use" in output:
+                if "already in use" in output:
                     raise _PortTaken(output)
                 raise RuntimeError(f"connect dev exited:\n{output}")
             try:

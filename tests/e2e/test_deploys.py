@@ -48,6 +48,7 @@ def assert_no_step_ran_twice(tmp: Path) -> None:
     assert repeated == {}, f"completed steps that ran again: {repeated}"
 
 
+@pytest.mark.serial  # a latency figure: run alone (see the Makefile)
 def test_sigterm_during_a_step_finishes_it_and_exits_zero(dev: DevServer, tmp_path: Path) -> None:
     health = free_port()
     a = active_worker(dev, tmp_path, "a", extra_args=["--health-port", str(health)])

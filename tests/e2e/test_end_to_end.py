@@ -173,13 +173,19 @@ def test_four_workers_respect_max_worker_concurrency(tmp_path: Path) -> None:
     ids=["set", "off", "default"],
 )
 def test_runs_complete_with_poll_windows_set_or_off(
-    tmp_path: Path, dev_args: list[str], worker_env: dict[str, str], dev_log: str, worker_log: str
+    tmp_path: Path,
+    dev_args: list[str],
+    worker_env: dict[str, str],
+    dev_log: str,
+    worker_log: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("CONNECT_LOG_LEVEL", "debug")  # the poll window is a tuning detail, logged at debug
     dev = DevServer(tmp_path, extra=dev_args).start()
     try:
         assert dev.proc is not None
         wait_for_log(dev.proc, dev_log)
-        proc = start_worker(dev, tmp_path, env=worker_env)
+        proc = start_worker(dev, tmp_path, env=worker_env | {"CONNECT_LOG_LEVEL": "debug"})
         try:
             wait_for_log(proc, "worker state ACTIVE")
             assert worker_log in proc.output()

@@ -96,6 +96,10 @@ def test_a_run_is_rerun_with_a_copy_of_its_event(dev: DevServer, tmp_path: Path)
             assert (again["status"], again["output"]) == ("Completed", first["output"])
             copy = http.get(f"/v1/events/{rerun['event_id']}").json()["data"]
             assert (copy["name"], copy["data"]) == ("e2e/three", {"n": 5})
+            # One run comes with its timeline.
+            shown = http.get(f"/v1/runs/{again['run_id']}").json()["data"]
+            assert shown["status"] == "Completed" and len(shown["steps"]) == 3
+            assert shown["steps"] == http.get(f"/v1/runs/{again['run_id']}/steps").json()["data"]
             missing = http.post("/v1/runs/01JZZZZZZZZZZZZZZZZZZZZZZZ/rerun")
             assert missing.status_code == 404 and "not found" in missing.json()["error"]
     finally:

@@ -198,7 +198,8 @@ def test_worker_with_the_key_runs_functions_and_fallback_rotation(serve: DevServ
     rejected = start_worker(serve, tmp_path, name="rejected", env={"CONNECT_SIGNING_KEY": FALLBACK_KEY[:-4] + "abcd"})
     try:
         assert rejected.wait(30) != 0  # a wrong key is fatal, not retried forever
-        assert "start refused (401)" in rejected.output()
+        assert f"{serve.url}/v0/connect/start refused the signing key (401" in rejected.output()
+        assert "CONNECT_SIGNING_KEY" in rejected.output()
     finally:
         rejected.stop()
 

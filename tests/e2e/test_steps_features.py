@@ -256,6 +256,7 @@ def test_invoke_in_the_same_app_another_app_and_a_failing_one(stack: Stack) -> N
 # --- parallel ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.serial  # a latency figure: run alone (see the Makefile)
 def test_parallel_steps_run_concurrently_and_are_memoized_each(stack: Stack) -> None:
     started = time.monotonic()
     run = stack.run_of(stack.send("steps/parallel"))

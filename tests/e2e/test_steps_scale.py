@@ -21,6 +21,8 @@ import pytest
 from tests.e2e.harness import wait_until
 from tests.e2e.test_steps_features import Stack, start_stack
 
+#: Its figures are latencies: run alone (see the Makefile).
+pytestmark = pytest.mark.serial
 RUNS = 1000
 
 

@@ -35,6 +35,7 @@ async def until(predicate: Any, timeout: float = 5.0) -> None:
 # --- parallel ------------------------------------------------------------------------------
 
 
+@pytest.mark.serial  # a latency figure: run alone (see the Makefile)
 async def test_parallel_steps_run_concurrently_and_discovery_is_coalesced(harness: Harness) -> None:
     def fn(step: Step, ctx: Ctx) -> Any:
         results = step.group([lambda i=i: step.run(f"p{i}", lambda _, i=i: i * 10) for i in range(4)])
@@ -126,6 +127,7 @@ async def test_a_sleeping_run_holds_no_task_and_wakes_on_time(harness: Harness) 
     assert 0 <= run["output"] < 0.1
 
 
+@pytest.mark.serial  # a latency figure: run alone (see the Makefile)
 async def test_many_sleeps_wake_close_to_their_time(harness: Harness) -> None:
     def fn(step: Step, ctx: Ctx) -> Any:
         due = step.run("plan", lambda _: time.time() + 0.5)
@@ -209,6 +211,7 @@ async def test_waits_are_rebuilt_after_a_restart(tmp_path: Path) -> None:
         await hs.close()
 
 
+@pytest.mark.serial  # a latency figure: run alone (see the Makefile)
 async def test_a_thousand_waits_find_their_events_by_index(harness: Harness) -> None:
     await harness.deploy("wait", "billing/invoice", waiter)
     ids = await harness.executor.send_events(

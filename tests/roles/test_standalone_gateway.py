@@ -98,7 +98,9 @@ async def test_a_taken_api_port_is_an_error_and_releases_the_gateway_port(tmp_pa
         gateway_port = probe.getsockname()[1]
         probe.close()
         settings = gateway_settings(tmp_path / "gw.db", port=taken.getsockname()[1], gateway_port=gateway_port)
-        with pytest.raises(ApiNotStarted, match=f"API could not start on 127.0.0.1:{settings.port}"):
+        with pytest.raises(
+            ApiNotStarted, match=f"the HTTP API port {settings.port} on 127.0.0.1 \\(--port\\) is already in use"
+        ):
             await start_standalone_gateway(settings)
     # The gateway role that started first has let go of its port.
     with socket.socket() as again:

@@ -42,7 +42,7 @@ def _gc_of_a_run(dev: DevServer) -> tuple[int, ...]:
 
 
 def test_worker_keeps_pythons_gc_thresholds_and_does_not_poll_unless_asked(dev: DevServer, tmp_path: Path) -> None:
-    w = _worker(dev, tmp_path, "plain")
+    w = _worker(dev, tmp_path, "plain", env={"CONNECT_LOG_LEVEL": "debug"})
     try:
         assert _gc_of_a_run(dev) == gc.get_threshold() != cli.GC_THRESHOLDS  # Python's defaults, here and there
         assert "poll window off" in w.output()
@@ -52,7 +52,10 @@ def test_worker_keeps_pythons_gc_thresholds_and_does_not_poll_unless_asked(dev: 
 
 @pytest.mark.parametrize(
     ("args", "env"),
-    [(["--raise-gc-thresholds", "--poll-window-ms", "1"], {}), ([], {GC_ENV: "1", "CONNECT_POLL_WINDOW_MS": "1"})],
+    [
+        (["--raise-gc-thresholds", "--poll-window-ms", "1"], {"CONNECT_LOG_LEVEL": "debug"}),
+        ([], {GC_ENV: "1", "CONNECT_POLL_WINDOW_MS": "1", "CONNECT_LOG_LEVEL": "debug"}),
+    ],
     ids=["flags", "environment"],
 )
 def test_worker_raises_gc_thresholds_and_polls_when_asked(
@@ -99,7 +102,7 @@ async def test_connect_in_code_does_not_poll_by_default(
     from tests.worker.process_app import client
 
     monkeypatch.delenv("CONNECT_POLL_WINDOW_MS", raising=False)
-    caplog.set_level(logging.INFO, logger="connect.worker")
+    caplog.set_level(logging.DEBUG, logger="connect.worker")
     gone = Client(app_id="process-app", api_base_url="http://127.0.0.1:9")  # nobody answers: it keeps retrying
     conn = await connect([(gone, list(client.functions))], handle_shutdown_signals=(), wait_active=False)
     try:
