@@ -242,6 +242,11 @@ class GatewaySession:
         return list(self._unanswered)
 
     @property
+    def last_heartbeat(self) -> float:
+        """When the worker was last heard from (its last heartbeat, or the handshake step before it)."""
+        return self._last_heartbeat
+
+    @property
     def silent_close_at(self) -> float:
         """When `tick` closes the connection as silent, unless a heartbeat
         comes first (after the close: when it would have)."""

@@ -1,4 +1,6 @@
-"""The HTTP API (port 8288): events in, connect start/flush, checkpoints, run REST, /metrics.
+"""The HTTP API (port 8288): events in, connect start/flush, checkpoints, /metrics, and the
+REST routes, each resource in a module of its own (`runs`, `event_routes`,
+`cancellations`, `apps`, `workers`, `openapi`).
 
 Every error is JSON with a specific status and message; nothing a client
 sends can disturb other requests.
@@ -20,12 +22,18 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from connect.api import checkpoints, listing
+from connect.api import apps, cancellations, checkpoints, event_routes, openapi, runs
+from connect.api import workers as workers_routes
 from connect.api.bodies import BodyRefused, read_body
+from connect.api.errors import error as _error
 from connect.api.events import EventRejected, parse_events
+from connect.executor.bulk_cancel import Cancellation
+from connect.executor.event_views import EventPage
+from connect.executor.views import RunPage
 from connect.gateway.auth import Keys, TokenIssuer
 from connect.metrics import CONTENT_TYPE, PlatformMetrics, render
 from connect.metrics.http_answers import HttpAnswers
+from connect.store.base import RunFilter
 from protocol import connect_pb2 as pb
 from protocol import ids, limits
 from protocol.payloads import IncomingEvent
@@ -41,9 +49,15 @@ class EventSink(Protocol):
     async def get_run(self, run_id: str) -> dict[str, Any] | None: ...
     async def runs_for_event(self, event_id: str) -> list[dict[str, Any]]: ...
     async def cancel_run(self, run_id: str) -> dict[str, Any] | None: ...
-    async def list_runs(self, status: str | None, function_id: str | None, limit: int) -> list[dict[str, Any]]: ...
-    async def get_event(self, event_id: str) -> dict[str, Any] | None: ...
+    async def list_runs(self, query: RunFilter) -> RunPage: ...
+    async def run_timeline(self, run_id: str) -> list[dict[str, Any]] | None: ...
+    async def list_events(self, name: str | None, older_than: tuple[int, str] | None, limit: int) -> EventPage: ...
+    async def event_detail(self, event_id: str) -> dict[str, Any] | None: ...
+    async def replay_event(self, event_id: str) -> str | None: ...
     def registered_functions(self) -> list[dict[str, Any]]: ...
+    def registered_apps(self) -> list[dict[str, Any]]: ...
+    async def cancel_matching(self, cancellation: Cancellation) -> int: ...
+    async def rerun(self, run_id: str) -> dict[str, Any] | None: ...
 
 
 class ReplySink(checkpoints.CheckpointSink, Protocol):
@@ -85,10 +99,6 @@ class ApiConfig(msgspec.Struct):
     max_request_bytes: int = 3 * 1024 * 1024
 
 
-def _error(status: int, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"status": status, "error": message, **extra}, status_code=status)
-
-
 def create_api(
     executor: EventSink,
     replies: ReplySink,
@@ -100,6 +110,7 @@ def create_api(
     admit_connection: Callable[[str | None], str | None] = lambda _instance: None,
     gateways: Gateways | None = None,
     metrics: PlatformMetrics | None = None,
+    workers: workers_routes.WorkerList | None = None,
 ) -> Starlette:
     """`admit_connection(instance_id or None)` returns why a new worker
     connection is refused (answered 429), or None to admit it.
@@ -112,7 +123,10 @@ def create_api(
     `gateways`: where `/v0/connect/start` sends workers when the gateways run
     in other processes (it then admits connections too, and `admit_connection`
     and `config.gateway_port` are not used); None: to the gateway at
-    `config.gateway_port` in this process."""
+    `config.gateway_port` in this process.
+
+    `workers`: the worker connections `GET /v1/workers` lists (None: it is
+    answered 503, this process does not know them)."""
     keys = keys or Keys()
 
     def unauthorized(request: Request) -> Response | None:
@@ -231,40 +245,6 @@ def create_api(
             return denied
         return _error(501, checkpoints.SYNC_UNSUPPORTED)
 
-    async def event_runs(request: Request) -> Response:
-        if (denied := unauthorized(request)) is not None:
-            return denied
-        runs = await executor.runs_for_event(request.path_params["event_id"])
-        return JSONResponse({"data": runs})
-
-    async def get_run(request: Request) -> Response:
-        if (denied := unauthorized(request)) is not None:
-            return denied
-        run = await executor.get_run(request.path_params["run_id"])
-        if run is None:
-            return _error(404, f"run {request.path_params['run_id']} not found")
-        return JSONResponse({"data": run})
-
-    async def cancel_run(request: Request) -> Response:
-        """200 with the run once Cancelled; 202 while a step that was running
-        finishes (the run stops right after it); 409 if it had already ended."""
-        if (denied := unauthorized(request)) is not None:
-            return denied
-        run_id = request.path_params["run_id"]
-        run = await executor.cancel_run(run_id)
-        if run is None:
-            return _error(404, f"run {run_id} not found")
-        if run["status"] in ("Completed", "Failed"):
-            return _error(409, f"run {run_id} already ended: {run['status']}", data=run)
-        return JSONResponse({"data": run}, status_code=200 if run["status"] == "Cancelled" else 202)
-
-    async def list_functions(request: Request) -> Response:
-        """Every function the apps registered: served (`active`) or `refused`
-        with the reason, and the options registered but not honoured."""
-        if (denied := unauthorized(request)) is not None:
-            return denied
-        return JSONResponse({"data": executor.registered_functions()})
-
     async def scrape(request: Request) -> Response:
         """The process's metrics in Prometheus's text format."""
         if (denied := unauthorized(request)) is not None:
@@ -295,11 +275,12 @@ def create_api(
         Route("/v1/checkpoint/{run_id}/async", checkpoint_async, methods=["POST"]),
         Route("/v1/checkpoint/{run_id}/steps", checkpoint_sync, methods=["POST"]),
         Route("/v1/checkpoint", checkpoint_sync, methods=["POST"]),
-        Route("/v1/events/{event_id}/runs", event_runs, methods=["GET"]),
-        Route("/v1/runs/{run_id}", get_run, methods=["GET"]),
-        Route("/v1/runs/{run_id}/cancel", cancel_run, methods=["POST"]),
-        Route("/v1/functions", list_functions, methods=["GET"]),
-        *listing.routes(executor, unauthorized),
+        *event_routes.routes(executor, unauthorized),
+        *runs.routes(executor, unauthorized),
+        *cancellations.routes(executor, unauthorized),
+        *apps.routes(executor, unauthorized),
+        *workers_routes.routes(workers, unauthorized),
+        *openapi.routes(unauthorized),
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
     ]

@@ -35,13 +35,18 @@ from typing import Any, Final
 
 import msgspec
 
+from connect.executor import bulk_cancel, event_views
+from connect.executor.bulk_cancel import Cancellation
+from connect.executor.event_views import EventPage
 from connect.executor.registry import Registration, Registry
+from connect.executor.reruns import rerun_event, rerun_view
 from connect.executor.service import CANCEL_WAIT
 from connect.executor.starts import event_record, gated_event, received, started
+from connect.executor.timeline import run_timeline
 from connect.executor.triggers import TriggerIndex
-from connect.executor.views import event_view, list_runs, run_view, runs_of_event
+from connect.executor.views import RunPage, list_runs, run_view, runs_of_event
 from connect.metrics import RunMetrics
-from connect.store.base import APPS_CHANGED, RUNNING, RUNS_RELEASED, AppRecord, RunRecord, Store
+from connect.store.base import APPS_CHANGED, RUNNING, RUNS_RELEASED, AppRecord, RunFilter, RunRecord, Store
 from protocol.payloads import IncomingEvent
 
 log = logging.getLogger(__name__)
@@ -153,12 +158,45 @@ class StoredRuns:
     async def runs_for_event(self, event_id: str) -> list[dict[str, Any]]:
         return await runs_of_event(self._store, event_id)
 
-    async def list_runs(self, status: str | None, function_id: str | None, limit: int) -> list[dict[str, Any]]:
-        return await list_runs(self._store, status, function_id, limit)
+    async def list_runs(self, query: RunFilter) -> RunPage:
+        return await list_runs(self._store, query)
 
-    async def get_event(self, event_id: str) -> dict[str, Any] | None:
-        event = await self._store.get_event(event_id)
-        return None if event is None else event_view(event)
+    async def run_timeline(self, run_id: str) -> list[dict[str, Any]] | None:
+        return await run_timeline(self._store, run_id)
+
+    async def list_events(self, name: str | None, older_than: tuple[int, str] | None, limit: int) -> EventPage:
+        return await event_views.list_events(self._store, name, older_than, limit)
+
+    async def event_detail(self, event_id: str) -> dict[str, Any] | None:
+        return await event_views.event_detail(self._store, event_id)
+
+    async def replay_event(self, event_id: str) -> str | None:
+        """Send the stored event again as a new one; its new id (None: no such event)."""
+        again = await event_views.replay_of(self._store, event_id)
+        if again is None:
+            return None
+        [new_id] = await self.send_events([again])
+        return new_id
+
+    async def rerun(self, run_id: str) -> dict[str, Any] | None:
+        """`POST /v1/runs/{id}/rerun` (see `connect.executor.reruns`): the run is
+        recorded with no owner and announced, as events' runs are."""
+        run = await self._store.get_run(run_id)
+        if run is None:
+            return None
+        now_ms = int(self._clock() * 1000)
+        info = self._index.lookup(run.function_id)
+        again = rerun_event(run, await self._store.get_event(run.event_id), info, now_ms)
+        assert info is not None
+        new = gated_event(self._index, event_record(again, now_ms), again, now_ms, None, [info.target])
+        [is_new] = await self._store.record_events([new])
+        if is_new and started(new):
+            await self._store.notify(RUNS_RELEASED, "")
+        return rerun_view(run_id, new)
+
+    async def cancel_matching(self, cancellation: Cancellation) -> int:
+        """Flag the runs `cancellation` selects (the store tells their executors); how many."""
+        return await bulk_cancel.cancel_matching(self._store, cancellation, self._store.request_cancel)
 
     async def cancel_run(self, run_id: str) -> dict[str, Any] | None:
         """Flag the run for cancellation (the store tells its executor) and wait
@@ -183,6 +221,10 @@ class StoredRuns:
                 break
             run = latest
         return run
+
+    def registered_apps(self) -> list[dict[str, Any]]:
+        """Every app with its functions (`GET /v1/apps`)."""
+        return [msgspec.to_builtins(app) for app in self._apps.apps()]
 
     def registered_functions(self) -> list[dict[str, Any]]:
         """The functions of every stored app. Refusals are decided by the

@@ -20,7 +20,7 @@ import logging
 import msgspec
 
 from connect.dispatch import CheckpointDecided, CheckpointJoined, CheckpointOffered
-from connect.executor import replies
+from connect.executor import replies, step_infos
 from connect.executor.run_state import RunState
 from connect.store.base import DISCOVERY, RUNNING, PendingRequest, StepMemo
 from protocol.limits import MAX_CHECKPOINTS_PER_REQUEST
@@ -93,8 +93,13 @@ class CheckpointTaking(RunState):
             or len({op.id for op in ops}) != len(ops)
         ):
             return False  # anything else is judged when the request ends with it
-        memos = [StepMemo(op.id, replies.data_memo(op)) for op in ops]
         pending = run.requests[0]
+        now_ms = int(self._s.clock() * 1000)
+        # Only the request's first step is known to have started when the request did.
+        memos = [
+            StepMemo(op.id, replies.data_memo(op), step_infos.ran(op, pending if taken == i == 0 else None, now_ms))
+            for i, op in enumerate(ops)
+        ]
         # The request now looks for the step after this one: its attempts (and lapses) start over.
         run.requests[0] = msgspec.structs.replace(pending, attempt=0, wake_at_ms=0, lapses=0)
         if reply.request_version > 0:

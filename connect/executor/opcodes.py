@@ -7,7 +7,7 @@ the error it names (never a retry: the same code would report it again).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from connect.executor import replies
@@ -15,7 +15,7 @@ from connect.executor.expressions import compiled
 from connect.executor.sleeps import MAX_SLEEP, wake_time
 from connect.executor.system_events import FUNCTION_FINISHED, correlation_id, invoked_event
 from connect.executor.triggers import FunctionInfo, Target
-from connect.store.base import WAIT_EVENT, WAIT_INVOKE, WAIT_SLEEP, RunRecord, StepMemo, Waiting
+from connect.store.base import WAIT_EVENT, WAIT_INVOKE, WAIT_SLEEP, RunRecord, StepInfo, StepMemo, Waiting
 from protocol.durations import parse_duration
 from protocol.payloads import OP_RUN_COMPLETE, OP_STEP, OP_STEP_PLANNED, OP_STEP_RUN, Event, Opcode
 
@@ -38,16 +38,19 @@ class Functions(Protocol):
     def refusal(self, function_id: str) -> str | None: ...
 
 
-def steps_before_run_complete(ops: list[Opcode], known: Mapping[str, object]) -> list[StepMemo]:
+def steps_before_run_complete(
+    ops: list[Opcode], known: Mapping[str, object], describe: Callable[[Opcode], StepInfo]
+) -> list[StepMemo]:
     """The new step results reported before `RunComplete`, which must be
-    the last op and follow nothing but step results (`RunFails` otherwise)."""
+    the last op and follow nothing but step results (`RunFails` otherwise);
+    `describe` gives each its `StepInfo`."""
     if ops[-1].op != OP_RUN_COMPLETE:
         raise RunFails("UnsupportedOpcode", f"RunComplete must be the last op, not followed by {ops[-1].op}")
     memos: list[StepMemo] = []
     for op in ops[:-1]:
         if op.op in (OP_STEP_RUN, OP_STEP):
             if op.id not in known:
-                memos.append(StepMemo(op.id, replies.data_memo(op)))
+                memos.append(StepMemo(op.id, replies.data_memo(op), describe(op)))
         elif op.op != OP_STEP_PLANNED:
             raise RunFails("UnsupportedOpcode", f"opcode {op.op} reported together with RunComplete")
     return memos
@@ -74,7 +77,8 @@ def invoke(
             if refused is None
             else f"function {function_id!r} was refused at registration: {refused}",
         )
-        return None, StepMemo(op.id, replies.error_memo(err)), None
+        ended = StepInfo(name=op.displayName, kind=WAIT_INVOKE, started_ms=now_ms, ended_ms=now_ms)
+        return None, StepMemo(op.id, replies.error_memo(err), ended), None
     expire_ms = now_ms + int(timeout * 1000)
     child = invoked_event(
         parent_run_id=run.run_id,
@@ -92,6 +96,8 @@ def invoke(
         due_ms=expire_ms,
         event=FUNCTION_FINISHED,
         correlation_id=correlation_id(run.run_id, op.id),
+        name=op.displayName,
+        since_ms=now_ms,
     )
     return item, None, (child, info.target)
 
@@ -101,7 +107,7 @@ def sleep_entry(op: Opcode, now: float) -> Waiting:
         wake = wake_time(op, now)
     except ValueError as exc:
         raise RunFails("InvalidSleep", str(exc)) from exc
-    return Waiting(kind=WAIT_SLEEP, step=op.id, due_ms=int(wake * 1000))
+    return Waiting(kind=WAIT_SLEEP, step=op.id, due_ms=int(wake * 1000), name=op.displayName, since_ms=int(now * 1000))
 
 
 def wait_entry(op: Opcode, now_ms: int) -> Waiting:
@@ -119,7 +125,15 @@ def wait_entry(op: Opcode, now_ms: int) -> Waiting:
         except ValueError as exc:
             raise RunFails("InvalidWaitExpression", str(exc)) from exc
     timeout = duration(opts.get("timeout"), f"wait {op.id}: timeout")
-    return Waiting(kind=WAIT_EVENT, step=op.id, due_ms=now_ms + int(timeout * 1000), event=event, expression=expression)
+    return Waiting(
+        kind=WAIT_EVENT,
+        step=op.id,
+        due_ms=now_ms + int(timeout * 1000),
+        event=event,
+        expression=expression,
+        name=op.displayName,
+        since_ms=now_ms,
+    )
 
 
 def duration(value: Any, what: str) -> float:

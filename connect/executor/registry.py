@@ -66,6 +66,27 @@ class FunctionView(msgspec.Struct, frozen=True):
     status: Literal["active", "refused"]
     reason: str | None
     not_honoured: dict[str, Any]
+    #: The options registered, as the SDK sent them (`retries` from the function's step).
+    options: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class AppView(msgspec.Struct, frozen=True):
+    """One app as `GET /v1/apps` shows it: its version and every function it registered."""
+
+    name: str
+    version: str | None
+    functions: list[FunctionView]
+
+
+#: The fields of a registered function that are not among its options.
+_NOT_OPTIONS = frozenset({"id", "name", "triggers", "steps"})
+
+
+def options_of(fn: FunctionConfig) -> dict[str, Any]:
+    options: dict[str, Any] = {k: v for k, v in msgspec.to_builtins(fn).items() if k not in _NOT_OPTIONS}
+    if fn.retries is not None:
+        options["retries"] = fn.retries
+    return options
 
 
 class Registration(msgspec.Struct, frozen=True):
@@ -126,6 +147,7 @@ class Registry:
                     status="active",
                     reason=None,
                     not_honoured=options,
+                    options=options_of(fn),
                 )
             )
         for item in registration.refused:
@@ -140,6 +162,13 @@ class Registry:
                 if view.id == function_id and view.status == "refused":
                     return view.reason
         return None
+
+    def apps(self) -> list[AppView]:
+        """Every app, by name, with its functions by id."""
+        return [
+            AppView(name, app.version, sorted(app.views, key=lambda v: v.id))
+            for name, app in sorted(self._apps.items())
+        ]
 
     def views(self) -> list[FunctionView]:
         """Every function of every app, by app then id."""

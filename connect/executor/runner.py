@@ -33,7 +33,7 @@ import time
 import msgspec
 
 from connect.dispatch import ReplySettled, StepReply, WorkerStoppedResponding
-from connect.executor import replies
+from connect.executor import replies, step_infos
 from connect.executor.attempts import Attempts
 from connect.executor.cancellation import Cancelling
 from connect.executor.dispatching import Dispatching
@@ -300,7 +300,7 @@ class Runner(Dispatching, Cancelling, Attempts):
         children: list[tuple[Event, Target]] = []
         try:
             if any(op.op == OP_RUN_COMPLETE for op in ops):
-                memos = steps_before_run_complete(ops, self.memos)
+                memos = steps_before_run_complete(ops, self.memos, lambda op: step_infos.ran(op, pending, now_ms))
                 for stored in memos:
                     self.memos.setdefault(stored.step_hash, msgspec.Raw(stored.result))
                 # The handler returned: the steps before it and the run's end are one commit.
@@ -309,7 +309,7 @@ class Runner(Dispatching, Cancelling, Attempts):
             for op in ops:
                 kind = op.op
                 if kind in (OP_STEP_RUN, OP_STEP):
-                    memos.append(StepMemo(op.id, replies.data_memo(op)))
+                    memos.append(StepMemo(op.id, replies.data_memo(op), step_infos.ran(op, pending, now_ms)))
                 elif kind == OP_STEP_PLANNED:
                     if not self._known(op.id):
                         self._request(op.id)
@@ -318,7 +318,8 @@ class Runner(Dispatching, Cancelling, Attempts):
                 elif kind in (OP_STEP_ERROR, OP_STEP_FAILED):
                     # A step error reported among other ops is final: retrying it
                     # would mean re-sending a request that reported its siblings too.
-                    memos.append(StepMemo(op.id, replies.error_memo(replies.error_from_op(op))))
+                    error = replies.error_memo(replies.error_from_op(op))
+                    memos.append(StepMemo(op.id, error, step_infos.ran(op, pending, now_ms)))
                 elif kind in (OP_SLEEP, OP_WAIT_FOR_EVENT, OP_INVOKE_FUNCTION):
                     if self._known(op.id):
                         continue

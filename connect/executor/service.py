@@ -51,9 +51,11 @@ import msgspec
 from prometheus_client import CollectorRegistry
 
 from connect.dispatch import Port
-from connect.executor import replies
+from connect.executor import bulk_cancel, event_views, replies, step_infos
+from connect.executor.bulk_cancel import Cancellation
 from connect.executor.concurrency import SlotGrants, as_dict
 from connect.executor.cron import CRON_EVENT, CronSchedule
+from connect.executor.event_views import EventPage
 from connect.executor.feed import PAGE as FEED_PAGE
 from connect.executor.feed import EventFeed
 from connect.executor.intake import Intake, IntakeItem
@@ -65,15 +67,17 @@ from connect.executor.ownership import (
     default_executor_id,
 )
 from connect.executor.registry import Registration, Registry
+from connect.executor.reruns import rerun_event, rerun_view
 from connect.executor.retention import INTERVAL as RETENTION_INTERVAL
 from connect.executor.retention import Retention
 from connect.executor.retries import Backoff
 from connect.executor.runner import MAX_LEASE_LAPSES, CancelRequested, Message, Resolved, Runner, RunServices
 from connect.executor.starts import event_record, gated_event, received, started, told_invokers
 from connect.executor.system_events import derived_id_at
+from connect.executor.timeline import run_timeline
 from connect.executor.timers import Timers
 from connect.executor.triggers import FunctionInfo, Target, TriggerIndex
-from connect.executor.views import event_view, list_runs, run_view, runs_of_event
+from connect.executor.views import RunPage, list_runs, run_view, runs_of_event
 from connect.executor.waits import CANCEL, INVOKE, RESUME, WaitIndex, Watch, WatchKey
 from connect.metrics import RunMetrics
 from connect.store.base import (
@@ -90,10 +94,12 @@ from connect.store.base import (
     Claim,
     EventRecord,
     NewEvent,
+    RunFilter,
     RunMemo,
     RunOwnershipLost,
     RunRecord,
     SlotAcquire,
+    StepInfo,
     StepMemo,
     Store,
     Waiting,
@@ -368,6 +374,10 @@ class Executor:
         self._registry.set_app(registration.app_name, functions)
         self._apps.record(registration)
 
+    def registered_apps(self) -> list[dict[str, Any]]:
+        """Every app with its functions (`GET /v1/apps`)."""
+        return [msgspec.to_builtins(app) for app in self._apps.apps()]
+
     def registered_functions(self) -> list[dict[str, Any]]:
         """Every function the apps registered, served or refused (`GET /v1/functions`)."""
         return [msgspec.to_builtins(view) for view in self._apps.views()]
@@ -422,7 +432,7 @@ class Executor:
                 if memo is None:
                     continue
                 item.claimed.append((watch, memo))
-                item.new.memos.append(RunMemo(watch.run_id, StepMemo(watch.key, memo)))
+                item.new.memos.append(RunMemo(watch.run_id, StepMemo(watch.key, memo, _ended(watch, now_ms))))
             item.matched_cancels = len(item.new.cancels)
             intake.items.append(item)
         return intake
@@ -581,7 +591,8 @@ class Executor:
 
     async def _resolve_recorded(self, watch: Watch, memo: bytes) -> None:
         try:
-            inserted = await self._store.put_memo(watch.run_id, StepMemo(watch.key, memo))
+            ended = StepMemo(watch.key, memo, _ended(watch, self._now_ms()))
+            inserted = await self._store.put_memo(watch.run_id, ended)
         except Exception:
             log.exception("run %s: storing the event that ends step %s failed", watch.run_id, watch.key)
             self._claims.discard(watch.id)
@@ -643,6 +654,35 @@ class Executor:
             assert run is not None
         return run_view(run)
 
+    async def rerun(self, run_id: str) -> dict[str, Any] | None:
+        """`POST /v1/runs/{id}/rerun` (see `connect.executor.reruns`); None: no
+        such run. Raises `RerunRefused`."""
+        run = await self._store.get_run(run_id)
+        if run is None:
+            return None
+        now_ms = self._now_ms()
+        info = self._registry.lookup(run.function_id)
+        again = rerun_event(run, await self._store.get_event(run.event_id), info, now_ms)
+        assert info is not None
+        intake = self.direct_events([(again, info.target)], now_ms)
+        try:
+            stored = await self._store.record_events(intake.batch)
+        except BaseException:
+            self.discard_intake(intake)
+            raise
+        self.apply_events(intake, stored)
+        return rerun_view(run_id, intake.items[0].new)
+
+    async def cancel_matching(self, cancellation: Cancellation) -> int:
+        """`POST /v1/cancellations`: flag the runs `cancellation` selects; how many."""
+        return await bulk_cancel.cancel_matching(self._store, cancellation, self._flag_cancel)
+
+    async def _flag_cancel(self, run_id: str) -> bool:
+        if not await self._store.request_cancel(run_id):
+            return False
+        self._deliver(run_id, CancelRequested("cancelled through the API"))
+        return True
+
     async def _cancel_for(self, run_id: str, reason: str) -> None:
         if await self._store.request_cancel(run_id):
             self._deliver(run_id, CancelRequested(reason))
@@ -656,12 +696,25 @@ class Executor:
     async def runs_for_event(self, event_id: str) -> list[dict[str, Any]]:
         return await runs_of_event(self._store, event_id)
 
-    async def list_runs(self, status: str | None, function_id: str | None, limit: int) -> list[dict[str, Any]]:
-        return await list_runs(self._store, status, function_id, limit)
+    async def list_runs(self, query: RunFilter) -> RunPage:
+        return await list_runs(self._store, query)
 
-    async def get_event(self, event_id: str) -> dict[str, Any] | None:
-        event = await self._store.get_event(event_id)
-        return None if event is None else event_view(event)
+    async def run_timeline(self, run_id: str) -> list[dict[str, Any]] | None:
+        return await run_timeline(self._store, run_id)
+
+    async def list_events(self, name: str | None, older_than: tuple[int, str] | None, limit: int) -> EventPage:
+        return await event_views.list_events(self._store, name, older_than, limit)
+
+    async def event_detail(self, event_id: str) -> dict[str, Any] | None:
+        return await event_views.event_detail(self._store, event_id)
+
+    async def replay_event(self, event_id: str) -> str | None:
+        """Send the stored event again as a new one; its new id (None: no such event)."""
+        again = await event_views.replay_of(self._store, event_id)
+        if again is None:
+            return None
+        [new_id] = await self.send_events([again])
+        return new_id
 
     # --- run tasks ------------------------------------------------------------------------
 
@@ -800,13 +853,15 @@ class Executor:
             if item.kind == WAIT_EVENT and self._waits.get(run.run_id, item.step) is None:
                 if trigger is None:
                     trigger = _as_dict(event)
-                watch = Watch(run.run_id, item.step, RESUME, item.event, trigger, item.expression, since_ms=since_ms)
+                watch = Watch(
+                    run.run_id, item.step, RESUME, item.event, trigger, item.expression, since_ms=since_ms, step=item
+                )
                 if not self._waits.add(watch):
                     log.info("run %s: wait %s can never match; it will time out", run.run_id, item.step)
             elif item.kind == WAIT_INVOKE and self._waits.get(run.run_id, item.step) is None:
                 condition = f"async.data.correlation_id == {msgspec.json.encode(item.correlation_id).decode()}"
                 # A child's end carries its correlation id: no event before the invoke has it.
-                self._waits.add(Watch(run.run_id, item.step, INVOKE, item.event, {}, condition))
+                self._waits.add(Watch(run.run_id, item.step, INVOKE, item.event, {}, condition, step=item))
             key = ("step", run.run_id, item.step)
             if self._timers.due(key) != item.due_ms:
                 self._timers.set(key, item.due_ms)
@@ -868,7 +923,9 @@ class Executor:
 
     async def _resolve_due(self, run_id: str, item: Waiting, watch: Watch | None, memo: bytes) -> None:
         try:
-            inserted = await self._store.put_memo(run_id, StepMemo(item.step, memo))
+            inserted = await self._store.put_memo(
+                run_id, StepMemo(item.step, memo, step_infos.waited(item, self._now_ms()))
+            )
         except Exception:
             log.exception("run %s: storing the end of step %s failed; retrying", run_id, item.step)
             self._claims.discard((run_id, item.step))
@@ -1025,3 +1082,8 @@ def _invoke_memo(finished: Event) -> bytes:
     if "error" in data and data["error"] is not None:
         return replies.error_memo(data["error"])
     return replies.encode({"data": data.get("result")})
+
+
+def _ended(watch: Watch, now_ms: int) -> StepInfo | None:
+    """The timeline's record of the wait or invoke `watch` ends now."""
+    return None if watch.step is None else step_infos.waited(watch.step, now_ms)

@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from connect.store.base import CANCELLED, COMPLETED, FAILED, RUNNING, EventRecord, RunRecord, Store
+from connect.store.base import COMPLETED, FAILED, RunFilter, RunRecord, Store
 from connect.store.start_gates import SKIPPED, SkippedStart
 
 
@@ -55,28 +55,31 @@ async def runs_of_event(store: Store, event_id: str) -> list[dict[str, Any]]:
     return runs + [skipped_view(skip) for skip in await store.skipped_starts(event_id)]
 
 
-#: The statuses `GET /v1/runs?status=` accepts.
-RUN_STATUSES: tuple[str, ...] = (RUNNING, COMPLETED, FAILED, CANCELLED)
+#: Where a listing stops: the (start in Unix ms, run id) of the last run listed.
+Position = tuple[int, str]
 
 
-async def list_runs(store: Store, status: str | None, function_id: str | None, limit: int) -> list[dict[str, Any]]:
-    """`GET /v1/runs`: the newest `limit` runs with `status` (every status when
-    None) of `function_id` (every function when None), newest first."""
-    runs: list[RunRecord] = []
-    for each in (status,) if status is not None else RUN_STATUSES:
-        runs += [r for r in await store.runs_with_status(each) if function_id is None or r.function_id == function_id]
-    runs.sort(key=lambda r: (r.started_at_ms, r.run_id), reverse=True)
-    return [run_view(run) for run in runs[:limit]]
+class RunPage(msgspec.Struct, frozen=True):
+    """One page of `GET /v1/runs`: the runs as the API shows them, newest
+    first, and where the next page starts (None: this page is the last)."""
+
+    runs: list[dict[str, Any]]
+    next: Position | None
 
 
-def event_view(event: EventRecord) -> dict[str, Any]:
-    """`GET /v1/events/{id}`: the event as it was sent (name, data, user, ts), and when it was received."""
-    body: dict[str, Any] = msgspec.json.decode(event.body)
-    return {
-        "id": event.id,
-        "name": event.name,
-        "data": body.get("data") or {},
-        "user": body.get("user") or {},
-        "ts": event.ts,
-        "received_at": rfc3339(event.received_at_ms),
-    }
+async def list_runs(store: Store, query: RunFilter) -> RunPage:
+    """`GET /v1/runs`: the runs `query` selects, newest first, with the starts
+    flow control skipped among them (status `Skipped`) unless `query.status`
+    names another status. One run more than the page is read, so the last
+    page says so (`next` None) instead of leading to an empty one."""
+    ahead = msgspec.structs.replace(query, limit=query.limit + 1)
+    found: list[tuple[Position, dict[str, Any]]] = []
+    if query.status != SKIPPED:
+        found += [((run.started_at_ms, run.run_id), run_view(run)) for run in await store.list_runs(ahead)]
+    if query.status in (None, SKIPPED):
+        found += [((skip.at_ms, skip.run_id), skipped_view(skip)) for skip in await store.list_skipped(ahead)]
+        # Both lists come newest first; the page is the newest of the two together.
+        found.sort(key=lambda item: item[0], reverse=True)
+    page = found[: query.limit]
+    more = len(found) > query.limit and bool(page)
+    return RunPage([view for _, view in page], page[-1][0] if more else None)

@@ -29,6 +29,7 @@ from connect.executor.expressions import (
     lookup,
     to_cel,
 )
+from connect.store.base import Waiting
 
 # What a watch does when it matches.
 RESUME: Final = "resume"  # store the event as the step's result
@@ -52,6 +53,8 @@ class Watch:
     #: Events received before this (Unix ms) never match it; checked for events
     #: read back from the store (those recorded here are newer than any watch).
     since_ms: int = 0
+    #: The step it ends, as the run reported it (for the timeline); None for cancel conditions.
+    step: Waiting | None = None
     # Filled in by the index.
     _equality: Equality | None = field(default=None, repr=False)
     _trigger_cel: Any = field(default=None, repr=False)

@@ -32,11 +32,15 @@ from connect.api.gateways import GatewayDirectory
 from connect.api.guard import guarded_http
 from connect.api.stored_replies import StoredReplies
 from connect.api.stored_runs import StoredRuns
+from connect.api.workers import StoredWorkers, WorkerList
 from connect.binding import bind_failure
+from connect.executor.bulk_cancel import Cancellation
+from connect.executor.event_views import EventPage
+from connect.executor.views import RunPage
 from connect.gateway.auth import TokenIssuer
 from connect.roles.registration import Registration
 from connect.roles.settings import PlatformSettings, default_process_id
-from connect.store import ROLE_API, Store
+from connect.store import ROLE_API, RunFilter, Store
 from protocol import limits
 from protocol.payloads import IncomingEvent
 
@@ -83,13 +87,31 @@ class RunsElsewhere:
     async def cancel_run(self, run_id: str) -> dict[str, Any] | None:
         self._refuse()
 
-    async def list_runs(self, status: str | None, function_id: str | None, limit: int) -> list[dict[str, Any]]:
+    async def list_runs(self, query: RunFilter) -> RunPage:
         self._refuse()
 
-    async def get_event(self, event_id: str) -> dict[str, Any] | None:
+    async def run_timeline(self, run_id: str) -> list[dict[str, Any]] | None:
+        self._refuse()
+
+    async def list_events(self, name: str | None, older_than: tuple[int, str] | None, limit: int) -> EventPage:
+        self._refuse()
+
+    async def event_detail(self, event_id: str) -> dict[str, Any] | None:
+        self._refuse()
+
+    async def replay_event(self, event_id: str) -> str | None:
         self._refuse()
 
     def registered_functions(self) -> list[dict[str, Any]]:
+        self._refuse()
+
+    def registered_apps(self) -> list[dict[str, Any]]:
+        self._refuse()
+
+    async def cancel_matching(self, cancellation: Cancellation) -> int:
+        self._refuse()
+
+    async def rerun(self, run_id: str) -> dict[str, Any] | None:
         self._refuse()
 
 
@@ -105,6 +127,7 @@ class ApiRole:
         is_ready: Callable[[], bool],
         admit_connection: Callable[[str | None], str | None],
         gateways: Gateways | None = None,
+        workers: WorkerList | None = None,
     ) -> None:
         """`gateway_port` is the port `/v0/connect/start` sends workers to;
         `is_ready` answers `/ready`; `admit_connection` is the gateway's
@@ -127,6 +150,7 @@ class ApiRole:
             admit_connection=admit_connection,
             gateways=gateways,
             metrics=s.metrics,
+            workers=workers,
         )
         http_limits = HttpLimits(
             route_body_bytes=(
@@ -210,6 +234,7 @@ class ApiProcess:
             is_ready=lambda: self._serving,
             admit_connection=lambda _instance: None,
             gateways=self.gateways,
+            workers=StoredWorkers(store),
         )
         self._store = store
         self._host = settings.host

@@ -14,13 +14,14 @@ import asyncio
 import logging
 import signal
 
+from connect.api.workers import LiveWorkers
 from connect.binding import bind_failure
 from connect.gateway.server import DrainCause
 from connect.roles.api import ApiNotStarted, ApiRole
 from connect.roles.executor import ExecutorRole
 from connect.roles.gateway import GatewayRole, gateway_dispatcher
 from connect.roles.metrics_port import MetricsPort, MetricsPortNotStarted
-from connect.roles.settings import PlatformSettings
+from connect.roles.settings import PlatformSettings, default_process_id
 from connect.roles.store import describe_store, open_store
 from protocol import limits
 
@@ -95,6 +96,7 @@ class DevServer(ProcessRoot):
             gateway_port=gateway.port,
             is_ready=lambda: gateway.ready,
             admit_connection=gateway.server.admit,
+            workers=LiveWorkers(dispatcher, s.process_id or default_process_id()),
         )
         metrics_port: MetricsPort | None = None
         try:

@@ -240,11 +240,37 @@ class AppRecord(msgspec.Struct, frozen=True):
     updated_at_ms: int = 0
 
 
+# `StepInfo.kind` values: a step a worker ran, and those of `Waiting.kind`.
+STEP_RUN: Final = "run"
+
+
+class StepInfo(msgspec.Struct, frozen=True, omit_defaults=True):
+    """What the run's timeline shows of a step, stored with its result.
+
+    `name` is the step's id as its author wrote it (the opcode's
+    `displayName`); `kind` is `STEP_RUN` or a `Waiting.kind`; `attempts`
+    the attempts it took (a step a worker ran); `started_ms` when its last
+    attempt was sent, or when it began waiting; `ended_ms` when its result
+    came; `due_ms` when a sleep was due, or a wait or an invoke would time
+    out. 0 is unknown."""
+
+    name: str = ""
+    kind: str = STEP_RUN
+    attempts: int = 0
+    started_ms: int = 0
+    ended_ms: int = 0
+    due_ms: int = 0
+
+
 class StepMemo(msgspec.Struct, frozen=True):
-    """A stored step result: the JSON `{"data": ...}`, `{"error": ...}` or `null`."""
+    """A stored step result: the JSON `{"data": ...}`, `{"error": ...}` or `null`.
+
+    `info` is stored in the same row (no statement of its own); only
+    `Store.run_steps` reads it back, resuming a run needs none of it."""
 
     step_hash: str
     result: bytes
+    info: StepInfo | None = None
 
 
 class PendingRequest(msgspec.Struct, frozen=True):
@@ -283,6 +309,9 @@ class Waiting(msgspec.Struct, frozen=True, omit_defaults=True):
     event: str = ""
     expression: str | None = None
     correlation_id: str = ""
+    #: The step's name as its author wrote it, and when it began (for its `StepInfo`).
+    name: str = ""
+    since_ms: int = 0
 
 
 class RunRecord(msgspec.Struct):
@@ -312,6 +341,24 @@ class RunRecord(msgspec.Struct):
     cancel_requested: bool = False
     output: bytes | None = None
     ended_at_ms: int | None = None
+
+
+class RunFilter(msgspec.Struct, frozen=True):
+    """Which runs `Store.list_runs` (and starts `Store.list_skipped`) lists.
+
+    Every condition given must hold: `status` exactly, `function_id`
+    exactly, a start at or after `started_from_ms` and before
+    `started_before_ms` (Unix ms). `older_than` is where the previous page
+    ended, the (start, run id) of its last run: only runs that sort after it
+    newest first are listed, so a page never repeats or skips a run however
+    many start meanwhile. At most `limit` runs are listed."""
+
+    status: str | None = None
+    function_id: str | None = None
+    started_from_ms: int | None = None
+    started_before_ms: int | None = None
+    older_than: tuple[int, str] | None = None
+    limit: int = 50
 
 
 class SlotClaim(msgspec.Struct, frozen=True):
@@ -631,6 +678,13 @@ class Store(ReplyStore, Protocol):
 
     async def get_event(self, event_id: str) -> EventRecord | None: ...
 
+    async def list_events(self, name: str | None, older_than: tuple[int, str] | None, limit: int) -> list[EventRecord]:
+        """At most `limit` events, newest first (by the time they were received,
+        then by id, both descending): only those named `name` if given, and
+        only those after `older_than`, the (received time, id) of the last
+        event of the previous page. Served by an index either way."""
+        ...
+
     async def get_events(self, event_ids: Sequence[str]) -> list[EventRecord]:
         """The stored events among `event_ids`, in the order given (ids not stored are left out)."""
         ...
@@ -655,6 +709,22 @@ class Store(ReplyStore, Protocol):
         ...
 
     async def runs_with_status(self, status: str) -> list[RunRecord]: ...
+
+    async def list_runs(self, query: RunFilter) -> list[RunRecord]:
+        """The runs `query` selects, newest first: by start, then by run id, both
+        descending. An index serves every combination of conditions (see the
+        schema), so a page costs the same with ten runs or a million."""
+        ...
+
+    async def list_skipped(self, query: RunFilter) -> list[SkippedStart]:
+        """The starts flow control refused that `query` selects (`status` is not
+        looked at; the time of the refusal stands for the start), newest first."""
+        ...
+
+    async def run_steps(self, run_id: str) -> list[StepMemo]:
+        """A run's stored steps in the order they were stored, each with its
+        `info` (None for a step stored without one)."""
+        ...
 
     async def get_memos(self, run_id: str) -> list[StepMemo]:
         """A run's step memos in the order they were stored."""

@@ -250,6 +250,21 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         "CREATE INDEX slot_waits_by_request ON slot_waits (request_id)",
         "CREATE INDEX slot_waits_by_run ON slot_waits (run_id)",
     ),
+    # 9 -> 10: each step's name, kind and times (below), and run listings newest
+    # first (`Store.list_runs`), filtered by status, by function or by neither:
+    # each is a walk down one index. The status index replaces the one on status
+    # alone (same writes: at a run's insert and end); the steps a Running run
+    # saves change none of these columns.
+    (
+        "DROP INDEX runs_by_status",
+        'CREATE INDEX runs_by_status_start ON runs (status, started_at_ms, run_id COLLATE "C")',
+        'CREATE INDEX runs_by_start ON runs (started_at_ms, run_id COLLATE "C")',
+        'CREATE INDEX runs_by_function_start ON runs (function_id, started_at_ms, run_id COLLATE "C")',
+        'CREATE INDEX skipped_starts_by_start ON skipped_starts (at_ms, run_id COLLATE "C")',
+        "CREATE INDEX events_by_name ON events (name, received_at_ms, id)",
+        # What the timeline shows of each step, stored with its result (`StepInfo`).
+        "ALTER TABLE steps ADD COLUMN info BYTEA",
+    ),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

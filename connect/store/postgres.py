@@ -23,7 +23,7 @@ from typing import Any, Final
 import asyncpg
 import msgspec
 
-from connect.store import pg_slots
+from connect.store import pg_slots, run_listing
 from connect.store.base import (
     ANSWERED,
     APPS_CHANGED,
@@ -55,10 +55,12 @@ from connect.store.base import (
     ProcessRecord,
     Pruned,
     QueuedRequest,
+    RunFilter,
     RunOwnershipLost,
     RunRecord,
     SlotChange,
     SlotClaim,
+    StepInfo,
     StepMemo,
     TakenRequest,
     Waiting,
@@ -91,6 +93,7 @@ _INSERT_RUN: Final = (
     " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"
 )
 _SELECT_RUNS: Final = f"SELECT {_RUN_COLUMNS} FROM runs"  # noqa: S608 - constant
+_SELECT_SKIPPED: Final = "SELECT run_id, function_id, event_id, reason, at_ms FROM skipped_starts"
 #: A run with the events of its batch, if a batch started it (NULL otherwise).
 _LOAD_RUN: Final = (
     f"SELECT {_RUN_COLUMNS}, (SELECT array_agg(body ORDER BY position) FROM run_events e"  # noqa: S608 - constant
@@ -101,7 +104,8 @@ _INSERT_EVENT: Final = (
     " ON CONFLICT (id) DO NOTHING RETURNING TRUE"
 )
 _INSERT_MEMO: Final = (
-    "INSERT INTO steps (run_id, step_hash, result) VALUES ($1, $2, $3) ON CONFLICT (run_id, step_hash) DO NOTHING"
+    "INSERT INTO steps (run_id, step_hash, result, info) VALUES ($1, $2, $3, $4)"
+    " ON CONFLICT (run_id, step_hash) DO NOTHING"
 )
 _FLAG_CANCEL: Final = "UPDATE runs SET cancel_requested = TRUE WHERE run_id = $1 AND status = 'Running'"
 _SELECT_EVENTS: Final = "SELECT id, name, ts, received_at_ms, body FROM events"
@@ -146,8 +150,9 @@ _LEASE_LOCK_SPACE: Final = 0x636E6C73  # "cnls"
 # are, as the SQLite store does. The CTEs run though the UPDATE reads none.
 _SAVE_RUN: Final = """
 WITH memo AS (
-    INSERT INTO steps (run_id, step_hash, result)
-    SELECT $1, m.step_hash, m.result FROM unnest($2::text[], $3::bytea[]) WITH ORDINALITY AS m(step_hash, result, n)
+    INSERT INTO steps (run_id, step_hash, result, info)
+    SELECT $1, m.step_hash, m.result, m.info
+    FROM unnest($2::text[], $3::bytea[], $14::bytea[]) WITH ORDINALITY AS m(step_hash, result, info, n)
     ORDER BY m.n
     ON CONFLICT (run_id, step_hash) DO NOTHING
 ), reply AS (
@@ -165,9 +170,22 @@ WHERE run_id = $1 AND connect_fenced(run_id, fence, $13)
 """
 
 _RunRow = tuple[str, str, str, str, str, int, int | None, int, bytes, bytes, bool, int, bool, bytes | None]
-# run id, memo hashes, memo results, consumed request, the new state ($5...$12), the fence
+# run id, memo hashes, memo results, consumed request, the new state ($5...$12), the fence, memo infos
 _SaveRow = tuple[
-    str, list[str], list[bytes], str | None, str | None, int | None, int, bytes, bytes, bool, int, bytes | None, int
+    str,
+    list[str],
+    list[bytes],
+    str | None,
+    str | None,
+    int | None,
+    int,
+    bytes,
+    bytes,
+    bool,
+    int,
+    bytes | None,
+    int,
+    list[bytes | None],
 ]
 
 _encode = msgspec.json.Encoder().encode
@@ -207,6 +225,26 @@ def _run_row(run: RunRecord) -> _RunRow:
         run.cancel_requested,
         run.output,
     )
+
+
+#: Run ids compared byte by byte: the order SQLite sorts text in, whatever the database's locale.
+_BYTEWISE: Final = ' COLLATE "C"'
+
+
+_encode_info = msgspec.json.Encoder().encode
+_decode_info = msgspec.json.Decoder(StepInfo).decode
+
+
+def _info(memo: StepMemo) -> bytes | None:
+    return None if memo.info is None else _encode_info(memo.info)
+
+
+def _read_info(raw: bytes | None) -> StepInfo | None:
+    return None if raw is None else _decode_info(raw)
+
+
+def _dollar(n: int) -> str:
+    return f"${n}"
 
 
 def _run_from_record(row: asyncpg.Record) -> RunRecord:
@@ -277,7 +315,7 @@ async def _insert_events(conn: Connection, events: list[NewEvent]) -> list[bool]
         await conn.executemany(_INSERT_RUN, runs)
     if gated:
         await _pass_gates(conn, [new for new in new_ones if new.gates])
-    memos = [(m.run_id, m.memo.step_hash, m.memo.result) for new in new_ones for m in new.memos]
+    memos = [(m.run_id, m.memo.step_hash, m.memo.result, _info(m.memo)) for new in new_ones for m in new.memos]
     if memos:
         await conn.executemany(_INSERT_MEMO, memos)
     cancels = [(run_id,) for new in new_ones for run_id in new.cancels]
@@ -1045,6 +1083,25 @@ class PostgresStore:
 
         return [_event_from_record(r) for r in await self._writer.read(op)]
 
+    async def list_events(self, name: str | None, older_than: tuple[int, str] | None, limit: int) -> list[EventRecord]:
+        conditions: list[str] = []
+        params: list[object] = []
+        if name is not None:
+            params.append(name)
+            conditions.append(f"name = ${len(params)}")
+        if older_than is not None:
+            params += older_than
+            conditions.append(f"(received_at_ms, id) < (${len(params) - 1}, ${len(params)})")
+        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        params.append(max(0, limit))
+        # The database's own collation on ids, as the indexes on events use.
+        sql = f"{_SELECT_EVENTS}{where} ORDER BY received_at_ms DESC, id DESC LIMIT ${len(params)}"
+
+        async def op(conn: Connection) -> list[asyncpg.Record]:
+            return await conn.fetch(sql, *params)
+
+        return [_event_from_record(r) for r in await self._writer.read(op)]
+
     async def get_run(self, run_id: str) -> RunRecord | None:
         async def op(conn: Connection) -> asyncpg.Record | None:
             return await conn.fetchrow(f"{_SELECT_RUNS} WHERE run_id = $1", run_id)
@@ -1087,6 +1144,32 @@ class PostgresStore:
 
         return [_run_from_record(r) for r in await self._writer.read(op)]
 
+    async def list_runs(self, query: RunFilter) -> list[RunRecord]:
+        tail, params = run_listing.listing(query, start="started_at_ms", placeholder=_dollar, collate=_BYTEWISE)
+        sql = _SELECT_RUNS + tail
+
+        async def op(conn: Connection) -> list[asyncpg.Record]:
+            return await conn.fetch(sql, *params)
+
+        return [_run_from_record(r) for r in await self._writer.read(op)]
+
+    async def list_skipped(self, query: RunFilter) -> list[SkippedStart]:
+        tail, params = run_listing.listing(
+            query, start="at_ms", placeholder=_dollar, collate=_BYTEWISE, with_status=False
+        )
+        sql = _SELECT_SKIPPED + tail
+
+        async def op(conn: Connection) -> list[asyncpg.Record]:
+            return await conn.fetch(sql, *params)
+
+        return [SkippedStart(r[0], r[1], r[2], r[3], r[4]) for r in await self._writer.read(op)]
+
+    async def run_steps(self, run_id: str) -> list[StepMemo]:
+        async def op(conn: Connection) -> list[asyncpg.Record]:
+            return await conn.fetch("SELECT step_hash, result, info FROM steps WHERE run_id = $1 ORDER BY seq", run_id)
+
+        return [StepMemo(m[0], m[1], _read_info(m[2])) for m in await self._writer.read(op)]
+
     async def get_memos(self, run_id: str) -> list[StepMemo]:
         async def op(conn: Connection) -> list[asyncpg.Record]:
             return await conn.fetch("SELECT step_hash, result FROM steps WHERE run_id = $1 ORDER BY seq", run_id)
@@ -1095,7 +1178,7 @@ class PostgresStore:
 
     async def put_memo(self, run_id: str, memo: StepMemo) -> bool:
         async def op(conn: Connection) -> bool:
-            status = await conn.execute(_INSERT_MEMO, run_id, memo.step_hash, memo.result)
+            status = await conn.execute(_INSERT_MEMO, run_id, memo.step_hash, memo.result, _info(memo))
             return status == "INSERT 0 1"
 
         return await self._writer.run(op)
@@ -1133,6 +1216,7 @@ class PostgresStore:
             run.request_version,
             run.output,
             fence,
+            [_info(m) for m in memos or ()],
         )
         stored, held = await self._writer.submit(_SAVE, (row, list(events or ()), slots))
         if slots is not None:

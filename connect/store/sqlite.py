@@ -25,7 +25,7 @@ from typing import Final
 
 import msgspec
 
-from connect.store import sqlite_slots
+from connect.store import run_listing, sqlite_slots
 from connect.store.base import (
     ANSWERED,
     APPS_CHANGED,
@@ -58,10 +58,12 @@ from connect.store.base import (
     ProcessRecord,
     Pruned,
     QueuedRequest,
+    RunFilter,
     RunOwnershipLost,
     RunRecord,
     SlotChange,
     SlotClaim,
+    StepInfo,
     StepMemo,
     TakenRequest,
     Waiting,
@@ -83,7 +85,7 @@ from connect.store.writer import SqliteWriter
 from protocol.ids import new_ulid
 from protocol.payloads import Event, FunctionConfig
 
-SCHEMA_VERSION: Final = 9
+SCHEMA_VERSION: Final = 10
 
 _TABLES: Final = (
     "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
@@ -117,6 +119,7 @@ _TABLES: Final = (
         run_id TEXT NOT NULL,
         step_hash TEXT NOT NULL,
         result BLOB NOT NULL,
+        info BLOB,
         UNIQUE (run_id, step_hash)
     )""",
     """CREATE TABLE IF NOT EXISTS cron_ticks (
@@ -253,7 +256,13 @@ _RUNS_TABLE: Final = """CREATE TABLE {name} (
 
 _RUNS_INDEXES: Final = (
     "CREATE INDEX IF NOT EXISTS runs_by_event ON runs (event_id)",
-    "CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status)",
+    # Run listings newest first (schema 10), filtered by status, by function or
+    # by neither: each is a walk down one index. The status index replaces the
+    # one on status alone (same writes: at a run's insert and at its end).
+    "DROP INDEX IF EXISTS runs_by_status",
+    "CREATE INDEX IF NOT EXISTS runs_by_status_start ON runs (status, started_at_ms, run_id)",
+    "CREATE INDEX IF NOT EXISTS runs_by_start ON runs (started_at_ms, run_id)",
+    "CREATE INDEX IF NOT EXISTS runs_by_function_start ON runs (function_id, started_at_ms, run_id)",
 )
 
 # History retention (schema 3): finding ended runs by age and the oldest
@@ -264,6 +273,8 @@ _RETENTION_INDEXES: Final = (
     "CREATE INDEX IF NOT EXISTS runs_by_end ON runs (ended_at_ms) WHERE ended_at_ms IS NOT NULL",
     "CREATE INDEX IF NOT EXISTS running_runs_by_start ON runs (started_at_ms) WHERE status = 'Running'",
     "CREATE INDEX IF NOT EXISTS events_by_age ON events (received_at_ms, id)",
+    # Events of one name newest first (schema 10).
+    "CREATE INDEX IF NOT EXISTS events_by_name ON events (name, received_at_ms, id)",
 )
 
 _RUN_COLUMNS: Final = (
@@ -272,6 +283,8 @@ _RUN_COLUMNS: Final = (
 )
 _INSERT_RUN: Final = f"INSERT INTO runs ({_RUN_COLUMNS}, owner, fence) VALUES ({', '.join('?' * 16)})"  # noqa: S608 - constant
 _SELECT_RUNS: Final = f"SELECT {_RUN_COLUMNS} FROM runs"  # noqa: S608 - constant
+_SELECT_EVENTS: Final = "SELECT id, name, ts, received_at_ms, body FROM events"
+_SELECT_SKIPPED: Final = "SELECT run_id, function_id, event_id, reason, at_ms FROM skipped_starts"
 # The immutable columns (ids, function, event, start) are left out so their
 # indexes are not touched on every step, and so is `cancel_requested`, which
 # only `request_cancel` writes.
@@ -286,7 +299,7 @@ _UPDATE_RUNNING: Final = (
     "UPDATE runs SET max_attempts = ?, requests = ?, waiting = ?,"
     " disable_immediate_execution = ?, request_version = ? WHERE run_id = ? AND fence = ?"
 )
-_INSERT_MEMO: Final = "INSERT OR IGNORE INTO steps (run_id, step_hash, result) VALUES (?, ?, ?)"
+_INSERT_MEMO: Final = "INSERT OR IGNORE INTO steps (run_id, step_hash, result, info) VALUES (?, ?, ?, ?)"
 _INSERT_EVENT: Final = "INSERT OR IGNORE INTO events (id, name, ts, received_at_ms, body) VALUES (?, ?, ?, ?, ?)"
 _FLAG_CANCEL: Final = "UPDATE runs SET cancel_requested = 1 WHERE run_id = ? AND status = 'Running'"
 
@@ -298,7 +311,7 @@ _NewRunRow = tuple[
 _EventRows = tuple[
     _EventRow,
     list[_NewRunRow],
-    list[tuple[str, str, bytes]],
+    list[tuple[str, str, bytes, bytes | None]],
     list[tuple[str]],
     NewEvent,
     dict[str, StartGate],
@@ -353,6 +366,22 @@ def _run_row(run: RunRecord) -> _RunRow:
     )
 
 
+_encode_info = msgspec.json.Encoder().encode
+_decode_info = msgspec.json.Decoder(StepInfo).decode
+
+
+def _info(memo: StepMemo) -> bytes | None:
+    return None if memo.info is None else _encode_info(memo.info)
+
+
+def _read_info(raw: bytes | None) -> StepInfo | None:
+    return None if raw is None else _decode_info(raw)
+
+
+def _qmark(_n: int) -> str:
+    return "?"
+
+
 def _run_from_row(row: _RunRow) -> RunRecord:
     return RunRecord(
         run_id=row[0],
@@ -379,7 +408,7 @@ def _event_rows(event: NewEvent) -> _EventRows:
     return (
         (e.id, e.name, e.ts, e.received_at_ms, e.body),
         [(*_run_row(r), owner, fence) for r in event.runs if r.run_id not in gates],
-        [(m.run_id, m.memo.step_hash, m.memo.result) for m in event.memos],
+        [(m.run_id, m.memo.step_hash, m.memo.result, _info(m.memo)) for m in event.memos],
         [(run_id,) for run_id in event.cancels],
         event,
         gates,
@@ -454,7 +483,7 @@ def _pass_gates(
             conn.execute(_INSERT_SKIP, (skip.run_id, skip.function_id, skip.event_id, skip.reason, skip.at_ms))
             report_skip(skip)
             if told is not None:  # the event's other memos were listed before its gates
-                conn.execute(_INSERT_MEMO, (told.run_id, told.memo.step_hash, told.memo.result))
+                conn.execute(_INSERT_MEMO, (told.run_id, told.memo.step_hash, told.memo.result, _info(told.memo)))
             continue
         conn.execute(_INSERT_RUN, (*_run_row(run), new.owner, fence))
         if gate.rate_limit is not None and decision.rate_tat is not None:
@@ -579,6 +608,9 @@ def _setup(conn: sqlite3.Connection) -> None:
             _migrate_2_to_3(conn)
         for statement in _RUNS_INDEXES:
             conn.execute(statement)
+        if version < 10 and "info" not in {column[1] for column in conn.execute("PRAGMA table_info(steps)")}:
+            # Schema 10: what the timeline shows of each step, stored with its result.
+            conn.execute("ALTER TABLE steps ADD COLUMN info BLOB")
         if has_runs and version < 4:
             _backfill_ended_at(conn)
         for statement in _RETENTION_INDEXES:
@@ -930,6 +962,24 @@ class SqliteStore:
         row = await self._writer.submit(op)
         return None if row is None else _event_from_row(row)
 
+    async def list_events(self, name: str | None, older_than: tuple[int, str] | None, limit: int) -> list[EventRecord]:
+        conditions: list[str] = []
+        params: list[object] = []
+        if name is not None:
+            conditions.append("name = ?")
+            params.append(name)
+        if older_than is not None:
+            conditions.append("(received_at_ms, id) < (?, ?)")
+            params += older_than
+        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
+        sql = f"{_SELECT_EVENTS}{where} ORDER BY received_at_ms DESC, id DESC LIMIT ?"
+        params.append(max(0, limit))
+
+        def op(conn: sqlite3.Connection) -> list[_EventRow]:
+            return conn.execute(sql, params).fetchall()
+
+        return [_event_from_row(r) for r in await self._writer.submit(op)]
+
     async def get_run(self, run_id: str) -> RunRecord | None:
         def op(conn: sqlite3.Connection) -> _RunRow | None:
             row: _RunRow | None = conn.execute(f"{_SELECT_RUNS} WHERE run_id = ?", (run_id,)).fetchone()
@@ -979,6 +1029,32 @@ class SqliteStore:
 
         return [_run_from_row(r) for r in await self._writer.submit(op)]
 
+    async def list_runs(self, query: RunFilter) -> list[RunRecord]:
+        tail, params = run_listing.listing(query, start="started_at_ms", placeholder=_qmark)
+        sql = _SELECT_RUNS + tail
+
+        def op(conn: sqlite3.Connection) -> list[_RunRow]:
+            return conn.execute(sql, params).fetchall()
+
+        return [_run_from_row(r) for r in await self._writer.submit(op)]
+
+    async def list_skipped(self, query: RunFilter) -> list[SkippedStart]:
+        tail, params = run_listing.listing(query, start="at_ms", placeholder=_qmark, with_status=False)
+        sql = _SELECT_SKIPPED + tail
+
+        def op(conn: sqlite3.Connection) -> list[tuple[str, str, str, str, int]]:
+            return conn.execute(sql, params).fetchall()
+
+        return [SkippedStart(*row) for row in await self._writer.submit(op)]
+
+    async def run_steps(self, run_id: str) -> list[StepMemo]:
+        def op(conn: sqlite3.Connection) -> list[tuple[str, bytes, bytes | None]]:
+            return conn.execute(
+                "SELECT step_hash, result, info FROM steps WHERE run_id = ? ORDER BY rowid", (run_id,)
+            ).fetchall()
+
+        return [StepMemo(h, bytes(r), _read_info(i)) for h, r, i in await self._writer.submit(op)]
+
     async def get_memos(self, run_id: str) -> list[StepMemo]:
         def op(conn: sqlite3.Connection) -> list[tuple[str, bytes]]:
             return conn.execute(
@@ -988,7 +1064,7 @@ class SqliteStore:
         return [StepMemo(h, bytes(r)) for h, r in await self._writer.submit(op)]
 
     async def put_memo(self, run_id: str, memo: StepMemo) -> bool:
-        row = (run_id, memo.step_hash, memo.result)
+        row = (run_id, memo.step_hash, memo.result, _info(memo))
 
         def op(conn: sqlite3.Connection) -> bool:
             return conn.execute(_INSERT_MEMO, row).rowcount == 1
@@ -1022,7 +1098,7 @@ class SqliteStore:
             if run.status == RUNNING
             else (_UPDATE_RUN, (row[4], row[6], *progress, row[13], run.run_id, fence))
         )
-        memo_rows = [(run.run_id, m.step_hash, m.result) for m in memos or ()]
+        memo_rows = [(run.run_id, m.step_hash, m.result, _info(m)) for m in memos or ()]
         event_rows = [_event_rows(e) for e in events or ()]
         notes = HeldNotes() if any(e.holds for e in events or ()) else None
 

@@ -481,3 +481,44 @@ async def test_an_api_on_every_interface_registers_its_host_name(tmp_path: Path)
         assert ApiProcess(api_settings(host="::1"), store).address == "http://[::1]:0"
     finally:
         await store.close()
+
+
+async def test_the_rest_api_of_an_api_process_reads_and_acts_through_the_store(platform: Platform) -> None:
+    http = platform.http
+    worker = await platform.connect_worker("w1")
+    try:
+        await until(lambda: _has(platform.functions(), "apiproc-nap"), "the API learnt the app")
+        event_id = await platform.send("apiproc/two", {"who": "cy"})
+        run = await platform.ended(event_id)
+        listed = (await http.get("/v1/runs", params={"function": "apiproc-two", "status": "completed"})).json()
+        assert [r["run_id"] for r in listed["data"]] == [run["run_id"]] and listed["cursor"] is None
+        steps = (await http.get(f"/v1/runs/{run['run_id']}/steps")).json()["data"]
+        assert [(s["name"], s["output"], s["attempts"]) for s in steps] == [("a", 1, 1), ("b", 2, 1)]
+        shown = (await http.get(f"/v1/events/{event_id}")).json()["data"]
+        assert shown["matched"] and [r["run_id"] for r in shown["runs"]] == [run["run_id"]]
+        # A rerun and a replay each start a run that an executor elsewhere completes.
+        rerun = (await http.post(f"/v1/runs/{run['run_id']}/rerun")).json()["data"]
+        assert (await platform.ended(rerun["event_id"]))["run_id"] == rerun["run_id"]
+        replayed = (await http.post(f"/v1/events/{event_id}/replay")).json()["data"]["id"]
+        assert (await platform.ended(replayed))["output"] == {"sum": 3, "who": "cy"}
+        apps = (await http.get("/v1/apps")).json()["data"]
+        assert [(a["name"], [f["id"] for f in a["functions"]]) for a in apps] == [
+            ("apiproc", ["apiproc-nap", "apiproc-two"])
+        ]
+        assert (await http.get("/v1/workers")).status_code == 200
+        # Cancelling many: the store tells the executor holding the sleeping run.
+        napping = await platform.send("apiproc/nap", {})
+        store = platform.stores[0]
+
+        async def sleeping() -> bool:
+            runs = await store.runs_for_event(napping)
+            return bool(runs and runs[0].waiting)
+
+        await until(sleeping, "the run went to sleep")
+        resp = await http.post("/v1/cancellations", json={"function_id": "apiproc-nap"})
+        assert resp.json() == {"data": {"cancelled": 1}}, resp.text
+        assert (await platform.ended(napping))["status"] == "Cancelled"
+        nap_steps = (await http.get(f"/v1/runs/{(await platform.runs(napping))[0]['run_id']}/steps")).json()["data"]
+        assert nap_steps == []  # cancelled while it slept: the sleep never ended
+    finally:
+        await worker.close()

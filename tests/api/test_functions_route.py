@@ -1,11 +1,15 @@
-"""`GET /v1/functions` on a real `connect serve`: keyed like the rest of `/v1`,
-listing every registered function, served or refused."""
+"""`GET /v1/functions`, `/v1/apps` and `/v1/workers` on a real `connect serve`:
+keyed like the rest of `/v1`, listing every registered function, served or
+refused, by app, and the connections that serve them."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from datetime import datetime
+from typing import Any
 
 import httpx
 import pytest
@@ -42,7 +46,8 @@ def config(fn_id: str, **options: object) -> dict[str, object]:
     }
 
 
-async def register(server: DevServer) -> None:
+async def register(server: DevServer, while_connected: Callable[[], Awaitable[None]] | None = None) -> None:
+    """Register the app `shop` over a real connection; `while_connected` runs before it closes."""
     resp = httpx.post(f"{server.url}/v0/connect/start", content=b"", headers=BEARER)
     assert resp.status_code == 200, resp.text
     started = pb.StartResponse()
@@ -65,6 +70,8 @@ async def register(server: DevServer) -> None:
         await ws.send(frames.encode(pb.WORKER_CONNECT, msg))
         kind, _ = frames.decode(await asyncio.wait_for(ws.recv(), 30))  # type: ignore[arg-type]
         assert kind == pb.GATEWAY_CONNECTION_READY
+        if while_connected is not None:
+            await while_connected()
 
 
 def test_functions_need_the_signing_key(serve: DevServer) -> None:
@@ -91,6 +98,7 @@ def test_functions_list_served_and_refused_ones(serve: DevServer) -> None:
         "triggers": [],
         "status": "refused",
         "not_honoured": {},
+        "options": {},
     }
     assert nightly == {
         "id": "shop-nightly",
@@ -100,4 +108,40 @@ def test_functions_list_served_and_refused_ones(serve: DevServer) -> None:
         "status": "active",
         "reason": None,
         "not_honoured": {"triggers[0].jitter": "1m"},
+        "options": {"rateLimit": {"limit": 1, "period": "24h", "key": "event.data.k"}},
     }
+    apps = httpx.get(f"{serve.url}/v1/apps", headers=BEARER, timeout=30).json()["data"]
+    assert [(a["name"], [f["id"] for f in a["functions"]]) for a in apps] == [("shop", ["shop-broken", "shop-nightly"])]
+    assert apps[0]["functions"][1] == nightly | {"reason": None}
+
+
+def test_workers_list_the_connections_while_they_last(serve: DevServer) -> None:
+    seen: list[dict[str, Any]] = []
+
+    async def look() -> None:
+        async with httpx.AsyncClient(timeout=30) as http:
+            resp = await http.get(f"{serve.url}/v1/workers", headers=BEARER)
+            assert resp.status_code == 200, resp.text
+            seen.extend(resp.json()["data"])
+
+    before = time.time()
+    asyncio.run(register(serve, look))
+    [worker] = seen
+    assert (worker["instance_id"], worker["apps"], worker["functions"]) == ("route-test", ["shop"], ["shop-nightly"])
+    assert (worker["state"], worker["in_flight"], worker["capacity"]) == ("ready", 0, None)
+    assert worker["connection_id"] and worker["gateway"]
+    heard = datetime.fromisoformat(worker["last_heartbeat"]).timestamp()
+    assert before - 1 <= heard <= time.time() + 1
+    # Once closed, the connection is gone.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if httpx.get(f"{serve.url}/v1/workers", headers=BEARER, timeout=30).json()["data"] == []:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the closed connection is still listed")
+
+
+def test_apps_and_workers_need_the_signing_key(serve: DevServer) -> None:
+    for path in ("/v1/apps", "/v1/workers"):
+        assert httpx.get(f"{serve.url}{path}", timeout=30).status_code == 401, path

@@ -146,6 +146,26 @@ def test_rest_needs_the_signing_key(serve: DevServer) -> None:
     assert httpx.get(f"{serve.url}/v1/runs/{ids.new_ulid()}").status_code == 401
     authorized = httpx.get(f"{serve.url}/v1/runs/{ids.new_ulid()}", headers={"Authorization": f"Bearer {SIGNING_KEY}"})
     assert authorized.status_code == 404
+    for path in ["/v1/runs", "/v1/runs?status=Failed"]:
+        refused = httpx.get(f"{serve.url}{path}")
+        assert refused.status_code == 401 and "Bearer" in refused.json()["error"]
+        answered = httpx.get(f"{serve.url}{path}", headers=BEARER)
+        assert answered.status_code == 200 and answered.json()["cursor"] is None
+    unknown = ids.new_ulid()
+    for method, path, known in [
+        ("GET", f"/v1/runs/{unknown}/steps", 404),
+        ("GET", "/v1/events", 200),
+        ("GET", f"/v1/events/{unknown}", 404),
+        ("POST", f"/v1/events/{unknown}/replay", 404),
+        ("POST", "/v1/cancellations", 200),
+        ("POST", f"/v1/runs/{unknown}/rerun", 404),
+        ("GET", "/v1/apps", 200),
+        ("GET", "/v1/workers", 200),
+        ("GET", "/openapi.json", 200),
+    ]:
+        body = {"function_id": "nothing"} if path == "/v1/cancellations" else None
+        assert httpx.request(method, f"{serve.url}{path}", json=body).status_code == 401, path
+        assert httpx.request(method, f"{serve.url}{path}", json=body, headers=BEARER).status_code == known, path
 
 
 @pytest.mark.parametrize(

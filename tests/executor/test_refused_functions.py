@@ -40,6 +40,7 @@ async def test_a_refused_function_is_listed_and_never_started(harness: Harness) 
         "status": "refused",
         "reason": "invalid config: Expected `int` - at `$.concurrency`",
         "not_honoured": {},
+        "options": {},
     }
     assert listed[f"{APP}-parent"]["status"] == "active"
 

@@ -110,6 +110,7 @@ def test_one_invalid_function_does_not_take_the_others_down(dev: DevServer) -> N
         "status": "active",
         "reason": None,
         "not_honoured": {},
+        "options": {},
     }
     assert listed[f"{APP}-limited"]["status"] == "active"
     # Concurrency and throttle are honoured: only the cron trigger's jitter is named.

@@ -21,8 +21,11 @@ from connect.store import (
     Hold,
     NewEvent,
     PendingRequest,
+    RunFilter,
     RunRecord,
     SlotClaim,
+    StepInfo,
+    StepMemo,
     Store,
 )
 from connect.store.held_starts import MAX_BATCH_BYTES, HeldChange, hold_event
@@ -260,10 +263,19 @@ _ADDED_BY: dict[int, tuple[str, ...]] = {
     7: ("DROP TABLE start_limits", "DROP TABLE singletons", "DROP TABLE skipped_starts"),
     8: ("DROP TABLE held_starts", "DROP TABLE held_events", "DROP TABLE run_events"),
     9: ("DROP TABLE slot_holds", "DROP TABLE slot_waits"),
+    10: (
+        "DROP INDEX runs_by_status_start",
+        "DROP INDEX runs_by_start",
+        "DROP INDEX runs_by_function_start",
+        "DROP INDEX IF EXISTS skipped_starts_by_start",
+        "CREATE INDEX runs_by_status ON runs (status)",
+        "ALTER TABLE steps DROP COLUMN info",
+        "DROP INDEX events_by_name",
+    ),
 }
 
 
-@pytest.mark.parametrize("version", [6, 7, 8])
+@pytest.mark.parametrize("version", [6, 7, 8, 9])
 async def test_an_older_database_gains_start_gates_held_starts_and_slots(engine: Engine, version: int) -> None:
     store = await engine.open()
     await store.close()
@@ -284,7 +296,7 @@ async def test_an_older_database_gains_start_gates_held_starts_and_slots(engine:
     await engine.set_schema_version(version)
     store = await engine.open()
     try:
-        assert await engine.schema_version() == SCHEMA_VERSION == 9
+        assert await engine.schema_version() == SCHEMA_VERSION == 10
         # The tables of schema 9: one slot of a key with limit 1, the second request waits.
         assert await store.acquire_slots("s1", "run-s1", [SlotClaim("k", 1)], 0)
         assert not await store.acquire_slots("s2", "run-s2", [SlotClaim("k", 1)], 0)
@@ -308,5 +320,13 @@ async def test_an_older_database_gains_start_gates_held_starts_and_slots(engine:
         assert await store.runs_for_event("g2") == []
         [skip] = await store.skipped_starts("g2")
         assert skip.run_id == "run-g2"
+        # And the indexes of schema 10: runs listed newest first, by status and function.
+        listed = await store.list_runs(RunFilter(status="Running", function_id=FN))
+        assert [r.run_id for r in listed] == [claim.run_id, "run-g1"]
+        assert [s.run_id for s in await store.list_skipped(RunFilter(function_id=FN))] == ["run-g2"]
+        # And each step's info, stored with its result.
+        info = StepInfo(name="charge", attempts=2, started_ms=1, ended_ms=2)
+        assert await store.put_memo("run-g1", StepMemo("h", b"null", info))
+        assert await store.run_steps("run-g1") == [StepMemo("h", b"null", info)]
     finally:
         await store.close()

@@ -359,6 +359,14 @@ async def test_a_schema_5_database_gains_the_registry(engine: Engine) -> None:
 
 async def _downgrade_to_schema_5(engine: Engine) -> None:
     drop = (
+        # Schema 10's (run listings, events by name, each step's info).
+        "DROP INDEX runs_by_status_start",
+        "DROP INDEX runs_by_start",
+        "DROP INDEX runs_by_function_start",
+        "DROP INDEX IF EXISTS skipped_starts_by_start",
+        "DROP INDEX events_by_name",
+        "CREATE INDEX runs_by_status ON runs (status)",
+        "ALTER TABLE steps DROP COLUMN info",
         "DROP TABLE processes",
         "DROP TABLE connections",
         "DROP INDEX leases_by_instance",

@@ -86,7 +86,9 @@ async def test_a_schema_1_database_is_migrated_and_its_runs_resume(tmp_path: Pat
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
         indexes = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
-        assert {"runs_by_event", "runs_by_status", "runs_by_end", "running_runs_by_start", "events_by_age"} <= indexes
+        assert {"runs_by_event", "runs_by_status_start", "runs_by_start", "runs_by_function_start"} <= indexes
+        assert {"runs_by_end", "running_runs_by_start", "events_by_age"} <= indexes
+        assert "runs_by_status" not in indexes
     # Opening again is a no-op.
     store = await SqliteStore.open(path)
     await store.close()
