@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from connect.api import checkpoints
 from connect.api.bodies import BodyRefused, read_body
+from connect.api.dashboard import dashboard_routes
 from connect.api.events import EventRejected, parse_events
 from connect.gateway.auth import Keys, TokenIssuer
 from protocol import connect_pb2 as pb
@@ -279,6 +280,8 @@ def create_api(
         Route("/v1/functions", list_functions, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
+        # The dashboard's page and assets load without a key; its `/v1` calls need one under serve.
+        *dashboard_routes(),
     ]
     handlers: dict[Any, Callable[[Request, Exception], Awaitable[Response]]] = {HTTPException: http_error}
     return Starlette(routes=routes, exception_handlers=handlers)
