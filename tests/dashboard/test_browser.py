@@ -180,3 +180,39 @@ def test_under_serve_the_page_asks_for_the_keys_once_and_uses_them(browser: Any,
         assert httpx.get(f"{server.url}/v1/events/{event_id}/runs", headers=bearer).json() == {"data": []}
     finally:
         server.stop()
+
+
+def test_the_runs_view_pages_through_ten_thousand_runs(browser: Any, tmp_path: Path) -> None:
+    """10,000 runs (left queued: their worker stopped once it had registered) are shown
+    PAGE at a time; the page never holds more than one page of rows."""
+    server = DevServer(tmp_path).start()
+    try:
+        proc = start_worker(server, tmp_path, name="dash-once", target="tests.dashboard.dash_app:client")
+        wait_for_log(proc, "worker state ACTIVE")
+        proc.stop()
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            for batch in range(20):
+                events = [{"name": "dash/greet", "data": {"n": batch * 500 + i}} for i in range(500)]
+                assert http.post(f"/e/{server.event_key}", json=events).status_code == 200
+            lists_runs = http.get("/v1/runs", params={"limit": 1}).status_code == 200
+        context = browser.new_context(viewport={"width": 1280, "height": 800})
+        page = context.new_page()
+        page.set_default_timeout(DEADLINE_MS)
+        page.goto(f"{server.url}/#/runs")
+        if not lists_runs:  # a server without GET /v1/runs: the runs of this tab's events, none here
+            page.locator("#no-runs").wait_for()
+            context.close()
+            return
+        rows = page.locator("#runs tbody tr")
+        rows.first.wait_for()
+        assert rows.count() == 50
+        first_page = rows.first.get_attribute("data-run-id")
+        page.click("#older")
+        page.get_by_text("Page 2").wait_for()
+        page.wait_for_function(f"document.querySelector('#runs tbody tr').dataset.runId !== {first_page!r}")
+        assert rows.count() == 50
+        page.select_option("#status-filter", "Completed")
+        page.locator("#no-runs").wait_for()
+        context.close()
+    finally:
+        server.stop()
