@@ -216,3 +216,26 @@ def test_the_runs_view_pages_through_ten_thousand_runs(browser: Any, tmp_path: P
         context.close()
     finally:
         server.stop()
+
+
+def test_live_updates_back_off_when_nothing_changes_and_speed_up_when_something_runs(page: Any) -> None:
+    """The pause rule of every view's polling (js/backoff.js), run in the browser."""
+    pauses = page.evaluate(
+        """async () => {
+            const { nextPause } = await import("/dashboard/js/backoff.js");
+            const walk = (outcomes) => {
+                let pause = 1000;
+                return outcomes.map((o) => (pause = nextPause(pause, o)));
+            };
+            return {
+                idle: walk(Array(6).fill("idle")),
+                busy: walk(["idle", "idle", "busy"]),
+                errors: walk(Array(7).fill("error")),
+                recovered: walk(["error", "error", "idle", "busy"]),
+            };
+        }"""
+    )
+    assert pauses["idle"] == [2000, 4000, 8000, 10000, 10000, 10000]
+    assert pauses["busy"] == [2000, 4000, 1000]
+    assert pauses["errors"] == [2000, 4000, 8000, 16000, 30000, 30000, 30000]
+    assert pauses["recovered"] == [2000, 4000, 8000, 1000]

@@ -1,11 +1,10 @@
 // Live updates by polling with backoff. A view's `tick` returns true while something it shows
 // may still change (a run is Running, or the last look found a change): the next look is then
 // FAST_MS away. Each look that finds nothing doubles the pause up to IDLE_MS; a failed look
-// doubles it up to ERROR_MS. Nothing is asked while the tab is hidden; showing it looks at once.
+// doubles it up to ERROR_MS (backoff.js). Nothing is asked while the tab is hidden; showing it
+// looks at once.
 
-export const FAST_MS = 1000;
-export const IDLE_MS = 10000;
-export const ERROR_MS = 30000;
+import { FAST_MS, nextPause } from "./backoff.js";
 
 let indicator = null;
 export function setIndicator(el) {
@@ -18,18 +17,24 @@ export function poll(tick, { onAuth } = {}) {
   let timer = null;
   let stopped = false;
   let running = false;
+  // Asked to look again while a look was under way: look once more as soon as it ends.
+  let again = false;
 
   async function look() {
     timer = null;
-    if (stopped || running) return;
+    if (stopped) return;
+    if (running) {
+      again = true;
+      return;
+    }
     if (document.hidden) return; // resumed by visibilitychange
     running = true;
     try {
       const busy = await tick();
-      pause = busy ? FAST_MS : Math.min(pause * 2, IDLE_MS);
+      pause = nextPause(pause, busy ? "busy" : "idle");
       if (indicator) indicator.className = "live on";
     } catch (err) {
-      pause = Math.min(Math.max(pause, FAST_MS) * 2, ERROR_MS);
+      pause = nextPause(pause, "error");
       if (indicator) indicator.className = "live off";
       if (err && err.name === "AuthError") {
         stopped = true;
@@ -40,7 +45,8 @@ export function poll(tick, { onAuth } = {}) {
     } finally {
       running = false;
     }
-    if (!stopped) timer = setTimeout(look, pause);
+    if (!stopped) timer = setTimeout(look, again ? 0 : pause);
+    again = false;
   }
 
   function visible() {
