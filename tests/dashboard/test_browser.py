@@ -239,3 +239,55 @@ def test_live_updates_back_off_when_nothing_changes_and_speed_up_when_something_
     assert pauses["busy"] == [2000, 4000, 1000]
     assert pauses["errors"] == [2000, 4000, 8000, 16000, 30000, 30000, 30000]
     assert pauses["recovered"] == [2000, 4000, 8000, 1000]
+
+
+def lists(dev: DevServer, path: str) -> bool:
+    """Whether this server has the listing route `path` (the dashboard says so when not)."""
+    return httpx.get(f"{dev.url}{path}").status_code == 200
+
+
+def test_an_event_is_opened_and_replayed_from_the_page(page: Any, dev: DevServer, worker: Proc) -> None:
+    event_id = send_from_page(page, "dash/greet", '{"who": "again"}')
+    page.locator("#sent-runs tbody tr").first.wait_for()
+    page.click("nav a[data-view=events]")
+    if not lists(dev, "/v1/events"):
+        page.locator("#not-available").wait_for()
+        return
+    row = page.locator(f'#events tr[data-event-id="{event_id}"]')
+    row.wait_for()
+    screenshot(page, "events")
+    row.locator("a").click()
+    page.locator("#event-name", has_text="dash/greet").wait_for()
+    assert '"who": "again"' in page.locator("#event-data").inner_text()
+    page.locator('#runs tr[data-status="Completed"]').wait_for()
+    page.click("#replay")
+    replayed = page.locator("#replayed-event")
+    replayed.wait_for()
+    new_id = replayed.inner_text()
+    assert new_id != event_id
+    replayed.click()
+    page.wait_for_url(f"**/#/events/{new_id}")
+    page.locator('#runs tr[data-status="Completed"]').wait_for()
+    (run,) = dev.runs(new_id)
+    assert run["output"] == {"greeting": "hello again"}
+    screenshot(page, "event")
+
+
+def test_an_event_that_matched_no_function_is_shown_as_such(page: Any, dev: DevServer, worker: Proc) -> None:
+    send_from_page(page, "dash/unheard", "{}")
+    page.click("#sent-event-id")
+    if not lists(dev, "/v1/events"):
+        page.locator("#not-available").wait_for()
+        return
+    page.locator("#unmatched").wait_for()
+
+
+def test_workers_are_listed_with_their_state_and_capacity(page: Any, dev: DevServer, worker: Proc) -> None:
+    page.click("nav a[data-view=workers]")
+    if not lists(dev, "/v1/workers"):
+        page.locator("#not-available").wait_for()
+        return
+    row = page.locator("#workers tbody tr").first
+    row.wait_for()
+    assert "dash-app" in row.inner_text()
+    screenshot(page, "workers")

@@ -9,7 +9,10 @@ import { setIndicator } from "./poll.js";
 const ROUTES = [
   [/^#\/runs\/([^/]+)$/, "run"],
   [/^#\/runs\/?$/, "runs"],
+  [/^#\/events\/([^/]+)$/, "event"],
+  [/^#\/events\/?$/, "events"],
   [/^#\/functions\/?$/, "functions"],
+  [/^#\/workers\/?$/, "workers"],
   [/^#\/send\/?$/, "send"],
 ];
 const DEFAULT = "#/runs";
@@ -38,7 +41,7 @@ async function show(name, params) {
   const mine = ++generation;
   for (const link of document.querySelectorAll("#nav a")) {
     const view = link.dataset.view;
-    link.classList.toggle("active", view === name || (view === "runs" && name === "run"));
+    link.classList.toggle("active", view === name || view === `${name}s`);
   }
   signout.hidden = !keys.signing();
   const ctx = { onAuth: askForKey, go: (hash) => (location.hash = hash) };

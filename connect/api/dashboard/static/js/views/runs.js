@@ -12,7 +12,7 @@ import { poll } from "../poll.js";
 export const PAGE = 50;
 const STATUSES = ["", "Running", "Completed", "Failed", "Cancelled", "Skipped"];
 
-function table(runs) {
+export function table(runs) {
   if (!runs.length) return h("p", { class: "muted", id: "no-runs" }, "No runs yet.");
   return h(
     "table",

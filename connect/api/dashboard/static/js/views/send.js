@@ -45,7 +45,7 @@ export function render(root, _params, ctx) {
     if (poller) poller.stop();
     const since = Date.now();
     const list = h("div", {}, h("p", { class: "muted" }, "Waiting for runs…"));
-    replace(result, h("div", { class: "card" }, h("p", {}, "Sent event ", h("code", { id: "sent-event-id" }, eventId)), list));
+    replace(result, h("div", { class: "card" }, h("p", {}, "Sent event ", h("a", { href: `#/events/${encodeURIComponent(eventId)}` }, h("code", { id: "sent-event-id" }, eventId))), list));
     poller = poll(async () => {
       const runs = (await api.get(`/v1/events/${encodeURIComponent(eventId)}/runs`)).data;
       if (!runs.length) {
