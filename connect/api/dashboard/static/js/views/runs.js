@@ -110,7 +110,16 @@ function allRuns(toolbar, body, ctx, first) {
   }
 
   const poller = poll(async () => {
-    if (data === null) data = await api.get(url());
+    if (data === null) {
+      try {
+        data = await api.get(url());
+      } catch (err) {
+        if (err.name !== "ApiError" || err.status !== 400) throw err;
+        replace(body, h("p", { class: "error", id: "runs-error" }, err.message)); // a filter refused
+        last = "";
+        return false;
+      }
+    }
     const now = JSON.stringify(data);
     const changed = now !== last;
     if (changed) draw();
