@@ -26,6 +26,7 @@ from connect.api import apps, cancellations, checkpoints, event_routes, openapi,
 from connect.api import workers as workers_routes
 from connect.api.bodies import BodyRefused, read_body
 from connect.api.errors import error as _error
+from connect.api.dashboard import dashboard_routes
 from connect.api.events import EventRejected, parse_events
 from connect.executor.bulk_cancel import Cancellation
 from connect.executor.event_views import EventPage
@@ -283,6 +284,8 @@ def create_api(
         *openapi.routes(unauthorized),
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
+        # The dashboard's page and assets load without a key; its `/v1` calls need one under serve.
+        *dashboard_routes(),
     ]
     middleware: list[Middleware] = []
     if metrics is not None:

@@ -1,0 +1,293 @@
+"""The dashboard in real headless Chromium against a real `connect dev` and worker.
+
+The page is loaded once per test and never reloaded (a marker set on `window`
+at the start is checked at the end): what it shows comes from its own live
+updates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.dashboard.browser import chromium, screenshot
+from tests.e2e.harness import DevServer, Proc, start_worker, wait_for_log
+
+#: The longest a test waits for the page to show something, in milliseconds.
+DEADLINE_MS = 30_000
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
+    server = DevServer(tmp_path_factory.mktemp("dash-browser")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def worker(dev: DevServer) -> Iterator[Proc]:
+    proc = start_worker(dev, dev.tmp, name="dash-worker", target="tests.dashboard.dash_app:client")
+    wait_for_log(proc, "worker state ACTIVE")
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with chromium() as b:
+        yield b
+
+
+@pytest.fixture
+def page(browser: Any, dev: DevServer) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.set_default_timeout(DEADLINE_MS)
+    page.goto(f"{dev.url}/")
+    page.evaluate("window.__notReloaded = true")
+    yield page
+    assert page.evaluate("window.__notReloaded === true"), "the page reloaded"
+    context.close()
+    assert not errors, errors
+
+
+def has_timeline(dev: DevServer, run_id: str) -> bool:
+    """Whether this server keeps step timelines (`GET /v1/runs/{id}/steps`)."""
+    resp = httpx.get(f"{dev.url}/v1/runs/{run_id}/steps")
+    return resp.status_code == 200
+
+
+def send_from_page(page: Any, name: str, data: str) -> str:
+    page.click("nav a[data-view=send]")
+    page.fill("#event-name", name)
+    page.fill("#event-data", data)
+    page.click("#send")
+    event_id: str = page.locator("#sent-event-id").inner_text()
+    assert len(event_id) == 26  # a ULID
+    return event_id
+
+
+def test_functions_are_listed_with_their_status(page: Any, worker: Proc) -> None:
+    page.click("nav a[data-view=functions]")
+    rows = page.locator("#functions tbody tr")
+    rows.filter(has_text="greet").wait_for()
+    assert rows.count() == 2
+    greet = rows.filter(has_text="greet")
+    assert "dash/greet" in greet.inner_text() and "active" in greet.inner_text()
+    screenshot(page, "functions")
+
+
+def test_a_run_sent_from_the_page_appears_completes_and_shows_its_steps_and_output(
+    page: Any, dev: DevServer, worker: Proc
+) -> None:
+    page.click("nav a[data-view=runs]")
+    page.locator("#runs, #no-runs").first.wait_for()
+    event_id = send_from_page(page, "dash/greet", '{"who": "dashboard"}')
+    page.locator("#sent-runs tbody tr").first.wait_for()
+    screenshot(page, "send")
+
+    # The runs view picks the new run up by itself and follows it to Completed.
+    page.click("nav a[data-view=runs]")
+    (run_id,) = [r["run_id"] for r in dev.runs(event_id)]
+    row = page.locator(f'#runs tr[data-run-id="{run_id}"]')
+    row.wait_for()
+    page.locator(f'#runs tr[data-run-id="{run_id}"][data-status="Completed"]').wait_for()
+    assert "greet" in row.inner_text()
+    screenshot(page, "runs")
+
+    row.locator("a").click()
+    page.locator('#run-status[data-status="Completed"]').wait_for()
+    assert '"greeting": "hello dashboard"' in page.locator("#run-output").inner_text()
+    if has_timeline(dev, run_id):
+        steps = page.locator("#steps tbody tr")
+        steps.nth(1).wait_for()
+        text = page.locator("#steps").inner_text()
+        assert "look up the user" in text and "write the greeting" in text
+        assert '"hello dashboard"' in text
+    else:
+        page.locator("#no-timeline").wait_for()
+    screenshot(page, "run")
+
+
+def test_a_sleeping_run_is_cancelled_from_the_page(page: Any, dev: DevServer, worker: Proc) -> None:
+    event_id = send_from_page(page, "dash/nap", "{}")
+    link = page.locator("#sent-runs tbody tr a").first
+    link.wait_for()
+    link.click()
+    page.locator('#run-status[data-status="Running"]').wait_for()
+    if has_timeline(dev, dev.runs(event_id)[0]["run_id"]):
+        page.locator('#steps tr[data-step="nap for an hour"]').wait_for()
+    screenshot(page, "run-sleeping")
+    page.click("#cancel")
+    page.locator('#run-status[data-status="Cancelled"]').wait_for()
+    assert page.locator("#cancel").count() == 0
+    assert [r["status"] for r in dev.runs(event_id)] == ["Cancelled"]
+
+
+def test_an_event_that_starts_no_run_says_so(page: Any, worker: Proc) -> None:
+    send_from_page(page, "dash/nobody-listens", '{"n": 1}')
+    page.get_by_text("No function started a run for this event.").wait_for()
+
+
+def test_data_that_is_not_a_json_object_is_refused_in_the_page(page: Any, worker: Proc) -> None:
+    page.click("nav a[data-view=send]")
+    page.fill("#event-name", "dash/greet")
+    page.fill("#event-data", "{not json")
+    page.click("#send")
+    page.get_by_text("The data is not JSON").wait_for()
+    page.fill("#event-data", "[1, 2]")
+    page.click("#send")
+    page.get_by_text("The data must be a JSON object.").wait_for()
+    assert page.locator("#sent-event-id").count() == 0
+
+
+def test_under_serve_the_page_asks_for_the_keys_once_and_uses_them(browser: Any, tmp_path: Path) -> None:
+    server = DevServer(
+        tmp_path,
+        command="serve",
+        extra=["--signing-key", "signkey-prod-" + "ab" * 32, "--event-key", "dash-event-key"],
+    ).start()
+    try:
+        context = browser.new_context()
+        page = context.new_page()
+        page.set_default_timeout(DEADLINE_MS)
+        page.goto(f"{server.url}/#/functions")
+        page.locator("#signing-key").wait_for()
+        screenshot(page, "sign-in")
+        page.fill("#signing-key", "signkey-prod-" + "cd" * 32)
+        page.fill("#event-key", "dash-event-key")
+        page.click("#sign-in")
+        page.get_by_text("authentication failed").wait_for()  # a wrong key is asked for again
+
+        page.fill("#signing-key", "signkey-prod-" + "ab" * 32)
+        page.fill("#event-key", "dash-event-key")
+        page.click("#sign-in")
+        page.get_by_text("No app has registered a function yet").wait_for()
+        event_id = send_from_page(page, "dash/greet", "{}")
+        page.get_by_text("No function started a run for this event.").wait_for()
+        # Another tab of the same browser is its own session: it is asked again.
+        other = context.new_page()
+        other.goto(f"{server.url}/#/functions")
+        other.locator("#signing-key").wait_for()
+        context.close()
+        bearer = {"Authorization": "Bearer signkey-prod-" + "ab" * 32}
+        assert httpx.get(f"{server.url}/v1/events/{event_id}/runs", headers=bearer).json() == {"data": []}
+    finally:
+        server.stop()
+
+
+def test_the_runs_view_pages_through_ten_thousand_runs(browser: Any, tmp_path: Path) -> None:
+    """10,000 runs (left queued: their worker stopped once it had registered) are shown
+    PAGE at a time; the page never holds more than one page of rows."""
+    server = DevServer(tmp_path).start()
+    try:
+        proc = start_worker(server, tmp_path, name="dash-once", target="tests.dashboard.dash_app:client")
+        wait_for_log(proc, "worker state ACTIVE")
+        proc.stop()
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            for batch in range(20):
+                events = [{"name": "dash/greet", "data": {"n": batch * 500 + i}} for i in range(500)]
+                assert http.post(f"/e/{server.event_key}", json=events).status_code == 200
+            lists_runs = http.get("/v1/runs", params={"limit": 1}).status_code == 200
+        context = browser.new_context(viewport={"width": 1280, "height": 800})
+        page = context.new_page()
+        page.set_default_timeout(DEADLINE_MS)
+        page.goto(f"{server.url}/#/runs")
+        if not lists_runs:  # a server without GET /v1/runs: the runs of this tab's events, none here
+            page.locator("#no-runs").wait_for()
+            context.close()
+            return
+        rows = page.locator("#runs tbody tr")
+        rows.first.wait_for()
+        assert rows.count() == 50
+        first_page = rows.first.get_attribute("data-run-id")
+        page.click("#older")
+        page.get_by_text("Page 2").wait_for()
+        page.wait_for_function(f"document.querySelector('#runs tbody tr').dataset.runId !== {first_page!r}")
+        assert rows.count() == 50
+        page.select_option("#status-filter", "Completed")
+        page.locator("#no-runs").wait_for()
+        context.close()
+    finally:
+        server.stop()
+
+
+def test_live_updates_back_off_when_nothing_changes_and_speed_up_when_something_runs(page: Any) -> None:
+    """The pause rule of every view's polling (js/backoff.js), run in the browser."""
+    pauses = page.evaluate(
+        """async () => {
+            const { nextPause } = await import("/dashboard/js/backoff.js");
+            const walk = (outcomes) => {
+                let pause = 1000;
+                return outcomes.map((o) => (pause = nextPause(pause, o)));
+            };
+            return {
+                idle: walk(Array(6).fill("idle")),
+                busy: walk(["idle", "idle", "busy"]),
+                errors: walk(Array(7).fill("error")),
+                recovered: walk(["error", "error", "idle", "busy"]),
+            };
+        }"""
+    )
+    assert pauses["idle"] == [2000, 4000, 8000, 10000, 10000, 10000]
+    assert pauses["busy"] == [2000, 4000, 1000]
+    assert pauses["errors"] == [2000, 4000, 8000, 16000, 30000, 30000, 30000]
+    assert pauses["recovered"] == [2000, 4000, 8000, 1000]
+
+
+def lists(dev: DevServer, path: str) -> bool:
+    """Whether this server has the listing route `path` (the dashboard says so when not)."""
+    return httpx.get(f"{dev.url}{path}").status_code == 200
+
+
+def test_an_event_is_opened_and_replayed_from_the_page(page: Any, dev: DevServer, worker: Proc) -> None:
+    event_id = send_from_page(page, "dash/greet", '{"who": "again"}')
+    page.locator("#sent-runs tbody tr").first.wait_for()
+    page.click("nav a[data-view=events]")
+    if not lists(dev, "/v1/events"):
+        page.locator("#not-available").wait_for()
+        return
+    row = page.locator(f'#events tr[data-event-id="{event_id}"]')
+    row.wait_for()
+    screenshot(page, "events")
+    row.locator("a").click()
+    page.locator("#event-name", has_text="dash/greet").wait_for()
+    assert '"who": "again"' in page.locator("#event-data").inner_text()
+    page.locator('#runs tr[data-status="Completed"]').wait_for()
+    page.click("#replay")
+    replayed = page.locator("#replayed-event")
+    replayed.wait_for()
+    new_id = replayed.inner_text()
+    assert new_id != event_id
+    replayed.click()
+    page.wait_for_url(f"**/#/events/{new_id}")
+    page.locator('#runs tr[data-status="Completed"]').wait_for()
+    (run,) = dev.runs(new_id)
+    assert run["output"] == {"greeting": "hello again"}
+    screenshot(page, "event")
+
+
+def test_an_event_that_matched_no_function_is_shown_as_such(page: Any, dev: DevServer, worker: Proc) -> None:
+    send_from_page(page, "dash/unheard", "{}")
+    page.click("#sent-event-id")
+    if not lists(dev, "/v1/events"):
+        page.locator("#not-available").wait_for()
+        return
+    page.locator("#unmatched").wait_for()
+
+
+def test_workers_are_listed_with_their_state_and_capacity(page: Any, dev: DevServer, worker: Proc) -> None:
+    page.click("nav a[data-view=workers]")
+    if not lists(dev, "/v1/workers"):
+        page.locator("#not-available").wait_for()
+        return
+    row = page.locator("#workers tbody tr").first
+    row.wait_for()
+    assert "dash-app" in row.inner_text()
+    screenshot(page, "workers")
