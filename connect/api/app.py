@@ -25,8 +25,8 @@ from starlette.routing import Route
 from connect.api import apps, cancellations, checkpoints, event_routes, openapi, runs
 from connect.api import workers as workers_routes
 from connect.api.bodies import BodyRefused, read_body
-from connect.api.errors import error as _error
 from connect.api.dashboard import dashboard_routes
+from connect.api.errors import error as _error
 from connect.api.events import EventRejected, parse_events
 from connect.executor.bulk_cancel import Cancellation
 from connect.executor.event_views import EventPage
