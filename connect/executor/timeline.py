@@ -11,8 +11,9 @@ and sleeps, waits and invokes not ended yet. A step is
 (null when not known: a step stored by an older release, or a request that
 has not answered yet); `kind` is `run`, `sleep`, `wait` or `invoke`;
 `status` `Completed`, `Failed`, `Running` (a worker has it, or will),
-`Sleeping` or `Waiting`; `attempts` the attempts a run step took (0 for the
-others); times ISO-8601 UTC or null. `due_at` is when a sleep ends, or a
+`Sleeping` or `Waiting`; `attempts` the attempts a run step took (null when
+not known: a step a worker went on to run within the request of the step
+before it, reported in a checkpoint; 0 for the others); times ISO-8601 UTC or null. `due_at` is when a sleep ends, or a
 wait or an invoke times out; `ended_by` says how it ended: `woke` (a sleep),
 `event` or `timeout` (a wait), `returned`, `error` or `timeout` (an
 invoke), null for run steps and for steps under way. `output` is a run
@@ -75,7 +76,7 @@ def stored_step(memo: StepMemo) -> dict[str, Any]:
         "name": info.name or None,
         "kind": kind,
         "status": "Failed" if error is not None else "Completed",
-        "attempts": info.attempts,
+        "attempts": info.attempts if info.attempts or kind != STEP_RUN else None,
         "started_at": _time(info.started_ms),
         "ended_at": _time(info.ended_ms),
         "due_at": _time(info.due_ms),

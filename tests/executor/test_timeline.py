@@ -99,3 +99,18 @@ def test_a_rerun_copies_the_event_and_is_refused_without_its_function_or_event()
             assert reason in str(exc)
         else:
             raise AssertionError("a rerun that cannot start was not refused")
+
+
+def test_a_step_run_on_within_the_request_before_it_has_no_attempts_or_start_to_show() -> None:
+    """A worker that checkpoints ran it without a request of its own: its
+    attempts and start are not known, and show as null, not as 0."""
+    run = RunRecord("r", "app-fn", "app", "e", 1000, status="Completed")
+    op = Opcode(op="StepRun", id="h7", name="greet", displayName="write the greeting")
+    (step,) = timeline(run, [StepMemo("h7", b'{"data":"hi"}', ran(op, None, 5000))])
+    assert (step["name"], step["kind"], step["attempts"], step["started_at"], step["ended_at"]) == (
+        "write the greeting",
+        "run",
+        None,
+        None,
+        "1970-01-01T00:00:05.000Z",
+    )
