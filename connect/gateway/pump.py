@@ -99,6 +99,11 @@ class RequestPump:
     def in_flight(self) -> int:
         return len(self._forwarding)
 
+    @property
+    def forwarding(self) -> list[str]:
+        """The requests taken here and being forwarded now."""
+        return list(self._forwarding)
+
     def poke(self) -> None:
         """Capacity may have appeared (a worker ready, a slot released): look again."""
         self._wake.set()

@@ -197,13 +197,17 @@ async def test_a_drain_hands_back_what_was_not_forwarded_and_its_forwards_end_th
         assert lease is not None
         first_term_ms = lease.expires_at_ms
 
-        # A batch A takes: its forwards read the store before sending, so they
-        # are taken and not sent when A stops taking.
+        # A batch A takes: A stops taking as soon as it holds one it has not
+        # sent to the worker yet (no lease), and hands that one back.
+        async def stop_with_one_unsent() -> int:
+            while not any(pair.a.dispatcher.leases.get(rid) is None for rid in pair.a.pump.forwarding):
+                await asyncio.sleep(0)
+            return pair.a.pump.stop_taking()
+
+        stopping = asyncio.create_task(stop_with_one_unsent())
         batch = [await queue(pair.store, "split-held", f"r{i}") for i in range(20)]
         async with asyncio.timeout(DEADLINE):
-            while pair.a.pump.in_flight < 2:
-                await asyncio.sleep(0)
-        handed_back = pair.a.pump.stop_taking()
+            handed_back = await stopping
         assert handed_back >= 1
 
         pair.desk.send_to(pair.b)
