@@ -24,7 +24,8 @@ from starlette.routing import Route
 from connect.api.errors import error
 from connect.executor.views import rfc3339
 from connect.gateway.dispatcher import GatewayDispatcher
-from connect.store.base import READY, ConnectionRecord
+from connect.gateway.registry import connection_record
+from connect.store.base import ConnectionRecord
 
 #: Answers why a request is refused (401), or None to serve it.
 Guard = Callable[[Request], Response | None]
@@ -65,19 +66,9 @@ class LiveWorkers:
         self._gateway_id = gateway_id
 
     async def workers(self) -> list[dict[str, Any]]:
-        capacity = self._dispatcher.capacity
         records = [
-            ConnectionRecord(
-                connection_id=conn.connection_id,
-                gateway_id=self._gateway_id,
-                instance_id=conn.instance_id,
-                apps=sorted({app for app, _ in conn.functions}),
-                functions=sorted({slug for _, slug in conn.functions}),
-                capacity=capacity.limit(conn.instance_id),
-                in_flight=capacity.in_flight(conn.instance_id),
-                state=READY,
-                last_heartbeat_ms=int(conn.session.last_heartbeat * 1000),
-                expires_at_ms=0,
+            connection_record(
+                conn, self._dispatcher, self._gateway_id, int(conn.session.last_heartbeat * 1000), expires_ms=0
             )
             for conn in self._dispatcher.router.ready_connections()
         ]

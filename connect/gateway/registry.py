@@ -98,7 +98,8 @@ class GatewayRegistry:
         now_ms = int(self._clock() * 1000)
         expires_ms = now_ms + int(self.ttl * 1000)
         return [
-            self._connection_record(conn, now_ms, expires_ms) for conn in self._dispatcher.router.ready_connections()
+            connection_record(conn, self._dispatcher, self.process_id, now_ms, expires_ms)
+            for conn in self._dispatcher.router.ready_connections()
         ]
 
     async def _run(self) -> None:
@@ -121,17 +122,21 @@ class GatewayRegistry:
         expires_ms = int((self._clock() + self.ttl) * 1000)
         return ProcessRecord(self.process_id, ROLE_GATEWAY, self.address, self.state, expires_ms, self.started_at_ms)
 
-    def _connection_record(self, conn: Connection, now_ms: int, expires_ms: int) -> ConnectionRecord:
-        capacity = self._dispatcher.capacity
-        return ConnectionRecord(
-            connection_id=conn.connection_id,
-            gateway_id=self.process_id,
-            instance_id=conn.instance_id,
-            apps=sorted({app for app, _ in conn.functions}),
-            functions=sorted({slug for _, slug in conn.functions}),
-            capacity=capacity.limit(conn.instance_id),
-            in_flight=capacity.in_flight(conn.instance_id),
-            state=READY,
-            last_heartbeat_ms=now_ms,
-            expires_at_ms=expires_ms,
-        )
+
+def connection_record(
+    conn: Connection, dispatcher: GatewayDispatcher, gateway_id: str, heartbeat_ms: int, expires_ms: int
+) -> ConnectionRecord:
+    """A ready connection of `gateway_id` as the registry (and `GET /v1/workers`) shows it."""
+    capacity = dispatcher.capacity
+    return ConnectionRecord(
+        connection_id=conn.connection_id,
+        gateway_id=gateway_id,
+        instance_id=conn.instance_id,
+        apps=sorted({app for app, _ in conn.functions}),
+        functions=sorted({slug for _, slug in conn.functions}),
+        capacity=capacity.limit(conn.instance_id),
+        in_flight=capacity.in_flight(conn.instance_id),
+        state=READY,
+        last_heartbeat_ms=heartbeat_ms,
+        expires_at_ms=expires_ms,
+    )
