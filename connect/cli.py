@@ -257,10 +257,19 @@ def cmd_dev(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from connect.gateway.auth import Keys
 
-    signing_key = args.signing_key or os.environ.get("CONNECT_SIGNING_KEY", "")
-    fallback = args.signing_key_fallback or os.environ.get("CONNECT_SIGNING_KEY_FALLBACK") or None
+    # The flag, then ours, then the official self-hosted server's variable (as a worker reads them).
+    env = os.environ
+    signing_key = args.signing_key or env.get("CONNECT_SIGNING_KEY") or env.get("INNGEST_SIGNING_KEY", "")
+    fallback = (
+        args.signing_key_fallback
+        or env.get("CONNECT_SIGNING_KEY_FALLBACK")
+        or env.get("INNGEST_SIGNING_KEY_FALLBACK")
+        or None
+    )
     event_keys = list(args.event_key or [])
-    event_keys += [k for k in os.environ.get("CONNECT_EVENT_KEYS", "").split(",") if k.strip()]
+    event_keys += [k for k in env.get("CONNECT_EVENT_KEYS", "").split(",") if k.strip()]
+    if not event_keys and env.get("INNGEST_EVENT_KEY", "").strip():
+        event_keys = [env["INNGEST_EVENT_KEY"].strip()]
     if not signing_key:
         print("connect serve: a signing key is required (--signing-key or CONNECT_SIGNING_KEY)", file=sys.stderr)
         return 2
@@ -512,12 +521,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="production: the same roles, with signing and event keys required")
     _add_platform_args(serve, "connect.db")
-    serve.add_argument("--signing-key", default=None, help="signkey-<env>-<hex> (or CONNECT_SIGNING_KEY)")
     serve.add_argument(
-        "--signing-key-fallback", default=None, help="second accepted key while rotating (CONNECT_SIGNING_KEY_FALLBACK)"
+        "--signing-key", default=None, help="signkey-<env>-<hex> (or CONNECT_SIGNING_KEY, else INNGEST_SIGNING_KEY)"
     )
     serve.add_argument(
-        "--event-key", action="append", help="accepted event key; repeat for several (CONNECT_EVENT_KEYS=a,b)"
+        "--signing-key-fallback",
+        default=None,
+        help="second accepted key while rotating (CONNECT_SIGNING_KEY_FALLBACK, else INNGEST_SIGNING_KEY_FALLBACK)",
+    )
+    serve.add_argument(
+        "--event-key",
+        action="append",
+        help="accepted event key; repeat for several (CONNECT_EVENT_KEYS=a,b, else INNGEST_EVENT_KEY)",
     )
     serve.add_argument("--env", default="production", help="environment name (default production)")
     serve.set_defaults(func=cmd_serve)
@@ -528,7 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a worker for the app(s) at MODULE:ATTR. It reaches the platform at the client's api_url, "
         "else CONNECT_API_URL (default http://127.0.0.1:8288), with the client's signing key, else "
         "CONNECT_SIGNING_KEY (and CONNECT_SIGNING_KEY_FALLBACK while rotating); events it sends use "
-        "CONNECT_EVENT_KEY. CONNECT_GATEWAY_URL overrides the gateway URL the platform hands out.",
+        "CONNECT_EVENT_KEY. The official SDK's INNGEST_* variables are read after ours (see the README's "
+        "Configuration). CONNECT_GATEWAY_URL overrides the gateway URL the platform hands out.",
     )
     worker.add_argument("target", help="MODULE:ATTR naming a Client or a list of (client, functions)")
     worker.add_argument("--instance-id", default=None, help="stable worker identity (default: hostname)")

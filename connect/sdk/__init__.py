@@ -4,8 +4,8 @@ Mirrors the Inngest Python SDK's user-facing API, so existing functions port by
 changing imports. ``connect.sdk.execution.execute`` is the engine a worker calls.
 """
 
-from connect.sdk.client import Client
-from connect.sdk.context import Context
+from connect.sdk.client import Client, Inngest
+from connect.sdk.context import Context, ContextSync
 from connect.sdk.errors import (
     FunctionConfigError,
     NonRetriableError,
@@ -16,7 +16,9 @@ from connect.sdk.errors import (
 from connect.sdk.events import Event
 from connect.sdk.flow import Batch, Concurrency, Debounce, Priority, RateLimit, Singleton, Throttle
 from connect.sdk.function import Function, functions_json
+from connect.sdk.group import Group, GroupSync
 from connect.sdk.options import Cancel, Timeouts
+from connect.sdk.serializer import PydanticSerializer, Serializer
 from connect.sdk.step import ParallelMode, Step, StepSync
 from connect.sdk.triggers import TriggerCron, TriggerEvent
 
@@ -26,16 +28,22 @@ __all__ = [
     "Client",
     "Concurrency",
     "Context",
+    "ContextSync",
     "Debounce",
     "Event",
     "Function",
     "FunctionConfigError",
+    "Group",
+    "GroupSync",
+    "Inngest",
     "NonRetriableError",
     "ParallelMode",
     "Priority",
+    "PydanticSerializer",
     "RateLimit",
     "RetryAfterError",
     "SendEventsError",
+    "Serializer",
     "Singleton",
     "Step",
     "StepError",

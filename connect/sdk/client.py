@@ -5,28 +5,28 @@ from __future__ import annotations
 import logging
 import os
 import time
-import urllib.parse
 from collections.abc import Callable, Sequence
-from typing import Annotated, Final
+from typing import Any, Final
 
 import httpx
 import tenacity
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
+from connect.sdk import settings as settings_
 from connect.sdk.errors import FunctionConfigError, SendEventsError
 from connect.sdk.events import Event, encode_events, event_id_seed, normalize, parse_send_reply
 from connect.sdk.flow import Batch, Concurrency, Debounce, Priority, RateLimit, Singleton, Throttle
 from connect.sdk.function import Function, Handler
 from connect.sdk.options import Cancel, Timeouts
+from connect.sdk.serializer import NO_OUTPUT_TYPE, PydanticSerializer, Serializer
 from connect.sdk.triggers import AnyTrigger
-from connect.sdk.validation import NonBlank, config_error
 from connect.sdk.version import SDK_VERSION
 
-DEFAULT_API_BASE_URL: Final = "http://127.0.0.1:8288"
-ENV_API_URL: Final = "CONNECT_API_URL"
-ENV_SIGNING_KEY: Final = "CONNECT_SIGNING_KEY"
-ENV_EVENT_KEY: Final = "CONNECT_EVENT_KEY"
-DEFAULT_EVENT_KEY: Final = "dev"
+#: Kept for code that reads them; the rules live in ``connect.sdk.settings``.
+DEFAULT_API_BASE_URL: Final = settings_.DEV_API_BASE_URL
+ENV_API_URL: Final = settings_.CONNECT_API_URL
+ENV_SIGNING_KEY: Final = settings_.CONNECT_SIGNING_KEY
+ENV_EVENT_KEY: Final = settings_.CONNECT_EVENT_KEY
+DEFAULT_EVENT_KEY: Final = settings_.DEV_EVENT_KEY
 SEND_TIMEOUT_SECONDS: Final = 30.0
 SEND_ATTEMPTS: Final = 5
 """Tries of one send: the first and up to four retries on a network error or a 5xx answer."""
@@ -46,25 +46,6 @@ _SEND_WAIT = tenacity.wait_exponential(multiplier=0.1, exp_base=2) + tenacity.wa
 _SEND_RETRY = tenacity.retry_if_exception_type((httpx.TransportError, _ServerError))
 
 
-def _http_url(value: str) -> str:
-    parts = urllib.parse.urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"must be an http:// or https:// URL with a host, got {value!r}")
-    return value.rstrip("/")
-
-
-class ClientSettings(BaseModel):
-    """A client's settings once resolved (argument, then ``CONNECT_*`` variable, then default)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    app_id: NonBlank
-    api_base_url: Annotated[NonBlank, AfterValidator(_http_url)]
-    signing_key: NonBlank | None
-    event_key: NonBlank
-    app_version: NonBlank | None
-
-
 def _checked(response: httpx.Response) -> httpx.Response:
     if response.status_code >= 500:
         raise _ServerError(response)
@@ -72,18 +53,24 @@ def _checked(response: httpx.Response) -> httpx.Response:
 
 
 class Client:
-    """One app: its id, the platform's base URL, keys, and a logger.
+    """One app: its id, where the platform is, keys, a logger and a serializer.
 
-    Settings are resolved once, at construction: an argument wins, then the
-    ``CONNECT_*`` environment variable, then the default; a bad one raises
-    ``FunctionConfigError`` naming it (``Client: api_base_url: must be an
-    http:// or https:// URL with a host, got 'localhost:8288'``). The client holds no
-    connections; each ``send`` opens and closes its own HTTP client, so one
-    ``Client`` may be used from any thread or event loop.
+    Written as the official SDK's ``Inngest`` client is (``Inngest`` is
+    another name for it): ``Client(app_id="shop", is_production=False)``.
+    Settings are resolved once, at construction, by one rule: an argument
+    wins, then the ``CONNECT_*`` variable, then the official ``INNGEST_*``
+    one, then the default (``connect.sdk.settings`` has the table and what
+    ``is_production`` / ``INNGEST_DEV`` change); a bad one raises
+    ``FunctionConfigError`` naming the argument or variable it came from
+    (``Client: CONNECT_API_URL: must be an http:// or https:// URL with a
+    host, got 'localhost:8288'``). The client holds no connections; each
+    ``send`` opens and closes its own HTTP client, so one ``Client`` may be
+    used from any thread or event loop.
 
-    ``http_transport`` replaces httpx's network layer (tests pass an
-    ``httpx.MockTransport``); an async transport serves ``send`` and a sync one
-    ``send_sync``.
+    ``serializer`` converts typed outputs (``output_type=``); the default is
+    ``PydanticSerializer``. ``http_transport`` replaces httpx's network layer
+    (tests pass an ``httpx.MockTransport``); an async transport serves
+    ``send`` and a sync one ``send_sync``.
     """
 
     def __init__(
@@ -91,28 +78,41 @@ class Client:
         app_id: str,
         *,
         api_base_url: str | None = None,
-        signing_key: str | None = None,
-        event_key: str | None = None,
         app_version: str | None = None,
-        logger: logging.Logger | None = None,
+        env: str | None = None,
+        event_api_base_url: str | None = None,
+        event_key: str | None = None,
+        is_production: bool | None = None,
+        logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+        serializer: Serializer | None = None,
+        signing_key: str | None = None,
         http_transport: httpx.AsyncBaseTransport | httpx.BaseTransport | None = None,
     ) -> None:
-        try:
-            settings = ClientSettings(
-                app_id=app_id,
-                api_base_url=api_base_url or os.environ.get(ENV_API_URL) or DEFAULT_API_BASE_URL,
-                signing_key=signing_key or os.environ.get(ENV_SIGNING_KEY) or None,
-                event_key=event_key or os.environ.get(ENV_EVENT_KEY) or DEFAULT_EVENT_KEY,
-                app_version=app_version,
-            )
-        except ValidationError as exc:
-            raise config_error("Client", exc) from None
+        settings = settings_.resolve(
+            app_id=app_id,
+            is_production=is_production,
+            api_base_url=api_base_url,
+            event_api_base_url=event_api_base_url,
+            signing_key=signing_key,
+            event_key=event_key,
+            env=env,
+            app_version=app_version,
+            environ=os.environ,
+        )
+        self.settings: Final = settings
         self.app_id: Final = settings.app_id
+        #: False in development (a local ``connect dev``, keys optional), True in production.
+        self.is_production: Final = settings.is_production
         self.api_base_url: Final = settings.api_base_url
+        self.event_api_base_url: Final = settings.event_api_base_url
         self.signing_key: Final = settings.signing_key
+        #: Tried by the worker when the platform refuses ``signing_key`` (key rotation).
+        self.signing_key_fallback: Final = settings.signing_key_fallback
         self.event_key: Final = settings.event_key
+        self.env: Final = settings.env
         self.app_version: Final = settings.app_version
         self.logger: Final = logger or logging.getLogger("connect.sdk")
+        self.serializer: Final[Serializer] = serializer or PydanticSerializer()
         self._transport = http_transport
         #: Every function created with this client, in creation order; what
         #: `connect worker module:client` serves.
@@ -120,7 +120,13 @@ class Client:
 
     @property
     def event_url(self) -> str:
-        return f"{self.api_base_url}/e/{self.event_key}"
+        """Where ``send`` posts: ``<event_api_base_url>/e/<event_key>``."""
+        if self.event_key is None:
+            raise SendEventsError(
+                f"no event key: pass event_key, or set {settings_.CONNECT_EVENT_KEY} or {settings_.INNGEST_EVENT_KEY} "
+                "(production mode has no default)"
+            )
+        return f"{self.event_api_base_url}/e/{self.event_key}"
 
     def create_function(
         self,
@@ -129,6 +135,7 @@ class Client:
         trigger: AnyTrigger | Sequence[AnyTrigger],
         retries: int | None = None,
         name: str | None = None,
+        output_type: object = NO_OUTPUT_TYPE,
         cancel: Sequence[Cancel] | None = None,
         timeouts: Timeouts | None = None,
         on_failure: Handler | None = None,
@@ -141,8 +148,15 @@ class Client:
         idempotency: str | None = None,
         singleton: Singleton | None = None,
     ) -> Callable[[Handler], Function]:
-        """Decorator turning ``async def f(ctx, step)`` or ``def f(ctx, step)`` into a ``Function``.
+        """Decorator turning a handler into a ``Function``.
 
+        Two handler styles, told apart by the handler's parameters: one
+        (``async def f(ctx)``, ``ctx.step`` and ``ctx.group`` as in the
+        official SDK) or two (``async def f(ctx, step)``); a plain ``def``
+        handler gets a ``ContextSync`` with ``StepSync`` / ``GroupSync``
+        tools and runs in a worker thread (see ``connect.sdk.handlers``).
+        ``output_type`` declares the type the handler returns, serialized
+        with the client's serializer (``connect.sdk.serializer``).
         ``trigger`` is one trigger or a list (any of them starts a run).
         ``retries`` (0 to 20) applies to each step and to the function body; ``None``
         leaves the server default. ``cancel`` lists events that cancel a run,
@@ -165,6 +179,7 @@ class Client:
                 trigger=trigger,
                 retries=retries,
                 name=name,
+                output_type=output_type,
                 cancel=cancel,
                 timeouts=timeouts,
                 on_failure=on_failure,
@@ -199,6 +214,7 @@ class Client:
         if not batch:
             return []
         body, headers = self._request(batch)
+        url = self.event_url
         transport = self._transport if isinstance(self._transport, httpx.AsyncBaseTransport) else None
         try:
             async with httpx.AsyncClient(timeout=SEND_TIMEOUT_SECONDS, transport=transport) as http:
@@ -206,11 +222,11 @@ class Client:
                     stop=_SEND_STOP, wait=_SEND_WAIT, retry=_SEND_RETRY, reraise=True
                 ):
                     with attempt:
-                        response = _checked(await http.post(self.event_url, content=body, headers=headers))
+                        response = _checked(await http.post(url, content=body, headers=headers))
         except _ServerError as exc:
             response = exc.response
         except httpx.HTTPError as exc:
-            raise SendEventsError(f"could not reach the event API at {self.event_url}: {exc}") from exc
+            raise SendEventsError(f"could not reach the event API at {url}: {exc}") from exc
         return parse_send_reply(response.status_code, response.content)
 
     def send_sync(self, events: Event | Sequence[Event]) -> list[str]:
@@ -219,16 +235,17 @@ class Client:
         if not batch:
             return []
         body, headers = self._request(batch)
+        url = self.event_url
         transport = self._transport if isinstance(self._transport, httpx.BaseTransport) else None
         try:
             with httpx.Client(timeout=SEND_TIMEOUT_SECONDS, transport=transport) as http:
                 for attempt in tenacity.Retrying(stop=_SEND_STOP, wait=_SEND_WAIT, retry=_SEND_RETRY, reraise=True):
                     with attempt:
-                        response = _checked(http.post(self.event_url, content=body, headers=headers))
+                        response = _checked(http.post(url, content=body, headers=headers))
         except _ServerError as exc:
             response = exc.response
         except httpx.HTTPError as exc:
-            raise SendEventsError(f"could not reach the event API at {self.event_url}: {exc}") from exc
+            raise SendEventsError(f"could not reach the event API at {url}: {exc}") from exc
         return parse_send_reply(response.status_code, response.content)
 
     def _request(self, batch: list[Event]) -> tuple[bytes, dict[str, str]]:
@@ -239,7 +256,13 @@ class Client:
             "x-inngest-sdk": SDK_VERSION,
             "x-inngest-event-id-seed": event_id_seed(now_ms),
         }
+        if self.env is not None:
+            headers["x-inngest-env"] = self.env
         return encode_events(batch, now_ms), headers
 
     def __repr__(self) -> str:
         return f"Client(app_id={self.app_id!r}, api_base_url={self.api_base_url!r})"
+
+
+#: The official SDK's name for the client: ``inngest.Inngest(app_id=...)`` ports as ``connect.Inngest(app_id=...)``.
+Inngest = Client

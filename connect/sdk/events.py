@@ -16,6 +16,7 @@ import msgspec
 from ulid import ULID
 
 from connect.sdk.errors import SendEventsError
+from connect.sdk.serializer import json_default
 from protocol.payloads import Event
 
 __all__ = ["Event", "derived_event_id", "encode_events", "event_id_seed", "parse_send_reply"]
@@ -51,9 +52,14 @@ def normalize(events: Event | Sequence[Event]) -> list[Event]:
 
 
 def encode_events(events: Sequence[Event], now_ms: int) -> bytes:
-    """The JSON array posted to ``/e/{key}``; a zero ``ts`` becomes ``now_ms``, an empty ``id`` is left out."""
+    """The JSON array posted to ``/e/{key}``; a zero ``ts`` becomes ``now_ms``, an empty ``id`` is left out.
+
+    ``data`` may be (or hold) pydantic models: they are sent as JSON-mode dumps
+    (``connect.sdk.serializer.json_default``); a handler reads them back with
+    ``Model.model_validate(ctx.event.data)``."""
     return msgspec.json.encode(
-        [_OutgoingEvent(name=e.name, data=e.data, ts=e.ts or now_ms, id=e.id, user=e.user) for e in events]
+        [_OutgoingEvent(name=e.name, data=e.data, ts=e.ts or now_ms, id=e.id, user=e.user) for e in events],
+        enc_hook=json_default,
     )
 
 

@@ -13,9 +13,10 @@ ERROR [500] body = ``{"code", "message", "name", "stack"?}``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 import anyio.to_thread
@@ -23,10 +24,12 @@ import msgspec
 
 from connect.sdk import errors
 from connect.sdk.client import Client
-from connect.sdk.context import Context
+from connect.sdk.context import Context, ContextSync
 from connect.sdk.durations import to_iso_utc
 from connect.sdk.function import ROOT_STEP_ID, Function, resolve
+from connect.sdk.group import Group, GroupSync
 from connect.sdk.replay import Ending, Failure, Replay, RequestEnded
+from connect.sdk.serializer import NO_OUTPUT_TYPE, json_default
 from connect.sdk.step import Step, StepSync
 from connect.sdk.version import REQUEST_VERSION, SDK_VERSION
 from protocol.payloads import (
@@ -69,6 +72,9 @@ class Outcome:
     no_retry: bool = False
     retry_after: str | None = None  # ISO-8601 UTC with ms
     request_version: int = REQUEST_VERSION
+    #: The exception the function raised, when it raised one (never sent; for
+    #: ``connect.sdk.testing`` and logs).
+    exception: Exception | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -128,20 +134,8 @@ async def _run(client: Client, fn: Function, request: ExecutorRequest, invocatio
     # An empty step id is treated as discovery: targeting a step nobody has
     # would only make every new step fail with step_unexpected.
     target = None if invocation.step_id in (ROOT_STEP_ID, "") else invocation.step_id
-    ctx = Context(
-        event=request.event,
-        events=request.events,
-        run_id=request.ctx.run_id,
-        attempt=request.ctx.attempt,
-        request_id=invocation.request_id,
-        job_id=invocation.job_id,
-        logger=client.logger,
-    )
-    checkpoint = invocation.checkpoint
-    if checkpoint is not None and request.ctx.checkpoint_steps:
-        checkpoint = _resetting_attempt(checkpoint, ctx)
-    else:
-        checkpoint = None
+    checkpoint = invocation.checkpoint if request.ctx.checkpoint_steps else None
+    made: list[Context | ContextSync] = []  # the context, once made, for the checkpoint to reset
     replay = Replay(
         request.steps,
         target=target,
@@ -149,12 +143,22 @@ async def _run(client: Client, fn: Function, request: ExecutorRequest, invocatio
         attempt=request.ctx.attempt,
         max_attempts=request.ctx.max_attempts,
         run_id=request.ctx.run_id,
-        checkpoint=checkpoint,
+        checkpoint=None if checkpoint is None else _resetting_attempt(checkpoint, made),
     )
+    run = (request.event, request.events, request.ctx.run_id, request.ctx.attempt)
+    ids = (invocation.request_id, invocation.job_id, client.logger)
+    ctx: Context | ContextSync
     if fn.is_async:
-        result = await _call_async(fn, ctx, Step(replay, client))
+        step = Step(replay, client)
+        ctx = Context(*run, *ids, step=step, group=Group(step), function_id=fn.id)
     else:
-        result = await anyio.to_thread.run_sync(_call_sync, fn, ctx, StepSync(replay, client), abandon_on_cancel=True)
+        step_sync = StepSync(replay, client)
+        ctx = ContextSync(*run, *ids, step=step_sync, group=GroupSync(step_sync), function_id=fn.id)
+    made.append(ctx)
+    if isinstance(ctx, Context):
+        result = await _call_async(fn, ctx)
+    else:
+        result = await anyio.to_thread.run_sync(_call_sync, fn, ctx, abandon_on_cancel=True)
     # A recorded ending wins even if user code swallowed RequestEnded and
     # returned or raised something else afterwards.
     if replay.ending is not None:
@@ -163,11 +167,16 @@ async def _run(client: Client, fn: Function, request: ExecutorRequest, invocatio
         return _from_exception(client, fn, result.exc)
     if isinstance(result, _Unwound):
         raise RuntimeError("handler unwound without a recorded ending")
+    if fn.output_type is not NO_OUTPUT_TYPE:
+        try:
+            return _from_return(client.serializer.serialize(result.value, fn.output_type))
+        except Exception as exc:
+            return _from_exception(client, fn, exc)
     return _from_return(result.value)
 
 
 def _resetting_attempt(
-    checkpoint: Callable[[Opcode], asyncio.Future[bool]], ctx: Context
+    checkpoint: Callable[[Opcode], asyncio.Future[bool]], made: list[Context | ContextSync]
 ) -> Callable[[Opcode], asyncio.Future[bool]]:
     """The checkpoint, resetting ``ctx.attempt``: the code after a checkpointed
     step belongs to the next step, whose attempts start at 0 as in a new
@@ -175,24 +184,29 @@ def _resetting_attempt(
 
     def send(op: Opcode) -> asyncio.Future[bool]:
         answer = checkpoint(op)
-        ctx.attempt = 0
+        for ctx in made:
+            ctx.attempt = 0
         return answer
 
     return send
 
 
-async def _call_async(fn: Function, ctx: Context, step: Step) -> _Result:
+async def _call_async(fn: Function, ctx: Context) -> _Result:
     try:
-        return _Returned(await fn.handler(ctx, step))  # type: ignore[arg-type]
+        if fn.takes_step:
+            return _Returned(await fn.handler(ctx, ctx.step))  # type: ignore[call-arg, arg-type]
+        return _Returned(await fn.handler(ctx))  # type: ignore[call-arg, arg-type]
     except RequestEnded:
         return _Unwound()
     except Exception as exc:
         return _Raised(exc)
 
 
-def _call_sync(fn: Function, ctx: Context, step: StepSync) -> _Result:
+def _call_sync(fn: Function, ctx: ContextSync) -> _Result:
     try:
-        return _Returned(fn.handler(ctx, step))  # type: ignore[arg-type]
+        if fn.takes_step:
+            return _Returned(fn.handler(ctx, ctx.step))  # type: ignore[call-arg, arg-type]
+        return _Returned(fn.handler(ctx))  # type: ignore[call-arg, arg-type]
     except RequestEnded:
         return _Unwound()
     except Exception as exc:
@@ -214,7 +228,7 @@ def _from_return(value: Any) -> Outcome:
             )
         )
     try:
-        body = msgspec.json.encode(value)
+        body = msgspec.json.encode(value, enc_hook=json_default)
     except (TypeError, ValueError, OverflowError, msgspec.EncodeError) as exc:
         return _failure_outcome(
             Failure(
@@ -236,7 +250,8 @@ def _from_exception(client: Client, fn: Function, exc: Exception) -> Outcome:
     retry_after = None
     if isinstance(exc, errors.RetryAfterError):
         retry_after = to_iso_utc(exc.retry_after)
-    return _failure_outcome(Failure(info, no_retry=not errors.is_retriable(exc), retry_after=retry_after))
+    outcome = _failure_outcome(Failure(info, no_retry=not errors.is_retriable(exc), retry_after=retry_after))
+    return dataclasses.replace(outcome, exception=exc)
 
 
 def _from_ending(ending: Ending) -> Outcome:

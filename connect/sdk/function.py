@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-import inspect
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, TypeAlias
 
 import msgspec
 
-from connect.sdk.context import Context
-from connect.sdk.errors import FunctionConfigError
+from connect.sdk.context import Context, ContextSync
 from connect.sdk.flow import Batch, Concurrency, Debounce, Priority, RateLimit, Singleton, Throttle
+from connect.sdk.handlers import is_async_callable, takes_step
 from connect.sdk.options import Cancel, FunctionOptions, Timeouts
+from connect.sdk.serializer import NO_OUTPUT_TYPE
 from connect.sdk.step import Step, StepSync
 from connect.sdk.triggers import AnyTrigger, TriggerEvent
 from protocol.payloads import CancelConfig, FunctionConfig, Retries, Runtime, StepConfig, TimeoutsConfig
 
-AsyncHandler: TypeAlias = Callable[[Context, Step], Awaitable[Any]]
-SyncHandler: TypeAlias = Callable[[Context, StepSync], Any]
+AsyncHandler: TypeAlias = Callable[[Context, Step], Awaitable[Any]] | Callable[[Context], Awaitable[Any]]
+SyncHandler: TypeAlias = Callable[[ContextSync, StepSync], Any] | Callable[[ContextSync], Any]
 Handler: TypeAlias = AsyncHandler | SyncHandler
 
 # The one pseudo-step every function registers; requests naming it are discovery requests.
@@ -46,6 +46,7 @@ class Function:
         trigger: AnyTrigger | Sequence[AnyTrigger],
         retries: int | None = None,
         name: str | None = None,
+        output_type: object = NO_OUTPUT_TYPE,
         cancel: Sequence[Cancel] | None = None,
         timeouts: Timeouts | None = None,
         on_failure: Handler | None = None,
@@ -74,20 +75,21 @@ class Function:
             idempotency=idempotency,
             singleton=singleton,
         )
-        _check_handler(fn_id, handler)
+        self._takes_step = takes_step(fn_id, handler)
         self._options = options
+        self._output_type = output_type
 
         self._id = fn_id
         self._name = name or fn_id
         self._triggers = options.triggers
         self._retries = retries
         self._handler = handler
-        self._is_async = _is_async_callable(handler)
+        self._is_async = is_async_callable(handler)
         self._cancel: tuple[Cancel, ...] = options.cancel
         self._timeouts = timeouts
         self._on_failure: Function | None = None
         if on_failure is not None:
-            _check_handler(f"{fn_id} on_failure", on_failure)
+            takes_step(f"{fn_id} on_failure", on_failure)
             # Registered as its own function, triggered by the failure event of
             # this one (the expression is added in `failure_config`); one attempt only.
             self._on_failure = Function(
@@ -118,6 +120,16 @@ class Function:
     @property
     def handler(self) -> Handler:
         return self._handler
+
+    @property
+    def takes_step(self) -> bool:
+        """Whether the handler is called ``(ctx, step)`` rather than ``(ctx)`` (``connect.sdk.handlers``)."""
+        return self._takes_step
+
+    @property
+    def output_type(self) -> object:
+        """The declared type of the handler's return value, or ``NO_OUTPUT_TYPE``."""
+        return self._output_type
 
     @property
     def is_async(self) -> bool:
@@ -228,26 +240,3 @@ def _drop_nulls(value: Any) -> Any:
     if isinstance(value, list):
         return [_drop_nulls(v) for v in value]
     return value
-
-
-def _is_async_callable(handler: object) -> bool:
-    if inspect.iscoroutinefunction(handler):
-        return True
-    call = getattr(handler, "__call__", None)  # noqa: B004 - looking for an async __call__
-    return inspect.iscoroutinefunction(call)
-
-
-def _check_handler(fn_id: str, handler: object) -> None:
-    if not callable(handler):
-        raise FunctionConfigError(f"{fn_id}: the handler must be callable")
-    try:
-        signature = inspect.signature(handler)
-    except (TypeError, ValueError):
-        return  # some callables have no introspectable signature; trust them
-    try:
-        signature.bind(None, None)
-    except TypeError:
-        raise FunctionConfigError(
-            f"{fn_id}: the handler must accept two positional arguments (ctx, step), "
-            f"got {getattr(handler, '__name__', handler)!r}{signature}"
-        ) from None

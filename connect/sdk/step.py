@@ -27,6 +27,7 @@ from connect.sdk.durations import to_duration_string, to_iso_utc
 from connect.sdk.errors import FunctionConfigError
 from connect.sdk.events import derived_event_id, normalize
 from connect.sdk.replay import PARALLEL_RACE, PARALLEL_WAIT, GroupStepReported, Replay
+from connect.sdk.serializer import NO_OUTPUT_TYPE
 from connect.sdk.validation import cel_problem
 from protocol.payloads import OP_INVOKE_FUNCTION, OP_SLEEP, OP_WAIT_FOR_EVENT, Event
 
@@ -61,6 +62,12 @@ class _StepTools:
     def __init__(self, replay: Replay, client: Client) -> None:
         self._replay = replay
         self._client = client
+
+    def _typed(self, value: Any, output_type: object) -> Any:
+        """A stored step result as the declared type (unchanged without one)."""
+        if output_type is NO_OUTPUT_TYPE:
+            return value
+        return self._client.serializer.deserialize(value, output_type)
 
     def _stamped(self, events: Event | Sequence[Event], step_hash: str) -> list[Event]:
         """Give every event without an id one derived from (run, step, position),
@@ -125,17 +132,24 @@ class Step(_StepTools):
     """Step tools for ``async def`` handlers."""
 
     @overload
-    async def run(self, step_id: str, fn: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T: ...
+    async def run(
+        self, step_id: str, fn: Callable[[*Ts], Awaitable[T]], *args: *Ts, output_type: object = ...
+    ) -> T: ...
 
     @overload
-    async def run(self, step_id: str, fn: Callable[[*Ts], T], *args: *Ts) -> T: ...
+    async def run(self, step_id: str, fn: Callable[[*Ts], T], *args: *Ts, output_type: object = ...) -> T: ...
 
-    async def run(self, step_id: str, fn: Callable[[*Ts], Any], *args: *Ts) -> Any:
+    async def run(
+        self, step_id: str, fn: Callable[[*Ts], Any], *args: *Ts, output_type: object = NO_OUTPUT_TYPE
+    ) -> Any:
         """Run ``fn(*args)`` once, durably; later replays return the stored result.
 
         ``fn`` may be ``async`` (awaited) or a plain function, which is called
         directly on the event loop: keep it quick, or make it ``async`` / use a
-        sync handler for blocking work. Its result must be JSON-serializable.
+        sync handler for blocking work. Its result must be JSON-serializable,
+        or of the declared ``output_type`` (a pydantic model, ``list[Model]``,
+        a dataclass...): it is then stored through the client's serializer and
+        returned as that type, the first time and on every replay.
         If it raises, the step is retried per the function's ``retries``; once
         they are exhausted, this call raises ``StepError`` on the next replay.
         ``NonRetriableError`` and ``RetryAfterError`` are not step errors: they
@@ -144,13 +158,15 @@ class Step(_StepTools):
         await self._replay.settle()
         identity, memo = self._replay.begin(step_id)
         if memo is not None:
-            return memo.resolve()
+            return self._typed(memo.resolve(), output_type)
         self._replay.allow_run(identity)
         with self._replay.executing(identity):
             value = fn(*args)
             if inspect.isawaitable(value):
                 value = await value
-        return self._replay.body_done(identity, value)
+            if output_type is not NO_OUTPUT_TYPE:
+                value = self._client.serializer.serialize(value, output_type)
+        return self._typed(self._replay.body_done(identity, value), output_type)
 
     async def send_event(self, step_id: str, events: Event | Sequence[Event]) -> list[str]:
         """Send events as a step; returns their ids.
@@ -229,9 +245,12 @@ class Step(_StepTools):
         timeout: int | datetime.timedelta | None = None,
         v: str | None = None,
     ) -> Any:
-        """Run another function of this app and return its output (``StepError`` if it failed)."""
+        """Run another function of this app and return its output (``StepError`` if it failed),
+        as the function's ``output_type`` if it declares one."""
         await self._replay.settle()
-        return self._invoke(step_id, self._client.app_id, function.id, data, timeout, v)
+        return self._typed(
+            self._invoke(step_id, self._client.app_id, function.id, data, timeout, v), function.output_type
+        )
 
     async def invoke_by_id(
         self,
@@ -251,17 +270,20 @@ class Step(_StepTools):
 class StepSync(_StepTools):
     """Step tools for plain ``def`` handlers, which run in a worker thread."""
 
-    def run(self, step_id: str, fn: Callable[[*Ts], T], *args: *Ts) -> T:
+    def run(self, step_id: str, fn: Callable[[*Ts], T], *args: *Ts, output_type: object = NO_OUTPUT_TYPE) -> T:
         """Run ``fn(*args)`` once, durably; later replays return the stored result.
 
-        Same rules as ``Step.run``; ``fn`` is called directly in the handler's thread.
+        Same rules as ``Step.run`` (``output_type`` included); ``fn`` is called
+        directly in the handler's thread.
         """
         identity, memo = self._replay.begin(step_id)
         if memo is not None:
-            return memo.resolve()  # type: ignore[no-any-return]
+            return self._typed(memo.resolve(), output_type)  # type: ignore[no-any-return]
         self._replay.allow_run(identity)
         with self._replay.executing(identity):
-            value = fn(*args)
+            value: Any = fn(*args)
+            if output_type is not NO_OUTPUT_TYPE:
+                value = self._client.serializer.serialize(value, output_type)
         self._replay.body_returned(identity, value)
 
     def send_event(self, step_id: str, events: Event | Sequence[Event]) -> list[str]:
@@ -322,8 +344,11 @@ class StepSync(_StepTools):
         timeout: int | datetime.timedelta | None = None,
         v: str | None = None,
     ) -> Any:
-        """Run another function of this app and return its output (``StepError`` if it failed)."""
-        return self._invoke(step_id, self._client.app_id, function.id, data, timeout, v)
+        """Run another function of this app and return its output (``StepError`` if it failed),
+        as the function's ``output_type`` if it declares one."""
+        return self._typed(
+            self._invoke(step_id, self._client.app_id, function.id, data, timeout, v), function.output_type
+        )
 
     def invoke_by_id(
         self,

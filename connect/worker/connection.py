@@ -90,6 +90,8 @@ class WorkerConnection:
         self._options = options
         self._api_base_url = first.api_base_url
         self._signing_key = first.signing_key
+        # CONNECT_SIGNING_KEY_FALLBACK, else INNGEST_SIGNING_KEY_FALLBACK (connect.sdk.settings).
+        self._fallback_key = first.signing_key_fallback
         self._state = ConnectionState.CONNECTING
         self._clock = options.clock
         self._thread: threading.Thread | None = None
@@ -294,7 +296,7 @@ class WorkerConnection:
                 self._api_base_url,
                 self._signing_key,
                 instance_id=self._options.instance_id,
-                fallback_key=os.environ.get("CONNECT_SIGNING_KEY_FALLBACK") or None,
+                fallback_key=self._fallback_key,
             )
             housekeeping = asyncio.create_task(self._housekeeping(start))
             closer = asyncio.create_task(self._close_when_requested(start))

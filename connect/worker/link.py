@@ -96,6 +96,9 @@ def hello(
             app.app_version = client.app_version
     if max_worker_concurrency:
         msg.max_worker_concurrency = max_worker_concurrency
+    env = next((client.env for client, _ in apps.values() if client.env), None)
+    if env:
+        msg.environment = env  # the client's env= / INNGEST_ENV, as the official SDK sends it
     return msg
 
 

@@ -18,7 +18,8 @@ class FatalStartError(Exception):
 
 class StartClient:
     """Signs requests with the hashed signing key; after a 401 it switches to
-    the fallback key (`CONNECT_SIGNING_KEY_FALLBACK`) once, for key rotation."""
+    the fallback key (`CONNECT_SIGNING_KEY_FALLBACK`, else `INNGEST_SIGNING_KEY_FALLBACK`)
+    once, for key rotation."""
 
     def __init__(
         self,
@@ -57,7 +58,8 @@ class StartClient:
         if resp.status_code in (401, 403):
             raise FatalStartError(
                 f"{self.start_url} refused the signing key ({resp.status_code}: {resp.text.strip()[:200]}): "
-                "give the key the platform was started with (the client's signing_key, or CONNECT_SIGNING_KEY)"
+                "give the key the platform was started with (the client's signing_key, or CONNECT_SIGNING_KEY, "
+                "or INNGEST_SIGNING_KEY)"
             )
         if resp.status_code == 429:
             raise ConnectionError(f"start answered 429: {resp.text.strip()[:200]}")

@@ -30,18 +30,18 @@ def test_defaults() -> None:
 
 def test_environment_then_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONNECT_API_URL", "http://env:1/")
-    monkeypatch.setenv("CONNECT_SIGNING_KEY", "signkey-env")
+    monkeypatch.setenv("CONNECT_SIGNING_KEY", "signkey-env-0123456789abcdef")
     monkeypatch.setenv("CONNECT_EVENT_KEY", "env-key")
     from_env = Client("app")
     assert (from_env.api_base_url, from_env.signing_key, from_env.event_key) == (
         "http://env:1",
-        "signkey-env",
+        "signkey-env-0123456789abcdef",
         "env-key",
     )
-    explicit = Client("app", api_base_url="https://arg:2//", signing_key="k", event_key="e", app_version="1.2")
+    explicit = Client("app", api_base_url="https://arg:2//", signing_key="00ff00ff00ff00ff", event_key="e", app_version="1.2")
     assert (explicit.api_base_url, explicit.signing_key, explicit.event_key, explicit.app_version) == (
         "https://arg:2",
-        "k",
+        "00ff00ff00ff00ff",
         "e",
         "1.2",
     )

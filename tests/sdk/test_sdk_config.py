@@ -118,12 +118,12 @@ def test_duplicate_function_id_is_rejected() -> None:
     assert [f.id for f in client.functions] == ["f"]
 
 
-def test_handler_must_take_ctx_and_step() -> None:
-    async def one_arg(ctx: Context) -> None:
+def test_handler_must_take_ctx_or_ctx_and_step() -> None:
+    async def three_args(ctx: Context, step: object, extra: object) -> None:
         return None
 
-    with pytest.raises(FunctionConfigError, match=r"\(ctx, step\)"):
-        Client("app").create_function(fn_id="f", trigger=TriggerEvent(event="e"))(one_arg)  # type: ignore[arg-type]
+    with pytest.raises(FunctionConfigError, match=r"one positional argument \(ctx\) or two \(ctx, step\)"):
+        Client("app").create_function(fn_id="f", trigger=TriggerEvent(event="e"))(three_args)  # type: ignore[arg-type]
     with pytest.raises(FunctionConfigError, match="callable"):
         Client("app").create_function(fn_id="f", trigger=TriggerEvent(event="e"))("nope")  # type: ignore[arg-type]
 

@@ -73,7 +73,7 @@ _NOT_A_URL = "must be an http:// or https:// URL with a host"
         ({"api_base_url": "ftp://files.example"}, f"api_base_url: {_NOT_A_URL}, got 'ftp://files.example'"),
         ({"api_base_url": "http://"}, f"api_base_url: {_NOT_A_URL}, got 'http://'"),
         ({"app_version": ""}, "app_version: must be a non-empty string, got ''"),
-        ({"event_key": 7}, "event_key: input should be a valid string, got 7"),
+        ({"event_key": 7}, "event_key: must be a string, got 7"),
     ],
 )
 def test_a_bad_client_setting_raises_an_error_naming_it(settings: dict[str, Any], message: str) -> None:
@@ -83,5 +83,5 @@ def test_a_bad_client_setting_raises_an_error_naming_it(settings: dict[str, Any]
 
 def test_a_bad_url_from_the_environment_is_named_too(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONNECT_API_URL", "127.0.0.1:8288")
-    with pytest.raises(FunctionConfigError, match=r"^Client: api_base_url: .* got '127\.0\.0\.1:8288'$"):
+    with pytest.raises(FunctionConfigError, match=r"^Client: CONNECT_API_URL: .* got '127\.0\.0\.1:8288'$"):
         Client("shop")
