@@ -9,8 +9,9 @@ function's return value (and ``step.invoke`` of it).
 
 ``PydanticSerializer`` (the default) takes any type pydantic can validate:
 models, dataclasses, ``list[Order]``, ``datetime``, unions. It dumps in JSON
-mode (datetimes as ISO strings, enums by value) and validates on the way
-back. A client's ``serializer=`` replaces it with any object with the same two
+mode (datetimes as ISO strings, enums by value), refusing a value that is not
+of the declared type (the step fails, as if its body had raised), and
+validates on the way back. A client's ``serializer=`` replaces it with any object with the same two
 methods. Without an ``output_type`` a value is stored as it is, and a pydantic
 model anywhere in it (a step output, a function output, an event's data) is
 dumped in JSON mode (``json_default``), coming back as plain JSON.
@@ -65,7 +66,8 @@ class PydanticSerializer:
     """The default serializer: pydantic ``TypeAdapter``s, dumped in JSON mode."""
 
     def serialize(self, obj: object, typ: object) -> object:
-        return _adapter_for(typ).dump_python(obj, mode="json")
+        # A value that is not of the declared type is an error (pydantic only warns by default).
+        return _adapter_for(typ).dump_python(obj, mode="json", warnings="error")
 
     def deserialize(self, obj: object, typ: object) -> object:
         return _adapter_for(typ).validate_python(obj)

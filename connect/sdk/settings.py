@@ -89,6 +89,8 @@ def _official_url(source: str, value: str, production: bool) -> str:
     ``https://`` in production and ``http://`` in development."""
     value = value.strip()
     if "://" not in value:
+        if "." not in value and ":" not in value:  # the official SDK's test for "a URL"
+            raise _fail(source, f"{_NOT_A_URL}, got {value!r}")
         value = f"{'https' if production else 'http'}://{value}"
     return _checked_url(source, value)
 

@@ -38,7 +38,9 @@ def test_environment_then_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
         "signkey-env-0123456789abcdef",
         "env-key",
     )
-    explicit = Client("app", api_base_url="https://arg:2//", signing_key="00ff00ff00ff00ff", event_key="e", app_version="1.2")
+    explicit = Client(
+        "app", api_base_url="https://arg:2//", signing_key="00ff00ff00ff00ff", event_key="e", app_version="1.2"
+    )
     assert (explicit.api_base_url, explicit.signing_key, explicit.event_key, explicit.app_version) == (
         "https://arg:2",
         "00ff00ff00ff00ff",
