@@ -4,7 +4,7 @@ The lower bounds of `websockets`, `pydantic` and `uvicorn` are read from pyproje
 those exact releases are installed (once, cached under `.venv/floor/`) into a
 directory put first on the path, and the subset runs in a child pytest: the
 gateway's handshakes and its HTTP answers, frames both ways, client masking,
-option and settings validation, and events run to completion by real
+option and settings validation, typed outputs (pydantic serialization), and events run to completion by real
 `connect dev` and worker processes, and the API port's HTTP guard and
 one-write transport (which build on uvicorn's httptools protocol). A release
 that cannot serve them must not be declared.
@@ -29,6 +29,8 @@ SUBSET = [
     "tests/gateway/test_handshake_close_codes.py",
     "tests/sdk/test_sdk_validation.py",
     "tests/sdk/test_sdk_config.py",
+    "tests/sdk/test_sdk_settings.py",
+    "tests/sdk/test_sdk_typed_outputs.py",
     "tests/api/test_guard.py",
     "tests/api/test_corking.py",
     "tests/e2e/test_end_to_end.py::test_200_events_complete_a_three_step_function",

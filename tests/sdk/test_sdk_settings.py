@@ -199,3 +199,28 @@ async def test_production_without_an_event_key_refuses_to_send() -> None:
         SendEventsError, match="no event key: pass event_key, or set CONNECT_EVENT_KEY or INNGEST_EVENT_KEY"
     ):
         await client.send(Event(name="x/y"))
+
+
+def test_the_worker_names_the_clients_env_in_worker_connect(monkeypatch: pytest.MonkeyPatch) -> None:
+    from connect.worker.link import hello
+    from protocol import connect_pb2 as pb
+
+    monkeypatch.setenv("INNGEST_ENV", "branch-9")
+    client = Client("app")
+    msg = hello(
+        pb.StartResponse(connection_id="c1"),
+        {"app": (client, {})},
+        instance_id="i",
+        max_worker_concurrency=None,
+        started_at=0.0,
+    )
+    assert msg.HasField("environment") and msg.environment == "branch-9"
+    monkeypatch.delenv("INNGEST_ENV")
+    plain = hello(
+        pb.StartResponse(connection_id="c1"),
+        {"app": (Client("other"), {})},
+        instance_id="i",
+        max_worker_concurrency=None,
+        started_at=0.0,
+    )
+    assert not plain.HasField("environment")
