@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import time
@@ -28,6 +29,7 @@ ENV_SIGNING_KEY: Final = settings_.CONNECT_SIGNING_KEY
 ENV_EVENT_KEY: Final = settings_.CONNECT_EVENT_KEY
 DEFAULT_EVENT_KEY: Final = settings_.DEV_EVENT_KEY
 SEND_TIMEOUT_SECONDS: Final = 30.0
+"""Default timeout of one try of ``send`` (``request_timeout`` changes it)."""
 SEND_ATTEMPTS: Final = 5
 """Tries of one send: the first and up to four retries on a network error or a 5xx answer."""
 
@@ -44,6 +46,17 @@ class _ServerError(Exception):
 _SEND_STOP = tenacity.stop_after_attempt(SEND_ATTEMPTS)
 _SEND_WAIT = tenacity.wait_exponential(multiplier=0.1, exp_base=2) + tenacity.wait_random(0, 0.1)
 _SEND_RETRY = tenacity.retry_if_exception_type((httpx.TransportError, _ServerError))
+
+
+def _timeout_seconds(value: object) -> float:
+    """``request_timeout`` as the official SDK reads it: an int is milliseconds."""
+    if value is None:
+        return SEND_TIMEOUT_SECONDS
+    if isinstance(value, datetime.timedelta) and value.total_seconds() > 0:
+        return value.total_seconds()
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value / 1000
+    raise FunctionConfigError(f"Client: request_timeout: must be a positive int (ms) or timedelta, got {value!r}")
 
 
 def _checked(response: httpx.Response) -> httpx.Response:
@@ -68,7 +81,8 @@ class Client:
     used from any thread or event loop.
 
     ``serializer`` converts typed outputs (``output_type=``); the default is
-    ``PydanticSerializer``. ``http_transport`` replaces httpx's network layer
+    ``PydanticSerializer``. ``request_timeout`` bounds each try of ``send``
+    (an int is milliseconds, as in the official SDK; default 30 s). ``http_transport`` replaces httpx's network layer
     (tests pass an ``httpx.MockTransport``); an async transport serves
     ``send`` and a sync one ``send_sync``.
     """
@@ -84,6 +98,7 @@ class Client:
         event_key: str | None = None,
         is_production: bool | None = None,
         logger: logging.Logger | logging.LoggerAdapter[Any] | None = None,
+        request_timeout: int | datetime.timedelta | None = None,
         serializer: Serializer | None = None,
         signing_key: str | None = None,
         http_transport: httpx.AsyncBaseTransport | httpx.BaseTransport | None = None,
@@ -113,6 +128,7 @@ class Client:
         self.app_version: Final = settings.app_version
         self.logger: Final = logger or logging.getLogger("connect.sdk")
         self.serializer: Final[Serializer] = serializer or PydanticSerializer()
+        self._timeout = _timeout_seconds(request_timeout)
         self._transport = http_transport
         #: Every function created with this client, in creation order; what
         #: `connect worker module:client` serves.
@@ -217,7 +233,7 @@ class Client:
         url = self.event_url
         transport = self._transport if isinstance(self._transport, httpx.AsyncBaseTransport) else None
         try:
-            async with httpx.AsyncClient(timeout=SEND_TIMEOUT_SECONDS, transport=transport) as http:
+            async with httpx.AsyncClient(timeout=self._timeout, transport=transport) as http:
                 async for attempt in tenacity.AsyncRetrying(
                     stop=_SEND_STOP, wait=_SEND_WAIT, retry=_SEND_RETRY, reraise=True
                 ):
@@ -238,7 +254,7 @@ class Client:
         url = self.event_url
         transport = self._transport if isinstance(self._transport, httpx.BaseTransport) else None
         try:
-            with httpx.Client(timeout=SEND_TIMEOUT_SECONDS, transport=transport) as http:
+            with httpx.Client(timeout=self._timeout, transport=transport) as http:
                 for attempt in tenacity.Retrying(stop=_SEND_STOP, wait=_SEND_WAIT, retry=_SEND_RETRY, reraise=True):
                     with attempt:
                         response = _checked(http.post(url, content=body, headers=headers))

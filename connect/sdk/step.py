@@ -158,7 +158,8 @@ class Step(_StepTools):
         await self._replay.settle()
         identity, memo = self._replay.begin(step_id)
         if memo is not None:
-            return self._typed(memo.resolve(), output_type)
+            value = memo.resolve()
+            return value if output_type is NO_OUTPUT_TYPE else self._typed(value, output_type)
         self._replay.allow_run(identity)
         with self._replay.executing(identity):
             value = fn(*args)
@@ -166,7 +167,8 @@ class Step(_StepTools):
                 value = await value
             if output_type is not NO_OUTPUT_TYPE:
                 value = self._client.serializer.serialize(value, output_type)
-        return self._typed(self._replay.body_done(identity, value), output_type)
+        value = self._replay.body_done(identity, value)
+        return value if output_type is NO_OUTPUT_TYPE else self._typed(value, output_type)
 
     async def send_event(self, step_id: str, events: Event | Sequence[Event]) -> list[str]:
         """Send events as a step; returns their ids.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 from typing import Any
 
@@ -224,3 +225,21 @@ def test_the_worker_names_the_clients_env_in_worker_connect(monkeypatch: pytest.
         started_at=0.0,
     )
     assert not plain.HasField("environment")
+
+
+@pytest.mark.anyio
+async def test_request_timeout_bounds_each_try_of_send() -> None:
+    timeouts: list[Any] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        timeouts.append(request.extensions["timeout"]["read"])
+        return httpx.Response(200, json={"ids": ["a"], "status": 200})
+
+    for given, seconds in ((None, 30.0), (2500, 2.5), (datetime.timedelta(seconds=4), 4.0)):
+        client = Client("app", request_timeout=given, http_transport=httpx.MockTransport(answer))
+        await client.send(Event(name="x/y"))
+        assert timeouts[-1] == seconds
+    with pytest.raises(
+        FunctionConfigError, match=r"^Client: request_timeout: must be a positive int \(ms\) or timedelta, got 0$"
+    ):
+        Client("app", request_timeout=0)
