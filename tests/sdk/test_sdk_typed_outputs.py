@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
+import msgspec
 import pydantic
 import pytest
 
@@ -173,3 +174,38 @@ def test_a_custom_serializer_replaces_pydantic() -> None:
 
     assert testing.trigger(custom, Event(name="test/go"), client).output == "<ABC>"
     assert isinstance(Client("app").serializer, PydanticSerializer)
+
+
+async def test_a_typed_step_checkpointed_within_the_request_returns_its_type_at_once(
+    payload: Callable[..., bytes],
+) -> None:
+    import asyncio
+
+    from connect.sdk.execution import Invocation, execute
+
+    client = Client("app")
+    sent: list[Any] = []
+
+    def checkpoint(op: Any) -> asyncio.Future[bool]:
+        sent.append(json.loads(msgspec.json.encode(op))["data"])
+        answer: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        answer.set_result(True)
+        return answer
+
+    @client.create_function(fn_id="checkpointed", trigger=TRIGGER)
+    async def checkpointed(ctx: Context) -> list[str]:
+        first = await ctx.step.run("load", order, output_type=Order)
+        again = await ctx.step.run("copy", lambda: first.model_copy(update={"id": 8}), output_type=Order)
+        return [type(first).__name__, type(again).__name__, str(again.id)]
+
+    request = json.loads(payload())
+    request["ctx"]["checkpoint_steps"] = True
+    slug = checkpointed.fully_qualified_id("app")
+    outcome = await execute(
+        client, {slug: checkpointed}, Invocation(json.dumps(request).encode(), slug, "step", checkpoint=checkpoint)
+    )
+    assert (outcome.status, json.loads(outcome.body)) == (STATUS_DONE, ["Order", "Order", "8"])
+    assert sent == [
+        {"id": 7, "placed_at": "2026-12-01T08:30:00Z", "kind": "book"},
+        {"id": 8, "placed_at": "2026-12-01T08:30:00Z", "kind": "book"},
+    ]
