@@ -5,7 +5,9 @@ configured by INNGEST_* variables) and `official_unit.py` (unit tests of it with
 `inngest.experimental.mocked`) are official-SDK code. Each test copies them, with only their
 import lines rewritten (`REWRITES`), and runs the copy on this platform's SDK; and runs the
 originals on the official SDK (pinned in pyproject), to show they are real official-SDK code
-and that both give the same results, against the same real `connect dev`.
+and that both give the same results, against the same real `connect dev`; then both again in
+production mode against `connect serve`, every setting from INNGEST_* variables, while its
+signing keys rotate.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ REWRITES = {
     "import inngest": "import connect as inngest",
     "from inngest.experimental import mocked": "from connect.sdk import testing as mocked",
 }
-SIGNING_KEY = "signkey-test-" + "0123456789abcdef" * 2
+NEW_KEY = "signkey-test-" + "0123456789abcdef" * 2
 OLD_KEY = "signkey-test-" + "fedcba9876543210" * 2
+UNKNOWN_KEY = "signkey-test-" + "00112233445566778899" * 2
 
 
 def copy(dest: Path, *, port: bool) -> Path:
@@ -143,31 +146,48 @@ def test_the_app_runs_unchanged_against_connect_dev(dev: DevServer, tmp_path: Pa
     assert worker.popen.returncode == 0, worker.output()[-3000:]
 
 
-def test_production_settings_from_inngest_variables_with_a_rotated_key(tmp_path: Path) -> None:
-    """`connect serve` and our worker both configured by INNGEST_* only: the worker still holds
-    the old key as its signing key and the new one as its fallback, the server the reverse."""
-    server = DevServer(tmp_path, command="serve", event_key="evk", headers={"Authorization": f"Bearer {SIGNING_KEY}"})
-    server_env = {"INNGEST_SIGNING_KEY": SIGNING_KEY, "INNGEST_EVENT_KEY": "evk"}
+@pytest.fixture(scope="module")
+def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
+    """`connect serve` mid-rotation, configured as the official self-hosted server is: the new
+    key in INNGEST_SIGNING_KEY, the old one still accepted as INNGEST_SIGNING_KEY_FALLBACK."""
+    server = DevServer(
+        tmp_path_factory.mktemp("serve"),
+        command="serve",
+        event_key="evk",
+        headers={"Authorization": f"Bearer {NEW_KEY}"},
+    )
     saved = dict(os.environ)
-    os.environ.update(server_env)
+    os.environ.clear()
+    os.environ.update(
+        clean_environment(INNGEST_SIGNING_KEY=NEW_KEY, INNGEST_SIGNING_KEY_FALLBACK=OLD_KEY, INNGEST_EVENT_KEY="evk")
+    )
     try:
         server.start()
     finally:
         os.environ.clear()
         os.environ.update(saved)
-    where = copy(tmp_path / "ours", port=True)
-    worker_env = {
-        "INNGEST_DEV": "0",
-        "INNGEST_BASE_URL": server.url,
-        "INNGEST_SIGNING_KEY": OLD_KEY,
-        "INNGEST_SIGNING_KEY_FALLBACK": SIGNING_KEY,
-        "INNGEST_EVENT_KEY": "evk",
-    }
-    worker = start(where, "ours", worker_env, tmp_path / "ours.log")
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("sdk", ["ours", "official"])
+def test_production_settings_from_inngest_variables_during_a_key_rotation(
+    serve: DevServer, tmp_path: Path, sdk: str
+) -> None:
+    """Production mode, configured by INNGEST_* only. Our worker's key is one the server never
+    had, so it goes on with its INNGEST_SIGNING_KEY_FALLBACK (the new key); the official
+    worker still holds the old key, which the server accepts as its fallback."""
+    where = copy(tmp_path / sdk, port=sdk == "ours")
+    env = {"INNGEST_BASE_URL": serve.url, "INNGEST_EVENT_KEY": "evk"}
+    if sdk == "ours":
+        env |= {"INNGEST_DEV": "0", "INNGEST_SIGNING_KEY": UNKNOWN_KEY, "INNGEST_SIGNING_KEY_FALLBACK": NEW_KEY}
+    else:
+        env |= {"INNGEST_SIGNING_KEY": OLD_KEY}
+    worker = start(where, sdk, env, tmp_path / f"{sdk}.log")
     try:
-        wait_for_app(server, "ours", server.headers)
-        assert "trying the fallback key" in worker.output()
-        assert run_scenario(server) == EXPECTED  # step.send_event used INNGEST_EVENT_KEY
+        wait_for_app(serve, sdk, serve.headers)
+        if sdk == "ours":
+            assert "trying the fallback key" in worker.output()
+        assert run_scenario(serve) == EXPECTED  # step.send_event used INNGEST_EVENT_KEY
     finally:
         worker.stop()
-        server.stop()
