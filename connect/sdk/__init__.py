@@ -1,7 +1,12 @@
 """The authoring SDK: write durable functions, and execute them one call request at a time.
 
 Mirrors the Inngest Python SDK's user-facing API, so existing functions port by
-changing imports. ``connect.sdk.execution.execute`` is the engine a worker calls.
+changing imports (``import connect as inngest``): ``Inngest`` is ``Client``, both
+handler styles (``connect.sdk.handlers``), configuration from ``INNGEST_*`` variables
+after ours (``connect.sdk.settings``), typed outputs (``connect.sdk.serializer``).
+``connect.sdk.testing`` runs a function in a unit test without a server, as the
+official ``inngest.experimental.mocked``. ``connect.sdk.execution.execute`` is the
+engine a worker calls.
 """
 
 from connect.sdk.client import Client, Inngest
