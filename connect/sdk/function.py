@@ -18,7 +18,11 @@ from connect.sdk.triggers import AnyTrigger, TriggerEvent
 from protocol.payloads import CancelConfig, FunctionConfig, Retries, Runtime, StepConfig, TimeoutsConfig
 
 AsyncHandler: TypeAlias = Callable[[Context, Step], Awaitable[Any]] | Callable[[Context], Awaitable[Any]]
-SyncHandler: TypeAlias = Callable[[ContextSync, StepSync], Any] | Callable[[ContextSync], Any]
+# `(Context, StepSync)` is how sync handlers were annotated before `ContextSync`: they
+# are still accepted (they get a `ContextSync`, which has every field a `Context` has).
+SyncHandler: TypeAlias = (
+    Callable[[ContextSync, StepSync], Any] | Callable[[Context, StepSync], Any] | Callable[[ContextSync], Any]
+)
 Handler: TypeAlias = AsyncHandler | SyncHandler
 
 # The one pseudo-step every function registers; requests naming it are discovery requests.
