@@ -75,7 +75,9 @@ class _StepTools:
         if memo is not None:
             memo.resolve()
             return
-        # The executor wakes the run at this instant; the name carries it.
+        # The executor wakes the run at this instant; the name carries it, in whole
+        # milliseconds rounded up, so the run never wakes before `until`.
+        until += datetime.timedelta(microseconds=-until.microsecond % 1000)
         self._replay.report_new_step(identity, identity.opcode(OP_SLEEP, name=to_iso_utc(until)))
 
     def _sleep(self, step_id: str, duration: int | datetime.timedelta) -> None:
