@@ -240,19 +240,23 @@ class AppRecord(msgspec.Struct, frozen=True):
     updated_at_ms: int = 0
 
 
-# `StepInfo.kind` values: a step a worker ran, and those of `Waiting.kind`.
+# `StepInfo.kind` values: a step a worker ran, one that sent events, and those of `Waiting.kind`.
 STEP_RUN: Final = "run"
+STEP_SEND_EVENT: Final = "send_event"
 
 
 class StepInfo(msgspec.Struct, frozen=True, omit_defaults=True):
     """What the run's timeline shows of a step, stored with its result.
 
     `name` is the step's id as its author wrote it (the opcode's
-    `displayName`); `kind` is `STEP_RUN` or a `Waiting.kind`; `attempts`
-    the attempts it took (a step a worker ran); `started_ms` when its last
-    attempt was sent, or when it began waiting; `ended_ms` when its result
-    came; `due_ms` when a sleep was due, or a wait or an invoke would time
-    out. 0 is unknown."""
+    `displayName`); `kind` is `STEP_RUN`, `STEP_SEND_EVENT` or a
+    `Waiting.kind`; `attempts` the attempts it took (a step a worker ran);
+    `started_ms` when its last attempt began, or when it began waiting;
+    `ended_ms` when its result came; `due_ms` when a sleep was due, or a
+    wait or an invoke would time out (see `connect.executor.step_infos`).
+    `ended_by` is set on a sleep, wait or invoke its run's end cut short
+    (`cancelled`, `run_ended`), whose stored result is then `null`. 0 and
+    "" are unknown."""
 
     name: str = ""
     kind: str = STEP_RUN
@@ -260,6 +264,7 @@ class StepInfo(msgspec.Struct, frozen=True, omit_defaults=True):
     started_ms: int = 0
     ended_ms: int = 0
     due_ms: int = 0
+    ended_by: str = ""
 
 
 class StepMemo(msgspec.Struct, frozen=True):
