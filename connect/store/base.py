@@ -505,6 +505,29 @@ class HeldStart(msgspec.Struct):
     size_bytes: int
 
 
+#: `EventHold.status` values: still held, its run started, or left behind
+#: (a debounce kept a later event, or one with a later `ts`, instead).
+HOLD_HELD: Final = "held"
+HOLD_STARTED: Final = "started"
+HOLD_REPLACED: Final = "replaced"
+
+
+class EventHold(msgspec.Struct, frozen=True):
+    """What became of an event a function's debounce or batch held
+    (`Store.event_holds`): `kind` (`DEBOUNCE` / `BATCH`) and `key` of the
+    held start it went to, when (`at_ms`), and its `status`: `HOLD_HELD`
+    until `due_ms` (or until a batch fills), `HOLD_STARTED` with `run_id`,
+    or `HOLD_REPLACED`."""
+
+    function_id: str
+    kind: str
+    key: str
+    at_ms: int
+    status: str
+    run_id: str | None = None
+    due_ms: int | None = None
+
+
 class NewEvent(msgspec.Struct, frozen=True):
     """An event to record with what it causes, all or nothing.
 
@@ -703,6 +726,16 @@ class Store(ReplyStore, Protocol):
 
     async def skipped_starts(self, event_id: str) -> list[SkippedStart]:
         """The runs `event_id` would have started that their gates refused, oldest first."""
+        ...
+
+    async def event_holds(self, event_id: str) -> list[EventHold]:
+        """The debounces and batches that held `event_id` (see `EventHold`), by
+        function id, read in one statement: a held start that fires meanwhile
+        is seen either still holding the event or with its run. An event is
+        recorded as held in the transaction that records it (`NewEvent.holds`,
+        one row per function), and the run a held start fires is written to
+        the rows of the events it starts with, in the transaction that fires
+        it. Events recorded by a release before schema 11 have none."""
         ...
 
     async def load_run(self, run_id: str) -> LoadedRun | None:
