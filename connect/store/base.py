@@ -1013,7 +1013,9 @@ class Store(ReplyStore, Protocol):
           events runs emitted, and events that started nothing. The memo a
           wait or an invoke resolved with holds its own copy of the event,
           so resolved waits need no event row;
-        * skipped starts recorded before `before_ms` (at most `limit`),
+        * skipped starts recorded before `before_ms` (at most `limit`), the
+          `event_holds` of events held before `before_ms` (at most `limit`;
+          such an event row goes too, as one that started no run),
           throttle and rate-limit state whose theoretical arrival time is
           before `before_ms` (which means the same as none), and singleton
           keys held by runs no longer Running (ended, whenever that was, or
