@@ -42,7 +42,7 @@ import time
 import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn
 
 import msgspec
 
@@ -172,7 +172,7 @@ class StepIdentity:
 
 #: The `opts` of a ``step.send_event`` result, as the TypeScript SDK sends
 #: them: the executor shows the step as a send rather than a run.
-SEND_EVENT_OPTS: dict[str, Any] = {"type": STEP_TYPE_SEND_EVENT}
+SEND_EVENT_OPTS: Final[dict[str, Any]] = {"type": STEP_TYPE_SEND_EVENT}
 
 
 class _MemoError(msgspec.Struct):
