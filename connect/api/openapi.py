@@ -89,13 +89,26 @@ _SCHEMAS: Final[dict[str, Any]] = {
     "Step": _object(
         id=_ID,
         name={"type": ["string", "null"]},
-        kind={"type": ["string", "null"], "enum": ["run", "sleep", "wait", "invoke", None]},
-        status={"type": "string", "enum": ["Completed", "Failed", "Running", "Sleeping", "Waiting"]},
+        kind={
+            "type": ["string", "null"],
+            "enum": ["run", "send_event", "sleep", "wait", "invoke", None],
+            "description": "send_event: a step.send_event of this platform's SDK or the TypeScript SDK "
+            "(the official Python SDK's is a plain step.run on the wire, shown as run)",
+        },
+        status={"type": "string", "enum": ["Completed", "Failed", "Cancelled", "Running", "Sleeping", "Waiting"]},
         attempts={"type": ["integer", "null"]},
-        started_at=_TIME,
+        started_at=_TIME
+        | {
+            "description": "a step a worker ran: when its body began, as the worker reported it (this platform's "
+            "SDK and the TypeScript SDK send it), moved onto the server's clock; without that (the official "
+            "Python SDK) when its request was sent, and null for a step run after another in the same request"
+        },
         ended_at=_TIME,
         due_at=_TIME,
-        ended_by={"type": ["string", "null"], "enum": ["woke", "event", "timeout", "returned", "error", None]},
+        ended_by={
+            "type": ["string", "null"],
+            "enum": ["woke", "event", "timeout", "returned", "error", "cancelled", "run_ended", None],
+        },
         output=_ANY,
         error=_ANY,
     ),
@@ -110,9 +123,22 @@ _SCHEMAS: Final[dict[str, Any]] = {
     "EventDetail": {
         "allOf": [
             _ref("Event"),
-            _object(runs={"type": "array", "items": _ref("Run")}, matched={"type": "boolean"}),
+            _object(
+                runs={"type": "array", "items": _ref("Run")},
+                held={"type": "array", "items": _ref("EventHold")},
+                matched={"type": "boolean"},
+            ),
         ]
     },
+    "EventHold": _object(
+        function_id=_ID,
+        kind={"type": "string", "enum": ["debounce", "batch"]},
+        key={"type": ["string", "null"]},
+        status={"type": "string", "enum": ["held", "started", "replaced"]},
+        held_at=_TIME,
+        due_at=_TIME,
+        run_id={"type": ["string", "null"]},
+    ),
     "Function": _object(
         id=_ID,
         app={"type": "string"},

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 import msgspec
 
 from connect.dispatch import CheckpointDecided, Port
+from connect.executor import step_infos
 from connect.executor.concurrency import FunctionLimits, SlotGrants, as_dict
 from connect.executor.inbox import CancelRequested, Message, Replied
 from connect.executor.intake import Intake
@@ -136,6 +137,9 @@ class RunState:
         self._cancel_asked = False
         #: Checkpoints stored per request id (see `CheckpointTaking.checkpoint_offered`).
         self._checkpoints: dict[str, int] = {}
+        #: The last request a checkpoint was stored from: the step its reply ends
+        #: with is not the first step that request ran (see `step_infos.ran`).
+        self._checkpointed: str | None = None
         #: Checkpointed steps taken to be stored by the next commit, the one
         #: that handles the reply right behind them (see `CheckpointTaking.checkpoint_offered`).
         self._joined: list[tuple[list[StepMemo], str]] = []
@@ -321,6 +325,19 @@ class RunState:
         run = self.run
         assert run is not None
         now_ms = int(self._s.clock() * 1000)
+        if run.waiting:
+            # Sleeps, waits and invokes the end cuts short keep their place in
+            # the timeline: a `null` result, ended by the cancel (or the end).
+            ended_by = step_infos.ENDED_BY_CANCEL if status == CANCELLED else step_infos.ENDED_BY_RUN_END
+            reported = {memo.step_hash for memo in memos}
+            memos = [
+                *memos,
+                *(
+                    StepMemo(item.step, b"null", step_infos.waited(item, now_ms, ended_by))
+                    for item in run.waiting
+                    if item.step not in self.memos and item.step not in reported
+                ),
+            ]
         run.status = status
         run.output = output
         run.ended_at_ms = now_ms

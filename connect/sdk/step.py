@@ -26,7 +26,7 @@ import msgspec
 from connect.sdk.durations import to_duration_string, to_iso_utc
 from connect.sdk.errors import FunctionConfigError
 from connect.sdk.events import derived_event_id, normalize
-from connect.sdk.replay import PARALLEL_RACE, PARALLEL_WAIT, GroupStepReported, Replay
+from connect.sdk.replay import PARALLEL_RACE, PARALLEL_WAIT, SEND_EVENT_OPTS, GroupStepReported, Replay
 from connect.sdk.validation import cel_problem
 from protocol.payloads import OP_INVOKE_FUNCTION, OP_SLEEP, OP_WAIT_FOR_EVENT, Event
 
@@ -165,7 +165,7 @@ class Step(_StepTools):
         if memo is not None:
             return memo.resolve()  # type: ignore[no-any-return]
         self._replay.allow_run(identity)
-        with self._replay.executing(identity):
+        with self._replay.executing(identity, SEND_EVENT_OPTS):
             value = await self._client.send(self._stamped(events, identity.hashed))
         return self._replay.body_done(identity, value)  # type: ignore[no-any-return]
 
@@ -272,7 +272,7 @@ class StepSync(_StepTools):
         if memo is not None:
             return memo.resolve()  # type: ignore[no-any-return]
         self._replay.allow_run(identity)
-        with self._replay.executing(identity):
+        with self._replay.executing(identity, SEND_EVENT_OPTS):
             value = self._client.send_sync(self._stamped(events, identity.hashed))
         self._replay.body_returned(identity, value)
 

@@ -240,19 +240,23 @@ class AppRecord(msgspec.Struct, frozen=True):
     updated_at_ms: int = 0
 
 
-# `StepInfo.kind` values: a step a worker ran, and those of `Waiting.kind`.
+# `StepInfo.kind` values: a step a worker ran, one that sent events, and those of `Waiting.kind`.
 STEP_RUN: Final = "run"
+STEP_SEND_EVENT: Final = "send_event"
 
 
 class StepInfo(msgspec.Struct, frozen=True, omit_defaults=True):
     """What the run's timeline shows of a step, stored with its result.
 
     `name` is the step's id as its author wrote it (the opcode's
-    `displayName`); `kind` is `STEP_RUN` or a `Waiting.kind`; `attempts`
-    the attempts it took (a step a worker ran); `started_ms` when its last
-    attempt was sent, or when it began waiting; `ended_ms` when its result
-    came; `due_ms` when a sleep was due, or a wait or an invoke would time
-    out. 0 is unknown."""
+    `displayName`); `kind` is `STEP_RUN`, `STEP_SEND_EVENT` or a
+    `Waiting.kind`; `attempts` the attempts it took (a step a worker ran);
+    `started_ms` when its last attempt began, or when it began waiting;
+    `ended_ms` when its result came; `due_ms` when a sleep was due, or a
+    wait or an invoke would time out (see `connect.executor.step_infos`).
+    `ended_by` is set on a sleep, wait or invoke its run's end cut short
+    (`cancelled`, `run_ended`), whose stored result is then `null`. 0 and
+    "" are unknown."""
 
     name: str = ""
     kind: str = STEP_RUN
@@ -260,6 +264,7 @@ class StepInfo(msgspec.Struct, frozen=True, omit_defaults=True):
     started_ms: int = 0
     ended_ms: int = 0
     due_ms: int = 0
+    ended_by: str = ""
 
 
 class StepMemo(msgspec.Struct, frozen=True):
@@ -500,6 +505,29 @@ class HeldStart(msgspec.Struct):
     size_bytes: int
 
 
+#: `EventHold.status` values: still held, its run started, or left behind
+#: (a debounce kept a later event, or one with a later `ts`, instead).
+HOLD_HELD: Final = "held"
+HOLD_STARTED: Final = "started"
+HOLD_REPLACED: Final = "replaced"
+
+
+class EventHold(msgspec.Struct, frozen=True):
+    """What became of an event a function's debounce or batch held
+    (`Store.event_holds`): `kind` (`DEBOUNCE` / `BATCH`) and `key` of the
+    held start it went to, when (`at_ms`), and its `status`: `HOLD_HELD`
+    until `due_ms` (or until a batch fills), `HOLD_STARTED` with `run_id`,
+    or `HOLD_REPLACED`."""
+
+    function_id: str
+    kind: str
+    key: str
+    at_ms: int
+    status: str
+    run_id: str | None = None
+    due_ms: int | None = None
+
+
 class NewEvent(msgspec.Struct, frozen=True):
     """An event to record with what it causes, all or nothing.
 
@@ -698,6 +726,16 @@ class Store(ReplyStore, Protocol):
 
     async def skipped_starts(self, event_id: str) -> list[SkippedStart]:
         """The runs `event_id` would have started that their gates refused, oldest first."""
+        ...
+
+    async def event_holds(self, event_id: str) -> list[EventHold]:
+        """The debounces and batches that held `event_id` (see `EventHold`), by
+        function id, read in one statement: a held start that fires meanwhile
+        is seen either still holding the event or with its run. An event is
+        recorded as held in the transaction that records it (`NewEvent.holds`,
+        one row per function), and the run a held start fires is written to
+        the rows of the events it starts with, in the transaction that fires
+        it. Events recorded by a release before schema 11 have none."""
         ...
 
     async def load_run(self, run_id: str) -> LoadedRun | None:
@@ -975,7 +1013,9 @@ class Store(ReplyStore, Protocol):
           events runs emitted, and events that started nothing. The memo a
           wait or an invoke resolved with holds its own copy of the event,
           so resolved waits need no event row;
-        * skipped starts recorded before `before_ms` (at most `limit`),
+        * skipped starts recorded before `before_ms` (at most `limit`), the
+          `event_holds` of events held before `before_ms` (at most `limit`;
+          such an event row goes too, as one that started no run),
           throttle and rate-limit state whose theoretical arrival time is
           before `before_ms` (which means the same as none), and singleton
           keys held by runs no longer Running (ended, whenever that was, or

@@ -21,6 +21,11 @@ A held start is one row (its state, `HeldStart`) and one row per event it
 holds (the event's JSON, by position), so adding an event to a batch writes
 that event and the small state row, whatever the batch holds already.
 
+What became of each event held is one more row per (event, function), in
+`event_holds`: written with the event, given the run's id when its held
+start fires, and read back as an `EventHold` by `hold_of` (what
+`GET /v1/events/{id}` shows of an event that started no run at once).
+
 Everything here is pure: the store engines call `hold_event` inside the
 transaction that records the event (holding the (function, key) row, or its
 lock, for the whole decision), and `started_run` inside the one that fires
@@ -35,7 +40,18 @@ from typing import Final
 
 import msgspec
 
-from connect.store.base import BATCH, DEBOUNCE, HeldStart, Hold, PendingRequest, RunRecord
+from connect.store.base import (
+    BATCH,
+    DEBOUNCE,
+    HOLD_HELD,
+    HOLD_REPLACED,
+    HOLD_STARTED,
+    EventHold,
+    HeldStart,
+    Hold,
+    PendingRequest,
+    RunRecord,
+)
 
 #: A batch starts its run once its events' JSON reaches this size, full or not.
 MAX_BATCH_BYTES: Final = 10 * 1024 * 1024
@@ -103,6 +119,37 @@ def started_run(held: HeldStart, run_id: str, request_id: str, now_ms: int) -> R
         max_attempts=held.max_attempts,
         requests=[PendingRequest(request_id)],
     )
+
+
+class _EventId(msgspec.Struct):
+    id: str = ""
+
+
+_decode_id = msgspec.json.Decoder(_EventId).decode
+
+
+def event_ids(bodies: list[bytes]) -> list[str]:
+    """The ids of the held events whose JSON bodies are `bodies` (the events a
+    held start fires with: their `event_holds` rows get its run)."""
+    return [_decode_id(body).id for body in bodies]
+
+
+def hold_of(
+    event_id: str,
+    row: tuple[str, str, str, int, str | None],
+    held: tuple[str, str, int] | None,
+) -> EventHold:
+    """What became of `event_id` held by one function: its `event_holds` row
+    (function id, kind, key, when, run id) and the held start of that
+    (function, key) now, if any: (kind, event id it keeps, due)."""
+    function_id, kind, key, at_ms, run_id = row
+    if run_id is not None:
+        return EventHold(function_id, kind, key, at_ms, HOLD_STARTED, run_id=run_id)
+    if held is not None and held[0] == kind and (kind == BATCH or held[1] == event_id):
+        # A batch's events not started yet are all in its open batch; a
+        # debounce holds only the event it keeps.
+        return EventHold(function_id, kind, key, at_ms, HOLD_HELD, due_ms=held[2])
+    return EventHold(function_id, kind, key, at_ms, HOLD_REPLACED)
 
 
 def run_events(held: HeldStart, bodies: list[bytes]) -> list[bytes]:

@@ -265,6 +265,21 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         # What the timeline shows of each step, stored with its result (`StepInfo`).
         "ALTER TABLE steps ADD COLUMN info BYTEA",
     ),
+    # 10 -> 11: what became of each event a debounce or batch held: the run its
+    # held start fired, once it did (`Store.event_holds`). Events held before
+    # have no row.
+    (
+        """CREATE TABLE event_holds (
+            event_id TEXT NOT NULL,
+            function_id TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            key TEXT NOT NULL,
+            at_ms BIGINT NOT NULL,
+            run_id TEXT,
+            PRIMARY KEY (event_id, function_id)
+        )""",
+        "CREATE INDEX event_holds_by_age ON event_holds (at_ms)",
+    ),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

@@ -44,6 +44,7 @@ from connect.store.base import (
     AppRecord,
     Claim,
     ConnectionRecord,
+    EventHold,
     EventRecord,
     EventsCursor,
     HeldStart,
@@ -68,7 +69,7 @@ from connect.store.base import (
     chunk_ids,
     starting_slots,
 )
-from connect.store.held_starts import HeldNotes, hold_event, run_events, started_run
+from connect.store.held_starts import HeldNotes, event_ids, hold_event, hold_of, run_events, started_run
 from connect.store.pg_notify import PostgresListener
 from connect.store.pg_reconnect import DEFAULT_RECONNECT_TIMEOUT, validate_reconnect_timeout
 from connect.store.pg_schema import FENCE_LOST, migrate
@@ -419,6 +420,19 @@ def _held_from_record(row: asyncpg.Record) -> HeldStart:
     return HeldStart(*(row[c] for c in _HELD_FIELDS))
 
 
+#: An event held by a function (`event_holds`); a duplicate of a stored event is never held again.
+_PUT_EVENT_HOLD: Final = (
+    "INSERT INTO event_holds (event_id, function_id, kind, key, at_ms) VALUES ($1, $2, $3, $4, $5)"
+    " ON CONFLICT DO NOTHING"
+)
+#: An event's holds with the held start of each (function, key) now: one statement, one snapshot.
+_SELECT_EVENT_HOLDS: Final = (
+    "SELECT h.function_id, h.kind, h.key, h.at_ms, h.run_id, s.kind, s.event_id, s.due_ms FROM event_holds h"
+    " LEFT JOIN held_starts s ON s.function_id = h.function_id AND s.key = h.key"
+    ' WHERE h.event_id = $1 ORDER BY h.function_id COLLATE "C"'
+)
+
+
 async def _hold(conn: Connection, held: list[tuple[EventRecord, Hold]]) -> None:
     """Apply new events to the held starts they go to. Each (function, key) is
     locked first and stays locked until commit: the read, the decision and the
@@ -435,6 +449,7 @@ async def _hold(conn: Connection, held: list[tuple[EventRecord, Hold]]) -> None:
     notes = HeldNotes()
     for event, hold in held:
         where = (hold.function_id, hold.key)
+        await conn.execute(_PUT_EVENT_HOLD, event.id, hold.function_id, hold.kind, hold.key, event.received_at_ms)
         row = await conn.fetchrow(f"{_SELECT_HELD} WHERE function_id = $1 AND key = $2", *where)
         stored = None if row is None else _held_from_record(row)
         change = hold_event(stored, hold, event.id, event.ts, len(event.body), event.received_at_ms)
@@ -476,6 +491,12 @@ async def _start_held_run(conn: Connection, held: HeldStart, owner: str | None, 
     bodies = [r["body"] for r in sorted(taken, key=lambda r: int(r["position"]))]
     run = started_run(held, new_ulid(), new_ulid(), now_ms)
     await conn.execute(_INSERT_RUN, *_run_row(run), owner, fence)
+    await conn.execute(
+        "UPDATE event_holds SET run_id = $1 WHERE event_id = ANY($2::text[]) AND function_id = $3",
+        run.run_id,
+        event_ids(bodies),
+        held.function_id,
+    )
     batch = run_events(held, bodies)
     if batch:
         await conn.execute(
@@ -722,6 +743,12 @@ async def _prune_history(conn: Connection, before_ms: int, limit: int, events_af
         await conn.execute(
             "DELETE FROM skipped_starts WHERE run_id IN (SELECT run_id FROM skipped_starts WHERE at_ms < $1"
             " LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            before_ms,
+            limit,
+        )
+        await conn.execute(
+            "DELETE FROM event_holds WHERE (event_id, function_id) IN (SELECT event_id, function_id"
+            " FROM event_holds WHERE at_ms < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
             before_ms,
             limit,
         )
@@ -1042,6 +1069,15 @@ class PostgresStore:
 
     async def record_events(self, events: list[NewEvent]) -> list[bool]:
         return await self._writer.submit(_RECORD_EVENTS, list(events))
+
+    async def event_holds(self, event_id: str) -> list[EventHold]:
+        async def op(conn: Connection) -> list[asyncpg.Record]:
+            return await conn.fetch(_SELECT_EVENT_HOLDS, event_id)
+
+        return [
+            hold_of(event_id, (r[0], r[1], r[2], r[3], r[4]), None if r[5] is None else (r[5], r[6], r[7]))
+            for r in await self._writer.read(op)
+        ]
 
     async def skipped_starts(self, event_id: str) -> list[SkippedStart]:
         async def op(conn: Connection) -> list[asyncpg.Record]:

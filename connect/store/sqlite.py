@@ -47,6 +47,7 @@ from connect.store.base import (
     AppRecord,
     Claim,
     ConnectionRecord,
+    EventHold,
     EventRecord,
     EventsCursor,
     HeldStart,
@@ -71,7 +72,7 @@ from connect.store.base import (
     chunk_ids,
     starting_slots,
 )
-from connect.store.held_starts import HeldNotes, hold_event, run_events, started_run
+from connect.store.held_starts import HeldNotes, event_ids, hold_event, hold_of, run_events, started_run
 from connect.store.start_gates import (
     RATE_LIMIT,
     THROTTLE,
@@ -85,7 +86,7 @@ from connect.store.writer import SqliteWriter
 from protocol.ids import new_ulid
 from protocol.payloads import Event, FunctionConfig
 
-SCHEMA_VERSION: Final = 10
+SCHEMA_VERSION: Final = 11
 
 _TABLES: Final = (
     "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
@@ -225,6 +226,18 @@ _TABLES: Final = (
         body BLOB NOT NULL,
         PRIMARY KEY (function_id, key, position)
     ) WITHOUT ROWID""",
+    # What became of each event a debounce or batch held (schema 11): the run
+    # its held start fired, once it did (see `connect.store.held_starts`).
+    """CREATE TABLE IF NOT EXISTS event_holds (
+        event_id TEXT NOT NULL,
+        function_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL,
+        at_ms INTEGER NOT NULL,
+        run_id TEXT,
+        PRIMARY KEY (event_id, function_id)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS event_holds_by_age ON event_holds (at_ms)",
     """CREATE TABLE IF NOT EXISTS run_events (
         run_id TEXT NOT NULL,
         position INTEGER NOT NULL,
@@ -525,11 +538,18 @@ def _held_row(held: HeldStart) -> _HeldRow:
     )
 
 
+#: An event held by a function (`event_holds`); a duplicate of a stored event is never held again.
+_PUT_EVENT_HOLD: Final = (
+    "INSERT OR IGNORE INTO event_holds (event_id, function_id, kind, key, at_ms) VALUES (?, ?, ?, ?, ?)"
+)
+
+
 def _hold(conn: sqlite3.Connection, event_row: _EventRow, holds: list[Hold], notes: HeldNotes) -> None:
     """Apply one new event to the held start of each function it is held for."""
     event_id, _, ts, now_ms, body = event_row
     for hold in holds:
         where = (hold.function_id, hold.key)
+        conn.execute(_PUT_EVENT_HOLD, (event_id, hold.function_id, hold.kind, hold.key, now_ms))
         row: _HeldRow | None = conn.execute(f"{_SELECT_HELD} WHERE function_id = ? AND key = ?", where).fetchone()
         stored = None if row is None else HeldStart(*row)
         change = hold_event(stored, hold, event_id, ts, len(body), now_ms)
@@ -567,6 +587,10 @@ def _start_held_run(conn: sqlite3.Connection, held: HeldStart, owner: str | None
     conn.execute("DELETE FROM held_events WHERE function_id = ? AND key = ?", where)
     run = started_run(held, new_ulid(), new_ulid(), now_ms)
     conn.execute(_INSERT_RUN, (*_run_row(run), owner, fence))
+    conn.executemany(
+        "UPDATE event_holds SET run_id = ? WHERE event_id = ? AND function_id = ?",
+        [(run.run_id, event_id, held.function_id) for event_id in event_ids(bodies)],
+    )
     batch = run_events(held, bodies)
     if batch:
         conn.executemany(
@@ -697,6 +721,12 @@ _DELETE_FREED_EVENT: Final = (
 )
 
 
+#: An event's holds with the held start of each (function, key) now: one statement, one snapshot.
+_SELECT_EVENT_HOLDS: Final = (
+    "SELECT h.function_id, h.kind, h.key, h.at_ms, h.run_id, s.kind, s.event_id, s.due_ms FROM event_holds h"
+    " LEFT JOIN held_starts s ON s.function_id = h.function_id AND s.key = h.key"
+    " WHERE h.event_id = ? ORDER BY h.function_id"
+)
 _PRUNE_SINGLETONS: Final = (
     "DELETE FROM singletons WHERE (function_id, key) IN (SELECT s.function_id, s.key FROM singletons s"
     " LEFT JOIN runs r ON r.run_id = s.run_id WHERE r.run_id IS NULL OR r.status <> 'Running' LIMIT ?)"
@@ -754,6 +784,11 @@ def _prune_history(conn: sqlite3.Connection, before_ms: int, limit: int, events_
     # Flow-control history: skips, and GCRA state in the past (the same as none).
     conn.execute(
         "DELETE FROM skipped_starts WHERE run_id IN (SELECT run_id FROM skipped_starts WHERE at_ms < ? LIMIT ?)",
+        (before_ms, limit),
+    )
+    conn.execute(
+        "DELETE FROM event_holds WHERE (event_id, function_id) IN"
+        " (SELECT event_id, function_id FROM event_holds WHERE at_ms < ? LIMIT ?)",
         (before_ms, limit),
     )
     conn.execute(
@@ -916,6 +951,13 @@ class SqliteStore:
             self._notify(RUN_CANCEL_REQUESTED, run_id)
         self._notify_held(notes)
         return stored
+
+    async def event_holds(self, event_id: str) -> list[EventHold]:
+        def op(conn: sqlite3.Connection) -> list[EventHold]:
+            rows = conn.execute(_SELECT_EVENT_HOLDS, (event_id,)).fetchall()
+            return [hold_of(event_id, row[:5], None if row[5] is None else row[5:]) for row in rows]
+
+        return await self._writer.submit(op)
 
     async def skipped_starts(self, event_id: str) -> list[SkippedStart]:
         def op(conn: sqlite3.Connection) -> list[tuple[str, str, str, str, int]]:

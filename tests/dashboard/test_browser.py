@@ -77,7 +77,7 @@ def test_functions_are_listed_with_their_status(page: Any, worker: Proc) -> None
     page.click("nav a[data-view=functions]")
     rows = page.locator("#functions tbody tr")
     rows.filter(has_text="greet").wait_for()
-    assert rows.count() == 2
+    assert rows.count() == 3
     greet = rows.filter(has_text="greet")
     assert "dash/greet" in greet.inner_text() and "active" in greet.inner_text()
     screenshot(page, "functions")
@@ -128,6 +128,13 @@ def test_a_sleeping_run_is_cancelled_from_the_page(page: Any, dev: DevServer, wo
     page.locator('#run-status[data-status="Cancelled"]').wait_for()
     assert page.locator("#cancel").count() == 0
     assert [r["status"] for r in dev.runs(event_id)] == ["Cancelled"]
+    if has_timeline(dev, dev.runs(event_id)[0]["run_id"]):
+        # The sleep the cancel cut short stays in the timeline, ended by it; the send has its own kind.
+        nap = page.locator('#steps tr[data-step="nap for an hour"]', has_text="Cancelled")
+        nap.wait_for()
+        assert "cancelled" in nap.inner_text()
+        assert "send_event" in page.locator('#steps tr[data-step="tell the team"]').inner_text()
+        screenshot(page, "run-cancelled")
 
 
 def test_an_event_that_starts_no_run_says_so(page: Any, worker: Proc) -> None:
@@ -280,6 +287,25 @@ def test_an_event_that_matched_no_function_is_shown_as_such(page: Any, dev: DevS
         page.locator("#not-available").wait_for()
         return
     page.locator("#unmatched").wait_for()
+
+
+def test_an_event_a_debounce_holds_shows_the_function_and_then_its_run(page: Any, dev: DevServer, worker: Proc) -> None:
+    send_from_page(page, "dash/digest", '{"topic": "weekly"}')
+    page.click("#sent-event-id")
+    if not lists(dev, "/v1/events"):
+        page.locator("#not-available").wait_for()
+        return
+    held = page.locator('#holds tr[data-function="dash-app-digest"][data-status="held"]')
+    held.wait_for()
+    assert "debounce" in held.inner_text() and "its run starts at" in held.inner_text()
+    page.locator("#no-runs-yet").wait_for()
+    screenshot(page, "event-held")
+    # The page follows it by itself until the debounce starts the run, then shows that run.
+    started = page.locator('#holds tr[data-function="dash-app-digest"][data-status="started"]')
+    started.wait_for()
+    page.locator('#runs tr[data-status="Completed"]').wait_for()
+    run_id = started.locator("a").inner_text()
+    assert page.locator(f'#runs tr[data-run-id="{run_id}"]').count() == 1
 
 
 def test_workers_are_listed_with_their_state_and_capacity(page: Any, dev: DevServer, worker: Proc) -> None:

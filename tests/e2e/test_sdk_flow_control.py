@@ -128,7 +128,9 @@ def test_a_batch_runs_once_full_or_once_its_timeout_passed(stack: Stack) -> None
     assert [e["n"] for e in late["output"]["events"]] == [0, 1]
     assert started_ms(late) >= opened + 2000 - 1  # its timeout after it opened (ms rounding)
     assert started_ms(run) < started_ms(late)  # a full batch does not wait for its timeout
-    assert all(stack.dev.runs(event_id) == [] for event_id in full[1:] + partial[1:])
+    # Every event of a batch lists the batch's run.
+    assert all([r["run_id"] for r in stack.dev.runs(event_id)] == [run["run_id"]] for event_id in full[1:])
+    assert all([r["run_id"] for r in stack.dev.runs(event_id)] == [late["run_id"]] for event_id in partial[1:])
 
 
 def test_a_debounce_holds_the_events_of_a_function_that_also_throttles(stack: Stack) -> None:

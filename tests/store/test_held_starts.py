@@ -156,6 +156,42 @@ async def test_a_duplicate_event_is_not_held_twice(engine: Engine) -> None:
         await store.close()
 
 
+async def test_each_held_event_says_what_became_of_it(engine: Engine) -> None:
+    """Held (with when its start is due), started (with the run), or replaced
+    by a later event of a debounce; per function that held it."""
+    store = await engine.open()
+    other = "app-batched"
+    batched = Hold(BATCH, other, "app", "", 3, timeout_ms=5000, max_size=3)
+    try:
+        assert await store.event_holds("e1") == []
+        await held(store, event("e1", 1000), debounce(), batched)
+        await held(store, event("e2", 1500), debounce())
+        await held(store, event("e0", 1600, ts=900), debounce())  # older than the one kept
+        e1_batch, e1_debounce = await store.event_holds("e1")
+        assert (e1_batch.function_id, e1_batch.kind, e1_batch.status, e1_batch.due_ms) == (other, BATCH, "held", 6000)
+        assert (e1_debounce.function_id, e1_debounce.status, e1_debounce.at_ms) == (FN, "replaced", 1000)
+        [e2] = await store.event_holds("e2")
+        assert (e2.kind, e2.status, e2.due_ms, e2.run_id) == (DEBOUNCE, "held", 2500, None)
+        assert [h.status for h in await store.event_holds("e0")] == ["replaced"]
+        [claim] = await store.start_held("ex", 2500, 10)
+        [e2] = await store.event_holds("e2")
+        assert (e2.status, e2.run_id, e2.due_ms) == ("started", claim.run_id, None)
+        assert [h.status for h in await store.event_holds("e1")] == ["held", "replaced"]
+        # A batch: each event it held gets the run the event that fills it starts.
+        await held(store, event("b2", 3000), batched)
+        await held(store, event("b3", 3100), batched)
+        [run] = await store.runs_for_event("e1")
+        for event_id in ("e1", "b2", "b3"):
+            started = [h for h in await store.event_holds(event_id) if h.function_id == other]
+            assert [(h.status, h.run_id) for h in started] == [("started", run.run_id)], event_id
+        # History retention takes them with the events.
+        await store.prune_history(2000, 100)
+        assert [h.function_id for h in await store.event_holds("e1")] == []
+        assert [h.status for h in await store.event_holds("b2")] == ["started"]
+    finally:
+        await store.close()
+
+
 async def test_held_starts_survive_a_reopen(engine: Engine) -> None:
     store = await engine.open()
     other = Hold(BATCH, "app-other", "app", "k", 3, timeout_ms=5000, max_size=3)
@@ -272,10 +308,11 @@ _ADDED_BY: dict[int, tuple[str, ...]] = {
         "ALTER TABLE steps DROP COLUMN info",
         "DROP INDEX events_by_name",
     ),
+    11: ("DROP TABLE event_holds",),
 }
 
 
-@pytest.mark.parametrize("version", [6, 7, 8, 9])
+@pytest.mark.parametrize("version", [6, 7, 8, 9, 10])
 async def test_an_older_database_gains_start_gates_held_starts_and_slots(engine: Engine, version: int) -> None:
     store = await engine.open()
     await store.close()
@@ -296,13 +333,15 @@ async def test_an_older_database_gains_start_gates_held_starts_and_slots(engine:
     await engine.set_schema_version(version)
     store = await engine.open()
     try:
-        assert await engine.schema_version() == SCHEMA_VERSION == 10
+        assert await engine.schema_version() == SCHEMA_VERSION == 11
         # The tables of schema 9: one slot of a key with limit 1, the second request waits.
         assert await store.acquire_slots("s1", "run-s1", [SlotClaim("k", 1)], 0)
         assert not await store.acquire_slots("s2", "run-s2", [SlotClaim("k", 1)], 0)
         await held(store, event("e1", 100), debounce())
         [claim] = await store.start_held("ex", 1100, 10)
         assert [r.run_id for r in await store.runs_for_event("e1")] == [claim.run_id]
+        # And the table of schema 11: what became of the held event.
+        assert [(h.status, h.run_id) for h in await store.event_holds("e1")] == [("started", claim.run_id)]
         # And the tables of schema 7: a rate limit of 1 skips the second run, and says so.
         limit = RateLimit("k", limit=1, period_ms=60_000)
         for event_id in ("g1", "g2"):

@@ -189,6 +189,7 @@ async def _downgrade_to_before_ownership(engine: Engine) -> None:
         await pg.execute("DROP INDEX IF EXISTS events_by_name")
         await pg.execute("CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status)")
         await pg.execute("ALTER TABLE steps DROP COLUMN IF EXISTS info")
+        await pg.execute("DROP TABLE IF EXISTS event_holds")
         await pg.execute("UPDATE schema_version SET version = 1")
     finally:
         await pg.close()
