@@ -26,6 +26,7 @@ from connect.api import apps, cancellations, checkpoints, event_routes, openapi,
 from connect.api import workers as workers_routes
 from connect.api.bodies import BodyRefused, read_body
 from connect.api.dashboard import dashboard_routes
+from connect.api.elsewhere import ServedElsewhere
 from connect.api.errors import error as _error
 from connect.api.events import EventRejected, parse_events
 from connect.executor.bulk_cancel import Cancellation
@@ -263,6 +264,8 @@ def create_api(
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
+        if isinstance(exc, ServedElsewhere) and exc.api_urls is not None:
+            return _error(exc.status_code, str(exc.detail), api_urls=await exc.api_urls())
         if exc.status_code == 404:
             return _error(404, f"no route for {request.method} {request.url.path}")
         if exc.status_code == 405:

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from connect.api.workers import LiveWorkers
 from connect.gateway.auth import TokenIssuer
 from connect.gateway.dispatcher import GatewayDispatcher, SharedStore
 from connect.gateway.pump import RequestPump
@@ -123,7 +124,10 @@ class StandaloneGateway:
 
     Workers connect as to `connect dev` (`/v0/connect/start` on `api_url`,
     then the WebSocket); the apps they register are recorded in the store;
-    events and run queries are refused (`RunsElsewhere`). Started by
+    `GET /v1/workers` lists this gateway's connections; events, run and app
+    queries are refused with 503 naming the API processes the store's
+    registry lists (`RunsElsewhere`), and so is the dashboard it serves at
+    `/`. Started by
     `start_standalone_gateway`; `close` stops the API, the server and the
     store, in that order."""
 
@@ -161,12 +165,13 @@ async def start_standalone_gateway(settings: PlatformSettings) -> StandaloneGate
         await role.start()
         api = ApiRole(
             settings,
-            RunsElsewhere(),
+            RunsElsewhere(store),
             role.dispatcher,
             tokens,
             gateway_port=role.port,
             is_ready=lambda: role.ready,
             admit_connection=role.server.admit,
+            workers=LiveWorkers(role.dispatcher, settings.process_id or default_process_id()),
         )
         await api.start()
     except (OSError, ApiNotStarted):
