@@ -33,7 +33,7 @@ from connect.executor.bulk_cancel import Cancellation
 from connect.executor.event_views import EventPage
 from connect.executor.views import RunPage
 from connect.gateway.auth import Keys, TokenIssuer
-from connect.metrics import CONTENT_TYPE, PlatformMetrics, render
+from connect.metrics import CONTENT_TYPE, PlatformMetrics
 from connect.metrics.http_answers import HttpAnswers
 from connect.store.base import RunFilter
 from protocol import connect_pb2 as pb
@@ -252,7 +252,7 @@ def create_api(
         if (denied := unauthorized(request)) is not None:
             return denied
         assert metrics is not None
-        return Response(render(metrics.registry), media_type=CONTENT_TYPE)
+        return Response(await metrics.scrape(), media_type=CONTENT_TYPE)
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})

@@ -84,12 +84,12 @@ class GatewayServer:
         max_handshakes: int = MAX_HANDSHAKES,
         max_handshakes_per_peer: int = MAX_HANDSHAKES_PER_PEER,
         authorize: Callable[[str | None], bool] | None = None,
-        scrape: Callable[[], bytes] | None = None,
+        scrape: Callable[[], Awaitable[bytes]] | None = None,
     ) -> None:
         """`authorize(Authorization header or None)` decides who may drain the
         gateway or read its metrics over HTTP; None lets anyone (open mode,
         `connect dev`). `scrape` renders the process's metrics for `GET
-        /metrics` (None: no such route)."""
+        /metrics` (None: no such route); it may read the store first."""
         self.dispatcher = dispatcher
         self._poll_seconds = check_window(poll_window)
         self.poll_window: PollWindow | None = None  # made on the loop, in `start`
@@ -199,7 +199,7 @@ class GatewayServer:
 
     # --- HTTP on the gateway port ------------------------------------------------------
 
-    def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
+    def _process_request(self, ws: ServerConnection, request: Request) -> Response | Awaitable[Response] | None:
         path = request.path.split("?", 1)[0]
         if request.method == "POST" and path == "/v0/connect/drain":
             if self._authorize is not None and not self._authorize(request.headers.get("Authorization")):
@@ -223,12 +223,17 @@ class GatewayServer:
                     http.HTTPStatus.UNAUTHORIZED,
                     "reading metrics needs Authorization: Bearer <signing key>, as /v1 does",
                 )
-            return _text(http.HTTPStatus.OK, self._scrape().decode(), CONTENT_TYPE)
+            return self._metrics(self._scrape)
         if path in ("/v0", "/v0/"):
             return _text(http.HTTPStatus.OK, ".")
         if path != limits.CONNECT_PATH:
             return _text(http.HTTPStatus.NOT_FOUND, f"no route for {path}\n")
         return None
+
+    async def _metrics(self, scrape: Callable[[], Awaitable[bytes]]) -> Response:
+        # Only this route awaits (websockets takes an awaitable from process_request):
+        # a worker's handshake never waits on the store.
+        return _text(http.HTTPStatus.OK, (await scrape()).decode(), CONTENT_TYPE)
 
     # --- one connection -----------------------------------------------------------------------
 

@@ -35,7 +35,6 @@ from connect.gateway.dispatcher import GatewayDispatcher, SharedStore
 from connect.gateway.pump import RequestPump
 from connect.gateway.registry import GatewayRegistry
 from connect.gateway.server import DrainCause, GatewayServer, SyncHook
-from connect.metrics import render
 from connect.roles.api import ApiNotStarted, ApiRole, RunsElsewhere
 from connect.roles.settings import PlatformSettings, default_process_id
 from connect.roles.store import open_store
@@ -97,7 +96,7 @@ class GatewayRole:
             max_handshakes=s.max_handshakes,
             max_handshakes_per_peer=s.max_handshakes_per_peer,
             authorize=None if s.keys.open else s.keys.authorized,
-            scrape=lambda: render(s.metrics.registry),
+            scrape=s.metrics.scrape,
         )
         s.metrics.watch_gateway(self.server)
         #: The port bound (the one asked for, or the one chosen for port 0).
@@ -305,6 +304,7 @@ async def start_gateway_process(
         clock=clock,
     )
     pump = RequestPump(store, dispatcher, gateway_id=process_id, clock=clock)
+    settings.metrics.watch_request_queue(store)
     try:
         await store.listen(REPLY_STORED, dispatcher.reply_stored_elsewhere)
         await registry.start()

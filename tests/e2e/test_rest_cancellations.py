@@ -68,9 +68,7 @@ def test_runs_of_a_function_are_cancelled_by_time_and_condition(dev: DevServer, 
             wait_statuses(http, sleeping, ["Cancelled", "Cancelled", "Running"])
             # Again: the cancelled runs are not Running any more.
             assert http.post("/v1/cancellations", json=group_a).json() == {"data": {"cancelled": 0}}
-            assert http.post("/v1/cancellations", json={**group_a, "dry_run": True}).json() == {
-                "data": {"matching": 0}
-            }
+            assert http.post("/v1/cancellations", json={**group_a, "dry_run": True}).json() == {"data": {"matching": 0}}
             every = http.post("/v1/cancellations", json={"function_id": function_id, "app_id": "ignored"})
             assert every.json() == {"data": {"cancelled": 1}}
             wait_statuses(http, sleeping, ["Cancelled"] * 3)
