@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from connect.api.elsewhere import ApiDirectory, ApiUrls
 from connect.api.workers import LiveWorkers
 from connect.gateway.auth import TokenIssuer
 from connect.gateway.dispatcher import GatewayDispatcher, SharedStore
@@ -70,10 +71,13 @@ class GatewayRole:
         on_sync: SyncHook,
         *,
         on_drain_requested: Callable[[DrainCause], None] | None = None,
+        api_urls: ApiUrls | None = None,
     ) -> None:
         """`on_sync` records an app a worker registered; `on_drain_requested`
         hands SIGTERM-like requests (`POST /v0/connect/drain`) to the process's
-        owner (None: the gateway drains in place and the process goes on)."""
+        owner (None: the gateway drains in place and the process goes on).
+        `api_urls`: where the API processes are, answered on `GET /` of the
+        gateway port when this process serves no API (None: `/` is 404)."""
         s = settings
         self._settings = settings
         self.dispatcher = dispatcher
@@ -97,6 +101,7 @@ class GatewayRole:
             max_handshakes_per_peer=s.max_handshakes_per_peer,
             authorize=None if s.keys.open else s.keys.authorized,
             scrape=s.metrics.scrape,
+            api_urls=api_urls,
         )
         s.metrics.watch_gateway(self.server)
         #: The port bound (the one asked for, or the one chosen for port 0).
@@ -293,6 +298,7 @@ async def start_gateway_process(
         settings.keys.token_issuer(),
         _app_recorder(store),
         on_drain_requested=on_drain_requested or drain_in_place,
+        api_urls=None if "api" in settings.roles else ApiDirectory(store).urls,
     )
     await role.start()
     registry = GatewayRegistry(

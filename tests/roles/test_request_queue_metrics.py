@@ -1,4 +1,5 @@
-"""The store's request queue, exported by the gateway processes of split roles.
+"""Gateway processes of split roles: the store's request queue in their metrics,
+and where the API is when their port is opened in a browser.
 
 1 API, 2 gateways and 1 executor as real processes on one PostgreSQL. A
 worker registers its app and leaves; the runs of the events sent then queue
@@ -9,20 +10,22 @@ comes back, takes them all, and the queue reads empty again.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from tests.e2e.harness import wait_for_log
-from tests.e2e.test_metrics import Samples, scrape, value
+from tests.e2e.test_metrics import DASHBOARD, SPLIT_GATEWAY_ONLY, Samples, _metric_names, scrape, value
 from tests.postgres import PostgresServer
 from tests.split.harness import Cluster, RoleProcess, poll_until
 
 RUNS = 6
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def cluster(postgres_server: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     c = Cluster(tmp_path_factory.mktemp("queue-metrics"), postgres_server.create_database())
     try:
@@ -77,3 +80,22 @@ def test_gateways_export_the_depth_of_the_stored_queue_and_the_wait_of_its_oldes
         30,
         "the queue to read empty once the runs finished",
     )
+
+
+def test_the_gateway_port_says_where_the_api_and_dashboard_are(cluster: Cluster) -> None:
+    assert cluster.api is not None
+    for gateway in cluster.gateways:
+        resp = httpx.get(f"http://{cluster.host}:{gateway.gateway_port}/", timeout=10)
+        assert resp.status_code == 404
+        body = resp.json()
+        assert body["api_urls"] == [cluster.api.url]
+        assert "worker gateway" in body["error"]
+        assert httpx.get(f"http://{cluster.host}:{gateway.gateway_port}/nope", timeout=10).status_code == 404
+
+
+def test_the_grafana_dashboard_queries_the_queue_metrics_a_gateway_process_has(cluster: Cluster) -> None:
+    text = httpx.get(f"http://{cluster.host}:{cluster.gateways[0].gateway_port}/metrics", timeout=10).text
+    declared = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")}
+    queried = {n for n in _metric_names(json.loads(DASHBOARD.read_text())) if n.startswith(SPLIT_GATEWAY_ONLY)}
+    assert queried == {"connect_request_queue_depth", "connect_request_queue_oldest_seconds"}
+    assert queried <= declared
