@@ -11,14 +11,16 @@ scenarios, which run with both on. Two measurements here:
   (`run_started` + `run_finished`), each timed over many calls: microseconds
   per call, with no other load.
 - **End to end, alternated**: the `durable` workload (`connect dev` on
-  SQLite and our worker, 5-step runs, `IN_FLIGHT` runs in flight) in
-  `VARIANTS`, each in a fresh `connect dev` (`bench.observed_dev`), in
-  `ROUNDS` rounds (`--rounds`) whose order rotates, so each variant sees the machine's
-  moments alike: steps/s and `connect dev`'s CPU per step. `bare` (no
-  metrics, the log below its level) is the baseline; the others add the
+  SQLite and our worker, 5-step runs, `IN_FLIGHT` runs in flight) in each
+  of `VARIANTS`: one `connect dev` (`bench.observed_dev`) and one worker per
+  variant, all started first and kept up, then short windows (a few seconds,
+  after a warm-up) taking turns, one variant loaded at a time, in `ROUNDS`
+  rounds (`--rounds`) whose order rotates, so the variants see the
+  machine's moments alike: steps/s and `connect dev`'s CPU per step. `bare`
+  (no metrics, the log below its level) is the baseline; the others add the
   metrics, the log line in text, in JSON, or both as users run it
-  (`default`). Figures are medians over the rounds, and each variant's
-  ratio to `bare` is the median of the per-round ratios.
+  (`default`). Figures are medians over the rounds; each variant's ratio to
+  `bare` is the median of the per-round ratios.
 
 A cost a user would notice shows as steps/s below `bare` by more than the
 rounds' spread; the in-process figures say how much of the CPU per step
@@ -40,7 +42,11 @@ from typing import Any, Final
 import httpx
 
 from bench import procs, scenario
-from bench.durable import STEPS, measure
+from bench.dispatch import start_worker
+from bench.durable import EVENT, IN_FLIGHT, STEPS, _EventPoster
+from bench.load import closed_loop
+from bench.notify import ENV as NOTIFY_ENV
+from bench.notify import Listener
 
 #: name -> (metrics counted, --log-level, --log-format)
 VARIANTS: Final = {
@@ -50,7 +56,7 @@ VARIANTS: Final = {
     "log_json": (False, "info", "json"),
     "default": (True, "info", "text"),
 }
-ROUNDS: Final = 3
+ROUNDS: Final = 6
 #: Calls timed per in-process figure.
 CALLS: Final = 200_000
 
@@ -104,74 +110,99 @@ def in_process(calls: int) -> dict[str, float]:
     return out
 
 
-def _platform(
-    children: procs.Children, opts: scenario.Options, tag: str, variant: str
-) -> Callable[[], tuple[dict[str, procs.Child], str]]:
-    counted, level, fmt = VARIANTS[variant]
+class _Variant:
+    """One variant's `connect dev` (`bench.observed_dev`) and worker, kept up for the whole run."""
 
-    def start() -> tuple[dict[str, procs.Child], str]:
+    def __init__(self, children: procs.Children, opts: scenario.Options, name: str) -> None:
+        counted, level, fmt = VARIANTS[name]
+        self.name = name
         port, gw_port = procs.free_port(), procs.free_port()
         args = procs.python("-m", "bench.observed_dev", *([] if counted else ["--no-metrics"]))
-        args += ["--port", str(port), "--gateway-port", str(gw_port), "--db", str(opts.workdir / f"{tag}.db")]
-        env = {"CONNECT_LOG_LEVEL": level, "CONNECT_LOG_FORMAT": fmt}
-        dev = children.start(f"{tag}-dev", args, env=env)
-        url = f"http://127.0.0.1:{port}"
+        args += ["--port", str(port), "--gateway-port", str(gw_port), "--db", str(opts.workdir / f"{name}.db")]
+        self.dev = children.start(f"{name}-dev", args, env={"CONNECT_LOG_LEVEL": level, "CONNECT_LOG_FORMAT": fmt})
+        self.url = f"http://127.0.0.1:{port}"
+        procs.wait_until(self._up, 60, f"connect dev ({name})")
+        self.listener = Listener()
+        self.worker = start_worker(
+            children, "ours", self.url, f"{name}-worker", env={NOTIFY_ENV: self.listener.address}
+        )
+        self.poster = _EventPoster(self.url)
+        self.windows: list[tuple[float, float]] = []  # (steps/s, connect dev's CPU us per step)
 
-        def up() -> bool:
-            if not dev.alive():
-                raise RuntimeError(f"connect dev exited:\n{dev.tail()}")
-            try:
-                return httpx.get(f"{url}/health", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
+    def _up(self) -> bool:
+        if not self.dev.alive():
+            raise RuntimeError(f"connect dev exited:\n{self.dev.tail()}")
+        try:
+            return httpx.get(f"{self.url}/health", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
 
-        procs.wait_until(up, 60, "connect dev")
-        return {"dev": dev}, url
+    def submit(self, keys: list[str]) -> None:
+        self.poster.post([{"name": EVENT, "data": {"k": k}} for k in keys])
 
-    return start
+    def wait_serving(self) -> None:
+        """Until a run completes (the first events may come before the worker registered)."""
+        deadline = time.monotonic() + 90
+        probe = 0
+        while not any(k.startswith("probe") for k, _ in self.listener.poll(1.0)):
+            if not self.worker.alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"no run completed ({self.name}):\n{self.dev.tail()}\n{self.worker.tail()}")
+            self.submit([f"probe{probe}"])
+            probe += 1
+        time.sleep(0.5)
+        self.listener.poll(0.05)
+
+    def window(self, warmup: float, seconds: float) -> None:
+        cpu0 = self.dev.cpu_seconds()
+        loop = closed_loop(
+            self.submit, self.listener, in_flight=IN_FLIGHT, warmup=warmup, seconds=seconds, prefix=f"{self.name}-"
+        )
+        steps = max(1, len(loop.done) * STEPS)
+        self.windows.append((loop.jobs_per_s * STEPS, (self.dev.cpu_seconds() - cpu0) / steps * 1e6))
+
+    def close(self) -> None:
+        self.poster.close()
+        self.listener.close()
+        self.worker.stop()
+        self.dev.stop()
 
 
 def run(opts: scenario.Options, children: procs.Children) -> dict[str, Any]:
     out: dict[str, Any] = dict(in_process(opts.count(CALLS, CALLS // 4)))
-    rounds = opts.extra.rounds or opts.count(ROUNDS, 2)
-    seconds = opts.pick(8.0, 5.0)
+    rounds = opts.extra.rounds or opts.count(ROUNDS, 3)
+    warmup, seconds = opts.pick(1.5, 1.0), opts.pick(4.0, 3.0)
     names = list(VARIANTS)
-    seen: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
-    for r in range(rounds):
-        order = names[r % len(names) :] + names[: r % len(names)]
-        for name in order:
-            tag = f"{name}-{r}"
-            figures = measure(
-                opts,
-                children,
-                worker_kind="ours",
-                sequential=0,
-                seconds=seconds,
-                profile_seconds=0,
-                tag=tag,
-                platform=_platform(children, opts, tag, name),
+    variants: list[_Variant] = []
+    try:
+        for name in names:
+            variants.append(_Variant(children, opts, name))
+        for variant in variants:
+            variant.wait_serving()
+        for r in range(rounds):
+            for variant in variants[r % len(variants) :] + variants[: r % len(variants)]:
+                variant.window(warmup, seconds)
+                sps, cpu = variant.windows[-1]
+                print(f"  round {r + 1} {variant.name:9s} {sps:8.0f} steps/s {cpu:7.1f} us CPU/step", flush=True)
+    finally:
+        for variant in variants:
+            variant.close()
+    bare = variants[0].windows
+    for variant in variants:
+        sps = [w[0] for w in variant.windows]
+        cpu = [w[1] for w in variant.windows]
+        out[f"{variant.name}_steps_per_s"] = statistics.median(sps)
+        out[f"{variant.name}_steps_per_s_spread"] = max(sps) - min(sps)
+        out[f"{variant.name}_dev_cpu_us_per_step"] = statistics.median(cpu)
+        if variant.name != "bare":
+            out[f"{variant.name}_over_bare"] = statistics.median(
+                w[0] / b[0] for w, b in zip(variant.windows, bare, strict=True)
             )
-            seen[name].append(figures)
-            print(
-                f"  round {r + 1} {name:9s} {figures['steps_per_s']:8.0f} steps/s"
-                f"  {figures['dev_cpu_us_per_step']:6.1f} us CPU/step (connect dev)",
-                flush=True,
+            out[f"{variant.name}_extra_cpu_us_per_step"] = statistics.median(
+                w[1] - b[1] for w, b in zip(variant.windows, bare, strict=True)
             )
-    for name in names:
-        sps = [f["steps_per_s"] for f in seen[name]]
-        cpu = [f["dev_cpu_us_per_step"] for f in seen[name]]
-        out[f"{name}_steps_per_s"] = statistics.median(sps)
-        out[f"{name}_steps_per_s_spread"] = max(sps) - min(sps)
-        out[f"{name}_dev_cpu_us_per_step"] = statistics.median(cpu)
-        if name != "bare":
-            ratios = [f["steps_per_s"] / b["steps_per_s"] for f, b in zip(seen[name], seen["bare"], strict=True)]
-            extra = [
-                f["dev_cpu_us_per_step"] - b["dev_cpu_us_per_step"]
-                for f, b in zip(seen[name], seen["bare"], strict=True)
-            ]
-            out[f"{name}_over_bare"] = statistics.median(ratios)
-            out[f"{name}_extra_cpu_us_per_step"] = statistics.median(extra)
     out["rounds"] = rounds
+    out["window_s"] = seconds
+    out["in_flight"] = IN_FLIGHT
     out["steps_per_run"] = STEPS
     return out
 

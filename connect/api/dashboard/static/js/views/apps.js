@@ -4,10 +4,9 @@
 
 import { api } from "../api.js";
 import { h, replace } from "../dom.js";
+import { poll } from "../poll.js";
 import { functionTable } from "./functions.js";
 import { MAX_ROWS, workerTable } from "./workers.js";
-
-import { poll } from "../poll.js";
 
 // GET /v1/workers, or null when this server does not list workers (an older one, or one that
 // cannot know them): the view then says so under each app.
