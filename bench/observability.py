@@ -39,11 +39,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-import httpx
-
 from bench import procs, scenario
 from bench.dispatch import start_worker
-from bench.durable import EVENT, IN_FLIGHT, STEPS, _EventPoster
+from bench.durable import EVENT, IN_FLIGHT, STEPS, _EventPoster, start_dev
 from bench.load import closed_loop
 from bench.notify import ENV as NOTIFY_ENV
 from bench.notify import Listener
@@ -116,26 +114,19 @@ class _Variant:
     def __init__(self, children: procs.Children, opts: scenario.Options, name: str) -> None:
         counted, level, fmt = VARIANTS[name]
         self.name = name
-        port, gw_port = procs.free_port(), procs.free_port()
-        args = procs.python("-m", "bench.observed_dev", *([] if counted else ["--no-metrics"]))
-        args += ["--port", str(port), "--gateway-port", str(gw_port), "--db", str(opts.workdir / f"{name}.db")]
-        self.dev = children.start(f"{name}-dev", args, env={"CONNECT_LOG_LEVEL": level, "CONNECT_LOG_FORMAT": fmt})
-        self.url = f"http://127.0.0.1:{port}"
-        procs.wait_until(self._up, 60, f"connect dev ({name})")
+        self.dev, self.url = start_dev(
+            children,
+            opts,
+            name,
+            env={"CONNECT_LOG_LEVEL": level, "CONNECT_LOG_FORMAT": fmt},
+            command=("-m", "bench.observed_dev", *([] if counted else ["--no-metrics"])),
+        )
         self.listener = Listener()
         self.worker = start_worker(
             children, "ours", self.url, f"{name}-worker", env={NOTIFY_ENV: self.listener.address}
         )
         self.poster = _EventPoster(self.url)
         self.windows: list[tuple[float, float]] = []  # (steps/s, connect dev's CPU us per step)
-
-    def _up(self) -> bool:
-        if not self.dev.alive():
-            raise RuntimeError(f"connect dev exited:\n{self.dev.tail()}")
-        try:
-            return httpx.get(f"{self.url}/health", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
 
     def submit(self, keys: list[str]) -> None:
         self.poster.post([{"name": EVENT, "data": {"k": k}} for k in keys])
