@@ -172,6 +172,7 @@ _SCHEMAS: Final[dict[str, Any]] = {
         started_after=_TIME,
         started_before=_TIME,
         **{"if": {"type": "string", "description": "CEL over the run's triggering `event`"}},
+        dry_run={"type": "boolean", "description": "count the runs it would cancel, cancel none"},
     )
     | {"required": ["function_id"]},
 }
@@ -248,7 +249,10 @@ _PATHS: Final[dict[str, Any]] = {
     "/v1/cancellations": {
         "post": _operation(
             "Cancel the Running runs of a function started in a time range",
-            _json(_data(_object(cancelled={"type": "integer"})), "how many runs were flagged"),
+            _json(
+                _data(_object(required=False, cancelled={"type": "integer"}, matching={"type": "integer"})),
+                "how many runs were flagged (`cancelled`), or would be (`matching`, a dry run)",
+            ),
             400,
             requestBody={"required": True, "content": {"application/json": {"schema": _ref("Cancellation")}}},
         )

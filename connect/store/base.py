@@ -429,6 +429,22 @@ class QueuedRequest(msgspec.Struct, frozen=True):
     fresh: bool = False
 
 
+class RequestQueueStats(msgspec.Struct, frozen=True):
+    """The queue of step requests for gateways (`queued_requests`), read at one
+    instant by `Store.request_queue_stats` over at most `limit` of its rows."""
+
+    #: Requests a gateway may take now: not held (or their hold ran out), not lapsed.
+    waiting: int
+    #: Requests a gateway holds: it is forwarding them.
+    held: int
+    #: Requests whose worker was lost, until their executor queues them again.
+    lapsed: int
+    #: When the oldest waiting request was queued (Unix ms), None when none waits.
+    oldest_waiting_ms: int | None
+    #: The rows read reached the limit: the counts are at least these.
+    truncated: bool
+
+
 class TakenRequest(msgspec.Struct, frozen=True):
     """What a gateway finds of a request it took, read at one instant (`Store.taken_request`)."""
 
@@ -878,6 +894,14 @@ class Store(ReplyStore, Protocol):
 
     async def dequeue_request(self, request_id: str) -> None:
         """Remove the request from the queue, whatever its state."""
+        ...
+
+    async def request_queue_stats(self, now_ms: int, limit: int) -> RequestQueueStats:
+        """How many queued requests wait, are held and lapsed at `now_ms`, and
+        when the oldest waiting one was queued, over at most `limit` rows of
+        the queue (in no order: past the limit, the counts are lower bounds
+        and the oldest is that of the rows read; `truncated` says so). One
+        statement, no lock taken; for metrics, never on a request's path."""
         ...
 
     async def taken_request(self, request_id: str, gateway: str, now_ms: int) -> TakenRequest:

@@ -56,6 +56,7 @@ from connect.store.base import (
     ProcessRecord,
     Pruned,
     QueuedRequest,
+    RequestQueueStats,
     RunFilter,
     RunOwnershipLost,
     RunRecord,
@@ -780,6 +781,15 @@ async def _prune_history(conn: Connection, before_ms: int, limit: int, events_af
     )
 
 
+#: `request_queue_stats`: counts over at most $2 rows of the queue at $1 (now, Unix ms).
+_QUEUE_STATS: Final = (
+    "SELECT COUNT(CASE WHEN NOT lapsed AND (holder IS NULL OR held_until_ms < $1) THEN 1 END),"
+    " COUNT(CASE WHEN NOT lapsed AND holder IS NOT NULL AND held_until_ms >= $1 THEN 1 END),"
+    " COUNT(CASE WHEN lapsed THEN 1 END),"
+    " MIN(CASE WHEN NOT lapsed AND (holder IS NULL OR held_until_ms < $1) THEN queued_at_ms END)"
+    " FROM (SELECT holder, held_until_ms, lapsed, queued_at_ms FROM queued_requests LIMIT $2) AS q"
+)
+
 # How each outcome of `settle_request` ends a hold; each returns the function slug.
 #: `held_until_ms` of a request not held: queued fresh and never taken (see
 #: `QueuedRequest.fresh`; a value older versions never write), or any other.
@@ -1333,6 +1343,15 @@ class PostgresStore:
         rows = await self._writer.run(op)
         taken = [QueuedRequest(*r) for r in rows]
         return sorted(taken, key=lambda q: (q.queued_at_ms, q.request_id.encode()))
+
+    async def request_queue_stats(self, now_ms: int, limit: int) -> RequestQueueStats:
+        async def op(conn: Connection) -> asyncpg.Record | None:
+            return await conn.fetchrow(_QUEUE_STATS, now_ms, limit)
+
+        row = await self._writer.read(op)
+        assert row is not None
+        waiting, held, lapsed, oldest = row[0], row[1], row[2], row[3]
+        return RequestQueueStats(waiting, held, lapsed, oldest, waiting + held + lapsed >= limit)
 
     async def hold_requests(self, gateway: str, request_ids: Sequence[str], hold_until_ms: int) -> None:
         async def op(conn: Connection) -> None:

@@ -59,6 +59,7 @@ from connect.store.base import (
     ProcessRecord,
     Pruned,
     QueuedRequest,
+    RequestQueueStats,
     RunFilter,
     RunOwnershipLost,
     RunRecord,
@@ -1270,6 +1271,14 @@ class SqliteStore:
         rows = await self._writer.submit(op)
         return sorted((QueuedRequest(*r[:5], bytes(r[5]), r[6], r[7]) for r in rows), key=_queue_order)
 
+    async def request_queue_stats(self, now_ms: int, limit: int) -> RequestQueueStats:
+        def op(conn: sqlite3.Connection) -> tuple[int, int, int, int | None]:
+            row: tuple[int, int, int, int | None] = conn.execute(_QUEUE_STATS, (now_ms, limit)).fetchone()
+            return row
+
+        waiting, held, lapsed, oldest = await self._writer.submit(op)
+        return RequestQueueStats(waiting, held, lapsed, oldest, waiting + held + lapsed >= limit)
+
     async def hold_requests(self, gateway: str, request_ids: Sequence[str], hold_until_ms: int) -> None:
         rows = [(hold_until_ms, rid, gateway) for rid in request_ids]
 
@@ -1537,6 +1546,15 @@ class SqliteStore:
             self._notify(RUN_CANCEL_REQUESTED, run_id)
         return stored
 
+
+#: `request_queue_stats`: counts over at most ?2 rows of the queue at ?1 (now, Unix ms).
+_QUEUE_STATS: Final = (
+    "SELECT COUNT(CASE WHEN NOT lapsed AND (holder IS NULL OR held_until_ms < ?1) THEN 1 END),"
+    " COUNT(CASE WHEN NOT lapsed AND holder IS NOT NULL AND held_until_ms >= ?1 THEN 1 END),"
+    " COUNT(CASE WHEN lapsed THEN 1 END),"
+    " MIN(CASE WHEN NOT lapsed AND (holder IS NULL OR held_until_ms < ?1) THEN queued_at_ms END)"
+    " FROM (SELECT holder, held_until_ms, lapsed, queued_at_ms FROM queued_requests LIMIT ?2) AS q"
+)
 
 # How each outcome of `settle_request` ends a hold; each returns the function slug.
 _SETTLE: Final = {
