@@ -53,7 +53,7 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 def _operation(summary: str, ok: dict[str, Any], *errors: int, **extra: Any) -> dict[str, Any]:
     responses: dict[str, Any] = {"200": ok}
-    responses |= {str(status): {"$ref": f"#/components/responses/E{status}"} for status in (401, *errors)}
+    responses |= {str(status): {"$ref": f"#/components/responses/E{status}"} for status in (401, *errors, 503)}
     return {"summary": summary, "responses": responses, **extra}
 
 
@@ -75,7 +75,18 @@ _PAGING: Final = [
 ]
 
 _SCHEMAS: Final[dict[str, Any]] = {
-    "Error": _object(status={"type": "integer"}, error={"type": "string"}),
+    "Error": _object(status={"type": "integer"}, error={"type": "string"})
+    | {
+        "properties": {
+            "status": {"type": "integer"},
+            "error": {"type": "string"},
+            "api_urls": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "on a 503 from a process that serves no API: the API processes its registry lists",
+            },
+        }
+    },
     "Run": _object(
         run_id=_ID,
         function_id=_ID,
@@ -185,6 +196,7 @@ _RESPONSES: Final = {
         404: "no such run or event",
         409: "not possible now: the error says why",
         501: "not supported here",
+        503: "this process serves no API (a gateway on its own): `api_urls` says where it is",
     }.items()
 }
 
