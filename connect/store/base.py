@@ -474,6 +474,14 @@ class Hold(msgspec.Struct, frozen=True):
     period_ms: int = 0
     timeout_ms: int | None = None
     max_size: int = 0
+    #: What the event must pass before it is held (a debounce's rate limit or
+    #: idempotency, keyed on this event); refused, it is recorded as a skip
+    #: under `admit.run_id` and held nowhere.
+    admit: StartGate | None = None
+    #: What the run the held start fires must pass when it starts (throttle,
+    #: singleton), keyed on the event the run starts with: kept with the held
+    #: start (a debounce's last event, a batch's first).
+    gate: StartGate | None = None
 
 
 class HeldStart(msgspec.Struct):
@@ -485,7 +493,8 @@ class HeldStart(msgspec.Struct):
     stored apart, one row each, so adding one writes that row alone;
     `last_ts` is the newest `ts` a debounce kept; `opened_ms` is when the
     first event arrived and `due_ms` when the run starts unless a batch
-    fills first."""
+    fills first. `gate` is the encoded `StartGate` the run passes when it
+    fires (`Hold.gate` of the event it starts with; None: none)."""
 
     kind: str
     function_id: str
@@ -498,6 +507,7 @@ class HeldStart(msgspec.Struct):
     due_ms: int
     size: int
     size_bytes: int
+    gate: bytes | None = None
 
 
 class NewEvent(msgspec.Struct, frozen=True):
@@ -546,6 +556,9 @@ class NewEvent(msgspec.Struct, frozen=True):
     holds: list[Hold] = msgspec.field(default_factory=list)
     slots: list[tuple[str, SlotAcquire]] = msgspec.field(default_factory=list)
     held: list[str] = msgspec.field(default_factory=list)
+    #: The cancels of `cancels` the gates added, by the run whose singleton
+    #: added it (so a transaction applied again takes them out first).
+    gated_cancels: dict[str, str] = msgspec.field(default_factory=dict)
 
     def tell_invoker(self, gate: StartGate, skip: SkippedStart | None) -> RunMemo | None:
         """For a store that decided `gate`: when it refused its run (`skip`),

@@ -265,6 +265,9 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         # What the timeline shows of each step, stored with its result (`StepInfo`).
         "ALTER TABLE steps ADD COLUMN info BYTEA",
     ),
+    # 10 -> 11: the gate (throttle, singleton) the run a held start fires passes
+    # (`HeldStart.gate`; NULL: none).
+    ("ALTER TABLE held_starts ADD COLUMN gate BYTEA",),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

@@ -207,16 +207,62 @@ def decide(
 def apply(new: NewEvent, run: RunRecord, decision: Decision) -> SkippedStart | None:
     """Report `decision` on the run object and its event (see `NewEvent.gates`);
     the skip to store in place of the run, if it is refused. Idempotent, so a
-    transaction applied again reports the same."""
+    transaction applied again reports only its last decision: a singleton
+    cancel an earlier attempt added to `new.cancels` is taken out first."""
+    gated_cancel = new.gated_cancels.pop(run.run_id, None)
+    if gated_cancel is not None and gated_cancel in new.cancels:
+        new.cancels.remove(gated_cancel)
+    return apply_to_run(run, decision, new.cancels, new.gated_cancels)
+
+
+def apply_to_run(
+    run: RunRecord, decision: Decision, cancels: list[str], gated_cancels: dict[str, str] | None = None
+) -> SkippedStart | None:
+    """Report `decision` on `run` (status, first request's turn), adding the run
+    a singleton cancels to `cancels` (and to `gated_cancels`, by the run's id,
+    so that the next attempt can take it out); the skip to store in place of
+    the run, if it is refused."""
     if decision.skip is not None:
         run.status = SKIPPED
         return SkippedStart(run.run_id, run.function_id, run.event_id, decision.skip, run.started_at_ms)
     run.status = RUNNING
     if run.requests:
         run.requests[0] = msgspec.structs.replace(run.requests[0], wake_at_ms=decision.wake_at_ms)
-    if decision.cancel is not None and decision.cancel not in new.cancels:
-        new.cancels.append(decision.cancel)
+    if decision.cancel is not None and decision.cancel not in cancels:
+        cancels.append(decision.cancel)
+        if gated_cancels is not None:
+            gated_cancels[run.run_id] = decision.cancel
     return None
+
+
+def admitted(gate: StartGate) -> StartGate | None:
+    """What of `gate` an event held by a debounce passes before it is held (its
+    rate limit or idempotency: Inngest checks those for each event, and an
+    event over them never joins the debounce), None if nothing."""
+    if gate.rate_limit is None:
+        return None
+    return StartGate(gate.run_id, gate.function_id, rate_limit=gate.rate_limit)
+
+
+def at_fire(gate: StartGate) -> StartGate | None:
+    """What of `gate` the run a debounce or batch fires passes when it starts
+    (its throttle and singleton), None if nothing."""
+    if gate.throttle is None and gate.singleton is None:
+        return None
+    return StartGate(gate.run_id, gate.function_id, throttle=gate.throttle, singleton=gate.singleton)
+
+
+def encode_gate(gate: StartGate) -> bytes:
+    """`gate` as a held start keeps it until it fires (`HeldStart.gate`)."""
+    return _encode(gate)
+
+
+def decode_gate(data: bytes, run_id: str) -> StartGate:
+    """The gate a held start kept, for the run `run_id` it fires."""
+    return msgspec.structs.replace(_decode_gate(data), run_id=run_id)
+
+
+_decode_gate = msgspec.json.Decoder(StartGate).decode
 
 
 def skipped_invoke_memo(skip: SkippedStart) -> bytes:

@@ -15,15 +15,17 @@ import pytest
 from connect.executor.start_limits import parse
 from connect.executor.starts import told_invokers
 from connect.executor.system_events import invoked_event, invoking_step
-from connect.store.base import EventRecord, NewEvent, RunRecord
+from connect.store.base import EventRecord, NewEvent, PendingRequest, RunRecord
 from connect.store.start_gates import (
     SKIPPED,
+    Decision,
     Invoker,
     RateLimit,
     Singleton,
     SkippedStart,
     StartGate,
     Throttle,
+    apply,
     decide,
     gcra,
 )
@@ -57,6 +59,24 @@ def test_decide_checks_singleton_then_rate_limit_then_throttle() -> None:
     assert (ok.skip, ok.wake_at_ms, ok.rate_tat, ok.throttle_tat, ok.hold) == (None, 3000, 1000, 4000, True)
     cancel = StartGate("r", "f", singleton=Singleton("", "cancel"))
     assert decide(cancel, 0, running="old", rate_tat=None, throttle_tat=None).cancel == "old"
+
+
+def test_a_decision_applied_again_keeps_only_its_own_singleton_cancel() -> None:
+    """A store batch that fails is applied again, deciding anew: the cancel the
+    first attempt's singleton added does not survive a second decision that
+    cancels another run, or none; a cancel the event's cancel conditions
+    matched stays whatever the gate decides."""
+    run = RunRecord("new", "f", "app", "e", 0, requests=[PendingRequest("req")])
+    new = NewEvent(EventRecord("e", "app/x", 0, 0, b"{}"), [run], cancels=["matched"])
+    assert apply(new, run, Decision(cancel="old", hold=True)) is None
+    assert new.cancels == ["matched", "old"]
+    apply(new, run, Decision(cancel="older", hold=True))  # the run holding the key changed meanwhile
+    assert new.cancels == ["matched", "older"]
+    apply(new, run, Decision(hold=True))  # the run holding the key ended meanwhile
+    assert new.cancels == ["matched"]
+    apply(new, run, Decision(cancel="matched", hold=True))
+    apply(new, run, Decision(skip="singleton: ..."))
+    assert new.cancels == ["matched"] and run.status == SKIPPED
 
 
 def test_an_invoked_runs_gate_names_the_invoking_step_and_only_a_refusal_tells_it() -> None:
