@@ -72,7 +72,7 @@ def plan(index: TriggerIndex, event: Event, now_ms: int) -> tuple[list[RunRecord
                 hold = hold_for(info.held, target.function_id, target.app_name, target.max_attempts, as_dict)
                 if hold is not None:
                     if info.start_limits is not None:
-                        hold = gated_hold(hold, info.start_limits.gate(new_ulid(), event))
+                        hold = gated_hold(hold, info.start_limits.gate(new_ulid(), event, now_ms))
                     holds.append(hold)
                     continue
         runs.append(new_run(target, event.id, now_ms))
@@ -114,7 +114,7 @@ def start_gates(
     for run in runs:
         info = index.lookup(run.function_id)
         if info is not None and info.start_limits is not None:
-            gate = info.start_limits.gate(run.run_id, event)
+            gate = info.start_limits.gate(run.run_id, event, run.started_at_ms)
             if gate is not None:
                 gates.append(gate if invoker is None else msgspec.structs.replace(gate, invoked_by=invoker))
     return gates

@@ -98,6 +98,10 @@ HELD_STARTS_CHANGED: Final = "connect_held_starts_changed"
 #: notifications). Sent by `release_slots` and `release_run_slots`.
 SLOTS_GRANTED: Final = "connect_slots_granted"
 
+#: Announces a throttle turn given to a run waiting for a later one (payload: the
+#: run id); sent by `take_throttle_turn`.
+THROTTLE_TURN_GRANTED: Final = "connect_throttle_turn"
+
 #: The largest payload of one `EVENTS_RECORDED` notification, in bytes
 #: (PostgreSQL refuses payloads of 8000 bytes or more).
 EVENTS_PAYLOAD_MAX: Final = 7000
@@ -525,7 +529,9 @@ class NewEvent(msgspec.Struct, frozen=True):
     with the run's `started_at_ms` as the time of the decision. The store
     reports each decision on the run objects themselves: a run refused gets
     `status` `SKIPPED` and is stored as a `SkippedStart`, not as a run; a
-    throttled run gets its first request's `wake_at_ms` set to its turn; a
+    throttled run gets its first request's `wake_at_ms` set to its turn (and
+    joins its key's line when the throttle has an `order`, see
+    `take_throttle_turn`); a
     run a singleton cancels is added to `cancels` (and flagged, as
     `request_cancel` does, announcing it on `RUN_CANCEL_REQUESTED`); a run
     refused whose gate names the `step.invoke` step waiting for it
@@ -943,6 +949,16 @@ class Store(ReplyStore, Protocol):
         """The request ids holding a slot of `key` (for tests and the API)."""
         ...
 
+    async def take_throttle_turn(self, run_id: str, now_ms: int) -> int:
+        """For a run of a function with a throttle and a priority whose turn
+        came (its first request's `wake_at_ms`), in one transaction: 0 when it
+        starts now (out of the key's line for good), else the later turn (Unix
+        ms) it waits for, having given its own to a run ahead of it in line
+        (announced on `THROTTLE_TURN_GRANTED`; see `start_gates.take_turn`).
+        A run not in any line (never throttled, or given its turn already)
+        gets 0. Runs of the line no longer Running leave it here."""
+        ...
+
     # --- executor: cron -------------------------------------------------------
 
     async def cron_ticks(self) -> dict[str, int]:
@@ -992,7 +1008,8 @@ class Store(ReplyStore, Protocol):
           throttle and rate-limit state whose theoretical arrival time is
           before `before_ms` (which means the same as none), and singleton
           keys held by runs no longer Running (ended, whenever that was, or
-          deleted: the same as no holder), at most `limit`;
+          deleted: the same as no holder), at most `limit`, and as many
+          places in a throttle's line of runs no longer Running;
         * replies stored before `before_ms` and before the oldest Running run
           started (a reply a live run may still consume was stored after it
           started), and leases that expired before `before_ms`.

@@ -41,6 +41,7 @@ from connect.store.base import (
     RUNNING,
     RUNS_RELEASED,
     SLOTS_GRANTED,
+    THROTTLE_TURN_GRANTED,
     AppRecord,
     Claim,
     ConnectionRecord,
@@ -79,12 +80,16 @@ from connect.store.start_gates import (
     Decision,
     SkippedStart,
     StartGate,
+    ThrottleWait,
+    Turn,
     apply_to_run,
     decide,
     decode_gate,
     report_skip,
+    take_turn,
 )
 from connect.store.start_gates import apply as apply_decision
+from connect.store.start_gates import state_key as _state_key
 from protocol.ids import new_ulid
 from protocol.payloads import Event, FunctionConfig
 
@@ -400,6 +405,69 @@ async def _decide(conn: Connection, gate: StartGate, now_ms: int) -> Decision:
     return decide(gate, now_ms, running=running, rate_tat=rate_tat, throttle_tat=throttle_tat)
 
 
+_JOIN_LINE: Final = (
+    "INSERT INTO throttle_waits (run_id, function_id, key, ord, seq, turn_ms) VALUES ($1, $2, $3, $4, $5, $6)"
+    " ON CONFLICT (run_id) DO UPDATE SET ord = excluded.ord, seq = excluded.seq, turn_ms = excluded.turn_ms"
+)
+_AHEAD_OF: Final = 'function_id = $1 AND key = $2 AND (ord, seq, run_id COLLATE "C") < ($3, $4, $5)'
+
+
+def _throttle_state_key(function_id: str, key: str) -> str:
+    return _state_key(function_id, THROTTLE, key)
+
+
+async def _take_turn(conn: Connection, run_id: str, now_ms: int) -> Turn:
+    """`Store.take_throttle_turn`, under the lock of the key's throttle state
+    (the one `_pass_gates` takes), so turns are taken and handed out one at a time."""
+    row = await conn.fetchrow("SELECT function_id, key FROM throttle_waits WHERE run_id = $1", run_id)
+    if row is None:
+        return take_turn(None, now_ms, due=0, ahead=0, later=None)
+    fn, key = row["function_id"], row["key"]
+    await conn.fetchval(_LOCK_GATES, _GATE_LOCK_SPACE, [_throttle_state_key(fn, key)])
+    row = await conn.fetchrow("SELECT ord, seq, turn_ms FROM throttle_waits WHERE run_id = $1", run_id)
+    if row is None:  # given its turn meanwhile
+        return take_turn(None, now_ms, due=0, ahead=0, later=None)
+    me = ThrottleWait(run_id, row["ord"], row["seq"], row["turn_ms"])
+    if me.turn_ms <= now_ms:
+        # Runs of the line that ended (cancelled while they waited) leave it.
+        await conn.execute(
+            "DELETE FROM throttle_waits w WHERE function_id = $1 AND key = $2 AND NOT EXISTS"
+            " (SELECT 1 FROM runs r WHERE r.run_id = w.run_id AND r.status = 'Running')",
+            fn,
+            key,
+        )
+    due = await conn.fetchval(
+        "SELECT count(*) FROM throttle_waits WHERE function_id = $1 AND key = $2 AND turn_ms <= $3", fn, key, now_ms
+    )
+    ahead = await conn.fetchval(
+        f"SELECT count(*) FROM throttle_waits WHERE {_AHEAD_OF}",  # noqa: S608 - constant
+        fn,
+        key,
+        me.order,
+        me.seq,
+        run_id,
+    )
+    found = await conn.fetchrow(
+        f"SELECT run_id, ord, seq, turn_ms FROM throttle_waits WHERE {_AHEAD_OF} AND turn_ms > $6"  # noqa: S608 - constant
+        ' ORDER BY ord, seq, run_id COLLATE "C" LIMIT 1',
+        fn,
+        key,
+        me.order,
+        me.seq,
+        run_id,
+        now_ms,
+    )
+    later = None if found is None else ThrottleWait(found["run_id"], found["ord"], found["seq"], found["turn_ms"])
+    turn = take_turn(me, now_ms, due=due, ahead=ahead, later=later)
+    if turn.wait_ms == 0:
+        await conn.execute("DELETE FROM throttle_waits WHERE run_id = $1", run_id)
+    elif turn.granted is not None:
+        await conn.execute("DELETE FROM throttle_waits WHERE run_id = $1", turn.granted)
+        await conn.execute("UPDATE throttle_waits SET turn_ms = $1 WHERE run_id = $2", turn.wait_ms, run_id)
+        await conn.execute("SELECT pg_notify($1, $2)", THROTTLE_TURN_GRANTED, turn.granted)
+    return turn
+
+
 async def _insert_skip(conn: Connection, skip: SkippedStart) -> None:
     await conn.execute(_INSERT_SKIP, skip.run_id, skip.function_id, skip.event_id, skip.reason, skip.at_ms)
     report_skip(skip)
@@ -414,6 +482,9 @@ async def _keep_decision(
         await conn.execute(_SET_TAT, fn, RATE_LIMIT, gate.rate_limit.key, decision.rate_tat)
     if gate.throttle is not None and decision.throttle_tat is not None:
         await conn.execute(_SET_TAT, fn, THROTTLE, gate.throttle.key, decision.throttle_tat)
+        if gate.throttle.order is not None and decision.wake_at_ms:
+            turn = decision.wake_at_ms  # also its place among runs of equal order: the order they came
+            await conn.execute(_JOIN_LINE, run_id, fn, gate.throttle.key, gate.throttle.order, turn, turn)
     if gate.singleton is not None:
         await conn.execute(_HOLD_SINGLETON, fn, gate.singleton.key, run_id)
     if decision.cancel is not None and await conn.execute(_FLAG_CANCEL, decision.cancel) == "UPDATE 1":
@@ -817,6 +888,13 @@ async def _prune_history(conn: Connection, before_ms: int, limit: int, events_af
                 " WHERE r.run_id IS NULL OR r.status <> 'Running' LIMIT $1 FOR UPDATE OF s SKIP LOCKED)",
                 limit,
             )
+        )
+        # Runs of a throttle's line that ended while they waited (cancelled).
+        await conn.execute(
+            "DELETE FROM throttle_waits WHERE run_id IN (SELECT w.run_id FROM throttle_waits w"
+            " LEFT JOIN runs r ON r.run_id = w.run_id WHERE r.run_id IS NULL OR r.status <> 'Running'"
+            " LIMIT $1 FOR UPDATE OF w SKIP LOCKED)",
+            limit,
         )
     return Pruned(
         runs=len(runs),
@@ -1589,6 +1667,10 @@ class PostgresStore:
             return None if due is None else int(due)
 
         return await self._writer.read(op)
+
+    async def take_throttle_turn(self, run_id: str, now_ms: int) -> int:
+        turn = await self._writer.run(lambda conn: _take_turn(conn, run_id, now_ms))
+        return turn.wait_ms
 
     async def start_held(self, owner: str, now_ms: int, limit: int) -> list[Claim]:
         async def op(conn: Connection) -> list[str]:

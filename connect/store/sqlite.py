@@ -43,6 +43,7 @@ from connect.store.base import (
     RUNNING,
     RUNS_RELEASED,
     SLOTS_GRANTED,
+    THROTTLE_TURN_GRANTED,
     WAIT_SLEEP,
     AppRecord,
     Claim,
@@ -78,10 +79,13 @@ from connect.store.start_gates import (
     Decision,
     SkippedStart,
     StartGate,
+    ThrottleWait,
+    Turn,
     apply_to_run,
     decide,
     decode_gate,
     report_skip,
+    take_turn,
 )
 from connect.store.start_gates import apply as apply_decision
 from connect.store.writer import SqliteWriter
@@ -237,6 +241,17 @@ _TABLES: Final = (
     ) WITHOUT ROWID""",
     # Concurrency slots held and waited for (schema 9).
     *sqlite_slots.TABLES,
+    # Runs a throttle holds back, of functions with a priority (schema 11, see
+    # `Store.take_throttle_turn`): each with its turn and its place in its key's line.
+    """CREATE TABLE IF NOT EXISTS throttle_waits (
+        run_id TEXT PRIMARY KEY,
+        function_id TEXT NOT NULL,
+        key TEXT NOT NULL,
+        ord INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        turn_ms INTEGER NOT NULL
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS throttle_waits_in_line ON throttle_waits (function_id, key, ord, seq, run_id)",
 )
 
 _RUNS_TABLE: Final = """CREATE TABLE {name} (
@@ -495,6 +510,50 @@ def _decide(conn: sqlite3.Connection, gate: StartGate, now_ms: int) -> Decision:
     return decide(gate, now_ms, running=running, rate_tat=rate_tat, throttle_tat=throttle_tat)
 
 
+_JOIN_LINE: Final = (
+    "INSERT OR REPLACE INTO throttle_waits (run_id, function_id, key, ord, seq, turn_ms) VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+
+def _take_turn(conn: sqlite3.Connection, run_id: str, now_ms: int) -> Turn:
+    """`Store.take_throttle_turn`, in the writer's transaction."""
+    row = conn.execute(
+        "SELECT function_id, key, ord, seq, turn_ms FROM throttle_waits WHERE run_id = ?", (run_id,)
+    ).fetchone()
+    if row is None:
+        return take_turn(None, now_ms, due=0, ahead=0, later=None)
+    fn, key, order, seq, turn_ms = row
+    me = ThrottleWait(run_id, order, seq, turn_ms)
+    if turn_ms <= now_ms:
+        # Runs of the line that ended (cancelled while they waited) leave it.
+        conn.execute(
+            "DELETE FROM throttle_waits WHERE function_id = ? AND key = ? AND NOT EXISTS"
+            " (SELECT 1 FROM runs r WHERE r.run_id = throttle_waits.run_id AND r.status = 'Running')",
+            (fn, key),
+        )
+    line = (fn, key)
+    (due,) = conn.execute(
+        "SELECT count(*) FROM throttle_waits WHERE function_id = ? AND key = ? AND turn_ms <= ?", (*line, now_ms)
+    ).fetchone()
+    ahead_of = "function_id = ? AND key = ? AND (ord, seq, run_id) < (?, ?, ?)"
+    (ahead,) = conn.execute(
+        f"SELECT count(*) FROM throttle_waits WHERE {ahead_of}",  # noqa: S608 - constant
+        (*line, order, seq, run_id),
+    ).fetchone()
+    found = conn.execute(
+        f"SELECT run_id, ord, seq, turn_ms FROM throttle_waits WHERE {ahead_of} AND turn_ms > ?"  # noqa: S608 - constant
+        " ORDER BY ord, seq, run_id LIMIT 1",
+        (*line, order, seq, run_id, now_ms),
+    ).fetchone()
+    turn = take_turn(me, now_ms, due=due, ahead=ahead, later=None if found is None else ThrottleWait(*found))
+    if turn.wait_ms == 0:
+        conn.execute("DELETE FROM throttle_waits WHERE run_id = ?", (run_id,))
+    elif turn.granted is not None:
+        conn.execute("DELETE FROM throttle_waits WHERE run_id = ?", (turn.granted,))
+        conn.execute("UPDATE throttle_waits SET turn_ms = ? WHERE run_id = ?", (turn.wait_ms, run_id))
+    return turn
+
+
 def _insert_skip(conn: sqlite3.Connection, skip: SkippedStart) -> None:
     conn.execute(_INSERT_SKIP, (skip.run_id, skip.function_id, skip.event_id, skip.reason, skip.at_ms))
     report_skip(skip)
@@ -509,6 +568,9 @@ def _keep_decision(
         conn.execute(_SET_TAT, (fn, RATE_LIMIT, gate.rate_limit.key, decision.rate_tat))
     if gate.throttle is not None and decision.throttle_tat is not None:
         conn.execute(_SET_TAT, (fn, THROTTLE, gate.throttle.key, decision.throttle_tat))
+        if gate.throttle.order is not None and decision.wake_at_ms:
+            turn = decision.wake_at_ms  # also its place among runs of equal order: the order they came
+            conn.execute(_JOIN_LINE, (run_id, fn, gate.throttle.key, gate.throttle.order, turn, turn))
     if gate.singleton is not None:
         conn.execute(_HOLD_SINGLETON, (fn, gate.singleton.key, run_id))
     if decision.cancel is not None and conn.execute(_FLAG_CANCEL, (decision.cancel,)).rowcount == 1:
@@ -817,6 +879,12 @@ def _prune_history(conn: sqlite3.Connection, before_ms: int, limit: int, events_
     )
     # Singleton keys whose run is no longer Running (or gone): the same as no holder.
     singletons = conn.execute(_PRUNE_SINGLETONS, (limit,)).rowcount
+    # Runs of a throttle's line that ended while they waited (cancelled).
+    conn.execute(
+        "DELETE FROM throttle_waits WHERE run_id IN (SELECT w.run_id FROM throttle_waits w"
+        " LEFT JOIN runs r ON r.run_id = w.run_id WHERE r.run_id IS NULL OR r.status <> 'Running' LIMIT ?)",
+        (limit,),
+    )
     return Pruned(
         runs=len(runs),
         steps=steps,
@@ -1504,6 +1572,12 @@ class SqliteStore:
             return None if due is None else int(due)
 
         return await self._writer.submit(op)
+
+    async def take_throttle_turn(self, run_id: str, now_ms: int) -> int:
+        turn = await self._writer.submit(lambda conn: _take_turn(conn, run_id, now_ms))
+        if turn.granted is not None:
+            self._notify(THROTTLE_TURN_GRANTED, turn.granted)
+        return turn.wait_ms
 
     async def start_held(self, owner: str, now_ms: int, limit: int) -> list[Claim]:
         cancelled: list[str] = []

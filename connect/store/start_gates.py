@@ -21,6 +21,12 @@ its reason (`SkippedStart`). A singleton in `skip` mode skips a new run
 while a run holding its key is Running; in `cancel` mode it flags that run
 for cancellation and the new run starts.
 
+With a `priority`, the runs a throttle holds back take its turns in the
+order of their priority, as Inngest's backlog does: each such run waits in
+the line of its key (`ThrottleWait`) with the turn the throttle gave it, and
+when that turn comes it asks the store (`Store.take_throttle_turn`), which
+gives the turn to the run first in line (`take_turn`), swapping turns.
+
 A run started by `step.invoke` names the step that waits for it
 (`StartGate.invoked_by`). When its gate refuses it, that step is given its
 result in the same transaction: an error naming the reason
@@ -66,12 +72,18 @@ IDEMPOTENCY_PERIOD_MS: Final = 24 * 3600 * 1000
 
 
 class Throttle(msgspec.Struct, frozen=True):
-    """At most `limit` starts per `period_ms` for `key`, `limit + burst` at once."""
+    """At most `limit` starts per `period_ms` for `key`, `limit + burst` at once.
+
+    `order`: the run's place in the key's line when its function has a
+    `priority` (its start time moved earlier by the priority's seconds; lower
+    goes first), None when it has none: then runs take their turns in the
+    order they came, fixed when they are recorded."""
 
     key: str
     limit: int
     period_ms: int
     burst: int = 0
+    order: int | None = None
 
 
 class RateLimit(msgspec.Struct, frozen=True):
@@ -114,11 +126,11 @@ class StartGate(msgspec.Struct, frozen=True):
         """The keys of state this gate reads and writes (lock them in sorted order)."""
         keys: list[str] = []
         if self.singleton is not None:
-            keys.append(_state_key(self.function_id, "singleton", self.singleton.key))
+            keys.append(state_key(self.function_id, "singleton", self.singleton.key))
         if self.rate_limit is not None:
-            keys.append(_state_key(self.function_id, RATE_LIMIT, self.rate_limit.key))
+            keys.append(state_key(self.function_id, RATE_LIMIT, self.rate_limit.key))
         if self.throttle is not None:
-            keys.append(_state_key(self.function_id, THROTTLE, self.throttle.key))
+            keys.append(state_key(self.function_id, THROTTLE, self.throttle.key))
         return keys
 
 
@@ -265,6 +277,52 @@ def decode_gate(data: bytes, run_id: str) -> StartGate:
 _decode_gate = msgspec.json.Decoder(StartGate).decode
 
 
+class ThrottleWait(msgspec.Struct, frozen=True):
+    """A run of a function with a throttle and a priority, waiting for its
+    turn: `turn_ms` is the start time the throttle gave it (or a later one it
+    took in a swap, see `take_turn`). Its place in line is (`order`, `seq`,
+    `run_id`): `seq` is the turn it was first given, so runs of equal order
+    (same start time and priority) keep the order they came in."""
+
+    run_id: str
+    order: int
+    seq: int
+    turn_ms: int
+
+
+class Turn(msgspec.Struct, frozen=True):
+    """What `take_turn` decided for the run that asked: `wait_ms` 0, start
+    now (and leave the line); otherwise wait until then and ask again.
+    `granted`: the run given the asker's turn in its place (it starts now,
+    told on `THROTTLE_TURN_GRANTED`), None if none."""
+
+    wait_ms: int = 0
+    granted: str | None = None
+
+
+def take_turn(me: ThrottleWait | None, now_ms: int, *, due: int, ahead: int, later: ThrottleWait | None) -> Turn:
+    """The throttle turn of run `me` at `now_ms` (None: `me` is not in line
+    any more, its turn was given to it, so it starts), given of the runs
+    waiting in the line of its (function, key): how many have a turn due at
+    `now_ms` (`due`, `me` among them), how many are ahead of `me` (`ahead`),
+    and the first of those whose turn has not come (`later`).
+
+    Turns are the start times the throttle handed out, one per waiting run,
+    so however they are shared the key never starts more runs than its
+    limit. Priority decides who takes a turn that came: of the `due` turns,
+    the `due` runs first in line. So a run whose turn came starts if fewer
+    than `due` runs are ahead of it; otherwise it swaps turns with `later`
+    (there is one: more runs are ahead than turns are due), which starts
+    now, while this one waits for the later turn."""
+    if me is None:
+        return Turn()
+    if me.turn_ms > now_ms:
+        return Turn(wait_ms=me.turn_ms)
+    if ahead < due or later is None:
+        return Turn()
+    return Turn(wait_ms=later.turn_ms, granted=later.run_id)
+
+
 def skipped_invoke_memo(skip: SkippedStart) -> bytes:
     """The result stored for the `step.invoke` step whose run `skip` refused:
     an error naming the function and why (the step raises it in the invoking run)."""
@@ -283,5 +341,7 @@ def report_skip(skip: SkippedStart) -> None:
     )
 
 
-def _state_key(function_id: str, kind: str, key: str) -> str:
+def state_key(function_id: str, kind: str, key: str) -> str:
+    """The name of the state of one gate kind's key of a function (what
+    `StartGate.lock_keys` lists, and engines lock)."""
     return f"{function_id}\x1f{kind}\x1f{key}"

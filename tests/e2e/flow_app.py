@@ -13,7 +13,19 @@ import datetime
 import time
 from typing import Any
 
-from connect import Batch, Client, Context, Debounce, RateLimit, Singleton, Step, StepError, Throttle, TriggerEvent
+from connect import (
+    Batch,
+    Client,
+    Context,
+    Debounce,
+    Priority,
+    RateLimit,
+    Singleton,
+    Step,
+    StepError,
+    Throttle,
+    TriggerEvent,
+)
 
 client = Client(app_id="sdk-flow")
 
@@ -26,6 +38,16 @@ TWO_SECONDS = datetime.timedelta(seconds=2)
     throttle=Throttle(limit=1, period=TWO_SECONDS, burst=0),
 )
 async def throttled(ctx: Context, step: Step) -> float:
+    return await step.run("at", time.time)
+
+
+@client.create_function(
+    fn_id="throttled-priority",
+    trigger=TriggerEvent(event="flow/throttled-priority"),
+    throttle=Throttle(limit=1, period=TWO_SECONDS, burst=0),
+    priority=Priority(run="event.data.p"),
+)
+async def throttled_priority(ctx: Context, step: Step) -> float:
     return await step.run("at", time.time)
 
 

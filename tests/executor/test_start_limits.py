@@ -25,9 +25,12 @@ from connect.store.start_gates import (
     SkippedStart,
     StartGate,
     Throttle,
+    ThrottleWait,
+    Turn,
     apply,
     decide,
     gcra,
+    take_turn,
 )
 from protocol.payloads import Event, FunctionConfig
 from tests.executor.harness import Harness, config
@@ -142,6 +145,30 @@ def test_keys_are_evaluated_against_the_event() -> None:
     exempt = limits.gate("run", Event("shop/f", {"user": 7, "vip": True}, "e2"))
     assert exempt is not None and exempt.rate_limit is None and exempt.throttle is not None
     assert exempt.throttle.key == "7"
+
+
+def test_a_throttle_with_a_priority_orders_the_runs_it_holds_back() -> None:
+    limits = parse(wire(throttle={"limit": 1, "period": "2s"}, priority={"run": "event.data.p"}))
+    assert limits is not None and limits.ordered
+    gate = limits.gate("run", Event("shop/f", {"p": 600}, "e1"), 700_000)
+    assert gate is not None and gate.throttle is not None and gate.throttle.order == 100_000
+    clamped = limits.gate("run", Event("shop/f", {"p": 9000}, "e2"), 700_000)
+    assert clamped is not None and clamped.throttle is not None and clamped.throttle.order == 100_000
+    plain = parse(wire(throttle={"limit": 1, "period": "2s"}))
+    assert plain is not None and not plain.ordered
+    unordered = plain.gate("run", Event("shop/f", {"p": 600}, "e1"), 700_000)
+    assert unordered is not None and unordered.throttle is not None and unordered.throttle.order is None
+
+
+def test_a_turn_that_came_goes_to_the_first_in_line() -> None:
+    me = ThrottleWait("me", order=5, seq=1000, turn_ms=1000)
+    vip = ThrottleWait("vip", order=1, seq=3000, turn_ms=3000)
+    assert take_turn(None, 1000, due=0, ahead=0, later=None) == Turn()  # given its turn already
+    assert take_turn(me, 999, due=0, ahead=1, later=vip) == Turn(wait_ms=1000)  # not yet
+    assert take_turn(me, 1000, due=1, ahead=0, later=None) == Turn()  # first in line
+    assert take_turn(me, 1000, due=1, ahead=1, later=vip) == Turn(wait_ms=3000, granted="vip")
+    # Two turns due, one run ahead (whose turn came too): both start, each on its own turn.
+    assert take_turn(me, 1000, due=2, ahead=1, later=None) == Turn()
 
 
 # --- through the executor, both engines ---------------------------------------------------

@@ -284,7 +284,7 @@ _ADDED_BY: dict[int, tuple[str, ...]] = {
         "ALTER TABLE steps DROP COLUMN info",
         "DROP INDEX events_by_name",
     ),
-    11: ("ALTER TABLE held_starts DROP COLUMN gate",),
+    11: ("ALTER TABLE held_starts DROP COLUMN gate", "DROP TABLE throttle_waits"),
 }
 
 

@@ -1,0 +1,68 @@
+"""Throttle turns of runs whose function also has a `priority`.
+
+Without a priority, a throttled run's turn is fixed when it is recorded (its
+first request's `wake_at_ms`). With one, runs held back take the throttle's
+turns in the order of their priority, as Inngest's backlog does: when a run's
+turn comes, it asks the store (`Store.take_throttle_turn`), which gives that
+turn to the run first in line, swapping turns if that is another run (see
+`connect.store.start_gates.take_turn`). The run given a turn early is told on
+`THROTTLE_TURN_GRANTED` and starts; the one that gave it away waits for its
+new turn. A run asks again every `SWEEP_S` seconds while it waits, in case a
+notification was lost, and a run whose owner stopped asks when its next
+owner reaches its turn. Functions without a priority never come here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Final
+
+from connect.store.base import THROTTLE_TURN_GRANTED, Store
+from connect.waiting import wait_event
+
+#: How often a run waiting for its turn asks the store again (a lost notification).
+SWEEP_S: Final = 10.0
+
+
+class ThrottleTurns:
+    """Taking throttle turns, and being told of turns given early (one per executor)."""
+
+    def __init__(self, store: Store, clock: Callable[[], float], *, sweep: float = SWEEP_S) -> None:
+        self._store = store
+        self._clock = clock
+        self._sweep = sweep
+        self._waiting: dict[str, asyncio.Event] = {}
+        self._listening = False
+
+    async def start(self) -> None:
+        if not self._listening:
+            await self._store.listen(THROTTLE_TURN_GRANTED, self._heard)
+            self._listening = True
+
+    def _heard(self, payload: str) -> None:
+        if not payload:
+            # The listener reconnected: grants may have been lost, everyone asks again.
+            for wake in self._waiting.values():
+                wake.set()
+            return
+        found = self._waiting.get(payload)
+        if found is not None:
+            found.set()
+
+    async def take(self, run_id: str) -> None:
+        """Return once run `run_id` may start: its turn came and was not given
+        to a run ahead of it, or a turn was given to it (early, told by a
+        notification: so the run waits here, listening, from the start)."""
+        event = self._waiting.setdefault(run_id, asyncio.Event())
+        try:
+            while True:
+                # Cleared before asking: a grant announced after this wakes the wait below.
+                event.clear()
+                wait_ms = await self._store.take_throttle_turn(run_id, int(self._clock() * 1000))
+                if wait_ms == 0:
+                    return
+                await wait_event(event, max(0.0, min(self._sweep, wait_ms / 1000 - self._clock())))
+        finally:
+            if self._waiting.get(run_id) is event:
+                del self._waiting[run_id]
