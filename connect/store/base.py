@@ -565,6 +565,9 @@ class NewEvent(msgspec.Struct, frozen=True):
     #: The cancels of `cancels` the gates added, by the run whose singleton
     #: added it (so a transaction applied again takes them out first).
     gated_cancels: dict[str, str] = msgspec.field(default_factory=dict)
+    #: Filled by the store: the `Hold.admit` run ids of the holds it refused
+    #: (the event was over a debounce's rate limit or idempotency).
+    refused_holds: list[str] = msgspec.field(default_factory=list)
 
     def tell_invoker(self, gate: StartGate, skip: SkippedStart | None) -> RunMemo | None:
         """For a store that decided `gate`: when it refused its run (`skip`),

@@ -342,7 +342,7 @@ async def _insert_events(conn: Connection, events: list[NewEvent]) -> list[bool]
     cancels = [(run_id,) for new in new_ones for run_id in new.cancels]
     if cancels:
         await conn.executemany(_FLAG_CANCEL, cancels)
-    held = [(new.event, hold) for new in new_ones for hold in new.holds]
+    held = [(new, hold) for new in new_ones for hold in new.holds]
     if held:
         await _hold(conn, held, cancelled)
     if cancelled:
@@ -521,10 +521,11 @@ def _held_from_record(row: asyncpg.Record) -> HeldStart:
     return HeldStart(*(row[c] for c in _HELD_FIELDS))
 
 
-async def _hold(conn: Connection, held: list[tuple[EventRecord, Hold]], cancelled: list[str]) -> None:
+async def _hold(conn: Connection, held: list[tuple[NewEvent, Hold]], cancelled: list[str]) -> None:
     """Apply new events to the held starts they go to (each once it passed
     what it must to be held, `Hold.admit`: the caller locked the state of
-    those gates, and of the gates the held starts keep). Each (function, key)
+    those gates, and of the gates the held starts keep; the refused are
+    reported in `NewEvent.refused_holds`). Each (function, key)
     is locked first and stays locked until commit: the read, the decision and
     the write of a held start are never interleaved with another transaction's.
 
@@ -538,12 +539,16 @@ async def _hold(conn: Connection, held: list[tuple[EventRecord, Hold]], cancelle
     for lock in sorted({_held_lock(hold.function_id, hold.key) for _, hold in held}):
         await conn.execute("SELECT pg_advisory_xact_lock($1)", lock)
     notes = HeldNotes()
-    for event, hold in held:
+    for new, _ in held:
+        new.refused_holds.clear()  # applied again after a failed batch: this attempt's
+    for new, hold in held:
+        event = new.event
         if hold.admit is not None:
             decision = await _decide(conn, hold.admit, event.received_at_ms)
             if decision.skip is not None:
                 skip = SkippedStart(hold.admit.run_id, hold.function_id, event.id, decision.skip, event.received_at_ms)
                 await _insert_skip(conn, skip)
+                new.refused_holds.append(hold.admit.run_id)
                 continue
             await _keep_decision(conn, hold.admit, hold.admit.run_id, decision, cancelled)
         where = (hold.function_id, hold.key)

@@ -459,7 +459,7 @@ def _insert_events(
             if cancel_rows:
                 conn.executemany(_FLAG_CANCEL, cancel_rows)
             if holds:
-                _hold(conn, event_row, holds, HeldNotes() if notes is None else notes, cancelled)
+                _hold(conn, event_row, new, HeldNotes() if notes is None else notes, cancelled)
             if new.slots:
                 new.held.clear()  # applied again after a failed batch: this attempt's
                 for run_id, item in starting_slots(new):
@@ -610,18 +610,21 @@ def _held_row(held: HeldStart) -> _HeldRow:
 def _hold(
     conn: sqlite3.Connection,
     event_row: _EventRow,
-    holds: list[Hold],
+    new: NewEvent,
     notes: HeldNotes,
     cancelled: list[str] | None = None,
 ) -> None:
     """Apply one new event to the held start of each function it is held for
-    (once it passed what it must to be held, `Hold.admit`)."""
+    (once it passed what it must to be held, `Hold.admit`: the refused are
+    reported in `new.refused_holds`)."""
     event_id, _, ts, now_ms, body = event_row
-    for hold in holds:
+    new.refused_holds.clear()  # applied again after a failed batch: this attempt's
+    for hold in new.holds:
         if hold.admit is not None:
             decision = _decide(conn, hold.admit, now_ms)
             if decision.skip is not None:
                 _insert_skip(conn, SkippedStart(hold.admit.run_id, hold.function_id, event_id, decision.skip, now_ms))
+                new.refused_holds.append(hold.admit.run_id)
                 continue
             _keep_decision(conn, hold.admit, hold.admit.run_id, decision, cancelled)
         where = (hold.function_id, hold.key)
