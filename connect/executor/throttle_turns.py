@@ -14,10 +14,10 @@ owner reaches its turn. Functions without a priority never come here.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Final
 
+from connect.executor.grants import Grants
 from connect.store.base import THROTTLE_TURN_GRANTED, Store
 from connect.waiting import wait_event
 
@@ -32,30 +32,16 @@ class ThrottleTurns:
         self._store = store
         self._clock = clock
         self._sweep = sweep
-        self._waiting: dict[str, asyncio.Event] = {}
-        self._listening = False
+        self._grants = Grants(store, THROTTLE_TURN_GRANTED)
 
     async def start(self) -> None:
-        if not self._listening:
-            await self._store.listen(THROTTLE_TURN_GRANTED, self._heard)
-            self._listening = True
-
-    def _heard(self, payload: str) -> None:
-        if not payload:
-            # The listener reconnected: grants may have been lost, everyone asks again.
-            for wake in self._waiting.values():
-                wake.set()
-            return
-        found = self._waiting.get(payload)
-        if found is not None:
-            found.set()
+        await self._grants.start()
 
     async def take(self, run_id: str) -> None:
         """Return once run `run_id` may start: its turn came and was not given
         to a run ahead of it, or a turn was given to it (early, told by a
         notification: so the run waits here, listening, from the start)."""
-        event = self._waiting.setdefault(run_id, asyncio.Event())
-        try:
+        with self._grants.waiting(run_id) as event:
             while True:
                 # Cleared before asking: a grant announced after this wakes the wait below.
                 event.clear()
@@ -63,6 +49,3 @@ class ThrottleTurns:
                 if wait_ms == 0:
                     return
                 await wait_event(event, max(0.0, min(self._sweep, wait_ms / 1000 - self._clock())))
-        finally:
-            if self._waiting.get(run_id) is event:
-                del self._waiting[run_id]
