@@ -81,7 +81,7 @@ class Dispatching(CheckpointTaking):
         try:
             if pending.wake_at_ms and self._ordered_throttle and s.turns is not None:
                 # A throttled start in priority order: its turn may come early, or move.
-                await s.turns.take(run.run_id)
+                await s.turns.take(run.run_id, pending.wake_at_ms)
             elif pending.wake_at_ms:
                 delay = pending.wake_at_ms / 1000 - s.clock()
                 if delay > 0:

@@ -14,6 +14,7 @@ owner reaches its turn. Functions without a priority never come here.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Final
 
@@ -37,15 +38,22 @@ class ThrottleTurns:
     async def start(self) -> None:
         await self._grants.start()
 
-    async def take(self, run_id: str) -> None:
-        """Return once run `run_id` may start: its turn came and was not given
-        to a run ahead of it, or a turn was given to it (early, told by a
-        notification: so the run waits here, listening, from the start)."""
+    async def take(self, run_id: str, wake_at_ms: int) -> None:
+        """Return once run `run_id`, whose first request waits until
+        `wake_at_ms`, may start: its turn came and was not given to a run
+        ahead of it, or a turn was given to it (early, told by a notification:
+        so the run waits here, listening, from the start). A run in no line
+        (a retry's backoff) waits until `wake_at_ms`."""
         with self._grants.waiting(run_id) as event:
             while True:
                 # Cleared before asking: a grant announced after this wakes the wait below.
                 event.clear()
                 wait_ms = await self._store.take_throttle_turn(run_id, int(self._clock() * 1000))
+                if wait_ms is None:
+                    delay = wake_at_ms / 1000 - self._clock()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    return
                 if wait_ms == 0:
                     return
                 await wait_event(event, max(0.0, min(self._sweep, wait_ms / 1000 - self._clock())))

@@ -952,14 +952,15 @@ class Store(ReplyStore, Protocol):
         """The request ids holding a slot of `key` (for tests and the API)."""
         ...
 
-    async def take_throttle_turn(self, run_id: str, now_ms: int) -> int:
-        """For a run of a function with a throttle and a priority whose turn
-        came (its first request's `wake_at_ms`), in one transaction: 0 when it
-        starts now (out of the key's line for good), else the later turn (Unix
-        ms) it waits for, having given its own to a run ahead of it in line
-        (announced on `THROTTLE_TURN_GRANTED`; see `start_gates.take_turn`).
-        A run not in any line (never throttled, or given its turn already)
-        gets 0. Runs of the line no longer Running leave it here."""
+    async def take_throttle_turn(self, run_id: str, now_ms: int) -> int | None:
+        """For a run of a function with a throttle and a priority, in one
+        transaction: 0 when it starts now (out of the key's line for good),
+        else the turn (Unix ms) it waits for: its own, not come yet, or a
+        later one, having given its own that came to a run ahead of it in
+        line (announced on `THROTTLE_TURN_GRANTED`; see `start_gates.take_turn`).
+        None for a run in no line (its start was not held back, or a request
+        after it waits for a retry's backoff): it keeps the time it has. Runs
+        of the line no longer Running leave it when a turn comes."""
         ...
 
     # --- executor: cron -------------------------------------------------------

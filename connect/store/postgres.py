@@ -416,17 +416,17 @@ def _throttle_state_key(function_id: str, key: str) -> str:
     return _state_key(function_id, THROTTLE, key)
 
 
-async def _take_turn(conn: Connection, run_id: str, now_ms: int) -> Turn:
+async def _take_turn(conn: Connection, run_id: str, now_ms: int) -> Turn | None:
     """`Store.take_throttle_turn`, under the lock of the key's throttle state
     (the one `_pass_gates` takes), so turns are taken and handed out one at a time."""
     row = await conn.fetchrow("SELECT function_id, key FROM throttle_waits WHERE run_id = $1", run_id)
     if row is None:
-        return take_turn(None, now_ms, due=0, ahead=0, later=None)
+        return None
     fn, key = row["function_id"], row["key"]
     await conn.fetchval(_LOCK_GATES, _GATE_LOCK_SPACE, [_throttle_state_key(fn, key)])
     row = await conn.fetchrow("SELECT ord, seq, turn_ms FROM throttle_waits WHERE run_id = $1", run_id)
-    if row is None:  # given its turn meanwhile
-        return take_turn(None, now_ms, due=0, ahead=0, later=None)
+    if row is None:  # took its turn meanwhile (another ask of the same run)
+        return None
     me = ThrottleWait(run_id, row["ord"], row["seq"], row["turn_ms"])
     if me.turn_ms <= now_ms:
         # Runs of the line that ended (cancelled while they waited) leave it.
@@ -462,7 +462,7 @@ async def _take_turn(conn: Connection, run_id: str, now_ms: int) -> Turn:
     if turn.wait_ms == 0:
         await conn.execute("DELETE FROM throttle_waits WHERE run_id = $1", run_id)
     elif turn.granted is not None:
-        await conn.execute("DELETE FROM throttle_waits WHERE run_id = $1", turn.granted)
+        await conn.execute("UPDATE throttle_waits SET turn_ms = $1 WHERE run_id = $2", me.turn_ms, turn.granted)
         await conn.execute("UPDATE throttle_waits SET turn_ms = $1 WHERE run_id = $2", turn.wait_ms, run_id)
         await conn.execute("SELECT pg_notify($1, $2)", THROTTLE_TURN_GRANTED, turn.granted)
     return turn
@@ -1673,9 +1673,9 @@ class PostgresStore:
 
         return await self._writer.read(op)
 
-    async def take_throttle_turn(self, run_id: str, now_ms: int) -> int:
+    async def take_throttle_turn(self, run_id: str, now_ms: int) -> int | None:
         turn = await self._writer.run(lambda conn: _take_turn(conn, run_id, now_ms))
-        return turn.wait_ms
+        return None if turn is None else turn.wait_ms
 
     async def start_held(self, owner: str, now_ms: int, limit: int) -> list[Claim]:
         async def op(conn: Connection) -> list[str]:

@@ -515,13 +515,13 @@ _JOIN_LINE: Final = (
 )
 
 
-def _take_turn(conn: sqlite3.Connection, run_id: str, now_ms: int) -> Turn:
+def _take_turn(conn: sqlite3.Connection, run_id: str, now_ms: int) -> Turn | None:
     """`Store.take_throttle_turn`, in the writer's transaction."""
     row = conn.execute(
         "SELECT function_id, key, ord, seq, turn_ms FROM throttle_waits WHERE run_id = ?", (run_id,)
     ).fetchone()
     if row is None:
-        return take_turn(None, now_ms, due=0, ahead=0, later=None)
+        return None
     fn, key, order, seq, turn_ms = row
     me = ThrottleWait(run_id, order, seq, turn_ms)
     if turn_ms <= now_ms:
@@ -549,7 +549,7 @@ def _take_turn(conn: sqlite3.Connection, run_id: str, now_ms: int) -> Turn:
     if turn.wait_ms == 0:
         conn.execute("DELETE FROM throttle_waits WHERE run_id = ?", (run_id,))
     elif turn.granted is not None:
-        conn.execute("DELETE FROM throttle_waits WHERE run_id = ?", (turn.granted,))
+        conn.execute("UPDATE throttle_waits SET turn_ms = ? WHERE run_id = ?", (me.turn_ms, turn.granted))
         conn.execute("UPDATE throttle_waits SET turn_ms = ? WHERE run_id = ?", (turn.wait_ms, run_id))
     return turn
 
@@ -1576,8 +1576,10 @@ class SqliteStore:
 
         return await self._writer.submit(op)
 
-    async def take_throttle_turn(self, run_id: str, now_ms: int) -> int:
+    async def take_throttle_turn(self, run_id: str, now_ms: int) -> int | None:
         turn = await self._writer.submit(lambda conn: _take_turn(conn, run_id, now_ms))
+        if turn is None:
+            return None
         if turn.granted is not None:
             self._notify(THROTTLE_TURN_GRANTED, turn.granted)
         return turn.wait_ms

@@ -293,19 +293,19 @@ class ThrottleWait(msgspec.Struct, frozen=True):
 class Turn(msgspec.Struct, frozen=True):
     """What `take_turn` decided for the run that asked: `wait_ms` 0, start
     now (and leave the line); otherwise wait until then and ask again.
-    `granted`: the run given the asker's turn in its place (it starts now,
-    told on `THROTTLE_TURN_GRANTED`), None if none."""
+    `granted`: the run given the asker's turn in its place (its turn in line
+    becomes the asker's, which came: it starts as soon as it asks, told on
+    `THROTTLE_TURN_GRANTED`), None if none."""
 
     wait_ms: int = 0
     granted: str | None = None
 
 
-def take_turn(me: ThrottleWait | None, now_ms: int, *, due: int, ahead: int, later: ThrottleWait | None) -> Turn:
-    """The throttle turn of run `me` at `now_ms` (None: `me` is not in line
-    any more, its turn was given to it, so it starts), given of the runs
-    waiting in the line of its (function, key): how many have a turn due at
-    `now_ms` (`due`, `me` among them), how many are ahead of `me` (`ahead`),
-    and the first of those whose turn has not come (`later`).
+def take_turn(me: ThrottleWait, now_ms: int, *, due: int, ahead: int, later: ThrottleWait | None) -> Turn:
+    """The throttle turn of run `me` at `now_ms`, given of the runs waiting
+    in the line of its (function, key): how many have a turn due at `now_ms`
+    (`due`, `me` among them), how many are ahead of `me` (`ahead`), and the
+    first of those whose turn has not come (`later`).
 
     Turns are the start times the throttle handed out, one per waiting run,
     so however they are shared the key never starts more runs than its
@@ -313,9 +313,10 @@ def take_turn(me: ThrottleWait | None, now_ms: int, *, due: int, ahead: int, lat
     the `due` runs first in line. So a run whose turn came starts if fewer
     than `due` runs are ahead of it; otherwise it swaps turns with `later`
     (there is one: more runs are ahead than turns are due), which starts
-    now, while this one waits for the later turn."""
-    if me is None:
-        return Turn()
+    now, while this one waits for the later turn. (A run given a turn this
+    way starts when it asks: every run ahead of it has a turn due, as it was
+    the first whose turn had not come; unless a run that joined since is
+    ahead of it, which then takes the turn.)"""
     if me.turn_ms > now_ms:
         return Turn(wait_ms=me.turn_ms)
     if ahead < due or later is None:

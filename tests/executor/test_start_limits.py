@@ -15,7 +15,9 @@ import pytest
 from connect.executor.start_limits import parse
 from connect.executor.starts import told_invokers
 from connect.executor.system_events import invoked_event, invoking_step
+from connect.executor.throttle_turns import ThrottleTurns
 from connect.store.base import EventRecord, NewEvent, PendingRequest, RunRecord
+from connect.store.sqlite import SqliteStore
 from connect.store.start_gates import (
     SKIPPED,
     Decision,
@@ -163,12 +165,25 @@ def test_a_throttle_with_a_priority_orders_the_runs_it_holds_back() -> None:
 def test_a_turn_that_came_goes_to_the_first_in_line() -> None:
     me = ThrottleWait("me", order=5, seq=1000, turn_ms=1000)
     vip = ThrottleWait("vip", order=1, seq=3000, turn_ms=3000)
-    assert take_turn(None, 1000, due=0, ahead=0, later=None) == Turn()  # given its turn already
     assert take_turn(me, 999, due=0, ahead=1, later=vip) == Turn(wait_ms=1000)  # not yet
     assert take_turn(me, 1000, due=1, ahead=0, later=None) == Turn()  # first in line
     assert take_turn(me, 1000, due=1, ahead=1, later=vip) == Turn(wait_ms=3000, granted="vip")
     # Two turns due, one run ahead (whose turn came too): both start, each on its own turn.
     assert take_turn(me, 1000, due=2, ahead=1, later=None) == Turn()
+
+
+async def test_a_start_in_no_throttle_line_keeps_its_own_wake_time(tmp_path: Path) -> None:
+    """A request of an ordered-throttle function waiting for something else (a
+    retry's backoff) is in no line: it waits until its own time, not less."""
+    store = await SqliteStore.open(tmp_path / "connect.db")
+    try:
+        turns = ThrottleTurns(store, time.time)
+        await turns.start()
+        started = time.monotonic()
+        await turns.take("run-retrying", int(time.time() * 1000) + 300)
+        assert time.monotonic() - started >= 0.25
+    finally:
+        await store.close()
 
 
 # --- through the executor, both engines ---------------------------------------------------

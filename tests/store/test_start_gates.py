@@ -269,7 +269,7 @@ async def test_throttled_runs_of_a_function_with_a_priority_take_turns_in_priori
         runs = {name: await record(store, name, 1000, throttle=ordered(1000)) for name in ("a", "b", "c")}
         runs["vip"] = await record(store, "vip", 1000, throttle=ordered(1000 - 600_000))
         assert [r.requests[0].wake_at_ms for r in runs.values()] == [0, 3000, 5000, 7000]
-        assert await store.take_throttle_turn("run-a", 1000) == 0  # never in line
+        assert await store.take_throttle_turn("run-a", 1000) is None  # never in line: keeps its own time
         assert await store.take_throttle_turn("run-c", 3000) == 5000  # not its turn yet
         assert await store.take_throttle_turn("run-b", 3000) == 7000  # its turn went to vip
         for _ in range(200):
@@ -277,7 +277,8 @@ async def test_throttled_runs_of_a_function_with_a_priority_take_turns_in_priori
                 break
             await asyncio.sleep(0.01)
         assert granted == ["run-vip"]
-        assert await store.take_throttle_turn("run-vip", 3001) == 0  # given its turn: it starts
+        assert await store.take_throttle_turn("run-vip", 3001) == 0  # given b's turn: it starts
+        assert await store.take_throttle_turn("run-vip", 3002) is None  # and left the line
         assert await store.take_throttle_turn("run-c", 5000) == 7000  # b is ahead of c: b starts at 5000
         assert await store.take_throttle_turn("run-b", 5001) == 0
         assert await store.take_throttle_turn("run-c", 7000) == 0
@@ -299,4 +300,4 @@ async def test_prune_history_drops_the_places_in_line_of_runs_that_ended(store: 
     waiting.status, waiting.ended_at_ms, waiting.requests = COMPLETED, 2000, []
     await store.save_run(waiting, fence=0)  # cancelled while it waited, say
     await store.prune_history(before_ms=1500, limit=100)
-    assert await store.take_throttle_turn(waiting.run_id, 2000) == 0  # out of line
+    assert await store.take_throttle_turn(waiting.run_id, 2000) is None  # out of line
