@@ -301,3 +301,23 @@ async def test_prune_history_drops_the_places_in_line_of_runs_that_ended(store: 
     await store.save_run(waiting, fence=0)  # cancelled while it waited, say
     await store.prune_history(before_ms=1500, limit=100)
     assert await store.take_throttle_turn(waiting.run_id, 2000) is None  # out of line
+
+
+async def test_turns_asked_for_at_once_start_no_more_runs_than_turns_came(engine: Engine) -> None:
+    """However many executors ask at once, the runs that start are as many as
+    the turns that came, and they are the first in line."""
+    store = await engine.open()
+    try:
+        # Turns at 3000, 5000, 7000, 9000 (after "r0", which starts at once); the later
+        # a run was recorded, the higher its priority.
+        await record(store, "r0", 1000, throttle=Throttle("", 1, 2000, order=0))
+        for i in range(1, 5):
+            await record(store, f"r{i}", 1000, throttle=Throttle("", 1, 2000, order=-i))
+        everyone = [f"run-r{i}" for i in range(1, 5)]
+        started: set[str] = set()
+        for _ in range(3):  # each asks again, as one told of a grant would
+            answers = await asyncio.gather(*(store.take_throttle_turn(r, 5000) for r in everyone))
+            started |= {r for r, a in zip(everyone, answers, strict=True) if a == 0}
+        assert started == {"run-r4", "run-r3"}  # two turns came (3000, 5000): the two first in line
+    finally:
+        await store.close()
