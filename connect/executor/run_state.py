@@ -26,6 +26,7 @@ from connect.executor.inbox import CancelRequested, Message, Replied
 from connect.executor.intake import Intake
 from connect.executor.retries import Backoff
 from connect.executor.system_events import end_events
+from connect.executor.throttle_turns import ThrottleTurns
 from connect.executor.triggers import FunctionInfo, Target
 from connect.metrics import RunMetrics
 from connect.store.base import (
@@ -73,6 +74,8 @@ class RunServices:
     max_lease_lapses: int = MAX_LEASE_LAPSES
     #: Concurrency slots (see `connect.executor.concurrency`); None: never needed.
     slots: SlotGrants | None = None
+    #: Throttle turns of functions with a priority (see `connect.executor.throttle_turns`).
+    turns: ThrottleTurns | None = None
     #: Runs ended and steps timed (`connect_runs_*`, `connect_step_duration_seconds`, `connect_queue_*`).
     metrics: RunMetrics | None = None
 
@@ -145,6 +148,9 @@ class RunState:
         self._joined: list[tuple[list[StepMemo], str]] = []
         #: The function's concurrency limits (None: it has none, the usual case).
         self._limits: FunctionLimits | None = None
+        #: Whether the function has a throttle and a priority: a throttled start takes
+        #: its turn from the store (`connect.executor.throttle_turns`).
+        self._ordered_throttle = False
         #: Requests of this run known to hold their concurrency slots.
         self._slots: set[str] = set()
         #: A run a held start (debounce, batch) fired: counted as started once read back.
@@ -182,6 +188,7 @@ class RunState:
         self._has_replied = bool(self.memos) or self.run.request_version != -1
         info = self._host.lookup(self.run.function_id)
         self._limits = None if info is None else info.limits
+        self._ordered_throttle = info is not None and info.start_limits is not None and info.start_limits.ordered
         self._slots = set()
         self._in_line = set()
 

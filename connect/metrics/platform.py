@@ -110,6 +110,9 @@ class RunMetrics:
         reported its gates' decisions on it): count the skipped, and the
         started unless `count_started` is False (runs recorded owned by
         nobody: the executor that first claims one counts it)."""
+        for hold in new.holds:  # events a debounce's rate limit or idempotency kept out
+            if hold.admit is not None and hold.admit.run_id in new.refused_holds:
+                self.skipped.labels(hold.function_id, skip_reason(hold.admit)).inc()
         if not new.gates:
             if count_started:
                 for run in new.runs:

@@ -98,6 +98,10 @@ HELD_STARTS_CHANGED: Final = "connect_held_starts_changed"
 #: notifications). Sent by `release_slots` and `release_run_slots`.
 SLOTS_GRANTED: Final = "connect_slots_granted"
 
+#: Announces a throttle turn given to a run waiting for a later one (payload: the
+#: run id); sent by `take_throttle_turn`.
+THROTTLE_TURN_GRANTED: Final = "connect_throttle_turn"
+
 #: The largest payload of one `EVENTS_RECORDED` notification, in bytes
 #: (PostgreSQL refuses payloads of 8000 bytes or more).
 EVENTS_PAYLOAD_MAX: Final = 7000
@@ -495,6 +499,14 @@ class Hold(msgspec.Struct, frozen=True):
     period_ms: int = 0
     timeout_ms: int | None = None
     max_size: int = 0
+    #: What the event must pass before it is held (a debounce's rate limit or
+    #: idempotency, keyed on this event); refused, it is recorded as a skip
+    #: under `admit.run_id` and held nowhere.
+    admit: StartGate | None = None
+    #: What the run the held start fires must pass when it starts (throttle,
+    #: singleton), keyed on the event the run starts with: kept with the held
+    #: start (a debounce's last event, a batch's first).
+    gate: StartGate | None = None
 
 
 class HeldStart(msgspec.Struct):
@@ -506,7 +518,8 @@ class HeldStart(msgspec.Struct):
     stored apart, one row each, so adding one writes that row alone;
     `last_ts` is the newest `ts` a debounce kept; `opened_ms` is when the
     first event arrived and `due_ms` when the run starts unless a batch
-    fills first."""
+    fills first. `gate` is the encoded `StartGate` the run passes when it
+    fires (`Hold.gate` of the event it starts with; None: none)."""
 
     kind: str
     function_id: str
@@ -519,6 +532,7 @@ class HeldStart(msgspec.Struct):
     due_ms: int
     size: int
     size_bytes: int
+    gate: bytes | None = None
 
 
 #: `EventHold.status` values: still held, its run started, or left behind
@@ -532,7 +546,8 @@ class EventHold(msgspec.Struct, frozen=True):
     """What became of an event a function's debounce or batch held
     (`Store.event_holds`): `kind` (`DEBOUNCE` / `BATCH`) and `key` of the
     held start it went to, when (`at_ms`), and its `status`: `HOLD_HELD`
-    until `due_ms` (or until a batch fills), `HOLD_STARTED` with `run_id`,
+    until `due_ms` (or until a batch fills), `HOLD_STARTED` with `run_id`
+    (the run it started, or the skip record of the run a gate refused),
     or `HOLD_REPLACED`."""
 
     function_id: str
@@ -559,7 +574,9 @@ class NewEvent(msgspec.Struct, frozen=True):
     with the run's `started_at_ms` as the time of the decision. The store
     reports each decision on the run objects themselves: a run refused gets
     `status` `SKIPPED` and is stored as a `SkippedStart`, not as a run; a
-    throttled run gets its first request's `wake_at_ms` set to its turn; a
+    throttled run gets its first request's `wake_at_ms` set to its turn (and
+    joins its key's line when the throttle has an `order`, see
+    `take_throttle_turn`); a
     run a singleton cancels is added to `cancels` (and flagged, as
     `request_cancel` does, announcing it on `RUN_CANCEL_REQUESTED`); a run
     refused whose gate names the `step.invoke` step waiting for it
@@ -590,6 +607,12 @@ class NewEvent(msgspec.Struct, frozen=True):
     holds: list[Hold] = msgspec.field(default_factory=list)
     slots: list[tuple[str, SlotAcquire]] = msgspec.field(default_factory=list)
     held: list[str] = msgspec.field(default_factory=list)
+    #: The cancels of `cancels` the gates added, by the run whose singleton
+    #: added it (so a transaction applied again takes them out first).
+    gated_cancels: dict[str, str] = msgspec.field(default_factory=dict)
+    #: Filled by the store: the `Hold.admit` run ids of the holds it refused
+    #: (the event was over a debounce's rate limit or idempotency).
+    refused_holds: list[str] = msgspec.field(default_factory=list)
 
     def tell_invoker(self, gate: StartGate, skip: SkippedStart | None) -> RunMemo | None:
         """For a store that decided `gate`: when it refused its run (`skip`),
@@ -992,6 +1015,17 @@ class Store(ReplyStore, Protocol):
         """The request ids holding a slot of `key` (for tests and the API)."""
         ...
 
+    async def take_throttle_turn(self, run_id: str, now_ms: int) -> int | None:
+        """For a run of a function with a throttle and a priority, in one
+        transaction: 0 when it starts now (out of the key's line for good),
+        else the turn (Unix ms) it waits for: its own, not come yet, or a
+        later one, having given its own that came to a run ahead of it in
+        line (announced on `THROTTLE_TURN_GRANTED`; see `start_gates.take_turn`).
+        None for a run in no line (its start was not held back, or a request
+        after it waits for a retry's backoff): it keeps the time it has. Runs
+        of the line no longer Running leave it when a turn comes."""
+        ...
+
     # --- executor: cron -------------------------------------------------------
 
     async def cron_ticks(self) -> dict[str, int]:
@@ -1043,7 +1077,8 @@ class Store(ReplyStore, Protocol):
           throttle and rate-limit state whose theoretical arrival time is
           before `before_ms` (which means the same as none), and singleton
           keys held by runs no longer Running (ended, whenever that was, or
-          deleted: the same as no holder), at most `limit`;
+          deleted: the same as no holder), at most `limit`, and as many
+          places in a throttle's line of runs no longer Running;
         * replies stored before `before_ms` and before the oldest Running run
           started (a reply a live run may still consume was stored after it
           started), and leases that expired before `before_ms`.

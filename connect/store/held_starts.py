@@ -17,6 +17,17 @@ in the store, and the run starts when that fires:
   their JSON reaches `MAX_BATCH_BYTES`, or once `timeout` passed since it
   opened. The run's trigger is the first event; its `events` are all of them.
 
+Flow control at run start (`connect.store.start_gates`), as Inngest applies
+it to these runs: an event for a debounce first passes the function's rate
+limit or idempotency (`Hold.admit`): over it, the event is recorded as a
+skip and joins nothing (nor pushes the debounce back). The run a held start
+fires passes the function's throttle and singleton (`Hold.gate`, kept with
+the held start: that of a debounce's last event, of a batch's first) in the
+transaction that fires it: throttled, its first request waits for its turn;
+skipped by a singleton, it is recorded as a skip instead of a run; a
+singleton in `cancel` mode cancels the Running run. (A batch may have
+neither a rate limit, idempotency nor singleton: registration refuses them.)
+
 A held start is one row (its state, `HeldStart`) and one row per event it
 holds (the event's JSON, by position), so adding an event to a batch writes
 that event and the small state row, whatever the batch holds already.
@@ -52,6 +63,7 @@ from connect.store.base import (
     PendingRequest,
     RunRecord,
 )
+from connect.store.start_gates import encode_gate
 
 #: A batch starts its run once its events' JSON reaches this size, full or not.
 MAX_BATCH_BYTES: Final = 10 * 1024 * 1024
@@ -95,7 +107,7 @@ def hold_event(stored: HeldStart | None, hold: Hold, event_id: str, ts: int, siz
         due = now_ms + hold.period_ms
         if hold.timeout_ms is not None:
             due = min(due, opened + hold.timeout_ms)
-        state = _state(hold, event_id, ts, opened, due, 1, size)
+        state = _state(hold, event_id, ts, opened, due, 1, size)  # the gate of the event kept
         return HeldChange(keep=state, add=True, replace=stored is not None, fire_before=fire_before)
     if stored is None:
         due = now_ms + (hold.timeout_ms if hold.timeout_ms is not None else 0)
@@ -161,6 +173,7 @@ def run_events(held: HeldStart, bodies: list[bytes]) -> list[bytes]:
 
 def _state(hold: Hold, event_id: str, ts: int, opened: int, due: int, size: int, size_bytes: int) -> HeldStart:
     return HeldStart(
+        gate=None if hold.gate is None else encode_gate(hold.gate),
         kind=hold.kind,
         function_id=hold.function_id,
         key=hold.key,
