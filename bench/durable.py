@@ -53,7 +53,7 @@ import json
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -156,16 +156,16 @@ def start_dev(
     checkpoints: bool = True,
     env: dict[str, str] | None = None,
     database_url: str | None = None,
+    command: Sequence[str] = ("-m", "connect", "dev"),
 ) -> tuple[procs.Child, str]:
-    """`connect dev` on a SQLite file in the work directory, or on PostgreSQL at `database_url`."""
+    """`connect dev` on a SQLite file in the work directory, or on PostgreSQL at `database_url`.
+    `command`: what runs it (Python's arguments before `connect dev`'s own)."""
     port, gw_port = procs.free_port(), procs.free_port()
     store = ["--db", str(opts.workdir / f"{tag}.db")] if database_url is None else ["--database-url", database_url]
     dev = children.start(
         f"{tag}-dev",
         procs.python(
-            "-m",
-            "connect",
-            "dev",
+            *command,
             "--port",
             str(port),
             "--gateway-port",

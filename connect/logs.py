@@ -11,10 +11,11 @@ exception's traceback, when logged, is in `exc_info`. Text lines are
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import sys
 from typing import Any, Final
+
+import msgspec
 
 #: The log formats `--log-format` accepts.
 FORMATS: Final = ("text", "json")
@@ -43,6 +44,10 @@ TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 NOISY: Final = ("httpx", "httpcore", "websockets", "uvicorn.error")
 
 
+#: A value JSON has no form for (an id object, a path) is written as its `str()`.
+_ENCODER: Final = msgspec.json.Encoder(enc_hook=str)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per record, on one line."""
 
@@ -60,7 +65,7 @@ class JsonFormatter(logging.Formatter):
                 line[name] = value
         if record.exc_info:
             line["exc_info"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str, ensure_ascii=False)
+        return _ENCODER.encode(line).decode()
 
 
 def setup(level: str, fmt: str = "text") -> None:

@@ -48,8 +48,11 @@ BATCH_TIMEOUT_MAX: Final = 7 * 86400.0
 PRIORITY_MIN: Final = -600
 PRIORITY_MAX: Final = 600
 
-#: Options a function with `batchEvents` may not have (Inngest refuses these combinations).
-NOT_WITH_BATCHING: Final = ("cancel", "debounce", "singleton", "priority.run")
+#: Options a function with `batchEvents` may not have. Inngest's server refuses
+#: the first four; its documentation says batching cannot be used with the last
+#: two either (its server takes them and applies neither to batched events), so
+#: they are refused too rather than accepted and not honoured.
+NOT_WITH_BATCHING: Final = ("cancel", "debounce", "singleton", "priority.run", "rateLimit", "idempotency")
 
 
 def seconds_text(seconds: float) -> str:
@@ -152,15 +155,32 @@ def _batch(fn: FunctionConfig) -> str | None:
         debounce=fn.debounce is not None,
         singleton=fn.singleton is not None,
         priority_run=fn.priority is not None and fn.priority.run is not None,
+        rate_limit=fn.rateLimit is not None,
+        idempotency=bool(fn.idempotency),
     )
     if clashes:
         return f"`batchEvents` cannot be combined with {', '.join(f'`{name}`' for name in clashes)}"
     return None
 
 
-def batching_clashes(*, cancel: bool, debounce: bool, singleton: bool, priority_run: bool) -> list[str]:
+def batching_clashes(
+    *,
+    cancel: bool,
+    debounce: bool,
+    singleton: bool,
+    priority_run: bool,
+    rate_limit: bool = False,
+    idempotency: bool = False,
+) -> list[str]:
     """Which of `NOT_WITH_BATCHING` a batched function has (each given as present or not)."""
-    present = {"cancel": cancel, "debounce": debounce, "singleton": singleton, "priority.run": priority_run}
+    present = {
+        "cancel": cancel,
+        "debounce": debounce,
+        "singleton": singleton,
+        "priority.run": priority_run,
+        "rateLimit": rate_limit,
+        "idempotency": idempotency,
+    }
     return [name for name in NOT_WITH_BATCHING if present[name]]
 
 

@@ -98,6 +98,10 @@ OP_NONE: Final = "None"
 #: The handler returned; `data` is its result (the TypeScript SDK with checkpointing).
 OP_RUN_COMPLETE: Final = "RunComplete"
 
+#: `opts.type` of a `StepRun` that is a `step.send_event` / `step.sendEvent`
+#: (the TypeScript SDK's, which this platform's SDK sends too).
+STEP_TYPE_SEND_EVENT: Final = "step.sendEvent"
+
 
 class ErrorInfo(msgspec.Struct, omit_defaults=False):
     """An error as SDKs report it: `{name, message, stack?, code?}`."""
@@ -124,6 +128,12 @@ class Opcode(msgspec.Struct):
     userland: Userland | None = None
     data: Any = None
     error: ErrorInfo | None = None
+    #: When the step's body ran, on the worker's clock, as Go's `interval.Interval`:
+    #: `{"a": start in Unix ns, "b": duration in ns}`. The TypeScript SDK and this
+    #: platform's send it with a step result; the official Python SDK sends none.
+    #: Left out when unset, and read leniently (`connect.executor.step_infos`):
+    #: a value of another shape is ignored, never a reason to refuse the reply.
+    timing: Any = msgspec.UNSET
 
 
 # SDKResponse.status values (also in connect_pb2.SDKResponseStatus).

@@ -1,12 +1,15 @@
 """The oldest releases pyproject.toml accepts work: a focused part of the suite runs on them.
 
-The lower bounds of `websockets`, `pydantic` and `uvicorn` are read from pyproject.toml,
+The lower bounds of `websockets`, `pydantic`, `uvicorn`, `starlette` and
+`prometheus-client` are read from pyproject.toml,
 those exact releases are installed (once, cached under `.venv/floor/`) into a
 directory put first on the path, and the subset runs in a child pytest: the
 gateway's handshakes and its HTTP answers, frames both ways, client masking,
 option and settings validation, typed outputs (pydantic serialization), and events run to completion by real
 `connect dev` and worker processes, and the API port's HTTP guard and
-one-write transport (which build on uvicorn's httptools protocol). A release
+one-write transport (which build on uvicorn's httptools protocol), and the
+metrics: HTTP answers counted by route template (which reads Starlette's
+routes) and `/metrics` after a load. A release
 that cannot serve them must not be declared.
 """
 
@@ -22,7 +25,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FLOORED = ("websockets", "pydantic", "uvicorn")
+FLOORED = ("websockets", "pydantic", "uvicorn", "starlette", "prometheus-client")
 SUBSET = [
     "tests/test_websocket.py",
     "tests/worker/test_masking.py",
@@ -35,6 +38,8 @@ SUBSET = [
     "tests/api/test_corking.py",
     "tests/e2e/test_end_to_end.py::test_200_events_complete_a_three_step_function",
     "tests/e2e/test_end_to_end.py::test_step_fails_twice_then_succeeds_on_attempt_three",
+    "tests/metrics/test_labels.py",
+    "tests/e2e/test_metrics.py::test_counters_add_up_after_a_load",
 ]
 
 
@@ -67,13 +72,10 @@ def test_the_declared_floors_pass_the_focused_suite() -> None:
     floors = declared_floors()
     target = install(floors)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(target), os.environ.get("PYTHONPATH")]))}
-    probe = "import websockets, pydantic, uvicorn; print(websockets.__version__, pydantic.VERSION, uvicorn.__version__)"
+    probe = f"import importlib.metadata as m; print(*(m.version(name) for name in {FLOORED!r}))"
     versions = subprocess.run([sys.executable, "-c", probe], env=env, cwd=ROOT, capture_output=True, text=True)
-    assert [_release(v) for v in versions.stdout.split()] == [
-        _release(floors["websockets"]),
-        _release(floors["pydantic"]),
-        _release(floors["uvicorn"]),
-    ], versions.stderr
+    wanted = [_release(floors[name]) for name in FLOORED]
+    assert [_release(v) for v in versions.stdout.split()] == wanted, versions.stderr
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *SUBSET],
         env=env,

@@ -26,13 +26,14 @@ from connect.api import apps, cancellations, checkpoints, event_routes, openapi,
 from connect.api import workers as workers_routes
 from connect.api.bodies import BodyRefused, read_body
 from connect.api.dashboard import dashboard_routes
+from connect.api.elsewhere import ServedElsewhere
 from connect.api.errors import error as _error
 from connect.api.events import EventRejected, parse_events
 from connect.executor.bulk_cancel import Cancellation
 from connect.executor.event_views import EventPage
 from connect.executor.views import RunPage
 from connect.gateway.auth import Keys, TokenIssuer
-from connect.metrics import CONTENT_TYPE, PlatformMetrics, render
+from connect.metrics import CONTENT_TYPE, PlatformMetrics
 from connect.metrics.http_answers import HttpAnswers
 from connect.store.base import RunFilter
 from protocol import connect_pb2 as pb
@@ -251,7 +252,7 @@ def create_api(
         if (denied := unauthorized(request)) is not None:
             return denied
         assert metrics is not None
-        return Response(render(metrics.registry), media_type=CONTENT_TYPE)
+        return Response(await metrics.scrape(), media_type=CONTENT_TYPE)
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -263,6 +264,8 @@ def create_api(
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
+        if isinstance(exc, ServedElsewhere) and exc.api_urls is not None:
+            return _error(exc.status_code, str(exc.detail), api_urls=await exc.api_urls())
         if exc.status_code == 404:
             return _error(404, f"no route for {request.method} {request.url.path}")
         if exc.status_code == 405:

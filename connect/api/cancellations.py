@@ -5,8 +5,11 @@ Body: `{"function_id", "started_after", "started_before", "if"}`:
 `app_id` is accepted and not needed), the times are ISO-8601 (a start at or
 after `started_after` and before `started_before`; either may be left out),
 `if` an optional CEL expression over the run's triggering `event`. Answer:
-`{"data": {"cancelled": n}}`, the Running runs flagged. A body that is not
-such an object, a bad time or an `if` that is not CEL is answered 400.
+`{"data": {"cancelled": n}}`, the Running runs flagged. With `"dry_run":
+true` nothing is cancelled and the answer is `{"data": {"matching": n}}`,
+the runs the same body would flag now (the dashboard asks this first, to
+say how many runs a cancellation will touch). A body that is not such an
+object, a bad time or an `if` that is not CEL is answered 400.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class _Body(msgspec.Struct, forbid_unknown_fields=False):
     app_id: str | None = None
     # `if` is a Python keyword: renamed on the wire.
     condition: str | None = msgspec.field(default=None, name="if")
+    dry_run: bool = False
 
 
 def cancellation(raw: bytes) -> Cancellation:
@@ -63,7 +67,7 @@ def cancellation(raw: bytes) -> Cancellation:
             expression = Expression(body.condition)
         except ValueError as exc:
             raise paging.BadQuery(f"if: {exc}") from None
-    return Cancellation(body.function_id, after, before, expression)
+    return Cancellation(body.function_id, after, before, expression, dry_run=body.dry_run)
 
 
 def routes(canceller: Canceller, guard: Guard) -> list[Route]:
@@ -77,7 +81,7 @@ def routes(canceller: Canceller, guard: Guard) -> list[Route]:
         except paging.BadQuery as exc:
             return error(400, str(exc))
         count = await canceller.cancel_matching(wanted)
-        answer: dict[str, Any] = {"cancelled": count}
+        answer: dict[str, Any] = {"matching": count} if wanted.dry_run else {"cancelled": count}
         return JSONResponse({"data": answer})
 
     return [Route("/v1/cancellations", cancel_many, methods=["POST"])]

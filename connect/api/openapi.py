@@ -53,7 +53,7 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 def _operation(summary: str, ok: dict[str, Any], *errors: int, **extra: Any) -> dict[str, Any]:
     responses: dict[str, Any] = {"200": ok}
-    responses |= {str(status): {"$ref": f"#/components/responses/E{status}"} for status in (401, *errors)}
+    responses |= {str(status): {"$ref": f"#/components/responses/E{status}"} for status in (401, *errors, 503)}
     return {"summary": summary, "responses": responses, **extra}
 
 
@@ -75,7 +75,18 @@ _PAGING: Final = [
 ]
 
 _SCHEMAS: Final[dict[str, Any]] = {
-    "Error": _object(status={"type": "integer"}, error={"type": "string"}),
+    "Error": _object(status={"type": "integer"}, error={"type": "string"})
+    | {
+        "properties": {
+            "status": {"type": "integer"},
+            "error": {"type": "string"},
+            "api_urls": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "on a 503 from a process that serves no API: the API processes its registry lists",
+            },
+        }
+    },
     "Run": _object(
         run_id=_ID,
         function_id=_ID,
@@ -89,13 +100,26 @@ _SCHEMAS: Final[dict[str, Any]] = {
     "Step": _object(
         id=_ID,
         name={"type": ["string", "null"]},
-        kind={"type": ["string", "null"], "enum": ["run", "sleep", "wait", "invoke", None]},
-        status={"type": "string", "enum": ["Completed", "Failed", "Running", "Sleeping", "Waiting"]},
+        kind={
+            "type": ["string", "null"],
+            "enum": ["run", "send_event", "sleep", "wait", "invoke", None],
+            "description": "send_event: a step.send_event of this platform's SDK or the TypeScript SDK "
+            "(the official Python SDK's is a plain step.run on the wire, shown as run)",
+        },
+        status={"type": "string", "enum": ["Completed", "Failed", "Cancelled", "Running", "Sleeping", "Waiting"]},
         attempts={"type": ["integer", "null"]},
-        started_at=_TIME,
+        started_at=_TIME
+        | {
+            "description": "a step a worker ran: when its body began, as the worker reported it (this platform's "
+            "SDK and the TypeScript SDK send it), moved onto the server's clock; without that (the official "
+            "Python SDK) when its request was sent, and null for a step run after another in the same request"
+        },
         ended_at=_TIME,
         due_at=_TIME,
-        ended_by={"type": ["string", "null"], "enum": ["woke", "event", "timeout", "returned", "error", None]},
+        ended_by={
+            "type": ["string", "null"],
+            "enum": ["woke", "event", "timeout", "returned", "error", "cancelled", "run_ended", None],
+        },
         output=_ANY,
         error=_ANY,
     ),
@@ -110,9 +134,22 @@ _SCHEMAS: Final[dict[str, Any]] = {
     "EventDetail": {
         "allOf": [
             _ref("Event"),
-            _object(runs={"type": "array", "items": _ref("Run")}, matched={"type": "boolean"}),
+            _object(
+                runs={"type": "array", "items": _ref("Run")},
+                held={"type": "array", "items": _ref("EventHold")},
+                matched={"type": "boolean"},
+            ),
         ]
     },
+    "EventHold": _object(
+        function_id=_ID,
+        kind={"type": "string", "enum": ["debounce", "batch"]},
+        key={"type": ["string", "null"]},
+        status={"type": "string", "enum": ["held", "started", "replaced"]},
+        held_at=_TIME,
+        due_at=_TIME,
+        run_id={"type": ["string", "null"]},
+    ),
     "Function": _object(
         id=_ID,
         app={"type": "string"},
@@ -146,6 +183,7 @@ _SCHEMAS: Final[dict[str, Any]] = {
         started_after=_TIME,
         started_before=_TIME,
         **{"if": {"type": "string", "description": "CEL over the run's triggering `event`"}},
+        dry_run={"type": "boolean", "description": "count the runs it would cancel, cancel none"},
     )
     | {"required": ["function_id"]},
 }
@@ -158,6 +196,7 @@ _RESPONSES: Final = {
         404: "no such run or event",
         409: "not possible now: the error says why",
         501: "not supported here",
+        503: "this process serves no API (a gateway on its own): `api_urls` says where it is",
     }.items()
 }
 
@@ -222,7 +261,10 @@ _PATHS: Final[dict[str, Any]] = {
     "/v1/cancellations": {
         "post": _operation(
             "Cancel the Running runs of a function started in a time range",
-            _json(_data(_object(cancelled={"type": "integer"})), "how many runs were flagged"),
+            _json(
+                _data(_object(required=False, cancelled={"type": "integer"}, matching={"type": "integer"})),
+                "how many runs were flagged (`cancelled`), or would be (`matching`, a dry run)",
+            ),
             400,
             requestBody={"required": True, "content": {"application/json": {"schema": _ref("Cancellation")}}},
         )

@@ -5,6 +5,10 @@ triggering event satisfies the CEL `if` when one is given, is flagged for
 cancellation as `POST /v1/runs/{id}/cancel` does (a step already on a
 worker finishes; nothing after it runs). The runs are read a page of
 `PAGE` at a time, newest first; a run that ends meanwhile is not counted.
+
+A dry run (`Cancellation.dry_run`) reads the same runs and flags none: its
+count is how many a cancellation sent now would flag (runs that start or end
+before it is sent change that number).
 """
 
 from __future__ import annotations
@@ -24,17 +28,19 @@ PAGE: Final = 500
 class Cancellation(msgspec.Struct, frozen=True):
     """Which runs to cancel: `function_id`'s, started at or after
     `started_after_ms` and before `started_before_ms` (Unix ms), whose event
-    `expression` holds for (None: every one)."""
+    `expression` holds for (None: every one). `dry_run`: count them, cancel none."""
 
     function_id: str
     started_after_ms: int | None = None
     started_before_ms: int | None = None
     expression: Expression | None = None
+    dry_run: bool = False
 
 
 async def cancel_matching(store: Store, cancellation: Cancellation, cancel: Callable[[str], Awaitable[bool]]) -> int:
     """Flag every run `cancellation` selects with `cancel(run_id)` (True when it
-    was flagged now); how many were."""
+    was flagged now); how many were. A dry run calls no `cancel` and counts
+    every run selected."""
     count = 0
     older_than: tuple[int, str] | None = None
     while True:
@@ -53,7 +59,7 @@ async def cancel_matching(store: Store, cancellation: Cancellation, cancel: Call
                 event = await store.get_event(run.event_id)
                 if event is None or not cancellation.expression.matches(msgspec.json.decode(event.body)):
                     continue
-            if await cancel(run.run_id):
+            if cancellation.dry_run or await cancel(run.run_id):
                 count += 1
         if len(page) < PAGE:
             return count

@@ -95,9 +95,11 @@ class CheckpointTaking(RunState):
             return False  # anything else is judged when the request ends with it
         pending = run.requests[0]
         now_ms = int(self._s.clock() * 1000)
-        # Only the request's first step is known to have started when the request did.
+        offset = step_infos.clock_offset(ops, now_ms)
         memos = [
-            StepMemo(op.id, replies.data_memo(op), step_infos.ran(op, pending if taken == i == 0 else None, now_ms))
+            StepMemo(
+                op.id, replies.data_memo(op), step_infos.ran(op, pending, now_ms, first=taken == i == 0, offset=offset)
+            )
             for i, op in enumerate(ops)
         ]
         # The request now looks for the step after this one: its attempts (and lapses) start over.
@@ -117,5 +119,6 @@ class CheckpointTaking(RunState):
         for memo in memos:
             self.memos.setdefault(memo.step_hash, msgspec.Raw(memo.result))
         self._checkpoints[request_id] = taken + len(memos)
+        self._checkpointed = request_id
         self._has_replied = True
         return None if offer.joinable else True

@@ -50,6 +50,7 @@ import msgspec
 from celpy import celtypes
 
 from connect.executor.expressions import Expression
+from connect.executor.grants import Grants
 from connect.store.base import SLOTS_GRANTED, SlotClaim, Store
 from connect.waiting import wait_event
 from protocol.payloads import Event, FunctionConfig
@@ -243,29 +244,15 @@ class SlotGrants:
     def __init__(self, store: Store, *, sweep: float = SWEEP_S) -> None:
         self._store = store
         self._sweep = sweep
-        self._waiting: dict[str, asyncio.Event] = {}
-        self._listening = False
+        self._grants = Grants(store, SLOTS_GRANTED)
 
     async def start(self) -> None:
-        if not self._listening:
-            await self._store.listen(SLOTS_GRANTED, self._heard)
-            self._listening = True
-
-    def _heard(self, payload: str) -> None:
-        if not payload:
-            # The listener reconnected: grants may have been lost, everyone asks again.
-            for wake in self._waiting.values():
-                wake.set()
-            return
-        for request_id in payload.split(","):
-            found = self._waiting.get(request_id)
-            if found is not None:
-                found.set()
+        await self._grants.start()
 
     @property
     def waiting(self) -> int:
         """Requests of this executor waiting for slots now."""
-        return len(self._waiting)
+        return len(self._grants)
 
     async def acquire(
         self, request_id: str, run_id: str, claims: Sequence[SlotClaim], order: int, *, timeout: float | None = None
@@ -274,8 +261,7 @@ class SlotGrants:
         then False, the request still in line)."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
-        event = self._waiting.setdefault(request_id, asyncio.Event())
-        try:
+        with self._grants.waiting(request_id) as event:
             while True:
                 event.clear()
                 if await self._store.acquire_slots(request_id, run_id, claims, order):
@@ -284,6 +270,3 @@ class SlotGrants:
                 if wait <= 0:
                     return False
                 await wait_event(event, wait)
-        finally:
-            if self._waiting.get(request_id) is event:
-                del self._waiting[request_id]

@@ -52,6 +52,8 @@ class Dispatching(CheckpointTaking):
             and not run.waiting
             and self._inbox.empty()
             and run.requests[0].wake_at_ms <= self._s.clock() * 1000
+            # A throttled start in priority order asks the store for its turn first.
+            and not (self._ordered_throttle and run.requests[0].wake_at_ms)
         )
 
     async def _try_slots(self, pending: PendingRequest) -> bool:
@@ -77,7 +79,10 @@ class Dispatching(CheckpointTaking):
         assert run is not None
         s = self._s
         try:
-            if pending.wake_at_ms:
+            if pending.wake_at_ms and self._ordered_throttle and s.turns is not None:
+                # A throttled start in priority order: its turn may come early, or move.
+                await s.turns.take(run.run_id, pending.wake_at_ms)
+            elif pending.wake_at_ms:
                 delay = pending.wake_at_ms / 1000 - s.clock()
                 if delay > 0:
                     await asyncio.sleep(delay)

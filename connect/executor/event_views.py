@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from connect.executor.views import Position, rfc3339, runs_of_event
+from connect.executor.views import Position, hold_view, rfc3339, runs_of_event
 from connect.store.base import EventRecord, Store
 from protocol.payloads import Event, IncomingEvent
 
@@ -44,14 +44,22 @@ async def list_events(store: Store, name: str | None, older_than: Position | Non
 
 
 async def event_detail(store: Store, event_id: str) -> dict[str, Any] | None:
-    """`GET /v1/events/{id}`: the event with `runs` (as `GET /v1/events/{id}/runs`)
-    and `matched`, false when it started no run and flow control skipped none;
-    None when no such event is stored."""
+    """`GET /v1/events/{id}`: the event with `runs` (as `GET /v1/events/{id}/runs`),
+    `held` (the debounces and batches that held it, see `hold_view`: a held
+    event has matched though no run has started yet) and `matched`, false
+    when it started no run, no function held it and flow control skipped
+    none; None when no such event is stored."""
     record = await store.get_event(event_id)
     if record is None:
         return None
-    runs = await runs_of_event(store, event_id)
-    return {**event_view(record), "runs": runs, "matched": bool(runs)}
+    holds = await store.event_holds(event_id)
+    runs = await runs_of_event(store, event_id, holds)
+    return {
+        **event_view(record),
+        "runs": runs,
+        "held": [hold_view(hold) for hold in holds],
+        "matched": bool(runs) or bool(holds),
+    }
 
 
 async def replay_of(store: Store, event_id: str) -> IncomingEvent | None:

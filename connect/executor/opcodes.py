@@ -7,6 +7,7 @@ the error it names (never a retry: the same code would report it again).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -107,7 +108,9 @@ def sleep_entry(op: Opcode, now: float) -> Waiting:
         wake = wake_time(op, now)
     except ValueError as exc:
         raise RunFails("InvalidSleep", str(exc)) from exc
-    return Waiting(kind=WAIT_SLEEP, step=op.id, due_ms=int(wake * 1000), name=op.displayName, since_ms=int(now * 1000))
+    # Rounded up (less a float's error on a whole millisecond): a sleep never wakes early.
+    due_ms = math.ceil(wake * 1000 - 1e-3)
+    return Waiting(kind=WAIT_SLEEP, step=op.id, due_ms=due_ms, name=op.displayName, since_ms=int(now * 1000))
 
 
 def wait_entry(op: Opcode, now_ms: int) -> Waiting:

@@ -20,11 +20,13 @@ from typing import TYPE_CHECKING, Any, Protocol, cast
 import msgspec
 
 from connect.dispatch import CheckpointDecided, Port
+from connect.executor import step_infos
 from connect.executor.concurrency import FunctionLimits, SlotGrants, as_dict
 from connect.executor.inbox import CancelRequested, Message, Replied
 from connect.executor.intake import Intake
 from connect.executor.retries import Backoff
 from connect.executor.system_events import end_events
+from connect.executor.throttle_turns import ThrottleTurns
 from connect.executor.triggers import FunctionInfo, Target
 from connect.metrics import RunMetrics
 from connect.store.base import (
@@ -72,6 +74,8 @@ class RunServices:
     max_lease_lapses: int = MAX_LEASE_LAPSES
     #: Concurrency slots (see `connect.executor.concurrency`); None: never needed.
     slots: SlotGrants | None = None
+    #: Throttle turns of functions with a priority (see `connect.executor.throttle_turns`).
+    turns: ThrottleTurns | None = None
     #: Runs ended and steps timed (`connect_runs_*`, `connect_step_duration_seconds`, `connect_queue_*`).
     metrics: RunMetrics | None = None
 
@@ -136,11 +140,17 @@ class RunState:
         self._cancel_asked = False
         #: Checkpoints stored per request id (see `CheckpointTaking.checkpoint_offered`).
         self._checkpoints: dict[str, int] = {}
+        #: The last request a checkpoint was stored from: the step its reply ends
+        #: with is not the first step that request ran (see `step_infos.ran`).
+        self._checkpointed: str | None = None
         #: Checkpointed steps taken to be stored by the next commit, the one
         #: that handles the reply right behind them (see `CheckpointTaking.checkpoint_offered`).
         self._joined: list[tuple[list[StepMemo], str]] = []
         #: The function's concurrency limits (None: it has none, the usual case).
         self._limits: FunctionLimits | None = None
+        #: Whether the function has a throttle and a priority: a throttled start takes
+        #: its turn from the store (`connect.executor.throttle_turns`).
+        self._ordered_throttle = False
         #: Requests of this run known to hold their concurrency slots.
         self._slots: set[str] = set()
         #: A run a held start (debounce, batch) fired: counted as started once read back.
@@ -178,6 +188,7 @@ class RunState:
         self._has_replied = bool(self.memos) or self.run.request_version != -1
         info = self._host.lookup(self.run.function_id)
         self._limits = None if info is None else info.limits
+        self._ordered_throttle = info is not None and info.start_limits is not None and info.start_limits.ordered
         self._slots = set()
         self._in_line = set()
 
@@ -321,6 +332,19 @@ class RunState:
         run = self.run
         assert run is not None
         now_ms = int(self._s.clock() * 1000)
+        if run.waiting:
+            # Sleeps, waits and invokes the end cuts short keep their place in
+            # the timeline: a `null` result, ended by the cancel (or the end).
+            ended_by = step_infos.ENDED_BY_CANCEL if status == CANCELLED else step_infos.ENDED_BY_RUN_END
+            reported = {memo.step_hash for memo in memos}
+            memos = [
+                *memos,
+                *(
+                    StepMemo(item.step, b"null", step_infos.waited(item, now_ms, ended_by))
+                    for item in run.waiting
+                    if item.step not in self.memos and item.step not in reported
+                ),
+            ]
         run.status = status
         run.output = output
         run.ended_at_ms = now_ms

@@ -42,7 +42,7 @@ from connect.executor.opcodes import RunFails, invoke, sleep_entry, steps_before
 from connect.executor.retries import parse_retry_after
 from connect.executor.run_state import MAX_LEASE_LAPSES, RunHost, RunServices
 from connect.executor.triggers import Target
-from connect.store.base import COMPLETED, DISCOVERY, FAILED, RUNNING, PendingRequest, StepMemo, Waiting
+from connect.store.base import COMPLETED, DISCOVERY, FAILED, RUNNING, PendingRequest, StepInfo, StepMemo, Waiting
 from protocol.limits import MAX_REQUEST_PAYLOAD_BYTES
 from protocol.payloads import (
     OP_INVOKE_FUNCTION,
@@ -298,9 +298,17 @@ class Runner(Dispatching, Cancelling, Attempts):
         memos: list[StepMemo] = []
         waiting: list[Waiting] = []
         children: list[tuple[Event, Target]] = []
+        # The first step a worker ran in this request is the first op, unless
+        # checkpoints stored steps of the request before it.
+        first_id = ops[0].id if self._checkpointed != pending.request_id else None
+        offset = step_infos.clock_offset(ops, now_ms)
+
+        def ran(op: Opcode) -> StepInfo:
+            return step_infos.ran(op, pending, now_ms, first=op.id == first_id, offset=offset)
+
         try:
             if any(op.op == OP_RUN_COMPLETE for op in ops):
-                memos = steps_before_run_complete(ops, self.memos, lambda op: step_infos.ran(op, pending, now_ms))
+                memos = steps_before_run_complete(ops, self.memos, ran)
                 for stored in memos:
                     self.memos.setdefault(stored.step_hash, msgspec.Raw(stored.result))
                 # The handler returned: the steps before it and the run's end are one commit.
@@ -309,7 +317,7 @@ class Runner(Dispatching, Cancelling, Attempts):
             for op in ops:
                 kind = op.op
                 if kind in (OP_STEP_RUN, OP_STEP):
-                    memos.append(StepMemo(op.id, replies.data_memo(op), step_infos.ran(op, pending, now_ms)))
+                    memos.append(StepMemo(op.id, replies.data_memo(op), ran(op)))
                 elif kind == OP_STEP_PLANNED:
                     if not self._known(op.id):
                         self._request(op.id)
@@ -319,7 +327,7 @@ class Runner(Dispatching, Cancelling, Attempts):
                     # A step error reported among other ops is final: retrying it
                     # would mean re-sending a request that reported its siblings too.
                     error = replies.error_memo(replies.error_from_op(op))
-                    memos.append(StepMemo(op.id, error, step_infos.ran(op, pending, now_ms)))
+                    memos.append(StepMemo(op.id, error, ran(op)))
                 elif kind in (OP_SLEEP, OP_WAIT_FOR_EVENT, OP_INVOKE_FUNCTION):
                     if self._known(op.id):
                         continue

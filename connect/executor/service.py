@@ -74,6 +74,7 @@ from connect.executor.retries import Backoff
 from connect.executor.runner import MAX_LEASE_LAPSES, CancelRequested, Message, Resolved, Runner, RunServices
 from connect.executor.starts import event_record, gated_event, received, started, told_invokers
 from connect.executor.system_events import derived_id_at
+from connect.executor.throttle_turns import ThrottleTurns
 from connect.executor.timeline import run_timeline
 from connect.executor.timers import Timers
 from connect.executor.triggers import FunctionInfo, Target, TriggerIndex
@@ -195,6 +196,7 @@ class Executor:
             checkpoint_steps=checkpoint_steps,
             max_lease_lapses=max_lease_lapses,
             slots=SlotGrants(store),
+            turns=ThrottleTurns(store, clock),
             metrics=metrics if metrics is not None else RunMetrics(CollectorRegistry()),
         )
         assert self._services.metrics is not None
@@ -249,8 +251,9 @@ class Executor:
         if not self._listening:
             await self._store.listen(RUNS_RELEASED, lambda _owner: self._sweep_now.set())
             await self._store.listen(HELD_STARTS_CHANGED, self._held_changed)
-            assert self._services.slots is not None
+            assert self._services.slots is not None and self._services.turns is not None
             await self._services.slots.start()
+            await self._services.turns.start()
             if self._shared:
                 await self._store.listen(APPS_CHANGED, lambda _app: self._apps_wake.set())
                 await self._store.listen(EVENTS_RECORDED, self._events_recorded)

@@ -11,7 +11,10 @@ Semantics (those of Inngest):
 
 * `throttle {limit, period, burst, key}`: at most `limit` runs start per
   `period` per key, `limit + burst` at once; the others wait their turn, in
-  order, and are never dropped. A `limit` below 1 counts as 1.
+  order, and are never dropped. A `limit` below 1 counts as 1. With a
+  `priority {run}`, the runs waiting take the turns in the order of their
+  start time moved earlier by the priority's seconds (see
+  `connect.executor.concurrency.priority_seconds`), as Inngest's backlog does.
 * `rateLimit {limit, period, key}`: at most `limit` runs per `period` per
   key (`limit` at once, then one each `period / limit`); an event over it
   starts no run: the event is stored and the skip recorded, with its reason.
@@ -37,6 +40,7 @@ from typing import Any, Final, Literal
 
 from celpy import celtypes
 
+from connect.executor.concurrency import as_dict, priority_seconds
 from connect.executor.expressions import Expression, to_cel
 from connect.store.start_gates import IDEMPOTENCY_PERIOD_MS, RateLimit, Singleton, StartGate, Throttle
 from protocol.durations import parse_duration
@@ -73,6 +77,9 @@ class _Throttle:
     period_ms: int
     burst: int
     key: _Key
+    #: The function's `priority.run` (None: no priority; the runs it holds back
+    #: start in the order they came).
+    priority: Expression | None = None
 
 
 @dataclass(frozen=True)
@@ -98,9 +105,14 @@ class StartLimits:
     rate_limit: _RateLimit | None
     singleton: _Singleton | None
 
-    def gate(self, run_id: str, event: Event) -> StartGate | None:
-        """The gate the new run `run_id`, started by `event`, must pass
-        (None: it is exempt from every option)."""
+    @property
+    def ordered(self) -> bool:
+        """Whether runs the throttle holds back take its turns in priority order."""
+        return self.throttle is not None and self.throttle.priority is not None
+
+    def gate(self, run_id: str, event: Event, started_at_ms: int = 0) -> StartGate | None:
+        """The gate the new run `run_id`, started by `event` at `started_at_ms`,
+        must pass (None: it is exempt from every option)."""
         keyed = any(
             option is not None and option.key.expression is not None
             for option in (self.throttle, self.rate_limit, self.singleton)
@@ -110,7 +122,10 @@ class StartLimits:
         if self.throttle is not None:
             t = self.throttle
             key = t.key.value(activation, exempt_on_false=False) or ""
-            throttle = Throttle(key, t.limit, t.period_ms, t.burst)
+            order = None
+            if t.priority is not None:
+                order = started_at_ms - priority_seconds(t.priority, as_dict(event)) * 1000
+            throttle = Throttle(key, t.limit, t.period_ms, t.burst, order)
         if self.rate_limit is not None:
             r = self.rate_limit
             rate_key = r.key.value(activation, exempt_on_false=True)
@@ -134,7 +149,14 @@ def parse(fn: FunctionConfig) -> StartLimits | None:
         period = _period_ms(fn.id, "throttle", fn.throttle.period)
         key = _key(fn.id, "throttle", fn.throttle.key)
         if period is not None and key is not None:
-            throttle = _Throttle(max(fn.throttle.limit, 1), period, max(fn.throttle.burst or 0, 0), key)
+            priority = _key(fn.id, "priority", fn.priority.run if fn.priority is not None else None)
+            throttle = _Throttle(
+                max(fn.throttle.limit, 1),
+                period,
+                max(fn.throttle.burst or 0, 0),
+                key,
+                None if priority is None else priority.expression,
+            )
     if fn.idempotency is not None:
         key = _key(fn.id, "idempotency", fn.idempotency)
         if key is not None:

@@ -14,8 +14,8 @@ import msgspec
 from connect.executor.held_starts import hold_for
 from connect.executor.system_events import FUNCTION_CANCELLED, FUNCTION_FAILED, FUNCTION_FINISHED, invoking_step
 from connect.executor.triggers import Target, TriggerIndex
-from connect.store.base import EventRecord, Hold, NewEvent, PendingRequest, RunMemo, RunRecord
-from connect.store.start_gates import SKIPPED, Invoker, StartGate
+from connect.store.base import DEBOUNCE, EventRecord, Hold, NewEvent, PendingRequest, RunMemo, RunRecord
+from connect.store.start_gates import SKIPPED, Invoker, StartGate, admitted, at_fire
 from protocol.ids import new_ulid
 from protocol.payloads import Event, IncomingEvent, json_encoder
 
@@ -71,10 +71,24 @@ def plan(index: TriggerIndex, event: Event, now_ms: int) -> tuple[list[RunRecord
                     }
                 hold = hold_for(info.held, target.function_id, target.app_name, target.max_attempts, as_dict)
                 if hold is not None:
+                    if info.start_limits is not None:
+                        hold = gated_hold(hold, info.start_limits.gate(new_ulid(), event, now_ms))
                     holds.append(hold)
                     continue
         runs.append(new_run(target, event.id, now_ms))
     return runs, holds
+
+
+def gated_hold(hold: Hold, gate: StartGate | None) -> Hold:
+    """`hold` with the gates Inngest applies around a debounce or batch (see
+    `connect.store.held_starts`): a debounced event passes the rate limit or
+    idempotency before it is held; the run a debounce or batch fires passes
+    the throttle and singleton, keyed on this event (kept if it is the one
+    the run starts with)."""
+    if gate is None:
+        return hold
+    admit = admitted(gate) if hold.kind == DEBOUNCE else None
+    return msgspec.structs.replace(hold, admit=admit, gate=at_fire(gate))
 
 
 def new_run(target: Target, event_id: str, now_ms: int) -> RunRecord:
@@ -100,7 +114,7 @@ def start_gates(
     for run in runs:
         info = index.lookup(run.function_id)
         if info is not None and info.start_limits is not None:
-            gate = info.start_limits.gate(run.run_id, event)
+            gate = info.start_limits.gate(run.run_id, event, run.started_at_ms)
             if gate is not None:
                 gates.append(gate if invoker is None else msgspec.structs.replace(gate, invoked_by=invoker))
     return gates

@@ -9,16 +9,21 @@ and sleeps, waits and invokes not ended yet. A step is
 
 `id` is the hashed step id the SDKs use; `name` the id its author wrote
 (null when not known: a step stored by an older release, or a request that
-has not answered yet); `kind` is `run`, `sleep`, `wait` or `invoke`;
-`status` `Completed`, `Failed`, `Running` (a worker has it, or will),
-`Sleeping` or `Waiting`; `attempts` the attempts a run step took (null when
-not known: a step a worker went on to run within the request of the step
-before it, reported in a checkpoint; 0 for the others); times ISO-8601 UTC or null. `due_at` is when a sleep ends, or a
-wait or an invoke times out; `ended_by` says how it ended: `woke` (a sleep),
-`event` or `timeout` (a wait), `returned`, `error` or `timeout` (an
-invoke), null for run steps and for steps under way. `output` is a run
-step's or an invoke's value (a wait's matched event), `error` the error
-object of a step that failed.
+has not answered yet); `kind` is `run`, `send_event` (a `step.send_event`
+of this platform's SDK or the TypeScript SDK: the official Python SDK's is a
+plain `step.run` on the wire, shown as `run`), `sleep`, `wait` or `invoke`;
+`status` `Completed`, `Failed`, `Cancelled` (a sleep, wait or invoke the
+run's end cut short), `Running` (a worker has it, or will), `Sleeping` or
+`Waiting`; `attempts` the attempts a step a worker ran took (null when not
+known: a step stored by an older release; 0 for the others); times
+ISO-8601 UTC or null (see `connect.executor.step_infos` for where each
+comes from). `due_at` is when a sleep ends, or a wait or an invoke times
+out; `ended_by` says how it ended: `woke` (a sleep), `event` or `timeout`
+(a wait), `returned`, `error` or `timeout` (an invoke), `cancelled` (the
+run was cancelled while it was under way) or `run_ended` (the run ended
+otherwise meanwhile), null for steps a worker ran and for steps under way.
+`output` is a run step's or an invoke's value (a wait's matched event),
+`error` the error object of a step that failed.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from connect.store.base import (
     DISCOVERY,
     RUNNING,
     STEP_RUN,
+    STEP_SEND_EVENT,
     WAIT_EVENT,
     WAIT_INVOKE,
     WAIT_SLEEP,
@@ -57,7 +63,11 @@ def stored_step(memo: StepMemo) -> dict[str, Any]:
     output: Any = None
     error: Any = None
     ended_by: str | None = None
-    if kind == WAIT_SLEEP:
+    status = "Completed"
+    if info.ended_by:
+        # Cut short by the run's end: no result of its own.
+        ended_by, status = info.ended_by, "Cancelled"
+    elif kind == WAIT_SLEEP:
         ended_by = "woke"
     elif kind == WAIT_EVENT:
         ended_by = "timeout" if result is None else "event"
@@ -75,8 +85,8 @@ def stored_step(memo: StepMemo) -> dict[str, Any]:
         "id": memo.step_hash,
         "name": info.name or None,
         "kind": kind,
-        "status": "Failed" if error is not None else "Completed",
-        "attempts": info.attempts if info.attempts or kind != STEP_RUN else None,
+        "status": "Failed" if error is not None else status,
+        "attempts": info.attempts if info.attempts or kind not in (STEP_RUN, STEP_SEND_EVENT) else None,
         "started_at": _time(info.started_ms),
         "ended_at": _time(info.ended_ms),
         "due_at": _time(info.due_ms),

@@ -93,8 +93,9 @@ class Timers(Generic[K]):
     def _fire(self) -> None:
         self._handle = None
         self._armed_for = None
-        # Half a millisecond of slack: the loop's timer may fire a hair early.
-        now_ms = self._clock() * 1000 + 0.5
+        # Never early: when the loop's timer fires a hair before the first due
+        # time, nothing fires and `_rearm` arms it again for what is left.
+        now_ms = self._clock() * 1000
         heap = self._heap
         fired: list[K] = []
         while heap and heap[0][0] <= now_ms:

@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from connect.store.base import COMPLETED, FAILED, RunFilter, RunRecord, Store
+from connect.store.base import COMPLETED, FAILED, EventHold, RunFilter, RunRecord, Store
 from connect.store.start_gates import SKIPPED, SkippedStart
 
 
@@ -48,11 +48,39 @@ def skipped_view(skip: SkippedStart) -> dict[str, Any]:
     }
 
 
-async def runs_of_event(store: Store, event_id: str) -> list[dict[str, Any]]:
-    """`GET /v1/events/{id}/runs`: the runs the event started, then those its
-    functions' flow control skipped (rate limit, idempotency, singleton)."""
-    runs = [run_view(run) for run in await store.runs_for_event(event_id)]
+async def runs_of_event(store: Store, event_id: str, holds: list[EventHold] | None = None) -> list[dict[str, Any]]:
+    """`GET /v1/events/{id}/runs`: the runs the event started, then those a
+    debounce or batch that held it started (a batch's run is its first
+    event's; `holds`: `store.event_holds(event_id)`, read if not given), then
+    those its functions' flow control skipped (rate limit, idempotency, singleton)."""
+    started = await store.runs_for_event(event_id)
+    listed = {run.run_id for run in started}
+    for hold in await store.event_holds(event_id) if holds is None else holds:
+        if hold.run_id is not None and hold.run_id not in listed:
+            run = await store.get_run(hold.run_id)
+            if run is not None:
+                started.append(run)
+                listed.add(run.run_id)
+    runs = [run_view(run) for run in started]
     return runs + [skipped_view(skip) for skip in await store.skipped_starts(event_id)]
+
+
+def hold_view(hold: EventHold) -> dict[str, Any]:
+    """How a function's debounce or batch held an event: `{"function_id",
+    "kind", "key", "status", "held_at", "due_at", "run_id"}`. `status` is
+    `held` (its run starts at `due_at`, or sooner when a batch fills),
+    `started` (`run_id` is the run, listed in the event's runs) or `replaced`
+    (a debounce started its run with a later event instead); `key` is the
+    value of the debounce's or batch's key (null: no key)."""
+    return {
+        "function_id": hold.function_id,
+        "kind": hold.kind,
+        "key": hold.key or None,
+        "status": hold.status,
+        "held_at": rfc3339(hold.at_ms),
+        "due_at": None if hold.due_ms is None else rfc3339(hold.due_ms),
+        "run_id": hold.run_id,
+    }
 
 
 #: Where a listing stops: the (start in Unix ms, run id) of the last run listed.

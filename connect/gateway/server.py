@@ -84,12 +84,15 @@ class GatewayServer:
         max_handshakes: int = MAX_HANDSHAKES,
         max_handshakes_per_peer: int = MAX_HANDSHAKES_PER_PEER,
         authorize: Callable[[str | None], bool] | None = None,
-        scrape: Callable[[], bytes] | None = None,
+        scrape: Callable[[], Awaitable[bytes]] | None = None,
+        api_urls: Callable[[], Awaitable[list[str]]] | None = None,
     ) -> None:
         """`authorize(Authorization header or None)` decides who may drain the
         gateway or read its metrics over HTTP; None lets anyone (open mode,
         `connect dev`). `scrape` renders the process's metrics for `GET
-        /metrics` (None: no such route)."""
+        /metrics` (None: no such route); it may read the store first.
+        `api_urls` lists the API processes, for `GET /` on a gateway whose
+        process serves no API (None: `/` is an unknown route)."""
         self.dispatcher = dispatcher
         self._poll_seconds = check_window(poll_window)
         self.poll_window: PollWindow | None = None  # made on the loop, in `start`
@@ -98,6 +101,7 @@ class GatewayServer:
         self.admission = HandshakeAdmission(max_handshakes, max_handshakes_per_peer)
         self._authorize = authorize
         self._scrape = scrape
+        self._api_urls = api_urls
         self._write_timeout = write_timeout
         self._on_drain_requested = on_drain_requested
         self._on_sync = on_sync
@@ -199,7 +203,7 @@ class GatewayServer:
 
     # --- HTTP on the gateway port ------------------------------------------------------
 
-    def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
+    def _process_request(self, ws: ServerConnection, request: Request) -> Response | Awaitable[Response] | None:
         path = request.path.split("?", 1)[0]
         if request.method == "POST" and path == "/v0/connect/drain":
             if self._authorize is not None and not self._authorize(request.headers.get("Authorization")):
@@ -223,12 +227,29 @@ class GatewayServer:
                     http.HTTPStatus.UNAUTHORIZED,
                     "reading metrics needs Authorization: Bearer <signing key>, as /v1 does",
                 )
-            return _text(http.HTTPStatus.OK, self._scrape().decode(), CONTENT_TYPE)
+            return self._metrics(self._scrape)
+        if path == "/" and self._api_urls is not None:
+            return self._where_api(self._api_urls)
         if path in ("/v0", "/v0/"):
             return _text(http.HTTPStatus.OK, ".")
         if path != limits.CONNECT_PATH:
             return _text(http.HTTPStatus.NOT_FOUND, f"no route for {path}\n")
         return None
+
+    async def _metrics(self, scrape: Callable[[], Awaitable[bytes]]) -> Response:
+        # Only this route awaits (websockets takes an awaitable from process_request):
+        # a worker's handshake never waits on the store.
+        return _text(http.HTTPStatus.OK, (await scrape()).decode(), CONTENT_TYPE)
+
+    async def _where_api(self, api_urls: Callable[[], Awaitable[list[str]]]) -> Response:
+        # Someone opened the gateway port in a browser: the dashboard and `/v1` are elsewhere.
+        body = {
+            "status": 404,
+            "error": f"this port is a worker gateway (WebSocket at {limits.CONNECT_PATH}): the dashboard and the "
+            "REST API are served by the API processes",
+            "api_urls": await api_urls(),
+        }
+        return _text(http.HTTPStatus.NOT_FOUND, json.dumps(body), "application/json")
 
     # --- one connection -----------------------------------------------------------------------
 

@@ -12,12 +12,15 @@ by the fleet). Never a run id, an event id or a raw path.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import generate_latest
 
 from connect.metrics.gateway import GatewayCollector
 from connect.metrics.http_answers import answers_counter
+from connect.metrics.request_queue import QueueSource, RequestQueueGauges
 
 if TYPE_CHECKING:
     from connect.gateway.server import GatewayServer
@@ -107,6 +110,9 @@ class RunMetrics:
         reported its gates' decisions on it): count the skipped, and the
         started unless `count_started` is False (runs recorded owned by
         nobody: the executor that first claims one counts it)."""
+        for hold in new.holds:  # events a debounce's rate limit or idempotency kept out
+            if hold.admit is not None and hold.admit.run_id in new.refused_holds:
+                self.skipped.labels(hold.function_id, skip_reason(hold.admit)).inc()
         if not new.gates:
             if count_started:
                 for run in new.runs:
@@ -158,6 +164,24 @@ class PlatformMetrics:
         )
         self.http_responses = answers_counter(self.registry)
         self._gateways: set[int] = set()
+        self._request_queue: RequestQueueGauges | None = None
+        #: Read before each scrape (`scrape`): states kept in the store.
+        self._refreshers: list[Callable[[], Awaitable[None]]] = []
+
+    async def scrape(self) -> bytes:
+        """The metrics in the text exposition format, once what is read from
+        the store at scrape time (the request queue of a gateway process) is read.
+        Every `/metrics` route of the process answers this."""
+        for refresh in self._refreshers:
+            await refresh()
+        return generate_latest(self.registry)
+
+    def watch_request_queue(self, store: QueueSource) -> None:
+        """Serve the store's request queue (`connect.metrics.request_queue`), read at
+        scrape time; a gateway process of split roles does (once per process)."""
+        if self._request_queue is None:
+            self._request_queue = RequestQueueGauges(self.registry, store)
+            self._refreshers.append(self._request_queue.refresh)
 
     def watch_gateway(self, server: GatewayServer) -> None:
         """Serve `server`'s `connect_gateway_*` metrics (once per server)."""

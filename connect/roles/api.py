@@ -24,9 +24,9 @@ from collections.abc import Callable, Generator
 from typing import Any, Final, NoReturn
 
 import uvicorn
-from starlette.exceptions import HTTPException
 
 from connect.api.app import MAX_START_BYTES, ApiConfig, EventSink, Gateways, ReplySink, create_api
+from connect.api.elsewhere import ApiDirectory, ProcessSource, ServedElsewhere
 from connect.api.framing import HttpLimits
 from connect.api.gateways import GatewayDirectory
 from connect.api.guard import guarded_http
@@ -68,12 +68,17 @@ class _Server(uvicorn.Server):
 class RunsElsewhere:
     """The event and run side of the API in a process that runs no executor
     (a gateway on its own): every call is refused with 503 and the reason,
-    which a load balancer takes as "try another process"."""
+    which a load balancer takes as "try another process". Given the store,
+    the answer also lists the API processes its registry knows
+    (`connect.api.elsewhere`: `api_urls`), and the dashboard links to them."""
 
-    REASON = "this process runs no executor: send events and run queries to one that does"
+    REASON = "this process runs no executor: send events and run queries to an API process"
+
+    def __init__(self, store: ProcessSource | None = None) -> None:
+        self._api_urls = None if store is None else ApiDirectory(store).urls
 
     def _refuse(self) -> NoReturn:
-        raise HTTPException(503, self.REASON)
+        raise ServedElsewhere(self.REASON, self._api_urls)
 
     async def send_events(self, events: list[IncomingEvent]) -> list[str]:
         self._refuse()

@@ -29,12 +29,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from connect.api.elsewhere import ApiDirectory, ApiUrls
+from connect.api.workers import LiveWorkers
 from connect.gateway.auth import TokenIssuer
 from connect.gateway.dispatcher import GatewayDispatcher, SharedStore
 from connect.gateway.pump import RequestPump
 from connect.gateway.registry import GatewayRegistry
 from connect.gateway.server import DrainCause, GatewayServer, SyncHook
-from connect.metrics import render
 from connect.roles.api import ApiNotStarted, ApiRole, RunsElsewhere
 from connect.roles.settings import PlatformSettings, default_process_id
 from connect.roles.store import open_store
@@ -70,10 +71,13 @@ class GatewayRole:
         on_sync: SyncHook,
         *,
         on_drain_requested: Callable[[DrainCause], None] | None = None,
+        api_urls: ApiUrls | None = None,
     ) -> None:
         """`on_sync` records an app a worker registered; `on_drain_requested`
         hands SIGTERM-like requests (`POST /v0/connect/drain`) to the process's
-        owner (None: the gateway drains in place and the process goes on)."""
+        owner (None: the gateway drains in place and the process goes on).
+        `api_urls`: where the API processes are, answered on `GET /` of the
+        gateway port when this process serves no API (None: `/` is 404)."""
         s = settings
         self._settings = settings
         self.dispatcher = dispatcher
@@ -96,7 +100,8 @@ class GatewayRole:
             max_handshakes=s.max_handshakes,
             max_handshakes_per_peer=s.max_handshakes_per_peer,
             authorize=None if s.keys.open else s.keys.authorized,
-            scrape=lambda: render(s.metrics.registry),
+            scrape=s.metrics.scrape,
+            api_urls=api_urls,
         )
         s.metrics.watch_gateway(self.server)
         #: The port bound (the one asked for, or the one chosen for port 0).
@@ -123,7 +128,10 @@ class StandaloneGateway:
 
     Workers connect as to `connect dev` (`/v0/connect/start` on `api_url`,
     then the WebSocket); the apps they register are recorded in the store;
-    events and run queries are refused (`RunsElsewhere`). Started by
+    `GET /v1/workers` lists this gateway's connections; events, run and app
+    queries are refused with 503 naming the API processes the store's
+    registry lists (`RunsElsewhere`), and so is the dashboard it serves at
+    `/`. Started by
     `start_standalone_gateway`; `close` stops the API, the server and the
     store, in that order."""
 
@@ -161,12 +169,13 @@ async def start_standalone_gateway(settings: PlatformSettings) -> StandaloneGate
         await role.start()
         api = ApiRole(
             settings,
-            RunsElsewhere(),
+            RunsElsewhere(store),
             role.dispatcher,
             tokens,
             gateway_port=role.port,
             is_ready=lambda: role.ready,
             admit_connection=role.server.admit,
+            workers=LiveWorkers(role.dispatcher, settings.process_id or default_process_id()),
         )
         await api.start()
     except (OSError, ApiNotStarted):
@@ -289,6 +298,7 @@ async def start_gateway_process(
         settings.keys.token_issuer(),
         _app_recorder(store),
         on_drain_requested=on_drain_requested or drain_in_place,
+        api_urls=None if "api" in settings.roles else ApiDirectory(store).urls,
     )
     await role.start()
     registry = GatewayRegistry(
@@ -300,6 +310,7 @@ async def start_gateway_process(
         clock=clock,
     )
     pump = RequestPump(store, dispatcher, gateway_id=process_id, clock=clock)
+    settings.metrics.watch_request_queue(store)
     try:
         await store.listen(REPLY_STORED, dispatcher.reply_stored_elsewhere)
         await registry.start()

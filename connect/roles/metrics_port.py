@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from connect.gateway.auth import Keys
-from connect.metrics import CONTENT_TYPE, PlatformMetrics, render
+from connect.metrics import CONTENT_TYPE, PlatformMetrics
 
 
 class MetricsPortNotStarted(RuntimeError):
@@ -43,7 +43,7 @@ class MetricsPort:
                     {"status": 401, "error": "authentication failed: send Authorization: Bearer <signing key>"},
                     status_code=401,
                 )
-            return Response(render(metrics.registry), media_type=CONTENT_TYPE)
+            return Response(await metrics.scrape(), media_type=CONTENT_TYPE)
 
         async def health(request: Request) -> Response:
             return JSONResponse({"status": "ok"})

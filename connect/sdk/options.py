@@ -111,6 +111,10 @@ def _limits(value: object) -> object:
     return tuple(value)
 
 
+#: The options of `flow.NOT_WITH_BATCHING` as ``create_function`` names them.
+_SDK_NAMES: Final = {"rateLimit": "rate_limit"}
+
+
 def _cel(value: str) -> str:
     problem = cel_problem(value)
     if problem is not None:
@@ -175,7 +179,10 @@ class FunctionOptions(BaseModel):
             debounce=self.debounce is not None,
             singleton=self.singleton is not None,
             priority_run=self.priority is not None and self.priority.run is not None,
+            rate_limit=self.rate_limit is not None,
+            idempotency=bool(self.idempotency),
         )
         if clashes:
-            return f"batch_events: cannot be combined with {', '.join(clashes)}"
+            names = ", ".join(_SDK_NAMES.get(name, name) for name in clashes)
+            return f"batch_events: cannot be combined with {names}"
         return None

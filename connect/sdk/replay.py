@@ -38,10 +38,11 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import time
 import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn
 
 import msgspec
 
@@ -52,6 +53,7 @@ from protocol.payloads import (
     OP_STEP_FAILED,
     OP_STEP_PLANNED,
     OP_STEP_RUN,
+    STEP_TYPE_SEND_EVENT,
     ErrorInfo,
     Opcode,
     Userland,
@@ -153,6 +155,7 @@ class StepIdentity:
         opts: dict[str, Any] | None = None,
         data: Any = None,
         error: ErrorInfo | None = None,
+        timing: Any = msgspec.UNSET,
     ) -> Opcode:
         return Opcode(
             op=op,
@@ -163,7 +166,13 @@ class StepIdentity:
             userland=Userland(id=self.user_id, index=self.index),
             data=data,
             error=error,
+            timing=timing,
         )
+
+
+#: The `opts` of a ``step.send_event`` result, as the TypeScript SDK sends
+#: them: the executor shows the step as a send rather than a run.
+SEND_EVENT_OPTS: Final[dict[str, Any]] = {"type": STEP_TYPE_SEND_EVENT}
 
 
 class _MemoError(msgspec.Struct):
@@ -232,8 +241,8 @@ class Replay:
     ) -> None:
         self.run_id = run_id
         self._checkpoint = checkpoint
-        # The last checkpoint, until its answer is awaited: (answer, step, value).
-        self._unanswered: tuple[asyncio.Future[bool], StepIdentity, Any] | None = None
+        # The last checkpoint, until its answer is awaited: (answer, the op that ends the request if refused).
+        self._unanswered: tuple[asyncio.Future[bool], Opcode] | None = None
         self._group: Group | None = None
         self._memos = dict(memos)
         self._target = target
@@ -243,6 +252,9 @@ class Replay:
         self._seen: dict[str, int] = {}
         self._nested = False
         self._body_active = False
+        # The body running or last run: when it started (Unix ns) and its `opts`.
+        self._body_started_ns = 0
+        self._body_opts: dict[str, Any] | None = None
         self.ending: Ending | None = None
 
     def end(self, ending: Ending) -> NoReturn:
@@ -356,29 +368,38 @@ class Replay:
                 )
             )
 
-    def executing(self, identity: StepIdentity) -> _BodyScope:
-        """Scope for running a ``step.run`` body; turns how it exits into the request's ending."""
+    def executing(self, identity: StepIdentity, opts: dict[str, Any] | None = None) -> _BodyScope:
+        """Scope for running a ``step.run`` body (``opts``: those of its
+        result, e.g. ``SEND_EVENT_OPTS``); turns how it exits into the request's ending."""
+        self._body_opts = opts
         return _BodyScope(self, identity)
+
+    def _ran(self, identity: StepIdentity, op: str, *, data: Any = None, error: ErrorInfo | None = None) -> Opcode:
+        """The op reporting the body just run, with when it ran (`Opcode.timing`)."""
+        started = self._body_started_ns
+        timing = {"a": started, "b": time.time_ns() - started} if started else msgspec.UNSET
+        return identity.opcode(op, opts=self._body_opts, data=data, error=error, timing=timing)
 
     def body_returned(self, identity: StepIdentity, value: Any) -> NoReturn:
         self._result_op(identity, value)
-        self.end(Report([identity.opcode(OP_STEP_RUN, data=value)]))
+        self.end(Report([self._ran(identity, OP_STEP_RUN, data=value)]))
 
     def body_done(self, identity: StepIdentity, value: Any) -> Any:
         """Async handlers: send the result as a checkpoint and return it as a
         later replay would (JSON round trip), or end the request with it."""
         encoded = self._result_op(identity, value)
+        reported = self._ran(identity, OP_STEP_RUN, data=value)
         if (
             self._checkpoint is None
             or self._group is not None
             or self._target is not None
             or self._disable_immediate_execution
         ):
-            self.end(Report([identity.opcode(OP_STEP_RUN, data=value)]))
-        answer = self._checkpoint(identity.opcode(OP_STEP_RUN, data=msgspec.Raw(encoded)))
+            self.end(Report([reported]))
+        answer = self._checkpoint(msgspec.structs.replace(reported, data=msgspec.Raw(encoded)))
         if answer.done() and not answer.result():  # refused at once (e.g. the worker is shutting down)
-            self.end(Report([identity.opcode(OP_STEP_RUN, data=value)]))
-        self._unanswered = (answer, identity, value)
+            self.end(Report([reported]))
+        self._unanswered = (answer, reported)
         # The next step is a new one: its attempts start from zero, as in a new request.
         self._attempt = 0
         return msgspec.json.decode(encoded)
@@ -392,15 +413,15 @@ class Replay:
         if unanswered is None:
             return
         self._unanswered = None
-        answer, identity, value = unanswered
+        answer, reported = unanswered
         # Other tasks' steps see a step in progress (ConcurrentStepsError), as during its body.
         self._body_active = True
         try:
-            stored = answer.result() if answer.done() else await _answer_within(answer, identity)
+            stored = answer.result() if answer.done() else await _answer_within(answer, reported.displayName)
         finally:
             self._body_active = False
         if not stored or self.ending is not None:
-            self.end(Report([identity.opcode(OP_STEP_RUN, data=value)]))
+            self.end(Report([reported]))
 
     def _result_op(self, identity: StepIdentity, value: Any) -> bytes:
         """Check a returned body (nesting, serializability); its JSON encoding."""
@@ -428,7 +449,7 @@ class Replay:
         op = OP_STEP_FAILED if last_attempt else OP_STEP_ERROR
         self.end(
             Report(
-                [identity.opcode(op, error=errors.describe(exc))],
+                [self._ran(identity, op, error=errors.describe(exc))],
                 no_retry=not errors.is_retriable(exc),
             )
         )
@@ -455,6 +476,10 @@ class Replay:
     def body_active(self, value: bool) -> None:
         self._body_active = value
 
+    def body_started(self) -> None:
+        """A body starts now: its op will say when (`Opcode.timing`)."""
+        self._body_started_ns = time.time_ns()
+
 
 class _BodyScope:
     """Marks a body as executing and maps its exit to an ending.
@@ -472,6 +497,7 @@ class _BodyScope:
     def __enter__(self) -> None:
         self._token = _executing_body.set(self._replay)
         self._replay.body_active = True
+        self._replay.body_started()
 
     def __exit__(
         self,
@@ -493,21 +519,21 @@ class _BodyScope:
         # Cancellation and other BaseExceptions propagate untouched.
 
 
-async def _answer_within(answer: asyncio.Future[bool], identity: StepIdentity) -> bool:
+async def _answer_within(answer: asyncio.Future[bool], step: str) -> bool:
     """`answer`, or False once ``CHECKPOINT_ACK_TIMEOUT`` passed without one.
 
     The timer answers the future itself, so the wait costs one timer and one
     wake-up of the task (no timeout scope, no shielding future: cancelling the
     future with its task is harmless, the connection resolves only futures
     still pending)."""
-    timer = asyncio.get_running_loop().call_later(CHECKPOINT_ACK_TIMEOUT, _no_answer, answer, identity)
+    timer = asyncio.get_running_loop().call_later(CHECKPOINT_ACK_TIMEOUT, _no_answer, answer, step)
     try:
         return await answer
     finally:
         timer.cancel()
 
 
-def _no_answer(answer: asyncio.Future[bool], identity: StepIdentity) -> None:
+def _no_answer(answer: asyncio.Future[bool], step: str) -> None:
     if not answer.done():
-        log.warning("no answer to the checkpoint of step %r; ending the request with it", identity.user_id)
+        log.warning("no answer to the checkpoint of step %r; ending the request with it", step)
         answer.set_result(False)

@@ -26,7 +26,7 @@ import msgspec
 from connect.sdk.durations import to_duration_string, to_iso_utc
 from connect.sdk.errors import FunctionConfigError
 from connect.sdk.events import derived_event_id, normalize
-from connect.sdk.replay import PARALLEL_RACE, PARALLEL_WAIT, GroupStepReported, Replay
+from connect.sdk.replay import PARALLEL_RACE, PARALLEL_WAIT, SEND_EVENT_OPTS, GroupStepReported, Replay
 from connect.sdk.serializer import NO_OUTPUT_TYPE
 from connect.sdk.validation import cel_problem
 from protocol.payloads import OP_INVOKE_FUNCTION, OP_SLEEP, OP_WAIT_FOR_EVENT, Event
@@ -82,7 +82,9 @@ class _StepTools:
         if memo is not None:
             memo.resolve()
             return
-        # The executor wakes the run at this instant; the name carries it.
+        # The executor wakes the run at this instant; the name carries it, in whole
+        # milliseconds rounded up, so the run never wakes before `until`.
+        until += datetime.timedelta(microseconds=-until.microsecond % 1000)
         self._replay.report_new_step(identity, identity.opcode(OP_SLEEP, name=to_iso_utc(until)))
 
     def _sleep(self, step_id: str, duration: int | datetime.timedelta) -> None:
@@ -181,7 +183,7 @@ class Step(_StepTools):
         if memo is not None:
             return memo.resolve()  # type: ignore[no-any-return]
         self._replay.allow_run(identity)
-        with self._replay.executing(identity):
+        with self._replay.executing(identity, SEND_EVENT_OPTS):
             value = await self._client.send(self._stamped(events, identity.hashed))
         return self._replay.body_done(identity, value)  # type: ignore[no-any-return]
 
@@ -294,7 +296,7 @@ class StepSync(_StepTools):
         if memo is not None:
             return memo.resolve()  # type: ignore[no-any-return]
         self._replay.allow_run(identity)
-        with self._replay.executing(identity):
+        with self._replay.executing(identity, SEND_EVENT_OPTS):
             value = self._client.send_sync(self._stamped(events, identity.hashed))
         self._replay.body_returned(identity, value)
 

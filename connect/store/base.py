@@ -98,6 +98,10 @@ HELD_STARTS_CHANGED: Final = "connect_held_starts_changed"
 #: notifications). Sent by `release_slots` and `release_run_slots`.
 SLOTS_GRANTED: Final = "connect_slots_granted"
 
+#: Announces a throttle turn given to a run waiting for a later one (payload: the
+#: run id); sent by `take_throttle_turn`.
+THROTTLE_TURN_GRANTED: Final = "connect_throttle_turn"
+
 #: The largest payload of one `EVENTS_RECORDED` notification, in bytes
 #: (PostgreSQL refuses payloads of 8000 bytes or more).
 EVENTS_PAYLOAD_MAX: Final = 7000
@@ -240,19 +244,23 @@ class AppRecord(msgspec.Struct, frozen=True):
     updated_at_ms: int = 0
 
 
-# `StepInfo.kind` values: a step a worker ran, and those of `Waiting.kind`.
+# `StepInfo.kind` values: a step a worker ran, one that sent events, and those of `Waiting.kind`.
 STEP_RUN: Final = "run"
+STEP_SEND_EVENT: Final = "send_event"
 
 
 class StepInfo(msgspec.Struct, frozen=True, omit_defaults=True):
     """What the run's timeline shows of a step, stored with its result.
 
     `name` is the step's id as its author wrote it (the opcode's
-    `displayName`); `kind` is `STEP_RUN` or a `Waiting.kind`; `attempts`
-    the attempts it took (a step a worker ran); `started_ms` when its last
-    attempt was sent, or when it began waiting; `ended_ms` when its result
-    came; `due_ms` when a sleep was due, or a wait or an invoke would time
-    out. 0 is unknown."""
+    `displayName`); `kind` is `STEP_RUN`, `STEP_SEND_EVENT` or a
+    `Waiting.kind`; `attempts` the attempts it took (a step a worker ran);
+    `started_ms` when its last attempt began, or when it began waiting;
+    `ended_ms` when its result came; `due_ms` when a sleep was due, or a
+    wait or an invoke would time out (see `connect.executor.step_infos`).
+    `ended_by` is set on a sleep, wait or invoke its run's end cut short
+    (`cancelled`, `run_ended`), whose stored result is then `null`. 0 and
+    "" are unknown."""
 
     name: str = ""
     kind: str = STEP_RUN
@@ -260,6 +268,7 @@ class StepInfo(msgspec.Struct, frozen=True, omit_defaults=True):
     started_ms: int = 0
     ended_ms: int = 0
     due_ms: int = 0
+    ended_by: str = ""
 
 
 class StepMemo(msgspec.Struct, frozen=True):
@@ -424,6 +433,22 @@ class QueuedRequest(msgspec.Struct, frozen=True):
     fresh: bool = False
 
 
+class RequestQueueStats(msgspec.Struct, frozen=True):
+    """The queue of step requests for gateways (`queued_requests`), read at one
+    instant by `Store.request_queue_stats` over at most `limit` of its rows."""
+
+    #: Requests a gateway may take now: not held (or their hold ran out), not lapsed.
+    waiting: int
+    #: Requests a gateway holds: it is forwarding them.
+    held: int
+    #: Requests whose worker was lost, until their executor queues them again.
+    lapsed: int
+    #: When the oldest waiting request was queued (Unix ms), None when none waits.
+    oldest_waiting_ms: int | None
+    #: The rows read reached the limit: the counts are at least these.
+    truncated: bool
+
+
 class TakenRequest(msgspec.Struct, frozen=True):
     """What a gateway finds of a request it took, read at one instant (`Store.taken_request`)."""
 
@@ -474,6 +499,14 @@ class Hold(msgspec.Struct, frozen=True):
     period_ms: int = 0
     timeout_ms: int | None = None
     max_size: int = 0
+    #: What the event must pass before it is held (a debounce's rate limit or
+    #: idempotency, keyed on this event); refused, it is recorded as a skip
+    #: under `admit.run_id` and held nowhere.
+    admit: StartGate | None = None
+    #: What the run the held start fires must pass when it starts (throttle,
+    #: singleton), keyed on the event the run starts with: kept with the held
+    #: start (a debounce's last event, a batch's first).
+    gate: StartGate | None = None
 
 
 class HeldStart(msgspec.Struct):
@@ -485,7 +518,8 @@ class HeldStart(msgspec.Struct):
     stored apart, one row each, so adding one writes that row alone;
     `last_ts` is the newest `ts` a debounce kept; `opened_ms` is when the
     first event arrived and `due_ms` when the run starts unless a batch
-    fills first."""
+    fills first. `gate` is the encoded `StartGate` the run passes when it
+    fires (`Hold.gate` of the event it starts with; None: none)."""
 
     kind: str
     function_id: str
@@ -498,6 +532,31 @@ class HeldStart(msgspec.Struct):
     due_ms: int
     size: int
     size_bytes: int
+    gate: bytes | None = None
+
+
+#: `EventHold.status` values: still held, its run started, or left behind
+#: (a debounce kept a later event, or one with a later `ts`, instead).
+HOLD_HELD: Final = "held"
+HOLD_STARTED: Final = "started"
+HOLD_REPLACED: Final = "replaced"
+
+
+class EventHold(msgspec.Struct, frozen=True):
+    """What became of an event a function's debounce or batch held
+    (`Store.event_holds`): `kind` (`DEBOUNCE` / `BATCH`) and `key` of the
+    held start it went to, when (`at_ms`), and its `status`: `HOLD_HELD`
+    until `due_ms` (or until a batch fills), `HOLD_STARTED` with `run_id`
+    (the run it started, or the skip record of the run a gate refused),
+    or `HOLD_REPLACED`."""
+
+    function_id: str
+    kind: str
+    key: str
+    at_ms: int
+    status: str
+    run_id: str | None = None
+    due_ms: int | None = None
 
 
 class NewEvent(msgspec.Struct, frozen=True):
@@ -515,7 +574,9 @@ class NewEvent(msgspec.Struct, frozen=True):
     with the run's `started_at_ms` as the time of the decision. The store
     reports each decision on the run objects themselves: a run refused gets
     `status` `SKIPPED` and is stored as a `SkippedStart`, not as a run; a
-    throttled run gets its first request's `wake_at_ms` set to its turn; a
+    throttled run gets its first request's `wake_at_ms` set to its turn (and
+    joins its key's line when the throttle has an `order`, see
+    `take_throttle_turn`); a
     run a singleton cancels is added to `cancels` (and flagged, as
     `request_cancel` does, announcing it on `RUN_CANCEL_REQUESTED`); a run
     refused whose gate names the `step.invoke` step waiting for it
@@ -546,6 +607,12 @@ class NewEvent(msgspec.Struct, frozen=True):
     holds: list[Hold] = msgspec.field(default_factory=list)
     slots: list[tuple[str, SlotAcquire]] = msgspec.field(default_factory=list)
     held: list[str] = msgspec.field(default_factory=list)
+    #: The cancels of `cancels` the gates added, by the run whose singleton
+    #: added it (so a transaction applied again takes them out first).
+    gated_cancels: dict[str, str] = msgspec.field(default_factory=dict)
+    #: Filled by the store: the `Hold.admit` run ids of the holds it refused
+    #: (the event was over a debounce's rate limit or idempotency).
+    refused_holds: list[str] = msgspec.field(default_factory=list)
 
     def tell_invoker(self, gate: StartGate, skip: SkippedStart | None) -> RunMemo | None:
         """For a store that decided `gate`: when it refused its run (`skip`),
@@ -700,6 +767,16 @@ class Store(ReplyStore, Protocol):
         """The runs `event_id` would have started that their gates refused, oldest first."""
         ...
 
+    async def event_holds(self, event_id: str) -> list[EventHold]:
+        """The debounces and batches that held `event_id` (see `EventHold`), by
+        function id, read in one statement: a held start that fires meanwhile
+        is seen either still holding the event or with its run. An event is
+        recorded as held in the transaction that records it (`NewEvent.holds`,
+        one row per function), and the run a held start fires is written to
+        the rows of the events it starts with, in the transaction that fires
+        it. Events recorded by a release before schema 11 have none."""
+        ...
+
     async def load_run(self, run_id: str) -> LoadedRun | None:
         """A run, its event and its memos, read in one operation."""
         ...
@@ -842,6 +919,14 @@ class Store(ReplyStore, Protocol):
         """Remove the request from the queue, whatever its state."""
         ...
 
+    async def request_queue_stats(self, now_ms: int, limit: int) -> RequestQueueStats:
+        """How many queued requests wait, are held and lapsed at `now_ms`, and
+        when the oldest waiting one was queued, over at most `limit` rows of
+        the queue (in no order: past the limit, the counts are lower bounds
+        and the oldest is that of the rows read; `truncated` says so). One
+        statement, no lock taken; for metrics, never on a request's path."""
+        ...
+
     async def taken_request(self, request_id: str, gateway: str, now_ms: int) -> TakenRequest:
         """The stored reply of a request `gateway` took, whether it still
         holds it, and whether a lease of it is live at `now_ms`, as of one instant. A request that is no longer held and
@@ -930,6 +1015,17 @@ class Store(ReplyStore, Protocol):
         """The request ids holding a slot of `key` (for tests and the API)."""
         ...
 
+    async def take_throttle_turn(self, run_id: str, now_ms: int) -> int | None:
+        """For a run of a function with a throttle and a priority, in one
+        transaction: 0 when it starts now (out of the key's line for good),
+        else the turn (Unix ms) it waits for: its own, not come yet, or a
+        later one, having given its own that came to a run ahead of it in
+        line (announced on `THROTTLE_TURN_GRANTED`; see `start_gates.take_turn`).
+        None for a run in no line (its start was not held back, or a request
+        after it waits for a retry's backoff): it keeps the time it has. Runs
+        of the line no longer Running leave it when a turn comes."""
+        ...
+
     # --- executor: cron -------------------------------------------------------
 
     async def cron_ticks(self) -> dict[str, int]:
@@ -975,11 +1071,14 @@ class Store(ReplyStore, Protocol):
           events runs emitted, and events that started nothing. The memo a
           wait or an invoke resolved with holds its own copy of the event,
           so resolved waits need no event row;
-        * skipped starts recorded before `before_ms` (at most `limit`),
+        * skipped starts recorded before `before_ms` (at most `limit`), the
+          `event_holds` of events held before `before_ms` (at most `limit`;
+          such an event row goes too, as one that started no run),
           throttle and rate-limit state whose theoretical arrival time is
           before `before_ms` (which means the same as none), and singleton
           keys held by runs no longer Running (ended, whenever that was, or
-          deleted: the same as no holder), at most `limit`;
+          deleted: the same as no holder), at most `limit`, and as many
+          places in a throttle's line of runs no longer Running;
         * replies stored before `before_ms` and before the oldest Running run
           started (a reply a live run may still consume was stored after it
           started), and leases that expired before `before_ms`.

@@ -17,9 +17,25 @@ in the store, and the run starts when that fires:
   their JSON reaches `MAX_BATCH_BYTES`, or once `timeout` passed since it
   opened. The run's trigger is the first event; its `events` are all of them.
 
+Flow control at run start (`connect.store.start_gates`), as Inngest applies
+it to these runs: an event for a debounce first passes the function's rate
+limit or idempotency (`Hold.admit`): over it, the event is recorded as a
+skip and joins nothing (nor pushes the debounce back). The run a held start
+fires passes the function's throttle and singleton (`Hold.gate`, kept with
+the held start: that of a debounce's last event, of a batch's first) in the
+transaction that fires it: throttled, its first request waits for its turn;
+skipped by a singleton, it is recorded as a skip instead of a run; a
+singleton in `cancel` mode cancels the Running run. (A batch may have
+neither a rate limit, idempotency nor singleton: registration refuses them.)
+
 A held start is one row (its state, `HeldStart`) and one row per event it
 holds (the event's JSON, by position), so adding an event to a batch writes
 that event and the small state row, whatever the batch holds already.
+
+What became of each event held is one more row per (event, function), in
+`event_holds`: written with the event, given the run's id when its held
+start fires, and read back as an `EventHold` by `hold_of` (what
+`GET /v1/events/{id}` shows of an event that started no run at once).
 
 Everything here is pure: the store engines call `hold_event` inside the
 transaction that records the event (holding the (function, key) row, or its
@@ -35,7 +51,19 @@ from typing import Final
 
 import msgspec
 
-from connect.store.base import BATCH, DEBOUNCE, HeldStart, Hold, PendingRequest, RunRecord
+from connect.store.base import (
+    BATCH,
+    DEBOUNCE,
+    HOLD_HELD,
+    HOLD_REPLACED,
+    HOLD_STARTED,
+    EventHold,
+    HeldStart,
+    Hold,
+    PendingRequest,
+    RunRecord,
+)
+from connect.store.start_gates import encode_gate
 
 #: A batch starts its run once its events' JSON reaches this size, full or not.
 MAX_BATCH_BYTES: Final = 10 * 1024 * 1024
@@ -79,7 +107,7 @@ def hold_event(stored: HeldStart | None, hold: Hold, event_id: str, ts: int, siz
         due = now_ms + hold.period_ms
         if hold.timeout_ms is not None:
             due = min(due, opened + hold.timeout_ms)
-        state = _state(hold, event_id, ts, opened, due, 1, size)
+        state = _state(hold, event_id, ts, opened, due, 1, size)  # the gate of the event kept
         return HeldChange(keep=state, add=True, replace=stored is not None, fire_before=fire_before)
     if stored is None:
         due = now_ms + (hold.timeout_ms if hold.timeout_ms is not None else 0)
@@ -105,6 +133,37 @@ def started_run(held: HeldStart, run_id: str, request_id: str, now_ms: int) -> R
     )
 
 
+class _EventId(msgspec.Struct):
+    id: str = ""
+
+
+_decode_id = msgspec.json.Decoder(_EventId).decode
+
+
+def event_ids(bodies: list[bytes]) -> list[str]:
+    """The ids of the held events whose JSON bodies are `bodies` (the events a
+    held start fires with: their `event_holds` rows get its run)."""
+    return [_decode_id(body).id for body in bodies]
+
+
+def hold_of(
+    event_id: str,
+    row: tuple[str, str, str, int, str | None],
+    held: tuple[str, str, int] | None,
+) -> EventHold:
+    """What became of `event_id` held by one function: its `event_holds` row
+    (function id, kind, key, when, run id) and the held start of that
+    (function, key) now, if any: (kind, event id it keeps, due)."""
+    function_id, kind, key, at_ms, run_id = row
+    if run_id is not None:
+        return EventHold(function_id, kind, key, at_ms, HOLD_STARTED, run_id=run_id)
+    if held is not None and held[0] == kind and (kind == BATCH or held[1] == event_id):
+        # A batch's events not started yet are all in its open batch; a
+        # debounce holds only the event it keeps.
+        return EventHold(function_id, kind, key, at_ms, HOLD_HELD, due_ms=held[2])
+    return EventHold(function_id, kind, key, at_ms, HOLD_REPLACED)
+
+
 def run_events(held: HeldStart, bodies: list[bytes]) -> list[bytes]:
     """The events stored with the run a held start fires (`LoadedRun.batch`),
     given the bodies it held in order: all of a batch's, the trigger first;
@@ -114,6 +173,7 @@ def run_events(held: HeldStart, bodies: list[bytes]) -> list[bytes]:
 
 def _state(hold: Hold, event_id: str, ts: int, opened: int, due: int, size: int, size_bytes: int) -> HeldStart:
     return HeldStart(
+        gate=None if hold.gate is None else encode_gate(hold.gate),
         kind=hold.kind,
         function_id=hold.function_id,
         key=hold.key,

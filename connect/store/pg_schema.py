@@ -265,6 +265,36 @@ MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
         # What the timeline shows of each step, stored with its result (`StepInfo`).
         "ALTER TABLE steps ADD COLUMN info BYTEA",
     ),
+    # 10 -> 11: what became of each event a debounce or batch held: the run its
+    # held start fired, once it did (`Store.event_holds`). Events held before
+    # have no row.
+    (
+        """CREATE TABLE event_holds (
+            event_id TEXT NOT NULL,
+            function_id TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            key TEXT NOT NULL,
+            at_ms BIGINT NOT NULL,
+            run_id TEXT,
+            PRIMARY KEY (event_id, function_id)
+        )""",
+        "CREATE INDEX event_holds_by_age ON event_holds (at_ms)",
+    ),
+    # 11 -> 12: the gate (throttle, singleton) the run a held start fires passes
+    # (`HeldStart.gate`; NULL: none), and the runs a throttle holds back, of
+    # functions with a priority, in their key's line (`Store.take_throttle_turn`).
+    (
+        "ALTER TABLE held_starts ADD COLUMN gate BYTEA",
+        """CREATE TABLE throttle_waits (
+            run_id TEXT PRIMARY KEY,
+            function_id TEXT NOT NULL,
+            key TEXT NOT NULL,
+            ord BIGINT NOT NULL,
+            seq BIGINT NOT NULL,
+            turn_ms BIGINT NOT NULL
+        )""",
+        'CREATE INDEX throttle_waits_in_line ON throttle_waits (function_id, key, ord, seq, run_id COLLATE "C")',
+    ),
 )
 
 SCHEMA_VERSION: Final = len(MIGRATIONS)

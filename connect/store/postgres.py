@@ -41,9 +41,11 @@ from connect.store.base import (
     RUNNING,
     RUNS_RELEASED,
     SLOTS_GRANTED,
+    THROTTLE_TURN_GRANTED,
     AppRecord,
     Claim,
     ConnectionRecord,
+    EventHold,
     EventRecord,
     EventsCursor,
     HeldStart,
@@ -55,6 +57,7 @@ from connect.store.base import (
     ProcessRecord,
     Pruned,
     QueuedRequest,
+    RequestQueueStats,
     RunFilter,
     RunOwnershipLost,
     RunRecord,
@@ -68,7 +71,7 @@ from connect.store.base import (
     chunk_ids,
     starting_slots,
 )
-from connect.store.held_starts import HeldNotes, hold_event, run_events, started_run
+from connect.store.held_starts import HeldNotes, event_ids, hold_event, hold_of, run_events, started_run
 from connect.store.pg_notify import PostgresListener
 from connect.store.pg_reconnect import DEFAULT_RECONNECT_TIMEOUT, validate_reconnect_timeout
 from connect.store.pg_schema import FENCE_LOST, migrate
@@ -76,11 +79,19 @@ from connect.store.pg_writer import DEFAULT_POOL_SIZE, SINGLE, Bulk, Connection,
 from connect.store.start_gates import (
     RATE_LIMIT,
     THROTTLE,
+    Decision,
     SkippedStart,
+    StartGate,
+    ThrottleWait,
+    Turn,
+    apply_to_run,
     decide,
+    decode_gate,
     report_skip,
+    take_turn,
 )
 from connect.store.start_gates import apply as apply_decision
+from connect.store.start_gates import state_key as _state_key
 from protocol.ids import new_ulid
 from protocol.payloads import Event, FunctionConfig
 
@@ -120,6 +131,8 @@ _LOCK_GATES: Final = (
     "SELECT count(*) FROM (SELECT pg_advisory_xact_lock($1, h) FROM"
     " (SELECT DISTINCT hashtext(k) AS h FROM unnest($2::text[]) AS k) AS wanted ORDER BY h) AS locked"
 )
+#: Takes one gate's lock if no other transaction holds it (TRUE), without waiting.
+_TRY_LOCK_GATE: Final = "SELECT pg_try_advisory_xact_lock($1, hashtext($2))"
 _SELECT_TAT: Final = "SELECT tat_ms FROM start_limits WHERE function_id = $1 AND kind = $2 AND key = $3"
 _SET_TAT: Final = (
     "INSERT INTO start_limits (function_id, kind, key, tat_ms) VALUES ($1, $2, $3, $4)"
@@ -313,17 +326,30 @@ async def _insert_events(conn: Connection, events: list[NewEvent]) -> list[bool]
     ]
     if runs:
         await conn.executemany(_INSERT_RUN, runs)
+    # The state of every gate decided below, locked in one sorted call (see `_pass_gates`).
+    gate_keys = {k for new in new_ones for g in new.gates for k in g.lock_keys()}
+    for new in new_ones:
+        for hold in new.holds:
+            for gate in (hold.admit, hold.gate):
+                if gate is not None:
+                    gate_keys.update(gate.lock_keys())
+    if gate_keys:
+        await conn.fetchval(_LOCK_GATES, _GATE_LOCK_SPACE, sorted(gate_keys))
+    cancelled: list[str] = []
     if gated:
-        await _pass_gates(conn, [new for new in new_ones if new.gates])
+        await _pass_gates(conn, [new for new in new_ones if new.gates], cancelled)
     memos = [(m.run_id, m.memo.step_hash, m.memo.result, _info(m.memo)) for new in new_ones for m in new.memos]
     if memos:
         await conn.executemany(_INSERT_MEMO, memos)
     cancels = [(run_id,) for new in new_ones for run_id in new.cancels]
     if cancels:
         await conn.executemany(_FLAG_CANCEL, cancels)
-    held = [(new.event, hold) for new in new_ones for hold in new.holds]
+    held = [(new, hold) for new in new_ones for hold in new.holds]
     if held:
-        await _hold(conn, held)
+        await _hold(conn, held, cancelled)
+    if cancelled:
+        # Sent at commit: the executor owning the run cancels it, as after `request_cancel`.
+        await conn.execute(_NOTIFY_EACH, RUN_CANCEL_REQUESTED, cancelled)
     if any(new.slots for new in new_ones):
         await _acquire_starting_slots(conn, [new for new in new_ones if new.slots])
     return stored
@@ -344,15 +370,13 @@ async def _acquire_starting_slots(conn: Connection, events: list[NewEvent]) -> N
     await _announce_grants(conn, granted)
 
 
-async def _pass_gates(conn: Connection, events: list[NewEvent]) -> None:
+async def _pass_gates(conn: Connection, events: list[NewEvent], cancelled: list[str]) -> None:
     """Decide each gated run of `events` and store it, or its skip (see
-    `NewEvent.gates`). The state every gate reads is locked first, in one
-    order (so two transactions never wait on each other in a cycle), until
-    commit: however many processes record runs of the same key at once, each
-    decision sees the one before."""
-    keys = sorted({k for new in events for g in new.gates for k in g.lock_keys()})
-    await conn.fetchval(_LOCK_GATES, _GATE_LOCK_SPACE, keys)
-    cancelled: list[str] = []
+    `NewEvent.gates`); the runs singletons cancel are added to `cancelled`.
+    The state every gate reads is locked first (by the caller, `_LOCK_GATES`),
+    in one order (so two transactions never wait on each other in a cycle),
+    until commit: however many processes record runs of the same key at once,
+    each decision sees the one before."""
     for new in events:
         gates = {g.run_id: g for g in new.gates}
         fence = NEW_RUN_FENCE if new.owner is not None else 0
@@ -360,47 +384,127 @@ async def _pass_gates(conn: Connection, events: list[NewEvent]) -> None:
             gate = gates.get(run.run_id)
             if gate is None:
                 continue
-            fn = gate.function_id
-            running = rate_tat = throttle_tat = None
-            if gate.singleton is not None:
-                running = await conn.fetchval(_SINGLETON_RUNNING, fn, gate.singleton.key)
-            if gate.rate_limit is not None:
-                rate_tat = await conn.fetchval(_SELECT_TAT, fn, RATE_LIMIT, gate.rate_limit.key)
-            if gate.throttle is not None:
-                throttle_tat = await conn.fetchval(_SELECT_TAT, fn, THROTTLE, gate.throttle.key)
-            decision = decide(gate, run.started_at_ms, running=running, rate_tat=rate_tat, throttle_tat=throttle_tat)
+            decision = await _decide(conn, gate, run.started_at_ms)
             skip = apply_decision(new, run, decision)
             new.tell_invoker(gate, skip)  # a memo for the invoking step is written with the event's others
             if skip is not None:
-                await conn.execute(_INSERT_SKIP, skip.run_id, skip.function_id, skip.event_id, skip.reason, skip.at_ms)
-                report_skip(skip)
+                await _insert_skip(conn, skip)
                 continue
             await conn.execute(_INSERT_RUN, *_run_row(run), new.owner, fence)
-            if gate.rate_limit is not None and decision.rate_tat is not None:
-                await conn.execute(_SET_TAT, fn, RATE_LIMIT, gate.rate_limit.key, decision.rate_tat)
-            if gate.throttle is not None and decision.throttle_tat is not None:
-                await conn.execute(_SET_TAT, fn, THROTTLE, gate.throttle.key, decision.throttle_tat)
-            if gate.singleton is not None:
-                await conn.execute(_HOLD_SINGLETON, fn, gate.singleton.key, run.run_id)
-            if decision.cancel is not None and await conn.execute(_FLAG_CANCEL, decision.cancel) == "UPDATE 1":
-                cancelled.append(decision.cancel)
-    if cancelled:
-        # Sent at commit: the executor owning the run cancels it, as after `request_cancel`.
-        await conn.execute(_NOTIFY_EACH, RUN_CANCEL_REQUESTED, cancelled)
+            await _keep_decision(conn, gate, run.run_id, decision, cancelled)
+
+
+async def _decide(conn: Connection, gate: StartGate, now_ms: int) -> Decision:
+    """`gate`'s decision at `now_ms`, on the state it reads (locked by the caller)."""
+    fn = gate.function_id
+    running = rate_tat = throttle_tat = None
+    if gate.singleton is not None:
+        running = await conn.fetchval(_SINGLETON_RUNNING, fn, gate.singleton.key)
+    if gate.rate_limit is not None:
+        rate_tat = await conn.fetchval(_SELECT_TAT, fn, RATE_LIMIT, gate.rate_limit.key)
+    if gate.throttle is not None:
+        throttle_tat = await conn.fetchval(_SELECT_TAT, fn, THROTTLE, gate.throttle.key)
+    return decide(gate, now_ms, running=running, rate_tat=rate_tat, throttle_tat=throttle_tat)
+
+
+_JOIN_LINE: Final = (
+    "INSERT INTO throttle_waits (run_id, function_id, key, ord, seq, turn_ms) VALUES ($1, $2, $3, $4, $5, $6)"
+    " ON CONFLICT (run_id) DO UPDATE SET ord = excluded.ord, seq = excluded.seq, turn_ms = excluded.turn_ms"
+)
+_AHEAD_OF: Final = 'function_id = $1 AND key = $2 AND (ord, seq, run_id COLLATE "C") < ($3, $4, $5)'
+
+
+def _throttle_state_key(function_id: str, key: str) -> str:
+    return _state_key(function_id, THROTTLE, key)
+
+
+async def _take_turn(conn: Connection, run_id: str, now_ms: int) -> Turn | None:
+    """`Store.take_throttle_turn`, under the lock of the key's throttle state
+    (the one `_pass_gates` takes), so turns are taken and handed out one at a time."""
+    row = await conn.fetchrow("SELECT function_id, key FROM throttle_waits WHERE run_id = $1", run_id)
+    if row is None:
+        return None
+    fn, key = row["function_id"], row["key"]
+    await conn.fetchval(_LOCK_GATES, _GATE_LOCK_SPACE, [_throttle_state_key(fn, key)])
+    row = await conn.fetchrow("SELECT ord, seq, turn_ms FROM throttle_waits WHERE run_id = $1", run_id)
+    if row is None:  # took its turn meanwhile (another ask of the same run)
+        return None
+    me = ThrottleWait(run_id, row["ord"], row["seq"], row["turn_ms"])
+    if me.turn_ms <= now_ms:
+        # Runs of the line that ended (cancelled while they waited) leave it.
+        await conn.execute(
+            "DELETE FROM throttle_waits w WHERE function_id = $1 AND key = $2 AND NOT EXISTS"
+            " (SELECT 1 FROM runs r WHERE r.run_id = w.run_id AND r.status = 'Running')",
+            fn,
+            key,
+        )
+    due = await conn.fetchval(
+        "SELECT count(*) FROM throttle_waits WHERE function_id = $1 AND key = $2 AND turn_ms <= $3", fn, key, now_ms
+    )
+    ahead = await conn.fetchval(
+        f"SELECT count(*) FROM throttle_waits WHERE {_AHEAD_OF}",  # noqa: S608 - constant
+        fn,
+        key,
+        me.order,
+        me.seq,
+        run_id,
+    )
+    found = await conn.fetchrow(
+        f"SELECT run_id, ord, seq, turn_ms FROM throttle_waits WHERE {_AHEAD_OF} AND turn_ms > $6"  # noqa: S608 - constant
+        ' ORDER BY ord, seq, run_id COLLATE "C" LIMIT 1',
+        fn,
+        key,
+        me.order,
+        me.seq,
+        run_id,
+        now_ms,
+    )
+    later = None if found is None else ThrottleWait(found["run_id"], found["ord"], found["seq"], found["turn_ms"])
+    turn = take_turn(me, now_ms, due=due, ahead=ahead, later=later)
+    if turn.wait_ms == 0:
+        await conn.execute("DELETE FROM throttle_waits WHERE run_id = $1", run_id)
+    elif turn.granted is not None:
+        await conn.execute("UPDATE throttle_waits SET turn_ms = $1 WHERE run_id = $2", me.turn_ms, turn.granted)
+        await conn.execute("UPDATE throttle_waits SET turn_ms = $1 WHERE run_id = $2", turn.wait_ms, run_id)
+        await conn.execute("SELECT pg_notify($1, $2)", THROTTLE_TURN_GRANTED, turn.granted)
+    return turn
+
+
+async def _insert_skip(conn: Connection, skip: SkippedStart) -> None:
+    await conn.execute(_INSERT_SKIP, skip.run_id, skip.function_id, skip.event_id, skip.reason, skip.at_ms)
+    report_skip(skip)
+
+
+async def _keep_decision(
+    conn: Connection, gate: StartGate, run_id: str, decision: Decision, cancelled: list[str]
+) -> None:
+    """Write back the state a decision that let run `run_id` start changed."""
+    fn = gate.function_id
+    if gate.rate_limit is not None and decision.rate_tat is not None:
+        await conn.execute(_SET_TAT, fn, RATE_LIMIT, gate.rate_limit.key, decision.rate_tat)
+    if gate.throttle is not None and decision.throttle_tat is not None:
+        await conn.execute(_SET_TAT, fn, THROTTLE, gate.throttle.key, decision.throttle_tat)
+        if gate.throttle.order is not None and decision.wake_at_ms:
+            turn = decision.wake_at_ms  # also its place among runs of equal order: the order they came
+            await conn.execute(_JOIN_LINE, run_id, fn, gate.throttle.key, gate.throttle.order, turn, turn)
+    if gate.singleton is not None:
+        await conn.execute(_HOLD_SINGLETON, fn, gate.singleton.key, run_id)
+    if decision.cancel is not None and await conn.execute(_FLAG_CANCEL, decision.cancel) == "UPDATE 1":
+        cancelled.append(decision.cancel)
 
 
 # --- debounces and batches -----------------------------------------------------------
 
 _HELD_COLUMNS: Final = (
-    "kind, function_id, key, app_name, max_attempts, event_id, last_ts, opened_ms, due_ms, size, size_bytes"
+    "kind, function_id, key, app_name, max_attempts, event_id, last_ts, opened_ms, due_ms, size, size_bytes, gate"
 )
 _SELECT_HELD: Final = f"SELECT {_HELD_COLUMNS} FROM held_starts"  # noqa: S608 - constant
 _PUT_HELD: Final = (
-    f"INSERT INTO held_starts ({_HELD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"  # noqa: S608 - constant
+    f"INSERT INTO held_starts ({_HELD_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"  # noqa: S608 - constant
     " ON CONFLICT (function_id, key) DO UPDATE SET kind = excluded.kind, app_name = excluded.app_name,"
     " max_attempts = excluded.max_attempts, event_id = excluded.event_id, last_ts = excluded.last_ts,"
     " opened_ms = excluded.opened_ms, due_ms = excluded.due_ms, size = excluded.size,"
-    " size_bytes = excluded.size_bytes"
+    " size_bytes = excluded.size_bytes, gate = excluded.gate"
 )
 _DELETE_HELD: Final = "DELETE FROM held_starts WHERE function_id = $1 AND key = $2"
 #: `HeldStart`'s fields, in the order of its columns.
@@ -419,27 +523,56 @@ def _held_from_record(row: asyncpg.Record) -> HeldStart:
     return HeldStart(*(row[c] for c in _HELD_FIELDS))
 
 
-async def _hold(conn: Connection, held: list[tuple[EventRecord, Hold]]) -> None:
-    """Apply new events to the held starts they go to. Each (function, key) is
-    locked first and stays locked until commit: the read, the decision and the
-    write of a held start are never interleaved with another transaction's.
+#: An event held by a function (`event_holds`); a duplicate of a stored event is never held again.
+_PUT_EVENT_HOLD: Final = (
+    "INSERT INTO event_holds (event_id, function_id, kind, key, at_ms) VALUES ($1, $2, $3, $4, $5)"
+    " ON CONFLICT DO NOTHING"
+)
+#: An event's holds with the held start of each (function, key) now: one statement, one snapshot.
+_SELECT_EVENT_HOLDS: Final = (
+    "SELECT h.function_id, h.kind, h.key, h.at_ms, h.run_id, s.kind, s.event_id, s.due_ms FROM event_holds h"
+    " LEFT JOIN held_starts s ON s.function_id = h.function_id AND s.key = h.key"
+    ' WHERE h.event_id = $1 ORDER BY h.function_id COLLATE "C"'
+)
+
+
+async def _hold(conn: Connection, held: list[tuple[NewEvent, Hold]], cancelled: list[str]) -> None:
+    """Apply new events to the held starts they go to (each once it passed
+    what it must to be held, `Hold.admit`: the caller locked the state of
+    those gates, and of the gates the held starts keep; the refused are
+    reported in `NewEvent.refused_holds`). Each (function, key)
+    is locked first and stays locked until commit: the read, the decision and
+    the write of a held start are never interleaved with another transaction's.
 
     One call takes its locks in one global order, so two transactions that
     each hold events in one call never wait on each other. A transaction
     that applies held events in two calls (events a run's end emits, for a
-    debounced function, in a batch with other writes) may deadlock with
-    another; PostgreSQL then aborts one, and the writer applies that
+    debounced function, in a batch with other writes), or a batch filled by
+    an event whose throttle key differs from its first event's, may deadlock
+    with another; PostgreSQL then aborts one, and the writer applies that
     transaction's operations again one at a time (see `pg_writer`)."""
     for lock in sorted({_held_lock(hold.function_id, hold.key) for _, hold in held}):
         await conn.execute("SELECT pg_advisory_xact_lock($1)", lock)
     notes = HeldNotes()
-    for event, hold in held:
+    for new, _ in held:
+        new.refused_holds.clear()  # applied again after a failed batch: this attempt's
+    for new, hold in held:
+        event = new.event
+        if hold.admit is not None:
+            decision = await _decide(conn, hold.admit, event.received_at_ms)
+            if decision.skip is not None:
+                skip = SkippedStart(hold.admit.run_id, hold.function_id, event.id, decision.skip, event.received_at_ms)
+                await _insert_skip(conn, skip)
+                new.refused_holds.append(hold.admit.run_id)
+                continue
+            await _keep_decision(conn, hold.admit, hold.admit.run_id, decision, cancelled)
         where = (hold.function_id, hold.key)
+        await conn.execute(_PUT_EVENT_HOLD, event.id, hold.function_id, hold.kind, hold.key, event.received_at_ms)
         row = await conn.fetchrow(f"{_SELECT_HELD} WHERE function_id = $1 AND key = $2", *where)
         stored = None if row is None else _held_from_record(row)
         change = hold_event(stored, hold, event.id, event.ts, len(event.body), event.received_at_ms)
         if change.fire_before is not None:
-            await _start_held_run(conn, change.fire_before, None, 0, event.received_at_ms)
+            await _start_held_run(conn, change.fire_before, None, 0, event.received_at_ms, cancelled, wait=True)
             notes.started = True
         if change.add:
             if change.replace:
@@ -451,7 +584,7 @@ async def _hold(conn: Connection, held: list[tuple[EventRecord, Hold]]) -> None:
                 event.body,
             )
         if change.fire is not None:
-            await _start_held_run(conn, change.fire, None, 0, event.received_at_ms)
+            await _start_held_run(conn, change.fire, None, 0, event.received_at_ms, cancelled, wait=True)
             notes.started = True
         if change.keep is None:
             if stored is not None:
@@ -465,17 +598,63 @@ async def _hold(conn: Connection, held: list[tuple[EventRecord, Hold]]) -> None:
         await conn.execute("SELECT pg_notify($1, $2)", RUNS_RELEASED, "")
 
 
-async def _start_held_run(conn: Connection, held: HeldStart, owner: str | None, fence: int, now_ms: int) -> str:
+class _GateBusy(Exception):
+    """The state a held start's gate reads is locked by another transaction."""
+
+
+async def _start_held_run(
+    conn: Connection,
+    held: HeldStart,
+    owner: str | None,
+    fence: int,
+    now_ms: int,
+    cancelled: list[str],
+    *,
+    wait: bool,
+) -> str | None:
     """Create the run `held` fires, with its batch, and take its events out of
-    the held ones (the caller deletes or replaces its state row); returns its id."""
+    the held ones (the caller deletes or replaces its state row); returns its
+    id, or None when its gate refused it (recorded as a skip).
+
+    The state its gate reads is locked first: waiting for it (`wait`), or
+    not (raising `_GateBusy` before anything is written when another
+    transaction holds it)."""
+    run = started_run(held, new_ulid(), new_ulid(), now_ms)
+    gate = None if held.gate is None else decode_gate(held.gate, run.run_id)
+    decision = None
+    if gate is not None:
+        if wait:
+            await conn.fetchval(_LOCK_GATES, _GATE_LOCK_SPACE, gate.lock_keys())
+        else:
+            for key in gate.lock_keys():
+                if not await conn.fetchval(_TRY_LOCK_GATE, _GATE_LOCK_SPACE, key):
+                    raise _GateBusy
+        decision = await _decide(conn, gate, now_ms)
     taken = await conn.fetch(
         "DELETE FROM held_events WHERE function_id = $1 AND key = $2 RETURNING position, body",
         held.function_id,
         held.key,
     )
     bodies = [r["body"] for r in sorted(taken, key=lambda r: int(r["position"]))]
-    run = started_run(held, new_ulid(), new_ulid(), now_ms)
+    if bodies:
+        # The trigger's row goes back in should history retention have pruned it while held.
+        trigger = _decode_event(bodies[0])
+        await conn.execute(_INSERT_EVENT, trigger.id, trigger.name, trigger.ts, now_ms, bodies[0])
+    # The held events' rows name the run they went to (or its skip record).
+    await conn.execute(
+        "UPDATE event_holds SET run_id = $1 WHERE event_id = ANY($2::text[]) AND function_id = $3",
+        run.run_id,
+        event_ids(bodies),
+        held.function_id,
+    )
+    if gate is not None and decision is not None:
+        skip = apply_to_run(run, decision, [])
+        if skip is not None:
+            await _insert_skip(conn, skip)
+            return None
     await conn.execute(_INSERT_RUN, *_run_row(run), owner, fence)
+    if gate is not None and decision is not None:
+        await _keep_decision(conn, gate, run.run_id, decision, cancelled)
     batch = run_events(held, bodies)
     if batch:
         await conn.execute(
@@ -484,10 +663,6 @@ async def _start_held_run(conn: Connection, held: HeldStart, owner: str | None, 
             run.run_id,
             batch,
         )
-    if bodies:
-        # The trigger's row goes back in should history retention have pruned it while held.
-        trigger = _decode_event(bodies[0])
-        await conn.execute(_INSERT_EVENT, trigger.id, trigger.name, trigger.ts, now_ms, bodies[0])
     return run.run_id
 
 
@@ -726,6 +901,12 @@ async def _prune_history(conn: Connection, before_ms: int, limit: int, events_af
             limit,
         )
         await conn.execute(
+            "DELETE FROM event_holds WHERE (event_id, function_id) IN (SELECT event_id, function_id"
+            " FROM event_holds WHERE at_ms < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            before_ms,
+            limit,
+        )
+        await conn.execute(
             "DELETE FROM start_limits WHERE (function_id, kind, key) IN (SELECT function_id, kind, key"
             " FROM start_limits WHERE tat_ms < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
             before_ms,
@@ -742,6 +923,13 @@ async def _prune_history(conn: Connection, before_ms: int, limit: int, events_af
                 limit,
             )
         )
+        # Runs of a throttle's line that ended while they waited (cancelled).
+        await conn.execute(
+            "DELETE FROM throttle_waits WHERE run_id IN (SELECT w.run_id FROM throttle_waits w"
+            " LEFT JOIN runs r ON r.run_id = w.run_id WHERE r.run_id IS NULL OR r.status <> 'Running'"
+            " LIMIT $1 FOR UPDATE OF w SKIP LOCKED)",
+            limit,
+        )
     return Pruned(
         runs=len(runs),
         steps=steps,
@@ -752,6 +940,15 @@ async def _prune_history(conn: Connection, before_ms: int, limit: int, events_af
         singletons=singletons,
     )
 
+
+#: `request_queue_stats`: counts over at most $2 rows of the queue at $1 (now, Unix ms).
+_QUEUE_STATS: Final = (
+    "SELECT COUNT(CASE WHEN NOT lapsed AND (holder IS NULL OR held_until_ms < $1) THEN 1 END),"
+    " COUNT(CASE WHEN NOT lapsed AND holder IS NOT NULL AND held_until_ms >= $1 THEN 1 END),"
+    " COUNT(CASE WHEN lapsed THEN 1 END),"
+    " MIN(CASE WHEN NOT lapsed AND (holder IS NULL OR held_until_ms < $1) THEN queued_at_ms END)"
+    " FROM (SELECT holder, held_until_ms, lapsed, queued_at_ms FROM queued_requests LIMIT $2) AS q"
+)
 
 # How each outcome of `settle_request` ends a hold; each returns the function slug.
 #: `held_until_ms` of a request not held: queued fresh and never taken (see
@@ -1043,6 +1240,15 @@ class PostgresStore:
     async def record_events(self, events: list[NewEvent]) -> list[bool]:
         return await self._writer.submit(_RECORD_EVENTS, list(events))
 
+    async def event_holds(self, event_id: str) -> list[EventHold]:
+        async def op(conn: Connection) -> list[asyncpg.Record]:
+            return await conn.fetch(_SELECT_EVENT_HOLDS, event_id)
+
+        return [
+            hold_of(event_id, (r[0], r[1], r[2], r[3], r[4]), None if r[5] is None else (r[5], r[6], r[7]))
+            for r in await self._writer.read(op)
+        ]
+
     async def skipped_starts(self, event_id: str) -> list[SkippedStart]:
         async def op(conn: Connection) -> list[asyncpg.Record]:
             return await conn.fetch(
@@ -1298,6 +1504,15 @@ class PostgresStore:
         taken = [QueuedRequest(*r) for r in rows]
         return sorted(taken, key=lambda q: (q.queued_at_ms, q.request_id.encode()))
 
+    async def request_queue_stats(self, now_ms: int, limit: int) -> RequestQueueStats:
+        async def op(conn: Connection) -> asyncpg.Record | None:
+            return await conn.fetchrow(_QUEUE_STATS, now_ms, limit)
+
+        row = await self._writer.read(op)
+        assert row is not None
+        waiting, held, lapsed, oldest = row[0], row[1], row[2], row[3]
+        return RequestQueueStats(waiting, held, lapsed, oldest, waiting + held + lapsed >= limit)
+
     async def hold_requests(self, gateway: str, request_ids: Sequence[str], hold_until_ms: int) -> None:
         async def op(conn: Connection) -> None:
             await conn.execute(
@@ -1514,8 +1729,13 @@ class PostgresStore:
 
         return await self._writer.read(op)
 
+    async def take_throttle_turn(self, run_id: str, now_ms: int) -> int | None:
+        turn = await self._writer.run(lambda conn: _take_turn(conn, run_id, now_ms))
+        return None if turn is None else turn.wait_ms
+
     async def start_held(self, owner: str, now_ms: int, limit: int) -> list[Claim]:
         async def op(conn: Connection) -> list[str]:
+            cancelled: list[str] = []
             rows = await conn.fetch(
                 "SELECT function_id, key FROM held_starts WHERE due_ms <= $1 ORDER BY due_ms LIMIT $2", now_ms, limit
             )
@@ -1529,8 +1749,16 @@ class PostgresStore:
                 current = await conn.fetchrow(f"{_SELECT_HELD} WHERE function_id = $1 AND key = $2", function_id, key)
                 if current is None or current["due_ms"] > now_ms:
                     continue
+                held = _held_from_record(current)
+                try:
+                    run_id = await _start_held_run(conn, held, owner, NEW_RUN_FENCE, now_ms, cancelled, wait=False)
+                except _GateBusy:
+                    continue  # its gate's state is another transaction's: look again soon
                 await conn.execute(_DELETE_HELD, function_id, key)
-                started.append(await _start_held_run(conn, _held_from_record(current), owner, NEW_RUN_FENCE, now_ms))
+                if run_id is not None:
+                    started.append(run_id)
+            if cancelled:
+                await conn.execute(_NOTIFY_EACH, RUN_CANCEL_REQUESTED, cancelled)
             return started
 
         return [Claim(run_id, NEW_RUN_FENCE) for run_id in await self._writer.run(op)]

@@ -43,10 +43,12 @@ from connect.store.base import (
     RUNNING,
     RUNS_RELEASED,
     SLOTS_GRANTED,
+    THROTTLE_TURN_GRANTED,
     WAIT_SLEEP,
     AppRecord,
     Claim,
     ConnectionRecord,
+    EventHold,
     EventRecord,
     EventsCursor,
     HeldStart,
@@ -58,6 +60,7 @@ from connect.store.base import (
     ProcessRecord,
     Pruned,
     QueuedRequest,
+    RequestQueueStats,
     RunFilter,
     RunOwnershipLost,
     RunRecord,
@@ -71,21 +74,27 @@ from connect.store.base import (
     chunk_ids,
     starting_slots,
 )
-from connect.store.held_starts import HeldNotes, hold_event, run_events, started_run
+from connect.store.held_starts import HeldNotes, event_ids, hold_event, hold_of, run_events, started_run
 from connect.store.start_gates import (
     RATE_LIMIT,
     THROTTLE,
+    Decision,
     SkippedStart,
     StartGate,
+    ThrottleWait,
+    Turn,
+    apply_to_run,
     decide,
+    decode_gate,
     report_skip,
+    take_turn,
 )
 from connect.store.start_gates import apply as apply_decision
 from connect.store.writer import SqliteWriter
 from protocol.ids import new_ulid
 from protocol.payloads import Event, FunctionConfig
 
-SCHEMA_VERSION: Final = 10
+SCHEMA_VERSION: Final = 12
 
 _TABLES: Final = (
     "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
@@ -215,6 +224,7 @@ _TABLES: Final = (
         due_ms INTEGER NOT NULL,
         size INTEGER NOT NULL,
         size_bytes INTEGER NOT NULL,
+        gate BLOB,
         PRIMARY KEY (function_id, key)
     ) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS held_starts_by_due ON held_starts (due_ms)",
@@ -225,6 +235,18 @@ _TABLES: Final = (
         body BLOB NOT NULL,
         PRIMARY KEY (function_id, key, position)
     ) WITHOUT ROWID""",
+    # What became of each event a debounce or batch held (schema 11): the run
+    # its held start fired, once it did (see `connect.store.held_starts`).
+    """CREATE TABLE IF NOT EXISTS event_holds (
+        event_id TEXT NOT NULL,
+        function_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL,
+        at_ms INTEGER NOT NULL,
+        run_id TEXT,
+        PRIMARY KEY (event_id, function_id)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS event_holds_by_age ON event_holds (at_ms)",
     """CREATE TABLE IF NOT EXISTS run_events (
         run_id TEXT NOT NULL,
         position INTEGER NOT NULL,
@@ -233,6 +255,17 @@ _TABLES: Final = (
     ) WITHOUT ROWID""",
     # Concurrency slots held and waited for (schema 9).
     *sqlite_slots.TABLES,
+    # Runs a throttle holds back, of functions with a priority (schema 11, see
+    # `Store.take_throttle_turn`): each with its turn and its place in its key's line.
+    """CREATE TABLE IF NOT EXISTS throttle_waits (
+        run_id TEXT PRIMARY KEY,
+        function_id TEXT NOT NULL,
+        key TEXT NOT NULL,
+        ord INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        turn_ms INTEGER NOT NULL
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS throttle_waits_in_line ON throttle_waits (function_id, key, ord, seq, run_id)",
 )
 
 _RUNS_TABLE: Final = """CREATE TABLE {name} (
@@ -440,7 +473,7 @@ def _insert_events(
             if cancel_rows:
                 conn.executemany(_FLAG_CANCEL, cancel_rows)
             if holds:
-                _hold(conn, event_row, holds, HeldNotes() if notes is None else notes)
+                _hold(conn, event_row, new, HeldNotes() if notes is None else notes, cancelled)
             if new.slots:
                 new.held.clear()  # applied again after a failed batch: this attempt's
                 for run_id, item in starting_slots(new):
@@ -463,49 +496,111 @@ def _pass_gates(
         gate = gates.get(run.run_id)
         if gate is None:
             continue
-        now_ms = run.started_at_ms
-        fn = gate.function_id
-        running = None
-        if gate.singleton is not None:
-            row = conn.execute(_SINGLETON_RUNNING, (fn, gate.singleton.key)).fetchone()
-            running = None if row is None else row[0]
-        rate_tat = throttle_tat = None
-        if gate.rate_limit is not None:
-            row = conn.execute(_SELECT_TAT, (fn, RATE_LIMIT, gate.rate_limit.key)).fetchone()
-            rate_tat = None if row is None else row[0]
-        if gate.throttle is not None:
-            row = conn.execute(_SELECT_TAT, (fn, THROTTLE, gate.throttle.key)).fetchone()
-            throttle_tat = None if row is None else row[0]
-        decision = decide(gate, now_ms, running=running, rate_tat=rate_tat, throttle_tat=throttle_tat)
+        decision = _decide(conn, gate, run.started_at_ms)
         skip = apply_decision(new, run, decision)
         told = new.tell_invoker(gate, skip)
         if skip is not None:
-            conn.execute(_INSERT_SKIP, (skip.run_id, skip.function_id, skip.event_id, skip.reason, skip.at_ms))
-            report_skip(skip)
+            _insert_skip(conn, skip)
             if told is not None:  # the event's other memos were listed before its gates
                 conn.execute(_INSERT_MEMO, (told.run_id, told.memo.step_hash, told.memo.result, _info(told.memo)))
             continue
         conn.execute(_INSERT_RUN, (*_run_row(run), new.owner, fence))
-        if gate.rate_limit is not None and decision.rate_tat is not None:
-            conn.execute(_SET_TAT, (fn, RATE_LIMIT, gate.rate_limit.key, decision.rate_tat))
-        if gate.throttle is not None and decision.throttle_tat is not None:
-            conn.execute(_SET_TAT, (fn, THROTTLE, gate.throttle.key, decision.throttle_tat))
-        if gate.singleton is not None:
-            conn.execute(_HOLD_SINGLETON, (fn, gate.singleton.key, run.run_id))
-        if decision.cancel is not None and conn.execute(_FLAG_CANCEL, (decision.cancel,)).rowcount == 1:
-            if cancelled is not None:
-                cancelled.append(decision.cancel)
+        _keep_decision(conn, gate, run.run_id, decision, cancelled)
+
+
+def _decide(conn: sqlite3.Connection, gate: StartGate, now_ms: int) -> Decision:
+    """`gate`'s decision at `now_ms`, on the state it reads."""
+    fn = gate.function_id
+    running = rate_tat = throttle_tat = None
+    if gate.singleton is not None:
+        row = conn.execute(_SINGLETON_RUNNING, (fn, gate.singleton.key)).fetchone()
+        running = None if row is None else row[0]
+    if gate.rate_limit is not None:
+        row = conn.execute(_SELECT_TAT, (fn, RATE_LIMIT, gate.rate_limit.key)).fetchone()
+        rate_tat = None if row is None else row[0]
+    if gate.throttle is not None:
+        row = conn.execute(_SELECT_TAT, (fn, THROTTLE, gate.throttle.key)).fetchone()
+        throttle_tat = None if row is None else row[0]
+    return decide(gate, now_ms, running=running, rate_tat=rate_tat, throttle_tat=throttle_tat)
+
+
+_JOIN_LINE: Final = (
+    "INSERT OR REPLACE INTO throttle_waits (run_id, function_id, key, ord, seq, turn_ms) VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+
+def _take_turn(conn: sqlite3.Connection, run_id: str, now_ms: int) -> Turn | None:
+    """`Store.take_throttle_turn`, in the writer's transaction."""
+    row = conn.execute(
+        "SELECT function_id, key, ord, seq, turn_ms FROM throttle_waits WHERE run_id = ?", (run_id,)
+    ).fetchone()
+    if row is None:
+        return None
+    fn, key, order, seq, turn_ms = row
+    me = ThrottleWait(run_id, order, seq, turn_ms)
+    if turn_ms <= now_ms:
+        # Runs of the line that ended (cancelled while they waited) leave it.
+        conn.execute(
+            "DELETE FROM throttle_waits WHERE function_id = ? AND key = ? AND NOT EXISTS"
+            " (SELECT 1 FROM runs r WHERE r.run_id = throttle_waits.run_id AND r.status = 'Running')",
+            (fn, key),
+        )
+    line = (fn, key)
+    (due,) = conn.execute(
+        "SELECT count(*) FROM throttle_waits WHERE function_id = ? AND key = ? AND turn_ms <= ?", (*line, now_ms)
+    ).fetchone()
+    ahead_of = "function_id = ? AND key = ? AND (ord, seq, run_id) < (?, ?, ?)"
+    (ahead,) = conn.execute(
+        f"SELECT count(*) FROM throttle_waits WHERE {ahead_of}",  # noqa: S608 - constant
+        (*line, order, seq, run_id),
+    ).fetchone()
+    found = conn.execute(
+        f"SELECT run_id, ord, seq, turn_ms FROM throttle_waits WHERE {ahead_of} AND turn_ms > ?"  # noqa: S608 - constant
+        " ORDER BY ord, seq, run_id LIMIT 1",
+        (*line, order, seq, run_id, now_ms),
+    ).fetchone()
+    turn = take_turn(me, now_ms, due=due, ahead=ahead, later=None if found is None else ThrottleWait(*found))
+    if turn.wait_ms == 0:
+        conn.execute("DELETE FROM throttle_waits WHERE run_id = ?", (run_id,))
+    elif turn.granted is not None:
+        conn.execute("UPDATE throttle_waits SET turn_ms = ? WHERE run_id = ?", (me.turn_ms, turn.granted))
+        conn.execute("UPDATE throttle_waits SET turn_ms = ? WHERE run_id = ?", (turn.wait_ms, run_id))
+    return turn
+
+
+def _insert_skip(conn: sqlite3.Connection, skip: SkippedStart) -> None:
+    conn.execute(_INSERT_SKIP, (skip.run_id, skip.function_id, skip.event_id, skip.reason, skip.at_ms))
+    report_skip(skip)
+
+
+def _keep_decision(
+    conn: sqlite3.Connection, gate: StartGate, run_id: str, decision: Decision, cancelled: list[str] | None
+) -> None:
+    """Write back the state a decision that let run `run_id` start changed."""
+    fn = gate.function_id
+    if gate.rate_limit is not None and decision.rate_tat is not None:
+        conn.execute(_SET_TAT, (fn, RATE_LIMIT, gate.rate_limit.key, decision.rate_tat))
+    if gate.throttle is not None and decision.throttle_tat is not None:
+        conn.execute(_SET_TAT, (fn, THROTTLE, gate.throttle.key, decision.throttle_tat))
+        if gate.throttle.order is not None and decision.wake_at_ms:
+            turn = decision.wake_at_ms  # also its place among runs of equal order: the order they came
+            conn.execute(_JOIN_LINE, (run_id, fn, gate.throttle.key, gate.throttle.order, turn, turn))
+    if gate.singleton is not None:
+        conn.execute(_HOLD_SINGLETON, (fn, gate.singleton.key, run_id))
+    if decision.cancel is not None and conn.execute(_FLAG_CANCEL, (decision.cancel,)).rowcount == 1:
+        if cancelled is not None:
+            cancelled.append(decision.cancel)
 
 
 # --- debounces and batches -----------------------------------------------------------
 
 _HELD_COLUMNS: Final = (
-    "kind, function_id, key, app_name, max_attempts, event_id, last_ts, opened_ms, due_ms, size, size_bytes"
+    "kind, function_id, key, app_name, max_attempts, event_id, last_ts, opened_ms, due_ms, size, size_bytes, gate"
 )
 _SELECT_HELD: Final = f"SELECT {_HELD_COLUMNS} FROM held_starts"  # noqa: S608 - constant
-_PUT_HELD: Final = f"INSERT OR REPLACE INTO held_starts ({_HELD_COLUMNS}) VALUES ({', '.join('?' * 11)})"  # noqa: S608 - constant
+_PUT_HELD: Final = f"INSERT OR REPLACE INTO held_starts ({_HELD_COLUMNS}) VALUES ({', '.join('?' * 12)})"  # noqa: S608 - constant
 _DELETE_HELD: Final = "DELETE FROM held_starts WHERE function_id = ? AND key = ?"
-_HeldRow = tuple[str, str, str, str, int, str, int, int, int, int, int]
+_HeldRow = tuple[str, str, str, str, int, str, int, int, int, int, int, bytes | None]
 _decode_event = msgspec.json.Decoder(Event).decode
 
 
@@ -522,19 +617,43 @@ def _held_row(held: HeldStart) -> _HeldRow:
         held.due_ms,
         held.size,
         held.size_bytes,
+        held.gate,
     )
 
 
-def _hold(conn: sqlite3.Connection, event_row: _EventRow, holds: list[Hold], notes: HeldNotes) -> None:
-    """Apply one new event to the held start of each function it is held for."""
+#: An event held by a function (`event_holds`); a duplicate of a stored event is never held again.
+_PUT_EVENT_HOLD: Final = (
+    "INSERT OR IGNORE INTO event_holds (event_id, function_id, kind, key, at_ms) VALUES (?, ?, ?, ?, ?)"
+)
+
+
+def _hold(
+    conn: sqlite3.Connection,
+    event_row: _EventRow,
+    new: NewEvent,
+    notes: HeldNotes,
+    cancelled: list[str] | None = None,
+) -> None:
+    """Apply one new event to the held start of each function it is held for
+    (once it passed what it must to be held, `Hold.admit`: the refused are
+    reported in `new.refused_holds`)."""
     event_id, _, ts, now_ms, body = event_row
-    for hold in holds:
+    new.refused_holds.clear()  # applied again after a failed batch: this attempt's
+    for hold in new.holds:
+        if hold.admit is not None:
+            decision = _decide(conn, hold.admit, now_ms)
+            if decision.skip is not None:
+                _insert_skip(conn, SkippedStart(hold.admit.run_id, hold.function_id, event_id, decision.skip, now_ms))
+                new.refused_holds.append(hold.admit.run_id)
+                continue
+            _keep_decision(conn, hold.admit, hold.admit.run_id, decision, cancelled)
         where = (hold.function_id, hold.key)
+        conn.execute(_PUT_EVENT_HOLD, (event_id, hold.function_id, hold.kind, hold.key, now_ms))
         row: _HeldRow | None = conn.execute(f"{_SELECT_HELD} WHERE function_id = ? AND key = ?", where).fetchone()
         stored = None if row is None else HeldStart(*row)
         change = hold_event(stored, hold, event_id, ts, len(body), now_ms)
         if change.fire_before is not None:
-            _start_held_run(conn, change.fire_before, None, 0, now_ms)
+            _start_held_run(conn, change.fire_before, None, 0, now_ms, cancelled)
             notes.started = True
         if change.add:
             if change.replace:
@@ -544,7 +663,7 @@ def _hold(conn: sqlite3.Connection, event_row: _EventRow, holds: list[Hold], not
                 (*where, change.position, body),
             )
         if change.fire is not None:
-            _start_held_run(conn, change.fire, None, 0, now_ms)
+            _start_held_run(conn, change.fire, None, 0, now_ms, cancelled)
             notes.started = True
         if change.keep is None:
             if stored is not None:
@@ -554,9 +673,17 @@ def _hold(conn: sqlite3.Connection, event_row: _EventRow, holds: list[Hold], not
             notes.wrote(change.keep.due_ms)
 
 
-def _start_held_run(conn: sqlite3.Connection, held: HeldStart, owner: str | None, fence: int, now_ms: int) -> str:
+def _start_held_run(
+    conn: sqlite3.Connection,
+    held: HeldStart,
+    owner: str | None,
+    fence: int,
+    now_ms: int,
+    cancelled: list[str] | None = None,
+) -> str | None:
     """Create the run `held` fires, with its batch, and take its events out of
-    the held ones (the caller deletes or replaces its state row); returns its id."""
+    the held ones (the caller deletes or replaces its state row); returns its
+    id, or None when its gate refused it (recorded as a skip)."""
     where = (held.function_id, held.key)
     bodies = [
         bytes(b)
@@ -565,18 +692,33 @@ def _start_held_run(conn: sqlite3.Connection, held: HeldStart, owner: str | None
         ).fetchall()
     ]
     conn.execute("DELETE FROM held_events WHERE function_id = ? AND key = ?", where)
+    if bodies:
+        # The trigger's row goes back in should history retention have pruned it while held.
+        trigger = _decode_event(bodies[0])
+        conn.execute(_INSERT_EVENT, (trigger.id, trigger.name, trigger.ts, now_ms, bodies[0]))
     run = started_run(held, new_ulid(), new_ulid(), now_ms)
+    # The held events' rows name the run they went to (or its skip record).
+    conn.executemany(
+        "UPDATE event_holds SET run_id = ? WHERE event_id = ? AND function_id = ?",
+        [(run.run_id, event_id, held.function_id) for event_id in event_ids(bodies)],
+    )
+    gate = None if held.gate is None else decode_gate(held.gate, run.run_id)
+    decision = None
+    if gate is not None:
+        decision = _decide(conn, gate, now_ms)
+        skip = apply_to_run(run, decision, [])
+        if skip is not None:
+            _insert_skip(conn, skip)
+            return None
     conn.execute(_INSERT_RUN, (*_run_row(run), owner, fence))
+    if gate is not None and decision is not None:
+        _keep_decision(conn, gate, run.run_id, decision, cancelled)
     batch = run_events(held, bodies)
     if batch:
         conn.executemany(
             "INSERT INTO run_events (run_id, position, body) VALUES (?, ?, ?)",
             [(run.run_id, i, b) for i, b in enumerate(batch)],
         )
-    if bodies:
-        # The trigger's row goes back in should history retention have pruned it while held.
-        trigger = _decode_event(bodies[0])
-        conn.execute(_INSERT_EVENT, (trigger.id, trigger.name, trigger.ts, now_ms, bodies[0]))
     return run.run_id
 
 
@@ -611,6 +753,9 @@ def _setup(conn: sqlite3.Connection) -> None:
         if version < 10 and "info" not in {column[1] for column in conn.execute("PRAGMA table_info(steps)")}:
             # Schema 10: what the timeline shows of each step, stored with its result.
             conn.execute("ALTER TABLE steps ADD COLUMN info BLOB")
+        if version < 12 and "gate" not in {column[1] for column in conn.execute("PRAGMA table_info(held_starts)")}:
+            # Schema 11: the gate (throttle, singleton) the run a held start fires passes.
+            conn.execute("ALTER TABLE held_starts ADD COLUMN gate BLOB")
         if has_runs and version < 4:
             _backfill_ended_at(conn)
         for statement in _RETENTION_INDEXES:
@@ -697,6 +842,12 @@ _DELETE_FREED_EVENT: Final = (
 )
 
 
+#: An event's holds with the held start of each (function, key) now: one statement, one snapshot.
+_SELECT_EVENT_HOLDS: Final = (
+    "SELECT h.function_id, h.kind, h.key, h.at_ms, h.run_id, s.kind, s.event_id, s.due_ms FROM event_holds h"
+    " LEFT JOIN held_starts s ON s.function_id = h.function_id AND s.key = h.key"
+    " WHERE h.event_id = ? ORDER BY h.function_id"
+)
 _PRUNE_SINGLETONS: Final = (
     "DELETE FROM singletons WHERE (function_id, key) IN (SELECT s.function_id, s.key FROM singletons s"
     " LEFT JOIN runs r ON r.run_id = s.run_id WHERE r.run_id IS NULL OR r.status <> 'Running' LIMIT ?)"
@@ -757,12 +908,23 @@ def _prune_history(conn: sqlite3.Connection, before_ms: int, limit: int, events_
         (before_ms, limit),
     )
     conn.execute(
+        "DELETE FROM event_holds WHERE (event_id, function_id) IN"
+        " (SELECT event_id, function_id FROM event_holds WHERE at_ms < ? LIMIT ?)",
+        (before_ms, limit),
+    )
+    conn.execute(
         "DELETE FROM start_limits WHERE (function_id, kind, key) IN"
         " (SELECT function_id, kind, key FROM start_limits WHERE tat_ms < ? LIMIT ?)",
         (before_ms, limit),
     )
     # Singleton keys whose run is no longer Running (or gone): the same as no holder.
     singletons = conn.execute(_PRUNE_SINGLETONS, (limit,)).rowcount
+    # Runs of a throttle's line that ended while they waited (cancelled).
+    conn.execute(
+        "DELETE FROM throttle_waits WHERE run_id IN (SELECT w.run_id FROM throttle_waits w"
+        " LEFT JOIN runs r ON r.run_id = w.run_id WHERE r.run_id IS NULL OR r.status <> 'Running' LIMIT ?)",
+        (limit,),
+    )
     return Pruned(
         runs=len(runs),
         steps=steps,
@@ -916,6 +1078,13 @@ class SqliteStore:
             self._notify(RUN_CANCEL_REQUESTED, run_id)
         self._notify_held(notes)
         return stored
+
+    async def event_holds(self, event_id: str) -> list[EventHold]:
+        def op(conn: sqlite3.Connection) -> list[EventHold]:
+            rows = conn.execute(_SELECT_EVENT_HOLDS, (event_id,)).fetchall()
+            return [hold_of(event_id, row[:5], None if row[5] is None else row[5:]) for row in rows]
+
+        return await self._writer.submit(op)
 
     async def skipped_starts(self, event_id: str) -> list[SkippedStart]:
         def op(conn: sqlite3.Connection) -> list[tuple[str, str, str, str, int]]:
@@ -1228,6 +1397,14 @@ class SqliteStore:
         rows = await self._writer.submit(op)
         return sorted((QueuedRequest(*r[:5], bytes(r[5]), r[6], r[7]) for r in rows), key=_queue_order)
 
+    async def request_queue_stats(self, now_ms: int, limit: int) -> RequestQueueStats:
+        def op(conn: sqlite3.Connection) -> tuple[int, int, int, int | None]:
+            row: tuple[int, int, int, int | None] = conn.execute(_QUEUE_STATS, (now_ms, limit)).fetchone()
+            return row
+
+        waiting, held, lapsed, oldest = await self._writer.submit(op)
+        return RequestQueueStats(waiting, held, lapsed, oldest, waiting + held + lapsed >= limit)
+
     async def hold_requests(self, gateway: str, request_ids: Sequence[str], hold_until_ms: int) -> None:
         rows = [(hold_until_ms, rid, gateway) for rid in request_ids]
 
@@ -1451,8 +1628,19 @@ class SqliteStore:
 
         return await self._writer.submit(op)
 
+    async def take_throttle_turn(self, run_id: str, now_ms: int) -> int | None:
+        turn = await self._writer.submit(lambda conn: _take_turn(conn, run_id, now_ms))
+        if turn is None:
+            return None
+        if turn.granted is not None:
+            self._notify(THROTTLE_TURN_GRANTED, turn.granted)
+        return turn.wait_ms
+
     async def start_held(self, owner: str, now_ms: int, limit: int) -> list[Claim]:
+        cancelled: list[str] = []
+
         def op(conn: sqlite3.Connection) -> list[str]:
+            cancelled.clear()  # applied again after a failed batch: report that attempt's
             rows: list[_HeldRow] = conn.execute(
                 f"{_SELECT_HELD} WHERE due_ms <= ? ORDER BY due_ms LIMIT ?", (now_ms, limit)
             ).fetchall()
@@ -1460,10 +1648,15 @@ class SqliteStore:
             for row in rows:
                 held = HeldStart(*row)
                 conn.execute(_DELETE_HELD, (held.function_id, held.key))
-                started.append(_start_held_run(conn, held, owner, NEW_RUN_FENCE, now_ms))
+                run_id = _start_held_run(conn, held, owner, NEW_RUN_FENCE, now_ms, cancelled)
+                if run_id is not None:
+                    started.append(run_id)
             return started
 
-        return [Claim(run_id, NEW_RUN_FENCE) for run_id in await self._writer.submit(op)]
+        started = await self._writer.submit(op)
+        for run_id in cancelled:
+            self._notify(RUN_CANCEL_REQUESTED, run_id)
+        return [Claim(run_id, NEW_RUN_FENCE) for run_id in started]
 
     # --- executor: cron -------------------------------------------------------------
 
@@ -1495,6 +1688,15 @@ class SqliteStore:
             self._notify(RUN_CANCEL_REQUESTED, run_id)
         return stored
 
+
+#: `request_queue_stats`: counts over at most ?2 rows of the queue at ?1 (now, Unix ms).
+_QUEUE_STATS: Final = (
+    "SELECT COUNT(CASE WHEN NOT lapsed AND (holder IS NULL OR held_until_ms < ?1) THEN 1 END),"
+    " COUNT(CASE WHEN NOT lapsed AND holder IS NOT NULL AND held_until_ms >= ?1 THEN 1 END),"
+    " COUNT(CASE WHEN lapsed THEN 1 END),"
+    " MIN(CASE WHEN NOT lapsed AND (holder IS NULL OR held_until_ms < ?1) THEN queued_at_ms END)"
+    " FROM (SELECT holder, held_until_ms, lapsed, queued_at_ms FROM queued_requests LIMIT ?2) AS q"
+)
 
 # How each outcome of `settle_request` ends a hold; each returns the function slug.
 _SETTLE: Final = {

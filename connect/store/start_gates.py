@@ -21,6 +21,12 @@ its reason (`SkippedStart`). A singleton in `skip` mode skips a new run
 while a run holding its key is Running; in `cancel` mode it flags that run
 for cancellation and the new run starts.
 
+With a `priority`, the runs a throttle holds back take its turns in the
+order of their priority, as Inngest's backlog does: each such run waits in
+the line of its key (`ThrottleWait`) with the turn the throttle gave it, and
+when that turn comes it asks the store (`Store.take_throttle_turn`), which
+gives the turn to the run first in line (`take_turn`), swapping turns.
+
 A run started by `step.invoke` names the step that waits for it
 (`StartGate.invoked_by`). When its gate refuses it, that step is given its
 result in the same transaction: an error naming the reason
@@ -66,12 +72,18 @@ IDEMPOTENCY_PERIOD_MS: Final = 24 * 3600 * 1000
 
 
 class Throttle(msgspec.Struct, frozen=True):
-    """At most `limit` starts per `period_ms` for `key`, `limit + burst` at once."""
+    """At most `limit` starts per `period_ms` for `key`, `limit + burst` at once.
+
+    `order`: the run's place in the key's line when its function has a
+    `priority` (its start time moved earlier by the priority's seconds; lower
+    goes first), None when it has none: then runs take their turns in the
+    order they came, fixed when they are recorded."""
 
     key: str
     limit: int
     period_ms: int
     burst: int = 0
+    order: int | None = None
 
 
 class RateLimit(msgspec.Struct, frozen=True):
@@ -114,11 +126,11 @@ class StartGate(msgspec.Struct, frozen=True):
         """The keys of state this gate reads and writes (lock them in sorted order)."""
         keys: list[str] = []
         if self.singleton is not None:
-            keys.append(_state_key(self.function_id, "singleton", self.singleton.key))
+            keys.append(state_key(self.function_id, "singleton", self.singleton.key))
         if self.rate_limit is not None:
-            keys.append(_state_key(self.function_id, RATE_LIMIT, self.rate_limit.key))
+            keys.append(state_key(self.function_id, RATE_LIMIT, self.rate_limit.key))
         if self.throttle is not None:
-            keys.append(_state_key(self.function_id, THROTTLE, self.throttle.key))
+            keys.append(state_key(self.function_id, THROTTLE, self.throttle.key))
         return keys
 
 
@@ -207,16 +219,109 @@ def decide(
 def apply(new: NewEvent, run: RunRecord, decision: Decision) -> SkippedStart | None:
     """Report `decision` on the run object and its event (see `NewEvent.gates`);
     the skip to store in place of the run, if it is refused. Idempotent, so a
-    transaction applied again reports the same."""
+    transaction applied again reports only its last decision: a singleton
+    cancel an earlier attempt added to `new.cancels` is taken out first."""
+    gated_cancel = new.gated_cancels.pop(run.run_id, None)
+    if gated_cancel is not None and gated_cancel in new.cancels:
+        new.cancels.remove(gated_cancel)
+    return apply_to_run(run, decision, new.cancels, new.gated_cancels)
+
+
+def apply_to_run(
+    run: RunRecord, decision: Decision, cancels: list[str], gated_cancels: dict[str, str] | None = None
+) -> SkippedStart | None:
+    """Report `decision` on `run` (status, first request's turn), adding the run
+    a singleton cancels to `cancels` (and to `gated_cancels`, by the run's id,
+    so that the next attempt can take it out); the skip to store in place of
+    the run, if it is refused."""
     if decision.skip is not None:
         run.status = SKIPPED
         return SkippedStart(run.run_id, run.function_id, run.event_id, decision.skip, run.started_at_ms)
     run.status = RUNNING
     if run.requests:
         run.requests[0] = msgspec.structs.replace(run.requests[0], wake_at_ms=decision.wake_at_ms)
-    if decision.cancel is not None and decision.cancel not in new.cancels:
-        new.cancels.append(decision.cancel)
+    if decision.cancel is not None and decision.cancel not in cancels:
+        cancels.append(decision.cancel)
+        if gated_cancels is not None:
+            gated_cancels[run.run_id] = decision.cancel
     return None
+
+
+def admitted(gate: StartGate) -> StartGate | None:
+    """What of `gate` an event held by a debounce passes before it is held (its
+    rate limit or idempotency: Inngest checks those for each event, and an
+    event over them never joins the debounce), None if nothing."""
+    if gate.rate_limit is None:
+        return None
+    return StartGate(gate.run_id, gate.function_id, rate_limit=gate.rate_limit)
+
+
+def at_fire(gate: StartGate) -> StartGate | None:
+    """What of `gate` the run a debounce or batch fires passes when it starts
+    (its throttle and singleton), None if nothing."""
+    if gate.throttle is None and gate.singleton is None:
+        return None
+    return StartGate(gate.run_id, gate.function_id, throttle=gate.throttle, singleton=gate.singleton)
+
+
+def encode_gate(gate: StartGate) -> bytes:
+    """`gate` as a held start keeps it until it fires (`HeldStart.gate`)."""
+    return _encode(gate)
+
+
+def decode_gate(data: bytes, run_id: str) -> StartGate:
+    """The gate a held start kept, for the run `run_id` it fires."""
+    return msgspec.structs.replace(_decode_gate(data), run_id=run_id)
+
+
+_decode_gate = msgspec.json.Decoder(StartGate).decode
+
+
+class ThrottleWait(msgspec.Struct, frozen=True):
+    """A run of a function with a throttle and a priority, waiting for its
+    turn: `turn_ms` is the start time the throttle gave it (or a later one it
+    took in a swap, see `take_turn`). Its place in line is (`order`, `seq`,
+    `run_id`): `seq` is the turn it was first given, so runs of equal order
+    (same start time and priority) keep the order they came in."""
+
+    run_id: str
+    order: int
+    seq: int
+    turn_ms: int
+
+
+class Turn(msgspec.Struct, frozen=True):
+    """What `take_turn` decided for the run that asked: `wait_ms` 0, start
+    now (and leave the line); otherwise wait until then and ask again.
+    `granted`: the run given the asker's turn in its place (its turn in line
+    becomes the asker's, which came: it starts as soon as it asks, told on
+    `THROTTLE_TURN_GRANTED`), None if none."""
+
+    wait_ms: int = 0
+    granted: str | None = None
+
+
+def take_turn(me: ThrottleWait, now_ms: int, *, due: int, ahead: int, later: ThrottleWait | None) -> Turn:
+    """The throttle turn of run `me` at `now_ms`, given of the runs waiting
+    in the line of its (function, key): how many have a turn due at `now_ms`
+    (`due`, `me` among them), how many are ahead of `me` (`ahead`), and the
+    first of those whose turn has not come (`later`).
+
+    Turns are the start times the throttle handed out, one per waiting run,
+    so however they are shared the key never starts more runs than its
+    limit. Priority decides who takes a turn that came: of the `due` turns,
+    the `due` runs first in line. So a run whose turn came starts if fewer
+    than `due` runs are ahead of it; otherwise it swaps turns with `later`
+    (there is one: more runs are ahead than turns are due), which starts
+    now, while this one waits for the later turn. (A run given a turn this
+    way starts when it asks: every run ahead of it has a turn due, as it was
+    the first whose turn had not come; unless a run that joined since is
+    ahead of it, which then takes the turn.)"""
+    if me.turn_ms > now_ms:
+        return Turn(wait_ms=me.turn_ms)
+    if ahead < due or later is None:
+        return Turn()
+    return Turn(wait_ms=later.turn_ms, granted=later.run_id)
 
 
 def skipped_invoke_memo(skip: SkippedStart) -> bytes:
@@ -237,5 +342,7 @@ def report_skip(skip: SkippedStart) -> None:
     )
 
 
-def _state_key(function_id: str, kind: str, key: str) -> str:
+def state_key(function_id: str, kind: str, key: str) -> str:
+    """The name of the state of one gate kind's key of a function (what
+    `StartGate.lock_keys` lists, and engines lock)."""
     return f"{function_id}\x1f{kind}\x1f{key}"

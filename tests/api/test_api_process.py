@@ -515,10 +515,15 @@ async def test_the_rest_api_of_an_api_process_reads_and_acts_through_the_store(p
             return bool(runs and runs[0].waiting)
 
         await until(sleeping, "the run went to sleep")
+        dry = await http.post("/v1/cancellations", json={"function_id": "apiproc-nap", "dry_run": True})
+        assert dry.json() == {"data": {"matching": 1}}, dry.text
         resp = await http.post("/v1/cancellations", json={"function_id": "apiproc-nap"})
         assert resp.json() == {"data": {"cancelled": 1}}, resp.text
         assert (await platform.ended(napping))["status"] == "Cancelled"
         nap_steps = (await http.get(f"/v1/runs/{(await platform.runs(napping))[0]['run_id']}/steps")).json()["data"]
-        assert nap_steps == []  # cancelled while it slept: the sleep never ended
+        # Cancelled while it slept: the sleep shows, ended by the cancel.
+        assert [(s["name"], s["kind"], s["status"], s["ended_by"]) for s in nap_steps] == [
+            ("nap", "sleep", "Cancelled", "cancelled")
+        ]
     finally:
         await worker.close()

@@ -42,6 +42,16 @@ async def throttled(ctx: inngest.Context) -> float:
 
 
 @client.create_function(
+    fn_id="throttled-priority",
+    trigger=inngest.TriggerEvent(event="flow/throttled-priority"),
+    throttle=inngest.Throttle(limit=1, period=TWO_SECONDS, burst=0),
+    priority=inngest.Priority(run="event.data.p"),
+)
+async def throttled_priority(ctx: inngest.Context) -> float:
+    return time.time()  # held back runs take the throttle's turns in priority order
+
+
+@client.create_function(
     fn_id="throttled-burst",
     trigger=inngest.TriggerEvent(event="flow/throttled-burst"),
     throttle=inngest.Throttle(limit=1, period=TWO_SECONDS),
@@ -117,7 +127,7 @@ async def invoker(ctx: inngest.Context) -> list[str]:
 
 async def main() -> None:
     logging.basicConfig(level=logging.INFO)
-    functions = [throttled, throttled_burst, rated, idempotent, single_skip, single_cancel, invoker]
+    functions = [throttled, throttled_priority, throttled_burst, rated, idempotent, single_skip, single_cancel, invoker]
     await connect([(client, functions)], instance_id=os.environ.get("WORKER_NAME", "official-flow")).start()
 
 

@@ -3,10 +3,11 @@
 Run as its own process with CONNECT_API_URL pointing at `connect dev`. It
 registers, as that SDK writes them: `every-option` (concurrency with two
 limits, throttle, rate limit, debounce, idempotency, priority, singleton and
-cancel), `batched` (batching with concurrency and throttle), `plain`, and two
+cancel), `batched` (batching with concurrency and throttle), `plain`, and three
 functions the platform refuses: `batched-debounce` (batching may not be
-combined with debounce) and `throttle-8d` (a throttle period over 7 days).
-The official SDK accepts both when they are defined.
+combined with debounce), `batched-idempotent` (nor with idempotency) and
+`throttle-8d` (a throttle period over 7 days).
+The official SDK accepts all three when they are defined.
 """
 
 from __future__ import annotations
@@ -71,6 +72,16 @@ async def batched_debounce(ctx: inngest.Context) -> None:
 
 
 @client.create_function(
+    fn_id="batched-idempotent",
+    trigger=inngest.TriggerEvent(event="py-flow/bi"),
+    batch_events=inngest.Batch(max_size=10, timeout=5 * S),
+    idempotency="event.data.order",
+)
+async def batched_idempotent(ctx: inngest.Context) -> None:
+    return None
+
+
+@client.create_function(
     fn_id="throttle-8d",
     trigger=inngest.TriggerEvent(event="py-flow/t8"),
     throttle=inngest.Throttle(limit=1, period=datetime.timedelta(days=8)),
@@ -81,7 +92,7 @@ async def throttle_8d(ctx: inngest.Context) -> None:
 
 async def main() -> None:
     logging.basicConfig(level=logging.INFO)
-    functions = [every_option, batched, plain, batched_debounce, throttle_8d]
+    functions = [every_option, batched, plain, batched_debounce, batched_idempotent, throttle_8d]
     conn = connect([(client, functions)], instance_id="official-flow-worker", shutdown_signals=[])
     await conn.start()
 

@@ -11,6 +11,7 @@ import asyncio
 import datetime
 import logging
 import os
+import time
 from typing import Any
 
 import inngest
@@ -53,9 +54,60 @@ async def bulk(ctx: inngest.Context) -> dict[str, Any]:
     return await ctx.step.run("seen", lambda: _seen(ctx))
 
 
+def _seen_at(ctx: inngest.Context) -> dict[str, Any]:
+    return {**_seen(ctx), "at": time.time()}
+
+
+# The same debounce and batch with the start gates Inngest applies around them.
+
+
+@client.create_function(
+    fn_id="digest-throttled",
+    trigger=inngest.TriggerEvent(event="held/debounce-throttle"),
+    debounce=inngest.Debounce(period=datetime.timedelta(seconds=1)),
+    throttle=inngest.Throttle(limit=1, period=datetime.timedelta(seconds=4), burst=0),
+)
+async def digest_throttled(ctx: inngest.Context) -> dict[str, Any]:
+    return await ctx.step.run("seen", lambda: _seen_at(ctx))
+
+
+@client.create_function(
+    fn_id="digest-rated",
+    trigger=inngest.TriggerEvent(event="held/debounce-rate"),
+    debounce=inngest.Debounce(period=datetime.timedelta(seconds=2), key="event.data.user"),
+    rate_limit=inngest.RateLimit(limit=1, period=datetime.timedelta(minutes=1), key="event.data.user"),
+)
+async def digest_rated(ctx: inngest.Context) -> dict[str, Any]:
+    return await ctx.step.run("seen", lambda: _seen_at(ctx))
+
+
+@client.create_function(
+    fn_id="digest-single",
+    trigger=inngest.TriggerEvent(event="held/debounce-single"),
+    debounce=inngest.Debounce(period=datetime.timedelta(seconds=1)),
+    singleton=inngest.Singleton(mode="skip"),
+)
+async def digest_single(ctx: inngest.Context) -> dict[str, Any]:
+    seconds = float(ctx.event.data.get("sleep", 0))
+    if seconds:
+        await ctx.step.run("hold", asyncio.sleep, seconds)
+    return await ctx.step.run("seen", lambda: _seen_at(ctx))
+
+
+@client.create_function(
+    fn_id="bulk-throttled",
+    trigger=inngest.TriggerEvent(event="held/batch-throttle"),
+    batch_events=inngest.Batch(max_size=2, timeout=datetime.timedelta(seconds=10)),
+    throttle=inngest.Throttle(limit=1, period=datetime.timedelta(seconds=4), burst=0),
+)
+async def bulk_throttled(ctx: inngest.Context) -> dict[str, Any]:
+    return await ctx.step.run("seen", lambda: _seen_at(ctx))
+
+
 async def main() -> None:
     logging.basicConfig(level=logging.INFO)
-    await connect([(client, [digest, bulk])], instance_id=os.environ.get("WORKER_NAME", "official-held")).start()
+    functions = [digest, bulk, digest_throttled, digest_rated, digest_single, bulk_throttled]
+    await connect([(client, functions)], instance_id=os.environ.get("WORKER_NAME", "official-held")).start()
 
 
 if __name__ == "__main__":

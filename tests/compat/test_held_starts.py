@@ -4,9 +4,13 @@ with the official Python SDK (`official_held_app.py`) or the official
 TypeScript SDK (`ts/held_app.mjs`, Node 20 or newer on PATH). The functions return what the SDK gave them as
 `ctx.event` / `ctx.events` (`event` / `events` in TypeScript).
 
-Both functions (the same in both apps):
+The functions (the same in both apps):
 * `digest`: `debounce {period 2s, key event.data.user, timeout 10s}`;
-* `bulk`: `batchEvents {maxSize 3, timeout 2s, key event.data.team, if event.data.batch == true}`.
+* `bulk`: `batchEvents {maxSize 3, timeout 2s, key event.data.team, if event.data.batch == true}`;
+* with the start gates Inngest applies around them: `digest-throttled` (debounce 1s,
+  throttle 1 per 4s), `digest-rated` (debounce 2s and rate limit 1 per minute, both
+  keyed on `event.data.user`), `digest-single` (debounce 1s, singleton skip) and
+  `bulk-throttled` (batches of 2, throttle 1 per 4s).
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ class Held:
     def run_of(self, event_id: str, timeout: float = 60.0) -> dict[str, Any]:
         [run] = self.dev.wait_runs([event_id], timeout=timeout)
         assert run["status"] == "Completed", (run, self.worker.output()[-3000:])
-        assert run["function_id"] in (f"{APPS[self.sdk]}-digest", f"{APPS[self.sdk]}-bulk")
+        assert run["function_id"].startswith(f"{APPS[self.sdk]}-")
         return run
 
     def stop(self) -> None:
@@ -121,3 +125,33 @@ def test_a_restart_of_connect_dev_loses_no_pending_debounce_or_batch(held: Held)
     held.dev.start()
     assert held.run_of(debounced, timeout=90)["output"]["event"] == {"user": "u3", "n": 1}
     assert [e["n"] for e in held.run_of(batched[0], timeout=90)["output"]["events"]] == [0, 1]
+
+
+def test_a_debounced_run_waits_for_its_throttle_turn(held: Held) -> None:
+    [first] = held.dev.wait_runs([held.send("held/debounce-throttle", {"n": 1})], timeout=60)
+    later = held.run_of(held.send("held/debounce-throttle", {"n": 2}))
+    assert later["output"]["at"] - first["output"]["at"] >= 3.0, (first, later)
+
+
+def test_a_debounced_event_over_the_rate_limit_is_skipped_and_joins_nothing(held: Held) -> None:
+    first = held.send("held/debounce-rate", {"user": "u1", "n": 1})
+    over = held.send("held/debounce-rate", {"user": "u1", "n": 2})
+    assert held.run_of(first)["output"]["event"] == {"user": "u1", "n": 1}
+    [skipped] = held.dev.wait_runs([over], timeout=30)
+    assert skipped["status"] == "Skipped" and skipped["skip_reason"].startswith("rate limit 1 per 60s: key 'u1'")
+
+
+def test_a_debounced_run_is_skipped_while_a_singleton_run_is_running(held: Held) -> None:
+    holder = held.send("held/debounce-single", {"sleep": 6, "n": 1})
+    wait_until(lambda: bool(held.dev.runs(holder)), 20, "the debounced run holding the singleton")
+    skipped = held.send("held/debounce-single", {"n": 2})
+    runs = held.dev.wait_runs([holder, skipped], timeout=60)
+    assert [r["status"] for r in runs] == ["Completed", "Skipped"], held.worker.output()[-3000:]
+    assert runs[1]["skip_reason"].startswith("singleton: run "), runs[1]
+
+
+def test_the_runs_of_batches_are_throttled(held: Held) -> None:
+    ids = [held.send("held/batch-throttle", {"n": n}) for n in range(4)]
+    first, second = held.run_of(ids[0]), held.run_of(ids[2])
+    assert [[e["n"] for e in r["output"]["events"]] for r in (first, second)] == [[0, 1], [2, 3]]
+    assert second["output"]["at"] - first["output"]["at"] >= 3.0, (first, second)

@@ -72,6 +72,16 @@ def test_throttle_starts_three_runs_at_least_two_seconds_apart(stack: Stack) -> 
     assert at[1] - at[0] >= 1.5 and at[2] - at[1] >= 1.5, at
 
 
+def test_a_throttled_run_of_priority_600_queued_after_two_of_priority_0_starts_before_them(stack: Stack) -> None:
+    first, low_a, low_b = stack.send("flow/throttled-priority", [{"p": 0}, {"p": 0}, {"p": 0}])
+    [vip] = stack.send("flow/throttled-priority", [{"p": 600}])
+    runs = stack.dev.wait_runs([first, low_a, low_b, vip], timeout=60)
+    assert [r["status"] for r in runs] == ["Completed"] * 4, stack.hint()
+    at = {name: r["output"] for name, r in zip(("first", "low_a", "low_b", "vip"), runs, strict=True)}
+    assert at["first"] < at["vip"] < at["low_a"] < at["low_b"], at
+    assert at["vip"] - at["first"] >= 1.5 and at["low_a"] - at["vip"] >= 1.5 and at["low_b"] - at["low_a"] >= 1.5, at
+
+
 def test_throttle_burst_starts_one_more_at_once(stack: Stack) -> None:
     sent = time.time()
     runs = stack.dev.wait_runs(stack.send("flow/throttled-burst", [{}, {}, {}]), timeout=60)

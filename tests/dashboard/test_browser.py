@@ -7,6 +7,7 @@ updates.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,10 @@ import httpx
 import pytest
 
 from tests.dashboard.browser import chromium, screenshot
+from tests.dashboard.gateway_only import gateway_only
 from tests.e2e.harness import DevServer, Proc, start_worker, wait_for_log
+from tests.postgres import PostgresServer
+from tests.split.harness import Cluster, RoleProcess
 
 #: The longest a test waits for the page to show something, in milliseconds.
 DEADLINE_MS = 30_000
@@ -77,7 +81,7 @@ def test_functions_are_listed_with_their_status(page: Any, worker: Proc) -> None
     page.click("nav a[data-view=functions]")
     rows = page.locator("#functions tbody tr")
     rows.filter(has_text="greet").wait_for()
-    assert rows.count() == 2
+    assert rows.count() == 3
     greet = rows.filter(has_text="greet")
     assert "dash/greet" in greet.inner_text() and "active" in greet.inner_text()
     screenshot(page, "functions")
@@ -128,6 +132,13 @@ def test_a_sleeping_run_is_cancelled_from_the_page(page: Any, dev: DevServer, wo
     page.locator('#run-status[data-status="Cancelled"]').wait_for()
     assert page.locator("#cancel").count() == 0
     assert [r["status"] for r in dev.runs(event_id)] == ["Cancelled"]
+    if has_timeline(dev, dev.runs(event_id)[0]["run_id"]):
+        # The sleep the cancel cut short stays in the timeline, ended by it; the send has its own kind.
+        nap = page.locator('#steps tr[data-step="nap for an hour"]', has_text="Cancelled")
+        nap.wait_for()
+        assert "cancelled" in nap.inner_text()
+        assert "send_event" in page.locator('#steps tr[data-step="tell the team"]').inner_text()
+        screenshot(page, "run-cancelled")
 
 
 def test_an_event_that_starts_no_run_says_so(page: Any, worker: Proc) -> None:
@@ -282,6 +293,25 @@ def test_an_event_that_matched_no_function_is_shown_as_such(page: Any, dev: DevS
     page.locator("#unmatched").wait_for()
 
 
+def test_an_event_a_debounce_holds_shows_the_function_and_then_its_run(page: Any, dev: DevServer, worker: Proc) -> None:
+    send_from_page(page, "dash/digest", '{"topic": "weekly"}')
+    page.click("#sent-event-id")
+    if not lists(dev, "/v1/events"):
+        page.locator("#not-available").wait_for()
+        return
+    held = page.locator('#holds tr[data-function="dash-app-digest"][data-status="held"]')
+    held.wait_for()
+    assert "debounce" in held.inner_text() and "its run starts at" in held.inner_text()
+    page.locator("#no-runs-yet").wait_for()
+    screenshot(page, "event-held")
+    # The page follows it by itself until the debounce starts the run, then shows that run.
+    started = page.locator('#holds tr[data-function="dash-app-digest"][data-status="started"]')
+    started.wait_for()
+    page.locator('#runs tr[data-status="Completed"]').wait_for()
+    run_id = started.locator("a").inner_text()
+    assert page.locator(f'#runs tr[data-run-id="{run_id}"]').count() == 1
+
+
 def test_workers_are_listed_with_their_state_and_capacity(page: Any, dev: DevServer, worker: Proc) -> None:
     page.click("nav a[data-view=workers]")
     if not lists(dev, "/v1/workers"):
@@ -291,3 +321,118 @@ def test_workers_are_listed_with_their_state_and_capacity(page: Any, dev: DevSer
     row.wait_for()
     assert "dash-app" in row.inner_text()
     screenshot(page, "workers")
+
+
+def started_runs(dev: DevServer, event_ids: list[str]) -> list[dict[str, Any]]:
+    """The run each event started, once each has one."""
+    deadline = time.monotonic() + DEADLINE_MS / 1000
+    while not all(runs := [dev.runs(e) for e in event_ids]):
+        assert time.monotonic() < deadline, "the events' runs did not start"
+        time.sleep(0.1)
+    return [r[0] for r in runs]
+
+
+def test_a_run_is_rerun_from_its_page(page: Any, dev: DevServer, worker: Proc) -> None:
+    event_id = dev.send([{"name": "dash/greet", "data": {"who": "twice"}}])[0]
+    (run,) = dev.wait_runs([event_id])
+    page.goto(f"{dev.url}/#/runs/{run['run_id']}")
+    page.locator('#run-status[data-status="Completed"]').wait_for()
+    page.click("#rerun")
+    link = page.locator("#rerun-link")
+    link.wait_for()
+    new_id = link.inner_text()
+    assert new_id != run["run_id"]
+    screenshot(page, "rerun")
+    link.click()
+    page.wait_for_url(f"**/#/runs/{new_id}")
+    page.locator('#run-status[data-status="Completed"]').wait_for()
+    assert '"greeting": "hello twice"' in page.locator("#run-output").inner_text()
+    rerun = httpx.get(f"{dev.url}/v1/runs/{new_id}").json()["data"]
+    assert rerun["function_id"] == run["function_id"] and rerun["event_id"] != event_id
+
+
+def test_many_runs_of_a_function_are_cancelled_from_the_page_after_a_count(
+    page: Any, dev: DevServer, worker: Proc
+) -> None:
+    bulk = dev.send([{"name": "dash/nap", "data": {"batch": "bulk", "n": n}} for n in range(3)])
+    (keep,) = dev.send([{"name": "dash/nap", "data": {"batch": "keep"}}])
+    runs = started_runs(dev, [*bulk, keep])
+    assert {r["status"] for r in runs} == {"Running"}
+    function_id = runs[0]["function_id"]
+
+    # From the function's row to its runs, where the cancel button is.
+    page.click("nav a[data-view=functions]")
+    page.locator(f'#functions a[href="#/functions/{function_id}/runs"]').click()
+    page.locator(f'#runs tr[data-run-id="{runs[0]["run_id"]}"]').wait_for()
+    assert page.locator("#function-filter").input_value() == function_id
+
+    # A range that holds none of them: nothing to cancel, and no button to do it.
+    page.fill("#to-filter", "2000-01-01T00:00:00")
+    page.locator("#no-runs").wait_for()
+    page.click("#bulk-cancel")
+    page.locator('#bulk-count[data-count="0"]').wait_for()
+    assert page.locator("#bulk-confirm").count() == 0
+    page.fill("#to-filter", "")
+    page.locator(f'#runs tr[data-run-id="{runs[0]["run_id"]}"]').wait_for()
+
+    # The count comes first; the condition narrows it to the three; confirming cancels them.
+    page.click("#bulk-cancel")
+    counted = page.locator("#bulk-count")
+    counted.wait_for()
+    assert int(counted.get_attribute("data-count") or 0) >= 4
+    page.fill("#bulk-if", "event.data.batch == 'bulk'")
+    page.click("#bulk-count-button")
+    page.locator('#bulk-count[data-count="3"]').wait_for()
+    assert "This cancels 3 Running runs" in counted.inner_text()
+    screenshot(page, "cancel-many")
+    assert [r["status"] for r in runs if r["event_id"] in bulk] == ["Running"] * 3  # nothing cancelled yet
+    page.click("#bulk-confirm")
+    page.locator('#bulk-result[data-cancelled="3"]').wait_for()
+    for run in runs[:3]:
+        page.locator(f'#runs tr[data-run-id="{run["run_id"]}"][data-status="Cancelled"]').wait_for()
+    assert [dev.runs(e)[0]["status"] for e in bulk] == ["Cancelled"] * 3
+    assert dev.runs(keep)[0]["status"] == "Running"
+    assert httpx.post(f"{dev.url}/v1/runs/{dev.runs(keep)[0]['run_id']}/cancel").status_code in (200, 202)
+
+
+def test_apps_are_shown_with_their_functions_and_workers(page: Any, dev: DevServer, worker: Proc) -> None:
+    page.click("nav a[data-view=apps]")
+    app = page.locator('section[data-app="dash-app"]')
+    app.locator(".workers tbody tr").first.wait_for()
+    functions = app.locator(".functions tbody tr")
+    names = ["greet", "nap", "digest"]  # dash_app's functions
+    assert functions.count() == len(names)
+    shown = app.locator(".functions").inner_text()
+    assert all(name in shown for name in names)
+    assert shown.count("active") == len(names)
+    assert "dash-app" in app.locator(".workers").inner_text()
+    assert app.locator(".app-workers-count").inner_text() == "1 connection"
+    screenshot(page, "apps")
+
+
+def test_a_gateway_on_its_own_points_the_page_to_the_api_processes(
+    browser: Any, tmp_path: Path, postgres_server: PostgresServer
+) -> None:
+    cluster = Cluster(tmp_path / "cluster", postgres_server.create_database())
+    try:
+        context = browser.new_context(viewport={"width": 1280, "height": 800})
+        page = context.new_page()
+        page.set_default_timeout(DEADLINE_MS)
+        with gateway_only(tmp_path / "unused.db", cluster.database_url) as gateway_url:
+            # No API process registered yet: the page says so, and what to do.
+            page.goto(f"{gateway_url}/#/runs")
+            page.locator("#no-api").wait_for()
+            assert "serves no API" in page.locator("#elsewhere").inner_text()
+
+            cluster.api = RoleProcess(cluster, "api", "api").start()
+            page.click("nav a[data-view=apps]")
+            link = page.locator("#api-urls a")
+            link.wait_for()
+            assert link.inner_text() == cluster.api.url
+            screenshot(page, "gateway-only")
+            link.click()
+            page.wait_for_url(f"{cluster.api.url}/#/apps")
+            page.locator("#no-apps").wait_for()  # the API process's own dashboard
+        context.close()
+    finally:
+        cluster.stop()

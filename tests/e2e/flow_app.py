@@ -13,7 +13,19 @@ import datetime
 import time
 from typing import Any
 
-from connect import Batch, Client, Context, Debounce, RateLimit, Singleton, Step, StepError, Throttle, TriggerEvent
+from connect import (
+    Batch,
+    Client,
+    Context,
+    Debounce,
+    Priority,
+    RateLimit,
+    Singleton,
+    Step,
+    StepError,
+    Throttle,
+    TriggerEvent,
+)
 
 client = Client(app_id="sdk-flow")
 
@@ -26,6 +38,16 @@ TWO_SECONDS = datetime.timedelta(seconds=2)
     throttle=Throttle(limit=1, period=TWO_SECONDS, burst=0),
 )
 async def throttled(ctx: Context, step: Step) -> float:
+    return await step.run("at", time.time)
+
+
+@client.create_function(
+    fn_id="throttled-priority",
+    trigger=TriggerEvent(event="flow/throttled-priority"),
+    throttle=Throttle(limit=1, period=TWO_SECONDS, burst=0),
+    priority=Priority(run="event.data.p"),
+)
+async def throttled_priority(ctx: Context, step: Step) -> float:
     return await step.run("at", time.time)
 
 
@@ -115,7 +137,40 @@ async def bulk(ctx: Context, step: Step) -> dict[str, Any]:
     fn_id="debounced-throttled",
     trigger=TriggerEvent(event="flow/debounce-throttle"),
     debounce=Debounce(period=datetime.timedelta(seconds=1)),
-    throttle=Throttle(limit=1, period=datetime.timedelta(minutes=1), burst=0),
+    throttle=Throttle(limit=1, period=datetime.timedelta(seconds=4), burst=0),
 )
 async def debounced_throttled(ctx: Context, step: Step) -> dict[str, Any]:
+    return await step.run("seen", _seen, ctx)
+
+
+@client.create_function(
+    fn_id="debounced-rated",
+    trigger=TriggerEvent(event="flow/debounce-rate"),
+    debounce=Debounce(period=TWO_SECONDS, key="event.data.user"),
+    rate_limit=RateLimit(limit=1, period=datetime.timedelta(minutes=1), key="event.data.user"),
+)
+async def debounced_rated(ctx: Context, step: Step) -> dict[str, Any]:
+    return await step.run("seen", _seen, ctx)
+
+
+@client.create_function(
+    fn_id="debounced-single",
+    trigger=TriggerEvent(event="flow/debounce-single"),
+    debounce=Debounce(period=datetime.timedelta(seconds=1)),
+    singleton=Singleton(mode="skip"),
+)
+async def debounced_single(ctx: Context, step: Step) -> dict[str, Any]:
+    seconds = float(ctx.event.data.get("sleep", 0))
+    if seconds:
+        await step.run("hold", asyncio.sleep, seconds)
+    return await step.run("seen", _seen, ctx)
+
+
+@client.create_function(
+    fn_id="batched-throttled",
+    trigger=TriggerEvent(event="flow/batch-throttle"),
+    batch_events=Batch(max_size=2, timeout=datetime.timedelta(seconds=10)),
+    throttle=Throttle(limit=1, period=datetime.timedelta(seconds=4), burst=0),
+)
+async def batched_throttled(ctx: Context, step: Step) -> dict[str, Any]:
     return await step.run("seen", _seen, ctx)

@@ -38,6 +38,7 @@ REGISTERED: dict[str, dict[str, Any]] = {
 }
 REFUSED = {
     "py-flow-batched-debounce": "invalid config: `batchEvents` cannot be combined with `debounce`",
+    "py-flow-batched-idempotent": "invalid config: `batchEvents` cannot be combined with `idempotency`",
     "py-flow-throttle-8d": "invalid config: `throttle.period` must be from 1s to 7d, got '8d'",
 }
 
@@ -59,7 +60,7 @@ def test_official_python_flow_control_is_served_or_refused_with_its_reason(dev: 
     worker = Proc([sys.executable, str(WORKER)], {**os.environ, "CONNECT_API_URL": dev.url}, tmp_path / "worker.log")
     assert dev.proc is not None
     try:
-        wait_until(lambda: len(listed(dev)) == 5, 90, "the official worker's five functions listed")
+        wait_until(lambda: len(listed(dev)) == 6, 90, "the official worker's six functions listed")
         functions = listed(dev)
         for fn_id in REGISTERED:
             fn = functions[fn_id]

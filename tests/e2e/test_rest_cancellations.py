@@ -59,11 +59,16 @@ def test_runs_of_a_function_are_cancelled_by_time_and_condition(dev: DevServer, 
                 "started_before": "2100-01-01T00:00:00Z",
                 "if": "event.data.group == 'a'",
             }
+            # A dry run counts the runs the same body would cancel, and cancels none.
+            resp = http.post("/v1/cancellations", json={**group_a, "dry_run": True})
+            assert resp.status_code == 200 and resp.json() == {"data": {"matching": 2}}, resp.text
+            assert statuses(http, sleeping) == ["Running"] * 3
             resp = http.post("/v1/cancellations", json=group_a)
             assert resp.status_code == 200 and resp.json() == {"data": {"cancelled": 2}}, resp.text
             wait_statuses(http, sleeping, ["Cancelled", "Cancelled", "Running"])
             # Again: the cancelled runs are not Running any more.
             assert http.post("/v1/cancellations", json=group_a).json() == {"data": {"cancelled": 0}}
+            assert http.post("/v1/cancellations", json={**group_a, "dry_run": True}).json() == {"data": {"matching": 0}}
             every = http.post("/v1/cancellations", json={"function_id": function_id, "app_id": "ignored"})
             assert every.json() == {"data": {"cancelled": 1}}
             wait_statuses(http, sleeping, ["Cancelled"] * 3)

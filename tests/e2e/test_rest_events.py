@@ -80,3 +80,55 @@ def test_events_are_listed_shown_with_their_runs_and_replayed(dev: DevServer, tm
                 assert resp.status_code == 400 and message in resp.json()["error"], resp.text
     finally:
         worker.stop()
+
+
+def test_an_event_a_debounce_or_batch_holds_has_matched_and_shows_its_run_once_started(
+    dev: DevServer, tmp_path: Path
+) -> None:
+    """Held: which function holds it, why, and until when; then the run it
+    started (a batch's events each show the batch's run); a debounced event
+    a later one replaced says so."""
+    worker = start_worker(dev, tmp_path, target="tests.e2e.flow_app:client")
+    try:
+        wait_for_log(worker, "worker state ACTIVE")
+        with httpx.Client(base_url=dev.url, timeout=30) as http:
+
+            def shown(event_id: str) -> dict[str, Any]:
+                detail: dict[str, Any] = http.get(f"/v1/events/{event_id}").json()["data"]
+                return detail
+
+            [replaced] = dev.send([{"name": "flow/debounce", "data": {"user": "ann", "n": 1}}])
+            first = shown(replaced)
+            assert first["matched"] is True and first["runs"] == []
+            [hold] = first["held"]
+            assert (hold["function_id"], hold["kind"], hold["key"], hold["status"]) == (
+                "sdk-flow-digest",
+                "debounce",
+                "ann",
+                "held",
+            )
+            assert hold["due_at"] > hold["held_at"] and hold["run_id"] is None
+            [kept] = dev.send([{"name": "flow/debounce", "data": {"user": "ann", "n": 2}}])
+            assert [h["status"] for h in shown(replaced)["held"]] == ["replaced"]
+            assert [h["status"] for h in shown(kept)["held"]] == ["held"]
+            [run] = dev.wait_runs([kept])
+            assert run["status"] == "Completed" and run["output"]["event"] == {"user": "ann", "n": 2}
+            done = shown(kept)
+            assert [(h["status"], h["run_id"]) for h in done["held"]] == [("started", run["run_id"])]
+            assert [r["run_id"] for r in done["runs"]] == [run["run_id"]] and done["matched"]
+            gone = shown(replaced)
+            assert (gone["matched"], gone["runs"], [h["status"] for h in gone["held"]]) == (True, [], ["replaced"])
+
+            batch = dev.send([{"name": "flow/batch", "data": {"team": "red", "n": n}} for n in range(2)])
+            for event_id in batch:
+                [held] = shown(event_id)["held"]
+                assert (held["kind"], held["key"], held["status"]) == ("batch", "red", "held"), held
+            batch += dev.send([{"name": "flow/batch", "data": {"team": "red", "n": 2}}])
+            [batch_run] = dev.wait_runs(batch[:1])
+            assert [e["n"] for e in batch_run["output"]["events"]] == [0, 1, 2]
+            for event_id in batch:
+                detail = shown(event_id)
+                assert [r["run_id"] for r in detail["runs"]] == [batch_run["run_id"]], event_id
+                assert [(h["status"], h["run_id"]) for h in detail["held"]] == [("started", batch_run["run_id"])]
+    finally:
+        worker.stop()

@@ -48,7 +48,7 @@ def run_of(dev: DevServer, event_id: str, deadline: float) -> str:
     raise AssertionError(f"event {event_id} started no run")
 
 
-def check_timelines(dev: DevServer) -> None:
+def check_timelines(dev: DevServer, sdk: str) -> None:
     deadline = time.monotonic() + 120
     [sleep_event, compensate_event, wait_event] = dev.send(
         [
@@ -92,8 +92,49 @@ def check_timelines(dev: DevServer) -> None:
     assert (payment["kind"], payment["ended_by"]) == ("wait", "event")
     assert payment["output"]["name"] == "billing/paid" and payment["output"]["data"] == {"id": "order-7"}
 
+    check_checkpointed_and_cancelled(dev, sdk)
+
     missing = httpx.get(f"{dev.url}/v1/runs/01JZZZZZZZZZZZZZZZZZZZZZZZ/steps", timeout=30)
     assert missing.status_code == 404 and "not found" in missing.json()["error"]
+
+
+def check_checkpointed_and_cancelled(dev: DevServer, sdk: str) -> None:
+    """Steps a worker ran one after another in one request (our SDK's
+    checkpoints) have their start and attempts; a send is its own kind where
+    the SDK says so; a sleep the run's cancel cut short is listed, ended by it."""
+    deadline = time.monotonic() + 120
+    [emit_event, nap_event] = dev.send(
+        [{"name": "steps/emit", "data": {"tag": "timeline"}}, {"name": "steps/sleep", "data": {"seconds": 600}}]
+    )
+    [emitted] = dev.wait_runs([emit_event])
+    assert emitted["status"] == "Completed", emitted
+    announce, after = steps_of(dev, emitted["run_id"])
+    # The official Python SDK's step.send_event is a step.run on the wire: nothing tells them apart.
+    assert (announce["name"], announce["kind"]) == ("announce", "send_event" if sdk == "ours" else "run")
+    assert announce["output"] == emitted["output"]["ids"]
+    assert (after["name"], after["kind"], after["output"]) == ("after", "run", "after sending")
+    for step in (announce, after):
+        assert step["attempts"] == 1, step
+        assert at(step["started_at"]) <= at(step["ended_at"]), step
+    assert at(announce["ended_at"]) <= at(after["started_at"])
+
+    napper = run_of(dev, nap_event, deadline)
+    while time.monotonic() < deadline and not [s for s in steps_of(dev, napper) if s["status"] == "Sleeping"]:
+        time.sleep(0.1)
+    resp = httpx.post(f"{dev.url}/v1/runs/{napper}/cancel", timeout=30)
+    assert resp.status_code in (200, 202), resp.text
+    [cancelled] = dev.wait_runs([nap_event])
+    assert cancelled["status"] == "Cancelled", cancelled
+    plan, nap = steps_of(dev, napper)
+    assert (plan["name"], plan["status"]) == ("plan", "Completed")
+    assert (nap["name"], nap["kind"], nap["status"], nap["ended_by"], nap["output"]) == (
+        "nap",
+        "sleep",
+        "Cancelled",
+        "cancelled",
+        None,
+    )
+    assert at(nap["started_at"]) <= at(nap["ended_at"]) < at(nap["due_at"])
 
 
 def test_our_sdk_timeline(dev: DevServer, tmp_path: Path) -> None:
@@ -102,12 +143,11 @@ def test_our_sdk_timeline(dev: DevServer, tmp_path: Path) -> None:
     )
     try:
         wait_for_log(worker, "worker state ACTIVE", timeout=60)
-        check_timelines(dev)
+        check_timelines(dev, "ours")
     finally:
         worker.stop()
 
 
-@pytest.mark.parametrize("database_url", [None], ids=["sqlite"])
 def test_official_python_sdk_timeline(dev: DevServer, tmp_path: Path) -> None:
     env = dict(os.environ, CONNECT_API_URL=dev.url, WORKER_NAME="official", STEPS_LOG=str(tmp_path / "steps.jsonl"))
     worker = Proc([sys.executable, "tests/compat/official_steps_app.py", "main"], env, tmp_path / "official.log")
@@ -118,6 +158,6 @@ def test_official_python_sdk_timeline(dev: DevServer, tmp_path: Path) -> None:
             if any(f.get("status") == "active" for f in functions):
                 break
             time.sleep(0.2)
-        check_timelines(dev)
+        check_timelines(dev, "official")
     finally:
         worker.stop()

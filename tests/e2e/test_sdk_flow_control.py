@@ -68,6 +68,16 @@ def test_a_throttle_starts_runs_one_period_apart(stack: Stack) -> None:
     assert at[1] - at[0] >= 1.5 and at[2] - at[1] >= 1.5, at
 
 
+def test_a_throttled_run_of_priority_600_queued_after_two_of_priority_0_starts_before_them(stack: Stack) -> None:
+    first, low_a, low_b = stack.send("flow/throttled-priority", [{"p": 0}, {"p": 0}, {"p": 0}])
+    [vip] = stack.send("flow/throttled-priority", [{"p": 600}])
+    runs = stack.dev.wait_runs([first, low_a, low_b, vip], timeout=60)
+    assert [r["status"] for r in runs] == ["Completed"] * 4, stack.hint()
+    at = {name: r["output"] for name, r in zip(("first", "low_a", "low_b", "vip"), runs, strict=True)}
+    assert at["first"] < at["vip"] < at["low_a"] < at["low_b"], at
+    assert at["vip"] - at["first"] >= 1.5 and at["low_a"] - at["vip"] >= 1.5 and at["low_b"] - at["low_a"] >= 1.5, at
+
+
 def test_a_rate_limit_skips_the_events_over_it_per_key(stack: Stack) -> None:
     limited = stack.send("flow/rated", [{"k": "a", "n": n} for n in range(4)])
     [other] = stack.send("flow/rated", [{"k": "b", "n": 9}])
@@ -128,7 +138,9 @@ def test_a_batch_runs_once_full_or_once_its_timeout_passed(stack: Stack) -> None
     assert [e["n"] for e in late["output"]["events"]] == [0, 1]
     assert started_ms(late) >= opened + 2000 - 1  # its timeout after it opened (ms rounding)
     assert started_ms(run) < started_ms(late)  # a full batch does not wait for its timeout
-    assert all(stack.dev.runs(event_id) == [] for event_id in full[1:] + partial[1:])
+    # Every event of a batch lists the batch's run.
+    assert all([r["run_id"] for r in stack.dev.runs(event_id)] == [run["run_id"]] for event_id in full[1:])
+    assert all([r["run_id"] for r in stack.dev.runs(event_id)] == [late["run_id"]] for event_id in partial[1:])
 
 
 def test_a_debounce_holds_the_events_of_a_function_that_also_throttles(stack: Stack) -> None:
@@ -137,6 +149,37 @@ def test_a_debounce_holds_the_events_of_a_function_that_also_throttles(stack: St
     assert run["status"] == "Completed", stack.hint()
     assert run["output"]["events"] == [{"n": 2}]
     assert all(stack.dev.runs(event_id) == [] for event_id in ids[:-1])
+    # The debounced run is throttled: the next one (1 s of debounce later) waits for
+    # the throttle's turn, 4 s after the first run's start.
+    [later] = stack.dev.wait_runs(stack.send("flow/debounce-throttle", [{"n": 3}]), timeout=60)
+    assert later["status"] == "Completed", stack.hint()
+    assert later["output"]["at"] - run["output"]["at"] >= 3.0, (run, later)
+
+
+def test_a_debounced_event_over_the_rate_limit_is_skipped_and_joins_nothing(stack: Stack) -> None:
+    first, over = stack.send("flow/debounce-rate", [{"user": "u1", "n": 1}, {"user": "u1", "n": 2}])
+    runs = stack.dev.wait_runs([first, over], timeout=60)
+    assert [r["status"] for r in runs] == ["Completed", "Skipped"], stack.hint()
+    # The run has the event the rate limit let in; the one over it never joined the debounce.
+    assert runs[0]["output"]["event"] == {"user": "u1", "n": 1}
+    assert runs[1]["skip_reason"].startswith("rate limit 1 per 60s: key 'u1'"), runs[1]
+
+
+def test_a_debounced_run_is_skipped_while_a_singleton_run_is_running(stack: Stack) -> None:
+    [holder] = stack.send("flow/debounce-single", [{"sleep": 6, "n": 1}])
+    wait_until(lambda: bool(stack.dev.runs(holder)), 20, "the debounced run holding the singleton")
+    [skipped] = stack.send("flow/debounce-single", [{"n": 2}])
+    runs = stack.dev.wait_runs([holder, skipped], timeout=60)
+    assert [r["status"] for r in runs] == ["Completed", "Skipped"], stack.hint()
+    assert runs[1]["skip_reason"].startswith("singleton: run "), runs[1]
+
+
+def test_the_runs_of_batches_are_throttled(stack: Stack) -> None:
+    ids = stack.send("flow/batch-throttle", [{"n": n} for n in range(4)])
+    runs = stack.dev.wait_runs([ids[0], ids[2]], timeout=60)
+    assert [r["status"] for r in runs] == ["Completed", "Completed"], stack.hint()
+    assert [[e["n"] for e in r["output"]["events"]] for r in runs] == [[0, 1], [2, 3]]
+    assert runs[1]["output"]["at"] - runs[0]["output"]["at"] >= 3.0, runs
 
 
 def test_a_singleton_in_cancel_mode_cancels_the_running_run(stack: Stack) -> None:

@@ -238,6 +238,15 @@ def test_send_event_returns_ids_and_sends_once(stack: Stack) -> None:
     time.sleep(0.3)
     emitted = [line for line in stack.lines("emitted") if line["tag"] == tag]
     assert sorted(line["event"] for line in emitted) == sorted(ids)
+    # The timeline: a send is its own kind where the SDK marks it (ours and TypeScript's
+    # `opts.type`; the official Python SDK's is a plain step.run on the wire), and every
+    # step has its start and attempts, also those run after a checkpoint in one request.
+    steps = httpx.get(f"{stack.dev.url}/v1/runs/{run['run_id']}/steps", timeout=30).json()["data"]
+    assert [(s["name"], s["kind"]) for s in steps] == [
+        ("announce", "run" if stack.sdk == "official" else "send_event"),
+        ("after", "run"),
+    ]
+    assert all(s["attempts"] == 1 and s["started_at"] <= s["ended_at"] for s in steps), steps
 
 
 # --- invoke -------------------------------------------------------------------------------------------

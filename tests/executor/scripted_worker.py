@@ -145,6 +145,7 @@ class Step:
         if found:
             return
         wake = datetime.now(UTC) + timedelta(seconds=seconds)
+        wake += timedelta(microseconds=-wake.microsecond % 1000)  # whole milliseconds, rounded up
         self._report(_op("Sleep", step_id, name=wake.isoformat(timespec="milliseconds").replace("+00:00", "Z")))
 
     def wait_for_event(self, step_id: str, event: str, if_exp: str | None = None, timeout: str = "1h") -> Any:

@@ -130,8 +130,10 @@ async def test_an_event_failing_the_batch_if_runs_alone_at_once_and_keys_batch_a
     b1 = await hs.send("app/x", {"team": "b", "batch": True, "n": 2})
     a2 = await hs.send("app/x", {"team": "a", "batch": True, "n": 3})
     assert (await ended(hs, alone))["output"]["events"] == [{"team": "a", "batch": False, "n": 0}]
-    assert [e["n"] for e in (await ended(hs, a1))["output"]["events"]] == [1, 3]
-    assert await hs.executor.runs_for_event(a2) == []  # it joined a1's run
+    batched = await ended(hs, a1)
+    assert [e["n"] for e in batched["output"]["events"]] == [1, 3]
+    # It joined a1's run, which its event lists.
+    assert [r["run_id"] for r in await hs.executor.runs_for_event(a2)] == [batched["run_id"]]
     assert await hs.executor.runs_for_event(b1) == []  # team b's batch is still open
 
 

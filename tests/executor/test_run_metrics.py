@@ -97,3 +97,22 @@ async def test_runs_of_debounces_and_batches_are_started_once(hs: Metered) -> No
     await until(ended)
     assert sample(hs, "connect_runs_started_total", function="shop-digest") == 1
     assert sample(hs, "connect_runs_started_total", function="shop-bulk") == 2
+
+
+async def test_events_a_debounces_rate_limit_keeps_out_are_counted_as_skips(hs: Metered) -> None:
+    await hs.deploy(
+        "digest-rated",
+        "app/dr",
+        two_steps,
+        debounce={"period": "1s"},
+        flow={"rateLimit": {"limit": 1, "period": "1m"}},
+    )
+    for n in range(3):
+        await hs.send("app/dr", {"n": n})  # the first is held, the two after it are over the limit
+
+    def ended() -> bool:
+        return sample(hs, "connect_runs_finished_total", function="shop-digest-rated", status="completed") == 1
+
+    await until(ended)
+    assert sample(hs, "connect_runs_skipped_total", function="shop-digest-rated", reason="rate_limit") == 2
+    assert sample(hs, "connect_runs_started_total", function="shop-digest-rated") == 1

@@ -15,17 +15,24 @@ import pytest
 from connect.executor.start_limits import parse
 from connect.executor.starts import told_invokers
 from connect.executor.system_events import invoked_event, invoking_step
-from connect.store.base import EventRecord, NewEvent, RunRecord
+from connect.executor.throttle_turns import ThrottleTurns
+from connect.store.base import EventRecord, NewEvent, PendingRequest, RunRecord
+from connect.store.sqlite import SqliteStore
 from connect.store.start_gates import (
     SKIPPED,
+    Decision,
     Invoker,
     RateLimit,
     Singleton,
     SkippedStart,
     StartGate,
     Throttle,
+    ThrottleWait,
+    Turn,
+    apply,
     decide,
     gcra,
+    take_turn,
 )
 from protocol.payloads import Event, FunctionConfig
 from tests.executor.harness import Harness, config
@@ -57,6 +64,24 @@ def test_decide_checks_singleton_then_rate_limit_then_throttle() -> None:
     assert (ok.skip, ok.wake_at_ms, ok.rate_tat, ok.throttle_tat, ok.hold) == (None, 3000, 1000, 4000, True)
     cancel = StartGate("r", "f", singleton=Singleton("", "cancel"))
     assert decide(cancel, 0, running="old", rate_tat=None, throttle_tat=None).cancel == "old"
+
+
+def test_a_decision_applied_again_keeps_only_its_own_singleton_cancel() -> None:
+    """A store batch that fails is applied again, deciding anew: the cancel the
+    first attempt's singleton added does not survive a second decision that
+    cancels another run, or none; a cancel the event's cancel conditions
+    matched stays whatever the gate decides."""
+    run = RunRecord("new", "f", "app", "e", 0, requests=[PendingRequest("req")])
+    new = NewEvent(EventRecord("e", "app/x", 0, 0, b"{}"), [run], cancels=["matched"])
+    assert apply(new, run, Decision(cancel="old", hold=True)) is None
+    assert new.cancels == ["matched", "old"]
+    apply(new, run, Decision(cancel="older", hold=True))  # the run holding the key changed meanwhile
+    assert new.cancels == ["matched", "older"]
+    apply(new, run, Decision(hold=True))  # the run holding the key ended meanwhile
+    assert new.cancels == ["matched"]
+    apply(new, run, Decision(cancel="matched", hold=True))
+    apply(new, run, Decision(skip="singleton: ..."))
+    assert new.cancels == ["matched"] and run.status == SKIPPED
 
 
 def test_an_invoked_runs_gate_names_the_invoking_step_and_only_a_refusal_tells_it() -> None:
@@ -122,6 +147,43 @@ def test_keys_are_evaluated_against_the_event() -> None:
     exempt = limits.gate("run", Event("shop/f", {"user": 7, "vip": True}, "e2"))
     assert exempt is not None and exempt.rate_limit is None and exempt.throttle is not None
     assert exempt.throttle.key == "7"
+
+
+def test_a_throttle_with_a_priority_orders_the_runs_it_holds_back() -> None:
+    limits = parse(wire(throttle={"limit": 1, "period": "2s"}, priority={"run": "event.data.p"}))
+    assert limits is not None and limits.ordered
+    gate = limits.gate("run", Event("shop/f", {"p": 600}, "e1"), 700_000)
+    assert gate is not None and gate.throttle is not None and gate.throttle.order == 100_000
+    clamped = limits.gate("run", Event("shop/f", {"p": 9000}, "e2"), 700_000)
+    assert clamped is not None and clamped.throttle is not None and clamped.throttle.order == 100_000
+    plain = parse(wire(throttle={"limit": 1, "period": "2s"}))
+    assert plain is not None and not plain.ordered
+    unordered = plain.gate("run", Event("shop/f", {"p": 600}, "e1"), 700_000)
+    assert unordered is not None and unordered.throttle is not None and unordered.throttle.order is None
+
+
+def test_a_turn_that_came_goes_to_the_first_in_line() -> None:
+    me = ThrottleWait("me", order=5, seq=1000, turn_ms=1000)
+    vip = ThrottleWait("vip", order=1, seq=3000, turn_ms=3000)
+    assert take_turn(me, 999, due=0, ahead=1, later=vip) == Turn(wait_ms=1000)  # not yet
+    assert take_turn(me, 1000, due=1, ahead=0, later=None) == Turn()  # first in line
+    assert take_turn(me, 1000, due=1, ahead=1, later=vip) == Turn(wait_ms=3000, granted="vip")
+    # Two turns due, one run ahead (whose turn came too): both start, each on its own turn.
+    assert take_turn(me, 1000, due=2, ahead=1, later=None) == Turn()
+
+
+async def test_a_start_in_no_throttle_line_keeps_its_own_wake_time(tmp_path: Path) -> None:
+    """A request of an ordered-throttle function waiting for something else (a
+    retry's backoff) is in no line: it waits until its own time, not less."""
+    store = await SqliteStore.open(tmp_path / "connect.db")
+    try:
+        turns = ThrottleTurns(store, time.time)
+        await turns.start()
+        started = time.monotonic()
+        await turns.take("run-retrying", int(time.time() * 1000) + 300)
+        assert time.monotonic() - started >= 0.25
+    finally:
+        await store.close()
 
 
 # --- through the executor, both engines ---------------------------------------------------

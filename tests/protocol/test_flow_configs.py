@@ -102,6 +102,11 @@ def test_valid_flow_control_is_served(options: dict[str, Any]) -> None:
         ({"batchEvents": BATCH, "singleton": {"mode": "skip"}}, "`batchEvents` cannot be combined with `singleton`"),
         ({"batchEvents": BATCH, "priority": {"run": "1"}}, "`batchEvents` cannot be combined with `priority.run`"),
         (
+            {"batchEvents": BATCH, "rateLimit": {"limit": 1, "period": "1m"}},
+            "`batchEvents` cannot be combined with `rateLimit`",
+        ),
+        ({"batchEvents": BATCH, "idempotency": "event.data.id"}, "`batchEvents` cannot be combined with `idempotency`"),
+        (
             {"batchEvents": BATCH, "debounce": {"period": "5s"}, "cancel": [{"event": "a/stop"}]},
             "`batchEvents` cannot be combined with `cancel`, `debounce`",
         ),

@@ -14,7 +14,8 @@ import pytest
 
 from connect import Client, Context, Step, TriggerEvent
 from connect.roles import ApiNotStarted, RunsElsewhere, start_standalone_gateway
-from connect.store import SqliteStore
+from connect.roles.registration import Registration
+from connect.store import DRAINING, ROLE_API, SqliteStore
 from protocol import connect_pb2 as pb
 from protocol import limits
 from tests.gateway.stack import gateway_settings, gateway_with_worker, start_gateway
@@ -45,9 +46,45 @@ async def test_events_and_run_queries_are_refused_with_the_reason(tmp_path: Path
         async with httpx.AsyncClient(base_url=gw.api_url) as http:
             resp = await http.request(method, path, json=[{"name": "standalone/one", "data": {}}])
         assert resp.status_code == 503
-        assert resp.json() == {"status": 503, "error": RunsElsewhere.REASON}
+        # No API process in this store's registry: the answer says so with an empty list.
+        assert resp.json() == {"status": 503, "error": RunsElsewhere.REASON, "api_urls": []}
     finally:
         await gw.close()
+
+
+async def test_refusals_name_the_api_processes_the_registry_lists(tmp_path: Path) -> None:
+    gw = await start_gateway(tmp_path / "gw.db")
+    ready = Registration(gw.store, "api-1", ROLE_API, address="http://api-1:8288", ttl=60)
+    second = Registration(gw.store, "api-2", ROLE_API, address="http://api-2:8288", ttl=60)
+    leaving = Registration(gw.store, "api-3", ROLE_API, address="http://api-3:8288", ttl=60)
+    try:
+        for registration in (ready, second, leaving):
+            await registration.start()
+        await leaving.set_state(DRAINING)
+        async with httpx.AsyncClient(base_url=gw.api_url) as http:
+            for path in ("/v1/runs", "/v1/apps", "/v1/events"):
+                resp = await http.get(path)
+                assert resp.status_code == 503
+                # Ready ones only, oldest start first: a draining API process is on its way out.
+                assert resp.json()["api_urls"] == ["http://api-1:8288", "http://api-2:8288"], path
+            await second.stop()
+            assert (await http.get("/v1/runs")).json()["api_urls"] == ["http://api-1:8288"]
+            # The page itself is served; it points the user there (tests/dashboard).
+            assert (await http.get("/")).status_code == 200
+    finally:
+        for registration in (ready, leaving):
+            await registration.stop()
+        await gw.close()
+
+
+async def test_the_workers_of_a_gateway_on_its_own_are_listed(tmp_path: Path) -> None:
+    async with gateway_with_worker(tmp_path / "gw.db", client, [one], "listed") as (gw, _worker):
+        async with httpx.AsyncClient(base_url=gw.api_url) as http:
+            deadline = time.monotonic() + 30
+            while not (listed := (await http.get("/v1/workers")).json()["data"]):
+                assert time.monotonic() < deadline, "the worker was never listed"
+                await asyncio.sleep(0.05)
+    assert [(w["instance_id"], w["apps"], w["state"]) for w in listed] == [("listed", ["standalone"], "ready")]
 
 
 async def test_start_sends_workers_to_the_port_the_gateway_bound(tmp_path: Path) -> None:

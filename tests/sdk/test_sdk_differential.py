@@ -366,6 +366,13 @@ def _run_sync_body(body: Body, step: Any, kit: Kit) -> Any:
 STATUS = {200: STATUS_DONE, 206: STATUS_NOT_COMPLETED, 500: STATUS_ERROR}
 
 
+def without_typescript_additions(op: dict[str, Any]) -> dict[str, Any]:
+    op = {key: value for key, value in op.items() if key != "timing"}
+    if op.get("opts") == {"type": "step.sendEvent"}:
+        op["opts"] = None
+    return op
+
+
 def normalize(status: int, raw: bytes, no_retry: bool, retry_after: str | None) -> dict[str, Any]:
     body = json.loads(raw)
 
@@ -382,6 +389,9 @@ def normalize(status: int, raw: bytes, no_retry: bool, retry_after: str | None) 
 
     if status == STATUS_NOT_COMPLETED:
         body = [{**op, "error": clean_error(op["error"])} if "error" in op else op for op in body]
+        # Ours adds what the TypeScript SDK sends and the official Python SDK does not:
+        # when a step body ran (`timing`), and that a step sent events (`opts.type`).
+        body = [without_typescript_additions(op) for op in body]
     elif status == STATUS_ERROR:
         body = clean_error(body)
     return {"status": status, "body": body, "no_retry": no_retry, "retry_after": retry_after}

@@ -7,6 +7,7 @@ import datetime
 import json
 import re
 import threading
+import time
 from typing import Any
 
 import anyio
@@ -84,7 +85,11 @@ async def test_first_request_reports_the_first_step(client: Client, invoke: Any)
         greeting = await step.run("greet", lambda: f"hi {ctx.event.data['who']}")
         raise AssertionError(f"not reached on the first request: {greeting}")
 
+    before_ns = time.time_ns()
     op = only_op(await invoke(client, hello))
+    # When the body ran, as the TypeScript SDK reports it: start and duration in ns.
+    timing = op.pop("timing")
+    assert before_ns <= timing["a"] <= time.time_ns() and 0 <= timing["b"] < 10**9
     assert set(op) == OPCODE_KEYS  # no `error` key on a success op
     assert op == {
         "id": "35ff71782def36154c8c5bb550a28b4665c227e0",
@@ -217,7 +222,7 @@ async def test_step_error_or_failed(
     op = only_op(outcome)
     assert op["op"] == expected
     assert outcome.no_retry is False
-    assert set(op) == OPCODE_KEYS | {"error"}
+    assert set(op) == OPCODE_KEYS | {"error", "timing"}
     error = op["error"]
     assert set(error) == {"code", "name", "message", "stack"}
     assert (error["code"], error["name"], error["message"]) == ("unknown", "KeyError", "'missing thing'")

@@ -229,6 +229,14 @@ def test_singleton_mode_is_required_and_keyword_only() -> None:
             },
             "greet: batch_events: cannot be combined with singleton, priority.run",
         ),
+        (
+            {"batch_events": Batch(max_size=5, timeout=1000), "rate_limit": RateLimit(limit=1, period=60_000)},
+            "greet: batch_events: cannot be combined with rate_limit",
+        ),
+        (
+            {"batch_events": Batch(max_size=5, timeout=1000), "idempotency": "event.data.id"},
+            "greet: batch_events: cannot be combined with idempotency",
+        ),
     ],
 )
 def test_a_bad_flow_option_of_a_function_is_refused_naming_it(options: dict[str, Any], message: str) -> None:

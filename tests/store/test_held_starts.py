@@ -28,9 +28,11 @@ from connect.store import (
     StepMemo,
     Store,
 )
+from connect.store.base import RUN_CANCEL_REQUESTED
 from connect.store.held_starts import MAX_BATCH_BYTES, HeldChange, hold_event
 from connect.store.sqlite import SCHEMA_VERSION
-from connect.store.start_gates import RateLimit, StartGate
+from connect.store.start_gates import RUNNING as GATE_RUNNING
+from connect.store.start_gates import SKIPPED, RateLimit, Singleton, StartGate, Throttle
 from tests.store.conftest import Engine, PostgresEngine, SqliteEngine
 
 pytestmark = pytest.mark.anyio
@@ -50,6 +52,16 @@ def debounce(key: str = "", period_ms: int = 1000, timeout_ms: int | None = None
 
 def batch(key: str = "", max_size: int = 3, timeout_ms: int = 5000) -> Hold:
     return Hold(BATCH, FN, "app", key, 3, timeout_ms=timeout_ms, max_size=max_size)
+
+
+def gated_debounce(key: str = "", admit: RateLimit | None = None, **at_fire: object) -> Hold:
+    """A debounce whose events pass `admit` before they are held, and whose run
+    passes the gate of `at_fire` (throttle, singleton) when it fires."""
+    return msgspec.structs.replace(
+        debounce(key),
+        admit=None if admit is None else StartGate("skip-" + key, FN, rate_limit=admit),
+        gate=StartGate("", FN, **at_fire) if at_fire else None,  # type: ignore[arg-type]
+    )
 
 
 async def held(store: Store, record: EventRecord, *holds: Hold, owner: str | None = "ex") -> bool:
@@ -152,6 +164,42 @@ async def test_a_duplicate_event_is_not_held_twice(engine: Engine) -> None:
         assert await held(store, event("e1", 100), batch(max_size=2))
         assert not await held(store, event("e1", 100), batch(max_size=2))
         assert await store.runs_for_event("e1") == []
+    finally:
+        await store.close()
+
+
+async def test_each_held_event_says_what_became_of_it(engine: Engine) -> None:
+    """Held (with when its start is due), started (with the run), or replaced
+    by a later event of a debounce; per function that held it."""
+    store = await engine.open()
+    other = "app-batched"
+    batched = Hold(BATCH, other, "app", "", 3, timeout_ms=5000, max_size=3)
+    try:
+        assert await store.event_holds("e1") == []
+        await held(store, event("e1", 1000), debounce(), batched)
+        await held(store, event("e2", 1500), debounce())
+        await held(store, event("e0", 1600, ts=900), debounce())  # older than the one kept
+        e1_batch, e1_debounce = await store.event_holds("e1")
+        assert (e1_batch.function_id, e1_batch.kind, e1_batch.status, e1_batch.due_ms) == (other, BATCH, "held", 6000)
+        assert (e1_debounce.function_id, e1_debounce.status, e1_debounce.at_ms) == (FN, "replaced", 1000)
+        [e2] = await store.event_holds("e2")
+        assert (e2.kind, e2.status, e2.due_ms, e2.run_id) == (DEBOUNCE, "held", 2500, None)
+        assert [h.status for h in await store.event_holds("e0")] == ["replaced"]
+        [claim] = await store.start_held("ex", 2500, 10)
+        [e2] = await store.event_holds("e2")
+        assert (e2.status, e2.run_id, e2.due_ms) == ("started", claim.run_id, None)
+        assert [h.status for h in await store.event_holds("e1")] == ["held", "replaced"]
+        # A batch: each event it held gets the run the event that fills it starts.
+        await held(store, event("b2", 3000), batched)
+        await held(store, event("b3", 3100), batched)
+        [run] = await store.runs_for_event("e1")
+        for event_id in ("e1", "b2", "b3"):
+            started = [h for h in await store.event_holds(event_id) if h.function_id == other]
+            assert [(h.status, h.run_id) for h in started] == [("started", run.run_id)], event_id
+        # History retention takes them with the events.
+        await store.prune_history(2000, 100)
+        assert [h.function_id for h in await store.event_holds("e1")] == []
+        assert [h.status for h in await store.event_holds("b2")] == ["started"]
     finally:
         await store.close()
 
@@ -272,14 +320,21 @@ _ADDED_BY: dict[int, tuple[str, ...]] = {
         "ALTER TABLE steps DROP COLUMN info",
         "DROP INDEX events_by_name",
     ),
+    11: ("DROP TABLE event_holds",),
+    12: ("ALTER TABLE held_starts DROP COLUMN gate", "DROP TABLE throttle_waits"),
 }
 
 
-@pytest.mark.parametrize("version", [6, 7, 8, 9])
+@pytest.mark.parametrize("version", [6, 7, 8, 9, 10, 11])
 async def test_an_older_database_gains_start_gates_held_starts_and_slots(engine: Engine, version: int) -> None:
     store = await engine.open()
     await store.close()
-    drop = [statement for added, statements in _ADDED_BY.items() if added > version for statement in statements]
+    drop = [  # newest first: a column goes before its table
+        statement
+        for added, statements in sorted(_ADDED_BY.items(), reverse=True)
+        if added > version
+        for statement in statements
+    ]
     if isinstance(engine, PostgresEngine):
         pg = await asyncpg.connect(engine.dsn)
         try:
@@ -296,13 +351,22 @@ async def test_an_older_database_gains_start_gates_held_starts_and_slots(engine:
     await engine.set_schema_version(version)
     store = await engine.open()
     try:
-        assert await engine.schema_version() == SCHEMA_VERSION == 10
+        assert await engine.schema_version() == SCHEMA_VERSION == 12
         # The tables of schema 9: one slot of a key with limit 1, the second request waits.
         assert await store.acquire_slots("s1", "run-s1", [SlotClaim("k", 1)], 0)
         assert not await store.acquire_slots("s2", "run-s2", [SlotClaim("k", 1)], 0)
         await held(store, event("e1", 100), debounce())
         [claim] = await store.start_held("ex", 1100, 10)
         assert [r.run_id for r in await store.runs_for_event("e1")] == [claim.run_id]
+        # And the table of schema 11: what became of the held event.
+        assert [(h.status, h.run_id) for h in await store.event_holds("e1")] == [("started", claim.run_id)]
+        # And the gate a held start keeps (schema 12): the debounced run is throttled.
+        throttled = gated_debounce(throttle=Throttle("", limit=1, period_ms=60_000))
+        await held(store, event("t1", 150), throttled)
+        await held(store, event("t2", 150), msgspec.structs.replace(throttled, key="other"))
+        first, second = await store.start_held("ex", 1200, 10)
+        runs = [await store.get_run(c.run_id) for c in (first, second)]
+        assert sorted(r.requests[0].wake_at_ms for r in runs if r is not None) == [0, 61_200]
         # And the tables of schema 7: a rate limit of 1 skips the second run, and says so.
         limit = RateLimit("k", limit=1, period_ms=60_000)
         for event_id in ("g1", "g2"):
@@ -322,7 +386,7 @@ async def test_an_older_database_gains_start_gates_held_starts_and_slots(engine:
         assert skip.run_id == "run-g2"
         # And the indexes of schema 10: runs listed newest first, by status and function.
         listed = await store.list_runs(RunFilter(status="Running", function_id=FN))
-        assert [r.run_id for r in listed] == [claim.run_id, "run-g1"]
+        assert [r.run_id for r in listed][-2:] == [claim.run_id, "run-g1"]  # after the two started at 1200
         assert [s.run_id for s in await store.list_skipped(RunFilter(function_id=FN))] == ["run-g2"]
         # And each step's info, stored with its result.
         info = StepInfo(name="charge", attempts=2, started_ms=1, ended_ms=2)
@@ -330,3 +394,59 @@ async def test_an_older_database_gains_start_gates_held_starts_and_slots(engine:
         assert await store.run_steps("run-g1") == [StepMemo("h", b"null", info)]
     finally:
         await store.close()
+
+
+async def test_a_debounced_event_over_the_rate_limit_is_skipped_and_pushes_nothing_back(store: Store) -> None:
+    limited = gated_debounce(admit=RateLimit("k", limit=1, period_ms=60_000))
+    await held(store, event("e1", 0), limited)
+    assert await store.next_held_due() == 1000
+    # Over the limit: recorded as a skip, held nowhere, the debounce not pushed back.
+    await held(
+        store,
+        event("e2", 500),
+        msgspec.structs.replace(limited, admit=StartGate("s2", FN, rate_limit=RateLimit("k", 1, 60_000))),
+    )
+    [skip] = await store.skipped_starts("e2")
+    assert skip.run_id == "s2" and "rate limit 1 per 60s" in skip.reason
+    assert await store.next_held_due() == 1000
+    [claim] = await store.start_held("ex", 1000, 10)
+    assert [r.run_id for r in await store.runs_for_event("e1")] == [claim.run_id]  # the first event's run
+    assert await store.runs_for_event("e2") == []
+
+
+async def test_the_run_a_debounce_fires_passes_the_singleton(store: Store) -> None:
+    cancelled: list[str] = []
+    await store.listen(RUN_CANCEL_REQUESTED, cancelled.append)
+    holder = RunRecord("holder", FN, "app", "h", 0, requests=[PendingRequest("req-h")])
+    gate = StartGate("holder", FN, singleton=Singleton("k", "skip"))
+    assert await store.record_events([NewEvent(event("h", 0), [holder], gates=[gate])]) == [True]
+    # skip: the debounced run starts not while the key's run is Running, and the skip says why.
+    await held(store, event("s1", 0), gated_debounce(singleton=Singleton("k", "skip")))
+    assert await store.start_held("ex", 1000, 10) == []
+    assert await store.runs_for_event("s1") == []
+    [skip] = await store.skipped_starts("s1")
+    assert "singleton" in skip.reason and "holder" in skip.reason
+    assert await store.next_held_due() is None
+    # cancel: the Running run is flagged for cancellation and the debounced run starts.
+    await held(store, event("c1", 2000), gated_debounce(singleton=Singleton("k", "cancel")))
+    [claim] = await store.start_held("ex", 3000, 10)
+    assert [r.run_id for r in await store.runs_for_event("c1")] == [claim.run_id]
+    stored = await store.get_run("holder")
+    assert stored is not None and stored.cancel_requested
+    for _ in range(200):
+        if cancelled:
+            break
+        await asyncio.sleep(0.01)
+    assert cancelled == ["holder"]
+
+
+async def test_the_run_a_full_batch_starts_waits_for_its_throttle_turn(store: Store) -> None:
+    throttled = msgspec.structs.replace(batch(max_size=2), gate=StartGate("", FN, throttle=Throttle("", 1, 10_000)))
+    for i, at in enumerate((100, 200, 300, 400)):
+        await held(store, event(f"b{i}", at), throttled)
+    [first] = await store.runs_for_event("b0")
+    [second] = await store.runs_for_event("b2")
+    assert first.status == second.status == GATE_RUNNING
+    assert first.requests[0].wake_at_ms == 0
+    assert second.requests[0].wake_at_ms == 10_200  # one period after the first batch's start
+    assert SKIPPED not in (first.status, second.status)

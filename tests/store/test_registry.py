@@ -359,6 +359,10 @@ async def test_a_schema_5_database_gains_the_registry(engine: Engine) -> None:
 
 async def _downgrade_to_schema_5(engine: Engine) -> None:
     drop = (
+        # Schema 12's (the runs of a throttle's line; `held_starts.gate` goes with its table).
+        "DROP TABLE throttle_waits",
+        # Schema 11's (what became of held events).
+        "DROP TABLE event_holds",
         # Schema 10's (run listings, events by name, each step's info).
         "DROP INDEX runs_by_status_start",
         "DROP INDEX runs_by_start",

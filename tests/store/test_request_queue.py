@@ -15,6 +15,7 @@ from connect.store import (
     REQUEST_SETTLED,
     RETURNED,
     QueuedRequest,
+    RequestQueueStats,
     Store,
     TakenRequest,
     read_answers,
@@ -197,3 +198,22 @@ async def test_a_taken_request_shows_its_reply_and_hold_as_of_one_instant(store:
     assert len(await store.take_requests("gw-b", ["app-fn"], NOW, NOW + HOLD, 10)) == 1
     assert await store.taken_request("r1", "gw-b", NOW) == TakenRequest(b"reply", True, False)
     assert await store.taken_request("gone", "gw-b", NOW) == TakenRequest(None, False, False)
+
+
+async def test_queue_stats_count_waiting_held_and_lapsed_and_the_oldest_waiting(store: Store) -> None:
+    empty = await store.request_queue_stats(NOW, 100)
+    assert empty == RequestQueueStats(waiting=0, held=0, lapsed=0, oldest_waiting_ms=None, truncated=False)
+    for rid, at in (("r1", 10), ("r2", 20), ("r3", 30), ("r4", 40)):
+        await store.queue_request(queued(rid, at=at))
+    assert await store.request_queue_stats(NOW, 100) == RequestQueueStats(4, 0, 0, 10, False)
+    # r1 and r2 taken: held while their hold lasts, waiting again once it ran out.
+    assert len(await store.take_requests("gw-a", ["app-fn"], NOW, NOW + HOLD, 2)) == 2
+    assert await store.request_queue_stats(NOW, 100) == RequestQueueStats(2, 2, 0, 30, False)
+    assert await store.request_queue_stats(NOW + HOLD + 1, 100) == RequestQueueStats(4, 0, 0, 10, False)
+    # r1 lapsed (its worker lost), r2 answered (out of the queue).
+    assert await store.settle_request("r1", "gw-a", LAPSED) is True
+    assert await store.settle_request("r2", "gw-a", ANSWERED) is True
+    assert await store.request_queue_stats(NOW, 100) == RequestQueueStats(2, 0, 1, 30, False)
+    # At most `limit` rows are read: the counts are then lower bounds, and it says so.
+    truncated = await store.request_queue_stats(NOW, 2)
+    assert truncated.truncated and truncated.waiting + truncated.held + truncated.lapsed == 2

@@ -182,13 +182,14 @@ async def _downgrade_to_before_ownership(engine: Engine) -> None:
             "DROP TABLE IF EXISTS queued_requests, writer_marks, processes, connections,"
             " held_starts, held_events, run_events"
         )
-        await pg.execute("DROP TABLE IF EXISTS slot_holds, slot_waits")
+        await pg.execute("DROP TABLE IF EXISTS slot_holds, slot_waits, throttle_waits")
         await pg.execute("DROP INDEX IF EXISTS leases_by_instance")
         await pg.execute("DROP TABLE IF EXISTS start_limits, singletons, skipped_starts")
         await pg.execute("DROP INDEX IF EXISTS runs_by_status_start, runs_by_start, runs_by_function_start")
         await pg.execute("DROP INDEX IF EXISTS events_by_name")
         await pg.execute("CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status)")
         await pg.execute("ALTER TABLE steps DROP COLUMN IF EXISTS info")
+        await pg.execute("DROP TABLE IF EXISTS event_holds")
         await pg.execute("UPDATE schema_version SET version = 1")
     finally:
         await pg.close()

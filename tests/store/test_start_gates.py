@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from connect.store import COMPLETED, EventRecord, NewEvent, PendingRequest, RunRecord, Store
-from connect.store.base import RUN_CANCEL_REQUESTED
+from connect.store.base import RUN_CANCEL_REQUESTED, THROTTLE_TURN_GRANTED
 from connect.store.start_gates import SKIPPED, Invoker, RateLimit, Singleton, StartGate, Throttle
 from tests.store.conftest import Engine
 
@@ -251,3 +251,73 @@ async def test_pruning_while_gates_hand_singleton_keys_over_never_frees_a_held_k
         await recorder.close()
         if pruner is not recorder:
             await pruner.close()
+
+
+async def test_throttled_runs_of_a_function_with_a_priority_take_turns_in_priority_order(engine: Engine) -> None:
+    """Throttle 1 per 2 s: `a` starts at once, `b` and `c` (priority 0) get the
+    turns at 3000 and 5000, `vip` (priority 600, recorded last) the turn at 7000.
+    When `b`'s turn comes, `vip` is first in line: it takes it (told on
+    THROTTLE_TURN_GRANTED), and `b` takes `vip`'s; and so on down the line."""
+    store = await engine.open()
+    try:
+        granted: list[str] = []
+        await store.listen(THROTTLE_TURN_GRANTED, granted.append)
+
+        def ordered(order: int) -> Throttle:
+            return Throttle("", limit=1, period_ms=2000, order=order)
+
+        runs = {name: await record(store, name, 1000, throttle=ordered(1000)) for name in ("a", "b", "c")}
+        runs["vip"] = await record(store, "vip", 1000, throttle=ordered(1000 - 600_000))
+        assert [r.requests[0].wake_at_ms for r in runs.values()] == [0, 3000, 5000, 7000]
+        assert await store.take_throttle_turn("run-a", 1000) is None  # never in line: keeps its own time
+        assert await store.take_throttle_turn("run-c", 3000) == 5000  # not its turn yet
+        assert await store.take_throttle_turn("run-b", 3000) == 7000  # its turn went to vip
+        for _ in range(200):
+            if granted:
+                break
+            await asyncio.sleep(0.01)
+        assert granted == ["run-vip"]
+        assert await store.take_throttle_turn("run-vip", 3001) == 0  # given b's turn: it starts
+        assert await store.take_throttle_turn("run-vip", 3002) is None  # and left the line
+        assert await store.take_throttle_turn("run-c", 5000) == 7000  # b is ahead of c: b starts at 5000
+        assert await store.take_throttle_turn("run-b", 5001) == 0
+        assert await store.take_throttle_turn("run-c", 7000) == 0
+        # A run of the line that ended leaves it; its turn is not handed to anyone.
+        late = [await record(store, f"late{i}", 20_000, throttle=ordered(20_000 + i)) for i in range(3)]
+        assert [r.requests[0].wake_at_ms for r in late] == [0, 22_000, 24_000]
+        late[1].status, late[1].ended_at_ms, late[1].requests = COMPLETED, 21_000, []
+        await store.save_run(late[1], fence=0)
+        assert await store.take_throttle_turn("run-late2", 24_000) == 0
+    finally:
+        await store.close()
+
+
+async def test_prune_history_drops_the_places_in_line_of_runs_that_ended(store: Store) -> None:
+    ordered = Throttle("", limit=1, period_ms=60_000, order=0)
+    await record(store, "held0", 1000, throttle=ordered)
+    waiting = await record(store, "held1", 1000, throttle=ordered)
+    assert await store.take_throttle_turn(waiting.run_id, 2000) == 61_000  # in line
+    waiting.status, waiting.ended_at_ms, waiting.requests = COMPLETED, 2000, []
+    await store.save_run(waiting, fence=0)  # cancelled while it waited, say
+    await store.prune_history(before_ms=1500, limit=100)
+    assert await store.take_throttle_turn(waiting.run_id, 2000) is None  # out of line
+
+
+async def test_turns_asked_for_at_once_start_no_more_runs_than_turns_came(engine: Engine) -> None:
+    """However many executors ask at once, the runs that start are as many as
+    the turns that came, and they are the first in line."""
+    store = await engine.open()
+    try:
+        # Turns at 3000, 5000, 7000, 9000 (after "r0", which starts at once); the later
+        # a run was recorded, the higher its priority.
+        await record(store, "r0", 1000, throttle=Throttle("", 1, 2000, order=0))
+        for i in range(1, 5):
+            await record(store, f"r{i}", 1000, throttle=Throttle("", 1, 2000, order=-i))
+        everyone = [f"run-r{i}" for i in range(1, 5)]
+        started: set[str] = set()
+        for _ in range(3):  # each asks again, as one told of a grant would
+            answers = await asyncio.gather(*(store.take_throttle_turn(r, 5000) for r in everyone))
+            started |= {r for r, a in zip(everyone, answers, strict=True) if a == 0}
+        assert started == {"run-r4", "run-r3"}  # two turns came (3000, 5000): the two first in line
+    finally:
+        await store.close()

@@ -16,6 +16,17 @@ const throttled = client.createFunction(
   async () => Date.now() / 1000,
 );
 
+// Throttled runs held back take their turns in priority order (event.data.p seconds).
+const throttledPriority = client.createFunction(
+  {
+    id: "throttled-priority",
+    triggers: [{ event: "flow/throttled-priority" }],
+    throttle: { limit: 1, period: "2s" },
+    priority: { run: "event.data.p" },
+  },
+  async () => Date.now() / 1000,
+);
+
 const throttledBurst = client.createFunction(
   {
     id: "throttled-burst",
@@ -73,6 +84,6 @@ const invoker = client.createFunction(
 );
 
 await connect({
-  apps: [{ client, functions: [throttled, throttledBurst, rated, idempotent, singleSkip, singleCancel, invoker] }],
+  apps: [{ client, functions: [throttled, throttledPriority, throttledBurst, rated, idempotent, singleSkip, singleCancel, invoker] }],
   instanceId: process.env.WORKER_NAME || "ts-flow-start",
 });

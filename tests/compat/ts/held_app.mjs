@@ -29,4 +29,54 @@ const bulk = client.createFunction(
   async ({ event, events, step }) => step.run("seen", () => seen(event, events)),
 );
 
-await connect({ apps: [{ client, functions: [digest, bulk] }], instanceId: process.env.WORKER_NAME || "ts-held" });
+// The same debounce and batch with the start gates Inngest applies around them.
+const seenAt = (event, events) => ({ ...seen(event, events), at: Date.now() / 1000 });
+
+const digestThrottled = client.createFunction(
+  {
+    id: "digest-throttled",
+    triggers: [{ event: "held/debounce-throttle" }],
+    debounce: { period: "1s" },
+    throttle: { limit: 1, period: "4s" },
+  },
+  async ({ event, events, step }) => step.run("seen", () => seenAt(event, events)),
+);
+
+const digestRated = client.createFunction(
+  {
+    id: "digest-rated",
+    triggers: [{ event: "held/debounce-rate" }],
+    debounce: { period: "2s", key: "event.data.user" },
+    rateLimit: { limit: 1, period: "1m", key: "event.data.user" },
+  },
+  async ({ event, events, step }) => step.run("seen", () => seenAt(event, events)),
+);
+
+const digestSingle = client.createFunction(
+  {
+    id: "digest-single",
+    triggers: [{ event: "held/debounce-single" }],
+    debounce: { period: "1s" },
+    singleton: { mode: "skip" },
+  },
+  async ({ event, events, step }) => {
+    const seconds = Number(event.data.sleep || 0);
+    if (seconds) await step.run("hold", () => new Promise((resolve) => setTimeout(() => resolve(null), seconds * 1000)));
+    return step.run("seen", () => seenAt(event, events));
+  },
+);
+
+const bulkThrottled = client.createFunction(
+  {
+    id: "bulk-throttled",
+    triggers: [{ event: "held/batch-throttle" }],
+    batchEvents: { maxSize: 2, timeout: "10s" },
+    throttle: { limit: 1, period: "4s" },
+  },
+  async ({ event, events, step }) => step.run("seen", () => seenAt(event, events)),
+);
+
+await connect({
+  apps: [{ client, functions: [digest, bulk, digestThrottled, digestRated, digestSingle, bulkThrottled] }],
+  instanceId: process.env.WORKER_NAME || "ts-held",
+});

@@ -13,14 +13,21 @@ export class AuthError extends Error {
 }
 
 export class ApiError extends Error {
-  constructor(status, message) {
+  constructor(status, message, body = null) {
     super(message);
     this.name = "ApiError";
     this.status = status;
+    this.body = body;
   }
   // The server has no such route (an older server): the view that needs it says so.
   get noRoute() {
     return this.status === 404 && this.message.startsWith("no route");
+  }
+  // This process serves no API (a gateway on its own): the addresses of the API processes its
+  // store's registry lists (maybe none), or null for any other error. The page then points there.
+  get elsewhere() {
+    const urls = this.body && this.body.api_urls;
+    return this.status === 503 && Array.isArray(urls) ? urls : null;
   }
 }
 
@@ -50,7 +57,7 @@ async function call(path, options = {}) {
   }
   if (resp.status === 401) throw new AuthError((body && body.error) || "authentication failed");
   if (!resp.ok && resp.status !== 202) {
-    throw new ApiError(resp.status, (body && body.error) || `${resp.status} ${resp.statusText}`);
+    throw new ApiError(resp.status, (body && body.error) || `${resp.status} ${resp.statusText}`, body);
   }
   return body;
 }

@@ -11,7 +11,9 @@ const ROUTES = [
   [/^#\/runs\/?$/, "runs"],
   [/^#\/events\/([^/]+)$/, "event"],
   [/^#\/events\/?$/, "events"],
+  [/^#\/functions\/([^/]+)\/runs$/, "runs"],
   [/^#\/functions\/?$/, "functions"],
+  [/^#\/apps\/?$/, "apps"],
   [/^#\/workers\/?$/, "workers"],
   [/^#\/send\/?$/, "send"],
 ];
@@ -44,7 +46,7 @@ async function show(name, params) {
     link.classList.toggle("active", view === name || view === `${name}s`);
   }
   signout.hidden = !keys.signing();
-  const ctx = { onAuth: askForKey, go: (hash) => (location.hash = hash) };
+  const ctx = { onAuth: askForKey, onElsewhere: pointElsewhere, go: (hash) => (location.hash = hash) };
   try {
     const view = await import(`./views/${name}.js`);
     if (mine !== generation) return;
@@ -56,6 +58,7 @@ async function show(name, params) {
     cleanup = typeof done === "function" ? done : null;
   } catch (err) {
     if (err && err.name === "AuthError") askForKey(err);
+    else if (err && err.elsewhere) pointElsewhere(err);
     else {
       root.replaceChildren();
       const p = document.createElement("p");
@@ -64,6 +67,14 @@ async function show(name, params) {
       root.append(p);
     }
   }
+}
+
+// This process serves no API: say so, with links to the API processes that do.
+async function pointElsewhere(err) {
+  stop();
+  const mine = ++generation;
+  const elsewhere = await import("./views/elsewhere.js");
+  if (mine === generation) elsewhere.render(root, [err]);
 }
 
 async function askForKey(err) {

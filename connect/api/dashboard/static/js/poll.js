@@ -11,8 +11,9 @@ export function setIndicator(el) {
   indicator = el;
 }
 
-// `onAuth(err)` is called (and polling stops) when the server refuses the key.
-export function poll(tick, { onAuth } = {}) {
+// `onAuth(err)` is called (and polling stops) when the server refuses the key;
+// `onElsewhere(err)` when this process serves no API (`err.elsewhere`: where it is served).
+export function poll(tick, { onAuth, onElsewhere } = {}) {
   let pause = FAST_MS;
   let timer = null;
   let stopped = false;
@@ -39,6 +40,9 @@ export function poll(tick, { onAuth } = {}) {
       if (err && err.name === "AuthError") {
         stopped = true;
         if (onAuth) onAuth(err);
+      } else if (err && err.elsewhere && onElsewhere) {
+        stopped = true;
+        onElsewhere(err);
       } else {
         console.warn("dashboard: a live update failed; retrying in", pause, "ms", err);
       }

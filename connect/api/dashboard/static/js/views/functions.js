@@ -13,6 +13,30 @@ function trigger(t) {
   return t.expression ? `${t.event} if ${t.expression}` : t.event;
 }
 
+// A table of functions as GET /v1/functions lists them; `withApp`: an App column. Each id links
+// to the runs of that function (where they can be cancelled many at once).
+export function functionTable(list, { withApp = true } = {}) {
+  const rows = list.map((fn) => {
+    const skipped = Object.keys(fn.not_honoured || {});
+    return h(
+      "tr",
+      { "data-function-id": fn.id },
+      h(
+        "td",
+        {},
+        h("a", { class: "mono", href: `#/functions/${encodeURIComponent(fn.id)}/runs`, title: "Runs of this function" }, fn.id),
+        fn.name && fn.name !== fn.id ? h("div", { class: "muted" }, fn.name) : null,
+      ),
+      withApp ? h("td", {}, fn.app) : null,
+      h("td", { class: "mono" }, (fn.triggers || []).map((t) => h("div", {}, trigger(t)))),
+      h("td", {}, badge(fn.status), fn.reason ? h("div", { class: "error" }, fn.reason) : null),
+      h("td", {}, skipped.length ? h("span", { class: "mono", title: JSON.stringify(fn.not_honoured) }, skipped.join(", ")) : h("span", { class: "muted" }, "—")),
+    );
+  });
+  const heads = ["Function", withApp ? "App" : null, "Triggers", "Status", "Options not honoured"].filter(Boolean);
+  return h("table", { class: "functions" }, h("thead", {}, h("tr", {}, heads.map((t) => h("th", {}, t)))), h("tbody", {}, rows));
+}
+
 export async function render(root, _params, ctx) {
   let all = [];
   let seen = "";
@@ -41,26 +65,11 @@ export async function render(root, _params, ctx) {
     }
     const pages = Math.max(1, Math.ceil(shown.length / PAGE));
     page = Math.min(page, pages - 1);
-    const rows = shown.slice(page * PAGE, (page + 1) * PAGE).map((fn) => {
-      const skipped = Object.keys(fn.not_honoured || {});
-      return h(
-        "tr",
-        { "data-function-id": fn.id },
-        h("td", {}, h("div", { class: "mono" }, fn.id), fn.name && fn.name !== fn.id ? h("div", { class: "muted" }, fn.name) : null),
-        h("td", {}, fn.app),
-        h("td", { class: "mono" }, (fn.triggers || []).map((t) => h("div", {}, trigger(t)))),
-        h("td", {}, badge(fn.status), fn.reason ? h("div", { class: "error" }, fn.reason) : null),
-        h("td", {}, skipped.length ? h("span", { class: "mono", title: JSON.stringify(fn.not_honoured) }, skipped.join(", ")) : h("span", { class: "muted" }, "—")),
-      );
-    });
+    const table = functionTable(shown.slice(page * PAGE, (page + 1) * PAGE));
+    table.id = "functions";
     replace(
       body,
-      h(
-        "table",
-        { id: "functions" },
-        h("thead", {}, h("tr", {}, ["Function", "App", "Triggers", "Status", "Options not honoured"].map((t) => h("th", {}, t)))),
-        h("tbody", {}, rows),
-      ),
+      table,
       pages > 1
         ? h(
             "div",

@@ -1,6 +1,8 @@
 // One run (GET /v1/runs/{id}): status, function, event, times, output or error; its step
 // timeline when the server keeps one (GET /v1/runs/{id}/steps); a Cancel button while it runs
-// (POST /v1/runs/{id}/cancel). Looked at again every second while it runs.
+// (POST /v1/runs/{id}/cancel) and a Rerun button (POST /v1/runs/{id}/rerun: a new run of its
+// function for a copy of its event, linked once started). Looked at again every second while it
+// runs.
 
 import { api } from "../api.js";
 import { badge, h, json, replace, time } from "../dom.js";
@@ -54,8 +56,32 @@ export async function render(root, [runId], ctx) {
     poller.now();
   }
 
+  async function rerun(button) {
+    button.disabled = true;
+    try {
+      const started = (await api.post(`${path}/rerun`)).data;
+      const link = h("a", { class: "mono", id: "rerun-link", href: `#/runs/${encodeURIComponent(started.run_id)}` }, started.run_id);
+      replace(
+        message,
+        started.status === "Skipped"
+          ? h("p", { class: "notice", id: "rerun-result" }, "Rerun skipped by the function's flow control: ", link)
+          : h("p", { class: "notice", id: "rerun-result" }, "Rerun as ", link),
+      );
+    } catch (err) {
+      if (err.name === "AuthError") return ctx.onAuth(err);
+      replace(message, h("p", { class: "error", id: "rerun-result" }, `Not rerun: ${err.message}`));
+    } finally {
+      button.disabled = false;
+    }
+  }
+
   function draw(run, list) {
     const cancelButton = h("button", { class: "danger", id: "cancel", onclick: (e) => cancel(e.target) }, "Cancel run");
+    const rerunButton = h(
+      "button",
+      { class: "secondary", id: "rerun", title: "Start a new run of this function with a copy of its event", onclick: (e) => rerun(e.target) },
+      "Rerun",
+    );
     const result =
       run.status === "Failed"
         ? [h("h2", {}, "Error"), h("div", { class: "error", id: "run-error" }, json(run.output))]
@@ -81,7 +107,7 @@ export async function render(root, [runId], ctx) {
           h("dt", {}, "Ended"),
           h("dd", {}, time(run.ended_at)),
         ),
-        run.status === "Running" ? h("p", {}, cancelButton) : null,
+        h("p", { class: "actions" }, run.status === "Running" ? cancelButton : null, run.status === "Skipped" ? null : rerunButton),
       ),
       result,
     );

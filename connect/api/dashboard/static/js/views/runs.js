@@ -1,11 +1,15 @@
 // Runs, newest first, PAGE at a time, updating live.
 //
-// A server with `GET /v1/runs` lists every run, filtered by status and function, a page at a
-// time by its cursor (the page shown is looked at again; older pages are asked for when the user
-// goes to them). A server without it: the runs of the events sent from this tab (at most
-// MAX_SENT events; an event's runs are not asked for again once they all ended).
+// A server with `GET /v1/runs` lists every run, filtered by status, function and start time, a
+// page at a time by its cursor (the page shown is looked at again; older pages are asked for when
+// the user goes to them). With a function chosen, *Cancel runs…* cancels its Running runs in the
+// chosen time range (js/cancel_many.js: the number is said, then confirmed). `#/functions/ID/runs`
+// opens the view with that function chosen. A server without `GET /v1/runs`: the runs of the
+// events sent from this tab (at most MAX_SENT events; an event's runs are not asked for again once
+// they all ended).
 
 import { api, MAX_SENT, sent } from "../api.js";
+import { cancelPanel, isoTime } from "../cancel_many.js";
 import { badge, h, replace, time } from "../dom.js";
 import { poll } from "../poll.js";
 
@@ -36,10 +40,11 @@ export function table(runs) {
   );
 }
 
-export async function render(root, _params, ctx) {
+export async function render(root, [functionId], ctx) {
   const body = h("div", {}, h("p", { class: "muted" }, "Loading…"));
   const toolbar = h("div", { class: "toolbar" });
-  replace(root, h("h1", {}, "Runs"), toolbar, body);
+  const extra = h("div");
+  replace(root, h("h1", {}, "Runs"), toolbar, extra, body);
   let probe;
   try {
     probe = await api.get(`/v1/runs?limit=${PAGE}`);
@@ -47,12 +52,14 @@ export async function render(root, _params, ctx) {
     if (!(err.name === "ApiError" && err.noRoute)) throw err;
     return sentRuns(body, ctx);
   }
-  return allRuns(toolbar, body, ctx, probe);
+  return allRuns(toolbar, extra, body, ctx, functionId ? null : probe, functionId || "");
 }
 
-function allRuns(toolbar, body, ctx, first) {
+function allRuns(toolbar, extra, body, ctx, first, initialFunction) {
   let status = "";
-  let fn = "";
+  let fn = initialFunction;
+  let from = "";
+  let to = "";
   // cursors[i] is the cursor of page i (page 0 has none).
   let cursors = [null];
   let page = 0;
@@ -67,13 +74,27 @@ function allRuns(toolbar, body, ctx, first) {
   const fnInput = h("input", {
     id: "function-filter",
     placeholder: "Function id",
+    value: fn || undefined,
     onchange: (e) => reset({ fn: e.target.value.trim() }),
   });
-  replace(toolbar, statusSelect, fnInput);
+  const fromInput = h("input", { id: "from-filter", type: "datetime-local", step: 1, title: "started at or after", onchange: (e) => reset({ from: isoTime(e.target.value) || "" }) });
+  const toInput = h("input", { id: "to-filter", type: "datetime-local", step: 1, title: "started before", onchange: (e) => reset({ to: isoTime(e.target.value) || "" }) });
+  const bulk = cancelPanel(() => ({ function_id: fn, started_after: from, started_before: to }), ctx, () => poller.now());
+  const bulkButton = h(
+    "button",
+    { class: "danger", id: "bulk-cancel", disabled: !fn, title: "Choose a function to cancel its Running runs", onclick: () => bulk.open() },
+    "Cancel runs…",
+  );
+  replace(toolbar, statusSelect, fnInput, h("span", { class: "muted" }, "from"), fromInput, h("span", { class: "muted" }, "to"), toInput, bulkButton);
+  replace(extra, bulk.panel);
 
   function reset(change) {
     if ("status" in change) status = change.status;
     if ("fn" in change) fn = change.fn;
+    if ("from" in change) from = change.from;
+    if ("to" in change) to = change.to;
+    bulkButton.disabled = !fn;
+    bulk.panel.hidden = true;
     cursors = [null];
     page = 0;
     last = "";
@@ -84,6 +105,8 @@ function allRuns(toolbar, body, ctx, first) {
     const q = new URLSearchParams({ limit: String(PAGE) });
     if (status) q.set("status", status);
     if (fn) q.set("function", fn);
+    if (from) q.set("from", from);
+    if (to) q.set("to", to);
     if (cursors[page]) q.set("cursor", cursors[page]);
     return `/v1/runs?${q}`;
   }
@@ -103,8 +126,8 @@ function allRuns(toolbar, body, ctx, first) {
     );
   }
 
-  function go(to) {
-    page = to;
+  function go(target) {
+    page = target;
     last = "";
     poller.now();
   }

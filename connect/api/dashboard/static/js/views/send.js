@@ -34,6 +34,7 @@ export function render(root, _params, ctx) {
       ids = await api.send([{ name: name.value.trim(), data: payload }]);
     } catch (err) {
       if (err.name === "AuthError") return ctx.onAuth(err);
+      if (err.elsewhere) return ctx.onElsewhere(err);
       replace(message, h("p", { class: "error" }, `Not sent: ${err.message}`));
       return;
     }
