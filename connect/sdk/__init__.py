@@ -16,6 +16,13 @@ from connect.sdk.errors import (
 from connect.sdk.events import Event
 from connect.sdk.flow import Batch, Concurrency, Debounce, Priority, RateLimit, Singleton, Throttle
 from connect.sdk.function import Function, functions_json
+from connect.sdk.middleware import (
+    Middleware,
+    MiddlewareSync,
+    SendEventsResult,
+    StepMemos,
+    TransformOutputResult,
+)
 from connect.sdk.options import Cancel, Timeouts
 from connect.sdk.step import ParallelMode, Step, StepSync
 from connect.sdk.triggers import TriggerCron, TriggerEvent
@@ -30,18 +37,23 @@ __all__ = [
     "Event",
     "Function",
     "FunctionConfigError",
+    "Middleware",
+    "MiddlewareSync",
     "NonRetriableError",
     "ParallelMode",
     "Priority",
     "RateLimit",
     "RetryAfterError",
     "SendEventsError",
+    "SendEventsResult",
     "Singleton",
     "Step",
     "StepError",
+    "StepMemos",
     "StepSync",
     "Throttle",
     "Timeouts",
+    "TransformOutputResult",
     "TriggerCron",
     "TriggerEvent",
     "functions_json",

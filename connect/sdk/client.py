@@ -17,6 +17,7 @@ from connect.sdk.errors import FunctionConfigError, SendEventsError
 from connect.sdk.events import Event, encode_events, event_id_seed, normalize, parse_send_reply
 from connect.sdk.flow import Batch, Concurrency, Debounce, Priority, RateLimit, Singleton, Throttle
 from connect.sdk.function import Function, Handler
+from connect.sdk.middleware import Chain, UninitializedMiddleware, send_through, send_through_sync
 from connect.sdk.options import Cancel, Timeouts
 from connect.sdk.triggers import AnyTrigger
 from connect.sdk.validation import NonBlank, config_error
@@ -96,6 +97,7 @@ class Client:
         app_version: str | None = None,
         logger: logging.Logger | None = None,
         http_transport: httpx.AsyncBaseTransport | httpx.BaseTransport | None = None,
+        middleware: Sequence[UninitializedMiddleware] | None = None,
     ) -> None:
         try:
             settings = ClientSettings(
@@ -117,6 +119,13 @@ class Client:
         #: Every function created with this client, in creation order; what
         #: `connect worker module:client` serves.
         self.functions: list[Function] = []
+        #: Middleware run on every request of this client's functions, before
+        #: the function's own, and around ``send`` (see ``connect.sdk.middleware``).
+        self.middleware: list[UninitializedMiddleware] = list(middleware or [])
+
+    def add_middleware(self, middleware: UninitializedMiddleware) -> None:
+        """Append one middleware to the client's (it applies from the next request on)."""
+        self.middleware = [*self.middleware, middleware]
 
     @property
     def event_url(self) -> str:
@@ -140,6 +149,7 @@ class Client:
         priority: Priority | None = None,
         idempotency: str | None = None,
         singleton: Singleton | None = None,
+        middleware: Sequence[UninitializedMiddleware] | None = None,
     ) -> Callable[[Handler], Function]:
         """Decorator turning ``async def f(ctx, step)`` or ``def f(ctx, step)`` into a ``Function``.
 
@@ -153,7 +163,9 @@ class Client:
         and ``run_id``). Flow control (``concurrency``, ``throttle``,
         ``rate_limit``, ``debounce``, ``batch_events``, ``priority``,
         ``idempotency``, ``singleton``) takes the types of
-        ``connect.sdk.flow``, named and shaped as in the official SDK. Options
+        ``connect.sdk.flow``, named and shaped as in the official SDK.
+        ``middleware`` runs after the client's on each request of this
+        function (see ``connect.sdk.middleware``). Options
         are validated here, so a mistake raises ``FunctionConfigError`` at
         import time rather than at run time.
         """
@@ -176,6 +188,7 @@ class Client:
                 priority=priority,
                 idempotency=idempotency,
                 singleton=singleton,
+                middleware=middleware,
             )
             if any(existing.id == fn.id for existing in self.functions):
                 raise FunctionConfigError(f"app {self.app_id!r} already has a function with id {fn.id!r}")
@@ -184,7 +197,7 @@ class Client:
 
         return decorate
 
-    async def send(self, events: Event | Sequence[Event]) -> list[str]:
+    async def send(self, events: Event | Sequence[Event], *, skip_middleware: bool = False) -> list[str]:
         """POST events to the event API; returns their ids in order.
 
         A network failure or a 5xx answer is retried (``SEND_ATTEMPTS`` tries
@@ -213,11 +226,16 @@ class Client:
             raise SendEventsError(f"could not reach the event API at {self.event_url}: {exc}") from exc
         return parse_send_reply(response.status_code, response.content)
 
-    def send_sync(self, events: Event | Sequence[Event]) -> list[str]:
-        """Blocking ``send`` (with the same retries), for sync code and sync handlers."""
+    def send_sync(self, events: Event | Sequence[Event], *, skip_middleware: bool = False) -> list[str]:
+        """Blocking ``send`` (with the same retries and middleware), for sync code and sync handlers."""
         batch = normalize(events)
         if not batch:
             return []
+        if self.middleware and not skip_middleware:
+            return send_through_sync(Chain(self, None, self.middleware), batch, self._post_sync)
+        return self._post_sync(batch)
+
+    def _post_sync(self, batch: list[Event]) -> list[str]:
         body, headers = self._request(batch)
         transport = self._transport if isinstance(self._transport, httpx.BaseTransport) else None
         try:

@@ -137,6 +137,10 @@ async def _run(client: Client, fn: Function, request: ExecutorRequest, invocatio
         job_id=invocation.job_id,
         logger=client.logger,
     )
+    if client.middleware or fn.middleware:
+        from connect.sdk import hooked  # imports this module's helpers
+
+        return await hooked.run(client, fn, request, invocation, ctx, target)
     checkpoint = invocation.checkpoint
     if checkpoint is not None and request.ctx.checkpoint_steps:
         checkpoint = _resetting_attempt(checkpoint, ctx)

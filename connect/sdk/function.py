@@ -11,6 +11,7 @@ import msgspec
 
 from connect.sdk.context import Context
 from connect.sdk.errors import FunctionConfigError
+from connect.sdk.middleware import UninitializedMiddleware
 from connect.sdk.flow import Batch, Concurrency, Debounce, Priority, RateLimit, Singleton, Throttle
 from connect.sdk.options import Cancel, FunctionOptions, Timeouts
 from connect.sdk.step import Step, StepSync
@@ -57,6 +58,7 @@ class Function:
         priority: Priority | None = None,
         idempotency: str | None = None,
         singleton: Singleton | None = None,
+        middleware: Sequence[UninitializedMiddleware] | None = None,
     ) -> None:
         options = FunctionOptions.checked(
             fn_id=fn_id,
@@ -85,6 +87,7 @@ class Function:
         self._is_async = _is_async_callable(handler)
         self._cancel: tuple[Cancel, ...] = options.cancel
         self._timeouts = timeouts
+        self._middleware: tuple[UninitializedMiddleware, ...] = tuple(middleware or ())
         self._on_failure: Function | None = None
         if on_failure is not None:
             _check_handler(f"{fn_id} on_failure", on_failure)
@@ -96,6 +99,7 @@ class Function:
                 trigger=TriggerEvent(event=FUNCTION_FAILED_EVENT),
                 retries=0,
                 name=f"{self._name} (failure)",
+                middleware=middleware,
             )
 
     @property
@@ -136,6 +140,11 @@ class Function:
     def options(self) -> FunctionOptions:
         """Every option as validated, flow control included (``options.throttle``, ...)."""
         return self._options
+
+    @property
+    def middleware(self) -> tuple[UninitializedMiddleware, ...]:
+        """This function's own middleware, run after the client's on each request."""
+        return self._middleware
 
     @property
     def on_failure(self) -> Function | None:
