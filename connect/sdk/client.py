@@ -17,7 +17,7 @@ from connect.sdk.errors import FunctionConfigError, SendEventsError
 from connect.sdk.events import Event, encode_events, event_id_seed, normalize, parse_send_reply
 from connect.sdk.flow import Batch, Concurrency, Debounce, Priority, RateLimit, Singleton, Throttle
 from connect.sdk.function import Function, Handler
-from connect.sdk.middleware import Chain, UninitializedMiddleware, send_through, send_through_sync
+from connect.sdk.middleware import Chain, UninitializedMiddleware, send_through_sync
 from connect.sdk.options import Cancel, Timeouts
 from connect.sdk.triggers import AnyTrigger
 from connect.sdk.validation import NonBlank, config_error

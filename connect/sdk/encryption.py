@@ -80,9 +80,7 @@ class DecryptionError(SDKError):
 
 def is_encrypted(value: object) -> bool:
     """Whether ``value`` is a value encrypted with this scheme."""
-    return (
-        isinstance(value, dict) and value.get(ENCRYPTED_MARKER) is True and value.get(STRATEGY_MARKER) == STRATEGY
-    )
+    return isinstance(value, dict) and value.get(ENCRYPTED_MARKER) is True and value.get(STRATEGY_MARKER) == STRATEGY
 
 
 def _box(key: Key) -> nacl.secret.SecretBox:

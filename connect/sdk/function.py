@@ -11,8 +11,8 @@ import msgspec
 
 from connect.sdk.context import Context
 from connect.sdk.errors import FunctionConfigError
-from connect.sdk.middleware import UninitializedMiddleware
 from connect.sdk.flow import Batch, Concurrency, Debounce, Priority, RateLimit, Singleton, Throttle
+from connect.sdk.middleware import UninitializedMiddleware
 from connect.sdk.options import Cancel, FunctionOptions, Timeouts
 from connect.sdk.step import Step, StepSync
 from connect.sdk.triggers import AnyTrigger, TriggerEvent

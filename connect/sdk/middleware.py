@@ -438,7 +438,7 @@ async def send_through(
         if result is not None:
             err = await chain.after_send_events(result)
             if err is not None:
-                raise err  # noqa: B012 - the official SDK lets an after_send_events error win
+                raise err
     return ids
 
 
@@ -461,5 +461,5 @@ def send_through_sync(chain: Chain, events: list[Event], send: Callable[[list[Ev
         if result is not None:
             err = chain.after_send_events_sync(result)
             if err is not None:
-                raise err  # noqa: B012 - as in send_through
+                raise err
     return ids

@@ -104,9 +104,7 @@ class _StepTools:
         return datetime.datetime.now(datetime.UTC) + delta
 
     @staticmethod
-    def _wait_opts(
-        step_id: str, if_exp: str | None, timeout: int | datetime.timedelta
-    ) -> dict[str, str | None]:
+    def _wait_opts(step_id: str, if_exp: str | None, timeout: int | datetime.timedelta) -> dict[str, str | None]:
         if if_exp is not None and (problem := cel_problem(if_exp)) is not None:
             raise FunctionConfigError(f"step.wait_for_event {step_id!r}: if_exp: {problem}, got {if_exp!r}")
         return {"if": if_exp, "timeout": to_duration_string(timeout)}

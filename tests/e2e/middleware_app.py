@@ -101,9 +101,7 @@ def recorder(base: Any, label: str) -> Any:
     return Recorder
 
 
-recording_client = Client(
-    app_id="mw-ours", middleware=[recorder(Middleware, "A"), recorder(MiddlewareSync, "B")]
-)
+recording_client = Client(app_id="mw-ours", middleware=[recorder(Middleware, "A"), recorder(MiddlewareSync, "B")])
 
 
 @recording_client.create_function(

@@ -36,9 +36,7 @@ def _lines(path: Path) -> list[dict[str, Any]]:
 def test_a_ported_middleware_sees_its_hooks_in_the_official_order(tmp_path: Path) -> None:
     dev = DevServer(tmp_path).start()
     log = tmp_path / "mw.jsonl"
-    worker = start_worker(
-        dev, tmp_path, target="tests.e2e.middleware_app:recorded_apps", env={"MW_LOG": str(log)}
-    )
+    worker = start_worker(dev, tmp_path, target="tests.e2e.middleware_app:recorded_apps", env={"MW_LOG": str(log)})
     try:
         wait_for_log(worker, "worker state ACTIVE", timeout=60)
         [event_id] = dev.send([{"name": "mw/record", "data": {}}])
@@ -104,9 +102,7 @@ def _relay(
     try:
         event_id = send(tag)
         run_id = _run_id(dev, event_id)
-        wait_until(
-            lambda: any(s["run"] == run_id and s["what"] == "first" for s in _lines(seen)), 60, "the first step"
-        )
+        wait_until(lambda: any(s["run"] == run_id and s["what"] == "first" for s in _lines(seen)), 60, "the first step")
     finally:
         worker.stop()  # drains: the first step's result is stored before it exits
     worker = _start(finishes, dev, tmp, env, f"{finishes}-{tag}")
@@ -215,4 +211,3 @@ async def _read_store(dev: DevServer, run_ids: list[str], event_ids: list[str]) 
         return {"raw": raw, "memos": memos, "outputs": outputs, "events": [json.loads(r.body) for r in records]}
     finally:
         await store.close()
-

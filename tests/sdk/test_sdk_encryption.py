@@ -111,9 +111,7 @@ async def test_a_function_sees_plaintext_and_replies_with_ciphertext() -> None:
         "user": {},
     }
     steps = {hash_step_id("first"): {"data": official._encrypt({"a": 1})}}
-    outcome = await execute(
-        client, {"app-f": fn}, Invocation(make_payload(steps=steps, event=event), "app-f", "step")
-    )
+    outcome = await execute(client, {"app-f": fn}, Invocation(make_payload(steps=steps, event=event), "app-f", "step"))
     assert seen == [({"encrypted": {"card": "4242"}, "plain": 1},) * 2 + ({"a": 1},)]
     assert outcome.status == STATUS_NOT_COMPLETED
     [op] = json.loads(outcome.body)
@@ -126,8 +124,15 @@ async def test_a_function_sees_plaintext_and_replies_with_ciphertext() -> None:
 
 
 def test_step_memos_keep_errors_and_unwrapped_values() -> None:
-    memos = StepMemos.from_raw({"a": {"data": 1}, "b": {"error": {"name": "E", "message": "m"}}, "c": None, "d": {"x": 1}})
-    assert [(m.data, m.error is not None) for m in memos.values()] == [(1, False), (None, True), (None, False), ({"x": 1}, False)]
+    memos = StepMemos.from_raw(
+        {"a": {"data": 1}, "b": {"error": {"name": "E", "message": "m"}}, "c": None, "d": {"x": 1}}
+    )
+    assert [(m.data, m.error is not None) for m in memos.values()] == [
+        (1, False),
+        (None, True),
+        (None, False),
+        ({"x": 1}, False),
+    ]
     raw = memos.to_raw()
     assert raw["b"]["error"]["name"] == "E" and raw["d"] == {"data": {"x": 1}}
 

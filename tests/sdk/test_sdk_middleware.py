@@ -96,7 +96,7 @@ OUR_IMPORTS = "from connect.sdk import Middleware, MiddlewareSync"
 
 def _load(imports: str) -> dict[str, Any]:
     namespace: dict[str, Any] = {}
-    exec(RECORDER.format(imports=imports), namespace)  # noqa: S102 - the test's own source text
+    exec(RECORDER.format(imports=imports), namespace)
     return namespace
 
 
