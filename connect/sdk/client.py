@@ -17,7 +17,7 @@ from connect.sdk.errors import FunctionConfigError, SendEventsError
 from connect.sdk.events import Event, encode_events, event_id_seed, normalize, parse_send_reply
 from connect.sdk.flow import Batch, Concurrency, Debounce, Priority, RateLimit, Singleton, Throttle
 from connect.sdk.function import Function, Handler
-from connect.sdk.middleware import Chain, UninitializedMiddleware, send_through_sync
+from connect.sdk.middleware import Chain, UninitializedMiddleware, send_through, send_through_sync
 from connect.sdk.options import Cancel, Timeouts
 from connect.sdk.triggers import AnyTrigger
 from connect.sdk.validation import NonBlank, config_error
@@ -207,10 +207,17 @@ class Client:
         Raises ``SendEventsError`` once the tries are spent, or at once on a
         4xx answer (with the server's message). Inside a function, use
         ``step.send_event``, so that a retry of the *step* does not send twice.
+        The client's middleware sees the events first (``before_send_events``)
+        and the result after (``after_send_events``), unless ``skip_middleware``.
         """
         batch = normalize(events)
         if not batch:
             return []
+        if self.middleware and not skip_middleware:
+            return await send_through(Chain(self, None, self.middleware), batch, self._post)
+        return await self._post(batch)
+
+    async def _post(self, batch: list[Event]) -> list[str]:
         body, headers = self._request(batch)
         transport = self._transport if isinstance(self._transport, httpx.AsyncBaseTransport) else None
         try:

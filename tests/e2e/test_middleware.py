@@ -25,7 +25,7 @@ from connect.sdk import Client, Event
 from connect.sdk.encryption import EncryptionMiddleware, is_encrypted
 from connect.store.open import open_store
 from tests.e2e.harness import DevServer, Proc, complete_lines, start_worker, wait_for_log, wait_until
-from tests.e2e.middleware_app import KEY
+from tests.e2e.middleware_app import KEY, recording_client
 from tests.e2e.test_steps_features import ready_workers
 
 
@@ -34,6 +34,7 @@ def _lines(path: Path) -> list[dict[str, Any]]:
 
 
 def test_a_ported_middleware_sees_its_hooks_in_the_official_order(tmp_path: Path) -> None:
+    recorders = recording_client.middleware
     dev = DevServer(tmp_path).start()
     log = tmp_path / "mw.jsonl"
     worker = start_worker(dev, tmp_path, target="tests.e2e.middleware_app:recorded_apps", env={"MW_LOG": str(log)})
@@ -42,9 +43,27 @@ def test_a_ported_middleware_sees_its_hooks_in_the_official_order(tmp_path: Path
         [event_id] = dev.send([{"name": "mw/record", "data": {}}])
         [run] = dev.wait_runs([event_id], timeout=60)
         assert run["status"] == "Completed" and run["output"] == 2, run
+        # Outside a function, `client.send` runs the client's middleware, built for that send.
+        os.environ["MW_LOG"] = str(tmp_path / "send.jsonl")
+        try:
+            sender = Client("mw-ours", api_base_url=dev.url, event_key=dev.event_key, middleware=recorders)
+            [sent_id] = asyncio.run(sender.send(Event(name="mw/outside", data={})))
+        finally:
+            del os.environ["MW_LOG"]
     finally:
         worker.stop()
         dev.stop()
+
+    outside = _lines(tmp_path / "send.jsonl")
+    assert [(c["hook"], c["label"]) for c in outside] == [
+        ("init", "A"),
+        ("init", "B"),
+        ("before_send_events", "A"),
+        ("before_send_events", "B"),
+        ("after_send_events", "B"),
+        ("after_send_events", "A"),
+    ]
+    assert outside[2]["events"] == ["mw/outside"] and outside[-1]["ids"] == 1 and sent_id
 
     calls = [(c["hook"], c["label"]) for c in _lines(log)]
     chain = ["A", "B", "C"]  # the client's A and B, then the function's C
