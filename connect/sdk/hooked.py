@@ -223,6 +223,8 @@ def _output_result(pending: _Pending) -> _Shown | None:
     error = None
     if op.error is not None:
         error = pending.raised or errors.StepError(op.error.message, op.error.name, op.error.stack)
+    if op.opts is not None:
+        op.opts = dict(op.opts)  # hooks may change it in place; it may be a shared constant (SEND_EVENT_OPTS)
     step = TransformOutputStepInfo(id=op.displayName, op=kind, opts=op.opts)
     return _Shown(TransformOutputResult(error=error, output=op.data, step=step), ending, error)
 
