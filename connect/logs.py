@@ -26,6 +26,9 @@ FIELDS: Final = (
     "function",
     "status",
     "step",
+    # Set on a handler's `ctx.logger` records by `connect.sdk.log_middleware.LoggerMiddleware`.
+    "function_id",
+    "step_id",
     "request_id",
     "connection_id",
     "instance_id",

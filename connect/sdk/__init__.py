@@ -22,6 +22,13 @@ from connect.sdk.events import Event
 from connect.sdk.flow import Batch, Concurrency, Debounce, Priority, RateLimit, Singleton, Throttle
 from connect.sdk.function import Function, functions_json
 from connect.sdk.group import Group, GroupSync
+from connect.sdk.middleware import (
+    Middleware,
+    MiddlewareSync,
+    SendEventsResult,
+    StepMemos,
+    TransformOutputResult,
+)
 from connect.sdk.options import Cancel, Timeouts
 from connect.sdk.serializer import PydanticSerializer, Serializer
 from connect.sdk.step import ParallelMode, Step, StepSync
@@ -41,6 +48,8 @@ __all__ = [
     "Group",
     "GroupSync",
     "Inngest",
+    "Middleware",
+    "MiddlewareSync",
     "NonRetriableError",
     "ParallelMode",
     "Priority",
@@ -48,13 +57,16 @@ __all__ = [
     "RateLimit",
     "RetryAfterError",
     "SendEventsError",
+    "SendEventsResult",
     "Serializer",
     "Singleton",
     "Step",
     "StepError",
+    "StepMemos",
     "StepSync",
     "Throttle",
     "Timeouts",
+    "TransformOutputResult",
     "TriggerCron",
     "TriggerEvent",
     "functions_json",

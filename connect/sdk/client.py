@@ -17,6 +17,7 @@ from connect.sdk.errors import FunctionConfigError, SendEventsError
 from connect.sdk.events import Event, encode_events, event_id_seed, normalize, parse_send_reply
 from connect.sdk.flow import Batch, Concurrency, Debounce, Priority, RateLimit, Singleton, Throttle
 from connect.sdk.function import Function, Handler
+from connect.sdk.middleware import Chain, UninitializedMiddleware, send_through, send_through_sync
 from connect.sdk.options import Cancel, Timeouts
 from connect.sdk.serializer import NO_OUTPUT_TYPE, PydanticSerializer, Serializer
 from connect.sdk.triggers import AnyTrigger
@@ -102,6 +103,7 @@ class Client:
         serializer: Serializer | None = None,
         signing_key: str | None = None,
         http_transport: httpx.AsyncBaseTransport | httpx.BaseTransport | None = None,
+        middleware: Sequence[UninitializedMiddleware] | None = None,
     ) -> None:
         settings = settings_.resolve(
             app_id=app_id,
@@ -133,6 +135,13 @@ class Client:
         #: Every function created with this client, in creation order; what
         #: `connect worker module:client` serves.
         self.functions: list[Function] = []
+        #: Middleware run on every request of this client's functions, before
+        #: the function's own, and around ``send`` (see ``connect.sdk.middleware``).
+        self.middleware: list[UninitializedMiddleware] = list(middleware or [])
+
+    def add_middleware(self, middleware: UninitializedMiddleware) -> None:
+        """Append one middleware to the client's (it applies from the next request on)."""
+        self.middleware = [*self.middleware, middleware]
 
     @property
     def event_url(self) -> str:
@@ -163,6 +172,7 @@ class Client:
         priority: Priority | None = None,
         idempotency: str | None = None,
         singleton: Singleton | None = None,
+        middleware: Sequence[UninitializedMiddleware] | None = None,
     ) -> Callable[[Handler], Function]:
         """Decorator turning a handler into a ``Function``.
 
@@ -183,7 +193,9 @@ class Client:
         and ``run_id``). Flow control (``concurrency``, ``throttle``,
         ``rate_limit``, ``debounce``, ``batch_events``, ``priority``,
         ``idempotency``, ``singleton``) takes the types of
-        ``connect.sdk.flow``, named and shaped as in the official SDK. Options
+        ``connect.sdk.flow``, named and shaped as in the official SDK.
+        ``middleware`` runs after the client's on each request of this
+        function (see ``connect.sdk.middleware``). Options
         are validated here, so a mistake raises ``FunctionConfigError`` at
         import time rather than at run time.
         """
@@ -207,6 +219,7 @@ class Client:
                 priority=priority,
                 idempotency=idempotency,
                 singleton=singleton,
+                middleware=middleware,
             )
             if any(existing.id == fn.id for existing in self.functions):
                 raise FunctionConfigError(f"app {self.app_id!r} already has a function with id {fn.id!r}")
@@ -215,7 +228,7 @@ class Client:
 
         return decorate
 
-    async def send(self, events: Event | Sequence[Event]) -> list[str]:
+    async def send(self, events: Event | Sequence[Event], *, skip_middleware: bool = False) -> list[str]:
         """POST events to the event API; returns their ids in order.
 
         A network failure or a 5xx answer is retried (``SEND_ATTEMPTS`` tries
@@ -225,10 +238,17 @@ class Client:
         Raises ``SendEventsError`` once the tries are spent, or at once on a
         4xx answer (with the server's message). Inside a function, use
         ``step.send_event``, so that a retry of the *step* does not send twice.
+        The client's middleware sees the events first (``before_send_events``)
+        and the result after (``after_send_events``), unless ``skip_middleware``.
         """
         batch = normalize(events)
         if not batch:
             return []
+        if self.middleware and not skip_middleware:
+            return await send_through(Chain(self, None, self.middleware), batch, self._post)
+        return await self._post(batch)
+
+    async def _post(self, batch: list[Event]) -> list[str]:
         body, headers = self._request(batch)
         url = self.event_url
         transport = self._transport if isinstance(self._transport, httpx.AsyncBaseTransport) else None
@@ -245,11 +265,16 @@ class Client:
             raise SendEventsError(f"could not reach the event API at {url}: {exc}") from exc
         return parse_send_reply(response.status_code, response.content)
 
-    def send_sync(self, events: Event | Sequence[Event]) -> list[str]:
-        """Blocking ``send`` (with the same retries), for sync code and sync handlers."""
+    def send_sync(self, events: Event | Sequence[Event], *, skip_middleware: bool = False) -> list[str]:
+        """Blocking ``send`` (with the same retries and middleware), for sync code and sync handlers."""
         batch = normalize(events)
         if not batch:
             return []
+        if self.middleware and not skip_middleware:
+            return send_through_sync(Chain(self, None, self.middleware), batch, self._post_sync)
+        return self._post_sync(batch)
+
+    def _post_sync(self, batch: list[Event]) -> list[str]:
         body, headers = self._request(batch)
         url = self.event_url
         transport = self._transport if isinstance(self._transport, httpx.BaseTransport) else None

@@ -134,6 +134,10 @@ async def _run(client: Client, fn: Function, request: ExecutorRequest, invocatio
     # An empty step id is treated as discovery: targeting a step nobody has
     # would only make every new step fail with step_unexpected.
     target = None if invocation.step_id in (ROOT_STEP_ID, "") else invocation.step_id
+    if client.middleware or fn.middleware:
+        from connect.sdk import hooked  # imports this module's helpers
+
+        return await hooked.run(client, fn, request, invocation, target)
     checkpoint = invocation.checkpoint if request.ctx.checkpoint_steps else None
     made: list[Context | ContextSync] = []  # the context, once made, for the checkpoint to reset
     replay = Replay(
@@ -145,15 +149,7 @@ async def _run(client: Client, fn: Function, request: ExecutorRequest, invocatio
         run_id=request.ctx.run_id,
         checkpoint=None if checkpoint is None else _resetting_attempt(checkpoint, made),
     )
-    run = (request.event, request.events, request.ctx.run_id, request.ctx.attempt)
-    ids = (invocation.request_id, invocation.job_id, client.logger)
-    ctx: Context | ContextSync
-    if fn.is_async:
-        step = Step(replay, client)
-        ctx = Context(*run, *ids, step=step, group=Group(step), function_id=fn.id)
-    else:
-        step_sync = StepSync(replay, client)
-        ctx = ContextSync(*run, *ids, step=step_sync, group=GroupSync(step_sync), function_id=fn.id)
+    ctx = _context(client, fn, request, invocation, replay)
     made.append(ctx)
     if isinstance(ctx, Context):
         result = await _call_async(fn, ctx)
@@ -173,6 +169,30 @@ async def _run(client: Client, fn: Function, request: ExecutorRequest, invocatio
         except Exception as exc:
             return _from_exception(client, fn, exc)
     return _from_return(result.value)
+
+
+def _context(
+    client: Client, fn: Function, request: ExecutorRequest, invocation: Invocation, replay: Replay
+) -> Context | ContextSync:
+    """The handler's context for one request: ``Context`` for an ``async def``
+    handler, ``ContextSync`` for a plain ``def`` one, its step tools over ``replay``."""
+    run = (request.event, request.events, request.ctx.run_id, request.ctx.attempt)
+    ids = (invocation.request_id, invocation.job_id, client.logger)
+    if fn.is_async:
+        step = Step(replay, client)
+        return Context(*run, *ids, step=step, group=Group(step), function_id=fn.id)
+    step_sync = StepSync(replay, client)
+    return ContextSync(*run, *ids, step=step_sync, group=GroupSync(step_sync), function_id=fn.id)
+
+
+def _bind(ctx: Context | ContextSync, client: Client, replay: Replay) -> None:
+    """Point ``ctx``'s step tools at ``replay`` (made after middleware rewrote the step memos)."""
+    if isinstance(ctx, Context):
+        ctx.step = Step(replay, client)
+        ctx.group = Group(ctx.step)
+    else:
+        ctx.step = StepSync(replay, client)
+        ctx.group = GroupSync(ctx.step)
 
 
 def _resetting_attempt(

@@ -11,6 +11,7 @@ import msgspec
 from connect.sdk.context import Context, ContextSync
 from connect.sdk.flow import Batch, Concurrency, Debounce, Priority, RateLimit, Singleton, Throttle
 from connect.sdk.handlers import is_async_callable, takes_step
+from connect.sdk.middleware import UninitializedMiddleware
 from connect.sdk.options import Cancel, FunctionOptions, Timeouts
 from connect.sdk.serializer import NO_OUTPUT_TYPE
 from connect.sdk.step import Step, StepSync
@@ -62,6 +63,7 @@ class Function:
         priority: Priority | None = None,
         idempotency: str | None = None,
         singleton: Singleton | None = None,
+        middleware: Sequence[UninitializedMiddleware] | None = None,
     ) -> None:
         options = FunctionOptions.checked(
             fn_id=fn_id,
@@ -91,6 +93,7 @@ class Function:
         self._is_async = is_async_callable(handler)
         self._cancel: tuple[Cancel, ...] = options.cancel
         self._timeouts = timeouts
+        self._middleware: tuple[UninitializedMiddleware, ...] = tuple(middleware or ())
         self._on_failure: Function | None = None
         if on_failure is not None:
             takes_step(f"{fn_id} on_failure", on_failure)
@@ -102,6 +105,7 @@ class Function:
                 trigger=TriggerEvent(event=FUNCTION_FAILED_EVENT),
                 retries=0,
                 name=f"{self._name} (failure)",
+                middleware=middleware,
             )
 
     @property
@@ -152,6 +156,11 @@ class Function:
     def options(self) -> FunctionOptions:
         """Every option as validated, flow control included (``options.throttle``, ...)."""
         return self._options
+
+    @property
+    def middleware(self) -> tuple[UninitializedMiddleware, ...]:
+        """This function's own middleware, run after the client's on each request."""
+        return self._middleware
 
     @property
     def on_failure(self) -> Function | None:

@@ -42,7 +42,7 @@ import time
 import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, NoReturn
+from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import msgspec
 
@@ -59,6 +59,9 @@ from protocol.payloads import (
     Userland,
     hash_step_id,
 )
+
+if TYPE_CHECKING:
+    from connect.sdk.middleware import Chain
 
 log = logging.getLogger("connect.sdk")
 
@@ -103,9 +106,15 @@ class Group:
 # Which replay (if any) is executing a step body in the current context.
 # Context-local rather than a flag on the replay, so tasks the handler spawns
 # before a body starts are not mistaken for nested calls.
-_executing_body: contextvars.ContextVar[Replay | None] = contextvars.ContextVar(
+_executing_body: contextvars.ContextVar[_BodyScope | None] = contextvars.ContextVar(
     "connect_sdk_executing_body", default=None
 )
+
+
+def current_step() -> str | None:
+    """The user's id of the step whose body is running in this context (task or thread), if any."""
+    scope = _executing_body.get()
+    return None if scope is None else scope.identity.user_id
 
 
 # --- endings --------------------------------------------------------------------
@@ -256,6 +265,10 @@ class Replay:
         self._body_started_ns = 0
         self._body_opts: dict[str, Any] | None = None
         self.ending: Ending | None = None
+        #: The request's middleware (``connect.sdk.middleware.Chain``), if its function has any.
+        self.hooks: Chain | None = None
+        #: The exception the last step body raised, for ``transform_output``.
+        self.raised: Exception | None = None
 
     def end(self, ending: Ending) -> NoReturn:
         """Record the request's ending (the first one wins) and unwind the handler."""
@@ -317,7 +330,8 @@ class Replay:
         if self.ending is not None:
             # User code swallowed RequestEnded and carried on; keep unwinding.
             raise RequestEnded
-        if _executing_body.get() is self:
+        scope = _executing_body.get()
+        if scope is not None and scope.replay is self:
             self._nested = True
             raise NestedStepCalled
         if self._body_active:
@@ -339,6 +353,11 @@ class Replay:
         if identity.hashed in self._memos:
             return identity, Memo.parse(self._memos.pop(identity.hashed))
         return identity, None
+
+    @property
+    def memos_left(self) -> bool:
+        """Whether stored results remain that no step has taken yet."""
+        return bool(self._memos)
 
     def report_new_step(self, identity: StepIdentity, opcode: Opcode) -> NoReturn:
         """End the request for a new step the executor carries out (sleep, wait, invoke)."""
@@ -445,6 +464,7 @@ class Replay:
     def body_raised(self, identity: StepIdentity, exc: Exception) -> NoReturn:
         if self._nested:
             self.end_nested(identity)
+        self.raised = exc
         last_attempt = self._max_attempts is not None and self._attempt + 1 >= self._max_attempts
         op = OP_STEP_FAILED if last_attempt else OP_STEP_ERROR
         self.end(
@@ -490,14 +510,14 @@ class _BodyScope:
     """
 
     def __init__(self, replay: Replay, identity: StepIdentity) -> None:
-        self._replay = replay
-        self._identity = identity
-        self._token: contextvars.Token[Replay | None] | None = None
+        self.replay = replay
+        self.identity = identity
+        self._token: contextvars.Token[_BodyScope | None] | None = None
 
     def __enter__(self) -> None:
-        self._token = _executing_body.set(self._replay)
-        self._replay.body_active = True
-        self._replay.body_started()
+        self._token = _executing_body.set(self)
+        self.replay.body_active = True
+        self.replay.body_started()
 
     def __exit__(
         self,
@@ -505,17 +525,17 @@ class _BodyScope:
         exc: BaseException | None,
         tb: types.TracebackType | None,
     ) -> None:
-        self._replay.body_active = False
+        self.replay.body_active = False
         if self._token is not None:
             _executing_body.reset(self._token)
         if exc is None or isinstance(exc, RequestEnded):
             return
-        if self._replay.nested or isinstance(exc, NestedStepCalled):
-            self._replay.end_nested(self._identity)
+        if self.replay.nested or isinstance(exc, NestedStepCalled):
+            self.replay.end_nested(self.identity)
         if isinstance(exc, errors.NonRetriableError | errors.RetryAfterError):
             return
         if isinstance(exc, Exception):
-            self._replay.body_raised(self._identity, exc)
+            self.replay.body_raised(self.identity, exc)
         # Cancellation and other BaseExceptions propagate untouched.
 
 

@@ -26,7 +26,16 @@ import msgspec
 from connect.sdk.durations import to_duration_string, to_iso_utc
 from connect.sdk.errors import FunctionConfigError
 from connect.sdk.events import derived_event_id, normalize
-from connect.sdk.replay import PARALLEL_RACE, PARALLEL_WAIT, SEND_EVENT_OPTS, GroupStepReported, Replay
+from connect.sdk.middleware import Chain, send_through, send_through_sync
+from connect.sdk.replay import (
+    PARALLEL_RACE,
+    PARALLEL_WAIT,
+    SEND_EVENT_OPTS,
+    GroupStepReported,
+    Memo,
+    Replay,
+    StepIdentity,
+)
 from connect.sdk.serializer import NO_OUTPUT_TYPE
 from connect.sdk.validation import cel_problem
 from protocol.payloads import OP_INVOKE_FUNCTION, OP_SLEEP, OP_WAIT_FOR_EVENT, Event
@@ -77,8 +86,15 @@ class _StepTools:
             for i, e in enumerate(normalize(events))
         ]
 
-    def _sleep_until(self, step_id: str, until: datetime.datetime) -> None:
-        identity, memo = self._replay.begin(step_id)
+    def _execution_due(self) -> Chain | None:
+        """The request's middleware, if its ``before_execution`` is due now: the
+        step just begun took the last stored result (or there were none)."""
+        hooks = self._replay.hooks
+        if hooks is None or hooks.execution_started or self._replay.memos_left:
+            return None
+        return hooks
+
+    def _sleep_until(self, identity: StepIdentity, memo: Memo | None, until: datetime.datetime) -> None:
         if memo is not None:
             memo.resolve()
             return
@@ -87,44 +103,43 @@ class _StepTools:
         until += datetime.timedelta(microseconds=-until.microsecond % 1000)
         self._replay.report_new_step(identity, identity.opcode(OP_SLEEP, name=to_iso_utc(until)))
 
-    def _sleep(self, step_id: str, duration: int | datetime.timedelta) -> None:
+    @staticmethod
+    def _deadline(duration: int | datetime.timedelta) -> datetime.datetime:
         if isinstance(duration, bool) or not isinstance(duration, int | datetime.timedelta):
             raise TypeError("sleep duration must be int milliseconds or a timedelta")
         delta = datetime.timedelta(milliseconds=duration) if isinstance(duration, int) else duration
-        self._sleep_until(step_id, datetime.datetime.now(datetime.UTC) + delta)
+        return datetime.datetime.now(datetime.UTC) + delta
 
-    def _wait_for_event(
-        self,
-        step_id: str,
-        event: str,
-        if_exp: str | None,
-        timeout: int | datetime.timedelta,
-    ) -> Event | None:
+    @staticmethod
+    def _wait_opts(step_id: str, if_exp: str | None, timeout: int | datetime.timedelta) -> dict[str, str | None]:
         if if_exp is not None and (problem := cel_problem(if_exp)) is not None:
             raise FunctionConfigError(f"step.wait_for_event {step_id!r}: if_exp: {problem}, got {if_exp!r}")
-        opts = {"if": if_exp, "timeout": to_duration_string(timeout)}
-        identity, memo = self._replay.begin(step_id)
+        return {"if": if_exp, "timeout": to_duration_string(timeout)}
+
+    def _wait_for_event(
+        self, identity: StepIdentity, memo: Memo | None, event: str, opts: dict[str, str | None]
+    ) -> Event | None:
         if memo is not None:
             # The executor stores the matched event unwrapped, or null on timeout.
             value = memo.resolve()
             return None if value is None else msgspec.convert(value, Event, strict=False)
         self._replay.report_new_step(identity, identity.opcode(OP_WAIT_FOR_EVENT, name=event, opts=opts))
 
-    def _invoke(
-        self,
-        step_id: str,
+    @staticmethod
+    def _invoke_opts(
         app_id: str,
         function_id: str,
         data: Mapping[str, object] | None,
         timeout: int | datetime.timedelta | None,
         v: str | None,
-    ) -> Any:
-        opts = {
+    ) -> dict[str, Any]:
+        return {
             "function_id": f"{app_id}-{function_id}",
             "payload": {"data": None if data is None else dict(data), "v": v},
             "timeout": None if timeout is None else to_duration_string(timeout),
         }
-        identity, memo = self._replay.begin(step_id)
+
+    def _invoke(self, identity: StepIdentity, memo: Memo | None, opts: dict[str, Any]) -> Any:
         if memo is not None:
             return memo.resolve()
         self._replay.report_new_step(identity, identity.opcode(OP_INVOKE_FUNCTION, opts=opts))
@@ -132,6 +147,12 @@ class _StepTools:
 
 class Step(_StepTools):
     """Step tools for ``async def`` handlers."""
+
+    async def _begin(self, step_id: str) -> tuple[StepIdentity, Memo | None]:
+        identity, memo = self._replay.begin(step_id)
+        if (hooks := self._execution_due()) is not None:
+            await hooks.before_execution()  # an error here is ignored, as in the official SDK
+        return identity, memo
 
     @overload
     async def run(
@@ -158,7 +179,7 @@ class Step(_StepTools):
         fail the whole request.
         """
         await self._replay.settle()
-        identity, memo = self._replay.begin(step_id)
+        identity, memo = await self._begin(step_id)
         if memo is not None:
             value = memo.resolve()
             return value if output_type is NO_OUTPUT_TYPE else self._typed(value, output_type)
@@ -179,13 +200,21 @@ class Step(_StepTools):
         of the step re-sends the same event ids, which the server stores once.
         """
         await self._replay.settle()
-        identity, memo = self._replay.begin(step_id)
+        identity, memo = await self._begin(step_id)
         if memo is not None:
             return memo.resolve()  # type: ignore[no-any-return]
         self._replay.allow_run(identity)
         with self._replay.executing(identity, SEND_EVENT_OPTS):
-            value = await self._client.send(self._stamped(events, identity.hashed))
+            stamped = self._stamped(events, identity.hashed)
+            hooks = self._replay.hooks
+            if hooks is None:
+                value = await self._client.send(stamped)
+            else:
+                value = await send_through(hooks, stamped, self._send_unhooked)
         return self._replay.body_done(identity, value)  # type: ignore[no-any-return]
+
+    async def _send_unhooked(self, events: list[Event]) -> list[str]:
+        return await self._client.send(events, skip_middleware=True)
 
     async def parallel(
         self,
@@ -221,12 +250,15 @@ class Step(_StepTools):
     async def sleep(self, step_id: str, duration: int | datetime.timedelta) -> None:
         """Pause the run for ``duration`` (milliseconds or a ``timedelta``)."""
         await self._replay.settle()
-        self._sleep(step_id, duration)
+        until = self._deadline(duration)
+        identity, memo = await self._begin(step_id)
+        self._sleep_until(identity, memo, until)
 
     async def sleep_until(self, step_id: str, until: datetime.datetime) -> None:
         """Pause the run until ``until`` (a naive datetime counts as local time)."""
         await self._replay.settle()
-        self._sleep_until(step_id, until)
+        identity, memo = await self._begin(step_id)
+        self._sleep_until(identity, memo, until)
 
     async def wait_for_event(
         self,
@@ -238,7 +270,9 @@ class Step(_StepTools):
     ) -> Event | None:
         """Wait for an event named ``event`` (filtered by the CEL ``if_exp``); ``None`` on timeout."""
         await self._replay.settle()
-        return self._wait_for_event(step_id, event, if_exp, timeout)
+        opts = self._wait_opts(step_id, if_exp, timeout)
+        identity, memo = await self._begin(step_id)
+        return self._wait_for_event(identity, memo, event, opts)
 
     async def invoke(
         self,
@@ -252,9 +286,9 @@ class Step(_StepTools):
         """Run another function of this app and return its output (``StepError`` if it failed),
         as the function's ``output_type`` if it declares one."""
         await self._replay.settle()
-        return self._typed(
-            self._invoke(step_id, self._client.app_id, function.id, data, timeout, v), function.output_type
-        )
+        opts = self._invoke_opts(self._client.app_id, function.id, data, timeout, v)
+        identity, memo = await self._begin(step_id)
+        return self._typed(self._invoke(identity, memo, opts), function.output_type)
 
     async def invoke_by_id(
         self,
@@ -268,11 +302,19 @@ class Step(_StepTools):
     ) -> Any:
         """Like ``invoke``, naming the function by its local id (and app, default this one)."""
         await self._replay.settle()
-        return self._invoke(step_id, app_id or self._client.app_id, function_id, data, timeout, v)
+        opts = self._invoke_opts(app_id or self._client.app_id, function_id, data, timeout, v)
+        identity, memo = await self._begin(step_id)
+        return self._invoke(identity, memo, opts)
 
 
 class StepSync(_StepTools):
     """Step tools for plain ``def`` handlers, which run in a worker thread."""
+
+    def _begin(self, step_id: str) -> tuple[StepIdentity, Memo | None]:
+        identity, memo = self._replay.begin(step_id)
+        if (hooks := self._execution_due()) is not None:
+            hooks.before_execution_sync()  # an error here is ignored, as in the official SDK
+        return identity, memo
 
     def run(self, step_id: str, fn: Callable[[*Ts], T], *args: *Ts, output_type: object = NO_OUTPUT_TYPE) -> T:
         """Run ``fn(*args)`` once, durably; later replays return the stored result.
@@ -280,7 +322,7 @@ class StepSync(_StepTools):
         Same rules as ``Step.run`` (``output_type`` included); ``fn`` is called
         directly in the handler's thread.
         """
-        identity, memo = self._replay.begin(step_id)
+        identity, memo = self._begin(step_id)
         if memo is not None:
             return self._typed(memo.resolve(), output_type)  # type: ignore[no-any-return]
         self._replay.allow_run(identity)
@@ -292,13 +334,21 @@ class StepSync(_StepTools):
 
     def send_event(self, step_id: str, events: Event | Sequence[Event]) -> list[str]:
         """Send events as a step; returns their ids (exactly once per step id, as ``Step.send_event``)."""
-        identity, memo = self._replay.begin(step_id)
+        identity, memo = self._begin(step_id)
         if memo is not None:
             return memo.resolve()  # type: ignore[no-any-return]
         self._replay.allow_run(identity)
         with self._replay.executing(identity, SEND_EVENT_OPTS):
-            value = self._client.send_sync(self._stamped(events, identity.hashed))
+            stamped = self._stamped(events, identity.hashed)
+            hooks = self._replay.hooks
+            if hooks is None:
+                value = self._client.send_sync(stamped)
+            else:
+                value = send_through_sync(hooks, stamped, self._send_unhooked)
         self._replay.body_returned(identity, value)
+
+    def _send_unhooked(self, events: list[Event]) -> list[str]:
+        return self._client.send_sync(events, skip_middleware=True)
 
     def parallel(
         self,
@@ -322,11 +372,12 @@ class StepSync(_StepTools):
 
     def sleep(self, step_id: str, duration: int | datetime.timedelta) -> None:
         """Pause the run for ``duration`` (milliseconds or a ``timedelta``)."""
-        self._sleep(step_id, duration)
+        until = self._deadline(duration)
+        self._sleep_until(*self._begin(step_id), until)
 
     def sleep_until(self, step_id: str, until: datetime.datetime) -> None:
         """Pause the run until ``until`` (a naive datetime counts as local time)."""
-        self._sleep_until(step_id, until)
+        self._sleep_until(*self._begin(step_id), until)
 
     def wait_for_event(
         self,
@@ -337,7 +388,8 @@ class StepSync(_StepTools):
         timeout: int | datetime.timedelta,
     ) -> Event | None:
         """Wait for an event named ``event`` (filtered by the CEL ``if_exp``); ``None`` on timeout."""
-        return self._wait_for_event(step_id, event, if_exp, timeout)
+        opts = self._wait_opts(step_id, if_exp, timeout)
+        return self._wait_for_event(*self._begin(step_id), event, opts)
 
     def invoke(
         self,
@@ -350,9 +402,8 @@ class StepSync(_StepTools):
     ) -> Any:
         """Run another function of this app and return its output (``StepError`` if it failed),
         as the function's ``output_type`` if it declares one."""
-        return self._typed(
-            self._invoke(step_id, self._client.app_id, function.id, data, timeout, v), function.output_type
-        )
+        opts = self._invoke_opts(self._client.app_id, function.id, data, timeout, v)
+        return self._typed(self._invoke(*self._begin(step_id), opts), function.output_type)
 
     def invoke_by_id(
         self,
@@ -365,4 +416,5 @@ class StepSync(_StepTools):
         v: str | None = None,
     ) -> Any:
         """Like ``invoke``, naming the function by its local id (and app, default this one)."""
-        return self._invoke(step_id, app_id or self._client.app_id, function_id, data, timeout, v)
+        opts = self._invoke_opts(app_id or self._client.app_id, function_id, data, timeout, v)
+        return self._invoke(*self._begin(step_id), opts)

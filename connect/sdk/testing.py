@@ -104,12 +104,14 @@ class UnstubbedStepError(Exception):
 
 
 class Client(_Client):
-    """A client whose ``send`` / ``send_sync`` send nothing: one id of zeros per event."""
+    """A client whose ``send`` / ``send_sync`` send nothing: one id of zeros per
+    event. Nothing is sent, so no middleware runs for it either, as in the
+    official mocked client; ``skip_middleware`` is there for the same signature."""
 
-    async def send(self, events: Event | Sequence[Event]) -> list[str]:
+    async def send(self, events: Event | Sequence[Event], *, skip_middleware: bool = False) -> list[str]:
         return [MOCK_EVENT_ID for _ in normalize(events)]
 
-    def send_sync(self, events: Event | Sequence[Event]) -> list[str]:
+    def send_sync(self, events: Event | Sequence[Event], *, skip_middleware: bool = False) -> list[str]:
         return [MOCK_EVENT_ID for _ in normalize(events)]
 
 
