@@ -1,4 +1,5 @@
-"""An app written for the official Inngest Python SDK (inngest 0.5.19), as its users write it.
+"""An app written for the official Inngest Python SDK (inngest 0.5.19), as its users write it:
+both handler styles, typed outputs, a typed invoke and a function's middleware.
 
 `tests/ported/test_porting.py` runs this file twice against a real `connect dev`: as it is, on
 the official SDK, and with only its imports rewritten (`import inngest` becomes
@@ -58,7 +59,15 @@ async def checkout(ctx: inngest.Context) -> Receipt:
     return Receipt(order_id=order.id, total_cents=sum(prices), shipment_ids=shipment_ids)
 
 
-@client.create_function(fn_id="ship", trigger=inngest.TriggerEvent(event="ported/ship"))
+class Audit(inngest.MiddlewareSync):
+    """Marks the function's own result (not its steps') as audited."""
+
+    def transform_output(self, result: inngest.TransformOutputResult) -> None:
+        if result.step is None and isinstance(result.output, dict):
+            result.output = {**result.output, "audited": True}
+
+
+@client.create_function(fn_id="ship", trigger=inngest.TriggerEvent(event="ported/ship"), middleware=[Audit])
 def ship(ctx: inngest.ContextSync) -> dict[str, object]:
     order = Order.model_validate(ctx.event.data)
     label = ctx.step.run("label", lambda: f"order {order.id}: {len(order.items)} items")

@@ -43,6 +43,7 @@ def test_ship_is_a_sync_function() -> None:
         "label": "order 3: 1 items",
         "packing": ["box", "tape"],
         "placed_at": "2026-12-01T09:30:00+00:00",
+        "audited": True,  # the function's middleware runs here too
     }
 
 

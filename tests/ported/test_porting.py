@@ -128,7 +128,12 @@ def run_scenario(server: DevServer) -> dict[str, Any]:
 
 EXPECTED = {
     "checkout": {"order_id": 7, "total_cents": 1350},
-    "ship": {"label": "order 7: 2 items", "packing": ["box", "tape"], "placed_at": "2026-12-01T09:30:00+00:00"},
+    "ship": {
+        "label": "order 7: 2 items",
+        "packing": ["box", "tape"],
+        "placed_at": "2026-12-01T09:30:00+00:00",
+        "audited": True,  # by the function's middleware
+    },
     "reorder": {"type": "Receipt", "order_id": 9, "total": 1350},
 }
 
