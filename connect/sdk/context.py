@@ -14,7 +14,20 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class Context:
+class _RunView:
+    """The fields ``Context`` and ``ContextSync`` share (see ``Context``)."""
+
+    event: Event
+    events: list[Event]
+    run_id: str
+    attempt: int
+    request_id: str
+    job_id: str
+    logger: logging.Logger | logging.LoggerAdapter[Any]
+
+
+@dataclass
+class Context(_RunView):
     """The run as seen by one request; rebuilt from the executor's request every time.
 
     ``attempt`` is 0-based and counts retries of the current request (it resets
@@ -31,29 +44,15 @@ class Context:
     a handler written ``async def f(ctx, step)`` is given the same ``step``.
     """
 
-    event: Event
-    events: list[Event]
-    run_id: str
-    attempt: int
-    request_id: str
-    job_id: str
-    logger: logging.Logger | logging.LoggerAdapter[Any]
     step: Step = field(repr=False)
     group: Group = field(repr=False)
     function_id: str = ""
 
 
 @dataclass
-class ContextSync:
+class ContextSync(_RunView):
     """``Context`` for plain ``def`` handlers: the same fields, with ``StepSync`` and ``GroupSync`` tools."""
 
-    event: Event
-    events: list[Event]
-    run_id: str
-    attempt: int
-    request_id: str
-    job_id: str
-    logger: logging.Logger | logging.LoggerAdapter[Any]
     step: StepSync = field(repr=False)
     group: GroupSync = field(repr=False)
     function_id: str = ""

@@ -373,6 +373,24 @@ def without_typescript_additions(op: dict[str, Any]) -> dict[str, Any]:
     return op
 
 
+async def official_reply(handler: Any, data: bytes, step_id: str) -> dict[str, Any]:
+    """The official SDK's reply to request `data` for function `app-f` over connect, normalized."""
+    res = await handler.post(
+        comm_lib.CommRequest(
+            body=data,
+            headers={},
+            is_connect=True,
+            public_path=None,
+            query_params={"fnId": "app-f", "stepId": step_id},
+            raw_request=None,
+            request_url="",
+            serve_origin=None,
+            serve_path=None,
+        )
+    )
+    return normalize(STATUS[res.status_code], res.body_bytes(), res.no_retry, res.retry_after)
+
+
 def normalize(status: int, raw: bytes, no_retry: bool, retry_after: str | None) -> dict[str, Any]:
     body = json.loads(raw)
 
@@ -409,18 +427,5 @@ async def test_same_replies_as_official_sdk(name: str, sync: bool, payload: Any)
         data = payload(**options)
 
         mine = await execute(client, {"app-f": fn}, Invocation(data, "app-f", step_id))
-        res = await handler.post(
-            comm_lib.CommRequest(
-                body=data,
-                headers={},
-                is_connect=True,
-                public_path=None,
-                query_params={"fnId": "app-f", "stepId": step_id},
-                raw_request=None,
-                request_url="",
-                serve_origin=None,
-                serve_path=None,
-            )
-        )
-        theirs = normalize(STATUS[res.status_code], res.body_bytes(), res.no_retry, res.retry_after)
+        theirs = await official_reply(handler, data, step_id)
         assert normalize(mine.status, mine.body, mine.no_retry, mine.retry_after) == theirs, request

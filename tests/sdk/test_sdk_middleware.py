@@ -23,6 +23,7 @@ from tests.sdk.test_sdk_differential import (
     _run_sync_body,
     _WithGroup,
     normalize,
+    official_reply,
 )
 
 inngest = pytest.importorskip("inngest")
@@ -233,20 +234,7 @@ async def test_same_hook_calls_and_replies_as_official_sdk(
         handler = official(body, sync, *_chain(THEIR_IMPORTS, flavour, theirs_log, FAULTS[fault]))
 
         mine = await execute(client, {"app-f": fn}, Invocation(data, "app-f", step_id))
-        res = await handler.post(
-            comm_lib.CommRequest(
-                body=data,
-                headers={},
-                is_connect=True,
-                public_path=None,
-                query_params={"fnId": "app-f", "stepId": step_id},
-                raw_request=None,
-                request_url="",
-                serve_origin=None,
-                serve_path=None,
-            )
-        )
-        theirs = normalize(STATUS[res.status_code], res.body_bytes(), res.no_retry, res.retry_after)
+        theirs = await official_reply(handler, data, step_id)
         assert mine_log == theirs_log, request
         assert normalize(mine.status, mine.body, mine.no_retry, mine.retry_after) == theirs, request
 
