@@ -35,18 +35,17 @@ from typing import Any, Final
 
 import msgspec
 
-from connect.executor import bulk_cancel, event_views
+from connect.executor import bulk_cancel
 from connect.executor.bulk_cancel import Cancellation
-from connect.executor.event_views import EventPage
 from connect.executor.registry import Registration, Registry
 from connect.executor.reruns import rerun_event, rerun_view
 from connect.executor.service import CANCEL_WAIT
 from connect.executor.starts import event_record, gated_event, received, started
-from connect.executor.timeline import run_timeline
+from connect.executor.stored_views import StoredViews
 from connect.executor.triggers import TriggerIndex
-from connect.executor.views import RunPage, list_runs, run_view, runs_of_event
+from connect.executor.views import run_view
 from connect.metrics import RunMetrics
-from connect.store.base import APPS_CHANGED, RUNNING, RUNS_RELEASED, AppRecord, RunFilter, RunRecord, Store
+from connect.store.base import APPS_CHANGED, RUNNING, RUNS_RELEASED, AppRecord, RunRecord, Store
 from protocol.payloads import IncomingEvent
 
 log = logging.getLogger(__name__)
@@ -61,7 +60,7 @@ _APPS_RETRY: Final = 1.0
 _APPS_WAIT: Final = 5.0
 
 
-class StoredRuns:
+class StoredRuns(StoredViews):
     """`connect.api.app.EventSink` over the store (see the module doc).
 
     `start` reads the apps and subscribes to their changes; until then every
@@ -150,33 +149,6 @@ class StoredRuns:
         if any(is_new and started(new) for new, is_new in zip(batch, stored, strict=True)):
             await self._store.notify(RUNS_RELEASED, "")
         return [event.id for event in built]
-
-    async def get_run(self, run_id: str) -> dict[str, Any] | None:
-        run = await self._store.get_run(run_id)
-        return None if run is None else run_view(run)
-
-    async def runs_for_event(self, event_id: str) -> list[dict[str, Any]]:
-        return await runs_of_event(self._store, event_id)
-
-    async def list_runs(self, query: RunFilter) -> RunPage:
-        return await list_runs(self._store, query)
-
-    async def run_timeline(self, run_id: str) -> list[dict[str, Any]] | None:
-        return await run_timeline(self._store, run_id)
-
-    async def list_events(self, name: str | None, older_than: tuple[int, str] | None, limit: int) -> EventPage:
-        return await event_views.list_events(self._store, name, older_than, limit)
-
-    async def event_detail(self, event_id: str) -> dict[str, Any] | None:
-        return await event_views.event_detail(self._store, event_id)
-
-    async def replay_event(self, event_id: str) -> str | None:
-        """Send the stored event again as a new one; its new id (None: no such event)."""
-        again = await event_views.replay_of(self._store, event_id)
-        if again is None:
-            return None
-        [new_id] = await self.send_events([again])
-        return new_id
 
     async def rerun(self, run_id: str) -> dict[str, Any] | None:
         """`POST /v1/runs/{id}/rerun` (see `connect.executor.reruns`): the run is

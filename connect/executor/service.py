@@ -51,11 +51,10 @@ import msgspec
 from prometheus_client import CollectorRegistry
 
 from connect.dispatch import Port
-from connect.executor import bulk_cancel, event_views, replies, step_infos
+from connect.executor import bulk_cancel, replies, step_infos
 from connect.executor.bulk_cancel import Cancellation
 from connect.executor.concurrency import SlotGrants, as_dict
 from connect.executor.cron import CRON_EVENT, CronSchedule
-from connect.executor.event_views import EventPage
 from connect.executor.feed import PAGE as FEED_PAGE
 from connect.executor.feed import EventFeed
 from connect.executor.intake import Intake, IntakeItem
@@ -73,12 +72,12 @@ from connect.executor.retention import Retention
 from connect.executor.retries import Backoff
 from connect.executor.runner import MAX_LEASE_LAPSES, CancelRequested, Message, Resolved, Runner, RunServices
 from connect.executor.starts import event_record, gated_event, received, started, told_invokers
+from connect.executor.stored_views import StoredViews
 from connect.executor.system_events import derived_id_at
 from connect.executor.throttle_turns import ThrottleTurns
-from connect.executor.timeline import run_timeline
 from connect.executor.timers import Timers
 from connect.executor.triggers import FunctionInfo, Target, TriggerIndex
-from connect.executor.views import RunPage, list_runs, run_view, runs_of_event
+from connect.executor.views import run_view
 from connect.executor.waits import CANCEL, INVOKE, RESUME, WaitIndex, Watch, WatchKey
 from connect.metrics import RunMetrics
 from connect.store.base import (
@@ -95,7 +94,6 @@ from connect.store.base import (
     Claim,
     EventRecord,
     NewEvent,
-    RunFilter,
     RunMemo,
     RunOwnershipLost,
     RunRecord,
@@ -142,7 +140,7 @@ _INVOKE_TIMEOUT: Final = replies.error_memo(
 TimerKey = tuple[str, ...]
 
 
-class Executor:
+class Executor(StoredViews):
     """Durable runs over a `Store` and a `Port` to workers."""
 
     def __init__(
@@ -689,35 +687,6 @@ class Executor:
     async def _cancel_for(self, run_id: str, reason: str) -> None:
         if await self._store.request_cancel(run_id):
             self._deliver(run_id, CancelRequested(reason))
-
-    # --- queries -------------------------------------------------------------------------
-
-    async def get_run(self, run_id: str) -> dict[str, Any] | None:
-        run = await self._store.get_run(run_id)
-        return None if run is None else run_view(run)
-
-    async def runs_for_event(self, event_id: str) -> list[dict[str, Any]]:
-        return await runs_of_event(self._store, event_id)
-
-    async def list_runs(self, query: RunFilter) -> RunPage:
-        return await list_runs(self._store, query)
-
-    async def run_timeline(self, run_id: str) -> list[dict[str, Any]] | None:
-        return await run_timeline(self._store, run_id)
-
-    async def list_events(self, name: str | None, older_than: tuple[int, str] | None, limit: int) -> EventPage:
-        return await event_views.list_events(self._store, name, older_than, limit)
-
-    async def event_detail(self, event_id: str) -> dict[str, Any] | None:
-        return await event_views.event_detail(self._store, event_id)
-
-    async def replay_event(self, event_id: str) -> str | None:
-        """Send the stored event again as a new one; its new id (None: no such event)."""
-        again = await event_views.replay_of(self._store, event_id)
-        if again is None:
-            return None
-        [new_id] = await self.send_events([again])
-        return new_id
 
     # --- run tasks ------------------------------------------------------------------------
 
